@@ -1,0 +1,117 @@
+//! The [`LockBackend`] trait: the one thing a new lock store implements.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::error::BackendError;
+
+/// A boxed, `Send` future: what [`LockBackend`] methods return, so the trait stays object safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The outcome of one acquire attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryAcquire {
+    /// The caller now holds the lock, under this fencing token.
+    Acquired {
+        /// Strictly greater than every token this backend handed out before for the key.
+        fencing_token: u64,
+    },
+    /// Another owner holds the lock.
+    Held {
+        /// How long the current lease has left, when the backend knows it.
+        remaining: Option<Duration>,
+    },
+}
+
+/// A store that can hold leases on keys: the abstraction that keeps services independent of
+/// any one lock library.
+///
+/// [`LockService`](crate::LockService) does everything else (waiting, renewal, re-entrancy,
+/// key prefixes, tracing); a backend only answers these calls.
+///
+/// # Contract
+/// Every implementation must hold all of these; dlock's guarantees rest on them.
+///
+/// 1. **Atomic acquire.** [`try_acquire`](Self::try_acquire) takes the key for `owner` for
+///    `ttl` only if nobody holds it, in one atomic step, and then returns a fencing token
+///    strictly greater than every token it returned before for that key. Otherwise it returns
+///    [`TryAcquire::Held`] with the time the current lease has left, if known.
+/// 2. **Owner-checked release and renew.** [`release`](Self::release) and
+///    [`renew`](Self::renew) act only if `owner` holds the key at that moment, atomically, and
+///    return `false` (touching nothing) otherwise — in particular after the lease expired and
+///    another owner took the key.
+/// 3. **Leases end.** A key whose lease is not renewed becomes free after `ttl`.
+/// 4. **Bounded calls.** No call blocks past the backend's own call timeout; a backend that
+///    cannot answer returns an error instead.
+/// 5. **Release notices are hints.** [`watch_releases`](Self::watch_releases) may miss or
+///    repeat notices; dlock always re-checks with `try_acquire` and never relies on them for
+///    safety, only for speed.
+pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
+    /// A short name for messages and traces (`"redis"`, `"memory"`).
+    fn name(&self) -> &'static str;
+
+    /// Try once to take `key` for `owner` with a lease of `ttl`. See the contract, point 1.
+    fn try_acquire<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<TryAcquire, BackendError>>;
+
+    /// Release `key` if `owner` holds it; `Ok(false)` if it did not (any more).
+    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFuture<'a, Result<bool, BackendError>>;
+
+    /// Extend the lease on `key` to `ttl` from now if `owner` holds it; `Ok(false)` if not.
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>>;
+
+    /// Register interest in releases of `key`, before an acquire attempt.
+    ///
+    /// Return `Ok(None)` (the default) when the backend has no way to announce releases;
+    /// waiters then retry on a jittered timer bounded by the holder's remaining lease.
+    fn watch_releases<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<ReleaseWatch>, BackendError>> {
+        let _ = key;
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// A registration for release notices on one key, made by
+/// [`LockBackend::watch_releases`].
+///
+/// It wraps a [`watch::Receiver`] whose value the backend bumps on every release of the key;
+/// a release that happens after the watch was made and before [`released`](Self::released)
+/// is awaited is not missed. Whatever the backend puts in `keep_alive` is dropped with the
+/// watch (for example, to unsubscribe when the last local waiter leaves).
+pub struct ReleaseWatch {
+    rx: watch::Receiver<u64>,
+    _keep_alive: Option<Box<dyn Send + Sync>>,
+}
+
+impl ReleaseWatch {
+    /// A watch over `rx`, holding `keep_alive` until dropped.
+    pub fn new(rx: watch::Receiver<u64>, keep_alive: Option<Box<dyn Send + Sync>>) -> Self {
+        Self { rx, _keep_alive: keep_alive }
+    }
+
+    /// Resolves at the next release notice (or at once if one came since the last call).
+    /// If the backend dropped the sender, it never resolves; callers always bound it by time.
+    pub async fn released(&mut self) {
+        if self.rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl fmt::Debug for ReleaseWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReleaseWatch").field("seen", &*self.rx.borrow()).finish_non_exhaustive()
+    }
+}

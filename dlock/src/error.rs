@@ -1,0 +1,184 @@
+//! The one error type of dlock, and the error a backend reports.
+
+use std::time::Duration;
+
+/// Everything that can go wrong while taking, holding or releasing a lock.
+///
+/// Every message names the key (or service) concerned and says what to do next.
+/// The enum is `#[non_exhaustive]`: match the variants you act on and keep a `_` arm.
+///
+/// Annotated functions return it through their own error type (`E: From<dlock::Error>`),
+/// so `anyhow::Error`, `Box<dyn Error>` and `std::io::Error` all work out of the box.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No lock service was registered under the name the call asked for.
+    #[error(
+        "no dlock lock service is registered {}; register one at start-up with {}",
+        match service { Some(name) => format!("under the name `{name}`"), None => "as the global service".to_owned() },
+        match service { Some(name) => format!("`dlock::register(\"{name}\", LockService::new(backend))`"), None => "`dlock::set_global(LockService::new(backend))`".to_owned() },
+    )]
+    NotRegistered {
+        /// The name asked for; `None` for the global service.
+        service: Option<String>,
+    },
+
+    /// A service was already registered under that name (or as the global one).
+    #[error(
+        "a dlock lock service is already registered {}; register each service once, at start-up",
+        match service { Some(name) => format!("under the name `{name}`"), None => "as the global service".to_owned() },
+    )]
+    AlreadyRegistered {
+        /// The name; `None` for the global service.
+        service: Option<String>,
+    },
+
+    /// The lock was not acquired within the `wait` the call allowed.
+    #[error(
+        "timed out after {} waiting for lock `{key}` (another holder kept it); raise `wait`, or return a \"busy\" answer to the caller",
+        humanize(*waited)
+    )]
+    Timeout {
+        /// The full key (service prefix included).
+        key: String,
+        /// How long the call waited before giving up.
+        waited: Duration,
+    },
+
+    /// The lock was held, then lost before the holder was done with it.
+    #[error("lost lock `{key}`: {reason}; the protected work was stopped — retry it, it did not complete under the lock")]
+    Lost {
+        /// The full key (service prefix included).
+        key: String,
+        /// Why the lease ended.
+        reason: LostReason,
+    },
+
+    /// The backend failed (unreachable, timed out, refused the command).
+    #[error("lock backend `{backend}` failed{}: {source}", match key { Some(k) => format!(" on lock `{k}`"), None => String::new() })]
+    Backend {
+        /// The key concerned, when the failure happened on one.
+        key: Option<String>,
+        /// The backend's name (`"redis"`, `"memory"`, …).
+        backend: &'static str,
+        /// What the backend reported.
+        #[source]
+        source: BackendError,
+    },
+
+    /// The caller passed something dlock cannot use (an empty key, a zero ttl, a bad URL).
+    #[error("invalid {what}: {reason}")]
+    InvalidInput {
+        /// What was invalid (`"key"`, `"ttl"`, `"Redis URL"`, …).
+        what: &'static str,
+        /// What is wrong with it and how to fix it.
+        reason: String,
+    },
+}
+
+/// Why a held lock was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LostReason {
+    /// A renewal found the key gone or owned by someone else (expired, deleted, failover).
+    Refused,
+    /// No renewal was confirmed before the lease could have ended (backend slow or unreachable).
+    Unconfirmed,
+    /// Renewal was turned off (`renew(false)`) and the lease reached its end.
+    Expired,
+}
+
+impl std::fmt::Display for LostReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Refused => "the backend refused the renewal (the key expired, was deleted, or is now held by another owner)",
+            Self::Unconfirmed => "no renewal was confirmed before the lease could have ended (backend slow or unreachable)",
+            Self::Expired => "the lease reached its ttl and renewal is off (`renew = false`)",
+        })
+    }
+}
+
+/// An error reported by a [`LockBackend`](crate::LockBackend) implementation.
+///
+/// Backends build it from a message and, usually, the underlying error.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct BackendError {
+    message: String,
+    kind: BackendErrorKind,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+/// A coarse classification of [`BackendError`]s, for callers that retry some and not others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackendErrorKind {
+    /// The backend did not answer within its call timeout.
+    Timeout,
+    /// The backend could not be reached, or the connection broke.
+    Connection,
+    /// The backend refused the credentials.
+    Auth,
+    /// Anything else the backend reported.
+    Other,
+}
+
+impl BackendError {
+    /// A backend error with a message and no underlying cause.
+    pub fn new(kind: BackendErrorKind, message: impl Into<String>) -> Self {
+        Self { message: message.into(), kind, source: None }
+    }
+
+    /// A backend error caused by `source`.
+    pub fn with_source(
+        kind: BackendErrorKind,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self { message: message.into(), kind, source: Some(Box::new(source)) }
+    }
+
+    /// What kind of failure this was.
+    pub fn kind(&self) -> BackendErrorKind {
+        self.kind
+    }
+}
+
+impl Error {
+    /// The key this error concerns, if it concerns one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Timeout { key, .. } | Self::Lost { key, .. } => Some(key),
+            Self::Backend { key, .. } => key.as_deref(),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn backend(backend: &'static str, key: Option<&str>, source: BackendError) -> Self {
+        Self::Backend { key: key.map(str::to_owned), backend, source }
+    }
+}
+
+/// So that `std::io::Result<T>` can be the return type of an annotated function.
+impl From<Error> for std::io::Error {
+    fn from(err: Error) -> Self {
+        let kind = match &err {
+            Error::Timeout { .. } => std::io::ErrorKind::TimedOut,
+            Error::Lost { .. } => std::io::ErrorKind::Interrupted,
+            Error::InvalidInput { .. } => std::io::ErrorKind::InvalidInput,
+            Error::Backend { source, .. } if source.kind() == BackendErrorKind::Timeout => std::io::ErrorKind::TimedOut,
+            _ => std::io::ErrorKind::Other,
+        };
+        std::io::Error::new(kind, err)
+    }
+}
+
+/// `1.5s`, `250ms`: short and exact enough for messages.
+pub(crate) fn humanize(d: Duration) -> String {
+    if d >= Duration::from_secs(1) {
+        format!("{:.3}s", d.as_secs_f64()).replace(".000s", "s")
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}

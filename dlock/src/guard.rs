@@ -1,0 +1,240 @@
+//! [`LockGuard`]: proof that the locks are held, and the way to let them go.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+
+use crate::context::{self, Frame};
+use crate::error::{Error, LostReason};
+use crate::lease::Lease;
+use crate::service::{LockService, QueueTicket};
+
+/// One key held by a guard.
+#[derive(Debug, Clone)]
+pub(crate) struct HeldKey {
+    /// As the caller wrote it.
+    pub(crate) key: String,
+    /// With the service's prefix: what the backend sees.
+    pub(crate) full_key: String,
+    pub(crate) fencing_token: u64,
+}
+
+/// Holds one or several locks until released or dropped.
+///
+/// While it lives, the lease is renewed in the background every ttl/3 (unless the request
+/// said `.renew(false)`). If the lease is lost — a renewal refused, or not confirmed before
+/// the lease could have ended — [`is_lost`](Self::is_lost) turns true and
+/// [`lost`](Self::lost) resolves: stop the protected work then.
+///
+/// [`release`](Self::release) lets go and says whether the lock was still ours. Dropping the
+/// guard releases it too, in the background (on the current tokio runtime; without one, the
+/// lease simply expires at its ttl).
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct LockGuard {
+    service: LockService,
+    /// Keys this guard took from the backend (empty for a purely re-entrant guard).
+    held: Vec<HeldKey>,
+    /// Keys the task already held when this guard was asked for.
+    reentered: Vec<Frame>,
+    owned: Option<Owned>,
+}
+
+/// What only a guard that took keys from the backend has.
+struct Owned {
+    owner: Arc<str>,
+    lease: Arc<Lease>,
+    keeper: JoinHandle<()>,
+    tickets: Vec<QueueTicket>,
+}
+
+impl LockGuard {
+    pub(crate) fn owned(
+        service: LockService,
+        held: Vec<HeldKey>,
+        reentered: Vec<Frame>,
+        owner: Arc<str>,
+        lease: Arc<Lease>,
+        keeper: JoinHandle<()>,
+        tickets: Vec<QueueTicket>,
+    ) -> Self {
+        Self { service, held, reentered, owned: Some(Owned { owner, lease, keeper, tickets }) }
+    }
+
+    pub(crate) fn reentrant(service: LockService, reentered: Vec<Frame>) -> Self {
+        Self { service, held: Vec::new(), reentered, owned: None }
+    }
+
+    /// The key (the first one, for a guard over several keys), as requested, without the
+    /// service's prefix.
+    pub fn key(&self) -> &str {
+        self.keys().next().unwrap_or_default()
+    }
+
+    /// Every key this guard covers, in acquisition (sorted) order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
+        let mut keys: Vec<&str> =
+            self.held.iter().map(|h| h.key.as_str()).chain(self.reentered.iter().map(|f| self.strip(&f.key))).collect();
+        keys.sort_unstable();
+        keys.into_iter()
+    }
+
+    fn strip<'a>(&self, full_key: &'a str) -> &'a str {
+        full_key.strip_prefix(self.service.key_prefix()).unwrap_or(full_key)
+    }
+
+    /// The fencing token of the (first) key: strictly greater than any token issued before
+    /// for that key on this backend. See [`fencing_token()`](crate::fencing_token).
+    pub fn fencing_token(&self) -> u64 {
+        self.fencing_tokens().next().map_or(0, |(_, t)| t)
+    }
+
+    /// Each key with its fencing token, in acquisition order.
+    pub fn fencing_tokens(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+        let mut tokens: Vec<(&str, u64)> = self
+            .held
+            .iter()
+            .map(|h| (h.key.as_str(), h.fencing_token))
+            .chain(self.reentered.iter().map(|f| (self.strip(&f.key), f.fencing_token)))
+            .collect();
+        tokens.sort_unstable();
+        tokens.into_iter()
+    }
+
+    /// True when this guard was granted without a backend call because the task already held
+    /// every key (re-entrancy). Such a guard releases nothing; the outer holder does.
+    pub fn is_reentrant(&self) -> bool {
+        self.owned.is_none()
+    }
+
+    /// Whether the lease (or, for several keys, any of them) has been lost.
+    pub fn is_lost(&self) -> bool {
+        self.leases().any(|l| l.lost_reason().is_some())
+    }
+
+    /// Resolves when the lease is lost, with the reason; never, while it is kept.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// # let service = dlock::LockService::new(dlock::MemoryBackend::new());
+    /// # async fn do_the_work() {}
+    /// let guard = service.lock("job:nightly").await?;
+    /// tokio::select! {
+    ///     () = do_the_work() => {}
+    ///     reason = guard.lost() => eprintln!("stopped: lock lost ({reason})"),
+    /// }
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn lost(&self) -> LostReason {
+        let mut waiters: Vec<Pin<Box<dyn Future<Output = LostReason> + Send + '_>>> =
+            self.leases().map(|lease| Box::pin(lease.lost()) as Pin<Box<_>>).collect();
+        // No lease (cannot happen for a live guard): never resolves, like a kept lease.
+        std::future::poll_fn(|cx| {
+            for waiter in &mut waiters {
+                if let Poll::Ready(reason) = waiter.as_mut().poll(cx) {
+                    return Poll::Ready(reason);
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    fn leases(&self) -> impl Iterator<Item = &Arc<Lease>> + '_ {
+        self.owned.iter().map(|o| &o.lease).chain(self.reentered.iter().map(|f| &f.lease))
+    }
+
+    /// Run `fut` as the holder of this guard's locks: inside it, [`fencing_token()`]
+    /// returns this guard's token and nested requests for these keys are re-entrant.
+    ///
+    /// [`fencing_token()`]: crate::fencing_token
+    pub async fn scope<F: Future>(&self, fut: F) -> F::Output {
+        let frames = match &self.owned {
+            // The first key's frame goes last, so it is the innermost.
+            Some(owned) => self
+                .held
+                .iter()
+                .rev()
+                .map(|h| Frame {
+                    service_id: self.service.inner.id,
+                    key: h.full_key.clone(),
+                    fencing_token: h.fencing_token,
+                    lease: Arc::clone(&owned.lease),
+                })
+                .collect(),
+            None => self.reentered.iter().rev().cloned().collect(),
+        };
+        context::with_frames(frames, fut).await
+    }
+
+    /// Release the locks now.
+    ///
+    /// `Ok(true)`: every key was still ours and is now free. `Ok(false)`: at least one had
+    /// already been lost (expired or taken over) — whatever ran under it was not protected
+    /// throughout. Renewal stops before the release is sent. A re-entrant guard releases
+    /// nothing and returns `Ok(true)`.
+    pub async fn release(mut self) -> Result<bool, Error> {
+        match self.owned.take() {
+            Some(owned) => release_owned(self.service.clone(), std::mem::take(&mut self.held), owned).await,
+            None => Ok(true),
+        }
+    }
+}
+
+async fn release_owned(service: LockService, held: Vec<HeldKey>, owned: Owned) -> Result<bool, Error> {
+    let Owned { owner, lease, keeper, tickets } = owned;
+    keeper.abort();
+    // Wait for the keeper to stop, so no renewal can be sent after the release.
+    let _ = keeper.await;
+    let backend = service.backend();
+    let mut all_ours = lease.lost_reason().is_none();
+    let mut first_err = None;
+    for h in held.iter().rev() {
+        match backend.release(&h.full_key, &owner).await {
+            Ok(ours) => all_ours &= ours,
+            Err(err) => {
+                tracing::warn!(target: "dlock", key = %h.key, error = %err, "release failed; the lease expires at its ttl");
+                first_err.get_or_insert(Error::backend(backend.name(), Some(&h.key), err));
+            }
+        }
+    }
+    // Only now may the next task of this process compete for the keys.
+    drop(tickets);
+    tracing::debug!(target: "dlock", keys = ?held.iter().map(|h| &h.key).collect::<Vec<_>>(), still_ours = all_ours, "lock released");
+    match first_err {
+        Some(err) => Err(err),
+        None => Ok(all_ours),
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let Some(owned) = self.owned.take() else { return };
+        owned.keeper.abort();
+        let held = std::mem::take(&mut self.held);
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(release_owned(self.service.clone(), held, owned));
+            }
+            Err(_) => {
+                tracing::warn!(target: "dlock", keys = ?held.iter().map(|h| &h.key).collect::<Vec<_>>(),
+                    "lock guard dropped outside a tokio runtime; the lock is freed when its lease expires");
+            }
+        }
+    }
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("keys", &self.keys().collect::<Vec<_>>())
+            .field("fencing_token", &self.fencing_token())
+            .field("reentrant", &self.is_reentrant())
+            .field("lost", &self.is_lost())
+            .finish()
+    }
+}

@@ -1,0 +1,138 @@
+//! The life of a lease after acquisition: renewal every ttl/3, and loss detection.
+//!
+//! One task per guard keeps the lease. It is aborted (and awaited) before the guard releases,
+//! so no renewal is ever sent after a release, and it never outlives its guard.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::backend::LockBackend;
+use crate::error::LostReason;
+
+/// How much earlier than the backend's own expiry dlock considers a lease over.
+///
+/// The deadline is measured from the moment the acquire (or renew) request was *sent*, so
+/// network time only shortens it. The margin covers clocks that advance at slightly different
+/// rates on the client and the backend (1 % of the ttl, as the Redlock analysis suggests) plus
+/// 2 ms for scheduling: the body is dropped at `sent + ttl - margin`, before the backend can
+/// let anybody else in.
+pub fn safety_margin(ttl: Duration) -> Duration {
+    ttl / 100 + Duration::from_millis(2)
+}
+
+/// Shared state of one held lease (one or several keys).
+#[derive(Debug)]
+pub(crate) struct Lease {
+    lost: watch::Sender<Option<LostReason>>,
+}
+
+impl Lease {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self { lost: watch::channel(None).0 })
+    }
+
+    pub(crate) fn lost_reason(&self) -> Option<LostReason> {
+        *self.lost.borrow()
+    }
+
+    pub(crate) fn mark_lost(&self, reason: LostReason) {
+        self.lost.send_if_modified(|slot| {
+            if slot.is_none() {
+                *slot = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Resolves when the lease is lost; never, if it is not.
+    pub(crate) async fn lost(&self) -> LostReason {
+        let mut rx = self.lost.subscribe();
+        // The sender lives in `self`, so it cannot be dropped while we borrow it: `Err` and
+        // `None` cannot happen.
+        let reason = rx.wait_for(Option::is_some).await.ok().and_then(|r| *r);
+        reason.unwrap_or(LostReason::Refused)
+    }
+}
+
+/// What the keeper task needs to keep one lease.
+pub(crate) struct Keeper {
+    pub(crate) backend: Arc<dyn LockBackend>,
+    pub(crate) keys: Vec<String>,
+    pub(crate) owner: Arc<str>,
+    pub(crate) ttl: Duration,
+    pub(crate) renew: bool,
+    /// When the acquire request that won the lease was sent.
+    pub(crate) sent_at: Instant,
+    pub(crate) lease: Arc<Lease>,
+}
+
+impl Keeper {
+    pub(crate) fn spawn(self) -> JoinHandle<()> {
+        tokio::spawn(self.run())
+    }
+
+    async fn run(self) {
+        let margin = safety_margin(self.ttl);
+        let mut deadline = self.sent_at + self.ttl.saturating_sub(margin);
+        if !self.renew {
+            tokio::time::sleep_until(deadline).await;
+            self.lost(LostReason::Expired);
+            return;
+        }
+        let every = self.ttl / 3;
+        let mut next = self.sent_at + every;
+        loop {
+            tokio::time::sleep_until(next.min(deadline)).await;
+            if Instant::now() >= deadline {
+                self.lost(LostReason::Unconfirmed);
+                return;
+            }
+            let sent = Instant::now();
+            match tokio::time::timeout_at(deadline, self.renew_all()).await {
+                Ok(Ok(true)) => {
+                    deadline = sent + self.ttl.saturating_sub(margin);
+                    next = sent + every;
+                }
+                Ok(Ok(false)) => {
+                    self.lost(LostReason::Refused);
+                    return;
+                }
+                Ok(Err(())) => {
+                    // A failed renewal is retried soon; the deadline still bounds the whole.
+                    next = Instant::now() + (every / 4).max(Duration::from_millis(5));
+                }
+                Err(_) => {
+                    self.lost(LostReason::Unconfirmed);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// `Ok(true)`: every key renewed; `Ok(false)`: some key refused; `Err`: backend failure.
+    async fn renew_all(&self) -> Result<bool, ()> {
+        for key in &self.keys {
+            match self.backend.renew(key, &self.owner, self.ttl).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(false),
+                Err(err) => {
+                    tracing::warn!(target: "dlock", key = %key, error = %err, "lease renewal failed; retrying until the lease deadline");
+                    return Err(());
+                }
+            }
+        }
+        tracing::trace!(target: "dlock", keys = ?self.keys, "lease renewed");
+        Ok(true)
+    }
+
+    fn lost(&self, reason: LostReason) {
+        tracing::warn!(target: "dlock", keys = ?self.keys, %reason, "lock lost");
+        self.lease.mark_lost(reason);
+    }
+}

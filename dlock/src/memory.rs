@@ -1,0 +1,236 @@
+//! [`MemoryBackend`]: locks inside one process, with the same semantics as Redis.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::backend::{BoxFuture, LockBackend, ReleaseWatch, TryAcquire};
+use crate::error::BackendError;
+
+/// An in-process lock store: the embedded default for examples and single-instance services,
+/// and the double for fast tests.
+///
+/// It keeps Redis's semantics — leases that expire after their ttl (on tokio's clock, so
+/// `tokio::time::pause` works in tests), owner-checked release and renew, strictly increasing
+/// fencing tokens — and wakes waiters on release without polling. It does not coordinate
+/// processes: use [`RedisBackend`](crate::RedisBackend) for that.
+///
+/// Cloning is cheap and clones share the same locks.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+/// let service = dlock::LockService::new(dlock::MemoryBackend::new());
+/// let guard = service.lock("user:42").await?;
+/// assert!(service.lock("user:42").wait(std::time::Duration::ZERO).await.is_err());
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct MemoryBackend {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    leases: HashMap<String, Lease>,
+    watchers: HashMap<String, watch::Sender<u64>>,
+    last_token: u64,
+    /// `leases.len()` after the last sweep of expired leases; the next sweep runs at twice it.
+    swept_at: usize,
+}
+
+#[derive(Debug)]
+struct Lease {
+    owner: String,
+    expires_at: Instant,
+}
+
+impl MemoryBackend {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many keys are held right now (expired leases not counted).
+    pub fn held_count(&self) -> usize {
+        let now = Instant::now();
+        self.inner.lock().leases.values().filter(|l| l.expires_at > now).count()
+    }
+
+    /// Drop a key as if its lease had expired or an operator deleted it (for tests of loss).
+    pub fn force_expire(&self, key: &str) -> bool {
+        let mut state = self.inner.lock();
+        let removed = state.leases.remove(key).is_some();
+        if removed {
+            state.notify(key);
+        }
+        removed
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this mutex cannot leave `State` half-updated in a way that
+        // breaks exclusion (every update is a single insert/remove), so poisoning is ignored.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl State {
+    fn notify(&mut self, key: &str) {
+        if let Some(tx) = self.watchers.get(key) {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    fn sweep_if_due(&mut self, now: Instant) {
+        if self.leases.len() >= self.swept_at.max(1024) {
+            self.leases.retain(|_, l| l.expires_at > now);
+            self.swept_at = self.leases.len() * 2;
+        }
+    }
+}
+
+impl LockBackend for MemoryBackend {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn try_acquire<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<TryAcquire, BackendError>> {
+        let now = Instant::now();
+        let mut state = self.inner.lock();
+        let outcome = match state.leases.get_mut(key) {
+            Some(lease) if lease.expires_at > now => {
+                TryAcquire::Held { remaining: Some(lease.expires_at - now) }
+            }
+            Some(lease) => {
+                lease.owner.clear();
+                lease.owner.push_str(owner);
+                lease.expires_at = now + ttl;
+                state.last_token += 1;
+                TryAcquire::Acquired { fencing_token: state.last_token }
+            }
+            None => {
+                state.sweep_if_due(now);
+                state.leases.insert(key.to_owned(), Lease { owner: owner.to_owned(), expires_at: now + ttl });
+                state.last_token += 1;
+                TryAcquire::Acquired { fencing_token: state.last_token }
+            }
+        };
+        drop(state);
+        Box::pin(std::future::ready(Ok(outcome)))
+    }
+
+    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFuture<'a, Result<bool, BackendError>> {
+        let now = Instant::now();
+        let mut state = self.inner.lock();
+        let ours = matches!(state.leases.get(key), Some(l) if l.owner == owner && l.expires_at > now);
+        if ours {
+            state.leases.remove(key);
+            state.notify(key);
+        }
+        drop(state);
+        Box::pin(std::future::ready(Ok(ours)))
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        let now = Instant::now();
+        let mut state = self.inner.lock();
+        let renewed = match state.leases.get_mut(key) {
+            Some(lease) if lease.owner == owner && lease.expires_at > now => {
+                lease.expires_at = now + ttl;
+                true
+            }
+            _ => false,
+        };
+        drop(state);
+        Box::pin(std::future::ready(Ok(renewed)))
+    }
+
+    fn watch_releases<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<ReleaseWatch>, BackendError>> {
+        let mut state = self.inner.lock();
+        let rx = match state.watchers.get(key) {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = watch::channel(0);
+                state.watchers.insert(key.to_owned(), tx);
+                rx
+            }
+        };
+        drop(state);
+        let unwatch = Unwatch { inner: Arc::clone(&self.inner), key: key.to_owned() };
+        Box::pin(std::future::ready(Ok(Some(ReleaseWatch::new(rx, Some(Box::new(unwatch)))))))
+    }
+}
+
+/// Removes a key's notice channel when its last watcher goes.
+struct Unwatch {
+    inner: Arc<Inner>,
+    key: String,
+}
+
+impl Drop for Unwatch {
+    fn drop(&mut self) {
+        let mut state = self.inner.lock();
+        // `ReleaseWatch` drops its receiver before this guard, so a count of zero means no
+        // watcher is left.
+        if state.watchers.get(&self.key).is_some_and(|tx| tx.receiver_count() == 0) {
+            state.watchers.remove(&self.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn lease_expires_and_tokens_increase() {
+        let m = MemoryBackend::new();
+        let ttl = Duration::from_millis(100);
+        let TryAcquire::Acquired { fencing_token: t1 } = m.try_acquire("k", "a", ttl).await.unwrap() else {
+            panic!("first acquire must succeed")
+        };
+        assert!(matches!(m.try_acquire("k", "b", ttl).await.unwrap(), TryAcquire::Held { remaining: Some(_) }));
+        tokio::time::advance(Duration::from_millis(101)).await;
+        let TryAcquire::Acquired { fencing_token: t2 } = m.try_acquire("k", "b", ttl).await.unwrap() else {
+            panic!("acquire after expiry must succeed")
+        };
+        assert!(t2 > t1);
+        // The old owner's late release and renew leave b's lock alone.
+        assert!(!m.release("k", "a").await.unwrap());
+        assert!(!m.renew("k", "a", ttl).await.unwrap());
+        assert!(m.renew("k", "b", ttl).await.unwrap());
+        assert!(m.release("k", "b").await.unwrap());
+        assert_eq!(m.held_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn watchers_are_woken_and_cleaned_up() {
+        let m = MemoryBackend::new();
+        let mut w = m.watch_releases("k").await.unwrap().unwrap();
+        m.try_acquire("k", "a", Duration::from_secs(5)).await.unwrap();
+        assert!(m.release("k", "a").await.unwrap());
+        w.released().await; // already notified: returns at once
+        drop(w);
+        assert!(m.inner.lock().watchers.is_empty());
+    }
+}

@@ -1,0 +1,270 @@
+//! [`RedisBackend`]: locks in one Redis server, shared by every process that connects to it.
+
+mod scripts;
+
+use std::fmt;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, RedisError};
+
+use crate::backend::{BoxFuture, LockBackend, TryAcquire};
+use crate::error::{BackendError, BackendErrorKind, Error};
+
+/// The default bound on every Redis call: 2 s.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Locks in a single Redis server (or a primary with replicas; see the README's guarantees).
+///
+/// One auto-reconnecting, multiplexed connection serves every lock of the process. Every
+/// command is bounded by the call timeout (default 2 s), so an unreachable or hung Redis
+/// yields [`Error::Backend`] promptly instead of a hang; once Redis is back, the same backend
+/// works again.
+///
+/// A lock is one Redis string, `<prefix><key>`, holding a random 128-bit owner token, with a
+/// `PX` expiry. Fencing tokens come from one counter key (default `dlock:fence`), incremented
+/// in the same script that takes the lock. Releases are announced on the channel
+/// `dlock:released:<prefix><key>`.
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+/// let redis = dlock::RedisBackend::connect("redis://:secret@127.0.0.1:6379/0").await?;
+/// dlock::set_global(dlock::LockService::new(redis))?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisBackend {
+    conn: ConnectionManager,
+    call_timeout: Duration,
+    fence_key: String,
+    /// The URL with any password masked, for messages.
+    url: String,
+}
+
+/// Options for [`RedisBackend`]; see [`RedisBackend::builder`].
+#[derive(Debug, Clone)]
+#[must_use = "call .connect().await to get the backend"]
+pub struct RedisBackendBuilder {
+    url: String,
+    call_timeout: Duration,
+    fence_key: String,
+}
+
+impl RedisBackendBuilder {
+    /// Bound on every Redis call, and on connecting (default 2 s).
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// The key of the fencing-token counter (default `dlock:fence`).
+    pub fn fence_key(mut self, key: impl Into<String>) -> Self {
+        self.fence_key = key.into();
+        self
+    }
+
+    /// Connect, and check that Redis answers (and accepts the credentials in the URL).
+    pub async fn connect(self) -> Result<RedisBackend, Error> {
+        let url = redact(&self.url);
+        let client = redis::Client::open(self.url.as_str()).map_err(|err| Error::InvalidInput {
+            what: "Redis URL",
+            reason: format!(
+                "`{url}` is not a Redis URL ({err}); expected redis://[:password@]host[:port][/db], or rediss:// for TLS"
+            ),
+        })?;
+        if self.call_timeout.is_zero() {
+            return Err(Error::InvalidInput { what: "call timeout", reason: "it must be greater than zero".into() });
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.call_timeout))
+            .set_response_timeout(Some(self.call_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let connecting = client.get_connection_manager_with_config(config);
+        let mut conn = match tokio::time::timeout(self.call_timeout, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(err)) => return Err(Error::backend("redis", None, connect_error(&url, err))),
+            Err(_) => {
+                return Err(Error::backend(
+                    "redis",
+                    None,
+                    BackendError::new(
+                        BackendErrorKind::Timeout,
+                        format!("could not connect to {url} within {:?}; is Redis running and reachable?", self.call_timeout),
+                    ),
+                ));
+            }
+        };
+        let pong = tokio::time::timeout(self.call_timeout, redis::cmd("PING").query_async::<String>(&mut conn)).await;
+        match pong {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => return Err(Error::backend("redis", None, connect_error(&url, err))),
+            Err(_) => {
+                return Err(Error::backend(
+                    "redis",
+                    None,
+                    BackendError::new(BackendErrorKind::Timeout, format!("{url} did not answer PING within {:?}", self.call_timeout)),
+                ));
+            }
+        }
+        tracing::debug!(target: "dlock", url = %url, "connected to Redis");
+        Ok(RedisBackend { conn, call_timeout: self.call_timeout, fence_key: self.fence_key, url })
+    }
+}
+
+impl RedisBackend {
+    /// Connect to the Redis at `url` with the default options.
+    ///
+    /// `url` is `redis://[[user]:password@]host[:port][/db]`, or `rediss://…` for TLS (cargo
+    /// feature `tls`). A malformed URL is [`Error::InvalidInput`]; an unreachable server or
+    /// refused credentials is [`Error::Backend`] within the call timeout.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::builder(url).connect().await
+    }
+
+    /// Options: call timeout, fencing counter key.
+    pub fn builder(url: impl Into<String>) -> RedisBackendBuilder {
+        RedisBackendBuilder { url: url.into(), call_timeout: DEFAULT_CALL_TIMEOUT, fence_key: "dlock:fence".into() }
+    }
+
+    /// The channel on which releases of `key` (as stored in Redis) are announced.
+    pub fn release_channel(key: &str) -> String {
+        format!("dlock:released:{key}")
+    }
+
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, BackendError> {
+        match tokio::time::timeout(self.call_timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(call_error(&self.url, what, err)),
+            Err(_) => Err(BackendError::new(
+                BackendErrorKind::Timeout,
+                format!("Redis at {} did not answer {what} within {:?}", self.url, self.call_timeout),
+            )),
+        }
+    }
+}
+
+impl LockBackend for RedisBackend {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn try_acquire<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<TryAcquire, BackendError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let mut call = scripts::ACQUIRE.key(key);
+            call.key(&self.fence_key).arg(owner).arg(millis(ttl));
+            let (acquired, value): (i64, i64) = self.bounded("the acquire script", call.invoke_async(&mut conn)).await?;
+            Ok(if acquired == 1 {
+                TryAcquire::Acquired { fencing_token: u64::try_from(value).unwrap_or(0) }
+            } else {
+                TryAcquire::Held { remaining: u64::try_from(value).ok().map(Duration::from_millis) }
+            })
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let mut call = scripts::RELEASE.key(key);
+            call.arg(owner).arg(Self::release_channel(key));
+            let released: i64 = self.bounded("the release script", call.invoke_async(&mut conn)).await?;
+            Ok(released == 1)
+        })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let mut call = scripts::RENEW.key(key);
+            call.arg(owner).arg(millis(ttl));
+            let renewed: i64 = self.bounded("the renew script", call.invoke_async(&mut conn)).await?;
+            Ok(renewed == 1)
+        })
+    }
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("url", &self.url)
+            .field("call_timeout", &self.call_timeout)
+            .field("fence_key", &self.fence_key)
+            .finish_non_exhaustive()
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn classify(err: &RedisError) -> BackendErrorKind {
+    if err.kind() == ErrorKind::AuthenticationFailed || err.to_string().contains("WRONGPASS") || err.to_string().contains("NOAUTH") {
+        BackendErrorKind::Auth
+    } else if err.is_timeout() {
+        BackendErrorKind::Timeout
+    } else if err.is_io_error() || err.is_connection_refusal() || err.is_connection_dropped() {
+        BackendErrorKind::Connection
+    } else {
+        BackendErrorKind::Other
+    }
+}
+
+fn connect_error(url: &str, err: RedisError) -> BackendError {
+    let kind = classify(&err);
+    let hint = match kind {
+        BackendErrorKind::Auth => "Redis refused the credentials; check the user and password in the URL",
+        BackendErrorKind::Timeout | BackendErrorKind::Connection => "is Redis running and reachable at that address?",
+        _ => "check the URL and the server",
+    };
+    BackendError::with_source(kind, format!("could not connect to {url}: {hint}"), err)
+}
+
+fn call_error(url: &str, what: &str, err: RedisError) -> BackendError {
+    let kind = classify(&err);
+    BackendError::with_source(kind, format!("Redis at {url} failed {what}"), err)
+}
+
+/// The URL with its password replaced by `***`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let masked = if userinfo.contains(':') { format!("{user}:***") } else { "***".to_owned() };
+            format!("{scheme}://{masked}@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(redact("redis://:hunter2@host:6379/0"), "redis://:***@host:6379/0");
+        assert_eq!(redact("redis://alice:hunter2@host"), "redis://alice:***@host");
+        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+        assert_eq!(redact("not a url"), "not a url");
+    }
+}

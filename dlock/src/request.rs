@@ -1,0 +1,84 @@
+//! [`LockRequest`]: what `lock(key)` returns, configured with builder calls and awaited.
+
+use std::fmt;
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use crate::backend::BoxFuture;
+use crate::error::Error;
+use crate::guard::LockGuard;
+use crate::service::LockService;
+
+/// A request for one or several locks; `.await` it to get a [`LockGuard`].
+///
+/// ```
+/// use std::time::Duration;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+/// # dlock::set_global(dlock::LockService::new(dlock::MemoryBackend::new()))?;
+/// let guard = dlock::lock("user:42")
+///     .ttl(Duration::from_secs(10))      // the lease, renewed every ttl/3 while held
+///     .wait(Duration::from_millis(500))  // give up with Error::Timeout after this
+///     .await?;
+/// assert_eq!(guard.key(), "user:42");
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+#[must_use = "a lock request does nothing until it is awaited"]
+pub struct LockRequest {
+    service: Result<LockService, Error>,
+    keys: Vec<String>,
+    ttl: Option<Duration>,
+    wait: Option<Duration>,
+    renew: bool,
+}
+
+impl LockRequest {
+    pub(crate) fn new(service: Result<LockService, Error>, keys: Vec<String>) -> Self {
+        Self { service, keys, ttl: None, wait: None, renew: true }
+    }
+
+    /// The lease (default: the service's, 30 s). While the guard lives the lease is renewed
+    /// every ttl/3, so ttl bounds how long a crashed holder blocks others, not how long the
+    /// work may take.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// How long to wait for the lock (default: the service's, 30 s); `Duration::ZERO` makes
+    /// one attempt.
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = Some(wait);
+        self
+    }
+
+    /// Whether to renew the lease while the guard lives (default `true`). With `false` the
+    /// lease ends at ttl and the guard then reports itself lost.
+    pub fn renew(mut self, renew: bool) -> Self {
+        self.renew = renew;
+        self
+    }
+}
+
+impl IntoFuture for LockRequest {
+    type Output = Result<LockGuard, Error>;
+    type IntoFuture = BoxFuture<'static, Result<LockGuard, Error>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let service = self.service?;
+            service.acquire(self.keys, self.ttl, self.wait, self.renew).await
+        })
+    }
+}
+
+impl fmt::Debug for LockRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockRequest")
+            .field("keys", &self.keys)
+            .field("ttl", &self.ttl)
+            .field("wait", &self.wait)
+            .field("renew", &self.renew)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,391 @@
+//! [`LockService`]: a backend plus defaults, and the acquisition algorithm.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::OwnedMutexGuard;
+use tokio::time::Instant;
+
+use crate::backend::{LockBackend, ReleaseWatch, TryAcquire};
+use crate::context;
+use crate::error::Error;
+use crate::guard::{HeldKey, LockGuard};
+use crate::lease::{Keeper, Lease};
+use crate::request::LockRequest;
+
+/// The default lease: 30 s.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+/// The default time to wait for a lock: 30 s.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+/// The shortest ttl dlock accepts: shorter leases cannot be renewed reliably.
+pub const MIN_TTL: Duration = Duration::from_millis(10);
+
+/// A lock backend with its defaults: what annotated functions and [`lock`](crate::lock) use.
+///
+/// Cloning is cheap; clones share the backend, the defaults and the local wait queues.
+///
+/// ```
+/// use std::time::Duration;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+/// let service = dlock::LockService::builder(dlock::MemoryBackend::new())
+///     .key_prefix("payments:")
+///     .default_ttl(Duration::from_secs(10))
+///     .default_wait(Duration::from_secs(2))
+///     .build();
+/// let guard = service.lock("user:42").await?; // the backend sees "payments:user:42"
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct LockService {
+    pub(crate) inner: Arc<ServiceInner>,
+}
+
+pub(crate) struct ServiceInner {
+    pub(crate) id: u64,
+    pub(crate) backend: Arc<dyn LockBackend>,
+    prefix: String,
+    default_ttl: Duration,
+    default_wait: Duration,
+    /// One FIFO queue per key that tasks of this process are waiting for or holding: only its
+    /// head competes in the backend.
+    queues: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Builds a [`LockService`]; see [`LockService::builder`].
+#[derive(Debug)]
+#[must_use = "call .build() to get the service"]
+pub struct LockServiceBuilder {
+    backend: Arc<dyn LockBackend>,
+    prefix: String,
+    default_ttl: Duration,
+    default_wait: Duration,
+}
+
+impl LockServiceBuilder {
+    /// Prepend `prefix` to every key this service locks (for example `"myapp:lock:"`), so
+    /// several applications can share one Redis.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The lease used when a call gives no `ttl` (default 30 s). Values under 10 ms are raised
+    /// to 10 ms.
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = ttl.max(MIN_TTL);
+        self
+    }
+
+    /// How long a call waits for a lock when it gives no `wait` (default 30 s).
+    pub fn default_wait(mut self, wait: Duration) -> Self {
+        self.default_wait = wait;
+        self
+    }
+
+    /// The service.
+    pub fn build(self) -> LockService {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        LockService {
+            inner: Arc::new(ServiceInner {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                backend: self.backend,
+                prefix: self.prefix,
+                default_ttl: self.default_ttl,
+                default_wait: self.default_wait,
+                queues: Mutex::default(),
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for LockService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockService")
+            .field("backend", &self.inner.backend.name())
+            .field("key_prefix", &self.inner.prefix)
+            .field("default_ttl", &self.inner.default_ttl)
+            .field("default_wait", &self.inner.default_wait)
+            .finish()
+    }
+}
+
+impl LockService {
+    /// A service over `backend` with the default settings (no prefix, ttl 30 s, wait 30 s).
+    pub fn new(backend: impl LockBackend) -> Self {
+        Self::builder(backend).build()
+    }
+
+    /// A builder to set the key prefix, default ttl and default wait.
+    pub fn builder(backend: impl LockBackend) -> LockServiceBuilder {
+        Self::builder_from_arc(Arc::new(backend))
+    }
+
+    /// Like [`builder`](Self::builder), for a backend that is already shared.
+    pub fn builder_from_arc(backend: Arc<dyn LockBackend>) -> LockServiceBuilder {
+        LockServiceBuilder { backend, prefix: String::new(), default_ttl: DEFAULT_TTL, default_wait: DEFAULT_WAIT }
+    }
+
+    /// A request for the lock on `key`; set `.ttl()`, `.wait()`, `.renew()`, then `.await` it.
+    pub fn lock(&self, key: impl Into<String>) -> LockRequest {
+        LockRequest::new(Ok(self.clone()), vec![key.into()])
+    }
+
+    /// A request for all of `keys` at once.
+    ///
+    /// Duplicates are merged and the keys are taken in one deterministic (sorted) order, so
+    /// two calls over overlapping sets never deadlock each other. It is all or nothing: if any
+    /// key cannot be had within `wait`, those already taken are released. One renewal keeps
+    /// them all, and the guard is lost if any one of them is.
+    pub fn lock_all<I, K>(&self, keys: I) -> LockRequest
+    where
+        I: IntoIterator<Item = K>,
+        K: Into<String>,
+    {
+        LockRequest::new(Ok(self.clone()), keys.into_iter().map(Into::into).collect())
+    }
+
+    /// The backend this service uses.
+    pub fn backend(&self) -> &dyn LockBackend {
+        &*self.inner.backend
+    }
+
+    /// The key prefix.
+    pub fn key_prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The ttl used when a call gives none.
+    pub fn default_ttl(&self) -> Duration {
+        self.inner.default_ttl
+    }
+
+    /// The wait used when a call gives none.
+    pub fn default_wait(&self) -> Duration {
+        self.inner.default_wait
+    }
+
+    /// Take the locks on `keys`: the algorithm behind every request.
+    pub(crate) async fn acquire(
+        &self,
+        mut keys: Vec<String>,
+        ttl: Option<Duration>,
+        wait: Option<Duration>,
+        renew: bool,
+    ) -> Result<LockGuard, Error> {
+        let ttl = ttl.unwrap_or(self.inner.default_ttl);
+        let wait = wait.unwrap_or(self.inner.default_wait);
+        validate(&keys, ttl)?;
+        keys.sort_unstable();
+        keys.dedup();
+
+        // Re-entrancy: keys this task already holds are not taken again.
+        let mut reentered = Vec::new();
+        keys.retain(|key| match context::held(self.inner.id, key) {
+            Some(frame) => {
+                reentered.push(frame);
+                false
+            }
+            None => true,
+        });
+        if keys.is_empty() {
+            return Ok(LockGuard::reentrant(self.clone(), reentered));
+        }
+
+        let started = Instant::now();
+        let deadline = started + wait;
+        let owner: Arc<str> = Arc::from(format!("{:032x}", rand::random::<u128>()));
+        let mut held: Vec<HeldKey> = Vec::with_capacity(keys.len());
+        let mut tickets = Vec::with_capacity(keys.len());
+        let mut sent_at = None;
+        for key in keys {
+            let full_key = format!("{}{key}", self.inner.prefix);
+            let outcome = async {
+                let ticket = self.queue_ticket(&full_key, &key, deadline, started).await?;
+                let (token, sent) = self.acquire_one(&key, &full_key, &owner, ttl, deadline, started).await?;
+                Ok::<_, Error>((ticket, token, sent))
+            }
+            .await;
+            match outcome {
+                Ok((ticket, fencing_token, sent)) => {
+                    tickets.push(ticket);
+                    sent_at.get_or_insert(sent);
+                    held.push(HeldKey { key, full_key, fencing_token });
+                }
+                Err(err) => {
+                    for h in held.iter().rev() {
+                        if let Err(release_err) = self.inner.backend.release(&h.full_key, &owner).await {
+                            tracing::warn!(target: "dlock", key = %h.key, error = %release_err,
+                                "could not release a partly acquired lock set; it expires at its ttl");
+                        }
+                    }
+                    tracing::debug!(target: "dlock", error = %err, "lock not acquired");
+                    return Err(err);
+                }
+            }
+        }
+        let sent_at = sent_at.unwrap_or(started);
+        tracing::debug!(target: "dlock", keys = ?held.iter().map(|h| &h.key).collect::<Vec<_>>(),
+            waited = ?started.elapsed(), "lock acquired");
+
+        let lease = Lease::new();
+        let keeper = Keeper {
+            backend: Arc::clone(&self.inner.backend),
+            keys: held.iter().map(|h| h.full_key.clone()).collect(),
+            owner: Arc::clone(&owner),
+            ttl,
+            renew,
+            sent_at,
+            lease: Arc::clone(&lease),
+        }
+        .spawn();
+        Ok(LockGuard::owned(self.clone(), held, reentered, owner, lease, keeper, tickets))
+    }
+
+    /// Wait (FIFO, within this process) until this task is at the head of `full_key`'s queue.
+    async fn queue_ticket(
+        &self,
+        full_key: &str,
+        key: &str,
+        deadline: Instant,
+        started: Instant,
+    ) -> Result<QueueTicket, Error> {
+        let queue = {
+            let mut queues = self.inner.queues.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(queues.entry(full_key.to_owned()).or_default())
+        };
+        let mut ticket = QueueTicket { service: Arc::clone(&self.inner), key: full_key.to_owned(), guard: None };
+        let lock = Arc::clone(&queue).lock_owned();
+        drop(queue);
+        let guard = match tokio::time::timeout_at(deadline, lock).await {
+            Ok(guard) => guard,
+            Err(_) => return Err(Error::Timeout { key: key.to_owned(), waited: started.elapsed() }),
+        };
+        ticket.guard = Some(guard);
+        Ok(ticket)
+    }
+
+    /// Compete in the backend for one key until acquired or `deadline`.
+    async fn acquire_one(
+        &self,
+        key: &str,
+        full_key: &str,
+        owner: &str,
+        ttl: Duration,
+        deadline: Instant,
+        started: Instant,
+    ) -> Result<(u64, Instant), Error> {
+        let backend = &*self.inner.backend;
+        let mut watch: Option<ReleaseWatch> = None;
+        let mut watched = false;
+        let mut backoff = Duration::from_millis(2);
+        loop {
+            let sent = Instant::now();
+            let remaining = match backend.try_acquire(full_key, owner, ttl).await {
+                Ok(TryAcquire::Acquired { fencing_token }) => return Ok((fencing_token, sent)),
+                Ok(TryAcquire::Held { remaining }) => remaining,
+                Err(err) => {
+                    // The script may have run even though its answer was lost: free the key
+                    // in the background (owner-checked, so it touches nothing else).
+                    clean_up_after_failed_acquire(&self.inner.backend, full_key, owner);
+                    return Err(Error::backend(backend.name(), Some(key), err));
+                }
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout { key: key.to_owned(), waited: now - started });
+            }
+            if !watched {
+                // Register for release notices, then try again at once: a release between the
+                // failed attempt and the registration is then not missed.
+                watched = true;
+                watch = backend
+                    .watch_releases(full_key)
+                    .await
+                    .map_err(|err| Error::backend(backend.name(), Some(key), err))?;
+                if watch.is_some() {
+                    continue;
+                }
+            }
+            // Fallback timer: a holder that crashed releases nothing, its key just expires.
+            let holder_left = remaining.unwrap_or(backoff);
+            let nap = match &watch {
+                Some(_) => jitter(holder_left + Duration::from_millis(1)),
+                None => jitter(holder_left.min(backoff)),
+            };
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+            let wake = (now + nap).min(deadline);
+            match watch.as_mut() {
+                Some(w) => {
+                    let _ = tokio::time::timeout_at(wake, w.released()).await;
+                }
+                None => tokio::time::sleep_until(wake).await,
+            }
+        }
+    }
+}
+
+fn clean_up_after_failed_acquire(backend: &Arc<dyn LockBackend>, full_key: &str, owner: &str) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        let backend = Arc::clone(backend);
+        let (key, owner) = (full_key.to_owned(), owner.to_owned());
+        handle.spawn(async move {
+            let _ = backend.release(&key, &owner).await;
+        });
+    }
+}
+
+/// Between 75 % and 125 % of `d`, so waiters that failed together do not retry together.
+fn jitter(d: Duration) -> Duration {
+    let factor = 0.75 + rand::random::<f64>() * 0.5;
+    d.mul_f64(factor)
+}
+
+fn validate(keys: &[String], ttl: Duration) -> Result<(), Error> {
+    if keys.is_empty() {
+        return Err(Error::InvalidInput { what: "key", reason: "no key was given; pass at least one key".into() });
+    }
+    if keys.iter().any(String::is_empty) {
+        return Err(Error::InvalidInput {
+            what: "key",
+            reason: "a lock key is empty; build keys from a non-empty name such as \"user:42\"".into(),
+        });
+    }
+    if ttl < MIN_TTL {
+        return Err(Error::InvalidInput {
+            what: "ttl",
+            reason: format!("{ttl:?} is shorter than the minimum of {MIN_TTL:?}; leases that short cannot be renewed reliably"),
+        });
+    }
+    Ok(())
+}
+
+/// This task's place at the head of one key's local queue.
+pub(crate) struct QueueTicket {
+    service: Arc<ServiceInner>,
+    key: String,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl Drop for QueueTicket {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut queues = self.service.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        // Clones of the queue are only made under this map lock, so a count of one (the map's
+        // own) means nobody is waiting on or holding it.
+        if queues.get(&self.key).is_some_and(|q| Arc::strong_count(q) == 1) {
+            queues.remove(&self.key);
+        }
+    }
+}
+
+impl ServiceInner {
+    #[cfg(test)]
+    pub(crate) fn queue_count(&self) -> usize {
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+}
+
