@@ -1,8 +1,8 @@
 //! What `#[distributed_lock]` expands to calls. Not a stable API: use the attribute.
 
-use std::future::Future;
 use crate::error::Error;
 use crate::registry;
+use std::future::Future;
 
 pub use ::core::time::Duration;
 pub use ::std::format;

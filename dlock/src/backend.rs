@@ -77,7 +77,10 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     ///
     /// Return `Ok(None)` (the default) when the backend has no way to announce releases;
     /// waiters then retry on a jittered timer bounded by the holder's remaining lease.
-    fn watch_releases<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<ReleaseWatch>, BackendError>> {
+    fn watch_releases<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ReleaseWatch>, BackendError>> {
         let _ = key;
         Box::pin(async { Ok(None) })
     }

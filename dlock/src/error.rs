@@ -46,7 +46,9 @@ pub enum Error {
     },
 
     /// The lock was held, then lost before the holder was done with it.
-    #[error("lost lock `{key}`: {reason}; the protected work was stopped — retry it, it did not complete under the lock")]
+    #[error(
+        "lost lock `{key}`: {reason}; the protected work was stopped — retry it, it did not complete under the lock"
+    )]
     Lost {
         /// The full key (service prefix included).
         key: String,
@@ -167,7 +169,9 @@ impl From<Error> for std::io::Error {
             Error::Timeout { .. } => std::io::ErrorKind::TimedOut,
             Error::Lost { .. } => std::io::ErrorKind::Interrupted,
             Error::InvalidInput { .. } => std::io::ErrorKind::InvalidInput,
-            Error::Backend { source, .. } if source.kind() == BackendErrorKind::Timeout => std::io::ErrorKind::TimedOut,
+            Error::Backend { source, .. } if source.kind() == BackendErrorKind::Timeout => {
+                std::io::ErrorKind::TimedOut
+            }
             _ => std::io::ErrorKind::Other,
         };
         std::io::Error::new(kind, err)

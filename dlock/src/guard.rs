@@ -3,8 +3,8 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::Poll;
 use std::sync::Arc;
+use std::task::Poll;
 
 use tokio::task::JoinHandle;
 
@@ -76,8 +76,12 @@ impl LockGuard {
 
     /// Every key this guard covers, in acquisition (sorted) order.
     pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
-        let mut keys: Vec<&str> =
-            self.held.iter().map(|h| h.key.as_str()).chain(self.reentered.iter().map(|f| self.strip(&f.key))).collect();
+        let mut keys: Vec<&str> = self
+            .held
+            .iter()
+            .map(|h| h.key.as_str())
+            .chain(self.reentered.iter().map(|f| self.strip(&f.key)))
+            .collect();
         keys.sort_unstable();
         keys.into_iter()
     }

@@ -165,7 +165,10 @@ impl LockBackend for MemoryBackend {
         Box::pin(std::future::ready(Ok(renewed)))
     }
 
-    fn watch_releases<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<ReleaseWatch>, BackendError>> {
+    fn watch_releases<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ReleaseWatch>, BackendError>> {
         let mut state = self.inner.lock();
         let rx = match state.watchers.get(key) {
             Some(tx) => tx.subscribe(),
@@ -209,7 +212,10 @@ mod tests {
         let TryAcquire::Acquired { fencing_token: t1 } = m.try_acquire("k", "a", ttl).await.unwrap() else {
             panic!("first acquire must succeed")
         };
-        assert!(matches!(m.try_acquire("k", "b", ttl).await.unwrap(), TryAcquire::Held { remaining: Some(_) }));
+        assert!(matches!(
+            m.try_acquire("k", "b", ttl).await.unwrap(),
+            TryAcquire::Held { remaining: Some(_) }
+        ));
         tokio::time::advance(Duration::from_millis(101)).await;
         let TryAcquire::Acquired { fencing_token: t2 } = m.try_acquire("k", "b", ttl).await.unwrap() else {
             panic!("acquire after expiry must succeed")

@@ -126,7 +126,12 @@ impl LockService {
 
     /// Like [`builder`](Self::builder), for a backend that is already shared.
     pub fn builder_from_arc(backend: Arc<dyn LockBackend>) -> LockServiceBuilder {
-        LockServiceBuilder { backend, prefix: String::new(), default_ttl: DEFAULT_TTL, default_wait: DEFAULT_WAIT }
+        LockServiceBuilder {
+            backend,
+            prefix: String::new(),
+            default_ttl: DEFAULT_TTL,
+            default_wait: DEFAULT_WAIT,
+        }
     }
 
     /// A request for the lock on `key`; set `.ttl()`, `.wait()`, `.renew()`, then `.await` it.
@@ -257,7 +262,8 @@ impl LockService {
             let mut queues = self.inner.queues.lock().unwrap_or_else(PoisonError::into_inner);
             Arc::clone(queues.entry(full_key.to_owned()).or_default())
         };
-        let mut ticket = QueueTicket { service: Arc::clone(&self.inner), key: full_key.to_owned(), guard: None };
+        let mut ticket =
+            QueueTicket { service: Arc::clone(&self.inner), key: full_key.to_owned(), guard: None };
         let lock = Arc::clone(&queue).lock_owned();
         drop(queue);
         let guard = match tokio::time::timeout_at(deadline, lock).await {
@@ -346,7 +352,10 @@ fn jitter(d: Duration) -> Duration {
 
 fn validate(keys: &[String], ttl: Duration) -> Result<(), Error> {
     if keys.is_empty() {
-        return Err(Error::InvalidInput { what: "key", reason: "no key was given; pass at least one key".into() });
+        return Err(Error::InvalidInput {
+            what: "key",
+            reason: "no key was given; pass at least one key".into(),
+        });
     }
     if keys.iter().any(String::is_empty) {
         return Err(Error::InvalidInput {
@@ -357,7 +366,9 @@ fn validate(keys: &[String], ttl: Duration) -> Result<(), Error> {
     if ttl < MIN_TTL {
         return Err(Error::InvalidInput {
             what: "ttl",
-            reason: format!("{ttl:?} is shorter than the minimum of {MIN_TTL:?}; leases that short cannot be renewed reliably"),
+            reason: format!(
+                "{ttl:?} is shorter than the minimum of {MIN_TTL:?}; leases that short cannot be renewed reliably"
+            ),
         });
     }
     Ok(())
@@ -388,4 +399,3 @@ impl ServiceInner {
         self.queues.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 }
-

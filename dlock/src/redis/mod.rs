@@ -73,7 +73,10 @@ impl RedisBackendBuilder {
             ),
         })?;
         if self.call_timeout.is_zero() {
-            return Err(Error::InvalidInput { what: "call timeout", reason: "it must be greater than zero".into() });
+            return Err(Error::InvalidInput {
+                what: "call timeout",
+                reason: "it must be greater than zero".into(),
+            });
         }
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.call_timeout))
@@ -90,12 +93,17 @@ impl RedisBackendBuilder {
                     None,
                     BackendError::new(
                         BackendErrorKind::Timeout,
-                        format!("could not connect to {url} within {:?}; is Redis running and reachable?", self.call_timeout),
+                        format!(
+                            "could not connect to {url} within {:?}; is Redis running and reachable?",
+                            self.call_timeout
+                        ),
                     ),
                 ));
             }
         };
-        let pong = tokio::time::timeout(self.call_timeout, redis::cmd("PING").query_async::<String>(&mut conn)).await;
+        let pong =
+            tokio::time::timeout(self.call_timeout, redis::cmd("PING").query_async::<String>(&mut conn))
+                .await;
         match pong {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => return Err(Error::backend("redis", None, connect_error(&url, err))),
@@ -103,7 +111,10 @@ impl RedisBackendBuilder {
                 return Err(Error::backend(
                     "redis",
                     None,
-                    BackendError::new(BackendErrorKind::Timeout, format!("{url} did not answer PING within {:?}", self.call_timeout)),
+                    BackendError::new(
+                        BackendErrorKind::Timeout,
+                        format!("{url} did not answer PING within {:?}", self.call_timeout),
+                    ),
                 ));
             }
         }
@@ -124,7 +135,11 @@ impl RedisBackend {
 
     /// Options: call timeout, fencing counter key.
     pub fn builder(url: impl Into<String>) -> RedisBackendBuilder {
-        RedisBackendBuilder { url: url.into(), call_timeout: DEFAULT_CALL_TIMEOUT, fence_key: "dlock:fence".into() }
+        RedisBackendBuilder {
+            url: url.into(),
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            fence_key: "dlock:fence".into(),
+        }
     }
 
     /// The channel on which releases of `key` (as stored in Redis) are announced.
@@ -163,7 +178,8 @@ impl LockBackend for RedisBackend {
             let mut conn = self.conn.clone();
             let mut call = scripts::ACQUIRE.key(key);
             call.key(&self.fence_key).arg(owner).arg(millis(ttl));
-            let (acquired, value): (i64, i64) = self.bounded("the acquire script", call.invoke_async(&mut conn)).await?;
+            let (acquired, value): (i64, i64) =
+                self.bounded("the acquire script", call.invoke_async(&mut conn)).await?;
             Ok(if acquired == 1 {
                 TryAcquire::Acquired { fencing_token: u64::try_from(value).unwrap_or(0) }
             } else {
@@ -213,7 +229,10 @@ fn millis(d: Duration) -> u64 {
 }
 
 fn classify(err: &RedisError) -> BackendErrorKind {
-    if err.kind() == ErrorKind::AuthenticationFailed || err.to_string().contains("WRONGPASS") || err.to_string().contains("NOAUTH") {
+    if err.kind() == ErrorKind::AuthenticationFailed
+        || err.to_string().contains("WRONGPASS")
+        || err.to_string().contains("NOAUTH")
+    {
         BackendErrorKind::Auth
     } else if err.is_timeout() {
         BackendErrorKind::Timeout
@@ -228,7 +247,9 @@ fn connect_error(url: &str, err: RedisError) -> BackendError {
     let kind = classify(&err);
     let hint = match kind {
         BackendErrorKind::Auth => "Redis refused the credentials; check the user and password in the URL",
-        BackendErrorKind::Timeout | BackendErrorKind::Connection => "is Redis running and reachable at that address?",
+        BackendErrorKind::Timeout | BackendErrorKind::Connection => {
+            "is Redis running and reachable at that address?"
+        }
         _ => "check the URL and the server",
     };
     BackendError::with_source(kind, format!("could not connect to {url}: {hint}"), err)

@@ -1,0 +1,281 @@
+//! Key templates: `"user:<user_id>"`, `"order:<req.order_id>"`, `"{cart:<self.id>}"`.
+//!
+//! `<name>` and `<name.field.field>` interpolate a binding from the parameters (or `self`);
+//! everything else is literal text, `{` and `}` included. There is no escape: `<` always opens
+//! a placeholder, and a `>` outside one is plain text.
+//!
+//! Errors go on the string literal (a proc macro cannot point inside a literal on stable).
+
+use proc_macro2::Span;
+use syn::{Ident, LitStr};
+
+use crate::bindings::Bindings;
+use crate::suggest;
+
+/// One `key = "..."`, parsed and checked against the function's bindings.
+pub(crate) struct Key {
+    pub lit: LitStr,
+    pub parts: Vec<Part>,
+}
+
+pub(crate) enum Part {
+    Text(String),
+    Value(Value),
+}
+
+/// A placeholder resolved to an expression: `root.field.field`.
+pub(crate) struct Value {
+    /// The binding, spanned where it is declared in the signature when `fields` is empty (so a
+    /// type error about it points at the parameter), else at the key.
+    pub root: Root,
+    pub fields: Vec<syn::Member>,
+}
+
+pub(crate) enum Root {
+    SelfValue(Span),
+    Binding(Ident),
+}
+
+/// A placeholder as written, before it is checked against the bindings.
+struct Placeholder {
+    /// The text between `<` and `>`.
+    text: String,
+    root: String,
+    fields: Vec<String>,
+}
+
+impl Key {
+    /// Parses `lit` and resolves its placeholders against `bindings` of the function `fn_name`.
+    pub(crate) fn new(lit: &LitStr, bindings: &Bindings, fn_name: &Ident) -> syn::Result<Key> {
+        let text = lit.value();
+        let error = |message: String| syn::Error::new(lit.span(), message);
+        if text.is_empty() {
+            return Err(error(
+                "empty lock key: give it a name that says what it protects, \
+                 e.g. `key = \"user:<user_id>\"`"
+                    .to_owned(),
+            ));
+        }
+
+        let mut parts = Vec::new();
+        let mut rest = text.as_str();
+        while let Some(open) = rest.find('<') {
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].to_owned()));
+            }
+            let after = &rest[open + 1..];
+            let Some(close) = after.find('>') else {
+                return Err(error(format!(
+                    "unterminated placeholder in key {text:?}: `<` opens a placeholder and \
+                     needs a closing `>`, e.g. `<user_id>` (a key cannot contain a literal `<`)"
+                )));
+            };
+            let placeholder = parse_placeholder(&after[..close], &text).map_err(error)?;
+            parts.push(Part::Value(resolve(placeholder, lit, bindings, fn_name)?));
+            rest = &after[close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        Ok(Key {
+            lit: lit.clone(),
+            parts,
+        })
+    }
+
+    /// The `format!` string: placeholders become `{}`, braces in the text are escaped.
+    pub(crate) fn format_string(&self) -> String {
+        let mut format = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(text) => format.push_str(&text.replace('{', "{{").replace('}', "}}")),
+                Part::Value(_) => format.push_str("{}"),
+            }
+        }
+        format
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Value> {
+        self.parts.iter().filter_map(|part| match part {
+            Part::Value(value) => Some(value),
+            Part::Text(_) => None,
+        })
+    }
+}
+
+fn parse_placeholder(inner: &str, key: &str) -> Result<Placeholder, String> {
+    if inner.is_empty() {
+        return Err(format!(
+            "empty placeholder `<>` in key {key:?}: write the name of a parameter \
+             between `<` and `>`, e.g. `<user_id>`"
+        ));
+    }
+    let invalid = || {
+        format!(
+            "invalid placeholder `<{inner}>` in key {key:?}: a placeholder is the name of a \
+             parameter, optionally followed by `.field`s, e.g. `<user_id>` or `<req.user_id>`"
+        )
+    };
+    let mut segments = inner.split('.');
+    let root = segments.next().unwrap_or_default();
+    if root != "self" && !is_identifier(root) {
+        return Err(invalid());
+    }
+    let mut fields = Vec::new();
+    for field in segments {
+        let is_index = !field.is_empty()
+            && field.bytes().all(|b| b.is_ascii_digit())
+            && (field == "0" || !field.starts_with('0'));
+        if !is_index && !is_identifier(field) {
+            return Err(invalid());
+        }
+        fields.push(field.to_owned());
+    }
+    Ok(Placeholder {
+        text: inner.to_owned(),
+        root: root.to_owned(),
+        fields,
+    })
+}
+
+/// A Rust identifier, a keyword written raw (`r#type`) or a keyword usable as a field name.
+fn is_identifier(text: &str) -> bool {
+    syn::parse_str::<Ident>(text).is_ok() || syn::parse_str::<Ident>(&format!("r#{text}")).is_ok()
+}
+
+fn resolve(
+    placeholder: Placeholder,
+    lit: &LitStr,
+    bindings: &Bindings,
+    fn_name: &Ident,
+) -> syn::Result<Value> {
+    let span = lit.span();
+    let available = || {
+        let names: Vec<String> = bindings.names().collect();
+        if names.is_empty() {
+            format!("`{fn_name}` has no parameters, so the key can only be fixed text")
+        } else {
+            format!(
+                "bindings you can use: {}",
+                suggest::list(names.iter().map(String::as_str))
+            )
+        }
+    };
+
+    let root = if placeholder.root == "self" {
+        match bindings.receiver {
+            // Like a plain binding: on the receiver itself, or on the key when fields follow.
+            Some(receiver) if placeholder.fields.is_empty() => Root::SelfValue(receiver),
+            Some(_) => Root::SelfValue(span),
+            None => {
+                return Err(syn::Error::new(
+                    span,
+                    format!(
+                        "`<{}>` needs a method that takes `self`, `&self` or `&mut self`, \
+                         but `{fn_name}` has no `self` parameter; {}",
+                        placeholder.text,
+                        available()
+                    ),
+                ));
+            }
+        }
+    } else {
+        match bindings.get(&placeholder.root) {
+            Some(binding) if placeholder.fields.is_empty() => Root::Binding(binding.clone()),
+            Some(binding) => {
+                let mut ident = binding.clone();
+                ident.set_span(span);
+                Root::Binding(ident)
+            }
+            None => {
+                let names: Vec<String> = bindings.names().collect();
+                let hint = suggest::closest(&placeholder.root, names.iter().map(String::as_str))
+                    .map(|name| format!("did you mean `{name}`? "))
+                    .unwrap_or_default();
+                return Err(syn::Error::new(
+                    span,
+                    format!(
+                        "unknown placeholder `<{}>`: `{fn_name}` has no parameter named `{}`; \
+                         {hint}{}",
+                        placeholder.text,
+                        placeholder.root,
+                        available()
+                    ),
+                ));
+            }
+        }
+    };
+
+    let mut fields = Vec::new();
+    for field in &placeholder.fields {
+        let member = match field.parse::<u32>() {
+            Ok(index) => syn::Member::Unnamed(syn::Index { index, span }),
+            Err(_) => {
+                let mut ident = syn::parse_str::<Ident>(field)
+                    .or_else(|_| syn::parse_str::<Ident>(&format!("r#{field}")))
+                    .map_err(|_| {
+                        syn::Error::new(
+                            span,
+                            format!("`{field}` cannot be used as a field name in a key"),
+                        )
+                    })?;
+                ident.set_span(span);
+                syn::Member::Named(ident)
+            }
+        };
+        fields.push(member);
+    }
+    Ok(Value { root, fields })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(template: &str, sig: &str) -> Result<Key, String> {
+        let sig: syn::Signature = syn::parse_str(sig).map_err(|e| e.to_string())?;
+        let bindings = Bindings::collect(&sig);
+        let lit = LitStr::new(template, Span::call_site());
+        Key::new(&lit, &bindings, &sig.ident).map_err(|e| e.to_string())
+    }
+
+    fn format_of(template: &str, sig: &str) -> String {
+        match key(template, sig) {
+            Ok(key) => key.format_string(),
+            Err(e) => format!("error: {e}"),
+        }
+    }
+
+    #[test]
+    fn formats() {
+        let sig = "async fn f(user_id: u64, req: Req)";
+        assert_eq!(format_of("user:<user_id>", sig), "user:{}");
+        assert_eq!(format_of("{user:<user_id>}:cart", sig), "{{user:{}}}:cart");
+        assert_eq!(format_of("<req.a.b>-<user_id>", sig), "{}-{}");
+        assert_eq!(format_of("<req.0>", sig), "{}");
+        assert_eq!(format_of("fixed", sig), "fixed");
+        assert_eq!(format_of("a>b", sig), "a>b");
+        assert_eq!(format_of("<self.id>", "async fn f(&self)"), "{}");
+        assert_eq!(format_of("<type>", "async fn f(r#type: u8)"), "{}");
+    }
+
+    #[test]
+    fn errors() {
+        let sig = "async fn pay(user_id: u64, amount: u64)";
+        let err = |t: &str| format_of(t, sig);
+        assert!(err("").contains("empty lock key"));
+        assert!(err("user:<user_id").contains("unterminated placeholder"));
+        assert!(err("user:<>").contains("empty placeholder"));
+        assert!(err("user:< user_id>").contains("invalid placeholder"));
+        assert!(err("user:<user_id.>").contains("invalid placeholder"));
+        assert!(err("user:<user_id.01>").contains("invalid placeholder"));
+        assert!(err("user:<a-b>").contains("invalid placeholder"));
+        let unknown = err("user:<usr_id>");
+        assert!(unknown.contains("did you mean `user_id`?"), "{unknown}");
+        assert!(unknown.contains("`user_id`, `amount`"), "{unknown}");
+        let no_self = err("user:<self.id>");
+        assert!(no_self.contains("has no `self` parameter"), "{no_self}");
+        let none = format_of("<x>", "async fn f()");
+        assert!(none.contains("has no parameters"), "{none}");
+    }
+}

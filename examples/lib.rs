@@ -1,0 +1,1 @@
+//! Runnable examples for dlock live beside this file; see the README.
