@@ -191,9 +191,9 @@ impl LockGuard {
 
 async fn release_owned(service: LockService, held: Vec<HeldKey>, owned: Owned) -> Result<bool, Error> {
     let Owned { owner, lease, keeper, tickets } = owned;
+    // No renewal may be sent after the release: stop them (waiting for one on the wire).
+    lease.stop_renewals().await;
     keeper.abort();
-    // Wait for the keeper to stop, so no renewal can be sent after the release.
-    let _ = keeper.await;
     let backend = service.backend();
     let mut all_ours = lease.lost_reason().is_none();
     let mut first_err = None;
@@ -218,7 +218,6 @@ async fn release_owned(service: LockService, held: Vec<HeldKey>, owned: Owned) -
 impl Drop for LockGuard {
     fn drop(&mut self) {
         let Some(owned) = self.owned.take() else { return };
-        owned.keeper.abort();
         let held = std::mem::take(&mut self.held);
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {

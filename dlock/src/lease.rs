@@ -1,12 +1,13 @@
 //! The life of a lease after acquisition: renewal every ttl/3, and loss detection.
 //!
-//! One task per guard keeps the lease. It is aborted (and awaited) before the guard releases,
-//! so no renewal is ever sent after a release, and it never outlives its guard.
+//! One task per guard keeps the lease. Before the guard releases, it marks the lease released
+//! (waiting for a renewal already on the wire, if any, to finish) and aborts the task, so no
+//! renewal is ever sent after a release, and the task never outlives its guard.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -28,11 +29,41 @@ pub fn safety_margin(ttl: Duration) -> Duration {
 #[derive(Debug)]
 pub(crate) struct Lease {
     lost: watch::Sender<Option<LostReason>>,
+    /// `(released, renewal in flight)`: the hand-shake between the keeper and the release.
+    renewal: Mutex<(bool, bool)>,
+    renewal_done: Notify,
 }
 
 impl Lease {
     pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Self { lost: watch::channel(None).0 })
+        Arc::new(Self { lost: watch::channel(None).0, renewal: Mutex::new((false, false)), renewal_done: Notify::new() })
+    }
+
+    /// Stop renewals for good; returns once no renewal is on the wire.
+    pub(crate) async fn stop_renewals(&self) {
+        loop {
+            let done = self.renewal_done.notified();
+            {
+                let mut state = self.renewal.lock().unwrap_or_else(PoisonError::into_inner);
+                state.0 = true;
+                if !state.1 {
+                    return;
+                }
+            }
+            done.await;
+        }
+    }
+
+    /// Called by the keeper before sending a renewal: `None` once the lease is released. The
+    /// renewal counts as on the wire until the returned value is dropped (also when the keeper
+    /// is cancelled mid-call).
+    fn begin_renewal(&self) -> Option<InFlight<'_>> {
+        let mut state = self.renewal.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.0 {
+            return None;
+        }
+        state.1 = true;
+        Some(InFlight(self))
     }
 
     pub(crate) fn lost_reason(&self) -> Option<LostReason> {
@@ -57,6 +88,16 @@ impl Lease {
         // `None` cannot happen.
         let reason = rx.wait_for(Option::is_some).await.ok().and_then(|r| *r);
         reason.unwrap_or(LostReason::Refused)
+    }
+}
+
+/// A renewal on the wire; see [`Lease::begin_renewal`].
+struct InFlight<'a>(&'a Lease);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.renewal.lock().unwrap_or_else(PoisonError::into_inner).1 = false;
+        self.0.renewal_done.notify_waiters();
     }
 }
 
@@ -93,8 +134,11 @@ impl Keeper {
                 self.lost(LostReason::Unconfirmed);
                 return;
             }
+            let Some(in_flight) = self.lease.begin_renewal() else { return };
             let sent = Instant::now();
-            match tokio::time::timeout_at(deadline, self.renew_all()).await {
+            let outcome = tokio::time::timeout_at(deadline, self.renew_all()).await;
+            drop(in_flight);
+            match outcome {
                 Ok(Ok(true)) => {
                     deadline = sent + self.ttl.saturating_sub(margin);
                     next = sent + every;

@@ -1,5 +1,6 @@
 //! [`RedisBackend`]: locks in one Redis server, shared by every process that connects to it.
 
+mod notify;
 mod scripts;
 
 use std::fmt;
@@ -8,7 +9,9 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError};
 
-use crate::backend::{BoxFuture, LockBackend, TryAcquire};
+use std::sync::Arc;
+
+use crate::backend::{BoxFuture, LockBackend, ReleaseWatch, TryAcquire};
 use crate::error::{BackendError, BackendErrorKind, Error};
 
 /// The default bound on every Redis call: 2 s.
@@ -39,6 +42,7 @@ pub struct RedisBackend {
     fence_key: String,
     /// The URL with any password masked, for messages.
     url: String,
+    notifier: Arc<notify::Notifier>,
 }
 
 /// Options for [`RedisBackend`]; see [`RedisBackend::builder`].
@@ -119,7 +123,8 @@ impl RedisBackendBuilder {
             }
         }
         tracing::debug!(target: "dlock", url = %url, "connected to Redis");
-        Ok(RedisBackend { conn, call_timeout: self.call_timeout, fence_key: self.fence_key, url })
+        let notifier = Arc::new(notify::Notifier::start(client, self.call_timeout));
+        Ok(RedisBackend { conn, call_timeout: self.call_timeout, fence_key: self.fence_key, url, notifier })
     }
 }
 
@@ -145,6 +150,12 @@ impl RedisBackend {
     /// The channel on which releases of `key` (as stored in Redis) are announced.
     pub fn release_channel(key: &str) -> String {
         format!("dlock:released:{key}")
+    }
+
+    /// How many release channels this process is subscribed to (or about to be): zero once
+    /// no task of the process is waiting.
+    pub fn subscribed_channels(&self) -> usize {
+        self.notifier.channel_count()
     }
 
     async fn bounded<T>(
@@ -211,6 +222,10 @@ impl LockBackend for RedisBackend {
             let renewed: i64 = self.bounded("the renew script", call.invoke_async(&mut conn)).await?;
             Ok(renewed == 1)
         })
+    }
+
+    fn watch_releases<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<ReleaseWatch>, BackendError>> {
+        Box::pin(async move { Ok(Some(self.notifier.watch(Self::release_channel(key), self.call_timeout).await)) })
     }
 }
 
