@@ -48,7 +48,6 @@ struct Owned {
     owner: Arc<str>,
     lease: Arc<Lease>,
     keeper: JoinHandle<()>,
-    tickets: Vec<QueueTicket>,
 }
 
 impl LockGuard {
@@ -61,7 +60,8 @@ impl LockGuard {
         keeper: JoinHandle<()>,
         tickets: Vec<QueueTicket>,
     ) -> Self {
-        Self { service, held, reentered, owned: Some(Owned { owner, lease, keeper, tickets }) }
+        lease.hold_tickets(tickets);
+        Self { service, held, reentered, owned: Some(Owned { owner, lease, keeper }) }
     }
 
     pub(crate) fn reentrant(service: LockService, reentered: Vec<Frame>) -> Self {
@@ -190,7 +190,7 @@ impl LockGuard {
 }
 
 async fn release_owned(service: LockService, held: Vec<HeldKey>, owned: Owned) -> Result<bool, Error> {
-    let Owned { owner, lease, keeper, tickets } = owned;
+    let Owned { owner, lease, keeper } = owned;
     // No renewal may be sent after the release: stop them (waiting for one on the wire).
     lease.stop_renewals().await;
     keeper.abort();
@@ -207,7 +207,7 @@ async fn release_owned(service: LockService, held: Vec<HeldKey>, owned: Owned) -
         }
     }
     // Only now may the next task of this process compete for the keys.
-    drop(tickets);
+    lease.drop_tickets();
     tracing::debug!(target: "dlock", keys = ?held.iter().map(|h| &h.key).collect::<Vec<_>>(), still_ours = all_ours, "lock released");
     match first_err {
         Some(err) => Err(err),

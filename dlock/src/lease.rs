@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::backend::LockBackend;
 use crate::error::LostReason;
+use crate::service::QueueTicket;
 
 /// How much earlier than the backend's own expiry dlock considers a lease over.
 ///
@@ -32,11 +33,27 @@ pub(crate) struct Lease {
     /// `(released, renewal in flight)`: the hand-shake between the keeper and the release.
     renewal: Mutex<(bool, bool)>,
     renewal_done: Notify,
+    /// This process's places at the head of the keys' local queues: given up on release, and
+    /// as soon as the lease is lost (the backend may already let another owner in).
+    tickets: Mutex<Vec<QueueTicket>>,
 }
 
 impl Lease {
     pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Self { lost: watch::channel(None).0, renewal: Mutex::new((false, false)), renewal_done: Notify::new() })
+        Arc::new(Self { lost: watch::channel(None).0, renewal: Mutex::new((false, false)),
+            renewal_done: Notify::new(),
+            tickets: Mutex::default(),
+        })
+    }
+
+    pub(crate) fn hold_tickets(&self, tickets: Vec<QueueTicket>) {
+        *self.tickets.lock().unwrap_or_else(PoisonError::into_inner) = tickets;
+    }
+
+    /// Let the next task of this process compete for the keys.
+    pub(crate) fn drop_tickets(&self) {
+        let tickets = std::mem::take(&mut *self.tickets.lock().unwrap_or_else(PoisonError::into_inner));
+        drop(tickets);
     }
 
     /// Stop renewals for good; returns once no renewal is on the wire.
@@ -79,6 +96,7 @@ impl Lease {
                 false
             }
         });
+        self.drop_tickets();
     }
 
     /// Resolves when the lease is lost; never, if it is not.

@@ -44,6 +44,7 @@ pub struct LockService {
     pub(crate) inner: Arc<ServiceInner>,
 }
 
+#[derive(Debug)]
 pub(crate) struct ServiceInner {
     pub(crate) id: u64,
     pub(crate) backend: Arc<dyn LockBackend>,
@@ -375,6 +376,7 @@ fn validate(keys: &[String], ttl: Duration) -> Result<(), Error> {
 }
 
 /// This task's place at the head of one key's local queue.
+#[derive(Debug)]
 pub(crate) struct QueueTicket {
     service: Arc<ServiceInner>,
     key: String,

@@ -1,0 +1,258 @@
+//! Holding a lock: renewal, loss, `renew(false)`, re-entrancy, several keys.
+//!
+//! These run against a recording wrapper around `MemoryBackend` on tokio's paused clock, so
+//! the order and count of backend calls are exact and ttl-long scenarios take no real time.
+//! The same properties against real Redis (with faults) are in `holding_redis.rs`.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dlock::{BackendError, BoxFuture, Error, LockBackend, LockService, LostReason, MemoryBackend, TryAcquire};
+use tokio::time::Instant;
+
+/// Counts calls and can be told to refuse renewals or to stop answering them.
+#[derive(Debug, Default)]
+struct Recording {
+    inner: MemoryBackend,
+    log: Mutex<Vec<(Instant, &'static str, String)>>,
+    renews: AtomicUsize,
+    refuse_renewals: AtomicBool,
+    hang_renewals: AtomicBool,
+}
+
+impl Recording {
+    fn record(&self, what: &'static str, key: &str) {
+        self.log.lock().expect("log").push((Instant::now(), what, key.to_owned()));
+    }
+    fn calls(&self) -> Vec<(&'static str, String)> {
+        self.log.lock().expect("log").iter().map(|(_, w, k)| (*w, k.clone())).collect()
+    }
+    fn last(&self, what: &str) -> Option<Instant> {
+        self.log.lock().expect("log").iter().rev().find(|(_, w, _)| *w == what).map(|(t, _, _)| *t)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Rec(Arc<Recording>);
+
+impl std::ops::Deref for Rec {
+    type Target = Recording;
+    fn deref(&self) -> &Recording {
+        &self.0
+    }
+}
+
+impl LockBackend for Rec {
+    fn name(&self) -> &'static str {
+        "recording"
+    }
+    fn try_acquire<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<TryAcquire, BackendError>> {
+        self.record("acquire", key);
+        self.inner.try_acquire(key, owner, ttl)
+    }
+    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFuture<'a, Result<bool, BackendError>> {
+        self.record("release", key);
+        self.inner.release(key, owner)
+    }
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        self.record("renew", key);
+        self.renews.fetch_add(1, Ordering::SeqCst);
+        if self.hang_renewals.load(Ordering::SeqCst) {
+            return Box::pin(std::future::pending());
+        }
+        if self.refuse_renewals.load(Ordering::SeqCst) {
+            return Box::pin(std::future::ready(Ok(false)));
+        }
+        self.inner.renew(key, owner, ttl)
+    }
+    fn watch_releases<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<dlock::ReleaseWatch>, BackendError>> {
+        self.inner.watch_releases(key)
+    }
+}
+
+fn service() -> (Rec, LockService) {
+    let rec = Rec(Arc::new(Recording::default()));
+    (rec.clone(), LockService::new(rec))
+}
+
+const TTL: Duration = Duration::from_millis(300);
+
+#[tokio::test(start_paused = true)]
+async fn renewal_keeps_the_lock_for_three_ttls() {
+    let (rec, svc) = service();
+    let guard = svc.lock("k").ttl(TTL).await.expect("acquire");
+    tokio::time::sleep(TTL * 3).await;
+    assert!(!guard.is_lost());
+    // Another owner cannot get in meanwhile.
+    let other = svc.lock("k").wait(Duration::ZERO).await;
+    assert!(matches!(other, Err(Error::Timeout { .. })), "{other:?}");
+    // Renewed every ttl/3: about 9 renewals in 3 ttls.
+    let renews = rec.renews.load(Ordering::SeqCst);
+    assert!((8..=10).contains(&renews), "{renews} renewals in 3 ttls");
+    assert!(guard.release().await.expect("release"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_renewal_after_release_or_drop() {
+    let (rec, svc) = service();
+    let guard = svc.lock("a").ttl(TTL).await.expect("acquire");
+    tokio::time::sleep(TTL / 2).await; // one renewal
+    guard.release().await.expect("release");
+    let released_at = rec.last("release").expect("released");
+    let dropped = svc.lock("b").ttl(TTL).await.expect("acquire");
+    drop(dropped);
+    tokio::time::sleep(TTL * 5).await;
+    let calls = rec.calls();
+    assert_eq!(calls.iter().filter(|(w, k)| *w == "renew" && k == "a").count(), 1, "{calls:?}");
+    assert_eq!(calls.iter().filter(|(w, k)| *w == "renew" && k == "b").count(), 0, "{calls:?}");
+    assert!(rec.last("renew").expect("renewed") < released_at);
+    assert_eq!(rec.inner.held_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_renewal_task_left_after_many_cycles() {
+    let (rec, svc) = service();
+    for i in 0..10_000 {
+        let guard = svc.lock(format!("k{}", i % 7)).ttl(TTL).await.expect("acquire");
+        if i % 2 == 0 { guard.release().await.expect("release"); } else { drop(guard); }
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(TTL * 3).await;
+    assert_eq!(rec.renews.load(Ordering::SeqCst), 0);
+    let metrics = tokio::runtime::Handle::current().metrics();
+    assert_eq!(metrics.num_alive_tasks(), 0, "renewal or release tasks left behind");
+    assert_eq!(rec.inner.held_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_renewal_marks_the_guard_lost_within_a_third_of_ttl() {
+    let (rec, svc) = service();
+    let guard = svc.lock("k").ttl(TTL).await.expect("acquire");
+    let start = Instant::now();
+    rec.refuse_renewals.store(true, Ordering::SeqCst);
+    let reason = guard.lost().await;
+    assert_eq!(reason, LostReason::Refused);
+    assert!(start.elapsed() <= TTL / 3 + Duration::from_millis(5), "{:?}", start.elapsed());
+    assert!(guard.is_lost());
+    assert!(!guard.release().await.expect("release"), "a lost guard reports it was not ours");
+}
+
+#[tokio::test(start_paused = true)]
+async fn unanswered_renewal_is_lost_before_the_lease_ends() {
+    let (rec, svc) = service();
+    let sent = Instant::now();
+    let guard = svc.lock("k").ttl(TTL).await.expect("acquire");
+    rec.hang_renewals.store(true, Ordering::SeqCst);
+    assert_eq!(guard.lost().await, LostReason::Unconfirmed);
+    let lease_end = sent + TTL;
+    assert!(Instant::now() < lease_end, "lost must be reported before the lease could end");
+    assert!(Instant::now() + dlock::safety_margin(TTL) <= lease_end + Duration::from_millis(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_renewal_the_lease_ends_at_ttl() {
+    let (rec, svc) = service();
+    let sent = Instant::now();
+    let guard = svc.lock("k").ttl(TTL).renew(false).await.expect("acquire");
+    assert_eq!(guard.lost().await, LostReason::Expired);
+    assert!(Instant::now() < sent + TTL);
+    assert_eq!(rec.renews.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_key_lets_the_next_owner_in_and_the_old_release_is_harmless() {
+    let (_rec, svc) = service();
+    let a = svc.lock("k").ttl(TTL).renew(false).await.expect("a");
+    tokio::time::sleep(TTL + Duration::from_millis(1)).await;
+    let b = svc.lock("k").ttl(TTL).wait(Duration::ZERO).await.expect("b gets in after a's lease ended");
+    assert!(b.fencing_token() > a.fencing_token());
+    assert!(!a.release().await.expect("late release"), "a's late release must report not-ours");
+    // b still holds it.
+    assert!(matches!(svc.lock("k").wait(Duration::ZERO).await, Err(Error::Timeout { .. })));
+    assert!(b.release().await.expect("b release"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn nested_request_on_a_held_key_is_reentrant() {
+    let (rec, svc) = service();
+    let outer = svc.lock("k").await.expect("outer");
+    let token = outer.fencing_token();
+    outer
+        .scope(async {
+            assert_eq!(dlock::fencing_token(), Some(token));
+            let inner = svc.lock("k").wait(Duration::ZERO).await.expect("re-entrant");
+            assert!(inner.is_reentrant());
+            assert_eq!(inner.fencing_token(), token);
+            inner.release().await.expect("inner release");
+            // Still held by the outer guard after the inner one let go.
+            let other = tokio::spawn({
+                let svc = svc.clone();
+                async move { svc.lock("k").wait(Duration::ZERO).await.map(|_| ()) }
+            });
+            assert!(matches!(other.await.expect("join"), Err(Error::Timeout { .. })), "spawned work is not re-entrant");
+        })
+        .await;
+    // One backend acquire: the nested request re-entered, and the spawned one queued behind the
+    // holder in this process and gave up there.
+    assert_eq!(rec.calls().iter().filter(|(w, _)| *w == "acquire").count(), 1, "{:?}", rec.calls());
+    assert!(outer.release().await.expect("outer release"));
+    assert_eq!(dlock::fencing_token(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn several_keys_are_taken_in_sorted_order_and_all_or_nothing() {
+    let (rec, svc) = service();
+    let guard = svc.lock_all(["b", "a", "b", "c"]).await.expect("all");
+    assert_eq!(guard.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
+    let acquires: Vec<String> =
+        rec.calls().into_iter().filter(|(w, _)| *w == "acquire").map(|(_, k)| k).collect();
+    assert_eq!(acquires, ["a", "b", "c"]);
+    guard.release().await.expect("release");
+
+    // "c" is held elsewhere: taking {a, c} fails and leaves "a" free.
+    let c = svc.lock("c").await.expect("c");
+    let both = svc.lock_all(["a", "c"]).wait(Duration::from_millis(50)).await;
+    assert!(matches!(both, Err(Error::Timeout { ref key, .. }) if key == "c"), "{both:?}");
+    svc.lock("a").wait(Duration::ZERO).await.expect("a was released after the failure").release().await.expect("r");
+    c.release().await.expect("release c");
+}
+
+#[tokio::test(start_paused = true)]
+async fn several_keys_lost_if_any_is() {
+    let (rec, svc) = service();
+    let guard = svc.lock_all(["x", "y"]).ttl(TTL).await.expect("all");
+    rec.inner.force_expire("y");
+    assert_eq!(guard.lost().await, LostReason::Refused);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opposite_orders_never_deadlock() {
+    let svc = LockService::new(MemoryBackend::new());
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let svc = svc.clone();
+        tasks.push(tokio::spawn(async move {
+            let keys = if i % 2 == 0 { ["a", "b"] } else { ["b", "a"] };
+            let guard = svc.lock_all(keys).wait(Duration::from_secs(20)).await?;
+            tokio::task::yield_now().await;
+            guard.release().await
+        }));
+    }
+    for t in tasks {
+        assert!(t.await.expect("join").expect("no deadlock, no timeout"));
+    }
+}
