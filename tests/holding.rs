@@ -214,6 +214,22 @@ async fn nested_request_on_a_held_key_is_reentrant() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn reentrancy_works_with_a_key_prefix() {
+    let rec = Rec(Arc::new(Recording::default()));
+    let svc = LockService::builder(rec.clone()).key_prefix("app:").build();
+    let outer = svc.lock("k").await.expect("outer");
+    outer
+        .scope(async {
+            let inner = svc.lock("k").wait(Duration::ZERO).await.expect("re-entrant under a prefix");
+            assert!(inner.is_reentrant());
+            assert_eq!(inner.key(), "k");
+        })
+        .await;
+    assert_eq!(rec.calls(), [("acquire", "app:k".to_owned())]);
+    outer.release().await.expect("release");
+}
+
+#[tokio::test(start_paused = true)]
 async fn several_keys_are_taken_in_sorted_order_and_all_or_nothing() {
     let (rec, svc) = service();
     let guard = svc.lock_all(["b", "a", "b", "c"]).await.expect("all");

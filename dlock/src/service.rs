@@ -190,7 +190,8 @@ impl LockService {
 
         // Re-entrancy: keys this task already holds are not taken again.
         let mut reentered = Vec::new();
-        keys.retain(|key| match context::held(self.inner.id, key) {
+        let prefix = &self.inner.prefix;
+        keys.retain(|key| match context::held(self.inner.id, &format!("{prefix}{key}")) {
             Some(frame) => {
                 reentered.push(frame);
                 false
