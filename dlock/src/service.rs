@@ -396,9 +396,3 @@ impl Drop for QueueTicket {
     }
 }
 
-impl ServiceInner {
-    #[cfg(test)]
-    pub(crate) fn queue_count(&self) -> usize {
-        self.queues.lock().unwrap_or_else(PoisonError::into_inner).len()
-    }
-}
