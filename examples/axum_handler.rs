@@ -61,7 +61,8 @@ async fn pay(Path(user_id): Path<u64>, State(app): State<App>) -> Result<String,
 /// A minimal HTTP/1.1 client: enough to fire concurrent requests at the example.
 async fn post_request(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
@@ -73,11 +74,14 @@ async fn post_request(addr: std::net::SocketAddr, path: &str) -> std::io::Result
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let connected = dlock::RedisBackend::builder(&url).call_timeout(Duration::from_millis(500)).connect().await;
+    let connected =
+        dlock::RedisBackend::builder(&url).call_timeout(Duration::from_millis(500)).connect().await;
     let service = match connected {
         Ok(redis) => {
             println!("lock backend: Redis at {url}");
-            dlock::LockService::builder(redis).key_prefix(format!("axum-demo:{}:", std::process::id())).build()
+            dlock::LockService::builder(redis)
+                .key_prefix(format!("axum-demo:{}:", std::process::id()))
+                .build()
         }
         Err(err) => {
             println!("lock backend: in-process ({err})");
@@ -95,7 +99,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut requests = Vec::new();
     for user in [1, 2, 1, 2, 1, 2] {
-        requests.push(tokio::spawn(async move { (user, post_request(addr, &format!("/users/{user}/pay")).await) }));
+        requests.push(tokio::spawn(async move {
+            (user, post_request(addr, &format!("/users/{user}/pay")).await)
+        }));
     }
     for request in requests {
         let (user, response) = request.await?;
@@ -109,9 +115,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (user, entered, left) in &runs {
         println!("  user {user}: {entered:>4} .. {left:>4}");
     }
-    let overlapping_same_user = runs.iter().enumerate().any(|(i, a)| {
-        runs[i + 1..].iter().any(|b| a.0 == b.0 && a.1 < b.2 && b.1 < a.2)
-    });
+    let overlapping_same_user = runs
+        .iter()
+        .enumerate()
+        .any(|(i, a)| runs[i + 1..].iter().any(|b| a.0 == b.0 && a.1 < b.2 && b.1 < a.2));
     let parallel_users = runs.iter().any(|a| runs.iter().any(|b| a.0 != b.0 && a.1 < b.2 && b.1 < a.2));
     println!(
         "\nsame user overlapped: {overlapping_same_user}; different users ran in parallel: {parallel_users}"

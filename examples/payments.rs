@@ -58,9 +58,12 @@ enum Ledger {
 impl Ledger {
     /// Orders `o1`, `o2`, `o3` with these amounts due (oldest first).
     async fn reset(&self, due: &[i64]) -> Result<(), PayError> {
-        let orders: Vec<(String, i64)> = due.iter().enumerate().map(|(i, d)| (format!("o{}", i + 1), *d)).collect();
+        let orders: Vec<(String, i64)> =
+            due.iter().enumerate().map(|(i, d)| (format!("o{}", i + 1), *d)).collect();
         match self {
-            Ledger::Memory(map) => *map.lock().unwrap_or_else(PoisonError::into_inner) = orders.into_iter().collect(),
+            Ledger::Memory(map) => {
+                *map.lock().unwrap_or_else(PoisonError::into_inner) = orders.into_iter().collect()
+            }
             Ledger::Redis { conn, key } => {
                 let mut conn = conn.clone();
                 let _: () = conn.del(key).await?;
@@ -80,7 +83,8 @@ impl Ledger {
     async fn pay_order(&self, order: &str, amount: i64) -> Result<(), PayError> {
         match self {
             Ledger::Memory(map) => {
-                *map.lock().unwrap_or_else(PoisonError::into_inner).entry(order.to_owned()).or_default() -= amount;
+                *map.lock().unwrap_or_else(PoisonError::into_inner).entry(order.to_owned()).or_default() -=
+                    amount;
             }
             Ledger::Redis { conn, key } => {
                 let _: i64 = conn.clone().hincr(key, order, -amount).await?;
@@ -169,7 +173,12 @@ async fn in_process(ledger: &Ledger, locked: bool) -> Result<bool, PayError> {
 }
 
 /// Start `workers` copies of this program, each making one payment at the same instant.
-async fn across_processes(ledger: &Ledger, url: &str, workers: usize, locked: bool) -> Result<bool, PayError> {
+async fn across_processes(
+    ledger: &Ledger,
+    url: &str,
+    workers: usize,
+    locked: bool,
+) -> Result<bool, PayError> {
     ledger.reset(&DUE[..]).await?;
     let Ledger::Redis { key, .. } = ledger else { return Ok(true) };
     let start_at = now_millis() + 700;
@@ -205,7 +214,12 @@ async fn across_processes(ledger: &Ledger, url: &str, workers: usize, locked: bo
     check(ledger, paid).await
 }
 
-async fn worker(url: &str, key: &str, start_at: u128, locked: bool) -> Result<(), Box<dyn std::error::Error>> {
+async fn worker(
+    url: &str,
+    key: &str,
+    start_at: u128,
+    locked: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
     let backend = dlock::RedisBackend::connect(url).await?;
     dlock::set_global(dlock::LockService::builder(backend).key_prefix("payments-demo:").build())?;
     let client = redis::Client::open(url)?;
@@ -238,7 +252,11 @@ async fn connect_redis(url: &str) -> Option<(dlock::RedisBackend, redis::aio::Co
 static OUTCOME: OnceLock<Mutex<Vec<bool>>> = OnceLock::new();
 
 fn record(ok: bool, expected_ok: bool) {
-    OUTCOME.get_or_init(Mutex::default).lock().unwrap_or_else(PoisonError::into_inner).push(ok == expected_ok);
+    OUTCOME
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(ok == expected_ok);
 }
 
 #[tokio::main]
@@ -250,9 +268,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return worker(url, key, start_at.parse()?, mode == "locked").await;
     }
     let workers = match args.iter().position(|a| a == "--workers") {
-        Some(i) => args.get(i + 1).and_then(|n| n.parse().ok()).filter(|n| (2..=32).contains(n)).ok_or(
-            "--workers takes a number from 2 to 32",
-        )?,
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|n| n.parse().ok())
+            .filter(|n| (2..=32).contains(n))
+            .ok_or("--workers takes a number from 2 to 32")?,
         None => 3,
     };
 
@@ -265,12 +285,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (Ledger::Redis { conn, key: format!("payments-demo:{run_id}:orders") }, true)
         }
         None => {
-            println!("Using the in-process backend (set REDIS_URL or start Redis to see several processes).\n");
+            println!(
+                "Using the in-process backend (set REDIS_URL or start Redis to see several processes).\n"
+            );
             dlock::set_global(dlock::LockService::new(dlock::MemoryBackend::new()))?;
             (Ledger::Memory(Arc::default()), false)
         }
     };
-    println!("User {USER} owes {} on orders o1, o2, o3 (oldest first).\n", DUE.map(Cents).map(|c| c.to_string()).join(", "));
+    println!(
+        "User {USER} owes {} on orders o1, o2, o3 (oldest first).\n",
+        DUE.map(Cents).map(|c| c.to_string()).join(", ")
+    );
 
     println!("In one process:");
     record(in_process(&ledger, false).await?, false);

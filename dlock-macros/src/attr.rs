@@ -4,8 +4,9 @@
 //! form, an unknown `name = value`), so one compile shows every mistake in the attribute.
 
 use proc_macro2::Span;
+use proc_macro2::TokenStream;
 use syn::ext::IdentExt;
-use syn::parse::{Parse, ParseStream};
+use syn::parse::{ParseStream, Parser};
 use syn::spanned::Spanned;
 use syn::{Expr, Ident, Lit, LitBool, LitStr, Path, Token};
 
@@ -60,109 +61,114 @@ pub(crate) enum Service {
     Expr(Box<Expr>),
 }
 
-impl Parse for Args {
-    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
-        let mut args = Args {
-            keys: Vec::new(),
-            ttl: None,
-            wait: None,
-            service: None,
-            renew: None,
-            krate: None,
-        };
-        let mut errors = Errors::default();
-        let mut saw_unknown = false;
-
-        while !input.is_empty() {
-            let lookahead = input.lookahead1();
-            if lookahead.peek(kw::key) {
-                input.parse::<kw::key>()?;
-                let value = value_expr(input, "key")?;
-                match key_literal(value) {
-                    Ok(lit) => args.keys.push(lit),
-                    Err(e) => errors.push(e),
-                }
-            } else if lookahead.peek(kw::ttl) {
-                let name: kw::ttl = input.parse()?;
-                let value = value_expr(input, "ttl")?;
-                errors.check_unique(args.ttl.is_some(), name.span, "ttl");
-                match duration::from_expr("ttl", value) {
-                    Ok(ttl) => args.ttl = args.ttl.take().or(Some(ttl)),
-                    Err(e) => errors.push(e),
-                }
-            } else if lookahead.peek(kw::wait) {
-                let name: kw::wait = input.parse()?;
-                let value = value_expr(input, "wait")?;
-                errors.check_unique(args.wait.is_some(), name.span, "wait");
-                match duration::from_expr("wait", value) {
-                    Ok(wait) => args.wait = args.wait.take().or(Some(wait)),
-                    Err(e) => errors.push(e),
-                }
-            } else if lookahead.peek(kw::service) {
-                let name: kw::service = input.parse()?;
-                let value = value_expr(input, "service")?;
-                errors.check_unique(args.service.is_some(), name.span, "service");
-                match service(value) {
-                    Ok(service) => args.service = args.service.take().or(Some(service)),
-                    Err(e) => errors.push(e),
-                }
-            } else if lookahead.peek(kw::renew) {
-                let name: kw::renew = input.parse()?;
-                let value = value_expr(input, "renew")?;
-                errors.check_unique(args.renew.is_some(), name.span, "renew");
-                match renew(value) {
-                    Ok(renew) => args.renew = args.renew.take().or(Some(renew)),
-                    Err(e) => errors.push(e),
-                }
-            } else if lookahead.peek(Token![crate]) {
-                let name: Token![crate] = input.parse()?;
-                expect_eq(input, "crate")?;
-                let path = crate_path(input)?;
-                errors.check_unique(args.krate.is_some(), name.span, "crate");
-                args.krate = args.krate.take().or(Some(path));
-            } else if input.peek(Ident::peek_any) {
-                let name = input.call(Ident::parse_any)?;
-                errors.push(unknown_option(&name));
-                saw_unknown = true;
-                // Skip `= value` so the options after this one are still checked.
-                if input.peek(Token![=]) {
-                    input.parse::<Token![=]>()?;
-                    input.parse::<Expr>()?;
-                } else {
-                    break;
-                }
-            } else if input.peek(LitStr) {
-                let lit: LitStr = input.parse()?;
-                return Err(errors.finish_with(syn::Error::new(
-                    lit.span(),
-                    format!(
-                        "a key must be named: write `key = {}`",
-                        quote::ToTokens::to_token_stream(&lit)
-                    ),
-                )));
-            } else {
-                return Err(errors.finish_with(lookahead.error()));
+impl Args {
+    /// Parses the attribute's arguments. Wrong options are recorded in `errors` and parsing
+    /// goes on, so the keys that were read can still be checked against the function; `None`
+    /// only when the syntax is too broken to go on.
+    pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Option<Args> {
+        let parser = |input: ParseStream<'_>| parse_args(input, errors);
+        match parser.parse2(tokens) {
+            Ok(args) => Some(args),
+            Err(error) => {
+                errors.push(error);
+                None
             }
+        }
+    }
+}
 
-            if input.is_empty() {
+fn parse_args(input: ParseStream<'_>, errors: &mut Errors) -> syn::Result<Args> {
+    let mut args = Args { keys: Vec::new(), ttl: None, wait: None, service: None, renew: None, krate: None };
+    // Whether a `key` (even a wrong one) or an unknown option was written: then a missing
+    // key is not worth an error of its own.
+    let mut key_or_unknown = false;
+
+    while !input.is_empty() {
+        let lookahead = input.lookahead1();
+        if lookahead.peek(kw::key) {
+            input.parse::<kw::key>()?;
+            key_or_unknown = true;
+            let value = value_expr(input, "key")?;
+            match key_literal(value) {
+                Ok(lit) => args.keys.push(lit),
+                Err(e) => errors.push(e),
+            }
+        } else if lookahead.peek(kw::ttl) {
+            let name: kw::ttl = input.parse()?;
+            let value = value_expr(input, "ttl")?;
+            errors.check_unique(args.ttl.is_some(), name.span, "ttl");
+            match duration::from_expr("ttl", value) {
+                Ok(ttl) => args.ttl = args.ttl.take().or(Some(ttl)),
+                Err(e) => errors.push(e),
+            }
+        } else if lookahead.peek(kw::wait) {
+            let name: kw::wait = input.parse()?;
+            let value = value_expr(input, "wait")?;
+            errors.check_unique(args.wait.is_some(), name.span, "wait");
+            match duration::from_expr("wait", value) {
+                Ok(wait) => args.wait = args.wait.take().or(Some(wait)),
+                Err(e) => errors.push(e),
+            }
+        } else if lookahead.peek(kw::service) {
+            let name: kw::service = input.parse()?;
+            let value = value_expr(input, "service")?;
+            errors.check_unique(args.service.is_some(), name.span, "service");
+            match service(value) {
+                Ok(service) => args.service = args.service.take().or(Some(service)),
+                Err(e) => errors.push(e),
+            }
+        } else if lookahead.peek(kw::renew) {
+            let name: kw::renew = input.parse()?;
+            let value = value_expr(input, "renew")?;
+            errors.check_unique(args.renew.is_some(), name.span, "renew");
+            match renew(value) {
+                Ok(renew) => args.renew = args.renew.take().or(Some(renew)),
+                Err(e) => errors.push(e),
+            }
+        } else if lookahead.peek(Token![crate]) {
+            let name: Token![crate] = input.parse()?;
+            expect_eq(input, "crate")?;
+            let path = crate_path(input)?;
+            errors.check_unique(args.krate.is_some(), name.span, "crate");
+            args.krate = args.krate.take().or(Some(path));
+        } else if input.peek(Ident::peek_any) {
+            let name = input.call(Ident::parse_any)?;
+            errors.push(unknown_option(&name));
+            key_or_unknown = true;
+            // Skip `= value` so the options after this one are still checked.
+            if input.peek(Token![=]) {
+                input.parse::<Token![=]>()?;
+                input.parse::<Expr>()?;
+            } else {
                 break;
             }
-            if !input.peek(Token![,]) {
-                return Err(errors.finish_with(input.error("expected `,` between options")));
-            }
-            input.parse::<Token![,]>()?;
+        } else if input.peek(LitStr) {
+            let lit: LitStr = input.parse()?;
+            return Err(syn::Error::new(
+                lit.span(),
+                format!("a key must be named: write `key = {}`", quote::ToTokens::to_token_stream(&lit)),
+            ));
+        } else {
+            return Err(lookahead.error());
         }
 
-        if args.keys.is_empty() && !saw_unknown {
-            errors.push(syn::Error::new(
-                Span::call_site(),
-                "missing `key`: #[distributed_lock] needs at least one lock key, \
-                 e.g. #[distributed_lock(key = \"user:<user_id>\")]",
-            ));
+        if input.is_empty() {
+            break;
         }
-        errors.finish()?;
-        Ok(args)
+        if !input.peek(Token![,]) {
+            return Err(input.error("expected `,` between options"));
+        }
+        input.parse::<Token![,]>()?;
     }
+
+    if !key_or_unknown {
+        errors.push(syn::Error::new(
+            Span::call_site(),
+            "missing `key`: #[distributed_lock] needs at least one lock key, \
+                 e.g. #[distributed_lock(key = \"user:<user_id>\")]",
+        ));
+    }
+    Ok(args)
 }
 
 /// Parses `= <expr>` after an option name.
@@ -176,10 +182,7 @@ fn expect_eq(input: ParseStream<'_>, option: &str) -> syn::Result<()> {
         input.parse::<Token![=]>()?;
         Ok(())
     } else {
-        Err(input.error(format!(
-            "expected `=` after `{option}`, as in `{}`",
-            example(option)
-        )))
+        Err(input.error(format!("expected `=` after `{option}`, as in `{}`", example(option))))
     }
 }
 
@@ -204,9 +207,7 @@ pub(crate) fn ungroup(expr: &Expr) -> &Expr {
 
 fn key_literal(value: Expr) -> syn::Result<LitStr> {
     match ungroup(&value) {
-        Expr::Lit(syn::ExprLit {
-            lit: Lit::Str(lit), ..
-        }) if lit.suffix().is_empty() => Ok(lit.clone()),
+        Expr::Lit(syn::ExprLit { lit: Lit::Str(lit), .. }) if lit.suffix().is_empty() => Ok(lit.clone()),
         other => Err(syn::Error::new_spanned(
             other,
             "`key` must be a string literal, e.g. `key = \"user:<user_id>\"`; \
@@ -217,9 +218,7 @@ fn key_literal(value: Expr) -> syn::Result<LitStr> {
 
 fn service(value: Expr) -> syn::Result<Service> {
     match ungroup(&value) {
-        Expr::Lit(syn::ExprLit {
-            lit: Lit::Str(lit), ..
-        }) => {
+        Expr::Lit(syn::ExprLit { lit: Lit::Str(lit), .. }) => {
             if lit.value().is_empty() {
                 Err(syn::Error::new(
                     lit.span(),
@@ -241,10 +240,7 @@ fn service(value: Expr) -> syn::Result<Service> {
 
 fn renew(value: Expr) -> syn::Result<LitBool> {
     match ungroup(&value) {
-        Expr::Lit(syn::ExprLit {
-            lit: Lit::Bool(lit),
-            ..
-        }) => Ok(lit.clone()),
+        Expr::Lit(syn::ExprLit { lit: Lit::Bool(lit), .. }) => Ok(lit.clone()),
         other => Err(syn::Error::new_spanned(
             other,
             "`renew` expects `true` or `false` (without quotes), e.g. `renew = false`",
@@ -258,8 +254,7 @@ fn crate_path(input: ParseStream<'_>) -> syn::Result<Path> {
                            e.g. `crate = dlock1` or `crate = \"dlock1\"`";
     if input.peek(LitStr) {
         let lit: LitStr = input.parse()?;
-        lit.parse_with(Path::parse_mod_style)
-            .map_err(|_| syn::Error::new(lit.span(), MESSAGE))
+        lit.parse_with(Path::parse_mod_style).map_err(|_| syn::Error::new(lit.span(), MESSAGE))
     } else if input.peek(Token![::]) || input.peek(Ident::peek_any) {
         input.call(Path::parse_mod_style)
     } else {
@@ -307,17 +302,6 @@ impl Errors {
                      (only `key` may be repeated, to hold several locks)"
                 ),
             ));
-        }
-    }
-
-    /// Every error so far plus `last`, which ended parsing.
-    fn finish_with(self, last: syn::Error) -> syn::Error {
-        match self.0 {
-            Some(mut all) => {
-                all.combine(last);
-                all
-            }
-            None => last,
         }
     }
 

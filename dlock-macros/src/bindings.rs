@@ -15,10 +15,7 @@ pub(crate) struct Bindings {
 
 impl Bindings {
     pub(crate) fn collect(sig: &Signature) -> Bindings {
-        let mut bindings = Bindings {
-            receiver: None,
-            idents: Vec::new(),
-        };
+        let mut bindings = Bindings { receiver: None, idents: Vec::new() };
         for input in &sig.inputs {
             match input {
                 FnArg::Receiver(receiver) => bindings.receiver = Some(receiver.self_token.span),
@@ -81,10 +78,7 @@ mod tests {
         assert_eq!(names("async fn f(&self, a: u8)"), ["self", "a"]);
         assert_eq!(names("async fn f(mut self)"), ["self"]);
         assert_eq!(names("async fn f(self: Arc<Self>)"), ["self"]);
-        assert_eq!(
-            names("async fn f(Path(user_id): Path<u64>, Json(req): Json<Req>)"),
-            ["user_id", "req"]
-        );
+        assert_eq!(names("async fn f(Path(user_id): Path<u64>, Json(req): Json<Req>)"), ["user_id", "req"]);
         assert_eq!(
             names("async fn f((a, (b, _)): (u8, (u8, u8)), P { x, y: py, .. }: P)"),
             ["a", "b", "x", "py"]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use proc_macro2::{Literal, Span, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Expr, Lit, LitStr, Path, UnOp};
+use syn::{Expr, Lit, LitStr, UnOp};
 
 use crate::attr::ungroup;
 
@@ -17,6 +17,9 @@ pub(crate) enum DurationArg {
     Expr(Box<Expr>),
 }
 
+/// `dlock::MIN_TTL`: the runtime rejects shorter leases, so a literal is checked here.
+const MIN_TTL: Duration = Duration::from_millis(10);
+
 const FORMS: &str = "write a number with a unit, e.g. \"10s\", \"500ms\" or \"1m30s\" \
                      (units: ms, s, m, h, d), or pass an expression of type \
                      `std::time::Duration`";
@@ -24,32 +27,22 @@ const FORMS: &str = "write a number with a unit, e.g. \"10s\", \"500ms\" or \"1m
 /// Reads the value of the option `option` (`"ttl"` or `"wait"`).
 pub(crate) fn from_expr(option: &str, value: Expr) -> syn::Result<DurationArg> {
     match ungroup(&value) {
-        Expr::Lit(syn::ExprLit {
-            lit: Lit::Str(lit), ..
-        }) => parse_literal(option, lit).map(DurationArg::Literal),
-        Expr::Lit(syn::ExprLit {
-            lit: Lit::Int(_) | Lit::Float(_),
-            ..
-        }) => Err(no_unit(option, &value)),
+        Expr::Lit(syn::ExprLit { lit: Lit::Str(lit), .. }) => {
+            parse_literal(option, lit).map(DurationArg::Literal)
+        }
+        Expr::Lit(syn::ExprLit { lit: Lit::Int(_) | Lit::Float(_), .. }) => Err(no_unit(option, &value)),
         Expr::Unary(unary)
             if matches!(unary.op, UnOp::Neg(_))
                 && matches!(
                     ungroup(&unary.expr),
-                    Expr::Lit(syn::ExprLit {
-                        lit: Lit::Int(_) | Lit::Float(_),
-                        ..
-                    })
+                    Expr::Lit(syn::ExprLit { lit: Lit::Int(_) | Lit::Float(_), .. })
                 ) =>
         {
-            Err(syn::Error::new_spanned(
-                &value,
-                format!("`{option}` cannot be negative; {FORMS}"),
-            ))
+            Err(syn::Error::new_spanned(&value, format!("`{option}` cannot be negative; {FORMS}")))
         }
-        Expr::Lit(other) => Err(syn::Error::new_spanned(
-            other,
-            format!("`{option}` expects a duration; {FORMS}"),
-        )),
+        Expr::Lit(other) => {
+            Err(syn::Error::new_spanned(other, format!("`{option}` expects a duration; {FORMS}")))
+        }
         _ => Ok(DurationArg::Expr(Box::new(value))),
     }
 }
@@ -68,12 +61,8 @@ fn no_unit(option: &str, value: &Expr) -> syn::Error {
 
 fn parse_literal(option: &str, lit: &LitStr) -> syn::Result<Duration> {
     let text = lit.value();
-    let invalid = |why: &str| {
-        syn::Error::new(
-            lit.span(),
-            format!("invalid `{option}` {text:?}: {why}; {FORMS}"),
-        )
-    };
+    let invalid =
+        |why: &str| syn::Error::new(lit.span(), format!("invalid `{option}` {text:?}: {why}; {FORMS}"));
     if !lit.suffix().is_empty() {
         return Err(invalid("a string literal with a suffix"));
     }
@@ -87,12 +76,23 @@ fn parse_literal(option: &str, lit: &LitStr) -> syn::Result<Duration> {
             E::InvalidCharacter(_) | E::NumberExpected(_) => "not a duration".to_owned(),
         })
     })?;
-    if duration.is_zero() && option == "ttl" {
-        return Err(syn::Error::new(
-            lit.span(),
-            "`ttl` must be greater than zero: it is how long the lock is held \
-             if this process stops renewing it; e.g. `ttl = \"10s\"`",
-        ));
+    if option == "ttl" {
+        if duration.is_zero() {
+            return Err(syn::Error::new(
+                lit.span(),
+                "`ttl` must be greater than zero: it is how long the lock stays held \
+                 if this process stops renewing it; e.g. `ttl = \"10s\"`",
+            ));
+        }
+        if duration < MIN_TTL {
+            return Err(syn::Error::new(
+                lit.span(),
+                format!(
+                    "`ttl = {text:?}` is shorter than the minimum of 10ms: a lease that short \
+                     cannot be renewed reliably; use e.g. `ttl = \"10s\"`"
+                ),
+            ));
+        }
     }
     Ok(duration)
 }
@@ -100,17 +100,19 @@ fn parse_literal(option: &str, lit: &LitStr) -> syn::Result<Duration> {
 impl DurationArg {
     /// An expression of type `Duration`. A literal becomes a constant; an expression goes
     /// through `__private::duration`, so a wrong type is reported on the user's expression.
-    pub(crate) fn to_tokens(&self, krate: &Path) -> TokenStream {
+    /// `private(span)` is the path `dlock::__private` located at `span`.
+    pub(crate) fn to_tokens(&self, private: &impl Fn(Span) -> TokenStream) -> TokenStream {
         match self {
             DurationArg::Literal(duration) => {
+                let private = private(Span::mixed_site());
                 let secs = Literal::u64_suffixed(duration.as_secs());
                 let nanos = Literal::u32_suffixed(duration.subsec_nanos());
-                quote!(#krate::__private::Duration::new(#secs, #nanos))
+                quote!(#private::Duration::new(#secs, #nanos))
             }
             DurationArg::Expr(expr) => {
-                let span = expr.span().resolved_at(Span::mixed_site());
-                let call = quote_spanned!(span=> #krate::__private::duration);
-                quote!(#call(#expr))
+                let span = expr.span();
+                let private = private(span);
+                quote_spanned!(span=> #private::duration(#expr))
             }
         }
     }
@@ -153,6 +155,9 @@ mod tests {
         assert!(bare.contains("`wait = 10` has no unit"), "{bare}");
         let empty = parse("ttl", r#""""#).unwrap_err();
         assert!(empty.contains("empty"), "{empty}");
+        let short = parse("ttl", r#""5ms""#).unwrap_err();
+        assert!(short.contains("minimum of 10ms"), "{short}");
+        assert_eq!(parse("wait", r#""5ms""#), Ok(Some(Duration::from_millis(5))));
         let neg = parse("ttl", "-5").unwrap_err();
         assert!(neg.contains("negative"), "{neg}");
         let huge = parse("ttl", r#""99999999999999999999s""#).unwrap_err();

@@ -2,40 +2,45 @@
 //!
 //! ```text
 //! #[attrs] vis async fn name<G>(params) -> Ret where .. {
-//!     ::dlock::__private::check_result::<Ret>();          // spanned at `Ret`
-//!     let __dlock_spec = ::dlock::__private::LockSpec::new(
-//!         From::from([::dlock::__private::format!("user:{}", key_part(&user_id))]),
-//!     ).ttl(..).wait(..).service(..).renew(..);
-//!     ::dlock::__private::run(__dlock_spec, async move {
+//!     ::dlock::__private::check_result::<Ret>();               // located at `Ret`
+//!     let __dlock_spec = ::dlock::__private::LockSpec::new(::core::convert::From::from([
+//!         ::dlock::__private::format!("user:{}", ::dlock::__private::key_part(&user_id)),
+//!     ]))
+//!     .ttl(::dlock::__private::Duration::new(10u64, 0u32))     // only the options given
+//!     .wait(::dlock::__private::duration(user_expression));
+//!     let __dlock_body = async move {
 //!         if false { let __dlock_fake: Ret = loop {}; return __dlock_fake; }
 //!         { original body }
-//!     }).await
+//!     };
+//!     let __dlock_result = ::dlock::__private::run(__dlock_spec, __dlock_body).await;
+//!     __dlock_result
 //! }
 //! ```
 //!
-//! The keys are built before the body is moved into its own `async move` block, so the body
-//! keeps every argument and `return` / `?` inside it mean what they meant before. The generated
-//! skeleton uses `Span::mixed_site()`, so its locals can neither clash with nor be named by
-//! user code, and every path is absolute (`#krate::__private::…`).
+//! The keys are built (from borrows) before the body is moved into its own `async move`
+//! block, so the body keeps every argument, and `return` / `?` inside it mean what they meant
+//! before. Generated locals are `__dlock_*` with `Span::mixed_site()`, so they can neither
+//! clash with nor be named by user code, and every path is absolute.
+//!
+//! Spans are chosen for the errors users see: the check and the call to `run` are located at
+//! the return type, a key's value at its parameter, a `ttl`/`wait` expression at itself.
 
 use proc_macro2::{Delimiter, Group, Span, TokenStream, TokenTree};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
-use syn::{Attribute, Ident, LitStr, Path, ReturnType, Signature, Token, Type, Visibility};
+use syn::{Attribute, Ident, LitStr, ReturnType, Signature, Token, Type, Visibility};
 
 use crate::attr::{Args, Errors, Service};
 use crate::bindings::Bindings;
-use crate::template::{Key, Root, Value};
+use crate::template::{Key, Root};
 
 /// The whole macro: never panics, and on wrong input returns the function unchanged plus
 /// `compile_error!`s, so the rest of the crate (and IDE completion) keeps working.
 pub(crate) fn distributed_lock(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
-    let args = syn::parse2::<Args>(args)
-        .map_err(|error| errors.push(error))
-        .ok();
+    let args = Args::parse(args, &mut errors);
     let func = match syn::parse2::<LockedFn>(item.clone()) {
         Ok(func) => func,
         Err(error) => {
@@ -62,10 +67,7 @@ pub(crate) fn distributed_lock(args: TokenStream, item: TokenStream) -> TokenStr
         if args.keys[..i].iter().any(|earlier| earlier.value() == lit.value()) {
             errors.push(syn::Error::new(
                 lit.span(),
-                format!(
-                    "the key {:?} is given twice; give each lock key once",
-                    lit.value()
-                ),
+                format!("the key {:?} is given twice; give each lock key once", lit.value()),
             ));
         }
     }
@@ -90,17 +92,11 @@ fn with_errors(mut item: TokenStream, errors: Errors) -> TokenStream {
 /// The input did not parse as a function. If it has no `fn` at all it is some other item
 /// (a struct, an impl block, …); otherwise show syn's error, which points at the bad syntax.
 fn not_a_function(item: &TokenStream, error: syn::Error) -> syn::Error {
-    let has_fn = item
-        .clone()
-        .into_iter()
-        .any(|tt| matches!(&tt, TokenTree::Ident(ident) if ident == "fn"));
+    let has_fn = item.clone().into_iter().any(|tt| matches!(&tt, TokenTree::Ident(ident) if ident == "fn"));
     if has_fn {
         error
     } else {
-        syn::Error::new(
-            Span::call_site(),
-            "#[distributed_lock] can only be applied to an `async fn`",
-        )
+        syn::Error::new(Span::call_site(), "#[distributed_lock] can only be applied to an `async fn`")
     }
 }
 
@@ -136,12 +132,7 @@ impl Parse for LockedFn {
                 stmts: content.parse()?,
             })
         };
-        Ok(LockedFn {
-            outer_attrs,
-            vis,
-            sig,
-            body,
-        })
+        Ok(LockedFn { outer_attrs, vis, sig, body })
     }
 }
 
@@ -172,43 +163,71 @@ impl LockedFn {
 }
 
 fn generate(func: LockedFn, args: &Args, keys: &[Key]) -> TokenStream {
-    let LockedFn {
-        outer_attrs,
-        vis,
-        sig,
-        body,
-    } = func;
-    let Some(Body {
-        inner_attrs,
-        brace_span,
-        stmts,
-    }) = body
-    else {
+    let LockedFn { outer_attrs, vis, sig, body } = func;
+    let Some(Body { inner_attrs, brace_span, stmts }) = body else {
         // `validate` rejected this already; keep the declaration as it was.
         return quote!(#(#outer_attrs)* #vis #sig;);
     };
-    let krate = args
-        .krate
-        .clone()
-        .unwrap_or_else(|| syn::parse_quote!(::dlock));
     let mixed = Span::mixed_site();
+    // `dlock::__private` located at `span`. The default `::dlock` also takes the hygiene of
+    // `span`; a path the user wrote keeps its own, so it resolves where it was written.
+    let private = |span: Span| match &args.krate {
+        Some(krate) => {
+            let krate = located_at(krate.to_token_stream(), span);
+            quote_spanned!(span=> #krate::__private)
+        }
+        None => quote_spanned!(span=> ::dlock::__private),
+    };
 
-    // `Result<T, E>` with `E: From<dlock::Error>`: checked by the trait, not by the syntax,
-    // so `anyhow::Result<T>`, `io::Result<T>` and aliases work. An `impl Trait` inside the
-    // return type cannot be named in the body, so it is erased to `_` for the inference
-    // hint, and the check is left to the bound on `run`.
+    // The return type must be `Result<T, E>` with `E: From<dlock::Error>`. The trait decides,
+    // not the syntax, so `anyhow::Result<T>`, `io::Result<T>` and aliases work.
     let (ret, ret_span) = match &sig.output {
         ReturnType::Type(_, ty) => ((**ty).clone(), ty.span()),
-        ReturnType::Default => (syn::parse_quote!(()), sig.ident.span()),
+        ReturnType::Default => {
+            let span = sig.ident.span();
+            let unit = syn::TypeTuple { paren_token: syn::token::Paren(span), elems: Default::default() };
+            (Type::Tuple(unit), span)
+        }
     };
+    // An `impl Trait` in the return type cannot be named in the body: it is erased to `_`
+    // for the inference hint, and the check is left to the bounds on `run`.
     let mut eraser = ImplTraitEraser(false);
     let mut fake_ret = ret.clone();
     eraser.visit_type_mut(&mut fake_ret);
-    let check = if eraser.0 {
+    let has_impl_trait = eraser.0;
+
+    // The check and the call to `run` are located at the return type's first token: rustc
+    // drops an error repeated at one span, so a missing `From<dlock::Error>` is reported once,
+    // by the check, rather than again for the bounds of `run`.
+    let at_ret = private(ret_span);
+    let check = if has_impl_trait {
         TokenStream::new()
     } else {
-        quote_spanned!(ret_span=> #krate::__private::check_result::<#ret>();)
+        let ret = located_at(ret.to_token_stream(), ret_span);
+        quote_spanned!(ret_span=> #at_ret::check_result::<#ret>();)
     };
+
+    // A return type that no alias can make a `Result` (none, `()`, a tuple, a reference, …):
+    // emit only the check, so the one error is the check's sentence, not a cascade of type
+    // mismatches from the rest of the expansion.
+    if !could_be_result(&ret) {
+        // `impl Trait` and `!` cannot be named in the check: say it ourselves.
+        if has_impl_trait || matches!(ret, Type::Never(_)) {
+            let error = syn::Error::new_spanned(
+                &ret,
+                "`#[distributed_lock]` functions must return `Result<T, E>` where \
+                 `E: From<dlock::Error>`; this return type is not a `Result` \
+                 (an `impl Trait` may go inside one: `Result<impl Trait, E>`)",
+            );
+            let body = brace_group(quote!(#(#inner_attrs)* #stmts), &brace_span);
+            let mut item = quote!(#(#outer_attrs)* #vis #sig #body);
+            item.extend(error.into_compile_error());
+            return item;
+        }
+        let body = brace_group(quote!(#(#inner_attrs)* #check #stmts), &brace_span);
+        return quote!(#(#outer_attrs)* #vis #sig #body);
+    }
+
     // Lets `?` and `return` in the body infer their types from the declared return type,
     // as in tracing-attributes.
     let fake = Ident::new("__dlock_fake", ret_span.resolved_at(mixed));
@@ -227,14 +246,15 @@ fn generate(func: LockedFn, args: &Args, keys: &[Key]) -> TokenStream {
         }
     };
 
-    let keys = keys.iter().map(|key| key_expr(key, &krate));
+    let keys = keys.iter().map(|key| key_expr(key, &private));
+    let at_mixed = private(mixed);
     let mut options = TokenStream::new();
     if let Some(ttl) = &args.ttl {
-        let ttl = ttl.to_tokens(&krate);
+        let ttl = ttl.to_tokens(&private);
         options.extend(quote_spanned!(mixed=> .ttl(#ttl)));
     }
     if let Some(wait) = &args.wait {
-        let wait = wait.to_tokens(&krate);
+        let wait = wait.to_tokens(&private);
         options.extend(quote_spanned!(mixed=> .wait(#wait)));
     }
     match &args.service {
@@ -246,51 +266,112 @@ fn generate(func: LockedFn, args: &Args, keys: &[Key]) -> TokenStream {
         options.extend(quote_spanned!(mixed=> .renew(#renew)));
     }
 
-    let mut block = Group::new(Delimiter::Brace, stmts);
-    block.set_span(brace_span.join());
-    let mut fn_body = Group::new(
-        Delimiter::Brace,
+    let spec = Ident::new("__dlock_spec", mixed);
+    let locked = Ident::new("__dlock_body", mixed);
+    let result = Ident::new("__dlock_result", ret_span.resolved_at(mixed));
+    let block = brace_group(stmts, &brace_span);
+    // The same locals, located at the return type (a name's hygiene is its resolution).
+    let at = |ident: &Ident| Ident::new(&ident.to_string(), ret_span.resolved_at(mixed));
+    let (spec_at_ret, locked_at_ret) = (at(&spec), at(&locked));
+    let run = quote_spanned! {ret_span=>
+        let #result = #at_ret::run(#spec_at_ret, #locked_at_ret).await;
+    };
+    let fn_body = brace_group(
         quote_spanned! {mixed=>
             #(#inner_attrs)*
             #check
-            let __dlock_spec = #krate::__private::LockSpec::new(
+            let #spec = #at_mixed::LockSpec::new(
                 ::core::convert::From::from([#(#keys),*]),
             )#options;
-            #krate::__private::run(__dlock_spec, async move {
+            let #locked = async move {
                 #fake_return
                 #block
-            })
-            .await
+            };
+            #run
+            #result
         },
+        &brace_span,
     );
-    fn_body.set_span(brace_span.join());
 
     quote!(#(#outer_attrs)* #vis #sig #fn_body)
 }
 
 /// `format!("user:{}", key_part(&user_id))` for one key.
-fn key_expr(key: &Key, krate: &Path) -> TokenStream {
+fn key_expr(key: &Key, private: &impl Fn(Span) -> TokenStream) -> TokenStream {
     let mixed = Span::mixed_site();
-    let lit_span = key.lit.span();
     let format = LitStr::new(&key.format_string(), mixed);
     let values = key.values().map(|value| {
-        // The call is spanned at the key, its argument at the binding: a value that is not
-        // `Display` is reported on the parameter, with "required by a bound introduced by
-        // this call" on the key.
-        let call = quote_spanned!(lit_span=> #krate::__private::key_part);
-        let arg = value_expr(value);
-        quote_spanned!(mixed=> #call(&#arg))
+        let root = match &value.root {
+            Root::SelfValue(span) => Token![self](*span).into_token_stream(),
+            Root::Binding(ident) => ident.into_token_stream(),
+        };
+        if value.fields.is_empty() {
+            // Spanned at the binding in the signature: a value that is not `Display` is
+            // reported on that parameter.
+            let span = match &value.root {
+                Root::SelfValue(span) => *span,
+                Root::Binding(ident) => ident.span(),
+            };
+            let at = private(span);
+            quote_spanned!(span=> #at::key_part(&#root))
+        } else {
+            // Spanned at the key, with the hygiene of generated code so that rustc neither
+            // mixes in the attribute's span nor offers to rewrite the literal. Only the
+            // binding itself resolves as the user wrote it.
+            let span = key.lit.span().resolved_at(mixed);
+            let at = private(span);
+            let fields = &value.fields;
+            quote_spanned! {span=>
+                {
+                    let __dlock_value = &#root;
+                    #at::key_part(&__dlock_value #(.#fields)*)
+                }
+            }
+        }
     });
-    quote_spanned!(mixed=> #krate::__private::format!(#format #(, #values)*))
+    let at_mixed = private(mixed);
+    quote_spanned!(mixed=> #at_mixed::format!(#format #(, #values)*))
 }
 
-fn value_expr(value: &Value) -> TokenStream {
-    let root = match &value.root {
-        Root::SelfValue(span) => Token![self](*span).into_token_stream(),
-        Root::Binding(ident) => ident.into_token_stream(),
-    };
-    let fields = &value.fields;
-    quote!(#root #(.#fields)*)
+fn brace_group(tokens: TokenStream, span: &proc_macro2::extra::DelimSpan) -> Group {
+    let mut group = Group::new(Delimiter::Brace, tokens);
+    group.set_span(span.join());
+    group
+}
+
+/// Whether `ty` may name a `Result`: any path may (through an alias), but no tuple,
+/// reference, array, pointer, function pointer or trait object can.
+fn could_be_result(ty: &Type) -> bool {
+    match ty {
+        Type::Paren(inner) => could_be_result(&inner.elem),
+        Type::Group(inner) => could_be_result(&inner.elem),
+        Type::Tuple(_)
+        | Type::Never(_)
+        | Type::Reference(_)
+        | Type::Array(_)
+        | Type::Slice(_)
+        | Type::Ptr(_)
+        | Type::BareFn(_)
+        | Type::TraitObject(_)
+        | Type::ImplTrait(_) => false,
+        _ => true,
+    }
+}
+
+/// `tokens`, located at `span` but resolving names as they did.
+fn located_at(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tt| {
+            if let TokenTree::Group(group) = &tt {
+                let mut new = Group::new(group.delimiter(), located_at(group.stream(), span));
+                new.set_span(group.span().located_at(span));
+                return TokenTree::Group(new);
+            }
+            tt.set_span(tt.span().located_at(span));
+            tt
+        })
+        .collect()
 }
 
 /// Replaces each `impl Trait` in a type with `_`, which a `let` type may contain; records
@@ -301,11 +382,78 @@ impl VisitMut for ImplTraitEraser {
     fn visit_type_mut(&mut self, ty: &mut Type) {
         if let Type::ImplTrait(impl_trait) = ty {
             self.0 = true;
-            *ty = Type::Infer(syn::TypeInfer {
-                underscore_token: Token![_](impl_trait.impl_token.span),
-            });
+            *ty = Type::Infer(syn::TypeInfer { underscore_token: Token![_](impl_trait.impl_token.span) });
         } else {
             syn::visit_mut::visit_type_mut(self, ty);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand(args: &str, item: &str) -> String {
+        match (args.parse::<TokenStream>(), item.parse::<TokenStream>()) {
+            (Ok(args), Ok(item)) => distributed_lock(args, item).to_string(),
+            _ => String::from("unlexable"),
+        }
+    }
+
+    const PAY: &str = "async fn pay(user_id: u64) -> Result<u64, E> { Ok(user_id) }";
+
+    #[test]
+    fn valid_input_expands_without_errors() {
+        let cases = [
+            (r#"key = "user:<user_id>""#, PAY),
+            (
+                r#"key = "{u:<self.id>}:<req.a.0>", key = "x", ttl = "1m30s", wait = w, service = "s", renew = false, crate = "d1""#,
+                "pub async fn f(&self, Json(req): Json<R>, w: Duration) -> Result<(), E> { Ok(()) }",
+            ),
+            (
+                r#"key = "k", ttl = Duration::from_millis(250)"#,
+                "async fn f<T>() -> Result<impl Display, E> where T: Send { Ok(1) }",
+            ),
+        ];
+        for (args, item) in cases {
+            let out = expand(args, item);
+            assert!(!out.contains("compile_error"), "{args} / {item}:\n{out}");
+            assert!(out.contains("__private :: run"), "{out}");
+        }
+    }
+
+    #[test]
+    fn wrong_input_keeps_the_function_and_adds_errors() {
+        let cases = [
+            ("", PAY),
+            ("key", PAY),
+            ("key =", PAY),
+            ("key = ,", PAY),
+            (r#"key = "a" key = "b""#, PAY),
+            (r#"key = "<", ttl"#, PAY),
+            (r#"key = "a",,"#, PAY),
+            (r#"= "a""#, PAY),
+            (r#""a""#, PAY),
+            ("key = 1 + ", PAY),
+            (r#"key = "<>", key = "<", key = "", key = "<a.>", key = "<.a>", key = "<a..b>""#, PAY),
+            (r#"key = "<r#>", key = "<self>", key = "<0>", key = "<a.01>", key = "<é>""#, PAY),
+            (r#"key = "a", crate = , ttl = "1s""#, PAY),
+            (r#"key = "a", crate = "", wait = "1s""#, PAY),
+            (r#"key = "a", crate = "1 + 1""#, PAY),
+            (r#"key = "a", ttl = "99999999999999999999999h""#, PAY),
+            (r#"key = "a", ttl = -1.5, wait = 'c', service = 1, renew = "yes""#, PAY),
+            (r#"key = "a", r#type = 1, fn = 2, _ = 3"#, PAY),
+            (r#"key = "a""#, "fn pay() -> Result<(), E> { Ok(()) }"),
+            (r#"key = "a""#, "async fn pay() -> Result<(), E>;"),
+            (r#"key = "a""#, "struct Pay;"),
+            (r#"key = "a""#, ""),
+            (r#"key = "a""#, "async fn"),
+            (r#"key = "a""#, "async fn pay() -> {}"),
+        ];
+        for (args, item) in cases {
+            let out = expand(args, item);
+            assert!(out.contains("compile_error"), "no error for {args} / {item}:\n{out}");
+            assert!(!out.contains("__private :: run"), "expanded anyway: {args} / {item}:\n{out}");
         }
     }
 }

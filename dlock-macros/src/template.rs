@@ -77,10 +77,7 @@ impl Key {
         if !rest.is_empty() {
             parts.push(Part::Text(rest.to_owned()));
         }
-        Ok(Key {
-            lit: lit.clone(),
-            parts,
-        })
+        Ok(Key { lit: lit.clone(), parts })
     }
 
     /// The `format!` string: placeholders become `{}`, braces in the text are escaped.
@@ -131,16 +128,13 @@ fn parse_placeholder(inner: &str, key: &str) -> Result<Placeholder, String> {
         }
         fields.push(field.to_owned());
     }
-    Ok(Placeholder {
-        text: inner.to_owned(),
-        root: root.to_owned(),
-        fields,
-    })
+    Ok(Placeholder { text: inner.to_owned(), root: root.to_owned(), fields })
 }
 
 /// A Rust identifier, a keyword written raw (`r#type`) or a keyword usable as a field name.
 fn is_identifier(text: &str) -> bool {
-    syn::parse_str::<Ident>(text).is_ok() || syn::parse_str::<Ident>(&format!("r#{text}")).is_ok()
+    let exactly = |source: &str| syn::parse_str::<Ident>(source).is_ok_and(|ident| ident == source);
+    exactly(text) || exactly(&format!("r#{text}"))
 }
 
 fn resolve(
@@ -153,12 +147,9 @@ fn resolve(
     let available = || {
         let names: Vec<String> = bindings.names().collect();
         if names.is_empty() {
-            format!("`{fn_name}` has no parameters, so the key can only be fixed text")
+            format!("`{fn_name}` has no parameters, so its key can only be fixed text")
         } else {
-            format!(
-                "bindings you can use: {}",
-                suggest::list(names.iter().map(String::as_str))
-            )
+            format!("bindings you can use: {}", suggest::list(names.iter().map(String::as_str)))
         }
     };
 
@@ -180,7 +171,8 @@ fn resolve(
             }
         }
     } else {
-        match bindings.get(&placeholder.root) {
+        let name = placeholder.root.strip_prefix("r#").unwrap_or(&placeholder.root);
+        match bindings.get(name) {
             Some(binding) if placeholder.fields.is_empty() => Root::Binding(binding.clone()),
             Some(binding) => {
                 let mut ident = binding.clone();
@@ -192,34 +184,36 @@ fn resolve(
                 let hint = suggest::closest(&placeholder.root, names.iter().map(String::as_str))
                     .map(|name| format!("did you mean `{name}`? "))
                     .unwrap_or_default();
-                return Err(syn::Error::new(
-                    span,
+                let message = if names.is_empty() {
+                    format!("unknown placeholder `<{}>`: {}", placeholder.text, available())
+                } else {
                     format!(
                         "unknown placeholder `<{}>`: `{fn_name}` has no parameter named `{}`; \
                          {hint}{}",
                         placeholder.text,
                         placeholder.root,
                         available()
-                    ),
-                ));
+                    )
+                };
+                return Err(syn::Error::new(span, message));
             }
         }
     };
 
+    // Fields are located at the key but resolve like generated code: rustc then still says
+    // "no field `x` on type `T`" there, but does not offer to rewrite the whole literal.
+    let field_span = span.resolved_at(Span::mixed_site());
     let mut fields = Vec::new();
     for field in &placeholder.fields {
         let member = match field.parse::<u32>() {
-            Ok(index) => syn::Member::Unnamed(syn::Index { index, span }),
+            Ok(index) => syn::Member::Unnamed(syn::Index { index, span: field_span }),
             Err(_) => {
                 let mut ident = syn::parse_str::<Ident>(field)
                     .or_else(|_| syn::parse_str::<Ident>(&format!("r#{field}")))
                     .map_err(|_| {
-                        syn::Error::new(
-                            span,
-                            format!("`{field}` cannot be used as a field name in a key"),
-                        )
+                        syn::Error::new(span, format!("`{field}` cannot be used as a field name in a key"))
                     })?;
-                ident.set_span(span);
+                ident.set_span(field_span);
                 syn::Member::Named(ident)
             }
         };
@@ -257,6 +251,7 @@ mod tests {
         assert_eq!(format_of("a>b", sig), "a>b");
         assert_eq!(format_of("<self.id>", "async fn f(&self)"), "{}");
         assert_eq!(format_of("<type>", "async fn f(r#type: u8)"), "{}");
+        assert_eq!(format_of("<r#type.r#as>", "async fn f(r#type: u8)"), "{}");
     }
 
     #[test]

@@ -48,21 +48,29 @@ impl LockSpec {
     }
 }
 
-/// Acquire per `spec`, run `body` while held, release; the error cases become `E`.
+/// Acquire per `spec`, run `body` while held, release; the error cases become `R`'s error.
 ///
 /// The body is dropped (cancelled at its current `.await`) if the lease is lost, and the call
 /// returns `Error::Lost`. If the body finishes, its result is returned even if the lease was
 /// lost at the same instant: its effects happened, and retrying could repeat them.
-pub async fn run<T, E, F>(spec: LockSpec, body: F) -> Result<T, E>
+pub async fn run<R, F>(spec: LockSpec, body: F) -> R
 where
-    F: Future<Output = Result<T, E>>,
-    E: From<Error>,
+    R: LockResult,
+    R::Err: LockError,
+    F: Future<Output = R>,
 {
     let service = match spec.service {
         Some(name) => registry::named(name),
         None => registry::global(),
-    }?;
-    let guard = service.acquire(spec.keys, spec.ttl, spec.wait, spec.renew).await?;
+    };
+    let service = match service {
+        Ok(service) => service,
+        Err(err) => return R::from_lock_error(err),
+    };
+    let guard = match service.acquire(spec.keys, spec.ttl, spec.wait, spec.renew).await {
+        Ok(guard) => guard,
+        Err(err) => return R::from_lock_error(err),
+    };
     let outcome = {
         let body = guard.scope(body);
         tokio::select! {
@@ -82,45 +90,70 @@ where
         Err(reason) => {
             let key = guard.key().to_owned();
             drop(guard);
-            Err(Error::Lost { key, reason }.into())
+            R::from_lock_error(Error::Lost { key, reason })
         }
     }
 }
 
-/// The return type of an annotated function must be able to carry a `dlock::Error`.
+/// The return type of an annotated function: a `Result` (whose error type must then carry a
+/// `dlock::Error`, see [`LockError`]).
 #[diagnostic::on_unimplemented(
-    message = "`#[distributed_lock]` functions must return `Result<T, E>` where `E: From<dlock::Error>`; `{Self}` is not such a type",
+    message = "`#[distributed_lock]` needs the function to return `Result<T, E>` where `E: From<dlock::Error>`, but it returns `{Self}`",
     label = "this return type cannot carry a `dlock::Error`",
     note = "the lock can time out or be lost, and the function reports that through its error type",
-    note = "return `Result<T, dlock::Error>`, `anyhow::Result<T>`, `std::io::Result<T>`, or implement `From<dlock::Error>` for your error type"
+    note = "return e.g. `Result<T, dlock::Error>`, `anyhow::Result<T>`, `std::io::Result<T>`, or `Result<T, YourError>` with `impl From<dlock::Error> for YourError`"
 )]
-pub trait LockResult {
+pub trait LockResult: Sized {
     /// The success type.
     type Ok;
     /// The error type.
     type Err;
+    /// `Err(error.into())`.
+    fn from_lock_error(error: Error) -> Self
+    where
+        Self::Err: LockError;
 }
 
-impl<T, E: From<Error>> LockResult for Result<T, E> {
+impl<T, E> LockResult for Result<T, E> {
     type Ok = T;
     type Err = E;
+    fn from_lock_error(error: Error) -> Self
+    where
+        E: LockError,
+    {
+        Err(E::from(error))
+    }
 }
 
+/// The error type of an annotated function must be able to carry a `dlock::Error`.
+#[diagnostic::on_unimplemented(
+    message = "`#[distributed_lock]` needs the error type `{Self}` to implement `From<dlock::Error>`",
+    label = "the error type in this return type cannot carry a `dlock::Error`",
+    note = "add `impl From<dlock::Error> for {Self}` (the lock's errors are returned as `Err(e.into())`), or return `Result<T, dlock::Error>` or `anyhow::Result<T>`"
+)]
+pub trait LockError: From<Error> {}
+
+impl<E: From<Error>> LockError for E {}
+
 /// Instantiated at the return type's span so a wrong type is reported there.
-pub fn check_result<R: LockResult>() {}
+pub fn check_result<R: LockResult>()
+where
+    R::Err: LockError,
+{
+}
 
 /// A value interpolated into a lock key.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be used in a lock key: it does not implement `std::fmt::Display`",
-    label = "used in a `key` template of `#[distributed_lock]`",
-    note = "key placeholders are formatted with `Display`; implement `Display` for `{Self}`, or name a field that is `Display`, e.g. `<order.id>`"
+    label = "used in a `#[distributed_lock]` key, so it must implement `Display`",
+    note = "implement `std::fmt::Display` for `{Self}`, or use one of its fields that does, e.g. `<order.id>`"
 )]
 pub trait KeyPart: std::fmt::Display {}
 
 impl<T: std::fmt::Display + ?Sized> KeyPart for T {}
 
-/// Identity, requiring `Display`: makes a non-`Display` placeholder an error at its span.
-pub fn key_part<T: KeyPart + ?Sized>(value: &T) -> &T {
+/// Requires `Display`: makes a non-`Display` placeholder an error at its span (and only there).
+pub fn key_part<T: KeyPart>(value: &T) -> &dyn std::fmt::Display {
     value
 }
 

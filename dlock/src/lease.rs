@@ -40,7 +40,9 @@ pub(crate) struct Lease {
 
 impl Lease {
     pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Self { lost: watch::channel(None).0, renewal: Mutex::new((false, false)),
+        Arc::new(Self {
+            lost: watch::channel(None).0,
+            renewal: Mutex::new((false, false)),
             renewal_done: Notify::new(),
             tickets: Mutex::default(),
         })

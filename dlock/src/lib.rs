@@ -47,6 +47,10 @@ pub use crate::redis::{RedisBackend, RedisBackendBuilder};
 #[doc(inline)]
 pub use dlock_macros::distributed_lock;
 
+#[cfg(doctest)]
+#[doc = include_str!("../../dlock-macros/src/attribute.md")]
+struct DistributedLockDoctests;
+
 /// Not a stable API: the paths `#[distributed_lock]` expands to.
 #[doc(hidden)]
 pub mod __private;

@@ -395,4 +395,3 @@ impl Drop for QueueTicket {
         }
     }
 }
-

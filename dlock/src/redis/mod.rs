@@ -224,8 +224,13 @@ impl LockBackend for RedisBackend {
         })
     }
 
-    fn watch_releases<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<ReleaseWatch>, BackendError>> {
-        Box::pin(async move { Ok(Some(self.notifier.watch(Self::release_channel(key), self.call_timeout).await)) })
+    fn watch_releases<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ReleaseWatch>, BackendError>> {
+        Box::pin(
+            async move { Ok(Some(self.notifier.watch(Self::release_channel(key), self.call_timeout).await)) },
+        )
     }
 }
 
