@@ -1,20 +1,49 @@
 //! Declarative distributed locks for async Rust.
 //!
-//! ```ignore
-//! #[dlock::distributed_lock(key = "user:<user_id>", ttl = "10s")]
-//! async fn pay(user_id: u64, amount: Cents) -> Result<Receipt, PayError> { /* … */ }
+//! Annotate a handler once; the lock key is built from its own arguments and checked at
+//! compile time; the lock service is registered once at start-up.
+//!
+//! ```
+//! use dlock::distributed_lock;
+//!
+//! #[derive(Debug)]
+//! enum PayError { Busy(dlock::Error) }
+//! impl From<dlock::Error> for PayError {
+//!     fn from(err: dlock::Error) -> Self { PayError::Busy(err) }
+//! }
+//!
+//! #[distributed_lock(key = "user:<user_id>", ttl = "10s")]
+//! async fn pay(user_id: u64, cents: u64) -> Result<u64, PayError> {
+//!     // Runs only while this process holds "user:<user_id>"; the lease is renewed meanwhile.
+//!     let token = dlock::fencing_token().expect("held");
+//!     Ok(token)
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Redis for many processes: dlock::RedisBackend::connect("redis://127.0.0.1:6379").await?
+//! dlock::set_global(dlock::LockService::new(dlock::MemoryBackend::new()))?;
+//! let first = pay(42, 500).await.map_err(|e| format!("{e:?}"))?;
+//! let second = pay(42, 500).await.map_err(|e| format!("{e:?}"))?;
+//! assert!(second > first, "fencing tokens increase across holders");
+//! # Ok(())
+//! # }
 //! ```
 //!
-//! See the [README](https://crates.io/crates/dlock) for the tour; this page lists the parts.
+//! The parts:
 //!
 //! - [`distributed_lock`]: the attribute (feature `macros`, on by default).
 //! - [`LockService`]: a [`LockBackend`] plus defaults; register one with [`set_global`] or
 //!   [`register`].
 //! - Backends: [`MemoryBackend`] (in-process) and [`RedisBackend`] (feature `redis`, on by
-//!   default; `rediss://` with feature `tls`).
-//! - The manual API: [`lock`] / [`LockService::lock`] → [`LockRequest`] → [`LockGuard`].
+//!   default; `rediss://` with feature `tls`). A new store implements [`LockBackend`].
+//! - The manual API: [`lock`] / [`LockService::lock`] / [`LockService::lock_all`] →
+//!   [`LockRequest`] → [`LockGuard`].
 //! - [`fencing_token`]: the token of the innermost lock the current task holds.
 //! - [`Error`]: everything that can go wrong, each message naming the key and the remedy.
+//!
+//! dlock runs on tokio: lock requests must be awaited inside a tokio runtime (the lease keeper
+//! and background releases are tokio tasks).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
