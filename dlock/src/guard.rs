@@ -6,10 +6,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
-use tokio::task::JoinHandle;
-
 use crate::context::{self, Frame};
 use crate::error::{Error, LostReason};
+use crate::keeper::Registration;
 use crate::lease::Lease;
 use crate::service::{LockService, QueueTicket};
 
@@ -47,7 +46,7 @@ pub struct LockGuard {
 struct Owned {
     owner: Arc<str>,
     lease: Arc<Lease>,
-    keeper: JoinHandle<()>,
+    keeper: Registration,
 }
 
 impl LockGuard {
@@ -57,7 +56,7 @@ impl LockGuard {
         reentered: Vec<Frame>,
         owner: Arc<str>,
         lease: Arc<Lease>,
-        keeper: JoinHandle<()>,
+        keeper: Registration,
         tickets: Vec<QueueTicket>,
     ) -> Self {
         lease.hold_tickets(tickets);
@@ -193,7 +192,7 @@ async fn release_owned(service: LockService, held: Vec<HeldKey>, owned: Owned) -
     let Owned { owner, lease, keeper } = owned;
     // No renewal may be sent after the release: stop them (waiting for one on the wire).
     lease.stop_renewals().await;
-    keeper.abort();
+    drop(keeper);
     let backend = service.backend();
     let mut all_ours = lease.lost_reason().is_none();
     let mut first_err = None;

@@ -1,17 +1,14 @@
-//! The life of a lease after acquisition: renewal every ttl/3, and loss detection.
+//! One held lease: whether it is lost, and the hand-shake that keeps renewals from being sent
+//! after a release. The renewals themselves are sent by the [keeper](crate::keeper).
 //!
-//! One task per guard keeps the lease. Before the guard releases, it marks the lease released
-//! (waiting for a renewal already on the wire, if any, to finish) and aborts the task, so no
-//! renewal is ever sent after a release, and the task never outlives its guard.
+//! Before a guard releases, it marks its lease released, waiting for a renewal already on the
+//! wire (if any) to finish, so no renewal is ever sent after a release.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
-use crate::backend::LockBackend;
 use crate::error::LostReason;
 use crate::service::QueueTicket;
 
@@ -76,7 +73,7 @@ impl Lease {
     /// Called by the keeper before sending a renewal: `None` once the lease is released. The
     /// renewal counts as on the wire until the returned value is dropped (also when the keeper
     /// is cancelled mid-call).
-    fn begin_renewal(&self) -> Option<InFlight<'_>> {
+    pub(crate) fn begin_renewal(&self) -> Option<InFlight<'_>> {
         let mut state = self.renewal.lock().unwrap_or_else(PoisonError::into_inner);
         if state.0 {
             return None;
@@ -112,91 +109,11 @@ impl Lease {
 }
 
 /// A renewal on the wire; see [`Lease::begin_renewal`].
-struct InFlight<'a>(&'a Lease);
+pub(crate) struct InFlight<'a>(&'a Lease);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.renewal.lock().unwrap_or_else(PoisonError::into_inner).1 = false;
         self.0.renewal_done.notify_waiters();
-    }
-}
-
-/// What the keeper task needs to keep one lease.
-pub(crate) struct Keeper {
-    pub(crate) backend: Arc<dyn LockBackend>,
-    pub(crate) keys: Vec<String>,
-    pub(crate) owner: Arc<str>,
-    pub(crate) ttl: Duration,
-    pub(crate) renew: bool,
-    /// When the acquire request that won the lease was sent.
-    pub(crate) sent_at: Instant,
-    pub(crate) lease: Arc<Lease>,
-}
-
-impl Keeper {
-    pub(crate) fn spawn(self) -> JoinHandle<()> {
-        tokio::spawn(self.run())
-    }
-
-    async fn run(self) {
-        let margin = safety_margin(self.ttl);
-        let mut deadline = self.sent_at + self.ttl.saturating_sub(margin);
-        if !self.renew {
-            tokio::time::sleep_until(deadline).await;
-            self.lost(LostReason::Expired);
-            return;
-        }
-        let every = self.ttl / 3;
-        let mut next = self.sent_at + every;
-        loop {
-            tokio::time::sleep_until(next.min(deadline)).await;
-            if Instant::now() >= deadline {
-                self.lost(LostReason::Unconfirmed);
-                return;
-            }
-            let Some(in_flight) = self.lease.begin_renewal() else { return };
-            let sent = Instant::now();
-            let outcome = tokio::time::timeout_at(deadline, self.renew_all()).await;
-            drop(in_flight);
-            match outcome {
-                Ok(Ok(true)) => {
-                    deadline = sent + self.ttl.saturating_sub(margin);
-                    next = sent + every;
-                }
-                Ok(Ok(false)) => {
-                    self.lost(LostReason::Refused);
-                    return;
-                }
-                Ok(Err(())) => {
-                    // A failed renewal is retried soon; the deadline still bounds the whole.
-                    next = Instant::now() + (every / 4).max(Duration::from_millis(5));
-                }
-                Err(_) => {
-                    self.lost(LostReason::Unconfirmed);
-                    return;
-                }
-            }
-        }
-    }
-
-    /// `Ok(true)`: every key renewed; `Ok(false)`: some key refused; `Err`: backend failure.
-    async fn renew_all(&self) -> Result<bool, ()> {
-        for key in &self.keys {
-            match self.backend.renew(key, &self.owner, self.ttl).await {
-                Ok(true) => {}
-                Ok(false) => return Ok(false),
-                Err(err) => {
-                    tracing::warn!(target: "dlock", key = %key, error = %err, "lease renewal failed; retrying until the lease deadline");
-                    return Err(());
-                }
-            }
-        }
-        tracing::trace!(target: "dlock", keys = ?self.keys, "lease renewed");
-        Ok(true)
-    }
-
-    fn lost(&self, reason: LostReason) {
-        tracing::warn!(target: "dlock", keys = ?self.keys, %reason, "lock lost");
-        self.lease.mark_lost(reason);
     }
 }

@@ -50,6 +50,7 @@ mod backend;
 mod context;
 mod error;
 mod guard;
+mod keeper;
 mod lease;
 mod memory;
 mod registry;

@@ -13,7 +13,8 @@ use crate::backend::{LockBackend, ReleaseWatch, TryAcquire};
 use crate::context;
 use crate::error::Error;
 use crate::guard::{HeldKey, LockGuard};
-use crate::lease::{Keeper, Lease};
+use crate::keeper::{self, Job};
+use crate::lease::Lease;
 use crate::request::LockRequest;
 
 /// The default lease: 30 s.
@@ -185,6 +186,11 @@ impl LockService {
         let ttl = ttl.unwrap_or(self.inner.default_ttl);
         let wait = wait.unwrap_or(self.inner.default_wait);
         validate(&keys, ttl)?;
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| Error::InvalidInput {
+            what: "runtime",
+            reason: "dlock locks must be awaited inside a tokio runtime (it keeps leases on tokio tasks)"
+                .into(),
+        })?;
         keys.sort_unstable();
         keys.dedup();
 
@@ -239,16 +245,15 @@ impl LockService {
             waited = ?started.elapsed(), "lock acquired");
 
         let lease = Lease::new();
-        let keeper = Keeper {
+        let job = Job {
             backend: Arc::clone(&self.inner.backend),
             keys: held.iter().map(|h| h.full_key.clone()).collect(),
             owner: Arc::clone(&owner),
             ttl,
             renew,
-            sent_at,
             lease: Arc::clone(&lease),
-        }
-        .spawn();
+        };
+        let keeper = keeper::register(&handle, job, sent_at);
         Ok(LockGuard::owned(self.clone(), held, reentered, owner, lease, keeper, tickets))
     }
 

@@ -1,0 +1,235 @@
+//! The keeper: one task per tokio runtime renews every lease held from that runtime, and
+//! marks a lease lost when a renewal is refused or not confirmed in time.
+//!
+//! A lease is registered when it is acquired and unregistered when it is released, which
+//! costs a map insert and remove; the task only wakes when a renewal or a deadline is due, so
+//! locks held for less than ttl/3 never wake it. Each renewal runs as its own short task, so a
+//! slow backend delays no other lease. The task ends after being idle for a while, and is
+//! started again by the next registration.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::runtime::{Handle, Id};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::backend::LockBackend;
+use crate::error::LostReason;
+use crate::lease::{Lease, safety_margin};
+
+/// How long the task waits with no lease to keep before it ends.
+const IDLE_EXIT: Duration = Duration::from_secs(10);
+
+/// One keeper per runtime (usually one in a process).
+static KEEPERS: Mutex<Vec<(Id, Arc<Keeper>)>> = Mutex::new(Vec::new());
+
+/// What it takes to keep one lease.
+pub(crate) struct Job {
+    pub(crate) backend: Arc<dyn LockBackend>,
+    pub(crate) keys: Vec<String>,
+    pub(crate) owner: Arc<str>,
+    pub(crate) ttl: Duration,
+    pub(crate) renew: bool,
+    pub(crate) lease: Arc<Lease>,
+}
+
+/// A lease being kept; unregisters it when dropped.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    keeper: Arc<Keeper>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut state = self.keeper.lock();
+        if let Some(entry) = state.entries.remove(&self.id) {
+            state.schedule.remove(&(entry.due, self.id));
+        }
+    }
+}
+
+/// Keep `job`'s lease, acquired by a request sent at `sent_at`, on the current runtime.
+pub(crate) fn register(handle: &Handle, job: Job, sent_at: Instant) -> Registration {
+    let keeper = {
+        let mut keepers = KEEPERS.lock().unwrap_or_else(PoisonError::into_inner);
+        let id = handle.id();
+        match keepers.iter().find(|(rt, _)| *rt == id) {
+            Some((_, keeper)) => Arc::clone(keeper),
+            None => {
+                // Forget keepers of runtimes that are gone.
+                keepers.retain(|(_, k)| !k.lock().task.as_ref().is_none_or(JoinHandle::is_finished));
+                let keeper = Arc::new(Keeper::default());
+                keepers.push((id, Arc::clone(&keeper)));
+                keeper
+            }
+        }
+    };
+    let deadline = sent_at + job.ttl.saturating_sub(safety_margin(job.ttl));
+    let due = if job.renew { sent_at + job.ttl / 3 } else { deadline };
+    let mut state = keeper.lock();
+    state.next_id += 1;
+    let id = state.next_id;
+    let earliest = state.schedule.first().is_none_or(|first| (due, id) < *first);
+    state.entries.insert(id, Entry { job: Arc::new(job), due, deadline });
+    state.schedule.insert((due, id));
+    if state.task.as_ref().is_none_or(JoinHandle::is_finished) {
+        state.task = Some(handle.spawn(run(Arc::clone(&keeper))));
+    } else if earliest {
+        keeper.wake.notify_one();
+    }
+    drop(state);
+    Registration { keeper, id }
+}
+
+#[derive(Debug, Default)]
+struct Keeper {
+    state: Mutex<State>,
+    /// Wakes the task when a registration is due before its timer.
+    wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    entries: HashMap<u64, Entry>,
+    /// `(when due, id)`: the next renewal, or the deadline of a lease without renewal.
+    schedule: BTreeSet<(Instant, u64)>,
+    next_id: u64,
+    task: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    job: Arc<Job>,
+    due: Instant,
+    /// Past this, the lease may have ended in the backend: `sent + ttl - margin`.
+    deadline: Instant,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("keys", &self.keys)
+            .field("ttl", &self.ttl)
+            .field("renew", &self.renew)
+            .finish()
+    }
+}
+
+impl Keeper {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update leaves `State` consistent, so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stop keeping `id`, and report its lease lost.
+    fn lose(&self, id: u64, job: &Job, reason: LostReason) {
+        {
+            let mut state = self.lock();
+            if let Some(entry) = state.entries.remove(&id) {
+                state.schedule.remove(&(entry.due, id));
+            }
+        }
+        tracing::warn!(target: "dlock", keys = ?job.keys, %reason, "lock lost");
+        job.lease.mark_lost(reason);
+    }
+
+    /// Schedule `id` again at `due` (if it is still kept).
+    fn reschedule(&self, id: u64, due: impl FnOnce(&Entry) -> (Instant, Instant)) {
+        let mut state = self.lock();
+        let Some(entry) = state.entries.get_mut(&id) else { return };
+        let (due, deadline) = due(entry);
+        entry.due = due;
+        entry.deadline = deadline;
+        let earliest = state.schedule.first().is_none_or(|first| (due, id) < *first);
+        state.schedule.insert((due, id));
+        drop(state);
+        if earliest {
+            self.wake.notify_one();
+        }
+    }
+}
+
+async fn run(keeper: Arc<Keeper>) {
+    let mut idle_since = None;
+    loop {
+        let now = Instant::now();
+        let mut fired = Vec::new();
+        let next = {
+            let mut state = keeper.lock();
+            while let Some(&(due, id)) = state.schedule.first() {
+                if due > now {
+                    break;
+                }
+                state.schedule.pop_first();
+                if let Some(entry) = state.entries.get(&id) {
+                    fired.push((id, Arc::clone(&entry.job), entry.deadline));
+                }
+            }
+            if state.entries.is_empty() {
+                let since = *idle_since.get_or_insert(now);
+                if now >= since + IDLE_EXIT {
+                    state.task = None;
+                    return;
+                }
+            } else {
+                idle_since = None;
+            }
+            state.schedule.first().map(|&(due, _)| due)
+        };
+        for (id, job, deadline) in fired {
+            if !job.renew {
+                keeper.lose(id, &job, LostReason::Expired);
+            } else if now >= deadline {
+                keeper.lose(id, &job, LostReason::Unconfirmed);
+            } else {
+                tokio::spawn(renew_once(Arc::clone(&keeper), id, job, deadline));
+            }
+        }
+        let wake_at = next.unwrap_or(now + IDLE_EXIT);
+        tokio::select! {
+            () = tokio::time::sleep_until(wake_at) => {}
+            () = keeper.wake.notified() => {}
+        }
+    }
+}
+
+/// Send one renewal of every key of `job`, bounded by the lease deadline.
+async fn renew_once(keeper: Arc<Keeper>, id: u64, job: Arc<Job>, deadline: Instant) {
+    let Some(in_flight) = job.lease.begin_renewal() else { return };
+    let sent = Instant::now();
+    let outcome = tokio::time::timeout_at(deadline, renew_all(&job)).await;
+    drop(in_flight);
+    match outcome {
+        Ok(Ok(true)) => {
+            tracing::trace!(target: "dlock", keys = ?job.keys, "lease renewed");
+            let deadline = sent + job.ttl.saturating_sub(safety_margin(job.ttl));
+            keeper.reschedule(id, |_| (sent + job.ttl / 3, deadline));
+        }
+        Ok(Ok(false)) => keeper.lose(id, &job, LostReason::Refused),
+        Ok(Err(())) => {
+            // Retried soon; the deadline still bounds the whole.
+            let retry = Instant::now() + (job.ttl / 12).max(Duration::from_millis(5));
+            keeper.reschedule(id, |entry| (retry.min(entry.deadline), entry.deadline));
+        }
+        Err(_) => keeper.lose(id, &job, LostReason::Unconfirmed),
+    }
+}
+
+/// `Ok(true)`: every key renewed; `Ok(false)`: some key refused; `Err`: backend failure.
+async fn renew_all(job: &Job) -> Result<bool, ()> {
+    for key in &job.keys {
+        match job.backend.renew(key, &job.owner, job.ttl).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(false),
+            Err(err) => {
+                tracing::warn!(target: "dlock", key = %key, error = %err, "lease renewal failed; retrying until the lease deadline");
+                return Err(());
+            }
+        }
+    }
+    Ok(true)
+}
