@@ -88,7 +88,7 @@ where
             result
         }
         Err(reason) => {
-            let key = guard.key().to_owned();
+            let key = guard.full_key().to_owned();
             drop(guard);
             R::from_lock_error(Error::Lost { key, reason })
         }

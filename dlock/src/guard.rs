@@ -85,6 +85,12 @@ impl LockGuard {
         keys.into_iter()
     }
 
+    /// The first key as the backend sees it (prefix included): what errors name.
+    pub(crate) fn full_key(&self) -> &str {
+        let held = self.held.iter().map(|h| h.full_key.as_str());
+        held.chain(self.reentered.iter().map(|f| f.key.as_str())).min().unwrap_or_default()
+    }
+
     fn strip<'a>(&self, full_key: &'a str) -> &'a str {
         full_key.strip_prefix(self.service.key_prefix()).unwrap_or(full_key)
     }

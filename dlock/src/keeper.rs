@@ -207,6 +207,7 @@ async fn renew_once(keeper: Arc<Keeper>, id: u64, job: Arc<Job>, deadline: Insta
         Ok(Ok(true)) => {
             tracing::trace!(target: "dlock", keys = ?job.keys, "lease renewed");
             let deadline = sent + job.ttl.saturating_sub(safety_margin(job.ttl));
+            job.lease.extend(deadline);
             keeper.reschedule(id, |_| (sent + job.ttl / 3, deadline));
         }
         Ok(Ok(false)) => keeper.lose(id, &job, LostReason::Refused),

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
 use crate::error::LostReason;
 use crate::service::QueueTicket;
@@ -20,7 +21,9 @@ use crate::service::QueueTicket;
 /// 2 ms for scheduling: the body is dropped at `sent + ttl - margin`, before the backend can
 /// let anybody else in.
 pub fn safety_margin(ttl: Duration) -> Duration {
-    ttl / 100 + Duration::from_millis(2)
+    // 1 % for clock-rate drift, plus time for the cancellation to reach the body: a tenth of
+    // the ttl, at least 2 ms and at most 20 ms (timer granularity and task wake-ups under load).
+    ttl / 100 + (ttl / 10).clamp(Duration::from_millis(2), Duration::from_millis(20))
 }
 
 /// Shared state of one held lease (one or several keys).
@@ -30,14 +33,21 @@ pub(crate) struct Lease {
     /// `(released, renewal in flight)`: the hand-shake between the keeper and the release.
     renewal: Mutex<(bool, bool)>,
     renewal_done: Notify,
+    /// Past this instant the lease may have ended in the backend (`sent + ttl - margin` of the
+    /// last confirmed acquire or renewal).
+    deadline: Mutex<Instant>,
+    /// Whether the lease is renewed (decides how an expired deadline is reported).
+    renewed: bool,
     /// This process's places at the head of the keys' local queues: given up on release, and
     /// as soon as the lease is lost (the backend may already let another owner in).
     tickets: Mutex<Vec<QueueTicket>>,
 }
 
 impl Lease {
-    pub(crate) fn new() -> Arc<Self> {
+    pub(crate) fn new(deadline: Instant, renewed: bool) -> Arc<Self> {
         Arc::new(Self {
+            deadline: Mutex::new(deadline),
+            renewed,
             lost: watch::channel(None).0,
             renewal: Mutex::new((false, false)),
             renewal_done: Notify::new(),
@@ -82,8 +92,25 @@ impl Lease {
         Some(InFlight(self))
     }
 
+    /// Why the lease was lost, if it was — including a deadline that passed before the keeper
+    /// got to report it.
     pub(crate) fn lost_reason(&self) -> Option<LostReason> {
-        *self.lost.borrow()
+        let reported = *self.lost.borrow();
+        reported.or_else(|| (Instant::now() >= self.deadline()).then(|| self.expiry_reason()))
+    }
+
+    fn expiry_reason(&self) -> LostReason {
+        if self.renewed { LostReason::Unconfirmed } else { LostReason::Expired }
+    }
+
+    pub(crate) fn deadline(&self) -> Instant {
+        *self.deadline.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A renewal was confirmed: the lease now lasts until `deadline`.
+    pub(crate) fn extend(&self, deadline: Instant) {
+        let mut current = self.deadline.lock().unwrap_or_else(PoisonError::into_inner);
+        *current = (*current).max(deadline);
     }
 
     pub(crate) fn mark_lost(&self, reason: LostReason) {
@@ -99,12 +126,26 @@ impl Lease {
     }
 
     /// Resolves when the lease is lost; never, if it is not.
+    ///
+    /// Besides waiting for the keeper's report, it watches the deadline itself, so a loss by
+    /// time is seen at the deadline even when the keeper task is slow to be scheduled.
     pub(crate) async fn lost(&self) -> LostReason {
         let mut rx = self.lost.subscribe();
-        // The sender lives in `self`, so it cannot be dropped while we borrow it: `Err` and
-        // `None` cannot happen.
-        let reason = rx.wait_for(Option::is_some).await.ok().and_then(|r| *r);
-        reason.unwrap_or(LostReason::Refused)
+        loop {
+            if let Some(reason) = *rx.borrow_and_update() {
+                return reason;
+            }
+            let deadline = self.deadline();
+            tokio::select! {
+                // The sender lives in `self`, so `changed` cannot fail while we borrow it.
+                _ = rx.changed() => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    if Instant::now() >= self.deadline() {
+                        self.mark_lost(self.expiry_reason());
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -211,14 +211,15 @@ impl LockService {
         let started = Instant::now();
         let deadline = started + wait;
         let owner: Arc<str> = Arc::from(format!("{:032x}", rand::random::<u128>()));
+        let mut claim = Claim { backend: Arc::clone(&self.inner.backend), owner: Arc::clone(&owner), keys: Vec::new() };
         let mut held: Vec<HeldKey> = Vec::with_capacity(keys.len());
         let mut tickets = Vec::with_capacity(keys.len());
         let mut sent_at = None;
         for key in keys {
             let full_key = format!("{}{key}", self.inner.prefix);
             let outcome = async {
-                let ticket = self.queue_ticket(&full_key, &key, deadline, started).await?;
-                let (token, sent) = self.acquire_one(&key, &full_key, &owner, ttl, deadline, started).await?;
+                let ticket = self.queue_ticket(&full_key, deadline, started).await?;
+                let (token, sent) = self.acquire_one(&full_key, &mut claim, ttl, deadline, started).await?;
                 Ok::<_, Error>((ticket, token, sent))
             }
             .await;
@@ -229,22 +230,22 @@ impl LockService {
                     held.push(HeldKey { key, full_key, fencing_token });
                 }
                 Err(err) => {
-                    for h in held.iter().rev() {
-                        if let Err(release_err) = self.inner.backend.release(&h.full_key, &owner).await {
-                            tracing::warn!(target: "dlock", key = %h.key, error = %release_err,
-                                "could not release a partly acquired lock set; it expires at its ttl");
-                        }
+                    if matches!(err, Error::Timeout { .. }) {
+                        // The backend answers: free what this set took before returning.
+                        claim.release_now().await;
                     }
+                    // Otherwise `claim` frees them in the background when dropped here.
                     tracing::debug!(target: "dlock", error = %err, "lock not acquired");
                     return Err(err);
                 }
             }
         }
+        claim.disarm();
         let sent_at = sent_at.unwrap_or(started);
         tracing::debug!(target: "dlock", keys = ?held.iter().map(|h| &h.key).collect::<Vec<_>>(),
             waited = ?started.elapsed(), "lock acquired");
 
-        let lease = Lease::new();
+        let lease = Lease::new(sent_at + ttl.saturating_sub(crate::lease::safety_margin(ttl)), renew);
         let job = Job {
             backend: Arc::clone(&self.inner.backend),
             keys: held.iter().map(|h| h.full_key.clone()).collect(),
@@ -261,7 +262,6 @@ impl LockService {
     async fn queue_ticket(
         &self,
         full_key: &str,
-        key: &str,
         deadline: Instant,
         started: Instant,
     ) -> Result<QueueTicket, Error> {
@@ -275,7 +275,7 @@ impl LockService {
         drop(queue);
         let guard = match tokio::time::timeout_at(deadline, lock).await {
             Ok(guard) => guard,
-            Err(_) => return Err(Error::Timeout { key: key.to_owned(), waited: started.elapsed() }),
+            Err(_) => return Err(Error::Timeout { key: full_key.to_owned(), waited: started.elapsed() }),
         };
         ticket.guard = Some(guard);
         Ok(ticket)
@@ -284,9 +284,8 @@ impl LockService {
     /// Compete in the backend for one key until acquired or `deadline`.
     async fn acquire_one(
         &self,
-        key: &str,
         full_key: &str,
-        owner: &str,
+        claim: &mut Claim,
         ttl: Duration,
         deadline: Instant,
         started: Instant,
@@ -296,20 +295,23 @@ impl LockService {
         let mut watched = false;
         let mut backoff = Duration::from_millis(2);
         loop {
+            // Claimed before the request leaves: if this call is dropped while the request is
+            // on the wire, the claim releases whatever the request may have taken.
+            claim.keys.push(full_key.to_owned());
             let sent = Instant::now();
-            let remaining = match backend.try_acquire(full_key, owner, ttl).await {
+            let remaining = match backend.try_acquire(full_key, &claim.owner, ttl).await {
                 Ok(TryAcquire::Acquired { fencing_token }) => return Ok((fencing_token, sent)),
-                Ok(TryAcquire::Held { remaining }) => remaining,
-                Err(err) => {
-                    // The script may have run even though its answer was lost: free the key
-                    // in the background (owner-checked, so it touches nothing else).
-                    clean_up_after_failed_acquire(&self.inner.backend, full_key, owner);
-                    return Err(Error::backend(backend.name(), Some(key), err));
+                Ok(TryAcquire::Held { remaining }) => {
+                    claim.keys.pop();
+                    remaining
                 }
+                // The claim keeps the key: the script may have run even though its answer was
+                // lost, and the owner-checked release touches nothing else.
+                Err(err) => return Err(Error::backend(backend.name(), Some(full_key), err)),
             };
             let now = Instant::now();
             if now >= deadline {
-                return Err(Error::Timeout { key: key.to_owned(), waited: now - started });
+                return Err(Error::Timeout { key: full_key.to_owned(), waited: now - started });
             }
             if !watched {
                 // Register for release notices, then try again at once: a release between the
@@ -318,7 +320,7 @@ impl LockService {
                 watch = backend
                     .watch_releases(full_key)
                     .await
-                    .map_err(|err| Error::backend(backend.name(), Some(key), err))?;
+                    .map_err(|err| Error::backend(backend.name(), Some(full_key), err))?;
                 if watch.is_some() {
                     continue;
                 }
@@ -341,13 +343,47 @@ impl LockService {
     }
 }
 
-fn clean_up_after_failed_acquire(backend: &Arc<dyn LockBackend>, full_key: &str, owner: &str) {
-    if let Ok(handle) = tokio::runtime::Handle::try_current() {
-        let backend = Arc::clone(backend);
-        let (key, owner) = (full_key.to_owned(), owner.to_owned());
-        handle.spawn(async move {
-            let _ = backend.release(&key, &owner).await;
-        });
+/// Keys an acquisition may hold in the backend until it hands them to a [`LockGuard`].
+///
+/// If the acquisition is abandoned — it failed, or its caller dropped it while it waited for
+/// a later key or while a request was on the wire — dropping the claim releases those keys in
+/// the background (owner-checked), so no lock is left behind without an owner until its ttl.
+struct Claim {
+    backend: Arc<dyn LockBackend>,
+    owner: Arc<str>,
+    keys: Vec<String>,
+}
+
+impl Claim {
+    /// Release the claimed keys now.
+    async fn release_now(&mut self) {
+        for key in std::mem::take(&mut self.keys).iter().rev() {
+            if let Err(err) = self.backend.release(key, &self.owner).await {
+                tracing::warn!(target: "dlock", key = %key, error = %err,
+                    "could not release a partly acquired lock set; it expires at its ttl");
+            }
+        }
+    }
+
+    /// The keys now belong to a guard.
+    fn disarm(&mut self) {
+        self.keys.clear();
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if self.keys.is_empty() {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let mut claim = Claim {
+                backend: Arc::clone(&self.backend),
+                owner: Arc::clone(&self.owner),
+                keys: std::mem::take(&mut self.keys),
+            };
+            handle.spawn(async move { claim.release_now().await });
+        }
     }
 }
 
