@@ -1,0 +1,142 @@
+//! Waiting without polling: release notices, shared subscriptions, local FIFO queues.
+//!
+//! Each test owns a private `redis-server`, so counting pub/sub channels on the server is exact.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dlock::{Error, LockService, MemoryBackend, RedisBackend};
+use support::{RedisServer, inspector, poll_until};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+/// The channels the server has subscribers for.
+async fn server_channels(url: &str) -> Vec<String> {
+    let mut conn = inspector(url).await;
+    redis::cmd("PUBSUB").arg("CHANNELS").arg("dlock:released:*").query_async(&mut conn).await.expect("PUBSUB")
+}
+
+/// A holder with a long lease releases early: the waiter must be woken by the release notice,
+/// since its own timer (the holder's remaining lease, ~30 s) is far past its `wait`.
+#[tokio::test]
+async fn redis_waiter_is_woken_by_the_release_not_by_a_timer() {
+    let server = RedisServer::start();
+    let a = LockService::new(RedisBackend::connect(&server.url()).await.expect("connect a"));
+    let b_backend = RedisBackend::connect(&server.url()).await.expect("connect b");
+    let b = LockService::new(b_backend.clone());
+    let held = a.lock("k").ttl(Duration::from_secs(30)).await.expect("a holds");
+    let waiter = tokio::spawn(async move {
+        let guard = b.lock("k").wait(Duration::from_secs(5)).await?;
+        let at = Instant::now();
+        guard.release().await?;
+        Ok::<_, Error>(at)
+    });
+    poll_until(Duration::from_secs(5), "the waiter subscribed", || {
+        let backend = b_backend.clone();
+        async move { backend.subscribed_channels() == 1 }
+    })
+    .await;
+    let released_at = Instant::now();
+    assert!(held.release().await.expect("release"));
+    let acquired_at = waiter.await.expect("join").expect("woken by the release notice within wait");
+    let hand_off = acquired_at - released_at;
+    assert!(hand_off < Duration::from_secs(5), "hand-off took {hand_off:?}");
+    poll_until(Duration::from_secs(5), "the subscription was dropped", || {
+        let backend = b_backend.clone();
+        async move { backend.subscribed_channels() == 0 }
+    })
+    .await;
+}
+
+/// A crashed holder releases nothing: its key expires, and the waiter's fallback timer (the
+/// remaining lease the failed attempt reported) lets it in right after.
+#[tokio::test]
+async fn redis_waiter_gets_an_expired_key_without_a_notice() {
+    let server = RedisServer::start();
+    let a = LockService::new(RedisBackend::connect(&server.url()).await.expect("connect a"));
+    let b = LockService::new(RedisBackend::connect(&server.url()).await.expect("connect b"));
+    let crashed = a.lock("k").ttl(Duration::from_millis(400)).renew(false).await.expect("a holds");
+    std::mem::forget(crashed); // never released: the holder "crashed"
+    let started = Instant::now();
+    let guard = b.lock("k").wait(Duration::from_secs(5)).await.expect("in after the lease expired");
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(2), "waited {waited:?} for a 400 ms lease");
+    guard.release().await.expect("release");
+}
+
+/// Many distinct keys waited on: one subscription per key while waited on, none afterwards,
+/// in the client and on the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_subscription_is_left_behind() {
+    const KEYS: usize = 20_000;
+    const TASKS: usize = 32;
+    let server = RedisServer::start();
+    let holder = LockService::new(RedisBackend::connect(&server.url()).await.expect("connect holder"));
+    let waiter_backend = RedisBackend::connect(&server.url()).await.expect("connect waiter");
+    let waiter = LockService::new(waiter_backend.clone());
+    let next = Arc::new(Mutex::new(0usize));
+    let mut tasks = Vec::new();
+    for _ in 0..TASKS {
+        let (holder, waiter, next) = (holder.clone(), waiter.clone(), Arc::clone(&next));
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = {
+                    let mut n = next.lock().await;
+                    if *n == KEYS {
+                        return Ok::<_, Error>(());
+                    }
+                    *n += 1;
+                    *n
+                };
+                let key = format!("key:{i}");
+                // Held elsewhere, so the waiter subscribes; then a wait of zero-ish ends it.
+                let held = holder.lock(&key).await?;
+                let attempt = waiter.lock(&key).wait(Duration::from_millis(1)).await;
+                assert!(matches!(attempt, Err(Error::Timeout { .. })), "{attempt:?}");
+                held.release().await?;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("join").expect("lock cycles");
+    }
+    assert_eq!(waiter_backend.subscribed_channels(), 0, "channels left in the client");
+    poll_until(Duration::from_secs(5), "the server has no dlock channel left", || {
+        let url = server.url();
+        async move { server_channels(&url).await.is_empty() }
+    })
+    .await;
+}
+
+/// Tasks of one process waiting for a key are served in the order they came.
+#[tokio::test]
+async fn local_waiters_are_served_in_fifo_order() {
+    for service in [
+        LockService::new(MemoryBackend::new()),
+        LockService::new(RedisBackend::connect(&support::shared_redis_url()).await.expect("shared redis")),
+    ] {
+        let key = format!("{}fifo", support::unique_prefix("fifo"));
+        let first = service.lock(&key).await.expect("first");
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let (service, order, key) = (service.clone(), Arc::clone(&order), key.clone());
+            tasks.push(tokio::spawn(async move {
+                let guard = service.lock(&key).wait(Duration::from_secs(10)).await.expect("in turn");
+                order.lock().await.push(i);
+                guard.release().await.expect("release");
+            }));
+            // Let task i reach the queue before task i+1 starts.
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        first.release().await.expect("release first");
+        for task in tasks {
+            task.await.expect("join");
+        }
+        assert_eq!(*order.lock().await, (0..8).collect::<Vec<_>>(), "{service:?}");
+    }
+}
