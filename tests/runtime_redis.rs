@@ -1,0 +1,606 @@
+//! The runtime against real Redis.
+//!
+//! - Every shared scenario (see `scenarios/mod.rs`) on the machine's shared Redis
+//!   (`support::shared_redis_url()`), each test in a key namespace of its own.
+//! - Redis-only behaviour on the shared server: stored owner tokens, contention over a
+//!   non-atomic counter, named registration.
+//! - Failure behaviour, each test on a private `redis-server` it owns (`support::RedisServer`):
+//!   server stopped / restarted / paused, bad URLs, wrong password, closed port, `SCRIPT FLUSH`,
+//!   and two OS processes contending (this binary re-executed as a worker).
+
+#[path = "scenarios/mod.rs"]
+mod scenarios;
+#[path = "support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use dlock::{BackendErrorKind, Error, LockService, LostReason, RedisBackend};
+use scenarios::MARGIN;
+use support::{RedisServer, Store, poll_until};
+
+async fn redis_store(test_name: &str) -> Store {
+    Store::redis(&support::shared_redis_url(), test_name).await
+}
+
+scenarios::all_scenarios!(redis_store);
+
+/// The call timeout of the failure tests: every Redis call must give up within it.
+const CALL_TIMEOUT: Duration = Duration::from_millis(300);
+
+async fn connect(url: &str) -> RedisBackend {
+    RedisBackend::builder(url)
+        .call_timeout(CALL_TIMEOUT)
+        .connect()
+        .await
+        .unwrap_or_else(|err| panic!("connecting to {url}: {err}"))
+}
+
+async fn redis_cmd<T: redis::FromRedisValue>(
+    conn: &mut redis::aio::MultiplexedConnection,
+    args: &[&str],
+) -> T {
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query_async(conn).await.unwrap_or_else(|err| panic!("{args:?}: {err}"))
+}
+
+fn expect_backend_error(
+    result: Result<impl std::fmt::Debug, Error>,
+    what: &str,
+) -> (Option<String>, BackendErrorKind, String) {
+    match result {
+        Err(err @ Error::Backend { .. }) => {
+            let Error::Backend { key, backend, source } = &err else { unreachable!() };
+            assert_eq!(*backend, "redis", "{what}: {err}");
+            (key.clone(), source.kind(), err.to_string())
+        }
+        Err(err) => panic!("{what}: expected Error::Backend, got {err:?} ({err})"),
+        Ok(value) => panic!("{what}: expected Error::Backend, got {value:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis-only behaviour on the shared server.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_token_is_random_hex_and_lease_is_the_ttl() {
+    let store = redis_store("owner_token").await;
+    let service = store.service().await;
+    let ttl = Duration::from_secs(5);
+    let guard = service.lock("tok").ttl(ttl).await.expect("acquire");
+    let value =
+        store.stored_value("tok").await.flatten().expect("the lock key exists under the prefixed name");
+    assert!(value.len() >= 32, "owner token `{value}` has at least 128 bits in hex");
+    assert!(value.chars().all(|c| c.is_ascii_hexdigit()), "owner token `{value}` is hex");
+
+    let Store::Redis { conn, .. } = &store else { unreachable!() };
+    let mut conn = conn.clone();
+    let pttl: i64 = redis_cmd(&mut conn, &["PTTL", &store.full_key("tok")]).await;
+    assert!(pttl > 0 && pttl <= 5000, "PTTL {pttl} ms is the ttl of 5 s");
+    assert!(guard.release().await.expect("release"));
+
+    let guard = service.lock("tok").await.expect("acquire again");
+    let second = store.stored_value("tok").await.flatten().expect("held");
+    assert_ne!(second, value, "each acquisition has its own owner token");
+    assert!(guard.release().await.expect("release"));
+    store.cleanup().await;
+}
+
+/// 8 tasks (2 in each of 4 services, i.e. 4 Redis connections) × 50 increments of a counter
+/// that is read, yielded on, and written back: only exclusion makes the total exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_tasks_increment_a_non_atomic_counter_exactly() {
+    let store = redis_store("counter").await;
+    let counter = store.full_key("counter-value");
+    let Store::Redis { conn, .. } = &store else { unreachable!() };
+    let services =
+        [store.service().await, store.service().await, store.service().await, store.service().await];
+    let inside = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for task in 0..8 {
+        let service = services[task % 4].clone();
+        let (mut conn, counter, inside) = (conn.clone(), counter.clone(), Arc::clone(&inside));
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..50 {
+                let guard =
+                    service.lock("counter").ttl(Duration::from_secs(5)).wait(Duration::from_secs(30)).await?;
+                assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders at once");
+                let value: Option<u64> = redis_cmd(&mut conn, &["GET", &counter]).await;
+                tokio::task::yield_now().await;
+                let next = (value.unwrap_or(0) + 1).to_string();
+                let () = redis_cmd(&mut conn, &["SET", &counter, &next]).await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+                assert!(guard.release().await?, "still ours at release");
+            }
+            Ok::<_, Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task did not panic").expect("task acquired and released");
+    }
+    let mut conn = conn.clone();
+    let total: u64 = redis_cmd(&mut conn, &["GET", &counter]).await;
+    assert_eq!(total, 400, "no lost updates");
+    eprintln!("400 increments in {:?}", started.elapsed());
+    store.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_redis_service_is_used_by_lock_with() {
+    let store = redis_store("named").await;
+    let name = format!("redis-{}", rand::random::<u32>());
+    dlock::register(name.as_str(), store.service().await).expect("register once");
+    let guard = dlock::lock_with(&name, "n").await.expect("named service works");
+    assert!(store.is_held("n").await, "the named service's prefix and server were used");
+    assert!(guard.release().await.expect("release"));
+    let err = dlock::register(name.as_str(), store.service().await).expect_err("second registration");
+    assert!(matches!(err, Error::AlreadyRegistered { service: Some(_) }), "{err:?}");
+    store.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failures, each on a private redis-server.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_redis_fails_within_call_timeout_and_same_service_recovers_after_restart() {
+    let mut server = RedisServer::start();
+    let service = LockService::new(connect(&server.url()).await);
+    // Long enough that dlock's safety margin (52 ms) dwarfs how late this test may observe
+    // the loss on a busy machine.
+    let ttl = Duration::from_secs(5);
+    let held = service.lock("held").ttl(ttl).await.expect("acquire while Redis runs");
+    let held_at = Instant::now();
+
+    server.stop();
+    let started = Instant::now();
+    let result = service.lock("k").wait(Duration::from_secs(5)).await;
+    let elapsed = started.elapsed();
+    let (key, kind, message) = expect_backend_error(result, "lock while Redis is down");
+    assert!(
+        elapsed < CALL_TIMEOUT + MARGIN,
+        "gave up after {elapsed:?}; the call timeout is {CALL_TIMEOUT:?}"
+    );
+    assert!(matches!(kind, BackendErrorKind::Connection | BackendErrorKind::Timeout), "{kind:?}: {message}");
+    assert_eq!(key.as_deref(), Some("k"));
+    assert!(message.contains("`k`"), "the message names the key: {message}");
+
+    // The guard taken before the outage cannot be renewed: it is reported lost before its
+    // lease could have ended in Redis.
+    let reason = tokio::time::timeout(ttl + MARGIN, held.lost()).await.expect("the loss is reported");
+    assert_eq!(reason, LostReason::Unconfirmed);
+    assert!(
+        held_at.elapsed() < ttl,
+        "reported lost after {:?}, at or after the ttl {ttl:?}",
+        held_at.elapsed()
+    );
+    drop(held);
+
+    server.restart();
+    let took = poll_until(Duration::from_secs(5), "the same service works again after the restart", || {
+        let service = service.clone();
+        async move {
+            match service.lock("k").wait(Duration::ZERO).await {
+                Ok(guard) => guard.release().await.expect("release after the restart"),
+                Err(err) => {
+                    eprintln!("not yet: {err}");
+                    false
+                }
+            }
+        }
+    })
+    .await;
+    eprintln!("recovered {took:?} after the restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_redis_fails_within_call_timeout_and_recovers_on_resume() {
+    let server = RedisServer::start();
+    let service = LockService::new(connect(&server.url()).await);
+    // Long enough that dlock's safety margin (52 ms) dwarfs how late this test may observe
+    // the loss on a busy machine.
+    let ttl = Duration::from_secs(5);
+    let held = service.lock("held").ttl(ttl).await.expect("acquire while Redis runs");
+    let held_at = Instant::now();
+
+    server.pause();
+    let started = Instant::now();
+    let result = service.lock("k").wait(Duration::from_secs(5)).await;
+    let elapsed = started.elapsed();
+    let (_, kind, message) = expect_backend_error(result, "lock while Redis is frozen");
+    assert_eq!(kind, BackendErrorKind::Timeout, "{message}");
+    assert!(elapsed >= CALL_TIMEOUT - Duration::from_millis(20), "gave up after {elapsed:?}");
+    assert!(
+        elapsed < CALL_TIMEOUT + MARGIN,
+        "gave up after {elapsed:?}; the call timeout is {CALL_TIMEOUT:?}"
+    );
+
+    let reason = tokio::time::timeout(ttl + MARGIN, held.lost()).await.expect("the loss is reported");
+    assert_eq!(reason, LostReason::Unconfirmed);
+    assert!(
+        held_at.elapsed() < ttl,
+        "reported lost after {:?}, at or after the ttl {ttl:?}",
+        held_at.elapsed()
+    );
+
+    server.resume();
+    // A key this service never tried: the same service and connection work again.
+    poll_until(Duration::from_secs(5), "the service works again after resume", || {
+        let service = service.clone();
+        async move {
+            match service.lock("after").wait(Duration::ZERO).await {
+                Ok(guard) => guard.release().await.expect("release after resume"),
+                Err(err) => {
+                    eprintln!("not yet: {err}");
+                    false
+                }
+            }
+        }
+    })
+    .await;
+    drop(held);
+}
+
+/// An acquire whose answer timed out may still run in Redis later (here: when the frozen
+/// server thaws). The caller was told `Error::Backend`, so nobody owns that lock: dlock's
+/// owner-checked cleanup release must free it, not leave the key blocked for the whole ttl.
+///
+/// The cleanup is a single release bounded by the call timeout. Here it is lost because the
+/// release script is not yet in Redis's script cache (no release has run since the server
+/// started, as after any Redis restart): its `EVALSHA` is answered `NOSCRIPT` only after the
+/// thaw, when the client has already given up and so never sends the `EVAL` fallback. A
+/// network partition longer than the call timeout loses it the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_that_timed_out_leaves_no_ownerless_lock() {
+    let server = RedisServer::start();
+    let service = LockService::new(connect(&server.url()).await);
+    let ttl = Duration::from_secs(10);
+    // Loads the acquire script into the server's cache; no release has run yet.
+    let warm = service.lock("warm").ttl(ttl).await.expect("acquire while Redis runs");
+
+    server.pause();
+    let result = service.lock("ghost").ttl(ttl).wait(Duration::ZERO).await;
+    let (_, kind, message) = expect_backend_error(result, "lock while Redis is frozen");
+    assert_eq!(kind, BackendErrorKind::Timeout, "{message}");
+    // The outage outlasts the call timeout, so the cleanup attempt times out too.
+    tokio::time::sleep(CALL_TIMEOUT * 2).await;
+    server.resume();
+
+    let mut conn = support::inspector(&server.url()).await;
+    let pttl: i64 = redis_cmd(&mut conn, &["PTTL", "ghost"]).await;
+    eprintln!("PTTL of `ghost` after resume: {pttl} ms (-2: absent)");
+    poll_until(Duration::from_secs(3), "the ownerless lock left by the timed-out acquire is freed", || {
+        let mut conn = conn.clone();
+        async move { !redis_cmd::<bool>(&mut conn, &["EXISTS", "ghost"]).await }
+    })
+    .await;
+    assert!(warm.release().await.expect("release"));
+}
+
+/// Release notices are an optimisation: where Redis refuses `SUBSCRIBE` (an ACL, a proxy
+/// without pub/sub), locks must still work and every wait must still end at `wait`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_is_honoured_when_release_notices_are_unavailable() {
+    let server = RedisServer::start_with(&[
+        "--user",
+        "default",
+        "on",
+        "nopass",
+        "~*",
+        "&*",
+        "+@all",
+        "-subscribe",
+        "-psubscribe",
+        "-ssubscribe",
+    ]);
+    let call_timeout = Duration::from_secs(1);
+    let connect = || async {
+        RedisBackend::builder(server.url()).call_timeout(call_timeout).connect().await.expect("connect")
+    };
+    let holder = LockService::new(connect().await);
+    let waiter = LockService::new(connect().await);
+    let guard = holder.lock("k").ttl(Duration::from_secs(10)).await.expect("acquire without pub/sub");
+
+    let wait = Duration::from_millis(100);
+    let started = Instant::now();
+    let result = waiter.lock("k").wait(wait).await;
+    let elapsed = started.elapsed();
+    assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
+    assert!(
+        elapsed < wait + MARGIN,
+        "wait({wait:?}) gave up only after {elapsed:?} (call timeout {call_timeout:?})"
+    );
+
+    // Hand-over still works, on the waiter's timer.
+    let handover = tokio::spawn(async move { waiter.lock("k").wait(Duration::from_secs(5)).await });
+    assert!(guard.release().await.expect("release without pub/sub"));
+    let next = handover.await.expect("waiter did not panic").expect("the waiter gets in after the release");
+    assert!(next.release().await.expect("release"));
+}
+
+#[tokio::test]
+async fn invalid_urls_are_invalid_input_that_shows_a_valid_url() {
+    for url in ["http://x", "redis://", "not a url", "redis://127.0.0.1:notaport", "", "redis://0.0.0.0:6379"]
+    {
+        let started = Instant::now();
+        match RedisBackend::connect(url).await {
+            Err(err @ Error::InvalidInput { what, .. }) => {
+                assert_eq!(what, "Redis URL", "{url:?}: {err}");
+                let message = err.to_string();
+                assert!(
+                    message.contains("redis://"),
+                    "{url:?}: the message shows what a valid URL looks like: {message}"
+                );
+            }
+            Err(err) => panic!("{url:?}: expected Error::InvalidInput, got {err:?} ({err})"),
+            Ok(backend) => panic!("{url:?}: accepted: {backend:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{url:?}: rejected only after {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn zero_call_timeout_is_invalid_input() {
+    let err = RedisBackend::builder(support::shared_redis_url())
+        .call_timeout(Duration::ZERO)
+        .connect()
+        .await
+        .expect_err("a zero call timeout");
+    assert!(matches!(err, Error::InvalidInput { what: "call timeout", .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn wrong_password_is_an_auth_error_that_mentions_the_password() {
+    let server = RedisServer::start_with(&["--requirepass", "s3cret-pw"]);
+    for (url, case) in
+        [(server.url_with_password("wrong-pw"), "wrong password"), (server.url(), "no password")]
+    {
+        let started = Instant::now();
+        let (_, kind, message) = expect_backend_error(RedisBackend::connect(&url).await, case);
+        assert_eq!(kind, BackendErrorKind::Auth, "{case}: {message}");
+        assert!(message.contains("password"), "{case}: the message mentions the password: {message}");
+        assert!(!message.contains("wrong-pw"), "{case}: the message must not leak the password: {message}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{case}: took {:?}", started.elapsed());
+    }
+    let backend = connect(&server.url_with_password("s3cret-pw")).await;
+    assert!(!format!("{backend:?}").contains("s3cret-pw"), "Debug masks the password: {backend:?}");
+    let guard = LockService::new(backend).lock("k").await.expect("the right password works");
+    assert!(guard.release().await.expect("release"));
+}
+
+#[tokio::test]
+async fn closed_port_is_a_prompt_connection_error() {
+    let url = format!("redis://127.0.0.1:{}", support::free_port());
+    let started = Instant::now();
+    let result = RedisBackend::builder(url.as_str()).call_timeout(CALL_TIMEOUT).connect().await;
+    let elapsed = started.elapsed();
+    let (key, kind, message) = expect_backend_error(result, "connect to a closed port");
+    assert_eq!(kind, BackendErrorKind::Connection, "{message}");
+    assert_eq!(key, None);
+    assert!(message.contains(&url), "the message names the address: {message}");
+    assert!(elapsed < CALL_TIMEOUT + MARGIN, "took {elapsed:?}");
+}
+
+/// After `SCRIPT FLUSH` (as after a Redis restart) `EVALSHA` answers NOSCRIPT: acquire, renew and
+/// release must fall back to sending the script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_flush_is_survived_by_acquire_renew_and_release() {
+    let server = RedisServer::start();
+    let mut conn = support::inspector(&server.url()).await;
+    let counting = support::Counting::new(Arc::new(connect(&server.url()).await));
+    let counts = Arc::clone(&counting.counts);
+    let service = LockService::new(counting);
+    let guard = service.lock("k").await.expect("acquire");
+    assert!(guard.release().await.expect("release"));
+
+    let () = redis_cmd(&mut conn, &["SCRIPT", "FLUSH"]).await;
+    let ttl = Duration::from_millis(300);
+    let guard = service.lock("k").ttl(ttl).await.expect("acquire after SCRIPT FLUSH");
+    let () = redis_cmd(&mut conn, &["SCRIPT", "FLUSH"]).await;
+    let renewals = counts.renew();
+    let kept = tokio::time::timeout(ttl * 3, guard.lost()).await;
+    assert!(kept.is_err(), "lease lost after SCRIPT FLUSH: {kept:?}");
+    assert!(counts.renew() >= renewals + 2, "renewed after the flush");
+    let () = redis_cmd(&mut conn, &["SCRIPT", "FLUSH"]).await;
+    assert!(guard.release().await.expect("release after SCRIPT FLUSH"), "still ours");
+    let exists: bool = redis_cmd(&mut conn, &["EXISTS", "k"]).await;
+    assert!(!exists, "the release deleted the key");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several OS processes: this test binary re-executed as a worker.
+
+const WORKER_ENV: &str = "DLOCK_TEST_WORKER";
+const INCREMENTS_PER_PROCESS: u64 = 100;
+
+/// A worker process, killed (and reaped) on drop, so a failing test leaves none behind.
+struct Worker(Option<Child>);
+
+impl Worker {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("the worker has not been waited for yet")
+    }
+
+    fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    /// Wait for the worker to exit within `bound`; kill it and panic if it does not.
+    fn wait(mut self, bound: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(status) = self.child().try_wait().expect("polling a worker process") {
+                self.0 = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker process {} did not finish within {bound:?}",
+                self.id()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Start this binary as a worker process running `mode` (see [`worker`]).
+fn spawn_worker(mode: &str, url: &str) -> Worker {
+    let exe = std::env::current_exe().expect("the path of this test binary");
+    Command::new(exe)
+        .args(["--exact", "worker", "--nocapture", "--ignored", "--test-threads=1"])
+        .env(WORKER_ENV, mode)
+        .env("DLOCK_TEST_WORKER_URL", url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map(|child| Worker(Some(child)))
+        .expect("spawning a worker process")
+}
+
+/// Not a test: the body of the worker processes, which the tests below start with
+/// `DLOCK_TEST_WORKER` set. Run directly, it does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "worker process for the multi-process tests; they start it"]
+async fn worker() {
+    let Ok(mode) = std::env::var(WORKER_ENV) else { return };
+    let url = std::env::var("DLOCK_TEST_WORKER_URL").expect("DLOCK_TEST_WORKER_URL is set for workers");
+    let service = LockService::new(connect(&url).await);
+    let pid = std::process::id();
+    match mode.as_str() {
+        // Increment a counter in Redis under the lock, logging entry and exit in Redis.
+        "increment" => {
+            let mut conn = support::inspector(&url).await;
+            for _ in 0..INCREMENTS_PER_PROCESS {
+                let guard = service
+                    .lock("procs")
+                    .ttl(Duration::from_secs(5))
+                    .wait(Duration::from_secs(30))
+                    .await
+                    .expect("worker acquires");
+                let token = guard.fencing_token().to_string();
+                let _: i64 = redis_cmd(&mut conn, &["RPUSH", "log", &format!("enter {pid} {token}")]).await;
+                let value: Option<u64> = redis_cmd(&mut conn, &["GET", "counter"]).await;
+                tokio::task::yield_now().await;
+                let () =
+                    redis_cmd(&mut conn, &["SET", "counter", &(value.unwrap_or(0) + 1).to_string()]).await;
+                let _: i64 = redis_cmd(&mut conn, &["RPUSH", "log", &format!("exit {pid} {token}")]).await;
+                assert!(guard.release().await.expect("worker releases"), "still ours at release");
+                // Let the other process in now and then.
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        }
+        // Take the lock, say so, and hold it (renewing) until killed.
+        "hold" => {
+            let guard = service.lock("crash").ttl(Duration::from_millis(600)).await.expect("worker acquires");
+            println!("HOLDING {}", guard.fencing_token());
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            panic!("the holding worker was not killed within 30 s");
+        }
+        other => panic!("unknown worker mode {other:?}"),
+    }
+}
+
+/// Two processes × 100 increments of a counter in Redis, under one lock. Each logs
+/// `enter`/`exit` in Redis while holding it, so the log is in Redis's own order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_contend_without_lost_updates() {
+    let server = RedisServer::start();
+    let started = Instant::now();
+    let workers = [spawn_worker("increment", &server.url()), spawn_worker("increment", &server.url())];
+    let pids: Vec<u32> = workers.iter().map(Worker::id).collect();
+    for worker in workers {
+        let status = tokio::task::spawn_blocking(move || worker.wait(Duration::from_secs(60)))
+            .await
+            .expect("waiting for a worker");
+        assert!(status.success(), "worker failed: {status}");
+    }
+    eprintln!("two processes × {INCREMENTS_PER_PROCESS} increments in {:?}", started.elapsed());
+
+    let mut conn = support::inspector(&server.url()).await;
+    let total: u64 = redis_cmd(&mut conn, &["GET", "counter"]).await;
+    assert_eq!(total, 2 * INCREMENTS_PER_PROCESS, "no lost updates across processes");
+    let log: Vec<String> = redis_cmd(&mut conn, &["LRANGE", "log", "0", "-1"]).await;
+    assert_eq!(log.len() as u64, 4 * INCREMENTS_PER_PROCESS);
+    let mut last_token = 0u64;
+    let mut holders = Vec::new();
+    for pair in log.chunks(2) {
+        let enter: Vec<&str> = pair[0].split(' ').collect();
+        let exit: Vec<&str> = pair[1].split(' ').collect();
+        assert_eq!(enter[0], "enter", "log {pair:?}: an entry not followed by its own exit means overlap");
+        assert_eq!(exit[0], "exit", "log {pair:?}");
+        assert_eq!(enter[1..], exit[1..], "log {pair:?}: another holder exited inside this one's interval");
+        let token: u64 = enter[2].parse().expect("token");
+        assert!(
+            token > last_token,
+            "fencing tokens strictly increase across processes: {last_token} then {token}"
+        );
+        last_token = token;
+        let pid: u32 = enter[1].parse().expect("pid");
+        assert!(pids.contains(&pid), "log from an unknown process {pid}");
+        if holders.last() != Some(&pid) {
+            holders.push(pid);
+        }
+    }
+    eprintln!("the lock changed process {} times", holders.len() - 1);
+    assert!(holders.len() >= 3, "the processes took turns (holders in order: {holders:?})");
+}
+
+/// A process holding a lock is SIGKILLed: the others get in within its ttl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_process_blocks_others_for_at_most_ttl() {
+    let server = RedisServer::start();
+    let mut worker = spawn_worker("hold", &server.url());
+    let stdout = worker.child().stdout.take().expect("worker stdout is piped");
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            // libtest prints "test worker ... " on the same line before the test's output.
+            if let Some((_, token)) = line.split_once("HOLDING ") {
+                let _ = line_tx.send(token.trim().to_owned());
+            }
+        }
+    });
+    let worker_token: u64 =
+        tokio::task::spawn_blocking(move || line_rx.recv_timeout(Duration::from_secs(20)))
+            .await
+            .expect("waiting for the worker")
+            .expect("the worker reports that it holds the lock")
+            .parse()
+            .expect("a fencing token");
+
+    let service = LockService::new(connect(&server.url()).await);
+    let err = service.lock("crash").wait(Duration::ZERO).await.expect_err("the worker holds it");
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+
+    worker.child().kill().expect("killing the worker");
+    let killed_at = Instant::now();
+    worker.child().wait().expect("reaping the worker");
+    let guard =
+        service.lock("crash").wait(Duration::from_secs(5)).await.expect("gets in after the worker died");
+    let blocked = killed_at.elapsed();
+    let ttl = Duration::from_millis(600);
+    assert!(blocked < ttl + MARGIN, "blocked {blocked:?} after the holder died; its ttl is {ttl:?}");
+    assert!(guard.fencing_token() > worker_token);
+    assert!(guard.release().await.expect("release"));
+}
