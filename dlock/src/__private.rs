@@ -71,7 +71,9 @@ where
         Ok(guard) => guard,
         Err(err) => return R::from_lock_error(err),
     };
-    let outcome = {
+    let outcome = if let Some(reason) = guard.lost_reason() {
+        Err(reason)
+    } else {
         let body = guard.scope(body);
         tokio::select! {
             biased;

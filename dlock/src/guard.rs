@@ -121,7 +121,11 @@ impl LockGuard {
 
     /// Whether the lease (or, for several keys, any of them) has been lost.
     pub fn is_lost(&self) -> bool {
-        self.leases().any(|l| l.lost_reason().is_some())
+        self.lost_reason().is_some()
+    }
+
+    pub(crate) fn lost_reason(&self) -> Option<LostReason> {
+        self.leases().find_map(|l| l.lost_reason())
     }
 
     /// Resolves when the lease is lost, with the reason; never, while it is kept.

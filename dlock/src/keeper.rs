@@ -29,7 +29,8 @@ static KEEPERS: Mutex<Vec<(Id, Arc<Keeper>)>> = Mutex::new(Vec::new());
 /// What it takes to keep one lease.
 pub(crate) struct Job {
     pub(crate) backend: Arc<dyn LockBackend>,
-    pub(crate) keys: Vec<String>,
+    /// Grows while a request for several keys takes them one by one.
+    pub(crate) keys: Mutex<Vec<String>>,
     pub(crate) owner: Arc<str>,
     pub(crate) ttl: Duration,
     pub(crate) renew: bool,
@@ -41,6 +42,16 @@ pub(crate) struct Job {
 pub(crate) struct Registration {
     keeper: Arc<Keeper>,
     id: u64,
+}
+
+impl Registration {
+    /// Keep `key` too (a request for several keys took its next one).
+    pub(crate) fn add_key(&self, key: String) {
+        let state = self.keeper.lock();
+        if let Some(entry) = state.entries.get(&self.id) {
+            entry.job.keys.lock().unwrap_or_else(PoisonError::into_inner).push(key);
+        }
+    }
 }
 
 impl Drop for Registration {
@@ -133,7 +144,7 @@ impl Keeper {
                 state.schedule.remove(&(entry.due, id));
             }
         }
-        tracing::warn!(target: "dlock", keys = ?job.keys, %reason, "lock lost");
+        tracing::warn!(target: "dlock", job = ?job, %reason, "lock lost");
         job.lease.mark_lost(reason);
     }
 
@@ -205,7 +216,7 @@ async fn renew_once(keeper: Arc<Keeper>, id: u64, job: Arc<Job>, deadline: Insta
     drop(in_flight);
     match outcome {
         Ok(Ok(true)) => {
-            tracing::trace!(target: "dlock", keys = ?job.keys, "lease renewed");
+            tracing::trace!(target: "dlock", job = ?job, "lease renewed");
             let deadline = sent + job.ttl.saturating_sub(safety_margin(job.ttl));
             job.lease.extend(deadline);
             keeper.reschedule(id, |_| (sent + job.ttl / 3, deadline));
@@ -222,7 +233,8 @@ async fn renew_once(keeper: Arc<Keeper>, id: u64, job: Arc<Job>, deadline: Insta
 
 /// `Ok(true)`: every key renewed; `Ok(false)`: some key refused; `Err`: backend failure.
 async fn renew_all(job: &Job) -> Result<bool, ()> {
-    for key in &job.keys {
+    let keys = job.keys.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    for key in &keys {
         match job.backend.renew(key, &job.owner, job.ttl).await {
             Ok(true) => {}
             Ok(false) => return Ok(false),

@@ -13,8 +13,8 @@ use crate::backend::{LockBackend, ReleaseWatch, TryAcquire};
 use crate::context;
 use crate::error::Error;
 use crate::guard::{HeldKey, LockGuard};
-use crate::keeper::{self, Job};
-use crate::lease::Lease;
+use crate::keeper::{self, Job, Registration};
+use crate::lease::{Lease, safety_margin};
 use crate::request::LockRequest;
 
 /// The default lease: 30 s.
@@ -211,51 +211,86 @@ impl LockService {
         let started = Instant::now();
         let deadline = started + wait;
         let owner: Arc<str> = Arc::from(format!("{:032x}", rand::random::<u128>()));
-        let mut claim = Claim { backend: Arc::clone(&self.inner.backend), owner: Arc::clone(&owner), keys: Vec::new() };
-        let mut held: Vec<HeldKey> = Vec::with_capacity(keys.len());
-        let mut tickets = Vec::with_capacity(keys.len());
-        let mut sent_at = None;
-        for key in keys {
-            let full_key = format!("{}{key}", self.inner.prefix);
-            let outcome = async {
-                let ticket = self.queue_ticket(&full_key, deadline, started).await?;
-                let (token, sent) = self.acquire_one(&full_key, &mut claim, ttl, deadline, started).await?;
-                Ok::<_, Error>((ticket, token, sent))
-            }
-            .await;
-            match outcome {
-                Ok((ticket, fencing_token, sent)) => {
-                    tickets.push(ticket);
-                    sent_at.get_or_insert(sent);
-                    held.push(HeldKey { key, full_key, fencing_token });
+        // Each pass is one attempt at the whole set; a pass only repeats when the lease it got
+        // had already ended (see below).
+        loop {
+            let mut claim = Claim {
+                backend: Arc::clone(&self.inner.backend),
+                owner: Arc::clone(&owner),
+                ttl,
+                keys: Vec::new(),
+            };
+            let mut held: Vec<HeldKey> = Vec::with_capacity(keys.len());
+            let mut tickets = Vec::with_capacity(keys.len());
+            // The lease starts with the first key; the keeper renews the keys taken so far while
+            // the request waits for the next ones.
+            let mut kept: Option<(Arc<Lease>, Registration)> = None;
+            for key in &keys {
+                let full_key = format!("{}{key}", self.inner.prefix);
+                let outcome = async {
+                    let ticket = self.queue_ticket(&full_key, deadline, started).await?;
+                    let (token, sent) =
+                        self.acquire_one(&full_key, &mut claim, ttl, deadline, started).await?;
+                    Ok::<_, Error>((ticket, token, sent))
                 }
-                Err(err) => {
-                    if matches!(err, Error::Timeout { .. }) {
-                        // The backend answers: free what this set took before returning.
-                        claim.release_now().await;
+                .await;
+                match outcome {
+                    Ok((ticket, fencing_token, sent)) => {
+                        tickets.push(ticket);
+                        match &kept {
+                            Some((_, registration)) => registration.add_key(full_key.clone()),
+                            None => {
+                                let lease = Lease::new(sent + ttl.saturating_sub(safety_margin(ttl)), renew);
+                                let job = Job {
+                                    backend: Arc::clone(&self.inner.backend),
+                                    keys: Mutex::new(vec![full_key.clone()]),
+                                    owner: Arc::clone(&owner),
+                                    ttl,
+                                    renew,
+                                    lease: Arc::clone(&lease),
+                                };
+                                kept = Some((lease, keeper::register(&handle, job, sent)));
+                            }
+                        }
+                        held.push(HeldKey { key: key.clone(), full_key, fencing_token });
                     }
-                    // Otherwise `claim` frees them in the background when dropped here.
-                    tracing::debug!(target: "dlock", error = %err, "lock not acquired");
-                    return Err(err);
+                    Err(err) => {
+                        drop(kept);
+                        if matches!(err, Error::Timeout { .. }) {
+                            // The backend answers: free what this set took before returning.
+                            claim.release_now().await;
+                        }
+                        // Otherwise `claim` frees them in the background when dropped here.
+                        tracing::debug!(target: "dlock", error = %err, "lock not acquired");
+                        return Err(err);
+                    }
                 }
             }
+            let Some((lease, registration)) = kept else {
+                return Err(Error::InvalidInput {
+                    what: "key",
+                    reason: "no key was given; pass at least one key".into(),
+                });
+            };
+            // The lease may have ended before the request could hand it over: a key taken early
+            // was lost while the request waited for a later one, or the backend answered too late.
+            // Give it back and try again while `wait` allows.
+            if lease.lost_reason().is_some() {
+                drop(registration);
+                claim.release_now().await;
+                drop(tickets);
+                let now = Instant::now();
+                if now < deadline {
+                    continue;
+                }
+                let key = held.first().map(|h| h.full_key.clone()).unwrap_or_default();
+                return Err(Error::Timeout { key, waited: now - started });
+            }
+            claim.disarm();
+            tracing::debug!(target: "dlock", keys = ?held.iter().map(|h| &h.key).collect::<Vec<_>>(),
+                waited = ?started.elapsed(), "lock acquired");
+            return Ok(LockGuard::owned(self.clone(), held, reentered, owner, lease, registration, tickets));
         }
-        claim.disarm();
-        let sent_at = sent_at.unwrap_or(started);
-        tracing::debug!(target: "dlock", keys = ?held.iter().map(|h| &h.key).collect::<Vec<_>>(),
-            waited = ?started.elapsed(), "lock acquired");
-
-        let lease = Lease::new(sent_at + ttl.saturating_sub(crate::lease::safety_margin(ttl)), renew);
-        let job = Job {
-            backend: Arc::clone(&self.inner.backend),
-            keys: held.iter().map(|h| h.full_key.clone()).collect(),
-            owner: Arc::clone(&owner),
-            ttl,
-            renew,
-            lease: Arc::clone(&lease),
-        };
-        let keeper = keeper::register(&handle, job, sent_at);
-        Ok(LockGuard::owned(self.clone(), held, reentered, owner, lease, keeper, tickets))
     }
 
     /// Wait (FIFO, within this process) until this task is at the head of `full_key`'s queue.
@@ -297,8 +332,8 @@ impl LockService {
         loop {
             // Claimed before the request leaves: if this call is dropped while the request is
             // on the wire, the claim releases whatever the request may have taken.
-            claim.keys.push(full_key.to_owned());
             let sent = Instant::now();
+            claim.keys.push((full_key.to_owned(), sent));
             let remaining = match backend.try_acquire(full_key, &claim.owner, ttl).await {
                 Ok(TryAcquire::Acquired { fencing_token }) => return Ok((fencing_token, sent)),
                 Ok(TryAcquire::Held { remaining }) => {
@@ -317,19 +352,27 @@ impl LockService {
                 // Register for release notices, then try again at once: a release between the
                 // failed attempt and the registration is then not missed.
                 watched = true;
-                watch = backend
-                    .watch_releases(full_key)
-                    .await
-                    .map_err(|err| Error::backend(backend.name(), Some(full_key), err))?;
+                // Notices are only a speed-up: a backend that cannot give them (or not before
+                // `deadline`) leaves this waiter on its timer.
+                watch = match tokio::time::timeout_at(deadline, backend.watch_releases(full_key)).await {
+                    Ok(Ok(watch)) => watch,
+                    Ok(Err(err)) => {
+                        tracing::debug!(target: "dlock", key = %full_key, error = %err, "no release notices; polling");
+                        None
+                    }
+                    Err(_) => None,
+                };
                 if watch.is_some() {
                     continue;
                 }
             }
             // Fallback timer: a holder that crashed releases nothing, its key just expires.
-            let holder_left = remaining.unwrap_or(backoff);
+            // A little jitter spreads waiters of several processes, but never by much: the
+            // holder's lease bounds how long a crashed holder can block.
+            let holder_left = remaining.unwrap_or(backoff) + Duration::from_millis(1);
             let nap = match &watch {
-                Some(_) => jitter(holder_left + Duration::from_millis(1)),
-                None => jitter(holder_left.min(backoff)),
+                Some(_) => holder_left + jitter_up_to((holder_left / 20).min(Duration::from_millis(20))),
+                None => holder_left.min(backoff + jitter_up_to(backoff / 2)),
             };
             backoff = (backoff * 2).min(Duration::from_millis(100));
             let wake = (now + nap).min(deadline);
@@ -346,51 +389,71 @@ impl LockService {
 /// Keys an acquisition may hold in the backend until it hands them to a [`LockGuard`].
 ///
 /// If the acquisition is abandoned — it failed, or its caller dropped it while it waited for
-/// a later key or while a request was on the wire — dropping the claim releases those keys in
-/// the background (owner-checked), so no lock is left behind without an owner until its ttl.
+/// a later key or while a request was on the wire — the claim releases those keys
+/// (owner-checked, so nothing else is touched). A release that gets no answer is retried in
+/// the background until it does, or until the lease it targets has expired anyway, so no lock
+/// is left behind without an owner for its whole ttl.
 struct Claim {
     backend: Arc<dyn LockBackend>,
     owner: Arc<str>,
-    keys: Vec<String>,
+    ttl: Duration,
+    /// Each key with the moment its acquire request was sent.
+    keys: Vec<(String, Instant)>,
 }
 
 impl Claim {
-    /// Release the claimed keys now.
+    /// Release the claimed keys now; what fails is retried in the background.
     async fn release_now(&mut self) {
-        for key in std::mem::take(&mut self.keys).iter().rev() {
-            if let Err(err) = self.backend.release(key, &self.owner).await {
-                tracing::warn!(target: "dlock", key = %key, error = %err,
-                    "could not release a partly acquired lock set; it expires at its ttl");
+        let mut unanswered = Vec::new();
+        for (key, sent) in std::mem::take(&mut self.keys).into_iter().rev() {
+            if self.backend.release(&key, &self.owner).await.is_err() {
+                unanswered.push((key, sent));
             }
         }
+        self.keys = unanswered;
+        self.release_in_background();
     }
 
     /// The keys now belong to a guard.
     fn disarm(&mut self) {
         self.keys.clear();
     }
+
+    fn release_in_background(&mut self) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        let (backend, owner, ttl) = (Arc::clone(&self.backend), Arc::clone(&self.owner), self.ttl);
+        let keys = std::mem::take(&mut self.keys);
+        handle.spawn(async move {
+            for (key, sent) in keys.into_iter().rev() {
+                let mut pause = Duration::from_millis(50);
+                loop {
+                    match backend.release(&key, &owner).await {
+                        Ok(_) => break,
+                        Err(err) if Instant::now() < sent + ttl => {
+                            tracing::debug!(target: "dlock", key = %key, error = %err, "retrying the release of an abandoned lock");
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_secs(1));
+                        }
+                        Err(_) => break, // the lease has expired by itself
+                    }
+                }
+            }
+        });
+    }
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        if self.keys.is_empty() {
-            return;
-        }
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let mut claim = Claim {
-                backend: Arc::clone(&self.backend),
-                owner: Arc::clone(&self.owner),
-                keys: std::mem::take(&mut self.keys),
-            };
-            handle.spawn(async move { claim.release_now().await });
-        }
+        self.release_in_background();
     }
 }
 
-/// Between 75 % and 125 % of `d`, so waiters that failed together do not retry together.
-fn jitter(d: Duration) -> Duration {
-    let factor = 0.75 + rand::random::<f64>() * 0.5;
-    d.mul_f64(factor)
+/// A random duration up to `d`, so waiters that failed together do not retry together.
+fn jitter_up_to(d: Duration) -> Duration {
+    d.mul_f64(rand::random::<f64>())
 }
 
 fn validate(keys: &[String], ttl: Duration) -> Result<(), Error> {
