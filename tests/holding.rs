@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dlock::{BackendError, BoxFuture, Error, LockBackend, LockService, LostReason, MemoryBackend, TryAcquire};
+use dlock::{
+    BackendError, BoxFuture, Error, LockBackend, LockService, LostReason, MemoryBackend, TryAcquire,
+};
 use tokio::time::Instant;
 
 /// Counts calls and can be told to refuse renewals or to stop answering them.
@@ -128,7 +130,11 @@ async fn no_renewal_task_left_after_many_cycles() {
     let (rec, svc) = service();
     for i in 0..10_000 {
         let guard = svc.lock(format!("k{}", i % 7)).ttl(TTL).await.expect("acquire");
-        if i % 2 == 0 { guard.release().await.expect("release"); } else { drop(guard); }
+        if i % 2 == 0 {
+            guard.release().await.expect("release");
+        } else {
+            drop(guard);
+        }
         tokio::task::yield_now().await;
     }
     tokio::time::sleep(TTL * 3).await;
@@ -205,7 +211,10 @@ async fn nested_request_on_a_held_key_is_reentrant() {
                 let svc = svc.clone();
                 async move { svc.lock("k").wait(Duration::ZERO).await.map(|_| ()) }
             });
-            assert!(matches!(other.await.expect("join"), Err(Error::Timeout { .. })), "spawned work is not re-entrant");
+            assert!(
+                matches!(other.await.expect("join"), Err(Error::Timeout { .. })),
+                "spawned work is not re-entrant"
+            );
         })
         .await;
     // One backend acquire: the nested request re-entered, and the spawned one queued behind the
@@ -245,7 +254,13 @@ async fn several_keys_are_taken_in_sorted_order_and_all_or_nothing() {
     let c = svc.lock("c").await.expect("c");
     let both = svc.lock_all(["a", "c"]).wait(Duration::from_millis(50)).await;
     assert!(matches!(both, Err(Error::Timeout { ref key, .. }) if key == "c"), "{both:?}");
-    svc.lock("a").wait(Duration::ZERO).await.expect("a was released after the failure").release().await.expect("r");
+    svc.lock("a")
+        .wait(Duration::ZERO)
+        .await
+        .expect("a was released after the failure")
+        .release()
+        .await
+        .expect("r");
     c.release().await.expect("release c");
 }
 

@@ -140,3 +140,28 @@ async fn local_waiters_are_served_in_fifo_order() {
         assert_eq!(*order.lock().await, (0..8).collect::<Vec<_>>(), "{service:?}");
     }
 }
+
+/// The last waiter of a key leaves and a new one comes before the subscriber task caught up:
+/// the channel is still subscribed, and the new waiter must be told so at once rather than
+/// wait for a confirmation that will never come (it used to wait the whole call timeout).
+#[tokio::test(flavor = "current_thread")]
+async fn rewatching_a_channel_just_left_does_not_stall() {
+    use dlock::LockBackend;
+    let server = RedisServer::start();
+    let backend = RedisBackend::builder(server.url())
+        .call_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("connect");
+    for round in 0..5 {
+        let first = backend.watch_releases("k").await.expect("watch");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(first);
+        let started = Instant::now();
+        let again = backend.watch_releases("k").await.expect("watch again");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(2), "round {round}: re-watching took {took:?}");
+        drop(again);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

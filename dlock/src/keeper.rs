@@ -2,8 +2,9 @@
 //! marks a lease lost when a renewal is refused or not confirmed in time.
 //!
 //! A lease is registered when it is acquired and unregistered when it is released, which
-//! costs a map insert and remove; the task only wakes when a renewal or a deadline is due, so
-//! locks held for less than ttl/3 never wake it. Each renewal runs as its own short task, so a
+//! costs a map insert and remove; the task only wakes when a renewal or a deadline is due
+//! (a registration wakes it only when it is due before the task's timer), so locks held for
+//! less than ttl/3 never wake it. Each renewal runs as its own short task, so a
 //! slow backend delays no other lease. The task ends after being idle for a while, and is
 //! started again by the next registration.
 
@@ -84,13 +85,13 @@ pub(crate) fn register(handle: &Handle, job: Job, sent_at: Instant) -> Registrat
     let mut state = keeper.lock();
     state.next_id += 1;
     let id = state.next_id;
-    let earliest = state.schedule.first().is_none_or(|first| (due, id) < *first);
     state.entries.insert(id, Entry { job: Arc::new(job), due, deadline });
     state.schedule.insert((due, id));
     if state.task.as_ref().is_none_or(JoinHandle::is_finished) {
+        state.armed = None;
         state.task = Some(handle.spawn(run(Arc::clone(&keeper))));
-    } else if earliest {
-        keeper.wake.notify_one();
+    } else {
+        state.wake_if_before(&keeper.wake, due);
     }
     drop(state);
     Registration { keeper, id }
@@ -110,6 +111,19 @@ struct State {
     schedule: BTreeSet<(Instant, u64)>,
     next_id: u64,
     task: Option<JoinHandle<()>>,
+    /// When the sleeping task's timer fires; `None` while it is awake (it then looks at the
+    /// schedule before sleeping again). A registration due later needs no wake-up.
+    armed: Option<Instant>,
+}
+
+impl State {
+    /// Wake the task if it sleeps past `due`.
+    fn wake_if_before(&mut self, wake: &Notify, due: Instant) {
+        if self.armed.is_some_and(|armed| due < armed) {
+            self.armed = Some(due);
+            wake.notify_one();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -155,12 +169,8 @@ impl Keeper {
         let (due, deadline) = due(entry);
         entry.due = due;
         entry.deadline = deadline;
-        let earliest = state.schedule.first().is_none_or(|first| (due, id) < *first);
         state.schedule.insert((due, id));
-        drop(state);
-        if earliest {
-            self.wake.notify_one();
-        }
+        state.wake_if_before(&self.wake, due);
     }
 }
 
@@ -189,7 +199,9 @@ async fn run(keeper: Arc<Keeper>) {
             } else {
                 idle_since = None;
             }
-            state.schedule.first().map(|&(due, _)| due)
+            let next = state.schedule.first().map_or(now + IDLE_EXIT, |&(due, _)| due);
+            state.armed = Some(next);
+            next
         };
         for (id, job, deadline) in fired {
             if !job.renew {
@@ -200,11 +212,11 @@ async fn run(keeper: Arc<Keeper>) {
                 tokio::spawn(renew_once(Arc::clone(&keeper), id, job, deadline));
             }
         }
-        let wake_at = next.unwrap_or(now + IDLE_EXIT);
         tokio::select! {
-            () = tokio::time::sleep_until(wake_at) => {}
+            () = tokio::time::sleep_until(next) => {}
             () = keeper.wake.notified() => {}
         }
+        keeper.lock().armed = None;
     }
 }
 

@@ -174,6 +174,16 @@ async fn reconcile(
             subscribed.remove(channel);
         }
     }
+    // A channel whose last waiter left and a new one came before this ran is still
+    // subscribed on the connection: tell the new waiter at once.
+    {
+        let channels = shared.lock();
+        for (channel, entry) in channels.iter() {
+            if subscribed.contains(channel) && !*entry.subscribed.borrow() {
+                entry.subscribed.send_replace(true);
+            }
+        }
+    }
     if !wanted.is_empty() {
         bounded(call_timeout, sink.subscribe(&wanted)).await?;
         let channels = shared.lock();
