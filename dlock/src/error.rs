@@ -88,6 +88,8 @@ pub enum LostReason {
     Unconfirmed,
     /// Renewal was turned off (`renew(false)`) and the lease reached its end.
     Expired,
+    /// The outer holder released the lock while a re-entrant guard for it was still alive.
+    Released,
 }
 
 impl std::fmt::Display for LostReason {
@@ -96,6 +98,7 @@ impl std::fmt::Display for LostReason {
             Self::Refused => "the backend refused the renewal (the key expired, was deleted, or is now held by another owner)",
             Self::Unconfirmed => "no renewal was confirmed before the lease could have ended (backend slow or unreachable)",
             Self::Expired => "the lease reached its ttl and renewal is off (`renew = false`)",
+            Self::Released => "its outer holder released it while a re-entrant guard was still alive",
         })
     }
 }

@@ -200,20 +200,30 @@ impl LockGuard {
 
 async fn release_owned(service: LockService, held: Vec<HeldKey>, owned: Owned) -> Result<bool, Error> {
     let Owned { owner, lease, keeper } = owned;
+    // If this future is dropped half-way (its caller gave up), whatever is left is released in
+    // the background.
+    let mut pending = PendingRelease {
+        service: service.clone(),
+        owner: Arc::clone(&owner),
+        lease: Arc::clone(&lease),
+        keys: held.iter().map(|h| h.full_key.clone()).collect(),
+    };
     // No renewal may be sent after the release: stop them (waiting for one on the wire).
     lease.stop_renewals().await;
     drop(keeper);
-    let backend = service.backend();
     let mut all_ours = lease.lost_reason().is_none();
+    lease.mark_released();
+    let backend = service.backend();
     let mut first_err = None;
-    for h in held.iter().rev() {
-        match backend.release(&h.full_key, &owner).await {
+    while let Some(full_key) = pending.keys.last() {
+        match backend.release(full_key, &owner).await {
             Ok(ours) => all_ours &= ours,
             Err(err) => {
-                tracing::warn!(target: "dlock", key = %h.key, error = %err, "release failed; the lease expires at its ttl");
-                first_err.get_or_insert(Error::backend(backend.name(), Some(&h.key), err));
+                tracing::warn!(target: "dlock", key = %full_key, error = %err, "release failed; the lease expires at its ttl");
+                first_err.get_or_insert(Error::backend(backend.name(), Some(full_key), err));
             }
         }
+        pending.keys.pop();
     }
     // Only now may the next task of this process compete for the keys.
     lease.drop_tickets();
@@ -221,6 +231,33 @@ async fn release_owned(service: LockService, held: Vec<HeldKey>, owned: Owned) -
     match first_err {
         Some(err) => Err(err),
         None => Ok(all_ours),
+    }
+}
+
+/// The keys a release has not sent yet; released in the background if the release is dropped.
+struct PendingRelease {
+    service: LockService,
+    owner: Arc<str>,
+    lease: Arc<Lease>,
+    keys: Vec<String>,
+}
+
+impl Drop for PendingRelease {
+    fn drop(&mut self) {
+        if self.keys.is_empty() {
+            return;
+        }
+        self.lease.mark_released();
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        let (service, owner, lease) =
+            (self.service.clone(), Arc::clone(&self.owner), Arc::clone(&self.lease));
+        let keys = std::mem::take(&mut self.keys);
+        handle.spawn(async move {
+            for key in keys.iter().rev() {
+                let _ = service.backend().release(key, &owner).await;
+            }
+            lease.drop_tickets();
+        });
     }
 }
 

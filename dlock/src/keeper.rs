@@ -30,8 +30,9 @@ static KEEPERS: Mutex<Vec<(Id, Arc<Keeper>)>> = Mutex::new(Vec::new());
 /// What it takes to keep one lease.
 pub(crate) struct Job {
     pub(crate) backend: Arc<dyn LockBackend>,
-    /// Grows while a request for several keys takes them one by one.
-    pub(crate) keys: Mutex<Vec<String>>,
+    /// Each key with the moment its acquire was sent. Grows while a request for several keys
+    /// takes them one by one.
+    pub(crate) keys: Mutex<Vec<(String, Instant)>>,
     pub(crate) owner: Arc<str>,
     pub(crate) ttl: Duration,
     pub(crate) renew: bool,
@@ -47,10 +48,24 @@ pub(crate) struct Registration {
 
 impl Registration {
     /// Keep `key` too (a request for several keys took its next one).
-    pub(crate) fn add_key(&self, key: String) {
-        let state = self.keeper.lock();
-        if let Some(entry) = state.entries.get(&self.id) {
-            entry.job.keys.lock().unwrap_or_else(PoisonError::into_inner).push(key);
+    ///
+    /// The key's lease runs from `sent`, which may be earlier than the lease's last renewal:
+    /// the deadline and the next renewal are brought forward to match it.
+    pub(crate) fn add_key(&self, key: String, sent: Instant) {
+        let mut state = self.keeper.lock();
+        let Some(entry) = state.entries.get_mut(&self.id) else { return };
+        let ttl = entry.job.ttl;
+        entry.job.keys.lock().unwrap_or_else(PoisonError::into_inner).push((key, sent));
+        let deadline = sent + ttl.saturating_sub(safety_margin(ttl));
+        entry.job.lease.cap(deadline);
+        entry.deadline = entry.deadline.min(deadline);
+        let due = if entry.job.renew { sent + ttl / 3 } else { entry.deadline };
+        if due < entry.due {
+            let old = entry.due;
+            entry.due = due;
+            state.schedule.remove(&(old, self.id));
+            state.schedule.insert((due, self.id));
+            state.wake_if_before(&self.keeper.wake, due);
         }
     }
 }
@@ -227,13 +242,19 @@ async fn renew_once(keeper: Arc<Keeper>, id: u64, job: Arc<Job>, deadline: Insta
     let outcome = tokio::time::timeout_at(deadline, renew_all(&job)).await;
     drop(in_flight);
     match outcome {
-        Ok(Ok(true)) => {
+        Ok(Ok(renewed)) if renewed > 0 => {
             tracing::trace!(target: "dlock", job = ?job, "lease renewed");
-            let deadline = sent + job.ttl.saturating_sub(safety_margin(job.ttl));
+            // Keys added after the renewal took its list were not renewed: the lease lasts
+            // only as long as the oldest of their own acquires allows.
+            let base = job.keys.lock().unwrap_or_else(PoisonError::into_inner)[renewed..]
+                .iter()
+                .map(|(_, acquired)| *acquired)
+                .fold(sent, Instant::min);
+            let deadline = base + job.ttl.saturating_sub(safety_margin(job.ttl));
             job.lease.extend(deadline);
-            keeper.reschedule(id, |_| (sent + job.ttl / 3, deadline));
+            keeper.reschedule(id, |_| (base + job.ttl / 3, deadline));
         }
-        Ok(Ok(false)) => keeper.lose(id, &job, LostReason::Refused),
+        Ok(Ok(_)) => keeper.lose(id, &job, LostReason::Refused),
         Ok(Err(())) => {
             // Retried soon; the deadline still bounds the whole.
             let retry = Instant::now() + (job.ttl / 12).max(Duration::from_millis(5));
@@ -243,18 +264,20 @@ async fn renew_once(keeper: Arc<Keeper>, id: u64, job: Arc<Job>, deadline: Insta
     }
 }
 
-/// `Ok(true)`: every key renewed; `Ok(false)`: some key refused; `Err`: backend failure.
-async fn renew_all(job: &Job) -> Result<bool, ()> {
-    let keys = job.keys.lock().unwrap_or_else(PoisonError::into_inner).clone();
+/// `Ok(n)`: the first `n` keys (all there were when it started) renewed; `Ok(0)`: some key
+/// refused; `Err`: backend failure.
+async fn renew_all(job: &Job) -> Result<usize, ()> {
+    let keys: Vec<String> =
+        job.keys.lock().unwrap_or_else(PoisonError::into_inner).iter().map(|(k, _)| k.clone()).collect();
     for key in &keys {
         match job.backend.renew(key, &job.owner, job.ttl).await {
             Ok(true) => {}
-            Ok(false) => return Ok(false),
+            Ok(false) => return Ok(0),
             Err(err) => {
                 tracing::warn!(target: "dlock", key = %key, error = %err, "lease renewal failed; retrying until the lease deadline");
                 return Err(());
             }
         }
     }
-    Ok(true)
+    Ok(keys.len())
 }

@@ -18,8 +18,8 @@ use crate::service::QueueTicket;
 /// The deadline is measured from the moment the acquire (or renew) request was *sent*, so
 /// network time only shortens it. The margin covers clocks that advance at slightly different
 /// rates on the client and the backend (1 % of the ttl, as the Redlock analysis suggests) plus
-/// 2 ms for scheduling: the body is dropped at `sent + ttl - margin`, before the backend can
-/// let anybody else in.
+/// time for the cancellation to reach the body (a tenth of the ttl, between 2 and 20 ms): the
+/// body is dropped at `sent + ttl - margin`, before the backend can let anybody else in.
 pub fn safety_margin(ttl: Duration) -> Duration {
     // 1 % for clock-rate drift, plus time for the cancellation to reach the body: a tenth of
     // the ttl, at least 2 ms and at most 20 ms (timer granularity and task wake-ups under load).
@@ -107,6 +107,12 @@ impl Lease {
         *self.deadline.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// A key whose own lease ends earlier joined: the lease lasts at most until `deadline`.
+    pub(crate) fn cap(&self, deadline: Instant) {
+        let mut current = self.deadline.lock().unwrap_or_else(PoisonError::into_inner);
+        *current = (*current).min(deadline);
+    }
+
     /// A renewal was confirmed: the lease now lasts until `deadline`.
     pub(crate) fn extend(&self, deadline: Instant) {
         let mut current = self.deadline.lock().unwrap_or_else(PoisonError::into_inner);
@@ -123,6 +129,18 @@ impl Lease {
             }
         });
         self.drop_tickets();
+    }
+
+    /// The holder released the lock: a re-entrant guard that outlived it must not look held.
+    pub(crate) fn mark_released(&self) {
+        self.lost.send_if_modified(|slot| {
+            if slot.is_none() {
+                *slot = Some(LostReason::Released);
+                true
+            } else {
+                false
+            }
+        });
     }
 
     /// Resolves when the lease is lost; never, if it is not.

@@ -68,7 +68,7 @@ pub use lease::safety_margin;
 pub use memory::MemoryBackend;
 pub use registry::{global, lock, lock_with, named, register, set_global};
 pub use request::LockRequest;
-pub use service::{DEFAULT_TTL, DEFAULT_WAIT, LockService, LockServiceBuilder, MIN_TTL};
+pub use service::{DEFAULT_TTL, DEFAULT_WAIT, LockService, LockServiceBuilder, MAX_TTL, MIN_TTL};
 
 #[cfg(feature = "redis")]
 pub use crate::redis::{RedisBackend, RedisBackendBuilder};

@@ -119,13 +119,15 @@ impl LockBackend for MemoryBackend {
             Some(lease) => {
                 lease.owner.clear();
                 lease.owner.push_str(owner);
-                lease.expires_at = now + ttl;
+                lease.expires_at = expiry(now, ttl);
                 state.last_token += 1;
                 TryAcquire::Acquired { fencing_token: state.last_token }
             }
             None => {
                 state.sweep_if_due(now);
-                state.leases.insert(key.to_owned(), Lease { owner: owner.to_owned(), expires_at: now + ttl });
+                state
+                    .leases
+                    .insert(key.to_owned(), Lease { owner: owner.to_owned(), expires_at: expiry(now, ttl) });
                 state.last_token += 1;
                 TryAcquire::Acquired { fencing_token: state.last_token }
             }
@@ -156,7 +158,7 @@ impl LockBackend for MemoryBackend {
         let mut state = self.inner.lock();
         let renewed = match state.leases.get_mut(key) {
             Some(lease) if lease.owner == owner && lease.expires_at > now => {
-                lease.expires_at = now + ttl;
+                lease.expires_at = expiry(now, ttl);
                 true
             }
             _ => false,
@@ -199,6 +201,11 @@ impl Drop for Unwatch {
             state.watchers.remove(&self.key);
         }
     }
+}
+
+/// `now + ttl`, saturating far in the future instead of overflowing.
+fn expiry(now: Instant, ttl: Duration) -> Instant {
+    now.checked_add(ttl).unwrap_or_else(|| crate::service::far_future(now))
 }
 
 #[cfg(test)]

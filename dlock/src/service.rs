@@ -23,6 +23,9 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 /// The shortest ttl dlock accepts: shorter leases cannot be renewed reliably.
 pub const MIN_TTL: Duration = Duration::from_millis(10);
+/// The longest ttl dlock accepts (one year): the lease is renewed while held, so a long ttl
+/// only lengthens how long a crashed holder blocks others.
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A lock backend with its defaults: what annotated functions and [`lock`](crate::lock) use.
 ///
@@ -75,10 +78,10 @@ impl LockServiceBuilder {
         self
     }
 
-    /// The lease used when a call gives no `ttl` (default 30 s). Values under 10 ms are raised
-    /// to 10 ms.
+    /// The lease used when a call gives no `ttl` (default 30 s). Values are kept within
+    /// [`MIN_TTL`] and [`MAX_TTL`].
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
-        self.default_ttl = ttl.max(MIN_TTL);
+        self.default_ttl = ttl.clamp(MIN_TTL, MAX_TTL);
         self
     }
 
@@ -204,16 +207,24 @@ impl LockService {
             }
             None => true,
         });
+        // Re-entering a lock whose lease has ended (or that its holder released) would grant
+        // a key this task no longer holds.
+        if let Some((frame, reason)) = reentered.iter().find_map(|f| f.lease.lost_reason().map(|r| (f, r))) {
+            return Err(Error::Lost { key: frame.key.clone(), reason });
+        }
         if keys.is_empty() {
             return Ok(LockGuard::reentrant(self.clone(), reentered));
         }
 
         let started = Instant::now();
-        let deadline = started + wait;
-        let owner: Arc<str> = Arc::from(format!("{:032x}", rand::random::<u128>()));
+        // `wait(Duration::MAX)` means "wait as long as it takes".
+        let deadline = started.checked_add(wait).unwrap_or_else(|| far_future(started));
         // Each pass is one attempt at the whole set; a pass only repeats when the lease it got
         // had already ended (see below).
         loop {
+            // A new owner token per pass: a late release of the last pass's keys (still being
+            // retried in the background) must not match this pass's locks.
+            let owner: Arc<str> = Arc::from(format!("{:032x}", rand::random::<u128>()));
             let mut claim = Claim {
                 backend: Arc::clone(&self.inner.backend),
                 owner: Arc::clone(&owner),
@@ -238,12 +249,12 @@ impl LockService {
                     Ok((ticket, fencing_token, sent)) => {
                         tickets.push(ticket);
                         match &kept {
-                            Some((_, registration)) => registration.add_key(full_key.clone()),
+                            Some((_, registration)) => registration.add_key(full_key.clone(), sent),
                             None => {
                                 let lease = Lease::new(sent + ttl.saturating_sub(safety_margin(ttl)), renew);
                                 let job = Job {
                                     backend: Arc::clone(&self.inner.backend),
-                                    keys: Mutex::new(vec![full_key.clone()]),
+                                    keys: Mutex::new(vec![(full_key.clone(), sent)]),
                                     owner: Arc::clone(&owner),
                                     ttl,
                                     renew,
@@ -404,13 +415,16 @@ struct Claim {
 impl Claim {
     /// Release the claimed keys now; what fails is retried in the background.
     async fn release_now(&mut self) {
-        let mut unanswered = Vec::new();
-        for (key, sent) in std::mem::take(&mut self.keys).into_iter().rev() {
-            if self.backend.release(&key, &self.owner).await.is_err() {
-                unanswered.push((key, sent));
+        // A key leaves the claim only once answered, so a caller that drops this half-way
+        // leaves the rest to the claim's `Drop`.
+        let mut i = self.keys.len();
+        while i > 0 {
+            i -= 1;
+            let (key, _) = &self.keys[i];
+            if self.backend.release(key, &self.owner).await.is_ok() {
+                self.keys.remove(i);
             }
         }
-        self.keys = unanswered;
         self.release_in_background();
     }
 
@@ -451,6 +465,11 @@ impl Drop for Claim {
     }
 }
 
+/// An instant later than any wait: about 30 years on.
+pub(crate) fn far_future(now: Instant) -> Instant {
+    now + Duration::from_secs(30 * 365 * 24 * 3600)
+}
+
 /// A random duration up to `d`, so waiters that failed together do not retry together.
 fn jitter_up_to(d: Duration) -> Duration {
     d.mul_f64(rand::random::<f64>())
@@ -467,6 +486,14 @@ fn validate(keys: &[String], ttl: Duration) -> Result<(), Error> {
         return Err(Error::InvalidInput {
             what: "key",
             reason: "a lock key is empty; build keys from a non-empty name such as \"user:42\"".into(),
+        });
+    }
+    if ttl > MAX_TTL {
+        return Err(Error::InvalidInput {
+            what: "ttl",
+            reason: format!(
+                "{ttl:?} is longer than the maximum of {MAX_TTL:?}; the lease is renewed while held, so a ttl of seconds or minutes is enough"
+            ),
         });
     }
     if ttl < MIN_TTL {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use crate::backend::ReleaseWatch;
 
@@ -123,7 +124,7 @@ async fn subscriber(
                 continue;
             }
         };
-        backoff = Duration::from_millis(50);
+        let connected_at = Instant::now();
         let (mut sink, mut stream) = pubsub.split();
         let mut subscribed: HashSet<String> = HashSet::new();
         loop {
@@ -150,6 +151,15 @@ async fn subscriber(
         for entry in strong.lock().values() {
             entry.subscribed.send_replace(false);
             entry.notices.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        drop(strong);
+        // A connection that failed soon after it was made (say, SUBSCRIBE not permitted) must
+        // not turn into a reconnect loop: back off unless it had been healthy for a while.
+        if connected_at.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        } else {
+            backoff = Duration::from_millis(50);
         }
     }
 }
