@@ -23,6 +23,9 @@ use crate::lease::{Lease, safety_margin};
 
 /// How long the task waits with no lease to keep before it ends.
 const IDLE_EXIT: Duration = Duration::from_secs(10);
+/// With nothing due sooner, the task still wakes this often. Any registration due later than
+/// its timer (every lease with a ttl over 3 s) then needs no wake-up at all.
+const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// One keeper per runtime (usually one in a process).
 static KEEPERS: Mutex<Vec<(Id, Arc<Keeper>)>> = Mutex::new(Vec::new());
@@ -214,7 +217,7 @@ async fn run(keeper: Arc<Keeper>) {
             } else {
                 idle_since = None;
             }
-            let next = state.schedule.first().map_or(now + IDLE_EXIT, |&(due, _)| due);
+            let next = state.schedule.first().map_or(now + IDLE_TICK, |&(due, _)| due.min(now + IDLE_TICK));
             state.armed = Some(next);
             next
         };
