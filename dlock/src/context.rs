@@ -46,10 +46,21 @@ pub fn fencing_token() -> Option<u64> {
 }
 
 /// The frame for `key` on service `service_id`, if this task holds it.
-pub(crate) fn held(service_id: u64, key: &str) -> Option<Frame> {
-    HELD.try_with(|frames| frames.iter().rev().find(|f| f.service_id == service_id && f.key == key).cloned())
-        .ok()
-        .flatten()
+pub(crate) fn held(service_id: u64, prefix: &str, key: &str) -> Option<Frame> {
+    HELD.try_with(|frames| {
+        frames
+            .iter()
+            .rev()
+            .find(|f| {
+                f.service_id == service_id
+                    && f.key.len() == prefix.len() + key.len()
+                    && f.key.starts_with(prefix)
+                    && f.key.ends_with(key)
+            })
+            .cloned()
+    })
+    .ok()
+    .flatten()
 }
 
 /// Run `fut` with `frames` pushed onto this task's held locks.

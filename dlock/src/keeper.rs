@@ -8,6 +8,7 @@
 //! slow backend delays no other lease. The task ends after being idle for a while, and is
 //! started again by the next registration.
 
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -84,20 +85,7 @@ impl Drop for Registration {
 
 /// Keep `job`'s lease, acquired by a request sent at `sent_at`, on the current runtime.
 pub(crate) fn register(handle: &Handle, job: Job, sent_at: Instant) -> Registration {
-    let keeper = {
-        let mut keepers = KEEPERS.lock().unwrap_or_else(PoisonError::into_inner);
-        let id = handle.id();
-        match keepers.iter().find(|(rt, _)| *rt == id) {
-            Some((_, keeper)) => Arc::clone(keeper),
-            None => {
-                // Forget keepers of runtimes that are gone.
-                keepers.retain(|(_, k)| !k.lock().task.as_ref().is_none_or(JoinHandle::is_finished));
-                let keeper = Arc::new(Keeper::default());
-                keepers.push((id, Arc::clone(&keeper)));
-                keeper
-            }
-        }
-    };
+    let keeper = keeper_for(handle.id());
     let deadline = sent_at + job.ttl.saturating_sub(safety_margin(job.ttl));
     let due = if job.renew { sent_at + job.ttl / 3 } else { deadline };
     let mut state = keeper.lock();
@@ -113,6 +101,34 @@ pub(crate) fn register(handle: &Handle, job: Job, sent_at: Instant) -> Registrat
     }
     drop(state);
     Registration { keeper, id }
+}
+
+/// The keeper of runtime `id`: the one this thread used last if it is that runtime's, else
+/// from the process-wide list.
+fn keeper_for(id: Id) -> Arc<Keeper> {
+    thread_local! {
+        static LAST: RefCell<Option<(Id, Arc<Keeper>)>> = const { RefCell::new(None) };
+    }
+    let cached =
+        LAST.with(|last| last.borrow().as_ref().filter(|(rt, _)| *rt == id).map(|(_, k)| Arc::clone(k)));
+    if let Some(keeper) = cached {
+        return keeper;
+    }
+    let keeper = {
+        let mut keepers = KEEPERS.lock().unwrap_or_else(PoisonError::into_inner);
+        match keepers.iter().find(|(rt, _)| *rt == id) {
+            Some((_, keeper)) => Arc::clone(keeper),
+            None => {
+                // Forget keepers of runtimes that are gone.
+                keepers.retain(|(_, k)| !k.lock().task.as_ref().is_none_or(JoinHandle::is_finished));
+                let keeper = Arc::new(Keeper::default());
+                keepers.push((id, Arc::clone(&keeper)));
+                keeper
+            }
+        }
+    };
+    LAST.with(|last| *last.borrow_mut() = Some((id, Arc::clone(&keeper))));
+    keeper
 }
 
 #[derive(Debug, Default)]

@@ -200,7 +200,7 @@ impl LockService {
         // Re-entrancy: keys this task already holds are not taken again.
         let mut reentered = Vec::new();
         let prefix = &self.inner.prefix;
-        keys.retain(|key| match context::held(self.inner.id, &format!("{prefix}{key}")) {
+        keys.retain(|key| match context::held(self.inner.id, prefix, key) {
             Some(frame) => {
                 reentered.push(frame);
                 false
@@ -224,7 +224,7 @@ impl LockService {
         loop {
             // A new owner token per pass: a late release of the last pass's keys (still being
             // retried in the background) must not match this pass's locks.
-            let owner: Arc<str> = Arc::from(format!("{:032x}", rand::random::<u128>()));
+            let owner = owner_token();
             let mut claim = Claim {
                 backend: Arc::clone(&self.inner.backend),
                 owner: Arc::clone(&owner),
@@ -463,6 +463,17 @@ impl Drop for Claim {
     fn drop(&mut self) {
         self.release_in_background();
     }
+}
+
+/// A fresh owner token: 128 random bits as 32 lowercase hex digits.
+fn owner_token() -> Arc<str> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = rand::random::<u128>();
+    let mut text = [0u8; 32];
+    for (i, digit) in text.iter_mut().enumerate() {
+        *digit = HEX[usize::try_from((bits >> (124 - 4 * i)) & 0xf).unwrap_or(0)];
+    }
+    Arc::from(std::str::from_utf8(&text).unwrap_or_default())
 }
 
 /// An instant later than any wait: about 30 years on.
