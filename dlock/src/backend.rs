@@ -65,6 +65,19 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     /// Release `key` if `owner` holds it; `Ok(false)` if it did not (any more).
     fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFuture<'a, Result<bool, BackendError>>;
 
+    /// Like [`release`](Self::release), and also tell whether other clients of the backend
+    /// (other processes) were waiting for `key`: `Ok((was_ours, others_waiting))`.
+    ///
+    /// dlock uses it for fairness across processes: when others wait, the releasing process's
+    /// own next waiter lets them go first for a moment. The default reports no waiters.
+    fn release_and_check_waiters<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<(bool, bool), BackendError>> {
+        Box::pin(async move { Ok((self.release(key, owner).await?, false)) })
+    }
+
     /// Extend the lease on `key` to `ttl` from now if `owner` holds it; `Ok(false)` if not.
     fn renew<'a>(
         &'a self,

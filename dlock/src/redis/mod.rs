@@ -200,12 +200,20 @@ impl LockBackend for RedisBackend {
     }
 
     fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move { Ok(self.release_and_check_waiters(key, owner).await?.0) })
+    }
+
+    fn release_and_check_waiters<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<(bool, bool), BackendError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
             let mut call = scripts::RELEASE.key(key);
             call.arg(owner).arg(Self::release_channel(key));
-            let released: i64 = self.bounded("the release script", call.invoke_async(&mut conn)).await?;
-            Ok(released == 1)
+            let answer: i64 = self.bounded("the release script", call.invoke_async(&mut conn)).await?;
+            Ok((answer >= 1, answer > 1))
         })
     }
 

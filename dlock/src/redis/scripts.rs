@@ -23,14 +23,14 @@ return {0, redis.call('PTTL', KEYS[1])}
 });
 
 /// Delete the lock if `ARGV[1]` owns it, and announce the release on channel `ARGV[2]`.
-/// Returns 1 when released, 0 when the lock was not (any more) this owner's.
+/// Returns 0 when the lock was not (any more) this owner's, else 1 + the number of clients
+/// that received the notice (the waiting processes).
 pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], '1')
-  return 1
+  return 1 + redis.call('PUBLISH', ARGV[2], '1')
 end
 return 0
 ",
