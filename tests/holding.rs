@@ -21,6 +21,8 @@ struct Recording {
     renews: AtomicUsize,
     refuse_renewals: AtomicBool,
     hang_renewals: AtomicBool,
+    /// Report that other processes wait for every released key.
+    others_waiting: AtomicBool,
 }
 
 impl Recording {
@@ -61,6 +63,14 @@ impl LockBackend for Rec {
     fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFuture<'a, Result<bool, BackendError>> {
         self.record("release", key);
         self.inner.release(key, owner)
+    }
+    fn release_and_check_waiters<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<(bool, bool), BackendError>> {
+        let others = self.others_waiting.load(Ordering::SeqCst);
+        Box::pin(async move { Ok((self.release(key, owner).await?, others)) })
     }
     fn renew<'a>(
         &'a self,
@@ -287,5 +297,31 @@ async fn opposite_orders_never_deadlock() {
     }
     for t in tasks {
         assert!(t.await.expect("join").expect("no deadlock, no timeout"));
+    }
+}
+
+/// When other processes wait for a released key, this process's next waiter gives them a
+/// head start (2 ms) before it competes; when nobody else waits, it competes at once.
+#[tokio::test(start_paused = true)]
+async fn the_next_local_waiter_yields_to_waiting_processes() {
+    for others_waiting in [false, true] {
+        let (rec, svc) = service();
+        rec.others_waiting.store(others_waiting, Ordering::SeqCst);
+        let held = svc.lock("k").await.expect("first");
+        let next = tokio::spawn({
+            let svc = svc.clone();
+            async move { svc.lock("k").wait(Duration::from_secs(1)).await.map(|g| (Instant::now(), g)) }
+        });
+        tokio::task::yield_now().await; // the second task queues behind the first
+        held.release().await.expect("release");
+        let released_at = Instant::now();
+        let (acquired_at, guard) = next.await.expect("join").expect("the next waiter gets it");
+        let gap = acquired_at - released_at;
+        if others_waiting {
+            assert!(gap >= Duration::from_millis(2), "competed {gap:?} after the release");
+        } else {
+            assert!(gap < Duration::from_millis(1), "waited {gap:?} with nobody else waiting");
+        }
+        guard.release().await.expect("release");
     }
 }

@@ -165,3 +165,34 @@ async fn rewatching_a_channel_just_left_does_not_stall() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The release script tells whether other processes wait for the key (they are subscribed to
+/// its release notices).
+#[tokio::test]
+async fn release_reports_waiting_processes() {
+    use dlock::LockBackend;
+    let server = RedisServer::start();
+    let a = RedisBackend::connect(&server.url()).await.expect("connect a");
+    let b = RedisBackend::connect(&server.url()).await.expect("connect b");
+    assert!(matches!(
+        a.try_acquire("k", "owner-a", Duration::from_secs(10)).await,
+        Ok(dlock::TryAcquire::Acquired { .. })
+    ));
+    assert_eq!(
+        a.release_and_check_waiters("k", "owner-a").await.expect("release"),
+        (true, false),
+        "nobody waits"
+    );
+    assert!(matches!(
+        a.try_acquire("k", "owner-a", Duration::from_secs(10)).await,
+        Ok(dlock::TryAcquire::Acquired { .. })
+    ));
+    let watch = b.watch_releases("k").await.expect("watch").expect("redis has notices");
+    assert_eq!(a.release_and_check_waiters("k", "owner-a").await.expect("release"), (true, true), "b waits");
+    assert_eq!(
+        a.release_and_check_waiters("k", "owner-a").await.expect("release"),
+        (false, false),
+        "not ours any more: nothing released, nothing announced"
+    );
+    drop(watch);
+}
