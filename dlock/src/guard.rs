@@ -11,7 +11,7 @@ use crate::context::{self, Frame};
 use crate::error::{Error, LostReason};
 use crate::keeper::Registration;
 use crate::lease::Lease;
-use crate::service::{LockService, QueueTicket};
+use crate::service::{Claim, LockService, QueueTicket};
 
 /// One key held by a guard.
 #[derive(Debug, Clone)]
@@ -203,12 +203,10 @@ async fn release_owned(service: LockService, held: Vec<HeldKey>, owned: Owned) -
     let Owned { owner, lease, keeper } = owned;
     // If this future is dropped half-way (its caller gave up), whatever is left is released in
     // the background.
-    let mut pending = PendingRelease {
-        service: service.clone(),
-        owner: Arc::clone(&owner),
-        lease: Arc::clone(&lease),
-        keys: held.iter().map(|h| h.full_key.clone()).collect(),
-    };
+    let mut pending =
+        Claim::new(Arc::clone(&service.inner.backend), Arc::clone(&owner), Some(Arc::clone(&lease)));
+    let until = lease.deadline();
+    pending.keys = held.iter().map(|h| (h.full_key.clone(), until)).collect();
     // No renewal may be sent after the release: stop them (waiting for one on the wire).
     lease.stop_renewals().await;
     drop(keeper);
@@ -217,7 +215,7 @@ async fn release_owned(service: LockService, held: Vec<HeldKey>, owned: Owned) -
     let backend = service.backend();
     let mut first_err = None;
     let mut others_waiting = false;
-    while let Some(full_key) = pending.keys.last() {
+    while let Some((full_key, _)) = pending.keys.last() {
         match backend.release_and_check_waiters(full_key, &owner).await {
             Ok((ours, waiting)) => {
                 all_ours &= ours;
@@ -252,33 +250,6 @@ async fn release_owned(service: LockService, held: Vec<HeldKey>, owned: Owned) -
 /// How long a releasing process's next waiter lets waiters of other processes go first: a few
 /// times a cross-process hand-off on a LAN (a notice plus an acquire).
 const CROSS_PROCESS_COURTESY: Duration = Duration::from_millis(2);
-
-/// The keys a release has not sent yet; released in the background if the release is dropped.
-struct PendingRelease {
-    service: LockService,
-    owner: Arc<str>,
-    lease: Arc<Lease>,
-    keys: Vec<String>,
-}
-
-impl Drop for PendingRelease {
-    fn drop(&mut self) {
-        if self.keys.is_empty() {
-            return;
-        }
-        self.lease.mark_released();
-        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
-        let (service, owner, lease) =
-            (self.service.clone(), Arc::clone(&self.owner), Arc::clone(&self.lease));
-        let keys = std::mem::take(&mut self.keys);
-        handle.spawn(async move {
-            for key in keys.iter().rev() {
-                let _ = service.backend().release(key, &owner).await;
-            }
-            lease.drop_tickets();
-        });
-    }
-}
 
 impl Drop for LockGuard {
     fn drop(&mut self) {

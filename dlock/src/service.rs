@@ -225,12 +225,7 @@ impl LockService {
             // A new owner token per pass: a late release of the last pass's keys (still being
             // retried in the background) must not match this pass's locks.
             let owner = owner_token();
-            let mut claim = Claim {
-                backend: Arc::clone(&self.inner.backend),
-                owner: Arc::clone(&owner),
-                ttl,
-                keys: Vec::new(),
-            };
+            let mut claim = Claim::new(Arc::clone(&self.inner.backend), Arc::clone(&owner), None);
             let mut held: Vec<HeldKey> = Vec::with_capacity(keys.len());
             let mut tickets = Vec::with_capacity(keys.len());
             // The lease starts with the first key; the keeper renews the keys taken so far while
@@ -278,10 +273,7 @@ impl LockService {
                 }
             }
             let Some((lease, registration)) = kept else {
-                return Err(Error::InvalidInput {
-                    what: "key",
-                    reason: "no key was given; pass at least one key".into(),
-                });
+                return Err(no_key()); // `validate` made sure there is one
             };
             // The lease may have ended before the request could hand it over: a key taken early
             // was lost while the request waited for a later one, or the backend answered too late.
@@ -344,7 +336,7 @@ impl LockService {
             // Claimed before the request leaves: if this call is dropped while the request is
             // on the wire, the claim releases whatever the request may have taken.
             let sent = Instant::now();
-            claim.keys.push((full_key.to_owned(), sent));
+            claim.keys.push((full_key.to_owned(), sent + ttl));
             let remaining = match backend.try_acquire(full_key, &claim.owner, ttl).await {
                 Ok(TryAcquire::Acquired { fencing_token }) => return Ok((fencing_token, sent)),
                 Ok(TryAcquire::Held { remaining }) => {
@@ -397,22 +389,29 @@ impl LockService {
     }
 }
 
-/// Keys an acquisition may hold in the backend until it hands them to a [`LockGuard`].
+/// Keys this process may hold in the backend and has not released yet: those an acquisition
+/// took before handing them to a [`LockGuard`], and those a guard's release has not sent yet.
 ///
-/// If the acquisition is abandoned — it failed, or its caller dropped it while it waited for
-/// a later key or while a request was on the wire — the claim releases those keys
-/// (owner-checked, so nothing else is touched). A release that gets no answer is retried in
-/// the background until it does, or until the lease it targets has expired anyway, so no lock
-/// is left behind without an owner for its whole ttl.
-struct Claim {
+/// If the work is abandoned — an acquisition failed, or its caller dropped it while it waited
+/// for a later key or while a request was on the wire; a release was dropped half-way — the
+/// claim releases the keys left (owner-checked, so nothing else is touched). A release that
+/// gets no answer is retried in the background until it does, or until the lease it targets
+/// has ended anyway, so no lock is left behind without an owner for its whole ttl.
+pub(crate) struct Claim {
     backend: Arc<dyn LockBackend>,
     owner: Arc<str>,
-    ttl: Duration,
-    /// Each key with the moment its acquire request was sent.
-    keys: Vec<(String, Instant)>,
+    /// Each key with the instant after which its lease has ended anyway.
+    pub(crate) keys: Vec<(String, Instant)>,
+    /// For a guard's release: its lease, marked released, and whose local queue places are
+    /// given up once the keys are.
+    lease: Option<Arc<Lease>>,
 }
 
 impl Claim {
+    pub(crate) fn new(backend: Arc<dyn LockBackend>, owner: Arc<str>, lease: Option<Arc<Lease>>) -> Self {
+        Self { backend, owner, keys: Vec::new(), lease }
+    }
+
     /// Release the claimed keys now; what fails is retried in the background.
     async fn release_now(&mut self) {
         // A key leaves the claim only once answered, so a caller that drops this half-way
@@ -437,23 +436,30 @@ impl Claim {
         if self.keys.is_empty() {
             return;
         }
+        if let Some(lease) = &self.lease {
+            lease.mark_released();
+        }
         let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
-        let (backend, owner, ttl) = (Arc::clone(&self.backend), Arc::clone(&self.owner), self.ttl);
+        let (backend, owner, lease) =
+            (Arc::clone(&self.backend), Arc::clone(&self.owner), self.lease.clone());
         let keys = std::mem::take(&mut self.keys);
         handle.spawn(async move {
-            for (key, sent) in keys.into_iter().rev() {
+            for (key, until) in keys.into_iter().rev() {
                 let mut pause = Duration::from_millis(50);
                 loop {
                     match backend.release(&key, &owner).await {
                         Ok(_) => break,
-                        Err(err) if Instant::now() < sent + ttl => {
+                        Err(err) if Instant::now() < until => {
                             tracing::debug!(target: "dlock", key = %key, error = %err, "retrying the release of an abandoned lock");
                             tokio::time::sleep(pause).await;
                             pause = (pause * 2).min(Duration::from_secs(1));
                         }
-                        Err(_) => break, // the lease has expired by itself
+                        Err(_) => break, // the lease has ended by itself
                     }
                 }
+            }
+            if let Some(lease) = lease {
+                lease.drop_tickets();
             }
         });
     }
@@ -486,12 +492,13 @@ fn jitter_up_to(d: Duration) -> Duration {
     d.mul_f64(rand::random::<f64>())
 }
 
+fn no_key() -> Error {
+    Error::InvalidInput { what: "key", reason: "no key was given; pass at least one key".into() }
+}
+
 fn validate(keys: &[String], ttl: Duration) -> Result<(), Error> {
     if keys.is_empty() {
-        return Err(Error::InvalidInput {
-            what: "key",
-            reason: "no key was given; pass at least one key".into(),
-        });
+        return Err(no_key());
     }
     if keys.iter().any(String::is_empty) {
         return Err(Error::InvalidInput {
