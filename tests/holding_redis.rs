@@ -482,7 +482,9 @@ fn parse_interval(line: &str) -> Option<Interval> {
     Some(Interval { who, enter, exit })
 }
 
-#[dlock::distributed_lock(key = "hammer", ttl = "300ms", wait = "0s", service = "holding-redis-freeze")]
+// It waits its turn: the waiting line hands the key to waiting processes first, so a
+// single attempt (`wait = "0s"`) would rarely find it free while five clients hammer it.
+#[dlock::distributed_lock(key = "hammer", ttl = "300ms", wait = "3s", service = "holding-redis-freeze")]
 async fn body_frozen_out(probe: Probe, sink: Sink) -> Result<(), Error> {
     let _guard = probe.enter();
     let _span = Span::enter("frozen", &sink);
@@ -491,8 +493,8 @@ async fn body_frozen_out(probe: Probe, sink: Sink) -> Result<(), Error> {
     Ok(())
 }
 
-// Redis locks are not fair: with five clients hammering the key this waiter can be passed
-// over for a while (up to ~2 s seen), hence the long wait.
+// After the thaw, the hammers' waiting places have expired or are refreshed as they retry;
+// the long wait leaves room for that.
 #[dlock::distributed_lock(key = "hammer", ttl = "300ms", wait = "10s", service = "holding-redis-freeze")]
 async fn body_after_thaw(sink: Sink) -> Result<(), Error> {
     let _span = Span::enter("after-thaw", &sink);
@@ -538,8 +540,8 @@ async fn frozen_redis_cancels_the_body_before_its_lease_ends() {
     })
     .await;
 
-    // The body: one attempt at a time (`wait = "0s"`), so the acquire that wins was sent
-    // after `called_at`; Redis freezes 30 ms into the body, before its first renewal.
+    // The body: whatever attempt wins (or is handed the key) was sent after `called_at`, so
+    // the lease began after it; Redis freezes 30 ms into the body, before its first renewal.
     let probe = Probe::default();
     let mut attempts = 0;
     let (call, called_at) = loop {

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -50,6 +51,18 @@ pub enum TryAcquire {
 /// 5. **Release notices are hints.** [`watch_releases`](Self::watch_releases) may miss or
 ///    repeat notices; dlock always re-checks with `try_acquire` and never relies on them for
 ///    safety, only for speed.
+/// 6. **Hand-off (optional).** A backend may give a released key straight to an owner that is
+///    waiting for it, and announce that with [`ReleaseNotice::Granted`]. Only an owner whose
+///    `try_acquire` for the key came back [`Held`](TryAcquire::Held) may be chosen, and the
+///    lease it gets lasts the `ttl` of that owner's latest attempt, counted from a moment after
+///    that attempt reached the backend (dlock counts it from when the attempt was sent). The
+///    owner's next `try_acquire` for the key must then answer
+///    [`Acquired`](TryAcquire::Acquired) (with a new fencing token and a fresh lease), so a
+///    missed notice costs time, never the lock. A `release` by an owner that does not hold
+///    the key withdraws it from the waiting owners. dlock asks again at least every
+///    [`WAITER_RECHECK`] while it waits and releases any key it may have been handed when it
+///    stops waiting; a backend must forget a waiting owner that has not asked again within
+///    five of those intervals, so that a crashed waiter is not handed a key after that.
 pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     /// A short name for messages and traces (`"redis"`, `"memory"`).
     fn name(&self) -> &'static str;
@@ -66,10 +79,13 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFuture<'a, Result<bool, BackendError>>;
 
     /// Like [`release`](Self::release), and also tell whether other clients of the backend
-    /// (other processes) were waiting for `key`: `Ok((was_ours, others_waiting))`.
+    /// (other processes) were waiting for `key`, or the key was handed to one of them:
+    /// `Ok((was_ours, others_waiting))`.
     ///
     /// dlock uses it for fairness across processes: when others wait, the releasing process's
-    /// own next waiter lets them go first for a moment. The default reports no waiters.
+    /// own next waiter lets them go first for a moment (after a hand-off its attempt could
+    /// only fail, and would take time from the process the key went to). The default reports
+    /// no waiters.
     fn release_and_check_waiters<'a>(
         &'a self,
         key: &'a str,
@@ -99,35 +115,58 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     }
 }
 
+/// How often, at least, a waiting dlock request asks the backend again (see the contract,
+/// point 6). Between two asks it waits for a release notice.
+pub const WAITER_RECHECK: Duration = Duration::from_secs(1);
+
+/// What a release notice says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ReleaseNotice {
+    /// The key was released (or may have been: the backend lost track, say after a
+    /// reconnect). Waiters try to acquire it.
+    #[default]
+    Released,
+    /// The key was released and handed straight to `owner` (see the contract, point 6).
+    Granted {
+        /// The owner token the key now belongs to.
+        owner: Arc<str>,
+        /// The fencing token of that owner's new lease.
+        fencing_token: u64,
+    },
+}
+
 /// A registration for release notices on one key, made by
 /// [`LockBackend::watch_releases`].
 ///
-/// It wraps a [`watch::Receiver`] whose value the backend bumps on every release of the key;
-/// a release that happens after the watch was made and before [`released`](Self::released)
-/// is awaited is not missed. Whatever the backend puts in `keep_alive` is dropped with the
-/// watch (for example, to unsubscribe when the last local waiter leaves).
+/// It wraps a [`watch::Receiver`] to which the backend sends a [`ReleaseNotice`] on every
+/// release of the key; a notice sent after the watch was made and before
+/// [`released`](Self::released) is awaited is not missed (a later one may replace it).
+/// Whatever the backend puts in `keep_alive` is dropped with the watch (for example, to
+/// unsubscribe when the last local waiter leaves).
 pub struct ReleaseWatch {
-    rx: watch::Receiver<u64>,
+    rx: watch::Receiver<ReleaseNotice>,
     _keep_alive: Option<Box<dyn Send + Sync>>,
 }
 
 impl ReleaseWatch {
     /// A watch over `rx`, holding `keep_alive` until dropped.
-    pub fn new(rx: watch::Receiver<u64>, keep_alive: Option<Box<dyn Send + Sync>>) -> Self {
+    pub fn new(rx: watch::Receiver<ReleaseNotice>, keep_alive: Option<Box<dyn Send + Sync>>) -> Self {
         Self { rx, _keep_alive: keep_alive }
     }
 
-    /// Resolves at the next release notice (or at once if one came since the last call).
-    /// If the backend dropped the sender, it never resolves; callers always bound it by time.
-    pub async fn released(&mut self) {
+    /// Resolves at the next release notice (or at once if one came since the last call) with
+    /// what it said. If the backend dropped the sender, it never resolves; callers always
+    /// bound it by time.
+    pub async fn released(&mut self) -> ReleaseNotice {
         if self.rx.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
+        self.rx.borrow_and_update().clone()
     }
 }
 
 impl fmt::Debug for ReleaseWatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReleaseWatch").field("seen", &*self.rx.borrow()).finish_non_exhaustive()
+        f.debug_struct("ReleaseWatch").field("last", &*self.rx.borrow()).finish_non_exhaustive()
     }
 }

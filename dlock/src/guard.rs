@@ -229,8 +229,10 @@ async fn release_owned(service: LockService, held: Vec<HeldKey>, owned: Owned) -
         pending.keys.pop();
     }
     // Only now may the next task of this process compete for the keys. When other processes
-    // wait for them too, it gives them a head start first: without it the lock would mostly
-    // stay in this process, whose next waiter is woken without a round trip.
+    // wait for them too (or a key was handed to one), it gives them a head start first:
+    // without it the lock would mostly stay in this process, whose next waiter is woken
+    // without a round trip; and after a hand-off its attempt could only fail, taking CPU
+    // and Redis time from the hand-off (measured: 3.6 → 2.4 round trips per hand-off).
     if others_waiting && let Ok(handle) = tokio::runtime::Handle::try_current() {
         let lease = Arc::clone(&lease);
         handle.spawn(async move {
@@ -248,7 +250,7 @@ async fn release_owned(service: LockService, held: Vec<HeldKey>, owned: Owned) -
 }
 
 /// How long a releasing process's next waiter lets waiters of other processes go first: a few
-/// times a cross-process hand-off on a LAN (a notice plus an acquire).
+/// times a cross-process hand-off on a LAN.
 const CROSS_PROCESS_COURTESY: Duration = Duration::from_millis(2);
 
 impl Drop for LockGuard {

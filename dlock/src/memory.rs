@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::backend::{BoxFuture, LockBackend, ReleaseWatch, TryAcquire};
+use crate::backend::{BoxFuture, LockBackend, ReleaseNotice, ReleaseWatch, TryAcquire};
 use crate::error::BackendError;
 
 /// An in-process lock store: the embedded default for examples and single-instance services,
@@ -41,7 +41,7 @@ struct Inner {
 #[derive(Debug, Default)]
 struct State {
     leases: HashMap<String, Lease>,
-    watchers: HashMap<String, watch::Sender<u64>>,
+    watchers: HashMap<String, watch::Sender<ReleaseNotice>>,
     last_token: u64,
     /// `leases.len()` after the last sweep of expired leases; the next sweep runs at twice it.
     swept_at: usize,
@@ -87,7 +87,7 @@ impl Inner {
 impl State {
     fn notify(&mut self, key: &str) {
         if let Some(tx) = self.watchers.get(key) {
-            tx.send_modify(|n| *n = n.wrapping_add(1));
+            tx.send_replace(ReleaseNotice::Released);
         }
     }
 
@@ -175,7 +175,7 @@ impl LockBackend for MemoryBackend {
         let rx = match state.watchers.get(key) {
             Some(tx) => tx.subscribe(),
             None => {
-                let (tx, rx) = watch::channel(0);
+                let (tx, rx) = watch::channel(ReleaseNotice::Released);
                 state.watchers.insert(key.to_owned(), tx);
                 rx
             }
@@ -242,7 +242,7 @@ mod tests {
         let mut w = m.watch_releases("k").await.unwrap().unwrap();
         m.try_acquire("k", "a", Duration::from_secs(5)).await.unwrap();
         assert!(m.release("k", "a").await.unwrap());
-        w.released().await; // already notified: returns at once
+        assert_eq!(w.released().await, ReleaseNotice::Released); // already notified: returns at once
         drop(w);
         assert!(m.inner.lock().watchers.is_empty());
     }

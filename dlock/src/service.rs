@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
-use crate::backend::{LockBackend, ReleaseWatch, TryAcquire};
+use crate::backend::{LockBackend, ReleaseNotice, ReleaseWatch, TryAcquire, WAITER_RECHECK};
 use crate::context;
 use crate::error::Error;
 use crate::guard::{HeldKey, LockGuard};
@@ -26,6 +26,11 @@ pub const MIN_TTL: Duration = Duration::from_millis(10);
 /// The longest ttl dlock accepts (one year): the lease is renewed while held, so a long ttl
 /// only lengthens how long a crashed holder blocks others.
 pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// How long after a waiter's last attempt a backend may still hand it the key (the
+/// [`LockBackend`] contract, point 6); a key this process may have been handed is released
+/// until then, and its lease has ended by itself `ttl` later.
+const HANDED_OVER_WITHIN: Duration = WAITER_RECHECK.saturating_mul(5);
 
 /// A lock backend with its defaults: what annotated functions and [`lock`](crate::lock) use.
 ///
@@ -319,7 +324,8 @@ impl LockService {
         Ok(ticket)
     }
 
-    /// Compete in the backend for one key until acquired or `deadline`.
+    /// Compete in the backend for one key until acquired or `deadline`. Returns the fencing
+    /// token and the instant the lease is counted from.
     async fn acquire_one(
         &self,
         full_key: &str,
@@ -332,17 +338,18 @@ impl LockService {
         let mut watch: Option<ReleaseWatch> = None;
         let mut watched = false;
         let mut backoff = Duration::from_millis(2);
+        // Claimed before the first request leaves, and kept while this waits: if the call is
+        // dropped while a request is on the wire, or once this stops waiting, the claim
+        // releases whatever an attempt took or the backend handed over (contract, point 6).
+        claim.keys.push((full_key.to_owned(), Instant::now()));
+        let slot = claim.keys.len() - 1;
         loop {
-            // Claimed before the request leaves: if this call is dropped while the request is
-            // on the wire, the claim releases whatever the request may have taken.
             let sent = Instant::now();
-            claim.keys.push((full_key.to_owned(), sent + ttl));
+            // Until then the key may be handed over, and that lease ends by itself.
+            claim.keys[slot].1 = sent + ttl + HANDED_OVER_WITHIN;
             let remaining = match backend.try_acquire(full_key, &claim.owner, ttl).await {
                 Ok(TryAcquire::Acquired { fencing_token }) => return Ok((fencing_token, sent)),
-                Ok(TryAcquire::Held { remaining }) => {
-                    claim.keys.pop();
-                    remaining
-                }
+                Ok(TryAcquire::Held { remaining }) => remaining,
                 // The claim keeps the key: the script may have run even though its answer was
                 // lost, and the owner-checked release touches nothing else.
                 Err(err) => return Err(Error::backend(backend.name(), Some(full_key), err)),
@@ -371,19 +378,37 @@ impl LockService {
             }
             // Fallback timer: a holder that crashed releases nothing, its key just expires.
             // A little jitter spreads waiters of several processes, but never by much: the
-            // holder's lease bounds how long a crashed holder can block.
+            // holder's lease bounds how long a crashed holder can block. A waiter that hears
+            // notices still asks every `WAITER_RECHECK`, which keeps its place in a
+            // backend's waiting line and covers a hand-off notice it missed.
             let holder_left = remaining.unwrap_or(backoff) + Duration::from_millis(1);
             let nap = match &watch {
-                Some(_) => holder_left + jitter_up_to((holder_left / 20).min(Duration::from_millis(20))),
+                Some(_) => {
+                    holder_left.min(WAITER_RECHECK)
+                        + jitter_up_to((holder_left / 20).min(Duration::from_millis(20)))
+                }
                 None => holder_left.min(backoff + jitter_up_to(backoff / 2)),
             };
             backoff = (backoff * 2).min(Duration::from_millis(100));
             let wake = (now + nap).min(deadline);
-            match watch.as_mut() {
-                Some(w) => {
-                    let _ = tokio::time::timeout_at(wake, w.released()).await;
+            let Some(w) = watch.as_mut() else {
+                tokio::time::sleep_until(wake).await;
+                continue;
+            };
+            loop {
+                match tokio::time::timeout_at(wake, w.released()).await {
+                    // Handed to this request: the lease began after `sent` reached the
+                    // backend. If little of it is known to be left, asking again renews it.
+                    Ok(ReleaseNotice::Granted { owner, fencing_token }) if owner == claim.owner => {
+                        if Instant::now() < sent + ttl / 2 {
+                            return Ok((fencing_token, sent));
+                        }
+                        break;
+                    }
+                    // Handed to a waiter elsewhere: nothing to try until it is released again.
+                    Ok(ReleaseNotice::Granted { .. }) => {}
+                    Ok(ReleaseNotice::Released) | Err(_) => break,
                 }
-                None => tokio::time::sleep_until(wake).await,
             }
         }
     }

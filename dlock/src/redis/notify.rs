@@ -5,8 +5,15 @@
 //! dropped when the last one leaves, on one dedicated pub/sub connection run by one task.
 //! The task reconnects after a failure and then wakes every waiter, since a release may have
 //! been missed meanwhile. Notices are only hints: waiters always re-check with an acquire.
+//!
+//! Release notices (`r`) come on the key's channel, to every waiting process. A hand-off
+//! (`g:<token>:<owner>:<key channel>`: the key now belongs to `owner` under fencing token
+//! `token`) comes only to the process of the waiter it was handed to, on that process's
+//! inbox channel, subscribed to while anything is waited for; see the release script.
 
 use std::collections::{HashMap, HashSet};
+use std::str;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -14,7 +21,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::backend::ReleaseWatch;
+use crate::backend::{ReleaseNotice, ReleaseWatch};
 
 #[derive(Debug)]
 pub(super) struct Notifier {
@@ -25,12 +32,16 @@ pub(super) struct Notifier {
 #[derive(Debug)]
 struct Shared {
     channels: Mutex<HashMap<String, Channel>>,
+    /// This process's channel for hand-offs: `dlock:handoff:<128 random bits>`.
+    inbox: String,
+    /// True while Redis has confirmed the subscription to `inbox`.
+    inbox_subscribed: AtomicBool,
 }
 
 #[derive(Debug)]
 struct Channel {
-    /// Bumped on every release notice (and after a reconnect).
-    notices: watch::Sender<u64>,
+    /// Sent every release notice (and a `Released` after a reconnect).
+    notices: watch::Sender<ReleaseNotice>,
     /// True once Redis has confirmed the subscription.
     subscribed: watch::Sender<bool>,
     waiters: usize,
@@ -45,7 +56,9 @@ impl Shared {
 impl Notifier {
     /// Start the subscriber task for the Redis behind `client`.
     pub(super) fn start(client: redis::Client, call_timeout: Duration) -> Self {
-        let shared = Arc::new(Shared { channels: Mutex::default() });
+        let inbox = format!("dlock:handoff:{:032x}", rand::random::<u128>());
+        let shared =
+            Arc::new(Shared { channels: Mutex::default(), inbox, inbox_subscribed: AtomicBool::new(false) });
         let (kick, kicks) = mpsc::unbounded_channel();
         tokio::spawn(subscriber(client, call_timeout, Arc::downgrade(&shared), kicks));
         Self { shared, kick }
@@ -57,7 +70,7 @@ impl Notifier {
         let (rx, mut subscribed) = {
             let mut channels = self.shared.lock();
             let entry = channels.entry(channel.clone()).or_insert_with(|| Channel {
-                notices: watch::channel(0).0,
+                notices: watch::channel(ReleaseNotice::Released).0,
                 subscribed: watch::channel(false).0,
                 waiters: 0,
             });
@@ -68,6 +81,19 @@ impl Notifier {
         let unwatch = Unwatch { shared: Arc::clone(&self.shared), channel, kick: self.kick.clone() };
         let _ = tokio::time::timeout(timeout, subscribed.wait_for(|s| *s)).await;
         ReleaseWatch::new(rx, Some(Box::new(unwatch)))
+    }
+
+    /// The channel on which this process hears hand-offs.
+    pub(super) fn inbox(&self) -> &str {
+        &self.shared.inbox
+    }
+
+    /// Whether Redis has confirmed this process's subscriptions to `channel` and to its
+    /// inbox, so that a waiter here would hear a release or a hand-off now.
+    pub(super) fn is_subscribed(&self, channel: impl FnOnce() -> String) -> bool {
+        // Most acquires happen while nothing waits: no channel name to build then.
+        self.shared.inbox_subscribed.load(Ordering::Acquire)
+            && self.shared.lock().get(&channel()).is_some_and(|c| *c.subscribed.borrow())
     }
 
     /// How many channels the process is subscribed to or about to be (for tests).
@@ -137,8 +163,16 @@ async fn subscriber(
                 msg = stream.next() => match msg {
                     Some(msg) => {
                         let Some(strong) = shared.upgrade() else { return };
-                        if let Some(entry) = strong.lock().get(msg.get_channel_name()) {
-                            entry.notices.send_modify(|n| *n = n.wrapping_add(1));
+                        let (channel, notice) = if msg.get_channel_name() == strong.inbox {
+                            match parse_handoff(msg.get_payload_bytes()) {
+                                Some(handoff) => handoff,
+                                None => continue,
+                            }
+                        } else {
+                            (msg.get_channel_name(), ReleaseNotice::Released)
+                        };
+                        if let Some(entry) = strong.lock().get(channel) {
+                            entry.notices.send_replace(notice);
                         }
                     }
                     None => break,
@@ -148,9 +182,10 @@ async fn subscriber(
         }
         // Disconnected: releases may have been missed, so wake every waiter to re-check.
         let Some(strong) = shared.upgrade() else { return };
+        strong.inbox_subscribed.store(false, Ordering::Release);
         for entry in strong.lock().values() {
             entry.subscribed.send_replace(false);
-            entry.notices.send_modify(|n| *n = n.wrapping_add(1));
+            entry.notices.send_replace(ReleaseNotice::Released);
         }
         drop(strong);
         // A connection that failed soon after it was made (say, SUBSCRIBE not permitted) must
@@ -164,7 +199,8 @@ async fn subscriber(
     }
 }
 
-/// Make the connection's subscriptions match the channels waiters want.
+/// Make the connection's subscriptions match the channels waiters want, plus the inbox
+/// while any channel is wanted.
 async fn reconcile(
     shared: &Shared,
     sink: &mut redis::aio::PubSubSink,
@@ -173,15 +209,25 @@ async fn reconcile(
 ) -> Result<(), ()> {
     let (wanted, unwanted): (Vec<String>, Vec<String>) = {
         let channels = shared.lock();
-        (
-            channels.keys().filter(|c| !subscribed.contains(*c)).cloned().collect(),
-            subscribed.iter().filter(|c| !channels.contains_key(*c)).cloned().collect(),
-        )
+        let inbox_wanted = !channels.is_empty();
+        let mut wanted: Vec<String> = channels.keys().filter(|c| !subscribed.contains(*c)).cloned().collect();
+        if inbox_wanted && !subscribed.contains(&shared.inbox) {
+            wanted.push(shared.inbox.clone());
+        }
+        let unwanted = subscribed
+            .iter()
+            .filter(|c| if **c == shared.inbox { !inbox_wanted } else { !channels.contains_key(*c) })
+            .cloned()
+            .collect();
+        (wanted, unwanted)
     };
     if !unwanted.is_empty() {
         bounded(call_timeout, sink.unsubscribe(&unwanted)).await?;
         for channel in &unwanted {
             subscribed.remove(channel);
+        }
+        if !subscribed.contains(&shared.inbox) {
+            shared.inbox_subscribed.store(false, Ordering::Release);
         }
     }
     // A channel whose last waiter left and a new one came before this ran is still
@@ -196,6 +242,9 @@ async fn reconcile(
     }
     if !wanted.is_empty() {
         bounded(call_timeout, sink.subscribe(&wanted)).await?;
+        if wanted.contains(&shared.inbox) {
+            shared.inbox_subscribed.store(true, Ordering::Release);
+        }
         let channels = shared.lock();
         for channel in wanted {
             if let Some(entry) = channels.get(&channel) {
@@ -205,6 +254,15 @@ async fn reconcile(
         }
     }
     Ok(())
+}
+
+/// Read a hand-off published on the inbox: the key's channel and what to tell its waiters.
+fn parse_handoff(payload: &[u8]) -> Option<(&str, ReleaseNotice)> {
+    let mut parts = str::from_utf8(payload.strip_prefix(b"g:")?).ok()?.splitn(3, ':');
+    let fencing_token = parts.next()?.parse().ok()?;
+    let owner = Arc::from(parts.next()?);
+    let channel = parts.next()?;
+    Some((channel, ReleaseNotice::Granted { owner, fencing_token }))
 }
 
 async fn bounded(
@@ -218,5 +276,25 @@ async fn bounded(
             Err(())
         }
         Err(_) => Err(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handoffs_are_parsed() {
+        assert_eq!(
+            parse_handoff(b"g:42:0123abcd:dlock:released:app:user:7"),
+            Some((
+                "dlock:released:app:user:7",
+                ReleaseNotice::Granted { owner: Arc::from("0123abcd"), fencing_token: 42 }
+            ))
+        );
+        // Anything else on the inbox is ignored: the waiter asks again on its timer.
+        for junk in [&b"g:"[..], b"g:x:owner:chan", b"g:42:owner", b"r", b"", &[0xff, 0xfe]] {
+            assert_eq!(parse_handoff(junk), None, "{junk:?}");
+        }
     }
 }

@@ -1,0 +1,269 @@
+//! Hand-off across processes: the waiting line in Redis.
+//!
+//! A process whose waiter is subscribed to a key's notices joins the key's waiting line in
+//! Redis when its attempt finds the key held; a release hands the key straight to the first
+//! process still in line and tells only that process. Each test owns a private `redis-server`.
+//! Separate `RedisBackend`s stand for separate processes (each has its own connections and
+//! inbox, so Redis cannot tell them apart); one test kills a real OS process.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use dlock::{Error, LockBackend, LockService, RedisBackend, ReleaseNotice, TryAcquire, WAITER_RECHECK};
+use support::{RedisServer, inspector, poll_until};
+use tokio::time::Instant;
+
+const TTL: Duration = Duration::from_secs(10);
+
+async fn cmd<T: redis::FromRedisValue>(url: &str, args: &[&str]) -> T {
+    let mut conn = inspector(url).await;
+    let mut c = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        c.arg(*arg);
+    }
+    c.query_async(&mut conn).await.unwrap_or_else(|err| panic!("{args:?}: {err}"))
+}
+
+/// The owner tokens waiting in line for `key`, first first.
+async fn line(url: &str, key: &str) -> Vec<String> {
+    cmd(url, &["ZRANGE", &format!("dlock:queue:{key}"), "0", "-1"]).await
+}
+
+async fn wait_for_line(url: &str, key: &str, len: usize) {
+    poll_until(Duration::from_secs(5), &format!("{len} in line for {key}"), || async {
+        line(url, key).await.len() == len
+    })
+    .await;
+}
+
+async fn connect(url: &str) -> RedisBackend {
+    RedisBackend::connect(url).await.expect("connect")
+}
+
+fn acquired(outcome: Result<TryAcquire, dlock::BackendError>) -> u64 {
+    match outcome.expect("try_acquire answers") {
+        TryAcquire::Acquired { fencing_token } => fencing_token,
+        held => panic!("expected Acquired, got {held:?}"),
+    }
+}
+
+fn held(outcome: Result<TryAcquire, dlock::BackendError>) {
+    assert!(matches!(outcome, Ok(TryAcquire::Held { .. })), "expected Held, got {outcome:?}");
+}
+
+/// The backend protocol step by step (the `LockBackend` contract, point 6).
+#[tokio::test]
+async fn releases_hand_the_key_to_the_first_process_in_line() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let (a, b, c) = (connect(&url).await, connect(&url).await, connect(&url).await);
+
+    let first = acquired(a.try_acquire("k", "owner-a", TTL).await);
+    // Not subscribed yet: an attempt does not join the line (it could not hear a hand-off).
+    held(b.try_acquire("k", "owner-b", TTL).await);
+    assert!(line(&url, "k").await.is_empty());
+    let mut b_watch = b.watch_releases("k").await.expect("watch").expect("redis has notices");
+    let mut c_watch = c.watch_releases("k").await.expect("watch").expect("redis has notices");
+    held(b.try_acquire("k", "owner-b", TTL).await);
+    held(c.try_acquire("k", "owner-c", TTL).await);
+    // Asking again keeps a process's place.
+    held(b.try_acquire("k", "owner-b", TTL).await);
+    assert_eq!(line(&url, "k").await, ["owner-b", "owner-c"]);
+
+    // a's release hands the key to b, with a's ttl request replaced by b's, and tells b alone.
+    assert_eq!(a.release_and_check_waiters("k", "owner-a").await.expect("release"), (true, true));
+    let notice = tokio::time::timeout(Duration::from_secs(5), b_watch.released()).await.expect("b hears");
+    let ReleaseNotice::Granted { owner, fencing_token: handed } = notice else {
+        panic!("expected a hand-off, got {notice:?}")
+    };
+    assert_eq!(&*owner, "owner-b");
+    assert!(handed > first, "a hand-off draws a new fencing token");
+    assert_eq!(cmd::<Option<String>>(&url, &["GET", "k"]).await.as_deref(), Some("owner-b"));
+    let pttl: i64 = cmd(&url, &["PTTL", "k"]).await;
+    assert!(pttl > 9_000 && pttl <= 10_000, "b's lease is b's ttl: {pttl} ms left");
+    assert_eq!(line(&url, "k").await, ["owner-c"]);
+
+    // b asking again before it heard (a missed notice) gets the key, with a fresh token.
+    let again = acquired(b.try_acquire("k", "owner-b", TTL).await);
+    assert!(again > handed);
+
+    // b's release goes to c; c's release finds nobody in line and frees the key (b, still
+    // subscribed, hears that and counts as waiting).
+    assert_eq!(b.release_and_check_waiters("k", "owner-b").await.expect("release"), (true, true));
+    let notice = tokio::time::timeout(Duration::from_secs(5), c_watch.released()).await.expect("c hears");
+    assert!(
+        matches!(&notice, ReleaseNotice::Granted { owner, fencing_token } if &**owner == "owner-c" && *fencing_token > again),
+        "{notice:?}"
+    );
+    assert_eq!(c.release_and_check_waiters("k", "owner-c").await.expect("release"), (true, true));
+    assert_eq!(b_watch.released().await, ReleaseNotice::Released);
+    assert!(!cmd::<bool>(&url, &["EXISTS", "k", "dlock:queue:k", "dlock:queue-entries:k"]).await);
+
+    // A release by an owner that does not hold the key takes it out of line.
+    acquired(a.try_acquire("k", "owner-a", TTL).await);
+    held(b.try_acquire("k", "owner-b", TTL).await);
+    held(c.try_acquire("k", "owner-c", TTL).await);
+    assert_eq!(line(&url, "k").await, ["owner-b", "owner-c"]);
+    assert!(!b.release("k", "owner-b").await.expect("release"), "b never held it");
+    assert_eq!(line(&url, "k").await, ["owner-c"]);
+
+    // A place whose process stopped asking (its time in line is over) is skipped.
+    let now_ms = {
+        let (secs, micros): (u64, u64) = cmd(&url, &["TIME"]).await;
+        secs * 1000 + micros / 1000
+    };
+    let entries = "dlock:queue-entries:k";
+    let _: i64 = cmd(&url, &["HSET", entries, "owner-c", &format!("{}:10000:nowhere", now_ms - 1)]).await;
+    assert_eq!(a.release_and_check_waiters("k", "owner-a").await.expect("release"), (true, true));
+    assert!(!cmd::<bool>(&url, &["EXISTS", "k"]).await, "nobody left in line: the key is free");
+    // c is still subscribed (not in line any more), so it hears a plain release.
+    let notice = tokio::time::timeout(Duration::from_secs(5), c_watch.released()).await.expect("c hears");
+    assert_eq!(notice, ReleaseNotice::Released);
+    drop((b_watch, c_watch));
+    assert!(!cmd::<bool>(&url, &["EXISTS", "dlock:queue:k", entries]).await, "nothing left behind");
+}
+
+/// Three processes wait behind a holder; they get the key in the order they came, each
+/// without another attempt of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_processes_are_served_in_arrival_order() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let holder = LockService::new(connect(&url).await);
+    let guard = holder.lock("turns").ttl(TTL).await.expect("holder");
+    let first = guard.fencing_token();
+    let order: Arc<Mutex<Vec<(usize, u64)>>> = Arc::default();
+    let mut waiters = Vec::new();
+    for n in 0..3 {
+        let service = LockService::new(connect(&url).await);
+        let order = Arc::clone(&order);
+        waiters.push(tokio::spawn(async move {
+            let guard = service.lock("turns").ttl(TTL).wait(Duration::from_secs(10)).await?;
+            order.lock().unwrap_or_else(PoisonError::into_inner).push((n, guard.fencing_token()));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            guard.release().await
+        }));
+        // The next one comes only once this one is in line.
+        wait_for_line(&url, "turns", n + 1).await;
+    }
+    assert!(guard.release().await.expect("release"));
+    for waiter in waiters {
+        assert!(waiter.await.expect("join").expect("each waiter gets the key and releases it"));
+    }
+    let order = order.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    assert_eq!(order.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [0, 1, 2], "first come, first served");
+    let tokens: Vec<u64> = std::iter::once(first).chain(order.iter().map(|(_, t)| *t)).collect();
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "fencing tokens increase: {tokens:?}");
+    assert!(!cmd::<bool>(&url, &["EXISTS", "turns", "dlock:queue:turns", "dlock:queue-entries:turns"]).await);
+}
+
+/// A waiter that stops waiting leaves the line: at once when its wait runs out, soon after
+/// when its caller drops it. The holder's release then frees the key instead of handing it
+/// to nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_that_give_up_leave_the_line() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let holder = LockService::new(connect(&url).await);
+    let guard = holder.lock("gone").ttl(TTL).await.expect("holder");
+
+    let timed_out = LockService::new(connect(&url).await);
+    let err = timed_out.lock("gone").wait(Duration::from_millis(300)).await.expect_err("held");
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    assert!(line(&url, "gone").await.is_empty(), "out of line when the Timeout is returned");
+
+    let dropped = LockService::new(connect(&url).await);
+    let call =
+        tokio::spawn(async move { dropped.lock("gone").wait(Duration::from_secs(30)).await.map(drop) });
+    wait_for_line(&url, "gone", 1).await;
+    call.abort();
+    wait_for_line(&url, "gone", 0).await;
+
+    assert!(guard.release().await.expect("release"));
+    assert!(!cmd::<bool>(&url, &["EXISTS", "gone"]).await, "the key is free, not handed to a gone waiter");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A waiting process killed: this test binary re-executed as a worker.
+
+const WORKER_ENV: &str = "DLOCK_HANDOFF_WORKER_URL";
+/// The ttl the killed worker asks for: the longest anyone can be kept out by it.
+const WORKER_TTL: Duration = Duration::from_millis(500);
+
+/// Not a test: the body of the worker process that the test below starts with
+/// `DLOCK_HANDOFF_WORKER_URL` set. Run directly, it does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "worker process for the killed-waiter test; it starts it"]
+async fn handoff_worker() {
+    let Ok(url) = std::env::var(WORKER_ENV) else { return };
+    let service = LockService::new(connect(&url).await);
+    println!("WAITING");
+    let _ = service.lock("line").ttl(WORKER_TTL).wait(Duration::from_secs(30)).await;
+    panic!("the waiting worker was not killed within 30 s");
+}
+
+/// Killed (and reaped) on drop.
+struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A waiting process is SIGKILLed just before the holder releases: the key is handed to the
+/// dead process (its place in line has not run out), and the next waiter gets it once that
+/// lease ends, within the dead waiter's ttl plus one recheck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_waiting_process_keeps_others_out_for_at_most_its_ttl() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let holder = LockService::new(connect(&url).await);
+    let guard = holder.lock("line").ttl(TTL).await.expect("holder");
+
+    let exe = std::env::current_exe().expect("the path of this test binary");
+    let mut worker = Worker(
+        Command::new(exe)
+            .args(["--exact", "handoff_worker", "--nocapture", "--ignored", "--test-threads=1"])
+            .env(WORKER_ENV, &url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning the worker"),
+    );
+    let stdout = worker.0.stdout.take().expect("piped");
+    std::thread::spawn(move || for _ in BufReader::new(stdout).lines() {});
+    wait_for_line(&url, "line", 1).await;
+    let dead_owner = line(&url, "line").await.remove(0);
+
+    let next = LockService::new(connect(&url).await);
+    let waiter = tokio::spawn(async move {
+        let guard = next.lock("line").ttl(TTL).wait(Duration::from_secs(10)).await?;
+        let at = Instant::now();
+        guard.release().await?;
+        Ok::<_, Error>(at)
+    });
+    wait_for_line(&url, "line", 2).await;
+
+    worker.0.kill().expect("killing the worker");
+    worker.0.wait().expect("reaping the worker");
+    let released_at = Instant::now();
+    assert!(guard.release().await.expect("release"));
+    assert_eq!(
+        cmd::<Option<String>>(&url, &["GET", "line"]).await,
+        Some(dead_owner),
+        "handed to the first in line, which is dead"
+    );
+    let acquired_at = waiter.await.expect("join").expect("the next waiter gets the key");
+    let kept_out = acquired_at - released_at;
+    let bound = WORKER_TTL + WAITER_RECHECK + Duration::from_millis(300);
+    assert!(kept_out < bound, "kept out {kept_out:?} by a dead waiter (bound {bound:?})");
+    eprintln!("a killed waiter kept the next one out for {kept_out:?} (its ttl: {WORKER_TTL:?})");
+}
