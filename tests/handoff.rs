@@ -267,3 +267,180 @@ async fn killed_waiting_process_keeps_others_out_for_at_most_its_ttl() {
     assert!(kept_out < bound, "kept out {kept_out:?} by a dead waiter (bound {bound:?})");
     eprintln!("a killed waiter kept the next one out for {kept_out:?} (its ttl: {WORKER_TTL:?})");
 }
+
+// ---------------------------------------------------------------------------------------------
+// When the service trusts a hand-off notice: a scripted backend on tokio's paused clock.
+
+/// One key that hands itself over only when the test says so.
+#[derive(Debug, Clone)]
+struct Scripted {
+    state: Arc<Mutex<ScriptedState>>,
+    notices: Arc<tokio::sync::watch::Sender<ReleaseNotice>>,
+}
+
+#[derive(Debug, Default)]
+struct ScriptedState {
+    holder: Option<String>,
+    newest_token: u64,
+    attempts: usize,
+    /// The owner of the latest attempt that found the key held.
+    waiting: Option<String>,
+}
+
+impl Scripted {
+    fn new(holder: &str) -> Self {
+        let state = ScriptedState { holder: Some(holder.to_owned()), newest_token: 1, ..Default::default() };
+        let notices = tokio::sync::watch::channel(ReleaseNotice::Released).0;
+        Self { state: Arc::new(Mutex::new(state)), notices: Arc::new(notices) }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ScriptedState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn attempts(&self) -> usize {
+        self.state().attempts
+    }
+
+    /// Announce a hand-off to the waiting owner under `token`; `take` also gives it the key.
+    fn announce(&self, token: u64, take: bool) {
+        let owner = {
+            let mut state = self.state();
+            let owner = state.waiting.clone().expect("someone waits");
+            if take {
+                state.holder = Some(owner.clone());
+                state.newest_token = token;
+            }
+            owner
+        };
+        self.notices.send_replace(ReleaseNotice::Granted { owner: Arc::from(owner), fencing_token: token });
+    }
+}
+
+impl LockBackend for Scripted {
+    fn name(&self) -> &'static str {
+        "scripted"
+    }
+    fn try_acquire<'a>(
+        &'a self,
+        _key: &'a str,
+        owner: &'a str,
+        _ttl: Duration,
+    ) -> dlock::BoxFuture<'a, Result<TryAcquire, dlock::BackendError>> {
+        let mut state = self.state();
+        state.attempts += 1;
+        let outcome = match state.holder.as_deref() {
+            None => {
+                state.holder = Some(owner.to_owned());
+                state.newest_token += 1;
+                TryAcquire::Acquired { fencing_token: state.newest_token }
+            }
+            Some(holder) if holder == owner => {
+                state.newest_token += 1;
+                TryAcquire::Acquired { fencing_token: state.newest_token }
+            }
+            Some(_) => {
+                state.waiting = Some(owner.to_owned());
+                TryAcquire::Held { remaining: Some(TTL), newest_token: Some(state.newest_token) }
+            }
+        };
+        Box::pin(std::future::ready(Ok(outcome)))
+    }
+    fn release<'a>(
+        &'a self,
+        _key: &'a str,
+        owner: &'a str,
+    ) -> dlock::BoxFuture<'a, Result<bool, dlock::BackendError>> {
+        let mut state = self.state();
+        let ours = state.holder.as_deref() == Some(owner);
+        if ours {
+            state.holder = None;
+        }
+        Box::pin(std::future::ready(Ok(ours)))
+    }
+    fn renew<'a>(
+        &'a self,
+        _key: &'a str,
+        owner: &'a str,
+        _ttl: Duration,
+    ) -> dlock::BoxFuture<'a, Result<bool, dlock::BackendError>> {
+        let ours = self.state().holder.as_deref() == Some(owner);
+        Box::pin(std::future::ready(Ok(ours)))
+    }
+    fn watch_releases<'a>(
+        &'a self,
+        _key: &'a str,
+    ) -> dlock::BoxFuture<'a, Result<Option<dlock::ReleaseWatch>, dlock::BackendError>> {
+        Box::pin(std::future::ready(Ok(Some(dlock::ReleaseWatch::new(self.notices.subscribe(), None)))))
+    }
+}
+
+/// Let every ready task run, without letting the paused clock move.
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A waiter that tried twice (once before subscribing, once after) and now waits.
+async fn waiting(
+    backend: &Scripted,
+    ttl: Duration,
+) -> tokio::task::JoinHandle<Result<dlock::LockGuard, Error>> {
+    let service = LockService::new(backend.clone());
+    let call = tokio::spawn(async move { service.lock("k").ttl(ttl).wait(Duration::from_secs(60)).await });
+    settle().await;
+    assert_eq!(backend.attempts(), 2, "tried, subscribed, tried again, and waits");
+    call
+}
+
+/// A hand-off announced after the waiter's last attempt (a newer token) is the lock: no
+/// further attempt, and the guard carries the announced token.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_fresh_hand_off_is_taken_without_asking_again() {
+    let backend = Scripted::new("someone");
+    let call = waiting(&backend, TTL).await;
+    backend.announce(7, true);
+    let guard = call.await.expect("join").expect("handed over");
+    assert_eq!(guard.fencing_token(), 7);
+    assert_eq!(backend.attempts(), 2, "no attempt after the hand-off");
+    assert!(guard.release().await.expect("release"));
+}
+
+/// A hand-off notice whose token is not newer than what the waiter's last attempt saw comes
+/// from before that attempt, which found the key held by someone else: the waiter asks again
+/// instead of believing it holds the key. A hand-off to another owner wakes nobody here.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_stale_hand_off_is_not_trusted() {
+    let backend = Scripted::new("someone");
+    let call = waiting(&backend, TTL).await;
+    backend.announce(1, false); // the token the last attempt already saw
+    settle().await;
+    assert_eq!(backend.attempts(), 3, "asked again");
+    assert!(!call.is_finished(), "still waiting: the key is someone else's");
+
+    backend.notices.send_replace(ReleaseNotice::Granted { owner: Arc::from("another"), fencing_token: 9 });
+    settle().await;
+    assert_eq!(backend.attempts(), 3, "a hand-off to another owner is nothing to try for");
+    assert!(!call.is_finished());
+
+    backend.announce(10, true);
+    let guard = call.await.expect("join").expect("handed over");
+    assert_eq!(guard.fencing_token(), 10);
+    assert!(guard.release().await.expect("release"));
+}
+
+/// A hand-off that comes when half the waiter's ttl has passed since its last attempt (the
+/// moment its lease is counted from) is confirmed by asking again, which renews it.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_late_hand_off_is_confirmed_by_asking_again() {
+    let backend = Scripted::new("someone");
+    let ttl = Duration::from_millis(900);
+    let call = waiting(&backend, ttl).await;
+    tokio::time::advance(Duration::from_millis(600)).await; // before the 1 s recheck
+    backend.announce(7, true);
+    let guard = call.await.expect("join").expect("handed over");
+    assert_eq!(backend.attempts(), 3, "asked again");
+    assert_eq!(guard.fencing_token(), 8, "the token of the renewing attempt");
+    assert!(guard.release().await.expect("release"));
+}

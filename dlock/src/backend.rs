@@ -25,6 +25,11 @@ pub enum TryAcquire {
     Held {
         /// How long the current lease has left, when the backend knows it.
         remaining: Option<Duration>,
+        /// For a backend that hands keys over (see the [`LockBackend`] contract, point 6):
+        /// the newest fencing token it had drawn when it answered. A hand-off to this owner
+        /// announced with a greater token happened after this attempt; one with a token not
+        /// greater is stale, and dlock asks again instead of trusting it. `None` otherwise.
+        newest_token: Option<u64>,
     },
 }
 
@@ -55,7 +60,8 @@ pub enum TryAcquire {
 ///    waiting for it, and announce that with [`ReleaseNotice::Granted`]. Only an owner whose
 ///    `try_acquire` for the key came back [`Held`](TryAcquire::Held) may be chosen, and the
 ///    lease it gets lasts the `ttl` of that owner's latest attempt, counted from a moment after
-///    that attempt reached the backend (dlock counts it from when the attempt was sent). The
+///    that attempt reached the backend (dlock counts it from when the attempt was sent), and
+///    its fencing token is greater than the `newest_token` that attempt reported. The
 ///    owner's next `try_acquire` for the key must then answer
 ///    [`Acquired`](TryAcquire::Acquired) (with a new fencing token and a fresh lease), so a
 ///    missed notice costs time, never the lock. A `release` by an owner that does not hold

@@ -114,7 +114,7 @@ impl LockBackend for MemoryBackend {
         let mut state = self.inner.lock();
         let outcome = match state.leases.get_mut(key) {
             Some(lease) if lease.expires_at > now => {
-                TryAcquire::Held { remaining: Some(lease.expires_at - now) }
+                TryAcquire::Held { remaining: Some(lease.expires_at - now), newest_token: None }
             }
             Some(lease) => {
                 lease.owner.clear();
@@ -221,7 +221,7 @@ mod tests {
         };
         assert!(matches!(
             m.try_acquire("k", "b", ttl).await.unwrap(),
-            TryAcquire::Held { remaining: Some(_) }
+            TryAcquire::Held { remaining: Some(_), .. }
         ));
         tokio::time::advance(Duration::from_millis(101)).await;
         let TryAcquire::Acquired { fencing_token: t2 } = m.try_acquire("k", "b", ttl).await.unwrap() else {

@@ -347,9 +347,9 @@ impl LockService {
             let sent = Instant::now();
             // Until then the key may be handed over, and that lease ends by itself.
             claim.keys[slot].1 = sent + ttl + HANDED_OVER_WITHIN;
-            let remaining = match backend.try_acquire(full_key, &claim.owner, ttl).await {
+            let (remaining, newest_token) = match backend.try_acquire(full_key, &claim.owner, ttl).await {
                 Ok(TryAcquire::Acquired { fencing_token }) => return Ok((fencing_token, sent)),
-                Ok(TryAcquire::Held { remaining }) => remaining,
+                Ok(TryAcquire::Held { remaining, newest_token }) => (remaining, newest_token),
                 // The claim keeps the key: the script may have run even though its answer was
                 // lost, and the owner-checked release touches nothing else.
                 Err(err) => return Err(Error::backend(backend.name(), Some(full_key), err)),
@@ -397,10 +397,14 @@ impl LockService {
             };
             loop {
                 match tokio::time::timeout_at(wake, w.released()).await {
-                    // Handed to this request: the lease began after `sent` reached the
-                    // backend. If little of it is known to be left, asking again renews it.
+                    // Handed to this request after its last attempt (a newer token than that
+                    // attempt saw): the lease began after `sent` reached the backend. A
+                    // hand-off from before that attempt is stale (the attempt found the key
+                    // held by another), and one with little of its lease known to be left is
+                    // better renewed: asking again settles both.
                     Ok(ReleaseNotice::Granted { owner, fencing_token }) if owner == claim.owner => {
-                        if Instant::now() < sent + ttl / 2 {
+                        let fresh = newest_token.is_some_and(|newest| fencing_token > newest);
+                        if fresh && Instant::now() < sent + ttl / 2 {
                             return Ok((fencing_token, sent));
                         }
                         break;

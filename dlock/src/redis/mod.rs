@@ -216,12 +216,12 @@ impl LockBackend for RedisBackend {
             let mut call = scripts::ACQUIRE.key(key);
             self.waiting_keys(&mut call, key);
             call.arg(owner).arg(millis(ttl)).arg(queue_for).arg(self.notifier.inbox());
-            let (acquired, value): (i64, i64) =
-                self.bounded("the acquire script", call.invoke_async(&mut conn)).await?;
-            Ok(if acquired == 1 {
-                TryAcquire::Acquired { fencing_token: u64::try_from(value).unwrap_or(0) }
+            let answer: Vec<i64> = self.bounded("the acquire script", call.invoke_async(&mut conn)).await?;
+            let number = |i: usize| answer.get(i).and_then(|&n| u64::try_from(n).ok());
+            Ok(if answer.first() == Some(&1) {
+                TryAcquire::Acquired { fencing_token: number(1).unwrap_or(0) }
             } else {
-                TryAcquire::Held { remaining: u64::try_from(value).ok().map(Duration::from_millis) }
+                TryAcquire::Held { remaining: number(1).map(Duration::from_millis), newest_token: number(2) }
             })
         })
     }

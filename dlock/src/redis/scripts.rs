@@ -19,7 +19,8 @@ use redis::Script;
 /// `ARGV[1]` owner token, `ARGV[2]` ttl (ms), `ARGV[3]` how long (ms) to keep the owner in the
 /// waiting line if the lock is held (`0`: do not queue it: it could not hear a hand-off),
 /// `ARGV[4]` the channel on which the owner's process hears hand-offs.
-/// Returns `{1, token}` when acquired, `{0, pttl}` when held (`pttl` < 0: unknown).
+/// Returns `{1, token}` when acquired, `{0, pttl, newest token}` when held (`pttl` < 0:
+/// unknown; the newest token drawn so far tells a later hand-off from a stale one).
 ///
 /// A lock already handed to this owner by a release (it asked again before hearing the
 /// notice) counts as acquired, with a fresh lease and token.
@@ -45,7 +46,7 @@ if queue then
   redis.call('PEXPIRE', KEYS[3], ARGV[3])
   redis.call('PEXPIRE', KEYS[4], ARGV[3])
 end
-return {0, redis.call('PTTL', KEYS[1])}
+return {0, redis.call('PTTL', KEYS[1]), tonumber(redis.call('GET', KEYS[2]) or '0')}
 ",
     )
 });
