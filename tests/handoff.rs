@@ -111,6 +111,19 @@ async fn releases_hand_the_key_to_the_first_process_in_line() {
     assert_eq!(line(&url, "k").await, ["owner-b", "owner-c"]);
     assert!(!b.release("k", "owner-b").await.expect("release"), "b never held it");
     assert_eq!(line(&url, "k").await, ["owner-c"]);
+    drop(b_watch);
+
+    // An owner that got the key by itself while still in line (its process could not hear
+    // hand-offs for a moment, so it asked without queueing) leaves the line when it releases:
+    // the key is never handed back to it.
+    let () = cmd(&url, &["DEL", "k"]).await; // a's lease ended
+    acquired(a.try_acquire("k", "owner-c", TTL).await); // a's backend is not subscribed
+    assert_eq!(line(&url, "k").await, ["owner-c"], "still in line while holding");
+    assert_eq!(a.release_and_check_waiters("k", "owner-c").await.expect("release"), (true, true));
+    assert!(!cmd::<bool>(&url, &["EXISTS", "k", "dlock:queue:k"]).await, "freed, not handed to itself");
+    assert_eq!(c_watch.released().await, ReleaseNotice::Released);
+    acquired(a.try_acquire("k", "owner-a", TTL).await);
+    held(c.try_acquire("k", "owner-c", TTL).await);
 
     // A place whose process stopped asking (its time in line is over) is skipped.
     let now_ms = {
@@ -124,8 +137,29 @@ async fn releases_hand_the_key_to_the_first_process_in_line() {
     // c is still subscribed (not in line any more), so it hears a plain release.
     let notice = tokio::time::timeout(Duration::from_secs(5), c_watch.released()).await.expect("c hears");
     assert_eq!(notice, ReleaseNotice::Released);
-    drop((b_watch, c_watch));
+    drop(c_watch);
     assert!(!cmd::<bool>(&url, &["EXISTS", "dlock:queue:k", entries]).await, "nothing left behind");
+}
+
+/// A single attempt that finds the key held never joined the line, so giving up costs no
+/// release; a waiter that did join withdraws once it gives up.
+#[tokio::test]
+async fn only_waiters_in_line_withdraw_when_they_give_up() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let holder = LockService::new(connect(&url).await);
+    let guard = holder.lock("try").ttl(TTL).await.expect("holder");
+    let counting = support::Counting::new(Arc::new(connect(&url).await));
+    let counts = Arc::clone(&counting.counts);
+    let service = LockService::new(counting);
+    let err = service.lock("try").wait(Duration::ZERO).await.expect_err("held");
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    assert_eq!((counts.try_acquire(), counts.release()), (1, 0), "one attempt, nothing to withdraw");
+    let err = service.lock("try").wait(Duration::from_millis(200)).await.expect_err("held");
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    assert_eq!(counts.release(), 1, "joined the line, so it withdrew");
+    assert!(line(&url, "try").await.is_empty());
+    assert!(guard.release().await.expect("release"));
 }
 
 /// Three processes wait behind a holder; they get the key in the order they came, each

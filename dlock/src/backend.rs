@@ -25,10 +25,12 @@ pub enum TryAcquire {
     Held {
         /// How long the current lease has left, when the backend knows it.
         remaining: Option<Duration>,
-        /// For a backend that hands keys over (see the [`LockBackend`] contract, point 6):
-        /// the newest fencing token it had drawn when it answered. A hand-off to this owner
-        /// announced with a greater token happened after this attempt; one with a token not
-        /// greater is stale, and dlock asks again instead of trusting it. `None` otherwise.
+        /// For a backend that hands keys over (see the [`LockBackend`] contract, point 6),
+        /// when this attempt put the owner in its waiting line (or kept it there): the newest
+        /// fencing token it had drawn when it answered. A hand-off to this owner announced
+        /// with a greater token happened after this attempt; one with a token not greater is
+        /// stale, and dlock asks again instead of trusting it. `None` when the owner is not
+        /// waiting in line (dlock then has nothing to withdraw if it gives up).
         newest_token: Option<u64>,
     },
 }
@@ -58,17 +60,20 @@ pub enum TryAcquire {
 ///    safety, only for speed.
 /// 6. **Hand-off (optional).** A backend may give a released key straight to an owner that is
 ///    waiting for it, and announce that with [`ReleaseNotice::Granted`]. Only an owner whose
-///    `try_acquire` for the key came back [`Held`](TryAcquire::Held) may be chosen, and the
-///    lease it gets lasts the `ttl` of that owner's latest attempt, counted from a moment after
-///    that attempt reached the backend (dlock counts it from when the attempt was sent), and
-///    its fencing token is greater than the `newest_token` that attempt reported. The
-///    owner's next `try_acquire` for the key must then answer
-///    [`Acquired`](TryAcquire::Acquired) (with a new fencing token and a fresh lease), so a
-///    missed notice costs time, never the lock. A `release` by an owner that does not hold
-///    the key withdraws it from the waiting owners. dlock asks again at least every
-///    [`WAITER_RECHECK`] while it waits and releases any key it may have been handed when it
-///    stops waiting; a backend must forget a waiting owner that has not asked again within
-///    five of those intervals, so that a crashed waiter is not handed a key after that.
+///    `try_acquire` for the key came back [`Held`](TryAcquire::Held) with a `newest_token`
+///    (it is in line) may be chosen; the lease it gets lasts the `ttl` of that owner's latest
+///    attempt, counted from a moment after that attempt reached the backend (dlock counts it
+///    from when the attempt was sent), and its fencing token is greater than the
+///    `newest_token` that attempt reported. The owner's next `try_acquire` for the key must
+///    then answer [`Acquired`](TryAcquire::Acquired) (with a new fencing token and a fresh
+///    lease), so a missed notice costs time, never the lock. A `release` by an owner takes
+///    it out of line, whether or not it holds the key. dlock asks again about every
+///    [`WAITER_RECHECK`] while it waits (plus up to 20 ms of jitter and the call itself) and
+///    releases any key it may have been handed when it stops waiting; a backend must forget
+///    a waiting owner that has not asked again within five of those intervals, so that a
+///    crashed waiter is not handed a key after that. All clients of a key must share one
+///    fencing counter: the token comparison above is what tells a fresh hand-off notice
+///    from a stale one.
 pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     /// A short name for messages and traces (`"redis"`, `"memory"`).
     fn name(&self) -> &'static str;

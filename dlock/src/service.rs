@@ -338,18 +338,31 @@ impl LockService {
         let mut watch: Option<ReleaseWatch> = None;
         let mut watched = false;
         let mut backoff = Duration::from_millis(2);
-        // Claimed before the first request leaves, and kept while this waits: if the call is
-        // dropped while a request is on the wire, or once this stops waiting, the claim
-        // releases whatever an attempt took or the backend handed over (contract, point 6).
-        claim.keys.push((full_key.to_owned(), Instant::now()));
-        let slot = claim.keys.len() - 1;
+        // Whether an attempt put this request in the backend's waiting line (contract,
+        // point 6): from then on the key may be handed to it at any time.
+        let mut in_line = false;
         loop {
+            // Claimed before the request leaves: if this call is dropped while the request is
+            // on the wire, the claim releases whatever the request may have taken. Once in
+            // line, the claim stays while this waits, and releasing it (this call dropped or
+            // given up) also takes the request out of line or frees what was handed over.
             let sent = Instant::now();
-            // Until then the key may be handed over, and that lease ends by itself.
-            claim.keys[slot].1 = sent + ttl + HANDED_OVER_WITHIN;
+            if !in_line {
+                claim.keys.push((full_key.to_owned(), sent));
+            }
+            if let Some((_, until)) = claim.keys.last_mut() {
+                // Until then the key may be handed over, and that lease ends by itself.
+                *until = sent + ttl + HANDED_OVER_WITHIN;
+            }
             let (remaining, newest_token) = match backend.try_acquire(full_key, &claim.owner, ttl).await {
                 Ok(TryAcquire::Acquired { fencing_token }) => return Ok((fencing_token, sent)),
-                Ok(TryAcquire::Held { remaining, newest_token }) => (remaining, newest_token),
+                Ok(TryAcquire::Held { remaining, newest_token }) => {
+                    in_line |= newest_token.is_some();
+                    if !in_line {
+                        claim.keys.pop();
+                    }
+                    (remaining, newest_token)
+                }
                 // The claim keeps the key: the script may have run even though its answer was
                 // lost, and the owner-checked release touches nothing else.
                 Err(err) => return Err(Error::backend(backend.name(), Some(full_key), err)),

@@ -173,11 +173,6 @@ impl RedisBackend {
         self.notifier.channel_count()
     }
 
-    /// The keys every acquire and release script gets after the lock key (see `scripts`).
-    fn waiting_keys(&self, call: &mut redis::ScriptInvocation<'_>, key: &str) {
-        call.key(&self.fence_key).key(format!("dlock:queue:{key}")).key(format!("dlock:queue-entries:{key}"));
-    }
-
     async fn bounded<T>(
         &self,
         what: &str,
@@ -214,7 +209,7 @@ impl LockBackend for RedisBackend {
                 0
             };
             let mut call = scripts::ACQUIRE.key(key);
-            self.waiting_keys(&mut call, key);
+            call.key(&self.fence_key);
             call.arg(owner).arg(millis(ttl)).arg(queue_for).arg(self.notifier.inbox());
             let answer: Vec<i64> = self.bounded("the acquire script", call.invoke_async(&mut conn)).await?;
             let number = |i: usize| answer.get(i).and_then(|&n| u64::try_from(n).ok());
@@ -238,7 +233,7 @@ impl LockBackend for RedisBackend {
         Box::pin(async move {
             let mut conn = self.conn.clone();
             let mut call = scripts::RELEASE.key(key);
-            self.waiting_keys(&mut call, key);
+            call.key(&self.fence_key);
             call.arg(owner).arg(Self::release_channel(key));
             let (ours, handed_over, notified): (i64, i64, i64) =
                 self.bounded("the release script", call.invoke_async(&mut conn)).await?;
