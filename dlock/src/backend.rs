@@ -126,7 +126,7 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     }
 }
 
-/// How often, at least, a waiting dlock request asks the backend again (see the contract,
+/// About how often a waiting dlock request asks the backend again (see the contract,
 /// point 6). Between two asks it waits for a release notice.
 pub const WAITER_RECHECK: Duration = Duration::from_secs(1);
 
