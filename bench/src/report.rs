@@ -385,7 +385,8 @@ pub fn finish(report: &mut Report) {
                 r.handoff_cross.n.to_string(),
                 fmt_us(r.handoff_cross.p50_us),
                 fmt_us(r.handoff_cross.p99_us),
-                fmt_us(r.handoff_same.p50_us),
+                // Strict FIFO across processes can leave no same-process hand-off at all.
+                if r.handoff_same.n == 0 { "—".into() } else { fmt_us(r.handoff_same.p50_us) },
                 fmt_us(r.handoff_all.p50_us),
                 fmt_us(r.stamp_cross.p50_us),
                 fmt_us(r.release_call.p50_us),
