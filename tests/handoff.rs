@@ -222,6 +222,79 @@ async fn waiters_that_give_up_leave_the_line() {
     assert!(!cmd::<bool>(&url, &["EXISTS", "gone"]).await, "the key is free, not handed to a gone waiter");
 }
 
+/// Redis restarts while two processes wait in line (it keeps nothing on disk, so the line,
+/// the holder's key and the subscriptions are gone): both waiters still get the key, one
+/// after the other, soon after Redis is back, and nothing of the line is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_in_line_get_the_key_after_a_restart() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    let holder = LockService::new(connect(&url).await);
+    let guard = holder.lock("restart").ttl(Duration::from_secs(2)).await.expect("holder");
+    let held: Arc<Mutex<Vec<(usize, Instant, Instant)>>> = Arc::default();
+    let mut waiters = Vec::new();
+    for n in 0..2 {
+        let service = LockService::new(connect(&url).await);
+        let held = Arc::clone(&held);
+        waiters.push(tokio::spawn(async move {
+            let guard = service.lock("restart").ttl(TTL).wait(Duration::from_secs(20)).await?;
+            let entered = Instant::now();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let left = Instant::now();
+            held.lock().unwrap_or_else(PoisonError::into_inner).push((n, entered, left));
+            guard.release().await
+        }));
+        wait_for_line(&url, "restart", n + 1).await;
+    }
+    server.restart();
+    let back = Instant::now();
+    for waiter in waiters {
+        let outcome = waiter.await.expect("join");
+        assert!(outcome.is_ok(), "each waiter gets the key after the restart: {outcome:?}");
+    }
+    let held = held.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    assert_eq!(held.len(), 2);
+    let (first, second) = if held[0].1 < held[1].1 { (held[0], held[1]) } else { (held[1], held[0]) };
+    assert!(first.2 <= second.1, "one after the other: {held:?}");
+    let done = second.2 - back;
+    assert!(done < Duration::from_secs(5), "both done {done:?} after the restart");
+    // The old holder's key went with the restart: its release says so.
+    assert!(!guard.release().await.unwrap_or(false));
+    assert!(
+        !cmd::<bool>(&url, &["EXISTS", "restart", "dlock:queue:restart", "dlock:queue-entries:restart"])
+            .await
+    );
+    eprintln!("after the restart both waiters were done in {done:?}");
+}
+
+/// Redis goes away for good while a request waits: the request keeps trying until its wait
+/// ends and then reports why it could not get the key (the backend error, not a timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_reports_a_backend_that_stays_away_when_its_wait_ends() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    let holder = LockService::new(connect(&url).await);
+    let _guard = holder.lock("away").ttl(TTL).await.expect("holder");
+    let waiter = LockService::new(
+        RedisBackend::builder(url.clone())
+            .call_timeout(Duration::from_millis(200))
+            .connect()
+            .await
+            .expect("connect"),
+    );
+    let wait = Duration::from_millis(1500);
+    let call = tokio::spawn(async move {
+        let started = Instant::now();
+        (waiter.lock("away").wait(wait).await.map(drop), started.elapsed())
+    });
+    wait_for_line(&url, "away", 1).await;
+    server.stop();
+    let (outcome, took) = call.await.expect("join");
+    assert!(matches!(outcome, Err(Error::Backend { .. })), "{outcome:?}");
+    assert!(took >= wait, "kept trying for its whole wait, returned after {took:?}");
+    assert!(took < wait + Duration::from_millis(200) * 2, "returned {took:?} after it was called");
+}
+
 // ---------------------------------------------------------------------------------------------
 // A waiting process killed: this test binary re-executed as a worker.
 

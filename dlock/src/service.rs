@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::backend::{LockBackend, ReleaseNotice, ReleaseWatch, TryAcquire, WAITER_RECHECK};
 use crate::context;
-use crate::error::Error;
+use crate::error::{BackendErrorKind, Error};
 use crate::guard::{HeldKey, LockGuard};
 use crate::keeper::{self, Job, Registration};
 use crate::lease::{Lease, safety_margin};
@@ -341,14 +341,18 @@ impl LockService {
         // Whether an attempt put this request in the backend's waiting line (contract,
         // point 6): from then on the key may be handed to it at any time.
         let mut in_line = false;
+        // Whether the claim holds this key (the last entry of `claim.keys`).
+        let mut claimed = false;
+        let mut error_pause = Duration::from_millis(50);
         loop {
             // Claimed before the request leaves: if this call is dropped while the request is
             // on the wire, the claim releases whatever the request may have taken. Once in
             // line, the claim stays while this waits, and releasing it (this call dropped or
             // given up) also takes the request out of line or frees what was handed over.
             let sent = Instant::now();
-            if !in_line {
+            if !claimed {
                 claim.keys.push((full_key.to_owned(), sent));
+                claimed = true;
             }
             if let Some((_, until)) = claim.keys.last_mut() {
                 // Until then the key may be handed over, and that lease ends by itself.
@@ -360,13 +364,31 @@ impl LockService {
                     in_line |= newest_token.is_some();
                     if !in_line {
                         claim.keys.pop();
+                        claimed = false;
                     }
                     (remaining, newest_token)
                 }
                 // The claim keeps the key: the script may have run even though its answer was
-                // lost, and the owner-checked release touches nothing else.
-                Err(err) => return Err(Error::backend(backend.name(), Some(full_key), err)),
+                // lost, and the owner-checked release touches nothing else (and the next
+                // attempt, by the same owner, finds the key its own).
+                Err(err) => {
+                    let transient =
+                        matches!(err.kind(), BackendErrorKind::Connection | BackendErrorKind::Timeout);
+                    let err = Error::backend(backend.name(), Some(full_key), err);
+                    // A request that already found the key held and waits rides out a backend
+                    // that stops answering for a moment (a restart, a failover) within its
+                    // wait; a first attempt reports the error at once.
+                    let now = Instant::now();
+                    if !watched || !transient || now >= deadline {
+                        return Err(err);
+                    }
+                    tracing::debug!(target: "dlock", key = %full_key, error = %err, "backend error while waiting; trying again");
+                    tokio::time::sleep_until((now + error_pause).min(deadline)).await;
+                    error_pause = (error_pause * 2).min(WAITER_RECHECK);
+                    continue;
+                }
             };
+            error_pause = Duration::from_millis(50);
             let now = Instant::now();
             if now >= deadline {
                 return Err(Error::Timeout { key: full_key.to_owned(), waited: now - started });
