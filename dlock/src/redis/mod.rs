@@ -15,8 +15,8 @@ use crate::backend::{BoxFuture, LockBackend, ReleaseWatch, TryAcquire, WAITER_RE
 use crate::error::{BackendError, BackendErrorKind, Error};
 
 /// How long a waiting process keeps its place in a key's waiting line without asking again.
-/// dlock asks every [`WAITER_RECHECK`] at least; a process that stopped asking (it crashed)
-/// is not handed the lock after this.
+/// dlock asks about every [`WAITER_RECHECK`]; a process that stopped asking (it crashed) is
+/// not handed the lock after this.
 const WAITING_LIFETIME: Duration = WAITER_RECHECK.saturating_mul(3);
 
 /// The default bound on every Redis call: 2 s.
@@ -237,7 +237,8 @@ impl LockBackend for RedisBackend {
             call.arg(owner).arg(Self::release_channel(key));
             let (ours, handed_over, notified): (i64, i64, i64) =
                 self.bounded("the release script", call.invoke_async(&mut conn)).await?;
-            // Handed over: nobody else needs to wait for this process's next waiter.
+            // Handed to another process, or other processes heard the release: this process's
+            // next waiter steps back for a moment either way (see `guard::release_owned`).
             Ok((ours == 1, handed_over == 1 || notified > 0))
         })
     }
