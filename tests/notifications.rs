@@ -13,10 +13,10 @@ use support::{RedisServer, inspector, poll_until};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-/// The channels the server has subscribers for.
+/// The channels the server has subscribers for: release notices and hand-off inboxes.
 async fn server_channels(url: &str) -> Vec<String> {
     let mut conn = inspector(url).await;
-    redis::cmd("PUBSUB").arg("CHANNELS").arg("dlock:released:*").query_async(&mut conn).await.expect("PUBSUB")
+    redis::cmd("PUBSUB").arg("CHANNELS").arg("dlock:*").query_async(&mut conn).await.expect("PUBSUB")
 }
 
 /// A holder with a long lease releases early: the waiter must be woken by the release notice,
@@ -109,6 +109,11 @@ async fn no_subscription_is_left_behind() {
         async move { server_channels(&url).await.is_empty() }
     })
     .await;
+    // Waiting-line places of the waiters that gave up went with their releases.
+    let mut conn = inspector(&server.url()).await;
+    let left: Vec<String> =
+        redis::cmd("KEYS").arg("dlock:queue*").query_async(&mut conn).await.expect("KEYS");
+    assert!(left.is_empty(), "waiting-line keys left: {} (e.g. {:?})", left.len(), left.first());
 }
 
 /// Tasks of one process waiting for a key are served in the order they came.
