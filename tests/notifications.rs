@@ -171,8 +171,8 @@ async fn rewatching_a_channel_just_left_does_not_stall() {
     }
 }
 
-/// The release script tells whether other processes wait for the key (they are subscribed to
-/// its release notices).
+/// The release script tells whether other processes wait for the key: they are in its waiting
+/// line (subscribed, and asked since), and the key goes to the first of them.
 #[tokio::test]
 async fn release_reports_waiting_processes() {
     use dlock::LockBackend;
@@ -193,11 +193,22 @@ async fn release_reports_waiting_processes() {
         Ok(dlock::TryAcquire::Acquired { .. })
     ));
     let watch = b.watch_releases("k").await.expect("watch").expect("redis has notices");
+    // Subscribed but not asking: b is not waiting in line, and nothing is said.
+    assert_eq!(a.release_and_check_waiters("k", "owner-a").await.expect("release"), (true, false));
+    assert!(matches!(
+        a.try_acquire("k", "owner-a", Duration::from_secs(10)).await,
+        Ok(dlock::TryAcquire::Acquired { .. })
+    ));
+    assert!(matches!(
+        b.try_acquire("k", "owner-b", Duration::from_secs(10)).await,
+        Ok(dlock::TryAcquire::Held { newest_token: Some(_), .. })
+    ));
     assert_eq!(a.release_and_check_waiters("k", "owner-a").await.expect("release"), (true, true), "b waits");
     assert_eq!(
         a.release_and_check_waiters("k", "owner-a").await.expect("release"),
         (false, false),
-        "not ours any more: nothing released, nothing announced"
+        "handed to b: not a's any more, nothing released, nothing announced"
     );
+    assert!(b.release("k", "owner-b").await.expect("release"));
     drop(watch);
 }

@@ -1,15 +1,17 @@
 //! Release notices over Redis pub/sub, shared per key within the process.
 //!
-//! The release script publishes on `dlock:released:<key>`. Waiters of this process register
-//! here; one subscription per key serves them all, made when the first waiter comes and
-//! dropped when the last one leaves, on one dedicated pub/sub connection run by one task.
-//! The task reconnects after a failure and then wakes every waiter, since a release may have
-//! been missed meanwhile. Notices are only hints: waiters always re-check with an acquire.
+//! Waiters of this process register here; one subscription per key (`dlock:released:<key>`)
+//! serves them all, made when the first waiter comes and dropped when the last one leaves,
+//! on one dedicated pub/sub connection run by one task, which also holds the process's
+//! inbox (`dlock:handoff:<random>`) while anything is waited for. A waiter joins a key's
+//! waiting line in Redis only once both are confirmed, so that it hears its hand-off.
 //!
-//! Release notices (`r`) come on the key's channel, to every waiting process. A hand-off
-//! (`g:<token>:<owner>:<key channel>`: the key now belongs to `owner` under fencing token
-//! `token`) comes only to the process of the waiter it was handed to, on that process's
-//! inbox channel, subscribed to while anything is waited for; see the release script.
+//! A hand-off (`g:<token>:<owner>:<key channel>`: the key now belongs to `owner` under
+//! fencing token `token`) comes on the inbox of the process it was handed to, and only
+//! there. A plain release notice (`r`) comes on the key's channel only when the release found
+//! nobody alive in line. The task reconnects after a failure and then wakes every waiter,
+//! since a hand-off or release may have been missed meanwhile. Notices are only hints:
+//! waiters always re-check with an acquire.
 
 use std::collections::{HashMap, HashSet};
 use std::str;

@@ -56,14 +56,16 @@ return {0, redis.call('PTTL', KEYS[1]), tonumber(redis.call('GET', KEYS[2]) or '
     )
 });
 
-/// Free the lock if `ARGV[1]` owns it and hand it to the first other process still waiting,
-/// or else announce the release on the key's channel `ARGV[2]`. An owner that does not hold
-/// the lock leaves the waiting line instead; one that does leaves it too.
+/// Free the lock if `ARGV[1]` owns it and hand it to the first other process still waiting.
+/// If the line held only places whose time was up, announce the release on the key's channel
+/// `ARGV[2]` (their processes may still wait, out of line); with no line, say nothing: every
+/// process that waits and can hear notices is in line. An owner that does not hold the lock
+/// leaves the waiting line instead; one that does leaves it too.
 ///
 /// Returns `{0, 0, 0}` when the lock was not (any more) this owner's; `{1, 1, 0}` when it
 /// was handed over (published to the new owner's process only, on its inbox channel, as
 /// `g:<token>:<owner>:<key channel>`); `{1, 0, n}` when it was freed and `n` processes
-/// received the notice (published on the key's channel as `r`).
+/// received a notice (published on the key's channel as `r`; 0 when none was sent).
 pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -97,8 +99,9 @@ if redis.call('EXISTS', line) == 1 then
       return {1, 1, 0}
     end
   end
+  return {1, 0, redis.call('PUBLISH', ARGV[2], 'r')}
 end
-return {1, 0, redis.call('PUBLISH', ARGV[2], 'r')}
+return {1, 0, 0}
 ",
     )
 });
