@@ -101,6 +101,8 @@ async fn releases_hand_the_key_to_the_first_process_in_line() {
         "{notice:?}"
     );
     assert_eq!(c.release_and_check_waiters("k", "owner-c").await.expect("release"), (true, false));
+    let heard = tokio::time::timeout(Duration::from_millis(100), b_watch.released()).await;
+    assert!(heard.is_err(), "b heard {heard:?}");
     assert!(!cmd::<bool>(&url, &["EXISTS", "k", "dlock:queue:k", "dlock:queue-entries:k"]).await);
 
     // A release by an owner that does not hold the key takes it out of line.
@@ -161,8 +163,8 @@ async fn only_waiters_in_line_withdraw_when_they_give_up() {
     assert!(guard.release().await.expect("release"));
 }
 
-/// Three processes wait behind a holder; they get the key in the order they came, each
-/// without another attempt of its own.
+/// Three processes wait behind a holder; they get the key in the order they came (that a
+/// hand-off needs no attempt of the waiter's own is pinned by the scripted tests below).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_processes_are_served_in_arrival_order() {
     let server = RedisServer::start();
@@ -256,7 +258,8 @@ async fn waiters_in_line_get_the_key_after_a_restart() {
     let (first, second) = if held[0].1 < held[1].1 { (held[0], held[1]) } else { (held[1], held[0]) };
     assert!(first.2 <= second.1, "one after the other: {held:?}");
     let done = second.2 - back;
-    assert!(done < Duration::from_secs(5), "both done {done:?} after the restart");
+    // Well under a recheck (1 s): the waiters ask again as soon as their subscriptions are back.
+    assert!(done < WAITER_RECHECK * 9 / 10, "both done {done:?} after the restart");
     // The old holder's key went with the restart: its release says so.
     assert!(!guard.release().await.unwrap_or(false));
     assert!(
@@ -291,7 +294,8 @@ async fn a_waiter_reports_a_backend_that_stays_away_when_its_wait_ends() {
     let (outcome, took) = call.await.expect("join");
     assert!(matches!(outcome, Err(Error::Backend { .. })), "{outcome:?}");
     assert!(took >= wait, "kept trying for its whole wait, returned after {took:?}");
-    assert!(took < wait + Duration::from_millis(200) * 2, "returned {took:?} after it was called");
+    // The last attempt starts at the deadline and may take up to one call timeout.
+    assert!(took < wait + Duration::from_millis(200) * 3, "returned {took:?} after it was called");
 }
 
 // ---------------------------------------------------------------------------------------------

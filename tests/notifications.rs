@@ -43,7 +43,8 @@ async fn redis_waiter_is_woken_by_the_release_not_by_a_timer() {
     assert!(held.release().await.expect("release"));
     let acquired_at = waiter.await.expect("join").expect("woken by the release notice within wait");
     let hand_off = acquired_at - released_at;
-    assert!(hand_off < Duration::from_secs(5), "hand-off took {hand_off:?}");
+    // Its timer would have fired only after a recheck (1 s), the holder's lease being 30 s.
+    assert!(hand_off < dlock::WAITER_RECHECK / 2, "hand-off took {hand_off:?}");
     poll_until(Duration::from_secs(5), "the subscription was dropped", || {
         let backend = b_backend.clone();
         async move { backend.subscribed_channels() == 0 }
@@ -92,11 +93,28 @@ async fn no_subscription_is_left_behind() {
                     *n
                 };
                 let key = format!("key:{i}");
-                // Held elsewhere, so the waiter subscribes; then a wait of zero-ish ends it.
                 let held = holder.lock(&key).await?;
-                let attempt = waiter.lock(&key).wait(Duration::from_millis(1)).await;
-                assert!(matches!(attempt, Err(Error::Timeout { .. })), "{attempt:?}");
-                held.release().await?;
+                if i % 10 == 0 {
+                    // The waiter subscribes and joins the key's waiting line (or finds the key
+                    // free when it asks again): it gets the key well before a recheck would.
+                    let (waiter, wanted) = (waiter.clone(), key.clone());
+                    let waiting = tokio::spawn(async move {
+                        let started = Instant::now();
+                        let guard = waiter.lock(&wanted).wait(Duration::from_secs(5)).await?;
+                        let waited = started.elapsed();
+                        guard.release().await?;
+                        Ok::<_, Error>(waited)
+                    });
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    held.release().await?;
+                    let waited = waiting.await.expect("join")?;
+                    assert!(waited < dlock::WAITER_RECHECK / 2, "{key}: waited {waited:?}");
+                } else {
+                    // The waiter subscribes; then a wait of zero-ish ends it.
+                    let attempt = waiter.lock(&key).wait(Duration::from_millis(1)).await;
+                    assert!(matches!(attempt, Err(Error::Timeout { .. })), "{attempt:?}");
+                    held.release().await?;
+                }
             }
         }));
     }

@@ -360,6 +360,27 @@ async fn zero_call_timeout_is_invalid_input() {
     assert!(matches!(err, Error::InvalidInput { what: "call timeout", .. }), "{err:?}");
 }
 
+/// A read-only replica (what a client may reach during a failover) refuses the acquire
+/// script's write: `Unavailable`, at once, naming the key — not a hang and not `Other`.
+#[tokio::test]
+async fn a_read_only_replica_is_unavailable() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start();
+    let mut conn = support::inspector(&replica.url()).await;
+    let () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(primary.port())
+        .query_async(&mut conn)
+        .await
+        .expect("REPLICAOF");
+    let service = LockService::new(connect(&replica.url()).await);
+    let started = Instant::now();
+    let (key, kind, message) = expect_backend_error(service.lock("k").await, "a read-only replica");
+    assert_eq!(kind, BackendErrorKind::Unavailable, "{message}");
+    assert_eq!(key.as_deref(), Some("k"));
+    assert!(started.elapsed() < Duration::from_secs(1), "reported after {:?}", started.elapsed());
+}
+
 #[tokio::test]
 async fn wrong_password_is_an_auth_error_that_mentions_the_password() {
     let server = RedisServer::start_with(&["--requirepass", "s3cret-pw"]);

@@ -68,7 +68,8 @@ pub enum TryAcquire {
 ///    then answer [`Acquired`](TryAcquire::Acquired) (with a new fencing token and a fresh
 ///    lease), so a missed notice costs time, never the lock. A `release` by an owner takes
 ///    it out of line, whether or not it holds the key. dlock asks again about every
-///    [`WAITER_RECHECK`] while it waits (plus up to 20 ms of jitter and the call itself) and
+///    [`WAITER_RECHECK`] while it waits (plus up to 20 ms of jitter and the call itself;
+///    while the backend fails to answer, calls may be up to a call timeout longer apart) and
 ///    releases any key it may have been handed when it stops waiting; a backend must forget
 ///    a waiting owner that has not asked again within five of those intervals, so that a
 ///    crashed waiter is not handed a key after that. All clients of a key must share one

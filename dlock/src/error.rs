@@ -123,6 +123,9 @@ pub enum BackendErrorKind {
     Timeout,
     /// The backend could not be reached, or the connection broke.
     Connection,
+    /// The backend answered that it cannot serve right now: Redis loading its data after a
+    /// restart, a failover under way, or a connection that reached a read-only replica.
+    Unavailable,
     /// The backend refused the credentials.
     Auth,
     /// Anything else the backend reported.

@@ -372,8 +372,15 @@ impl LockService {
                 // lost, and the owner-checked release touches nothing else (and the next
                 // attempt, by the same owner, finds the key its own).
                 Err(err) => {
-                    let transient =
-                        matches!(err.kind(), BackendErrorKind::Connection | BackendErrorKind::Timeout);
+                    let transient = matches!(
+                        err.kind(),
+                        BackendErrorKind::Connection
+                            | BackendErrorKind::Timeout
+                            | BackendErrorKind::Unavailable
+                    );
+                    // The attempt may have joined the line before its answer was lost: keep
+                    // the claim, so that giving up withdraws it.
+                    in_line |= watched;
                     let err = Error::backend(backend.name(), Some(full_key), err);
                     // A request that already found the key held and waits rides out a backend
                     // that stops answering for a moment (a restart, a failover) within its

@@ -31,8 +31,7 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 ///
 /// A lock is one Redis string, `<prefix><key>`, holding a random 128-bit owner token, with a
 /// `PX` expiry. Fencing tokens come from one counter key (default `dlock:fence`), incremented
-/// in the same script that takes the lock. Releases are announced on the channel
-/// `dlock:released:<prefix><key>`.
+/// in the same script that takes the lock.
 ///
 /// Processes waiting for a held key line up in Redis (`dlock:queue:<prefix><key>` and
 /// `dlock:queue-entries:<prefix><key>`, which expire on their own), and a release hands the
@@ -42,7 +41,8 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// subscribed, keeps its place by asking again every [`WAITER_RECHECK`], and leaves it when
 /// its waiter gives up; one that was killed while waiting is passed over once it has not
 /// asked for 3 s (until then it may be handed the key, which then stays locked for the ttl
-/// it asked for).
+/// it asked for). Waiting processes subscribe to `dlock:released:<prefix><key>`, on which a
+/// release is announced only when the line held nothing but places whose time was up.
 ///
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
@@ -237,8 +237,9 @@ impl LockBackend for RedisBackend {
             call.arg(owner).arg(Self::release_channel(key));
             let (ours, handed_over, notified): (i64, i64, i64) =
                 self.bounded("the release script", call.invoke_async(&mut conn)).await?;
-            // Handed to another process, or other processes heard the release: this process's
-            // next waiter steps back for a moment either way (see `guard::release_owned`).
+            // Handed to a waiting process, or clients subscribed to the key heard the release
+            // (possibly this process's own): this process's next waiter steps back for a
+            // moment either way (see `guard::release_owned`).
             Ok((ours == 1, handed_over == 1 || notified > 0))
         })
     }
@@ -292,6 +293,8 @@ fn classify(err: &RedisError) -> BackendErrorKind {
         BackendErrorKind::Timeout
     } else if err.is_io_error() || err.is_connection_refusal() || err.is_connection_dropped() {
         BackendErrorKind::Connection
+    } else if matches!(err.code(), Some("LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN")) {
+        BackendErrorKind::Unavailable
     } else {
         BackendErrorKind::Other
     }

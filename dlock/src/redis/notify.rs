@@ -9,7 +9,7 @@
 //! A hand-off (`g:<token>:<owner>:<key channel>`: the key now belongs to `owner` under
 //! fencing token `token`) comes on the inbox of the process it was handed to, and only
 //! there. A plain release notice (`r`) comes on the key's channel only when the release found
-//! nobody alive in line. The task reconnects after a failure and then wakes every waiter,
+//! the line holding nothing but places whose time was up (no line: no notice). The task reconnects after a failure and then wakes every waiter,
 //! since a hand-off or release may have been missed meanwhile. Notices are only hints:
 //! waiters always re-check with an acquire.
 
@@ -69,7 +69,7 @@ impl Notifier {
     /// Register a waiter on `channel`; resolves once the subscription is confirmed, or after
     /// `timeout` (the watch then still works, with the caller's timer as the fallback).
     pub(super) async fn watch(&self, channel: String, timeout: Duration) -> ReleaseWatch {
-        let (rx, mut subscribed) = {
+        let (mut rx, mut subscribed) = {
             let mut channels = self.shared.lock();
             let entry = channels.entry(channel.clone()).or_insert_with(|| Channel {
                 notices: watch::channel(ReleaseNotice::Released).0,
@@ -81,7 +81,11 @@ impl Notifier {
         };
         let _ = self.kick.send(());
         let unwatch = Unwatch { shared: Arc::clone(&self.shared), channel, kick: self.kick.clone() };
-        let _ = tokio::time::timeout(timeout, subscribed.wait_for(|s| *s)).await;
+        if let Ok(Ok(_)) = tokio::time::timeout(timeout, subscribed.wait_for(|s| *s)).await {
+            // The confirmation's wake-up (see `confirm`) is not for this waiter: it asks again
+            // right after this returns anyway.
+            rx.borrow_and_update();
+        }
         ReleaseWatch::new(rx, Some(Box::new(unwatch)))
     }
 
@@ -238,7 +242,7 @@ async fn reconcile(
         let channels = shared.lock();
         for (channel, entry) in channels.iter() {
             if subscribed.contains(channel) && !*entry.subscribed.borrow() {
-                entry.subscribed.send_replace(true);
+                confirm(entry);
             }
         }
     }
@@ -250,12 +254,20 @@ async fn reconcile(
         let channels = shared.lock();
         for channel in wanted {
             if let Some(entry) = channels.get(&channel) {
-                entry.subscribed.send_replace(true);
+                confirm(entry);
             }
             subscribed.insert(channel);
         }
     }
     Ok(())
+}
+
+/// Mark a channel's subscription confirmed, and wake its waiters: any that asked while it
+/// was not (after a reconnect, or past their wait for the confirmation) did not join the
+/// key's waiting line, and asking again now puts them in it.
+fn confirm(entry: &Channel) {
+    entry.subscribed.send_replace(true);
+    entry.notices.send_replace(ReleaseNotice::Released);
 }
 
 /// Read a hand-off published on the inbox: the key's channel and what to tell its waiters.
