@@ -1051,6 +1051,11 @@ async fn without_renewal_the_body_is_cancelled_before_the_lease_ends() {
     let calls = monitor.collect(&mut conn).await;
     let renewals: Vec<&Call> = calls.iter().filter(|c| c.ran("PEXPIRE", "once")).collect();
     assert!(renewals.is_empty(), "renew = false sent renewals: {renewals:#?}");
+    // MONITOR saw the acquires: the body's, and the next holder's — more than one attempt of
+    // it when the lost lease's key was still there (its release runs in the background).
     let acquires = calls.iter().filter(|c| c.ran("SET", "once")).count();
-    assert_eq!(acquires, 2, "the body's acquire and the next holder's");
+    assert!(
+        acquires >= 2,
+        "MONITOR saw {acquires} acquire attempts; expected the body's and the next holder's"
+    );
 }
