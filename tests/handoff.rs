@@ -299,32 +299,93 @@ async fn a_waiter_reports_a_backend_that_stays_away_when_its_wait_ends() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A waiting process killed: this test binary re-executed as a worker.
+// Real processes: this test binary re-executed as a worker.
 
 const WORKER_ENV: &str = "DLOCK_HANDOFF_WORKER_URL";
+/// What the worker does: `wait` (for the key `line`, until killed) or `turn <n>` (wait for the
+/// key `turns`, then append `<n>` to the Redis list `order` while holding it).
+const WORKER_MODE: &str = "DLOCK_HANDOFF_WORKER_MODE";
 /// The ttl the killed worker asks for: the longest anyone can be kept out by it.
 const WORKER_TTL: Duration = Duration::from_millis(500);
 
-/// Not a test: the body of the worker process that the test below starts with
+/// Not a test: the body of the worker processes that the tests below start with
 /// `DLOCK_HANDOFF_WORKER_URL` set. Run directly, it does nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "worker process for the killed-waiter test; it starts it"]
+#[ignore = "worker process for the multi-process tests; they start it"]
 async fn handoff_worker() {
     let Ok(url) = std::env::var(WORKER_ENV) else { return };
+    let mode = std::env::var(WORKER_MODE).unwrap_or_default();
     let service = LockService::new(connect(&url).await);
-    println!("WAITING");
-    let _ = service.lock("line").ttl(WORKER_TTL).wait(Duration::from_secs(30)).await;
-    panic!("the waiting worker was not killed within 30 s");
+    match mode.split_once(' ') {
+        Some(("turn", n)) => {
+            let guard = service.lock("turns").ttl(TTL).wait(Duration::from_secs(20)).await.expect("its turn");
+            let _: i64 = cmd(&url, &["RPUSH", "order", n]).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(guard.release().await.expect("release"), "held to the end");
+        }
+        _ => {
+            let _ = service.lock("line").ttl(WORKER_TTL).wait(Duration::from_secs(30)).await;
+            panic!("the waiting worker was not killed within 30 s");
+        }
+    }
 }
 
 /// Killed (and reaped) on drop.
 struct Worker(Child);
+
+impl Worker {
+    fn spawn(url: &str, mode: &str) -> Self {
+        let exe = std::env::current_exe().expect("the path of this test binary");
+        let mut child = Command::new(exe)
+            .args(["--exact", "handoff_worker", "--nocapture", "--ignored", "--test-threads=1"])
+            .env(WORKER_ENV, url)
+            .env(WORKER_MODE, mode)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning a worker");
+        let stdout = child.stdout.take().expect("piped");
+        std::thread::spawn(move || for _ in BufReader::new(stdout).lines() {});
+        Self(child)
+    }
+}
 
 impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Four OS processes line up behind a holder in this one; releases hand the key down the line
+/// in the order they came, each process holding it in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_take_turns_in_arrival_order() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let holder = LockService::new(connect(&url).await);
+    let guard = holder.lock("turns").ttl(TTL).await.expect("holder");
+    let mut workers = Vec::new();
+    for n in 0..4 {
+        workers.push(Worker::spawn(&url, &format!("turn {n}")));
+        wait_for_line(&url, "turns", n + 1).await;
+    }
+    assert!(guard.release().await.expect("release"));
+    for mut worker in workers {
+        let status = tokio::task::spawn_blocking(move || {
+            let status = worker.0.wait();
+            (status, worker)
+        })
+        .await
+        .expect("join")
+        .0
+        .expect("a worker exits");
+        assert!(status.success(), "a worker failed: {status}");
+    }
+    let order: Vec<String> = cmd(&url, &["LRANGE", "order", "0", "-1"]).await;
+    assert_eq!(order, ["0", "1", "2", "3"], "first come, first served across processes");
+    assert!(!cmd::<bool>(&url, &["EXISTS", "turns", "dlock:queue:turns", "dlock:queue-entries:turns"]).await);
 }
 
 /// A waiting process is SIGKILLed just before the holder releases: the key is handed to the
@@ -337,19 +398,7 @@ async fn killed_waiting_process_keeps_others_out_for_at_most_its_ttl() {
     let holder = LockService::new(connect(&url).await);
     let guard = holder.lock("line").ttl(TTL).await.expect("holder");
 
-    let exe = std::env::current_exe().expect("the path of this test binary");
-    let mut worker = Worker(
-        Command::new(exe)
-            .args(["--exact", "handoff_worker", "--nocapture", "--ignored", "--test-threads=1"])
-            .env(WORKER_ENV, &url)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawning the worker"),
-    );
-    let stdout = worker.0.stdout.take().expect("piped");
-    std::thread::spawn(move || for _ in BufReader::new(stdout).lines() {});
+    let mut worker = Worker::spawn(&url, "wait");
     wait_for_line(&url, "line", 1).await;
     let dead_owner = line(&url, "line").await.remove(0);
 
