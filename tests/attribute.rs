@@ -78,24 +78,6 @@ async fn fence_counter(store: &Store) -> Option<u64> {
     }
 }
 
-/// Every lock key in the store right now, prefix included: Redis `KEYS <prefix>*`; for
-/// memory, `None` (it cannot list keys; see [`held_count`]).
-async fn stored_keys(store: &Store) -> Option<Vec<String>> {
-    match store {
-        Store::Memory { .. } => None,
-        Store::Redis { conn, prefix, .. } => {
-            let mut conn = conn.clone();
-            let mut keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{prefix}*"))
-                .query_async(&mut conn)
-                .await
-                .unwrap_or_else(|err| panic!("KEYS {prefix}*: {err}"));
-            keys.sort();
-            Some(keys)
-        }
-    }
-}
-
 /// How many keys the store holds (memory only).
 fn held_count(store: &Store) -> Option<usize> {
     match store {
@@ -136,7 +118,7 @@ struct Contents {
 
 impl Contents {
     async fn of(store: &Store, key: &str) -> Self {
-        Self { held: store.is_held(key).await, keys: stored_keys(store).await, count: held_count(store) }
+        Self { held: store.is_held(key).await, keys: store.keys().await, count: held_count(store) }
     }
 
     /// `key` is held, and nothing else is.

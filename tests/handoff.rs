@@ -9,34 +9,25 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use dlock::{Error, LockBackend, LockService, RedisBackend, ReleaseNotice, TryAcquire, WAITER_RECHECK};
-use support::{RedisServer, inspector, poll_until};
+use redis::aio::MultiplexedConnection as Conn;
+use support::{RedisServer, inspector, poll_until, redis_cmd};
 use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(10);
 
-async fn cmd<T: redis::FromRedisValue>(url: &str, args: &[&str]) -> T {
-    let mut conn = inspector(url).await;
-    let mut c = redis::cmd(args[0]);
-    for arg in &args[1..] {
-        c.arg(*arg);
-    }
-    c.query_async(&mut conn).await.unwrap_or_else(|err| panic!("{args:?}: {err}"))
-}
-
 /// The owner tokens waiting in line for `key`, first first.
-async fn line(url: &str, key: &str) -> Vec<String> {
-    cmd(url, &["ZRANGE", &format!("dlock:queue:{key}"), "0", "-1"]).await
+async fn line(conn: &Conn, key: &str) -> Vec<String> {
+    redis_cmd(&mut conn.clone(), &["ZRANGE", &format!("dlock:queue:{key}"), "0", "-1"]).await
 }
 
-async fn wait_for_line(url: &str, key: &str, len: usize) {
+async fn wait_for_line(conn: &Conn, key: &str, len: usize) {
     poll_until(Duration::from_secs(5), &format!("{len} in line for {key}"), || async {
-        line(url, key).await.len() == len
+        line(conn, key).await.len() == len
     })
     .await;
 }
@@ -61,19 +52,20 @@ fn held(outcome: Result<TryAcquire, dlock::BackendError>) {
 async fn releases_hand_the_key_to_the_first_process_in_line() {
     let server = RedisServer::start();
     let url = server.url();
+    let mut conn = inspector(&url).await;
     let (a, b, c) = (connect(&url).await, connect(&url).await, connect(&url).await);
 
     let first = acquired(a.try_acquire("k", "owner-a", TTL).await);
     // Not subscribed yet: an attempt does not join the line (it could not hear a hand-off).
     held(b.try_acquire("k", "owner-b", TTL).await);
-    assert!(line(&url, "k").await.is_empty());
+    assert!(line(&conn, "k").await.is_empty());
     let mut b_watch = b.watch_releases("k").await.expect("watch").expect("redis has notices");
     let mut c_watch = c.watch_releases("k").await.expect("watch").expect("redis has notices");
     held(b.try_acquire("k", "owner-b", TTL).await);
     held(c.try_acquire("k", "owner-c", TTL).await);
     // Asking again keeps a process's place.
     held(b.try_acquire("k", "owner-b", TTL).await);
-    assert_eq!(line(&url, "k").await, ["owner-b", "owner-c"]);
+    assert_eq!(line(&conn, "k").await, ["owner-b", "owner-c"]);
 
     // a's release hands the key to b, with a's ttl request replaced by b's, and tells b alone.
     assert_eq!(a.release_and_check_waiters("k", "owner-a").await.expect("release"), (true, true));
@@ -83,10 +75,10 @@ async fn releases_hand_the_key_to_the_first_process_in_line() {
     };
     assert_eq!(&*owner, "owner-b");
     assert!(handed > first, "a hand-off draws a new fencing token");
-    assert_eq!(cmd::<Option<String>>(&url, &["GET", "k"]).await.as_deref(), Some("owner-b"));
-    let pttl: i64 = cmd(&url, &["PTTL", "k"]).await;
+    assert_eq!(redis_cmd::<Option<String>>(&mut conn, &["GET", "k"]).await.as_deref(), Some("owner-b"));
+    let pttl: i64 = redis_cmd(&mut conn, &["PTTL", "k"]).await;
     assert!(pttl > 9_000 && pttl <= 10_000, "b's lease is b's ttl: {pttl} ms left");
-    assert_eq!(line(&url, "k").await, ["owner-c"]);
+    assert_eq!(line(&conn, "k").await, ["owner-c"]);
 
     // b asking again before it heard (a missed notice) gets the key, with a fresh token.
     let again = acquired(b.try_acquire("k", "owner-b", TTL).await);
@@ -103,43 +95,50 @@ async fn releases_hand_the_key_to_the_first_process_in_line() {
     assert_eq!(c.release_and_check_waiters("k", "owner-c").await.expect("release"), (true, false));
     let heard = tokio::time::timeout(Duration::from_millis(100), b_watch.released()).await;
     assert!(heard.is_err(), "b heard {heard:?}");
-    assert!(!cmd::<bool>(&url, &["EXISTS", "k", "dlock:queue:k", "dlock:queue-entries:k"]).await);
+    assert!(!redis_cmd::<bool>(&mut conn, &["EXISTS", "k", "dlock:queue:k", "dlock:queue-entries:k"]).await);
 
     // A release by an owner that does not hold the key takes it out of line.
     acquired(a.try_acquire("k", "owner-a", TTL).await);
     held(b.try_acquire("k", "owner-b", TTL).await);
     held(c.try_acquire("k", "owner-c", TTL).await);
-    assert_eq!(line(&url, "k").await, ["owner-b", "owner-c"]);
+    assert_eq!(line(&conn, "k").await, ["owner-b", "owner-c"]);
     assert!(!b.release("k", "owner-b").await.expect("release"), "b never held it");
-    assert_eq!(line(&url, "k").await, ["owner-c"]);
+    assert_eq!(line(&conn, "k").await, ["owner-c"]);
     drop(b_watch);
 
     // An owner that got the key by itself while still in line (its process could not hear
     // hand-offs for a moment, so it asked without queueing) leaves the line when it releases:
     // the key is never handed back to it.
-    let () = cmd(&url, &["DEL", "k"]).await; // a's lease ended
+    let () = redis_cmd(&mut conn, &["DEL", "k"]).await; // a's lease ended
     acquired(a.try_acquire("k", "owner-c", TTL).await); // a's backend is not subscribed
-    assert_eq!(line(&url, "k").await, ["owner-c"], "still in line while holding");
+    assert_eq!(line(&conn, "k").await, ["owner-c"], "still in line while holding");
     assert_eq!(a.release_and_check_waiters("k", "owner-c").await.expect("release"), (true, true));
-    assert!(!cmd::<bool>(&url, &["EXISTS", "k", "dlock:queue:k"]).await, "freed, not handed to itself");
+    assert!(
+        !redis_cmd::<bool>(&mut conn, &["EXISTS", "k", "dlock:queue:k"]).await,
+        "freed, not handed to itself"
+    );
     assert_eq!(c_watch.released().await, ReleaseNotice::Released);
     acquired(a.try_acquire("k", "owner-a", TTL).await);
     held(c.try_acquire("k", "owner-c", TTL).await);
 
     // A place whose process stopped asking (its time in line is over) is skipped.
     let now_ms = {
-        let (secs, micros): (u64, u64) = cmd(&url, &["TIME"]).await;
+        let (secs, micros): (u64, u64) = redis_cmd(&mut conn, &["TIME"]).await;
         secs * 1000 + micros / 1000
     };
     let entries = "dlock:queue-entries:k";
-    let _: i64 = cmd(&url, &["HSET", entries, "owner-c", &format!("{}:10000:nowhere", now_ms - 1)]).await;
+    let _: i64 =
+        redis_cmd(&mut conn, &["HSET", entries, "owner-c", &format!("{}:10000:nowhere", now_ms - 1)]).await;
     assert_eq!(a.release_and_check_waiters("k", "owner-a").await.expect("release"), (true, true));
-    assert!(!cmd::<bool>(&url, &["EXISTS", "k"]).await, "nobody left in line: the key is free");
+    assert!(!redis_cmd::<bool>(&mut conn, &["EXISTS", "k"]).await, "nobody left in line: the key is free");
     // c is still subscribed (not in line any more), so it hears a plain release.
     let notice = tokio::time::timeout(Duration::from_secs(5), c_watch.released()).await.expect("c hears");
     assert_eq!(notice, ReleaseNotice::Released);
     drop(c_watch);
-    assert!(!cmd::<bool>(&url, &["EXISTS", "dlock:queue:k", entries]).await, "nothing left behind");
+    assert!(
+        !redis_cmd::<bool>(&mut conn, &["EXISTS", "dlock:queue:k", entries]).await,
+        "nothing left behind"
+    );
 }
 
 /// A single attempt that finds the key held never joined the line, so giving up costs no
@@ -148,6 +147,7 @@ async fn releases_hand_the_key_to_the_first_process_in_line() {
 async fn only_waiters_in_line_withdraw_when_they_give_up() {
     let server = RedisServer::start();
     let url = server.url();
+    let conn = inspector(&url).await;
     let holder = LockService::new(connect(&url).await);
     let guard = holder.lock("try").ttl(TTL).await.expect("holder");
     let counting = support::Counting::new(Arc::new(connect(&url).await));
@@ -159,7 +159,7 @@ async fn only_waiters_in_line_withdraw_when_they_give_up() {
     let err = service.lock("try").wait(Duration::from_millis(200)).await.expect_err("held");
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
     assert_eq!(counts.release(), 1, "joined the line, so it withdrew");
-    assert!(line(&url, "try").await.is_empty());
+    assert!(line(&conn, "try").await.is_empty());
     assert!(guard.release().await.expect("release"));
 }
 
@@ -169,6 +169,7 @@ async fn only_waiters_in_line_withdraw_when_they_give_up() {
 async fn waiting_processes_are_served_in_arrival_order() {
     let server = RedisServer::start();
     let url = server.url();
+    let mut conn = inspector(&url).await;
     let holder = LockService::new(connect(&url).await);
     let guard = holder.lock("turns").ttl(TTL).await.expect("holder");
     let first = guard.fencing_token();
@@ -184,7 +185,7 @@ async fn waiting_processes_are_served_in_arrival_order() {
             guard.release().await
         }));
         // The next one comes only once this one is in line.
-        wait_for_line(&url, "turns", n + 1).await;
+        wait_for_line(&conn, "turns", n + 1).await;
     }
     assert!(guard.release().await.expect("release"));
     for waiter in waiters {
@@ -194,7 +195,10 @@ async fn waiting_processes_are_served_in_arrival_order() {
     assert_eq!(order.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [0, 1, 2], "first come, first served");
     let tokens: Vec<u64> = std::iter::once(first).chain(order.iter().map(|(_, t)| *t)).collect();
     assert!(tokens.windows(2).all(|w| w[0] < w[1]), "fencing tokens increase: {tokens:?}");
-    assert!(!cmd::<bool>(&url, &["EXISTS", "turns", "dlock:queue:turns", "dlock:queue-entries:turns"]).await);
+    assert!(
+        !redis_cmd::<bool>(&mut conn, &["EXISTS", "turns", "dlock:queue:turns", "dlock:queue-entries:turns"])
+            .await
+    );
 }
 
 /// A waiter that stops waiting leaves the line: at once when its wait runs out, soon after
@@ -204,23 +208,27 @@ async fn waiting_processes_are_served_in_arrival_order() {
 async fn waiters_that_give_up_leave_the_line() {
     let server = RedisServer::start();
     let url = server.url();
+    let mut conn = inspector(&url).await;
     let holder = LockService::new(connect(&url).await);
     let guard = holder.lock("gone").ttl(TTL).await.expect("holder");
 
     let timed_out = LockService::new(connect(&url).await);
     let err = timed_out.lock("gone").wait(Duration::from_millis(300)).await.expect_err("held");
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
-    assert!(line(&url, "gone").await.is_empty(), "out of line when the Timeout is returned");
+    assert!(line(&conn, "gone").await.is_empty(), "out of line when the Timeout is returned");
 
     let dropped = LockService::new(connect(&url).await);
     let call =
         tokio::spawn(async move { dropped.lock("gone").wait(Duration::from_secs(30)).await.map(drop) });
-    wait_for_line(&url, "gone", 1).await;
+    wait_for_line(&conn, "gone", 1).await;
     call.abort();
-    wait_for_line(&url, "gone", 0).await;
+    wait_for_line(&conn, "gone", 0).await;
 
     assert!(guard.release().await.expect("release"));
-    assert!(!cmd::<bool>(&url, &["EXISTS", "gone"]).await, "the key is free, not handed to a gone waiter");
+    assert!(
+        !redis_cmd::<bool>(&mut conn, &["EXISTS", "gone"]).await,
+        "the key is free, not handed to a gone waiter"
+    );
 }
 
 /// Redis restarts while two processes wait in line (it keeps nothing on disk, so the line,
@@ -230,6 +238,7 @@ async fn waiters_that_give_up_leave_the_line() {
 async fn waiters_in_line_get_the_key_after_a_restart() {
     let mut server = RedisServer::start();
     let url = server.url();
+    let conn = inspector(&url).await;
     let holder = LockService::new(connect(&url).await);
     let guard = holder.lock("restart").ttl(Duration::from_secs(2)).await.expect("holder");
     let held: Arc<Mutex<Vec<(usize, Instant, Instant)>>> = Arc::default();
@@ -245,10 +254,11 @@ async fn waiters_in_line_get_the_key_after_a_restart() {
             held.lock().unwrap_or_else(PoisonError::into_inner).push((n, entered, left));
             guard.release().await
         }));
-        wait_for_line(&url, "restart", n + 1).await;
+        wait_for_line(&conn, "restart", n + 1).await;
     }
     server.restart();
     let back = Instant::now();
+    let mut conn = inspector(&url).await; // the old connection went with the server
     for waiter in waiters {
         let outcome = waiter.await.expect("join");
         assert!(outcome.is_ok(), "each waiter gets the key after the restart: {outcome:?}");
@@ -263,8 +273,11 @@ async fn waiters_in_line_get_the_key_after_a_restart() {
     // The old holder's key went with the restart: its release says so.
     assert!(!guard.release().await.unwrap_or(false));
     assert!(
-        !cmd::<bool>(&url, &["EXISTS", "restart", "dlock:queue:restart", "dlock:queue-entries:restart"])
-            .await
+        !redis_cmd::<bool>(
+            &mut conn,
+            &["EXISTS", "restart", "dlock:queue:restart", "dlock:queue-entries:restart"]
+        )
+        .await
     );
     eprintln!("after the restart both waiters were done in {done:?}");
 }
@@ -275,6 +288,7 @@ async fn waiters_in_line_get_the_key_after_a_restart() {
 async fn a_waiter_reports_a_backend_that_stays_away_when_its_wait_ends() {
     let mut server = RedisServer::start();
     let url = server.url();
+    let conn = inspector(&url).await;
     let holder = LockService::new(connect(&url).await);
     let _guard = holder.lock("away").ttl(TTL).await.expect("holder");
     let waiter = LockService::new(
@@ -289,7 +303,7 @@ async fn a_waiter_reports_a_backend_that_stays_away_when_its_wait_ends() {
         let started = Instant::now();
         (waiter.lock("away").wait(wait).await.map(drop), started.elapsed())
     });
-    wait_for_line(&url, "away", 1).await;
+    wait_for_line(&conn, "away", 1).await;
     server.stop();
     let (outcome, took) = call.await.expect("join");
     assert!(matches!(outcome, Err(Error::Backend { .. })), "{outcome:?}");
@@ -319,7 +333,7 @@ async fn handoff_worker() {
     match mode.split_once(' ') {
         Some(("turn", n)) => {
             let guard = service.lock("turns").ttl(TTL).wait(Duration::from_secs(20)).await.expect("its turn");
-            let _: i64 = cmd(&url, &["RPUSH", "order", n]).await;
+            let _: i64 = redis_cmd(&mut inspector(&url).await, &["RPUSH", "order", n]).await;
             tokio::time::sleep(Duration::from_millis(20)).await;
             assert!(guard.release().await.expect("release"), "held to the end");
         }
@@ -335,18 +349,12 @@ struct Worker(Child);
 
 impl Worker {
     fn spawn(url: &str, mode: &str) -> Self {
-        let exe = std::env::current_exe().expect("the path of this test binary");
-        let mut child = Command::new(exe)
-            .args(["--exact", "handoff_worker", "--nocapture", "--ignored", "--test-threads=1"])
+        let child = support::worker_command("handoff_worker")
             .env(WORKER_ENV, url)
             .env(WORKER_MODE, mode)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stdout(Stdio::null())
             .spawn()
             .expect("spawning a worker");
-        let stdout = child.stdout.take().expect("piped");
-        std::thread::spawn(move || for _ in BufReader::new(stdout).lines() {});
         Self(child)
     }
 }
@@ -364,12 +372,13 @@ impl Drop for Worker {
 async fn processes_take_turns_in_arrival_order() {
     let server = RedisServer::start();
     let url = server.url();
+    let mut conn = inspector(&url).await;
     let holder = LockService::new(connect(&url).await);
     let guard = holder.lock("turns").ttl(TTL).await.expect("holder");
     let mut workers = Vec::new();
     for n in 0..4 {
         workers.push(Worker::spawn(&url, &format!("turn {n}")));
-        wait_for_line(&url, "turns", n + 1).await;
+        wait_for_line(&conn, "turns", n + 1).await;
     }
     assert!(guard.release().await.expect("release"));
     for mut worker in workers {
@@ -383,9 +392,12 @@ async fn processes_take_turns_in_arrival_order() {
         .expect("a worker exits");
         assert!(status.success(), "a worker failed: {status}");
     }
-    let order: Vec<String> = cmd(&url, &["LRANGE", "order", "0", "-1"]).await;
+    let order: Vec<String> = redis_cmd(&mut conn, &["LRANGE", "order", "0", "-1"]).await;
     assert_eq!(order, ["0", "1", "2", "3"], "first come, first served across processes");
-    assert!(!cmd::<bool>(&url, &["EXISTS", "turns", "dlock:queue:turns", "dlock:queue-entries:turns"]).await);
+    assert!(
+        !redis_cmd::<bool>(&mut conn, &["EXISTS", "turns", "dlock:queue:turns", "dlock:queue-entries:turns"])
+            .await
+    );
 }
 
 /// A waiting process is SIGKILLed just before the holder releases: the key is handed to the
@@ -395,12 +407,13 @@ async fn processes_take_turns_in_arrival_order() {
 async fn killed_waiting_process_keeps_others_out_for_at_most_its_ttl() {
     let server = RedisServer::start();
     let url = server.url();
+    let mut conn = inspector(&url).await;
     let holder = LockService::new(connect(&url).await);
     let guard = holder.lock("line").ttl(TTL).await.expect("holder");
 
     let mut worker = Worker::spawn(&url, "wait");
-    wait_for_line(&url, "line", 1).await;
-    let dead_owner = line(&url, "line").await.remove(0);
+    wait_for_line(&conn, "line", 1).await;
+    let dead_owner = line(&conn, "line").await.remove(0);
 
     let next = LockService::new(connect(&url).await);
     let waiter = tokio::spawn(async move {
@@ -409,14 +422,14 @@ async fn killed_waiting_process_keeps_others_out_for_at_most_its_ttl() {
         guard.release().await?;
         Ok::<_, Error>(at)
     });
-    wait_for_line(&url, "line", 2).await;
+    wait_for_line(&conn, "line", 2).await;
 
     worker.0.kill().expect("killing the worker");
     worker.0.wait().expect("reaping the worker");
     let released_at = Instant::now();
     assert!(guard.release().await.expect("release"));
     assert_eq!(
-        cmd::<Option<String>>(&url, &["GET", "line"]).await,
+        redis_cmd::<Option<String>>(&mut conn, &["GET", "line"]).await,
         Some(dead_owner),
         "handed to the first in line, which is dead"
     );

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dlock::{Error, LockService, LostReason, RedisBackend};
 use redis::aio::MultiplexedConnection;
-use support::{RedisServer, inspector, poll_until};
+use support::{RedisServer, inspector, poll_until, redis_cmd as cmd};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// The lease of most tests here.
@@ -59,14 +59,6 @@ async fn connect_with(url: &str, call_timeout: Duration) -> RedisBackend {
 /// Register `service` as `name` (each name is used by one test only).
 fn register(name: &str, service: LockService) {
     dlock::register(name, service).unwrap_or_else(|err| panic!("registering `{name}`: {err}"));
-}
-
-async fn cmd<T: redis::FromRedisValue>(conn: &mut MultiplexedConnection, args: &[&str]) -> T {
-    let mut cmd = redis::cmd(args[0]);
-    for arg in &args[1..] {
-        cmd.arg(*arg);
-    }
-    cmd.query_async(conn).await.unwrap_or_else(|err| panic!("{args:?}: {err}"))
 }
 
 fn now_ns() -> u128 {
@@ -186,14 +178,11 @@ struct Worker {
 
 impl Worker {
     fn spawn(mode: &str, url: &str) -> Self {
-        let exe = std::env::current_exe().expect("the path of this test binary");
-        let mut child = tokio::process::Command::new(exe)
-            .args(["--exact", "holding_redis_worker", "--ignored", "--nocapture", "--test-threads=1"])
+        let mut child = tokio::process::Command::from(support::worker_command("holding_redis_worker"))
             .env(WORKER_ENV, mode)
             .env(WORKER_URL_ENV, url)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
             .expect("spawning a worker process");

@@ -14,14 +14,14 @@ mod scenarios;
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dlock::{BackendErrorKind, Error, LockService, LostReason, RedisBackend};
 use scenarios::MARGIN;
-use support::{RedisServer, Store, poll_until};
+use support::{RedisServer, Store, poll_until, redis_cmd};
 
 async fn redis_store(test_name: &str) -> Store {
     Store::redis(&support::shared_redis_url(), test_name).await
@@ -38,17 +38,6 @@ async fn connect(url: &str) -> RedisBackend {
         .connect()
         .await
         .unwrap_or_else(|err| panic!("connecting to {url}: {err}"))
-}
-
-async fn redis_cmd<T: redis::FromRedisValue>(
-    conn: &mut redis::aio::MultiplexedConnection,
-    args: &[&str],
-) -> T {
-    let mut cmd = redis::cmd(args[0]);
-    for arg in &args[1..] {
-        cmd.arg(*arg);
-    }
-    cmd.query_async(conn).await.unwrap_or_else(|err| panic!("{args:?}: {err}"))
 }
 
 fn expect_backend_error(
@@ -486,14 +475,10 @@ impl Drop for Worker {
 
 /// Start this binary as a worker process running `mode` (see [`worker`]).
 fn spawn_worker(mode: &str, url: &str) -> Worker {
-    let exe = std::env::current_exe().expect("the path of this test binary");
-    Command::new(exe)
-        .args(["--exact", "worker", "--nocapture", "--ignored", "--test-threads=1"])
+    support::worker_command("worker")
         .env(WORKER_ENV, mode)
         .env("DLOCK_TEST_WORKER_URL", url)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
         .spawn()
         .map(|child| Worker(Some(child)))
         .expect("spawning a worker process")

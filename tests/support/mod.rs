@@ -8,6 +8,8 @@
 //!   over the same lock store and inspects what the store holds.
 //! - [`Counting`]: a [`LockBackend`] wrapper that counts the calls dlock makes.
 //! - [`poll_until`]: a bounded poll that asserts a condition.
+//! - [`redis_cmd`]: one raw Redis command for inspection or fault injection.
+//! - [`worker_command`]: this test binary re-executed as a worker process.
 //!
 //! Included by several test binaries with `#[path = "support/mod.rs"] mod support;`; each
 //! uses only part of it.
@@ -265,6 +267,31 @@ pub async fn inspector(url: &str) -> redis::aio::MultiplexedConnection {
         .unwrap_or_else(|err| panic!("connecting to {url} for inspection: {err}; is Redis running there?"))
 }
 
+/// Run one raw command (`args[0]` and its arguments); panic if Redis refuses it.
+pub async fn redis_cmd<T: redis::FromRedisValue>(
+    conn: &mut redis::aio::MultiplexedConnection,
+    args: &[&str],
+) -> T {
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query_async(conn).await.unwrap_or_else(|err| panic!("{args:?}: {err}"))
+}
+
+/// This test binary, to be run as a worker process: it runs only the `#[ignore]`d test
+/// `test_name`, whose body does nothing unless the environment the caller adds says what to
+/// do. Its stdin is closed unless the caller pipes it; stderr goes to the test's.
+pub fn worker_command(test_name: &str) -> Command {
+    let exe = std::env::current_exe().expect("the path of this test binary");
+    let mut command = Command::new(exe);
+    command
+        .args(["--exact", test_name, "--nocapture", "--ignored", "--test-threads=1"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    command
+}
+
 /// Poll `cond` every 10 ms until it holds; panic with `what` if it does not within `bound`.
 /// Returns how long it took.
 pub async fn poll_until<F, Fut>(bound: Duration, what: &str, mut cond: F) -> Duration
@@ -438,15 +465,25 @@ impl Store {
         }
     }
 
+    /// Every lock key in the store right now, prefix included, sorted: Redis
+    /// `KEYS <prefix>*`; for memory, `None` (it cannot list keys; see `held_count`).
+    pub async fn keys(&self) -> Option<Vec<String>> {
+        match self {
+            Self::Memory { .. } => None,
+            Self::Redis { conn, prefix, .. } => {
+                let mut keys: Vec<String> =
+                    redis_cmd(&mut conn.clone(), &["KEYS", &format!("{prefix}*")]).await;
+                keys.sort();
+                Some(keys)
+            }
+        }
+    }
+
     /// Remove what the test left in Redis (its lock keys and fencing counter).
     pub async fn cleanup(&self) {
-        if let Self::Redis { conn, prefix, fence_key, .. } = self {
+        if let Self::Redis { conn, fence_key, .. } = self {
             let mut conn = conn.clone();
-            let mut keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{prefix}*"))
-                .query_async(&mut conn)
-                .await
-                .unwrap_or_else(|err| panic!("KEYS {prefix}*: {err}"));
+            let mut keys = self.keys().await.unwrap_or_default();
             keys.push(fence_key.clone());
             let _: i64 = redis::cmd("DEL")
                 .arg(&keys)
