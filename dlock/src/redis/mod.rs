@@ -102,41 +102,15 @@ impl RedisBackendBuilder {
             .set_response_timeout(Some(self.call_timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let connecting = client.get_connection_manager_with_config(config);
-        let mut conn = match tokio::time::timeout(self.call_timeout, connecting).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(err)) => return Err(Error::backend("redis", None, connect_error(&url, err))),
-            Err(_) => {
-                return Err(Error::backend(
-                    "redis",
-                    None,
-                    BackendError::new(
-                        BackendErrorKind::Timeout,
-                        format!(
-                            "could not connect to {url} within {:?}; is Redis running and reachable?",
-                            self.call_timeout
-                        ),
-                    ),
-                ));
-            }
-        };
-        let pong =
-            tokio::time::timeout(self.call_timeout, redis::cmd("PING").query_async::<String>(&mut conn))
-                .await;
-        match pong {
-            Ok(Ok(_)) => {}
-            Ok(Err(err)) => return Err(Error::backend("redis", None, connect_error(&url, err))),
-            Err(_) => {
-                return Err(Error::backend(
-                    "redis",
-                    None,
-                    BackendError::new(
-                        BackendErrorKind::Timeout,
-                        format!("{url} did not answer PING within {:?}", self.call_timeout),
-                    ),
-                ));
-            }
-        }
+        let timeout = self.call_timeout;
+        let mut conn = connect_step(&url, timeout, client.get_connection_manager_with_config(config), || {
+            format!("could not connect to {url} within {timeout:?}; is Redis running and reachable?")
+        })
+        .await?;
+        let _: String = connect_step(&url, timeout, redis::cmd("PING").query_async(&mut conn), || {
+            format!("{url} did not answer PING within {timeout:?}")
+        })
+        .await?;
         tracing::debug!(target: "dlock", url = %url, "connected to Redis");
         let notifier = Arc::new(notify::Notifier::start(client, self.call_timeout));
         Ok(RedisBackend { conn, call_timeout: self.call_timeout, fence_key: self.fence_key, url, notifier })
@@ -162,7 +136,8 @@ impl RedisBackend {
         }
     }
 
-    /// The channel on which releases of `key` (as stored in Redis) are announced.
+    /// The channel on which releases of `key` (as stored in Redis) are announced. The release
+    /// script builds the same name itself (see `scripts::RELEASE`).
     pub fn release_channel(key: &str) -> String {
         format!("dlock:released:{key}")
     }
@@ -233,8 +208,7 @@ impl LockBackend for RedisBackend {
         Box::pin(async move {
             let mut conn = self.conn.clone();
             let mut call = scripts::RELEASE.key(key);
-            call.key(&self.fence_key);
-            call.arg(owner).arg(Self::release_channel(key));
+            call.key(&self.fence_key).arg(owner);
             let (ours, handed_over, notified): (i64, i64, i64) =
                 self.bounded("the release script", call.invoke_async(&mut conn)).await?;
             // Handed to a waiting process, or clients subscribed to the key heard the release
@@ -297,6 +271,20 @@ fn classify(err: &RedisError) -> BackendErrorKind {
         BackendErrorKind::Unavailable
     } else {
         BackendErrorKind::Other
+    }
+}
+
+/// One step of connecting, within `timeout`; `late` says what did not happen in time.
+async fn connect_step<T>(
+    url: &str,
+    timeout: Duration,
+    step: impl Future<Output = Result<T, RedisError>>,
+    late: impl FnOnce() -> String,
+) -> Result<T, Error> {
+    match tokio::time::timeout(timeout, step).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(Error::backend("redis", None, connect_error(url, err))),
+        Err(_) => Err(Error::backend("redis", None, BackendError::new(BackendErrorKind::Timeout, late()))),
     }
 }
 

@@ -58,7 +58,8 @@ return {0, redis.call('PTTL', KEYS[1]), tonumber(redis.call('GET', KEYS[2]) or '
 
 /// Free the lock if `ARGV[1]` owns it and hand it to the first other process still waiting.
 /// If the line held only places whose time was up, announce the release on the key's channel
-/// `ARGV[2]` (their processes may still wait, out of line); with no line, say nothing: every
+/// (`dlock:released:<lock>`, as `RedisBackend::release_channel` names it; built here only
+/// when needed) — their processes may still wait, out of line; with no line, say nothing: every
 /// process that waits and can hear notices is in line. An owner that does not hold the lock
 /// leaves the waiting line instead; one that does leaves it too.
 ///
@@ -95,11 +96,11 @@ if redis.call('EXISTS', line) == 1 then
     if until_ms and tonumber(until_ms) >= now_ms then
       redis.call('SET', KEYS[1], waiter, 'PX', ttl)
       local token = redis.call('INCR', KEYS[2])
-      redis.call('PUBLISH', inbox, string.format('g:%d:%s:%s', token, waiter, ARGV[2]))
+      redis.call('PUBLISH', inbox, string.format('g:%d:%s:dlock:released:%s', token, waiter, KEYS[1]))
       return {1, 1, 0}
     end
   end
-  return {1, 0, redis.call('PUBLISH', ARGV[2], 'r')}
+  return {1, 0, redis.call('PUBLISH', 'dlock:released:' .. KEYS[1], 'r')}
 end
 return {1, 0, 0}
 ",
