@@ -66,6 +66,11 @@ async fn releases_hand_the_key_to_the_first_process_in_line() {
     // Asking again keeps a process's place.
     held(b.try_acquire("k", "owner-b", TTL).await);
     assert_eq!(line(&conn, "k").await, ["owner-b", "owner-c"]);
+    // The line goes away by itself 3 s after the last ask.
+    for key in ["dlock:queue:k", "dlock:queue-entries:k"] {
+        let pttl: i64 = redis_cmd(&mut conn, &["PTTL", key]).await;
+        assert!(pttl > 0 && pttl <= 3_000, "{key} expires in {pttl} ms");
+    }
 
     // a's release hands the key to b, with a's ttl request replaced by b's, and tells b alone.
     assert_eq!(a.release_and_check_waiters("k", "owner-a").await.expect("release"), (true, true));
@@ -310,6 +315,37 @@ async fn a_waiter_reports_a_backend_that_stays_away_when_its_wait_ends() {
     assert!(took >= wait, "kept trying for its whole wait, returned after {took:?}");
     // The last attempt starts at the deadline and may take up to one call timeout.
     assert!(took < wait + Duration::from_millis(200) * 3, "returned {took:?} after it was called");
+}
+
+/// The Redis a waiting request talks to turns into a read-only replica for a while (what a
+/// client may reach during a failover): the request keeps trying through the `READONLY`
+/// answers, and gets the key once the server takes writes again and the holder lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_rides_out_a_read_only_spell() {
+    let primary = RedisServer::start();
+    let server = RedisServer::start();
+    let url = server.url();
+    let mut conn = inspector(&url).await;
+    let holder = LockService::new(connect(&url).await);
+    let held = holder.lock("ro").ttl(TTL).await.expect("holder");
+    let waiter = LockService::new(connect(&url).await);
+    let call = tokio::spawn(async move { waiter.lock("ro").ttl(TTL).wait(Duration::from_secs(15)).await });
+    wait_for_line(&conn, "ro", 1).await;
+
+    let port = primary.port().to_string();
+    let () = redis_cmd(&mut conn, &["REPLICAOF", "127.0.0.1", &port]).await;
+    // Longer than a recheck: the waiter asks at least once while the server refuses writes.
+    tokio::time::sleep(WAITER_RECHECK + Duration::from_millis(500)).await;
+    assert!(!call.is_finished(), "the waiter gave up on a read-only server: {:?}", call.await);
+    let () = redis_cmd(&mut conn, &["REPLICAOF", "NO", "ONE"]).await;
+    // The replica may have dropped the holder's key when it synced; either way it lets go.
+    let _ = held.release().await;
+    let released = Instant::now();
+
+    let guard = call.await.expect("join").expect("the waiter gets the key once the server takes writes");
+    let took = released.elapsed();
+    assert!(took < WAITER_RECHECK * 3, "the waiter got the key {took:?} after the holder let go");
+    assert!(guard.release().await.expect("release"));
 }
 
 // ---------------------------------------------------------------------------------------------
