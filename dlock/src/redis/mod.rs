@@ -7,7 +7,7 @@ use std::fmt;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError};
+use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, ServerErrorKind, Value};
 
 use std::sync::Arc;
 
@@ -164,6 +164,44 @@ impl RedisBackend {
     }
 }
 
+impl RedisBackend {
+    /// Run `script` on the lock `key` and the fencing counter, with the arguments `args` adds.
+    ///
+    /// It is sent as `EVALSHA`; a Redis that does not know the script (after a restart or
+    /// `SCRIPT FLUSH`) answers `NOSCRIPT`, and it is sent again as `EVAL`, which also loads
+    /// it. The command is built directly rather than through `redis::Script`, which copies
+    /// every argument twice: this is the path every lock and release takes.
+    async fn eval<T: FromRedisValue>(
+        &self,
+        what: &str,
+        script: &scripts::Lua,
+        key: &str,
+        args: impl Fn(&mut Cmd),
+    ) -> Result<T, BackendError> {
+        let command = |by_sha: bool| {
+            let mut cmd = Cmd::with_capacity(12, 160 + key.len() + self.fence_key.len());
+            if by_sha {
+                cmd.arg("EVALSHA").arg(script.sha());
+            } else {
+                cmd.arg("EVAL").arg(script.source);
+            }
+            cmd.arg(2).arg(key).arg(&self.fence_key);
+            args(&mut cmd);
+            cmd
+        };
+        let mut conn = self.conn.clone();
+        self.bounded(what, async {
+            match command(true).query_async(&mut conn).await {
+                Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    command(false).query_async(&mut conn).await
+                }
+                answer => answer,
+            }
+        })
+        .await
+    }
+}
+
 impl LockBackend for RedisBackend {
     fn name(&self) -> &'static str {
         "redis"
@@ -176,23 +214,32 @@ impl LockBackend for RedisBackend {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<TryAcquire, BackendError>> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
             // Join the waiting line only when a hand-off notice would be heard.
             let queue_for = if self.notifier.is_subscribed(|| Self::release_channel(key)) {
                 millis(WAITING_LIFETIME)
             } else {
                 0
             };
-            let mut call = scripts::ACQUIRE.key(key);
-            call.key(&self.fence_key);
-            call.arg(owner).arg(millis(ttl)).arg(queue_for).arg(self.notifier.inbox());
-            let answer: Vec<i64> = self.bounded("the acquire script", call.invoke_async(&mut conn)).await?;
-            let number = |i: usize| answer.get(i).and_then(|&n| u64::try_from(n).ok());
-            Ok(if answer.first() == Some(&1) {
-                TryAcquire::Acquired { fencing_token: number(1).unwrap_or(0) }
-            } else {
-                TryAcquire::Held { remaining: number(1).map(Duration::from_millis), newest_token: number(2) }
-            })
+            let inbox = self.notifier.inbox();
+            let answer: Value = self
+                .eval("the acquire script", &scripts::ACQUIRE, key, |cmd| {
+                    cmd.arg(owner).arg(millis(ttl)).arg(queue_for).arg(inbox);
+                })
+                .await?;
+            let number = |value: Option<&Value>| match value {
+                Some(&Value::Int(n)) => u64::try_from(n).ok(),
+                _ => None,
+            };
+            match answer {
+                Value::Int(token) => {
+                    Ok(TryAcquire::Acquired { fencing_token: u64::try_from(token).unwrap_or(0) })
+                }
+                Value::Array(held) => Ok(TryAcquire::Held {
+                    remaining: number(held.first()).map(Duration::from_millis),
+                    newest_token: number(held.get(1)),
+                }),
+                other => Err(unexpected(&self.url, "the acquire script", &other)),
+            }
         })
     }
 
@@ -206,15 +253,15 @@ impl LockBackend for RedisBackend {
         owner: &'a str,
     ) -> BoxFuture<'a, Result<(bool, bool), BackendError>> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
-            let mut call = scripts::RELEASE.key(key);
-            call.key(&self.fence_key).arg(owner);
-            let (ours, handed_over, notified): (i64, i64, i64) =
-                self.bounded("the release script", call.invoke_async(&mut conn)).await?;
-            // Handed to a waiting process, or clients subscribed to the key heard the release
-            // (possibly this process's own): this process's next waiter steps back for a
-            // moment either way (see `guard::release_owned`).
-            Ok((ours == 1, handed_over == 1 || notified > 0))
+            let outcome: i64 = self
+                .eval("the release script", &scripts::RELEASE, key, |cmd| {
+                    cmd.arg(owner);
+                })
+                .await?;
+            // 2: handed to a waiting process, or clients subscribed to the key heard the
+            // release (possibly this process's own): this process's next waiter steps back
+            // for a moment either way (see `guard::release_owned`).
+            Ok((outcome >= 1, outcome == 2))
         })
     }
 
@@ -225,10 +272,11 @@ impl LockBackend for RedisBackend {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, BackendError>> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
-            let mut call = scripts::RENEW.key(key);
-            call.arg(owner).arg(millis(ttl));
-            let renewed: i64 = self.bounded("the renew script", call.invoke_async(&mut conn)).await?;
+            let renewed: i64 = self
+                .eval("the renew script", &scripts::RENEW, key, |cmd| {
+                    cmd.arg(owner).arg(millis(ttl));
+                })
+                .await?;
             Ok(renewed == 1)
         })
     }
@@ -298,6 +346,17 @@ fn connect_error(url: &str, err: RedisError) -> BackendError {
         _ => "check the URL and the server",
     };
     BackendError::with_source(kind, format!("could not connect to {url}: {hint}"), err)
+}
+
+/// A reply no script of this version gives: another dlock version (or something else) may
+/// share the keys.
+fn unexpected(url: &str, what: &str, reply: &Value) -> BackendError {
+    BackendError::new(
+        BackendErrorKind::Other,
+        format!(
+            "Redis at {url} answered {what} with {reply:?}, which this version of dlock does not expect; do processes running different dlock versions share this Redis?"
+        ),
+    )
 }
 
 fn call_error(url: &str, what: &str, err: RedisError) -> BackendError {
