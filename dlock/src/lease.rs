@@ -3,11 +3,14 @@
 //!
 //! Before a guard releases, it marks its lease released, waiting for a renewal already on the
 //! wire (if any) to finish, so no renewal is ever sent after a release.
+//!
+//! Everything sits behind one mutex with one [`Notify`]: a lease is created and dropped with
+//! every lock, so it is kept to one allocation and a few uncontended lock operations.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::error::LostReason;
@@ -29,50 +32,70 @@ pub fn safety_margin(ttl: Duration) -> Duration {
 /// Shared state of one held lease (one or several keys).
 #[derive(Debug)]
 pub(crate) struct Lease {
-    lost: watch::Sender<Option<LostReason>>,
-    /// `(released, renewal in flight)`: the hand-shake between the keeper and the release.
-    renewal: Mutex<(bool, bool)>,
-    renewal_done: Notify,
-    /// Past this instant the lease may have ended in the backend (`sent + ttl - margin` of the
-    /// last confirmed acquire or renewal).
-    deadline: Mutex<Instant>,
+    state: Mutex<State>,
+    /// Woken when the lease is lost (or released) and when a renewal on the wire is done;
+    /// waiters re-check the state, so one serves both.
+    changed: Notify,
     /// Whether the lease is renewed (decides how an expired deadline is reported).
     renewed: bool,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Why the lease was lost, once it is (`Released` once its holder let it go).
+    lost: Option<LostReason>,
+    /// Renewals stopped for good (the holder is releasing).
+    renewals_stopped: bool,
+    /// A renewal is on the wire.
+    renewing: bool,
+    /// Past this instant the lease may have ended in the backend (`sent + ttl - margin` of the
+    /// last confirmed acquire or renewal).
+    deadline: Instant,
     /// This process's places at the head of the keys' local queues: given up on release, and
     /// as soon as the lease is lost (the backend may already let another owner in).
-    tickets: Mutex<Vec<QueueTicket>>,
+    tickets: Vec<QueueTicket>,
 }
 
 impl Lease {
     pub(crate) fn new(deadline: Instant, renewed: bool) -> Arc<Self> {
         Arc::new(Self {
-            deadline: Mutex::new(deadline),
+            state: Mutex::new(State {
+                lost: None,
+                renewals_stopped: false,
+                renewing: false,
+                deadline,
+                tickets: Vec::new(),
+            }),
+            changed: Notify::new(),
             renewed,
-            lost: watch::channel(None).0,
-            renewal: Mutex::new((false, false)),
-            renewal_done: Notify::new(),
-            tickets: Mutex::default(),
         })
     }
 
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every update leaves `State` consistent, so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub(crate) fn hold_tickets(&self, tickets: Vec<QueueTicket>) {
-        *self.tickets.lock().unwrap_or_else(PoisonError::into_inner) = tickets;
+        self.state().tickets = tickets;
     }
 
     /// Let the next task of this process compete for the keys.
     pub(crate) fn drop_tickets(&self) {
-        let tickets = std::mem::take(&mut *self.tickets.lock().unwrap_or_else(PoisonError::into_inner));
+        // Dropped outside the lease's lock: a ticket takes the service's queue lock.
+        let tickets = std::mem::take(&mut self.state().tickets);
         drop(tickets);
     }
 
     /// Stop renewals for good; returns once no renewal is on the wire.
     pub(crate) async fn stop_renewals(&self) {
         loop {
-            let done = self.renewal_done.notified();
+            // Registered before the check: a renewal finishing in between is not missed.
+            let done = self.changed.notified();
             {
-                let mut state = self.renewal.lock().unwrap_or_else(PoisonError::into_inner);
-                state.0 = true;
-                if !state.1 {
+                let mut state = self.state();
+                state.renewals_stopped = true;
+                if !state.renewing {
                     return;
                 }
             }
@@ -84,19 +107,19 @@ impl Lease {
     /// renewal counts as on the wire until the returned value is dropped (also when the keeper
     /// is cancelled mid-call).
     pub(crate) fn begin_renewal(&self) -> Option<InFlight<'_>> {
-        let mut state = self.renewal.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.0 {
+        let mut state = self.state();
+        if state.renewals_stopped {
             return None;
         }
-        state.1 = true;
+        state.renewing = true;
         Some(InFlight(self))
     }
 
     /// Why the lease was lost, if it was — including a deadline that passed before the keeper
     /// got to report it.
     pub(crate) fn lost_reason(&self) -> Option<LostReason> {
-        let reported = *self.lost.borrow();
-        reported.or_else(|| (Instant::now() >= self.deadline()).then(|| self.expiry_reason()))
+        let state = self.state();
+        state.lost.or_else(|| (Instant::now() >= state.deadline).then(|| self.expiry_reason()))
     }
 
     fn expiry_reason(&self) -> LostReason {
@@ -104,43 +127,42 @@ impl Lease {
     }
 
     pub(crate) fn deadline(&self) -> Instant {
-        *self.deadline.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state().deadline
     }
 
     /// A key whose own lease ends earlier joined: the lease lasts at most until `deadline`.
     pub(crate) fn cap(&self, deadline: Instant) {
-        let mut current = self.deadline.lock().unwrap_or_else(PoisonError::into_inner);
-        *current = (*current).min(deadline);
+        let mut state = self.state();
+        state.deadline = state.deadline.min(deadline);
     }
 
     /// A renewal was confirmed: the lease now lasts until `deadline`.
     pub(crate) fn extend(&self, deadline: Instant) {
-        let mut current = self.deadline.lock().unwrap_or_else(PoisonError::into_inner);
-        *current = (*current).max(deadline);
+        let mut state = self.state();
+        state.deadline = state.deadline.max(deadline);
     }
 
     pub(crate) fn mark_lost(&self, reason: LostReason) {
-        self.lost.send_if_modified(|slot| {
-            if slot.is_none() {
-                *slot = Some(reason);
-                true
-            } else {
-                false
-            }
-        });
-        self.drop_tickets();
+        let tickets = {
+            let mut state = self.state();
+            state.lost.get_or_insert(reason);
+            std::mem::take(&mut state.tickets)
+        };
+        drop(tickets);
+        self.changed.notify_waiters();
     }
 
     /// The holder released the lock: a re-entrant guard that outlived it must not look held.
     pub(crate) fn mark_released(&self) {
-        self.lost.send_if_modified(|slot| {
-            if slot.is_none() {
-                *slot = Some(LostReason::Released);
-                true
-            } else {
-                false
-            }
-        });
+        let first = {
+            let mut state = self.state();
+            let first = state.lost.is_none();
+            state.lost.get_or_insert(LostReason::Released);
+            first
+        };
+        if first {
+            self.changed.notify_waiters();
+        }
     }
 
     /// Resolves when the lease is lost; never, if it is not.
@@ -148,15 +170,18 @@ impl Lease {
     /// Besides waiting for the keeper's report, it watches the deadline itself, so a loss by
     /// time is seen at the deadline even when the keeper task is slow to be scheduled.
     pub(crate) async fn lost(&self) -> LostReason {
-        let mut rx = self.lost.subscribe();
         loop {
-            if let Some(reason) = *rx.borrow_and_update() {
-                return reason;
-            }
-            let deadline = self.deadline();
+            // Registered before the check: a loss reported in between is not missed.
+            let changed = self.changed.notified();
+            let deadline = {
+                let state = self.state();
+                if let Some(reason) = state.lost {
+                    return reason;
+                }
+                state.deadline
+            };
             tokio::select! {
-                // The sender lives in `self`, so `changed` cannot fail while we borrow it.
-                _ = rx.changed() => {}
+                () = changed => {}
                 () = tokio::time::sleep_until(deadline) => {
                     if Instant::now() >= self.deadline() {
                         self.mark_lost(self.expiry_reason());
@@ -172,7 +197,7 @@ pub(crate) struct InFlight<'a>(&'a Lease);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.renewal.lock().unwrap_or_else(PoisonError::into_inner).1 = false;
-        self.0.renewal_done.notify_waiters();
+        self.0.state().renewing = false;
+        self.0.changed.notify_waiters();
     }
 }
