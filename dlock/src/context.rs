@@ -16,7 +16,8 @@ tokio::task_local! {
 #[derive(Clone, Debug)]
 pub(crate) struct Frame {
     pub(crate) service_id: u64,
-    pub(crate) key: String,
+    /// As the backend sees it (with the service's prefix).
+    pub(crate) key: Arc<str>,
     pub(crate) fencing_token: u64,
     pub(crate) lease: Arc<Lease>,
 }

@@ -16,10 +16,9 @@ use crate::service::{Claim, LockService, QueueTicket};
 /// One key held by a guard.
 #[derive(Debug, Clone)]
 pub(crate) struct HeldKey {
-    /// As the caller wrote it.
-    pub(crate) key: String,
-    /// With the service's prefix: what the backend sees.
-    pub(crate) full_key: String,
+    /// With the service's prefix: what the backend sees (the guard strips the prefix to give
+    /// the key as the caller wrote it).
+    pub(crate) full_key: Arc<str>,
     pub(crate) fencing_token: u64,
 }
 
@@ -79,7 +78,7 @@ impl LockGuard {
         let mut keys: Vec<&str> = self
             .held
             .iter()
-            .map(|h| h.key.as_str())
+            .map(|h| self.strip(&h.full_key))
             .chain(self.reentered.iter().map(|f| self.strip(&f.key)))
             .collect();
         keys.sort_unstable();
@@ -88,8 +87,8 @@ impl LockGuard {
 
     /// The first key as the backend sees it (prefix included): what errors name.
     pub(crate) fn full_key(&self) -> &str {
-        let held = self.held.iter().map(|h| h.full_key.as_str());
-        held.chain(self.reentered.iter().map(|f| f.key.as_str())).min().unwrap_or_default()
+        let held = self.held.iter().map(|h| &*h.full_key);
+        held.chain(self.reentered.iter().map(|f| &*f.key)).min().unwrap_or_default()
     }
 
     fn strip<'a>(&self, full_key: &'a str) -> &'a str {
@@ -107,7 +106,7 @@ impl LockGuard {
         let mut tokens: Vec<(&str, u64)> = self
             .held
             .iter()
-            .map(|h| (h.key.as_str(), h.fencing_token))
+            .map(|h| (self.strip(&h.full_key), h.fencing_token))
             .chain(self.reentered.iter().map(|f| (self.strip(&f.key), f.fencing_token)))
             .collect();
         tokens.sort_unstable();
@@ -175,7 +174,7 @@ impl LockGuard {
                 .rev()
                 .map(|h| Frame {
                     service_id: self.service.inner.id,
-                    key: h.full_key.clone(),
+                    key: Arc::clone(&h.full_key),
                     fencing_token: h.fencing_token,
                     lease: Arc::clone(&owned.lease),
                 })
@@ -206,7 +205,7 @@ async fn release_owned(service: LockService, held: Vec<HeldKey>, owned: Owned) -
     let mut pending =
         Claim::new(Arc::clone(&service.inner.backend), Arc::clone(&owner), Some(Arc::clone(&lease)));
     let until = lease.deadline();
-    pending.keys = held.iter().map(|h| (h.full_key.clone(), until)).collect();
+    pending.keys = held.iter().map(|h| (Arc::clone(&h.full_key), until)).collect();
     // No renewal may be sent after the release: stop them (waiting for one on the wire).
     lease.stop_renewals().await;
     drop(keeper);
@@ -242,7 +241,7 @@ async fn release_owned(service: LockService, held: Vec<HeldKey>, owned: Owned) -
     } else {
         lease.drop_tickets();
     }
-    tracing::debug!(target: "dlock", keys = ?held.iter().map(|h| &h.key).collect::<Vec<_>>(), still_ours = all_ours, "lock released");
+    tracing::debug!(target: "dlock", keys = ?held.iter().map(|h| &h.full_key).collect::<Vec<_>>(), still_ours = all_ours, "lock released");
     match first_err {
         Some(err) => Err(err),
         None => Ok(all_ours),
@@ -262,7 +261,7 @@ impl Drop for LockGuard {
                 handle.spawn(release_owned(self.service.clone(), held, owned));
             }
             Err(_) => {
-                tracing::warn!(target: "dlock", keys = ?held.iter().map(|h| &h.key).collect::<Vec<_>>(),
+                tracing::warn!(target: "dlock", keys = ?held.iter().map(|h| &h.full_key).collect::<Vec<_>>(),
                     "lock guard dropped outside a tokio runtime; the lock is freed when its lease expires");
             }
         }

@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -36,7 +37,7 @@ pub(crate) struct Job {
     pub(crate) backend: Arc<dyn LockBackend>,
     /// Each key with the moment its acquire was sent. Grows while a request for several keys
     /// takes them one by one.
-    pub(crate) keys: Mutex<Vec<(String, Instant)>>,
+    pub(crate) keys: Mutex<Vec<(Arc<str>, Instant)>>,
     pub(crate) owner: Arc<str>,
     pub(crate) ttl: Duration,
     pub(crate) renew: bool,
@@ -55,7 +56,7 @@ impl Registration {
     ///
     /// The key's lease runs from `sent`, which may be earlier than the lease's last renewal:
     /// the deadline and the next renewal are brought forward to match it.
-    pub(crate) fn add_key(&self, key: String, sent: Instant) {
+    pub(crate) fn add_key(&self, key: Arc<str>, sent: Instant) {
         let mut state = self.keeper.lock();
         let Some(entry) = state.entries.get_mut(&self.id) else { return };
         let ttl = entry.job.ttl;
@@ -140,7 +141,7 @@ struct Keeper {
 
 #[derive(Debug, Default)]
 struct State {
-    entries: HashMap<u64, Entry>,
+    entries: HashMap<u64, Entry, BuildHasherDefault<IdHasher>>,
     /// `(when due, id)`: the next renewal, or the deadline of a lease without renewal.
     schedule: BTreeSet<(Instant, u64)>,
     next_id: u64,
@@ -148,6 +149,29 @@ struct State {
     /// When the sleeping task's timer fires; `None` while it is awake (it then looks at the
     /// schedule before sleeping again). A registration due later needs no wake-up.
     armed: Option<Instant>,
+}
+
+/// Hashes the keeper's ids with one multiplication. They come from a counter, not from users,
+/// so SipHash's defence against chosen keys buys nothing, and a lease is registered and
+/// unregistered with every lock.
+#[derive(Debug, Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // 2^64 / golden ratio: consecutive ids land far apart, in the high bits too.
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 impl State {
@@ -286,8 +310,8 @@ async fn renew_once(keeper: Arc<Keeper>, id: u64, job: Arc<Job>, deadline: Insta
 /// `Ok(n)`: the first `n` keys (all there were when it started) renewed; `Ok(0)`: some key
 /// refused; `Err`: backend failure.
 async fn renew_all(job: &Job) -> Result<usize, ()> {
-    let keys: Vec<String> =
-        job.keys.lock().unwrap_or_else(PoisonError::into_inner).iter().map(|(k, _)| k.clone()).collect();
+    let keys: Vec<Arc<str>> =
+        job.keys.lock().unwrap_or_else(PoisonError::into_inner).iter().map(|(k, _)| Arc::clone(k)).collect();
     for key in &keys {
         match job.backend.renew(key, &job.owner, job.ttl).await {
             Ok(true) => {}

@@ -1,6 +1,7 @@
 //! [`LockService`]: a backend plus defaults, and the acquisition algorithm.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -11,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::backend::{LockBackend, ReleaseNotice, ReleaseWatch, TryAcquire, WAITER_RECHECK};
 use crate::context;
-use crate::error::{BackendErrorKind, Error};
+use crate::error::{BackendError, BackendErrorKind, Error};
 use crate::guard::{HeldKey, LockGuard};
 use crate::keeper::{self, Job, Registration};
 use crate::lease::{Lease, safety_margin};
@@ -62,7 +63,7 @@ pub(crate) struct ServiceInner {
     default_wait: Duration,
     /// One FIFO queue per key that tasks of this process are waiting for or holding: only its
     /// head competes in the backend.
-    queues: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    queues: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Builds a [`LockService`]; see [`LockService::builder`].
@@ -215,7 +216,7 @@ impl LockService {
         // Re-entering a lock whose lease has ended (or that its holder released) would grant
         // a key this task no longer holds.
         if let Some((frame, reason)) = reentered.iter().find_map(|f| f.lease.lost_reason().map(|r| (f, r))) {
-            return Err(Error::Lost { key: frame.key.clone(), reason });
+            return Err(Error::Lost { key: frame.key.to_string(), reason });
         }
         if keys.is_empty() {
             return Ok(LockGuard::reentrant(self.clone(), reentered));
@@ -237,7 +238,11 @@ impl LockService {
             // the request waits for the next ones.
             let mut kept: Option<(Arc<Lease>, Registration)> = None;
             for key in &keys {
-                let full_key = format!("{}{key}", self.inner.prefix);
+                let full_key: Arc<str> = if prefix.is_empty() {
+                    Arc::from(key.as_str())
+                } else {
+                    Arc::from([prefix.as_str(), key].concat())
+                };
                 let outcome = async {
                     let ticket = self.queue_ticket(&full_key, deadline, started).await?;
                     let (token, sent) =
@@ -249,12 +254,12 @@ impl LockService {
                     Ok((ticket, fencing_token, sent)) => {
                         tickets.push(ticket);
                         match &kept {
-                            Some((_, registration)) => registration.add_key(full_key.clone(), sent),
+                            Some((_, registration)) => registration.add_key(Arc::clone(&full_key), sent),
                             None => {
                                 let lease = Lease::new(sent + ttl.saturating_sub(safety_margin(ttl)), renew);
                                 let job = Job {
                                     backend: Arc::clone(&self.inner.backend),
-                                    keys: Mutex::new(vec![(full_key.clone(), sent)]),
+                                    keys: Mutex::new(vec![(Arc::clone(&full_key), sent)]),
                                     owner: Arc::clone(&owner),
                                     ttl,
                                     renew,
@@ -263,7 +268,7 @@ impl LockService {
                                 kept = Some((lease, keeper::register(&handle, job, sent)));
                             }
                         }
-                        held.push(HeldKey { key: key.clone(), full_key, fencing_token });
+                        held.push(HeldKey { full_key, fencing_token });
                     }
                     Err(err) => {
                         drop(kept);
@@ -291,11 +296,11 @@ impl LockService {
                 if now < deadline {
                     continue;
                 }
-                let key = held.first().map(|h| h.full_key.clone()).unwrap_or_default();
+                let key = held.first().map(|h| h.full_key.to_string()).unwrap_or_default();
                 return Err(Error::Timeout { key, waited: now - started });
             }
             claim.disarm();
-            tracing::debug!(target: "dlock", keys = ?held.iter().map(|h| &h.key).collect::<Vec<_>>(),
+            tracing::debug!(target: "dlock", keys = ?held.iter().map(|h| &h.full_key).collect::<Vec<_>>(),
                 waited = ?started.elapsed(), "lock acquired");
             return Ok(LockGuard::owned(self.clone(), held, reentered, owner, lease, registration, tickets));
         }
@@ -304,21 +309,31 @@ impl LockService {
     /// Wait (FIFO, within this process) until this task is at the head of `full_key`'s queue.
     async fn queue_ticket(
         &self,
-        full_key: &str,
+        full_key: &Arc<str>,
         deadline: Instant,
         started: Instant,
     ) -> Result<QueueTicket, Error> {
         let queue = {
             let mut queues = self.inner.queues.lock().unwrap_or_else(PoisonError::into_inner);
-            Arc::clone(queues.entry(full_key.to_owned()).or_default())
+            Arc::clone(queues.entry(Arc::clone(full_key)).or_default())
         };
+        // Made before waiting: if this call is dropped while it waits, the ticket still removes
+        // the queue once nobody else uses it.
         let mut ticket =
-            QueueTicket { service: Arc::clone(&self.inner), key: full_key.to_owned(), guard: None };
-        let lock = Arc::clone(&queue).lock_owned();
-        drop(queue);
-        let guard = match tokio::time::timeout_at(deadline, lock).await {
+            QueueTicket { service: Arc::clone(&self.inner), key: Arc::clone(full_key), guard: None };
+        // Nobody of this process holds or waits for the key: the common case, without a timer.
+        // (A tokio mutex hands itself to its queued waiters in order, so this never jumps it.)
+        let guard = match Arc::clone(&queue).try_lock_owned() {
             Ok(guard) => guard,
-            Err(_) => return Err(Error::Timeout { key: full_key.to_owned(), waited: started.elapsed() }),
+            Err(_) => {
+                let wait = tokio::time::timeout_at(deadline, queue.lock_owned());
+                match Box::pin(wait).await {
+                    Ok(guard) => guard,
+                    Err(_) => {
+                        return Err(Error::Timeout { key: full_key.to_string(), waited: started.elapsed() });
+                    }
+                }
+            }
         };
         ticket.guard = Some(guard);
         Ok(ticket)
@@ -326,13 +341,65 @@ impl LockService {
 
     /// Compete in the backend for one key until acquired or `deadline`. Returns the fencing
     /// token and the instant the lease is counted from.
+    ///
+    /// The first attempt is made here; only if it does not take the key does the request wait,
+    /// in [`wait_for_key`](Self::wait_for_key) (boxed, so that the future of every request does
+    /// not carry the state of waiting).
     async fn acquire_one(
         &self,
-        full_key: &str,
+        full_key: &Arc<str>,
         claim: &mut Claim,
         ttl: Duration,
         deadline: Instant,
         started: Instant,
+    ) -> Result<(u64, Instant), Error> {
+        let mut claimed = false;
+        let (sent, outcome) = self.attempt(full_key, claim, &mut claimed, ttl).await;
+        if let Ok(TryAcquire::Acquired { fencing_token }) = outcome {
+            return Ok((fencing_token, sent));
+        }
+        Box::pin(self.wait_for_key(full_key, claim, claimed, ttl, deadline, started, sent, outcome)).await
+    }
+
+    /// One acquire attempt, sent now. Returns when it was sent, and the answer.
+    ///
+    /// The key is claimed before the request leaves: if the caller is dropped while the request
+    /// is on the wire, the claim releases whatever the request may have taken.
+    async fn attempt(
+        &self,
+        full_key: &Arc<str>,
+        claim: &mut Claim,
+        claimed: &mut bool,
+        ttl: Duration,
+    ) -> (Instant, Result<TryAcquire, BackendError>) {
+        let sent = Instant::now();
+        // Until then the key may be handed over, and that lease ends by itself.
+        let until = sent + ttl + HANDED_OVER_WITHIN;
+        match claim.keys.last_mut() {
+            Some((_, last)) if *claimed => *last = until,
+            _ => {
+                claim.keys.push((Arc::clone(full_key), until));
+                *claimed = true;
+            }
+        }
+        (sent, self.inner.backend.try_acquire(full_key, &claim.owner, ttl).await)
+    }
+
+    /// The rest of [`acquire_one`](Self::acquire_one) once an attempt, sent at `sent`, came
+    /// back with `outcome` and not the key: wait for release notices (or a timer) and try
+    /// again until acquired or `deadline`.
+    #[expect(clippy::too_many_arguments, reason = "the state of acquire_one, handed over once")]
+    async fn wait_for_key(
+        &self,
+        full_key: &Arc<str>,
+        claim: &mut Claim,
+        // Whether the claim holds this key (the last entry of `claim.keys`).
+        mut claimed: bool,
+        ttl: Duration,
+        deadline: Instant,
+        started: Instant,
+        mut sent: Instant,
+        mut outcome: Result<TryAcquire, BackendError>,
     ) -> Result<(u64, Instant), Error> {
         let backend = &*self.inner.backend;
         let mut watch: Option<ReleaseWatch> = None;
@@ -341,28 +408,16 @@ impl LockService {
         // Whether an attempt put this request in the backend's waiting line (contract,
         // point 6): from then on the key may be handed to it at any time.
         let mut in_line = false;
-        // Whether the claim holds this key (the last entry of `claim.keys`).
-        let mut claimed = false;
         let mut error_pause = Duration::from_millis(50);
         loop {
-            // Claimed before the request leaves: if this call is dropped while the request is
-            // on the wire, the claim releases whatever the request may have taken. Once in
-            // line, the claim stays while this waits, and releasing it (this call dropped or
-            // given up) also takes the request out of line or frees what was handed over.
-            let sent = Instant::now();
-            if !claimed {
-                claim.keys.push((full_key.to_owned(), sent));
-                claimed = true;
-            }
-            if let Some((_, until)) = claim.keys.last_mut() {
-                // Until then the key may be handed over, and that lease ends by itself.
-                *until = sent + ttl + HANDED_OVER_WITHIN;
-            }
-            let (remaining, newest_token) = match backend.try_acquire(full_key, &claim.owner, ttl).await {
+            // Once in line, the claim stays while this waits, and releasing it (this call
+            // dropped or given up) also takes the request out of line or frees what was
+            // handed over.
+            let (remaining, newest_token) = match outcome {
                 Ok(TryAcquire::Acquired { fencing_token }) => return Ok((fencing_token, sent)),
                 Ok(TryAcquire::Held { remaining, newest_token }) => {
                     in_line |= newest_token.is_some();
-                    if !in_line {
+                    if !in_line && claimed {
                         claim.keys.pop();
                         claimed = false;
                     }
@@ -392,13 +447,14 @@ impl LockService {
                     tracing::debug!(target: "dlock", key = %full_key, error = %err, "backend error while waiting; trying again");
                     tokio::time::sleep_until((now + error_pause).min(deadline)).await;
                     error_pause = (error_pause * 2).min(WAITER_RECHECK);
+                    (sent, outcome) = self.attempt(full_key, claim, &mut claimed, ttl).await;
                     continue;
                 }
             };
             error_pause = Duration::from_millis(50);
             let now = Instant::now();
             if now >= deadline {
-                return Err(Error::Timeout { key: full_key.to_owned(), waited: now - started });
+                return Err(Error::Timeout { key: full_key.to_string(), waited: now - started });
             }
             if !watched {
                 // Register for release notices, then try again at once: a release between the
@@ -415,6 +471,7 @@ impl LockService {
                     Err(_) => None,
                 };
                 if watch.is_some() {
+                    (sent, outcome) = self.attempt(full_key, claim, &mut claimed, ttl).await;
                     continue;
                 }
             }
@@ -433,29 +490,30 @@ impl LockService {
             };
             backoff = (backoff * 2).min(Duration::from_millis(100));
             let wake = (now + nap).min(deadline);
-            let Some(w) = watch.as_mut() else {
-                tokio::time::sleep_until(wake).await;
-                continue;
-            };
-            loop {
-                match tokio::time::timeout_at(wake, w.released()).await {
-                    // Handed to this request after its last attempt (a newer token than that
-                    // attempt saw): the lease began after `sent` reached the backend. A
-                    // hand-off from before that attempt is stale (the attempt found the key
-                    // held by another), and one with little of its lease known to be left is
-                    // better renewed: asking again settles both.
-                    Ok(ReleaseNotice::Granted { owner, fencing_token }) if owner == claim.owner => {
-                        let fresh = newest_token.is_some_and(|newest| fencing_token > newest);
-                        if fresh && Instant::now() < sent + ttl / 2 {
-                            return Ok((fencing_token, sent));
+            match watch.as_mut() {
+                None => tokio::time::sleep_until(wake).await,
+                Some(w) => loop {
+                    match tokio::time::timeout_at(wake, w.released()).await {
+                        // Handed to this request after its last attempt (a newer token than
+                        // that attempt saw): the lease began after `sent` reached the backend.
+                        // A hand-off from before that attempt is stale (the attempt found the
+                        // key held by another), and one with little of its lease known to be
+                        // left is better renewed: asking again settles both.
+                        Ok(ReleaseNotice::Granted { owner, fencing_token }) if owner == claim.owner => {
+                            let fresh = newest_token.is_some_and(|newest| fencing_token > newest);
+                            if fresh && Instant::now() < sent + ttl / 2 {
+                                return Ok((fencing_token, sent));
+                            }
+                            break;
                         }
-                        break;
+                        // Handed to a waiter elsewhere: nothing to try until it is released
+                        // again.
+                        Ok(ReleaseNotice::Granted { .. }) => {}
+                        Ok(ReleaseNotice::Released) | Err(_) => break,
                     }
-                    // Handed to a waiter elsewhere: nothing to try until it is released again.
-                    Ok(ReleaseNotice::Granted { .. }) => {}
-                    Ok(ReleaseNotice::Released) | Err(_) => break,
-                }
+                },
             }
+            (sent, outcome) = self.attempt(full_key, claim, &mut claimed, ttl).await;
         }
     }
 }
@@ -472,7 +530,7 @@ pub(crate) struct Claim {
     backend: Arc<dyn LockBackend>,
     owner: Arc<str>,
     /// Each key with the instant after which its lease has ended anyway.
-    pub(crate) keys: Vec<(String, Instant)>,
+    pub(crate) keys: Vec<(Arc<str>, Instant)>,
     /// For a guard's release: its lease, marked released, and whose local queue places are
     /// given up once the keys are.
     lease: Option<Arc<Lease>>,
@@ -600,7 +658,7 @@ fn validate(keys: &[String], ttl: Duration) -> Result<(), Error> {
 #[derive(Debug)]
 pub(crate) struct QueueTicket {
     service: Arc<ServiceInner>,
-    key: String,
+    key: Arc<str>,
     guard: Option<OwnedMutexGuard<()>>,
 }
 
@@ -610,8 +668,10 @@ impl Drop for QueueTicket {
         let mut queues = self.service.queues.lock().unwrap_or_else(PoisonError::into_inner);
         // Clones of the queue are only made under this map lock, so a count of one (the map's
         // own) means nobody is waiting on or holding it.
-        if queues.get(&self.key).is_some_and(|q| Arc::strong_count(q) == 1) {
-            queues.remove(&self.key);
+        if let Entry::Occupied(queue) = queues.entry(Arc::clone(&self.key))
+            && Arc::strong_count(queue.get()) == 1
+        {
+            queue.remove();
         }
     }
 }

@@ -97,9 +97,11 @@ impl RedisBackendBuilder {
                 reason: "it must be greater than zero".into(),
             });
         }
+        // Every call is bounded by `bounded`, which also covers waiting for a reconnect: a
+        // second timer per call inside redis-rs would only add cost.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.call_timeout))
-            .set_response_timeout(Some(self.call_timeout))
+            .set_response_timeout(None)
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let timeout = self.call_timeout;
@@ -215,15 +217,13 @@ impl LockBackend for RedisBackend {
     ) -> BoxFuture<'a, Result<TryAcquire, BackendError>> {
         Box::pin(async move {
             // Join the waiting line only when a hand-off notice would be heard.
-            let queue_for = if self.notifier.is_subscribed(|| Self::release_channel(key)) {
-                millis(WAITING_LIFETIME)
-            } else {
-                0
-            };
-            let inbox = self.notifier.inbox();
+            let queue = self.notifier.is_subscribed(|| Self::release_channel(key));
             let answer: Value = self
                 .eval("the acquire script", &scripts::ACQUIRE, key, |cmd| {
-                    cmd.arg(owner).arg(millis(ttl)).arg(queue_for).arg(inbox);
+                    cmd.arg(owner).arg(millis(ttl));
+                    if queue {
+                        cmd.arg(millis(WAITING_LIFETIME)).arg(self.notifier.inbox());
+                    }
                 })
                 .await?;
             let number = |value: Option<&Value>| match value {

@@ -35,9 +35,10 @@ impl Lua {
 
 /// Take the lock if free and draw a fencing token; otherwise report the holder's time left.
 ///
-/// `ARGV[1]` owner token, `ARGV[2]` ttl (ms), `ARGV[3]` how long (ms) to keep the owner in the
-/// waiting line if the lock is held (`0`: do not queue it: it could not hear a hand-off),
-/// `ARGV[4]` the channel on which the owner's process hears hand-offs.
+/// `ARGV[1]` owner token, `ARGV[2]` ttl (ms); and only to queue the owner if the lock is held
+/// (left out when it could not hear a hand-off: every argument costs Redis time on every
+/// call), `ARGV[3]` how long (ms) to keep it in the waiting line and `ARGV[4]` the channel on
+/// which its process hears hand-offs.
 /// Returns the fencing token (an integer, at least 1) when acquired; when held, `{pttl}`
 /// (`pttl` < 0: unknown), or `{pttl, newest token}` if the owner is now in line (the newest
 /// token drawn so far tells a later hand-off from a stale one).
@@ -46,7 +47,7 @@ impl Lua {
 /// notice) counts as acquired, with a fresh lease and token.
 pub(super) static ACQUIRE: Lua = Lua::new(
     r"
-local queue = ARGV[3] ~= '0'
+local queue = ARGV[3] ~= nil
 local mine = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
 if not mine and redis.call('GET', KEYS[1]) == ARGV[1] then
   mine = redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -84,15 +85,16 @@ return {redis.call('PTTL', KEYS[1]), tonumber(redis.call('GET', KEYS[2]) or '0')
 /// process received (published on the key's channel as `r`).
 pub(super) static RELEASE: Lua = Lua::new(
     r"
-local line, asked = 'dlock:queue:' .. KEYS[1], 'dlock:queue-entries:' .. KEYS[1]
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  if redis.call('ZREM', line, ARGV[1]) == 1 then
-    redis.call('HDEL', asked, ARGV[1])
+  if redis.call('ZREM', 'dlock:queue:' .. KEYS[1], ARGV[1]) == 1 then
+    redis.call('HDEL', 'dlock:queue-entries:' .. KEYS[1], ARGV[1])
   end
   return 0
 end
 redis.call('DEL', KEYS[1])
+local line = 'dlock:queue:' .. KEYS[1]
 if redis.call('EXISTS', line) == 1 then
+  local asked = 'dlock:queue-entries:' .. KEYS[1]
   if redis.call('ZREM', line, ARGV[1]) == 1 then
     redis.call('HDEL', asked, ARGV[1])
   end
