@@ -115,6 +115,9 @@ fn parse_args() -> std::result::Result<Mode, String> {
     }))
 }
 
+/// Cycles per contender per slice of the uncontended scenario (see `uncontended_slice`).
+const UNCONTENDED_SLICE: usize = 50;
+
 fn main() {
     let mode = match parse_args() {
         Ok(mode) => mode,
@@ -207,15 +210,22 @@ async fn bench(cfg: Config) -> Result<()> {
     let rounds = cfg.rounds.unwrap_or(if cfg.quick { 2 } else { 5 });
     report.meta.rounds = rounds;
     if wants("uncontended") {
-        let (cycles, warmup) = if cfg.quick { (1000, 200) } else { (5000, 500) };
+        let (cycles, warmup) = if cfg.quick { (1000, 200) } else { (10_000, 500) };
         let per_round = cycles / rounds;
-        eprintln!("uncontended: {cycles} cycles per contender in {rounds} rounds…");
+        let slices = (per_round / UNCONTENDED_SLICE).max(1);
+        eprintln!(
+            "uncontended: {cycles} cycles per contender in {rounds} rounds, each of {slices} interleaved slices…"
+        );
         let mut accs: HashMap<Contender, scenarios::UncontendedAcc> = HashMap::new();
         for round in 0..rounds {
-            for c in scenarios::round_order(&Contender::ALL, round) {
-                let w = if round == 0 { warmup } else { warmup / 10 };
-                scenarios::uncontended_round(&lk, c, per_round, w, accs.entry(c).or_default()).await?;
+            for slice in 0..slices {
+                for c in scenarios::round_order(&Contender::ALL, round * slices + slice) {
+                    let w = if round == 0 && slice == 0 { warmup } else { 0 };
+                    let acc = accs.entry(c).or_default();
+                    scenarios::uncontended_slice(&lk, c, per_round / slices, w, acc).await?;
+                }
             }
+            accs.values_mut().for_each(scenarios::UncontendedAcc::end_round);
         }
         for c in Contender::ALL {
             report.uncontended.push(accs.remove(&c).unwrap_or_default().row(c));

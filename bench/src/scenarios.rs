@@ -64,13 +64,22 @@ pub struct UncontendedAcc {
     secs: f64,
     lat: Vec<u64>,
     round_rates: Vec<f64>,
+    /// Cycles and seconds of the round under way (its slices so far).
+    round_cycles: usize,
+    round_secs: f64,
     client_cpu_ns: u64,
     server_cpu_ns: u64,
     switches: u64,
 }
 
-/// One task, one key: `warmup` untimed cycles, then `cycles` timed lock+unlock cycles.
-pub async fn uncontended_round(
+/// One slice of a round: one task, one key, `warmup` untimed cycles, then `cycles` timed
+/// lock+unlock cycles.
+///
+/// A round interleaves short slices of every contender (see `main`), so that each sees the
+/// same machine: on a VM whose vCPUs halt when idle, a cycle costs ~50 µs while the client
+/// and Redis share a vCPU and ~140 µs while they do not, and the scheduler moves them between
+/// those for stretches of tens or hundreds of ms — longer than a slice, shorter than a round.
+pub async fn uncontended_slice(
     lk: &Lockers,
     c: Contender,
     cycles: usize,
@@ -92,7 +101,8 @@ pub async fn uncontended_round(
     let used = cpu.since(&lk.conn).await?;
     acc.cycles += cycles;
     acc.secs += secs;
-    acc.round_rates.push(cycles as f64 / secs);
+    acc.round_cycles += cycles;
+    acc.round_secs += secs;
     acc.client_cpu_ns += used.client_ns;
     acc.server_cpu_ns += used.server_ns;
     acc.switches += used.switches;
@@ -100,6 +110,15 @@ pub async fn uncontended_round(
 }
 
 impl UncontendedAcc {
+    /// The round's slices are done: record its rate.
+    pub fn end_round(&mut self) {
+        if self.round_cycles > 0 {
+            self.round_rates.push(self.round_cycles as f64 / self.round_secs);
+        }
+        self.round_cycles = 0;
+        self.round_secs = 0.0;
+    }
+
     pub fn row(mut self, c: Contender) -> UncontendedRow {
         let ops = self.cycles.max(1) as f64;
         UncontendedRow {
