@@ -4,8 +4,8 @@
 //! Before a guard releases, it marks its lease released, waiting for a renewal already on the
 //! wire (if any) to finish, so no renewal is ever sent after a release.
 //!
-//! Everything sits behind one mutex with one [`Notify`]: a lease is created and dropped with
-//! every lock, so it is kept to one allocation and a few uncontended lock operations.
+//! Everything sits behind one mutex: a lease is created and dropped with every lock, so it is
+//! kept to one allocation and a few uncontended lock operations.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -33,9 +33,10 @@ pub fn safety_margin(ttl: Duration) -> Duration {
 #[derive(Debug)]
 pub(crate) struct Lease {
     state: Mutex<State>,
-    /// Woken when the lease is lost (or released) and when a renewal on the wire is done;
-    /// waiters re-check the state, so one serves both.
-    changed: Notify,
+    /// Woken when the lease is lost (or released).
+    lost_changed: Notify,
+    /// Woken when a renewal on the wire is done.
+    renewal_done: Notify,
     /// Whether the lease is renewed (decides how an expired deadline is reported).
     renewed: bool,
 }
@@ -66,7 +67,8 @@ impl Lease {
                 deadline,
                 tickets: Vec::new(),
             }),
-            changed: Notify::new(),
+            lost_changed: Notify::new(),
+            renewal_done: Notify::new(),
             renewed,
         })
     }
@@ -76,8 +78,14 @@ impl Lease {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Keep `tickets` until the lease is released or lost — at once, if it is already lost.
     pub(crate) fn hold_tickets(&self, tickets: Vec<QueueTicket>) {
-        self.state().tickets = tickets;
+        // Whatever is dropped here is dropped outside the lease's lock: a ticket takes the
+        // service's queue lock.
+        let _dropped = {
+            let mut state = self.state();
+            if state.lost.is_some() { tickets } else { std::mem::replace(&mut state.tickets, tickets) }
+        };
     }
 
     /// Let the next task of this process compete for the keys.
@@ -91,7 +99,7 @@ impl Lease {
     pub(crate) async fn stop_renewals(&self) {
         loop {
             // Registered before the check: a renewal finishing in between is not missed.
-            let done = self.changed.notified();
+            let done = self.renewal_done.notified();
             {
                 let mut state = self.state();
                 state.renewals_stopped = true;
@@ -149,7 +157,7 @@ impl Lease {
             std::mem::take(&mut state.tickets)
         };
         drop(tickets);
-        self.changed.notify_waiters();
+        self.lost_changed.notify_waiters();
     }
 
     /// The holder released the lock: a re-entrant guard that outlived it must not look held.
@@ -161,7 +169,7 @@ impl Lease {
             first
         };
         if first {
-            self.changed.notify_waiters();
+            self.lost_changed.notify_waiters();
         }
     }
 
@@ -172,7 +180,7 @@ impl Lease {
     pub(crate) async fn lost(&self) -> LostReason {
         loop {
             // Registered before the check: a loss reported in between is not missed.
-            let changed = self.changed.notified();
+            let changed = self.lost_changed.notified();
             let deadline = {
                 let state = self.state();
                 if let Some(reason) = state.lost {
@@ -198,6 +206,6 @@ pub(crate) struct InFlight<'a>(&'a Lease);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.state().renewing = false;
-        self.0.changed.notify_waiters();
+        self.0.renewal_done.notify_waiters();
     }
 }

@@ -666,12 +666,46 @@ impl Drop for QueueTicket {
     fn drop(&mut self) {
         drop(self.guard.take());
         let mut queues = self.service.queues.lock().unwrap_or_else(PoisonError::into_inner);
-        // Clones of the queue are only made under this map lock, so a count of one (the map's
-        // own) means nobody is waiting on or holding it.
+        // New references to a queue come only from the map, under this lock, or from one that
+        // already counts; so a count of one (the map's own) means nobody waits on or holds it.
         if let Entry::Occupied(queue) = queues.entry(Arc::clone(&self.key))
             && Arc::strong_count(queue.get()) == 1
         {
             queue.remove();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::LockService;
+    use crate::error::LostReason;
+    use crate::lease::Lease;
+    use crate::memory::MemoryBackend;
+
+    /// The keeper may report a lease lost between the acquisition's last check and the guard
+    /// taking the local queue places: they must be given up then, not at release.
+    #[tokio::test]
+    async fn a_lease_lost_before_it_holds_its_queue_places_gives_them_up_at_once() {
+        let service = LockService::new(MemoryBackend::new());
+        let key: Arc<str> = Arc::from("k");
+        let far = Instant::now() + Duration::from_secs(60);
+        let ticket = service.queue_ticket(&key, far, Instant::now()).await.expect("the queue is free");
+        let lease = Lease::new(far, true);
+        lease.mark_lost(LostReason::Refused);
+        lease.hold_tickets(vec![ticket]);
+
+        let next =
+            tokio::time::timeout(Duration::from_millis(200), service.queue_ticket(&key, far, Instant::now()))
+                .await;
+        assert!(
+            matches!(next, Ok(Ok(_))),
+            "the next task of the process still waits for a place held by a lost lease: {next:?}"
+        );
     }
 }

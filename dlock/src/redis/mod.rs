@@ -167,7 +167,8 @@ impl RedisBackend {
 }
 
 impl RedisBackend {
-    /// Run `script` on the lock `key` and the fencing counter, with the arguments `args` adds.
+    /// Run `script` on `keys` (the lock, and the fencing counter for the scripts that draw
+    /// tokens), with the arguments `args` adds.
     ///
     /// It is sent as `EVALSHA`; a Redis that does not know the script (after a restart or
     /// `SCRIPT FLUSH`) answers `NOSCRIPT`, and it is sent again as `EVAL`, which also loads
@@ -177,17 +178,17 @@ impl RedisBackend {
         &self,
         what: &str,
         script: &scripts::Lua,
-        key: &str,
+        keys: &[&str],
         args: impl Fn(&mut Cmd),
     ) -> Result<T, BackendError> {
         let command = |by_sha: bool| {
-            let mut cmd = Cmd::with_capacity(12, 160 + key.len() + self.fence_key.len());
+            let mut cmd = Cmd::with_capacity(12, 160 + keys.iter().map(|k| k.len()).sum::<usize>());
             if by_sha {
                 cmd.arg("EVALSHA").arg(script.sha());
             } else {
                 cmd.arg("EVAL").arg(script.source);
             }
-            cmd.arg(2).arg(key).arg(&self.fence_key);
+            cmd.arg(keys.len()).arg(keys);
             args(&mut cmd);
             cmd
         };
@@ -219,7 +220,7 @@ impl LockBackend for RedisBackend {
             // Join the waiting line only when a hand-off notice would be heard.
             let queue = self.notifier.is_subscribed(|| Self::release_channel(key));
             let answer: Value = self
-                .eval("the acquire script", &scripts::ACQUIRE, key, |cmd| {
+                .eval("the acquire script", &scripts::ACQUIRE, &[key, &self.fence_key], |cmd| {
                     cmd.arg(owner).arg(millis(ttl));
                     if queue {
                         cmd.arg(millis(WAITING_LIFETIME)).arg(self.notifier.inbox());
@@ -254,7 +255,7 @@ impl LockBackend for RedisBackend {
     ) -> BoxFuture<'a, Result<(bool, bool), BackendError>> {
         Box::pin(async move {
             let outcome: i64 = self
-                .eval("the release script", &scripts::RELEASE, key, |cmd| {
+                .eval("the release script", &scripts::RELEASE, &[key, &self.fence_key], |cmd| {
                     cmd.arg(owner);
                 })
                 .await?;
@@ -273,7 +274,7 @@ impl LockBackend for RedisBackend {
     ) -> BoxFuture<'a, Result<bool, BackendError>> {
         Box::pin(async move {
             let renewed: i64 = self
-                .eval("the renew script", &scripts::RENEW, key, |cmd| {
+                .eval("the renew script", &scripts::RENEW, &[key], |cmd| {
                     cmd.arg(owner).arg(millis(ttl));
                 })
                 .await?;
