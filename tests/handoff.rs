@@ -13,7 +13,9 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use dlock::{Error, LockBackend, LockService, RedisBackend, ReleaseNotice, TryAcquire, WAITER_RECHECK};
+use dlock::{
+    Error, HANDOFF_LEASE, LockBackend, LockService, RedisBackend, ReleaseNotice, TryAcquire, WAITER_RECHECK,
+};
 use redis::aio::MultiplexedConnection as Conn;
 use support::{RedisServer, inspector, poll_until, redis_cmd};
 use tokio::time::Instant;
@@ -72,7 +74,8 @@ async fn releases_hand_the_key_to_the_first_process_in_line() {
         assert!(pttl > 0 && pttl <= 3_000, "{key} expires in {pttl} ms");
     }
 
-    // a's release hands the key to b, with a's ttl request replaced by b's, and tells b alone.
+    // a's release hands the key to b, with a lease of b's ttl capped at HANDOFF_LEASE (5 s;
+    // b renews it like any lease), and tells b alone.
     assert_eq!(a.release_and_check_waiters("k", "owner-a").await.expect("release"), (true, true));
     let notice = tokio::time::timeout(Duration::from_secs(5), b_watch.released()).await.expect("b hears");
     let ReleaseNotice::Granted { owner, fencing_token: handed } = notice else {
@@ -82,7 +85,11 @@ async fn releases_hand_the_key_to_the_first_process_in_line() {
     assert!(handed > first, "a hand-off draws a new fencing token");
     assert_eq!(redis_cmd::<Option<String>>(&mut conn, &["GET", "k"]).await.as_deref(), Some("owner-b"));
     let pttl: i64 = redis_cmd(&mut conn, &["PTTL", "k"]).await;
-    assert!(pttl > 9_000 && pttl <= 10_000, "b's lease is b's ttl: {pttl} ms left");
+    let handoff_ms = i64::try_from(TTL.min(HANDOFF_LEASE).as_millis()).expect("ms");
+    assert!(
+        pttl > handoff_ms - 1_000 && pttl <= handoff_ms,
+        "b's lease is the hand-off lease: {pttl} ms left"
+    );
     assert_eq!(line(&conn, "k").await, ["owner-c"]);
 
     // b asking again before it heard (a missed notice) gets the key, with a fresh token.
@@ -352,10 +359,11 @@ async fn a_waiter_rides_out_a_read_only_spell() {
 // Real processes: this test binary re-executed as a worker.
 
 const WORKER_ENV: &str = "DLOCK_HANDOFF_WORKER_URL";
-/// What the worker does: `wait` (for the key `line`, until killed) or `turn <n>` (wait for the
-/// key `turns`, then append `<n>` to the Redis list `order` while holding it).
+/// What the worker does: `wait <ttl ms>` (for the key `line` with that ttl, until killed) or
+/// `turn <n>` (wait for the key `turns`, then append `<n>` to the Redis list `order` while
+/// holding it).
 const WORKER_MODE: &str = "DLOCK_HANDOFF_WORKER_MODE";
-/// The ttl the killed worker asks for: the longest anyone can be kept out by it.
+/// A short ttl for a killed worker: the longest anyone can be kept out by it.
 const WORKER_TTL: Duration = Duration::from_millis(500);
 
 /// Not a test: the body of the worker processes that the tests below start with
@@ -373,10 +381,12 @@ async fn handoff_worker() {
             tokio::time::sleep(Duration::from_millis(20)).await;
             assert!(guard.release().await.expect("release"), "held to the end");
         }
-        _ => {
-            let _ = service.lock("line").ttl(WORKER_TTL).wait(Duration::from_secs(30)).await;
+        Some(("wait", ttl_ms)) => {
+            let ttl = Duration::from_millis(ttl_ms.parse().expect("a ttl in ms"));
+            let _ = service.lock("line").ttl(ttl).wait(Duration::from_secs(30)).await;
             panic!("the waiting worker was not killed within 30 s");
         }
+        _ => panic!("unknown worker mode {mode:?}"),
     }
 }
 
@@ -436,24 +446,24 @@ async fn processes_take_turns_in_arrival_order() {
     );
 }
 
-/// A waiting process is SIGKILLed just before the holder releases: the key is handed to the
-/// dead process (its place in line has not run out), and the next waiter gets it once that
-/// lease ends, within the dead waiter's ttl plus one recheck.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_waiting_process_keeps_others_out_for_at_most_its_ttl() {
+/// A waiting process that asked for `worker_ttl` is SIGKILLed just before the holder
+/// releases: the key is handed to the dead process (its place in line has not run out), and
+/// the next waiter gets it once that lease ends. Returns how long the next waiter was kept
+/// out after the release, and the lease the dead process was handed (its PTTL right then).
+async fn kill_first_in_line(worker_ttl: Duration) -> (Duration, i64) {
     let server = RedisServer::start();
     let url = server.url();
     let mut conn = inspector(&url).await;
     let holder = LockService::new(connect(&url).await);
     let guard = holder.lock("line").ttl(TTL).await.expect("holder");
 
-    let mut worker = Worker::spawn(&url, "wait");
+    let mut worker = Worker::spawn(&url, &format!("wait {}", worker_ttl.as_millis()));
     wait_for_line(&conn, "line", 1).await;
     let dead_owner = line(&conn, "line").await.remove(0);
 
     let next = LockService::new(connect(&url).await);
     let waiter = tokio::spawn(async move {
-        let guard = next.lock("line").ttl(TTL).wait(Duration::from_secs(10)).await?;
+        let guard = next.lock("line").ttl(TTL).wait(Duration::from_secs(20)).await?;
         let at = Instant::now();
         guard.release().await?;
         Ok::<_, Error>(at)
@@ -469,11 +479,31 @@ async fn killed_waiting_process_keeps_others_out_for_at_most_its_ttl() {
         Some(dead_owner),
         "handed to the first in line, which is dead"
     );
+    let handed: i64 = redis_cmd(&mut conn, &["PTTL", "line"]).await;
     let acquired_at = waiter.await.expect("join").expect("the next waiter gets the key");
-    let kept_out = acquired_at - released_at;
+    (acquired_at - released_at, handed)
+}
+
+/// A dead waiter that asked for a short ttl keeps the next one out for that ttl plus at most
+/// one recheck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_waiting_process_keeps_others_out_for_at_most_its_ttl() {
+    let (kept_out, _) = kill_first_in_line(WORKER_TTL).await;
     let bound = WORKER_TTL + WAITER_RECHECK + Duration::from_millis(300);
     assert!(kept_out < bound, "kept out {kept_out:?} by a dead waiter (bound {bound:?})");
     eprintln!("a killed waiter kept the next one out for {kept_out:?} (its ttl: {WORKER_TTL:?})");
+}
+
+/// A dead waiter that asked for a long ttl (60 s) is handed only `HANDOFF_LEASE` (5 s): it
+/// keeps the next one out for that plus at most one recheck, not for its ttl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_waiting_process_with_a_long_ttl_keeps_others_out_for_at_most_the_hand_off_lease() {
+    let (kept_out, handed) = kill_first_in_line(Duration::from_secs(60)).await;
+    let cap = i64::try_from(HANDOFF_LEASE.as_millis()).expect("ms");
+    assert!(handed > 0 && handed <= cap, "the dead waiter was handed {handed} ms (cap {cap} ms)");
+    let bound = HANDOFF_LEASE + WAITER_RECHECK + Duration::from_millis(300);
+    assert!(kept_out < bound, "kept out {kept_out:?} by a dead waiter (bound {bound:?})");
+    eprintln!("a killed waiter with a 60 s ttl kept the next one out for {kept_out:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -493,6 +523,9 @@ struct ScriptedState {
     attempts: usize,
     /// The owner of the latest attempt that found the key held.
     waiting: Option<String>,
+    renewals: usize,
+    /// The ttl the latest renewal asked for.
+    renewed_for: Option<Duration>,
 }
 
 impl Scripted {
@@ -508,6 +541,10 @@ impl Scripted {
 
     fn attempts(&self) -> usize {
         self.state().attempts
+    }
+
+    fn renewals(&self) -> usize {
+        self.state().renewals
     }
 
     /// Announce a hand-off to the waiting owner under `token`; `take` also gives it the key.
@@ -570,9 +607,12 @@ impl LockBackend for Scripted {
         &'a self,
         _key: &'a str,
         owner: &'a str,
-        _ttl: Duration,
+        ttl: Duration,
     ) -> dlock::BoxFuture<'a, Result<bool, dlock::BackendError>> {
-        let ours = self.state().holder.as_deref() == Some(owner);
+        let mut state = self.state();
+        state.renewals += 1;
+        state.renewed_for = Some(ttl);
+        let ours = state.holder.as_deref() == Some(owner);
         Box::pin(std::future::ready(Ok(ours)))
     }
     fn watch_releases<'a>(
@@ -595,8 +635,20 @@ async fn waiting(
     backend: &Scripted,
     ttl: Duration,
 ) -> tokio::task::JoinHandle<Result<dlock::LockGuard, Error>> {
+    waiting_renewed(backend, ttl, true).await
+}
+
+/// [`waiting`], with or without renewal.
+async fn waiting_renewed(
+    backend: &Scripted,
+    ttl: Duration,
+    renew: bool,
+) -> tokio::task::JoinHandle<Result<dlock::LockGuard, Error>> {
     let service = LockService::new(backend.clone());
-    let call = tokio::spawn(async move { service.lock("k").ttl(ttl).wait(Duration::from_secs(60)).await });
+    let call =
+        tokio::spawn(
+            async move { service.lock("k").ttl(ttl).renew(renew).wait(Duration::from_secs(60)).await },
+        );
     settle().await;
     assert_eq!(backend.attempts(), 2, "tried, subscribed, tried again, and waits");
     call
@@ -650,5 +702,53 @@ async fn a_late_hand_off_is_confirmed_by_asking_again() {
     let guard = call.await.expect("join").expect("handed over");
     assert_eq!(backend.attempts(), 3, "asked again");
     assert_eq!(guard.fencing_token(), 8, "the token of the renewing attempt");
+    assert!(guard.release().await.expect("release"));
+}
+
+/// A key handed over comes with at most `HANDOFF_LEASE` (so a dead waiter cannot keep it for
+/// its whole ttl): the new holder renews it a third of the way through that lease, not of its
+/// own ttl, and from then on holds it for its full ttl.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_handed_over_lease_is_renewed_a_third_into_the_hand_off_lease() {
+    let backend = Scripted::new("someone");
+    let ttl = Duration::from_secs(60);
+    let call = waiting(&backend, ttl).await;
+    backend.announce(7, true);
+    let guard = call.await.expect("join").expect("handed over");
+
+    tokio::time::advance(HANDOFF_LEASE / 3 - Duration::from_millis(100)).await;
+    settle().await;
+    assert_eq!(backend.renewals(), 0, "not due yet");
+    tokio::time::advance(Duration::from_millis(200)).await;
+    settle().await;
+    assert_eq!(backend.renewals(), 1, "renewed a third into the hand-off lease (ttl/3 would be 20 s)");
+    tokio::time::advance(HANDOFF_LEASE).await;
+    settle().await;
+    assert!(!guard.is_lost(), "the renewal extended the lease to the full ttl");
+    assert_eq!(backend.renewals(), 1, "the next renewal is a third into the full ttl");
+    assert!(guard.release().await.expect("release"));
+}
+
+/// A request that is not renewed keeps the lease it asked for even when the key comes by a
+/// hand-off, which gives at most `HANDOFF_LEASE`: it is extended once, at once, to end a ttl
+/// after the request's last attempt.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_handed_over_key_without_renewal_is_topped_up_to_its_ttl() {
+    let backend = Scripted::new("someone");
+    let ttl = Duration::from_secs(60);
+    let call = waiting_renewed(&backend, ttl, false).await;
+    tokio::time::advance(Duration::from_millis(300)).await;
+    backend.announce(7, true);
+    let guard = call.await.expect("join").expect("handed over");
+    assert_eq!(backend.renewals(), 1, "extended once, before the guard was handed out");
+    let asked = backend.state().renewed_for.expect("a renewal");
+    assert!(
+        asked <= ttl - Duration::from_millis(300) && asked > ttl - Duration::from_secs(1),
+        "extended to end a ttl after the last attempt: asked for {asked:?}"
+    );
+    tokio::time::advance(HANDOFF_LEASE * 2).await;
+    settle().await;
+    assert!(!guard.is_lost(), "holds past the hand-off lease");
+    assert_eq!(backend.renewals(), 1, "and is not renewed again");
     assert!(guard.release().await.expect("release"));
 }

@@ -62,9 +62,11 @@ pub enum TryAcquire {
 ///    waiting for it, and announce that with [`ReleaseNotice::Granted`]. Only an owner whose
 ///    `try_acquire` for the key came back [`Held`](TryAcquire::Held) with a `newest_token`
 ///    (it is in line) may be chosen; the lease it gets lasts the `ttl` of that owner's latest
-///    attempt, counted from a moment after that attempt reached the backend (dlock counts it
-///    from when the attempt was sent), and its fencing token is greater than the
-///    `newest_token` that attempt reported. The owner's next `try_acquire` for the key must
+///    attempt or [`HANDOFF_LEASE`], whichever is shorter, counted from a moment after that
+///    attempt reached the backend (dlock counts it from when the attempt was sent, and renews
+///    it a third of the way through like any lease), and its fencing token is greater than the
+///    `newest_token` that attempt reported. (The cap bounds how long a waiter that died in
+///    line keeps a key it was handed.) The owner's next `try_acquire` for the key must
 ///    then answer [`Acquired`](TryAcquire::Acquired) (with a new fencing token and a fresh
 ///    lease), so a missed notice costs time, never the lock. A `release` by an owner takes
 ///    it out of line, whether or not it holds the key. dlock asks again about every
@@ -130,6 +132,14 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
 /// About how often a waiting dlock request asks the backend again (see the contract,
 /// point 6). Between two asks it waits for a release notice.
 pub const WAITER_RECHECK: Duration = Duration::from_secs(1);
+
+/// The longest first lease a backend may give an owner it hands a key to (see the contract,
+/// point 6): a waiting process that died in line can be handed the key before the backend
+/// forgets it, and then keeps others out for this long at most, instead of its whole ttl. A
+/// live owner renews it like any lease (a third of the way through, to its full ttl); one
+/// that asked for no renewal (`.renew(false)`) has it extended once, before its guard is
+/// handed out, to end a ttl after its last attempt.
+pub const HANDOFF_LEASE: Duration = Duration::from_secs(5);
 
 /// What a release notice says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -35,13 +35,37 @@ static KEEPERS: Mutex<Vec<(Id, Arc<Keeper>)>> = Mutex::new(Vec::new());
 /// What it takes to keep one lease.
 pub(crate) struct Job {
     pub(crate) backend: Arc<dyn LockBackend>,
-    /// Each key with the moment its acquire was sent. Grows while a request for several keys
-    /// takes them one by one.
-    pub(crate) keys: Mutex<Vec<(Arc<str>, Instant)>>,
+    /// Its keys, each with the lease the backend last gave it. Grows while a request for
+    /// several keys takes them one by one.
+    pub(crate) keys: Mutex<Vec<KeptKey>>,
     pub(crate) owner: Arc<str>,
     pub(crate) ttl: Duration,
     pub(crate) renew: bool,
     pub(crate) lease: Arc<Lease>,
+}
+
+/// One key of a lease, with the lease the backend last gave it.
+#[derive(Debug, Clone)]
+pub(crate) struct KeptKey {
+    pub(crate) key: Arc<str>,
+    /// When the request that gave the key its current lease (an acquire, or a renewal) was
+    /// sent: the lease is counted from here, so network time only shortens it.
+    pub(crate) sent: Instant,
+    /// How long that lease lasts: the ttl, or less for a key handed over by a release (see
+    /// [`HANDOFF_LEASE`](crate::HANDOFF_LEASE)) until its first renewal.
+    pub(crate) lease: Duration,
+}
+
+impl KeptKey {
+    /// Past this, the key's lease may have ended in the backend: `sent + lease - margin`.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.sent + self.lease.saturating_sub(safety_margin(self.lease))
+    }
+
+    /// When the key's lease is due for renewal: a third of the way through.
+    fn due(&self) -> Instant {
+        self.sent + self.lease / 3
+    }
 }
 
 /// A lease being kept; unregisters it when dropped.
@@ -54,17 +78,17 @@ pub(crate) struct Registration {
 impl Registration {
     /// Keep `key` too (a request for several keys took its next one).
     ///
-    /// The key's lease runs from `sent`, which may be earlier than the lease's last renewal:
-    /// the deadline and the next renewal are brought forward to match it.
-    pub(crate) fn add_key(&self, key: Arc<str>, sent: Instant) {
+    /// The key's lease may end before the lease's others (it was sent earlier than their
+    /// last renewal, or it was handed over with a shorter lease): the deadline and the next
+    /// renewal are brought forward to match it.
+    pub(crate) fn add_key(&self, key: KeptKey) {
         let mut state = self.keeper.lock();
         let Some(entry) = state.entries.get_mut(&self.id) else { return };
-        let ttl = entry.job.ttl;
-        entry.job.keys.lock().unwrap_or_else(PoisonError::into_inner).push((key, sent));
-        let deadline = sent + ttl.saturating_sub(safety_margin(ttl));
+        let (deadline, due) = (key.deadline(), key.due());
+        entry.job.keys.lock().unwrap_or_else(PoisonError::into_inner).push(key);
         entry.job.lease.cap(deadline);
         entry.deadline = entry.deadline.min(deadline);
-        let due = if entry.job.renew { sent + ttl / 3 } else { entry.deadline };
+        let due = if entry.job.renew { due } else { entry.deadline };
         if due < entry.due {
             let old = entry.due;
             entry.due = due;
@@ -73,6 +97,14 @@ impl Registration {
             state.wake_if_before(&self.keeper.wake, due);
         }
     }
+}
+
+/// When the lease of `keys` may have ended, and when it is due for renewal (or, without
+/// renewal, when it must be reported lost): the earliest of its keys'.
+fn deadline_and_due(keys: &[KeptKey], renew: bool) -> Option<(Instant, Instant)> {
+    let deadline = keys.iter().map(KeptKey::deadline).min()?;
+    let due = if renew { keys.iter().map(KeptKey::due).min()? } else { deadline };
+    Some((deadline, due))
 }
 
 impl Drop for Registration {
@@ -84,11 +116,14 @@ impl Drop for Registration {
     }
 }
 
-/// Keep `job`'s lease, acquired by a request sent at `sent_at`, on the current runtime.
-pub(crate) fn register(handle: &Handle, job: Job, sent_at: Instant) -> Registration {
+/// Keep `job`'s lease on the current runtime.
+pub(crate) fn register(handle: &Handle, job: Job) -> Registration {
     let keeper = keeper_for(handle.id());
-    let deadline = sent_at + job.ttl.saturating_sub(safety_margin(job.ttl));
-    let due = if job.renew { sent_at + job.ttl / 3 } else { deadline };
+    let now = Instant::now();
+    // A job always has its first key; without one, it is due (and lost) at once.
+    let (deadline, due) =
+        deadline_and_due(&job.keys.lock().unwrap_or_else(PoisonError::into_inner), job.renew)
+            .unwrap_or((now, now));
     let mut state = keeper.lock();
     state.next_id += 1;
     let id = state.next_id;
@@ -188,7 +223,7 @@ impl State {
 struct Entry {
     job: Arc<Job>,
     due: Instant,
-    /// Past this, the lease may have ended in the backend: `sent + ttl - margin`.
+    /// Past this, the lease may have ended in the backend: the earliest of its keys'.
     deadline: Instant,
 }
 
@@ -287,15 +322,19 @@ async fn renew_once(keeper: Arc<Keeper>, id: u64, job: Arc<Job>, deadline: Insta
     match outcome {
         Ok(Ok(renewed)) if renewed > 0 => {
             tracing::trace!(target: "dlock", job = ?job, "lease renewed");
-            // Keys added after the renewal took its list were not renewed: the lease lasts
-            // only as long as the oldest of their own acquires allows.
-            let base = job.keys.lock().unwrap_or_else(PoisonError::into_inner)[renewed..]
-                .iter()
-                .map(|(_, acquired)| *acquired)
-                .fold(sent, Instant::min);
-            let deadline = base + job.ttl.saturating_sub(safety_margin(job.ttl));
+            // The keys renewed now hold a full ttl from `sent`. Keys added after the renewal took
+            // its list were not renewed: the lease lasts only as long as their own allows.
+            let next = {
+                let mut keys = job.keys.lock().unwrap_or_else(PoisonError::into_inner);
+                for key in &mut keys[..renewed] {
+                    key.sent = sent;
+                    key.lease = job.ttl;
+                }
+                deadline_and_due(&keys, true)
+            };
+            let Some((deadline, due)) = next else { return };
             job.lease.extend(deadline);
-            keeper.reschedule(id, |_| (base + job.ttl / 3, deadline));
+            keeper.reschedule(id, |_| (due, deadline));
         }
         Ok(Ok(_)) => keeper.lose(id, &job, LostReason::Refused),
         Ok(Err(())) => {
@@ -311,7 +350,7 @@ async fn renew_once(keeper: Arc<Keeper>, id: u64, job: Arc<Job>, deadline: Insta
 /// refused; `Err`: backend failure.
 async fn renew_all(job: &Job) -> Result<usize, ()> {
     let keys: Vec<Arc<str>> =
-        job.keys.lock().unwrap_or_else(PoisonError::into_inner).iter().map(|(k, _)| Arc::clone(k)).collect();
+        job.keys.lock().unwrap_or_else(PoisonError::into_inner).iter().map(|k| Arc::clone(&k.key)).collect();
     for key in &keys {
         match job.backend.renew(key, &job.owner, job.ttl).await {
             Ok(true) => {}

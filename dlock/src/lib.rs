@@ -60,7 +60,9 @@ mod service;
 #[cfg(feature = "redis")]
 mod redis;
 
-pub use backend::{BoxFuture, LockBackend, ReleaseNotice, ReleaseWatch, TryAcquire, WAITER_RECHECK};
+pub use backend::{
+    BoxFuture, HANDOFF_LEASE, LockBackend, ReleaseNotice, ReleaseWatch, TryAcquire, WAITER_RECHECK,
+};
 pub use context::fencing_token;
 pub use error::{BackendError, BackendErrorKind, Error, LostReason};
 pub use guard::LockGuard;

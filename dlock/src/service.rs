@@ -10,12 +10,12 @@ use std::time::Duration;
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
-use crate::backend::{LockBackend, ReleaseNotice, ReleaseWatch, TryAcquire, WAITER_RECHECK};
+use crate::backend::{HANDOFF_LEASE, LockBackend, ReleaseNotice, ReleaseWatch, TryAcquire, WAITER_RECHECK};
 use crate::context;
 use crate::error::{BackendError, BackendErrorKind, Error};
 use crate::guard::{HeldKey, LockGuard};
-use crate::keeper::{self, Job, Registration};
-use crate::lease::{Lease, safety_margin};
+use crate::keeper::{self, Job, KeptKey, Registration};
+use crate::lease::Lease;
 use crate::request::LockRequest;
 
 /// The default lease: 30 s.
@@ -245,27 +245,31 @@ impl LockService {
                 };
                 let outcome = async {
                     let ticket = self.queue_ticket(&full_key, deadline, started).await?;
-                    let (token, sent) =
+                    let (token, mut lease) =
                         self.acquire_one(&full_key, &mut claim, ttl, deadline, started).await?;
-                    Ok::<_, Error>((ticket, token, sent))
+                    if !renew && lease.1 < ttl {
+                        lease = self.top_up(&full_key, &claim.owner, ttl, lease).await;
+                    }
+                    Ok::<_, Error>((ticket, token, lease))
                 }
                 .await;
                 match outcome {
-                    Ok((ticket, fencing_token, sent)) => {
+                    Ok((ticket, fencing_token, (sent, lease))) => {
                         tickets.push(ticket);
+                        let key = KeptKey { key: Arc::clone(&full_key), sent, lease };
                         match &kept {
-                            Some((_, registration)) => registration.add_key(Arc::clone(&full_key), sent),
+                            Some((_, registration)) => registration.add_key(key),
                             None => {
-                                let lease = Lease::new(sent + ttl.saturating_sub(safety_margin(ttl)), renew);
+                                let lease = Lease::new(key.deadline(), renew);
                                 let job = Job {
                                     backend: Arc::clone(&self.inner.backend),
-                                    keys: Mutex::new(vec![(Arc::clone(&full_key), sent)]),
+                                    keys: Mutex::new(vec![key]),
                                     owner: Arc::clone(&owner),
                                     ttl,
                                     renew,
                                     lease: Arc::clone(&lease),
                                 };
-                                kept = Some((lease, keeper::register(&handle, job, sent)));
+                                kept = Some((lease, keeper::register(&handle, job)));
                             }
                         }
                         held.push(HeldKey { full_key, fencing_token });
@@ -340,7 +344,8 @@ impl LockService {
     }
 
     /// Compete in the backend for one key until acquired or `deadline`. Returns the fencing
-    /// token and the instant the lease is counted from.
+    /// token, and the lease: the instant it is counted from and how long it lasts (the ttl, or
+    /// [`HANDOFF_LEASE`] if shorter, for a key handed over by a release).
     ///
     /// The first attempt is made here; only if it does not take the key does the request wait,
     /// in [`wait_for_key`](Self::wait_for_key) (boxed, so that the future of every request does
@@ -352,13 +357,35 @@ impl LockService {
         ttl: Duration,
         deadline: Instant,
         started: Instant,
-    ) -> Result<(u64, Instant), Error> {
+    ) -> Result<(u64, (Instant, Duration)), Error> {
         let mut claimed = false;
         let (sent, outcome) = self.attempt(full_key, claim, &mut claimed, ttl).await;
         if let Ok(TryAcquire::Acquired { fencing_token }) = outcome {
-            return Ok((fencing_token, sent));
+            return Ok((fencing_token, (sent, ttl)));
         }
         Box::pin(self.wait_for_key(full_key, claim, claimed, ttl, deadline, started, sent, outcome)).await
+    }
+
+    /// A key handed over with less than `ttl` (see [`HANDOFF_LEASE`]) to a request that is
+    /// not renewed: extend it once, to end `ttl` after `sent` as the request asked. Returns the
+    /// key's lease; if the extension fails, the one it had (a lease that ended before the
+    /// request hands over its keys makes it try again).
+    async fn top_up(
+        &self,
+        full_key: &str,
+        owner: &str,
+        ttl: Duration,
+        (sent, lease): (Instant, Duration),
+    ) -> (Instant, Duration) {
+        let now = Instant::now();
+        let left = (sent + ttl).saturating_duration_since(now);
+        if left <= lease {
+            return (sent, lease);
+        }
+        match self.inner.backend.renew(full_key, owner, left).await {
+            Ok(true) => (now, left),
+            Ok(false) | Err(_) => (sent, lease),
+        }
     }
 
     /// One acquire attempt, sent now. Returns when it was sent, and the answer.
@@ -400,7 +427,7 @@ impl LockService {
         started: Instant,
         mut sent: Instant,
         mut outcome: Result<TryAcquire, BackendError>,
-    ) -> Result<(u64, Instant), Error> {
+    ) -> Result<(u64, (Instant, Duration)), Error> {
         let backend = &*self.inner.backend;
         let mut watch: Option<ReleaseWatch> = None;
         let mut watched = false;
@@ -414,7 +441,7 @@ impl LockService {
             // dropped or given up) also takes the request out of line or frees what was
             // handed over.
             let (remaining, newest_token) = match outcome {
-                Ok(TryAcquire::Acquired { fencing_token }) => return Ok((fencing_token, sent)),
+                Ok(TryAcquire::Acquired { fencing_token }) => return Ok((fencing_token, (sent, ttl))),
                 Ok(TryAcquire::Held { remaining, newest_token }) => {
                     in_line |= newest_token.is_some();
                     if !in_line && claimed {
@@ -495,14 +522,16 @@ impl LockService {
                 Some(w) => loop {
                     match tokio::time::timeout_at(wake, w.released()).await {
                         // Handed to this request after its last attempt (a newer token than
-                        // that attempt saw): the lease began after `sent` reached the backend.
-                        // A hand-off from before that attempt is stale (the attempt found the
-                        // key held by another), and one with little of its lease known to be
-                        // left is better renewed: asking again settles both.
+                        // that attempt saw): the lease, of at most `HANDOFF_LEASE`, began
+                        // after `sent` reached the backend. A hand-off from before that attempt
+                        // is stale (the attempt found the key held by another), and one with
+                        // little of its lease known to be left is better renewed: asking again
+                        // settles both.
                         Ok(ReleaseNotice::Granted { owner, fencing_token }) if owner == claim.owner => {
                             let fresh = newest_token.is_some_and(|newest| fencing_token > newest);
-                            if fresh && Instant::now() < sent + ttl / 2 {
-                                return Ok((fencing_token, sent));
+                            let lease = ttl.min(HANDOFF_LEASE);
+                            if fresh && Instant::now() < sent + lease / 2 {
+                                return Ok((fencing_token, (sent, lease)));
                             }
                             break;
                         }

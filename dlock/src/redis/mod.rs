@@ -11,7 +11,7 @@ use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, ServerErrorKind, Value};
 
 use std::sync::Arc;
 
-use crate::backend::{BoxFuture, LockBackend, ReleaseWatch, TryAcquire, WAITER_RECHECK};
+use crate::backend::{BoxFuture, HANDOFF_LEASE, LockBackend, ReleaseWatch, TryAcquire, WAITER_RECHECK};
 use crate::error::{BackendError, BackendErrorKind, Error};
 
 /// How long a waiting process keeps its place in a key's waiting line without asking again.
@@ -41,7 +41,7 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// subscribed, keeps its place by asking again every [`WAITER_RECHECK`], and leaves it when
 /// its waiter gives up; one that was killed while waiting is passed over once it has not
 /// asked for 3 s (until then it may be handed the key, which then stays locked for the ttl
-/// it asked for). Waiting processes subscribe to `dlock:released:<prefix><key>`, on which a
+/// it asked for or [`HANDOFF_LEASE`], whichever is shorter). Waiting processes subscribe to `dlock:released:<prefix><key>`, on which a
 /// release is announced only when the line held nothing but places whose time was up.
 ///
 /// ```no_run
@@ -223,7 +223,9 @@ impl LockBackend for RedisBackend {
                 .eval("the acquire script", &scripts::ACQUIRE, &[key, &self.fence_key], |cmd| {
                     cmd.arg(owner).arg(millis(ttl));
                     if queue {
-                        cmd.arg(millis(WAITING_LIFETIME)).arg(self.notifier.inbox());
+                        cmd.arg(millis(WAITING_LIFETIME))
+                            .arg(self.notifier.inbox())
+                            .arg(millis(ttl.min(HANDOFF_LEASE)));
                     }
                 })
                 .await?;

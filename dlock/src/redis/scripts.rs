@@ -11,8 +11,8 @@
 //! no more than before (passing them as `KEYS` cost ~20 % of throughput with 64 tasks):
 //! `dlock:queue:<lock>`, the waiting owners in arrival order (a sorted set scored by arrival
 //! time in µs), and `dlock:queue-entries:<lock>`, what each asked for (a hash: owner token →
-//! `"<until ms>:<ttl ms>:<inbox>"`, `until` in Redis server time, `inbox` the pub/sub channel
-//! of the waiting process). Both expire on their own once nobody has asked for a while.
+//! `"<until ms>:<lease ms>:<inbox>"`, `until` in Redis server time, `lease` what a hand-off
+//! gives it, `inbox` the pub/sub channel of the waiting process). Both expire on their own once nobody has asked for a while.
 
 use std::sync::OnceLock;
 
@@ -37,8 +37,9 @@ impl Lua {
 ///
 /// `ARGV[1]` owner token, `ARGV[2]` ttl (ms); and only to queue the owner if the lock is held
 /// (left out when it could not hear a hand-off: every argument costs Redis time on every
-/// call), `ARGV[3]` how long (ms) to keep it in the waiting line and `ARGV[4]` the channel on
-/// which its process hears hand-offs.
+/// call), `ARGV[3]` how long (ms) to keep it in the waiting line, `ARGV[4]` the channel on
+/// which its process hears hand-offs and `ARGV[5]` the lease (ms) a hand-off gives it (its
+/// ttl, capped at `HANDOFF_LEASE`).
 /// Returns the fencing token (an integer, at least 1) when acquired; when held, `{pttl}`
 /// (`pttl` < 0: unknown), or `{pttl, newest token}` if the owner is now in line (the newest
 /// token drawn so far tells a later hand-off from a stale one).
@@ -65,7 +66,7 @@ local line, asked = 'dlock:queue:' .. KEYS[1], 'dlock:queue-entries:' .. KEYS[1]
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('ZADD', line, 'NX', tonumber(now[1]) * 1000000 + tonumber(now[2]), ARGV[1])
-redis.call('HSET', asked, ARGV[1], string.format('%d:%s:%s', now_ms + tonumber(ARGV[3]), ARGV[2], ARGV[4]))
+redis.call('HSET', asked, ARGV[1], string.format('%d:%s:%s', now_ms + tonumber(ARGV[3]), ARGV[5], ARGV[4]))
 redis.call('PEXPIRE', line, ARGV[3])
 redis.call('PEXPIRE', asked, ARGV[3])
 return {redis.call('PTTL', KEYS[1]), tonumber(redis.call('GET', KEYS[2]) or '0')}
