@@ -92,9 +92,12 @@ async fn releases_hand_the_key_to_the_first_process_in_line() {
     );
     assert_eq!(line(&conn, "k").await, ["owner-c"]);
 
-    // b asking again before it heard (a missed notice) gets the key, with a fresh token.
+    // b asking again before it heard (a missed notice) gets the key, with a fresh token and a
+    // lease of its full ttl.
     let again = acquired(b.try_acquire("k", "owner-b", TTL).await);
     assert!(again > handed);
+    let pttl: i64 = redis_cmd(&mut conn, &["PTTL", "k"]).await;
+    assert!(pttl > 9_000 && pttl <= 10_000, "asking again gives b its ttl: {pttl} ms left");
 
     // b's release goes to c; c's release finds nobody in line and frees the key without a
     // notice: whoever waits is in line (b, still subscribed, is not, and hears nothing).
@@ -722,6 +725,7 @@ async fn a_handed_over_lease_is_renewed_a_third_into_the_hand_off_lease() {
     tokio::time::advance(Duration::from_millis(200)).await;
     settle().await;
     assert_eq!(backend.renewals(), 1, "renewed a third into the hand-off lease (ttl/3 would be 20 s)");
+    assert_eq!(backend.state().renewed_for, Some(ttl), "renewed to the full ttl");
     tokio::time::advance(HANDOFF_LEASE).await;
     settle().await;
     assert!(!guard.is_lost(), "the renewal extended the lease to the full ttl");
@@ -729,26 +733,21 @@ async fn a_handed_over_lease_is_renewed_a_third_into_the_hand_off_lease() {
     assert!(guard.release().await.expect("release"));
 }
 
-/// A request that is not renewed keeps the lease it asked for even when the key comes by a
-/// hand-off, which gives at most `HANDOFF_LEASE`: it is extended once, at once, to end a ttl
-/// after the request's last attempt.
+/// A request that is not renewed needs the whole lease it asked for, which a hand-off (at most
+/// `HANDOFF_LEASE`) may not give: it does not take the notice on trust but asks again, and the
+/// key, found its own, comes with its full ttl and a new token.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn a_handed_over_key_without_renewal_is_topped_up_to_its_ttl() {
+async fn a_request_without_renewal_asks_again_after_a_hand_off() {
     let backend = Scripted::new("someone");
     let ttl = Duration::from_secs(60);
     let call = waiting_renewed(&backend, ttl, false).await;
-    tokio::time::advance(Duration::from_millis(300)).await;
     backend.announce(7, true);
     let guard = call.await.expect("join").expect("handed over");
-    assert_eq!(backend.renewals(), 1, "extended once, before the guard was handed out");
-    let asked = backend.state().renewed_for.expect("a renewal");
-    assert!(
-        asked <= ttl - Duration::from_millis(300) && asked > ttl - Duration::from_secs(1),
-        "extended to end a ttl after the last attempt: asked for {asked:?}"
-    );
+    assert_eq!(backend.attempts(), 3, "asked again");
+    assert_eq!(guard.fencing_token(), 8, "the token of the attempt that found the key its own");
     tokio::time::advance(HANDOFF_LEASE * 2).await;
     settle().await;
     assert!(!guard.is_lost(), "holds past the hand-off lease");
-    assert_eq!(backend.renewals(), 1, "and is not renewed again");
+    assert_eq!(backend.renewals(), 0, "and is never renewed");
     assert!(guard.release().await.expect("release"));
 }

@@ -58,25 +58,25 @@ pub enum TryAcquire {
 /// 5. **Release notices are hints.** [`watch_releases`](Self::watch_releases) may miss or
 ///    repeat notices; dlock always re-checks with `try_acquire` and never relies on them for
 ///    safety, only for speed.
-/// 6. **Hand-off (optional).** A backend may give a released key straight to an owner that is
-///    waiting for it, and announce that with [`ReleaseNotice::Granted`]. Only an owner whose
-///    `try_acquire` for the key came back [`Held`](TryAcquire::Held) with a `newest_token`
-///    (it is in line) may be chosen; the lease it gets lasts the `ttl` of that owner's latest
-///    attempt or [`HANDOFF_LEASE`], whichever is shorter, counted from a moment after that
-///    attempt reached the backend (dlock counts it from when the attempt was sent, and renews
-///    it a third of the way through like any lease), and its fencing token is greater than the
-///    `newest_token` that attempt reported. (The cap bounds how long a waiter that died in
-///    line keeps a key it was handed.) The owner's next `try_acquire` for the key must
-///    then answer [`Acquired`](TryAcquire::Acquired) (with a new fencing token and a fresh
-///    lease), so a missed notice costs time, never the lock. A `release` by an owner takes
-///    it out of line, whether or not it holds the key. dlock asks again about every
-///    [`WAITER_RECHECK`] while it waits (plus up to 20 ms of jitter and the call itself;
-///    while the backend fails to answer, calls may be up to a call timeout longer apart) and
-///    releases any key it may have been handed when it stops waiting; a backend must forget
-///    a waiting owner that has not asked again within five of those intervals, so that a
+/// 6. **Hand-off (optional).** A backend may give a released key straight to an owner
+///    that is waiting for it, and announce that with [`ReleaseNotice::Granted`]. Only an owner
+///    whose `try_acquire` for the key came back [`Held`](TryAcquire::Held) with a
+///    `newest_token` (it is in line) may be chosen; the lease it gets lasts the `ttl` of that
+///    owner's latest attempt or [`HANDOFF_LEASE`], whichever is shorter (at least that: dlock
+///    counts on it; and at most that, so that a waiter that died in line does not keep the key
+///    long), counted from a moment after that attempt reached the backend (dlock counts it from
+///    when the attempt was sent, and renews it a third of the way through like any lease), and
+///    its fencing token is greater than the `newest_token` that attempt reported. The owner's
+///    next `try_acquire` for the key must then answer [`Acquired`](TryAcquire::Acquired) (with
+///    a new fencing token and a fresh lease), so a missed notice costs time, never the lock. A
+///    `release` by an owner takes it out of line, whether or not it holds the key. dlock asks
+///    again about every [`WAITER_RECHECK`] while it waits (plus up to 20 ms of jitter and the
+///    call itself; while the backend fails to answer, calls may be up to a call timeout longer
+///    apart) and releases any key it may have been handed when it stops waiting; a backend must
+///    forget a waiting owner that has not asked again within five of those intervals, so that a
 ///    crashed waiter is not handed a key after that. All clients of a key must share one
-///    fencing counter: the token comparison above is what tells a fresh hand-off notice
-///    from a stale one.
+///    fencing counter: the token comparison above is what tells a fresh hand-off notice from a
+///    stale one.
 pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     /// A short name for messages and traces (`"redis"`, `"memory"`).
     fn name(&self) -> &'static str;

@@ -25,7 +25,8 @@ pub(crate) struct HeldKey {
 /// Holds one or several locks until released or dropped.
 ///
 /// While it lives, the lease is renewed in the background every ttl/3 (unless the request
-/// said `.renew(false)`). If the lease is lost — a renewal refused, or not confirmed before
+/// said `.renew(false)`; a key handed over by a release is first renewed sooner, see
+/// [`HANDOFF_LEASE`](crate::HANDOFF_LEASE)). If the lease is lost — a renewal refused, or not confirmed before
 /// the lease could have ended — [`is_lost`](Self::is_lost) turns true and
 /// [`lost`](Self::lost) resolves: stop the protected work then.
 ///

@@ -1,12 +1,13 @@
 //! The keeper: one task per tokio runtime renews every lease held from that runtime, and
 //! marks a lease lost when a renewal is refused or not confirmed in time.
 //!
-//! A lease is registered when it is acquired and unregistered when it is released, which
-//! costs a map insert and remove; the task only wakes when a renewal or a deadline is due
-//! (a registration wakes it only when it is due before the task's timer), so locks held for
-//! less than ttl/3 never wake it. Each renewal runs as its own short task, so a
-//! slow backend delays no other lease. The task ends after being idle for a while, and is
-//! started again by the next registration.
+//! A lease is registered when it is acquired and unregistered when it is released, which costs
+//! a map insert and remove; the task only wakes when a renewal or a deadline is due (a
+//! registration wakes it only when it is due before the task's timer), so locks held for less
+//! than a third of their lease (ttl/3; less for a key handed over, see
+//! [`HANDOFF_LEASE`](crate::HANDOFF_LEASE)) never wake it. Each renewal runs as its own short
+//! task, so a slow backend delays no other lease. The task ends after being idle for a while,
+//! and is started again by the next registration.
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -260,8 +261,11 @@ impl Keeper {
         let mut state = self.lock();
         let Some(entry) = state.entries.get_mut(&id) else { return };
         let (due, deadline) = due(entry);
-        entry.due = due;
+        // The entry that fired was taken off the schedule, but a key added since (`add_key`)
+        // may have put it back, earlier: one entry per lease, or renewals would run twice.
+        let old = std::mem::replace(&mut entry.due, due);
         entry.deadline = deadline;
+        state.schedule.remove(&(old, id));
         state.schedule.insert((due, id));
         state.wake_if_before(&self.wake, due);
     }
@@ -339,7 +343,11 @@ async fn renew_once(keeper: Arc<Keeper>, id: u64, job: Arc<Job>, deadline: Insta
         Ok(Ok(_)) => keeper.lose(id, &job, LostReason::Refused),
         Ok(Err(())) => {
             // Retried soon; the deadline still bounds the whole.
-            let retry = Instant::now() + (job.ttl / 12).max(Duration::from_millis(5));
+            // Spaced for the shortest lease among the keys (a key handed over may have less
+            // than the ttl), so that several retries fit before its deadline.
+            let shortest =
+                job.keys.lock().unwrap_or_else(PoisonError::into_inner).iter().map(|k| k.lease).min();
+            let retry = Instant::now() + (shortest.unwrap_or(job.ttl) / 12).max(Duration::from_millis(5));
             keeper.reschedule(id, |entry| (retry.min(entry.deadline), entry.deadline));
         }
         Err(_) => keeper.lose(id, &job, LostReason::Unconfirmed),
@@ -362,4 +370,55 @@ async fn renew_all(job: &Job) -> Result<usize, ()> {
         }
     }
     Ok(keys.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::{Entry, Job, Keeper, KeptKey, Registration};
+    use crate::lease::Lease;
+    use crate::memory::MemoryBackend;
+
+    /// The keeper takes a lease's entry off the schedule when it fires; if a key is added
+    /// while that renewal is on the wire, `add_key` schedules the lease again, earlier, and
+    /// the renewal's own rescheduling must replace that entry rather than add a second one
+    /// (two entries per lease would renew it twice, forever).
+    #[tokio::test]
+    async fn a_key_added_during_a_renewal_leaves_one_schedule_entry() {
+        let keeper = Arc::new(Keeper::default());
+        let now = Instant::now();
+        let ttl = Duration::from_secs(30);
+        let first = KeptKey { key: Arc::from("a"), sent: now, lease: ttl };
+        let (due, deadline) = (first.due(), first.deadline());
+        let job = Job {
+            backend: Arc::new(MemoryBackend::new()),
+            keys: Mutex::new(vec![first]),
+            owner: Arc::from("owner"),
+            ttl,
+            renew: true,
+            lease: Lease::new(deadline, true),
+        };
+        {
+            let mut state = keeper.lock();
+            state.entries.insert(1, Entry { job: Arc::new(job), due, deadline });
+            state.schedule.insert((due, 1));
+            // It fired: the renewal is on the wire.
+            state.schedule.pop_first();
+        }
+        let registration = Registration { keeper: Arc::clone(&keeper), id: 1 };
+        // A key handed over with a short lease joins meanwhile: due sooner.
+        registration.add_key(KeptKey { key: Arc::from("b"), sent: now, lease: Duration::from_secs(5) });
+        // The renewal comes back and schedules the next one.
+        let next = now + Duration::from_secs(1);
+        keeper.reschedule(1, |entry| (next, entry.deadline));
+
+        let schedule: Vec<_> = keeper.lock().schedule.iter().copied().collect();
+        assert_eq!(schedule, [(next, 1)], "one entry for the lease");
+        drop(registration);
+        assert!(keeper.lock().schedule.is_empty());
+    }
 }

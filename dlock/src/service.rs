@@ -245,11 +245,8 @@ impl LockService {
                 };
                 let outcome = async {
                     let ticket = self.queue_ticket(&full_key, deadline, started).await?;
-                    let (token, mut lease) =
-                        self.acquire_one(&full_key, &mut claim, ttl, deadline, started).await?;
-                    if !renew && lease.1 < ttl {
-                        lease = self.top_up(&full_key, &claim.owner, ttl, lease).await;
-                    }
+                    let ask = Ask { ttl, renew, deadline, started };
+                    let (token, lease) = self.acquire_one(&full_key, &mut claim, ask).await?;
                     Ok::<_, Error>((ticket, token, lease))
                 }
                 .await;
@@ -354,38 +351,14 @@ impl LockService {
         &self,
         full_key: &Arc<str>,
         claim: &mut Claim,
-        ttl: Duration,
-        deadline: Instant,
-        started: Instant,
+        ask: Ask,
     ) -> Result<(u64, (Instant, Duration)), Error> {
         let mut claimed = false;
-        let (sent, outcome) = self.attempt(full_key, claim, &mut claimed, ttl).await;
+        let (sent, outcome) = self.attempt(full_key, claim, &mut claimed, ask.ttl).await;
         if let Ok(TryAcquire::Acquired { fencing_token }) = outcome {
-            return Ok((fencing_token, (sent, ttl)));
+            return Ok((fencing_token, (sent, ask.ttl)));
         }
-        Box::pin(self.wait_for_key(full_key, claim, claimed, ttl, deadline, started, sent, outcome)).await
-    }
-
-    /// A key handed over with less than `ttl` (see [`HANDOFF_LEASE`]) to a request that is
-    /// not renewed: extend it once, to end `ttl` after `sent` as the request asked. Returns the
-    /// key's lease; if the extension fails, the one it had (a lease that ended before the
-    /// request hands over its keys makes it try again).
-    async fn top_up(
-        &self,
-        full_key: &str,
-        owner: &str,
-        ttl: Duration,
-        (sent, lease): (Instant, Duration),
-    ) -> (Instant, Duration) {
-        let now = Instant::now();
-        let left = (sent + ttl).saturating_duration_since(now);
-        if left <= lease {
-            return (sent, lease);
-        }
-        match self.inner.backend.renew(full_key, owner, left).await {
-            Ok(true) => (now, left),
-            Ok(false) | Err(_) => (sent, lease),
-        }
+        Box::pin(self.wait_for_key(full_key, claim, claimed, ask, sent, outcome)).await
     }
 
     /// One acquire attempt, sent now. Returns when it was sent, and the answer.
@@ -415,19 +388,17 @@ impl LockService {
     /// The rest of [`acquire_one`](Self::acquire_one) once an attempt, sent at `sent`, came
     /// back with `outcome` and not the key: wait for release notices (or a timer) and try
     /// again until acquired or `deadline`.
-    #[expect(clippy::too_many_arguments, reason = "the state of acquire_one, handed over once")]
     async fn wait_for_key(
         &self,
         full_key: &Arc<str>,
         claim: &mut Claim,
         // Whether the claim holds this key (the last entry of `claim.keys`).
         mut claimed: bool,
-        ttl: Duration,
-        deadline: Instant,
-        started: Instant,
+        ask: Ask,
         mut sent: Instant,
         mut outcome: Result<TryAcquire, BackendError>,
     ) -> Result<(u64, (Instant, Duration)), Error> {
+        let Ask { ttl, renew, deadline, started } = ask;
         let backend = &*self.inner.backend;
         let mut watch: Option<ReleaseWatch> = None;
         let mut watched = false;
@@ -525,12 +496,14 @@ impl LockService {
                         // that attempt saw): the lease, of at most `HANDOFF_LEASE`, began
                         // after `sent` reached the backend. A hand-off from before that attempt
                         // is stale (the attempt found the key held by another), and one with
-                        // little of its lease known to be left is better renewed: asking again
-                        // settles both.
+                        // little of its lease known to be left is better renewed; a request
+                        // that is not renewed needs its whole ttl, which a hand-off may not
+                        // give. Asking again settles all three: the key is found this owner's
+                        // and given a full ttl, with a new token.
                         Ok(ReleaseNotice::Granted { owner, fencing_token }) if owner == claim.owner => {
                             let fresh = newest_token.is_some_and(|newest| fencing_token > newest);
                             let lease = ttl.min(HANDOFF_LEASE);
-                            if fresh && Instant::now() < sent + lease / 2 {
+                            if fresh && (renew || lease == ttl) && Instant::now() < sent + lease / 2 {
                                 return Ok((fencing_token, (sent, lease)));
                             }
                             break;
@@ -545,6 +518,18 @@ impl LockService {
             (sent, outcome) = self.attempt(full_key, claim, &mut claimed, ttl).await;
         }
     }
+}
+
+/// What one request asks of each of its keys.
+#[derive(Debug, Clone, Copy)]
+struct Ask {
+    ttl: Duration,
+    /// Whether the lease is renewed while held.
+    renew: bool,
+    /// When the request gives up.
+    deadline: Instant,
+    /// When the request began (for the wait it reports).
+    started: Instant,
 }
 
 /// Keys this process may hold in the backend and has not released yet: those an acquisition

@@ -39,10 +39,11 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// `dlock:handoff:<random>`): first come, first served across processes, one round trip
 /// less per hand-off, and no herd of retries. A process joins the line once it is
 /// subscribed, keeps its place by asking again every [`WAITER_RECHECK`], and leaves it when
-/// its waiter gives up; one that was killed while waiting is passed over once it has not
-/// asked for 3 s (until then it may be handed the key, which then stays locked for the ttl
-/// it asked for or [`HANDOFF_LEASE`], whichever is shorter). Waiting processes subscribe to `dlock:released:<prefix><key>`, on which a
-/// release is announced only when the line held nothing but places whose time was up.
+/// its waiter gives up; one that was killed while waiting is passed over once it has not asked
+/// for 3 s (until then it may be handed the key, which then stays locked for the ttl it asked
+/// for or [`HANDOFF_LEASE`], whichever is shorter). Waiting processes subscribe to
+/// `dlock:released:<prefix><key>`, on which a release is announced only when the line held
+/// nothing but places whose time was up.
 ///
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {

@@ -12,7 +12,8 @@
 //! `dlock:queue:<lock>`, the waiting owners in arrival order (a sorted set scored by arrival
 //! time in µs), and `dlock:queue-entries:<lock>`, what each asked for (a hash: owner token →
 //! `"<until ms>:<lease ms>:<inbox>"`, `until` in Redis server time, `lease` what a hand-off
-//! gives it, `inbox` the pub/sub channel of the waiting process). Both expire on their own once nobody has asked for a while.
+//! gives it, `inbox` the pub/sub channel of the waiting process). Both expire on their own once
+//! nobody has asked for a while.
 
 use std::sync::OnceLock;
 
