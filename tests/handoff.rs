@@ -504,7 +504,8 @@ async fn killed_waiting_process_with_a_long_ttl_keeps_others_out_for_at_most_the
     let (kept_out, handed) = kill_first_in_line(Duration::from_secs(60)).await;
     let cap = i64::try_from(HANDOFF_LEASE.as_millis()).expect("ms");
     assert!(handed > 0 && handed <= cap, "the dead waiter was handed {handed} ms (cap {cap} ms)");
-    let bound = HANDOFF_LEASE + WAITER_RECHECK + Duration::from_millis(300);
+    // Slack for a loaded machine: the point is 5 s, not the 60 s the dead waiter asked for.
+    let bound = HANDOFF_LEASE + WAITER_RECHECK + Duration::from_secs(1);
     assert!(kept_out < bound, "kept out {kept_out:?} by a dead waiter (bound {bound:?})");
     eprintln!("a killed waiter with a 60 s ttl kept the next one out for {kept_out:?}");
 }
