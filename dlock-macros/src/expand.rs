@@ -3,9 +3,12 @@
 //! ```text
 //! #[attrs] vis async fn name<G>(params) -> Ret where .. {
 //!     ::dlock::__private::check_result::<Ret>();               // located at `Ret`
-//!     let __dlock_spec = ::dlock::__private::LockSpec::new(::core::convert::From::from([
-//!         ::dlock::__private::format!("user:{}", ::dlock::__private::key_part(&user_id)),
-//!     ]))
+//!     let __dlock_spec = ::dlock::__private::request(
+//!         ::core::option::Option::None,                            // or Some("name")
+//!         ::core::convert::From::from([
+//!             ::dlock::__private::format!("user:{}", ::dlock::__private::key_part(&user_id)),
+//!         ]),
+//!     )
 //!     .ttl(::dlock::__private::Duration::new(10u64, 0u32))     // only the options given
 //!     .wait(::dlock::__private::duration(user_expression));
 //!     let __dlock_body = async move {
@@ -257,11 +260,11 @@ fn generate(func: LockedFn, args: &Args, keys: &[Key]) -> TokenStream {
         let wait = wait.to_tokens(&private);
         options.extend(quote_spanned!(mixed=> .wait(#wait)));
     }
-    match &args.service {
-        Some(Service::Literal(lit)) => options.extend(quote_spanned!(mixed=> .service(#lit))),
-        Some(Service::Expr(expr)) => options.extend(quote_spanned!(mixed=> .service(#expr))),
-        None => {}
-    }
+    let service = match &args.service {
+        Some(Service::Literal(lit)) => quote_spanned!(mixed=> ::core::option::Option::Some(#lit)),
+        Some(Service::Expr(expr)) => quote_spanned!(mixed=> ::core::option::Option::Some(#expr)),
+        None => quote_spanned!(mixed=> ::core::option::Option::None),
+    };
     if let Some(renew) = &args.renew {
         options.extend(quote_spanned!(mixed=> .renew(#renew)));
     }
@@ -280,7 +283,8 @@ fn generate(func: LockedFn, args: &Args, keys: &[Key]) -> TokenStream {
         quote_spanned! {mixed=>
             #(#inner_attrs)*
             #check
-            let #spec = #at_mixed::LockSpec::new(
+            let #spec = #at_mixed::request(
+                #service,
                 ::core::convert::From::from([#(#keys),*]),
             )#options;
             let #locked = async move {

@@ -2,72 +2,39 @@
 
 use crate::error::Error;
 use crate::registry;
+use crate::request::LockRequest;
 use std::future::Future;
 
 pub use ::core::time::Duration;
 pub use ::std::format;
 
-/// Everything the attribute decided about one call.
-#[derive(Debug)]
-pub struct LockSpec {
-    keys: Vec<String>,
-    ttl: Option<Duration>,
-    wait: Option<Duration>,
-    renew: bool,
-    service: Option<&'static str>,
+/// The request an annotated call makes: on the service registered as `service`, or on the
+/// global one; the attribute adds the options it was given with `LockRequest`'s own builder.
+pub fn request(service: Option<&'static str>, keys: Vec<String>) -> LockRequest {
+    let service = match service {
+        Some(name) => registry::named(name),
+        None => registry::global(),
+    };
+    LockRequest::new(service, keys)
 }
 
-impl LockSpec {
-    /// A spec for `keys` with the service's defaults.
-    pub fn new(keys: Vec<String>) -> Self {
-        Self { keys, ttl: None, wait: None, renew: true, service: None }
-    }
-
-    /// The lease.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
-        self
-    }
-
-    /// The wait.
-    pub fn wait(mut self, wait: Duration) -> Self {
-        self.wait = Some(wait);
-        self
-    }
-
-    /// Whether to renew.
-    pub fn renew(mut self, renew: bool) -> Self {
-        self.renew = renew;
-        self
-    }
-
-    /// The named service to use instead of the global one.
-    pub fn service(mut self, name: &'static str) -> Self {
-        self.service = Some(name);
-        self
-    }
-}
-
-/// Acquire per `spec`, run `body` while held, release; the error cases become `R`'s error.
+/// Acquire per `request`, run `body` while held, release; the error cases become `R`'s error.
 ///
 /// The body is dropped (cancelled at its current `.await`) if the lease is lost, and the call
 /// returns `Error::Lost`. If the body finishes, its result is returned even if the lease was
 /// lost at the same instant: its effects happened, and retrying could repeat them.
-pub async fn run<R, F>(spec: LockSpec, body: F) -> R
+pub async fn run<R, F>(request: LockRequest, body: F) -> R
 where
     R: LockResult,
     R::Err: LockError,
     F: Future<Output = R>,
 {
-    let service = match spec.service {
-        Some(name) => registry::named(name),
-        None => registry::global(),
-    };
+    let (service, keys, ttl, wait, renew) = request.into_parts();
     let service = match service {
         Ok(service) => service,
         Err(err) => return R::from_lock_error(err),
     };
-    let guard = match service.acquire(spec.keys, spec.ttl, spec.wait, spec.renew).await {
+    let guard = match service.acquire(keys, ttl, wait, renew).await {
         Ok(guard) => guard,
         Err(err) => return R::from_lock_error(err),
     };

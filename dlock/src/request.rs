@@ -37,6 +37,14 @@ impl LockRequest {
         Self { service, keys, ttl: None, wait: None, renew: true }
     }
 
+    /// The request taken apart: service, keys, ttl, wait, renew.
+    #[expect(clippy::type_complexity, reason = "used once, by the attribute's `run`")]
+    pub(crate) fn into_parts(
+        self,
+    ) -> (Result<LockService, Error>, Vec<String>, Option<Duration>, Option<Duration>, bool) {
+        (self.service, self.keys, self.ttl, self.wait, self.renew)
+    }
+
     /// The lease (default: the service's, 30 s). While the guard lives the lease is renewed
     /// every ttl/3, so ttl bounds how long a crashed holder blocks others, not how long the
     /// work may take.

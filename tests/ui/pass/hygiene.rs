@@ -9,7 +9,9 @@ mod dlock_shadow {
     pub mod __private {}
 }
 
-struct LockSpec;
+struct LockRequest;
+struct Option;
+fn request() {}
 struct Duration;
 struct String;
 struct Vec;
