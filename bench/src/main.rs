@@ -28,6 +28,7 @@ const USAGE: &str = "\
 dlock-bench: dlock against rslock and the raw Redis floor, all on one Redis.
 
 usage: dlock-bench [--redis URL] [--quick] [--only SCENARIO,...] [--secs S] [--rounds N] [--memory-keys N] [--out DIR]
+       dlock-bench [--redis URL] --cycles CONTENDER N
 
   --redis URL          Redis to use (default redis://127.0.0.1:6379); keys are prefixed per run
   --quick              a short run (about a minute)
@@ -36,6 +37,9 @@ usage: dlock-bench [--redis URL] [--quick] [--only SCENARIO,...] [--secs S] [--r
   --rounds N           split each scenario into N rounds, contenders interleaved (default 5, --quick 2)
   --memory-keys N      keys for the client-memory scenario (default 1000000, --quick 100000)
   --out DIR            where latest.json and waits.svg go (default bench/results)
+  --cycles C N         no report: N uncontended cycles of contender C (floor, rslock, dlock,
+                       dlock_attr) after 1000 warm-up ones, on a current-thread runtime, for
+                       counting instructions under `valgrind --tool=callgrind` (see README)
 ";
 
 const SCENARIOS: [&str; 6] =
@@ -55,6 +59,7 @@ struct Config {
 enum Mode {
     Bench(Config),
     Child(ChildArgs),
+    Cycles { redis: String, contender: Contender, cycles: usize },
 }
 
 fn parse_args() -> std::result::Result<Mode, String> {
@@ -69,6 +74,7 @@ fn parse_args() -> std::result::Result<Mode, String> {
         out: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/results")),
     };
     let mut child = false;
+    let mut cycles = None;
     let mut kv: HashMap<String, String> = HashMap::new();
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value\n\n{USAGE}"));
@@ -94,12 +100,23 @@ fn parse_args() -> std::result::Result<Mode, String> {
                     Some(value("--memory-keys")?.parse().map_err(|e| format!("--memory-keys: {e}"))?);
             }
             "--out" => cfg.out = PathBuf::from(value("--out")?),
+            "--cycles" => {
+                let name = value("--cycles")?;
+                let contender = Contender::parse(&name)
+                    .filter(|c| Contender::ALL.contains(c))
+                    .ok_or_else(|| format!("--cycles: unknown contender `{name}`\n\n{USAGE}"))?;
+                let n = value("--cycles")?.parse().map_err(|e| format!("--cycles: {e}"))?;
+                cycles = Some((contender, n));
+            }
             "--contender" | "--prefix" | "--tasks" | "--hold-ms" => {
                 let v = value(&arg)?;
                 kv.insert(arg, v);
             }
             other => return Err(format!("unknown argument `{other}`\n\n{USAGE}")),
         }
+    }
+    if let Some((contender, cycles)) = cycles {
+        return Ok(Mode::Cycles { redis: cfg.redis, contender, cycles });
     }
     if !child {
         return Ok(Mode::Bench(cfg));
@@ -126,6 +143,16 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Mode::Cycles { redis, contender, cycles } = mode {
+        // One thread, so that callgrind's count does not depend on which worker ran what.
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+        if let Err(err) = runtime.block_on(count_cycles(&redis, contender, cycles)) {
+            eprintln!("dlock-bench: {err}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     // Everything runs in a spawned task, on a runtime worker, as an application's handlers do
     // (code in `block_on` itself runs outside the workers and wakes them for every spawn).
@@ -134,6 +161,7 @@ fn main() {
             match mode {
                 Mode::Bench(cfg) => bench(cfg).await,
                 Mode::Child(args) => handoff::child_main(args).await,
+                Mode::Cycles { .. } => Ok(()),
             }
         });
         match work.await {
@@ -145,6 +173,26 @@ fn main() {
         eprintln!("dlock-bench: {err}");
         std::process::exit(1);
     }
+}
+
+/// `--cycles`: `cycles` uncontended lock+unlock cycles of `c` after 1000 warm-up ones. Under
+/// callgrind, (instructions at N2 − instructions at N1) / (N2 − N1) is what one cycle costs
+/// the client, without anything else the machine does.
+async fn count_cycles(url: &str, c: Contender, cycles: usize) -> Result<()> {
+    let prefix = format!("dlockbench:{}:{}:", std::process::id(), unix_nanos() / 1_000_000);
+    let lk = Lockers::connect(url, &prefix).await?;
+    dlock::register("bench", lk.dlock.clone())?;
+    let key = lk.key(c, "cycles");
+    for _ in 0..1000 {
+        lk.op(c, &key, Duration::ZERO).await?;
+    }
+    let start = Instant::now();
+    for _ in 0..cycles {
+        lk.op(c, &key, Duration::ZERO).await?;
+    }
+    let per_cycle = start.elapsed().as_secs_f64() * 1e6 / cycles.max(1) as f64;
+    eprintln!("{c}: {cycles} cycles, {per_cycle:.1} µs/cycle");
+    clean_up(&lk, &prefix).await
 }
 
 fn loadavg() -> String {

@@ -3,8 +3,8 @@
 //! ```text
 //! #[attrs] vis async fn name<G>(params) -> Ret where .. {
 //!     ::dlock::__private::check_result::<Ret>();               // located at `Ret`
-//!     let __dlock_spec = ::dlock::__private::request(
-//!         ::core::option::Option::None,                            // or Some("name")
+//!     let __dlock_request = ::dlock::__private::request(
+//!         ::core::option::Option::None,            // or Some("name"), Some(service_name(EXPR))
 //!         ::core::convert::From::from([
 //!             ::dlock::__private::format!("user:{}", ::dlock::__private::key_part(&user_id)),
 //!         ]),
@@ -15,14 +15,15 @@
 //!         if false { let __dlock_fake: Ret = loop {}; return __dlock_fake; }
 //!         { original body }
 //!     };
-//!     let __dlock_result = ::dlock::__private::run(__dlock_spec, __dlock_body).await;
+//!     let __dlock_result = ::dlock::__private::run(__dlock_request, __dlock_body).await;
 //!     __dlock_result
 //! }
 //! ```
 //!
-//! The keys are built (from borrows) before the body is moved into its own `async move`
-//! block, so the body keeps every argument, and `return` / `?` inside it mean what they meant
-//! before. Generated locals are `__dlock_*` with `Span::mixed_site()`, so they can neither
+//! In order: a `service = EXPR` expression is evaluated, the keys are formatted, the service is
+//! looked up (by name, or the global one), then `ttl` and `wait` are evaluated. The keys are
+//! built (from borrows) before the body is moved into its own `async move` block, so the body
+//! keeps every argument, and `return` / `?` inside it mean what they meant before. Generated locals are `__dlock_*` with `Span::mixed_site()`, so they can neither
 //! clash with nor be named by user code, and every path is absolute.
 //!
 //! Spans are chosen for the errors users see: the check and the call to `run` are located at
@@ -262,28 +263,34 @@ fn generate(func: LockedFn, args: &Args, keys: &[Key]) -> TokenStream {
     }
     let service = match &args.service {
         Some(Service::Literal(lit)) => quote_spanned!(mixed=> ::core::option::Option::Some(#lit)),
-        Some(Service::Expr(expr)) => quote_spanned!(mixed=> ::core::option::Option::Some(#expr)),
+        Some(Service::Expr(expr)) => {
+            // Located at the expression, so that a wrong type is reported there.
+            let span = expr.span();
+            let at_expr = private(span);
+            let name = quote_spanned!(span=> #at_expr::service_name(#expr));
+            quote_spanned!(mixed=> ::core::option::Option::Some(#name))
+        }
         None => quote_spanned!(mixed=> ::core::option::Option::None),
     };
     if let Some(renew) = &args.renew {
         options.extend(quote_spanned!(mixed=> .renew(#renew)));
     }
 
-    let spec = Ident::new("__dlock_spec", mixed);
+    let request = Ident::new("__dlock_request", mixed);
     let locked = Ident::new("__dlock_body", mixed);
     let result = Ident::new("__dlock_result", ret_span.resolved_at(mixed));
     let block = brace_group(stmts, &brace_span);
     // The same locals, located at the return type (a name's hygiene is its resolution).
     let at = |ident: &Ident| Ident::new(&ident.to_string(), ret_span.resolved_at(mixed));
-    let (spec_at_ret, locked_at_ret) = (at(&spec), at(&locked));
+    let (request_at_ret, locked_at_ret) = (at(&request), at(&locked));
     let run = quote_spanned! {ret_span=>
-        let #result = #at_ret::run(#spec_at_ret, #locked_at_ret).await;
+        let #result = #at_ret::run(#request_at_ret, #locked_at_ret).await;
     };
     let fn_body = brace_group(
         quote_spanned! {mixed=>
             #(#inner_attrs)*
             #check
-            let #spec = #at_mixed::request(
+            let #request = #at_mixed::request(
                 #service,
                 ::core::convert::From::from([#(#keys),*]),
             )#options;

@@ -126,6 +126,11 @@ pub fn key_part<T: KeyPart>(value: &T) -> &dyn std::fmt::Display {
     value
 }
 
+/// Identity that pins a `service = EXPR` expression to `&'static str`.
+pub const fn service_name(name: &'static str) -> &'static str {
+    name
+}
+
 /// Identity that pins a `ttl`/`wait` expression to `Duration`.
 pub const fn duration(d: Duration) -> Duration {
     d

@@ -136,9 +136,9 @@ pub const WAITER_RECHECK: Duration = Duration::from_secs(1);
 /// The longest first lease a backend may give an owner it hands a key to (see the contract,
 /// point 6): a waiting process that died in line can be handed the key before the backend
 /// forgets it, and then keeps others out for this long at most, instead of its whole ttl. A
-/// live owner renews it like any lease (a third of the way through, to its full ttl); one
-/// that asked for no renewal (`.renew(false)`) has it extended once, before its guard is
-/// handed out, to end a ttl after its last attempt.
+/// live owner renews it like any lease (a third of the way through, to its full ttl). A
+/// request with `.renew(false)` and a longer ttl does not take a hand-off on trust: it asks
+/// again, which gives it the key with its full ttl and a new fencing token.
 pub const HANDOFF_LEASE: Duration = Duration::from_secs(5);
 
 /// What a release notice says.

@@ -49,8 +49,9 @@ struct State {
     renewals_stopped: bool,
     /// A renewal is on the wire.
     renewing: bool,
-    /// Past this instant the lease may have ended in the backend (`sent + ttl - margin` of the
-    /// last confirmed acquire or renewal).
+    /// Past this instant the lease may have ended in the backend: the earliest over its keys
+    /// of `sent + lease - margin`, for the last confirmed acquire or renewal of each (the lease
+    /// is the ttl, or less for a key handed over).
     deadline: Instant,
     /// This process's places at the head of the keys' local queues: given up on release, and
     /// as soon as the lease is lost (the backend may already let another owner in).

@@ -110,9 +110,9 @@ if redis.call('EXISTS', line) == 1 then
     redis.call('ZREM', line, waiter)
     local wanted = redis.call('HGET', asked, waiter)
     redis.call('HDEL', asked, waiter)
-    local until_ms, ttl, inbox = string.match(wanted or '', '^(%d+):(%d+):(.+)$')
+    local until_ms, lease, inbox = string.match(wanted or '', '^(%d+):(%d+):(.+)$')
     if until_ms and tonumber(until_ms) >= now_ms then
-      redis.call('SET', KEYS[1], waiter, 'PX', ttl)
+      redis.call('SET', KEYS[1], waiter, 'PX', lease)
       local token = redis.call('INCR', KEYS[2])
       redis.call('PUBLISH', inbox, string.format('g:%d:%s:dlock:released:%s', token, waiter, KEYS[1]))
       return 2

@@ -50,25 +50,25 @@ async fn shadowed(user_id: u64) -> Result<u64> {
 }
 
 // Parameters named like the generated locals.
-#[distributed_lock(key = "<__dlock_spec>:<__dlock_body>:<__dlock_value>")]
+#[distributed_lock(key = "<__dlock_request>:<__dlock_body>:<__dlock_value>")]
 async fn generated_names(
-    __dlock_spec: u64,
+    __dlock_request: u64,
     __dlock_body: u64,
     __dlock_value: u64,
     __dlock_fake: u64,
     __dlock_result: u64,
 ) -> Result<u64> {
-    Ok(__dlock_spec + __dlock_body + __dlock_value + __dlock_fake + __dlock_result)
+    Ok(__dlock_request + __dlock_body + __dlock_value + __dlock_fake + __dlock_result)
 }
 
 // A body that defines items and locals with those names.
 #[distributed_lock(key = "k:<id>")]
 async fn body_names(id: u64) -> Result<u64> {
-    let __dlock_spec = id;
+    let __dlock_request = id;
     fn run(x: u64) -> u64 {
         x
     }
-    Ok(run(__dlock_spec))
+    Ok(run(__dlock_request))
 }
 
 fn main() {}
