@@ -153,34 +153,28 @@ fn check(id: u32, fail: bool, held: bool) -> Result<(), AppError> {
 /// `redis_backend::<name>`. In the body, `$store` is the test's [`Store`] and `SVC` the name
 /// its service is registered under.
 macro_rules! on_both_backends {
-    ($(
+    ($($fns:tt)*) => {
+        on_backend!(memory_backend, Memory, "attribute:memory:", $($fns)*);
+        on_backend!(redis_backend, Redis, "attribute:redis:", $($fns)*);
+    };
+}
+
+/// One module of [`on_both_backends`]: its tests on `Backend::$backend`, each registering its
+/// service as `$prefix<name>`.
+macro_rules! on_backend {
+    ($module:ident, $backend:ident, $prefix:literal, $(
         $(#[doc = $doc:literal])*
         async fn $name:ident($store:ident) $body:block
     )*) => {
-        mod memory_backend {
+        mod $module {
             #[allow(unused_imports)]
             use super::*;
             $(
                 $(#[doc = $doc])*
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    const SVC: &str = concat!("attribute:memory:", stringify!($name));
-                    let $store = setup(Backend::Memory, SVC).await;
-                    $body
-                    $store.cleanup().await;
-                }
-            )*
-        }
-
-        mod redis_backend {
-            #[allow(unused_imports)]
-            use super::*;
-            $(
-                $(#[doc = $doc])*
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    const SVC: &str = concat!("attribute:redis:", stringify!($name));
-                    let $store = setup(Backend::Redis, SVC).await;
+                    const SVC: &str = concat!($prefix, stringify!($name));
+                    let $store = setup(Backend::$backend, SVC).await;
                     $body
                     $store.cleanup().await;
                 }

@@ -138,6 +138,35 @@ async fn named_redis_service_is_used_by_lock_with() {
 // ---------------------------------------------------------------------------------------------
 // Failures, each on a private redis-server.
 
+/// `held` (taken at `held_at` with `ttl`) cannot be renewed while Redis is away: it must be
+/// reported lost, unconfirmed, before its lease could have ended in Redis.
+async fn assert_lost_before_its_ttl(held: &dlock::LockGuard, held_at: Instant, ttl: Duration) {
+    let reason = tokio::time::timeout(ttl + MARGIN, held.lost()).await.expect("the loss is reported");
+    assert_eq!(reason, LostReason::Unconfirmed);
+    assert!(
+        held_at.elapsed() < ttl,
+        "reported lost after {:?}, at or after the ttl {ttl:?}",
+        held_at.elapsed()
+    );
+}
+
+/// Wait until `service` takes and releases `key` again (Redis is back); how long that took.
+async fn works_again(service: &LockService, key: &str, what: &str) -> Duration {
+    poll_until(Duration::from_secs(5), what, || {
+        let service = service.clone();
+        async move {
+            match service.lock(key).wait(Duration::ZERO).await {
+                Ok(guard) => guard.release().await.expect("release once Redis is back"),
+                Err(err) => {
+                    eprintln!("not yet: {err}");
+                    false
+                }
+            }
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_redis_fails_within_call_timeout_and_same_service_recovers_after_restart() {
     let mut server = RedisServer::start();
@@ -163,29 +192,11 @@ async fn stopped_redis_fails_within_call_timeout_and_same_service_recovers_after
 
     // The guard taken before the outage cannot be renewed: it is reported lost before its
     // lease could have ended in Redis.
-    let reason = tokio::time::timeout(ttl + MARGIN, held.lost()).await.expect("the loss is reported");
-    assert_eq!(reason, LostReason::Unconfirmed);
-    assert!(
-        held_at.elapsed() < ttl,
-        "reported lost after {:?}, at or after the ttl {ttl:?}",
-        held_at.elapsed()
-    );
+    assert_lost_before_its_ttl(&held, held_at, ttl).await;
     drop(held);
 
     server.restart();
-    let took = poll_until(Duration::from_secs(5), "the same service works again after the restart", || {
-        let service = service.clone();
-        async move {
-            match service.lock("k").wait(Duration::ZERO).await {
-                Ok(guard) => guard.release().await.expect("release after the restart"),
-                Err(err) => {
-                    eprintln!("not yet: {err}");
-                    false
-                }
-            }
-        }
-    })
-    .await;
+    let took = works_again(&service, "k", "the same service works again after the restart").await;
     eprintln!("recovered {took:?} after the restart");
 }
 
@@ -211,29 +222,11 @@ async fn paused_redis_fails_within_call_timeout_and_recovers_on_resume() {
         "gave up after {elapsed:?}; the call timeout is {CALL_TIMEOUT:?}"
     );
 
-    let reason = tokio::time::timeout(ttl + MARGIN, held.lost()).await.expect("the loss is reported");
-    assert_eq!(reason, LostReason::Unconfirmed);
-    assert!(
-        held_at.elapsed() < ttl,
-        "reported lost after {:?}, at or after the ttl {ttl:?}",
-        held_at.elapsed()
-    );
+    assert_lost_before_its_ttl(&held, held_at, ttl).await;
 
     server.resume();
     // A key this service never tried: the same service and connection work again.
-    poll_until(Duration::from_secs(5), "the service works again after resume", || {
-        let service = service.clone();
-        async move {
-            match service.lock("after").wait(Duration::ZERO).await {
-                Ok(guard) => guard.release().await.expect("release after resume"),
-                Err(err) => {
-                    eprintln!("not yet: {err}");
-                    false
-                }
-            }
-        }
-    })
-    .await;
+    works_again(&service, "after", "the service works again after resume").await;
     drop(held);
 }
 

@@ -120,11 +120,14 @@ impl Drop for Registration {
 /// Keep `job`'s lease on the current runtime.
 pub(crate) fn register(handle: &Handle, job: Job) -> Registration {
     let keeper = keeper_for(handle.id());
-    let now = Instant::now();
     // A job always has its first key; without one, it is due (and lost) at once.
     let (deadline, due) =
-        deadline_and_due(&job.keys.lock().unwrap_or_else(PoisonError::into_inner), job.renew)
-            .unwrap_or((now, now));
+        deadline_and_due(&job.keys.lock().unwrap_or_else(PoisonError::into_inner), job.renew).unwrap_or_else(
+            || {
+                let now = Instant::now();
+                (now, now)
+            },
+        );
     let mut state = keeper.lock();
     state.next_id += 1;
     let id = state.next_id;
