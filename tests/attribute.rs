@@ -621,15 +621,19 @@ on_both_backends! {
             let b = store.is_held(&format!("b:{y}")).await;
             Ok((a, b, dlock::fencing_token()))
         }
+        /// What both orders do while holding: note when they held the keys.
+        async fn hold_a_moment(log: &std::sync::Mutex<Vec<(Instant, Instant)>>) {
+            let enter = Instant::now();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            log.lock().unwrap().push((enter, Instant::now()));
+        }
         #[distributed_lock(key = "a:<x>", key = "b:<y>", service = SVC, wait = "5s")]
         async fn ab(
             x: u32,
             y: u32,
             log: Arc<std::sync::Mutex<Vec<(Instant, Instant)>>>,
         ) -> Result<(), Error> {
-            let enter = Instant::now();
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            log.lock().unwrap().push((enter, Instant::now()));
+            hold_a_moment(&log).await;
             Ok(())
         }
         #[distributed_lock(key = "b:<y>", key = "a:<x>", service = SVC, wait = "5s")]
@@ -638,9 +642,7 @@ on_both_backends! {
             y: u32,
             log: Arc<std::sync::Mutex<Vec<(Instant, Instant)>>>,
         ) -> Result<(), Error> {
-            let enter = Instant::now();
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            log.lock().unwrap().push((enter, Instant::now()));
+            hold_a_moment(&log).await;
             Ok(())
         }
 
