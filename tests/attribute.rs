@@ -125,7 +125,7 @@ impl Contents {
     fn assert_only(&self, store: &Store, key: &str) {
         assert!(self.held, "`{key}` was not held inside the body: {self:?}");
         match (&self.keys, self.count) {
-            (Some(keys), _) => assert_eq!(keys, &[store.full_key(key)], "the lock keys in Redis"),
+            (Some(keys), _) => assert_eq!(keys, &[store.full_key(key).to_string()], "the lock keys in Redis"),
             (None, Some(count)) => assert_eq!(count, 1, "memory holds one key, and it is `{key}`"),
             (None, None) => unreachable!("a store is Redis or memory"),
         }
@@ -775,7 +775,7 @@ on_both_backends! {
             }
             other => panic!("expected Lost {{ reason: Expired }}, got {other:?}"),
         }
-        assert!(took >= ttl - dlock::safety_margin(ttl), "cancelled after {took:?}, before the lease ended");
+        assert!(took >= ttl - dlock::__private::safety_margin(ttl), "cancelled after {took:?}, before the lease ended");
         assert!(took < ttl + MARGIN, "cancelled after {took:?}, long after the {ttl:?} lease");
         assert!(!reached.load(Ordering::SeqCst), "the body ran past its ttl");
         poll_until(RELEASE_BOUND, "`norenew:1` gone after the lease ended", || store.is_free("norenew:1"))

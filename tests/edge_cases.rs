@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use dlock::{
-    BackendError, BackendErrorKind, BoxFuture, Error, LockBackend, LockService, LostReason, MemoryBackend,
-    ReleaseWatch, TryAcquire,
+use dlock::backend::{
+    BackendError, BackendErrorKind, BoxFuture, FullKey, ReleaseOutcome, ReleaseWatch, TryAcquire,
 };
+use dlock::{Error, LockBackend, LockService, LostReason, MemoryBackend};
 
 #[derive(Debug, Clone, Default)]
 struct Faulty {
@@ -42,7 +42,7 @@ impl LockBackend for Faulty {
     }
     fn try_acquire<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a FullKey,
         owner: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<TryAcquire, BackendError>> {
@@ -54,7 +54,11 @@ impl LockBackend for Faulty {
             outcome
         })
     }
-    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFuture<'a, Result<bool, BackendError>> {
+    fn release<'a>(
+        &'a self,
+        key: &'a FullKey,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<ReleaseOutcome, BackendError>> {
         Box::pin(async move {
             tokio::time::sleep(ms(&self.slow_release_ms)).await;
             let outcome = self.inner.release(key, owner).await;
@@ -71,7 +75,7 @@ impl LockBackend for Faulty {
     }
     fn renew<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a FullKey,
         owner: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, BackendError>> {
@@ -87,7 +91,7 @@ impl LockBackend for Faulty {
     }
     fn watch_releases<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a FullKey,
     ) -> BoxFuture<'a, Result<Option<ReleaseWatch>, BackendError>> {
         self.inner.watch_releases(key)
     }
@@ -101,7 +105,8 @@ async fn a_retried_pass_is_not_released_by_the_previous_pass() {
     let f = Faulty::default();
     let svc = LockService::new(f.clone());
     // Someone else holds "b" for 150 ms, so the set waits for it while holding "a".
-    let held = f.inner.try_acquire("b", "someone", Duration::from_millis(150)).await.expect("b");
+    let held =
+        f.inner.try_acquire(&FullKey::new("", "b"), "someone", Duration::from_millis(150)).await.expect("b");
     assert!(matches!(held, TryAcquire::Acquired { .. }));
     f.refuse_next_renewal.store(true, Ordering::SeqCst); // "a" is lost while waiting
     f.lose_release_answers.store(1, Ordering::SeqCst); // its release goes to background retry
@@ -112,7 +117,8 @@ async fn a_retried_pass_is_not_released_by_the_previous_pass() {
         .await
         .expect("the set, on a second pass");
     tokio::time::sleep(Duration::from_millis(5)).await; // let the background retry run
-    let intruder = f.inner.try_acquire("a", "intruder", Duration::from_secs(10)).await.expect("try");
+    let intruder =
+        f.inner.try_acquire(&FullKey::new("", "a"), "intruder", Duration::from_secs(10)).await.expect("try");
     assert!(
         !matches!(intruder, TryAcquire::Acquired { .. }) || guard.is_lost(),
         "two holders of `a`: the guard says held, and an intruder acquired it"
@@ -125,7 +131,8 @@ async fn a_retried_pass_is_not_released_by_the_previous_pass() {
 async fn a_renewal_covers_only_the_keys_it_renewed() {
     let f = Faulty::default();
     let svc = LockService::new(f.clone());
-    let held = f.inner.try_acquire("b", "someone", Duration::from_millis(60)).await.expect("b");
+    let held =
+        f.inner.try_acquire(&FullKey::new("", "b"), "someone", Duration::from_millis(60)).await.expect("b");
     assert!(matches!(held, TryAcquire::Acquired { .. }));
     f.slow_b_answer_ms.store(80, Ordering::SeqCst);
     let failing = f.clone();
@@ -144,7 +151,11 @@ async fn a_renewal_covers_only_the_keys_it_renewed() {
         if guard.is_lost() {
             return;
         }
-        let intruder = f.inner.try_acquire("b", "intruder", Duration::from_secs(10)).await.expect("try");
+        let intruder = f
+            .inner
+            .try_acquire(&FullKey::new("", "b"), "intruder", Duration::from_secs(10))
+            .await
+            .expect("try");
         assert!(
             !matches!(intruder, TryAcquire::Acquired { .. }),
             "an intruder took `b` while the guard is not lost"
@@ -195,6 +206,7 @@ async fn extreme_durations_do_not_panic() {
     let huge = svc.lock("k").ttl(Duration::from_secs(u64::MAX / 2)).await;
     assert!(matches!(huge, Err(Error::InvalidInput { what: "ttl", .. })), "{huge:?}");
     let store = MemoryBackend::new();
-    let outcome = store.try_acquire("k", "o", Duration::MAX).await.expect("the backend saturates");
+    let outcome =
+        store.try_acquire(&FullKey::new("", "k"), "o", Duration::MAX).await.expect("the backend saturates");
     assert!(matches!(outcome, TryAcquire::Acquired { .. }));
 }

@@ -13,9 +13,8 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use dlock::{
-    Error, HANDOFF_LEASE, LockBackend, LockService, RedisBackend, ReleaseNotice, TryAcquire, WAITER_RECHECK,
-};
+use dlock::backend::{FullKey, HANDOFF_LEASE, ReleaseNotice, ReleaseOutcome, TryAcquire, WAITER_RECHECK};
+use dlock::{Error, LockBackend, LockService, RedisBackend};
 use redis::aio::MultiplexedConnection as Conn;
 use support::{RedisServer, inspector, poll_until, redis_cmd};
 use tokio::time::Instant;
@@ -38,14 +37,14 @@ async fn connect(url: &str) -> RedisBackend {
     RedisBackend::connect(url).await.expect("connect")
 }
 
-fn acquired(outcome: Result<TryAcquire, dlock::BackendError>) -> u64 {
+fn acquired(outcome: Result<TryAcquire, dlock::backend::BackendError>) -> u64 {
     match outcome.expect("try_acquire answers") {
         TryAcquire::Acquired { fencing_token } => fencing_token,
         held => panic!("expected Acquired, got {held:?}"),
     }
 }
 
-fn held(outcome: Result<TryAcquire, dlock::BackendError>) {
+fn held(outcome: Result<TryAcquire, dlock::backend::BackendError>) {
     assert!(matches!(outcome, Ok(TryAcquire::Held { .. })), "expected Held, got {outcome:?}");
 }
 
@@ -57,16 +56,18 @@ async fn releases_hand_the_key_to_the_first_process_in_line() {
     let mut conn = inspector(&url).await;
     let (a, b, c) = (connect(&url).await, connect(&url).await, connect(&url).await);
 
-    let first = acquired(a.try_acquire("k", "owner-a", TTL).await);
+    let first = acquired(a.try_acquire(&FullKey::new("", "k"), "owner-a", TTL).await);
     // Not subscribed yet: an attempt does not join the line (it could not hear a hand-off).
-    held(b.try_acquire("k", "owner-b", TTL).await);
+    held(b.try_acquire(&FullKey::new("", "k"), "owner-b", TTL).await);
     assert!(line(&conn, "k").await.is_empty());
-    let mut b_watch = b.watch_releases("k").await.expect("watch").expect("redis has notices");
-    let mut c_watch = c.watch_releases("k").await.expect("watch").expect("redis has notices");
-    held(b.try_acquire("k", "owner-b", TTL).await);
-    held(c.try_acquire("k", "owner-c", TTL).await);
+    let mut b_watch =
+        b.watch_releases(&FullKey::new("", "k")).await.expect("watch").expect("redis has notices");
+    let mut c_watch =
+        c.watch_releases(&FullKey::new("", "k")).await.expect("watch").expect("redis has notices");
+    held(b.try_acquire(&FullKey::new("", "k"), "owner-b", TTL).await);
+    held(c.try_acquire(&FullKey::new("", "k"), "owner-c", TTL).await);
     // Asking again keeps a process's place.
-    held(b.try_acquire("k", "owner-b", TTL).await);
+    held(b.try_acquire(&FullKey::new("", "k"), "owner-b", TTL).await);
     assert_eq!(line(&conn, "k").await, ["owner-b", "owner-c"]);
     // The line goes away by itself 3 s after the last ask.
     for key in ["dlock:queue:k", "dlock:queue-entries:k"] {
@@ -76,7 +77,10 @@ async fn releases_hand_the_key_to_the_first_process_in_line() {
 
     // a's release hands the key to b, with a lease of b's ttl capped at HANDOFF_LEASE (5 s;
     // b renews it like any lease), and tells b alone.
-    assert_eq!(a.release_and_check_waiters("k", "owner-a").await.expect("release"), (true, true));
+    assert_eq!(
+        a.release(&FullKey::new("", "k"), "owner-a").await.expect("release"),
+        ReleaseOutcome::new(true).with_others_waiting(true)
+    );
     let notice = tokio::time::timeout(Duration::from_secs(5), b_watch.released()).await.expect("b hears");
     let ReleaseNotice::Granted { owner, fencing_token: handed } = notice else {
         panic!("expected a hand-off, got {notice:?}")
@@ -94,30 +98,39 @@ async fn releases_hand_the_key_to_the_first_process_in_line() {
 
     // b asking again before it heard (a missed notice) gets the key, with a fresh token and a
     // lease of its full ttl.
-    let again = acquired(b.try_acquire("k", "owner-b", TTL).await);
+    let again = acquired(b.try_acquire(&FullKey::new("", "k"), "owner-b", TTL).await);
     assert!(again > handed);
     let pttl: i64 = redis_cmd(&mut conn, &["PTTL", "k"]).await;
     assert!(pttl > 9_000 && pttl <= 10_000, "asking again gives b its ttl: {pttl} ms left");
 
     // b's release goes to c; c's release finds nobody in line and frees the key without a
     // notice: whoever waits is in line (b, still subscribed, is not, and hears nothing).
-    assert_eq!(b.release_and_check_waiters("k", "owner-b").await.expect("release"), (true, true));
+    assert_eq!(
+        b.release(&FullKey::new("", "k"), "owner-b").await.expect("release"),
+        ReleaseOutcome::new(true).with_others_waiting(true)
+    );
     let notice = tokio::time::timeout(Duration::from_secs(5), c_watch.released()).await.expect("c hears");
     assert!(
         matches!(&notice, ReleaseNotice::Granted { owner, fencing_token } if &**owner == "owner-c" && *fencing_token > again),
         "{notice:?}"
     );
-    assert_eq!(c.release_and_check_waiters("k", "owner-c").await.expect("release"), (true, false));
+    assert_eq!(
+        c.release(&FullKey::new("", "k"), "owner-c").await.expect("release"),
+        ReleaseOutcome::new(true).with_others_waiting(false)
+    );
     let heard = tokio::time::timeout(Duration::from_millis(100), b_watch.released()).await;
     assert!(heard.is_err(), "b heard {heard:?}");
     assert!(!redis_cmd::<bool>(&mut conn, &["EXISTS", "k", "dlock:queue:k", "dlock:queue-entries:k"]).await);
 
     // A release by an owner that does not hold the key takes it out of line.
-    acquired(a.try_acquire("k", "owner-a", TTL).await);
-    held(b.try_acquire("k", "owner-b", TTL).await);
-    held(c.try_acquire("k", "owner-c", TTL).await);
+    acquired(a.try_acquire(&FullKey::new("", "k"), "owner-a", TTL).await);
+    held(b.try_acquire(&FullKey::new("", "k"), "owner-b", TTL).await);
+    held(c.try_acquire(&FullKey::new("", "k"), "owner-c", TTL).await);
     assert_eq!(line(&conn, "k").await, ["owner-b", "owner-c"]);
-    assert!(!b.release("k", "owner-b").await.expect("release"), "b never held it");
+    assert!(
+        !b.release(&FullKey::new("", "k"), "owner-b").await.expect("release").was_held,
+        "b never held it"
+    );
     assert_eq!(line(&conn, "k").await, ["owner-c"]);
     drop(b_watch);
 
@@ -125,16 +138,19 @@ async fn releases_hand_the_key_to_the_first_process_in_line() {
     // hand-offs for a moment, so it asked without queueing) leaves the line when it releases:
     // the key is never handed back to it.
     let () = redis_cmd(&mut conn, &["DEL", "k"]).await; // a's lease ended
-    acquired(a.try_acquire("k", "owner-c", TTL).await); // a's backend is not subscribed
+    acquired(a.try_acquire(&FullKey::new("", "k"), "owner-c", TTL).await); // a's backend is not subscribed
     assert_eq!(line(&conn, "k").await, ["owner-c"], "still in line while holding");
-    assert_eq!(a.release_and_check_waiters("k", "owner-c").await.expect("release"), (true, true));
+    assert_eq!(
+        a.release(&FullKey::new("", "k"), "owner-c").await.expect("release"),
+        ReleaseOutcome::new(true).with_others_waiting(true)
+    );
     assert!(
         !redis_cmd::<bool>(&mut conn, &["EXISTS", "k", "dlock:queue:k"]).await,
         "freed, not handed to itself"
     );
     assert_eq!(c_watch.released().await, ReleaseNotice::Released);
-    acquired(a.try_acquire("k", "owner-a", TTL).await);
-    held(c.try_acquire("k", "owner-c", TTL).await);
+    acquired(a.try_acquire(&FullKey::new("", "k"), "owner-a", TTL).await);
+    held(c.try_acquire(&FullKey::new("", "k"), "owner-c", TTL).await);
 
     // A place whose process stopped asking (its time in line is over) is skipped.
     let now_ms = {
@@ -144,7 +160,10 @@ async fn releases_hand_the_key_to_the_first_process_in_line() {
     let entries = "dlock:queue-entries:k";
     let _: i64 =
         redis_cmd(&mut conn, &["HSET", entries, "owner-c", &format!("{}:10000:nowhere", now_ms - 1)]).await;
-    assert_eq!(a.release_and_check_waiters("k", "owner-a").await.expect("release"), (true, true));
+    assert_eq!(
+        a.release(&FullKey::new("", "k"), "owner-a").await.expect("release"),
+        ReleaseOutcome::new(true).with_others_waiting(true)
+    );
     assert!(!redis_cmd::<bool>(&mut conn, &["EXISTS", "k"]).await, "nobody left in line: the key is free");
     // c is still subscribed (not in line any more), so it hears a plain release.
     let notice = tokio::time::timeout(Duration::from_secs(5), c_watch.released()).await.expect("c hears");
@@ -575,10 +594,10 @@ impl LockBackend for Scripted {
     }
     fn try_acquire<'a>(
         &'a self,
-        _key: &'a str,
+        _key: &'a FullKey,
         owner: &'a str,
         _ttl: Duration,
-    ) -> dlock::BoxFuture<'a, Result<TryAcquire, dlock::BackendError>> {
+    ) -> dlock::backend::BoxFuture<'a, Result<TryAcquire, dlock::backend::BackendError>> {
         let mut state = self.state();
         state.attempts += 1;
         let outcome = match state.holder.as_deref() {
@@ -600,28 +619,31 @@ impl LockBackend for Scripted {
     }
     fn release<'a>(
         &'a self,
-        _key: &'a str,
+        _key: &'a FullKey,
         owner: &'a str,
-    ) -> dlock::BoxFuture<'a, Result<bool, dlock::BackendError>> {
+    ) -> dlock::backend::BoxFuture<'a, Result<ReleaseOutcome, dlock::backend::BackendError>> {
         let mut state = self.state();
         let ours = state.holder.as_deref() == Some(owner);
         if ours {
             state.holder = None;
         }
-        Box::pin(std::future::ready(Ok(ours)))
+        Box::pin(std::future::ready(Ok(ReleaseOutcome::new(ours))))
     }
     fn renew<'a>(
         &'a self,
-        _key: &'a str,
+        _key: &'a FullKey,
         owner: &'a str,
         ttl: Duration,
-    ) -> dlock::BoxFuture<'a, Result<bool, dlock::BackendError>> {
+    ) -> dlock::backend::BoxFuture<'a, Result<bool, dlock::backend::BackendError>> {
         let mut state = self.state();
         state.renewals += 1;
         state.renewed_for = Some(ttl);
         if state.failing_renewals > 0 {
             state.failing_renewals -= 1;
-            let err = dlock::BackendError::new(dlock::BackendErrorKind::Connection, "scripted outage");
+            let err = dlock::backend::BackendError::new(
+                dlock::backend::BackendErrorKind::Connection,
+                "scripted outage",
+            );
             return Box::pin(std::future::ready(Err(err)));
         }
         let ours = state.holder.as_deref() == Some(owner);
@@ -629,9 +651,15 @@ impl LockBackend for Scripted {
     }
     fn watch_releases<'a>(
         &'a self,
-        _key: &'a str,
-    ) -> dlock::BoxFuture<'a, Result<Option<dlock::ReleaseWatch>, dlock::BackendError>> {
-        Box::pin(std::future::ready(Ok(Some(dlock::ReleaseWatch::new(self.notices.subscribe(), None)))))
+        _key: &'a FullKey,
+    ) -> dlock::backend::BoxFuture<
+        'a,
+        Result<Option<dlock::backend::ReleaseWatch>, dlock::backend::BackendError>,
+    > {
+        Box::pin(std::future::ready(Ok(Some(dlock::backend::ReleaseWatch::new(
+            self.notices.subscribe(),
+            None,
+        )))))
     }
 }
 

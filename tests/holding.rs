@@ -8,9 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dlock::{
-    BackendError, BoxFuture, Error, LockBackend, LockService, LostReason, MemoryBackend, TryAcquire,
-};
+use dlock::backend::{BackendError, BoxFuture, FullKey, ReleaseOutcome, TryAcquire};
+use dlock::{Error, LockBackend, LockService, LostReason, MemoryBackend};
 use tokio::time::Instant;
 
 /// Counts calls and can be told to refuse renewals or to stop answering them.
@@ -53,28 +52,25 @@ impl LockBackend for Rec {
     }
     fn try_acquire<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a FullKey,
         owner: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<TryAcquire, BackendError>> {
         self.record("acquire", key);
         self.inner.try_acquire(key, owner, ttl)
     }
-    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFuture<'a, Result<bool, BackendError>> {
-        self.record("release", key);
-        self.inner.release(key, owner)
-    }
-    fn release_and_check_waiters<'a>(
+    fn release<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a FullKey,
         owner: &'a str,
-    ) -> BoxFuture<'a, Result<(bool, bool), BackendError>> {
+    ) -> BoxFuture<'a, Result<ReleaseOutcome, BackendError>> {
+        self.record("release", key);
         let others = self.others_waiting.load(Ordering::SeqCst);
-        Box::pin(async move { Ok((self.release(key, owner).await?, others)) })
+        Box::pin(async move { Ok(self.inner.release(key, owner).await?.with_others_waiting(others)) })
     }
     fn renew<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a FullKey,
         owner: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, BackendError>> {
@@ -90,8 +86,8 @@ impl LockBackend for Rec {
     }
     fn watch_releases<'a>(
         &'a self,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<dlock::ReleaseWatch>, BackendError>> {
+        key: &'a FullKey,
+    ) -> BoxFuture<'a, Result<Option<dlock::backend::ReleaseWatch>, BackendError>> {
         self.inner.watch_releases(key)
     }
 }
@@ -178,7 +174,7 @@ async fn unanswered_renewal_is_lost_before_the_lease_ends() {
     assert_eq!(guard.lost().await, LostReason::Unconfirmed);
     let lease_end = sent + TTL;
     assert!(Instant::now() < lease_end, "lost must be reported before the lease could end");
-    assert!(Instant::now() + dlock::safety_margin(TTL) <= lease_end + Duration::from_millis(1));
+    assert!(Instant::now() + dlock::__private::safety_margin(TTL) <= lease_end + Duration::from_millis(1));
 }
 
 #[tokio::test(start_paused = true)]

@@ -1017,7 +1017,7 @@ async fn without_renewal_the_body_is_cancelled_before_the_lease_ends() {
     );
     // …and not much earlier than the safety margin asks (the send was after `called_at`).
     assert!(
-        dropped_at >= called_at + TTL - dlock::safety_margin(TTL),
+        dropped_at >= called_at + TTL - dlock::__private::safety_margin(TTL),
         "body dropped {:?} after the call, before ttl - margin",
         dropped_at - called_at
     );

@@ -8,6 +8,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dlock::backend::{FullKey, ReleaseOutcome};
 use dlock::{Error, LockService, MemoryBackend, RedisBackend};
 use support::{RedisServer, inspector, poll_until};
 use tokio::sync::Mutex;
@@ -44,7 +45,7 @@ async fn redis_waiter_is_woken_by_the_release_not_by_a_timer() {
     let acquired_at = waiter.await.expect("join").expect("woken by the release notice within wait");
     let hand_off = acquired_at - released_at;
     // Its timer would have fired only after a recheck (1 s), the holder's lease being 30 s.
-    assert!(hand_off < dlock::WAITER_RECHECK / 2, "hand-off took {hand_off:?}");
+    assert!(hand_off < dlock::backend::WAITER_RECHECK / 2, "hand-off took {hand_off:?}");
     poll_until(Duration::from_secs(5), "the subscription was dropped", || {
         let backend = b_backend.clone();
         async move { backend.subscribed_channels() == 0 }
@@ -108,7 +109,7 @@ async fn no_subscription_is_left_behind() {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     held.release().await?;
                     let waited = waiting.await.expect("join")?;
-                    assert!(waited < dlock::WAITER_RECHECK / 2, "{key}: waited {waited:?}");
+                    assert!(waited < dlock::backend::WAITER_RECHECK / 2, "{key}: waited {waited:?}");
                 } else {
                     // The waiter subscribes; then a wait of zero-ish ends it.
                     let attempt = waiter.lock(&key).wait(Duration::from_millis(1)).await;
@@ -177,11 +178,11 @@ async fn rewatching_a_channel_just_left_does_not_stall() {
         .await
         .expect("connect");
     for round in 0..5 {
-        let first = backend.watch_releases("k").await.expect("watch");
+        let first = backend.watch_releases(&FullKey::new("", "k")).await.expect("watch");
         tokio::time::sleep(Duration::from_millis(50)).await;
         drop(first);
         let started = Instant::now();
-        let again = backend.watch_releases("k").await.expect("watch again");
+        let again = backend.watch_releases(&FullKey::new("", "k")).await.expect("watch again");
         let took = started.elapsed();
         assert!(took < Duration::from_secs(2), "round {round}: re-watching took {took:?}");
         drop(again);
@@ -198,35 +199,42 @@ async fn release_reports_waiting_processes() {
     let a = RedisBackend::connect(&server.url()).await.expect("connect a");
     let b = RedisBackend::connect(&server.url()).await.expect("connect b");
     assert!(matches!(
-        a.try_acquire("k", "owner-a", Duration::from_secs(10)).await,
-        Ok(dlock::TryAcquire::Acquired { .. })
+        a.try_acquire(&FullKey::new("", "k"), "owner-a", Duration::from_secs(10)).await,
+        Ok(dlock::backend::TryAcquire::Acquired { .. })
     ));
     assert_eq!(
-        a.release_and_check_waiters("k", "owner-a").await.expect("release"),
-        (true, false),
+        a.release(&FullKey::new("", "k"), "owner-a").await.expect("release"),
+        ReleaseOutcome::new(true).with_others_waiting(false),
         "nobody waits"
     );
     assert!(matches!(
-        a.try_acquire("k", "owner-a", Duration::from_secs(10)).await,
-        Ok(dlock::TryAcquire::Acquired { .. })
+        a.try_acquire(&FullKey::new("", "k"), "owner-a", Duration::from_secs(10)).await,
+        Ok(dlock::backend::TryAcquire::Acquired { .. })
     ));
-    let watch = b.watch_releases("k").await.expect("watch").expect("redis has notices");
+    let watch = b.watch_releases(&FullKey::new("", "k")).await.expect("watch").expect("redis has notices");
     // Subscribed but not asking: b is not waiting in line, and nothing is said.
-    assert_eq!(a.release_and_check_waiters("k", "owner-a").await.expect("release"), (true, false));
-    assert!(matches!(
-        a.try_acquire("k", "owner-a", Duration::from_secs(10)).await,
-        Ok(dlock::TryAcquire::Acquired { .. })
-    ));
-    assert!(matches!(
-        b.try_acquire("k", "owner-b", Duration::from_secs(10)).await,
-        Ok(dlock::TryAcquire::Held { newest_token: Some(_), .. })
-    ));
-    assert_eq!(a.release_and_check_waiters("k", "owner-a").await.expect("release"), (true, true), "b waits");
     assert_eq!(
-        a.release_and_check_waiters("k", "owner-a").await.expect("release"),
-        (false, false),
+        a.release(&FullKey::new("", "k"), "owner-a").await.expect("release"),
+        ReleaseOutcome::new(true).with_others_waiting(false)
+    );
+    assert!(matches!(
+        a.try_acquire(&FullKey::new("", "k"), "owner-a", Duration::from_secs(10)).await,
+        Ok(dlock::backend::TryAcquire::Acquired { .. })
+    ));
+    assert!(matches!(
+        b.try_acquire(&FullKey::new("", "k"), "owner-b", Duration::from_secs(10)).await,
+        Ok(dlock::backend::TryAcquire::Held { newest_token: Some(_), .. })
+    ));
+    assert_eq!(
+        a.release(&FullKey::new("", "k"), "owner-a").await.expect("release"),
+        ReleaseOutcome::new(true).with_others_waiting(true),
+        "b waits"
+    );
+    assert_eq!(
+        a.release(&FullKey::new("", "k"), "owner-a").await.expect("release"),
+        ReleaseOutcome::new(false).with_others_waiting(false),
         "handed to b: not a's any more, nothing released, nothing announced"
     );
-    assert!(b.release("k", "owner-b").await.expect("release"));
+    assert!(b.release(&FullKey::new("", "k"), "owner-b").await.expect("release").was_held);
     drop(watch);
 }

@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use dlock::{BackendErrorKind, Error, LockService, LostReason, RedisBackend};
+use dlock::backend::BackendErrorKind;
+use dlock::{Error, LockService, LostReason, RedisBackend};
 use scenarios::MARGIN;
 use support::{RedisServer, Store, poll_until, redis_cmd};
 

@@ -8,6 +8,10 @@ use std::future::Future;
 pub use ::core::time::Duration;
 pub use ::std::format;
 
+/// How much earlier than the backend's own expiry dlock considers a lease over (for tests
+/// and benchmarks that check the bound; the README gives the formula).
+pub use crate::lease::safety_margin;
+
 /// The request an annotated call makes: on the service registered as `service`, or on the
 /// global one; the attribute adds the options it was given with `LockRequest`'s own builder.
 pub fn request(service: Option<&'static str>, keys: Vec<String>) -> LockRequest {
@@ -15,7 +19,7 @@ pub fn request(service: Option<&'static str>, keys: Vec<String>) -> LockRequest 
         Some(name) => registry::named(name),
         None => registry::global(),
     };
-    LockRequest::new(service, keys)
+    LockRequest::new(service.map(|service| service.shared), keys)
 }
 
 /// Acquire per `request`, run `body` while held, release; the error cases become `R`'s error.
@@ -29,12 +33,7 @@ where
     R::Err: LockError,
     F: Future<Output = R>,
 {
-    let (service, keys, ttl, wait, renew) = request.into_parts();
-    let service = match service {
-        Ok(service) => service,
-        Err(err) => return R::from_lock_error(err),
-    };
-    let guard = match service.acquire(keys, ttl, wait, renew).await {
+    let guard = match request.acquire().await {
         Ok(guard) => guard,
         Err(err) => return R::from_lock_error(err),
     };

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::backend::FullKey;
 use crate::lease::Lease;
 
 tokio::task_local! {
@@ -16,8 +17,7 @@ tokio::task_local! {
 #[derive(Clone, Debug)]
 pub(crate) struct Frame {
     pub(crate) service_id: u64,
-    /// As the backend sees it (with the service's prefix).
-    pub(crate) key: Arc<str>,
+    pub(crate) key: FullKey,
     pub(crate) fencing_token: u64,
     pub(crate) lease: Arc<Lease>,
 }
@@ -46,19 +46,10 @@ pub fn fencing_token() -> Option<u64> {
     HELD.try_with(|frames| frames.last().map(|f| f.fencing_token)).ok().flatten()
 }
 
-/// The frame for `key` on service `service_id`, if this task holds it.
-pub(crate) fn held(service_id: u64, prefix: &str, key: &str) -> Option<Frame> {
+/// The frame for `key` (as the caller wrote it) on service `service_id`, if this task holds it.
+pub(crate) fn held(service_id: u64, key: &str) -> Option<Frame> {
     HELD.try_with(|frames| {
-        frames
-            .iter()
-            .rev()
-            .find(|f| {
-                f.service_id == service_id
-                    && f.key.len() == prefix.len() + key.len()
-                    && f.key.starts_with(prefix)
-                    && f.key.ends_with(key)
-            })
-            .cloned()
+        frames.iter().rev().find(|f| f.service_id == service_id && f.key.unprefixed() == key).cloned()
     })
     .ok()
     .flatten()

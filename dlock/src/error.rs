@@ -1,6 +1,8 @@
-//! The one error type of dlock, and the error a backend reports.
+//! [`Error`]: the one error type of dlock, and [`LostReason`], why a held lock was lost.
 
 use std::time::Duration;
+
+use crate::backend::{BackendError, BackendErrorKind};
 
 /// Everything that can go wrong while taking, holding or releasing a lock.
 ///
@@ -68,6 +70,13 @@ pub enum Error {
         source: BackendError,
     },
 
+    /// A lock was requested outside a tokio runtime: dlock keeps leases, waits and background
+    /// releases on tokio, so lock requests and annotated functions must be awaited inside one.
+    #[error(
+        "dlock was called outside a tokio runtime; await lock requests and annotated functions inside one (e.g. under `#[tokio::main]` or `#[tokio::test]`)"
+    )]
+    NoRuntime,
+
     /// The caller passed something dlock cannot use (an empty key, a zero ttl, a bad URL).
     #[error("invalid {what}: {reason}")]
     InvalidInput {
@@ -100,56 +109,6 @@ impl std::fmt::Display for LostReason {
             Self::Expired => "the lease reached its ttl and renewal is off (`renew = false`)",
             Self::Released => "its outer holder released it while a re-entrant guard was still alive",
         })
-    }
-}
-
-/// An error reported by a [`LockBackend`](crate::LockBackend) implementation.
-///
-/// Backends build it from a message and, usually, the underlying error.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct BackendError {
-    message: String,
-    kind: BackendErrorKind,
-    #[source]
-    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
-}
-
-/// A coarse classification of [`BackendError`]s, for callers that retry some and not others.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum BackendErrorKind {
-    /// The backend did not answer within its call timeout.
-    Timeout,
-    /// The backend could not be reached, or the connection broke.
-    Connection,
-    /// The backend answered that it cannot serve right now: Redis loading its data after a
-    /// restart, a failover under way, or a connection that reached a read-only replica.
-    Unavailable,
-    /// The backend refused the credentials.
-    Auth,
-    /// Anything else the backend reported.
-    Other,
-}
-
-impl BackendError {
-    /// A backend error with a message and no underlying cause.
-    pub fn new(kind: BackendErrorKind, message: impl Into<String>) -> Self {
-        Self { message: message.into(), kind, source: None }
-    }
-
-    /// A backend error caused by `source`.
-    pub fn with_source(
-        kind: BackendErrorKind,
-        message: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
-        Self { message: message.into(), kind, source: Some(Box::new(source)) }
-    }
-
-    /// What kind of failure this was.
-    pub fn kind(&self) -> BackendErrorKind {
-        self.kind
     }
 }
 

@@ -7,18 +7,19 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use crate::backend::FullKey;
+use crate::claim::{Claim, ClaimedKey};
 use crate::context::{self, Frame};
 use crate::error::{Error, LostReason};
 use crate::keeper::Registration;
 use crate::lease::Lease;
-use crate::service::{Claim, LockService, QueueTicket};
+use crate::local_queue::QueueTicket;
+use crate::shared::Shared;
 
 /// One key held by a guard.
 #[derive(Debug, Clone)]
 pub(crate) struct HeldKey {
-    /// With the service's prefix: what the backend sees (the guard strips the prefix to give
-    /// the key as the caller wrote it).
-    pub(crate) full_key: Arc<str>,
+    pub(crate) key: FullKey,
     pub(crate) fencing_token: u64,
 }
 
@@ -26,7 +27,7 @@ pub(crate) struct HeldKey {
 ///
 /// While it lives, the lease is renewed in the background every ttl/3 (unless the request
 /// said `.renew(false)`; a key handed over by a release is first renewed sooner, see
-/// [`HANDOFF_LEASE`](crate::HANDOFF_LEASE)). If the lease is lost — a renewal refused, or not confirmed before
+/// [`HANDOFF_LEASE`](crate::backend::HANDOFF_LEASE)). If the lease is lost — a renewal refused, or not confirmed before
 /// the lease could have ended — [`is_lost`](Self::is_lost) turns true and
 /// [`lost`](Self::lost) resolves: stop the protected work then.
 ///
@@ -35,7 +36,7 @@ pub(crate) struct HeldKey {
 /// lease simply expires at its ttl).
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard {
-    service: LockService,
+    shared: Arc<Shared>,
     /// Keys this guard took from the backend (empty for a purely re-entrant guard).
     held: Vec<HeldKey>,
     /// Keys the task already held when this guard was asked for.
@@ -44,28 +45,29 @@ pub struct LockGuard {
 }
 
 /// What only a guard that took keys from the backend has.
-struct Owned {
-    owner: Arc<str>,
-    lease: Arc<Lease>,
-    keeper: Registration,
+pub(crate) struct Owned {
+    pub(crate) owner: Arc<str>,
+    pub(crate) lease: Arc<Lease>,
+    pub(crate) keeper: Registration,
 }
 
 impl LockGuard {
+    /// A guard over `held`, taken from the backend, and `reentered`, which the task held before.
+    /// It keeps the local queue places (`tickets`) until released or lost.
     pub(crate) fn owned(
-        service: LockService,
+        shared: Arc<Shared>,
         held: Vec<HeldKey>,
         reentered: Vec<Frame>,
-        owner: Arc<str>,
-        lease: Arc<Lease>,
-        keeper: Registration,
+        owned: Owned,
         tickets: Vec<QueueTicket>,
     ) -> Self {
-        lease.hold_tickets(tickets);
-        Self { service, held, reentered, owned: Some(Owned { owner, lease, keeper }) }
+        owned.lease.hold_tickets(tickets);
+        Self { shared, held, reentered, owned: Some(owned) }
     }
 
-    pub(crate) fn reentrant(service: LockService, reentered: Vec<Frame>) -> Self {
-        Self { service, held: Vec::new(), reentered, owned: None }
+    /// A guard over keys the task already held: it releases nothing.
+    pub(crate) fn reentrant(shared: Arc<Shared>, reentered: Vec<Frame>) -> Self {
+        Self { shared, held: Vec::new(), reentered, owned: None }
     }
 
     /// The key (the first one, for a guard over several keys), as requested, without the
@@ -79,8 +81,8 @@ impl LockGuard {
         let mut keys: Vec<&str> = self
             .held
             .iter()
-            .map(|h| self.strip(&h.full_key))
-            .chain(self.reentered.iter().map(|f| self.strip(&f.key)))
+            .map(|h| h.key.unprefixed())
+            .chain(self.reentered.iter().map(|f| f.key.unprefixed()))
             .collect();
         keys.sort_unstable();
         keys.into_iter()
@@ -88,12 +90,8 @@ impl LockGuard {
 
     /// The first key as the backend sees it (prefix included): what errors name.
     pub(crate) fn full_key(&self) -> &str {
-        let held = self.held.iter().map(|h| &*h.full_key);
-        held.chain(self.reentered.iter().map(|f| &*f.key)).min().unwrap_or_default()
-    }
-
-    fn strip<'a>(&self, full_key: &'a str) -> &'a str {
-        full_key.strip_prefix(self.service.key_prefix()).unwrap_or(full_key)
+        let held = self.held.iter().map(|h| h.key.as_str());
+        held.chain(self.reentered.iter().map(|f| f.key.as_str())).min().unwrap_or_default()
     }
 
     /// The fencing token of the (first) key: strictly greater than any token issued before
@@ -107,8 +105,8 @@ impl LockGuard {
         let mut tokens: Vec<(&str, u64)> = self
             .held
             .iter()
-            .map(|h| (self.strip(&h.full_key), h.fencing_token))
-            .chain(self.reentered.iter().map(|f| (self.strip(&f.key), f.fencing_token)))
+            .map(|h| (h.key.unprefixed(), h.fencing_token))
+            .chain(self.reentered.iter().map(|f| (f.key.unprefixed(), f.fencing_token)))
             .collect();
         tokens.sort_unstable();
         tokens.into_iter()
@@ -174,8 +172,8 @@ impl LockGuard {
                 .iter()
                 .rev()
                 .map(|h| Frame {
-                    service_id: self.service.inner.id,
-                    key: Arc::clone(&h.full_key),
+                    service_id: self.shared.id,
+                    key: h.key.clone(),
                     fencing_token: h.fencing_token,
                     lease: Arc::clone(&owned.lease),
                 })
@@ -193,37 +191,38 @@ impl LockGuard {
     /// nothing and returns `Ok(true)`.
     pub async fn release(mut self) -> Result<bool, Error> {
         match self.owned.take() {
-            Some(owned) => release_owned(self.service.clone(), std::mem::take(&mut self.held), owned).await,
+            Some(owned) => {
+                release_owned(Arc::clone(&self.shared), std::mem::take(&mut self.held), owned).await
+            }
             None => Ok(true),
         }
     }
 }
 
-async fn release_owned(service: LockService, held: Vec<HeldKey>, owned: Owned) -> Result<bool, Error> {
+async fn release_owned(shared: Arc<Shared>, held: Vec<HeldKey>, owned: Owned) -> Result<bool, Error> {
     let Owned { owner, lease, keeper } = owned;
     // If this future is dropped half-way (its caller gave up), whatever is left is released in
     // the background.
-    let mut pending =
-        Claim::new(Arc::clone(&service.inner.backend), Arc::clone(&owner), Some(Arc::clone(&lease)));
-    let until = lease.deadline();
-    pending.keys = held.iter().map(|h| (Arc::clone(&h.full_key), until)).collect();
+    let mut pending = Claim::new(Arc::clone(&shared.backend), Arc::clone(&owner), Some(Arc::clone(&lease)));
+    let ends_by = lease.deadline();
+    pending.keys = held.iter().map(|h| ClaimedKey { key: h.key.clone(), ends_by }).collect();
     // No renewal may be sent after the release: stop them (waiting for one on the wire).
     lease.stop_renewals().await;
     drop(keeper);
     let mut all_ours = lease.lost_reason().is_none();
     lease.mark_released();
-    let backend = service.backend();
+    let backend = &*shared.backend;
     let mut first_err = None;
     let mut others_waiting = false;
-    while let Some((full_key, _)) = pending.keys.last() {
-        match backend.release_and_check_waiters(full_key, &owner).await {
-            Ok((ours, waiting)) => {
-                all_ours &= ours;
-                others_waiting |= waiting;
+    while let Some(ClaimedKey { key, .. }) = pending.keys.last() {
+        match backend.release(key, &owner).await {
+            Ok(outcome) => {
+                all_ours &= outcome.was_held;
+                others_waiting |= outcome.others_waiting;
             }
             Err(err) => {
-                tracing::warn!(target: "dlock", key = %full_key, error = %err, "release failed; the lease expires at its ttl");
-                first_err.get_or_insert(Error::backend(backend.name(), Some(full_key), err));
+                tracing::warn!(target: "dlock", key = %key, error = %err, "release failed; the lease expires at its ttl");
+                first_err.get_or_insert(Error::backend(backend.name(), Some(key), err));
             }
         }
         pending.keys.pop();
@@ -242,7 +241,7 @@ async fn release_owned(service: LockService, held: Vec<HeldKey>, owned: Owned) -
     } else {
         lease.drop_tickets();
     }
-    tracing::debug!(target: "dlock", keys = ?held.iter().map(|h| &h.full_key).collect::<Vec<_>>(), still_ours = all_ours, "lock released");
+    tracing::debug!(target: "dlock", keys = ?held.iter().map(|h| &h.key).collect::<Vec<_>>(), still_ours = all_ours, "lock released");
     match first_err {
         Some(err) => Err(err),
         None => Ok(all_ours),
@@ -259,10 +258,10 @@ impl Drop for LockGuard {
         let held = std::mem::take(&mut self.held);
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
-                handle.spawn(release_owned(self.service.clone(), held, owned));
+                handle.spawn(release_owned(Arc::clone(&self.shared), held, owned));
             }
             Err(_) => {
-                tracing::warn!(target: "dlock", keys = ?held.iter().map(|h| &h.full_key).collect::<Vec<_>>(),
+                tracing::warn!(target: "dlock", keys = ?held.iter().map(|h| &h.key).collect::<Vec<_>>(),
                     "lock guard dropped outside a tokio runtime; the lock is freed when its lease expires");
             }
         }

@@ -5,7 +5,7 @@
 //! a map insert and remove; the task only wakes when a renewal or a deadline is due (a
 //! registration wakes it only when it is due before the task's timer), so locks held for less
 //! than a third of their lease (ttl/3; less for a key handed over, see
-//! [`HANDOFF_LEASE`](crate::HANDOFF_LEASE)) never wake it. Each renewal runs as its own short
+//! [`HANDOFF_LEASE`](crate::backend::HANDOFF_LEASE)) never wake it. Each renewal runs as its own short
 //! task, so a slow backend delays no other lease. The task ends after being idle for a while,
 //! and is started again by the next registration.
 
@@ -20,9 +20,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::backend::LockBackend;
+use crate::backend::{FullKey, LockBackend};
 use crate::error::LostReason;
-use crate::lease::{Lease, safety_margin};
+use crate::lease::{Lease, Term};
 
 /// How long the task waits with no lease to keep before it ends.
 const IDLE_EXIT: Duration = Duration::from_secs(10);
@@ -41,32 +41,15 @@ pub(crate) struct Job {
     pub(crate) keys: Mutex<Vec<KeptKey>>,
     pub(crate) owner: Arc<str>,
     pub(crate) ttl: Duration,
-    pub(crate) renew: bool,
+    pub(crate) auto_renew: bool,
     pub(crate) lease: Arc<Lease>,
 }
 
-/// One key of a lease, with the lease the backend last gave it.
+/// One key of a lease, with the term the backend last gave it.
 #[derive(Debug, Clone)]
 pub(crate) struct KeptKey {
-    pub(crate) key: Arc<str>,
-    /// When the request that gave the key its current lease (an acquire, or a renewal) was
-    /// sent: the lease is counted from here, so network time only shortens it.
-    pub(crate) sent: Instant,
-    /// How long that lease lasts: the ttl, or less for a key handed over by a release (see
-    /// [`HANDOFF_LEASE`](crate::HANDOFF_LEASE)) until its first renewal.
-    pub(crate) lease: Duration,
-}
-
-impl KeptKey {
-    /// Past this, the key's lease may have ended in the backend: `sent + lease - margin`.
-    pub(crate) fn deadline(&self) -> Instant {
-        self.sent + self.lease.saturating_sub(safety_margin(self.lease))
-    }
-
-    /// When the key's lease is due for renewal: a third of the way through.
-    fn due(&self) -> Instant {
-        self.sent + self.lease / 3
-    }
+    pub(crate) key: FullKey,
+    pub(crate) term: Term,
 }
 
 /// A lease being kept; unregisters it when dropped.
@@ -85,11 +68,11 @@ impl Registration {
     pub(crate) fn add_key(&self, key: KeptKey) {
         let mut state = self.keeper.lock();
         let Some(entry) = state.entries.get_mut(&self.id) else { return };
-        let (deadline, due) = (key.deadline(), key.due());
+        let (deadline, due) = (key.term.deadline(), key.term.due());
         entry.job.keys.lock().unwrap_or_else(PoisonError::into_inner).push(key);
         entry.job.lease.cap(deadline);
         entry.deadline = entry.deadline.min(deadline);
-        let due = if entry.job.renew { due } else { entry.deadline };
+        let due = if entry.job.auto_renew { due } else { entry.deadline };
         if due < entry.due {
             let old = entry.due;
             entry.due = due;
@@ -102,10 +85,18 @@ impl Registration {
 
 /// When the lease of `keys` may have ended, and when it is due for renewal (or, without
 /// renewal, when it must be reported lost): the earliest of its keys'.
-fn deadline_and_due(keys: &[KeptKey], renew: bool) -> Option<(Instant, Instant)> {
-    let deadline = keys.iter().map(KeptKey::deadline).min()?;
-    let due = if renew { keys.iter().map(KeptKey::due).min()? } else { deadline };
-    Some((deadline, due))
+fn deadline_and_due(keys: &[KeptKey], auto_renew: bool) -> Option<Schedule> {
+    let deadline = keys.iter().map(|k| k.term.deadline()).min()?;
+    let due = if auto_renew { keys.iter().map(|k| k.term.due()).min()? } else { deadline };
+    Some(Schedule { deadline, due })
+}
+
+/// When a lease is next due (for renewal, or, without renewal, to be reported lost), and when
+/// it may have ended in the backend.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    due: Instant,
+    deadline: Instant,
 }
 
 impl Drop for Registration {
@@ -121,13 +112,12 @@ impl Drop for Registration {
 pub(crate) fn register(handle: &Handle, job: Job) -> Registration {
     let keeper = keeper_for(handle.id());
     // A job always has its first key; without one, it is due (and lost) at once.
-    let (deadline, due) =
-        deadline_and_due(&job.keys.lock().unwrap_or_else(PoisonError::into_inner), job.renew).unwrap_or_else(
-            || {
+    let Schedule { deadline, due } =
+        deadline_and_due(&job.keys.lock().unwrap_or_else(PoisonError::into_inner), job.auto_renew)
+            .unwrap_or_else(|| {
                 let now = Instant::now();
-                (now, now)
-            },
-        );
+                Schedule { deadline: now, due: now }
+            });
     let mut state = keeper.lock();
     state.next_id += 1;
     let id = state.next_id;
@@ -236,7 +226,7 @@ impl std::fmt::Debug for Job {
         f.debug_struct("Job")
             .field("keys", &self.keys)
             .field("ttl", &self.ttl)
-            .field("renew", &self.renew)
+            .field("auto_renew", &self.auto_renew)
             .finish()
     }
 }
@@ -259,11 +249,11 @@ impl Keeper {
         job.lease.mark_lost(reason);
     }
 
-    /// Schedule `id` again at `due` (if it is still kept).
-    fn reschedule(&self, id: u64, due: impl FnOnce(&Entry) -> (Instant, Instant)) {
+    /// Schedule `id` again (if it is still kept).
+    fn reschedule(&self, id: u64, next: impl FnOnce(&Entry) -> Schedule) {
         let mut state = self.lock();
         let Some(entry) = state.entries.get_mut(&id) else { return };
-        let (due, deadline) = due(entry);
+        let Schedule { due, deadline } = next(entry);
         // The entry that fired was taken off the schedule, but a key added since (`add_key`)
         // may have put it back, earlier: one entry per lease, or renewals would run twice.
         let old = std::mem::replace(&mut entry.due, due);
@@ -304,7 +294,7 @@ async fn run(keeper: Arc<Keeper>) {
             next
         };
         for (id, job, deadline) in fired {
-            if !job.renew {
+            if !job.auto_renew {
                 keeper.lose(id, &job, LostReason::Expired);
             } else if now >= deadline {
                 keeper.lose(id, &job, LostReason::Unconfirmed);
@@ -334,14 +324,13 @@ async fn renew_once(keeper: Arc<Keeper>, id: u64, job: Arc<Job>, deadline: Insta
             let next = {
                 let mut keys = job.keys.lock().unwrap_or_else(PoisonError::into_inner);
                 for key in &mut keys[..renewed] {
-                    key.sent = sent;
-                    key.lease = job.ttl;
+                    key.term = Term { sent, length: job.ttl };
                 }
                 deadline_and_due(&keys, true)
             };
-            let Some((deadline, due)) = next else { return };
-            job.lease.extend(deadline);
-            keeper.reschedule(id, |_| (due, deadline));
+            let Some(next) = next else { return };
+            job.lease.extend(next.deadline);
+            keeper.reschedule(id, |_| next);
         }
         Ok(Ok(_)) => keeper.lose(id, &job, LostReason::Refused),
         Ok(Err(())) => {
@@ -349,9 +338,12 @@ async fn renew_once(keeper: Arc<Keeper>, id: u64, job: Arc<Job>, deadline: Insta
             // Spaced for the shortest lease among the keys (a key handed over may have less
             // than the ttl), so that several retries fit before its deadline.
             let shortest =
-                job.keys.lock().unwrap_or_else(PoisonError::into_inner).iter().map(|k| k.lease).min();
+                job.keys.lock().unwrap_or_else(PoisonError::into_inner).iter().map(|k| k.term.length).min();
             let retry = Instant::now() + (shortest.unwrap_or(job.ttl) / 12).max(Duration::from_millis(5));
-            keeper.reschedule(id, |entry| (retry.min(entry.deadline), entry.deadline));
+            keeper.reschedule(id, |entry| Schedule {
+                due: retry.min(entry.deadline),
+                deadline: entry.deadline,
+            });
         }
         Err(_) => keeper.lose(id, &job, LostReason::Unconfirmed),
     }
@@ -360,8 +352,8 @@ async fn renew_once(keeper: Arc<Keeper>, id: u64, job: Arc<Job>, deadline: Insta
 /// `Ok(n)`: the first `n` keys (all there were when it started) renewed; `Ok(0)`: some key
 /// refused; `Err`: backend failure.
 async fn renew_all(job: &Job) -> Result<usize, ()> {
-    let keys: Vec<Arc<str>> =
-        job.keys.lock().unwrap_or_else(PoisonError::into_inner).iter().map(|k| Arc::clone(&k.key)).collect();
+    let keys: Vec<FullKey> =
+        job.keys.lock().unwrap_or_else(PoisonError::into_inner).iter().map(|k| k.key.clone()).collect();
     for key in &keys {
         match job.backend.renew(key, &job.owner, job.ttl).await {
             Ok(true) => {}
@@ -382,9 +374,9 @@ mod tests {
 
     use tokio::time::Instant;
 
-    use super::{Entry, Job, Keeper, KeptKey, Registration};
-    use crate::lease::Lease;
-    use crate::memory::MemoryBackend;
+    use super::{Entry, Job, Keeper, KeptKey, Registration, Schedule};
+    use crate::backend::{FullKey, MemoryBackend};
+    use crate::lease::{Lease, Term};
 
     /// The keeper takes a lease's entry off the schedule when it fires; if a key is added
     /// while that renewal is on the wire, `add_key` schedules the lease again, earlier, and
@@ -395,14 +387,14 @@ mod tests {
         let keeper = Arc::new(Keeper::default());
         let now = Instant::now();
         let ttl = Duration::from_secs(30);
-        let first = KeptKey { key: Arc::from("a"), sent: now, lease: ttl };
-        let (due, deadline) = (first.due(), first.deadline());
+        let first = KeptKey { key: FullKey::new("", "a"), term: Term { sent: now, length: ttl } };
+        let (due, deadline) = (first.term.due(), first.term.deadline());
         let job = Job {
             backend: Arc::new(MemoryBackend::new()),
             keys: Mutex::new(vec![first]),
             owner: Arc::from("owner"),
             ttl,
-            renew: true,
+            auto_renew: true,
             lease: Lease::new(deadline, true),
         };
         {
@@ -414,10 +406,13 @@ mod tests {
         }
         let registration = Registration { keeper: Arc::clone(&keeper), id: 1 };
         // A key handed over with a short lease joins meanwhile: due sooner.
-        registration.add_key(KeptKey { key: Arc::from("b"), sent: now, lease: Duration::from_secs(5) });
+        registration.add_key(KeptKey {
+            key: FullKey::new("", "b"),
+            term: Term { sent: now, length: Duration::from_secs(5) },
+        });
         // The renewal comes back and schedules the next one.
         let next = now + Duration::from_secs(1);
-        keeper.reschedule(1, |entry| (next, entry.deadline));
+        keeper.reschedule(1, |entry| Schedule { due: next, deadline: entry.deadline });
 
         let schedule: Vec<_> = keeper.lock().schedule.iter().copied().collect();
         assert_eq!(schedule, [(next, 1)], "one entry for the lease");

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::error::LostReason;
-use crate::service::QueueTicket;
+use crate::local_queue::QueueTicket;
 
 /// How much earlier than the backend's own expiry dlock considers a lease over.
 ///
@@ -29,6 +29,28 @@ pub fn safety_margin(ttl: Duration) -> Duration {
     ttl / 100 + (ttl / 10).clamp(Duration::from_millis(2), Duration::from_millis(20))
 }
 
+/// One term the backend granted a key: how long, counted from when the request that got it
+/// (an acquire, or a renewal) was *sent*, so network time only shortens it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Term {
+    pub(crate) sent: Instant,
+    /// The ttl, or less for a key handed over by a release (see
+    /// [`HANDOFF_LEASE`](crate::backend::HANDOFF_LEASE)) until its first renewal.
+    pub(crate) length: Duration,
+}
+
+impl Term {
+    /// Past this, the key's lease may have ended in the backend: `sent + length - margin`.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.sent + self.length.saturating_sub(safety_margin(self.length))
+    }
+
+    /// When the term is due for renewal: a third of the way through.
+    pub(crate) fn due(&self) -> Instant {
+        self.sent + self.length / 3
+    }
+}
+
 /// Shared state of one held lease (one or several keys).
 #[derive(Debug)]
 pub(crate) struct Lease {
@@ -37,8 +59,8 @@ pub(crate) struct Lease {
     lost_changed: Notify,
     /// Woken when a renewal on the wire is done.
     renewal_done: Notify,
-    /// Whether the lease is renewed (decides how an expired deadline is reported).
-    renewed: bool,
+    /// Whether the keeper renews the lease (decides how an expired deadline is reported).
+    auto_renew: bool,
 }
 
 #[derive(Debug)]
@@ -59,7 +81,7 @@ struct State {
 }
 
 impl Lease {
-    pub(crate) fn new(deadline: Instant, renewed: bool) -> Arc<Self> {
+    pub(crate) fn new(deadline: Instant, auto_renew: bool) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State {
                 lost: None,
@@ -70,7 +92,7 @@ impl Lease {
             }),
             lost_changed: Notify::new(),
             renewal_done: Notify::new(),
-            renewed,
+            auto_renew,
         })
     }
 
@@ -132,7 +154,7 @@ impl Lease {
     }
 
     fn expiry_reason(&self) -> LostReason {
-        if self.renewed { LostReason::Unconfirmed } else { LostReason::Expired }
+        if self.auto_renew { LostReason::Unconfirmed } else { LostReason::Expired }
     }
 
     pub(crate) fn deadline(&self) -> Instant {
@@ -208,5 +230,34 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.state().renewing = false;
         self.0.renewal_done.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::Lease;
+    use crate::backend::FullKey;
+    use crate::error::LostReason;
+    use crate::local_queue::LocalQueues;
+
+    /// The keeper may report a lease lost between the acquisition's last check and the guard
+    /// taking the local queue places: they must be given up then, not at release.
+    #[tokio::test]
+    async fn a_lease_lost_before_it_holds_its_queue_places_gives_them_up_at_once() {
+        let queues = Arc::new(LocalQueues::default());
+        let key = FullKey::new("", "k");
+        let far = Instant::now() + Duration::from_secs(60);
+        let ticket = queues.enter(&key, far).await.expect("the queue is free");
+        let lease = Lease::new(far, true);
+        lease.mark_lost(LostReason::Refused);
+        lease.hold_tickets(vec![ticket]);
+
+        let next = queues.enter(&key, Instant::now() + Duration::from_millis(200)).await;
+        assert!(next.is_some(), "the next task of the process still waits for a place held by a lost lease");
     }
 }

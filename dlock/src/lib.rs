@@ -36,41 +36,63 @@
 //! - [`LockService`]: a [`LockBackend`] plus defaults; register one with [`set_global`] or
 //!   [`register`].
 //! - Backends: [`MemoryBackend`] (in-process) and [`RedisBackend`] (feature `redis`, on by
-//!   default; `rediss://` with feature `tls`). A new store implements [`LockBackend`].
+//!   default; `rediss://` with feature `tls`).
 //! - The manual API: [`lock`] / [`LockService::lock`] / [`LockService::lock_all`] →
 //!   [`LockRequest`] → [`LockGuard`].
 //! - [`fencing_token`]: the token of the innermost lock the current task holds.
 //! - [`Error`]: everything that can go wrong, each message naming the key and the remedy.
+//! - [`backend`]: for authors of a new backend — the [`LockBackend`] contract and the types
+//!   its methods use.
 //!
 //! dlock runs on tokio: lock requests must be awaited inside a tokio runtime (the lease keeper
 //! and background releases are tokio tasks).
+//!
+//! # How it is built
+//!
+//! Each layer uses only the ones below it:
+//!
+//! ```text
+//! registry, __private      where annotated fns find their service; what the attribute calls
+//! service                  LockService + builder: the facade
+//! request                  LockRequest: builder calls, then .await
+//! acquire/                 the algorithm: passes over sorted keys, waiting for one key (key.rs)
+//! guard                    LockGuard: holding, scope, release
+//! shared                   what a service's acquisitions and guards share
+//! claim, keeper, context   cleanup of abandoned work; renewal; what this task holds
+//! lease                    one held lease: lost or not, renewals in flight
+//! local_queue              the in-process FIFO per key
+//! limits, error, time      bounds and defaults; Error; small helpers
+//! backend/, redis/         the LockBackend contract and the backends (they know nothing above)
+//! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod backend;
+mod acquire;
+pub mod backend;
+mod claim;
 mod context;
 mod error;
 mod guard;
 mod keeper;
 mod lease;
-mod memory;
+mod limits;
+mod local_queue;
 mod registry;
 mod request;
 mod service;
+mod shared;
+mod time;
 
 #[cfg(feature = "redis")]
 mod redis;
 
-pub use backend::{
-    BoxFuture, HANDOFF_LEASE, LockBackend, ReleaseNotice, ReleaseWatch, TryAcquire, WAITER_RECHECK,
-};
+pub use backend::{LockBackend, MemoryBackend};
 pub use context::fencing_token;
-pub use error::{BackendError, BackendErrorKind, Error, LostReason};
+pub use error::{Error, LostReason};
 pub use guard::LockGuard;
-pub use lease::safety_margin;
-pub use memory::MemoryBackend;
+pub use limits::{DEFAULT_TTL, DEFAULT_WAIT, MAX_TTL, MIN_TTL};
 pub use registry::{global, lock, lock_with, named, register, set_global};
 pub use request::LockRequest;
-pub use service::{DEFAULT_TTL, DEFAULT_WAIT, LockService, LockServiceBuilder, MAX_TTL, MIN_TTL};
+pub use service::{LockService, LockServiceBuilder};
 
 #[cfg(feature = "redis")]
 pub use crate::redis::{RedisBackend, RedisBackendBuilder};

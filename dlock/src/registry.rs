@@ -58,10 +58,10 @@ pub fn named(name: &str) -> Result<LockService, Error> {
 ///
 /// With no global service registered, awaiting it returns [`Error::NotRegistered`].
 pub fn lock(key: impl Into<String>) -> LockRequest {
-    LockRequest::new(global(), vec![key.into()])
+    LockRequest::new(global().map(|service| service.shared), vec![key.into()])
 }
 
 /// A request for `key` on the service registered as `service`.
 pub fn lock_with(service: &str, key: impl Into<String>) -> LockRequest {
-    LockRequest::new(named(service), vec![key.into()])
+    LockRequest::new(named(service).map(|service| service.shared), vec![key.into()])
 }

@@ -4,10 +4,13 @@ use std::fmt;
 use std::future::IntoFuture;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use crate::acquire::{self, LockSpec};
 use crate::backend::BoxFuture;
 use crate::error::Error;
 use crate::guard::LockGuard;
-use crate::service::LockService;
+use crate::shared::Shared;
 
 /// A request for one or several locks; `.await` it to get a [`LockGuard`].
 ///
@@ -25,45 +28,40 @@ use crate::service::LockService;
 /// ```
 #[must_use = "a lock request does nothing until it is awaited"]
 pub struct LockRequest {
-    service: Result<LockService, Error>,
-    keys: Vec<String>,
-    ttl: Option<Duration>,
-    wait: Option<Duration>,
-    renew: bool,
+    /// The service, or why there is none (not registered).
+    service: Result<Arc<Shared>, Error>,
+    spec: LockSpec,
 }
 
 impl LockRequest {
-    pub(crate) fn new(service: Result<LockService, Error>, keys: Vec<String>) -> Self {
-        Self { service, keys, ttl: None, wait: None, renew: true }
+    pub(crate) fn new(service: Result<Arc<Shared>, Error>, keys: Vec<String>) -> Self {
+        Self { service, spec: LockSpec { keys, ttl: None, wait: None, renew: true } }
     }
 
-    /// The request taken apart: service, keys, ttl, wait, renew.
-    #[expect(clippy::type_complexity, reason = "used once, by the attribute's `run`")]
-    pub(crate) fn into_parts(
-        self,
-    ) -> (Result<LockService, Error>, Vec<String>, Option<Duration>, Option<Duration>, bool) {
-        (self.service, self.keys, self.ttl, self.wait, self.renew)
+    /// Take the locks.
+    pub(crate) async fn acquire(self) -> Result<LockGuard, Error> {
+        acquire::acquire(&self.service?, self.spec).await
     }
 
     /// The lease (default: the service's, 30 s). While the guard lives the lease is renewed
     /// every ttl/3, so ttl bounds how long a crashed holder blocks others, not how long the
     /// work may take.
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
+        self.spec.ttl = Some(ttl);
         self
     }
 
     /// How long to wait for the lock (default: the service's, 30 s); `Duration::ZERO` makes
     /// one attempt.
     pub fn wait(mut self, wait: Duration) -> Self {
-        self.wait = Some(wait);
+        self.spec.wait = Some(wait);
         self
     }
 
     /// Whether to renew the lease while the guard lives (default `true`). With `false` the
     /// lease ends at ttl and the guard then reports itself lost.
     pub fn renew(mut self, renew: bool) -> Self {
-        self.renew = renew;
+        self.spec.renew = renew;
         self
     }
 }
@@ -73,20 +71,17 @@ impl IntoFuture for LockRequest {
     type IntoFuture = BoxFuture<'static, Result<LockGuard, Error>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
-            let service = self.service?;
-            service.acquire(self.keys, self.ttl, self.wait, self.renew).await
-        })
+        Box::pin(self.acquire())
     }
 }
 
 impl fmt::Debug for LockRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockRequest")
-            .field("keys", &self.keys)
-            .field("ttl", &self.ttl)
-            .field("wait", &self.wait)
-            .field("renew", &self.renew)
+            .field("keys", &self.spec.keys)
+            .field("ttl", &self.spec.ttl)
+            .field("wait", &self.spec.wait)
+            .field("renew", &self.spec.renew)
             .finish_non_exhaustive()
     }
 }

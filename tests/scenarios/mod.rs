@@ -223,7 +223,7 @@ pub async fn abandoned_lease_blocks_others_for_at_most_ttl(store: &Store) {
     let ttl = Duration::from_millis(400);
     let started = Instant::now();
     let outcome = service.backend().try_acquire(&store.full_key("crash"), "crashed-owner", ttl).await;
-    let Ok(dlock::TryAcquire::Acquired { fencing_token: crashed_token }) = outcome else {
+    let Ok(dlock::backend::TryAcquire::Acquired { fencing_token: crashed_token }) = outcome else {
         panic!("the crashed owner should have acquired: {outcome:?}")
     };
     let guard =
@@ -473,13 +473,20 @@ pub async fn key_prefix_is_applied_in_the_backend(store: &Store) {
     assert_eq!(guard.key(), "user:42", "the guard reports the key as requested");
     let backend = service.backend();
     let probe = backend.try_acquire(&store.full_key("user:42"), "probe", LONG_TTL).await.expect("probe");
-    assert!(matches!(probe, dlock::TryAcquire::Held { .. }), "the prefixed key is the one held: {probe:?}");
+    assert!(
+        matches!(probe, dlock::backend::TryAcquire::Held { .. }),
+        "the prefixed key is the one held: {probe:?}"
+    );
     // The bare key is not what is held (on the shared Redis, other users may own it: only probe
     // the private memory store).
     if !store.is_redis() {
-        let probe = backend.try_acquire("user:42", "probe", dlock::MIN_TTL).await.expect("probe");
-        assert!(matches!(probe, dlock::TryAcquire::Acquired { .. }), "the unprefixed key is free: {probe:?}");
-        assert!(backend.release("user:42", "probe").await.expect("release probe"));
+        let unprefixed = dlock::backend::FullKey::new("", "user:42");
+        let probe = backend.try_acquire(&unprefixed, "probe", dlock::MIN_TTL).await.expect("probe");
+        assert!(
+            matches!(probe, dlock::backend::TryAcquire::Acquired { .. }),
+            "the unprefixed key is free: {probe:?}"
+        );
+        assert!(backend.release(&unprefixed, "probe").await.expect("release probe").was_held);
     }
     if let Some(value) = store.stored_value("user:42").await {
         assert!(value.is_some(), "Redis holds `{}`", store.full_key("user:42"));
@@ -531,7 +538,7 @@ pub async fn timeout_error_key_is_the_full_key_as_documented(store: &Store) {
     assert!(guard.release().await.expect("release"));
     assert_eq!(
         key,
-        store.full_key("order:8"),
+        store.full_key("order:8").as_str(),
         "Error::Timeout.key is documented to include the service prefix"
     );
 }

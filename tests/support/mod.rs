@@ -24,9 +24,8 @@ use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use dlock::{
-    BackendError, BoxFuture, LockBackend, LockService, LockServiceBuilder, ReleaseWatch, TryAcquire,
-};
+use dlock::backend::{BackendError, BoxFuture, FullKey, ReleaseOutcome, ReleaseWatch, TryAcquire};
+use dlock::{LockBackend, LockService, LockServiceBuilder};
 
 /// How long a fresh `redis-server` may take to answer PING.
 const STARTUP_BOUND: Duration = Duration::from_secs(10);
@@ -354,8 +353,8 @@ impl Store {
     }
 
     /// `key` as the backend stores it.
-    pub fn full_key(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix())
+    pub fn full_key(&self, key: &str) -> FullKey {
+        FullKey::new(self.prefix(), key)
     }
 
     pub fn is_redis(&self) -> bool {
@@ -406,7 +405,9 @@ impl Store {
                 {
                     TryAcquire::Held { .. } => true,
                     TryAcquire::Acquired { .. } => {
-                        assert!(backend.release(&full_key, probe).await.expect("memory never fails"));
+                        assert!(
+                            backend.release(&full_key, probe).await.expect("memory never fails").was_held
+                        );
                         false
                     }
                 }
@@ -414,7 +415,7 @@ impl Store {
             Self::Redis { conn, .. } => {
                 let mut conn = conn.clone();
                 redis::cmd("EXISTS")
-                    .arg(&full_key)
+                    .arg(full_key.as_str())
                     .query_async::<bool>(&mut conn)
                     .await
                     .unwrap_or_else(|err| panic!("EXISTS {full_key}: {err}"))
@@ -437,7 +438,7 @@ impl Store {
                 let mut conn = conn.clone();
                 Some(
                     redis::cmd("GET")
-                        .arg(&full_key)
+                        .arg(full_key.as_str())
                         .query_async::<Option<String>>(&mut conn)
                         .await
                         .unwrap_or_else(|err| panic!("GET {full_key}: {err}")),
@@ -456,7 +457,7 @@ impl Store {
             Self::Redis { conn, .. } => {
                 let mut conn = conn.clone();
                 let removed: i64 = redis::cmd("DEL")
-                    .arg(&full_key)
+                    .arg(full_key.as_str())
                     .query_async(&mut conn)
                     .await
                     .unwrap_or_else(|err| panic!("DEL {full_key}: {err}"));
@@ -538,7 +539,7 @@ impl LockBackend for Counting {
 
     fn try_acquire<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a FullKey,
         owner: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<TryAcquire, BackendError>> {
@@ -546,14 +547,18 @@ impl LockBackend for Counting {
         self.inner.try_acquire(key, owner, ttl)
     }
 
-    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFuture<'a, Result<bool, BackendError>> {
+    fn release<'a>(
+        &'a self,
+        key: &'a FullKey,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<ReleaseOutcome, BackendError>> {
         self.counts.release.fetch_add(1, Ordering::SeqCst);
         self.inner.release(key, owner)
     }
 
     fn renew<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a FullKey,
         owner: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, BackendError>> {
@@ -563,7 +568,7 @@ impl LockBackend for Counting {
 
     fn watch_releases<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a FullKey,
     ) -> BoxFuture<'a, Result<Option<ReleaseWatch>, BackendError>> {
         self.counts.watch_releases.fetch_add(1, Ordering::SeqCst);
         self.inner.watch_releases(key)

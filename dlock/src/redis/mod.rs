@@ -11,16 +11,16 @@ use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, ServerErrorKind, Value};
 
 use std::sync::Arc;
 
-use crate::backend::{BoxFuture, HANDOFF_LEASE, LockBackend, ReleaseWatch, TryAcquire, WAITER_RECHECK};
-use crate::error::{BackendError, BackendErrorKind, Error};
+use crate::backend::{
+    BackendError, BackendErrorKind, BoxFuture, FullKey, HANDOFF_LEASE, LockBackend, ReleaseOutcome,
+    ReleaseWatch, TryAcquire, WAITER_RECHECK,
+};
+use crate::error::Error;
 
 /// How long a waiting process keeps its place in a key's waiting line without asking again.
 /// dlock asks about every [`WAITER_RECHECK`]; a process that stopped asking (it crashed) is
 /// not handed the lock after this.
 const WAITING_LIFETIME: Duration = WAITER_RECHECK.saturating_mul(3);
-
-/// The default bound on every Redis call: 2 s.
-pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Locks in a single Redis server (or a primary with replicas; see the README's guarantees).
 ///
@@ -121,6 +121,13 @@ impl RedisBackendBuilder {
 }
 
 impl RedisBackend {
+    /// The default bound on every Redis call, and on connecting: 2 s.
+    ///
+    /// ```
+    /// assert_eq!(dlock::RedisBackend::DEFAULT_CALL_TIMEOUT, std::time::Duration::from_secs(2));
+    /// ```
+    pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
     /// Connect to the Redis at `url` with the default options.
     ///
     /// `url` is `redis://[[user]:password@]host[:port][/db]`, or `rediss://…` for TLS (cargo
@@ -134,7 +141,7 @@ impl RedisBackend {
     pub fn builder(url: impl Into<String>) -> RedisBackendBuilder {
         RedisBackendBuilder {
             url: url.into(),
-            call_timeout: DEFAULT_CALL_TIMEOUT,
+            call_timeout: Self::DEFAULT_CALL_TIMEOUT,
             fence_key: "dlock:fence".into(),
         }
     }
@@ -213,7 +220,7 @@ impl LockBackend for RedisBackend {
 
     fn try_acquire<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a FullKey,
         owner: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<TryAcquire, BackendError>> {
@@ -221,7 +228,7 @@ impl LockBackend for RedisBackend {
             // Join the waiting line only when a hand-off notice would be heard.
             let queue = self.notifier.is_subscribed(|| Self::release_channel(key));
             let answer: Value = self
-                .eval("the acquire script", &scripts::ACQUIRE, &[key, &self.fence_key], |cmd| {
+                .eval("the acquire script", &scripts::ACQUIRE, &[key.as_str(), &self.fence_key], |cmd| {
                     cmd.arg(owner).arg(millis(ttl));
                     if queue {
                         cmd.arg(millis(WAITING_LIFETIME))
@@ -247,37 +254,33 @@ impl LockBackend for RedisBackend {
         })
     }
 
-    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFuture<'a, Result<bool, BackendError>> {
-        Box::pin(async move { Ok(self.release_and_check_waiters(key, owner).await?.0) })
-    }
-
-    fn release_and_check_waiters<'a>(
+    fn release<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a FullKey,
         owner: &'a str,
-    ) -> BoxFuture<'a, Result<(bool, bool), BackendError>> {
+    ) -> BoxFuture<'a, Result<ReleaseOutcome, BackendError>> {
         Box::pin(async move {
             let outcome: i64 = self
-                .eval("the release script", &scripts::RELEASE, &[key, &self.fence_key], |cmd| {
+                .eval("the release script", &scripts::RELEASE, &[key.as_str(), &self.fence_key], |cmd| {
                     cmd.arg(owner);
                 })
                 .await?;
             // 2: handed to a waiting process, or clients subscribed to the key heard the
             // release (possibly this process's own): this process's next waiter steps back
             // for a moment either way (see `guard::release_owned`).
-            Ok((outcome >= 1, outcome == 2))
+            Ok(ReleaseOutcome::new(outcome >= 1).with_others_waiting(outcome == 2))
         })
     }
 
     fn renew<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a FullKey,
         owner: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, BackendError>> {
         Box::pin(async move {
             let renewed: i64 = self
-                .eval("the renew script", &scripts::RENEW, &[key], |cmd| {
+                .eval("the renew script", &scripts::RENEW, &[key.as_str()], |cmd| {
                     cmd.arg(owner).arg(millis(ttl));
                 })
                 .await?;
@@ -287,7 +290,7 @@ impl LockBackend for RedisBackend {
 
     fn watch_releases<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a FullKey,
     ) -> BoxFuture<'a, Result<Option<ReleaseWatch>, BackendError>> {
         Box::pin(
             async move { Ok(Some(self.notifier.watch(Self::release_channel(key), self.call_timeout).await)) },

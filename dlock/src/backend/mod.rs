@@ -1,14 +1,44 @@
-//! The [`LockBackend`] trait: the one thing a new lock store implements.
+//! For backend authors: the [`LockBackend`] contract and the types its methods take and return.
+//!
+//! Application code needs none of this beyond picking a backend ([`MemoryBackend`],
+//! [`RedisBackend`](crate::RedisBackend), …) and handing it to a
+//! [`LockService`](crate::LockService). A new lock store implements [`LockBackend`]; dlock's
+//! service does everything else (waiting, fairness within a process, renewal, loss detection,
+//! re-entrancy, key prefixes, cleanup of abandoned acquisitions).
+//!
+//! ```
+//! use std::time::Duration;
+//! use dlock::backend::{FullKey, LockBackend, TryAcquire};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), dlock::backend::BackendError> {
+//! // What the service does with a backend, one call at a time:
+//! let backend = dlock::MemoryBackend::new();
+//! let key = FullKey::new("app:", "user:42");
+//! let TryAcquire::Acquired { fencing_token } = backend.try_acquire(&key, "owner-a", Duration::from_secs(5)).await? else {
+//!     panic!("the key was free");
+//! };
+//! assert!(matches!(backend.try_acquire(&key, "owner-b", Duration::from_secs(5)).await?, TryAcquire::Held { .. }));
+//! assert!(backend.renew(&key, "owner-a", Duration::from_secs(5)).await?);
+//! assert!(backend.release(&key, "owner-a").await?.was_held);
+//! # let _ = fencing_token;
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod key;
+mod memory;
+mod notice;
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
-
-use crate::error::BackendError;
+pub use error::{BackendError, BackendErrorKind};
+pub use key::FullKey;
+pub use memory::MemoryBackend;
+pub use notice::{HANDOFF_LEASE, ReleaseNotice, ReleaseWatch, WAITER_RECHECK};
 
 /// A boxed, `Send` future: what [`LockBackend`] methods return, so the trait stays object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -35,6 +65,43 @@ pub enum TryAcquire {
     },
 }
 
+/// The outcome of a [`release`](LockBackend::release).
+///
+/// ```
+/// use dlock::backend::ReleaseOutcome;
+///
+/// let freed = ReleaseOutcome::new(true);
+/// assert!(freed.was_held && !freed.others_waiting);
+/// assert!(freed.with_others_waiting(true).others_waiting);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReleaseOutcome {
+    /// The owner held the key and it is now free (or handed to a waiting owner); `false` when
+    /// the owner did not hold it any more, and nothing was touched.
+    pub was_held: bool,
+    /// Other clients of the backend (other processes) were waiting for the key, or it was
+    /// handed to one of them.
+    ///
+    /// dlock uses it for fairness across processes: when others wait, the releasing process's
+    /// own next waiter lets them go first for a moment (after a hand-off its attempt could
+    /// only fail, and would take time from the process the key went to).
+    pub others_waiting: bool,
+}
+
+impl ReleaseOutcome {
+    /// An outcome with nobody else known to be waiting.
+    pub fn new(was_held: bool) -> Self {
+        Self { was_held, others_waiting: false }
+    }
+
+    /// The same outcome, saying whether other clients were waiting.
+    #[must_use]
+    pub fn with_others_waiting(self, others_waiting: bool) -> Self {
+        Self { others_waiting, ..self }
+    }
+}
+
 /// A store that can hold leases on keys: the abstraction that keeps services independent of
 /// any one lock library.
 ///
@@ -50,8 +117,8 @@ pub enum TryAcquire {
 ///    [`TryAcquire::Held`] with the time the current lease has left, if known.
 /// 2. **Owner-checked release and renew.** [`release`](Self::release) and
 ///    [`renew`](Self::renew) act only if `owner` holds the key at that moment, atomically, and
-///    return `false` (touching nothing) otherwise — in particular after the lease expired and
-///    another owner took the key.
+///    report that it did not (touching nothing) otherwise — in particular after the lease
+///    expired and another owner took the key.
 /// 3. **Leases end.** A key whose lease is not renewed becomes free after `ttl`.
 /// 4. **Bounded calls.** No call blocks past the backend's own call timeout; a backend that
 ///    cannot answer returns an error instead.
@@ -77,41 +144,42 @@ pub enum TryAcquire {
 ///    crashed waiter is not handed a key after that. All clients of a key must share one
 ///    fencing counter: the token comparison above is what tells a fresh hand-off notice from a
 ///    stale one.
+///
+/// Keys arrive as [`FullKey`]s (the service's prefix included); owners are random tokens that
+/// dlock makes anew for every acquisition.
 pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     /// A short name for messages and traces (`"redis"`, `"memory"`).
     fn name(&self) -> &'static str;
 
+    /// Whether this backend can lock `key` at all; `Err` says why not (the service reports it
+    /// as [`Error::InvalidInput`](crate::Error::InvalidInput) before any call). The default
+    /// accepts every key.
+    fn check_key(&self, key: &FullKey) -> Result<(), String> {
+        let _ = key;
+        Ok(())
+    }
+
     /// Try once to take `key` for `owner` with a lease of `ttl`. See the contract, point 1.
     fn try_acquire<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a FullKey,
         owner: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<TryAcquire, BackendError>>;
 
-    /// Release `key` if `owner` holds it; `Ok(false)` if it did not (any more).
-    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFuture<'a, Result<bool, BackendError>>;
-
-    /// Like [`release`](Self::release), and also tell whether other clients of the backend
-    /// (other processes) were waiting for `key`, or the key was handed to one of them:
-    /// `Ok((was_ours, others_waiting))`.
-    ///
-    /// dlock uses it for fairness across processes: when others wait, the releasing process's
-    /// own next waiter lets them go first for a moment (after a hand-off its attempt could
-    /// only fail, and would take time from the process the key went to). The default reports
-    /// no waiters.
-    fn release_and_check_waiters<'a>(
+    /// Release `key` if `owner` holds it (contract, point 2), and say whether other clients of
+    /// the backend were waiting for it (see [`ReleaseOutcome::others_waiting`]; report `false`
+    /// if the backend cannot tell).
+    fn release<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a FullKey,
         owner: &'a str,
-    ) -> BoxFuture<'a, Result<(bool, bool), BackendError>> {
-        Box::pin(async move { Ok((self.release(key, owner).await?, false)) })
-    }
+    ) -> BoxFuture<'a, Result<ReleaseOutcome, BackendError>>;
 
     /// Extend the lease on `key` to `ttl` from now if `owner` holds it; `Ok(false)` if not.
     fn renew<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a FullKey,
         owner: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, BackendError>>;
@@ -122,73 +190,9 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     /// waiters then retry on a jittered timer bounded by the holder's remaining lease.
     fn watch_releases<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a FullKey,
     ) -> BoxFuture<'a, Result<Option<ReleaseWatch>, BackendError>> {
         let _ = key;
         Box::pin(async { Ok(None) })
-    }
-}
-
-/// About how often a waiting dlock request asks the backend again (see the contract,
-/// point 6). Between two asks it waits for a release notice.
-pub const WAITER_RECHECK: Duration = Duration::from_secs(1);
-
-/// The longest first lease a backend may give an owner it hands a key to (see the contract,
-/// point 6): a waiting process that died in line can be handed the key before the backend
-/// forgets it, and then keeps others out for this long at most, instead of its whole ttl. A
-/// live owner renews it like any lease (a third of the way through, to its full ttl). A
-/// request with `.renew(false)` and a longer ttl does not take a hand-off on trust: it asks
-/// again, which gives it the key with its full ttl and a new fencing token.
-pub const HANDOFF_LEASE: Duration = Duration::from_secs(5);
-
-/// What a release notice says.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum ReleaseNotice {
-    /// The key was released (or may have been: the backend lost track, say after a
-    /// reconnect). Waiters try to acquire it.
-    #[default]
-    Released,
-    /// The key was released and handed straight to `owner` (see the contract, point 6).
-    Granted {
-        /// The owner token the key now belongs to.
-        owner: Arc<str>,
-        /// The fencing token of that owner's new lease.
-        fencing_token: u64,
-    },
-}
-
-/// A registration for release notices on one key, made by
-/// [`LockBackend::watch_releases`].
-///
-/// It wraps a [`watch::Receiver`] to which the backend sends a [`ReleaseNotice`] on every
-/// release of the key; a notice sent after the watch was made and before
-/// [`released`](Self::released) is awaited is not missed (a later one may replace it).
-/// Whatever the backend puts in `keep_alive` is dropped with the watch (for example, to
-/// unsubscribe when the last local waiter leaves).
-pub struct ReleaseWatch {
-    rx: watch::Receiver<ReleaseNotice>,
-    _keep_alive: Option<Box<dyn Send + Sync>>,
-}
-
-impl ReleaseWatch {
-    /// A watch over `rx`, holding `keep_alive` until dropped.
-    pub fn new(rx: watch::Receiver<ReleaseNotice>, keep_alive: Option<Box<dyn Send + Sync>>) -> Self {
-        Self { rx, _keep_alive: keep_alive }
-    }
-
-    /// Resolves at the next release notice (or at once if one came since the last call) with
-    /// what it said. If the backend dropped the sender, it never resolves; callers always
-    /// bound it by time.
-    pub async fn released(&mut self) -> ReleaseNotice {
-        if self.rx.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-        self.rx.borrow_and_update().clone()
-    }
-}
-
-impl fmt::Debug for ReleaseWatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReleaseWatch").field("last", &*self.rx.borrow()).finish_non_exhaustive()
     }
 }

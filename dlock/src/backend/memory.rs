@@ -7,8 +7,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::backend::{BoxFuture, LockBackend, ReleaseNotice, ReleaseWatch, TryAcquire};
-use crate::error::BackendError;
+use super::{
+    BackendError, BoxFuture, FullKey, LockBackend, ReleaseNotice, ReleaseOutcome, ReleaseWatch, TryAcquire,
+};
+use crate::time::saturating_add;
 
 /// An in-process lock store: the embedded default for examples and single-instance services,
 /// and the double for fast tests.
@@ -40,15 +42,16 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct State {
-    leases: HashMap<String, Lease>,
-    watchers: HashMap<String, watch::Sender<ReleaseNotice>>,
+    holdings: HashMap<FullKey, Holding>,
+    watchers: HashMap<FullKey, watch::Sender<ReleaseNotice>>,
     last_token: u64,
-    /// `leases.len()` after the last sweep of expired leases; the next sweep runs at twice it.
+    /// `holdings.len()` after the last sweep of expired leases; the next sweep runs at twice it.
     swept_at: usize,
 }
 
+/// Who holds a key, until when.
 #[derive(Debug)]
-struct Lease {
+struct Holding {
     owner: String,
     expires_at: Instant,
 }
@@ -62,13 +65,13 @@ impl MemoryBackend {
     /// How many keys are held right now (expired leases not counted).
     pub fn held_count(&self) -> usize {
         let now = Instant::now();
-        self.inner.lock().leases.values().filter(|l| l.expires_at > now).count()
+        self.inner.lock().holdings.values().filter(|l| l.expires_at > now).count()
     }
 
     /// Drop a key as if its lease had expired or an operator deleted it (for tests of loss).
     pub fn force_expire(&self, key: &str) -> bool {
         let mut state = self.inner.lock();
-        let removed = state.leases.remove(key).is_some();
+        let removed = state.holdings.remove(key).is_some();
         if removed {
             state.notify(key);
         }
@@ -92,9 +95,9 @@ impl State {
     }
 
     fn sweep_if_due(&mut self, now: Instant) {
-        if self.leases.len() >= self.swept_at.max(1024) {
-            self.leases.retain(|_, l| l.expires_at > now);
-            self.swept_at = self.leases.len() * 2;
+        if self.holdings.len() >= self.swept_at.max(1024) {
+            self.holdings.retain(|_, l| l.expires_at > now);
+            self.swept_at = self.holdings.len() * 2;
         }
     }
 }
@@ -106,28 +109,29 @@ impl LockBackend for MemoryBackend {
 
     fn try_acquire<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a FullKey,
         owner: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<TryAcquire, BackendError>> {
         let now = Instant::now();
         let mut state = self.inner.lock();
-        let outcome = match state.leases.get_mut(key) {
-            Some(lease) if lease.expires_at > now => {
-                TryAcquire::Held { remaining: Some(lease.expires_at - now), newest_token: None }
+        let outcome = match state.holdings.get_mut(key) {
+            Some(holding) if holding.expires_at > now => {
+                TryAcquire::Held { remaining: Some(holding.expires_at - now), newest_token: None }
             }
-            Some(lease) => {
-                lease.owner.clear();
-                lease.owner.push_str(owner);
-                lease.expires_at = expiry(now, ttl);
+            Some(holding) => {
+                holding.owner.clear();
+                holding.owner.push_str(owner);
+                holding.expires_at = saturating_add(now, ttl);
                 state.last_token += 1;
                 TryAcquire::Acquired { fencing_token: state.last_token }
             }
             None => {
                 state.sweep_if_due(now);
-                state
-                    .leases
-                    .insert(key.to_owned(), Lease { owner: owner.to_owned(), expires_at: expiry(now, ttl) });
+                state.holdings.insert(
+                    key.clone(),
+                    Holding { owner: owner.to_owned(), expires_at: saturating_add(now, ttl) },
+                );
                 state.last_token += 1;
                 TryAcquire::Acquired { fencing_token: state.last_token }
             }
@@ -136,29 +140,34 @@ impl LockBackend for MemoryBackend {
         Box::pin(std::future::ready(Ok(outcome)))
     }
 
-    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFuture<'a, Result<bool, BackendError>> {
+    fn release<'a>(
+        &'a self,
+        key: &'a FullKey,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<ReleaseOutcome, BackendError>> {
         let now = Instant::now();
         let mut state = self.inner.lock();
-        let ours = matches!(state.leases.get(key), Some(l) if l.owner == owner && l.expires_at > now);
+        let ours =
+            matches!(state.holdings.get(key.as_str()), Some(l) if l.owner == owner && l.expires_at > now);
         if ours {
-            state.leases.remove(key);
+            state.holdings.remove(key);
             state.notify(key);
         }
         drop(state);
-        Box::pin(std::future::ready(Ok(ours)))
+        Box::pin(std::future::ready(Ok(ReleaseOutcome::new(ours))))
     }
 
     fn renew<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a FullKey,
         owner: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, BackendError>> {
         let now = Instant::now();
         let mut state = self.inner.lock();
-        let renewed = match state.leases.get_mut(key) {
-            Some(lease) if lease.owner == owner && lease.expires_at > now => {
-                lease.expires_at = expiry(now, ttl);
+        let renewed = match state.holdings.get_mut(key) {
+            Some(holding) if holding.owner == owner && holding.expires_at > now => {
+                holding.expires_at = saturating_add(now, ttl);
                 true
             }
             _ => false,
@@ -169,19 +178,19 @@ impl LockBackend for MemoryBackend {
 
     fn watch_releases<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a FullKey,
     ) -> BoxFuture<'a, Result<Option<ReleaseWatch>, BackendError>> {
         let mut state = self.inner.lock();
         let rx = match state.watchers.get(key) {
             Some(tx) => tx.subscribe(),
             None => {
                 let (tx, rx) = watch::channel(ReleaseNotice::Released);
-                state.watchers.insert(key.to_owned(), tx);
+                state.watchers.insert(key.clone(), tx);
                 rx
             }
         };
         drop(state);
-        let unwatch = Unwatch { inner: Arc::clone(&self.inner), key: key.to_owned() };
+        let unwatch = Unwatch { inner: Arc::clone(&self.inner), key: key.clone() };
         Box::pin(std::future::ready(Ok(Some(ReleaseWatch::new(rx, Some(Box::new(unwatch)))))))
     }
 }
@@ -189,7 +198,7 @@ impl LockBackend for MemoryBackend {
 /// Removes a key's notice channel when its last watcher goes.
 struct Unwatch {
     inner: Arc<Inner>,
-    key: String,
+    key: FullKey,
 }
 
 impl Drop for Unwatch {
@@ -197,15 +206,10 @@ impl Drop for Unwatch {
         let mut state = self.inner.lock();
         // `ReleaseWatch` drops its receiver before this guard, so a count of zero means no
         // watcher is left.
-        if state.watchers.get(&self.key).is_some_and(|tx| tx.receiver_count() == 0) {
-            state.watchers.remove(&self.key);
+        if state.watchers.get(self.key.as_str()).is_some_and(|tx| tx.receiver_count() == 0) {
+            state.watchers.remove(self.key.as_str());
         }
     }
-}
-
-/// `now + ttl`, saturating far in the future instead of overflowing.
-fn expiry(now: Instant, ttl: Duration) -> Instant {
-    now.checked_add(ttl).unwrap_or_else(|| crate::service::far_future(now))
 }
 
 #[cfg(test)]
@@ -215,33 +219,35 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn lease_expires_and_tokens_increase() {
         let m = MemoryBackend::new();
+        let k = &FullKey::new("", "k");
         let ttl = Duration::from_millis(100);
-        let TryAcquire::Acquired { fencing_token: t1 } = m.try_acquire("k", "a", ttl).await.unwrap() else {
+        let TryAcquire::Acquired { fencing_token: t1 } = m.try_acquire(k, "a", ttl).await.unwrap() else {
             panic!("first acquire must succeed")
         };
         assert!(matches!(
-            m.try_acquire("k", "b", ttl).await.unwrap(),
+            m.try_acquire(k, "b", ttl).await.unwrap(),
             TryAcquire::Held { remaining: Some(_), .. }
         ));
         tokio::time::advance(Duration::from_millis(101)).await;
-        let TryAcquire::Acquired { fencing_token: t2 } = m.try_acquire("k", "b", ttl).await.unwrap() else {
+        let TryAcquire::Acquired { fencing_token: t2 } = m.try_acquire(k, "b", ttl).await.unwrap() else {
             panic!("acquire after expiry must succeed")
         };
         assert!(t2 > t1);
         // The old owner's late release and renew leave b's lock alone.
-        assert!(!m.release("k", "a").await.unwrap());
-        assert!(!m.renew("k", "a", ttl).await.unwrap());
-        assert!(m.renew("k", "b", ttl).await.unwrap());
-        assert!(m.release("k", "b").await.unwrap());
+        assert!(!m.release(k, "a").await.unwrap().was_held);
+        assert!(!m.renew(k, "a", ttl).await.unwrap());
+        assert!(m.renew(k, "b", ttl).await.unwrap());
+        assert!(m.release(k, "b").await.unwrap().was_held);
         assert_eq!(m.held_count(), 0);
     }
 
     #[tokio::test]
     async fn watchers_are_woken_and_cleaned_up() {
         let m = MemoryBackend::new();
-        let mut w = m.watch_releases("k").await.unwrap().unwrap();
-        m.try_acquire("k", "a", Duration::from_secs(5)).await.unwrap();
-        assert!(m.release("k", "a").await.unwrap());
+        let k = &FullKey::new("", "k");
+        let mut w = m.watch_releases(k).await.unwrap().unwrap();
+        m.try_acquire(k, "a", Duration::from_secs(5)).await.unwrap();
+        assert!(m.release(k, "a").await.unwrap().was_held);
         assert_eq!(w.released().await, ReleaseNotice::Released); // already notified: returns at once
         drop(w);
         assert!(m.inner.lock().watchers.is_empty());

@@ -1,0 +1,72 @@
+//! Waiting without polling: [`ReleaseNotice`]s a backend sends through a [`ReleaseWatch`], and
+//! the timing rules of a backend's waiting line ([`WAITER_RECHECK`], [`HANDOFF_LEASE`]).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+/// About how often a waiting dlock request asks the backend again (see the contract,
+/// point 6). Between two asks it waits for a release notice.
+pub const WAITER_RECHECK: Duration = Duration::from_secs(1);
+
+/// The longest first lease a backend may give an owner it hands a key to (see the contract,
+/// point 6): a waiting process that died in line can be handed the key before the backend
+/// forgets it, and then keeps others out for this long at most, instead of its whole ttl. A
+/// live owner renews it like any lease (a third of the way through, to its full ttl). A
+/// request with `.renew(false)` and a longer ttl does not take a hand-off on trust: it asks
+/// again, which gives it the key with its full ttl and a new fencing token.
+pub const HANDOFF_LEASE: Duration = Duration::from_secs(5);
+
+/// What a release notice says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ReleaseNotice {
+    /// The key was released (or may have been: the backend lost track, say after a
+    /// reconnect). Waiters try to acquire it.
+    #[default]
+    Released,
+    /// The key was released and handed straight to `owner` (see the contract, point 6).
+    Granted {
+        /// The owner token the key now belongs to.
+        owner: Arc<str>,
+        /// The fencing token of that owner's new lease.
+        fencing_token: u64,
+    },
+}
+
+/// A registration for release notices on one key, made by
+/// [`LockBackend::watch_releases`](super::LockBackend::watch_releases).
+///
+/// It wraps a [`watch::Receiver`] to which the backend sends a [`ReleaseNotice`] on every
+/// release of the key; a notice sent after the watch was made and before
+/// [`released`](Self::released) is awaited is not missed (a later one may replace it).
+/// Whatever the backend puts in `keep_alive` is dropped with the watch (for example, to
+/// unsubscribe when the last local waiter leaves).
+pub struct ReleaseWatch {
+    rx: watch::Receiver<ReleaseNotice>,
+    _keep_alive: Option<Box<dyn Send + Sync>>,
+}
+
+impl ReleaseWatch {
+    /// A watch over `rx`, holding `keep_alive` until dropped.
+    pub fn new(rx: watch::Receiver<ReleaseNotice>, keep_alive: Option<Box<dyn Send + Sync>>) -> Self {
+        Self { rx, _keep_alive: keep_alive }
+    }
+
+    /// Resolves at the next release notice (or at once if one came since the last call) with
+    /// what it said. If the backend dropped the sender, it never resolves; callers always
+    /// bound it by time.
+    pub async fn released(&mut self) -> ReleaseNotice {
+        if self.rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        self.rx.borrow_and_update().clone()
+    }
+}
+
+impl fmt::Debug for ReleaseWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReleaseWatch").field("last", &*self.rx.borrow()).finish_non_exhaustive()
+    }
+}

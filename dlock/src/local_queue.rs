@@ -1,0 +1,99 @@
+//! The in-process FIFO queue per key: tasks of one process that want the same key line up
+//! here, and only the head of the line competes in the backend.
+//!
+//! One [`LocalQueues`] per service. A queue exists while some task waits for or holds its key
+//! and is removed with the last [`QueueTicket`].
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::OwnedMutexGuard;
+use tokio::time::Instant;
+
+use crate::backend::FullKey;
+
+/// The queues of one service, by key.
+#[derive(Debug, Default)]
+pub(crate) struct LocalQueues {
+    queues: Mutex<HashMap<FullKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl LocalQueues {
+    fn lock(&self) -> MutexGuard<'_, HashMap<FullKey, Arc<tokio::sync::Mutex<()>>>> {
+        // Every update is one insert or remove: a poisoned map is still consistent.
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wait (FIFO, within this process) until this task is at the head of `key`'s queue;
+    /// `None` if `deadline` comes first.
+    pub(crate) async fn enter(self: &Arc<Self>, key: &FullKey, deadline: Instant) -> Option<QueueTicket> {
+        let queue = Arc::clone(self.lock().entry(key.clone()).or_default());
+        // Made before waiting: if this call is dropped while it waits, the ticket still removes
+        // the queue once nobody else uses it.
+        let mut ticket = QueueTicket { queues: Arc::clone(self), key: key.clone(), head: None };
+        // Nobody of this process holds or waits for the key: the common case, without a timer.
+        // (A tokio mutex hands itself to its queued waiters in order, so this never jumps it.)
+        let head = match Arc::clone(&queue).try_lock_owned() {
+            Ok(head) => head,
+            Err(_) => Box::pin(tokio::time::timeout_at(deadline, queue.lock_owned())).await.ok()?,
+        };
+        ticket.head = Some(head);
+        Some(ticket)
+    }
+}
+
+/// This task's place at the head of one key's local queue; the next task in line moves up
+/// when it is dropped.
+pub(crate) struct QueueTicket {
+    queues: Arc<LocalQueues>,
+    key: FullKey,
+    head: Option<OwnedMutexGuard<()>>,
+}
+
+impl Drop for QueueTicket {
+    fn drop(&mut self) {
+        drop(self.head.take());
+        let mut queues = self.queues.lock();
+        // New references to a queue come only from the map, under this lock, or from one that
+        // already counts; so a count of one (the map's own) means nobody waits on or holds it.
+        if let Entry::Occupied(queue) = queues.entry(self.key.clone())
+            && Arc::strong_count(queue.get()) == 1
+        {
+            queue.remove();
+        }
+    }
+}
+
+impl fmt::Debug for QueueTicket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueTicket").field("key", &self.key).field("at_head", &self.head.is_some()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::LocalQueues;
+    use crate::backend::FullKey;
+
+    #[tokio::test]
+    async fn tasks_enter_in_order_and_the_queue_goes_with_the_last_ticket() {
+        let queues = Arc::new(LocalQueues::default());
+        let key = FullKey::new("", "k");
+        let far = Instant::now() + Duration::from_secs(60);
+        let first = queues.enter(&key, far).await.expect("the queue is free");
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert!(queues.enter(&key, soon).await.is_none(), "the head is taken until the first ticket goes");
+        drop(first);
+        assert!(queues.lock().is_empty(), "no queue is kept for a key nobody wants");
+        let again = queues.enter(&key, far).await.expect("free again");
+        drop(again);
+        assert!(queues.lock().is_empty());
+    }
+}
