@@ -63,21 +63,6 @@ async fn owner_of(store: &Store, key: &str) -> Option<String> {
         .map(|value| value.unwrap_or_else(|| panic!("`{}` is not in Redis", store.full_key(key))))
 }
 
-/// Redis: the value of this store's fencing counter. Memory: `None`.
-async fn fence_counter(store: &Store) -> Option<u64> {
-    match store {
-        Store::Memory { .. } => None,
-        Store::Redis { conn, fence_key, .. } => {
-            let mut conn = conn.clone();
-            redis::cmd("GET")
-                .arg(fence_key)
-                .query_async::<Option<u64>>(&mut conn)
-                .await
-                .unwrap_or_else(|err| panic!("GET {fence_key}: {err}"))
-        }
-    }
-}
-
 /// How many keys the store holds (memory only).
 fn held_count(store: &Store) -> Option<usize> {
     match store {
@@ -204,7 +189,7 @@ on_both_backends! {
                 held: store.is_held(&key).await,
                 owner: owner_of(store, &key).await,
                 token: dlock::fencing_token(),
-                counter: fence_counter(store).await,
+                counter: store.fencing_counter(&key).await,
             })
         }
 
@@ -612,14 +597,20 @@ on_both_backends! {
     }
 
     /// 6. Several keys: both held while the body runs (another process cannot take either),
-    /// both free right after; `fencing_token()` is the first key's in sorted order. Calls
-    /// naming the keys in opposite orders, run concurrently, neither deadlock nor overlap.
+    /// both free right after; `fencing_token_for` gives each key's token, and
+    /// `fencing_token()` is `None` (no one token fences both keys). Calls naming the keys in
+    /// opposite orders, run concurrently, neither deadlock nor overlap.
     async fn several_keys_are_all_held_and_all_released(store) {
         #[distributed_lock(key = "b:<y>", key = "a:<x>", service = SVC, wait = "5s")]
         async fn both(x: u32, y: u32, store: &Store) -> Result<(bool, bool, Option<u64>), Error> {
             let a = store.is_held(&format!("a:{x}")).await;
             let b = store.is_held(&format!("b:{y}")).await;
-            Ok((a, b, dlock::fencing_token()))
+            assert_eq!(dlock::fencing_token(), None, "one token cannot fence two keys");
+            let b_token = dlock::fencing_token_for(&format!("b:{y}")).expect("b's token");
+            if let Some(counter) = store.fencing_counter(&format!("b:{y}")).await {
+                assert_eq!(b_token, counter, "fencing_token_for(b) is not the token drawn for b");
+            }
+            Ok((a, b, dlock::fencing_token_for(&format!("a:{x}"))))
         }
         /// What both orders do while holding: note when they held the keys.
         async fn hold_a_moment(log: &std::sync::Mutex<Vec<(Instant, Instant)>>) {
@@ -653,12 +644,11 @@ on_both_backends! {
         let (a, b, token) = both(1, 2, &store).await.unwrap();
         assert!(a && b, "not both held inside the body: a:1 {a}, b:2 {b}");
         assert!(store.is_free("a:1").await && store.is_free("b:2").await, "not both released after the call");
-        // "a:1" sorts first: the body's token is the one drawn for it, after `before`.
-        let token = token.expect("a token inside the body");
+        // The body's token for a:1 is the one drawn for it, after `before`.
+        let token = token.expect("a token for a:1 inside the body");
         assert!(token > before, "token {token} is not newer than the previous holder's {before} of a:1");
-        if let Some(counter) = fence_counter(&store).await {
-            // Redis draws a:1's token, then b:2's, from the one counter.
-            assert_eq!(token + 1, counter, "the body's token is not a:1's (the first key in sorted order)");
+        if let Some(counter) = store.fencing_counter("a:1").await {
+            assert_eq!(token, counter, "fencing_token_for(a:1) is not the token drawn for a:1");
         }
         let guard = other.lock("a:1").await.unwrap();
         assert!(guard.fencing_token() > token);
@@ -941,21 +931,25 @@ async fn dropping_a_call_while_its_acquire_is_on_the_wire_leaves_no_ownerless_lo
     let backend = dlock::RedisBackend::connect(&url).await.expect("connect to the private redis-server");
     dlock::register(SVC, dlock::LockService::new(backend)).expect("register");
     let mut conn = support::inspector(&url).await;
-    let fence = |conn: &redis::aio::MultiplexedConnection| {
+    // The last fencing token drawn for a key (its counter lives beside the lock).
+    let fence = |conn: &redis::aio::MultiplexedConnection, key: &str| {
         let mut conn = conn.clone();
+        let state = dlock::RedisBackend::state_key(key);
         async move {
-            redis::cmd("GET")
-                .arg("dlock:fence")
+            redis::cmd("HGET")
+                .arg(&state)
+                .arg("f")
                 .query_async::<Option<u64>>(&mut conn)
                 .await
-                .expect("GET dlock:fence")
+                .expect("HGET the fencing counter")
         }
     };
     // Loads the acquire script into Redis's cache, so the frozen EVALSHA cannot come back
     // as NOSCRIPT (and be retried as EVAL by a future that no longer exists).
     let ran = Arc::new(AtomicBool::new(false));
     assert_eq!(call(0, Arc::clone(&ran)).await.expect("acquire while Redis runs"), 0);
-    assert_eq!(fence(&conn).await, Some(1));
+    assert!(fence(&conn, "wire:0").await.is_some(), "wire:0 drew a token");
+    assert_eq!(fence(&conn, "wire:1").await, None, "nothing drew a token for wire:1 yet");
 
     server.pause();
     let ran = Arc::new(AtomicBool::new(false));
@@ -963,16 +957,16 @@ async fn dropping_a_call_while_its_acquire_is_on_the_wire_leaves_no_ownerless_lo
     assert!(gave_up.is_err(), "a call finished while Redis was frozen: {gave_up:?}");
     server.resume();
 
-    // The dropped call's script ran once Redis was thawed: it drew fencing token 2.
+    // The dropped call's script ran once Redis was thawed: it drew a token for wire:1.
     poll_until(RELEASE_BOUND, "Redis ran the dropped call's acquire script", || {
-        let counter = fence(&conn);
-        async move { counter.await == Some(2) }
+        let counter = fence(&conn, "wire:1");
+        async move { counter.await.is_some() }
     })
     .await;
     let pttl: i64 = redis::cmd("PTTL").arg("wire:1").query_async(&mut conn).await.expect("PTTL");
     eprintln!(
         "after the thaw: fencing counter {:?}, PTTL of wire:1 {pttl} ms (-2: absent)",
-        fence(&conn).await
+        fence(&conn, "wire:1").await
     );
     let freed = tokio::time::timeout(RELEASE_BOUND, async {
         loop {

@@ -2,9 +2,10 @@
 //!
 //! A process whose waiter is subscribed to a key's notices joins the key's waiting line in
 //! Redis when its attempt finds the key held; a release hands the key straight to the first
-//! process still in line and tells only that process. Each test owns a private `redis-server`.
-//! Separate `RedisBackend`s stand for separate processes (each has its own connections and
-//! inbox, so Redis cannot tell them apart); one test kills a real OS process.
+//! process still in line, announcing it on the key's notice channel (every process waiting
+//! for the key hears it; only the one it names takes it). Each test owns a private
+//! `redis-server`. Separate `RedisBackend`s stand for separate processes (each has its own
+//! connections, so Redis cannot tell them apart); one test kills a real OS process.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -21,9 +22,33 @@ use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(10);
 
+/// The places in line for `key` (its state hash minus the fencing counter): owner, arrival
+/// (µs), in line until (ms, Redis time), first first.
+async fn places(conn: &Conn, key: &str) -> Vec<(String, u64, u64)> {
+    let state = RedisBackend::state_key(key);
+    let fields: Vec<(String, String)> = redis_cmd(&mut conn.clone(), &["HGETALL", &state]).await;
+    let mut places: Vec<(String, u64, u64)> = fields
+        .into_iter()
+        .filter(|(owner, _)| owner != "f")
+        .map(|(owner, place)| {
+            let mut parts = place.split(':').map(|n| n.parse::<u64>().expect("a number"));
+            let arrived = parts.next().expect("arrival");
+            let until = parts.next().expect("until");
+            (owner, arrived, until)
+        })
+        .collect();
+    places.sort_by_key(|&(_, arrived, _)| arrived);
+    places
+}
+
 /// The owner tokens waiting in line for `key`, first first.
 async fn line(conn: &Conn, key: &str) -> Vec<String> {
-    redis_cmd(&mut conn.clone(), &["ZRANGE", &format!("dlock:queue:{key}"), "0", "-1"]).await
+    places(conn, key).await.into_iter().map(|(owner, _, _)| owner).collect()
+}
+
+/// Whether `key` is held (its lock key exists).
+async fn exists(conn: &Conn, key: &str) -> bool {
+    redis_cmd(&mut conn.clone(), &["EXISTS", key]).await
 }
 
 async fn wait_for_line(conn: &Conn, key: &str, len: usize) {
@@ -69,14 +94,23 @@ async fn releases_hand_the_key_to_the_first_process_in_line() {
     // Asking again keeps a process's place.
     held(b.try_acquire(&FullKey::new("", "k"), "owner-b", TTL).await);
     assert_eq!(line(&conn, "k").await, ["owner-b", "owner-c"]);
-    // The line goes away by itself 3 s after the last ask.
-    for key in ["dlock:queue:k", "dlock:queue-entries:k"] {
-        let pttl: i64 = redis_cmd(&mut conn, &["PTTL", key]).await;
-        assert!(pttl > 0 && pttl <= 3_000, "{key} expires in {pttl} ms");
+    // A place lasts 3 s after the last ask; the state hash expires by itself.
+    let now_ms = {
+        let (secs, micros): (u64, u64) = redis_cmd(&mut conn, &["TIME"]).await;
+        secs * 1000 + micros / 1000
+    };
+    for (owner, _, until) in places(&conn, "k").await {
+        assert!(
+            until > now_ms && until <= now_ms + 3_000,
+            "{owner}'s place lasts until {until} (now {now_ms})"
+        );
     }
+    let pttl: i64 = redis_cmd(&mut conn, &["PTTL", &RedisBackend::state_key("k")]).await;
+    assert!(pttl > 0 && pttl <= 10_000, "the state hash expires in {pttl} ms");
 
     // a's release hands the key to b, with a lease of b's ttl capped at HANDOFF_LEASE (5 s;
-    // b renews it like any lease), and tells b alone.
+    // b renews it like any lease), and announces it naming b (c hears it too, and ignores
+    // it: it names b).
     assert_eq!(
         a.release(&FullKey::new("", "k"), "owner-a").await.expect("release"),
         ReleaseOutcome::new(true).with_others_waiting(true)
@@ -87,6 +121,8 @@ async fn releases_hand_the_key_to_the_first_process_in_line() {
     };
     assert_eq!(&*owner, "owner-b");
     assert!(handed > first, "a hand-off draws a new fencing token");
+    let notice = tokio::time::timeout(Duration::from_secs(5), c_watch.released()).await.expect("c hears");
+    assert!(matches!(&notice, ReleaseNotice::Granted { owner, .. } if &**owner == "owner-b"), "{notice:?}");
     assert_eq!(redis_cmd::<Option<String>>(&mut conn, &["GET", "k"]).await.as_deref(), Some("owner-b"));
     let pttl: i64 = redis_cmd(&mut conn, &["PTTL", "k"]).await;
     let handoff_ms = i64::try_from(TTL.min(HANDOFF_LEASE).as_millis()).expect("ms");
@@ -114,13 +150,16 @@ async fn releases_hand_the_key_to_the_first_process_in_line() {
         matches!(&notice, ReleaseNotice::Granted { owner, fencing_token } if &**owner == "owner-c" && *fencing_token > again),
         "{notice:?}"
     );
+    // b hears the hand-off to c too (it is subscribed to the key's channel), naming c.
+    let notice = tokio::time::timeout(Duration::from_secs(5), b_watch.released()).await.expect("b hears");
+    assert!(matches!(&notice, ReleaseNotice::Granted { owner, .. } if &**owner == "owner-c"), "{notice:?}");
     assert_eq!(
         c.release(&FullKey::new("", "k"), "owner-c").await.expect("release"),
         ReleaseOutcome::new(true).with_others_waiting(false)
     );
     let heard = tokio::time::timeout(Duration::from_millis(100), b_watch.released()).await;
     assert!(heard.is_err(), "b heard {heard:?}");
-    assert!(!redis_cmd::<bool>(&mut conn, &["EXISTS", "k", "dlock:queue:k", "dlock:queue-entries:k"]).await);
+    assert!(!exists(&conn, "k").await && line(&conn, "k").await.is_empty());
 
     // A release by an owner that does not hold the key takes it out of line.
     acquired(a.try_acquire(&FullKey::new("", "k"), "owner-a", TTL).await);
@@ -144,10 +183,7 @@ async fn releases_hand_the_key_to_the_first_process_in_line() {
         a.release(&FullKey::new("", "k"), "owner-c").await.expect("release"),
         ReleaseOutcome::new(true).with_others_waiting(true)
     );
-    assert!(
-        !redis_cmd::<bool>(&mut conn, &["EXISTS", "k", "dlock:queue:k"]).await,
-        "freed, not handed to itself"
-    );
+    assert!(!exists(&conn, "k").await && line(&conn, "k").await.is_empty(), "freed, not handed to itself");
     assert_eq!(c_watch.released().await, ReleaseNotice::Released);
     acquired(a.try_acquire(&FullKey::new("", "k"), "owner-a", TTL).await);
     held(c.try_acquire(&FullKey::new("", "k"), "owner-c", TTL).await);
@@ -157,9 +193,10 @@ async fn releases_hand_the_key_to_the_first_process_in_line() {
         let (secs, micros): (u64, u64) = redis_cmd(&mut conn, &["TIME"]).await;
         secs * 1000 + micros / 1000
     };
-    let entries = "dlock:queue-entries:k";
+    let state = RedisBackend::state_key("k");
+    let (_, arrived, _) = places(&conn, "k").await.remove(0);
     let _: i64 =
-        redis_cmd(&mut conn, &["HSET", entries, "owner-c", &format!("{}:10000:nowhere", now_ms - 1)]).await;
+        redis_cmd(&mut conn, &["HSET", &state, "owner-c", &format!("{arrived}:{}:10000", now_ms - 1)]).await;
     assert_eq!(
         a.release(&FullKey::new("", "k"), "owner-a").await.expect("release"),
         ReleaseOutcome::new(true).with_others_waiting(true)
@@ -169,10 +206,7 @@ async fn releases_hand_the_key_to_the_first_process_in_line() {
     let notice = tokio::time::timeout(Duration::from_secs(5), c_watch.released()).await.expect("c hears");
     assert_eq!(notice, ReleaseNotice::Released);
     drop(c_watch);
-    assert!(
-        !redis_cmd::<bool>(&mut conn, &["EXISTS", "dlock:queue:k", entries]).await,
-        "nothing left behind"
-    );
+    assert!(line(&conn, "k").await.is_empty(), "no place left behind");
 }
 
 /// A single attempt that finds the key held never joined the line, so giving up costs no
@@ -203,7 +237,7 @@ async fn only_waiters_in_line_withdraw_when_they_give_up() {
 async fn waiting_processes_are_served_in_arrival_order() {
     let server = RedisServer::start();
     let url = server.url();
-    let mut conn = inspector(&url).await;
+    let conn = inspector(&url).await;
     let holder = LockService::new(connect(&url).await);
     let guard = holder.lock("turns").ttl(TTL).await.expect("holder");
     let first = guard.fencing_token();
@@ -229,10 +263,7 @@ async fn waiting_processes_are_served_in_arrival_order() {
     assert_eq!(order.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [0, 1, 2], "first come, first served");
     let tokens: Vec<u64> = std::iter::once(first).chain(order.iter().map(|(_, t)| *t)).collect();
     assert!(tokens.windows(2).all(|w| w[0] < w[1]), "fencing tokens increase: {tokens:?}");
-    assert!(
-        !redis_cmd::<bool>(&mut conn, &["EXISTS", "turns", "dlock:queue:turns", "dlock:queue-entries:turns"])
-            .await
-    );
+    assert!(!exists(&conn, "turns").await && line(&conn, "turns").await.is_empty());
 }
 
 /// A waiter that stops waiting leaves the line: at once when its wait runs out, soon after
@@ -292,7 +323,7 @@ async fn waiters_in_line_get_the_key_after_a_restart() {
     }
     server.restart();
     let back = Instant::now();
-    let mut conn = inspector(&url).await; // the old connection went with the server
+    let conn = inspector(&url).await; // the old connection went with the server
     for waiter in waiters {
         let outcome = waiter.await.expect("join");
         assert!(outcome.is_ok(), "each waiter gets the key after the restart: {outcome:?}");
@@ -306,13 +337,7 @@ async fn waiters_in_line_get_the_key_after_a_restart() {
     assert!(done < WAITER_RECHECK * 9 / 10, "both done {done:?} after the restart");
     // The old holder's key went with the restart: its release says so.
     assert!(!guard.release().await.unwrap_or(false));
-    assert!(
-        !redis_cmd::<bool>(
-            &mut conn,
-            &["EXISTS", "restart", "dlock:queue:restart", "dlock:queue-entries:restart"]
-        )
-        .await
-    );
+    assert!(!exists(&conn, "restart").await && line(&conn, "restart").await.is_empty());
     eprintln!("after the restart both waiters were done in {done:?}");
 }
 
@@ -462,10 +487,7 @@ async fn processes_take_turns_in_arrival_order() {
     }
     let order: Vec<String> = redis_cmd(&mut conn, &["LRANGE", "order", "0", "-1"]).await;
     assert_eq!(order, ["0", "1", "2", "3"], "first come, first served across processes");
-    assert!(
-        !redis_cmd::<bool>(&mut conn, &["EXISTS", "turns", "dlock:queue:turns", "dlock:queue-entries:turns"])
-            .await
-    );
+    assert!(!exists(&conn, "turns").await && line(&conn, "turns").await.is_empty());
 }
 
 /// A waiting process that asked for `worker_ttl` is SIGKILLed just before the holder

@@ -40,10 +40,15 @@ where
     let outcome = if let Some(reason) = guard.lost_reason() {
         Err(reason)
     } else {
-        let body = guard.scope(body);
+        // A re-entrant body waits for its turn among re-entrant bodies of its keys in this
+        // task, as long as the request would have waited for the lock.
+        let body = guard.scope_until(guard.deadline, body);
         tokio::select! {
             biased;
-            result = body => Ok(result),
+            result = body => match result {
+                Ok(result) => Ok(result),
+                Err(err) => return R::from_lock_error(err),
+            },
             reason = guard.lost() => Err(reason),
         }
     };

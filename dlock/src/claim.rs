@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::backend::{FullKey, LockBackend};
+use crate::background::{self, Rescue};
 use crate::lease::Lease;
 
 /// Keys this process may hold in the backend and has not released yet.
@@ -17,6 +18,10 @@ use crate::lease::Lease;
 /// claim releases the keys left (owner-checked, so nothing else is touched). A release that
 /// gets no answer is retried in the background until it does, or until the lease it targets
 /// has ended anyway, so no lock is left behind without an owner for its whole ttl.
+///
+/// Background work runs on the caller's runtime; if that runtime shuts down before it is
+/// done, the rest moves to dlock's own runtime (see [`background`]), so a guard dropped at
+/// the end of a `#[tokio::test]` is still released.
 pub(crate) struct Claim {
     backend: Arc<dyn LockBackend>,
     pub(crate) owner: Arc<str>,
@@ -25,6 +30,8 @@ pub(crate) struct Claim {
     /// For a guard's release: its lease, marked released, and whose local queue places are
     /// given up once the keys are.
     lease: Option<Arc<Lease>>,
+    /// What dropping the claim with keys left means.
+    rescue: Rescue,
 }
 
 /// One claimed key.
@@ -37,7 +44,14 @@ pub(crate) struct ClaimedKey {
 
 impl Claim {
     pub(crate) fn new(backend: Arc<dyn LockBackend>, owner: Arc<str>, lease: Option<Arc<Lease>>) -> Self {
-        Self { backend, owner, keys: Vec::new(), lease }
+        Self { backend, owner, keys: Vec::new(), lease, rescue: Rescue::Abandoned }
+    }
+
+    /// The claim of work that runs as a background task of its own: if the task is dropped
+    /// before it is done, its runtime is shutting down, and the rest goes to dlock's runtime.
+    pub(crate) fn in_background_task(mut self) -> Self {
+        self.rescue = Rescue::Cancelled;
+        self
     }
 
     /// Release the claimed keys now; what fails is retried in the background.
@@ -66,29 +80,40 @@ impl Claim {
         if let Some(lease) = &self.lease {
             lease.mark_released();
         }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
-        let (backend, owner, lease) =
-            (Arc::clone(&self.backend), Arc::clone(&self.owner), self.lease.clone());
-        let keys = std::mem::take(&mut self.keys);
-        handle.spawn(async move {
-            for ClaimedKey { key, ends_by } in keys.into_iter().rev() {
-                let mut pause = Duration::from_millis(50);
-                loop {
-                    match backend.release(&key, &owner).await {
-                        Ok(_) => break,
-                        Err(err) if Instant::now() < ends_by => {
-                            tracing::debug!(target: "dlock", key = %key, error = %err, "retrying the release of an abandoned lock");
-                            tokio::time::sleep(pause).await;
-                            pause = (pause * 2).min(Duration::from_secs(1));
-                        }
-                        Err(_) => break, // the lease has ended by itself
+        let rest = Claim {
+            backend: Arc::clone(&self.backend),
+            owner: Arc::clone(&self.owner),
+            keys: std::mem::take(&mut self.keys),
+            lease: self.lease.take(),
+            rescue: Rescue::Cancelled,
+        };
+        match self.rescue {
+            Rescue::Abandoned => background::spawn(rest.finish()),
+            Rescue::Cancelled => background::spawn_here(rest.finish()),
+        }
+    }
+
+    /// Release every key, retrying each until answered or until its lease has ended by
+    /// itself; then let the next local task compete for the keys.
+    async fn finish(mut self) {
+        while let Some(ClaimedKey { key, ends_by }) = self.keys.last() {
+            let mut pause = Duration::from_millis(50);
+            loop {
+                match self.backend.release(key, &self.owner).await {
+                    Ok(_) => break,
+                    Err(err) if Instant::now() < *ends_by => {
+                        tracing::debug!(target: "dlock", key = %key, error = %err, "retrying the release of an abandoned lock");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(1));
                     }
+                    Err(_) => break, // the lease has ended by itself
                 }
             }
-            if let Some(lease) = lease {
-                lease.drop_tickets();
-            }
-        });
+            self.keys.pop();
+        }
+        if let Some(lease) = self.lease.take() {
+            lease.drop_tickets();
+        }
     }
 }
 

@@ -1,10 +1,16 @@
-//! What the current task holds: the basis of [`fencing_token()`] and of re-entrancy.
+//! What the current task holds: the basis of [`fencing_token()`], [`fencing_token_for()`] and
+//! of re-entrancy.
 //!
 //! Each annotated call (and [`LockGuard::scope`](crate::LockGuard::scope)) runs its body inside
-//! a task-local frame listing the locks held so far on this task, innermost last. A nested
-//! lock request on a key in that list does not go to the backend again.
+//! a task-local *scope*: the keys that body holds, on top of those its callers hold. A nested
+//! lock request on a key in the stack does not go to the backend again (it re-enters), but
+//! re-entrant bodies of one key that run side by side in one task (`join!`, `select!`) take
+//! turns: each key of a scope has a *gate*, which a re-entrant body holds while it runs, and
+//! the body's own scope gives the key a fresh gate for the calls nested in it.
 
 use std::sync::Arc;
+
+use tokio::sync::OwnedMutexGuard;
 
 use crate::backend::FullKey;
 use crate::lease::Lease;
@@ -13,22 +19,50 @@ tokio::task_local! {
     static HELD: Vec<Frame>;
 }
 
-/// One lock held by the current task.
+/// One lock held by the current task, in one scope.
 #[derive(Clone, Debug)]
 pub(crate) struct Frame {
     pub(crate) service_id: u64,
     pub(crate) key: FullKey,
     pub(crate) fencing_token: u64,
     pub(crate) lease: Arc<Lease>,
+    /// Held by a re-entrant body of this key running inside this scope.
+    pub(crate) gate: Gate,
+    /// How deep the scope is: frames of one scope share it, the innermost has the largest.
+    depth: usize,
+}
+
+/// A key's gate within one scope: see the module docs.
+pub(crate) type Gate = Arc<tokio::sync::Mutex<()>>;
+
+impl Frame {
+    /// A frame for a scope about to be entered.
+    pub(crate) fn new(service_id: u64, key: FullKey, fencing_token: u64, lease: Arc<Lease>) -> Self {
+        Self { service_id, key, fencing_token, lease, gate: Gate::default(), depth: 0 }
+    }
+
+    /// The same lock, for a nested scope: with a gate of its own.
+    pub(crate) fn nested(&self) -> Self {
+        Self { gate: Gate::default(), ..self.clone() }
+    }
+
+    /// Wait until no other re-entrant body of this key in this scope runs.
+    pub(crate) async fn pass_gate(&self) -> OwnedMutexGuard<()> {
+        Arc::clone(&self.gate).lock_owned().await
+    }
 }
 
 /// The fencing token of the innermost lock the current task holds, or `None` outside any.
 ///
-/// Inside a `#[distributed_lock]` body it is the token the backend issued for that lock (for
-/// several keys, the first key in acquisition order). Tokens strictly increase across
-/// successive holders of one key on one backend: pass it to your storage layer with each
-/// write and have it reject writes that carry a smaller token than one it has seen, so a
-/// holder whose lease ended (a long GC pause, a partition) cannot overwrite newer data.
+/// Inside a `#[distributed_lock]` body it is the token the backend issued for that lock.
+/// Tokens strictly increase across successive holders of one key on one backend: pass it to
+/// your storage layer with each write and have it reject writes that carry a smaller token
+/// than one it has seen, so a holder whose lease ended (a long GC pause, a partition) cannot
+/// overwrite newer data.
+///
+/// In a body that holds several keys, each key has its own token, and no one value fences
+/// them all: it returns `None` then (unless the tokens happen to be equal). Use
+/// [`fencing_token_for`] with the key whose storage you write.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
@@ -43,10 +77,42 @@ pub(crate) struct Frame {
 /// # Ok(()) }
 /// ```
 pub fn fencing_token() -> Option<u64> {
-    HELD.try_with(|frames| frames.last().map(|f| f.fencing_token)).ok().flatten()
+    HELD.try_with(|frames| {
+        let innermost = frames.last()?;
+        let scope = frames.iter().rev().take_while(|f| f.depth == innermost.depth);
+        let mut tokens = scope.map(|f| f.fencing_token);
+        let first = tokens.next()?;
+        tokens.all(|t| t == first).then_some(first)
+    })
+    .ok()
+    .flatten()
 }
 
-/// The frame for `key` (as the caller wrote it) on service `service_id`, if this task holds it.
+/// The fencing token of `key` — named as in the attribute or the request, without the
+/// service's prefix — if the current task holds it; the innermost holder's if several scopes
+/// do.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+/// # let service = dlock::LockService::new(dlock::MemoryBackend::new());
+/// let guard = service.lock_all(["account:7", "account:9"]).await?;
+/// guard.scope(async {
+///     let from = dlock::fencing_token_for("account:7").expect("held");
+///     let to = dlock::fencing_token_for("account:9").expect("held");
+///     // debit with `from` in account 7's storage, credit with `to` in account 9's
+/// #   assert_ne!(from, to);
+///     assert_eq!(dlock::fencing_token_for("account:8"), None);
+/// }).await;
+/// # Ok(()) }
+/// ```
+pub fn fencing_token_for(key: &str) -> Option<u64> {
+    HELD.try_with(|frames| frames.iter().rev().find(|f| f.key.unprefixed() == key).map(|f| f.fencing_token))
+        .ok()
+        .flatten()
+}
+
+/// The innermost frame for `key` (as the caller wrote it) on service `service_id`, if this
+/// task holds it.
 pub(crate) fn held(service_id: u64, key: &str) -> Option<Frame> {
     HELD.try_with(|frames| {
         frames.iter().rev().find(|f| f.service_id == service_id && f.key.unprefixed() == key).cloned()
@@ -55,12 +121,16 @@ pub(crate) fn held(service_id: u64, key: &str) -> Option<Frame> {
     .flatten()
 }
 
-/// Run `fut` with `frames` pushed onto this task's held locks.
-pub(crate) async fn with_frames<F: std::future::Future>(frames: Vec<Frame>, fut: F) -> F::Output {
+/// Run `fut` in a new scope holding `frames`, on top of this task's held locks.
+pub(crate) async fn with_frames<F: std::future::Future>(mut frames: Vec<Frame>, fut: F) -> F::Output {
     if frames.is_empty() {
         return fut.await;
     }
     let mut stack = HELD.try_with(Clone::clone).unwrap_or_default();
+    let depth = stack.last().map_or(1, |f| f.depth + 1);
+    for frame in &mut frames {
+        frame.depth = depth;
+    }
     stack.extend(frames);
     HELD.scope(stack, fut).await
 }

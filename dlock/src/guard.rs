@@ -7,7 +7,11 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use crate::backend::FullKey;
+use tokio::sync::OwnedMutexGuard;
+use tokio::time::Instant;
+
+use crate::backend::{FullKey, LockBackend};
+use crate::background;
 use crate::claim::{Claim, ClaimedKey};
 use crate::context::{self, Frame};
 use crate::error::{Error, LostReason};
@@ -32,8 +36,8 @@ pub(crate) struct HeldKey {
 /// [`lost`](Self::lost) resolves: stop the protected work then.
 ///
 /// [`release`](Self::release) lets go and says whether the lock was still ours. Dropping the
-/// guard releases it too, in the background (on the current tokio runtime; without one, the
-/// lease simply expires at its ttl).
+/// guard releases it too, in the background: on the current tokio runtime, or on dlock's own
+/// when there is none or the current one is shutting down.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard {
     shared: Arc<Shared>,
@@ -42,6 +46,9 @@ pub struct LockGuard {
     /// Keys the task already held when this guard was asked for.
     reentered: Vec<Frame>,
     owned: Option<Owned>,
+    /// When the request that made this guard gives up: also how long an annotated body waits
+    /// for its turn among re-entrant bodies of its keys.
+    pub(crate) deadline: Instant,
 }
 
 /// What only a guard that took keys from the backend has.
@@ -60,14 +67,15 @@ impl LockGuard {
         reentered: Vec<Frame>,
         owned: Owned,
         tickets: Vec<QueueTicket>,
+        deadline: Instant,
     ) -> Self {
         owned.lease.hold_tickets(tickets);
-        Self { shared, held, reentered, owned: Some(owned) }
+        Self { shared, held, reentered, owned: Some(owned), deadline }
     }
 
     /// A guard over keys the task already held: it releases nothing.
-    pub(crate) fn reentrant(shared: Arc<Shared>, reentered: Vec<Frame>) -> Self {
-        Self { shared, held: Vec::new(), reentered, owned: None }
+    pub(crate) fn reentrant(shared: Arc<Shared>, reentered: Vec<Frame>, deadline: Instant) -> Self {
+        Self { shared, held: Vec::new(), reentered, owned: None, deadline }
     }
 
     /// The key (the first one, for a guard over several keys), as requested, without the
@@ -160,27 +168,57 @@ impl LockGuard {
         self.owned.iter().map(|o| &o.lease).chain(self.reentered.iter().map(|f| &f.lease))
     }
 
-    /// Run `fut` as the holder of this guard's locks: inside it, [`fencing_token()`]
-    /// returns this guard's token and nested requests for these keys are re-entrant.
+    /// Run `fut` as the holder of this guard's locks: inside it, [`fencing_token()`] and
+    /// [`fencing_token_for()`] return this guard's tokens, and nested requests for these keys
+    /// are re-entrant.
+    ///
+    /// For a guard that re-entered keys the task already held, the body waits until no other
+    /// re-entrant body of those keys runs in this task (two bodies under one key never run at
+    /// once, even side by side in a `join!`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let service = dlock::LockService::new(dlock::MemoryBackend::new());
+    /// let guard = service.lock("job:nightly").await?;
+    /// let token = guard.scope(async { dlock::fencing_token() }).await;
+    /// assert_eq!(token, Some(guard.fencing_token()));
+    /// # Ok(()) }
+    /// ```
     ///
     /// [`fencing_token()`]: crate::fencing_token
+    /// [`fencing_token_for()`]: crate::fencing_token_for
     pub async fn scope<F: Future>(&self, fut: F) -> F::Output {
-        let frames = match &self.owned {
-            // The first key's frame goes last, so it is the innermost.
-            Some(owned) => self
-                .held
-                .iter()
-                .rev()
-                .map(|h| Frame {
-                    service_id: self.shared.id,
-                    key: h.key.clone(),
-                    fencing_token: h.fencing_token,
-                    lease: Arc::clone(&owned.lease),
-                })
-                .collect(),
-            None => self.reentered.iter().rev().cloned().collect(),
+        let _turn = self.pass_gates().await;
+        context::with_frames(self.scope_frames(), fut).await
+    }
+
+    /// Like [`scope`](Self::scope), but waiting for the gates only until `deadline`.
+    pub(crate) async fn scope_until<F: Future>(&self, deadline: Instant, fut: F) -> Result<F::Output, Error> {
+        let started = Instant::now();
+        let Ok(_turn) = tokio::time::timeout_at(deadline, self.pass_gates()).await else {
+            return Err(Error::Timeout { key: self.full_key().to_owned(), waited: started.elapsed() });
         };
-        context::with_frames(frames, fut).await
+        Ok(context::with_frames(self.scope_frames(), fut).await)
+    }
+
+    /// The turn of this body among re-entrant bodies of its keys (in key order, so two bodies
+    /// never wait for each other).
+    async fn pass_gates(&self) -> Vec<OwnedMutexGuard<()>> {
+        let mut turn = Vec::with_capacity(self.reentered.len());
+        for frame in &self.reentered {
+            turn.push(frame.pass_gate().await);
+        }
+        turn
+    }
+
+    /// The frames of this guard's scope: every key, with gates of their own.
+    fn scope_frames(&self) -> Vec<Frame> {
+        let owned = self.owned.iter().flat_map(|owned| {
+            self.held
+                .iter()
+                .map(|h| Frame::new(self.shared.id, h.key.clone(), h.fencing_token, Arc::clone(&owned.lease)))
+        });
+        owned.chain(self.reentered.iter().map(Frame::nested)).collect()
     }
 
     /// Release the locks now.
@@ -191,60 +229,76 @@ impl LockGuard {
     /// nothing and returns `Ok(true)`.
     pub async fn release(mut self) -> Result<bool, Error> {
         match self.owned.take() {
-            Some(owned) => {
-                release_owned(Arc::clone(&self.shared), std::mem::take(&mut self.held), owned).await
-            }
+            Some(owned) => Release::begin(&self.shared, std::mem::take(&mut self.held), owned).run().await,
             None => Ok(true),
         }
     }
 }
 
-async fn release_owned(shared: Arc<Shared>, held: Vec<HeldKey>, owned: Owned) -> Result<bool, Error> {
-    let Owned { owner, lease, keeper } = owned;
-    // If this future is dropped half-way (its caller gave up), whatever is left is released in
-    // the background.
-    let mut pending = Claim::new(Arc::clone(&shared.backend), Arc::clone(&owner), Some(Arc::clone(&lease)));
-    let ends_by = lease.deadline();
-    pending.keys = held.iter().map(|h| ClaimedKey { key: h.key.clone(), ends_by }).collect();
-    // No renewal may be sent after the release: stop them (waiting for one on the wire).
-    lease.stop_renewals().await;
-    drop(keeper);
-    let mut all_ours = lease.lost_reason().is_none();
-    lease.mark_released();
-    let backend = &*shared.backend;
-    let mut first_err = None;
-    let mut others_waiting = false;
-    while let Some(ClaimedKey { key, .. }) = pending.keys.last() {
-        match backend.release(key, &owner).await {
-            Ok(outcome) => {
-                all_ours &= outcome.was_held;
-                others_waiting |= outcome.others_waiting;
+/// A guard's release, begun: the claim on its keys exists before anything is awaited, so the
+/// keys are released even if the release is dropped before it ran.
+struct Release {
+    held: Vec<HeldKey>,
+    owner: Arc<str>,
+    lease: Arc<Lease>,
+    keeper: Registration,
+    backend: Arc<dyn LockBackend>,
+    /// The keys not yet released: if this is dropped half-way (its caller gave up, or its
+    /// runtime shut down), the claim releases them in the background.
+    pending: Claim,
+}
+
+impl Release {
+    fn begin(shared: &Shared, held: Vec<HeldKey>, owned: Owned) -> Self {
+        let Owned { owner, lease, keeper } = owned;
+        let backend = Arc::clone(&shared.backend);
+        let mut pending = Claim::new(Arc::clone(&backend), Arc::clone(&owner), Some(Arc::clone(&lease)));
+        let ends_by = lease.deadline();
+        pending.keys = held.iter().map(|h| ClaimedKey { key: h.key.clone(), ends_by }).collect();
+        Self { held, owner, lease, keeper, backend, pending }
+    }
+
+    async fn run(self) -> Result<bool, Error> {
+        let Self { held, owner, lease, keeper, backend, mut pending } = self;
+        // No renewal may be sent after the release: stop them (waiting for one on the wire).
+        lease.stop_renewals().await;
+        drop(keeper);
+        let mut all_ours = lease.lost_reason().is_none();
+        lease.mark_released();
+        let mut first_err = None;
+        let mut others_waiting = false;
+        while let Some(ClaimedKey { key, .. }) = pending.keys.last() {
+            match backend.release(key, &owner).await {
+                Ok(outcome) => {
+                    all_ours &= outcome.was_held;
+                    others_waiting |= outcome.others_waiting;
+                }
+                Err(err) => {
+                    tracing::warn!(target: "dlock", key = %key, error = %err, "release failed; the lease expires at its ttl");
+                    first_err.get_or_insert(Error::backend(backend.name(), Some(key), err));
+                }
             }
-            Err(err) => {
-                tracing::warn!(target: "dlock", key = %key, error = %err, "release failed; the lease expires at its ttl");
-                first_err.get_or_insert(Error::backend(backend.name(), Some(key), err));
-            }
+            pending.keys.pop();
         }
-        pending.keys.pop();
-    }
-    // Only now may the next task of this process compete for the keys. When other processes
-    // wait for them too (or a key was handed to one), it gives them a head start first:
-    // without it the lock would mostly stay in this process, whose next waiter is woken
-    // without a round trip; and after a hand-off its attempt could only fail, taking CPU
-    // and Redis time from the hand-off (measured: 3.6 → 2.4 round trips per hand-off).
-    if others_waiting && let Ok(handle) = tokio::runtime::Handle::try_current() {
-        let lease = Arc::clone(&lease);
-        handle.spawn(async move {
-            tokio::time::sleep(CROSS_PROCESS_COURTESY).await;
+        // Only now may the next task of this process compete for the keys. When other
+        // processes wait for them too (or a key was handed to one), it gives them a head start
+        // first: without it the lock would mostly stay in this process, whose next waiter is
+        // woken without a round trip; and after a hand-off its attempt could only fail, taking
+        // CPU and Redis time from the hand-off (measured: 3.6 → 2.4 round trips per hand-off).
+        if others_waiting {
+            let lease = Arc::clone(&lease);
+            background::spawn(async move {
+                tokio::time::sleep(CROSS_PROCESS_COURTESY).await;
+                lease.drop_tickets();
+            });
+        } else {
             lease.drop_tickets();
-        });
-    } else {
-        lease.drop_tickets();
-    }
-    tracing::debug!(target: "dlock", keys = ?held.iter().map(|h| &h.key).collect::<Vec<_>>(), still_ours = all_ours, "lock released");
-    match first_err {
-        Some(err) => Err(err),
-        None => Ok(all_ours),
+        }
+        tracing::debug!(target: "dlock", keys = ?held.iter().map(|h| &h.key).collect::<Vec<_>>(), still_ours = all_ours, "lock released");
+        match first_err {
+            Some(err) => Err(err),
+            None => Ok(all_ours),
+        }
     }
 }
 
@@ -255,16 +309,13 @@ const CROSS_PROCESS_COURTESY: Duration = Duration::from_millis(2);
 impl Drop for LockGuard {
     fn drop(&mut self) {
         let Some(owned) = self.owned.take() else { return };
-        let held = std::mem::take(&mut self.held);
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(release_owned(Arc::clone(&self.shared), held, owned));
-            }
-            Err(_) => {
-                tracing::warn!(target: "dlock", keys = ?held.iter().map(|h| &h.key).collect::<Vec<_>>(),
-                    "lock guard dropped outside a tokio runtime; the lock is freed when its lease expires");
-            }
-        }
+        let mut release = Release::begin(&self.shared, std::mem::take(&mut self.held), owned);
+        // On this runtime if there is one; if it is shutting down (the end of a test, a panic
+        // unwinding through `block_on`), the claim moves the release to dlock's own runtime.
+        release.pending = release.pending.in_background_task();
+        background::spawn(async move {
+            let _ = release.run().await;
+        });
     }
 }
 

@@ -39,7 +39,8 @@
 //!   default; `rediss://` with feature `tls`).
 //! - The manual API: [`lock`] / [`LockService::lock`] / [`LockService::lock_all`] →
 //!   [`LockRequest`] → [`LockGuard`].
-//! - [`fencing_token`]: the token of the innermost lock the current task holds.
+//! - [`fencing_token`] / [`fencing_token_for`]: the fencing token of the lock the current task
+//!   holds (the innermost), or of one key it holds.
 //! - [`Error`]: everything that can go wrong, each message naming the key and the remedy.
 //! - [`backend`]: for authors of a new backend — the [`LockBackend`] contract and the types
 //!   its methods use.
@@ -68,6 +69,7 @@
 
 mod acquire;
 pub mod backend;
+mod background;
 mod claim;
 mod context;
 mod error;
@@ -86,7 +88,7 @@ mod time;
 mod redis;
 
 pub use backend::{LockBackend, MemoryBackend};
-pub use context::fencing_token;
+pub use context::{fencing_token, fencing_token_for};
 pub use error::{Error, LostReason};
 pub use guard::LockGuard;
 pub use limits::{DEFAULT_TTL, DEFAULT_WAIT, MAX_TTL, MIN_TTL};

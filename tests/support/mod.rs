@@ -313,7 +313,7 @@ where
 /// connection, so they contend in Redis exactly like separate processes.
 pub enum Store {
     Memory { backend: dlock::MemoryBackend, prefix: String },
-    Redis { url: String, prefix: String, fence_key: String, conn: redis::aio::MultiplexedConnection },
+    Redis { url: String, prefix: String, conn: redis::aio::MultiplexedConnection },
 }
 
 impl fmt::Debug for Store {
@@ -337,12 +337,7 @@ impl Store {
     /// A namespace of its own on the Redis at `url` (lock keys and fencing counter).
     pub async fn redis(url: &str, test_name: &str) -> Self {
         let namespace = unique_prefix(test_name);
-        Self::Redis {
-            url: url.to_owned(),
-            prefix: format!("{namespace}lock:"),
-            fence_key: format!("{namespace}fence"),
-            conn: inspector(url).await,
-        }
+        Self::Redis { url: url.to_owned(), prefix: format!("{namespace}lock:"), conn: inspector(url).await }
     }
 
     /// The key prefix every service of this store uses.
@@ -365,9 +360,8 @@ impl Store {
     pub async fn backend(&self) -> Arc<dyn LockBackend> {
         match self {
             Self::Memory { backend, .. } => Arc::new(backend.clone()),
-            Self::Redis { url, fence_key, .. } => Arc::new(
+            Self::Redis { url, .. } => Arc::new(
                 dlock::RedisBackend::builder(url.as_str())
-                    .fence_key(fence_key.as_str())
                     .connect()
                     .await
                     .unwrap_or_else(|err| panic!("connecting a RedisBackend to {url}: {err}")),
@@ -469,6 +463,14 @@ impl Store {
     /// Every lock key in the store right now, prefix included, sorted: Redis
     /// `KEYS <prefix>*`; for memory, `None` (it cannot list keys; see `held_count`).
     pub async fn keys(&self) -> Option<Vec<String>> {
+        let mut keys = self.all_keys().await?;
+        keys.retain(|key| !key.contains("#dlock:"));
+        Some(keys)
+    }
+
+    /// Every key in the store under the prefix, dlock's state hashes (`…#dlock:state…`)
+    /// included, sorted: Redis only.
+    pub async fn all_keys(&self) -> Option<Vec<String>> {
         match self {
             Self::Memory { .. } => None,
             Self::Redis { conn, prefix, .. } => {
@@ -480,17 +482,29 @@ impl Store {
         }
     }
 
-    /// Remove what the test left in Redis (its lock keys and fencing counter).
+    /// Redis: the last fencing token drawn for `key` (unprefixed), if its state hash has one.
+    /// Memory: `None`.
+    pub async fn fencing_counter(&self, key: &str) -> Option<u64> {
+        match self {
+            Self::Memory { .. } => None,
+            Self::Redis { conn, .. } => {
+                let state = dlock::RedisBackend::state_key(&self.full_key(key));
+                redis_cmd(&mut conn.clone(), &["HGET", &state, "f"]).await
+            }
+        }
+    }
+
+    /// Remove what the test left in Redis (its lock keys and dlock's state hashes).
     pub async fn cleanup(&self) {
-        if let Self::Redis { conn, fence_key, .. } = self {
-            let mut conn = conn.clone();
-            let mut keys = self.keys().await.unwrap_or_default();
-            keys.push(fence_key.clone());
-            let _: i64 = redis::cmd("DEL")
-                .arg(&keys)
-                .query_async(&mut conn)
-                .await
-                .unwrap_or_else(|err| panic!("DEL {keys:?}: {err}"));
+        if let Self::Redis { conn, .. } = self {
+            let keys = self.all_keys().await.unwrap_or_default();
+            if !keys.is_empty() {
+                let _: i64 = redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async(&mut conn.clone())
+                    .await
+                    .unwrap_or_else(|err| panic!("DEL {keys:?}: {err}"));
+            }
         }
     }
 }

@@ -76,8 +76,11 @@ pub(crate) async fn acquire(shared: &Arc<Shared>, spec: LockSpec) -> Result<Lock
     if let Some((frame, reason)) = reentered.iter().find_map(|f| f.lease.lost_reason().map(|r| (f, r))) {
         return Err(Error::Lost { key: frame.key.to_string(), reason });
     }
+    let started = Instant::now();
+    // `wait(Duration::MAX)` means "wait as long as it takes".
+    let deadline = saturating_add(started, wait);
     if keys.is_empty() {
-        return Ok(LockGuard::reentrant(Arc::clone(shared), reentered));
+        return Ok(LockGuard::reentrant(Arc::clone(shared), reentered, deadline));
     }
     let keys: Vec<FullKey> = keys.iter().map(|key| shared.full_key(key)).collect();
     for key in &keys {
@@ -87,9 +90,7 @@ pub(crate) async fn acquire(shared: &Arc<Shared>, spec: LockSpec) -> Result<Lock
             .map_err(|reason| Error::InvalidInput { what: "key", reason: format!("`{key}`: {reason}") })?;
     }
 
-    let started = Instant::now();
-    // `wait(Duration::MAX)` means "wait as long as it takes".
-    let ask = Ask { ttl, auto_renew: renew, deadline: saturating_add(started, wait), started };
+    let ask = Ask { ttl, auto_renew: renew, deadline, started };
     loop {
         let mut pass = Pass::new(shared, &handle, ask);
         if let Some((lease, keeper)) = pass.run(&keys).await? {
@@ -187,7 +188,7 @@ impl<'a> Pass<'a> {
             waited = ?self.ask.started.elapsed(), "lock acquired");
         let owned = Owned { owner: Arc::clone(&self.claim.owner), lease, keeper };
         let (held, tickets) = (std::mem::take(&mut self.held), std::mem::take(&mut self.tickets));
-        LockGuard::owned(Arc::clone(self.shared), held, reentered, owned, tickets)
+        LockGuard::owned(Arc::clone(self.shared), held, reentered, owned, tickets, self.ask.deadline)
     }
 }
 

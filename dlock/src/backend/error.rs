@@ -21,10 +21,14 @@ pub enum BackendErrorKind {
     /// The backend could not be reached, or the connection broke.
     Connection,
     /// The backend answered that it cannot serve right now: Redis loading its data after a
-    /// restart, a failover under way, or a connection that reached a read-only replica.
+    /// restart, a failover under way, a connection that reached a read-only replica, or a
+    /// server out of memory.
     Unavailable,
     /// The backend refused the credentials.
     Auth,
+    /// The backend's user may not run a command dlock needs, or not on these keys (Redis:
+    /// `NOPERM`).
+    Permission,
     /// Anything else the backend reported.
     Other,
 }

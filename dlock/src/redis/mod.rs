@@ -1,19 +1,28 @@
 //! [`RedisBackend`]: locks in one Redis server, shared by every process that connects to it.
+//!
+//! `mod.rs` is the backend and its builder; [`layout`] names what a lock stores in Redis,
+//! [`scripts`] are the atomic steps, [`connection`] keeps one command connection per runtime,
+//! [`notify`] runs the pub/sub connection, [`error`] turns failures into messages.
 
+mod connection;
+mod error;
+mod layout;
 mod notify;
 mod scripts;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, ServerErrorKind, Value};
+use redis::{Cmd, ErrorKind, FromRedisValue, IntoConnectionInfo, ServerErrorKind, Value};
 
-use std::sync::Arc;
-
+use self::connection::Connections;
+use self::error::{redact, unexpected};
+use self::layout::Family;
+use self::scripts::{Lua, Scripts};
 use crate::backend::{
-    BackendError, BackendErrorKind, BoxFuture, FullKey, HANDOFF_LEASE, LockBackend, ReleaseOutcome,
-    ReleaseWatch, TryAcquire, WAITER_RECHECK,
+    BackendError, BoxFuture, FullKey, HANDOFF_LEASE, LockBackend, ReleaseOutcome, ReleaseWatch, TryAcquire,
+    WAITER_RECHECK,
 };
 use crate::error::Error;
 
@@ -24,26 +33,27 @@ const WAITING_LIFETIME: Duration = WAITER_RECHECK.saturating_mul(3);
 
 /// Locks in a single Redis server (or a primary with replicas; see the README's guarantees).
 ///
-/// One auto-reconnecting, multiplexed connection serves every lock of the process. Every
-/// command is bounded by the call timeout (default 2 s), so an unreachable or hung Redis
-/// yields [`Error::Backend`] promptly instead of a hang; once Redis is back, the same backend
-/// works again.
+/// Every command is bounded by the call timeout (default 2 s), so an unreachable or hung
+/// Redis yields [`Error::Backend`] promptly instead of a hang; once Redis is back, the same
+/// backend works again. Each tokio runtime that uses the backend gets its own multiplexed
+/// connection (a runtime that ends takes only its own with it); a connection that misses a
+/// call timeout is replaced.
 ///
 /// A lock is one Redis string, `<prefix><key>`, holding a random 128-bit owner token, with a
-/// `PX` expiry. Fencing tokens come from one counter key (default `dlock:fence`), incremented
-/// in the same script that takes the lock.
+/// `PX` expiry. Beside it, `<prefix><key>#dlock:state{…}` holds the key's last fencing token
+/// and its waiting line, and `<prefix><key>#dlock:notice{…}` is the channel on which releases
+/// and hand-offs are announced: all under the service's prefix and in the lock key's Redis
+/// Cluster slot (the README's "Redis requirements" has the details and an ACL recipe).
+/// Fencing tokens are `max(last + 1, Redis server time in µs)`, so they keep increasing
+/// across a Redis that lost its data.
 ///
-/// Processes waiting for a held key line up in Redis (`dlock:queue:<prefix><key>` and
-/// `dlock:queue-entries:<prefix><key>`, which expire on their own), and a release hands the
-/// key straight to the first one still waiting, telling only that process (on its channel
-/// `dlock:handoff:<random>`): first come, first served across processes, one round trip
+/// Processes waiting for a held key line up in Redis, and a release hands the key straight to
+/// the first one still waiting: first come, first served across processes, one round trip
 /// less per hand-off, and no herd of retries. A process joins the line once it is
 /// subscribed, keeps its place by asking again every [`WAITER_RECHECK`], and leaves it when
 /// its waiter gives up; one that was killed while waiting is passed over once it has not asked
 /// for 3 s (until then it may be handed the key, which then stays locked for the ttl it asked
-/// for or [`HANDOFF_LEASE`], whichever is shorter). Waiting processes subscribe to
-/// `dlock:released:<prefix><key>`, on which a release is announced only when the line held
-/// nothing but places whose time was up.
+/// for or [`HANDOFF_LEASE`], whichever is shorter).
 ///
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
@@ -53,12 +63,11 @@ const WAITING_LIFETIME: Duration = WAITER_RECHECK.saturating_mul(3);
 /// ```
 #[derive(Clone)]
 pub struct RedisBackend {
-    conn: ConnectionManager,
-    call_timeout: Duration,
-    fence_key: String,
-    /// The URL with any password masked, for messages.
-    url: String,
+    conns: Arc<Connections>,
     notifier: Arc<notify::Notifier>,
+    scripts: &'static Scripts,
+    /// The server's `maxmemory-policy`, when it may evict dlock's keys.
+    evicting_policy: Option<String>,
 }
 
 /// Options for [`RedisBackend`]; see [`RedisBackend::builder`].
@@ -67,57 +76,83 @@ pub struct RedisBackend {
 pub struct RedisBackendBuilder {
     url: String,
     call_timeout: Duration,
-    fence_key: String,
 }
 
 impl RedisBackendBuilder {
     /// Bound on every Redis call, and on connecting (default 2 s).
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let redis = dlock::RedisBackend::builder("redis://127.0.0.1:6379")
+    ///     .call_timeout(std::time::Duration::from_millis(500))
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.call_timeout = timeout;
         self
     }
 
-    /// The key of the fencing-token counter (default `dlock:fence`).
-    pub fn fence_key(mut self, key: impl Into<String>) -> Self {
-        self.fence_key = key.into();
-        self
-    }
-
     /// Connect, and check that Redis answers (and accepts the credentials in the URL).
+    ///
+    /// It also reads the server's `maxmemory` and `maxmemory-policy` (when the user may run
+    /// `CONFIG GET`) and warns, through `tracing`, when Redis may evict dlock's keys; see
+    /// [`RedisBackend::may_evict_locks`].
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let redis = dlock::RedisBackend::builder("redis://127.0.0.1:6379").connect().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(self) -> Result<RedisBackend, Error> {
         let url = redact(&self.url);
-        let client = redis::Client::open(self.url.as_str()).map_err(|err| Error::InvalidInput {
+        let invalid_url = |err: &dyn fmt::Display| Error::InvalidInput {
             what: "Redis URL",
             reason: format!(
-                "`{url}` is not a Redis URL ({err}); expected redis://[:password@]host[:port][/db], or rediss:// for TLS"
+                "`{url}` is not a Redis URL ({err}); expected redis://[[user]:password@]host[:port][/db], or rediss:// for TLS"
             ),
-        })?;
+        };
+        let info = self.url.as_str().into_connection_info().map_err(|err| invalid_url(&err))?;
         if self.call_timeout.is_zero() {
             return Err(Error::InvalidInput {
                 what: "call timeout",
                 reason: "it must be greater than zero".into(),
             });
         }
-        // Every call is bounded by `bounded`, which also covers waiting for a reconnect: a
-        // second timer per call inside redis-rs would only add cost.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.call_timeout))
-            .set_response_timeout(None)
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let timeout = self.call_timeout;
-        let mut conn = connect_step(&url, timeout, client.get_connection_manager_with_config(config), || {
-            format!("could not connect to {url} within {timeout:?}; is Redis running and reachable?")
-        })
-        .await?;
-        let _: String = connect_step(&url, timeout, redis::cmd("PING").query_async(&mut conn), || {
-            format!("{url} did not answer PING within {timeout:?}")
-        })
-        .await?;
+        let user_timeout = (self.call_timeout * 2).max(Duration::from_secs(1));
+        let info = info.set_tcp_settings(connection::tcp_settings(user_timeout));
+        let client = redis::Client::open(info).map_err(|err| invalid_url(&err))?;
+        let conns = Connections::new(client.clone(), self.call_timeout, url.clone());
+        let pong: Result<String, BackendError> = conns
+            .call("PING", |mut conn| async move { redis::cmd("PING").query_async(&mut conn).await })
+            .await;
+        pong.map_err(|err| Error::backend("redis", None, err))?;
+        let evicting_policy = evicting_policy(&conns).await;
+        if let Some(policy) = &evicting_policy {
+            tracing::warn!(target: "dlock", url = %url, policy = %policy,
+                "Redis may evict dlock's keys (maxmemory is set and maxmemory-policy is not noeviction): a lock could vanish while held; run Redis for dlock with maxmemory-policy noeviction");
+        }
         tracing::debug!(target: "dlock", url = %url, "connected to Redis");
         let notifier = Arc::new(notify::Notifier::start(client, self.call_timeout));
-        Ok(RedisBackend { conn, call_timeout: self.call_timeout, fence_key: self.fence_key, url, notifier })
+        Ok(RedisBackend { conns, notifier, scripts: Scripts::plain(), evicting_policy })
     }
+}
+
+/// The server's `maxmemory-policy` if `maxmemory` is set and the policy may evict keys with an
+/// expiry (every policy but `noeviction` may: dlock's keys all have one). `None` also when the
+/// user may not read the configuration.
+async fn evicting_policy(conns: &Arc<Connections>) -> Option<String> {
+    let config: Vec<String> = conns
+        .call("CONFIG GET", |mut conn| async move {
+            redis::cmd("CONFIG").arg("GET").arg("maxmemory*").query_async(&mut conn).await
+        })
+        .await
+        .ok()?;
+    let value = |name: &str| config.chunks(2).find(|pair| pair[0] == name).and_then(|pair| pair.get(1));
+    let limited = value("maxmemory").is_some_and(|bytes| bytes != "0");
+    let policy = value("maxmemory-policy")?;
+    (limited && policy != "noeviction").then(|| policy.clone())
 }
 
 impl RedisBackend {
@@ -133,50 +168,78 @@ impl RedisBackend {
     /// `url` is `redis://[[user]:password@]host[:port][/db]`, or `rediss://…` for TLS (cargo
     /// feature `tls`). A malformed URL is [`Error::InvalidInput`]; an unreachable server or
     /// refused credentials is [`Error::Backend`] within the call timeout.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let redis = dlock::RedisBackend::connect("redis://127.0.0.1:6379").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(url: &str) -> Result<Self, Error> {
         Self::builder(url).connect().await
     }
 
-    /// Options: call timeout, fencing counter key.
+    /// Options: the call timeout.
+    ///
+    /// ```
+    /// let builder = dlock::RedisBackend::builder("redis://127.0.0.1:6379");
+    /// ```
     pub fn builder(url: impl Into<String>) -> RedisBackendBuilder {
-        RedisBackendBuilder {
-            url: url.into(),
-            call_timeout: Self::DEFAULT_CALL_TIMEOUT,
-            fence_key: "dlock:fence".into(),
-        }
+        RedisBackendBuilder { url: url.into(), call_timeout: Self::DEFAULT_CALL_TIMEOUT }
     }
 
-    /// The channel on which releases of `key` (as stored in Redis) are announced. The release
-    /// script builds the same name itself (see `scripts::RELEASE`).
-    pub fn release_channel(key: &str) -> String {
-        format!("dlock:released:{key}")
+    /// The channel on which releases and hand-offs of `key` (the full key, as stored in
+    /// Redis) are announced: what an ACL must let dlock's users `SUBSCRIBE` and `PUBLISH` to.
+    ///
+    /// ```
+    /// let channel = dlock::RedisBackend::notice_channel("app:user:42");
+    /// assert!(channel.starts_with("app:user:42#dlock:notice"));
+    /// ```
+    pub fn notice_channel(key: &str) -> String {
+        layout::notice_channel(key)
+    }
+
+    /// The hash beside the lock `key` (the full key) that holds its last fencing token (field
+    /// `f`) and its waiting line.
+    ///
+    /// ```
+    /// let state = dlock::RedisBackend::state_key("app:user:42");
+    /// assert!(state.starts_with("app:user:42#dlock:state"));
+    /// ```
+    pub fn state_key(key: &str) -> String {
+        Family::of(&FullKey::new("", key)).state
+    }
+
+    /// Whether the server may evict dlock's keys: `maxmemory` is set and `maxmemory-policy` is
+    /// not `noeviction` (read at connect; `false` when the user may not read the
+    /// configuration). A lock key evicted while held lets a second holder in; run Redis for
+    /// dlock with `maxmemory-policy noeviction`.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let redis = dlock::RedisBackend::connect("redis://127.0.0.1:6379").await?;
+    /// if redis.may_evict_locks() {
+    ///     eprintln!("configure Redis with maxmemory-policy noeviction");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn may_evict_locks(&self) -> bool {
+        self.evicting_policy.is_some()
     }
 
     /// How many release channels this process is subscribed to (or about to be): zero once
     /// no task of the process is waiting.
+    #[doc(hidden)]
     pub fn subscribed_channels(&self) -> usize {
         self.notifier.channel_count()
     }
 
-    async fn bounded<T>(
-        &self,
-        what: &str,
-        call: impl Future<Output = Result<T, RedisError>>,
-    ) -> Result<T, BackendError> {
-        match tokio::time::timeout(self.call_timeout, call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(call_error(&self.url, what, err)),
-            Err(_) => Err(BackendError::new(
-                BackendErrorKind::Timeout,
-                format!("Redis at {} did not answer {what} within {:?}", self.url, self.call_timeout),
-            )),
-        }
+    /// How many runtimes have a command connection.
+    #[doc(hidden)]
+    pub fn connection_count(&self) -> usize {
+        self.conns.count()
     }
-}
 
-impl RedisBackend {
-    /// Run `script` on `keys` (the lock, and the fencing counter for the scripts that draw
-    /// tokens), with the arguments `args` adds.
+    /// Run `script` on `keys` with the arguments `args` adds.
     ///
     /// It is sent as `EVALSHA`; a Redis that does not know the script (after a restart or
     /// `SCRIPT FLUSH`) answers `NOSCRIPT`, and it is sent again as `EVAL`, which also loads
@@ -185,7 +248,7 @@ impl RedisBackend {
     async fn eval<T: FromRedisValue>(
         &self,
         what: &str,
-        script: &scripts::Lua,
+        script: &Lua,
         keys: &[&str],
         args: impl Fn(&mut Cmd),
     ) -> Result<T, BackendError> {
@@ -194,28 +257,32 @@ impl RedisBackend {
             if by_sha {
                 cmd.arg("EVALSHA").arg(script.sha());
             } else {
-                cmd.arg("EVAL").arg(script.source);
+                cmd.arg("EVAL").arg(&script.source);
             }
             cmd.arg(keys.len()).arg(keys);
             args(&mut cmd);
             cmd
         };
-        let mut conn = self.conn.clone();
-        self.bounded(what, async {
-            match command(true).query_async(&mut conn).await {
-                Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    command(false).query_async(&mut conn).await
+        self.conns
+            .call(what, |mut conn| async move {
+                match command(true).query_async(&mut conn).await {
+                    Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                        command(false).query_async(&mut conn).await
+                    }
+                    answer => answer,
                 }
-                answer => answer,
-            }
-        })
-        .await
+            })
+            .await
     }
 }
 
 impl LockBackend for RedisBackend {
     fn name(&self) -> &'static str {
         "redis"
+    }
+
+    fn check_key(&self, key: &FullKey) -> Result<(), String> {
+        layout::check(key)
     }
 
     fn try_acquire<'a>(
@@ -225,15 +292,14 @@ impl LockBackend for RedisBackend {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<TryAcquire, BackendError>> {
         Box::pin(async move {
+            let family = Family::of(key);
             // Join the waiting line only when a hand-off notice would be heard.
-            let queue = self.notifier.is_subscribed(|| Self::release_channel(key));
+            let queue = self.notifier.is_subscribed(|| layout::notice_channel(key));
             let answer: Value = self
-                .eval("the acquire script", &scripts::ACQUIRE, &[key.as_str(), &self.fence_key], |cmd| {
-                    cmd.arg(owner).arg(millis(ttl));
+                .eval("the acquire script", &self.scripts.acquire, &[family.lock, &family.state], |cmd| {
+                    cmd.arg(owner).arg(millis(ttl)).arg(millis(ttl.max(WAITING_LIFETIME)));
                     if queue {
-                        cmd.arg(millis(WAITING_LIFETIME))
-                            .arg(self.notifier.inbox())
-                            .arg(millis(ttl.min(HANDOFF_LEASE)));
+                        cmd.arg(millis(WAITING_LIFETIME)).arg(millis(ttl.min(HANDOFF_LEASE)));
                     }
                 })
                 .await?;
@@ -249,7 +315,7 @@ impl LockBackend for RedisBackend {
                     remaining: number(held.first()).map(Duration::from_millis),
                     newest_token: number(held.get(1)),
                 }),
-                other => Err(unexpected(&self.url, "the acquire script", &other)),
+                other => Err(unexpected(self.conns.url(), "the acquire script", &other)),
             }
         })
     }
@@ -260,8 +326,9 @@ impl LockBackend for RedisBackend {
         owner: &'a str,
     ) -> BoxFuture<'a, Result<ReleaseOutcome, BackendError>> {
         Box::pin(async move {
+            let family = Family::of(key);
             let outcome: i64 = self
-                .eval("the release script", &scripts::RELEASE, &[key.as_str(), &self.fence_key], |cmd| {
+                .eval("the release script", &self.scripts.release, &[family.lock, &family.state], |cmd| {
                     cmd.arg(owner);
                 })
                 .await?;
@@ -280,7 +347,7 @@ impl LockBackend for RedisBackend {
     ) -> BoxFuture<'a, Result<bool, BackendError>> {
         Box::pin(async move {
             let renewed: i64 = self
-                .eval("the renew script", &scripts::RENEW, &[key.as_str()], |cmd| {
+                .eval("the renew script", &self.scripts.renew, &[key.as_str()], |cmd| {
                     cmd.arg(owner).arg(millis(ttl));
                 })
                 .await?;
@@ -292,111 +359,21 @@ impl LockBackend for RedisBackend {
         &'a self,
         key: &'a FullKey,
     ) -> BoxFuture<'a, Result<Option<ReleaseWatch>, BackendError>> {
-        Box::pin(
-            async move { Ok(Some(self.notifier.watch(Self::release_channel(key), self.call_timeout).await)) },
-        )
+        Box::pin(async move {
+            Ok(Some(self.notifier.watch(layout::notice_channel(key), self.conns.call_timeout()).await))
+        })
     }
 }
 
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBackend")
-            .field("url", &self.url)
-            .field("call_timeout", &self.call_timeout)
-            .field("fence_key", &self.fence_key)
+            .field("url", &self.conns.url())
+            .field("call_timeout", &self.conns.call_timeout())
             .finish_non_exhaustive()
     }
 }
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
-fn classify(err: &RedisError) -> BackendErrorKind {
-    if err.kind() == ErrorKind::AuthenticationFailed
-        || err.to_string().contains("WRONGPASS")
-        || err.to_string().contains("NOAUTH")
-    {
-        BackendErrorKind::Auth
-    } else if err.is_timeout() {
-        BackendErrorKind::Timeout
-    } else if err.is_io_error() || err.is_connection_refusal() || err.is_connection_dropped() {
-        BackendErrorKind::Connection
-    } else if matches!(err.code(), Some("LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN")) {
-        BackendErrorKind::Unavailable
-    } else {
-        BackendErrorKind::Other
-    }
-}
-
-/// One step of connecting, within `timeout`; `late` says what did not happen in time.
-async fn connect_step<T>(
-    url: &str,
-    timeout: Duration,
-    step: impl Future<Output = Result<T, RedisError>>,
-    late: impl FnOnce() -> String,
-) -> Result<T, Error> {
-    match tokio::time::timeout(timeout, step).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(err)) => Err(Error::backend("redis", None, connect_error(url, err))),
-        Err(_) => Err(Error::backend("redis", None, BackendError::new(BackendErrorKind::Timeout, late()))),
-    }
-}
-
-fn connect_error(url: &str, err: RedisError) -> BackendError {
-    let kind = classify(&err);
-    let hint = match kind {
-        BackendErrorKind::Auth => "Redis refused the credentials; check the user and password in the URL",
-        BackendErrorKind::Timeout | BackendErrorKind::Connection => {
-            "is Redis running and reachable at that address?"
-        }
-        _ => "check the URL and the server",
-    };
-    BackendError::with_source(kind, format!("could not connect to {url}: {hint}"), err)
-}
-
-/// A reply no script of this version gives: another dlock version (or something else) may
-/// share the keys.
-fn unexpected(url: &str, what: &str, reply: &Value) -> BackendError {
-    BackendError::new(
-        BackendErrorKind::Other,
-        format!(
-            "Redis at {url} answered {what} with {reply:?}, which this version of dlock does not expect; do processes running different dlock versions share this Redis?"
-        ),
-    )
-}
-
-fn call_error(url: &str, what: &str, err: RedisError) -> BackendError {
-    let kind = classify(&err);
-    BackendError::with_source(kind, format!("Redis at {url} failed {what}"), err)
-}
-
-/// The URL with its password replaced by `***`.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            let masked = if userinfo.contains(':') { format!("{user}:***") } else { "***".to_owned() };
-            format!("{scheme}://{masked}@{host}{path}")
-        }
-        None => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_are_masked() {
-        assert_eq!(redact("redis://:hunter2@host:6379/0"), "redis://:***@host:6379/0");
-        assert_eq!(redact("redis://alice:hunter2@host"), "redis://alice:***@host");
-        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
-        assert_eq!(redact("not a url"), "not a url");
-    }
 }

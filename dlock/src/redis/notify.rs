@@ -1,21 +1,25 @@
 //! Release notices over Redis pub/sub, shared per key within the process.
 //!
-//! Waiters of this process register here; one subscription per key (`dlock:released:<key>`)
-//! serves them all, made when the first waiter comes and dropped when the last one leaves,
-//! on one dedicated pub/sub connection run by one task, which also holds the process's
-//! inbox (`dlock:handoff:<random>`) while anything is waited for. A waiter joins a key's
-//! waiting line in Redis only once both are confirmed, so that it hears its hand-off.
+//! Waiters of this process register here; one subscription per key (the lock's notice
+//! channel, see [`layout`](super::layout)) serves them all, made when the first waiter comes
+//! and dropped when the last one leaves, on one dedicated pub/sub connection run by one task
+//! on dlock's own runtime (so it outlives the runtime that connected the backend). A waiter
+//! joins a key's waiting line in Redis only once its subscription is confirmed, so that it
+//! hears its hand-off.
 //!
-//! A hand-off (`g:<token>:<owner>:<key channel>`: the key now belongs to `owner` under
-//! fencing token `token`) comes on the inbox of the process it was handed to, and only
-//! there. A plain release notice (`r`) comes on the key's channel only when the release found
-//! the line holding nothing but places whose time was up (no line: no notice). The task reconnects after a failure and then wakes every waiter,
-//! since a hand-off or release may have been missed meanwhile. Notices are only hints:
-//! waiters always re-check with an acquire.
+//! On a key's channel come plain release notices (`r`, sent only when a release found the
+//! line holding nothing but places whose time was up) and hand-offs (`g:<token>:<owner>`: the
+//! key now belongs to `owner` under fencing token `token`); each waiter takes a hand-off only
+//! if it names its own owner token. Only a client allowed to publish on the channel — under
+//! the service's key prefix — can send either; see the README's ACL recipe.
+//!
+//! The connection is checked with a `PING` every [`HEALTH_CHECK`]; one that does not answer
+//! within the call timeout (a silent connection) is replaced like one that broke. After any
+//! reconnect every waiter is woken, since a hand-off or release may have been missed
+//! meanwhile. Notices are only hints: waiters always re-check with an acquire.
 
 use std::collections::{HashMap, HashSet};
 use std::str;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -24,6 +28,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::backend::{ReleaseNotice, ReleaseWatch};
+use crate::background;
+
+/// How often the subscriber connection is checked with a `PING`.
+const HEALTH_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub(super) struct Notifier {
@@ -31,13 +39,9 @@ pub(super) struct Notifier {
     kick: mpsc::UnboundedSender<()>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Shared {
     channels: Mutex<HashMap<String, Channel>>,
-    /// This process's channel for hand-offs: `dlock:handoff:<128 random bits>`.
-    inbox: String,
-    /// True while Redis has confirmed the subscription to `inbox`.
-    inbox_subscribed: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -56,13 +60,11 @@ impl Shared {
 }
 
 impl Notifier {
-    /// Start the subscriber task for the Redis behind `client`.
+    /// Start the subscriber task for the Redis behind `client`, on dlock's own runtime.
     pub(super) fn start(client: redis::Client, call_timeout: Duration) -> Self {
-        let inbox = format!("dlock:handoff:{:032x}", rand::random::<u128>());
-        let shared =
-            Arc::new(Shared { channels: Mutex::default(), inbox, inbox_subscribed: AtomicBool::new(false) });
+        let shared = Arc::new(Shared::default());
         let (kick, kicks) = mpsc::unbounded_channel();
-        tokio::spawn(subscriber(client, call_timeout, Arc::downgrade(&shared), kicks));
+        background::spawn_here(subscriber(client, call_timeout, Arc::downgrade(&shared), kicks));
         Self { shared, kick }
     }
 
@@ -89,17 +91,12 @@ impl Notifier {
         ReleaseWatch::new(rx, Some(Box::new(unwatch)))
     }
 
-    /// The channel on which this process hears hand-offs.
-    pub(super) fn inbox(&self) -> &str {
-        &self.shared.inbox
-    }
-
-    /// Whether Redis has confirmed this process's subscriptions to `channel` and to its
-    /// inbox, so that a waiter here would hear a release or a hand-off now.
+    /// Whether Redis has confirmed this process's subscription to `channel`, so that a waiter
+    /// here would hear a release or a hand-off now.
     pub(super) fn is_subscribed(&self, channel: impl FnOnce() -> String) -> bool {
+        let channels = self.shared.lock();
         // Most acquires happen while nothing waits: no channel name to build then.
-        self.shared.inbox_subscribed.load(Ordering::Acquire)
-            && self.shared.lock().get(&channel()).is_some_and(|c| *c.subscribed.borrow())
+        !channels.is_empty() && channels.get(&channel()).is_some_and(|c| *c.subscribed.borrow())
     }
 
     /// How many channels the process is subscribed to or about to be (for tests).
@@ -130,7 +127,8 @@ impl Drop for Unwatch {
 }
 
 /// The one task that owns the pub/sub connection: subscribes to what waiters want, drops
-/// what they no longer want, and forwards notices. Ends when the backend is dropped.
+/// what they no longer want, forwards notices, and checks that the connection still answers.
+/// Ends when the backend is dropped.
 async fn subscriber(
     client: redis::Client,
     call_timeout: Duration,
@@ -159,6 +157,8 @@ async fn subscriber(
         let connected_at = Instant::now();
         let (mut sink, mut stream) = pubsub.split();
         let mut subscribed: HashSet<String> = HashSet::new();
+        let mut health = tokio::time::interval_at(Instant::now() + HEALTH_CHECK, HEALTH_CHECK);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let Some(strong) = shared.upgrade() else { return };
             if reconcile(&strong, &mut sink, &mut subscribed, call_timeout).await.is_err() {
@@ -169,26 +169,25 @@ async fn subscriber(
                 msg = stream.next() => match msg {
                     Some(msg) => {
                         let Some(strong) = shared.upgrade() else { return };
-                        let (channel, notice) = if msg.get_channel_name() == strong.inbox {
-                            match parse_handoff(msg.get_payload_bytes()) {
-                                Some(handoff) => handoff,
-                                None => continue,
-                            }
-                        } else {
-                            (msg.get_channel_name(), ReleaseNotice::Released)
-                        };
-                        if let Some(entry) = strong.lock().get(channel) {
+                        let Some(notice) = parse_notice(msg.get_payload_bytes()) else { continue };
+                        if let Some(entry) = strong.lock().get(msg.get_channel_name()) {
                             entry.notices.send_replace(notice);
                         }
                     }
                     None => break,
                 },
                 kick = kicks.recv() => if kick.is_none() { return },
+                _ = health.tick() => {
+                    let ping = tokio::time::timeout(call_timeout, sink.ping::<redis::Value>()).await;
+                    if !matches!(ping, Ok(Ok(_))) {
+                        tracing::debug!(target: "dlock", "the pub/sub connection did not answer PING; reconnecting");
+                        break;
+                    }
+                }
             }
         }
         // Disconnected: releases may have been missed, so wake every waiter to re-check.
         let Some(strong) = shared.upgrade() else { return };
-        strong.inbox_subscribed.store(false, Ordering::Release);
         for entry in strong.lock().values() {
             entry.subscribed.send_replace(false);
             entry.notices.send_replace(ReleaseNotice::Released);
@@ -205,8 +204,7 @@ async fn subscriber(
     }
 }
 
-/// Make the connection's subscriptions match the channels waiters want, plus the inbox
-/// while any channel is wanted.
+/// Make the connection's subscriptions match the channels waiters want.
 async fn reconcile(
     shared: &Shared,
     sink: &mut redis::aio::PubSubSink,
@@ -215,25 +213,14 @@ async fn reconcile(
 ) -> Result<(), ()> {
     let (wanted, unwanted): (Vec<String>, Vec<String>) = {
         let channels = shared.lock();
-        let inbox_wanted = !channels.is_empty();
-        let mut wanted: Vec<String> = channels.keys().filter(|c| !subscribed.contains(*c)).cloned().collect();
-        if inbox_wanted && !subscribed.contains(&shared.inbox) {
-            wanted.push(shared.inbox.clone());
-        }
-        let unwanted = subscribed
-            .iter()
-            .filter(|c| if **c == shared.inbox { !inbox_wanted } else { !channels.contains_key(*c) })
-            .cloned()
-            .collect();
+        let wanted = channels.keys().filter(|c| !subscribed.contains(*c)).cloned().collect();
+        let unwanted = subscribed.iter().filter(|c| !channels.contains_key(*c)).cloned().collect();
         (wanted, unwanted)
     };
     if !unwanted.is_empty() {
         bounded(call_timeout, sink.unsubscribe(&unwanted)).await?;
         for channel in &unwanted {
             subscribed.remove(channel);
-        }
-        if !subscribed.contains(&shared.inbox) {
-            shared.inbox_subscribed.store(false, Ordering::Release);
         }
     }
     // A channel whose last waiter left and a new one came before this ran is still
@@ -248,9 +235,6 @@ async fn reconcile(
     }
     if !wanted.is_empty() {
         bounded(call_timeout, sink.subscribe(&wanted)).await?;
-        if wanted.contains(&shared.inbox) {
-            shared.inbox_subscribed.store(true, Ordering::Release);
-        }
         let channels = shared.lock();
         for channel in wanted {
             if let Some(entry) = channels.get(&channel) {
@@ -270,13 +254,16 @@ fn confirm(entry: &Channel) {
     entry.notices.send_replace(ReleaseNotice::Released);
 }
 
-/// Read a hand-off published on the inbox: the key's channel and what to tell its waiters.
-fn parse_handoff(payload: &[u8]) -> Option<(&str, ReleaseNotice)> {
-    let mut parts = str::from_utf8(payload.strip_prefix(b"g:")?).ok()?.splitn(3, ':');
-    let fencing_token = parts.next()?.parse().ok()?;
-    let owner = Arc::from(parts.next()?);
-    let channel = parts.next()?;
-    Some((channel, ReleaseNotice::Granted { owner, fencing_token }))
+/// Read a notice: `r` (released) or `g:<token>:<owner>` (handed to `owner`).
+fn parse_notice(payload: &[u8]) -> Option<ReleaseNotice> {
+    if payload == b"r" {
+        return Some(ReleaseNotice::Released);
+    }
+    let (token, owner) = str::from_utf8(payload.strip_prefix(b"g:")?).ok()?.split_once(':')?;
+    if owner.is_empty() {
+        return None;
+    }
+    Some(ReleaseNotice::Granted { owner: Arc::from(owner), fencing_token: token.parse().ok()? })
 }
 
 async fn bounded(
@@ -298,17 +285,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn handoffs_are_parsed() {
+    fn notices_are_parsed() {
+        assert_eq!(parse_notice(b"r"), Some(ReleaseNotice::Released));
         assert_eq!(
-            parse_handoff(b"g:42:0123abcd:dlock:released:app:user:7"),
-            Some((
-                "dlock:released:app:user:7",
-                ReleaseNotice::Granted { owner: Arc::from("0123abcd"), fencing_token: 42 }
-            ))
+            parse_notice(b"g:42:0123abcd"),
+            Some(ReleaseNotice::Granted { owner: Arc::from("0123abcd"), fencing_token: 42 })
         );
-        // Anything else on the inbox is ignored: the waiter asks again on its timer.
-        for junk in [&b"g:"[..], b"g:x:owner:chan", b"g:42:owner", b"r", b"", &[0xff, 0xfe]] {
-            assert_eq!(parse_handoff(junk), None, "{junk:?}");
+        // Anything else is ignored: the waiter asks again on its timer.
+        for junk in [&b"g:"[..], b"g:x:owner", b"g:42", b"g:42:", b"rr", b"", &[0xff, 0xfe]] {
+            assert_eq!(parse_notice(junk), None, "{junk:?}");
         }
     }
 }

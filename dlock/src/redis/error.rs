@@ -1,0 +1,104 @@
+//! From redis-rs errors and odd replies to [`BackendError`]s that say what failed where.
+
+use std::time::Duration;
+
+use redis::{ErrorKind, RedisError, Value};
+
+use crate::backend::{BackendError, BackendErrorKind};
+
+/// What kind of failure `err` is, for callers that retry some and not others.
+pub(super) fn classify(err: &RedisError) -> BackendErrorKind {
+    let code = err.code();
+    if err.kind() == ErrorKind::AuthenticationFailed || matches!(code, Some("WRONGPASS" | "NOAUTH")) {
+        BackendErrorKind::Auth
+    } else if code == Some("NOPERM") {
+        BackendErrorKind::Permission
+    } else if err.is_timeout() {
+        BackendErrorKind::Timeout
+    } else if err.is_io_error() || err.is_connection_refusal() || err.is_connection_dropped() {
+        BackendErrorKind::Connection
+    } else if matches!(code, Some("LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN" | "OOM" | "BUSY")) {
+        // Loading after a restart, a failover under way, a replica, out of memory, a busy
+        // script: the server cannot serve now and may soon.
+        BackendErrorKind::Unavailable
+    } else {
+        BackendErrorKind::Other
+    }
+}
+
+/// A call `what` (e.g. "the acquire script") that Redis at `url` refused or that broke.
+pub(super) fn call_error(url: &str, what: &str, err: RedisError) -> BackendError {
+    let kind = classify(&err);
+    let message = match kind {
+        BackendErrorKind::Auth => format!(
+            "Redis at {url} refused {what}: it wants a password, or refused the one given; check the user and password in the URL"
+        ),
+        BackendErrorKind::Permission => format!(
+            "the Redis user at {url} may not run {what} (NOPERM); grant what the README's ACL recipe lists"
+        ),
+        _ => format!("Redis at {url} failed {what}"),
+    };
+    BackendError::with_source(kind, message, err)
+}
+
+/// A call `what` that got no answer within `timeout`.
+pub(super) fn late(url: &str, what: &str, timeout: Duration) -> BackendError {
+    BackendError::new(
+        BackendErrorKind::Timeout,
+        format!("Redis at {url} did not answer {what} within {timeout:?}"),
+    )
+}
+
+/// Connecting to `url` failed.
+pub(super) fn connect_error(url: &str, err: RedisError) -> BackendError {
+    let kind = classify(&err);
+    let hint = match kind {
+        BackendErrorKind::Auth => "Redis refused the credentials; check the user and password in the URL",
+        BackendErrorKind::Timeout | BackendErrorKind::Connection => {
+            "is Redis running and reachable at that address?"
+        }
+        _ => "check the URL and the server",
+    };
+    BackendError::with_source(kind, format!("could not connect to {url}: {hint}"), err)
+}
+
+/// A reply no script of this version gives: another dlock version (or something else) may
+/// share the keys.
+pub(super) fn unexpected(url: &str, what: &str, reply: &Value) -> BackendError {
+    BackendError::new(
+        BackendErrorKind::Other,
+        format!(
+            "Redis at {url} answered {what} with {reply:?}, which this version of dlock does not expect; do processes running different dlock versions share this Redis?"
+        ),
+    )
+}
+
+/// The URL with its password replaced by `***`.
+pub(super) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let masked = if userinfo.contains(':') { format!("{user}:***") } else { "***".to_owned() };
+            format!("{scheme}://{masked}@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(redact("redis://:hunter2@host:6379/0"), "redis://:***@host:6379/0");
+        assert_eq!(redact("redis://alice:hunter2@host"), "redis://alice:***@host");
+        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+        assert_eq!(redact("not a url"), "not a url");
+    }
+}

@@ -1,0 +1,193 @@
+//! Where a lock lives in Redis: the lock key itself and the names dlock derives from it.
+//!
+//! For a lock key `K` (the service's prefix included):
+//!
+//! | name | type | what |
+//! |---|---|---|
+//! | `K` | string | the lock: the owner token, with the lease as its expiry |
+//! | `K#dlock:state{T}` | hash | field `f`: the last fencing token drawn for `K`; one field per process waiting in line (owner token → `"<arrival µs>:<until ms>:<hand-off lease ms>"`) |
+//! | `K#dlock:notice{T}` | channel | release notices (`r`) and hand-offs (`g:<token>:<owner>`) |
+//!
+//! Every name starts with `K`, so it lives under the service's prefix (an ACL such as
+//! `~app:* &app:*` covers all of them), and all of a lock's names hash to `K`'s Redis Cluster
+//! slot: when `K` has a hash tag (`app:{user:7}:cart`), appending keeps it; when it has none,
+//! `{T}` is a short tag chosen to hash to `K`'s own slot. Lock keys may not contain
+//! [`RESERVED`], so a derived name can never be another lock's key.
+
+use std::sync::OnceLock;
+
+use crate::backend::FullKey;
+
+/// What every derived name contains, and lock keys may not.
+pub(super) const RESERVED: &str = "#dlock:";
+
+/// The names of one lock.
+#[derive(Debug)]
+pub(super) struct Family<'a> {
+    pub(super) lock: &'a str,
+    /// The state hash: fencing counter and waiting line.
+    pub(super) state: String,
+}
+
+impl<'a> Family<'a> {
+    pub(super) fn of(key: &'a FullKey) -> Self {
+        let lock = key.as_str();
+        Self { lock, state: derived(lock, "state") }
+    }
+}
+
+/// The channel on which releases and hand-offs of `key` are announced.
+pub(super) fn notice_channel(key: &str) -> String {
+    derived(key, "notice")
+}
+
+/// `key#dlock:<role>`, with a tag keeping it in `key`'s slot when `key` has no tag of its own.
+fn derived(key: &str, role: &str) -> String {
+    let tag = slot_tag(key);
+    let mut name =
+        String::with_capacity(key.len() + RESERVED.len() + role.len() + tag.map_or(0, |t| t.len() + 2));
+    name.push_str(key);
+    name.push_str(RESERVED);
+    name.push_str(role);
+    if let Some(tag) = tag {
+        name.push('{');
+        name.push_str(tag);
+        name.push('}');
+    }
+    name
+}
+
+/// Why `key` cannot be a lock key on Redis, if it cannot.
+pub(super) fn check(key: &str) -> Result<(), String> {
+    if key.contains(RESERVED) {
+        return Err(format!(
+            "it contains `{RESERVED}`, which dlock's Redis backend reserves for the names it derives from lock keys (fencing counter, waiting line, notice channel); choose a key without it"
+        ));
+    }
+    Ok(())
+}
+
+#[allow(dead_code, reason = "for the Redis Cluster backend's check_key")]
+/// Whether all of `key`'s derived names share its Redis Cluster slot: always, unless `key`
+/// has an unmatched `{` or starts a tag with `{}` (Redis then hashes the whole name).
+pub(super) fn shares_slot(key: &str) -> bool {
+    hash_tag(key).is_some() || !key.contains('{')
+}
+
+/// The tag to append to a derived name of `key`: none when `key` has a hash tag (the derived
+/// name keeps it); one that hashes to `key`'s slot when `key` has no `{` at all; none for
+/// the rare key with a `{` that forms no tag (see [`shares_slot`]).
+fn slot_tag(key: &str) -> Option<&'static str> {
+    if hash_tag(key).is_some() || key.contains('{') {
+        return None;
+    }
+    Some(tag_for_slot(slot(key.as_bytes())))
+}
+
+/// The part of `key` Redis Cluster hashes, if it is a tag: between the first `{` and the first
+/// `}` after it, when not empty.
+fn hash_tag(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let close = key[open + 1..].find('}')?;
+    (close > 0).then(|| &key[open + 1..open + 1 + close])
+}
+
+/// Redis Cluster's slot of `key` (CRC16/XMODEM of the key, or of its tag, modulo 16384).
+pub(super) fn slot(key: &[u8]) -> u16 {
+    let hashed = std::str::from_utf8(key).ok().and_then(hash_tag).map_or(key, str::as_bytes);
+    crc16(hashed) % 16384
+}
+
+/// CRC16/XMODEM (polynomial 0x1021, initial value 0), as Redis Cluster computes it.
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in bytes {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    crc
+}
+
+/// A short string of letters and digits whose slot is `slot`. The table is built once, on
+/// first use (a few hundred thousand CRCs of up to four bytes).
+fn tag_for_slot(slot: u16) -> &'static str {
+    static TAGS: OnceLock<Vec<String>> = OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        const ALPHABET: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+        let mut tags = vec![String::new(); 16384];
+        let mut missing = tags.len();
+        // Every string of one, two, three, four characters in turn, until every slot has one.
+        'search: for len in 1..=4u32 {
+            for n in 0..36usize.pow(len) {
+                let mut candidate = [0u8; 4];
+                let mut rest = n;
+                for digit in candidate[..len as usize].iter_mut().rev() {
+                    *digit = ALPHABET[rest % 36];
+                    rest /= 36;
+                }
+                let candidate = &candidate[..len as usize];
+                let tag = &mut tags[usize::from(crc16(candidate) % 16384)];
+                if tag.is_empty() {
+                    *tag = String::from_utf8_lossy(candidate).into_owned();
+                    missing -= 1;
+                    if missing == 0 {
+                        break 'search;
+                    }
+                }
+            }
+        }
+        tags
+    });
+    tags.get(usize::from(slot)).map_or("", String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc16_matches_redis_cluster() {
+        // The examples of the Redis Cluster specification.
+        assert_eq!(crc16(b"123456789"), 0x31c3);
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"{user1000}.followers"));
+        assert_eq!(slot(b"foo{}{bar}"), crc16(b"foo{}{bar}") % 16384);
+        assert_eq!(slot(b"foo{{bar}}zap"), crc16(b"{bar") % 16384);
+    }
+
+    #[test]
+    fn every_slot_has_a_tag() {
+        for s in 0..16384u16 {
+            let tag = tag_for_slot(s);
+            assert!(!tag.is_empty() && tag.len() <= 4, "slot {s}: {tag:?}");
+            assert_eq!(slot(tag.as_bytes()), s);
+        }
+    }
+
+    #[test]
+    fn derived_names_share_the_lock_key_slot() {
+        for key in ["app:user:42", "app:{user:42}:cart", "x", "app:é:1", "{t}", "a}b"] {
+            let full = FullKey::new("", key);
+            let family = Family::of(&full);
+            assert!(shares_slot(key));
+            assert_eq!(slot(family.state.as_bytes()), slot(key.as_bytes()), "{key} / {}", family.state);
+            let channel = notice_channel(key);
+            assert_eq!(slot(channel.as_bytes()), slot(key.as_bytes()), "{key} / {channel}");
+            assert!(family.state.starts_with(key) && channel.starts_with(key));
+            assert!(family.state.contains(RESERVED));
+        }
+        assert_eq!(
+            Family::of(&FullKey::new("app:", "{user:42}:cart")).state,
+            "app:{user:42}:cart#dlock:state"
+        );
+        assert!(!shares_slot("a{b") && !shares_slot("a{}b"));
+    }
+
+    #[test]
+    fn lock_keys_may_not_contain_the_reserved_marker() {
+        assert!(check("user:42").is_ok());
+        assert!(check("user:42#dlock:state").is_err());
+    }
+}
