@@ -1,4 +1,5 @@
 //! Stacked with `#[tracing::instrument]`, in either order.
+#![deny(warnings)]
 
 use dlock::distributed_lock;
 use tracing::instrument;
