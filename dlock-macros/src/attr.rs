@@ -11,7 +11,9 @@ use syn::spanned::Spanned;
 use syn::{Expr, Ident, Lit, LitBool, LitStr, Path, Token};
 
 use crate::duration::{self, DurationArg};
+use crate::errors::Errors;
 use crate::suggest;
+use crate::tokens::{string_literal, ungroup};
 
 mod kw {
     syn::custom_keyword!(key);
@@ -42,8 +44,8 @@ const ALIASES: &[(&str, &str)] = &[
     ("dlock", "crate"),
 ];
 
-/// The parsed attribute. Only syntax and literal values are checked here; whether a key's
-/// placeholders name real bindings is checked against the function in `template.rs`.
+/// The parsed attribute. Only syntax and literal values are checked here; what needs the
+/// function too (placeholders, keys given twice) is checked in `valid.rs`.
 pub(crate) struct Args {
     /// `key = "..."`, in the order written; at least one.
     pub keys: Vec<LitStr>,
@@ -197,19 +199,11 @@ fn example(option: &str) -> &'static str {
     }
 }
 
-/// Looks through the invisible groups a `macro_rules!` fragment arrives in.
-pub(crate) fn ungroup(expr: &Expr) -> &Expr {
-    match expr {
-        Expr::Group(group) => ungroup(&group.expr),
-        other => other,
-    }
-}
-
 fn key_literal(value: Expr) -> syn::Result<LitStr> {
-    match ungroup(&value) {
-        Expr::Lit(syn::ExprLit { lit: Lit::Str(lit), .. }) if lit.suffix().is_empty() => Ok(lit.clone()),
-        other => Err(syn::Error::new_spanned(
-            other,
+    match string_literal(&value) {
+        Some(lit) if lit.suffix().is_empty() => Ok(lit.clone()),
+        _ => Err(syn::Error::new_spanned(
+            ungroup(&value),
             "`key` must be a string literal, e.g. `key = \"user:<user_id>\"`; \
              `<name>` inside it is replaced by the parameter `name` when the function is called",
         )),
@@ -279,36 +273,4 @@ fn unknown_option(name: &Ident) -> syn::Error {
             suggest::list(OPTIONS.iter().copied())
         ),
     )
-}
-
-/// Collects errors so that all of them are reported at once.
-#[derive(Default)]
-pub(crate) struct Errors(Option<syn::Error>);
-
-impl Errors {
-    pub(crate) fn push(&mut self, error: syn::Error) {
-        match &mut self.0 {
-            Some(existing) => existing.combine(error),
-            None => self.0 = Some(error),
-        }
-    }
-
-    fn check_unique(&mut self, seen: bool, span: Span, option: &str) {
-        if seen {
-            self.push(syn::Error::new(
-                span,
-                format!(
-                    "`{option}` is given more than once; keep one \
-                     (only `key` may be repeated, to hold several locks)"
-                ),
-            ));
-        }
-    }
-
-    pub(crate) fn finish(self) -> syn::Result<()> {
-        match self.0 {
-            Some(error) => Err(error),
-            None => Ok(()),
-        }
-    }
 }

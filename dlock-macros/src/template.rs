@@ -2,7 +2,9 @@
 //!
 //! `<name>` and `<name.field.field>` interpolate a binding from the parameters (or `self`);
 //! everything else is literal text, `{` and `}` included. There is no escape: `<` always opens
-//! a placeholder, and a `>` outside one is plain text.
+//! a placeholder, and a `>` outside one is plain text. One exception guards a `format!` habit:
+//! `{name}` (or `{name.field}`, `{name:?}`) where `name` is a binding is an error, since it would
+//! lock every call on one constant key; `{word}` where `word` is no binding stays text.
 //!
 //! Errors go on the string literal (a proc macro cannot point inside a literal on stable).
 
@@ -77,6 +79,7 @@ impl Key {
         if !rest.is_empty() {
             parts.push(Part::Text(rest.to_owned()));
         }
+        format_habit(&text, &parts, bindings).map_err(error)?;
         Ok(Key { lit: lit.clone(), parts })
     }
 
@@ -98,6 +101,45 @@ impl Key {
             Part::Text(_) => None,
         })
     }
+}
+
+/// `{name}` in the text, where `name` is a binding: the user meant its value.
+fn format_habit(text: &str, parts: &[Part], bindings: &Bindings) -> Result<(), String> {
+    let mut found: Vec<(String, String)> = Vec::new();
+    for part in parts {
+        let Part::Text(part) = part else { continue };
+        let mut rest = part.as_str();
+        while let Some(open) = rest.find('{') {
+            let after = &rest[open + 1..];
+            let Some(close) = after.find('}') else { break };
+            let inner = &after[..close];
+            let path = inner.strip_suffix(":?").or_else(|| inner.strip_suffix(":#?")).unwrap_or(inner);
+            let names_binding = parse_placeholder(path, text).is_ok_and(|placeholder| {
+                if placeholder.root == "self" {
+                    bindings.receiver.is_some()
+                } else {
+                    let root = placeholder.root.strip_prefix("r#").unwrap_or(&placeholder.root);
+                    bindings.get(root).is_some()
+                }
+            });
+            if names_binding && !found.iter().any(|(written, _)| written == inner) {
+                found.push((inner.to_owned(), path.to_owned()));
+            }
+            rest = if names_binding { &after[close + 1..] } else { after };
+        }
+    }
+    let Some((written, path)) = found.first() else { return Ok(()) };
+    let mut as_value = text.to_owned();
+    let mut as_tag = text.to_owned();
+    for (written, path) in &found {
+        as_value = as_value.replace(&format!("{{{written}}}"), &format!("<{path}>"));
+        as_tag = as_tag.replace(&format!("{{{written}}}"), &format!("{{<{path}>}}"));
+    }
+    Err(format!(
+        "`{{{written}}}` in key {text:?} is literal text, not the value of `{path}`: every call \
+         would lock the same key. Write `<{path}>` for the value: `key = {as_value:?}`; or \
+         `{{<{path}>}}` for a Redis Cluster hash tag around it: `key = {as_tag:?}`"
+    ))
 }
 
 fn parse_placeholder(inner: &str, key: &str) -> Result<Placeholder, String> {
@@ -272,5 +314,28 @@ mod tests {
         assert!(no_self.contains("has no `self` parameter"), "{no_self}");
         let none = format_of("<x>", "async fn f()");
         assert!(none.contains("has no parameters"), "{none}");
+    }
+
+    #[test]
+    fn braces_around_a_binding_are_a_format_habit() {
+        let sig = "async fn pay(&self, user_id: u64, req: Req)";
+        let err = |t: &str| format_of(t, sig);
+        let habit = err("user:{user_id}");
+        assert!(habit.contains("`{user_id}` in key \"user:{user_id}\" is literal text"), "{habit}");
+        assert!(habit.contains("`key = \"user:<user_id>\"`"), "{habit}");
+        assert!(habit.contains("`key = \"user:{<user_id>}\"`"), "{habit}");
+        let two = err("{user_id}:{req.id:?}:{user_id}");
+        assert!(two.contains("`key = \"<user_id>:<req.id>:<user_id>\"`"), "{two}");
+        assert!(err("{self.id}").contains("not the value of `self.id`"));
+        assert!(err("{r#user_id}").contains("literal text"));
+        // Braces around anything else are text: hash tags, words that are no binding.
+        assert_eq!(err("{user:<user_id>}:cart"), "{{user:{}}}:cart");
+        assert_eq!(err("{user}:<user_id>"), "{{user}}:{}");
+        assert_eq!(err("{}:{ user_id }:{user_id:x}"), "{{}}:{{ user_id }}:{{user_id:x}}");
+        assert_eq!(
+            err("{{user_id}"),
+            "error: `{user_id}` in key \"{{user_id}\" is literal text, not the value of `user_id`: every call would lock the same key. Write `<user_id>` for the value: `key = \"{<user_id>\"`; or `{<user_id>}` for a Redis Cluster hash tag around it: `key = \"{{<user_id>}\"`"
+        );
+        assert_eq!(format_of("{self}", "async fn f(id: u8)"), "{{self}}");
     }
 }

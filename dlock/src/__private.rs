@@ -139,3 +139,186 @@ pub const fn service_name(name: &'static str) -> &'static str {
 pub const fn duration(d: Duration) -> Duration {
     d
 }
+
+// ---- Appended for dlock-macros: the return-type checks, the call the expansion makes, and the
+// compile-time bounds check of a `ttl` literal. Only the items below are named by the
+// expansion (with `request` above).
+
+/// The return type of an annotated function: a `Result`.
+///
+/// The expansion checks it with `<Ret as LockedReturn>::check()` at the return type: a path,
+/// not a bound on a function, so the error names no function of dlock, and the impl is
+/// `do_not_recommend` so it does not point at dlock's source either.
+#[diagnostic::on_unimplemented(
+    message = "`#[distributed_lock]` needs the function to return `Result<T, E>` where `E: From<dlock::Error>`, but it returns `{Self}`",
+    label = "this return type cannot carry a `dlock::Error`",
+    note = "the lock can time out or be lost, and the function reports that through its error type",
+    note = "return e.g. `Result<T, dlock::Error>`, `anyhow::Result<T>`, `std::io::Result<T>`, or `Result<T, YourError>` with `impl From<dlock::Error> for YourError`"
+)]
+pub trait LockedReturn: Sized {
+    /// The success type.
+    type Ok;
+    /// The error type.
+    type Error;
+    /// `self` as the `Result` it is.
+    fn into_result(self) -> Result<Self::Ok, Self::Error>;
+    /// The inverse of `into_result`.
+    fn from_result(result: Result<Self::Ok, Self::Error>) -> Self;
+    /// Named by the expansion only for the error it reports when `Self` is no `Result`.
+    fn check() {}
+}
+
+#[diagnostic::do_not_recommend]
+impl<T, E> LockedReturn for Result<T, E> {
+    type Ok = T;
+    type Error = E;
+    fn into_result(self) -> Self {
+        self
+    }
+    fn from_result(result: Self) -> Self {
+        result
+    }
+}
+
+/// The error type of an annotated function: it must be able to carry a `dlock::Error`.
+/// Checked with `<<Ret as LockedReturn>::Error as LockedError>::check()`.
+#[diagnostic::on_unimplemented(
+    message = "`#[distributed_lock]` needs the error type `{Self}` to implement `From<dlock::Error>`",
+    label = "the error type in this return type cannot carry a `dlock::Error`",
+    note = "add `impl From<dlock::Error> for {Self}` (the lock's errors are returned as `Err(e.into())`), or return `Result<T, dlock::Error>` or `anyhow::Result<T>`"
+)]
+pub trait LockedError: Sized {
+    /// `error.into()`.
+    fn from_lock_error(error: Error) -> Self;
+    /// Named by the expansion only for the error it reports.
+    fn check() {}
+}
+
+impl<E: From<Error>> LockedError for E {
+    fn from_lock_error(error: Error) -> Self {
+        E::from(error)
+    }
+}
+
+/// An error of the function's own type, passed through [`run`].
+struct Carried<E>(E);
+
+impl<E: LockedError> From<Error> for Carried<E> {
+    fn from(error: Error) -> Self {
+        Carried(E::from_lock_error(error))
+    }
+}
+
+/// [`run`] for the function's return type `R`, under the bounds the expansion has checked at
+/// the return type (the same predicates at the same span, so rustc reports them once).
+pub fn run_locked<R, F>(request: LockRequest, body: F) -> impl Future<Output = R>
+where
+    R: LockedReturn,
+    R::Error: LockedError,
+    F: Future<Output = R>,
+{
+    let body = async move { body.await.into_result().map_err(Carried) };
+    async move { R::from_result(run(request, body).await.map_err(|Carried(error)| error)) }
+}
+
+/// A message built during constant evaluation, for the `panic!` of a compile-time check.
+#[derive(Debug)]
+pub struct ConstMessage {
+    bytes: [u8; 400],
+    len: usize,
+}
+
+impl ConstMessage {
+    const fn new() -> Self {
+        ConstMessage { bytes: [0; 400], len: 0 }
+    }
+
+    /// Appends `text` whole, or nothing if it does not fit (so the bytes stay UTF-8).
+    const fn push(mut self, text: &str) -> Self {
+        let text = text.as_bytes();
+        if self.len + text.len() <= self.bytes.len() {
+            let mut i = 0;
+            while i < text.len() {
+                self.bytes[self.len + i] = text[i];
+                i += 1;
+            }
+            self.len += text.len();
+        }
+        self
+    }
+
+    /// Appends a whole number.
+    const fn push_number(mut self, mut n: u64) -> Self {
+        let mut digits = [0u8; 20];
+        let mut count = 0;
+        loop {
+            digits[count] = b'0' + (n % 10) as u8;
+            count += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        if self.len + count <= self.bytes.len() {
+            while count > 0 {
+                count -= 1;
+                self.bytes[self.len] = digits[count];
+                self.len += 1;
+            }
+        }
+        self
+    }
+
+    /// Appends `d` as the attribute writes durations: `"365d"`, `"1m30s"`, `"10ms"`.
+    const fn push_duration(mut self, d: Duration) -> Self {
+        const UNITS: [(&str, u128); 5] =
+            [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)];
+        let mut millis = d.as_millis();
+        if millis == 0 {
+            return self.push("0ms");
+        }
+        let mut i = 0;
+        while i < UNITS.len() {
+            let (unit, size) = UNITS[i];
+            if millis >= size {
+                self = self.push_number((millis / size) as u64).push(unit);
+                millis %= size;
+            }
+            i += 1;
+        }
+        self
+    }
+
+    /// Whether nothing is to be reported.
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The message.
+    pub const fn as_str(&self) -> &str {
+        match core::str::from_utf8(self.bytes.split_at(self.len).0) {
+            Ok(text) => text,
+            Err(_) => "",
+        }
+    }
+}
+
+/// Checks a `ttl` literal against [`MIN_TTL`](crate::MIN_TTL) and [`MAX_TTL`](crate::MAX_TTL)
+/// during constant evaluation: empty when it is within them, else the compile error's text.
+/// `written` is the literal as the user wrote it, quotes included.
+pub const fn ttl_literal_error(ttl: Duration, written: &str) -> ConstMessage {
+    let message = ConstMessage::new().push("`ttl = ").push(written).push("` is ");
+    if ttl.as_nanos() < crate::MIN_TTL.as_nanos() {
+        message
+            .push("shorter than `dlock::MIN_TTL` (")
+            .push_duration(crate::MIN_TTL)
+            .push("): a lease that short cannot be renewed reliably; write e.g. `ttl = \"10s\"`")
+    } else if ttl.as_nanos() > crate::MAX_TTL.as_nanos() {
+        message.push("longer than `dlock::MAX_TTL` (").push_duration(crate::MAX_TTL).push(
+            "): the lease is renewed while the body runs, so ttl only bounds how long a \
+                 crashed holder blocks others; write e.g. `ttl = \"30s\"`",
+        )
+    } else {
+        ConstMessage::new()
+    }
+}

@@ -1,5 +1,6 @@
 //! Free functions: every option, several keys, hash tags, every form of `ttl` and `wait`,
 //! and `?` / `return` in the body.
+#![deny(warnings)]
 
 use std::time::Duration;
 
@@ -48,6 +49,13 @@ pub async fn several_keys(from: u64, to: u64, amount: u64) -> Result<(), dlock::
 // Redis Cluster hash tags: `{` and `}` are plain text in a key.
 #[distributed_lock(key = "{user:<user_id>}:cart", key = "{user:<user_id>}:orders")]
 pub async fn hash_tags(user_id: u64) -> Result<(), dlock::Error> {
+    let _ = user_id;
+    Ok(())
+}
+
+// Braces around a word that is no binding are text too: `{user}` here, not the value.
+#[distributed_lock(key = "{user}:<user_id>", key = "{}:{ user_id }")]
+pub async fn literal_braces(user_id: u64) -> Result<(), dlock::Error> {
     let _ = user_id;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Generic functions, where clauses, `impl Trait` arguments, lifetimes, and an `impl Trait`
 //! in the return type.
+#![deny(warnings)]
 
 use std::fmt::{Debug, Display};
 

@@ -1,5 +1,6 @@
 //! User names never clash with generated ones: the expansion uses absolute paths and
 //! hygienic locals, so shadowing `format`, `Result`, `run`, `Duration`, … changes nothing.
+#![deny(warnings)]
 #![allow(dead_code, unused_macros, non_camel_case_types)]
 
 use dlock::distributed_lock;

@@ -1,4 +1,5 @@
 //! Stacked with `#[tracing::instrument]`, in either order.
+#![deny(warnings)]
 
 use dlock::distributed_lock;
 use tracing::instrument;
@@ -15,6 +16,19 @@ pub async fn instrument_outside(user_id: u64) -> Result<u64, dlock::Error> {
 pub async fn instrument_inside(user_id: u64) -> Result<u64, dlock::Error> {
     tracing::info!("paying");
     Ok(user_id)
+}
+
+// Parameters the attribute renames to move them into the body (`_`, `(a, _)`), on either side.
+#[instrument]
+#[distributed_lock(key = "pair:<a>")]
+pub async fn patterns_outside(_: u8, (a, _): (u64, u64)) -> Result<u64, dlock::Error> {
+    Ok(a)
+}
+
+#[distributed_lock(key = "pair:<a>")]
+#[instrument]
+pub async fn patterns_inside(_: u8, (a, _): (u64, u64)) -> Result<u64, dlock::Error> {
+    Ok(a)
 }
 
 pub struct Service {
@@ -41,4 +55,6 @@ fn assert_send<T: Send>(_: T) {}
 fn main() {
     assert_send(instrument_outside(1));
     assert_send(instrument_inside(1));
+    assert_send(patterns_outside(1, (2, 3)));
+    assert_send(patterns_inside(1, (2, 3)));
 }

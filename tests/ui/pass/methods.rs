@@ -1,5 +1,6 @@
 //! Methods: `&self`, `&mut self`, `self`, `self: Arc<Self>`, keys from `self`, trait impls
 //! with native `async fn`, and a trait whose future must be `Send`.
+#![deny(warnings)]
 
 use std::fmt;
 use std::future::Future;

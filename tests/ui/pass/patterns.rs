@@ -1,5 +1,6 @@
 //! Keys from bindings inside parameter patterns: axum extractors, tuples, structs, slices,
 //! `mut`, `ref`, `x @ ..`, and fields of them; and an annotated fn as an axum handler.
+#![deny(warnings)]
 
 use axum::Json;
 use axum::extract::{Path, State};

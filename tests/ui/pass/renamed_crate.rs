@@ -1,4 +1,5 @@
 //! `crate = …` for a renamed or re-exported dlock.
+#![deny(warnings)]
 
 pub extern crate dlock as dlock1;
 

@@ -1,4 +1,5 @@
 //! Any `Result<T, E>` with `E: From<dlock::Error>`, however it is spelled.
+#![deny(warnings)]
 
 use dlock::distributed_lock;
 

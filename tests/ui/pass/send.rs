@@ -1,5 +1,6 @@
 //! The generated future is `Send` whenever the body is, so annotated functions work with
 //! `tokio::spawn`.
+#![deny(warnings)]
 
 use std::sync::Arc;
 

@@ -1,0 +1,182 @@
+//! How the arguments reach the body: every one is moved into the body's `async move` block
+//! and dropped there — inside the lock — in the order the function without the attribute
+//! drops them.
+//!
+//! rustc lowers `async fn f(p0: T0, p1: T1)` to a body that starts with, per parameter in
+//! order, `let __arg0 = __arg0; let p0 = __arg0;`; the locals are then dropped in reverse, so
+//! for each parameter from the last to the first, its bindings and then what the pattern left
+//! unbound. The body block here starts the same way (its *prologue*), per parameter:
+//!
+//! - `x` / `mut x`: kept in the signature (without `mut`), `let mut x = x;` in the body.
+//! - A pattern that binds the whole value (`Json(req)`, `(a, b)`, `&x`): kept in the signature
+//!   (without `mut`s), its bindings moved in with one `let (mut a, b) = (a, b);`.
+//! - Any other pattern (`_`, `(a, _)`, `Point { x, .. }`, `ref r`): the part it leaves unbound
+//!   has no name, so the parameter is renamed to a hidden `__dlock_argN` and the body starts
+//!   with `let __dlock_argN = __dlock_argN; let <pattern> = __dlock_argN;`, as rustc does. The
+//!   keys (built before the body, by reference) see its bindings through
+//!   `let <pattern without mut/ref/&> = &__dlock_argN;`, so there they are references.
+//! - A receiver taken by value (`self`, `mut self`, `self: Arc<Self>`): `let _ = &self;` moves
+//!   it into the block, which drops it after its locals, as the plain fn drops its first
+//!   parameter last.
+//!
+//! A rebinding of a name the attribute itself uses (in a key, `ttl`, `wait` or `service`)
+//! allows `unused_variables`: the body need not use it. Every other rebinding keeps the user's
+//! spans, so an unused or needlessly `mut` parameter is reported where it was before.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, quote_spanned};
+use syn::visit_mut::VisitMut;
+use syn::{FnArg, Ident, Pat, PatIdent, Signature, Token};
+
+/// The statements that carry the arguments into the body.
+pub(crate) struct Moves {
+    /// Before the keys are built: by-reference views of renamed patterns' bindings.
+    pub views: TokenStream,
+    /// The first statements of the body's block.
+    pub prologue: TokenStream,
+}
+
+/// Rewrites `sig`'s parameters as described in the module docs and returns the statements
+/// that go with them. `used_by_attribute` tells whether a binding's name appears in the
+/// attribute.
+pub(crate) fn rewrite(sig: &mut Signature, used_by_attribute: &dyn Fn(&Ident) -> bool) -> Moves {
+    let mixed = Span::mixed_site();
+    let mut moves = Moves { views: TokenStream::new(), prologue: TokenStream::new() };
+    let allow = |used: bool| {
+        if used { quote_spanned!(mixed=> #[allow(unused_variables)]) } else { TokenStream::new() }
+    };
+    for (index, input) in sig.inputs.iter_mut().enumerate() {
+        let typed = match input {
+            FnArg::Receiver(receiver) => {
+                if receiver.reference.is_none() {
+                    let self_token = receiver.self_token;
+                    moves.prologue.extend(quote_spanned!(mixed=> let _ = &#self_token;));
+                }
+                continue;
+            }
+            FnArg::Typed(typed) => typed,
+        };
+        let pat = &mut *typed.pat;
+        if let Pat::Ident(PatIdent { by_ref: None, subpat: None, mutability, ident, .. }) = pat {
+            let binding_mut = mutability.take();
+            let allow = allow(used_by_attribute(ident));
+            moves.prologue.extend(quote_spanned!(mixed=> #allow let #binding_mut #ident = #ident;));
+        } else if binds_whole(pat) {
+            let mut bindings = Vec::new();
+            collect_and_strip_mut(pat, &mut bindings);
+            let allow = allow(bindings.iter().any(|(ident, _)| used_by_attribute(ident)));
+            let names = bindings.iter().map(|(ident, _)| ident);
+            let patterns =
+                bindings.iter().map(|(ident, mutability)| quote_spanned!(mixed=> #mutability #ident));
+            moves.prologue.extend(match bindings.len() {
+                0 => TokenStream::new(),
+                1 => quote_spanned!(mixed=> #allow let #(#patterns)* = #(#names)*;),
+                _ => quote_spanned!(mixed=> #allow let (#(#patterns),*) = (#(#names),*);),
+            });
+        } else {
+            let arg = Ident::new(&format!("__dlock_arg{index}"), mixed);
+            let original = std::mem::replace(
+                pat,
+                Pat::Ident(PatIdent {
+                    attrs: Vec::new(),
+                    by_ref: None,
+                    mutability: None,
+                    ident: arg.clone(),
+                    subpat: None,
+                }),
+            );
+            let mut bindings = Vec::new();
+            let mut view = original.clone();
+            collect_and_strip_mut(&mut view, &mut bindings);
+            ByReference.visit_pat_mut(&mut view);
+            let used = bindings.iter().any(|(ident, _)| used_by_attribute(ident));
+            if !bindings.is_empty() {
+                moves.views.extend(quote_spanned!(mixed=> #[allow(unused_variables)] let #view = &#arg;));
+            }
+            let arg_mut = has_ref_mut(&original).then(|| Token![mut](mixed));
+            let allow = allow(used);
+            moves.prologue.extend(quote_spanned! {mixed=>
+                let #arg_mut #arg = #arg;
+                #allow let #original = #arg;
+            });
+        }
+    }
+    moves
+}
+
+/// Whether `pat` moves the whole value into its bindings, so that nothing of it is left to
+/// drop after them: no `_`, no `..`, no `ref`, nothing we cannot see into.
+fn binds_whole(pat: &Pat) -> bool {
+    match pat {
+        Pat::Ident(p) => p.by_ref.is_none() && p.subpat.as_ref().is_none_or(|(_, sub)| binds_whole(sub)),
+        Pat::Tuple(p) => p.elems.iter().all(binds_whole),
+        Pat::TupleStruct(p) => p.elems.iter().all(binds_whole),
+        Pat::Struct(p) => p.rest.is_none() && p.fields.iter().all(|f| binds_whole(&f.pat)),
+        Pat::Slice(p) => p.elems.iter().all(binds_whole),
+        Pat::Reference(p) => binds_whole(&p.pat),
+        Pat::Paren(p) => binds_whole(&p.pat),
+        // `_`, `..`, `|`, paths, literals, ranges, macros and what syn keeps as tokens.
+        _ => false,
+    }
+}
+
+fn has_ref_mut(pat: &Pat) -> bool {
+    struct Find(bool);
+    impl VisitMut for Find {
+        fn visit_pat_ident_mut(&mut self, p: &mut PatIdent) {
+            self.0 |= p.by_ref.is_some() && p.mutability.is_some();
+            syn::visit_mut::visit_pat_ident_mut(self, p);
+        }
+    }
+    let mut find = Find(false);
+    find.visit_pat_mut(&mut pat.clone());
+    find.0
+}
+
+/// Removes the `mut` of every binding in `pat` (not of `ref mut`), collecting the bindings in
+/// order with the `mut` each had.
+fn collect_and_strip_mut(pat: &mut Pat, bindings: &mut Vec<(Ident, Option<Token![mut]>)>) {
+    struct Strip<'a>(&'a mut Vec<(Ident, Option<Token![mut]>)>);
+    impl VisitMut for Strip<'_> {
+        fn visit_pat_ident_mut(&mut self, p: &mut PatIdent) {
+            let mutability = if p.by_ref.is_none() { p.mutability.take() } else { None };
+            self.0.push((p.ident.clone(), mutability));
+            syn::visit_mut::visit_pat_ident_mut(self, p);
+        }
+        // Types inside patterns (none in parameters) and expressions are left alone.
+        fn visit_expr_mut(&mut self, _: &mut syn::Expr) {}
+    }
+    Strip(bindings).visit_pat_mut(pat);
+}
+
+/// Turns a pattern into one that matches a reference to the value by the default binding
+/// mode: no `ref`/`mut` on bindings, no `&` patterns (edition 2024 forbids both under a
+/// by-reference default binding mode). Every binding becomes a reference.
+struct ByReference;
+
+impl VisitMut for ByReference {
+    fn visit_pat_mut(&mut self, pat: &mut Pat) {
+        if let Pat::Reference(reference) = pat {
+            *pat = (*reference.pat).clone();
+            return self.visit_pat_mut(pat);
+        }
+        if let Pat::Ident(p) = pat {
+            p.by_ref = None;
+            p.mutability = None;
+        }
+        syn::visit_mut::visit_pat_mut(self, pat);
+    }
+
+    fn visit_expr_mut(&mut self, _: &mut syn::Expr) {}
+}
+
+/// Every identifier in `tokens`, for [`rewrite`]'s `used_by_attribute`.
+pub(crate) fn idents_in(tokens: impl ToTokens, into: &mut Vec<String>) {
+    for tt in tokens.into_token_stream() {
+        match tt {
+            proc_macro2::TokenTree::Ident(ident) => into.push(ident.to_string()),
+            proc_macro2::TokenTree::Group(group) => idents_in(group.stream(), into),
+            _ => {}
+        }
+    }
+}
