@@ -22,21 +22,17 @@ pub fn request(service: Option<&'static str>, keys: Vec<String>) -> LockRequest 
     LockRequest::new(service.map(|service| service.shared), keys)
 }
 
-/// Acquire per `request`, run `body` while held, release; the error cases become `R`'s error.
+/// Acquire per `request`, run `body` while held, release; a lock error becomes `E`.
 ///
 /// The body is dropped (cancelled at its current `.await`) if the lease is lost, and the call
 /// returns `Error::Lost`. If the body finishes, its result is returned even if the lease was
 /// lost at the same instant: its effects happened, and retrying could repeat them.
-pub async fn run<R, F>(request: LockRequest, body: F) -> R
+async fn run<T, E, F>(request: LockRequest, body: F) -> Result<T, E>
 where
-    R: LockResult,
-    R::Err: LockError,
-    F: Future<Output = R>,
+    E: From<Error>,
+    F: Future<Output = Result<T, E>>,
 {
-    let guard = match request.acquire().await {
-        Ok(guard) => guard,
-        Err(err) => return R::from_lock_error(err),
-    };
+    let guard = request.acquire().await?;
     let outcome = if let Some(reason) = guard.lost_reason() {
         Err(reason)
     } else {
@@ -45,10 +41,7 @@ where
         let body = guard.scope_until(guard.deadline, body);
         tokio::select! {
             biased;
-            result = body => match result {
-                Ok(result) => Ok(result),
-                Err(err) => return R::from_lock_error(err),
-            },
+            result = body => Ok(result?),
             reason = guard.lost() => Err(reason),
         }
     };
@@ -63,56 +56,9 @@ where
         Err(reason) => {
             let key = guard.full_key().to_owned();
             drop(guard);
-            R::from_lock_error(Error::Lost { key, reason })
+            Err(Error::Lost { key, reason }.into())
         }
     }
-}
-
-/// The return type of an annotated function: a `Result` (whose error type must then carry a
-/// `dlock::Error`, see [`LockError`]).
-#[diagnostic::on_unimplemented(
-    message = "`#[distributed_lock]` needs the function to return `Result<T, E>` where `E: From<dlock::Error>`, but it returns `{Self}`",
-    label = "this return type cannot carry a `dlock::Error`",
-    note = "the lock can time out or be lost, and the function reports that through its error type",
-    note = "return e.g. `Result<T, dlock::Error>`, `anyhow::Result<T>`, `std::io::Result<T>`, or `Result<T, YourError>` with `impl From<dlock::Error> for YourError`"
-)]
-pub trait LockResult: Sized {
-    /// The success type.
-    type Ok;
-    /// The error type.
-    type Err;
-    /// `Err(error.into())`.
-    fn from_lock_error(error: Error) -> Self
-    where
-        Self::Err: LockError;
-}
-
-impl<T, E> LockResult for Result<T, E> {
-    type Ok = T;
-    type Err = E;
-    fn from_lock_error(error: Error) -> Self
-    where
-        E: LockError,
-    {
-        Err(E::from(error))
-    }
-}
-
-/// The error type of an annotated function must be able to carry a `dlock::Error`.
-#[diagnostic::on_unimplemented(
-    message = "`#[distributed_lock]` needs the error type `{Self}` to implement `From<dlock::Error>`",
-    label = "the error type in this return type cannot carry a `dlock::Error`",
-    note = "add `impl From<dlock::Error> for {Self}` (the lock's errors are returned as `Err(e.into())`), or return `Result<T, dlock::Error>` or `anyhow::Result<T>`"
-)]
-pub trait LockError: From<Error> {}
-
-impl<E: From<Error>> LockError for E {}
-
-/// Instantiated at the return type's span so a wrong type is reported there.
-pub fn check_result<R: LockResult>()
-where
-    R::Err: LockError,
-{
 }
 
 /// A value interpolated into a lock key.
