@@ -4,6 +4,7 @@ use crate::error::Error;
 use crate::registry;
 use crate::request::LockRequest;
 use std::future::Future;
+use std::pin::Pin;
 
 pub use ::core::time::Duration;
 pub use ::std::format;
@@ -22,27 +23,41 @@ pub fn request(service: Option<&'static str>, keys: Vec<String>) -> LockRequest 
     LockRequest::new(service.map(|service| service.shared), keys)
 }
 
-/// Acquire per `request`, run `body` while held, release; a lock error becomes `E`.
+/// Acquire per `request`, run `body` while held, release; a lock error becomes `R`'s error.
 ///
 /// The body is dropped (cancelled at its current `.await`) if the lease is lost, and the call
 /// returns `Error::Lost`. If the body finishes, its result is returned even if the lease was
 /// lost at the same instant: its effects happened, and retrying could repeat them.
-async fn run<T, E, F>(request: LockRequest, body: F) -> Result<T, E>
+///
+/// The body comes boxed: an annotated call nested in another's body then adds its own state
+/// to the outer future once, instead of once per layer of wrapping (a future passed by value
+/// through an `async fn` is stored twice), which made nested calls overflow the stack.
+async fn run<R, B>(request: LockRequest, body: Pin<Box<B>>) -> R
 where
-    E: From<Error>,
-    F: Future<Output = Result<T, E>>,
+    R: LockedReturn,
+    R::Error: LockedError,
+    B: Future<Output = R>,
 {
-    let guard = request.acquire().await?;
-    let outcome = if let Some(reason) = guard.lost_reason() {
-        Err(reason)
-    } else {
-        // A re-entrant body waits for its turn among re-entrant bodies of its keys in this
-        // task, as long as the request would have waited for the lock.
-        let body = guard.scope_until(guard.deadline, body);
-        tokio::select! {
-            biased;
-            result = body => Ok(result?),
-            reason = guard.lost() => Err(reason),
+    let lock_error = |error: Error| R::from_result(Err(R::Error::from_lock_error(error)));
+    let guard = match request.acquire().await {
+        Ok(guard) => guard,
+        Err(error) => return lock_error(error),
+    };
+    let outcome = match guard.lost_reason() {
+        Some(reason) => Err(reason),
+        None => {
+            // A re-entrant body waits for its turn among re-entrant bodies of its keys in this
+            // task, as long as the request would have waited for the lock.
+            let _turn = match guard.pass_gates_until(guard.deadline).await {
+                Ok(turn) => turn,
+                Err(error) => return lock_error(error),
+            };
+            let body = guard.scoped(body);
+            tokio::select! {
+                biased;
+                result = body => Ok(result),
+                reason = guard.lost() => Err(reason),
+            }
         }
     };
     match outcome {
@@ -56,7 +71,7 @@ where
         Err(reason) => {
             let key = guard.full_key().to_owned();
             drop(guard);
-            Err(Error::Lost { key, reason }.into())
+            lock_error(Error::Lost { key, reason })
         }
     }
 }
@@ -146,15 +161,6 @@ impl<E: From<Error>> LockedError for E {
     }
 }
 
-/// An error of the function's own type, passed through [`run`].
-struct Carried<E>(E);
-
-impl<E: LockedError> From<Error> for Carried<E> {
-    fn from(error: Error) -> Self {
-        Carried(E::from_lock_error(error))
-    }
-}
-
 /// [`run`] for the function's return type `R`, under the bounds the expansion has checked at
 /// the return type (the same predicates at the same span, so rustc reports them once).
 pub fn run_locked<R, F>(request: LockRequest, body: F) -> impl Future<Output = R>
@@ -163,8 +169,7 @@ where
     R::Error: LockedError,
     F: Future<Output = R>,
 {
-    let body = async move { body.await.into_result().map_err(Carried) };
-    async move { R::from_result(run(request, body).await.map_err(|Carried(error)| error)) }
+    run(request, Box::pin(body))
 }
 
 /// A message built during constant evaluation, for the `panic!` of a compile-time check.

@@ -121,16 +121,18 @@ pub(crate) fn held(service_id: u64, key: &str) -> Option<Frame> {
     .flatten()
 }
 
-/// Run `fut` in a new scope holding `frames`, on top of this task's held locks.
-pub(crate) async fn with_frames<F: std::future::Future>(mut frames: Vec<Frame>, fut: F) -> F::Output {
-    if frames.is_empty() {
-        return fut.await;
-    }
+/// `fut`, run in a new scope holding `frames` on top of the locks this task holds now.
+///
+/// Not an `async fn`: it stores `fut` once, in the task-local future it returns.
+pub(crate) fn with_frames<F: std::future::Future>(
+    mut frames: Vec<Frame>,
+    fut: F,
+) -> impl std::future::Future<Output = F::Output> {
     let mut stack = HELD.try_with(Clone::clone).unwrap_or_default();
     let depth = stack.last().map_or(1, |f| f.depth + 1);
     for frame in &mut frames {
         frame.depth = depth;
     }
     stack.extend(frames);
-    HELD.scope(stack, fut).await
+    HELD.scope(stack, fut)
 }

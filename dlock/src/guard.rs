@@ -189,16 +189,24 @@ impl LockGuard {
     /// [`fencing_token_for()`]: crate::fencing_token_for
     pub async fn scope<F: Future>(&self, fut: F) -> F::Output {
         let _turn = self.pass_gates().await;
-        context::with_frames(self.scope_frames(), fut).await
+        self.scoped(fut).await
     }
 
-    /// Like [`scope`](Self::scope), but waiting for the gates only until `deadline`.
-    pub(crate) async fn scope_until<F: Future>(&self, deadline: Instant, fut: F) -> Result<F::Output, Error> {
+    /// `fut`, run in this guard's scope (see [`scope`](Self::scope)), without waiting for
+    /// the gates: the caller has passed them.
+    pub(crate) fn scoped<F: Future>(&self, fut: F) -> impl Future<Output = F::Output> {
+        context::with_frames(self.scope_frames(), fut)
+    }
+
+    /// The turn of this body among re-entrant bodies of its keys, waited for until `deadline`.
+    pub(crate) async fn pass_gates_until(
+        &self,
+        deadline: Instant,
+    ) -> Result<Vec<OwnedMutexGuard<()>>, Error> {
         let started = Instant::now();
-        let Ok(_turn) = tokio::time::timeout_at(deadline, self.pass_gates()).await else {
-            return Err(Error::Timeout { key: self.full_key().to_owned(), waited: started.elapsed() });
-        };
-        Ok(context::with_frames(self.scope_frames(), fut).await)
+        tokio::time::timeout_at(deadline, self.pass_gates())
+            .await
+            .map_err(|_| Error::Timeout { key: self.full_key().to_owned(), waited: started.elapsed() })
     }
 
     /// The turn of this body among re-entrant bodies of its keys (in key order, so two bodies

@@ -249,9 +249,12 @@ async fn reconcile(
 /// Mark a channel's subscription confirmed, and wake its waiters: any that asked while it
 /// was not (after a reconnect, or past their wait for the confirmation) did not join the
 /// key's waiting line, and asking again now puts them in it.
+///
+/// The notice goes first: a waiter that sees the confirmation (on another thread) then also
+/// sees that notice as already delivered, and does not mistake it for a later release.
 fn confirm(entry: &Channel) {
-    entry.subscribed.send_replace(true);
     entry.notices.send_replace(ReleaseNotice::Released);
+    entry.subscribed.send_replace(true);
 }
 
 /// Read a notice: `r` (released) or `g:<token>:<owner>` (handed to `owner`).

@@ -1,0 +1,713 @@
+//! Guarantees under faults, each test on a private `redis-server` it owns:
+//!
+//! - a service made in one runtime serves every runtime of the process, also after the one
+//!   that made it ended; a guard dropped while its runtime shuts down is still released;
+//! - a connection that goes silent without closing (black-holed by a proxy this file owns) is
+//!   replaced: commands within two call timeouts, the subscriber by its health check;
+//! - fencing tokens keep increasing across a Redis that lost its data;
+//! - the ACL recipe of the README works with a user confined to the service's prefix, and a
+//!   user confined elsewhere cannot send notices; replayed notices are ignored;
+//! - a release Redis refuses half-way changes nothing; a waiter rides out `OOM`;
+//! - re-entrant bodies of one key running side by side in one task take turns.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use dlock::backend::BackendErrorKind;
+use dlock::{Error, LockService, MemoryBackend, RedisBackend, distributed_lock};
+use support::{RedisServer, inspector, poll_until, redis_cmd};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The call timeout of these tests' backends.
+const CALL_TIMEOUT: Duration = Duration::from_millis(300);
+/// Slack on top of a bound the library promises (a loaded 2-core machine).
+const MARGIN: Duration = Duration::from_millis(300);
+
+async fn connect(url: &str) -> RedisBackend {
+    RedisBackend::builder(url)
+        .call_timeout(CALL_TIMEOUT)
+        .connect()
+        .await
+        .unwrap_or_else(|err| panic!("connecting to {url}: {err}"))
+}
+
+fn runtime(multi_thread: bool) -> tokio::runtime::Runtime {
+    let mut builder = if multi_thread {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(2);
+        builder
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build().expect("a tokio runtime")
+}
+
+/// Whether `key` exists on the server at `url`, asked from a runtime of its own.
+fn exists(url: &str, key: &str) -> bool {
+    runtime(false).block_on(async {
+        let mut conn = inspector(url).await;
+        redis_cmd::<bool>(&mut conn, &["EXISTS", key]).await
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runtimes that come and go.
+
+/// One global service set up once, used by many `#[tokio::test]`s each on its own runtime: the
+/// runtime that made the service ends first. Later runtimes of both flavours lock without a
+/// backend error, and a release reaches a waiter of another service by notice (promptly, not
+/// on its one-second recheck).
+#[test]
+fn a_service_serves_runtimes_after_the_one_that_made_it_ended() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let made = runtime(false);
+    let (holder, waiter) = made
+        .block_on(async { (LockService::new(connect(&url).await), LockService::new(connect(&url).await)) });
+    drop(made);
+
+    for (round, multi_thread) in [false, true, false, true].into_iter().enumerate() {
+        let (holder, waiter) = (holder.clone(), waiter.clone());
+        let handoff = runtime(multi_thread).block_on(async move {
+            let guard = holder.lock("seq").await.unwrap_or_else(|err| panic!("round {round}: {err}"));
+            let waiting = tokio::spawn(async move {
+                let guard = waiter.lock("seq").wait(Duration::from_secs(10)).await?;
+                let got_in = Instant::now();
+                guard.release().await?;
+                Ok::<_, Error>(got_in)
+            });
+            // The waiter subscribes and asks again before it listens: give it the time.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let released = Instant::now();
+            assert!(guard.release().await.unwrap_or_else(|err| panic!("round {round}: release: {err}")));
+            let got_in =
+                waiting.await.expect("join").unwrap_or_else(|err| panic!("round {round}: waiter: {err}"));
+            got_in - released
+        });
+        assert!(
+            handoff < MARGIN,
+            "round {round} (multi-thread: {multi_thread}): the waiter got the key {handoff:?} after the release"
+        );
+    }
+}
+
+/// Two runtimes on their own threads lock one key in turns while the runtime that made the
+/// service ends mid-way: no call fails, and the two never hold the key at once.
+#[test]
+fn runtimes_side_by_side_keep_working_when_the_one_that_made_the_service_ends() {
+    const ROUNDS: usize = 60;
+    let server = RedisServer::start();
+    let url = server.url();
+    let made = runtime(true);
+    let service = made.block_on(async { LockService::new(connect(&url).await) });
+    // The making runtime keeps locking too, until it is shut down.
+    made.spawn({
+        let service = service.clone();
+        async move {
+            loop {
+                if let Ok(guard) = service.lock("side").wait(Duration::from_secs(5)).await {
+                    let _ = guard.release().await;
+                }
+            }
+        }
+    });
+    let inside = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..2)
+        .map(|n| {
+            let (service, inside, done) = (service.clone(), Arc::clone(&inside), Arc::clone(&done));
+            std::thread::spawn(move || {
+                runtime(n == 0).block_on(async move {
+                    for round in 0..ROUNDS {
+                        let guard = service
+                            .lock("side")
+                            .wait(Duration::from_secs(10))
+                            .await
+                            .unwrap_or_else(|err| panic!("thread {n}, round {round}: {err}"));
+                        assert!(!inside.swap(true, Ordering::SeqCst), "two holders at once");
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        inside.store(false, Ordering::SeqCst);
+                        guard
+                            .release()
+                            .await
+                            .unwrap_or_else(|err| panic!("thread {n}, round {round}: release: {err}"));
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            })
+        })
+        .collect();
+    while done.load(Ordering::SeqCst) < ROUNDS / 2 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(made);
+    for thread in threads {
+        thread.join().expect("a locking thread failed");
+    }
+    assert_eq!(done.load(Ordering::SeqCst), 2 * ROUNDS);
+}
+
+/// A guard still held when its runtime shuts down (a task that never finished, the end of a
+/// test) is released at once, not left for its ttl; so is the lock of an annotated body that
+/// panics out of `block_on`.
+#[test]
+fn a_guard_dropped_as_its_runtime_shuts_down_is_released_promptly() {
+    const SVC: &str = "faults:shutdown";
+    #[distributed_lock(key = "panics", service = SVC, ttl = "30s")]
+    async fn panics() -> Result<(), Error> {
+        panic!("the body panics");
+    }
+
+    let server = RedisServer::start();
+    let url = server.url();
+    let service = runtime(false).block_on(async { LockService::new(connect(&url).await) });
+    dlock::register(SVC, service.clone()).expect("register");
+
+    let rt = runtime(false);
+    rt.block_on(async {
+        let guard = service.lock("held").ttl(Duration::from_secs(30)).await.expect("lock");
+        tokio::spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        });
+        tokio::task::yield_now().await;
+    });
+    assert!(exists(&url, "held"), "held while the runtime lives");
+    let dropped = Instant::now();
+    drop(rt);
+    while exists(&url, "held") {
+        assert!(
+            dropped.elapsed() < Duration::from_secs(3),
+            "still held {:?} after its runtime ended",
+            dropped.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let rt = runtime(true);
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(panics())));
+    assert!(panicked.is_err(), "the body panicked");
+    drop(rt);
+    let dropped = Instant::now();
+    while exists(&url, "panics") {
+        assert!(
+            dropped.elapsed() < Duration::from_secs(3),
+            "still held {:?} after the panic",
+            dropped.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Silent connections.
+
+/// A TCP proxy to a Redis that can make every connection open so far go silent (bytes are
+/// swallowed, nothing is closed: a dead host, a NAT that forgot the flow) while new
+/// connections work.
+struct BlackHoleProxy {
+    port: u16,
+    /// Connections accepted before this generation are silent.
+    silenced_before: Arc<AtomicUsize>,
+    accepted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BlackHoleProxy {
+    async fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let silenced_before = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn({
+            let (silenced_before, accepted) = (Arc::clone(&silenced_before), Arc::clone(&accepted));
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let n = accepted.fetch_add(1, Ordering::SeqCst);
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else { continue };
+                    let silent = {
+                        let silenced_before = Arc::clone(&silenced_before);
+                        move || n < silenced_before.load(Ordering::SeqCst)
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::spawn(pump(client_read, server_write, silent.clone()));
+                    tokio::spawn(pump(server_read, client_write, silent));
+                }
+            }
+        });
+        Self { port, silenced_before, accepted, task }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Every connection open now goes silent.
+    fn black_hole(&self) {
+        self.silenced_before.store(self.accepted.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for BlackHoleProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copy bytes one way until either side closes; once `silent()`, swallow them, and do not
+/// pass a close on either (a dead host sends nothing, not even a FIN).
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    silent: impl Fn() -> bool,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if !silent() && to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    if silent() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The command connection goes silent: the call that hits it gives up at its call timeout, the
+/// connection is replaced, and locking works again within two call timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_replaced_within_two_call_timeouts() {
+    let server = RedisServer::start();
+    let proxy = BlackHoleProxy::start(server.port()).await;
+    let service = LockService::new(connect(&proxy.url()).await);
+    let guard = service.lock("silent").wait(Duration::ZERO).await.expect("lock through the proxy");
+    assert!(guard.release().await.expect("release"));
+
+    proxy.black_hole();
+    let started = Instant::now();
+    let mut failures = 0;
+    loop {
+        match service.lock("silent").wait(Duration::ZERO).await {
+            Ok(guard) => {
+                assert!(guard.release().await.expect("release on the new connection"));
+                break;
+            }
+            Err(err) => {
+                failures += 1;
+                assert!(
+                    started.elapsed() < CALL_TIMEOUT * 2 + MARGIN,
+                    "still failing {:?} after the connection went silent ({failures} failures): {err}",
+                    started.elapsed()
+                );
+            }
+        }
+    }
+    let took = started.elapsed();
+    assert!(took < CALL_TIMEOUT * 2 + MARGIN, "locking worked again after {took:?}");
+    eprintln!("locking worked again {took:?} after the connection went silent ({failures} calls failed)");
+}
+
+/// The subscriber connection goes silent: its health check notices within a check and a call
+/// timeout and subscribes again on a new connection, so waiters hear notices again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_subscriber_connection_is_replaced() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let proxy = BlackHoleProxy::start(server.port()).await;
+    let mut conn = inspector(&url).await;
+    let holder = LockService::new(connect(&url).await);
+    let waiter = LockService::new(connect(&proxy.url()).await);
+    let guard = holder.lock("quiet").ttl(Duration::from_secs(20)).await.expect("holder");
+    let call =
+        tokio::spawn(async move { waiter.lock("quiet").wait(Duration::from_secs(20)).await.map(drop) });
+    let channel = RedisBackend::notice_channel("quiet");
+    let subscribers = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        let channel = channel.clone();
+        async move {
+            let counts: (String, i64) = redis_cmd(&mut conn, &["PUBSUB", "NUMSUB", &channel]).await;
+            counts.1
+        }
+    };
+    poll_until(Duration::from_secs(5), "the waiter subscribes", || {
+        let counted = subscribers(&mut conn);
+        async move { counted.await >= 1 }
+    })
+    .await;
+
+    let accepted = proxy.accepted();
+    proxy.black_hole();
+    let silenced = Instant::now();
+    // The silent connection stays open (the proxy keeps it), so the server counts it too: a
+    // second subscriber is the waiter's new connection.
+    let bound = Duration::from_secs(1) + CALL_TIMEOUT * 2 + MARGIN * 2;
+    poll_until(bound, "the waiter subscribes again on a new connection", || {
+        let counted = subscribers(&mut conn);
+        async move { counted.await >= 2 }
+    })
+    .await;
+    eprintln!("the subscriber was replaced {:?} after its connection went silent", silenced.elapsed());
+    assert!(proxy.accepted() > accepted, "the new subscriber connection came through the proxy");
+    assert!(guard.release().await.expect("release"));
+    call.await.expect("join").expect("the waiter gets the key");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis that loses data.
+
+/// Redis restarts empty (no persistence, as the tests and CI run it): the fencing counter is
+/// gone, and the next token must still be greater than every token handed out before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_tokens_keep_increasing_after_redis_loses_its_data() {
+    let mut server = RedisServer::start();
+    let service = LockService::new(connect(&server.url()).await);
+    let mut before = 0;
+    for _ in 0..3 {
+        let guard = service.lock("epoch").await.expect("lock");
+        before = before.max(guard.fencing_token());
+        assert!(guard.release().await.expect("release"));
+    }
+    server.restart();
+    let after = loop {
+        // The first calls may meet the old connection's end.
+        match service.lock("epoch").wait(Duration::ZERO).await {
+            Ok(guard) => break guard,
+            Err(err) => {
+                eprintln!("after the restart: {err}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert!(
+        after.fencing_token() > before,
+        "token {} after the restart is not above {before}, handed out before it",
+        after.fencing_token()
+    );
+    assert!(after.release().await.expect("release"));
+}
+
+/// A Redis whose `maxmemory-policy` may evict dlock's keys is reported at connect.
+#[tokio::test]
+async fn an_evicting_redis_is_reported() {
+    let evicting = RedisServer::start_with(&["--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru"]);
+    assert!(connect(&evicting.url()).await.may_evict_locks());
+    let safe = RedisServer::start_with(&["--maxmemory", "100mb", "--maxmemory-policy", "noeviction"]);
+    assert!(!connect(&safe.url()).await.may_evict_locks());
+    let unlimited = RedisServer::start();
+    assert!(!connect(&unlimited.url()).await.may_evict_locks());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys confined by ACLs; forged and replayed notices.
+
+/// The README's recipe, for a user whose keys and channels all start with `app:`.
+const ACL_RECIPE: &[&str] = &[
+    "on",
+    ">app-password",
+    "resetkeys",
+    "~app:*",
+    "resetchannels",
+    "&app:*",
+    "-@all",
+    "+evalsha",
+    "+eval",
+    "+ping",
+    "+subscribe",
+    "+unsubscribe",
+    "+get",
+    "+set",
+    "+del",
+    "+pexpire",
+    "+pttl",
+    "+hget",
+    "+hset",
+    "+hdel",
+    "+hgetall",
+    "+hlen",
+    "+time",
+    "+publish",
+];
+
+async fn acl_setuser(conn: &mut redis::aio::MultiplexedConnection, user: &str, rules: &[&str]) {
+    let mut args = vec!["ACL", "SETUSER", user];
+    args.extend_from_slice(rules);
+    let () = redis_cmd(conn, &args).await;
+}
+
+/// A user confined to the prefix by the README's recipe can lock, wait, be handed the key,
+/// renew and release; everything dlock stored lives under the prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_acl_recipe_confines_dlock_to_the_prefix() {
+    let server = RedisServer::start();
+    let mut admin = inspector(&server.url()).await;
+    acl_setuser(&mut admin, "app", ACL_RECIPE).await;
+    let url = format!("redis://app:app-password@127.0.0.1:{}", server.port());
+    let service = |backend| LockService::builder(backend).key_prefix("app:").build();
+    let holder = service(connect(&url).await);
+    let waiter = service(connect(&url).await);
+
+    // A ttl short enough that the keeper renews it while the waiter waits.
+    let guard = holder.lock("user:1").ttl(Duration::from_millis(300)).await.expect("lock as the app user");
+    let first = guard.fencing_token();
+    let call = tokio::spawn(async move {
+        let guard = waiter.lock("user:1").ttl(Duration::from_secs(5)).wait(Duration::from_secs(10)).await?;
+        let token = guard.fencing_token();
+        guard.release().await?;
+        Ok::<_, Error>(token)
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!guard.is_lost(), "renewed as the app user");
+    assert!(guard.release().await.expect("release as the app user"));
+    let handed = call.await.expect("join").expect("the waiter is handed the key");
+    assert!(handed > first);
+
+    let keys: Vec<String> = redis_cmd(&mut admin, &["KEYS", "*"]).await;
+    assert!(keys.iter().all(|key| key.starts_with("app:")), "keys outside the prefix: {keys:?}");
+}
+
+/// A user confined to other keys and channels cannot publish on a lock's notice channel: it
+/// cannot hand anybody a key. A notice recorded earlier and sent again (a replay) names an
+/// owner token of a past acquisition or a token not newer than the waiter's last attempt: it is
+/// ignored, and nobody gets in while the key is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_replayed_notices_make_no_second_holder() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let mut admin = inspector(&url).await;
+    acl_setuser(
+        &mut admin,
+        "forger",
+        &["on", ">forger-password", "resetkeys", "~other:*", "resetchannels", "&other:*", "+@all"],
+    )
+    .await;
+    let forger_url = format!("redis://forger:forger-password@127.0.0.1:{}", server.port());
+    let mut forger = inspector(&forger_url).await;
+    let channel = RedisBackend::notice_channel("app:k");
+    let refused = redis::cmd("PUBLISH")
+        .arg(&channel)
+        .arg("g:99999999999999999:anyone")
+        .query_async::<i64>(&mut forger)
+        .await;
+    assert!(refused.is_err_and(|err| err.code() == Some("NOPERM")), "the forger published on {channel}");
+
+    // Record a real hand-off notice.
+    let client = redis::Client::open(url.as_str()).expect("client");
+    let mut spy = client.get_async_pubsub().await.expect("spy connection");
+    spy.subscribe(&channel).await.expect("spy subscribes");
+    let service = |backend| LockService::builder(backend).key_prefix("app:").build();
+    let (a, b) = (service(connect(&url).await), service(connect(&url).await));
+    let guard = a.lock("k").await.expect("a holds");
+    let b_call = tokio::spawn(async move { b.lock("k").wait(Duration::from_secs(10)).await });
+    poll_until(Duration::from_secs(5), "b waits in line", || {
+        let mut admin = admin.clone();
+        async move {
+            let fields: Vec<String> =
+                redis_cmd(&mut admin, &["HKEYS", &RedisBackend::state_key("app:k")]).await;
+            fields.len() >= 2
+        }
+    })
+    .await;
+    assert!(guard.release().await.expect("release"));
+    let b_guard = b_call.await.expect("join").expect("b is handed the key");
+    use futures_util::StreamExt;
+    let recorded: Vec<u8> = tokio::time::timeout(Duration::from_secs(5), spy.on_message().next())
+        .await
+        .expect("the spy heard the hand-off")
+        .expect("a message")
+        .get_payload_bytes()
+        .to_vec();
+    assert!(recorded.starts_with(b"g:"), "{:?}", String::from_utf8_lossy(&recorded));
+    assert!(b_guard.release().await.expect("release"));
+
+    // c holds, d waits; the old notice is sent again: nobody gets in while c holds.
+    let (c, d) = (service(connect(&url).await), service(connect(&url).await));
+    let c_guard = c.lock("k").await.expect("c holds");
+    let got_in = Arc::new(AtomicBool::new(false));
+    let d_call = tokio::spawn({
+        let got_in = Arc::clone(&got_in);
+        async move {
+            let guard = d.lock("k").wait(Duration::from_secs(10)).await?;
+            got_in.store(true, Ordering::SeqCst);
+            guard.release().await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        let _: i64 = redis_cmd(&mut admin, &["PUBLISH", &channel, &String::from_utf8_lossy(&recorded)]).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!got_in.load(Ordering::SeqCst), "a replayed notice let d in while c holds the key");
+    assert!(c_guard.release().await.expect("release"));
+    assert!(d_call.await.expect("join").expect("d gets the key after c"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refusals change nothing.
+
+/// A release that would hand the key to a waiting process, by a user who may not publish on
+/// the key's channel, is refused before it changes anything: the key is not handed over
+/// without telling the waiter (who would otherwise learn it only at its next recheck).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_refused_for_want_of_publish_changes_nothing() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let mut admin = inspector(&url).await;
+    acl_setuser(&mut admin, "mute", &["on", ">mute-password", "~*", "resetchannels", "+@all"]).await;
+    let mute_url = format!("redis://mute:mute-password@127.0.0.1:{}", server.port());
+    let holder = LockService::new(connect(&mute_url).await);
+    let waiter = LockService::new(connect(&url).await);
+    let guard = holder.lock("mute").ttl(Duration::from_secs(1)).await.expect("lock");
+    let owner: String = redis_cmd(&mut admin, &["GET", "mute"]).await;
+    let call = tokio::spawn(async move { waiter.lock("mute").wait(Duration::from_secs(10)).await });
+    poll_until(Duration::from_secs(5), "the waiter is in line", || {
+        let mut admin = admin.clone();
+        async move { redis_cmd::<i64>(&mut admin, &["HLEN", &RedisBackend::state_key("mute")]).await >= 2 }
+    })
+    .await;
+
+    let refused = guard.release().await;
+    match refused {
+        Err(Error::Backend { source, .. }) => {
+            assert_eq!(source.kind(), BackendErrorKind::Permission, "{source}")
+        }
+        other => panic!("expected a permission error, got {other:?}"),
+    }
+    let now: Option<String> = redis_cmd(&mut admin, &["GET", "mute"]).await;
+    assert_eq!(now.as_deref(), Some(owner.as_str()), "the refused release changed the lock");
+    // The waiter gets the key when the lease ends.
+    let guard = call.await.expect("join").expect("the waiter gets the key after the lease");
+    assert!(guard.release().await.expect("release"));
+}
+
+/// Redis runs out of memory while a request waits: its attempts are refused with `OOM`, which
+/// it rides out like a restart; once memory is free again it gets the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_rides_out_an_out_of_memory_redis() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let mut admin = inspector(&url).await;
+    let holder = LockService::new(connect(&url).await);
+    let waiter = LockService::new(connect(&url).await);
+    let guard = holder.lock("oom").ttl(Duration::from_secs(10)).await.expect("holder");
+    let call = tokio::spawn(async move { waiter.lock("oom").wait(Duration::from_secs(15)).await });
+    poll_until(Duration::from_secs(5), "the waiter is in line", || {
+        let mut admin = admin.clone();
+        async move { redis_cmd::<i64>(&mut admin, &["HLEN", &RedisBackend::state_key("oom")]).await >= 2 }
+    })
+    .await;
+    let () = redis_cmd(&mut admin, &["SET", "ballast", &"x".repeat(4 << 20)]).await;
+    let () = redis_cmd(&mut admin, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]).await;
+    let () = redis_cmd(&mut admin, &["CONFIG", "SET", "maxmemory", "1mb"]).await;
+    // The waiter's next attempts (one a second) are refused.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!call.is_finished(), "the waiter gave up on an out-of-memory Redis: {:?}", call.await);
+    let () = redis_cmd(&mut admin, &["CONFIG", "SET", "maxmemory", "0"]).await;
+    let _: i64 = redis_cmd(&mut admin, &["DEL", "ballast"]).await;
+    let _ = guard.release().await;
+    let guard = call.await.expect("join").expect("the waiter gets the key once memory is free");
+    assert!(guard.release().await.expect("release"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Concurrency inside one task.
+
+/// Inside a body that holds `account:1`, two re-entrant withdrawals run side by side in one
+/// task (`join!`): they take turns, so 100 pays one withdrawal of 80, not two.
+#[tokio::test(flavor = "current_thread")]
+async fn reentrant_bodies_side_by_side_take_turns() {
+    const SVC: &str = "faults:join";
+    static BALANCE: AtomicI64 = AtomicI64::new(100);
+    static INSIDE: AtomicUsize = AtomicUsize::new(0);
+
+    #[distributed_lock(key = "account:<id>", service = SVC, wait = "5s")]
+    async fn withdraw(id: u32, amount: i64) -> Result<bool, Error> {
+        assert_eq!(INSIDE.fetch_add(1, Ordering::SeqCst), 0, "two withdrawals of account {id} at once");
+        let balance = BALANCE.load(Ordering::SeqCst);
+        tokio::task::yield_now().await; // the other withdrawal would run here
+        let paid = balance >= amount;
+        if paid {
+            BALANCE.store(balance - amount, Ordering::SeqCst);
+        }
+        // A nested call on the same key inside a re-entrant body does not wait for itself.
+        audit(id).await?;
+        INSIDE.fetch_sub(1, Ordering::SeqCst);
+        Ok(paid)
+    }
+
+    #[distributed_lock(key = "account:<id>", service = SVC)]
+    async fn audit(id: u32) -> Result<(), Error> {
+        let _ = id;
+        Ok(())
+    }
+
+    #[distributed_lock(key = "account:<id>", service = SVC)]
+    async fn settle(id: u32) -> Result<(bool, bool), Error> {
+        let (a, b) = tokio::join!(withdraw(id, 80), withdraw(id, 80));
+        Ok((a?, b?))
+    }
+
+    dlock::register(SVC, LockService::new(MemoryBackend::new())).expect("register");
+    let (a, b) = settle(1).await.expect("settle");
+    assert!(a ^ b, "exactly one withdrawal is paid: {a}, {b}");
+    assert_eq!(BALANCE.load(Ordering::SeqCst), 20, "100 - 80, once");
+}
+
+/// An annotated call awaited in another's body adds its state to the outer future once: the
+/// body is boxed, so nesting does not multiply future sizes (which overflowed the stack).
+#[test]
+fn nested_annotated_calls_do_not_grow_the_future() {
+    #[distributed_lock(key = "n:<id>", service = "faults:sizes")]
+    async fn leaf(id: u32) -> Result<(), Error> {
+        let _ = id;
+        Ok(())
+    }
+    #[distributed_lock(key = "n:<id>", service = "faults:sizes")]
+    async fn middle(id: u32) -> Result<(), Error> {
+        leaf(id).await?;
+        leaf(id).await
+    }
+    #[distributed_lock(key = "n:<id>", service = "faults:sizes")]
+    async fn top(id: u32) -> Result<(), Error> {
+        let (a, b) = tokio::join!(middle(id), middle(id));
+        a.and(b)
+    }
+    let (leaf, top) = (std::mem::size_of_val(&leaf(1)), std::mem::size_of_val(&top(1)));
+    assert_eq!(leaf, top, "a leaf call's future is {leaf} bytes, a call two levels up {top}");
+}
+
+/// The turns are bounded by the request's wait: a re-entrant body that cannot have its turn in
+/// time returns `Timeout`.
+#[tokio::test(flavor = "current_thread")]
+async fn a_reentrant_body_waits_for_its_turn_at_most_its_wait() {
+    const SVC: &str = "faults:turn-timeout";
+    #[distributed_lock(key = "k", service = SVC, wait = "100ms")]
+    async fn slow(log: Arc<Mutex<Vec<&'static str>>>) -> Result<(), Error> {
+        log.lock().unwrap_or_else(PoisonError::into_inner).push("slow");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(())
+    }
+    #[distributed_lock(key = "k", service = SVC)]
+    async fn outer(log: Arc<Mutex<Vec<&'static str>>>) -> Result<(), Error> {
+        let (a, b) = tokio::join!(slow(Arc::clone(&log)), slow(Arc::clone(&log)));
+        assert!(a.is_ok(), "{a:?}");
+        assert!(matches!(b, Err(Error::Timeout { .. })), "{b:?}");
+        Ok(())
+    }
+    dlock::register(SVC, LockService::new(MemoryBackend::new())).expect("register");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    outer(Arc::clone(&log)).await.expect("outer");
+    assert_eq!(*log.lock().unwrap_or_else(PoisonError::into_inner), ["slow"], "only one body ran");
+}
