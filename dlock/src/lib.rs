@@ -36,7 +36,7 @@
 //! - [`LockService`]: a [`LockBackend`] plus defaults; register one with [`set_global`] or
 //!   [`register`].
 //! - Backends: [`MemoryBackend`] (in-process) and [`RedisBackend`] (feature `redis`, on by
-//!   default; `rediss://` with feature `tls`).
+//!   default; `rediss://` with feature `tls`); [`connect`] picks one from a URL.
 //! - The manual API: [`lock`] / [`LockService::lock`] / [`LockService::lock_all`] →
 //!   [`LockRequest`] → [`LockGuard`].
 //! - [`fencing_token`] / [`fencing_token_for`]: the fencing token of the lock the current task
@@ -71,6 +71,7 @@ mod acquire;
 pub mod backend;
 mod background;
 mod claim;
+mod connect;
 mod context;
 mod error;
 mod guard;
@@ -88,6 +89,7 @@ mod time;
 mod redis;
 
 pub use backend::{LockBackend, MemoryBackend};
+pub use connect::connect;
 pub use context::{fencing_token, fencing_token_for};
 pub use error::{Error, LostReason};
 pub use guard::LockGuard;
