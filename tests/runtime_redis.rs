@@ -41,6 +41,18 @@ async fn connect(url: &str) -> RedisBackend {
         .unwrap_or_else(|err| panic!("connecting to {url}: {err}"))
 }
 
+/// The error and its causes, as `{:#}` prints them with anyhow: `top: cause: cause`.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 fn expect_backend_error(
     result: Result<impl std::fmt::Debug, Error>,
     what: &str,
@@ -49,7 +61,7 @@ fn expect_backend_error(
         Err(err @ Error::Backend { .. }) => {
             let Error::Backend { key, backend, source } = &err else { unreachable!() };
             assert_eq!(*backend, "redis", "{what}: {err}");
-            (key.clone(), source.kind(), err.to_string())
+            (key.clone(), source.kind(), chain(&err))
         }
         Err(err) => panic!("{what}: expected Error::Backend, got {err:?} ({err})"),
         Ok(value) => panic!("{what}: expected Error::Backend, got {value:?}"),

@@ -59,7 +59,11 @@ pub enum Error {
     },
 
     /// The backend failed (unreachable, timed out, refused the command).
-    #[error("lock backend `{backend}` failed{}: {source}", match key { Some(k) => format!(" on lock `{k}`"), None => String::new() })]
+    ///
+    /// The message says what to do, by the kind of failure; what exactly failed, and the
+    /// underlying error, follow as its [`source`](std::error::Error::source) chain (printed
+    /// by `{:#}` with anyhow, or by walking `source()`).
+    #[error("lock backend `{backend}` failed{}: {}", match key { Some(k) => format!(" on lock `{k}`"), None => String::new() }, remedy(source.kind()))]
     Backend {
         /// The key concerned, when the failure happened on one.
         key: Option<String>,
@@ -85,6 +89,26 @@ pub enum Error {
         /// What is wrong with it and how to fix it.
         reason: String,
     },
+}
+
+/// What to do about a backend failure of this kind.
+fn remedy(kind: BackendErrorKind) -> &'static str {
+    match kind {
+        BackendErrorKind::Timeout => {
+            "it did not answer in time; check that it runs and is reachable, or raise its call timeout"
+        }
+        BackendErrorKind::Connection => {
+            "it could not be reached; check that it runs and that the address is right"
+        }
+        BackendErrorKind::Unavailable => {
+            "it cannot serve right now (loading, failing over, read-only or out of memory); retry shortly"
+        }
+        BackendErrorKind::Auth => "it refused the credentials; check the user and password",
+        BackendErrorKind::Permission => {
+            "its user lacks a permission dlock needs; grant what the README's ACL recipe lists"
+        }
+        _ => "see the cause",
+    }
 }
 
 /// Why a held lock was lost.

@@ -94,7 +94,7 @@ pub use context::{fencing_token, fencing_token_for};
 pub use error::{Error, LostReason};
 pub use guard::LockGuard;
 pub use limits::{DEFAULT_TTL, DEFAULT_WAIT, MAX_TTL, MIN_TTL};
-pub use registry::{global, lock, lock_with, named, register, set_global};
+pub use registry::{global, lock, lock_with, named, register, set_global, with_service};
 pub use request::LockRequest;
 pub use service::{LockService, LockServiceBuilder};
 

@@ -1,10 +1,30 @@
 //! From redis-rs errors and odd replies to [`BackendError`]s that say what failed where.
 
+use std::fmt;
 use std::time::Duration;
 
 use redis::{ErrorKind, RedisError, Value};
 
 use crate::backend::{BackendError, BackendErrorKind};
+
+/// A redis-rs error as the cause of a [`BackendError`]. redis-rs puts its own cause's text in
+/// its message *and* returns that cause from `source()`, so a chain printed with `{:#}` would
+/// say it twice: this cause ends the chain when its message already says what is below.
+#[derive(Debug)]
+pub(super) struct RedisCause(pub(super) RedisError);
+
+impl fmt::Display for RedisCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for RedisCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let below = std::error::Error::source(&self.0)?;
+        (!self.0.to_string().contains(&below.to_string())).then_some(below)
+    }
+}
 
 /// What kind of failure `err` is, for callers that retry some and not others.
 pub(super) fn classify(err: &RedisError) -> BackendErrorKind {
@@ -30,15 +50,13 @@ pub(super) fn classify(err: &RedisError) -> BackendErrorKind {
 pub(super) fn call_error(url: &str, what: &str, err: RedisError) -> BackendError {
     let kind = classify(&err);
     let message = match kind {
-        BackendErrorKind::Auth => format!(
-            "Redis at {url} refused {what}: it wants a password, or refused the one given; check the user and password in the URL"
-        ),
-        BackendErrorKind::Permission => format!(
-            "the Redis user at {url} may not run {what} (NOPERM); grant what the README's ACL recipe lists"
-        ),
+        BackendErrorKind::Auth => {
+            format!("Redis at {url} refused {what}: it wants a password, or refused the one in the URL")
+        }
+        BackendErrorKind::Permission => format!("the Redis user at {url} may not run {what}"),
         _ => format!("Redis at {url} failed {what}"),
     };
-    BackendError::with_source(kind, message, err)
+    BackendError::with_source(kind, message, RedisCause(err))
 }
 
 /// A call `what` that got no answer within `timeout`.
@@ -51,15 +69,7 @@ pub(super) fn late(url: &str, what: &str, timeout: Duration) -> BackendError {
 
 /// Connecting to `url` failed.
 pub(super) fn connect_error(url: &str, err: RedisError) -> BackendError {
-    let kind = classify(&err);
-    let hint = match kind {
-        BackendErrorKind::Auth => "Redis refused the credentials; check the user and password in the URL",
-        BackendErrorKind::Timeout | BackendErrorKind::Connection => {
-            "is Redis running and reachable at that address?"
-        }
-        _ => "check the URL and the server",
-    };
-    BackendError::with_source(kind, format!("could not connect to {url}: {hint}"), err)
+    BackendError::with_source(classify(&err), format!("could not connect to Redis at {url}"), RedisCause(err))
 }
 
 /// A reply no script of this version gives: another dlock version (or something else) may
