@@ -55,7 +55,17 @@ async fn pay(Path(user_id): Path<u64>, State(app): State<App>) -> Result<String,
     let left = app.started.elapsed().as_millis();
     app.runs.lock().unwrap_or_else(PoisonError::into_inner).push((user_id, entered, left));
     let token = dlock::fencing_token().unwrap_or_default();
-    Ok(format!("user {user_id} paid (fencing token {token})\n"))
+    Ok(format!("user {user_id} paid; lock granted at {entered:>3} ms, fencing token {token}\n"))
+}
+
+/// The "granted at <ms>" of a response, to order the responses by.
+fn granted_at(response: &str) -> u128 {
+    response
+        .split("granted at")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or(u128::MAX)
 }
 
 /// A minimal HTTP/1.1 client: enough to fire concurrent requests at the example.
@@ -103,9 +113,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (user, post_request(addr, &format!("/users/{user}/pay")).await)
         }));
     }
+    let mut responses = Vec::new();
     for request in requests {
         let (user, response) = request.await?;
-        println!("  user {user}: {}", response.unwrap_or_else(|err| format!("request failed: {err}")));
+        responses.push((user, response.unwrap_or_else(|err| format!("request failed: {err}"))));
+    }
+    // The requests went out at once; print the answers in the order their handlers got the
+    // lock (the time is in each answer), so one user's fencing tokens read in order.
+    responses.sort_by_key(|(_, response)| granted_at(response));
+    println!("responses, in the order the handlers got the lock:");
+    for (user, response) in &responses {
+        println!("  user {user}: {response}");
     }
     server.abort();
 

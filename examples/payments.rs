@@ -135,13 +135,22 @@ fn describe(receipt: &Result<Receipt, PayError>) -> String {
     }
 }
 
+/// One order's line in the ledger: what it still owes, or that it was paid (or overpaid).
+fn order_line(order: &str, due: i64) -> String {
+    match due {
+        0 => format!("{order} paid"),
+        due if due > 0 => format!("{order} owes {}", Cents(due)),
+        due => format!("{order} OVERPAID by {}", Cents(-due)),
+    }
+}
+
 /// Print the ledger and say whether it is consistent with `payments` payments of PAYMENT.
 async fn check(ledger: &Ledger, payments: usize) -> Result<bool, PayError> {
     let due = ledger.due().await?;
     let overpaid: Vec<_> = due.iter().filter(|(_, owed)| **owed < 0).collect();
     let paid: i64 = DUE.iter().sum::<i64>() - due.values().sum::<i64>();
     let expected = PAYMENT.0 * i64::try_from(payments).unwrap_or(i64::MAX);
-    let view: Vec<String> = due.iter().map(|(o, d)| format!("{o} owes {}", Cents(*d))).collect();
+    let view: Vec<String> = due.iter().map(|(order, due)| order_line(order, *due)).collect();
     println!("    ledger: {}", view.join(", "));
     if overpaid.is_empty() && paid == expected {
         println!("    OK: {} paid, each order paid at most once", Cents(paid));
