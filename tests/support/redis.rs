@@ -1,0 +1,38 @@
+//! The machine's shared Redis and plain connections to any Redis: [`shared_redis_url`],
+//! [`unique_prefix`] (the key namespace that keeps one test apart from every other user of the
+//! shared server), [`inspector`] (a connection that is not dlock's) and [`redis_cmd`] (one raw
+//! command, for inspection or fault injection).
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+
+/// The machine's shared Redis (`DLOCK_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`).
+/// Tests that use it must confine themselves to keys under a [`unique_prefix`].
+pub fn shared_redis_url() -> String {
+    std::env::var("DLOCK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// `dlock-test:<test_name>:<pid>-<random>:`: a key namespace no other test run uses.
+pub fn unique_prefix(test_name: &str) -> String {
+    format!("dlock-test:{test_name}:{}-{:08x}:", std::process::id(), rand::random::<u32>())
+}
+
+/// A plain `redis` connection for inspecting what the store holds.
+pub async fn inspector(url: &str) -> MultiplexedConnection {
+    let client =
+        redis::Client::open(url).unwrap_or_else(|err| panic!("opening a Redis client for {url}: {err}"));
+    tokio::time::timeout(Duration::from_secs(5), client.get_multiplexed_async_connection())
+        .await
+        .unwrap_or_else(|_| panic!("connecting to {url} for inspection timed out; is Redis running there?"))
+        .unwrap_or_else(|err| panic!("connecting to {url} for inspection: {err}; is Redis running there?"))
+}
+
+/// Run one raw command (`args[0]` and its arguments); panic if Redis refuses it.
+pub async fn redis_cmd<T: redis::FromRedisValue>(conn: &mut MultiplexedConnection, args: &[&str]) -> T {
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query_async(conn).await.unwrap_or_else(|err| panic!("{args:?}: {err}"))
+}
