@@ -12,9 +12,12 @@ use std::time::Duration;
 use dlock::backend::{
     BackendErrorKind, FullKey, HANDOFF_LEASE, ReleaseNotice, ReleaseOutcome, TryAcquire, WAITER_RECHECK,
 };
-use dlock::{Error, LockBackend, LockService, MemoryBackend, RedisBackend};
+use dlock::{Error, LockBackend, LockService, MemoryBackend};
 use dlock_tests::support::process::worker_job;
-use dlock_tests::{FaultyBackend, Op, RedisServer, Rule, Worker, inspector, poll_until, redis_cmd};
+use dlock_tests::{
+    FaultyBackend, Op, RedisServer, Rule, Worker, connect_redis, connect_redis_with, inspector, poll_until,
+    redis_cmd,
+};
 use redis::aio::MultiplexedConnection as Conn;
 use tokio::time::Instant;
 
@@ -30,10 +33,6 @@ async fn wait_for_line(conn: &Conn, key: &str, len: usize) {
         line(conn, key).await.len() == len
     })
     .await;
-}
-
-async fn connect(url: &str) -> RedisBackend {
-    RedisBackend::connect(url).await.expect("connect")
 }
 
 fn acquired(outcome: Result<TryAcquire, dlock::backend::BackendError>) -> u64 {
@@ -53,7 +52,7 @@ async fn releases_hand_the_key_to_the_first_process_in_line() {
     let server = RedisServer::start();
     let url = server.url();
     let mut conn = inspector(&url).await;
-    let (a, b, c) = (connect(&url).await, connect(&url).await, connect(&url).await);
+    let (a, b, c) = (connect_redis(&url).await, connect_redis(&url).await, connect_redis(&url).await);
 
     let first = acquired(a.try_acquire(&FullKey::new("", "k"), "owner-a", TTL).await);
     // Not subscribed yet: an attempt does not join the line (it could not hear a hand-off).
@@ -181,9 +180,9 @@ async fn only_waiters_in_line_withdraw_when_they_give_up() {
     let server = RedisServer::start();
     let url = server.url();
     let conn = inspector(&url).await;
-    let holder = LockService::new(connect(&url).await);
+    let holder = LockService::new(connect_redis(&url).await);
     let guard = holder.lock("try").ttl(TTL).await.expect("holder");
-    let faulty = FaultyBackend::new(connect(&url).await);
+    let faulty = FaultyBackend::new(connect_redis(&url).await);
     let service = LockService::new(faulty.clone());
     let err = service.lock("try").wait(Duration::ZERO).await.expect_err("held");
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
@@ -206,13 +205,13 @@ async fn waiting_processes_are_served_in_arrival_order() {
     let server = RedisServer::start();
     let url = server.url();
     let mut conn = inspector(&url).await;
-    let holder = LockService::new(connect(&url).await);
+    let holder = LockService::new(connect_redis(&url).await);
     let guard = holder.lock("turns").ttl(TTL).await.expect("holder");
     let first = guard.fencing_token();
     let order: Arc<Mutex<Vec<(usize, u64)>>> = Arc::default();
     let mut waiters = Vec::new();
     for n in 0..3 {
-        let service = LockService::new(connect(&url).await);
+        let service = LockService::new(connect_redis(&url).await);
         let order = Arc::clone(&order);
         waiters.push(tokio::spawn(async move {
             let guard = service.lock("turns").ttl(TTL).wait(Duration::from_secs(10)).await?;
@@ -245,15 +244,15 @@ async fn waiters_that_give_up_leave_the_line() {
     let server = RedisServer::start();
     let url = server.url();
     let mut conn = inspector(&url).await;
-    let holder = LockService::new(connect(&url).await);
+    let holder = LockService::new(connect_redis(&url).await);
     let guard = holder.lock("gone").ttl(TTL).await.expect("holder");
 
-    let timed_out = LockService::new(connect(&url).await);
+    let timed_out = LockService::new(connect_redis(&url).await);
     let err = timed_out.lock("gone").wait(Duration::from_millis(300)).await.expect_err("held");
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
     assert!(line(&conn, "gone").await.is_empty(), "out of line when the Timeout is returned");
 
-    let dropped = LockService::new(connect(&url).await);
+    let dropped = LockService::new(connect_redis(&url).await);
     let call =
         tokio::spawn(async move { dropped.lock("gone").wait(Duration::from_secs(30)).await.map(drop) });
     wait_for_line(&conn, "gone", 1).await;
@@ -275,12 +274,12 @@ async fn waiters_in_line_get_the_key_after_a_restart() {
     let mut server = RedisServer::start();
     let url = server.url();
     let conn = inspector(&url).await;
-    let holder = LockService::new(connect(&url).await);
+    let holder = LockService::new(connect_redis(&url).await);
     let guard = holder.lock("restart").ttl(Duration::from_secs(2)).await.expect("holder");
     let held: Arc<Mutex<Vec<(usize, Instant, Instant)>>> = Arc::default();
     let mut waiters = Vec::new();
     for n in 0..2 {
-        let service = LockService::new(connect(&url).await);
+        let service = LockService::new(connect_redis(&url).await);
         let held = Arc::clone(&held);
         waiters.push(tokio::spawn(async move {
             let guard = service.lock("restart").ttl(TTL).wait(Duration::from_secs(20)).await?;
@@ -325,15 +324,9 @@ async fn a_waiter_reports_a_backend_that_stays_away_when_its_wait_ends() {
     let mut server = RedisServer::start();
     let url = server.url();
     let conn = inspector(&url).await;
-    let holder = LockService::new(connect(&url).await);
+    let holder = LockService::new(connect_redis(&url).await);
     let _guard = holder.lock("away").ttl(TTL).await.expect("holder");
-    let waiter = LockService::new(
-        RedisBackend::builder(url.clone())
-            .call_timeout(Duration::from_millis(200))
-            .connect()
-            .await
-            .expect("connect"),
-    );
+    let waiter = LockService::new(connect_redis_with(&url, Duration::from_millis(200)).await);
     let wait = Duration::from_millis(1500);
     let call = tokio::spawn(async move {
         let started = Instant::now();
@@ -357,9 +350,9 @@ async fn a_waiter_rides_out_a_read_only_spell() {
     let server = RedisServer::start();
     let url = server.url();
     let mut conn = inspector(&url).await;
-    let holder = LockService::new(connect(&url).await);
+    let holder = LockService::new(connect_redis(&url).await);
     let held = holder.lock("ro").ttl(TTL).await.expect("holder");
-    let waiter = LockService::new(connect(&url).await);
+    let waiter = LockService::new(connect_redis(&url).await);
     let call = tokio::spawn(async move { waiter.lock("ro").ttl(TTL).wait(Duration::from_secs(15)).await });
     wait_for_line(&conn, "ro", 1).await;
 
@@ -394,7 +387,7 @@ const WORKER_TTL: Duration = Duration::from_millis(500);
 async fn handoff_worker() {
     let Some(job) = worker_job() else { return };
     let (mode, url) = (job.mode, job.url);
-    let service = LockService::new(connect(&url).await);
+    let service = LockService::new(connect_redis(&url).await);
     match mode.split_once(' ') {
         Some(("turn", n)) => {
             let guard = service.lock("turns").ttl(TTL).wait(Duration::from_secs(20)).await.expect("its turn");
@@ -418,7 +411,7 @@ async fn processes_take_turns_in_arrival_order() {
     let server = RedisServer::start();
     let url = server.url();
     let mut conn = inspector(&url).await;
-    let holder = LockService::new(connect(&url).await);
+    let holder = LockService::new(connect_redis(&url).await);
     let guard = holder.lock("turns").ttl(TTL).await.expect("holder");
     let mut workers = Vec::new();
     for n in 0..4 {
@@ -446,14 +439,14 @@ async fn kill_first_in_line(worker_ttl: Duration) -> (Duration, i64) {
     let server = RedisServer::start();
     let url = server.url();
     let mut conn = inspector(&url).await;
-    let holder = LockService::new(connect(&url).await);
+    let holder = LockService::new(connect_redis(&url).await);
     let guard = holder.lock("line").ttl(TTL).await.expect("holder");
 
     let mut worker = Worker::spawn("handoff_worker", &format!("wait {}", worker_ttl.as_millis()), &url);
     wait_for_line(&conn, "line", 1).await;
     let dead_owner = line(&conn, "line").await.remove(0);
 
-    let next = LockService::new(connect(&url).await);
+    let next = LockService::new(connect_redis(&url).await);
     let waiter = tokio::spawn(async move {
         let guard = next.lock("line").ttl(TTL).wait(Duration::from_secs(20)).await?;
         let at = Instant::now();

@@ -22,9 +22,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dlock::{Error, LockService, LostReason, RedisBackend};
+use dlock::{Error, LockService, LostReason};
 use dlock_tests::support::process::{say, stdin_closed, worker_job};
-use dlock_tests::{RedisServer, Worker, inspector, poll_until, redis_cmd as cmd};
+use dlock_tests::{
+    RedisServer, Worker, connect_redis, connect_redis_with, inspector, poll_until, redis_cmd as cmd,
+};
 use redis::aio::MultiplexedConnection;
 
 /// The lease of most tests here.
@@ -39,18 +41,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-async fn connect(url: &str) -> RedisBackend {
-    connect_with(url, Duration::from_secs(2)).await
-}
-
-async fn connect_with(url: &str, call_timeout: Duration) -> RedisBackend {
-    RedisBackend::builder(url)
-        .call_timeout(call_timeout)
-        .connect()
-        .await
-        .unwrap_or_else(|err| panic!("connecting a RedisBackend to {url}: {err}"))
-}
 
 /// Register `service` as `name` (each name is used by one test only).
 fn register(name: &str, service: LockService) {
@@ -180,7 +170,7 @@ async fn holding_redis_worker() {
 /// Worker: once the parent holds `keep` (it sets `go`), try for it over and over (50 ms
 /// each), counting failures in `attempts`; when in, log `child-enter` and stop.
 async fn worker_contend(url: &str) {
-    let service = LockService::new(connect(url).await);
+    let service = LockService::new(connect_redis(url).await);
     let mut conn = inspector(url).await;
     poll_until(Duration::from_secs(20), "the parent holds `keep`", || {
         let mut conn = conn.clone();
@@ -229,7 +219,7 @@ async fn renewal_keeps_another_process_out_for_three_ttls() {
     let _serial = SERIAL.lock().await;
     let server = RedisServer::start();
     let url = server.url();
-    register("holding-redis-keep", LockService::new(connect(&url).await));
+    register("holding-redis-keep", LockService::new(connect_redis(&url).await));
     let mut conn = inspector(&url).await;
     let child = Worker::spawn("holding_redis_worker", "contend", &url);
 
@@ -280,7 +270,7 @@ async fn deleted_key_cancels_the_body_within_a_third_of_ttl() {
     let server = RedisServer::start();
     let url = server.url();
     let prefix = "holding:";
-    register("holding-redis-del", LockService::builder(connect(&url).await).key_prefix(prefix).build());
+    register("holding-redis-del", LockService::builder(connect_redis(&url).await).key_prefix(prefix).build());
     let mut conn = inspector(&url).await;
     let full_key = format!("{prefix}del");
 
@@ -366,7 +356,7 @@ async fn worker_hammer(url: &str) {
     let pid = std::process::id();
     let mut tasks = Vec::new();
     for n in 0..2 {
-        let service = LockService::new(connect_with(url, FREEZE_CALL_TIMEOUT).await);
+        let service = LockService::new(connect_redis_with(url, FREEZE_CALL_TIMEOUT).await);
         tasks.push(tokio::spawn(hammer(
             service,
             format!("child-{pid}-{n}"),
@@ -420,7 +410,7 @@ async fn frozen_redis_cancels_the_body_before_its_lease_ends() {
     let _serial = SERIAL.lock().await;
     let server = RedisServer::start();
     let url = server.url();
-    register("holding-redis-freeze", LockService::new(connect_with(&url, FREEZE_CALL_TIMEOUT).await));
+    register("holding-redis-freeze", LockService::new(connect_redis_with(&url, FREEZE_CALL_TIMEOUT).await));
     let intervals: Arc<Mutex<Vec<Interval>>> = Arc::default();
     let sink: Sink = {
         let intervals = Arc::clone(&intervals);
@@ -437,7 +427,7 @@ async fn frozen_redis_cancels_the_body_before_its_lease_ends() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut hammers = Vec::new();
     for n in 0..3 {
-        let service = LockService::new(connect_with(&url, FREEZE_CALL_TIMEOUT).await);
+        let service = LockService::new(connect_redis_with(&url, FREEZE_CALL_TIMEOUT).await);
         hammers.push(tokio::spawn(hammer(
             service,
             format!("task-{n}"),
@@ -611,8 +601,8 @@ async fn opposite_key_orders_never_deadlock() {
     let server = RedisServer::start();
     let url = server.url();
     // Two clients, so the keys are contended in Redis, not only in one process's queues.
-    register("holding-redis-pairs-1", LockService::new(connect(&url).await));
-    register("holding-redis-pairs-2", LockService::new(connect(&url).await));
+    register("holding-redis-pairs-1", LockService::new(connect_redis(&url).await));
+    register("holding-redis-pairs-2", LockService::new(connect_redis(&url).await));
     let started = Instant::now();
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..PAIRS {
@@ -654,7 +644,7 @@ async fn fenced_write(mut conn: MultiplexedConnection, pid: u32) -> Result<u64, 
 }
 
 async fn worker_fence(url: &str) {
-    register("holding-redis-fence", LockService::new(connect(url).await));
+    register("holding-redis-fence", LockService::new(connect_redis(url).await));
     let conn = inspector(url).await;
     let pid = std::process::id();
     for _ in 0..FENCED_PER_PROCESS {
@@ -866,7 +856,7 @@ async fn no_renewal_reaches_redis_after_release_or_drop() {
     let server = RedisServer::start();
     let url = server.url();
     let monitor = Monitor::start(server.port());
-    let service = LockService::new(connect(&url).await);
+    let service = LockService::new(connect_redis(&url).await);
     register("holding-redis-monitor", service.clone());
     let mut conn = inspector(&url).await;
 
@@ -915,7 +905,7 @@ async fn without_renewal_the_body_is_cancelled_before_the_lease_ends() {
     let server = RedisServer::start();
     let url = server.url();
     let monitor = Monitor::start(server.port());
-    register("holding-redis-norenew", LockService::new(connect(&url).await));
+    register("holding-redis-norenew", LockService::new(connect_redis(&url).await));
     let mut conn = inspector(&url).await;
 
     let probe = Probe::default();
@@ -954,7 +944,7 @@ async fn without_renewal_the_body_is_cancelled_before_the_lease_ends() {
     );
 
     // The key is free (released or expired) and the next holder gets a greater token.
-    let service = LockService::new(connect(&url).await);
+    let service = LockService::new(connect_redis(&url).await);
     let next =
         service.lock("once").ttl(TTL).wait(Duration::from_secs(2)).await.expect("the next holder gets in");
     let first = probe.token.load(Ordering::SeqCst);

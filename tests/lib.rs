@@ -36,7 +36,9 @@ pub use support::faulty::{Call, Fault, FaultyBackend, Op, Rule};
 pub use support::memory_store::MemoryStore;
 pub use support::poll::{MARGIN, poll_until};
 pub use support::process::Worker;
-pub use support::redis::{inspector, redis_cmd, shared_redis_url, unique_prefix};
+pub use support::redis::{
+    connect_redis, connect_redis_with, inspector, redis_cmd, shared_redis_url, unique_prefix,
+};
 pub use support::redis_store::RedisStore;
 pub use support::server::{RedisServer, free_port};
 pub use support::store::{Features, Store};

@@ -16,8 +16,8 @@ use dlock::backend::BackendErrorKind;
 use dlock::{Error, LockService, LostReason, RedisBackend};
 use dlock_tests::support::process::{say, worker_job};
 use dlock_tests::{
-    FaultyBackend, MARGIN, Op, RedisServer, RedisStore, Store, Worker, free_port, inspector, poll_until,
-    redis_cmd, shared_redis_url,
+    FaultyBackend, MARGIN, Op, RedisServer, RedisStore, Store, Worker, connect_redis_with, free_port,
+    inspector, poll_until, redis_cmd, shared_redis_url,
 };
 
 async fn redis_store(test_name: &str) -> RedisStore {
@@ -28,14 +28,6 @@ dlock_tests::conformance_suite!(redis_store);
 
 /// The call timeout of the failure tests: every Redis call must give up within it.
 const CALL_TIMEOUT: Duration = Duration::from_millis(300);
-
-async fn connect(url: &str) -> RedisBackend {
-    RedisBackend::builder(url)
-        .call_timeout(CALL_TIMEOUT)
-        .connect()
-        .await
-        .unwrap_or_else(|err| panic!("connecting to {url}: {err}"))
-}
 
 fn expect_backend_error(
     result: Result<impl std::fmt::Debug, Error>,
@@ -165,7 +157,7 @@ async fn works_again(service: &LockService, key: &str, what: &str) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_redis_fails_within_call_timeout_and_same_service_recovers_after_restart() {
     let mut server = RedisServer::start();
-    let service = LockService::new(connect(&server.url()).await);
+    let service = LockService::new(connect_redis_with(&server.url(), CALL_TIMEOUT).await);
     // Long enough that dlock's safety margin (52 ms) dwarfs how late this test may observe
     // the loss on a busy machine.
     let ttl = Duration::from_secs(5);
@@ -198,7 +190,7 @@ async fn stopped_redis_fails_within_call_timeout_and_same_service_recovers_after
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_redis_fails_within_call_timeout_and_recovers_on_resume() {
     let server = RedisServer::start();
-    let service = LockService::new(connect(&server.url()).await);
+    let service = LockService::new(connect_redis_with(&server.url(), CALL_TIMEOUT).await);
     // Long enough that dlock's safety margin (52 ms) dwarfs how late this test may observe
     // the loss on a busy machine.
     let ttl = Duration::from_secs(5);
@@ -237,7 +229,7 @@ async fn paused_redis_fails_within_call_timeout_and_recovers_on_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acquire_that_timed_out_leaves_no_ownerless_lock() {
     let server = RedisServer::start();
-    let service = LockService::new(connect(&server.url()).await);
+    let service = LockService::new(connect_redis_with(&server.url(), CALL_TIMEOUT).await);
     let ttl = Duration::from_secs(10);
     // Loads the acquire script into the server's cache; no release has run yet.
     let warm = service.lock("warm").ttl(ttl).await.expect("acquire while Redis runs");
@@ -278,11 +270,8 @@ async fn wait_is_honoured_when_release_notices_are_unavailable() {
         "-ssubscribe",
     ]);
     let call_timeout = Duration::from_secs(1);
-    let connect = || async {
-        RedisBackend::builder(server.url()).call_timeout(call_timeout).connect().await.expect("connect")
-    };
-    let holder = LockService::new(connect().await);
-    let waiter = LockService::new(connect().await);
+    let holder = LockService::new(connect_redis_with(&server.url(), call_timeout).await);
+    let waiter = LockService::new(connect_redis_with(&server.url(), call_timeout).await);
     let guard = holder.lock("k").ttl(Duration::from_secs(10)).await.expect("acquire without pub/sub");
 
     let wait = Duration::from_millis(100);
@@ -350,7 +339,7 @@ async fn a_read_only_replica_is_unavailable() {
         .query_async(&mut conn)
         .await
         .expect("REPLICAOF");
-    let service = LockService::new(connect(&replica.url()).await);
+    let service = LockService::new(connect_redis_with(&replica.url(), CALL_TIMEOUT).await);
     let started = Instant::now();
     let (key, kind, message) = expect_backend_error(service.lock("k").await, "a read-only replica");
     assert_eq!(kind, BackendErrorKind::Unavailable, "{message}");
@@ -371,7 +360,7 @@ async fn wrong_password_is_an_auth_error_that_mentions_the_password() {
         assert!(!message.contains("wrong-pw"), "{case}: the message must not leak the password: {message}");
         assert!(started.elapsed() < Duration::from_secs(2), "{case}: took {:?}", started.elapsed());
     }
-    let backend = connect(&server.url_with_password("s3cret-pw")).await;
+    let backend = connect_redis_with(&server.url_with_password("s3cret-pw"), CALL_TIMEOUT).await;
     assert!(!format!("{backend:?}").contains("s3cret-pw"), "Debug masks the password: {backend:?}");
     let guard = LockService::new(backend).lock("k").await.expect("the right password works");
     assert!(guard.release().await.expect("release"));
@@ -396,7 +385,7 @@ async fn closed_port_is_a_prompt_connection_error() {
 async fn script_flush_is_survived_by_acquire_renew_and_release() {
     let server = RedisServer::start();
     let mut conn = inspector(&server.url()).await;
-    let faulty = FaultyBackend::new(connect(&server.url()).await);
+    let faulty = FaultyBackend::new(connect_redis_with(&server.url(), CALL_TIMEOUT).await);
     let service = LockService::new(faulty.clone());
     let guard = service.lock("k").await.expect("acquire");
     assert!(guard.release().await.expect("release"));
@@ -427,7 +416,7 @@ const INCREMENTS_PER_PROCESS: u64 = 100;
 async fn worker() {
     let Some(job) = worker_job() else { return };
     let url = job.url;
-    let service = LockService::new(connect(&url).await);
+    let service = LockService::new(connect_redis_with(&url, CALL_TIMEOUT).await);
     let pid = std::process::id();
     match job.mode.as_str() {
         // Increment a counter in Redis under the lock, logging entry and exit in Redis.
@@ -517,7 +506,7 @@ async fn killed_process_blocks_others_for_at_most_ttl() {
     let worker_token: u64 =
         worker.line_starting("HOLDING ", Duration::from_secs(20)).await.parse().expect("a fencing token");
 
-    let service = LockService::new(connect(&server.url()).await);
+    let service = LockService::new(connect_redis_with(&server.url(), CALL_TIMEOUT).await);
     let err = service.lock("crash").wait(Duration::ZERO).await.expect_err("the worker holds it");
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
 

@@ -1,10 +1,11 @@
-//! The machine's shared Redis and plain connections to any Redis: [`shared_redis_url`],
-//! [`unique_prefix`] (the key namespace that keeps one test apart from every other user of the
-//! shared server), [`inspector`] (a connection that is not dlock's) and [`redis_cmd`] (one raw
-//! command, for inspection or fault injection).
+//! Reaching Redis: the machine's shared server ([`shared_redis_url`], and [`unique_prefix`],
+//! the key namespace that keeps one test apart from every other user of it), dlock's client
+//! ([`connect_redis`], [`connect_redis_with`]), and a plain connection that is not dlock's
+//! ([`inspector`], [`redis_cmd`]: one raw command, for inspection or fault injection).
 
 use std::time::Duration;
 
+use dlock::RedisBackend;
 use redis::aio::MultiplexedConnection;
 
 /// The machine's shared Redis (`DLOCK_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`).
@@ -16,6 +17,21 @@ pub fn shared_redis_url() -> String {
 /// `dlock-test:<test_name>:<pid>-<random>:`: a key namespace no other test run uses.
 pub fn unique_prefix(test_name: &str) -> String {
     format!("dlock-test:{test_name}:{}-{:08x}:", std::process::id(), rand::random::<u32>())
+}
+
+/// A `RedisBackend` on `url` with its default call timeout; panics if it cannot connect.
+pub async fn connect_redis(url: &str) -> RedisBackend {
+    RedisBackend::connect(url).await.unwrap_or_else(|err| panic!("connecting a RedisBackend to {url}: {err}"))
+}
+
+/// A `RedisBackend` on `url` whose every call gives up after `call_timeout`; panics if it
+/// cannot connect.
+pub async fn connect_redis_with(url: &str, call_timeout: Duration) -> RedisBackend {
+    RedisBackend::builder(url)
+        .call_timeout(call_timeout)
+        .connect()
+        .await
+        .unwrap_or_else(|err| panic!("connecting a RedisBackend to {url}: {err}"))
 }
 
 /// A plain `redis` connection for inspecting what the store holds.
