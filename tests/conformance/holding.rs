@@ -11,6 +11,7 @@ use crate::support::faulty::{Op, Rule};
 use crate::support::poll::{MARGIN, poll_until};
 use crate::support::store::Store;
 
+/// A guard kept for four ttls is renewed every ttl/3 and never lost; nobody else gets in.
 pub async fn renewal_keeps_the_lock_past_its_ttl(store: &dyn Store) {
     let (service, faulty) = store.faulty_service().await;
     let other = store.service().await;
@@ -26,6 +27,9 @@ pub async fn renewal_keeps_the_lock_past_its_ttl(store: &dyn Store) {
     assert!(guard.release().await.expect("release"), "still ours after 4 ttls");
 }
 
+/// A key deleted behind its holder's back (an operator, a failover) is free for another at
+/// once; the holder learns of it (`Refused`) within the ttl, and its release leaves the new
+/// holder alone.
 pub async fn deleted_lock_is_reported_lost_and_release_says_so(store: &dyn Store) {
     let service = store.service().await;
     let other = store.service().await;
@@ -117,6 +121,8 @@ pub async fn unanswered_renewal_is_reported_lost_before_the_lease_ends(store: &d
     assert!(faulty.count(Op::Renew) >= 1, "a renewal was sent, and never answered");
 }
 
+/// A lease that is not renewed lets the next holder in at its ttl, not before; the old holder
+/// learns of it no later, and its late release leaves the new holder's lock alone.
 pub async fn expired_lease_lets_another_in_and_late_release_leaves_it_intact(store: &dyn Store) {
     let (a_service, b_service, c_service) =
         (store.service().await, store.service().await, store.service().await);
@@ -176,6 +182,7 @@ async fn leaked_guard_blocks_for_at_most_ttl(a_service: LockService, b_service: 
     assert!(b.release().await.expect("B releases"));
 }
 
+/// A guard leaked by another client blocks this one for its ttl, no longer.
 pub async fn leaked_guard_blocks_others_for_at_most_ttl(store: &dyn Store) {
     leaked_guard_blocks_for_at_most_ttl(store.service().await, store.service().await).await;
 }

@@ -12,6 +12,8 @@ use super::{LONG_TTL, LONG_WAIT, assert_timeout};
 use crate::support::poll::poll_until;
 use crate::support::store::Store;
 
+/// A free key is acquired (held in the store, under a token above 0), another client cannot
+/// have it, the release frees it at once, and the next holder's token is greater.
 pub async fn acquire_and_release(store: &dyn Store) {
     let service = store.service().await;
     let other = store.service().await;
@@ -66,6 +68,8 @@ pub async fn fencing_tokens_strictly_increase_across_200_holders(store: &dyn Sto
     }
 }
 
+/// Empty keys, no key, and a ttl under `MIN_TTL` are `InvalidInput` naming the input, before
+/// any call reaches the backend; `MIN_TTL` itself is valid.
 pub async fn invalid_input_is_rejected_before_any_backend_call(store: &dyn Store) {
     let (service, faulty) = store.faulty_service().await;
     let cases: Vec<(&str, dlock::LockRequest, &str)> = vec![
@@ -92,6 +96,7 @@ pub async fn invalid_input_is_rejected_before_any_backend_call(store: &dyn Store
     guard.release().await.expect("release");
 }
 
+/// A guard dropped without `release` frees its key in the background, long before its ttl.
 pub async fn dropped_guard_is_released_in_the_background(store: &dyn Store) {
     let service = store.service().await;
     let guard = service.lock("drop").ttl(LONG_TTL).await.expect("acquire");
@@ -106,6 +111,7 @@ pub async fn dropped_guard_is_released_in_the_background(store: &dyn Store) {
     assert!(guard.release().await.expect("release"));
 }
 
+/// A task aborted while it holds a guard frees the key in the background.
 pub async fn aborted_task_releases_its_guard(store: &dyn Store) {
     let service = store.service().await;
     let (held_tx, held_rx) = tokio::sync::oneshot::channel();
@@ -121,6 +127,8 @@ pub async fn aborted_task_releases_its_guard(store: &dyn Store) {
     poll_until(Duration::from_secs(2), "the aborted task's lock is freed", || store.is_free("abort")).await;
 }
 
+/// The service's prefix is part of the key the backend holds; the guard reports the key as
+/// requested.
 pub async fn key_prefix_is_applied_in_the_backend(store: &dyn Store) {
     let service = store.service().await;
     assert_eq!(service.key_prefix(), store.prefix());
@@ -149,6 +157,7 @@ pub async fn key_prefix_is_applied_in_the_backend(store: &dyn Store) {
     assert!(guard.release().await.expect("release"));
 }
 
+/// `{guard:?}` shows the keys as requested, the fencing token and whether the lock is lost.
 pub async fn guard_debug_shows_keys_token_and_state(store: &dyn Store) {
     let service = store.service().await;
     let guard = service.lock("dbg").ttl(Duration::from_millis(300)).await.expect("acquire");
@@ -170,6 +179,7 @@ pub async fn guard_debug_shows_keys_token_and_state(store: &dyn Store) {
     );
 }
 
+/// A `Timeout` names the key and says what to do; it converts to `io::ErrorKind::TimedOut`.
 pub async fn timeout_error_names_the_key(store: &dyn Store) {
     let holder = store.service().await;
     let service = store.service().await;
@@ -220,12 +230,14 @@ async fn reentrant_in_scope(service: LockService, key: &str) {
     assert!(guard.release().await.expect("release"), "the outer lock was still held");
 }
 
+/// Within `guard.scope`, a request for the held key re-enters it (no prefix on the service).
 pub async fn reentrant_in_scope_without_prefix(store: &dyn Store) {
     let service = store.builder().await.key_prefix("").build();
     // No service prefix: keep the key in the store's namespace by hand.
     reentrant_in_scope(service, &store.full_key("re")).await;
 }
 
+/// Within `guard.scope`, a request for the held key re-enters it (with the store's prefix).
 pub async fn reentrant_in_scope_with_key_prefix(store: &dyn Store) {
     assert!(!store.prefix().is_empty());
     reentrant_in_scope(store.service().await, "re").await;

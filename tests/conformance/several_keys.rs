@@ -11,6 +11,8 @@ use super::{LONG_TTL, LONG_WAIT, assert_timeout};
 use crate::support::poll::poll_until;
 use crate::support::store::Store;
 
+/// Four clients take overlapping sets of keys, 15 times each: no deadlock, and no key held
+/// twice at once; the guard lists its keys sorted, duplicates merged.
 pub async fn lock_all_over_overlapping_sets_neither_deadlocks_nor_overlaps(store: &dyn Store) {
     let occupancy: Arc<HashMap<&'static str, AtomicUsize>> =
         Arc::new(["a", "b", "c", "d"].into_iter().map(|k| (k, AtomicUsize::new(0))).collect());
@@ -56,6 +58,7 @@ pub async fn lock_all_over_overlapping_sets_neither_deadlocks_nor_overlaps(store
     }
 }
 
+/// A set with one key held elsewhere times out naming that key, and holds none of the others.
 pub async fn lock_all_is_all_or_nothing(store: &dyn Store) {
     let holder = store.service().await;
     let service = store.service().await;

@@ -57,10 +57,13 @@ async fn waiter_gets_in_only_after_release(store: &dyn Store, holder: LockServic
     assert!(handoff < MARGIN, "the waiter noticed the release after {handoff:?}, not promptly");
 }
 
+/// A waiter of another client gets in after the holder's release, not before, and promptly.
 pub async fn waiter_in_other_service_gets_in_only_after_release(store: &dyn Store) {
     waiter_gets_in_only_after_release(store, store.service().await, store.service().await).await;
 }
 
+/// A waiter of the same service (queued in this process) gets in after the release, not
+/// before, and promptly.
 pub async fn waiter_in_same_service_gets_in_only_after_release(store: &dyn Store) {
     let service = store.service().await;
     waiter_gets_in_only_after_release(store, service.clone(), service).await;
@@ -80,15 +83,18 @@ async fn timeout_bounds(store: &dyn Store, holder: LockService, waiter: LockServ
     assert!(guard.release().await.expect("release"));
 }
 
+/// A wait on a key another client holds ends at `wait` with a `Timeout` naming the key.
 pub async fn wait_expires_into_timeout_in_the_backend(store: &dyn Store) {
     timeout_bounds(store, store.service().await, store.service().await).await;
 }
 
+/// A wait behind a holder of the same service ends at `wait` with a `Timeout` naming the key.
 pub async fn wait_expires_into_timeout_in_the_local_queue(store: &dyn Store) {
     let service = store.service().await;
     timeout_bounds(store, service.clone(), service).await;
 }
 
+/// `wait(0)` is one acquire attempt: on a held key a prompt `Timeout`, on a free one the lock.
 pub async fn wait_zero_is_a_single_attempt(store: &dyn Store) {
     let holder = store.service().await;
     let (service, faulty) = store.faulty_service().await;
