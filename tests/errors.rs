@@ -2,13 +2,10 @@
 //! reads once — a message says its own level, the cause comes from `source()` (so `{:#}` with
 //! anyhow prints each sentence once).
 
-#[path = "support/mod.rs"]
-mod support;
-
 use std::time::Duration;
 
 use dlock::{Error, LockService, MemoryBackend, RedisBackend};
-use support::RedisServer;
+use dlock_tests::RedisServer;
 
 /// The chain of an error, level by level.
 fn chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
@@ -30,7 +27,7 @@ fn assert_reads_once(levels: &[String]) {
 
 #[tokio::test]
 async fn a_refused_connection_reads_once_and_says_what_to_do() {
-    let port = support::free_port();
+    let port = dlock_tests::free_port();
     let url = format!("redis://127.0.0.1:{port}");
     let err = RedisBackend::connect(&url).await.expect_err("nobody listens there");
     let levels = chain(&err);

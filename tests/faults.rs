@@ -10,16 +10,13 @@
 //! - a release Redis refuses half-way changes nothing; a waiter rides out `OOM`;
 //! - re-entrant bodies of one key running side by side in one task take turns.
 
-#[path = "support/mod.rs"]
-mod support;
-
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use dlock::backend::BackendErrorKind;
 use dlock::{Error, LockService, MemoryBackend, RedisBackend, distributed_lock};
-use support::{RedisServer, inspector, poll_until, redis_cmd};
+use dlock_tests::{RedisServer, inspector, poll_until, redis_cmd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -1,23 +1,21 @@
-//! Waiting without polling: release notices, shared subscriptions, local FIFO queues.
+//! Waiting without polling on Redis: release notices, shared subscriptions, nothing left
+//! subscribed. (Local FIFO order, on every backend, is in the conformance suite.)
 //!
 //! Each test owns a private `redis-server`, so counting pub/sub channels on the server is exact.
-
-#[path = "support/mod.rs"]
-mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use dlock::backend::{FullKey, ReleaseOutcome};
-use dlock::{Error, LockService, MemoryBackend, RedisBackend};
-use support::{RedisServer, inspector, poll_until};
+use dlock::{Error, LockService, RedisBackend};
+use dlock_tests::{RedisServer, inspector, poll_until};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-/// The channels the server has subscribers for: release notices and hand-off inboxes.
+/// The channels the server has subscribers for: dlock's notice channels (`<key>#dlock:notice…`).
 async fn server_channels(url: &str) -> Vec<String> {
     let mut conn = inspector(url).await;
-    redis::cmd("PUBSUB").arg("CHANNELS").arg("dlock:*").query_async(&mut conn).await.expect("PUBSUB")
+    redis::cmd("PUBSUB").arg("CHANNELS").arg("*#dlock:*").query_async(&mut conn).await.expect("PUBSUB")
 }
 
 /// A holder with a long lease releases early: the waiter must be woken by the release notice,
@@ -128,41 +126,23 @@ async fn no_subscription_is_left_behind() {
         async move { server_channels(&url).await.is_empty() }
     })
     .await;
-    // Waiting-line places of the waiters that gave up went with their releases.
+    // Waiting-line places of the waiters that gave up went with their releases: every state
+    // hash left holds nothing but its key's fencing counter (and expires with it).
     let mut conn = inspector(&server.url()).await;
-    let left: Vec<String> =
-        redis::cmd("KEYS").arg("dlock:queue*").query_async(&mut conn).await.expect("KEYS");
-    assert!(left.is_empty(), "waiting-line keys left: {} (e.g. {:?})", left.len(), left.first());
-}
-
-/// Tasks of one process waiting for a key are served in the order they came.
-#[tokio::test]
-async fn local_waiters_are_served_in_fifo_order() {
-    for service in [
-        LockService::new(MemoryBackend::new()),
-        LockService::new(RedisBackend::connect(&support::shared_redis_url()).await.expect("shared redis")),
-    ] {
-        let key = format!("{}fifo", support::unique_prefix("fifo"));
-        let first = service.lock(&key).await.expect("first");
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let mut tasks = Vec::new();
-        for i in 0..8 {
-            let (service, order, key) = (service.clone(), Arc::clone(&order), key.clone());
-            tasks.push(tokio::spawn(async move {
-                let guard = service.lock(&key).wait(Duration::from_secs(10)).await.expect("in turn");
-                order.lock().await.push(i);
-                guard.release().await.expect("release");
-            }));
-            // Let task i reach the queue before task i+1 starts.
-            tokio::task::yield_now().await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        first.release().await.expect("release first");
-        for task in tasks {
-            task.await.expect("join");
-        }
-        assert_eq!(*order.lock().await, (0..8).collect::<Vec<_>>(), "{service:?}");
+    let states: Vec<String> =
+        redis::cmd("KEYS").arg("*#dlock:state*").query_async(&mut conn).await.expect("KEYS");
+    let mut places_left = Vec::new();
+    for state in &states {
+        let fields: Vec<String> = redis::cmd("HKEYS").arg(state).query_async(&mut conn).await.expect("HKEYS");
+        places_left
+            .extend(fields.into_iter().filter(|field| field != "f").map(|field| format!("{state}: {field}")));
     }
+    assert!(
+        places_left.is_empty(),
+        "waiting-line places left: {} (e.g. {:?})",
+        places_left.len(),
+        places_left.first()
+    );
 }
 
 /// The last waiter of a key leaves and a new one comes before the subscriber task caught up:

@@ -6,9 +6,6 @@
 //! - `dlock::with_service` for a test that wants a service of its own (an in-process
 //!   `MemoryBackend`) without touching the global one.
 
-#[path = "support/mod.rs"]
-mod support;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -27,8 +24,9 @@ async fn setup() {
     static GLOBAL: OnceCell<()> = OnceCell::const_new();
     GLOBAL
         .get_or_init(|| async {
-            let redis = RedisBackend::connect(&support::shared_redis_url()).await.expect("connect to Redis");
-            let prefix = support::unique_prefix("testing-guide");
+            let redis =
+                RedisBackend::connect(&dlock_tests::shared_redis_url()).await.expect("connect to Redis");
+            let prefix = dlock_tests::unique_prefix("testing-guide");
             dlock::set_global(LockService::builder(redis).key_prefix(prefix).build()).expect("set once");
         })
         .await;

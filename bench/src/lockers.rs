@@ -160,8 +160,7 @@ impl Lockers {
     pub async fn connect(url: &str, prefix: &str) -> Result<Self> {
         let floor = Floor::connect(url).await?;
         let rslock = rslock::LockManager::new(vec![url.to_owned()]);
-        let redis_backend =
-            dlock::RedisBackend::builder(url).fence_key(format!("{prefix}fence")).connect().await?;
+        let redis_backend = dlock::RedisBackend::connect(url).await?;
         let dlock = dlock::LockService::builder(redis_backend.clone())
             .key_prefix(prefix)
             .default_ttl(TTL)

@@ -345,10 +345,7 @@ async fn bench(cfg: Config) -> Result<()> {
             "client memory: {keys} distinct keys, 64 tasks, every {}th contended by a second client…",
             scenarios::CONTENDED_EVERY
         );
-        let other_backend = dlock::RedisBackend::builder(cfg.redis.as_str())
-            .fence_key(format!("{prefix}fence"))
-            .connect()
-            .await?;
+        let other_backend = dlock::RedisBackend::connect(cfg.redis.as_str()).await?;
         let other = dlock::LockService::builder(other_backend.clone())
             .key_prefix(prefix.as_str())
             .default_ttl(lockers::TTL)
@@ -397,11 +394,12 @@ async fn channels_left(
     keys: u64,
 ) -> Result<(usize, usize, u64)> {
     let mut conn = lk.conn.clone();
-    let pattern = format!("{}*", dlock::RedisBackend::release_channel(prefix));
+    // Every channel dlock uses for a key lives under the key, so under the run's prefix.
+    let pattern = format!("{prefix}*");
     let last = (keys.saturating_sub(1) / scenarios::CONTENDED_EVERY) * scenarios::CONTENDED_EVERY;
     let sample: Vec<String> = (0..200u64)
         .map_while(|n| last.checked_sub(n * scenarios::CONTENDED_EVERY))
-        .map(|i| dlock::RedisBackend::release_channel(&format!("{prefix}mem:{i}")))
+        .map(|i| dlock::RedisBackend::notice_channel(&format!("{prefix}mem:{i}")))
         .collect();
     // Unsubscribing happens on dlock's subscriber task: give it a moment.
     let deadline = Instant::now() + Duration::from_secs(3);
