@@ -161,7 +161,7 @@ impl<E: From<Error>> LockedError for E {
     }
 }
 
-/// [`run`] for the function's return type `R`, under the bounds the expansion has checked at
+/// `run` for the function's return type `R`, under the bounds the expansion has checked at
 /// the return type (the same predicates at the same span, so rustc reports them once).
 pub fn run_locked<R, F>(request: LockRequest, body: F) -> impl Future<Output = R>
 where

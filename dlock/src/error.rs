@@ -137,7 +137,16 @@ impl std::fmt::Display for LostReason {
 }
 
 impl Error {
-    /// The key this error concerns, if it concerns one.
+    /// The key this error concerns, if it concerns one (the full key, prefix included).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let service = dlock::LockService::builder(dlock::MemoryBackend::new()).key_prefix("app:").build();
+    /// let _held = service.lock("user:1").await.unwrap();
+    /// let err = service.lock("user:1").wait(std::time::Duration::ZERO).await.unwrap_err();
+    /// assert_eq!(err.key(), Some("app:user:1"));
+    /// # }
+    /// ```
     pub fn key(&self) -> Option<&str> {
         match self {
             Self::Timeout { key, .. } | Self::Lost { key, .. } => Some(key),

@@ -80,11 +80,27 @@ impl LockGuard {
 
     /// The key (the first one, for a guard over several keys), as requested, without the
     /// service's prefix.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let service = dlock::LockService::builder(dlock::MemoryBackend::new()).key_prefix("app:").build();
+    /// let guard = service.lock("user:1").await?;
+    /// assert_eq!(guard.key(), "user:1");
+    /// # Ok(()) }
+    /// ```
     pub fn key(&self) -> &str {
         self.keys().next().unwrap_or_default()
     }
 
     /// Every key this guard covers, in acquisition (sorted) order.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let service = dlock::LockService::new(dlock::MemoryBackend::new());
+    /// let guard = service.lock_all(["b", "a"]).await?;
+    /// assert_eq!(guard.keys().collect::<Vec<_>>(), ["a", "b"]);
+    /// # Ok(()) }
+    /// ```
     pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
         let mut keys: Vec<&str> = self
             .held
@@ -104,11 +120,31 @@ impl LockGuard {
 
     /// The fencing token of the (first) key: strictly greater than any token issued before
     /// for that key on this backend. See [`fencing_token()`](crate::fencing_token).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let service = dlock::LockService::new(dlock::MemoryBackend::new());
+    /// let first = service.lock("k").await?;
+    /// let token = first.fencing_token();
+    /// first.release().await?;
+    /// assert!(service.lock("k").await?.fencing_token() > token);
+    /// # Ok(()) }
+    /// ```
     pub fn fencing_token(&self) -> u64 {
         self.fencing_tokens().next().map_or(0, |(_, t)| t)
     }
 
     /// Each key with its fencing token, in acquisition order.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let service = dlock::LockService::new(dlock::MemoryBackend::new());
+    /// let guard = service.lock_all(["from:1", "to:2"]).await?;
+    /// for (key, token) in guard.fencing_tokens() {
+    ///     println!("write to {key}'s storage with token {token}");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn fencing_tokens(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
         let mut tokens: Vec<(&str, u64)> = self
             .held
@@ -122,11 +158,33 @@ impl LockGuard {
 
     /// True when this guard was granted without a backend call because the task already held
     /// every key (re-entrancy). Such a guard releases nothing; the outer holder does.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let service = dlock::LockService::new(dlock::MemoryBackend::new());
+    /// let outer = service.lock("k").await?;
+    /// assert!(!outer.is_reentrant());
+    /// outer.scope(async {
+    ///     let inner = service.lock("k").await.unwrap();
+    ///     assert!(inner.is_reentrant());
+    /// }).await;
+    /// # Ok(()) }
+    /// ```
     pub fn is_reentrant(&self) -> bool {
         self.owned.is_none()
     }
 
     /// Whether the lease (or, for several keys, any of them) has been lost.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let service = dlock::LockService::new(dlock::MemoryBackend::new());
+    /// let guard = service.lock("k").ttl(std::time::Duration::from_millis(50)).renew(false).await?;
+    /// assert!(!guard.is_lost());
+    /// tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    /// assert!(guard.is_lost(), "without renewal the lease ended at its ttl");
+    /// # Ok(()) }
+    /// ```
     pub fn is_lost(&self) -> bool {
         self.lost_reason().is_some()
     }
@@ -235,6 +293,14 @@ impl LockGuard {
     /// already been lost (expired or taken over) — whatever ran under it was not protected
     /// throughout. Renewal stops before the release is sent. A re-entrant guard releases
     /// nothing and returns `Ok(true)`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let service = dlock::LockService::new(dlock::MemoryBackend::new());
+    /// let guard = service.lock("k").await?;
+    /// assert!(guard.release().await?, "it was still ours");
+    /// # Ok(()) }
+    /// ```
     pub async fn release(mut self) -> Result<bool, Error> {
         match self.owned.take() {
             Some(owned) => Release::begin(&self.shared, std::mem::take(&mut self.held), owned).run().await,

@@ -46,6 +46,13 @@ impl LockRequest {
     /// The lease (default: the service's, 30 s). While the guard lives the lease is renewed
     /// every ttl/3, so ttl bounds how long a crashed holder blocks others, not how long the
     /// work may take.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let service = dlock::LockService::new(dlock::MemoryBackend::new());
+    /// let guard = service.lock("k").ttl(std::time::Duration::from_secs(5)).await?;
+    /// # guard.release().await?; Ok(()) }
+    /// ```
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.spec.ttl = Some(ttl);
         self
@@ -53,6 +60,15 @@ impl LockRequest {
 
     /// How long to wait for the lock (default: the service's, 30 s); `Duration::ZERO` makes
     /// one attempt.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let service = dlock::LockService::new(dlock::MemoryBackend::new());
+    /// let _held = service.lock("k").await?;
+    /// let busy = service.lock("k").wait(std::time::Duration::ZERO).await;
+    /// assert!(matches!(busy, Err(dlock::Error::Timeout { .. })));
+    /// # Ok(()) }
+    /// ```
     pub fn wait(mut self, wait: Duration) -> Self {
         self.spec.wait = Some(wait);
         self
@@ -60,6 +76,14 @@ impl LockRequest {
 
     /// Whether to renew the lease while the guard lives (default `true`). With `false` the
     /// lease ends at ttl and the guard then reports itself lost.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let service = dlock::LockService::new(dlock::MemoryBackend::new());
+    /// let guard = service.lock("k").ttl(std::time::Duration::from_millis(50)).renew(false).await?;
+    /// assert_eq!(guard.lost().await, dlock::LostReason::Expired);
+    /// # Ok(()) }
+    /// ```
     pub fn renew(mut self, renew: bool) -> Self {
         self.spec.renew = renew;
         self

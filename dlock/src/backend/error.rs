@@ -2,7 +2,23 @@
 
 /// An error reported by a [`LockBackend`](super::LockBackend) implementation.
 ///
-/// Backends build it from a message and, usually, the underlying error.
+/// Backends build it from a message and, usually, the underlying error. Applications meet it
+/// as the source of [`Error::Backend`](crate::Error::Backend):
+///
+/// ```
+/// use dlock::backend::{BackendError, BackendErrorKind};
+///
+/// fn retry_later(err: &dlock::Error) -> bool {
+///     matches!(err, dlock::Error::Backend { source, .. }
+///         if matches!(source.kind(), BackendErrorKind::Timeout | BackendErrorKind::Unavailable))
+/// }
+/// let err = dlock::Error::Backend {
+///     key: Some("user:1".into()),
+///     backend: "redis",
+///     source: BackendError::new(BackendErrorKind::Timeout, "Redis did not answer within 2s"),
+/// };
+/// assert!(retry_later(&err));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct BackendError {
@@ -35,11 +51,25 @@ pub enum BackendErrorKind {
 
 impl BackendError {
     /// A backend error with a message and no underlying cause.
+    ///
+    /// ```
+    /// use dlock::backend::{BackendError, BackendErrorKind};
+    /// let err = BackendError::new(BackendErrorKind::Connection, "etcd at 10.0.0.7:2379 is unreachable");
+    /// assert_eq!(err.to_string(), "etcd at 10.0.0.7:2379 is unreachable");
+    /// ```
     pub fn new(kind: BackendErrorKind, message: impl Into<String>) -> Self {
         Self { message: message.into(), kind, source: None }
     }
 
-    /// A backend error caused by `source`.
+    /// A backend error caused by `source`: its message says what failed, `source()` why.
+    ///
+    /// ```
+    /// use std::error::Error as _;
+    /// use dlock::backend::{BackendError, BackendErrorKind};
+    /// let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+    /// let err = BackendError::with_source(BackendErrorKind::Connection, "could not connect to 10.0.0.7:2379", io);
+    /// assert_eq!(err.source().map(|s| s.to_string()).as_deref(), Some("connection refused"));
+    /// ```
     pub fn with_source(
         kind: BackendErrorKind,
         message: impl Into<String>,
@@ -49,6 +79,11 @@ impl BackendError {
     }
 
     /// What kind of failure this was.
+    ///
+    /// ```
+    /// use dlock::backend::{BackendError, BackendErrorKind};
+    /// assert_eq!(BackendError::new(BackendErrorKind::Auth, "WRONGPASS").kind(), BackendErrorKind::Auth);
+    /// ```
     pub fn kind(&self) -> BackendErrorKind {
         self.kind
     }

@@ -29,6 +29,10 @@ pub struct FullKey {
 
 impl FullKey {
     /// `prefix` followed by `key`.
+    ///
+    /// ```
+    /// assert_eq!(dlock::backend::FullKey::new("app:", "user:1").as_str(), "app:user:1");
+    /// ```
     pub fn new(prefix: &str, key: &str) -> Self {
         let text: Arc<str> =
             if prefix.is_empty() { Arc::from(key) } else { Arc::from([prefix, key].concat()) };
@@ -36,16 +40,28 @@ impl FullKey {
     }
 
     /// The whole key, prefix included: what the backend stores.
+    ///
+    /// ```
+    /// assert_eq!(dlock::backend::FullKey::new("", "user:1").as_str(), "user:1");
+    /// ```
     pub fn as_str(&self) -> &str {
         &self.text
     }
 
     /// The service's prefix part.
+    ///
+    /// ```
+    /// assert_eq!(dlock::backend::FullKey::new("app:", "user:1").prefix(), "app:");
+    /// ```
     pub fn prefix(&self) -> &str {
         &self.text[..self.prefix_len]
     }
 
     /// The key as the caller wrote it, without the service's prefix.
+    ///
+    /// ```
+    /// assert_eq!(dlock::backend::FullKey::new("app:", "user:1").unprefixed(), "user:1");
+    /// ```
     pub fn unprefixed(&self) -> &str {
         &self.text[self.prefix_len..]
     }

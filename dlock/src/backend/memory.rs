@@ -58,17 +58,45 @@ struct Holding {
 
 impl MemoryBackend {
     /// An empty store.
+    ///
+    /// ```
+    /// assert_eq!(dlock::MemoryBackend::new().held_count(), 0);
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// How many keys are held right now (expired leases not counted).
+    /// How many keys are held right now (expired leases not counted): handy in tests of code
+    /// that locks.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let backend = dlock::MemoryBackend::new();
+    /// let service = dlock::LockService::new(backend.clone());
+    /// let guard = service.lock("user:1").await?;
+    /// assert_eq!(backend.held_count(), 1);
+    /// guard.release().await?;
+    /// assert_eq!(backend.held_count(), 0);
+    /// # Ok(()) }
+    /// ```
     pub fn held_count(&self) -> usize {
         let now = Instant::now();
         self.inner.lock().holdings.values().filter(|l| l.expires_at > now).count()
     }
 
-    /// Drop a key as if its lease had expired or an operator deleted it (for tests of loss).
+    /// Drop a key (the full key, prefix included) as if its lease had expired or an operator
+    /// deleted it: for tests of what code does when its lock is lost. Returns whether it was
+    /// held.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let backend = dlock::MemoryBackend::new();
+    /// let service = dlock::LockService::builder(backend.clone()).key_prefix("app:").build();
+    /// let guard = service.lock("user:1").await?;
+    /// assert!(backend.force_expire("app:user:1"));
+    /// assert!(!guard.release().await?, "the lock was no longer ours");
+    /// # Ok(()) }
+    /// ```
     pub fn force_expire(&self, key: &str) -> bool {
         let mut state = self.inner.lock();
         let removed = state.holdings.remove(key).is_some();

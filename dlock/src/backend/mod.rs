@@ -41,9 +41,30 @@ pub use memory::MemoryBackend;
 pub use notice::{HANDOFF_LEASE, ReleaseNotice, ReleaseWatch, WAITER_RECHECK};
 
 /// A boxed, `Send` future: what [`LockBackend`] methods return, so the trait stays object safe.
+///
+/// ```
+/// use dlock::backend::BoxFuture;
+/// fn answer(n: u64) -> BoxFuture<'static, u64> {
+///     Box::pin(async move { n })
+/// }
+/// # let _ = answer(1);
+/// ```
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The outcome of one acquire attempt.
+///
+/// ```
+/// use std::time::Duration;
+/// use dlock::backend::{FullKey, LockBackend, TryAcquire};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::backend::BackendError> {
+/// let backend = dlock::MemoryBackend::new();
+/// let key = FullKey::new("", "k");
+/// match backend.try_acquire(&key, "me", Duration::from_secs(5)).await? {
+///     TryAcquire::Acquired { fencing_token } => assert!(fencing_token > 0),
+///     TryAcquire::Held { remaining, .. } => panic!("held for another {remaining:?}"),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TryAcquire {
     /// The caller now holds the lock, under this fencing token.
@@ -91,11 +112,20 @@ pub struct ReleaseOutcome {
 
 impl ReleaseOutcome {
     /// An outcome with nobody else known to be waiting.
+    ///
+    /// ```
+    /// assert!(!dlock::backend::ReleaseOutcome::new(false).was_held);
+    /// ```
     pub fn new(was_held: bool) -> Self {
         Self { was_held, others_waiting: false }
     }
 
     /// The same outcome, saying whether other clients were waiting.
+    ///
+    /// ```
+    /// let outcome = dlock::backend::ReleaseOutcome::new(true).with_others_waiting(true);
+    /// assert!(outcome.was_held && outcome.others_waiting);
+    /// ```
     #[must_use]
     pub fn with_others_waiting(self, others_waiting: bool) -> Self {
         Self { others_waiting, ..self }
@@ -147,6 +177,46 @@ impl ReleaseOutcome {
 ///
 /// Keys arrive as [`FullKey`]s (the service's prefix included); owners are random tokens that
 /// dlock makes anew for every acquisition.
+///
+/// # Example
+///
+/// A backend that wraps another and logs every release — the shape of any implementation:
+///
+/// ```
+/// use std::time::Duration;
+/// use dlock::backend::{BackendError, BoxFuture, FullKey, LockBackend, ReleaseOutcome, ReleaseWatch, TryAcquire};
+///
+/// #[derive(Debug)]
+/// struct Logged<B>(B);
+///
+/// impl<B: LockBackend> LockBackend for Logged<B> {
+///     fn name(&self) -> &'static str {
+///         self.0.name()
+///     }
+///     fn try_acquire<'a>(&'a self, key: &'a FullKey, owner: &'a str, ttl: Duration)
+///         -> BoxFuture<'a, Result<TryAcquire, BackendError>> {
+///         self.0.try_acquire(key, owner, ttl)
+///     }
+///     fn release<'a>(&'a self, key: &'a FullKey, owner: &'a str)
+///         -> BoxFuture<'a, Result<ReleaseOutcome, BackendError>> {
+///         println!("releasing {key}");
+///         self.0.release(key, owner)
+///     }
+///     fn renew<'a>(&'a self, key: &'a FullKey, owner: &'a str, ttl: Duration)
+///         -> BoxFuture<'a, Result<bool, BackendError>> {
+///         self.0.renew(key, owner, ttl)
+///     }
+///     fn watch_releases<'a>(&'a self, key: &'a FullKey)
+///         -> BoxFuture<'a, Result<Option<ReleaseWatch>, BackendError>> {
+///         self.0.watch_releases(key)
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+/// let service = dlock::LockService::new(Logged(dlock::MemoryBackend::new()));
+/// service.lock("user:1").await?.release().await?;
+/// # Ok(()) }
+/// ```
 pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     /// A short name for messages and traces (`"redis"`, `"memory"`).
     fn name(&self) -> &'static str;

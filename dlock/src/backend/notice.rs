@@ -9,6 +9,10 @@ use tokio::sync::watch;
 
 /// About how often a waiting dlock request asks the backend again (see the contract,
 /// point 6). Between two asks it waits for a release notice.
+///
+/// ```
+/// assert_eq!(dlock::backend::WAITER_RECHECK, std::time::Duration::from_secs(1));
+/// ```
 pub const WAITER_RECHECK: Duration = Duration::from_secs(1);
 
 /// The longest first lease a backend may give an owner it hands a key to (see the contract,
@@ -17,6 +21,10 @@ pub const WAITER_RECHECK: Duration = Duration::from_secs(1);
 /// live owner renews it like any lease (a third of the way through, to its full ttl). A
 /// request with `.renew(false)` and a longer ttl does not take a hand-off on trust: it asks
 /// again, which gives it the key with its full ttl and a new fencing token.
+///
+/// ```
+/// assert_eq!(dlock::backend::HANDOFF_LEASE, std::time::Duration::from_secs(5));
+/// ```
 pub const HANDOFF_LEASE: Duration = Duration::from_secs(5);
 
 /// What a release notice says.
@@ -50,6 +58,14 @@ pub struct ReleaseWatch {
 
 impl ReleaseWatch {
     /// A watch over `rx`, holding `keep_alive` until dropped.
+    ///
+    /// ```
+    /// use dlock::backend::{ReleaseNotice, ReleaseWatch};
+    /// let (tx, rx) = tokio::sync::watch::channel(ReleaseNotice::Released);
+    /// let watch = ReleaseWatch::new(rx, None);
+    /// tx.send_replace(ReleaseNotice::Released); // what the backend does on a release
+    /// # drop(watch);
+    /// ```
     pub fn new(rx: watch::Receiver<ReleaseNotice>, keep_alive: Option<Box<dyn Send + Sync>>) -> Self {
         Self { rx, _keep_alive: keep_alive }
     }
@@ -57,6 +73,16 @@ impl ReleaseWatch {
     /// Resolves at the next release notice (or at once if one came since the last call) with
     /// what it said. If the backend dropped the sender, it never resolves; callers always
     /// bound it by time.
+    ///
+    /// ```
+    /// use dlock::backend::{ReleaseNotice, ReleaseWatch};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let (tx, rx) = tokio::sync::watch::channel(ReleaseNotice::Released);
+    /// let mut watch = ReleaseWatch::new(rx, None);
+    /// tx.send_replace(ReleaseNotice::Released);
+    /// assert_eq!(watch.released().await, ReleaseNotice::Released);
+    /// # }
+    /// ```
     pub async fn released(&mut self) -> ReleaseNotice {
         if self.rx.changed().await.is_err() {
             std::future::pending::<()>().await;
