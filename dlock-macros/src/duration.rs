@@ -206,8 +206,15 @@ fn parse(text: &str) -> Result<Duration, Problem> {
                 0
             }
             Unit::Days(what, days) => {
+                // A year or more is past `dlock::MAX_TTL` for a ttl: say so with the hint.
+                let long = if days >= 365 {
+                    "; a `ttl` that long is past `dlock::MAX_TTL` (a lease is renewed while held, so \
+                     seconds or minutes are enough)"
+                } else {
+                    ""
+                };
                 first_problem.get_or_insert(Problem::Hint(format!(
-                    "{what} are not a unit here: write days, `{{option}} = \"{{rewritten}}\"` \
+                    "{what} are not a unit here: write days, `{{option}} = \"{{rewritten}}\"`{long} \
                      ({UNIT_LIST})"
                 )));
                 days * UNITS[0].1
