@@ -6,14 +6,17 @@
 //! lock request on a key in the stack does not go to the backend again (it re-enters), but
 //! re-entrant bodies of one key that run side by side in one task (`join!`, `select!`) take
 //! turns: each key of a scope has a *gate*, which a re-entrant body holds while it runs, and
-//! the body's own scope gives the key a fresh gate for the calls nested in it.
+//! the body's own scope gives the key a fresh gate for the calls nested in it. In the scope of
+//! the guard that took the keys, its keys share one gate, kept in the lease and made only when
+//! a re-entrant body first needs it (so re-entrant bodies of different keys of one acquisition
+//! take turns too): a body that is never re-entered costs no allocation.
 
 use std::sync::Arc;
 
 use tokio::sync::OwnedMutexGuard;
 
 use crate::backend::FullKey;
-use crate::lease::Lease;
+use crate::lease::{Gate, Lease};
 
 tokio::task_local! {
     static HELD: Vec<Frame>;
@@ -26,29 +29,28 @@ pub(crate) struct Frame {
     pub(crate) key: FullKey,
     pub(crate) fencing_token: u64,
     pub(crate) lease: Arc<Lease>,
-    /// Held by a re-entrant body of this key running inside this scope.
-    pub(crate) gate: Gate,
+    /// Held by a re-entrant body of this key running inside this scope. `None`: the gate of
+    /// the lease itself (made only when needed), for the scope of the guard that took the key.
+    gate: Option<Gate>,
     /// How deep the scope is: frames of one scope share it, the innermost has the largest.
     depth: usize,
 }
 
-/// A key's gate within one scope: see the module docs.
-pub(crate) type Gate = Arc<tokio::sync::Mutex<()>>;
-
 impl Frame {
-    /// A frame for a scope about to be entered.
+    /// A frame for the scope of the guard that took the key.
     pub(crate) fn new(service_id: u64, key: FullKey, fencing_token: u64, lease: Arc<Lease>) -> Self {
-        Self { service_id, key, fencing_token, lease, gate: Gate::default(), depth: 0 }
+        Self { service_id, key, fencing_token, lease, gate: None, depth: 0 }
     }
 
-    /// The same lock, for a nested scope: with a gate of its own.
+    /// The same lock, for a nested (re-entrant) scope: with a gate of its own.
     pub(crate) fn nested(&self) -> Self {
-        Self { gate: Gate::default(), ..self.clone() }
+        Self { gate: Some(Gate::default()), ..self.clone() }
     }
 
     /// Wait until no other re-entrant body of this key in this scope runs.
     pub(crate) async fn pass_gate(&self) -> OwnedMutexGuard<()> {
-        Arc::clone(&self.gate).lock_owned().await
+        let gate = self.gate.clone().unwrap_or_else(|| self.lease.gate());
+        gate.lock_owned().await
     }
 }
 

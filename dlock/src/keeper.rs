@@ -10,8 +10,7 @@
 //! and is started again by the next registration.
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -22,6 +21,7 @@ use tokio::time::Instant;
 
 use crate::backend::{FullKey, LockBackend};
 use crate::error::LostReason;
+use crate::id_hash::IdMap;
 use crate::lease::{Lease, Term};
 
 /// How long the task waits with no lease to keep before it ends.
@@ -170,7 +170,7 @@ struct Keeper {
 
 #[derive(Debug, Default)]
 struct State {
-    entries: HashMap<u64, Entry, BuildHasherDefault<IdHasher>>,
+    entries: IdMap<u64, Entry>,
     /// `(when due, id)`: the next renewal, or the deadline of a lease without renewal.
     schedule: BTreeSet<(Instant, u64)>,
     next_id: u64,
@@ -178,29 +178,6 @@ struct State {
     /// When the sleeping task's timer fires; `None` while it is awake (it then looks at the
     /// schedule before sleeping again). A registration due later needs no wake-up.
     armed: Option<Instant>,
-}
-
-/// Hashes the keeper's ids with one multiplication. They come from a counter, not from users,
-/// so SipHash's defence against chosen keys buys nothing, and a lease is registered and
-/// unregistered with every lock.
-#[derive(Debug, Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.write_u64(self.0.rotate_left(8) ^ u64::from(byte));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        // 2^64 / golden ratio: consecutive ids land far apart, in the high bits too.
-        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }
 
 impl State {

@@ -7,7 +7,7 @@
 //! Everything sits behind one mutex: a lease is created and dropped with every lock, so it is
 //! kept to one allocation and a few uncontended lock operations.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -15,6 +15,9 @@ use tokio::time::Instant;
 
 use crate::error::LostReason;
 use crate::local_queue::QueueTicket;
+
+/// A gate re-entrant bodies take turns at (see [`context`](crate::context)).
+pub(crate) type Gate = Arc<tokio::sync::Mutex<()>>;
 
 /// How much earlier than the backend's own expiry dlock considers a lease over.
 ///
@@ -61,6 +64,9 @@ pub(crate) struct Lease {
     renewal_done: Notify,
     /// Whether the keeper renews the lease (decides how an expired deadline is reported).
     auto_renew: bool,
+    /// The gate of this lease's keys in the scope of the guard that took them (see
+    /// [`context`](crate::context)): made when a re-entrant body first needs it.
+    gate: OnceLock<Gate>,
 }
 
 #[derive(Debug)]
@@ -93,7 +99,13 @@ impl Lease {
             lost_changed: Notify::new(),
             renewal_done: Notify::new(),
             auto_renew,
+            gate: OnceLock::new(),
         })
+    }
+
+    /// The gate re-entrant bodies of this lease's keys take turns at.
+    pub(crate) fn gate(&self) -> Gate {
+        Arc::clone(self.gate.get_or_init(Gate::default))
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

@@ -75,6 +75,7 @@ mod connect;
 mod context;
 mod error;
 mod guard;
+mod id_hash;
 mod keeper;
 mod lease;
 mod limits;

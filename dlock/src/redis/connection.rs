@@ -11,7 +11,6 @@
 //! that dropped the flow) therefore costs one call timeout, not every call after it. TCP
 //! keepalive and `TCP_USER_TIMEOUT` also make the kernel give up on such a connection.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -23,6 +22,7 @@ use tokio::runtime::{Handle, Id};
 
 use super::error::{call_error, classify, connect_error, late};
 use crate::backend::{BackendError, BackendErrorKind};
+use crate::id_hash::IdMap;
 
 /// TCP settings for every connection: no Nagle delay, keepalive probes after 5 s of silence,
 /// and the kernel gives up on data unacknowledged for `user_timeout`.
@@ -41,9 +41,10 @@ pub(super) struct Connections {
     call_timeout: Duration,
     /// The URL with any password masked, for messages.
     url: String,
-    by_runtime: Mutex<HashMap<Id, Slot>>,
+    by_runtime: Mutex<IdMap<Id, Slot>>,
 }
 
+/// One runtime's connection.
 struct Slot {
     /// Tells a connection from the one that replaced it.
     generation: u64,
@@ -68,7 +69,7 @@ impl Connections {
         self.call_timeout
     }
 
-    fn slots(&self) -> MutexGuard<'_, HashMap<Id, Slot>> {
+    fn slots(&self) -> MutexGuard<'_, IdMap<Id, Slot>> {
         // Every update is one insert or remove: a poisoned map is still consistent.
         self.by_runtime.lock().unwrap_or_else(PoisonError::into_inner)
     }

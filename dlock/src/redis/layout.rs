@@ -78,10 +78,11 @@ pub(super) fn shares_slot(key: &str) -> bool {
 /// name keeps it); one that hashes to `key`'s slot when `key` has no `{` at all; none for
 /// the rare key with a `{` that forms no tag (see [`shares_slot`]).
 fn slot_tag(key: &str) -> Option<&'static str> {
-    if hash_tag(key).is_some() || key.contains('{') {
+    // No `{` at all: no tag of its own (the common case, one scan).
+    if key.contains('{') {
         return None;
     }
-    Some(tag_for_slot(slot(key.as_bytes())))
+    Some(tag_for_slot(crc16(key.as_bytes()) % 16384))
 }
 
 /// The part of `key` Redis Cluster hashes, if it is a tag: between the first `{` and the first
@@ -93,22 +94,34 @@ fn hash_tag(key: &str) -> Option<&str> {
 }
 
 /// Redis Cluster's slot of `key` (CRC16/XMODEM of the key, or of its tag, modulo 16384).
+#[allow(dead_code, reason = "for the Redis Cluster backend")]
 pub(super) fn slot(key: &[u8]) -> u16 {
     let hashed = std::str::from_utf8(key).ok().and_then(hash_tag).map_or(key, str::as_bytes);
     crc16(hashed) % 16384
 }
 
-/// CRC16/XMODEM (polynomial 0x1021, initial value 0), as Redis Cluster computes it.
+/// CRC16/XMODEM (polynomial 0x1021, initial value 0), as Redis Cluster computes it: a byte
+/// at a time from a table (the lock path computes it for every call).
 fn crc16(bytes: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in bytes {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
-        }
-    }
-    crc
+    bytes.iter().fold(0u16, |crc, &byte| (crc << 8) ^ CRC16_TABLE[usize::from((crc >> 8) as u8 ^ byte)])
 }
+
+/// The CRC of every byte value, built at compile time.
+const CRC16_TABLE: [u16; 256] = {
+    let mut table = [0u16; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let mut crc = (byte as u16) << 8;
+        let mut bit = 0;
+        while bit < 8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+            bit += 1;
+        }
+        table[byte] = crc;
+        byte += 1;
+    }
+    table
+};
 
 /// A short string of letters and digits whose slot is `slot`. The table is built once, on
 /// first use (a few hundred thousand CRCs of up to four bytes).
