@@ -83,36 +83,46 @@ async fn dropping_a_call_while_its_acquire_is_on_the_wire_leaves_no_ownerless_lo
     let backend = dlock::RedisBackend::connect(&url).await.expect("connect to the private redis-server");
     dlock::register(SVC, dlock::LockService::new(backend)).expect("register");
     let mut conn = inspector(&url).await;
-    // The last fencing token drawn for a key (its counter lives beside the lock).
+    // The fencing token in a held lock's value (`<token>:<owner>`).
     let fence = |conn: &redis::aio::MultiplexedConnection, key: &str| {
         let mut conn = conn.clone();
-        let state = dlock::RedisBackend::state_key(key);
+        let key = key.to_owned();
         async move {
-            redis::cmd("HGET")
-                .arg(&state)
-                .arg("f")
-                .query_async::<Option<u64>>(&mut conn)
-                .await
-                .expect("HGET the fencing counter")
+            let value: Option<String> =
+                redis::cmd("GET").arg(&key).query_async(&mut conn).await.expect("GET the lock");
+            value.and_then(|value| dlock_tests::lock_value(&value).0)
         }
     };
     // Loads the acquire script into Redis's cache, so the frozen EVALSHA cannot come back
     // as NOSCRIPT (and be retried as EVAL by a future that no longer exists).
     let ran = Arc::new(AtomicBool::new(false));
     assert_eq!(call(0, Arc::clone(&ran)).await.expect("acquire while Redis runs"), 0);
-    assert!(fence(&conn, "wire:0").await.is_some(), "wire:0 drew a token");
-    assert_eq!(fence(&conn, "wire:1").await, None, "nothing drew a token for wire:1 yet");
+    assert_eq!(fence(&conn, "wire:1").await, None, "nothing holds wire:1 yet");
 
+    // How many scripts Redis has run by `EVALSHA` (the acquire is the call's only command).
+    let evalsha_calls = |conn: &redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        async move {
+            let info: String =
+                redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.expect("INFO");
+            info.lines()
+                .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+                .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        }
+    };
+    let before = evalsha_calls(&conn).await;
     server.pause();
     let ran = Arc::new(AtomicBool::new(false));
     let gave_up = tokio::time::timeout(Duration::from_millis(300), call(1, Arc::clone(&ran))).await;
     assert!(gave_up.is_err(), "a call finished while Redis was frozen: {gave_up:?}");
     server.resume();
 
-    // The dropped call's script ran once Redis was thawed: it drew a token for wire:1.
+    // The dropped call's script ran once Redis was thawed, and took wire:1 for an owner that
+    // no longer exists (it may be given back already: the lock's value went with it).
     poll_until(RELEASE_BOUND, "Redis ran the dropped call's acquire script", || {
-        let counter = fence(&conn, "wire:1");
-        async move { counter.await.is_some() }
+        let calls = evalsha_calls(&conn);
+        async move { calls.await > before }
     })
     .await;
     let pttl: i64 = redis::cmd("PTTL").arg("wire:1").query_async(&mut conn).await.expect("PTTL");

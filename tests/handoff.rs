@@ -24,14 +24,13 @@ use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(10);
 
-/// The places in line for `key` (its state hash minus the fencing counter): owner, arrival
-/// (µs), in line until (ms, Redis time), first first.
+/// The places in line for `key` (its waiting-line hash): owner, arrival (µs), in line until
+/// (ms, Redis time), first first.
 async fn places(conn: &Conn, key: &str) -> Vec<(String, u64, u64)> {
-    let state = dlock::RedisBackend::state_key(key);
-    let fields: Vec<(String, String)> = redis_cmd(&mut conn.clone(), &["HGETALL", &state]).await;
+    let line = dlock::RedisBackend::line_key(key);
+    let fields: Vec<(String, String)> = redis_cmd(&mut conn.clone(), &["HGETALL", &line]).await;
     let mut places: Vec<(String, u64, u64)> = fields
         .into_iter()
-        .filter(|(owner, _)| owner != "f")
         .map(|(owner, place)| {
             let mut parts = place.split(':').map(|n| n.parse::<u64>().expect("a number"));
             let arrived = parts.next().expect("arrival");
@@ -51,6 +50,12 @@ async fn line(conn: &Conn, key: &str) -> Vec<String> {
 /// Whether `key` is held (its lock key exists).
 async fn exists(conn: &Conn, key: &str) -> bool {
     redis_cmd(&mut conn.clone(), &["EXISTS", key]).await
+}
+
+/// The owner holding `key`, from the lock's value (`<token>:<owner>`).
+async fn holder_of(conn: &Conn, key: &str) -> Option<String> {
+    let value: Option<String> = redis_cmd(&mut conn.clone(), &["GET", key]).await;
+    value.map(|value| dlock_tests::lock_value(&value).1.to_owned())
 }
 
 async fn wait_for_line(conn: &Conn, key: &str, len: usize) {
@@ -103,8 +108,8 @@ async fn releases_hand_the_key_to_the_first_process_in_line() {
             "{owner}'s place lasts until {until} (now {now_ms})"
         );
     }
-    let pttl: i64 = redis_cmd(&mut conn, &["PTTL", &dlock::RedisBackend::state_key("k")]).await;
-    assert!(pttl > 0 && pttl <= 10_000, "the state hash expires in {pttl} ms");
+    let pttl: i64 = redis_cmd(&mut conn, &["PTTL", &dlock::RedisBackend::line_key("k")]).await;
+    assert!(pttl > 0 && pttl <= 3_000, "the line expires in {pttl} ms");
 
     // a's release hands the key to b, with a lease of b's ttl capped at HANDOFF_LEASE (5 s;
     // b renews it like any lease), and announces it naming b (c hears it too, and ignores
@@ -121,7 +126,7 @@ async fn releases_hand_the_key_to_the_first_process_in_line() {
     assert!(handed > first, "a hand-off draws a new fencing token");
     let notice = tokio::time::timeout(Duration::from_secs(5), c_watch.released()).await.expect("c hears");
     assert!(matches!(&notice, ReleaseNotice::Granted { owner, .. } if &**owner == "owner-b"), "{notice:?}");
-    assert_eq!(redis_cmd::<Option<String>>(&mut conn, &["GET", "k"]).await.as_deref(), Some("owner-b"));
+    assert_eq!(holder_of(&conn, "k").await.as_deref(), Some("owner-b"));
     let pttl: i64 = redis_cmd(&mut conn, &["PTTL", "k"]).await;
     let handoff_ms = i64::try_from(TTL.min(HANDOFF_LEASE).as_millis()).expect("ms");
     assert!(
@@ -191,10 +196,11 @@ async fn releases_hand_the_key_to_the_first_process_in_line() {
         let (secs, micros): (u64, u64) = redis_cmd(&mut conn, &["TIME"]).await;
         secs * 1000 + micros / 1000
     };
-    let state = dlock::RedisBackend::state_key("k");
+    let line_key = dlock::RedisBackend::line_key("k");
     let (_, arrived, _) = places(&conn, "k").await.remove(0);
     let _: i64 =
-        redis_cmd(&mut conn, &["HSET", &state, "owner-c", &format!("{arrived}:{}:10000", now_ms - 1)]).await;
+        redis_cmd(&mut conn, &["HSET", &line_key, "owner-c", &format!("{arrived}:{}:10000", now_ms - 1)])
+            .await;
     assert_eq!(
         a.release(&FullKey::new("", "k"), "owner-a").await.expect("release"),
         ReleaseOutcome::new(true).with_others_waiting(true)
@@ -481,7 +487,7 @@ async fn kill_first_in_line(worker_ttl: Duration) -> (Duration, i64) {
     let released_at = Instant::now();
     assert!(guard.release().await.expect("release"));
     assert_eq!(
-        redis_cmd::<Option<String>>(&mut conn, &["GET", "line"]).await,
+        holder_of(&conn, "line").await,
         Some(dead_owner),
         "handed to the first in line, which is dead"
     );

@@ -39,6 +39,6 @@ pub use support::process::Worker;
 pub use support::redis::{
     connect_redis, connect_redis_with, inspector, redis_cmd, shared_redis_url, unique_prefix,
 };
-pub use support::redis_store::RedisStore;
+pub use support::redis_store::{RedisStore, lock_value};
 pub use support::server::{RedisServer, free_port};
 pub use support::store::{Features, Store};

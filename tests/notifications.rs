@@ -126,23 +126,12 @@ async fn no_subscription_is_left_behind() {
         async move { server_channels(&url).await.is_empty() }
     })
     .await;
-    // Waiting-line places of the waiters that gave up went with their releases: every state
-    // hash left holds nothing but its key's fencing counter (and expires with it).
+    // Waiting-line places of the waiters that gave up went with their releases, and a line
+    // goes with its last place.
     let mut conn = inspector(&server.url()).await;
-    let states: Vec<String> =
-        redis::cmd("KEYS").arg("*#dlock:state*").query_async(&mut conn).await.expect("KEYS");
-    let mut places_left = Vec::new();
-    for state in &states {
-        let fields: Vec<String> = redis::cmd("HKEYS").arg(state).query_async(&mut conn).await.expect("HKEYS");
-        places_left
-            .extend(fields.into_iter().filter(|field| field != "f").map(|field| format!("{state}: {field}")));
-    }
-    assert!(
-        places_left.is_empty(),
-        "waiting-line places left: {} (e.g. {:?})",
-        places_left.len(),
-        places_left.first()
-    );
+    let left: Vec<String> =
+        redis::cmd("KEYS").arg("*#dlock:line*").query_async(&mut conn).await.expect("KEYS");
+    assert!(left.is_empty(), "waiting lines left: {} (e.g. {:?})", left.len(), left.first());
 }
 
 /// The last waiter of a key leaves and a new one comes before the subscriber task caught up:

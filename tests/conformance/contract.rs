@@ -76,16 +76,21 @@ async fn watch(client: &dyn LockBackend, key: &FullKey, what: &str) -> ReleaseWa
 }
 
 /// The next hand-off `watch` hears within [`MARGIN`] (plain release notices are skipped).
-async fn next_grant(watch: &mut ReleaseWatch, what: &str) -> (String, u64) {
+/// The next hand-off notice naming `owner`. Notices of hand-offs to other owners may come
+/// too (a backend may announce a hand-off to everybody watching the key; each waiter takes
+/// only one that names it): they are skipped.
+async fn next_grant(watch: &mut ReleaseWatch, owner: &str, what: &str) -> (String, u64) {
     let heard = tokio::time::timeout(MARGIN, async {
         loop {
-            if let ReleaseNotice::Granted { owner, fencing_token } = watch.released().await {
-                return (owner.to_string(), fencing_token);
+            if let ReleaseNotice::Granted { owner: named, fencing_token } = watch.released().await
+                && &*named == owner
+            {
+                return (named.to_string(), fencing_token);
             }
         }
     })
     .await;
-    heard.unwrap_or_else(|_| panic!("{what}: no hand-off notice within {MARGIN:?}"))
+    heard.unwrap_or_else(|_| panic!("{what}: no hand-off notice naming {owner} within {MARGIN:?}"))
 }
 
 /// Point 1: an attempt takes a free key, and only a free key; on a held one it says how long
@@ -314,7 +319,7 @@ pub async fn a_release_hands_the_key_to_the_first_owner_in_line(store: &dyn Stor
 
     let released = bounded("a releases", a.release(&key, "owner-a")).await;
     assert!(released.was_held && released.others_waiting, "{released:?}");
-    let (owner, handed) = next_grant(&mut b_watch, "b is handed the key").await;
+    let (owner, handed) = next_grant(&mut b_watch, "owner-b", "b is handed the key").await;
     assert_eq!(owner, "owner-b", "the first in line gets it");
     assert!(handed > b_saw, "the hand-off's token {handed} is newer than b's last answer saw ({b_saw})");
     assert!(store.is_held("line").await);
@@ -326,7 +331,7 @@ pub async fn a_release_hands_the_key_to_the_first_owner_in_line(store: &dyn Stor
     assert!(again > handed, "asking again gives a new token: {again} after {handed}");
     let released = bounded("b releases", b.release(&key, "owner-b")).await;
     assert!(released.was_held && released.others_waiting, "{released:?}");
-    let (owner, handed) = next_grant(&mut c_watch, "c is handed the key").await;
+    let (owner, handed) = next_grant(&mut c_watch, "owner-c", "c is handed the key").await;
     assert_eq!((owner.as_str(), handed > again), ("owner-c", true), "c next, with a newer token");
     let released = bounded("c releases", c.release(&key, "owner-c")).await;
     assert!(released.was_held && !released.others_waiting, "nobody left in line: {released:?}");

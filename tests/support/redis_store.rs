@@ -11,7 +11,7 @@ use super::redis::{inspector, redis_cmd, shared_redis_url, unique_prefix};
 use super::store::{Features, Store};
 
 /// One test's namespace `dlock-test:<test>:<pid>-<random>:` on a Redis server: lock keys (and
-/// what dlock keeps beside each, its state hash) under `…lock:`. Clients are `RedisBackend`s with connections of
+/// what dlock keeps beside each while processes wait, its waiting line) under `…lock:`. Clients are `RedisBackend`s with connections of
 /// their own, so they contend in Redis exactly like separate processes; a separate plain
 /// connection inspects what Redis holds.
 #[derive(Debug, Clone)]
@@ -51,11 +51,18 @@ impl RedisStore {
 
     /// The value stored under `key` (without the prefix): its owner token, `None` if absent.
     pub async fn stored_value(&self, key: &str) -> Option<String> {
-        redis_cmd(&mut self.conn(), &["GET", &self.full_key(key)]).await
+        let value: Option<String> = redis_cmd(&mut self.conn(), &["GET", &self.full_key(key)]).await;
+        value.map(|value| lock_value(&value).1.to_owned())
+    }
+
+    /// The fencing token stored under `key` (without the prefix), while it is held.
+    pub async fn stored_token(&self, key: &str) -> Option<u64> {
+        let value: Option<String> = redis_cmd(&mut self.conn(), &["GET", &self.full_key(key)]).await;
+        value.and_then(|value| lock_value(&value).0)
     }
 
     /// Every lock key in the store right now, prefix included, sorted (`KEYS <prefix>*`,
-    /// without the state hashes dlock keeps beside lock keys).
+    /// without the waiting lines dlock keeps beside lock keys).
     pub async fn keys(&self) -> Vec<String> {
         let mut keys: Vec<String> =
             redis_cmd(&mut self.conn(), &["KEYS", &format!("{}*", self.prefix)]).await;
@@ -103,7 +110,7 @@ impl Store for RedisStore {
     }
 
     /// Deletes every key whose name contains the namespace: lock keys and what dlock keeps
-    /// beside each (its state hash: fencing counter and waiting line).
+    /// beside each (its waiting line).
     fn cleanup(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let mut conn = self.conn();
@@ -124,12 +131,16 @@ impl Store for RedisStore {
         Box::pin(async move { Some(self.keys().await) })
     }
 
-    /// `HGET <key's state hash> f`.
+    /// The token in the lock's value (`<token>:<owner>`), 0 when the key is free.
     fn fencing_counter<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Option<u64>> {
-        Box::pin(async move {
-            let state = RedisBackend::state_key(&self.full_key(key));
-            let value: Option<u64> = redis_cmd(&mut self.conn(), &["HGET", &state, "f"]).await;
-            Some(value.unwrap_or(0))
-        })
+        Box::pin(async move { Some(self.stored_token(key).await.unwrap_or(0)) })
+    }
+}
+
+/// A lock's value in Redis, `<fencing token>:<owner token>`, taken apart.
+pub fn lock_value(value: &str) -> (Option<u64>, &str) {
+    match value.split_once(':') {
+        Some((token, owner)) => (token.parse().ok(), owner),
+        None => (None, value),
     }
 }

@@ -120,8 +120,8 @@ pub trait Store: Send + Sync + 'static {
         Box::pin(async move { self.held_keys().await.map(|keys| keys.len()) })
     }
 
-    /// Where the store can show it: the last fencing token drawn for `key` (without the
-    /// prefix; 0 before the first). `None` (the default) for a store that cannot.
+    /// Where the store can show it: the fencing token of `key`'s holder (without the prefix;
+    /// 0 when nobody holds it). `None` (the default) for a store that cannot.
     fn fencing_counter<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Option<u64>> {
         let _ = key;
         Box::pin(async { None })

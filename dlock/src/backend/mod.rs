@@ -156,7 +156,8 @@ impl ReleaseOutcome {
 ///    repeat notices; dlock always re-checks with `try_acquire` and never relies on them for
 ///    safety, only for speed.
 /// 6. **Hand-off (optional).** A backend may give a released key straight to an owner
-///    that is waiting for it, and announce that with [`ReleaseNotice::Granted`]. Only an owner
+///    that is waiting for it, and announce that with [`ReleaseNotice::Granted`] (to every
+///    watch of the key, if it likes: only the owner it names takes it). Only an owner
 ///    whose `try_acquire` for the key came back [`Held`](TryAcquire::Held) with a
 ///    `newest_token` (it is in line) may be chosen; the lease it gets lasts the `ttl` of that
 ///    owner's latest attempt or [`HANDOFF_LEASE`], whichever is shorter (at least that: dlock

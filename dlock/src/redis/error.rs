@@ -31,7 +31,8 @@ pub(super) fn classify(err: &RedisError) -> BackendErrorKind {
     let code = err.code();
     if err.kind() == ErrorKind::AuthenticationFailed || matches!(code, Some("WRONGPASS" | "NOAUTH")) {
         BackendErrorKind::Auth
-    } else if code == Some("NOPERM") {
+    } else if code == Some("NOPERM") || err.to_string().contains("can't run this command") {
+        // Inside a script, Redis reports a command the user may not run as a plain error.
         BackendErrorKind::Permission
     } else if err.is_timeout() {
         BackendErrorKind::Timeout

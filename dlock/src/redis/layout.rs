@@ -4,8 +4,8 @@
 //!
 //! | name | type | what |
 //! |---|---|---|
-//! | `K` | string | the lock: the owner token, with the lease as its expiry |
-//! | `K#dlock:state{T}` | hash | field `f`: the last fencing token drawn for `K`; one field per process waiting in line (owner token → `"<arrival µs>:<until ms>:<hand-off lease ms>"`) |
+//! | `K` | string | the lock: `<fencing token>:<owner token>`, with the lease as its expiry |
+//! | `K#dlock:line{T}` | hash | the waiting line, while processes wait: one field per process (owner token → `"<arrival µs>:<until ms>:<hand-off lease ms>"`), expiring 3 s after the last ask |
 //! | `K#dlock:notice{T}` | channel | release notices (`r`) and hand-offs (`g:<token>:<owner>`) |
 //!
 //! Every name starts with `K`, so it lives under the service's prefix (an ACL such as
@@ -16,24 +16,12 @@
 
 use std::sync::OnceLock;
 
-use crate::backend::FullKey;
-
 /// What every derived name contains, and lock keys may not.
 pub(super) const RESERVED: &str = "#dlock:";
 
-/// The names of one lock.
-#[derive(Debug)]
-pub(super) struct Family<'a> {
-    pub(super) lock: &'a str,
-    /// The state hash: fencing counter and waiting line.
-    pub(super) state: String,
-}
-
-impl<'a> Family<'a> {
-    pub(super) fn of(key: &'a FullKey) -> Self {
-        let lock = key.as_str();
-        Self { lock, state: derived(lock, "state") }
-    }
+/// The waiting line of the lock `key`.
+pub(super) fn line(key: &str) -> String {
+    derived(key, "line")
 }
 
 /// The channel on which releases and hand-offs of `key` are announced.
@@ -159,6 +147,7 @@ fn tag_for_slot(slot: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::FullKey;
 
     #[test]
     fn crc16_matches_redis_cluster() {
@@ -182,25 +171,21 @@ mod tests {
     #[test]
     fn derived_names_share_the_lock_key_slot() {
         for key in ["app:user:42", "app:{user:42}:cart", "x", "app:é:1", "{t}", "a}b"] {
-            let full = FullKey::new("", key);
-            let family = Family::of(&full);
+            let line = line(key);
             assert!(shares_slot(key));
-            assert_eq!(slot(family.state.as_bytes()), slot(key.as_bytes()), "{key} / {}", family.state);
+            assert_eq!(slot(line.as_bytes()), slot(key.as_bytes()), "{key} / {line}");
             let channel = notice_channel(key);
             assert_eq!(slot(channel.as_bytes()), slot(key.as_bytes()), "{key} / {channel}");
-            assert!(family.state.starts_with(key) && channel.starts_with(key));
-            assert!(family.state.contains(RESERVED));
+            assert!(line.starts_with(key) && channel.starts_with(key));
+            assert!(line.contains(RESERVED));
         }
-        assert_eq!(
-            Family::of(&FullKey::new("app:", "{user:42}:cart")).state,
-            "app:{user:42}:cart#dlock:state"
-        );
+        assert_eq!(line(FullKey::new("app:", "{user:42}:cart").as_str()), "app:{user:42}:cart#dlock:line");
         assert!(!shares_slot("a{b") && !shares_slot("a{}b"));
     }
 
     #[test]
     fn lock_keys_may_not_contain_the_reserved_marker() {
         assert!(check("user:42").is_ok());
-        assert!(check("user:42#dlock:state").is_err());
+        assert!(check("user:42#dlock:line").is_err());
     }
 }

@@ -18,7 +18,6 @@ use redis::{Cmd, ErrorKind, FromRedisValue, IntoConnectionInfo, ServerErrorKind,
 
 use self::connection::Connections;
 use self::error::{redact, unexpected};
-use self::layout::Family;
 use self::scripts::{Lua, Scripts};
 use crate::backend::{
     BackendError, BoxFuture, FullKey, HANDOFF_LEASE, LockBackend, ReleaseOutcome, ReleaseWatch, TryAcquire,
@@ -39,13 +38,13 @@ const WAITING_LIFETIME: Duration = WAITER_RECHECK.saturating_mul(3);
 /// connection (a runtime that ends takes only its own with it); a connection that misses a
 /// call timeout is replaced.
 ///
-/// A lock is one Redis string, `<prefix><key>`, holding a random 128-bit owner token, with a
-/// `PX` expiry. Beside it, `<prefix><key>#dlock:state{…}` holds the key's last fencing token
-/// and its waiting line, and `<prefix><key>#dlock:notice{…}` is the channel on which releases
-/// and hand-offs are announced: all under the service's prefix and in the lock key's Redis
-/// Cluster slot (the README's "Redis requirements" has the details and an ACL recipe).
-/// Fencing tokens are `max(last + 1, Redis server time in µs)`, so they keep increasing
-/// across a Redis that lost its data.
+/// A lock is one Redis string, `<prefix><key>`, holding its fencing token and a random 128-bit
+/// owner token (`<token>:<owner>`), with a `PX` expiry. While processes wait for it,
+/// `<prefix><key>#dlock:line{…}` is their waiting line, and `<prefix><key>#dlock:notice{…}` is
+/// the channel on which releases and hand-offs are announced: all under the service's prefix
+/// and in the lock key's Redis Cluster slot (the README's "Redis requirements" has the details
+/// and an ACL recipe). Fencing tokens are the Redis server's time in µs (or the last token + 1),
+/// so they keep increasing across a Redis that lost its data.
 ///
 /// Processes waiting for a held key line up in Redis, and a release hands the key straight to
 /// the first one still waiting: first come, first served across processes, one round trip
@@ -198,15 +197,15 @@ impl RedisBackend {
         layout::notice_channel(key)
     }
 
-    /// The hash beside the lock `key` (the full key) that holds its last fencing token (field
-    /// `f`) and its waiting line.
+    /// The hash that holds the waiting line of the lock `key` (the full key) while processes
+    /// wait for it: one field per waiting process.
     ///
     /// ```
-    /// let state = dlock::RedisBackend::state_key("app:user:42");
-    /// assert!(state.starts_with("app:user:42#dlock:state"));
+    /// let line = dlock::RedisBackend::line_key("app:user:42");
+    /// assert!(line.starts_with("app:user:42#dlock:line"));
     /// ```
-    pub fn state_key(key: &str) -> String {
-        Family::of(&FullKey::new("", key)).state
+    pub fn line_key(key: &str) -> String {
+        layout::line(key)
     }
 
     /// Whether the server may evict dlock's keys: `maxmemory` is set and `maxmemory-policy` is
@@ -292,13 +291,16 @@ impl LockBackend for RedisBackend {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<TryAcquire, BackendError>> {
         Box::pin(async move {
-            let family = Family::of(key);
             // Join the waiting line only when a hand-off notice would be heard.
-            let queue = self.notifier.is_subscribed(|| layout::notice_channel(key));
+            let line = self.notifier.is_subscribed(|| layout::notice_channel(key)).then(|| layout::line(key));
+            let keys: &[&str] = match &line {
+                Some(line) => &[key.as_str(), line],
+                None => &[key.as_str()],
+            };
             let answer: Value = self
-                .eval("the acquire script", &self.scripts.acquire, &[family.lock, &family.state], |cmd| {
-                    cmd.arg(owner).arg(millis(ttl)).arg(millis(ttl.max(WAITING_LIFETIME)));
-                    if queue {
+                .eval("the acquire script", &self.scripts.acquire, keys, |cmd| {
+                    cmd.arg(owner).arg(millis(ttl));
+                    if line.is_some() {
                         cmd.arg(millis(WAITING_LIFETIME)).arg(millis(ttl.min(HANDOFF_LEASE)));
                     }
                 })
@@ -326,9 +328,9 @@ impl LockBackend for RedisBackend {
         owner: &'a str,
     ) -> BoxFuture<'a, Result<ReleaseOutcome, BackendError>> {
         Box::pin(async move {
-            let family = Family::of(key);
+            let line = layout::line(key);
             let outcome: i64 = self
-                .eval("the release script", &self.scripts.release, &[family.lock, &family.state], |cmd| {
+                .eval("the release script", &self.scripts.release, &[key.as_str(), &line], |cmd| {
                     cmd.arg(owner);
                 })
                 .await?;

@@ -5,20 +5,24 @@
 //! free; the release found nobody waiting) each answers one integer: parsing a reply is a
 //! large part of a client's cost per call, and an array costs several times an integer.
 //!
-//! Every key a script touches is passed in `KEYS` (`KEYS[1]` the lock, `KEYS[2]` its state
-//! hash; see [`layout`](super::layout)), so ACLs check them and Redis Cluster routes them.
-//! The notice channel is derived from the state hash's name inside the script.
+//! Every key a script touches is passed in `KEYS` (`KEYS[1]` the lock, `KEYS[2]` its waiting
+//! line; see [`layout`](super::layout)), so ACLs check them and Redis Cluster routes them.
+//! The notice channel is derived from the line's name inside the script.
 //!
-//! **Fencing tokens** are `max(last token + 1, server time in µs)`: a counter that Redis lost
-//! (a restart without persistence, a failover to a replica that missed it, eviction) is reborn
-//! above every token it handed out, as long as the server clock has not gone back since then
-//! and tokens were drawn less than once per µs on average (one key cannot be locked that
-//! often). The last token lives in the state hash, which expires with the lock.
+//! **Fencing tokens** are the Redis server's time in µs when drawn, or the lock's last token
+//! plus one if that is greater (a hand-off, or a re-acquisition, drawn within the same µs). The
+//! lock's value carries its token (`<token>:<owner>`), so nothing else is stored and nothing
+//! piles up; a lock Redis lost (a restart without persistence, a failover to a replica that
+//! missed it, eviction) gets, from its next holder, a token above every token it handed out —
+//! as long as the server clock has not gone back since then (each token is drawn by a script
+//! of its own, and Redis runs scripts one at a time, each taking well over a µs).
 //!
-//! **Refusals change nothing.** Each script reads first and writes last, and its first write
-//! is one that Redis may refuse (`OOM`, `NOPERM`) without harm: Redis refuses an `OOM` only at
-//! a script's first write. A release that would publish checks first that the user may
-//! (`redis.acl_check_cmd`, Redis ≥ 7), so it never hands a key over without telling.
+//! **Refusals change nothing.** Each script's first write is one that Redis may refuse
+//! (`OOM`, `NOPERM`) without harm: the acquire script's is the `SET … NX` that takes the lock,
+//! and Redis refuses an `OOM` only at a script's first write; the keys are all declared, so
+//! key permissions are checked before it runs. A release that would publish checks first that
+//! the user may (`redis.acl_check_cmd`, Redis ≥ 7), so it never hands a key over without
+//! telling.
 
 use std::sync::OnceLock;
 
@@ -73,45 +77,48 @@ impl Scripts {
 /// Take the lock if free and draw a fencing token; otherwise report the holder's time left,
 /// and, when asked to, put the owner in the waiting line.
 ///
-/// `ARGV[1]` owner token, `ARGV[2]` ttl (ms), `ARGV[3]` how long (ms) the state hash is kept
-/// after an acquisition (at least the ttl and the waiting lifetime); and only to queue the
-/// owner if the lock is held (left out when it could not hear a hand-off: every argument
-/// costs Redis time on every call), `ARGV[4]` how long (ms) to keep it in line and `ARGV[5]`
-/// the lease (ms) a hand-off gives it (its ttl, capped at `HANDOFF_LEASE`).
+/// `KEYS[1]` the lock; `KEYS[2]`, the waiting line, only when the owner is to join it (left out
+/// when it could not hear a hand-off: every key and argument costs Redis time on every call).
+/// `ARGV[1]` owner token, `ARGV[2]` ttl (ms); with the line, `ARGV[3]` how long (ms) to keep the
+/// owner in it and `ARGV[4]` the lease (ms) a hand-off gives it (its ttl, capped at
+/// `HANDOFF_LEASE`).
 ///
-/// Returns the fencing token when acquired; when held, `{pttl}` (`pttl` < 0: unknown), or
-/// `{pttl, newest token}` if the owner is now in line (the newest token drawn so far tells a
-/// later hand-off from a stale one).
+/// The lock's value is `<fencing token>:<owner>`. Returns the fencing token when acquired;
+/// when held, `{pttl}` (`pttl` < 0: unknown), or `{pttl, holder's token}` if the owner is now in
+/// line (the newest token drawn so far tells a later hand-off from a stale one).
 ///
 /// A lock already handed to this owner by a release (it asked again before hearing the
 /// notice) counts as acquired, with a fresh lease and token. A waiting owner keeps its place
 /// (its arrival time) when it asks again.
 const ACQUIRE: &str = r"
-local holder = redis.call('GET', KEYS[1])
-if not holder or holder == ARGV[1] then
-  local now = redis.call('TIME')
-  local last = tonumber(redis.call('HGET', KEYS[2], 'f') or '0')
-  local token = math.max(last + 1, tonumber(now[1]) * 1000000 + tonumber(now[2]))
-  redis.call('HSET', KEYS[2], 'f', string.format('%d', token))
-  if ARGV[4] then
+local now = redis.call('TIME')
+local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+if redis.call('SET', KEYS[1], string.format('%d', now_us) .. ':' .. ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if KEYS[2] then
     redis.call('HDEL', KEYS[2], ARGV[1])
   end
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return now_us
+end
+local held = redis.call('GET', KEYS[1])
+local sep = held and string.find(held, ':', 1, true)
+local last = sep and tonumber(string.sub(held, 1, sep - 1)) or 0
+if sep and string.sub(held, sep + 1) == ARGV[1] then
+  local token = math.max(last + 1, now_us)
+  redis.call('SET', KEYS[1], string.format('%d', token) .. ':' .. ARGV[1], 'PX', ARGV[2])
+  if KEYS[2] then
+    redis.call('HDEL', KEYS[2], ARGV[1])
+  end
   return token
 end
-if not ARGV[4] then
+if not KEYS[2] then
   return {redis.call('PTTL', KEYS[1])}
 end
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now_ms = math.floor(now_us / 1000)
 local place = redis.call('HGET', KEYS[2], ARGV[1])
-local arrived = place and string.match(place, '^(%d+):') or string.format('%d', tonumber(now[1]) * 1000000 + tonumber(now[2]))
-redis.call('HSET', KEYS[2], ARGV[1], arrived .. ':' .. string.format('%d', now_ms + tonumber(ARGV[4])) .. ':' .. ARGV[5])
-if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[4]) then
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
-end
-return {redis.call('PTTL', KEYS[1]), tonumber(redis.call('HGET', KEYS[2], 'f') or '0')}
+local arrived = place and string.match(place, '^(%d+):') or string.format('%d', now_us)
+redis.call('HSET', KEYS[2], ARGV[1], arrived .. ':' .. string.format('%d', now_ms + tonumber(ARGV[3])) .. ':' .. ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return {redis.call('PTTL', KEYS[1]), last}
 ";
 
 /// Free the lock if `ARGV[1]` owns it and hand it to the first other process still waiting
@@ -121,45 +128,45 @@ return {redis.call('PTTL', KEYS[1]), tonumber(redis.call('HGET', KEYS[2], 'f') o
 /// every process that waits and can hear notices is in line. An owner that does not hold the
 /// lock leaves the waiting line instead; one that does leaves it too.
 ///
-/// Returns 0 when the lock was not (any more) this owner's; 1 when it was freed and nobody
-/// was told; 2 when it was handed over, or freed with a notice that some process received.
+/// `KEYS[1]` the lock, `KEYS[2]` its waiting line (the channel is named after it). Returns 0
+/// when the lock was not (any more) this owner's; 1 when it was freed and nobody was told; 2
+/// when it was handed over, or freed with a notice that some process received.
 const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+local held = redis.call('GET', KEYS[1])
+local sep = held and string.find(held, ':', 1, true)
+if not sep or string.sub(held, sep + 1) ~= ARGV[1] then
   redis.call('HDEL', KEYS[2], ARGV[1])
   return 0
 end
-if redis.call('HLEN', KEYS[2]) <= 1 then
+if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('DEL', KEYS[1])
   return 1
 end
-local channel = KEYS[1] .. '#dlock:notice' .. string.sub(KEYS[2], string.len(KEYS[1]) + 13)
+local channel = KEYS[1] .. '#dlock:notice' .. string.sub(KEYS[2], string.len(KEYS[1]) + 12)
 if redis.acl_check_cmd and not redis.acl_check_cmd('PUBLISH', channel, 'r') then
   return redis.error_reply('NOPERM this user may not PUBLISH on ' .. channel .. ', where dlock hands locks over')
 end
 local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local now_ms = math.floor(now_us / 1000)
 local fields = redis.call('HGETALL', KEYS[2])
 local gone, next_owner, next_arrived, next_lease = {}, nil, nil, nil
 for i = 1, #fields, 2 do
   local owner = fields[i]
-  if owner ~= 'f' then
-    local arrived, until_ms, lease = string.match(fields[i + 1], '^(%d+):(%d+):(%d+)$')
-    if owner == ARGV[1] or not until_ms or tonumber(until_ms) < now_ms then
-      gone[#gone + 1] = owner
-    elseif not next_owner or tonumber(arrived) < next_arrived then
-      next_owner, next_arrived, next_lease = owner, tonumber(arrived), lease
-    end
+  local arrived, until_ms, lease = string.match(fields[i + 1], '^(%d+):(%d+):(%d+)$')
+  if owner == ARGV[1] or not until_ms or tonumber(until_ms) < now_ms then
+    gone[#gone + 1] = owner
+  elseif not next_owner or tonumber(arrived) < next_arrived then
+    next_owner, next_arrived, next_lease = owner, tonumber(arrived), lease
   end
 end
 if #gone > 0 then
   redis.call('HDEL', KEYS[2], unpack(gone))
 end
 if next_owner then
-  local last = tonumber(redis.call('HGET', KEYS[2], 'f') or '0')
-  local token = math.max(last + 1, tonumber(now[1]) * 1000000 + tonumber(now[2]))
-  redis.call('HSET', KEYS[2], 'f', string.format('%d', token))
+  local token = math.max(tonumber(string.sub(held, 1, sep - 1)) + 1, now_us)
+  redis.call('SET', KEYS[1], string.format('%d', token) .. ':' .. next_owner, 'PX', next_lease)
   redis.call('HDEL', KEYS[2], next_owner)
-  redis.call('SET', KEYS[1], next_owner, 'PX', next_lease)
   redis.call('PUBLISH', channel, string.format('g:%d:%s', token, next_owner))
   return 2
 end
@@ -172,7 +179,9 @@ return 1
 
 /// Extend the lease to `ARGV[2]` ms if `ARGV[1]` owns the lock. Returns 1 or 0.
 const RENEW: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local held = redis.call('GET', KEYS[1])
+local sep = held and string.find(held, ':', 1, true)
+if sep and string.sub(held, sep + 1) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
