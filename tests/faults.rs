@@ -704,3 +704,43 @@ async fn a_reentrant_body_waits_for_its_turn_at_most_its_wait() {
     outer(Arc::clone(&log)).await.expect("outer");
     assert_eq!(*log.lock().unwrap_or_else(PoisonError::into_inner), ["slow"], "only one body ran");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A process frozen while it holds a lock (a GC pause, SIGSTOP).
+
+/// The process is frozen past its lease while the body waits on a timer; when it runs again,
+/// both the body's timer and the lease's deadline have passed. The body must not run on —
+/// not even to its next `.await` — because the lease has ended: it is dropped first. (Found
+/// by dlock-check: the attribute polled the body before the lease, so a resumed body made one
+/// more write after its lease had ended.)
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_body_resumed_after_its_lease_ended_does_not_run_on() {
+    const SVC: &str = "faults:frozen";
+    static WRITES: Mutex<Vec<tokio::time::Instant>> = Mutex::new(Vec::new());
+
+    #[distributed_lock(key = "frozen", service = SVC, ttl = "100ms", renew = false)]
+    async fn writer() -> Result<(), Error> {
+        loop {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            WRITES.lock().unwrap_or_else(PoisonError::into_inner).push(tokio::time::Instant::now());
+        }
+    }
+
+    dlock::register(SVC, LockService::new(MemoryBackend::new())).expect("register");
+    let started = tokio::time::Instant::now();
+    let call = tokio::spawn(writer());
+    // Let the body write once, then freeze the whole process for 200 ms in one step: when it
+    // runs again, its timer and its lease's deadline have both passed.
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    tokio::time::advance(Duration::from_millis(200)).await;
+    let outcome = call.await.expect("join");
+    assert!(matches!(outcome, Err(Error::Lost { .. })), "{outcome:?}");
+    let deadline = started + Duration::from_millis(100);
+    let writes = WRITES.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    assert!(!writes.is_empty(), "the body wrote while it held the lock");
+    assert!(
+        writes.iter().all(|&at| at < deadline),
+        "the body wrote {:?} after its lease had ended",
+        writes.iter().filter(|&&at| at >= deadline).map(|&at| at - started).collect::<Vec<_>>()
+    );
+}

@@ -26,8 +26,10 @@ pub fn request(service: Option<&'static str>, keys: Vec<String>) -> LockRequest 
 /// Acquire per `request`, run `body` while held, release; a lock error becomes `R`'s error.
 ///
 /// The body is dropped (cancelled at its current `.await`) if the lease is lost, and the call
-/// returns `Error::Lost`. If the body finishes, its result is returned even if the lease was
-/// lost at the same instant: its effects happened, and retrying could repeat them.
+/// returns `Error::Lost`; the lease is checked before the body is polled, so a body is never
+/// resumed once its lease has ended. If the body finishes while the lease holds, its result is
+/// returned even if the lease is lost right after: its effects happened, and retrying could
+/// repeat them.
 ///
 /// The body comes boxed: an annotated call nested in another's body then adds its own state
 /// to the outer future once, instead of once per layer of wrapping (a future passed by value
@@ -53,10 +55,13 @@ where
                 Err(error) => return lock_error(error),
             };
             let body = guard.scoped(body);
+            // The lease is looked at before the body at every wake-up: a process that was
+            // frozen past its lease (a GC pause, SIGSTOP) must not run the body on to its next
+            // `.await` — its next write — once the lease has ended.
             tokio::select! {
                 biased;
-                result = body => Ok(result),
                 reason = guard.lost() => Err(reason),
+                result = body => Ok(result),
             }
         }
     };

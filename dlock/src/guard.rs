@@ -201,8 +201,11 @@ impl LockGuard {
     /// # async fn do_the_work() {}
     /// let guard = service.lock("job:nightly").await?;
     /// tokio::select! {
-    ///     () = do_the_work() => {}
+    ///     // `biased`, the loss first: the work is never resumed once the lease has ended
+    ///     // (say, after the process was frozen past it).
+    ///     biased;
     ///     reason = guard.lost() => eprintln!("stopped: lock lost ({reason})"),
+    ///     () = do_the_work() => {}
     /// }
     /// guard.release().await?;
     /// # Ok(()) }
