@@ -1,0 +1,8 @@
+//! `dlock-check`: a fault-injecting safety checker for dlock (being built: see README.md).
+
+
+pub mod clock;
+pub mod history;
+pub mod registers;
+pub mod schedule;
+
