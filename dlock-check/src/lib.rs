@@ -1,8 +1,9 @@
 //! `dlock-check`: a fault-injecting safety checker for dlock (being built: see README.md).
 
-
+pub mod backends;
 pub mod clock;
 pub mod history;
 pub mod registers;
 pub mod schedule;
-
+pub mod worker;
+pub mod workload;
