@@ -1,5 +1,6 @@
 //! `dlock-check`: a fault-injecting safety checker for dlock (being built: see README.md).
 
+pub mod analysis;
 pub mod backends;
 pub mod clock;
 pub mod history;
