@@ -80,14 +80,12 @@ pub struct CheckArgs {
     #[arg(long, value_parser = duration)]
     pub long_think: Option<Duration>,
 
-    /// The faults, in order, comma-separated: kill-worker, pause-worker[:D], pause-server[:D],
-    /// drop-key, partition[:D], latency[:DELAY[:D]], restart-server[:DOWN], blackhole. Faults
-    /// that leave lasting damage (a restart resets the fencing counter; a black hole may leave
-    /// clients stuck) come last by default, so they do not spoil the windows of the others.
+    /// The fault schedule (see `--help`).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "kill-worker,pause-worker,pause-server,drop-key,partition,latency,restart-server,blackhole"
+        default_value = "kill-worker,pause-worker,pause-server,drop-key,partition,latency,restart-server,blackhole",
+        help = "The faults, in order, comma-separated: kill-worker, pause-worker[:D], pause-server[:D], drop-key, partition[:D], latency[:DELAY[:D]], restart-server[:DOWN], blackhole. Faults that leave lasting damage come last by default"
     )]
     pub faults: Vec<FaultSpec>,
 
@@ -123,7 +121,7 @@ pub struct CheckArgs {
     #[arg(long, default_value = "2s", value_parser = duration)]
     pub call_timeout: Duration,
 
-    /// Where the history and the report go [default: target/dlock-check/run-<unix time>].
+    /// Where the history and the report go [default: target/dlock-check/run-UNIXTIME].
     #[arg(long)]
     pub out: Option<PathBuf>,
 

@@ -101,7 +101,8 @@ pub(crate) async fn apply(lab: &mut Lab, spec: &FaultSpec) -> anyhow::Result<Fau
             ));
         }
         FaultKind::DropKey => {
-            // A long section still has a renewal ahead: the holder can be told Lost in time.
+            // A holder with a renewal ahead can be told Lost in time; one that finishes before
+            // its next renewal cannot learn of the loss at all (dlock's documented limit).
             let holder = find_holder(lab, Aim::LongHolder).await;
             let key = match &holder {
                 Some(h) => h.key.clone(),
@@ -168,7 +169,8 @@ pub(crate) async fn apply(lab: &mut Lab, spec: &FaultSpec) -> anyhow::Result<Fau
 enum Aim {
     /// One in a worker process (in-process workers cannot be signalled).
     ProcessHolder,
-    /// One in a long section, if one turns up in time (else any).
+    /// One in a long section with at least one renewal still ahead of it, if one turns up in
+    /// time (else any).
     LongHolder,
 }
 
@@ -186,7 +188,12 @@ async fn find_holder(lab: &mut Lab, aim: Aim) -> Option<Holding> {
             .filter(|h| alive.contains(&h.worker) && now - h.since >= 1_000_000)
             .filter(|h| aim != Aim::ProcessHolder || lab.live.pid(h.worker).is_some())
             .collect();
-        let long: Vec<&&Holding> = holders.iter().filter(|h| h.long).collect();
+        // A renewal every ttl/3, and one may be on the wire as the fault lands: with 0.8 ttl
+        // left, the holder sends one more after the fault.
+        let workload = &lab.config.workload;
+        let latest_start = duration_ns(workload.long_think) - duration_ns(workload.ttl.mul_f64(0.8));
+        let long: Vec<&&Holding> =
+            holders.iter().filter(|h| h.long && now - h.since <= latest_start).collect();
         let out_of_time = tokio::time::Instant::now() >= deadline;
         match aim {
             Aim::LongHolder if !long.is_empty() => {
@@ -212,6 +219,10 @@ fn aim(lab: &Lab, holder: Option<&Holding>) -> anyhow::Result<WorkerId> {
         Some(h) => Ok(h.worker),
         None => lab.alive().map(|w| w.id).next().context("no live worker to aim at"),
     }
+}
+
+fn duration_ns(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
 fn since_ms(h: &Holding, at: &Stamp) -> f64 {

@@ -10,7 +10,7 @@
 //!
 //! The parts, in the order a run uses them: [`cli`] → [`coordinator`] (with [`servers`],
 //! [`netns`], [`proxy`]) starts [`worker`]s, which run the [`workload`] over [`backends`] and
-//! [`registers`] and write [`history`] (timestamped by [`clock`]); [`faults`] applies the
+//! [`registers`] and write [`history`] (timestamped by [`clock`]); `faults` applies the
 //! [`schedule`], aimed by the [`live`] view; [`analysis`] checks the history, [`report`] and
 //! [`svg`] show it.
 

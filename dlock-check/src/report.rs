@@ -202,6 +202,9 @@ pub fn markdown_table(analysis: &Analysis) -> String {
 /// The table, the notes, and the violations (the first 50), as printed at the end of a run.
 pub fn text_report(analysis: &Analysis) -> String {
     let mut out = text_table(analysis);
+    for row in analysis.rows.iter().filter(|r| r.note.is_some()) {
+        let _ = writeln!(out, "{}: {}", row.label, row.note.as_deref().unwrap_or_default());
+    }
     for note in &analysis.notes {
         let _ = writeln!(out, "note: {note}");
     }
