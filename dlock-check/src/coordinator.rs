@@ -132,9 +132,17 @@ enum WorkerHandle {
 
 impl Drop for WorkerProc {
     fn drop(&mut self) {
-        if let WorkerHandle::Process { child, .. } = &mut self.handle {
-            let _ = child.kill();
-            let _ = child.wait();
+        match &mut self.handle {
+            WorkerHandle::Process { child, .. } => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            WorkerHandle::InProcess { stop, task } => {
+                stop.send_replace(true);
+                if let Some(task) = task.take() {
+                    task.abort();
+                }
+            }
         }
     }
 }
@@ -410,7 +418,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
             lab.server = Some(Arc::new(Mutex::new(server)));
             Some(addr)
         }
-        BackendChoice::Url(url) => Some(socket_addr_of(url)?),
+        BackendChoice::Url(url) => {
+            let needs_proxy = applied(FaultKind::Partition)
+                || FaultKind::ALL.iter().any(|k| k.needs_proxy() && applied(*k));
+            if needs_proxy { Some(socket_addr_of(url)?) } else { None }
+        }
     };
     if !config.backend.in_process() {
         lab.say("starting the store's redis-server");

@@ -87,15 +87,17 @@ pub fn timeline(history: &History, analysis: &Analysis, key: &str) -> String {
 /// Overlaps that are violations, as (from, to) in wall ns.
 fn overlap_spans(sections: &[&Section], analysis: &Analysis) -> Vec<(i64, i64)> {
     let mut spans = Vec::new();
-    for (j, later) in sections.iter().enumerate() {
-        for earlier in &sections[..j] {
-            if earlier.end > later.enter
-                && analysis.offending.contains(&(earlier.worker, earlier.op))
+    let mut running: Vec<&Section> = Vec::new();
+    for later in sections {
+        running.retain(|earlier| earlier.end > later.enter);
+        for earlier in &running {
+            if analysis.offending.contains(&(earlier.worker, earlier.op))
                 && analysis.offending.contains(&(later.worker, later.op))
             {
                 spans.push((later.enter, earlier.end.min(later.end)));
             }
         }
+        running.push(later);
     }
     spans
 }

@@ -347,12 +347,12 @@ pub fn analyse(history: &History) -> Analysis {
     }
     for (key, list) in &mut by_key {
         list.sort_by_key(|s| (s.enter, s.worker, s.op));
-        // Overlaps: every earlier section still running when a later one entered.
-        for (j, later) in list.iter().enumerate() {
-            for earlier in &list[..j] {
-                if earlier.end <= later.enter {
-                    continue;
-                }
+        // Overlaps: every earlier section still running when a later one entered. `running`
+        // holds the sections entered so far that had not ended at the latest entry.
+        let mut running: Vec<&Section> = Vec::new();
+        for later in list.iter() {
+            running.retain(|earlier| earlier.end > later.enter);
+            for earlier in &running {
                 let row = windows.row_of(later.enter);
                 let class = classify(earlier, later);
                 let detail = format!(
@@ -395,6 +395,7 @@ pub fn analyse(history: &History) -> Analysis {
                     }
                 }
             }
+            running.push(later);
         }
         // Token order: each token greater than the one of the section entered before it —
         // where that order is certain: the earlier one entered before the later one's granting
