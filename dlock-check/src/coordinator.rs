@@ -36,8 +36,8 @@ use crate::workload::{self, WorkerContext, Workload};
 pub enum BackendChoice {
     /// The in-process `MemoryBackend`: every worker in the checker's own process.
     Memory,
-    /// A private `redis-server` the checker starts (and may fault).
-    ManagedRedis,
+    /// A server the checker starts (and may fault): today a private `redis-server`.
+    Managed(ServerKind),
     /// A Redis the user runs: only faults on the workers' side apply.
     Url(String),
 }
@@ -47,7 +47,7 @@ impl BackendChoice {
     pub fn parse(text: &str) -> Result<Self, String> {
         match text {
             "memory" => Ok(Self::Memory),
-            "redis" => Ok(Self::ManagedRedis),
+            "redis" => Ok(Self::Managed(ServerKind::Redis)),
             url if url.starts_with("redis://") || url.starts_with("rediss://") => {
                 Ok(Self::Url(url.to_owned()))
             }
@@ -66,7 +66,7 @@ impl fmt::Display for BackendChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Memory => f.write_str("memory"),
-            Self::ManagedRedis => f.write_str("redis (private redis-server)"),
+            Self::Managed(kind) => write!(f, "{kind} (started by dlock-check)"),
             Self::Url(url) => f.write_str(&redact(url)),
         }
     }
@@ -309,8 +309,8 @@ impl Lab {
         let direct = match (&self.config.backend, &self.server) {
             (BackendChoice::Memory, _) => return "memory".into(),
             (BackendChoice::Url(url), _) => url.clone(),
-            (BackendChoice::ManagedRedis, Some(server)) => lock(server).url(),
-            (BackendChoice::ManagedRedis, None) => return "memory".into(),
+            (BackendChoice::Managed(_), Some(server)) => lock(server).url(),
+            (BackendChoice::Managed(_), None) => return "memory".into(),
         };
         let Some(proxy) = &self.proxy else { return direct };
         let host: IpAddr = match &self.namespaces {
@@ -408,9 +408,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
             lab.memory = Some((connected, Registers::memory()));
             None
         }
-        BackendChoice::ManagedRedis => {
-            lab.say("starting the backend's redis-server");
-            let server = servers::start(ServerKind::Redis, &servers_dir, "backend")?;
+        BackendChoice::Managed(kind) => {
+            lab.say(format!("starting the backend's {kind}"));
+            let server = servers::start(*kind, &servers_dir, "backend")?;
             let addr = server.addr();
             let forcer = backends::forcer_for(&server.url(), config.call_timeout)?;
             forcer.ready().await.map_err(anyhow::Error::msg)?;

@@ -45,10 +45,19 @@ pub trait ManagedServer: Send + Sync + fmt::Debug {
 }
 
 /// The kinds of server the checker can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ServerKind {
     /// A single `redis-server`, without persistence.
     Redis,
+}
+
+impl fmt::Display for ServerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Redis => "redis-server",
+        })
+    }
 }
 
 /// Start a server of `kind`, its files under `dir`.

@@ -27,6 +27,8 @@ struct Panel {
     title: String,
     from: i64,
     to: i64,
+    /// The whole run: faults are labelled by their number only.
+    overview: bool,
 }
 
 /// The SVG timeline of `key`.
@@ -37,7 +39,8 @@ pub fn timeline(history: &History, analysis: &Analysis, key: &str) -> String {
     let ttl = i64::try_from(history.ttl.as_nanos()).unwrap_or(i64::MAX / 4);
     let (start, end) = (history.run_start.wall, history.run_end.wall.max(history.run_start.wall + 1));
 
-    let mut panels = vec![Panel { title: "whole run".into(), from: start, to: end }];
+    let mut panels =
+        vec![Panel { title: "whole run (faults by number)".into(), from: start, to: end, overview: true }];
     for (i, fault) in history.faults.iter().enumerate() {
         if fault.skipped.is_some() {
             continue;
@@ -45,7 +48,12 @@ pub fn timeline(history: &History, analysis: &Analysis, key: &str) -> String {
         let recovery = analysis.rows.get(i + 1).and_then(|r| r.recovery_ms).map_or(0, |ms| (ms * 1e6) as i64);
         let from = (fault.start.wall - ttl * 3 / 2).max(start);
         let to = (fault.end.wall + recovery.max(ttl) + ttl * 3 / 2).min(end);
-        panels.push(Panel { title: fault.label.clone(), from, to: to.max(from + 1) });
+        panels.push(Panel {
+            title: format!("#{} {}", i + 1, fault.label),
+            from,
+            to: to.max(from + 1),
+            overview: false,
+        });
     }
 
     let panel_height = 22.0 + workers.len() as f64 * (ROW + GAP) + 16.0 + 24.0;
@@ -131,10 +139,11 @@ fn draw_panel(
         rows_h + 16.0
     );
     // Faults.
-    for fault in history.faults.iter().filter(|f| f.skipped.is_none()) {
+    for (number, fault) in history.faults.iter().enumerate().filter(|(_, f)| f.skipped.is_none()) {
         if fault.end.wall < panel.from || fault.start.wall > panel.to {
             continue;
         }
+        let label = if panel.overview { format!("#{}", number + 1) } else { fault.label.clone() };
         let (x0, x1) = (x(fault.start.wall.max(panel.from)), x(fault.end.wall.min(panel.to)));
         let w = (x1 - x0).max(2.0);
         let _ = writeln!(
@@ -148,7 +157,7 @@ fn draw_panel(
             r##"<text x="{:.1}" y="{:.1}" fill="#a0522d" font-size="10">{}</text>"##,
             x0 + 2.0,
             rows_top + 9.0,
-            escape(&fault.label)
+            escape(&label)
         );
     }
     // Overlap spans behind the bars.
@@ -315,4 +324,61 @@ fn legend(svg: &mut String, y: f64) {
 
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::analysis::{WorkerHistory, analyse};
+    use crate::clock::Stamp;
+    use crate::history::{CallKind, CallResult, Event, Mode};
+
+    fn at(ms: i64) -> Stamp {
+        Stamp::at_wall(1_000_000_000_000 + ms * 1_000_000)
+    }
+
+    /// Worker `w` holds `key` from `enter` to `end` with `token`, finishing Ok.
+    fn worker(w: u32, key: &str, token: u64, enter: i64, end: i64) -> WorkerHistory {
+        let events = vec![
+            Event::Invoke { op: 0, task: 0, key: key.into(), mode: Mode::Manual, long: false, at: at(enter) },
+            Event::Call {
+                key: key.into(),
+                owner: format!("o{w}"),
+                call: CallKind::Acquire,
+                ttl_ms: Some(1000),
+                sent: at(enter),
+                returned: at(enter),
+                result: CallResult::Acquired { token },
+            },
+            Event::Enter { op: 0, token, at: at(enter) },
+            Event::BodyEnd { op: 0, at: at(end) },
+            Event::Done { op: 0, outcome: Outcome::Ok, at: at(end) },
+        ];
+        WorkerHistory { worker: w, started: Some(at(0)), killed: None, exited: None, events }
+    }
+
+    #[test]
+    fn a_timeline_shows_every_section_and_marks_an_overlap() {
+        let key = "k&<1>";
+        let history = History {
+            run_start: at(0),
+            run_end: at(1000),
+            ttl: Duration::from_secs(1),
+            recovery_bound: Duration::from_secs(2),
+            keys: vec![key.into()],
+            workers: vec![worker(0, key, 1, 100, 600), worker(1, key, 2, 300, 400)],
+            faults: vec![],
+            store: BTreeMap::new(),
+        };
+        let analysis = analyse(&history);
+        let svg = timeline(&history, &analysis, key);
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
+        assert!(svg.contains("key k&amp;&lt;1&gt;"), "the key is escaped");
+        assert_eq!(svg.matches("<title>w").count(), 2, "one bar per section");
+        assert!(svg.contains(&format!(r#"fill="{BAD}" opacity="0.25""#)), "the overlap is shaded");
+        assert_eq!(svg.matches(&format!(r#"stroke="{BAD}""#)).count(), 2, "both holders are outlined");
+    }
 }

@@ -12,6 +12,7 @@ use dlock_check::analysis::{Analysis, ViolationKind};
 use dlock_check::backends::Plant;
 use dlock_check::coordinator::{BackendChoice, RunConfig};
 use dlock_check::schedule::{FaultKind, FaultSpec};
+use dlock_check::servers::ServerKind;
 use dlock_check::workload::{ModeChoice, Workload};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -88,7 +89,7 @@ async fn memory_backend_has_no_violations() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_short_schedule_has_no_violations() {
     let _turn = SERIAL.lock().await;
-    let mut config = config("redis", BackendChoice::ManagedRedis);
+    let mut config = config("redis", BackendChoice::Managed(ServerKind::Redis));
     config.baseline = Duration::from_secs(1);
     // The faults today's dlock survives: not pause-worker (a frozen attribute body takes one
     // more step on resume), restart-server (the fencing counter restarts) or blackhole (a
@@ -148,7 +149,7 @@ async fn a_release_without_owner_check_is_caught() {
     // A short wait: many waiters give up while in Redis' waiting line, and leaving the line
     // is a release by an owner that does not hold the key.
     let contended = |name: &str, plant: Option<Plant>| {
-        let mut config = config(name, BackendChoice::ManagedRedis);
+        let mut config = config(name, BackendChoice::Managed(ServerKind::Redis));
         config.workload.keys = vec!["a".into()];
         config.workload.wait = Duration::from_millis(100);
         config.workload.long_every = 0;
