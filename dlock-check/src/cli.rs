@@ -25,6 +25,11 @@ pub struct Cli {
 /// Sub-commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Check a recorded run again and rewrite its report (its directory: `--out` of the run).
+    Recheck {
+        /// The run's directory (holds `run.json` and `history/`).
+        dir: PathBuf,
+    },
     /// Run as a worker process (started by the checker itself).
     #[command(hide = true)]
     Worker {

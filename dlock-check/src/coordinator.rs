@@ -114,6 +114,44 @@ pub struct RunOutput {
     pub history: History,
 }
 
+/// What `run.json` holds: everything about a run but the events, which stay in
+/// `history/worker-<id>.jsonl`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Recorded {
+    run_id: String,
+    config: RunConfig,
+    history: History,
+}
+
+impl RunOutput {
+    /// Write `run.json` into the run's directory, so the history can be checked again later.
+    fn save(&self, config: &RunConfig) -> anyhow::Result<()> {
+        let mut history = self.history.clone();
+        for worker in &mut history.workers {
+            worker.events.clear();
+        }
+        let recorded = Recorded { run_id: self.run_id.clone(), config: config.clone(), history };
+        let path = config.out_dir.join("run.json");
+        std::fs::write(&path, serde_json::to_vec(&recorded)?)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// A run recorded in `dir` (its `run.json` and `history/`), and how it was configured.
+    pub fn load(dir: &std::path::Path) -> anyhow::Result<(Self, RunConfig)> {
+        let path = dir.join("run.json");
+        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let mut recorded: Recorded = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not a dlock-check run", path.display()))?;
+        for worker in &mut recorded.history.workers {
+            worker.events =
+                history::read_all(&dir.join("history").join(format!("worker-{}.jsonl", worker.worker)));
+        }
+        let mut config = recorded.config;
+        config.out_dir = dir.to_path_buf();
+        Ok((Self { run_id: recorded.run_id, history: recorded.history }, config))
+    }
+}
+
 /// A worker the coordinator started.
 pub(crate) struct WorkerProc {
     pub(crate) id: WorkerId,
@@ -510,7 +548,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
         faults: records,
         store,
     };
-    Ok(RunOutput { run_id, history })
+    let output = RunOutput { run_id, history };
+    output.save(&config)?;
+    Ok(output)
 }
 
 /// Wait until every worker has entered a section (at most 15 s), so faults hit a running

@@ -49,7 +49,18 @@ pub struct Checked {
 /// Run `config`, check the history and write the report.
 pub async fn check(config: RunConfig) -> anyhow::Result<Checked> {
     let run = coordinator::run(config.clone()).await?;
+    judge(run, &config)
+}
+
+/// Check the run recorded in `dir` again (after a change to the checker, say) and rewrite its
+/// report.
+pub fn recheck(dir: &std::path::Path) -> anyhow::Result<Checked> {
+    let (run, config) = RunOutput::load(dir)?;
+    judge(run, &config)
+}
+
+fn judge(run: RunOutput, config: &RunConfig) -> anyhow::Result<Checked> {
     let analysis = analysis::analyse(&run.history);
-    let written = report::write(&config.out_dir, &run.run_id, &config, &run.history, &analysis)?;
+    let written = report::write(&config.out_dir, &run.run_id, config, &run.history, &analysis)?;
     Ok(Checked { run, analysis, written })
 }

@@ -8,8 +8,18 @@ use dlock_check::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Worker { spec }) = &cli.command {
-        return dlock_check::worker::main(spec);
+    match &cli.command {
+        Some(Command::Worker { spec }) => return dlock_check::worker::main(spec),
+        Some(Command::Recheck { dir }) => {
+            return match dlock_check::recheck(dir) {
+                Ok(checked) => finish(&checked),
+                Err(err) => {
+                    eprintln!("dlock-check: {err:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        None => {}
     }
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
@@ -32,7 +42,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let out_dir = config.out_dir.clone();
     let outcome = runtime.block_on(async {
         tokio::select! {
             checked = dlock_check::check(config) => Some(checked),
@@ -50,18 +59,20 @@ fn main() -> ExitCode {
             eprintln!("dlock-check: {err:#}");
             ExitCode::from(2)
         }
-        Some(Ok(checked)) => {
-            print!("{}", dlock_check::report::text_report(&checked.analysis));
-            println!(
-                "\nreport: {} (and report.txt, report.md, timeline-*.svg, history/)",
-                checked.written.json.display()
-            );
-            let _ = out_dir;
-            match dlock_check::report::verdict(&checked.analysis) {
-                "pass" => ExitCode::SUCCESS,
-                "fail" => ExitCode::from(1),
-                _ => ExitCode::from(2),
-            }
-        }
+        Some(Ok(checked)) => finish(&checked),
+    }
+}
+
+/// Print the report; the exit status says pass (0), violations (1) or an unreliable history (2).
+fn finish(checked: &dlock_check::Checked) -> ExitCode {
+    print!("{}", dlock_check::report::text_report(&checked.analysis));
+    println!(
+        "\nreport: {} (and report.txt, report.md, timeline-*.svg, history/)",
+        checked.written.json.display()
+    );
+    match dlock_check::report::verdict(&checked.analysis) {
+        "pass" => ExitCode::SUCCESS,
+        "fail" => ExitCode::from(1),
+        _ => ExitCode::from(2),
     }
 }

@@ -188,7 +188,7 @@ pub fn text_table(analysis: &Analysis) -> String {
 
 /// The table in Markdown.
 pub fn markdown_table(analysis: &Analysis) -> String {
-    let mut out = format!("| {} |\n|{}|\n", HEADERS.join(" | "), "---|".repeat(HEADERS.len()));
+    let mut out = format!("| {} |\n|{}\n", HEADERS.join(" | "), "---|".repeat(HEADERS.len()));
     for row in analysis.rows.iter().chain([&analysis.total]) {
         let mut cells = cells(row);
         if row.label == "total" {

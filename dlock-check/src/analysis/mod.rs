@@ -199,9 +199,9 @@ pub struct Row {
     pub start_s: f64,
     /// Window end.
     pub end_s: f64,
-    /// Sections entered.
+    /// Sections entered in the window.
     pub sections: usize,
-    /// Calls that returned `Ok`.
+    /// Calls that returned `Ok` (this and the next four: counted where the call ended).
     pub ok: usize,
     /// Calls told `Lost`.
     pub lost: usize,
@@ -209,7 +209,7 @@ pub struct Row {
     pub timeouts: usize,
     /// Calls that failed with a backend (or other) error.
     pub errors: usize,
-    /// Sections whose worker was killed inside them.
+    /// Sections whose worker was killed inside them (counted where it died).
     pub killed: usize,
     /// Overlaps that are violations.
     pub overlaps: usize,
@@ -305,7 +305,7 @@ pub fn analyse(history: &History) -> Analysis {
     let mut excused = Vec::new();
     let mut offending = HashSet::new();
 
-    // Calls that did not enter, by when they returned; sections by when they entered.
+    // Calls that did not enter, by when they returned.
     for worker in &history.workers {
         let entered: HashSet<OpId> = worker
             .events
@@ -326,9 +326,11 @@ pub fn analyse(history: &History) -> Analysis {
             }
         }
     }
+    // Sections count where they entered; how they ended, where they ended (a holder told Lost
+    // by a fault counts in that fault's window).
     for s in &sections {
-        let row = &mut rows[windows.row_of(s.enter)];
-        row.sections += 1;
+        rows[windows.row_of(s.enter)].sections += 1;
+        let row = &mut rows[windows.row_of(s.end)];
         match &s.outcome {
             Some(Outcome::Ok) => row.ok += 1,
             Some(Outcome::Lost { .. } | Outcome::LostAtRelease) => row.lost += 1,

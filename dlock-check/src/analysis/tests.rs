@@ -480,7 +480,7 @@ fn counts_land_in_the_window_of_their_fault() {
             W::new(0)
                 .section(S::new(0, "k", 1, 10, 50))
                 .section(S::new(1, "k", 2, 1500, 1550))
-                .section(S::new(2, "k", 3, 2600, 2650).lost())
+                .section(S::new(2, "k", 3, 1900, 2650).lost())
                 .done(),
         ],
         4000,
@@ -488,8 +488,9 @@ fn counts_land_in_the_window_of_their_fault() {
     h.faults =
         vec![fault(FaultKind::DropKey, 1000, 1000, &[]), fault(FaultKind::PauseServer, 2000, 2500, &[])];
     let a = analyse(&h);
-    let counts: Vec<(usize, usize)> = a.rows.iter().map(|r| (r.sections, r.lost)).collect();
-    assert_eq!(counts, [(1, 0), (1, 0), (1, 1)]);
+    // The third section entered in the drop-key window and was told Lost in the pause's.
+    let counts: Vec<(usize, usize, usize)> = a.rows.iter().map(|r| (r.sections, r.ok, r.lost)).collect();
+    assert_eq!(counts, [(1, 1, 0), (2, 1, 0), (0, 0, 1)]);
     assert_eq!((a.rows[1].start_s, a.rows[1].end_s), (1.0, 2.0));
 }
 
