@@ -67,9 +67,12 @@ fn free_net() -> anyhow::Result<u8> {
         .output()
         .context("running `ip route`")?;
     let used = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&routes.stdout));
+    if used.contains(" 10.0.0.0/8") || used.starts_with("10.0.0.0/8") {
+        bail!("this machine routes all of 10.0.0.0/8 somewhere: no room for the workers' namespaces");
+    }
     for _ in 0..200 {
         let net = 100 + rand::random::<u8>() % 150;
-        if !used.contains(&format!("10.{net}.")) && !used.contains(" 10.0.0.0/8") {
+        if !used.contains(&format!("10.{net}.")) {
             return Ok(net);
         }
     }
@@ -79,7 +82,28 @@ fn free_net() -> anyhow::Result<u8> {
 impl Namespaces {
     /// Create `count` namespaces, tagged `tag` (four characters at most).
     pub fn create(tag: &str, count: u32) -> anyhow::Result<Self> {
-        let net = free_net()?;
+        // Two runs starting together could pick the same /16: after creating, make sure no
+        // other interface has an address in it, and pick another if one does.
+        let mut last = None;
+        for _ in 0..5 {
+            let net = free_net()?;
+            let made = Self::create_in(tag, count, net)?;
+            let out = Command::new("ip").args(["-4", "-o", "addr"]).output().context("running `ip addr`")?;
+            let listing = String::from_utf8_lossy(&out.stdout);
+            let ours: Vec<&str> = made.slots.iter().map(|s| s.host_if.as_str()).collect();
+            let clash = listing.lines().any(|line| {
+                line.contains(&format!(" 10.{net}."))
+                    && !ours.iter().any(|i| line.contains(&format!(" {i} ")))
+            });
+            if !clash {
+                return Ok(made);
+            }
+            last = Some(net);
+        }
+        bail!("another program took 10.{}.0.0/16 each time; try again", last.unwrap_or_default())
+    }
+
+    fn create_in(tag: &str, count: u32, net: u8) -> anyhow::Result<Self> {
         let mut made = Self { slots: Vec::new() };
         for i in 0..count.min(250) {
             let i8 = u8::try_from(i).unwrap_or(u8::MAX);
@@ -101,7 +125,6 @@ impl Namespaces {
             ip(&["-n", &slot.ns, "addr", "add", &format!("{}/24", slot.worker_ip), "dev", &ns_if])?;
             ip(&["-n", &slot.ns, "link", "set", &ns_if, "up"])?;
         }
-        // The host side may take a moment to leave `tentative`; IPv4 needs no wait.
         Ok(made)
     }
 
