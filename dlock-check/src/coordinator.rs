@@ -160,6 +160,8 @@ pub(crate) struct WorkerProc {
     pub(crate) started: Stamp,
     pub(crate) killed: Option<Stamp>,
     pub(crate) exited: Option<Stamp>,
+    /// How it ended, when it exited before it was told to stop.
+    crashed: Option<String>,
     handle: WorkerHandle,
 }
 
@@ -310,6 +312,7 @@ impl Lab {
             started: Stamp::now(),
             killed: None,
             exited: None,
+            crashed: None,
             handle,
         });
         Ok(id)
@@ -319,8 +322,11 @@ impl Lab {
         let backend_url = self.backend_url(slot);
         let store = match (&self.store_server, &self.store_proxy, &self.namespaces) {
             (Some(server), Some(proxy), Some(ns)) => StoreSpec::Redis {
-                url: with_host(&server.url(), ns.slots()[slot as usize].store_ip.into(), proxy.port())
-                    .unwrap_or_else(|_| server.url()),
+                url: ns
+                    .slots()
+                    .get(slot as usize)
+                    .and_then(|s| with_host(&server.url(), s.store_ip.into(), proxy.port()).ok())
+                    .unwrap_or_else(|| server.url()),
                 prefix: self.prefix.clone(),
             },
             (Some(server), _, _) => StoreSpec::Redis { url: server.url(), prefix: self.prefix.clone() },
@@ -351,8 +357,8 @@ impl Lab {
             (BackendChoice::Managed(_), None) => return "memory".into(),
         };
         let Some(proxy) = &self.proxy else { return direct };
-        let host: IpAddr = match &self.namespaces {
-            Some(ns) => ns.slots()[slot as usize].backend_ip.into(),
+        let host: IpAddr = match self.namespaces.as_ref().and_then(|ns| ns.slots().get(slot as usize)) {
+            Some(slot) => slot.backend_ip.into(),
             None => Ipv4Addr::LOCALHOST.into(),
         };
         with_host(&direct, host, proxy.port()).unwrap_or(direct)
@@ -399,6 +405,9 @@ pub fn skip_reason(config: &RunConfig, kind: FaultKind, netns: &Result<(), Strin
 
 /// Run the workload under the schedule; record everything.
 pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
+    if config.workers == 0 || config.workload.tasks == 0 || config.workload.keys.is_empty() {
+        bail!("a run needs at least one worker, one task and one key");
+    }
     let run_id = format!("{:08x}", rand::random::<u32>());
     std::fs::create_dir_all(&config.out_dir)
         .with_context(|| format!("creating {}", config.out_dir.display()))?;
@@ -535,6 +544,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
             started: Some(w.started),
             killed: w.killed,
             exited: w.exited,
+            crashed: w.crashed.clone(),
             events: history::read_all(&w.history),
         })
         .collect();
@@ -579,7 +589,18 @@ async fn stop_workers(lab: &mut Lab) {
     let grace = workload.wait + workload.long_think + lab.config.call_timeout + Duration::from_secs(3);
     for w in &mut lab.workers {
         match &mut w.handle {
-            WorkerHandle::Process { stdin, .. } => drop(stdin.take()),
+            WorkerHandle::Process { stdin, child } => {
+                // A worker that is gone already, unasked, crashed: its history ends with its
+                // last event.
+                if w.killed.is_none()
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    let last = history::read_all(&w.history).iter().rev().find_map(crate::analysis::stamp_of);
+                    w.exited = Some(last.unwrap_or_else(Stamp::now));
+                    w.crashed = Some(status.to_string());
+                }
+                drop(stdin.take());
+            }
             WorkerHandle::InProcess { stop, .. } => {
                 stop.send_replace(true);
             }

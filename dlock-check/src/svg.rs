@@ -357,7 +357,7 @@ mod tests {
             Event::BodyEnd { op: 0, at: at(end) },
             Event::Done { op: 0, outcome: Outcome::Ok, at: at(end) },
         ];
-        WorkerHistory { worker: w, started: Some(at(0)), killed: None, exited: None, events }
+        WorkerHistory { worker: w, started: Some(at(0)), killed: None, exited: None, crashed: None, events }
     }
 
     #[test]

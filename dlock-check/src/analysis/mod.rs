@@ -56,6 +56,9 @@ pub struct WorkerHistory {
     pub killed: Option<Stamp>,
     /// When it exited otherwise, if it did before the end of the run.
     pub exited: Option<Stamp>,
+    /// Its exit status, when it exited before it was told to stop.
+    #[serde(default)]
+    pub crashed: Option<String>,
     /// Its events, in the order written.
     pub events: Vec<Event>,
 }
@@ -291,6 +294,13 @@ pub fn analyse(history: &History) -> Analysis {
         ));
     }
     for worker in &history.workers {
+        if let Some(status) = &worker.crashed {
+            valid = false;
+            notes.push(format!(
+                "worker {} exited on its own ({status}) before the run ended: see history/worker-{}.log",
+                worker.worker, worker.worker
+            ));
+        }
         if worker.events.iter().any(|e| matches!(e, Event::Bye { complete: false, .. })) {
             valid = false;
             notes.push(format!(
@@ -534,6 +544,11 @@ fn outcome_text(outcome: &Outcome) -> String {
         Outcome::Backend { msg } => format!("with a backend error: {msg}"),
         Outcome::Failed { msg } => format!("with an error: {msg}"),
     }
+}
+
+/// When an event happened (a backend call: when it was sent).
+pub fn stamp_of(event: &Event) -> Option<Stamp> {
+    event_stamp(event).copied()
 }
 
 fn event_stamp(event: &Event) -> Option<&Stamp> {

@@ -133,6 +133,7 @@ impl W {
             started: Some(at(0)),
             killed: self.killed,
             exited: None,
+            crashed: None,
             events: self.events,
         }
     }
@@ -504,4 +505,16 @@ fn a_stepped_wall_clock_makes_the_history_invalid() {
     let a = analyse(&history(vec![w.done()], 100));
     assert!(!a.valid);
     assert!(a.notes[0].contains("stepped"));
+}
+
+#[test]
+fn a_worker_that_exited_on_its_own_makes_the_history_invalid() {
+    let mut worker = W::new(0).section(S::new(0, "k", 1, 10, 0).unfinished().writes(&[])).done();
+    worker.exited = Some(at(20));
+    worker.crashed = Some("exit status: 101".into());
+    let a = analyse(&history(vec![worker], 100));
+    assert!(!a.valid);
+    assert!(a.notes[0].contains("exited on its own (exit status: 101)"), "{:?}", a.notes);
+    // Its open section ends with its last sign of life, not with the run.
+    assert_eq!(a.sections[0].end, at(20).wall);
 }
