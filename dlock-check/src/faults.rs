@@ -164,19 +164,29 @@ pub(crate) async fn apply(lab: &mut Lab, spec: &FaultSpec) -> anyhow::Result<Fau
     Ok(record)
 }
 
-/// Which holder a fault aims at.
+/// Which holder a fault aims at. Both prefer a long section with time left — a fault aimed at
+/// a short one (a few ms) can land just after it ended — and settle for any holder when none
+/// turns up in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Aim {
-    /// One in a worker process (in-process workers cannot be signalled).
+    /// A holder in a worker process (in-process workers cannot be signalled), preferably in a
+    /// long section with at least 100 ms left, looked for during 1 s.
     ProcessHolder,
-    /// One in a long section with at least one renewal still ahead of it, if one turns up in
-    /// time (else any).
+    /// A holder in a long section with at least 0.8 ttl left — a renewal still ahead of it
+    /// (renewals come every ttl/3 and one may be on the wire as the fault lands) — looked for
+    /// during [`FIND_HOLDER`].
     LongHolder,
 }
 
 /// A section running now, looked for during [`FIND_HOLDER`].
 async fn find_holder(lab: &mut Lab, aim: Aim) -> Option<Holding> {
-    let deadline = tokio::time::Instant::now() + FIND_HOLDER;
+    let started = tokio::time::Instant::now();
+    let workload = &lab.config.workload;
+    let (left, patience) = match aim {
+        Aim::ProcessHolder => (Duration::from_millis(100), Duration::from_secs(1)),
+        Aim::LongHolder => (workload.ttl.mul_f64(0.8), FIND_HOLDER),
+    };
+    let latest_start = duration_ns(workload.long_think) - duration_ns(left);
     loop {
         lab.live.poll();
         let alive: Vec<WorkerId> = lab.alive().map(|w| w.id).collect();
@@ -188,25 +198,18 @@ async fn find_holder(lab: &mut Lab, aim: Aim) -> Option<Holding> {
             .filter(|h| alive.contains(&h.worker) && now - h.since >= 1_000_000)
             .filter(|h| aim != Aim::ProcessHolder || lab.live.pid(h.worker).is_some())
             .collect();
-        // A renewal every ttl/3, and one may be on the wire as the fault lands: with 0.8 ttl
-        // left, the holder sends one more after the fault.
-        let workload = &lab.config.workload;
-        let latest_start = duration_ns(workload.long_think) - duration_ns(workload.ttl.mul_f64(0.8));
         let long: Vec<&&Holding> =
             holders.iter().filter(|h| h.long && now - h.since <= latest_start).collect();
-        let out_of_time = tokio::time::Instant::now() >= deadline;
-        match aim {
-            Aim::LongHolder if !long.is_empty() => {
-                return long.choose(&mut rand::rng()).map(|h| (**h).clone());
-            }
-            Aim::LongHolder if !out_of_time => {}
-            _ => {
-                if let Some(h) = holders.choose(&mut rand::rng()) {
-                    return Some((*h).clone());
-                }
-            }
+        if let Some(h) = long.choose(&mut rand::rng()) {
+            return Some((**h).clone());
         }
-        if out_of_time {
+        let waited = started.elapsed();
+        if waited >= patience
+            && let Some(h) = holders.choose(&mut rand::rng())
+        {
+            return Some((*h).clone());
+        }
+        if waited >= FIND_HOLDER {
             return None;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
