@@ -72,7 +72,7 @@ pub async fn backend_for(settings: &BackendSettings) -> anyhow::Result<Connected
         let memory = MemoryBackend::new();
         return Ok(Connected { backend: Arc::new(memory.clone()), forcer: KeyForcer::Memory(memory) });
     }
-    if url.starts_with("redis://") || url.starts_with("rediss://") {
+    if url.starts_with("redis://") {
         let redis = RedisBackend::builder(url)
             .call_timeout(settings.call_timeout)
             .fence_key(format!("{}fence", settings.prefix))

@@ -48,9 +48,7 @@ impl BackendChoice {
         match text {
             "memory" => Ok(Self::Memory),
             "redis" => Ok(Self::Managed(ServerKind::Redis)),
-            url if url.starts_with("redis://") || url.starts_with("rediss://") => {
-                Ok(Self::Url(url.to_owned()))
-            }
+            url if url.starts_with("redis://") => Ok(Self::Url(url.to_owned())),
             other => Err(format!(
                 "`{other}`: expected `memory`, `redis` (a private redis-server the checker starts and can fault) or a redis:// URL (a server you run: worker-side faults only)"
             )),
