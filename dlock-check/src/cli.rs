@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::backends::Plant;
-use crate::coordinator::{BackendChoice, RunConfig};
+use crate::config::{BackendChoice, RunConfig};
 use crate::schedule::{FaultKind, FaultSpec};
 use crate::workload::{ModeChoice, Workload};
 

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -17,91 +17,20 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::analysis::{History, WorkerHistory};
-use crate::backends::{self, BackendSettings, Connected, KeyForcer, Plant};
+use crate::backends::{self, BackendSettings, Connected, KeyForcer};
 use crate::clock::Stamp;
+use crate::config::{BackendChoice, RunConfig, skip_reason};
 use crate::faults;
 use crate::history::{self, Event, Recorder, WorkerId};
 use crate::live::Live;
 use crate::netns::{self, Namespaces};
 use crate::proxy::Proxy;
+use crate::redis_url::{socket_addr_of, with_host};
 use crate::registers::Registers;
-use crate::schedule::{FaultKind, FaultRecord, FaultSpec};
+use crate::schedule::{FaultKind, FaultRecord};
 use crate::servers::{self, ManagedServer, ServerKind};
 use crate::worker::{StoreSpec, WorkerSpec};
-use crate::workload::{self, WorkerContext, Workload};
-
-/// Which backend a run checks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", content = "url", rename_all = "kebab-case")]
-pub enum BackendChoice {
-    /// The in-process `MemoryBackend`: every worker in the checker's own process.
-    Memory,
-    /// A server the checker starts (and may fault): today a private `redis-server`.
-    Managed(ServerKind),
-    /// A Redis the user runs: only faults on the workers' side apply.
-    Url(String),
-}
-
-impl BackendChoice {
-    /// `memory`, `redis` (a private server) or a `redis://` URL.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        match text {
-            "memory" => Ok(Self::Memory),
-            "redis" => Ok(Self::Managed(ServerKind::Redis)),
-            url if url.starts_with("redis://") => Ok(Self::Url(url.to_owned())),
-            other => Err(format!(
-                "`{other}`: expected `memory`, `redis` (a private redis-server the checker starts and can fault) or a redis:// URL (a server you run: worker-side faults only)"
-            )),
-        }
-    }
-
-    fn in_process(&self) -> bool {
-        matches!(self, Self::Memory)
-    }
-}
-
-impl fmt::Display for BackendChoice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Memory => f.write_str("memory"),
-            Self::Managed(kind) => write!(f, "{kind} (started by dlock-check)"),
-            Self::Url(url) => f.write_str(&redact(url)),
-        }
-    }
-}
-
-/// Everything one run needs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunConfig {
-    /// The backend under test.
-    pub backend: BackendChoice,
-    /// Worker processes (in-process workers for the memory backend).
-    pub workers: u32,
-    /// What each worker does.
-    pub workload: Workload,
-    /// The fault schedule.
-    pub faults: Vec<FaultSpec>,
-    /// Quiet time before the first fault.
-    pub baseline: Duration,
-    /// Quiet time after each fault ends.
-    pub settle: Duration,
-    /// How long pauses, partitions and latency last unless the fault says.
-    pub fault_duration: Duration,
-    /// The added delay of `latency` unless the fault says.
-    pub latency: Duration,
-    /// How soon sections must resume after a fault ends.
-    pub recovery_bound: Duration,
-    /// A planted bug.
-    pub plant: Option<Plant>,
-    /// The bound on every backend call.
-    pub call_timeout: Duration,
-    /// Where the history and the report go.
-    pub out_dir: PathBuf,
-    /// The `dlock-check` binary, run as `worker` for worker processes.
-    pub worker_exe: PathBuf,
-    /// Print progress to stderr.
-    pub verbose: bool,
-}
+use crate::workload::{self, WorkerContext};
 
 /// What a run produced.
 #[derive(Debug)]
@@ -374,33 +303,6 @@ pub(crate) fn lock(
     server.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The faults that cannot be applied to this run, and why.
-pub fn skip_reason(config: &RunConfig, kind: FaultKind, netns: &Result<(), String>) -> Option<String> {
-    let in_process = config.backend.in_process();
-    if in_process
-        && (kind.needs_processes()
-            || kind.needs_proxy()
-            || kind == FaultKind::PauseServer
-            || kind == FaultKind::RestartServer)
-    {
-        return Some("the in-process backend has no worker processes, server or connections to fault".into());
-    }
-    if let BackendChoice::Url(url) = &config.backend
-        && kind.needs_own_server()
-    {
-        return Some(format!(
-            "{} was not started by dlock-check, which faults only servers it started: use `--backend redis` (a private redis-server)",
-            redact(url)
-        ));
-    }
-    if kind == FaultKind::Partition
-        && let Err(why) = netns
-    {
-        return Some(format!("network namespaces are not available here ({why})"));
-    }
-    None
-}
-
 /// Run the workload under the schedule; record everything.
 pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
     if config.workers == 0 || config.workload.tasks == 0 || config.workload.keys.is_empty() {
@@ -669,60 +571,5 @@ async fn clean_up_keys(url: &str, prefix: &str) {
             redis::cmd("DEL").arg(&keys).query_async::<i64>(&mut conn),
         )
         .await;
-    }
-}
-
-/// `url` with its host and port replaced (user, password, database and query kept).
-pub fn with_host(url: &str, host: IpAddr, port: u16) -> anyhow::Result<String> {
-    let (scheme, rest) = url.split_once("://").with_context(|| format!("`{url}` has no scheme"))?;
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let userinfo = authority.rsplit_once('@').map(|(u, _)| format!("{u}@")).unwrap_or_default();
-    Ok(format!("{scheme}://{userinfo}{host}:{port}{tail}"))
-}
-
-/// The address a Redis URL points at.
-fn socket_addr_of(url: &str) -> anyhow::Result<SocketAddr> {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
-    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let hostport = if hostport.contains(':') { hostport.to_owned() } else { format!("{hostport}:6379") };
-    hostport
-        .to_socket_addrs()
-        .with_context(|| format!("resolving {hostport}"))?
-        .next()
-        .with_context(|| format!("{hostport} resolves to nothing"))
-}
-
-/// The URL with any password masked.
-pub fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let end = rest.find(['/', '?']).unwrap_or(rest.len());
-            match rest[..end].rsplit_once('@') {
-                Some((userinfo, host)) => {
-                    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-                    format!("{scheme}://{user}:***@{host}{}", &rest[end..])
-                }
-                None => url.to_owned(),
-            }
-        }
-        None => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_are_re_pointed_and_redacted() {
-        let to = IpAddr::from([10, 1, 2, 1]);
-        assert_eq!(with_host("redis://127.0.0.1:6379", to, 7000).unwrap(), "redis://10.1.2.1:7000");
-        assert_eq!(with_host("redis://:pw@h:1/2?x=y", to, 7000).unwrap(), "redis://:pw@10.1.2.1:7000/2?x=y");
-        assert_eq!(redact("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
-        assert_eq!(redact("redis://h:1"), "redis://h:1");
-        assert_eq!(socket_addr_of("redis://:pw@127.0.0.1:6390/1").unwrap().port(), 6390);
-        assert_eq!(socket_addr_of("redis://127.0.0.1").unwrap().port(), 6379);
     }
 }

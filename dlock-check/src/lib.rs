@@ -8,22 +8,24 @@
 //! backwards, lost updates and stalls, and reported per fault (table, JSON, SVG timelines).
 //! See `README.md` for how to run it and how to read the report.
 //!
-//! The parts, in the order a run uses them: [`cli`] → [`coordinator`] (with [`servers`],
-//! [`netns`], [`proxy`]) starts [`worker`]s, which run the [`workload`] over [`backends`] and
-//! [`registers`] and write [`history`] (timestamped by [`clock`]); `faults` applies the
-//! [`schedule`], aimed by the [`live`] view; [`analysis`] checks the history, [`report`] and
-//! [`svg`] show it.
+//! The parts, in the order a run uses them: [`cli`] → [`config`] → [`coordinator`] (with
+//! [`servers`], [`netns`], [`proxy`], [`redis_url`]) starts [`worker`]s, which run the
+//! [`workload`] over [`backends`] and [`registers`] and write [`history`] (timestamped by
+//! [`clock`]); `faults` applies the [`schedule`], aimed by the [`live`] view; [`analysis`]
+//! checks the history, [`report`] and [`svg`] show it.
 
 pub mod analysis;
 pub mod backends;
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod coordinator;
 mod faults;
 pub mod history;
 pub mod live;
 pub mod netns;
 pub mod proxy;
+pub mod redis_url;
 pub mod registers;
 pub mod report;
 pub mod schedule;
@@ -33,7 +35,8 @@ pub mod worker;
 pub mod workload;
 
 use analysis::Analysis;
-use coordinator::{RunConfig, RunOutput};
+use config::RunConfig;
+use coordinator::RunOutput;
 
 /// A finished check: what was recorded, what the check found, where the report is.
 #[derive(Debug)]

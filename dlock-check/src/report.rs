@@ -8,7 +8,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::analysis::{Analysis, History, Row};
-use crate::coordinator::RunConfig;
+use crate::config::RunConfig;
 use crate::schedule::FaultRecord;
 use crate::svg;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use dlock_check::analysis::{Analysis, ViolationKind};
 use dlock_check::backends::Plant;
-use dlock_check::coordinator::{BackendChoice, RunConfig};
+use dlock_check::config::{BackendChoice, RunConfig};
 use dlock_check::schedule::{FaultKind, FaultSpec};
 use dlock_check::servers::ServerKind;
 use dlock_check::workload::{ModeChoice, Workload};

@@ -31,16 +31,17 @@
 //! acquire or confirmed renewal of the section's owner, `sent + ttl` (a key handed over by a
 //! release: its owner's last attempt `+ min(ttl, HANDOFF_LEASE)`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backends::HANDOFF_LEASE;
 use crate::clock::{self, Stamp};
-use crate::history::{CallKind, CallResult, Event, Mode, OpId, Outcome, StepKind, StepResult, WorkerId};
-use crate::registers::{KeyStore, Landed};
+use crate::history::{Event, Mode, OpId, Outcome, StepKind, WorkerId};
+use crate::registers::KeyStore;
 use crate::schedule::FaultRecord;
+pub use overlaps::classify;
+use windows::Windows;
 
 /// A wall-clock step larger than this during a run makes cross-process order unreliable.
 const CLOCK_STEP_TOLERANCE_NS: i64 = 50_000_000;
@@ -275,13 +276,48 @@ impl Analysis {
     }
 }
 
+/// What the checks add up, while they run.
+pub(super) struct Tally {
+    rows: Vec<Row>,
+    violations: Vec<Finding>,
+    excused: Vec<Finding>,
+    offending: HashSet<(WorkerId, OpId)>,
+    marks: Vec<(String, i64, bool)>,
+    notes: Vec<String>,
+}
+
 /// Check `history`.
 pub fn analyse(history: &History) -> Analysis {
-    let mut notes = Vec::new();
-    let mut valid = true;
     let windows = Windows::new(history);
-    let mut rows: Vec<Row> = windows.rows.iter().map(|w| w.row.clone()).collect();
+    let mut tally = Tally {
+        rows: windows.rows.iter().map(|w| w.row.clone()).collect(),
+        violations: Vec::new(),
+        excused: Vec::new(),
+        offending: HashSet::new(),
+        marks: Vec::new(),
+        notes: Vec::new(),
+    };
+    let valid = trustworthy(history, &mut tally.notes);
+    let sections = sections::build(history);
+    count_outcomes(history, &sections, &windows, &mut tally.rows);
+    overlaps::check(&sections, &windows, &mut tally);
+    store::check(history, &sections, &windows, &mut tally);
+    liveness::check(history, &windows, &sections, &mut tally);
 
+    let Tally { mut rows, mut violations, mut excused, offending, marks, notes } = tally;
+    for finding in &violations {
+        rows[finding.row].violations += 1;
+    }
+    violations.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+    excused.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+    let total = total_row(&rows, &windows);
+    Analysis { valid, notes, rows, total, violations, excused, sections, offending, lost_update_marks: marks }
+}
+
+/// Whether the history can be trusted: no wall-clock step, every worker's history complete,
+/// no worker that died unasked. Says why not in `notes`.
+fn trustworthy(history: &History, notes: &mut Vec<String>) -> bool {
+    let mut valid = true;
     // Clocks and completeness.
     let stamps: Vec<&Stamp> =
         history.workers.iter().flat_map(|w| w.events.iter().filter_map(event_stamp)).collect();
@@ -309,13 +345,13 @@ pub fn analyse(history: &History) -> Analysis {
             ));
         }
     }
+    valid
+}
 
-    let sections = build_sections(history);
-    let mut violations = Vec::new();
-    let mut excused = Vec::new();
-    let mut offending = HashSet::new();
-
-    // Calls that did not enter, by when they returned.
+/// Calls per outcome: those that never entered where they returned; sections where they
+/// entered, and their outcome where they ended (a holder told Lost by a fault counts in that
+/// fault's window).
+fn count_outcomes(history: &History, sections: &[Section], windows: &Windows, rows: &mut [Row]) {
     for worker in &history.workers {
         let entered: HashSet<OpId> = worker
             .events
@@ -336,9 +372,7 @@ pub fn analyse(history: &History) -> Analysis {
             }
         }
     }
-    // Sections count where they entered; how they ended, where they ended (a holder told Lost
-    // by a fault counts in that fault's window).
-    for s in &sections {
+    for s in sections {
         rows[windows.row_of(s.enter)].sections += 1;
         let row = &mut rows[windows.row_of(s.end)];
         match &s.outcome {
@@ -351,198 +385,6 @@ pub fn analyse(history: &History) -> Analysis {
         if s.end_kind == EndKind::Killed {
             row.killed += 1;
         }
-    }
-
-    let mut by_key: BTreeMap<&str, Vec<&Section>> = BTreeMap::new();
-    for s in &sections {
-        by_key.entry(s.key.as_str()).or_default().push(s);
-    }
-    for (key, list) in &mut by_key {
-        list.sort_by_key(|s| (s.enter, s.worker, s.op));
-        // Overlaps: every earlier section still running when a later one entered. `running`
-        // holds the sections entered so far that had not ended at the latest entry.
-        let mut running: Vec<&Section> = Vec::new();
-        for later in list.iter() {
-            running.retain(|earlier| earlier.end > later.enter);
-            for earlier in &running {
-                let row = windows.row_of(later.enter);
-                let class = classify(earlier, later);
-                let detail = format!(
-                    "{} entered at {:.3}s while {} (entered {:.3}s) still ran until {:.3}s",
-                    later.label(),
-                    windows.secs(later.enter),
-                    earlier.label(),
-                    windows.secs(earlier.enter),
-                    windows.secs(earlier.end),
-                );
-                let finding = |kind, detail| Finding {
-                    kind,
-                    key: Some((*key).to_owned()),
-                    row,
-                    at_s: windows.secs(later.enter),
-                    detail,
-                };
-                match class {
-                    OverlapClass::LostBeforeDeadline => {
-                        rows[row].lost_before_deadline += 1;
-                        excused.push(finding(
-                            ViolationKind::Overlap,
-                            format!("{detail}; excused: told Lost before its lease could have ended"),
-                        ));
-                    }
-                    OverlapClass::FrozenHolder => {
-                        rows[row].frozen_holders += 1;
-                        excused.push(finding(
-                            ViolationKind::Overlap,
-                            format!(
-                                "{detail}; excused: its process was frozen and did nothing after its lease"
-                            ),
-                        ));
-                    }
-                    OverlapClass::Violation { reason } => {
-                        rows[row].overlaps += 1;
-                        offending.insert((earlier.worker, earlier.op));
-                        offending.insert((later.worker, later.op));
-                        violations.push(finding(ViolationKind::Overlap, format!("{detail}: {reason}")));
-                    }
-                }
-            }
-            running.push(later);
-        }
-        // Token order: each token greater than the one of the section entered before it —
-        // where that order is certain: the earlier one entered before the later one's granting
-        // call was sent (two holders at once can be granted in one order and enter in the
-        // other; that is an overlap, counted above).
-        for pair in list.windows(2) {
-            let (prev, next) = (pair[0], pair[1]);
-            let certain = prev.enter <= next.granted_after.unwrap_or(next.enter);
-            if next.token <= prev.token && certain {
-                let row = windows.row_of(next.enter);
-                rows[row].token_regressions += 1;
-                violations.push(Finding {
-                    kind: ViolationKind::TokenRegression,
-                    key: Some((*key).to_owned()),
-                    row,
-                    at_s: windows.secs(next.enter),
-                    detail: format!(
-                        "{} entered after {} with token {} ≤ {}",
-                        next.label(),
-                        prev.label(),
-                        next.token,
-                        prev.token
-                    ),
-                });
-            }
-        }
-    }
-
-    // The store.
-    let mut marks = Vec::new();
-    let write_time = write_times(&sections);
-    for worker in &history.workers {
-        for event in &worker.events {
-            if let Event::StepEnd { step, result, at, .. } = event {
-                let row = &mut rows[windows.row_of(at.wall)];
-                match (step, result) {
-                    (StepKind::FencedWrite, StepResult::Written) => row.fenced_writes += 1,
-                    (StepKind::FencedRead | StepKind::FencedWrite, StepResult::Rejected { .. }) => {
-                        row.fenced_rejected += 1;
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-    let reported_ok = reported_writes(history);
-    for key in &history.keys {
-        let store = history.store.get(key).cloned().unwrap_or_default();
-        let fenced = lost_updates(&store.fenced_log, &write_time, &windows);
-        let counter = lost_updates(&store.counter_log, &write_time, &windows);
-        for (row, lost, at) in &fenced.per_row {
-            rows[*row].fenced_lost_updates += lost;
-            if *lost > 0 {
-                violations.push(Finding {
-                    kind: ViolationKind::FencedLostUpdate,
-                    key: Some(key.clone()),
-                    row: *row,
-                    at_s: windows.secs(*at),
-                    detail: format!("the fenced register lost {lost} update(s) in this window"),
-                });
-            }
-        }
-        for (row, lost, _) in &counter.per_row {
-            rows[*row].unfenced_lost_updates += lost;
-        }
-        marks.extend(fenced.marks.into_iter().map(|t| (key.clone(), t, true)));
-        marks.extend(counter.marks.into_iter().map(|t| (key.clone(), t, false)));
-        let landed = store.fenced_log.len() as i64;
-        if landed - store.fenced_value != fenced.per_row.iter().map(|(_, l, _)| l).sum::<i64>() {
-            notes.push(format!("key {key}: the fenced register's log does not add up (a checker bug?)"));
-        }
-        let landed_ids: HashSet<&str> = store.fenced_log.iter().map(|l| l.id.as_str()).collect();
-        for (id, at) in reported_ok.get(key.as_str()).into_iter().flatten() {
-            if !landed_ids.contains(id.as_str()) {
-                let row = windows.row_of(*at);
-                violations.push(Finding {
-                    kind: ViolationKind::StoreLostWrite,
-                    key: Some(key.clone()),
-                    row,
-                    at_s: windows.secs(*at),
-                    detail: format!("fenced write {id} was reported Ok but is not in the store's log"),
-                });
-            }
-        }
-    }
-
-    // Liveness.
-    liveness(history, &windows, &sections, &mut rows, &mut violations);
-
-    for finding in &violations {
-        rows[finding.row].violations += 1;
-    }
-    violations.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
-    excused.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
-    let total = total_row(&rows, &windows);
-    Analysis { valid, notes, rows, total, violations, excused, sections, offending, lost_update_marks: marks }
-}
-
-/// Judge an overlap of `earlier` (still running) with `later` (entered meanwhile).
-pub fn classify(earlier: &Section, later: &Section) -> OverlapClass {
-    if earlier.told_lost() && earlier.lease_end.is_some_and(|lease_end| earlier.end <= lease_end) {
-        return OverlapClass::LostBeforeDeadline;
-    }
-    let cutoff = earlier.lease_end.unwrap_or(later.enter);
-    let acted_after = earlier.steps.iter().any(|(_, at)| *at > cutoff);
-    if earlier.paused && !acted_after {
-        return OverlapClass::FrozenHolder;
-    }
-    let mut reason = match (&earlier.outcome, earlier.end_kind) {
-        (_, EndKind::Killed) => "its process was killed only after the other entered".to_owned(),
-        (_, EndKind::Unfinished) => "its end was never recorded".to_owned(),
-        (Some(Outcome::Lost { reason }), _) => match earlier.lease_end {
-            Some(lease_end) => format!(
-                "it was told Lost ({reason}) only {:.1} ms after its lease could have ended",
-                clock::ms(earlier.end - lease_end)
-            ),
-            None => format!("it was told Lost ({reason}), but its lease is not in the history"),
-        },
-        (Some(outcome), _) => format!("it was never told Lost (its call ended {})", outcome_text(outcome)),
-        (None, _) => "its call never returned".to_owned(),
-    };
-    if earlier.paused {
-        reason.push_str("; its process had been frozen, and it acted again after its lease ended");
-    }
-    OverlapClass::Violation { reason }
-}
-
-fn outcome_text(outcome: &Outcome) -> String {
-    match outcome {
-        Outcome::Ok => "Ok".into(),
-        Outcome::Timeout => "Timeout".into(),
-        Outcome::Lost { reason } => format!("Lost ({reason})"),
-        Outcome::LostAtRelease => "Ok, but release said the lock was no longer its own".into(),
-        Outcome::Backend { msg } => format!("with a backend error: {msg}"),
-        Outcome::Failed { msg } => format!("with an error: {msg}"),
     }
 }
 
@@ -563,395 +405,6 @@ fn event_stamp(event: &Event) -> Option<&Stamp> {
         | Event::Granted { at, .. }
         | Event::Bye { at, .. } => Some(at),
         Event::Call { sent, .. } => Some(sent),
-    }
-}
-
-/// The fault windows: the baseline, then one per applied fault, each up to the next.
-struct Windows {
-    rows: Vec<Window>,
-    run_start: i64,
-    run_end: i64,
-}
-
-struct Window {
-    row: Row,
-    /// Applied (not skipped): takes part in `row_of`.
-    active: bool,
-    start: i64,
-    end: i64,
-    /// When the fault ended (wall ns).
-    fault_end: Option<i64>,
-}
-
-impl Windows {
-    fn new(history: &History) -> Self {
-        let run_start = history.run_start.wall;
-        let run_end = history.run_end.wall.max(run_start);
-        let mut rows = vec![Window {
-            row: Row { label: "baseline".into(), recovered: true, ..Row::default() },
-            active: true,
-            start: run_start,
-            end: run_end,
-            fault_end: None,
-        }];
-        for fault in &history.faults {
-            let active = fault.skipped.is_none();
-            rows.push(Window {
-                row: Row {
-                    label: fault.label.clone(),
-                    skipped: fault.skipped.clone(),
-                    note: fault.note.clone(),
-                    recovered: true,
-                    ..Row::default()
-                },
-                active,
-                start: fault.start.wall,
-                end: run_end,
-                fault_end: active.then_some(fault.end.wall),
-            });
-        }
-        // Each applied window ends where the next applied one starts.
-        let active: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].active).collect();
-        for pair in active.windows(2) {
-            rows[pair[0]].end = rows[pair[1]].start;
-        }
-        let mut windows = Self { rows, run_start, run_end };
-        for i in 0..windows.rows.len() {
-            let (start, end, active) = (windows.rows[i].start, windows.rows[i].end, windows.rows[i].active);
-            let row = &mut windows.rows[i].row;
-            if active {
-                row.start_s = (start - run_start) as f64 / 1e9;
-                row.end_s = (end - run_start) as f64 / 1e9;
-            }
-        }
-        windows
-    }
-
-    /// The applied window that `wall` falls in (before the run: the baseline; after: the last).
-    fn row_of(&self, wall: i64) -> usize {
-        let mut found = 0;
-        for (i, w) in self.rows.iter().enumerate() {
-            if w.active && w.start <= wall {
-                found = i;
-            }
-        }
-        found
-    }
-
-    fn secs(&self, wall: i64) -> f64 {
-        (wall - self.run_start) as f64 / 1e9
-    }
-}
-
-/// Rebuild every section from the events, with its lease end.
-fn build_sections(history: &History) -> Vec<Section> {
-    let mut pauses: HashMap<WorkerId, Vec<(i64, i64)>> = HashMap::new();
-    for fault in &history.faults {
-        for w in &fault.paused_workers {
-            pauses.entry(*w).or_default().push((fault.start.wall, fault.end.wall));
-        }
-    }
-    let ttl_ns = duration_ns(history.ttl);
-    let mut sections = Vec::new();
-    for worker in &history.workers {
-        let leases = Leases::new(&worker.events, ttl_ns);
-        let mut open: BTreeMap<OpId, Section> = BTreeMap::new();
-        let mut invokes: HashMap<OpId, (u32, String, Mode, bool)> = HashMap::new();
-        let mut done: HashMap<OpId, Outcome> = HashMap::new();
-        for event in &worker.events {
-            match event {
-                Event::Invoke { op, task, key, mode, long, .. } => {
-                    invokes.insert(*op, (*task, key.clone(), *mode, *long));
-                }
-                Event::Enter { op, token, at } => {
-                    let Some((task, key, mode, long)) = invokes.get(op).cloned() else { continue };
-                    open.insert(
-                        *op,
-                        Section {
-                            worker: worker.worker,
-                            op: *op,
-                            task,
-                            key,
-                            mode,
-                            long,
-                            enter: at.wall,
-                            end: i64::MAX,
-                            end_kind: EndKind::Unfinished,
-                            token: *token,
-                            outcome: None,
-                            lease_end: None,
-                            granted_after: None,
-                            paused: false,
-                            steps: Vec::new(),
-                        },
-                    );
-                }
-                Event::StepStart { op, step, at } => {
-                    if let Some(s) = open.get_mut(op) {
-                        s.steps.push((*step, at.wall));
-                    }
-                }
-                Event::BodyEnd { op, at } => {
-                    if let Some(s) = open.get_mut(op) {
-                        s.end = at.wall;
-                        s.end_kind = EndKind::Returned;
-                    }
-                }
-                Event::Done { op, outcome, .. } => {
-                    done.insert(*op, outcome.clone());
-                }
-                _ => {}
-            }
-        }
-        let gone = worker.killed.or(worker.exited).map_or(history.run_end.wall, |s| s.wall);
-        for (op, mut s) in open {
-            s.outcome = done.remove(&op);
-            if s.end_kind != EndKind::Returned {
-                s.end = gone.max(s.enter);
-                if worker.killed.is_some() {
-                    s.end_kind = EndKind::Killed;
-                }
-            }
-            s.lease_end = leases.lease_end(&s.key, s.token, s.end);
-            s.granted_after = leases.granted_after.get(&(s.key.clone(), s.token)).copied();
-            s.paused = pauses
-                .get(&worker.worker)
-                .is_some_and(|list| list.iter().any(|&(from, to)| from < s.end && to > s.enter));
-            sections.push(s);
-        }
-    }
-    sections
-}
-
-fn duration_ns(d: Duration) -> i64 {
-    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
-}
-
-/// One worker's backend calls, to find each section's owner and lease.
-struct Leases {
-    /// (key, token) → owner.
-    owner_of: HashMap<(String, u64), String>,
-    /// (key, token) → when the call that granted it was sent.
-    granted_after: HashMap<(String, u64), i64>,
-    /// (key, owner) → every (sent, lease length) that gave or confirmed its lease.
-    confirmed: HashMap<(String, String), Vec<(i64, i64)>>,
-}
-
-impl Leases {
-    fn new(events: &[Event], ttl_ns: i64) -> Self {
-        let mut owner_of = HashMap::new();
-        let mut granted_after = HashMap::new();
-        let mut confirmed: HashMap<(String, String), Vec<(i64, i64)>> = HashMap::new();
-        // (key, owner) → when its attempts were sent, in order.
-        let mut attempts: HashMap<(String, String), Vec<i64>> = HashMap::new();
-        for event in events {
-            match event {
-                Event::Call { key, owner, call, ttl_ms, sent, result, .. } => {
-                    let ttl =
-                        ttl_ms.map_or(ttl_ns, |ms| i64::try_from(ms).unwrap_or(i64::MAX / 2) * 1_000_000);
-                    let id = (key.clone(), owner.clone());
-                    match (call, result) {
-                        (CallKind::Acquire, CallResult::Acquired { token }) => {
-                            owner_of.insert((key.clone(), *token), owner.clone());
-                            granted_after.insert((key.clone(), *token), sent.wall);
-                            confirmed.entry(id.clone()).or_default().push((sent.wall, ttl));
-                            attempts.entry(id).or_default().push(sent.wall);
-                        }
-                        (CallKind::Acquire, _) => attempts.entry(id).or_default().push(sent.wall),
-                        (CallKind::Renew, CallResult::True) => {
-                            confirmed.entry(id).or_default().push((sent.wall, ttl))
-                        }
-                        _ => {}
-                    }
-                }
-                Event::Granted { key, owner, token, at } => {
-                    let id = (key.clone(), owner.clone());
-                    // A notice for an owner of another process: not ours to track.
-                    let Some(sent) = attempts.get(&id).and_then(|a| a.iter().rev().find(|&&t| t <= at.wall))
-                    else {
-                        continue;
-                    };
-                    owner_of.insert((key.clone(), *token), owner.clone());
-                    granted_after.insert((key.clone(), *token), *sent);
-                    let lease = ttl_ns.min(duration_ns(HANDOFF_LEASE));
-                    confirmed.entry(id).or_default().push((*sent, lease));
-                }
-                _ => {}
-            }
-        }
-        Self { owner_of, granted_after, confirmed }
-    }
-
-    /// The section's lease end: the latest `sent + lease` among its owner's confirmations
-    /// sent before the body ended.
-    fn lease_end(&self, key: &str, token: u64, body_end: i64) -> Option<i64> {
-        let owner = self.owner_of.get(&(key.to_owned(), token))?;
-        self.confirmed
-            .get(&(key.to_owned(), owner.clone()))?
-            .iter()
-            .filter(|(sent, _)| *sent <= body_end)
-            .map(|(sent, lease)| sent.saturating_add(*lease))
-            .max()
-    }
-}
-
-/// When each write id's section wrote (its write step, else its entry), in wall ns.
-fn write_times(sections: &[Section]) -> HashMap<String, i64> {
-    let mut times = HashMap::new();
-    for s in sections {
-        let at = s
-            .steps
-            .iter()
-            .find(|(k, _)| matches!(k, StepKind::FencedWrite | StepKind::CounterWrite))
-            .map_or(s.enter, |(_, at)| *at);
-        times.insert(crate::registers::write_id(s.worker, s.op), at);
-    }
-    times
-}
-
-/// Fenced writes reported `Ok`, per key: (write id, when).
-fn reported_writes(history: &History) -> HashMap<&str, Vec<(String, i64)>> {
-    let mut out: HashMap<&str, Vec<(String, i64)>> = HashMap::new();
-    for worker in &history.workers {
-        let keys: HashMap<OpId, &str> = worker
-            .events
-            .iter()
-            .filter_map(
-                |e| if let Event::Invoke { op, key, .. } = e { Some((*op, key.as_str())) } else { None },
-            )
-            .collect();
-        for event in &worker.events {
-            if let Event::StepEnd { op, step: StepKind::FencedWrite, result: StepResult::Written, at } = event
-                && let Some(key) = keys.get(op)
-            {
-                out.entry(key).or_default().push((crate::registers::write_id(worker.worker, *op), at.wall));
-            }
-        }
-    }
-    out
-}
-
-struct LostUpdates {
-    /// (row, updates lost, when the first loss in the row happened, else the row's first write).
-    per_row: Vec<(usize, i64, i64)>,
-    /// When each write that overwrote a newer value landed.
-    marks: Vec<i64>,
-}
-
-/// Updates a register lost, per window: the writes that landed in the window minus how much
-/// the register grew over it (each write stores the value it read plus one, so a register
-/// that lost nothing grows by one per write).
-fn lost_updates(log: &[Landed], write_time: &HashMap<String, i64>, windows: &Windows) -> LostUpdates {
-    // row → (updates lost, when the first write that lost one landed)
-    let mut per_row: BTreeMap<usize, (i64, Option<i64>)> = BTreeMap::new();
-    let mut marks = Vec::new();
-    let mut prev_value = 0;
-    let mut prev_at = windows.run_start;
-    for landed in log {
-        let at = write_time.get(&landed.id).copied().unwrap_or(prev_at);
-        let lost_here = prev_value - landed.v + 1;
-        let (lost, first) = per_row.entry(windows.row_of(at)).or_insert((0, None));
-        *lost += lost_here;
-        if lost_here > 0 {
-            first.get_or_insert(at);
-            marks.push(at);
-        }
-        prev_value = landed.v;
-        prev_at = at;
-    }
-    LostUpdates {
-        per_row: per_row
-            .into_iter()
-            .map(|(row, (lost, first))| (row, lost, first.unwrap_or(prev_at)))
-            .collect(),
-        marks,
-    }
-}
-
-fn liveness(
-    history: &History,
-    windows: &Windows,
-    sections: &[Section],
-    rows: &mut [Row],
-    violations: &mut Vec<Finding>,
-) {
-    let bound = duration_ns(history.recovery_bound);
-    for (i, window) in windows.rows.iter().enumerate() {
-        let Some(fault_end) = window.fault_end else { continue };
-        // A key recovers when a section enters after the fault ended — counted from when a
-        // holder that the fault did not disturb (it spans the fault's end and finishes Ok)
-        // lets go, if there is one.
-        let mut worst: Option<i64> = Some(0);
-        for key in &history.keys {
-            let on_key = || sections.iter().filter(|s| &s.key == key);
-            let busy_until = on_key()
-                .filter(|s| s.enter < fault_end && s.end > fault_end && s.outcome == Some(Outcome::Ok))
-                .map(|s| s.end)
-                .max()
-                .unwrap_or(fault_end);
-            let first = on_key().map(|s| s.enter).filter(|&t| t >= busy_until && t <= window.end).min();
-            match first {
-                Some(t) if t - busy_until <= bound => worst = worst.map(|w| w.max(t - busy_until)),
-                Some(t) => {
-                    worst = worst.map(|w| w.max(t - busy_until));
-                    rows[i].recovered = false;
-                    violations.push(Finding {
-                        kind: ViolationKind::Liveness,
-                        key: Some(key.clone()),
-                        row: i,
-                        at_s: windows.secs(fault_end),
-                        detail: format!(
-                            "key {key}: the first section after the fault ended entered {:.0} ms later (bound {:.0} ms)",
-                            clock::ms(t - busy_until),
-                            clock::ms(bound)
-                        ),
-                    });
-                }
-                None => {
-                    worst = None;
-                    rows[i].recovered = false;
-                    violations.push(Finding {
-                        kind: ViolationKind::Liveness,
-                        key: Some(key.clone()),
-                        row: i,
-                        at_s: windows.secs(fault_end),
-                        detail: format!(
-                            "key {key}: no section entered in the {:.1} s between the fault's end and the end of its window",
-                            clock::ms(window.end - busy_until) / 1e3
-                        ),
-                    });
-                }
-            }
-        }
-        rows[i].recovery_ms = worst.map(clock::ms);
-        // Every worker alive after the fault hears from the backend again: a call sent after
-        // the fault ended gets an answer (not an error) before the window ends.
-        for worker in &history.workers {
-            let alive_from = worker.started.map_or(history.run_start.wall, |s| s.wall).max(fault_end);
-            let gone = worker.killed.or(worker.exited).map(|s| s.wall);
-            if gone.is_some_and(|g| g <= window.end) || alive_from >= window.end {
-                continue;
-            }
-            let answered = worker.events.iter().any(|e| {
-                matches!(e, Event::Call { sent, returned, result, .. }
-                    if sent.wall >= alive_from && returned.wall <= window.end
-                        && !matches!(result, CallResult::Error { .. }))
-            });
-            if !answered {
-                rows[i].stalled_workers.push(worker.worker);
-                violations.push(Finding {
-                    kind: ViolationKind::WorkerStalled,
-                    key: None,
-                    row: i,
-                    at_s: windows.secs(fault_end),
-                    detail: format!(
-                        "worker {} got no answer from the backend in the {:.1} s after the fault ended",
-                        worker.worker,
-                        clock::ms(window.end - alive_from) / 1e3
-                    ),
-                });
-            }
-        }
     }
 }
 
@@ -991,5 +444,10 @@ fn total_row(rows: &[Row], windows: &Windows) -> Row {
     total
 }
 
+mod liveness;
+mod overlaps;
+mod sections;
+mod store;
 #[cfg(test)]
 mod tests;
+mod windows;
