@@ -1,0 +1,134 @@
+//! Overlapping holders and token order, per key.
+
+use std::collections::BTreeMap;
+
+use super::windows::Windows;
+use super::{EndKind, Finding, OverlapClass, Section, Tally, ViolationKind};
+use crate::clock;
+use crate::history::Outcome;
+
+/// Find every overlap (judged by [`classify`]) and every token that does not rise.
+pub(super) fn check(sections: &[Section], windows: &Windows, tally: &mut Tally) {
+    let mut by_key: BTreeMap<&str, Vec<&Section>> = BTreeMap::new();
+    for s in sections {
+        by_key.entry(s.key.as_str()).or_default().push(s);
+    }
+    for (key, list) in &mut by_key {
+        list.sort_by_key(|s| (s.enter, s.worker, s.op));
+        // Overlaps: every earlier section still running when a later one entered. `running`
+        // holds the sections entered so far that had not ended at the latest entry.
+        let mut running: Vec<&Section> = Vec::new();
+        for later in list.iter() {
+            running.retain(|earlier| earlier.end > later.enter);
+            for earlier in &running {
+                let row = windows.row_of(later.enter);
+                let class = classify(earlier, later);
+                let detail = format!(
+                    "{} entered at {:.3}s while {} (entered {:.3}s) still ran until {:.3}s",
+                    later.label(),
+                    windows.secs(later.enter),
+                    earlier.label(),
+                    windows.secs(earlier.enter),
+                    windows.secs(earlier.end),
+                );
+                let finding = |kind, detail| Finding {
+                    kind,
+                    key: Some((*key).to_owned()),
+                    row,
+                    at_s: windows.secs(later.enter),
+                    detail,
+                };
+                match class {
+                    OverlapClass::LostBeforeDeadline => {
+                        tally.rows[row].lost_before_deadline += 1;
+                        tally.excused.push(finding(
+                            ViolationKind::Overlap,
+                            format!("{detail}; excused: told Lost before its lease could have ended"),
+                        ));
+                    }
+                    OverlapClass::FrozenHolder => {
+                        tally.rows[row].frozen_holders += 1;
+                        tally.excused.push(finding(
+                            ViolationKind::Overlap,
+                            format!(
+                                "{detail}; excused: its process was frozen and did nothing after its lease"
+                            ),
+                        ));
+                    }
+                    OverlapClass::Violation { reason } => {
+                        tally.rows[row].overlaps += 1;
+                        tally.offending.insert((earlier.worker, earlier.op));
+                        tally.offending.insert((later.worker, later.op));
+                        tally.violations.push(finding(ViolationKind::Overlap, format!("{detail}: {reason}")));
+                    }
+                }
+            }
+            running.push(later);
+        }
+        // Token order: each token greater than the one of the section entered before it —
+        // where that order is certain: the earlier one entered before the later one's granting
+        // call was sent (two holders at once can be granted in one order and enter in the
+        // other; that is an overlap, counted above).
+        for pair in list.windows(2) {
+            let (prev, next) = (pair[0], pair[1]);
+            let certain = prev.enter <= next.granted_after.unwrap_or(next.enter);
+            if next.token <= prev.token && certain {
+                let row = windows.row_of(next.enter);
+                tally.rows[row].token_regressions += 1;
+                tally.violations.push(Finding {
+                    kind: ViolationKind::TokenRegression,
+                    key: Some((*key).to_owned()),
+                    row,
+                    at_s: windows.secs(next.enter),
+                    detail: format!(
+                        "{} entered after {} with token {} ≤ {}",
+                        next.label(),
+                        prev.label(),
+                        next.token,
+                        prev.token
+                    ),
+                });
+            }
+        }
+    }
+}
+
+/// Judge an overlap of `earlier` (still running) with `later` (entered meanwhile).
+pub fn classify(earlier: &Section, later: &Section) -> OverlapClass {
+    if earlier.told_lost() && earlier.lease_end.is_some_and(|lease_end| earlier.end <= lease_end) {
+        return OverlapClass::LostBeforeDeadline;
+    }
+    let cutoff = earlier.lease_end.unwrap_or(later.enter);
+    let acted_after = earlier.steps.iter().any(|(_, at)| *at > cutoff);
+    if earlier.paused && !acted_after {
+        return OverlapClass::FrozenHolder;
+    }
+    let mut reason = match (&earlier.outcome, earlier.end_kind) {
+        (_, EndKind::Killed) => "its process was killed only after the other entered".to_owned(),
+        (_, EndKind::Unfinished) => "its end was never recorded".to_owned(),
+        (Some(Outcome::Lost { reason }), _) => match earlier.lease_end {
+            Some(lease_end) => format!(
+                "it was told Lost ({reason}) only {:.1} ms after its lease could have ended",
+                clock::ms(earlier.end - lease_end)
+            ),
+            None => format!("it was told Lost ({reason}), but its lease is not in the history"),
+        },
+        (Some(outcome), _) => format!("it was never told Lost (its call ended {})", outcome_text(outcome)),
+        (None, _) => "its call never returned".to_owned(),
+    };
+    if earlier.paused {
+        reason.push_str("; its process had been frozen, and it acted again after its lease ended");
+    }
+    OverlapClass::Violation { reason }
+}
+
+fn outcome_text(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Ok => "Ok".into(),
+        Outcome::Timeout => "Timeout".into(),
+        Outcome::Lost { reason } => format!("Lost ({reason})"),
+        Outcome::LostAtRelease => "Ok, but release said the lock was no longer its own".into(),
+        Outcome::Backend { msg } => format!("with a backend error: {msg}"),
+        Outcome::Failed { msg } => format!("with an error: {msg}"),
+    }
+}

@@ -1,0 +1,520 @@
+//! The check on hand-made histories: each rule, on a history that keeps it and on one that
+//! breaks it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::*;
+use crate::history::{CallKind, CallResult, Event, Mode, Outcome, StepKind, StepResult};
+use crate::registers::{KeyStore, Landed, write_id};
+use crate::schedule::{FaultKind, FaultRecord, FaultSpec};
+
+/// Milliseconds after the (made-up) start of the run.
+fn at(ms: i64) -> Stamp {
+    Stamp::at_wall(1_000_000_000_000 + ms * 1_000_000)
+}
+
+/// Builds one worker's events.
+struct W {
+    worker: WorkerId,
+    events: Vec<Event>,
+    killed: Option<Stamp>,
+}
+
+/// A section as the test describes it.
+struct S {
+    op: OpId,
+    key: &'static str,
+    token: u64,
+    /// When the acquire call that granted it was sent.
+    acquired: i64,
+    enter: i64,
+    /// `None`: the body's end was never recorded.
+    end: Option<i64>,
+    outcome: Option<Outcome>,
+    /// Write steps sent at these times (after the two reads at `enter`).
+    writes_at: Vec<i64>,
+}
+
+impl S {
+    fn new(op: OpId, key: &'static str, token: u64, enter: i64, end: i64) -> Self {
+        Self {
+            op,
+            key,
+            token,
+            acquired: enter - 1,
+            enter,
+            end: Some(end),
+            outcome: Some(Outcome::Ok),
+            writes_at: vec![end - 1],
+        }
+    }
+    fn outcome(mut self, outcome: Outcome) -> Self {
+        self.outcome = Some(outcome);
+        self
+    }
+    fn lost(self) -> Self {
+        self.outcome(Outcome::Lost { reason: "Refused".into() })
+    }
+    fn writes(mut self, at: &[i64]) -> Self {
+        self.writes_at = at.to_vec();
+        self
+    }
+    fn unfinished(mut self) -> Self {
+        self.end = None;
+        self.outcome = None;
+        self
+    }
+}
+
+impl W {
+    fn new(worker: WorkerId) -> Self {
+        Self { worker, events: vec![], killed: None }
+    }
+
+    fn owner(&self, op: OpId) -> String {
+        format!("owner-{}-{op}", self.worker)
+    }
+
+    fn section(mut self, s: S) -> Self {
+        let owner = self.owner(s.op);
+        self.events.push(Event::Invoke {
+            op: s.op,
+            task: 0,
+            key: s.key.into(),
+            mode: Mode::Attribute,
+            long: false,
+            at: at(s.acquired),
+        });
+        self.events.push(Event::Call {
+            key: s.key.into(),
+            owner,
+            call: CallKind::Acquire,
+            ttl_ms: Some(1000),
+            sent: at(s.acquired),
+            returned: at(s.acquired),
+            result: CallResult::Acquired { token: s.token },
+        });
+        self.events.push(Event::Enter { op: s.op, token: s.token, at: at(s.enter) });
+        self.events.push(Event::StepStart { op: s.op, step: StepKind::FencedRead, at: at(s.enter) });
+        for &w in &s.writes_at {
+            self.events.push(Event::StepStart { op: s.op, step: StepKind::FencedWrite, at: at(w) });
+        }
+        if let Some(end) = s.end {
+            self.events.push(Event::BodyEnd { op: s.op, at: at(end) });
+        }
+        if let Some(outcome) = s.outcome {
+            self.events.push(Event::Done { op: s.op, outcome, at: at(s.end.unwrap_or(s.enter)) });
+        }
+        self
+    }
+
+    fn renew(mut self, op: OpId, key: &str, sent: i64, ok: bool) -> Self {
+        self.events.push(Event::Call {
+            key: key.into(),
+            owner: self.owner(op),
+            call: CallKind::Renew,
+            ttl_ms: Some(1000),
+            sent: at(sent),
+            returned: at(sent + 1),
+            result: if ok { CallResult::True } else { CallResult::False },
+        });
+        self
+    }
+
+    fn killed_at(mut self, ms: i64) -> Self {
+        self.killed = Some(at(ms));
+        self
+    }
+
+    fn done(self) -> WorkerHistory {
+        WorkerHistory {
+            worker: self.worker,
+            started: Some(at(0)),
+            killed: self.killed,
+            exited: None,
+            crashed: None,
+            events: self.events,
+        }
+    }
+}
+
+fn history(workers: Vec<WorkerHistory>, end_ms: i64) -> History {
+    History {
+        run_start: at(0),
+        run_end: at(end_ms),
+        ttl: Duration::from_secs(1),
+        recovery_bound: Duration::from_secs(2),
+        keys: vec!["k".into()],
+        workers,
+        faults: vec![],
+        store: BTreeMap::new(),
+    }
+}
+
+fn fault(kind: FaultKind, start: i64, end: i64, paused: &[WorkerId]) -> FaultRecord {
+    FaultRecord {
+        spec: FaultSpec { kind, duration: None, delay: None },
+        label: kind.name().into(),
+        start: at(start),
+        end: at(end),
+        paused_workers: paused.to_vec(),
+        killed_workers: vec![],
+        note: None,
+        skipped: None,
+    }
+}
+
+fn kinds(analysis: &Analysis) -> Vec<ViolationKind> {
+    analysis.violations.iter().map(|v| v.kind).collect()
+}
+
+#[test]
+fn sections_one_after_another_with_rising_tokens_pass() {
+    let h = history(
+        vec![
+            W::new(0).section(S::new(0, "k", 1, 10, 50)).section(S::new(1, "k", 3, 110, 150)).done(),
+            W::new(1).section(S::new(0, "k", 2, 60, 100)).done(),
+        ],
+        200,
+    );
+    let a = analyse(&h);
+    assert!(a.passed(), "{:?}", a.violations);
+    assert!(a.valid);
+    assert_eq!((a.total.sections, a.total.ok, a.total.overlaps), (3, 3, 0));
+}
+
+#[test]
+fn an_overlap_whose_earlier_holder_finished_ok_is_a_violation() {
+    let h = history(
+        vec![
+            W::new(0).section(S::new(0, "k", 1, 10, 500)).done(),
+            W::new(1).section(S::new(0, "k", 2, 200, 300)).done(),
+        ],
+        600,
+    );
+    let a = analyse(&h);
+    assert_eq!(kinds(&a), [ViolationKind::Overlap]);
+    assert_eq!(a.total.overlaps, 1);
+    assert!(a.violations[0].detail.contains("never told Lost"), "{}", a.violations[0].detail);
+    assert!(a.offending.contains(&(0, 0)) && a.offending.contains(&(1, 0)));
+}
+
+#[test]
+fn an_earlier_holder_told_lost_before_its_lease_ended_is_excused() {
+    // Acquired at 9 with a 1 s ttl: its lease could not end before 1009. Another entered at
+    // 200 (the backend lost the key); it was told Lost and stopped at 400.
+    let h = history(
+        vec![
+            W::new(0).section(S::new(0, "k", 1, 10, 400).lost()).done(),
+            W::new(1).section(S::new(0, "k", 2, 200, 300)).done(),
+        ],
+        600,
+    );
+    let a = analyse(&h);
+    assert!(a.passed(), "{:?}", a.violations);
+    assert_eq!((a.total.overlaps, a.total.lost_before_deadline), (0, 1));
+    assert_eq!(a.excused.len(), 1);
+}
+
+#[test]
+fn an_earlier_holder_told_lost_after_its_lease_ended_is_a_violation() {
+    // Lease until 1009; the other entered at 1100 legitimately; the holder still ran until
+    // 1300 before it was told.
+    let h = history(
+        vec![
+            W::new(0).section(S::new(0, "k", 1, 10, 1300).lost().writes(&[20])).done(),
+            W::new(1).section(S::new(0, "k", 2, 1100, 1200)).done(),
+        ],
+        1500,
+    );
+    let a = analyse(&h);
+    assert_eq!(kinds(&a), [ViolationKind::Overlap]);
+    assert!(
+        a.violations[0].detail.contains("291.0 ms after its lease could have ended"),
+        "{}",
+        a.violations[0].detail
+    );
+}
+
+#[test]
+fn a_confirmed_renewal_extends_the_lease_and_a_refused_one_does_not() {
+    let base = |renewal_ok| {
+        history(
+            vec![
+                W::new(0).section(S::new(0, "k", 1, 10, 1300).lost()).renew(0, "k", 600, renewal_ok).done(),
+                W::new(1).section(S::new(0, "k", 2, 1200, 1250)).done(),
+            ],
+            1500,
+        )
+    };
+    // Renewed at 600: the lease lasts until 1600, and 1300 is before that.
+    let a = analyse(&base(true));
+    assert!(a.passed(), "{:?}", a.violations);
+    assert_eq!(a.total.lost_before_deadline, 1);
+    // A refused renewal confirms nothing: the lease ended at 1009.
+    let a = analyse(&base(false));
+    assert_eq!(kinds(&a), [ViolationKind::Overlap]);
+}
+
+#[test]
+fn a_key_handed_over_gets_its_lease_from_the_owners_last_attempt() {
+    let mut w = W::new(0);
+    let owner = w.owner(0);
+    w.events.push(Event::Invoke {
+        op: 0,
+        task: 0,
+        key: "k".into(),
+        mode: Mode::Manual,
+        long: false,
+        at: at(0),
+    });
+    for sent in [0, 100] {
+        w.events.push(Event::Call {
+            key: "k".into(),
+            owner: owner.clone(),
+            call: CallKind::Acquire,
+            ttl_ms: Some(1000),
+            sent: at(sent),
+            returned: at(sent + 1),
+            result: CallResult::Held,
+        });
+    }
+    w.events.push(Event::Granted { key: "k".into(), owner, token: 7, at: at(150) });
+    w.events.push(Event::Enter { op: 0, token: 7, at: at(151) });
+    w.events.push(Event::BodyEnd { op: 0, at: at(200) });
+    let h = history(vec![w.done()], 300);
+    let a = analyse(&h);
+    // The hand-off lease is min(ttl, HANDOFF_LEASE) = 1 s from the last attempt (100 ms).
+    assert_eq!(a.sections[0].lease_end, Some(at(1100).wall));
+}
+
+#[test]
+fn a_frozen_holder_that_does_nothing_after_its_lease_is_excused_and_one_that_acts_is_not() {
+    let run = |write_at: i64| {
+        let mut h = history(
+            vec![
+                W::new(0).section(S::new(0, "k", 1, 10, 2100).lost().writes(&[write_at])).done(),
+                W::new(1).section(S::new(0, "k", 2, 1100, 1200)).done(),
+            ],
+            3000,
+        );
+        h.faults = vec![fault(FaultKind::PauseWorker, 50, 2000, &[0])];
+        analyse(&h)
+    };
+    // Its write was sent before the pause: nothing after its lease ended (1009).
+    let a = run(40);
+    assert!(a.violations.iter().all(|v| v.kind != ViolationKind::Overlap), "{:?}", a.violations);
+    assert_eq!(a.total.frozen_holders, 1);
+    // Resumed at 2000, it sent its write at 2050 before being stopped: a violation.
+    let a = run(2050);
+    assert!(a.violations.iter().any(|v| v.kind == ViolationKind::Overlap && v.detail.contains("frozen")));
+}
+
+#[test]
+fn a_killed_holder_ends_when_its_process_is_gone() {
+    let run = |other_enters: i64| {
+        let h = history(
+            vec![
+                W::new(0).section(S::new(0, "k", 1, 10, 0).unfinished().writes(&[])).killed_at(500).done(),
+                W::new(1).section(S::new(0, "k", 2, other_enters, other_enters + 50)).done(),
+            ],
+            2000,
+        );
+        analyse(&h)
+    };
+    let a = run(1100);
+    assert!(a.passed(), "{:?}", a.violations);
+    assert_eq!(a.total.killed, 1);
+    let a = run(300);
+    assert_eq!(kinds(&a), [ViolationKind::Overlap]);
+    assert!(a.violations[0].detail.contains("killed only after"));
+}
+
+#[test]
+fn tokens_that_do_not_rise_are_regressions() {
+    let h = history(
+        vec![
+            W::new(0).section(S::new(0, "k", 5, 10, 50)).section(S::new(1, "k", 5, 210, 250)).done(),
+            W::new(1).section(S::new(0, "k", 3, 110, 150)).done(),
+        ],
+        300,
+    );
+    let a = analyse(&h);
+    // In the order of entry: 5 (at 10), 3 (at 110, lower: a regression), 5 (at 210, higher).
+    assert_eq!(a.total.token_regressions, 1);
+    let h = history(
+        vec![
+            W::new(0).section(S::new(0, "k", 4, 10, 50)).done(),
+            W::new(1).section(S::new(0, "k", 4, 110, 150)).done(),
+        ],
+        300,
+    );
+    assert_eq!(kinds(&analyse(&h)), [ViolationKind::TokenRegression], "equal tokens do not rise");
+}
+
+#[test]
+fn two_holders_granted_in_one_order_and_entered_in_the_other_are_no_regression() {
+    // Token 8's acquire was sent at 99, before token 9's holder entered at 100: the backend
+    // may well have granted 8 first (two holders at once: the overlap is what is counted).
+    let mut late = S::new(0, "k", 8, 101, 150);
+    late.acquired = 99;
+    let h = history(
+        vec![W::new(0).section(S::new(0, "k", 9, 100, 140)).done(), W::new(1).section(late).done()],
+        300,
+    );
+    let a = analyse(&h);
+    assert_eq!(a.total.token_regressions, 0);
+    assert_eq!(kinds(&a), [ViolationKind::Overlap]);
+}
+
+/// A store whose fenced log holds `values`, written by worker 0's ops 0, 1, ….
+fn store(values: &[i64], counter: &[i64]) -> BTreeMap<String, KeyStore> {
+    let log =
+        |vs: &[i64]| vs.iter().enumerate().map(|(i, &v)| Landed { id: write_id(0, i as u64), v }).collect();
+    let state = KeyStore {
+        fenced_value: values.last().copied().unwrap_or(0),
+        fenced_max: 9,
+        fenced_log: log(values),
+        counter_value: counter.last().copied().unwrap_or(0),
+        counter_log: log(counter),
+    };
+    BTreeMap::from([("k".to_owned(), state)])
+}
+
+fn three_sections() -> WorkerHistory {
+    W::new(0)
+        .section(S::new(0, "k", 1, 10, 50))
+        .section(S::new(1, "k", 2, 110, 150))
+        .section(S::new(2, "k", 3, 210, 250))
+        .done()
+}
+
+#[test]
+fn a_fenced_register_that_lost_an_update_is_a_violation_an_unfenced_one_is_counted() {
+    let mut h = history(vec![three_sections()], 300);
+    h.store = store(&[1, 2, 3], &[1, 2, 2]);
+    let a = analyse(&h);
+    assert!(a.passed(), "{:?}", a.violations);
+    assert_eq!((a.total.fenced_lost_updates, a.total.unfenced_lost_updates), (0, 1));
+    // 1, 2, 3, then a write of 2 (it read 1): two updates gone.
+    h.store = store(&[1, 2, 3, 2], &[1, 2, 3]);
+    let a = analyse(&h);
+    assert_eq!(a.total.fenced_lost_updates, 2);
+    assert_eq!(kinds(&a), [ViolationKind::FencedLostUpdate]);
+}
+
+#[test]
+fn a_write_reported_ok_that_the_store_does_not_have_is_a_violation() {
+    let mut w = W::new(0).section(S::new(0, "k", 1, 10, 50));
+    w.events.push(Event::StepEnd {
+        op: 0,
+        step: StepKind::FencedWrite,
+        result: StepResult::Written,
+        at: at(45),
+    });
+    let mut h = history(vec![w.done()], 300);
+    h.store = store(&[], &[]);
+    let a = analyse(&h);
+    assert_eq!(kinds(&a), [ViolationKind::StoreLostWrite]);
+    assert_eq!(a.total.fenced_writes, 1);
+    h.store = store(&[1], &[]);
+    assert!(analyse(&h).passed());
+}
+
+#[test]
+fn sections_must_resume_within_the_bound_after_a_fault() {
+    let run = |next_enter: i64| {
+        let mut h = history(
+            vec![
+                W::new(0)
+                    .section(S::new(0, "k", 1, 10, 50))
+                    .section(S::new(1, "k", 2, next_enter, next_enter + 10))
+                    .done(),
+            ],
+            6000,
+        );
+        h.faults = vec![fault(FaultKind::PauseServer, 100, 1000, &[])];
+        analyse(&h)
+    };
+    let a = run(2500);
+    assert!(a.passed(), "{:?}", a.violations);
+    assert_eq!(a.rows[1].recovery_ms, Some(1500.0));
+    let a = run(3500);
+    assert_eq!(kinds(&a), [ViolationKind::Liveness]);
+    assert!(!a.rows[1].recovered);
+}
+
+#[test]
+fn an_undisturbed_holder_across_the_faults_end_delays_the_recovery_clock() {
+    // A section from 500 to 2600 that finishes Ok was not disturbed; the next one at 2700
+    // came 100 ms after it let go.
+    let mut h = history(
+        vec![W::new(0).section(S::new(0, "k", 1, 500, 2600)).section(S::new(1, "k", 2, 2700, 2800)).done()],
+        6000,
+    );
+    h.faults = vec![fault(FaultKind::PauseServer, 100, 1000, &[])];
+    let a = analyse(&h);
+    assert!(a.passed(), "{:?}", a.violations);
+    assert_eq!(a.rows[1].recovery_ms, Some(100.0));
+}
+
+#[test]
+fn a_worker_that_never_enters_again_is_stalled() {
+    let mut h = history(
+        vec![
+            W::new(0).section(S::new(0, "k", 1, 10, 50)).section(S::new(1, "k", 3, 1200, 1300)).done(),
+            W::new(1).section(S::new(0, "k", 2, 60, 90)).done(),
+        ],
+        5000,
+    );
+    h.faults = vec![fault(FaultKind::Blackhole, 1000, 1000, &[])];
+    let a = analyse(&h);
+    assert_eq!(kinds(&a), [ViolationKind::WorkerStalled]);
+    assert_eq!(a.rows[1].stalled_workers, [1]);
+}
+
+#[test]
+fn counts_land_in_the_window_of_their_fault() {
+    let mut h = history(
+        vec![
+            W::new(0)
+                .section(S::new(0, "k", 1, 10, 50))
+                .section(S::new(1, "k", 2, 1500, 1550))
+                .section(S::new(2, "k", 3, 1900, 2650).lost())
+                .done(),
+        ],
+        4000,
+    );
+    h.faults =
+        vec![fault(FaultKind::DropKey, 1000, 1000, &[]), fault(FaultKind::PauseServer, 2000, 2500, &[])];
+    let a = analyse(&h);
+    // The third section entered in the drop-key window and was told Lost in the pause's.
+    let counts: Vec<(usize, usize, usize)> = a.rows.iter().map(|r| (r.sections, r.ok, r.lost)).collect();
+    assert_eq!(counts, [(1, 1, 0), (2, 1, 0), (0, 0, 1)]);
+    assert_eq!((a.rows[1].start_s, a.rows[1].end_s), (1.0, 2.0));
+}
+
+#[test]
+fn a_stepped_wall_clock_makes_the_history_invalid() {
+    let mut w = W::new(0).section(S::new(0, "k", 1, 10, 50));
+    w.events.push(Event::Bye {
+        complete: true,
+        at: Stamp { wall: at(60).wall + 5_000_000_000, mono: at(60).mono },
+    });
+    let a = analyse(&history(vec![w.done()], 100));
+    assert!(!a.valid);
+    assert!(a.notes[0].contains("stepped"));
+}
+
+#[test]
+fn a_worker_that_exited_on_its_own_makes_the_history_invalid() {
+    let mut worker = W::new(0).section(S::new(0, "k", 1, 10, 0).unfinished().writes(&[])).done();
+    worker.exited = Some(at(20));
+    worker.crashed = Some("exit status: 101".into());
+    let a = analyse(&history(vec![worker], 100));
+    assert!(!a.valid);
+    assert!(a.notes[0].contains("exited on its own (exit status: 101)"), "{:?}", a.notes);
+    // Its open section ends with its last sign of life, not with the run.
+    assert_eq!(a.sections[0].end, at(20).wall);
+}

@@ -1,0 +1,199 @@
+//! The command line: every option, with its default, turned into a [`RunConfig`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::backends::Plant;
+use crate::config::{BackendChoice, RunConfig};
+use crate::schedule::{FaultKind, FaultSpec};
+use crate::workload::{ModeChoice, Workload};
+
+/// dlock-check: take locks under faults, record everything, check the history.
+#[derive(Debug, Parser)]
+#[command(name = "dlock-check", version, about, long_about = None)]
+pub struct Cli {
+    /// Internal: the worker processes the checker starts.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The check's options.
+    #[command(flatten)]
+    pub check: CheckArgs,
+}
+
+/// Sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a recorded run again and rewrite its report (its directory: `--out` of the run).
+    Recheck {
+        /// The run's directory (holds `run.json` and `history/`).
+        dir: PathBuf,
+    },
+    /// Run as a worker process (started by the checker itself).
+    #[command(hide = true)]
+    Worker {
+        /// The worker's spec, as JSON.
+        #[arg(long)]
+        spec: String,
+    },
+}
+
+/// Options of a check.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The backend under test: `redis` (a private redis-server the checker starts, so every
+    /// fault applies), `memory` (the in-process backend: one process, no process or server
+    /// faults) or a `redis://` URL of a server you run (worker-side faults only).
+    #[arg(long, default_value = "redis", value_parser = BackendChoice::parse)]
+    pub backend: BackendChoice,
+
+    /// Worker processes (for `memory`: independent services in the checker's process).
+    #[arg(long, short = 'p', default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub workers: u32,
+
+    /// Tasks per worker.
+    #[arg(long, short = 't', default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub tasks: u32,
+
+    /// Lock keys the tasks pick from at random.
+    #[arg(long, short = 'k', default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub keys: u32,
+
+    /// Which API the tasks use: the attribute, the manual API, or both (even tasks / odd tasks).
+    #[arg(long, value_enum, default_value_t = ModeChoice::Mixed)]
+    pub mode: ModeChoice,
+
+    /// The lease (`ttl`) every section asks for.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    pub ttl: Duration,
+
+    /// How long a call waits for its lock.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    pub wait: Duration,
+
+    /// Think time between read and write, `MIN..MAX`, uniformly drawn.
+    #[arg(long, default_value = "5ms..30ms", value_parser = think_range)]
+    pub think: (Duration, Duration),
+
+    /// About one section in N is long: it thinks for `--long-think`, longer than the ttl, so
+    /// its lease must be renewed (0: none).
+    #[arg(long, default_value_t = 20)]
+    pub long_every: u32,
+
+    /// How long a long section thinks [default: 1.5 × ttl].
+    #[arg(long, value_parser = duration)]
+    pub long_think: Option<Duration>,
+
+    /// The fault schedule (see `--help`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "kill-worker,pause-worker,pause-server,drop-key,partition,latency,restart-server,blackhole",
+        help = "The faults, in order, comma-separated: kill-worker, pause-worker[:D], pause-server[:D], drop-key, partition[:D], latency[:DELAY[:D]], restart-server[:DOWN], blackhole. Faults that leave lasting damage come last by default"
+    )]
+    pub faults: Vec<FaultSpec>,
+
+    /// No faults at all (a baseline run).
+    #[arg(long, conflicts_with = "faults")]
+    pub no_faults: bool,
+
+    /// Quiet time before the first fault.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    pub baseline: Duration,
+
+    /// Quiet time after each fault ends [default: recovery bound + 2 s].
+    #[arg(long, value_parser = duration)]
+    pub settle: Option<Duration>,
+
+    /// How long pauses, partitions and latency last, unless the fault says [default: 2 × ttl].
+    #[arg(long, value_parser = duration)]
+    pub fault_duration: Option<Duration>,
+
+    /// The delay `latency` adds each way, unless the fault says.
+    #[arg(long, default_value = "100ms", value_parser = duration)]
+    pub latency: Duration,
+
+    /// After a fault ends, every key must see a section within this [default: ttl + 1 s].
+    #[arg(long, value_parser = duration)]
+    pub recovery_bound: Option<Duration>,
+
+    /// Plant a bug into the backend, to see the checker catch it.
+    #[arg(long, value_enum)]
+    pub plant: Option<Plant>,
+
+    /// The bound on every backend call (dlock's default: 2 s).
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    pub call_timeout: Duration,
+
+    /// Where the history and the report go [default: target/dlock-check/run-UNIXTIME].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+
+    /// Seed of the tasks' random choices [default: random].
+    #[arg(long)]
+    pub seed: Option<u64>,
+
+    /// Print only the report.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|err| format!("{err}; write e.g. 500ms, 2s, 1m"))
+}
+
+fn think_range(text: &str) -> Result<(Duration, Duration), String> {
+    let (min, max) = text.split_once("..").ok_or("expected MIN..MAX, e.g. 5ms..30ms")?;
+    let (min, max) = (duration(min)?, duration(max)?);
+    if min > max {
+        return Err(format!("{text}: the minimum is greater than the maximum"));
+    }
+    Ok((min, max))
+}
+
+impl CheckArgs {
+    /// The run these options describe; `worker_exe` is the binary to start workers from.
+    pub fn config(&self, worker_exe: PathBuf) -> Result<RunConfig, String> {
+        if self.ttl < dlock::MIN_TTL {
+            return Err(format!("--ttl {:?} is under dlock's minimum of {:?}", self.ttl, dlock::MIN_TTL));
+        }
+        let recovery_bound = self.recovery_bound.unwrap_or(self.ttl + Duration::from_secs(1));
+        let out_dir = self.out.clone().unwrap_or_else(|| {
+            let secs =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            PathBuf::from(format!("target/dlock-check/run-{secs}"))
+        });
+        let faults = if self.no_faults { Vec::new() } else { self.faults.clone() };
+        if faults.iter().any(|f| f.kind == FaultKind::Latency && f.delay.is_some_and(|d| d.is_zero())) {
+            return Err("a latency of 0 adds nothing".into());
+        }
+        Ok(RunConfig {
+            backend: self.backend.clone(),
+            workers: self.workers,
+            workload: Workload {
+                tasks: self.tasks,
+                keys: (0..self.keys).map(|i| format!("key-{i}")).collect(),
+                mode: self.mode,
+                ttl: self.ttl,
+                wait: self.wait,
+                think_min: self.think.0,
+                think_max: self.think.1,
+                long_every: self.long_every,
+                long_think: self.long_think.unwrap_or(self.ttl.mul_f64(1.5)),
+                seed: self.seed.unwrap_or_else(rand::random),
+            },
+            faults,
+            baseline: self.baseline,
+            settle: self.settle.unwrap_or(recovery_bound + Duration::from_secs(2)),
+            fault_duration: self.fault_duration.unwrap_or(self.ttl * 2),
+            latency: self.latency,
+            recovery_bound,
+            plant: self.plant,
+            call_timeout: self.call_timeout,
+            out_dir,
+            worker_exe,
+            verbose: !self.quiet,
+        })
+    }
+}

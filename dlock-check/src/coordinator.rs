@@ -1,0 +1,575 @@
+//! One run, start to finish: start the servers, namespaces and proxies it needs, start the
+//! workers, apply the fault schedule while they work, stop them, collect the history and the
+//! store, and tear everything down again.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::analysis::{History, WorkerHistory};
+use crate::backends::{self, BackendSettings, Connected, KeyForcer};
+use crate::clock::Stamp;
+use crate::config::{BackendChoice, RunConfig, skip_reason};
+use crate::faults;
+use crate::history::{self, Event, Recorder, WorkerId};
+use crate::live::Live;
+use crate::netns::{self, Namespaces};
+use crate::proxy::Proxy;
+use crate::redis_url::{socket_addr_of, with_host};
+use crate::registers::Registers;
+use crate::schedule::{FaultKind, FaultRecord};
+use crate::servers::{self, ManagedServer, ServerKind};
+use crate::worker::{StoreSpec, WorkerSpec};
+use crate::workload::{self, WorkerContext};
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct RunOutput {
+    /// The run's id (also in every key it used).
+    pub run_id: String,
+    /// The recorded history.
+    pub history: History,
+}
+
+/// What `run.json` holds: everything about a run but the events, which stay in
+/// `history/worker-<id>.jsonl`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Recorded {
+    run_id: String,
+    config: RunConfig,
+    history: History,
+}
+
+impl RunOutput {
+    /// Write `run.json` into the run's directory, so the history can be checked again later.
+    fn save(&self, config: &RunConfig) -> anyhow::Result<()> {
+        let mut history = self.history.clone();
+        for worker in &mut history.workers {
+            worker.events.clear();
+        }
+        let recorded = Recorded { run_id: self.run_id.clone(), config: config.clone(), history };
+        let path = config.out_dir.join("run.json");
+        std::fs::write(&path, serde_json::to_vec(&recorded)?)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// A run recorded in `dir` (its `run.json` and `history/`), and how it was configured.
+    pub fn load(dir: &std::path::Path) -> anyhow::Result<(Self, RunConfig)> {
+        let path = dir.join("run.json");
+        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let mut recorded: Recorded = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not a dlock-check run", path.display()))?;
+        for worker in &mut recorded.history.workers {
+            worker.events =
+                history::read_all(&dir.join("history").join(format!("worker-{}.jsonl", worker.worker)));
+        }
+        let mut config = recorded.config;
+        config.out_dir = dir.to_path_buf();
+        Ok((Self { run_id: recorded.run_id, history: recorded.history }, config))
+    }
+}
+
+/// A worker the coordinator started.
+pub(crate) struct WorkerProc {
+    pub(crate) id: WorkerId,
+    pub(crate) slot: u32,
+    pub(crate) history: PathBuf,
+    pub(crate) started: Stamp,
+    pub(crate) killed: Option<Stamp>,
+    pub(crate) exited: Option<Stamp>,
+    /// How it ended, when it exited before it was told to stop.
+    crashed: Option<String>,
+    handle: WorkerHandle,
+}
+
+enum WorkerHandle {
+    Process { child: Child, stdin: Option<ChildStdin> },
+    InProcess { stop: watch::Sender<bool>, task: Option<tokio::task::JoinHandle<()>> },
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        match &mut self.handle {
+            WorkerHandle::Process { child, .. } => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            WorkerHandle::InProcess { stop, task } => {
+                stop.send_replace(true);
+                if let Some(task) = task.take() {
+                    task.abort();
+                }
+            }
+        }
+    }
+}
+
+/// What a run set up, and what the faults act on.
+pub(crate) struct Lab {
+    pub(crate) config: RunConfig,
+    pub(crate) run_id: String,
+    pub(crate) prefix: String,
+    pub(crate) server: Option<Arc<Mutex<Box<dyn ManagedServer>>>>,
+    store_server: Option<Box<dyn ManagedServer>>,
+    pub(crate) namespaces: Option<Namespaces>,
+    pub(crate) proxy: Option<Proxy>,
+    store_proxy: Option<Proxy>,
+    pub(crate) workers: Vec<WorkerProc>,
+    pub(crate) live: Live,
+    pub(crate) forcer: Option<KeyForcer>,
+    memory: Option<(Connected, Registers)>,
+    history_dir: PathBuf,
+}
+
+impl Lab {
+    pub(crate) fn say(&self, what: impl fmt::Display) {
+        if self.config.verbose {
+            eprintln!("dlock-check: {what}");
+        }
+    }
+
+    /// Signal the process of `worker` (by the pid it reported, else the child's).
+    pub(crate) fn signal(&self, worker: WorkerId, signal: Signal) -> anyhow::Result<()> {
+        let proc = self.worker(worker)?;
+        let pid = match (&proc.handle, self.live.pid(worker)) {
+            (WorkerHandle::Process { .. }, Some(pid)) => pid,
+            (WorkerHandle::Process { child, .. }, None) => child.id(),
+            (WorkerHandle::InProcess { .. }, _) => bail!("worker {worker} runs in this process"),
+        };
+        let pid = Pid::from_raw(i32::try_from(pid).context("pid out of range")?);
+        kill(pid, signal).with_context(|| format!("sending {signal} to worker {worker} ({pid})"))
+    }
+
+    /// Kill `worker` (SIGKILL) and reap it; returns when it is gone (the live view still shows
+    /// what it held: the caller forgets it).
+    pub(crate) async fn kill_worker(&mut self, worker: WorkerId) -> anyhow::Result<Stamp> {
+        self.signal(worker, Signal::SIGKILL)?;
+        let proc = self.workers.iter_mut().find(|w| w.id == worker).context("no such worker")?;
+        if let WorkerHandle::Process { child, .. } = &mut proc.handle {
+            // `ip netns exec` execs the worker, so the child is the worker itself.
+            loop {
+                if child.try_wait()?.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let gone = Stamp::now();
+        proc.killed = Some(gone);
+        Ok(gone)
+    }
+
+    fn worker(&self, worker: WorkerId) -> anyhow::Result<&WorkerProc> {
+        self.workers.iter().find(|w| w.id == worker).with_context(|| format!("no worker {worker}"))
+    }
+
+    /// Start a new worker in `slot`.
+    pub(crate) async fn spawn_worker(&mut self, slot: u32) -> anyhow::Result<WorkerId> {
+        let id = WorkerId::try_from(self.workers.len()).context("too many workers")?;
+        let history = self.history_dir.join(format!("worker-{id}.jsonl"));
+        let handle = match &self.memory {
+            Some((connected, registers)) => {
+                let recorder = Arc::new(Recorder::create(&history).context("creating a history file")?);
+                recorder.record(&Event::Hello {
+                    worker: id,
+                    pid: std::process::id(),
+                    slot,
+                    at: Stamp::now(),
+                });
+                let spec = self.spec(id, slot, history.clone());
+                let ctx = WorkerContext {
+                    worker: id,
+                    workload: self.config.workload.clone(),
+                    backend: backends::instrument(
+                        connected,
+                        self.config.plant,
+                        &self.prefix,
+                        Arc::clone(&recorder),
+                    ),
+                    prefix: self.prefix.clone(),
+                    service_name: spec.service_name(),
+                    registers: registers.clone(),
+                    recorder: Arc::clone(&recorder),
+                };
+                let (stop, stopped) = watch::channel(false);
+                let task = tokio::spawn(async move {
+                    if let Err(err) = workload::run(ctx, stopped).await {
+                        eprintln!("dlock-check: in-process worker {id}: {err:#}");
+                    }
+                    recorder.record(&Event::Bye { complete: recorder.complete(), at: Stamp::now() });
+                });
+                WorkerHandle::InProcess { stop, task: Some(task) }
+            }
+            None => {
+                let spec = self.spec(id, slot, history.clone());
+                let mut command = match &self.namespaces {
+                    Some(ns) => ns.command(slot as usize, &self.config.worker_exe)?,
+                    None => Command::new(&self.config.worker_exe),
+                };
+                let log = std::fs::File::create(self.history_dir.join(format!("worker-{id}.log")))?;
+                command
+                    .arg("worker")
+                    .arg("--spec")
+                    .arg(serde_json::to_string(&spec)?)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .stderr(log);
+                let mut child = command.spawn().with_context(|| {
+                    format!("starting worker {id} ({})", self.config.worker_exe.display())
+                })?;
+                let stdin = child.stdin.take();
+                WorkerHandle::Process { child, stdin }
+            }
+        };
+        self.live.follow(id, history.clone());
+        self.workers.push(WorkerProc {
+            id,
+            slot,
+            history,
+            started: Stamp::now(),
+            killed: None,
+            exited: None,
+            crashed: None,
+            handle,
+        });
+        Ok(id)
+    }
+
+    fn spec(&self, worker: WorkerId, slot: u32, history: PathBuf) -> WorkerSpec {
+        let backend_url = self.backend_url(slot);
+        let store = match (&self.store_server, &self.store_proxy, &self.namespaces) {
+            (Some(server), Some(proxy), Some(ns)) => StoreSpec::Redis {
+                url: ns
+                    .slots()
+                    .get(slot as usize)
+                    .and_then(|s| with_host(&server.url(), s.store_ip.into(), proxy.port()).ok())
+                    .unwrap_or_else(|| server.url()),
+                prefix: self.prefix.clone(),
+            },
+            (Some(server), _, _) => StoreSpec::Redis { url: server.url(), prefix: self.prefix.clone() },
+            (None, _, _) => StoreSpec::Memory,
+        };
+        WorkerSpec {
+            worker,
+            slot,
+            run_id: self.run_id.clone(),
+            backend: BackendSettings {
+                url: backend_url,
+                prefix: self.prefix.clone(),
+                call_timeout: self.config.call_timeout,
+            },
+            store,
+            history,
+            workload: self.config.workload.clone(),
+            plant: self.config.plant,
+        }
+    }
+
+    /// The backend URL a worker in `slot` uses: through the proxy when there is one.
+    fn backend_url(&self, slot: u32) -> String {
+        let direct = match (&self.config.backend, &self.server) {
+            (BackendChoice::Memory, _) => return "memory".into(),
+            (BackendChoice::Url(url), _) => url.clone(),
+            (BackendChoice::Managed(_), Some(server)) => lock(server).url(),
+            (BackendChoice::Managed(_), None) => return "memory".into(),
+        };
+        let Some(proxy) = &self.proxy else { return direct };
+        let host: IpAddr = match self.namespaces.as_ref().and_then(|ns| ns.slots().get(slot as usize)) {
+            Some(slot) => slot.backend_ip.into(),
+            None => Ipv4Addr::LOCALHOST.into(),
+        };
+        with_host(&direct, host, proxy.port()).unwrap_or(direct)
+    }
+
+    /// The workers alive now (not killed).
+    pub(crate) fn alive(&self) -> impl Iterator<Item = &WorkerProc> {
+        self.workers.iter().filter(|w| w.killed.is_none() && w.exited.is_none())
+    }
+}
+
+pub(crate) fn lock(
+    server: &Mutex<Box<dyn ManagedServer>>,
+) -> std::sync::MutexGuard<'_, Box<dyn ManagedServer>> {
+    server.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Run the workload under the schedule; record everything.
+pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
+    if config.workers == 0 || config.workload.tasks == 0 || config.workload.keys.is_empty() {
+        bail!("a run needs at least one worker, one task and one key");
+    }
+    let run_id = format!("{:08x}", rand::random::<u32>());
+    std::fs::create_dir_all(&config.out_dir)
+        .with_context(|| format!("creating {}", config.out_dir.display()))?;
+    let history_dir = config.out_dir.join("history");
+    // A re-used directory must not mix an old run's files into this one.
+    if history_dir.exists() {
+        std::fs::remove_dir_all(&history_dir)
+            .with_context(|| format!("clearing {}", history_dir.display()))?;
+    }
+    std::fs::create_dir_all(&history_dir)?;
+    let prefix = format!("dlock-check:{run_id}:");
+    let wants_partition = config.faults.iter().any(|f| f.kind == FaultKind::Partition);
+    let netns_status = if wants_partition && !config.backend.in_process() { netns::probe() } else { Ok(()) };
+    let skips: Vec<Option<String>> =
+        config.faults.iter().map(|f| skip_reason(&config, f.kind, &netns_status)).collect();
+    let applied =
+        |kind: FaultKind| config.faults.iter().zip(&skips).any(|(f, s)| f.kind == kind && s.is_none());
+
+    let mut lab = Lab {
+        config: config.clone(),
+        run_id: run_id.clone(),
+        prefix: prefix.clone(),
+        server: None,
+        store_server: None,
+        namespaces: None,
+        proxy: None,
+        store_proxy: None,
+        workers: Vec::new(),
+        live: Live::default(),
+        forcer: None,
+        memory: None,
+        history_dir: history_dir.clone(),
+    };
+    let servers_dir = config.out_dir.join("servers");
+    // The backend.
+    let upstream: Option<SocketAddr> = match &config.backend {
+        BackendChoice::Memory => {
+            let connected = backends::backend_for(&BackendSettings {
+                url: "memory".into(),
+                prefix: prefix.clone(),
+                call_timeout: config.call_timeout,
+            })
+            .await?;
+            lab.forcer = Some(connected.forcer.clone());
+            lab.memory = Some((connected, Registers::memory()));
+            None
+        }
+        BackendChoice::Managed(kind) => {
+            lab.say(format!("starting the backend's {kind}"));
+            let server = servers::start(*kind, &servers_dir, "backend")?;
+            let addr = server.addr();
+            let forcer = backends::forcer_for(&server.url(), config.call_timeout)?;
+            forcer.ready().await.map_err(anyhow::Error::msg)?;
+            lab.forcer = Some(forcer);
+            lab.server = Some(Arc::new(Mutex::new(server)));
+            Some(addr)
+        }
+        BackendChoice::Url(url) => {
+            let needs_proxy = applied(FaultKind::Partition)
+                || FaultKind::ALL.iter().any(|k| k.needs_proxy() && applied(*k));
+            if needs_proxy { Some(socket_addr_of(url)?) } else { None }
+        }
+    };
+    if !config.backend.in_process() {
+        lab.say("starting the store's redis-server");
+        lab.store_server = Some(servers::start(ServerKind::Redis, &servers_dir, "store")?);
+    }
+    if applied(FaultKind::Partition) {
+        lab.say("creating network namespaces");
+        lab.namespaces = Some(Namespaces::create(&run_id[..4], config.workers)?);
+    }
+    if let Some(upstream) = upstream
+        && (lab.namespaces.is_some() || FaultKind::ALL.iter().any(|k| k.needs_proxy() && applied(*k)))
+    {
+        let mut addrs: Vec<IpAddr> = vec![Ipv4Addr::LOCALHOST.into()];
+        if let Some(ns) = &lab.namespaces {
+            addrs.extend(ns.slots().iter().map(|s| IpAddr::from(s.backend_ip)));
+        }
+        lab.proxy = Some(Proxy::start(&addrs, upstream).await?);
+    }
+    if let (Some(ns), Some(store)) = (&lab.namespaces, &lab.store_server) {
+        let addrs: Vec<IpAddr> = ns.slots().iter().map(|s| IpAddr::from(s.store_ip)).collect();
+        lab.store_proxy = Some(Proxy::start(&addrs, store.addr()).await?);
+    }
+
+    let run_start = Stamp::now();
+    lab.say(format!("starting {} workers × {} tasks", config.workers, config.workload.tasks));
+    for slot in 0..config.workers {
+        lab.spawn_worker(slot).await?;
+    }
+    warm_up(&mut lab).await;
+    tokio::time::sleep(config.baseline).await;
+
+    let mut records = Vec::new();
+    for (i, (spec, skip)) in config.faults.iter().zip(&skips).enumerate() {
+        if let Some(reason) = skip {
+            lab.say(format!("fault {}/{}: {spec} skipped: {reason}", i + 1, config.faults.len()));
+            let now = Stamp::now();
+            records.push(FaultRecord {
+                spec: *spec,
+                label: spec.to_string(),
+                start: now,
+                end: now,
+                paused_workers: Vec::new(),
+                killed_workers: Vec::new(),
+                note: None,
+                skipped: Some(reason.clone()),
+            });
+            continue;
+        }
+        lab.say(format!("fault {}/{}: {spec}", i + 1, config.faults.len()));
+        let record = faults::apply(&mut lab, spec).await?;
+        lab.say(format!(
+            "  {}{}",
+            record.label,
+            record.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
+        ));
+        records.push(record);
+        tokio::time::sleep(config.settle).await;
+    }
+
+    let run_end = Stamp::now();
+    lab.say("stopping the workers");
+    stop_workers(&mut lab).await;
+    let store = final_store(&lab).await?;
+    if let BackendChoice::Url(url) = &config.backend {
+        clean_up_keys(url, &prefix).await;
+    }
+    let workers = lab
+        .workers
+        .iter()
+        .map(|w| WorkerHistory {
+            worker: w.id,
+            started: Some(w.started),
+            killed: w.killed,
+            exited: w.exited,
+            crashed: w.crashed.clone(),
+            events: history::read_all(&w.history),
+        })
+        .collect();
+    let history = History {
+        run_start,
+        run_end,
+        ttl: config.workload.ttl,
+        recovery_bound: config.recovery_bound,
+        keys: config.workload.keys.clone(),
+        workers,
+        faults: records,
+        store,
+    };
+    let output = RunOutput { run_id, history };
+    output.save(&config)?;
+    Ok(output)
+}
+
+/// Wait until every worker has entered a section (at most 15 s), so faults hit a running
+/// workload.
+async fn warm_up(lab: &mut Lab) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        lab.live.poll();
+        let waiting: Vec<WorkerId> =
+            lab.alive().map(|w| w.id).filter(|&w| lab.live.entered(w) == 0).collect();
+        if waiting.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            lab.say(format!("workers {waiting:?} entered no section within 15 s; going on"));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Tell every worker to stop; each finishes the call it is in. Whatever has not exited in
+/// time is killed (and reported as exited then).
+async fn stop_workers(lab: &mut Lab) {
+    let workload = &lab.config.workload;
+    let grace = workload.wait + workload.long_think + lab.config.call_timeout + Duration::from_secs(3);
+    for w in &mut lab.workers {
+        match &mut w.handle {
+            WorkerHandle::Process { stdin, child } => {
+                // A worker that is gone already, unasked, crashed: its history ends with its
+                // last event.
+                if w.killed.is_none()
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    let last = history::read_all(&w.history).iter().rev().find_map(crate::analysis::stamp_of);
+                    w.exited = Some(last.unwrap_or_else(Stamp::now));
+                    w.crashed = Some(status.to_string());
+                }
+                drop(stdin.take());
+            }
+            WorkerHandle::InProcess { stop, .. } => {
+                stop.send_replace(true);
+            }
+        }
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    for w in &mut lab.workers {
+        if w.killed.is_some() {
+            continue;
+        }
+        match &mut w.handle {
+            WorkerHandle::Process { child, .. } => loop {
+                if matches!(child.try_wait(), Ok(Some(_)) | Err(_)) {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    eprintln!("dlock-check: worker {} did not stop in {grace:?}; killing it", w.id);
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    w.exited = Some(Stamp::now());
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            },
+            WorkerHandle::InProcess { task, .. } => {
+                if let Some(task) = task.take() {
+                    let abort = task.abort_handle();
+                    if tokio::time::timeout_at(deadline, task).await.is_err() {
+                        eprintln!("dlock-check: in-process worker {} did not stop in {grace:?}", w.id);
+                        abort.abort();
+                        w.exited = Some(Stamp::now());
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn final_store(lab: &Lab) -> anyhow::Result<BTreeMap<String, crate::registers::KeyStore>> {
+    let keys = &lab.config.workload.keys;
+    match (&lab.memory, &lab.store_server) {
+        (Some((_, registers)), _) => registers.final_state(keys).await,
+        (None, Some(server)) => Registers::redis(&server.url(), &lab.prefix).await?.final_state(keys).await,
+        (None, None) => bail!("no store"),
+    }
+}
+
+/// Delete this run's keys from a server the checker does not own (best effort).
+async fn clean_up_keys(url: &str, prefix: &str) {
+    let Ok(client) = redis::Client::open(url) else { return };
+    let Ok(Ok(mut conn)) =
+        tokio::time::timeout(Duration::from_secs(5), client.get_multiplexed_async_connection()).await
+    else {
+        return;
+    };
+    let pattern = format!("{prefix}*");
+    let Ok(Ok(keys)) = tokio::time::timeout(
+        Duration::from_secs(5),
+        redis::cmd("KEYS").arg(&pattern).query_async::<Vec<String>>(&mut conn),
+    )
+    .await
+    else {
+        return;
+    };
+    if !keys.is_empty() {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            redis::cmd("DEL").arg(&keys).query_async::<i64>(&mut conn),
+        )
+        .await;
+    }
+}

@@ -1,0 +1,233 @@
+//! Applying one fault of the schedule to a running lab, aimed at a lock holder where the fault
+//! acts on one, and recording what was done and when.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use nix::sys::signal::Signal;
+use rand::seq::IndexedRandom;
+
+use crate::clock::Stamp;
+use crate::coordinator::{Lab, lock};
+use crate::history::WorkerId;
+use crate::live::Holding;
+use crate::schedule::{FaultKind, FaultRecord, FaultSpec};
+
+/// How long to look for a worker inside a section before aiming at any worker.
+const FIND_HOLDER: Duration = Duration::from_secs(3);
+
+/// Apply `spec` now; returns once the fault is over (a pause resumed, a server answering
+/// again, …).
+pub(crate) async fn apply(lab: &mut Lab, spec: &FaultSpec) -> anyhow::Result<FaultRecord> {
+    let duration = spec.duration.unwrap_or(lab.config.fault_duration);
+    let d = humantime::format_duration(duration);
+    let mut record = FaultRecord {
+        spec: *spec,
+        label: spec.kind.name().to_owned(),
+        start: Stamp::now(),
+        end: Stamp::now(),
+        paused_workers: Vec::new(),
+        killed_workers: Vec::new(),
+        note: None,
+        skipped: None,
+    };
+    match spec.kind {
+        FaultKind::KillWorker => {
+            let holder = find_holder(lab, Aim::ProcessHolder).await;
+            let target = aim(lab, holder.as_ref())?;
+            record.start = Stamp::now();
+            record.end = lab.kill_worker(target).await?;
+            lab.live.poll();
+            record.note = Some(match &holder {
+                Some(h) if lab.live.is_open(h.worker, h.op) => {
+                    format!(
+                        "inside its section on key {} (entered {:.0} ms before)",
+                        h.key,
+                        since_ms(h, &record.start)
+                    )
+                }
+                Some(h) => format!("its section on key {} had just ended when it died", h.key),
+                None => "no worker was inside a section: killed one anyway".into(),
+            });
+            lab.live.forget(target);
+            record.killed_workers.push(target);
+            record.label = format!("kill-worker w{target}");
+            let slot = lab.workers.iter().find(|w| w.id == target).map_or(0, |w| w.slot);
+            let replacement = lab.spawn_worker(slot).await?;
+            record.note = record.note.map(|n| format!("{n}; replaced by w{replacement}"));
+        }
+        FaultKind::PauseWorker => {
+            let holder = find_holder(lab, Aim::ProcessHolder).await;
+            let target = aim(lab, holder.as_ref())?;
+            record.start = Stamp::now();
+            lab.signal(target, Signal::SIGSTOP)?;
+            tokio::time::sleep(duration).await;
+            lab.signal(target, Signal::SIGCONT)?;
+            record.end = Stamp::now();
+            record.paused_workers.push(target);
+            record.label = format!("pause-worker w{target} {d}");
+            record.note = Some(match &holder {
+                Some(h) => format!("holding key {}", h.key),
+                None => "no worker was inside a section: paused one anyway".into(),
+            });
+        }
+        FaultKind::PauseServer => {
+            let server = Arc::clone(lab.server.as_ref().context("no server of our own to pause")?);
+            record.start = Stamp::now();
+            lock(&server).pause()?;
+            tokio::time::sleep(duration).await;
+            lock(&server).resume()?;
+            record.end = Stamp::now();
+            record.label = format!("pause-server {d}");
+        }
+        FaultKind::RestartServer => {
+            let server = Arc::clone(lab.server.as_ref().context("no server of our own to restart")?);
+            let down = spec.duration.unwrap_or(Duration::ZERO);
+            record.start = Stamp::now();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                let mut server = lock(&server);
+                server.kill()?;
+                std::thread::sleep(down);
+                server.start_again()
+            })
+            .await
+            .context("the restart thread panicked")??;
+            record.end = Stamp::now();
+            record.label = "restart-server (empty)".into();
+            record.note = Some(format!(
+                "answering again {:.0} ms after the kill",
+                (record.end.wall - record.start.wall) as f64 / 1e6
+            ));
+        }
+        FaultKind::DropKey => {
+            // A holder with a renewal ahead can be told Lost in time; one that finishes before
+            // its next renewal cannot learn of the loss at all (dlock's documented limit).
+            let holder = find_holder(lab, Aim::LongHolder).await;
+            let key = match &holder {
+                Some(h) => h.key.clone(),
+                None => lab.config.workload.keys.choose(&mut rand::rng()).cloned().unwrap_or_default(),
+            };
+            let forcer = lab.forcer.clone().context("no way to delete keys of this backend")?;
+            record.start = Stamp::now();
+            let deleted = forcer.delete(&format!("{}{key}", lab.prefix)).await.map_err(anyhow::Error::msg)?;
+            record.end = record.start;
+            record.label = format!("drop-key {key}");
+            record.note = Some(match (&holder, deleted) {
+                (Some(h), true) => format!("held by w{}", h.worker),
+                (_, true) => "deleted".into(),
+                (_, false) => "the key was not held any more: nothing dropped".into(),
+            });
+        }
+        FaultKind::Blackhole => {
+            let proxy = lab.proxy.as_ref().context("no proxy to black-hole")?;
+            record.start = Stamp::now();
+            let silenced = proxy.blackhole();
+            record.end = record.start;
+            record.label = format!("blackhole ({silenced} connections)");
+        }
+        FaultKind::Latency => {
+            let delay = spec.delay.unwrap_or(lab.config.latency);
+            let proxy = lab.proxy.as_ref().context("no proxy to slow down")?;
+            record.start = Stamp::now();
+            proxy.set_delay(delay);
+            tokio::time::sleep(duration).await;
+            proxy.set_delay(Duration::ZERO);
+            record.end = Stamp::now();
+            record.label = format!("latency +{} each way {d}", humantime::format_duration(delay));
+        }
+        FaultKind::Partition => {
+            let holder = find_holder(lab, Aim::ProcessHolder).await;
+            let first = aim(lab, holder.as_ref())?;
+            // A minority: the holder, and more workers up to half of them.
+            let alive: Vec<(WorkerId, u32)> = lab.alive().map(|w| (w.id, w.slot)).collect();
+            let count = (alive.len() / 2).max(1);
+            let mut cut: Vec<(WorkerId, u32)> = alive.iter().copied().filter(|(w, _)| *w == first).collect();
+            cut.extend(alive.iter().copied().filter(|(w, _)| *w != first).take(count.saturating_sub(1)));
+            let ns = lab.namespaces.as_ref().context("no network namespaces")?;
+            record.start = Stamp::now();
+            let cut_off: anyhow::Result<()> =
+                cut.iter().try_for_each(|(_, slot)| ns.partition(*slot as usize));
+            if cut_off.is_ok() {
+                tokio::time::sleep(duration).await;
+            }
+            let healed: anyhow::Result<()> =
+                cut.iter().try_for_each(|(_, slot)| ns.heal(*slot as usize).or(Ok(())));
+            record.end = Stamp::now();
+            cut_off?;
+            healed?;
+            let names: Vec<String> = cut.iter().map(|(w, _)| format!("w{w}")).collect();
+            record.label = format!("partition {} {d}", names.join(","));
+            record.note = holder.map(|h| format!("w{} held key {}", h.worker, h.key));
+        }
+    }
+    Ok(record)
+}
+
+/// Which holder a fault aims at. Both prefer a long section with time left — a fault aimed at
+/// a short one (a few ms) can land just after it ended — and settle for any holder when none
+/// turns up in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Aim {
+    /// A holder in a worker process (in-process workers cannot be signalled), preferably in a
+    /// long section with at least 100 ms left, looked for during 1 s.
+    ProcessHolder,
+    /// A holder in a long section with at least 0.8 ttl left — a renewal still ahead of it
+    /// (renewals come every ttl/3 and one may be on the wire as the fault lands) — looked for
+    /// during [`FIND_HOLDER`].
+    LongHolder,
+}
+
+/// A section running now, looked for during [`FIND_HOLDER`].
+async fn find_holder(lab: &mut Lab, aim: Aim) -> Option<Holding> {
+    let started = tokio::time::Instant::now();
+    let workload = &lab.config.workload;
+    let (left, patience) = match aim {
+        Aim::ProcessHolder => (Duration::from_millis(100), Duration::from_secs(1)),
+        Aim::LongHolder => (workload.ttl.mul_f64(0.8), FIND_HOLDER),
+    };
+    let latest_start = duration_ns(workload.long_think) - duration_ns(left);
+    loop {
+        lab.live.poll();
+        let alive: Vec<WorkerId> = lab.alive().map(|w| w.id).collect();
+        let now = Stamp::now().wall;
+        // Inside for at least a millisecond: past the entry, into the read-think-write.
+        let holders: Vec<&Holding> = lab
+            .live
+            .holdings()
+            .filter(|h| alive.contains(&h.worker) && now - h.since >= 1_000_000)
+            .filter(|h| aim != Aim::ProcessHolder || lab.live.pid(h.worker).is_some())
+            .collect();
+        let long: Vec<&&Holding> =
+            holders.iter().filter(|h| h.long && now - h.since <= latest_start).collect();
+        if let Some(h) = long.choose(&mut rand::rng()) {
+            return Some((**h).clone());
+        }
+        let waited = started.elapsed();
+        if waited >= patience
+            && let Some(h) = holders.choose(&mut rand::rng())
+        {
+            return Some((*h).clone());
+        }
+        if waited >= FIND_HOLDER {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The holder's worker, or any live worker when nobody holds anything.
+fn aim(lab: &Lab, holder: Option<&Holding>) -> anyhow::Result<WorkerId> {
+    match holder {
+        Some(h) => Ok(h.worker),
+        None => lab.alive().map(|w| w.id).next().context("no live worker to aim at"),
+    }
+}
+
+fn duration_ns(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+fn since_ms(h: &Holding, at: &Stamp) -> f64 {
+    (at.wall - h.since) as f64 / 1e6
+}

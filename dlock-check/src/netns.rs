@@ -1,0 +1,167 @@
+//! Network namespaces the checker creates for its workers, so it can cut some of them off
+//! from the backend while the rest (and the store) carry on.
+//!
+//! Worker slot `i` runs in namespace `dlck-<tag>-<i>`, joined to the host by a veth pair:
+//! the worker is `10.<net>.<i>.2`; on the host side, `10.<net>.<i>.1` is where the checker's
+//! proxy to the backend listens and `10.<net>.<i>.3` where its proxy to the store listens.
+//! A partition adds a `blackhole` route to `10.<net>.<i>.1` inside the worker's namespace:
+//! what the worker sends to the backend is dropped (its open connections go silent, new ones
+//! fail), the store stays reachable. Healing deletes the route.
+//!
+//! Everything is created with names carrying the run's tag and deleted when the
+//! [`Namespaces`] are dropped; nothing else on the machine is touched.
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, bail};
+
+/// One worker slot's namespace and addresses.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    /// The namespace's name.
+    pub ns: String,
+    /// Host side: where the backend proxy listens for this slot.
+    pub backend_ip: Ipv4Addr,
+    /// Host side: where the store proxy listens for this slot.
+    pub store_ip: Ipv4Addr,
+    /// The worker's own address.
+    pub worker_ip: Ipv4Addr,
+    host_if: String,
+}
+
+/// The namespaces of one run.
+#[derive(Debug)]
+pub struct Namespaces {
+    slots: Vec<Slot>,
+}
+
+/// Run `ip` with `args`; an error carries what it printed.
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running `ip` (iproute2); is it installed?")?;
+    if !out.status.success() {
+        bail!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Whether this machine lets the checker create a network namespace (root, iproute2, a
+/// kernel with namespaces): `Err` says why not.
+pub fn probe() -> Result<(), String> {
+    let name = format!("dlck-probe-{}", std::process::id());
+    ip(&["netns", "add", &name]).map_err(|err| format!("{err:#}"))?;
+    let veth = ip(&["-n", &name, "link", "add", "dlckprobe0", "type", "veth", "peer", "name", "dlckprobe1"]);
+    let _ = ip(&["netns", "del", &name]);
+    veth.map_err(|err| format!("{err:#}"))
+}
+
+/// A /16 under 10/8 that no address or route of the machine uses.
+fn free_net() -> anyhow::Result<u8> {
+    let out = Command::new("ip").args(["-4", "-o", "addr"]).output().context("running `ip addr`")?;
+    let routes = Command::new("ip")
+        .args(["-4", "route", "show", "table", "all"])
+        .output()
+        .context("running `ip route`")?;
+    let used = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&routes.stdout));
+    if used.contains(" 10.0.0.0/8") || used.starts_with("10.0.0.0/8") {
+        bail!("this machine routes all of 10.0.0.0/8 somewhere: no room for the workers' namespaces");
+    }
+    for _ in 0..200 {
+        let net = 100 + rand::random::<u8>() % 150;
+        if !used.contains(&format!("10.{net}.")) {
+            return Ok(net);
+        }
+    }
+    bail!("no free 10.x.0.0/16 for the workers' namespaces")
+}
+
+impl Namespaces {
+    /// Create `count` namespaces, tagged `tag` (four characters at most).
+    pub fn create(tag: &str, count: u32) -> anyhow::Result<Self> {
+        // Two runs starting together could pick the same /16: after creating, make sure no
+        // other interface has an address in it, and pick another if one does.
+        let mut last = None;
+        for _ in 0..5 {
+            let net = free_net()?;
+            let made = Self::create_in(tag, count, net)?;
+            let out = Command::new("ip").args(["-4", "-o", "addr"]).output().context("running `ip addr`")?;
+            let listing = String::from_utf8_lossy(&out.stdout);
+            let ours: Vec<&str> = made.slots.iter().map(|s| s.host_if.as_str()).collect();
+            let clash = listing.lines().any(|line| {
+                line.contains(&format!(" 10.{net}."))
+                    && !ours.iter().any(|i| line.contains(&format!(" {i} ")))
+            });
+            if !clash {
+                return Ok(made);
+            }
+            last = Some(net);
+        }
+        bail!("another program took 10.{}.0.0/16 each time; try again", last.unwrap_or_default())
+    }
+
+    fn create_in(tag: &str, count: u32, net: u8) -> anyhow::Result<Self> {
+        let mut made = Self { slots: Vec::new() };
+        for i in 0..count.min(250) {
+            let i8 = u8::try_from(i).unwrap_or(u8::MAX);
+            let slot = Slot {
+                ns: format!("dlck-{tag}-{i}"),
+                backend_ip: Ipv4Addr::new(10, net, i8, 1),
+                worker_ip: Ipv4Addr::new(10, net, i8, 2),
+                store_ip: Ipv4Addr::new(10, net, i8, 3),
+                host_if: format!("dk{tag}h{i}"),
+            };
+            let ns_if = format!("dk{tag}n{i}");
+            ip(&["netns", "add", &slot.ns])?;
+            made.slots.push(slot.clone());
+            ip(&["-n", &slot.ns, "link", "set", "lo", "up"])?;
+            ip(&["link", "add", &slot.host_if, "type", "veth", "peer", "name", &ns_if, "netns", &slot.ns])?;
+            ip(&["addr", "add", &format!("{}/24", slot.backend_ip), "dev", &slot.host_if])?;
+            ip(&["addr", "add", &format!("{}/24", slot.store_ip), "dev", &slot.host_if])?;
+            ip(&["link", "set", &slot.host_if, "up"])?;
+            ip(&["-n", &slot.ns, "addr", "add", &format!("{}/24", slot.worker_ip), "dev", &ns_if])?;
+            ip(&["-n", &slot.ns, "link", "set", &ns_if, "up"])?;
+        }
+        Ok(made)
+    }
+
+    /// The slots.
+    pub fn slots(&self) -> &[Slot] {
+        &self.slots
+    }
+
+    /// `program` run inside slot `i`'s namespace (`ip netns exec`, which execs it: the
+    /// process id is the program's).
+    pub fn command(&self, i: usize, program: &std::path::Path) -> anyhow::Result<Command> {
+        let slot = self.slots.get(i).with_context(|| format!("no namespace for slot {i}"))?;
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &slot.ns]).arg(program);
+        Ok(command)
+    }
+
+    /// Cut slot `i` off from the backend.
+    pub fn partition(&self, i: usize) -> anyhow::Result<()> {
+        let slot = self.slots.get(i).with_context(|| format!("no namespace for slot {i}"))?;
+        ip(&["-n", &slot.ns, "route", "add", "blackhole", &format!("{}/32", slot.backend_ip)])
+    }
+
+    /// Reconnect slot `i`.
+    pub fn heal(&self, i: usize) -> anyhow::Result<()> {
+        let slot = self.slots.get(i).with_context(|| format!("no namespace for slot {i}"))?;
+        ip(&["-n", &slot.ns, "route", "del", "blackhole", &format!("{}/32", slot.backend_ip)])
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for slot in &self.slots {
+            // Deleting the namespace deletes the veth pair; the explicit delete covers a pair
+            // whose namespace end is already gone.
+            let _ = ip(&["netns", "del", &slot.ns]);
+            let _ = ip(&["link", "del", &slot.host_if]);
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! The report: the per-fault table (plain text and Markdown), the JSON file, and the timeline
+//! SVGs, written into the run's output directory.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::analysis::{Analysis, History, Row};
+use crate::config::RunConfig;
+use crate::schedule::FaultRecord;
+use crate::svg;
+
+/// The clock assumption, as the report states it.
+pub const CLOCK_ASSUMPTION: &str = "every worker runs on this machine; events of different processes are ordered by the wall clock (CLOCK_REALTIME), which all processes share; a wall-clock step during the run (checked against CLOCK_MONOTONIC) invalidates the run";
+
+/// What `report.json` holds.
+#[derive(Debug, Serialize)]
+pub struct Report<'a> {
+    /// `pass`, `fail` (violations) or `invalid` (the history cannot be trusted).
+    pub verdict: &'static str,
+    /// The run's id.
+    pub run_id: &'a str,
+    /// How the run was configured.
+    pub config: &'a RunConfig,
+    /// How events of different processes are ordered.
+    pub clock_assumption: &'static str,
+    /// What each fault did.
+    pub faults: &'a [FaultRecord],
+    /// The check's result.
+    pub analysis: &'a Analysis,
+}
+
+/// `pass`, `fail` or `invalid`.
+pub fn verdict(analysis: &Analysis) -> &'static str {
+    if !analysis.valid {
+        "invalid"
+    } else if analysis.passed() {
+        "pass"
+    } else {
+        "fail"
+    }
+}
+
+/// The files written.
+#[derive(Debug)]
+pub struct Written {
+    /// `report.json`.
+    pub json: PathBuf,
+    /// `report.txt`: the table and the violations.
+    pub text: PathBuf,
+    /// `report.md`: the table in Markdown.
+    pub markdown: PathBuf,
+    /// `timeline-<key>.svg`, one per key.
+    pub timelines: Vec<PathBuf>,
+}
+
+/// Write every part of the report into `out_dir`.
+pub fn write(
+    out_dir: &Path,
+    run_id: &str,
+    config: &RunConfig,
+    history: &History,
+    analysis: &Analysis,
+) -> anyhow::Result<Written> {
+    let report = Report {
+        verdict: verdict(analysis),
+        run_id,
+        config,
+        clock_assumption: CLOCK_ASSUMPTION,
+        faults: &history.faults,
+        analysis,
+    };
+    let json = out_dir.join("report.json");
+    std::fs::write(&json, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", json.display()))?;
+    let text = out_dir.join("report.txt");
+    std::fs::write(&text, text_report(analysis)).with_context(|| format!("writing {}", text.display()))?;
+    let markdown = out_dir.join("report.md");
+    std::fs::write(&markdown, markdown_table(analysis))
+        .with_context(|| format!("writing {}", markdown.display()))?;
+    let mut timelines = Vec::new();
+    for key in &history.keys {
+        let path = out_dir.join(format!("timeline-{}.svg", file_safe(key)));
+        std::fs::write(&path, svg::timeline(history, analysis, key))
+            .with_context(|| format!("writing {}", path.display()))?;
+        timelines.push(path);
+    }
+    Ok(Written { json, text, markdown, timelines })
+}
+
+fn file_safe(key: &str) -> String {
+    key.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}
+
+const HEADERS: [&str; 15] = [
+    "fault",
+    "window s",
+    "sections",
+    "ok",
+    "lost",
+    "timeouts",
+    "errors",
+    "overlaps",
+    "lost-before-deadline",
+    "frozen-holder",
+    "token-regressions",
+    "fenced-lost",
+    "fenced-rejected",
+    "unfenced-lost",
+    "recovery",
+];
+
+fn cells(row: &Row) -> Vec<String> {
+    if let Some(why) = &row.skipped {
+        let mut cells = vec![row.label.clone(), format!("skipped: {why}")];
+        cells.resize(HEADERS.len(), String::new());
+        return cells;
+    }
+    let no_fault =
+        row.label == "baseline" || (row.label == "total" && row.recovery_ms.is_none() && row.recovered);
+    let recovery = match (row.recovery_ms, row.recovered, no_fault) {
+        (_, _, true) => "—".to_owned(),
+        (Some(ms), true, _) => format!("{ms:.0} ms"),
+        (Some(ms), false, _) => format!("{ms:.0} ms ✗"),
+        (None, _, _) => "never ✗".to_owned(),
+    };
+    let recovery = if row.stalled_workers.is_empty() {
+        recovery
+    } else {
+        let stalled: Vec<String> = row.stalled_workers.iter().map(|w| format!("w{w}")).collect();
+        format!("{recovery}; stalled {}", stalled.join(","))
+    };
+    vec![
+        row.label.clone(),
+        format!("{:.1}–{:.1}", row.start_s, row.end_s),
+        row.sections.to_string(),
+        row.ok.to_string(),
+        row.lost.to_string(),
+        row.timeouts.to_string(),
+        row.errors.to_string(),
+        row.overlaps.to_string(),
+        row.lost_before_deadline.to_string(),
+        row.frozen_holders.to_string(),
+        row.token_regressions.to_string(),
+        row.fenced_lost_updates.to_string(),
+        row.fenced_rejected.to_string(),
+        row.unfenced_lost_updates.to_string(),
+        recovery,
+    ]
+}
+
+/// The table as aligned plain text.
+pub fn text_table(analysis: &Analysis) -> String {
+    let mut rows: Vec<Vec<String>> = vec![HEADERS.iter().map(|h| (*h).to_owned()).collect()];
+    rows.extend(analysis.rows.iter().map(cells));
+    rows.push(cells(&analysis.total));
+    let skipped_row = |r: &Vec<String>| r[1].starts_with("skipped: ");
+    let widths: Vec<usize> = (0..HEADERS.len())
+        .map(|c| rows.iter().filter(|r| !skipped_row(r)).map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for (i, row) in rows.iter().enumerate() {
+        if skipped_row(row) {
+            let _ = writeln!(out, "{:<w$}  {}", row[0], row[1], w = widths[0]);
+            continue;
+        }
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| {
+                let pad = widths[c].saturating_sub(cell.chars().count());
+                if c == 0 {
+                    format!("{cell}{}", " ".repeat(pad))
+                } else {
+                    format!("{}{cell}", " ".repeat(pad))
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+        if i == 0 || i == rows.len() - 2 {
+            let _ = writeln!(out, "{}", "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1)));
+        }
+    }
+    out
+}
+
+/// The table in Markdown.
+pub fn markdown_table(analysis: &Analysis) -> String {
+    let mut out = format!("| {} |\n|{}\n", HEADERS.join(" | "), "---|".repeat(HEADERS.len()));
+    for row in analysis.rows.iter().chain([&analysis.total]) {
+        let mut cells = cells(row);
+        if row.label == "total" {
+            cells[0] = "**total**".into();
+        }
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
+    }
+    out
+}
+
+/// The table, the notes, and the violations (the first 50), as printed at the end of a run.
+pub fn text_report(analysis: &Analysis) -> String {
+    let mut out = text_table(analysis);
+    for row in analysis.rows.iter().filter(|r| r.note.is_some()) {
+        let _ = writeln!(out, "{}: {}", row.label, row.note.as_deref().unwrap_or_default());
+    }
+    for note in &analysis.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
+    if !analysis.excused.is_empty() {
+        let _ = writeln!(out, "\n{} excused overlap(s), e.g.:", analysis.excused.len());
+        for f in analysis.excused.iter().take(5) {
+            let _ = writeln!(out, "  [{}] {}", analysis.rows[f.row].label, f.detail);
+        }
+    }
+    if analysis.violations.is_empty() {
+        let _ = writeln!(out, "\nno violations");
+    } else {
+        let _ = writeln!(out, "\n{} violation(s):", analysis.violations.len());
+        for f in analysis.violations.iter().take(50) {
+            let key = f.key.as_deref().map(|k| format!(" key {k}:")).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {:>8.3}s [{}] {:?}{key} {}",
+                f.at_s, analysis.rows[f.row].label, f.kind, f.detail
+            );
+        }
+        if analysis.violations.len() > 50 {
+            let _ = writeln!(out, "  … and {} more (see report.json)", analysis.violations.len() - 50);
+        }
+    }
+    out
+}

@@ -1,0 +1,193 @@
+//! The fault schedule: which faults a run applies, in which order, and what each one did.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Stamp;
+use crate::history::WorkerId;
+
+/// The kinds of fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// A worker process that holds a lock is SIGKILLed inside its section (and replaced).
+    KillWorker,
+    /// A worker process that holds a lock is SIGSTOPped for longer than the ttl, then SIGCONTed.
+    PauseWorker,
+    /// The backend server is SIGSTOPped for longer than the ttl, then resumed.
+    PauseServer,
+    /// The backend server is SIGKILLed and started again, empty, on the same port.
+    RestartServer,
+    /// The backend loses one held key (deleted behind its holder's back, as a failover to a
+    /// replica that missed the write would).
+    DropKey,
+    /// The checker's proxy stops forwarding on every open connection to the backend, for good;
+    /// new connections work.
+    Blackhole,
+    /// Some workers (at least one holder among them) are cut off from the backend (their
+    /// network namespace routes its address into a black hole), then reconnected.
+    Partition,
+    /// The checker's proxy delays everything between workers and the backend.
+    Latency,
+}
+
+impl FaultKind {
+    /// Every kind, in the order of the default schedule.
+    pub const ALL: [FaultKind; 8] = [
+        Self::KillWorker,
+        Self::PauseWorker,
+        Self::PauseServer,
+        Self::DropKey,
+        Self::Partition,
+        Self::Latency,
+        Self::RestartServer,
+        Self::Blackhole,
+    ];
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::KillWorker => "kill-worker",
+            Self::PauseWorker => "pause-worker",
+            Self::PauseServer => "pause-server",
+            Self::RestartServer => "restart-server",
+            Self::DropKey => "drop-key",
+            Self::Blackhole => "blackhole",
+            Self::Partition => "partition",
+            Self::Latency => "latency",
+        }
+    }
+
+    /// Whether it acts on the backend server (so needs a server the checker started).
+    pub fn needs_own_server(self) -> bool {
+        matches!(self, Self::PauseServer | Self::RestartServer | Self::DropKey)
+    }
+
+    /// Whether it acts on worker processes (so needs workers in their own processes).
+    pub fn needs_processes(self) -> bool {
+        matches!(self, Self::KillWorker | Self::PauseWorker | Self::Partition)
+    }
+
+    /// Whether it needs the checker's proxy between workers and the backend.
+    pub fn needs_proxy(self) -> bool {
+        matches!(self, Self::Blackhole | Self::Latency)
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One fault of the schedule: `kind[:duration[:delay]]` on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultSpec {
+    /// What.
+    pub kind: FaultKind,
+    /// How long it lasts (pauses, partition, latency); `None`: the default for the run.
+    pub duration: Option<Duration>,
+    /// The added delay, each way (latency only).
+    pub delay: Option<Duration>,
+}
+
+impl FromStr for FaultSpec {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut parts = text.split(':');
+        let name = parts.next().unwrap_or_default();
+        let kind = FaultKind::ALL.into_iter().find(|k| k.name() == name).ok_or_else(|| {
+            let names: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+            format!("unknown fault `{name}`; the faults are {}", names.join(", "))
+        })?;
+        let mut durations = Vec::new();
+        for part in parts {
+            durations.push(humantime::parse_duration(part).map_err(|err| {
+                format!("`{part}` in `{text}` is not a duration ({err}); write e.g. 1500ms or 2s")
+            })?);
+        }
+        let (duration, delay) = match (kind, durations.as_slice()) {
+            (_, []) => (None, None),
+            (FaultKind::Latency, [delay]) => (None, Some(*delay)),
+            (FaultKind::Latency, [delay, duration]) => (Some(*duration), Some(*delay)),
+            (FaultKind::PauseWorker | FaultKind::PauseServer | FaultKind::Partition, [duration]) => {
+                (Some(*duration), None)
+            }
+            (FaultKind::RestartServer, [down]) => (Some(*down), None),
+            _ => {
+                return Err(format!(
+                    "`{text}`: {name} takes {}",
+                    match kind {
+                        FaultKind::Latency => "at most a delay and a duration (latency:200ms:3s)",
+                        FaultKind::RestartServer =>
+                            "at most how long the server stays down (restart-server:500ms)",
+                        FaultKind::PauseWorker | FaultKind::PauseServer | FaultKind::Partition => {
+                            "at most a duration (e.g. pause-server:2s)"
+                        }
+                        _ => "no duration",
+                    }
+                ));
+            }
+        };
+        Ok(Self { kind, duration, delay })
+    }
+}
+
+impl fmt::Display for FaultSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind.name())?;
+        if let Some(delay) = self.delay {
+            write!(f, ":{}", humantime::format_duration(delay))?;
+        }
+        if let Some(duration) = self.duration {
+            write!(f, ":{}", humantime::format_duration(duration))?;
+        }
+        Ok(())
+    }
+}
+
+/// What one fault of the schedule did, for the history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultRecord {
+    /// What was asked for.
+    pub spec: FaultSpec,
+    /// A short description of what was done (`pause-worker w2 for 2s`).
+    pub label: String,
+    /// When it began (the signal sent, the route added, …).
+    pub start: Stamp,
+    /// When it ended (the worker resumed, the server answering again, …); equal to `start`
+    /// for an instant fault (a kill, a black hole, a dropped key).
+    pub end: Stamp,
+    /// Workers frozen (SIGSTOP) by it.
+    pub paused_workers: Vec<WorkerId>,
+    /// Workers killed by it.
+    pub killed_workers: Vec<WorkerId>,
+    /// Something worth knowing about how it went (e.g. the worker was not inside a section).
+    pub note: Option<String>,
+    /// Why it was not applied, if it was not.
+    pub skipped: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_parse_with_their_durations() {
+        let spec: FaultSpec = "pause-server:2s".parse().unwrap();
+        assert_eq!(
+            spec,
+            FaultSpec { kind: FaultKind::PauseServer, duration: Some(Duration::from_secs(2)), delay: None }
+        );
+        let spec: FaultSpec = "latency:200ms:3s".parse().unwrap();
+        assert_eq!(spec.delay, Some(Duration::from_millis(200)));
+        assert_eq!(spec.duration, Some(Duration::from_secs(3)));
+        assert_eq!(spec.to_string(), "latency:200ms:3s");
+        assert!("kill-worker:2s".parse::<FaultSpec>().unwrap_err().contains("no duration"));
+        assert!("nap".parse::<FaultSpec>().unwrap_err().contains("kill-worker, pause-worker"));
+    }
+}
