@@ -1,19 +1,15 @@
-//! Everything that touches dlock's backend-author API, in one place: the backend for a URL,
-//! the recording wrapper that logs every backend call, and the planted bugs.
-//!
-//! dlock is moving its backend-author items (`TryAcquire`, `ReleaseNotice`, `ReleaseWatch`,
-//! `BoxFuture`, `BackendError`) under `dlock::backend`, and `RedisBackendBuilder::fence_key`
-//! goes away; adapting the checker to that is an edit to this file only. When
-//! `dlock::connect(url)` exists, [`backend_for`] becomes a call to it.
+//! Everything that touches dlock's backend-author API (`dlock::backend`), in one place: the
+//! backend for a URL, the recording wrapper that logs every backend call, and the planted bugs.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use dlock::{
-    BackendError, BoxFuture, LockBackend, MemoryBackend, RedisBackend, ReleaseNotice, ReleaseWatch,
-    TryAcquire,
+use dlock::RedisBackend;
+use dlock::backend::{
+    BackendError, BackendErrorKind, BoxFuture, FullKey, LockBackend, MemoryBackend, ReleaseNotice,
+    ReleaseOutcome, ReleaseWatch, TryAcquire,
 };
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +17,7 @@ use crate::clock::Stamp;
 use crate::history::{CallKind, CallResult, Event, Recorder};
 
 /// The longest first lease of a key handed over by a release (dlock's `HANDOFF_LEASE`).
-pub const HANDOFF_LEASE: Duration = dlock::HANDOFF_LEASE;
+pub const HANDOFF_LEASE: Duration = dlock::backend::HANDOFF_LEASE;
 
 /// A bug planted into the backend, to show that the checker catches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -75,7 +71,6 @@ pub async fn backend_for(settings: &BackendSettings) -> anyhow::Result<Connected
     if url.starts_with("redis://") {
         let redis = RedisBackend::builder(url)
             .call_timeout(settings.call_timeout)
-            .fence_key(format!("{}fence", settings.prefix))
             .connect()
             .await
             .with_context(|| format!("connecting the lock backend to {url}"))?;
@@ -161,19 +156,14 @@ impl KeyForcer {
 
 /// The backend a worker's service uses: `real`, with `plant` (if any) planted into it, seen
 /// through a recorder that writes every call (and every hand-off notice) to `recorder`.
-pub fn instrument(
-    real: &Connected,
-    plant: Option<Plant>,
-    prefix: &str,
-    recorder: Arc<Recorder>,
-) -> Arc<dyn LockBackend> {
+pub fn instrument(real: &Connected, plant: Option<Plant>, recorder: Arc<Recorder>) -> Arc<dyn LockBackend> {
     let inner: Arc<dyn LockBackend> = match plant {
         None => Arc::clone(&real.backend),
         Some(plant) => {
             Arc::new(Planted { inner: Arc::clone(&real.backend), forcer: real.forcer.clone(), plant })
         }
     };
-    Arc::new(Recording { inner, prefix: prefix.to_owned(), recorder })
+    Arc::new(Recording { inner, recorder })
 }
 
 /// A backend with a bug planted into it.
@@ -191,10 +181,10 @@ impl fmt::Debug for Planted {
 
 impl Planted {
     /// The buggy release: the real one, and then, if the key was not ours, a delete anyway.
-    async fn release_anyway(&self, key: &str, ours: bool) -> Result<(), BackendError> {
+    async fn release_anyway(&self, key: &FullKey, ours: bool) -> Result<(), BackendError> {
         if !ours {
-            self.forcer.delete(key).await.map_err(|msg| {
-                BackendError::new(dlock::BackendErrorKind::Other, format!("planted release: {msg}"))
+            self.forcer.delete(key.as_str()).await.map_err(|msg| {
+                BackendError::new(BackendErrorKind::Other, format!("planted release: {msg}"))
             })?;
         }
         Ok(())
@@ -208,42 +198,31 @@ impl LockBackend for Planted {
 
     fn try_acquire<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a FullKey,
         owner: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<TryAcquire, BackendError>> {
         self.inner.try_acquire(key, owner, ttl)
     }
 
-    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFuture<'a, Result<bool, BackendError>> {
+    fn release<'a>(
+        &'a self,
+        key: &'a FullKey,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<ReleaseOutcome, BackendError>> {
         match self.plant {
             Plant::ReleaseWithoutOwnerCheck => Box::pin(async move {
-                let ours = self.inner.release(key, owner).await?;
-                self.release_anyway(key, ours).await?;
-                Ok(true)
+                let outcome = self.inner.release(key, owner).await?;
+                self.release_anyway(key, outcome.was_held).await?;
+                Ok(ReleaseOutcome::new(true).with_others_waiting(outcome.others_waiting))
             }),
             Plant::TrustExpiredLease => self.inner.release(key, owner),
         }
     }
 
-    fn release_and_check_waiters<'a>(
-        &'a self,
-        key: &'a str,
-        owner: &'a str,
-    ) -> BoxFuture<'a, Result<(bool, bool), BackendError>> {
-        match self.plant {
-            Plant::ReleaseWithoutOwnerCheck => Box::pin(async move {
-                let (ours, waiting) = self.inner.release_and_check_waiters(key, owner).await?;
-                self.release_anyway(key, ours).await?;
-                Ok((true, waiting))
-            }),
-            Plant::TrustExpiredLease => self.inner.release_and_check_waiters(key, owner),
-        }
-    }
-
     fn renew<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a FullKey,
         owner: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, BackendError>> {
@@ -255,7 +234,7 @@ impl LockBackend for Planted {
 
     fn watch_releases<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a FullKey,
     ) -> BoxFuture<'a, Result<Option<ReleaseWatch>, BackendError>> {
         self.inner.watch_releases(key)
     }
@@ -264,7 +243,6 @@ impl LockBackend for Planted {
 /// Forwards every call and records it, with when it was sent and when it came back.
 struct Recording {
     inner: Arc<dyn LockBackend>,
-    prefix: String,
     recorder: Arc<Recorder>,
 }
 
@@ -277,7 +255,7 @@ impl fmt::Debug for Recording {
 impl Recording {
     fn record(
         &self,
-        key: &str,
+        key: &FullKey,
         owner: &str,
         call: CallKind,
         ttl: Option<Duration>,
@@ -285,7 +263,7 @@ impl Recording {
         result: CallResult,
     ) {
         self.recorder.record(&Event::Call {
-            key: strip(&self.prefix, key).to_owned(),
+            key: key.unprefixed().to_owned(),
             owner: owner.to_owned(),
             call,
             ttl_ms: ttl.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
@@ -294,10 +272,6 @@ impl Recording {
             result,
         });
     }
-}
-
-fn strip<'a>(prefix: &str, key: &'a str) -> &'a str {
-    key.strip_prefix(prefix).unwrap_or(key)
 }
 
 fn error_result(err: &BackendError) -> CallResult {
@@ -317,9 +291,13 @@ impl LockBackend for Recording {
         self.inner.name()
     }
 
+    fn check_key(&self, key: &FullKey) -> Result<(), String> {
+        self.inner.check_key(key)
+    }
+
     fn try_acquire<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a FullKey,
         owner: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<TryAcquire, BackendError>> {
@@ -336,28 +314,18 @@ impl LockBackend for Recording {
         })
     }
 
-    fn release<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFuture<'a, Result<bool, BackendError>> {
+    fn release<'a>(
+        &'a self,
+        key: &'a FullKey,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<ReleaseOutcome, BackendError>> {
         Box::pin(async move {
             let sent = Stamp::now();
             let answer = self.inner.release(key, owner).await;
-            self.record(key, owner, CallKind::Release, None, sent, bool_result(&answer));
-            answer
-        })
-    }
-
-    fn release_and_check_waiters<'a>(
-        &'a self,
-        key: &'a str,
-        owner: &'a str,
-    ) -> BoxFuture<'a, Result<(bool, bool), BackendError>> {
-        Box::pin(async move {
-            let sent = Stamp::now();
-            let answer = self.inner.release_and_check_waiters(key, owner).await;
-            let ours = answer.as_ref().map(|(ours, _)| *ours).map_err(error_result);
-            let result = match ours {
-                Ok(true) => CallResult::True,
-                Ok(false) => CallResult::False,
-                Err(result) => result,
+            let result = match &answer {
+                Ok(outcome) if outcome.was_held => CallResult::True,
+                Ok(_) => CallResult::False,
+                Err(err) => error_result(err),
             };
             self.record(key, owner, CallKind::Release, None, sent, result);
             answer
@@ -366,7 +334,7 @@ impl LockBackend for Recording {
 
     fn renew<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a FullKey,
         owner: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, BackendError>> {
@@ -381,13 +349,13 @@ impl LockBackend for Recording {
     /// The inner watch, relayed through a task that records every hand-off notice.
     fn watch_releases<'a>(
         &'a self,
-        key: &'a str,
+        key: &'a FullKey,
     ) -> BoxFuture<'a, Result<Option<ReleaseWatch>, BackendError>> {
         Box::pin(async move {
             let Some(mut inner) = self.inner.watch_releases(key).await? else { return Ok(None) };
             let (tx, rx) = tokio::sync::watch::channel(ReleaseNotice::default());
             let recorder = Arc::clone(&self.recorder);
-            let key = strip(&self.prefix, key).to_owned();
+            let key = key.unprefixed().to_owned();
             let relay = tokio::spawn(async move {
                 loop {
                     let notice = inner.released().await;

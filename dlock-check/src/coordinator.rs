@@ -190,12 +190,7 @@ impl Lab {
                 let ctx = WorkerContext {
                     worker: id,
                     workload: self.config.workload.clone(),
-                    backend: backends::instrument(
-                        connected,
-                        self.config.plant,
-                        &self.prefix,
-                        Arc::clone(&recorder),
-                    ),
+                    backend: backends::instrument(connected, self.config.plant, Arc::clone(&recorder)),
                     prefix: self.prefix.clone(),
                     service_name: spec.service_name(),
                     registers: registers.clone(),

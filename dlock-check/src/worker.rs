@@ -123,7 +123,7 @@ async fn run_process(spec: &WorkerSpec) -> anyhow::Result<()> {
         StoreSpec::Memory => anyhow::bail!("a worker process cannot use an in-memory store"),
         StoreSpec::Redis { url, prefix } => Registers::redis(url, prefix).await?,
     };
-    let backend = backends::instrument(&connected, spec.plant, &spec.backend.prefix, Arc::clone(&recorder));
+    let backend = backends::instrument(&connected, spec.plant, Arc::clone(&recorder));
     let ctx = WorkerContext {
         worker: spec.worker,
         workload: spec.workload.clone(),
