@@ -532,47 +532,65 @@ async fn a_fenced_write_commits_only_while_its_lock_is_held_with_its_token() {
 // ---------------------------------------------------------------------------------------------
 // Runtimes.
 
-/// The `#[tokio::test]` pattern: one backend made in a runtime that then ends, used from
-/// another. Its connections and listener run on the backend's own thread, so they survive.
+/// The `#[tokio::test]` pattern: one backend made in a runtime, used from another while the
+/// first is idle (not being driven), and after the first has ended. Its connections and its
+/// listener run on the backend's own thread: they answer throughout, and they are the same
+/// connections (same server processes) before and after.
 #[test]
 fn a_backend_outlives_the_runtime_that_made_it() {
     let current_thread = || tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let app_name = format!("dlock_rt_{:08x}", rand::random::<u32>());
     let first = current_thread();
-    let (store, backend) = first.block_on(async {
+    let (store, backend, before) = first.block_on(async {
         let store = PostgresStore::shared("runtimes").await;
-        let backend = store.backend().await;
+        let url = format!("{}?application_name={app_name}", store.url);
+        let backend = PostgresBackend::builder(url).schema(store.schema.as_str()).pool_size(1).connect().await.expect("connect");
         let key = store.full_key("k");
         acquired(backend.try_acquire(&key, "a", Duration::from_secs(5)).await.expect("acquire"), "free");
         assert!(backend.release(&key, "a").await.expect("release").was_held);
-        (store, backend)
+        let before = pids(&store.conn, &app_name).await;
+        (store, backend, before)
     });
-    let pooled = backend.pool_connections();
-    assert!(pooled >= 1);
+    assert_eq!(before.len(), 1, "one pooled connection");
+
+    // The first runtime still exists but nothing drives it.
+    let second = current_thread();
+    second.block_on(async {
+        let key = FullKey::new("", "idle");
+        let answered = tokio::time::timeout(Duration::from_secs(2), backend.try_acquire(&key, "b", Duration::from_secs(5))).await;
+        acquired(answered.expect("the pool answers while the first runtime idles").expect("acquire"), "free");
+    });
     drop(first);
 
-    let second = current_thread();
     second.block_on(async {
         // The store's inspector connection died with the first runtime: a new one.
         let store = PostgresStore { conn: inspector(&store.url).await, ..store };
         let service = LockService::builder(backend.clone()).key_prefix(store.prefix()).build();
         let other = store.service().await;
-        let guard = tokio::time::timeout(Duration::from_secs(5), service.lock("k"))
+        let guard = tokio::time::timeout(Duration::from_secs(2), service.lock("k"))
             .await
-            .expect("the pool still answers")
-            .expect("acquire from the second runtime");
-        assert_eq!(backend.pool_connections(), pooled, "the same connections, not new ones");
-        // The listener (also started in the first runtime's time) still delivers notices.
+            .expect("the pool answers after the first runtime ended")
+            .expect("acquire");
+        // The listener (started in the first runtime's time) still delivers notices.
         let waiting = tokio::spawn(async move { other.lock("k").wait(Duration::from_secs(10)).await.map(|g| (g, Instant::now())) });
-        let waiter_listens = poll_until(Duration::from_secs(5), "the waiter waits", || async { !waiting.is_finished() }).await;
-        let _ = waiter_listens;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let released = Instant::now();
         guard.release().await.expect("release");
         let (next, got_in) = waiting.await.expect("no panic").expect("the waiter gets in");
         assert!(got_in - released < MARGIN, "woken {:?} after the release", got_in - released);
         next.release().await.expect("release");
+        assert_eq!(pids(&store.conn, &app_name).await, before, "the same pooled connection, not a new one");
         store.cleanup().await;
     });
+}
+
+/// The server processes of the connections named `app_name`.
+async fn pids(conn: &tokio_postgres::Client, app_name: &str) -> Vec<i32> {
+    let rows = conn
+        .query("SELECT pid FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid", &[&app_name])
+        .await
+        .expect("pg_stat_activity");
+    rows.iter().map(|r| r.get::<_, i32>(0)).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
