@@ -46,7 +46,8 @@ async fn debit(
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
     let backend = PostgresBackend::builder(url.as_str()).schema(SCHEMA).connect().await?;
     let service = LockService::builder(backend.clone()).key_prefix("bank:").build();
     let (mut app, connection) = tokio_postgres::connect(&url, NoTls).await?;
@@ -75,18 +76,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // A wakes up and writes as if it still held the lock.
     match debit(&mut app, &backend, &full_key, a_token, 30).await {
-        Ok(balance) => return Err(format!("A's stale debit went through (balance {balance}): that is a bug").into()),
+        Ok(balance) => {
+            return Err(format!("A's stale debit went through (balance {balance}): that is a bug").into());
+        }
         Err(err) if PostgresBackend::is_not_held(&err) => {
-            let (message, detail) =
-                err.as_db_error().map_or((String::new(), ""), |db| (db.message().to_owned(), db.detail().unwrap_or_default()));
-            println!("A wakes and debits 30 with token {a_token}: refused ({message}: {detail}); nothing was written.");
+            let (message, detail) = err
+                .as_db_error()
+                .map_or((String::new(), ""), |db| (db.message().to_owned(), db.detail().unwrap_or_default()));
+            println!(
+                "A wakes and debits 30 with token {a_token}: refused ({message}: {detail}); nothing was written."
+            );
         }
         Err(err) => return Err(err.into()),
     }
     b.release().await?;
     drop(a);
 
-    let balance: i64 = app.query_one(&format!("SELECT balance FROM {SCHEMA}.accounts WHERE id = 7"), &[]).await?.get(0);
+    let balance: i64 =
+        app.query_one(&format!("SELECT balance FROM {SCHEMA}.accounts WHERE id = 7"), &[]).await?.get(0);
     println!("\nBalance: {balance} (one debit of 30, as the lock promised).");
     app.batch_execute(&format!("DROP SCHEMA {SCHEMA} CASCADE")).await?;
     if balance == 70 { Ok(()) } else { Err("the balance is wrong".into()) }

@@ -47,10 +47,15 @@ fn unique_schema(test_name: &str) -> String {
 
 /// A plain connection for inspecting and changing what the backend stores.
 async fn inspector(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio::time::timeout(Duration::from_secs(10), tokio_postgres::connect(url, NoTls))
-        .await
-        .unwrap_or_else(|_| panic!("connecting to {url} for inspection timed out; is PostgreSQL running?"))
-        .unwrap_or_else(|err| panic!("connecting to {url} for inspection: {err}; is PostgreSQL running?"));
+    let (client, connection) =
+        tokio::time::timeout(Duration::from_secs(10), tokio_postgres::connect(url, NoTls))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("connecting to {url} for inspection timed out; is PostgreSQL running?")
+            })
+            .unwrap_or_else(|err| {
+                panic!("connecting to {url} for inspection: {err}; is PostgreSQL running?")
+            });
     tokio::spawn(connection);
     client
 }
@@ -136,7 +141,9 @@ impl PostgresStore {
     }
 
     fn builder(&self) -> dlock::PostgresBackendBuilder {
-        PostgresBackend::builder(self.url.as_str()).schema(self.schema.as_str()).call_timeout(self.call_timeout)
+        PostgresBackend::builder(self.url.as_str())
+            .schema(self.schema.as_str())
+            .call_timeout(self.call_timeout)
     }
 
     /// A new client: its own pool and listening connection.
@@ -177,7 +184,12 @@ impl PostgresStore {
 
     /// Remove `key` behind its holder's back (an operator's `DELETE`).
     pub async fn delete(&self, key: &str) {
-        let deleted = self.sql(&format!("DELETE FROM \"{}\".dlock_locks WHERE key = $1", self.schema), &[&self.full_key(key).as_str()]).await;
+        let deleted = self
+            .sql(
+                &format!("DELETE FROM \"{}\".dlock_locks WHERE key = $1", self.schema),
+                &[&self.full_key(key).as_str()],
+            )
+            .await;
         assert_eq!(deleted, 1, "{key} had no row");
     }
 
@@ -239,7 +251,8 @@ impl LockBackend for CountingAcquires {
         &'a self,
         key: &'a FullKey,
         owner: &'a str,
-    ) -> dlock::backend::BoxFuture<'a, Result<dlock::backend::ReleaseOutcome, dlock::backend::BackendError>> {
+    ) -> dlock::backend::BoxFuture<'a, Result<dlock::backend::ReleaseOutcome, dlock::backend::BackendError>>
+    {
         self.inner.release(key, owner)
     }
     fn renew<'a>(
@@ -253,8 +266,10 @@ impl LockBackend for CountingAcquires {
     fn watch_releases<'a>(
         &'a self,
         key: &'a FullKey,
-    ) -> dlock::backend::BoxFuture<'a, Result<Option<dlock::backend::ReleaseWatch>, dlock::backend::BackendError>>
-    {
+    ) -> dlock::backend::BoxFuture<
+        'a,
+        Result<Option<dlock::backend::ReleaseWatch>, dlock::backend::BackendError>,
+    > {
         self.inner.watch_releases(key)
     }
 }
@@ -300,15 +315,20 @@ async fn an_expired_lease_is_never_renewed_or_released_and_goes_to_the_next_owne
     let store = PostgresStore::shared("expired").await;
     let backend = store.backend().await;
     let key = store.full_key("k");
-    let t1 = acquired(backend.try_acquire(&key, "a", Duration::from_millis(50)).await.expect("acquire"), "free");
+    let t1 =
+        acquired(backend.try_acquire(&key, "a", Duration::from_millis(50)).await.expect("acquire"), "free");
     poll_until(Duration::from_secs(2), "the lease expires on the server's clock", || async {
         matches!(store.row("k").await, Some((Some(_), _, false)))
     })
     .await;
-    assert!(!backend.renew(&key, "a", Duration::from_secs(10)).await.expect("renew"), "renew revived an expired lease");
+    assert!(
+        !backend.renew(&key, "a", Duration::from_secs(10)).await.expect("renew"),
+        "renew revived an expired lease"
+    );
     assert!(matches!(store.row("k").await, Some((Some(_), _, false))), "the row is untouched");
     assert!(!backend.release(&key, "a").await.expect("release").was_held);
-    let t2 = acquired(backend.try_acquire(&key, "b", Duration::from_secs(10)).await.expect("acquire"), "expired");
+    let t2 =
+        acquired(backend.try_acquire(&key, "b", Duration::from_secs(10)).await.expect("acquire"), "expired");
     assert!(t2 > t1);
     assert!(!backend.renew(&key, "a", Duration::from_secs(10)).await.expect("renew"));
     assert!(!backend.release(&key, "a").await.expect("release").was_held);
@@ -376,10 +396,15 @@ async fn without_migrate_on_connect_a_missing_schema_says_to_migrate() {
     assert!(text.contains("missing") && text.contains("migrate()"), "{text}");
     assert_eq!(store.builder().migrate().await.expect("an explicit migration"), 0, "nothing was there");
     let backend = store.builder().migrate_on_connect(false).connect().await.expect("migrated");
-    acquired(backend.try_acquire(&store.full_key("k"), "o", Duration::from_secs(1)).await.expect("acquire"), "free");
+    acquired(
+        backend.try_acquire(&store.full_key("k"), "o", Duration::from_secs(1)).await.expect("acquire"),
+        "free",
+    );
 
     // A schema made by a newer, incompatible dlock is refused with a remedy.
-    store.sql(&format!("UPDATE \"{}\".dlock_version SET version = 9, compatible = 9", store.schema), &[]).await;
+    store
+        .sql(&format!("UPDATE \"{}\".dlock_version SET version = 9, compatible = 9", store.schema), &[])
+        .await;
     let err = store.builder().connect().await.expect_err("an incompatible schema");
     assert!(err.to_string().contains("upgrade dlock"), "{err}");
     store.cleanup().await;
@@ -393,7 +418,8 @@ async fn long_keys_work_with_notices_and_keys_it_cannot_store_are_rejected_up_fr
     let store = PostgresStore::shared("long_keys").await;
     // Random hex does not compress: the key really takes MAX_KEY_BYTES in the index.
     let room = PostgresBackend::MAX_KEY_BYTES - store.prefix().len();
-    let long: String = (0..room).map(|_| char::from(b"0123456789abcdef"[rand::random::<u32>() as usize % 16])).collect();
+    let long: String =
+        (0..room).map(|_| char::from(b"0123456789abcdef"[rand::random::<u32>() as usize % 16])).collect();
     let (holder, waiter) = (store.service().await, store.service().await);
     let guard = holder.lock(&long).ttl(Duration::from_secs(10)).await.expect("a 2048-byte key");
     let waiting = tokio::spawn({
@@ -497,7 +523,9 @@ async fn a_fenced_write_commits_only_while_its_lock_is_held_with_its_token() {
     // once the lease is gone. (Through the SQL other drivers would use.)
     let short = service.lock("account").ttl(Duration::from_millis(300)).renew(false).await.expect("lock");
     let txn = app.transaction().await.expect("begin");
-    txn.query(backend.check_sql(), &[&full_key("account"), &(short.fencing_token() as i64)]).await.expect("current token");
+    txn.query(backend.check_sql(), &[&full_key("account"), &(short.fencing_token() as i64)])
+        .await
+        .expect("current token");
     assert_eq!(short.lost().await, LostReason::Expired);
     poll_until(Duration::from_secs(2), "the lease ends on the server", || async {
         matches!(store.row("account").await, Some((Some(_), _, false)))
@@ -521,11 +549,18 @@ async fn a_fenced_write_commits_only_while_its_lock_is_held_with_its_token() {
     })
     .await;
     txn.commit().await.expect("commit");
-    assert!(matches!(store.row("account").await, Some((Some(owner), _, false)) if owner != "intruder"), "the cancelled attempt took nothing");
+    assert!(
+        matches!(store.row("account").await, Some((Some(owner), _, false)) if owner != "intruder"),
+        "the cancelled attempt took nothing"
+    );
     acquired(other.try_acquire(&key, "intruder", Duration::from_secs(10)).await.expect("acquire"), "expired");
 
     let rows = app.query(&format!("SELECT writer FROM {table}"), &[]).await.expect("read");
-    assert_eq!(rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>(), [token as i64], "only the fenced write");
+    assert_eq!(
+        rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>(),
+        [token as i64],
+        "only the fenced write"
+    );
     store.cleanup().await;
 }
 
@@ -538,13 +573,19 @@ async fn a_fenced_write_commits_only_while_its_lock_is_held_with_its_token() {
 /// connections (same server processes) before and after.
 #[test]
 fn a_backend_outlives_the_runtime_that_made_it() {
-    let current_thread = || tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let current_thread =
+        || tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let app_name = format!("dlock_rt_{:08x}", rand::random::<u32>());
     let first = current_thread();
     let (store, backend, before) = first.block_on(async {
         let store = PostgresStore::shared("runtimes").await;
         let url = format!("{}?application_name={app_name}", store.url);
-        let backend = PostgresBackend::builder(url).schema(store.schema.as_str()).pool_size(1).connect().await.expect("connect");
+        let backend = PostgresBackend::builder(url)
+            .schema(store.schema.as_str())
+            .pool_size(1)
+            .connect()
+            .await
+            .expect("connect");
         let key = store.full_key("k");
         acquired(backend.try_acquire(&key, "a", Duration::from_secs(5)).await.expect("acquire"), "free");
         assert!(backend.release(&key, "a").await.expect("release").was_held);
@@ -557,7 +598,11 @@ fn a_backend_outlives_the_runtime_that_made_it() {
     let second = current_thread();
     second.block_on(async {
         let key = FullKey::new("", "idle");
-        let answered = tokio::time::timeout(Duration::from_secs(2), backend.try_acquire(&key, "b", Duration::from_secs(5))).await;
+        let answered = tokio::time::timeout(
+            Duration::from_secs(2),
+            backend.try_acquire(&key, "b", Duration::from_secs(5)),
+        )
+        .await;
         acquired(answered.expect("the pool answers while the first runtime idles").expect("acquire"), "free");
     });
     drop(first);
@@ -572,7 +617,9 @@ fn a_backend_outlives_the_runtime_that_made_it() {
             .expect("the pool answers after the first runtime ended")
             .expect("acquire");
         // The listener (started in the first runtime's time) still delivers notices.
-        let waiting = tokio::spawn(async move { other.lock("k").wait(Duration::from_secs(10)).await.map(|g| (g, Instant::now())) });
+        let waiting = tokio::spawn(async move {
+            other.lock("k").wait(Duration::from_secs(10)).await.map(|g| (g, Instant::now()))
+        });
         tokio::time::sleep(Duration::from_millis(300)).await;
         let released = Instant::now();
         guard.release().await.expect("release");
@@ -658,18 +705,26 @@ async fn worker() {
     let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is set for workers"));
     let (url, schema, prefix) = (var("DLOCK_TEST_URL"), var("DLOCK_TEST_SCHEMA"), var("DLOCK_TEST_PREFIX"));
     assert_eq!(mode, "counter");
-    let backend = PostgresBackend::builder(url.as_str()).schema(schema.as_str()).connect().await.expect("connect");
+    let backend =
+        PostgresBackend::builder(url.as_str()).schema(schema.as_str()).connect().await.expect("connect");
     let service = LockService::builder(backend).key_prefix(prefix.as_str()).build();
     let app = inspector(&url).await;
     let table = format!("\"{schema}\".counter");
     for _ in 0..25 {
-        let guard = service.lock("counter").ttl(Duration::from_secs(5)).wait(Duration::from_secs(60)).await.expect("lock");
+        let guard = service
+            .lock("counter")
+            .ttl(Duration::from_secs(5))
+            .wait(Duration::from_secs(60))
+            .await
+            .expect("lock");
         let token = guard.fencing_token() as i64;
         let row = app.query_one(&format!("SELECT n, last_token FROM {table}"), &[]).await.expect("read");
         let (n, last): (i64, i64) = (row.get(0), row.get(1));
         assert!(token > last, "token {token} after {last}: tokens went backwards");
         tokio::task::yield_now().await;
-        app.execute(&format!("UPDATE {table} SET n = $1, last_token = $2"), &[&(n + 1), &token]).await.expect("write");
+        app.execute(&format!("UPDATE {table} SET n = $1, last_token = $2"), &[&(n + 1), &token])
+            .await
+            .expect("write");
         assert!(guard.release().await.expect("release"), "still ours at release");
     }
 }
@@ -697,7 +752,11 @@ impl PrivateServer {
             .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
             .find(|p| p.join("initdb").exists())
             .expect("an initdb under /usr/lib/postgresql/*/bin");
-        let dir = std::env::temp_dir().join(format!("dlock-pg-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+        let dir = std::env::temp_dir().join(format!(
+            "dlock-pg-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let port = free_port();
         let server = Self { dir, port, bin };
@@ -857,7 +916,8 @@ async fn a_killed_pool_connection_is_replaced_and_the_lease_is_kept() {
     let server = PrivateServer::start();
     let url = format!("{}?application_name=dlock_pool_kill", server.url());
     let admin = inspector(&server.url()).await;
-    let backend = PostgresBackend::builder(url.as_str()).call_timeout(FAULT_TIMEOUT).connect().await.expect("connect");
+    let backend =
+        PostgresBackend::builder(url.as_str()).call_timeout(FAULT_TIMEOUT).connect().await.expect("connect");
     let service = LockService::new(backend.clone());
     let ttl = Duration::from_millis(900);
     let guard = service.lock("k").ttl(ttl).await.expect("lock");
@@ -879,21 +939,31 @@ async fn a_killed_listening_connection_is_remade_and_waiters_still_wake() {
     let server = PrivateServer::start();
     let admin = inspector(&server.url()).await;
     let builder = |name: &str| {
-        PostgresBackend::builder(format!("{}?application_name={name}", server.url())).call_timeout(FAULT_TIMEOUT)
+        PostgresBackend::builder(format!("{}?application_name={name}", server.url()))
+            .call_timeout(FAULT_TIMEOUT)
     };
     let holder = LockService::new(builder("dlock_holder").connect().await.expect("connect"));
     // The waiter's listener: its own URL, so that only it is killed.
-    let waiter_backend = builder("dlock_waiter_pool").listen_url(format!("{}?application_name=dlock_listener", server.url()));
+    let waiter_backend =
+        builder("dlock_waiter_pool").listen_url(format!("{}?application_name=dlock_listener", server.url()));
     let waiter = LockService::new(waiter_backend.connect().await.expect("connect"));
     for round in 0..2 {
         let guard = holder.lock("k").ttl(Duration::from_secs(30)).await.expect("lock");
         let waiter = waiter.clone();
-        let waiting = tokio::spawn(async move { waiter.lock("k").wait(Duration::from_secs(20)).await.map(|g| (g, Instant::now())) });
-        poll_until(Duration::from_secs(5), "the listener connects", || async { connections(&admin, "dlock_listener").await > 0 }).await;
+        let waiting = tokio::spawn(async move {
+            waiter.lock("k").wait(Duration::from_secs(20)).await.map(|g| (g, Instant::now()))
+        });
+        poll_until(Duration::from_secs(5), "the listener connects", || async {
+            connections(&admin, "dlock_listener").await > 0
+        })
+        .await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(terminate(&admin, "dlock_listener").await, 1, "round {round}: one listening connection");
         // Until it is back the waiter is on its timer; once it is, a release wakes it.
-        poll_until(Duration::from_secs(5), "the listener reconnects", || async { connections(&admin, "dlock_listener").await > 0 }).await;
+        poll_until(Duration::from_secs(5), "the listener reconnects", || async {
+            connections(&admin, "dlock_listener").await > 0
+        })
+        .await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let released = Instant::now();
         guard.release().await.expect("release");
@@ -921,18 +991,31 @@ async fn a_server_stopped_and_restarted_under_load() {
     let server = Arc::new(PrivateServer::start());
     let backend =
         PostgresBackend::builder(server.url()).call_timeout(FAULT_TIMEOUT).connect().await.expect("connect");
-    let services = [LockService::new(backend.clone()), LockService::new(
-        PostgresBackend::builder(server.url()).call_timeout(FAULT_TIMEOUT).connect().await.expect("connect"),
-    )];
+    let services = [
+        LockService::new(backend.clone()),
+        LockService::new(
+            PostgresBackend::builder(server.url())
+                .call_timeout(FAULT_TIMEOUT)
+                .connect()
+                .await
+                .expect("connect"),
+        ),
+    ];
     let stop = Arc::new(AtomicBool::new(false));
     let last_tokens: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>> = Arc::default();
-    let (cycles, errors, overruns) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (cycles, errors, overruns) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let ttl = Duration::from_millis(600);
     let mut tasks = Vec::new();
     for task in 0..6 {
         let service = services[task % 2].clone();
-        let (stop, last_tokens, cycles, errors, overruns) =
-            (Arc::clone(&stop), Arc::clone(&last_tokens), Arc::clone(&cycles), Arc::clone(&errors), Arc::clone(&overruns));
+        let (stop, last_tokens, cycles, errors, overruns) = (
+            Arc::clone(&stop),
+            Arc::clone(&last_tokens),
+            Arc::clone(&cycles),
+            Arc::clone(&errors),
+            Arc::clone(&overruns),
+        );
         tasks.push(tokio::spawn(async move {
             let key = format!("k{}", task % 3);
             while !stop.load(Ordering::SeqCst) {
@@ -992,7 +1075,10 @@ async fn a_server_stopped_and_restarted_under_load() {
     .await;
     stop.store(true, Ordering::SeqCst);
     for task in tasks {
-        tokio::time::timeout(Duration::from_secs(5), task).await.expect("tasks end").expect("no assertion failed");
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("tasks end")
+            .expect("no assertion failed");
     }
     assert_eq!(overruns.load(Ordering::SeqCst), 0, "a lock call outlived its bound");
 }
@@ -1002,7 +1088,11 @@ async fn connection_failures_are_prompt_classified_and_name_the_url_without_the_
     // Nobody listens on the port.
     let url = format!("postgres://app:hunter2@127.0.0.1:{}/test", free_port());
     let started = Instant::now();
-    let err = PostgresBackend::builder(url.as_str()).call_timeout(FAULT_TIMEOUT).connect().await.expect_err("closed port");
+    let err = PostgresBackend::builder(url.as_str())
+        .call_timeout(FAULT_TIMEOUT)
+        .connect()
+        .await
+        .expect_err("closed port");
     assert!(started.elapsed() < FAULT_TIMEOUT + MARGIN, "{:?}", started.elapsed());
     let Error::Backend { backend: "postgres", source, .. } = &err else { panic!("{err:?}") };
     assert_eq!(source.kind(), BackendErrorKind::Connection, "{err}");
@@ -1023,7 +1113,9 @@ async fn connection_failures_are_prompt_classified_and_name_the_url_without_the_
     // Bad URLs.
     for bad in ["redis://127.0.0.1", "postgres://h/db?sslmode=require", "postgres://h:notaport/db"] {
         match PostgresBackend::connect(bad).await {
-            Err(Error::InvalidInput { what: "PostgreSQL URL", reason }) => assert!(reason.contains("postgres://") || reason.contains("TLS"), "{reason}"),
+            Err(Error::InvalidInput { what: "PostgreSQL URL", reason }) => {
+                assert!(reason.contains("postgres://") || reason.contains("TLS"), "{reason}")
+            }
             other => panic!("{bad}: {other:?}"),
         }
     }
@@ -1050,8 +1142,13 @@ impl Drop for TempDir {
 
 impl PgBouncer {
     fn start(server: &PrivateServer) -> Option<Self> {
-        let exe = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"].into_iter().map(Path::new).find(|p| p.exists())?;
-        let dir = std::env::temp_dir().join(format!("dlock-pgb-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+        let exe =
+            ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"].into_iter().map(Path::new).find(|p| p.exists())?;
+        let dir = std::env::temp_dir().join(format!(
+            "dlock-pgb-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let port = free_port();
         let ini = dir.join("pgbouncer.ini");
@@ -1112,9 +1209,7 @@ async fn everything_works_through_pgbouncer_in_transaction_mode() {
         eprintln!("SKIPPED: pgbouncer is not installed (apt-get install pgbouncer)");
         return;
     };
-    let connect = || {
-        PostgresBackend::builder(bouncer.url()).listen_url(server.url()).pool_size(8).connect()
-    };
+    let connect = || PostgresBackend::builder(bouncer.url()).listen_url(server.url()).pool_size(8).connect();
     let (a, b) = (connect().await.expect("connect through PgBouncer"), connect().await.expect("connect"));
     let (sa, sb) = (LockService::new(a.clone()), LockService::new(b));
     // Many tasks over few server connections: every statement may land on another one.
@@ -1126,7 +1221,8 @@ async fn everything_works_through_pgbouncer_in_transaction_mode() {
         tasks.push(tokio::spawn(async move {
             let mut last = 0;
             for _ in 0..20 {
-                let guard = service.lock("k").ttl(Duration::from_secs(5)).wait(Duration::from_secs(30)).await?;
+                let guard =
+                    service.lock("k").ttl(Duration::from_secs(5)).wait(Duration::from_secs(30)).await?;
                 assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders at once");
                 assert!(guard.fencing_token() > last);
                 last = guard.fencing_token();
@@ -1142,7 +1238,10 @@ async fn everything_works_through_pgbouncer_in_transaction_mode() {
     }
     // Waiting: a release notice reaches a waiter through the direct listener.
     let guard = sa.lock("w").ttl(Duration::from_secs(10)).await.expect("lock");
-    let waiting = tokio::spawn(async move { sb.lock("w").wait(Duration::from_secs(10)).await.map(|g| (g, Instant::now())) });
+    let waiting =
+        tokio::spawn(
+            async move { sb.lock("w").wait(Duration::from_secs(10)).await.map(|g| (g, Instant::now())) },
+        );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let released = Instant::now();
     guard.release().await.expect("release");

@@ -94,7 +94,8 @@ fn remedy(err: &tokio_postgres::Error, kind: BackendErrorKind, schema: &str) -> 
 /// A call that failed with `err`.
 pub(super) fn call_error(url: &str, schema: &str, what: &str, err: tokio_postgres::Error) -> BackendError {
     let kind = classify(&err);
-    let message = format!("PostgreSQL at {url} failed {what}: {}; {}", detail(&err), remedy(&err, kind, schema));
+    let message =
+        format!("PostgreSQL at {url} failed {what}: {}; {}", detail(&err), remedy(&err, kind, schema));
     BackendError::with_source(kind, message, err)
 }
 

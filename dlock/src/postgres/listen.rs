@@ -53,7 +53,11 @@ impl Shared {
 impl Listener {
     /// Start the listening task on `background`; it connects with `config` once a waiter
     /// wants a channel.
-    pub(super) fn start(config: tokio_postgres::Config, background: &Background, call_timeout: Duration) -> Self {
+    pub(super) fn start(
+        config: tokio_postgres::Config,
+        background: &Background,
+        call_timeout: Duration,
+    ) -> Self {
         let shared = Arc::new(Shared::default());
         let (kick, kicks) = mpsc::unbounded_channel();
         background.spawn(listen(config, call_timeout, Arc::downgrade(&shared), kicks));

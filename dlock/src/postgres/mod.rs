@@ -26,10 +26,6 @@ use crate::error::Error;
 
 /// The longest key (in bytes) the PostgreSQL backend stores: keys are the lease table's
 /// primary key, and a B-tree entry must fit in a third of a page (2704 bytes with 8 kB pages).
-///
-/// ```
-/// assert_eq!(dlock::PostgresBackend::MAX_KEY_BYTES, 2048);
-/// ```
 const MAX_KEY_BYTES: usize = 2048;
 
 /// Locks in a PostgreSQL database, shared by every process that connects to it (cargo feature
@@ -113,6 +109,13 @@ impl PostgresBackendBuilder {
     /// The schema dlock's table, sequence and function live in (default `dlock`). Every
     /// process that shares locks must use the same one; two schemas are two independent lock
     /// namespaces.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let backend = dlock::PostgresBackend::builder("postgres://app@db/app").schema("app_locks").connect().await?;
+    /// assert_eq!(backend.schema(), "app_locks");
+    /// # Ok(()) }
+    /// ```
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
         self.schema = schema.into();
         self
@@ -120,12 +123,30 @@ impl PostgresBackendBuilder {
 
     /// The most connections the pool opens (default 10). Each acquire, renew or release holds
     /// one for a single round trip; held locks hold none.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let backend = dlock::PostgresBackend::builder("postgres://app@db/app").pool_size(4).connect().await?;
+    /// # let _ = backend;
+    /// # Ok(()) }
+    /// ```
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size;
         self
     }
 
     /// Bound on every call, on connecting and on preparing the schema (default 2 s).
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// use std::time::Duration;
+    /// let backend = dlock::PostgresBackend::builder("postgres://app@db/app")
+    ///     .call_timeout(Duration::from_millis(500))
+    ///     .connect()
+    ///     .await?;
+    /// # let _ = backend;
+    /// # Ok(()) }
+    /// ```
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.call_timeout = timeout;
         self
@@ -134,6 +155,13 @@ impl PostgresBackendBuilder {
     /// Whether waiting processes listen for release notices (default `true`). Without them a
     /// waiter re-checks on a timer (up to [`WAITER_RECHECK`](crate::backend::WAITER_RECHECK)
     /// between checks while the holder's lease lasts): slower hand-offs, still correct.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let backend = dlock::PostgresBackend::builder("postgres://app@db/app").listen(false).connect().await?;
+    /// assert_eq!(backend.listening_channels(), 0);
+    /// # Ok(()) }
+    /// ```
     pub fn listen(mut self, listen: bool) -> Self {
         self.listen = listen;
         self
@@ -144,6 +172,17 @@ impl PostgresBackendBuilder {
     /// LISTEN is session state: through PgBouncer in transaction mode it would be lost. Point
     /// the pool at PgBouncer and this at the PostgreSQL server itself (one connection per
     /// process).
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// // Statements through PgBouncer (transaction mode), LISTEN straight to the server.
+    /// let backend = dlock::PostgresBackend::builder("postgres://app@pgbouncer:6432/app")
+    ///     .listen_url("postgres://app@db:5432/app")
+    ///     .connect()
+    ///     .await?;
+    /// # let _ = backend;
+    /// # Ok(()) }
+    /// ```
     pub fn listen_url(mut self, url: impl Into<String>) -> Self {
         self.listen_url = Some(url.into());
         self
@@ -155,6 +194,14 @@ impl PostgresBackendBuilder {
     ///
     /// On by default so that `connect` is all a service needs, as with Redis; it costs one
     /// query when the schema is up to date, and needs CREATE rights only when it is not.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// // The schema is migrated by a deploy step; the service only checks it.
+    /// let backend = dlock::PostgresBackend::builder("postgres://app@db/app").migrate_on_connect(false).connect().await?;
+    /// # let _ = backend;
+    /// # Ok(()) }
+    /// ```
     pub fn migrate_on_connect(mut self, migrate: bool) -> Self {
         self.migrate_on_connect = migrate;
         self
@@ -164,6 +211,17 @@ impl PostgresBackendBuilder {
     /// background cleanup removes it (default one hour); `None`: never. Rows are kept for a
     /// while because most keys are locked again soon; removing one loses nothing (fencing
     /// tokens come from a sequence, not from the row).
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// use std::time::Duration;
+    /// let backend = dlock::PostgresBackend::builder("postgres://app@db/app")
+    ///     .cleanup_after(Some(Duration::from_secs(24 * 3600)))
+    ///     .connect()
+    ///     .await?;
+    /// # let _ = backend;
+    /// # Ok(()) }
+    /// ```
     pub fn cleanup_after(mut self, after: Option<Duration>) -> Self {
         self.cleanup_after = after;
         self
@@ -171,6 +229,14 @@ impl PostgresBackendBuilder {
 
     /// Connect, check the server answers (and accepts the credentials), and create or migrate
     /// the schema if needed (see [`migrate_on_connect`](Self::migrate_on_connect)).
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let backend = dlock::PostgresBackend::builder("postgres://app@db/app").connect().await?;
+    /// let service = dlock::LockService::new(backend);
+    /// # let _ = service;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(self) -> Result<PostgresBackend, Error> {
         let url = errors::redact(&self.url);
         let config = self.config(&self.url)?;
@@ -205,8 +271,7 @@ impl PostgresBackendBuilder {
                     ),
                 ))
             })??;
-        let listener =
-            self.listen.then(|| Listener::start(listen_config, &background, self.call_timeout));
+        let listener = self.listen.then(|| Listener::start(listen_config, &background, self.call_timeout));
         tracing::debug!(target: "dlock", url = %url, schema = %self.schema, "connected to PostgreSQL");
         let inner = Arc::new(Inner {
             pool,
@@ -239,10 +304,10 @@ impl PostgresBackendBuilder {
         let config = self.config(&self.url)?;
         let schema = self.schema.clone();
         let migrating = async {
-            let (mut client, connection) =
-                config.connect(tokio_postgres::NoTls).await.map_err(|err| {
-                    errors::connect_error(&url, &schema, "connect", err)
-                })?;
+            let (mut client, connection) = config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|err| errors::connect_error(&url, &schema, "connect", err))?;
             let driver = tokio::spawn(connection);
             let result = schema::migrate(&mut client, &schema)
                 .await
@@ -277,7 +342,10 @@ impl PostgresBackendBuilder {
             )));
         }
         if self.call_timeout.is_zero() {
-            return Err(Error::InvalidInput { what: "call timeout", reason: "it must be greater than zero".into() });
+            return Err(Error::InvalidInput {
+                what: "call timeout",
+                reason: "it must be greater than zero".into(),
+            });
         }
         if self.pool_size == 0 {
             return Err(Error::InvalidInput { what: "pool size", reason: "it must be at least 1".into() });
@@ -323,7 +391,8 @@ impl PostgresBackendBuilder {
             }
             let before = schema::migrate(client, schema).await.map_err(failed("create dlock's schema"))?;
             tracing::info!(target: "dlock", schema = %schema, from = before, to = schema::VERSION, "migrated dlock's PostgreSQL schema");
-            version = schema::read_version(client, schema).await.map_err(failed("read dlock's schema version"))?;
+            version =
+                schema::read_version(client, schema).await.map_err(failed("read dlock's schema version"))?;
         }
         if let Some(v) = version
             && v.compatible > schema::VERSION
@@ -390,11 +459,25 @@ impl PostgresBackend {
     /// `postgresql://…`). A malformed URL is [`Error::InvalidInput`]; an unreachable server,
     /// refused credentials or a schema that cannot be created is [`Error::Backend`] within the
     /// call timeout.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let backend = dlock::PostgresBackend::connect("postgresql://app:secret@db:5432/app").await?;
+    /// # let _ = backend;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(url: &str) -> Result<Self, Error> {
         Self::builder(url).connect().await
     }
 
     /// Options: schema, pool size, call timeout, release notices, migration, cleanup.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let backend = dlock::PostgresBackend::builder("postgres://app@db/app").schema("locks").connect().await?;
+    /// # let _ = backend;
+    /// # Ok(()) }
+    /// ```
     pub fn builder(url: impl Into<String>) -> PostgresBackendBuilder {
         PostgresBackendBuilder {
             url: url.into(),
@@ -409,6 +492,13 @@ impl PostgresBackend {
     }
 
     /// The schema this backend uses.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let backend = dlock::PostgresBackend::connect("postgres://app@db/app").await?;
+    /// assert_eq!(backend.schema(), dlock::PostgresBackend::DEFAULT_SCHEMA);
+    /// # Ok(()) }
+    /// ```
     pub fn schema(&self) -> &str {
         &self.inner.schema
     }
@@ -495,17 +585,39 @@ impl PostgresBackend {
     /// return how many went. The backend does this on its own every so often (see
     /// [`cleanup_after`](PostgresBackendBuilder::cleanup_after)); fencing tokens keep
     /// increasing across it.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let backend = dlock::PostgresBackend::connect("postgres://app@db/app").await?;
+    /// let removed = backend.cleanup(std::time::Duration::from_secs(60)).await?;
+    /// println!("removed {removed} rows free for over a minute");
+    /// # Ok(()) }
+    /// ```
     pub async fn cleanup(&self, after: Duration) -> Result<u64, Error> {
         self.inner.clean_up(after).await.map_err(backend_error)
     }
 
     /// How many channels this backend's listener listens to (or is about to): zero once no
     /// task of the process waits.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let backend = dlock::PostgresBackend::connect("postgres://app@db/app").await?;
+    /// assert_eq!(backend.listening_channels(), 0, "nobody waits yet");
+    /// # Ok(()) }
+    /// ```
     pub fn listening_channels(&self) -> usize {
         self.inner.listener.as_ref().map_or(0, Listener::channel_count)
     }
 
     /// How many connections the pool holds now.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let backend = dlock::PostgresBackend::connect("postgres://app@db/app").await?;
+    /// assert!(backend.pool_connections() >= 1, "connect checked the schema on one");
+    /// # Ok(()) }
+    /// ```
     pub fn pool_connections(&self) -> usize {
         self.inner.pool.size()
     }
@@ -574,14 +686,20 @@ impl LockBackend for PostgresBackend {
         Box::pin(async move {
             let inner = &*self.inner;
             // Ask for a release notice only when one would be heard.
-            let notice = inner.listener.as_ref().is_some_and(|l| l.is_listening(|| inner.statements.channel(key)));
+            let notice =
+                inner.listener.as_ref().is_some_and(|l| l.is_listening(|| inner.statements.channel(key)));
             let ttl = millis(ttl);
             let rows = inner
                 .pool
                 .query(
                     "the acquire statement",
                     &inner.statements.acquire,
-                    &[(&key.as_str(), Type::TEXT), (&owner, Type::TEXT), (&ttl, Type::INT8), (&notice, Type::BOOL)],
+                    &[
+                        (&key.as_str(), Type::TEXT),
+                        (&owner, Type::TEXT),
+                        (&ttl, Type::INT8),
+                        (&notice, Type::BOOL),
+                    ],
                 )
                 .await?;
             let row = rows.first().ok_or_else(|| inner.unexpected("the acquire statement"))?;
@@ -647,7 +765,9 @@ impl LockBackend for PostgresBackend {
         Box::pin(async move {
             let inner = &*self.inner;
             match &inner.listener {
-                Some(listener) => Ok(Some(listener.watch(inner.statements.channel(key), inner.call_timeout).await)),
+                Some(listener) => {
+                    Ok(Some(listener.watch(inner.statements.channel(key), inner.call_timeout).await))
+                }
                 None => Ok(None),
             }
         })

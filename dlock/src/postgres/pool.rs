@@ -42,11 +42,8 @@ impl Pool {
         timeout: Duration,
     ) -> Result<Self, String> {
         let connect = OnBackground { background: Arc::clone(&background) };
-        let manager = Manager::from_connect(
-            config,
-            connect,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast, ..ManagerConfig::default() },
-        );
+        let manager =
+            Manager::from_connect(config, connect, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         // No pool timeouts of its own: every call, waiting for a connection included, is
         // bounded by `timeout` in `query`.
         let pool = deadpool_postgres::Pool::builder(manager)
@@ -64,7 +61,12 @@ impl Pool {
     /// the pool and cancels the statement on the server (a cancel request, then the connection
     /// is closed): a statement stuck behind a row lock must neither delay the next caller of
     /// that connection nor take effect long after its caller gave up.
-    pub(super) async fn query(&self, what: &str, sql: &str, params: &Params<'_>) -> Result<Vec<Row>, BackendError> {
+    pub(super) async fn query(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &Params<'_>,
+    ) -> Result<Vec<Row>, BackendError> {
         let call = async {
             let object = self.pool.get().await.map_err(|err| self.pool_error(what, err))?;
             let mut checkout = Checkout { object: Some(object), background: &self.background };
@@ -142,8 +144,7 @@ impl Connect for OnBackground {
     fn connect(
         &self,
         config: &tokio_postgres::Config,
-    ) -> BoxFuture<'_, Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>>
-    {
+    ) -> BoxFuture<'_, Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>> {
         let config = config.clone();
         let connecting = self.background.spawn(async move {
             let (client, connection) = config.connect(NoTls).await?;

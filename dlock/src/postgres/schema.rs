@@ -34,7 +34,10 @@ pub(super) struct Version {
 }
 
 /// The schema's version, or `None` when dlock's objects are not there (yet).
-pub(super) async fn read_version(client: &Client, schema: &str) -> Result<Option<Version>, tokio_postgres::Error> {
+pub(super) async fn read_version(
+    client: &Client,
+    schema: &str,
+) -> Result<Option<Version>, tokio_postgres::Error> {
     let query = format!("SELECT version, compatible FROM {}.dlock_version", quote_ident(schema));
     match client.query_typed(&query, &[]).await {
         Ok(rows) => Ok(rows.first().map(|row| Version { version: row.get(0), compatible: row.get(1) })),
