@@ -153,8 +153,8 @@ impl PostgresBackendBuilder {
     }
 
     /// Whether waiting processes listen for release notices (default `true`). Without them a
-    /// waiter re-checks on a timer (up to [`WAITER_RECHECK`](crate::backend::WAITER_RECHECK)
-    /// between checks while the holder's lease lasts): slower hand-offs, still correct.
+    /// waiter re-checks on a timer (every few milliseconds, backing off to 100 ms, never past
+    /// the holder's remaining lease): more statements and slower hand-offs, still correct.
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
