@@ -6,17 +6,19 @@
 //! Separate `RedisBackend`s stand for separate processes (each has its own connections and
 //! inbox, so Redis cannot tell them apart); one test kills a real OS process.
 
-#[path = "support/mod.rs"]
-mod support;
-
-use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use dlock::backend::{FullKey, HANDOFF_LEASE, ReleaseNotice, ReleaseOutcome, TryAcquire, WAITER_RECHECK};
-use dlock::{Error, LockBackend, LockService, RedisBackend};
+use dlock::backend::{
+    BackendErrorKind, FullKey, HANDOFF_LEASE, ReleaseNotice, ReleaseOutcome, TryAcquire, WAITER_RECHECK,
+};
+use dlock::{Error, LockBackend, LockService, MemoryBackend};
+use dlock_tests::support::process::worker_job;
+use dlock_tests::{
+    FaultyBackend, Op, RedisServer, Rule, Worker, connect_redis, connect_redis_with, inspector, poll_until,
+    redis_cmd,
+};
 use redis::aio::MultiplexedConnection as Conn;
-use support::{RedisServer, inspector, poll_until, redis_cmd};
 use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(10);
@@ -31,10 +33,6 @@ async fn wait_for_line(conn: &Conn, key: &str, len: usize) {
         line(conn, key).await.len() == len
     })
     .await;
-}
-
-async fn connect(url: &str) -> RedisBackend {
-    RedisBackend::connect(url).await.expect("connect")
 }
 
 fn acquired(outcome: Result<TryAcquire, dlock::backend::BackendError>) -> u64 {
@@ -54,7 +52,7 @@ async fn releases_hand_the_key_to_the_first_process_in_line() {
     let server = RedisServer::start();
     let url = server.url();
     let mut conn = inspector(&url).await;
-    let (a, b, c) = (connect(&url).await, connect(&url).await, connect(&url).await);
+    let (a, b, c) = (connect_redis(&url).await, connect_redis(&url).await, connect_redis(&url).await);
 
     let first = acquired(a.try_acquire(&FullKey::new("", "k"), "owner-a", TTL).await);
     // Not subscribed yet: an attempt does not join the line (it could not hear a hand-off).
@@ -182,17 +180,20 @@ async fn only_waiters_in_line_withdraw_when_they_give_up() {
     let server = RedisServer::start();
     let url = server.url();
     let conn = inspector(&url).await;
-    let holder = LockService::new(connect(&url).await);
+    let holder = LockService::new(connect_redis(&url).await);
     let guard = holder.lock("try").ttl(TTL).await.expect("holder");
-    let counting = support::Counting::new(Arc::new(connect(&url).await));
-    let counts = Arc::clone(&counting.counts);
-    let service = LockService::new(counting);
+    let faulty = FaultyBackend::new(connect_redis(&url).await);
+    let service = LockService::new(faulty.clone());
     let err = service.lock("try").wait(Duration::ZERO).await.expect_err("held");
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
-    assert_eq!((counts.try_acquire(), counts.release()), (1, 0), "one attempt, nothing to withdraw");
+    assert_eq!(
+        (faulty.count(Op::TryAcquire), faulty.count(Op::Release)),
+        (1, 0),
+        "one attempt, nothing to withdraw"
+    );
     let err = service.lock("try").wait(Duration::from_millis(200)).await.expect_err("held");
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
-    assert_eq!(counts.release(), 1, "joined the line, so it withdrew");
+    assert_eq!(faulty.count(Op::Release), 1, "joined the line, so it withdrew");
     assert!(line(&conn, "try").await.is_empty());
     assert!(guard.release().await.expect("release"));
 }
@@ -204,13 +205,13 @@ async fn waiting_processes_are_served_in_arrival_order() {
     let server = RedisServer::start();
     let url = server.url();
     let mut conn = inspector(&url).await;
-    let holder = LockService::new(connect(&url).await);
+    let holder = LockService::new(connect_redis(&url).await);
     let guard = holder.lock("turns").ttl(TTL).await.expect("holder");
     let first = guard.fencing_token();
     let order: Arc<Mutex<Vec<(usize, u64)>>> = Arc::default();
     let mut waiters = Vec::new();
     for n in 0..3 {
-        let service = LockService::new(connect(&url).await);
+        let service = LockService::new(connect_redis(&url).await);
         let order = Arc::clone(&order);
         waiters.push(tokio::spawn(async move {
             let guard = service.lock("turns").ttl(TTL).wait(Duration::from_secs(10)).await?;
@@ -243,15 +244,15 @@ async fn waiters_that_give_up_leave_the_line() {
     let server = RedisServer::start();
     let url = server.url();
     let mut conn = inspector(&url).await;
-    let holder = LockService::new(connect(&url).await);
+    let holder = LockService::new(connect_redis(&url).await);
     let guard = holder.lock("gone").ttl(TTL).await.expect("holder");
 
-    let timed_out = LockService::new(connect(&url).await);
+    let timed_out = LockService::new(connect_redis(&url).await);
     let err = timed_out.lock("gone").wait(Duration::from_millis(300)).await.expect_err("held");
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
     assert!(line(&conn, "gone").await.is_empty(), "out of line when the Timeout is returned");
 
-    let dropped = LockService::new(connect(&url).await);
+    let dropped = LockService::new(connect_redis(&url).await);
     let call =
         tokio::spawn(async move { dropped.lock("gone").wait(Duration::from_secs(30)).await.map(drop) });
     wait_for_line(&conn, "gone", 1).await;
@@ -273,12 +274,12 @@ async fn waiters_in_line_get_the_key_after_a_restart() {
     let mut server = RedisServer::start();
     let url = server.url();
     let conn = inspector(&url).await;
-    let holder = LockService::new(connect(&url).await);
+    let holder = LockService::new(connect_redis(&url).await);
     let guard = holder.lock("restart").ttl(Duration::from_secs(2)).await.expect("holder");
     let held: Arc<Mutex<Vec<(usize, Instant, Instant)>>> = Arc::default();
     let mut waiters = Vec::new();
     for n in 0..2 {
-        let service = LockService::new(connect(&url).await);
+        let service = LockService::new(connect_redis(&url).await);
         let held = Arc::clone(&held);
         waiters.push(tokio::spawn(async move {
             let guard = service.lock("restart").ttl(TTL).wait(Duration::from_secs(20)).await?;
@@ -323,15 +324,9 @@ async fn a_waiter_reports_a_backend_that_stays_away_when_its_wait_ends() {
     let mut server = RedisServer::start();
     let url = server.url();
     let conn = inspector(&url).await;
-    let holder = LockService::new(connect(&url).await);
+    let holder = LockService::new(connect_redis(&url).await);
     let _guard = holder.lock("away").ttl(TTL).await.expect("holder");
-    let waiter = LockService::new(
-        RedisBackend::builder(url.clone())
-            .call_timeout(Duration::from_millis(200))
-            .connect()
-            .await
-            .expect("connect"),
-    );
+    let waiter = LockService::new(connect_redis_with(&url, Duration::from_millis(200)).await);
     let wait = Duration::from_millis(1500);
     let call = tokio::spawn(async move {
         let started = Instant::now();
@@ -355,9 +350,9 @@ async fn a_waiter_rides_out_a_read_only_spell() {
     let server = RedisServer::start();
     let url = server.url();
     let mut conn = inspector(&url).await;
-    let holder = LockService::new(connect(&url).await);
+    let holder = LockService::new(connect_redis(&url).await);
     let held = holder.lock("ro").ttl(TTL).await.expect("holder");
-    let waiter = LockService::new(connect(&url).await);
+    let waiter = LockService::new(connect_redis(&url).await);
     let call = tokio::spawn(async move { waiter.lock("ro").ttl(TTL).wait(Duration::from_secs(15)).await });
     wait_for_line(&conn, "ro", 1).await;
 
@@ -380,22 +375,19 @@ async fn a_waiter_rides_out_a_read_only_spell() {
 // ---------------------------------------------------------------------------------------------
 // Real processes: this test binary re-executed as a worker.
 
-const WORKER_ENV: &str = "DLOCK_HANDOFF_WORKER_URL";
-/// What the worker does: `wait <ttl ms>` (for the key `line` with that ttl, until killed) or
-/// `turn <n>` (wait for the key `turns`, then append `<n>` to the Redis list `order` while
-/// holding it).
-const WORKER_MODE: &str = "DLOCK_HANDOFF_WORKER_MODE";
 /// A short ttl for a killed worker: the longest anyone can be kept out by it.
 const WORKER_TTL: Duration = Duration::from_millis(500);
 
-/// Not a test: the body of the worker processes that the tests below start with
-/// `DLOCK_HANDOFF_WORKER_URL` set. Run directly, it does nothing.
+/// Not a test: the body of the worker processes that the tests below start
+/// ([`Worker::spawn`]), in mode `wait <ttl ms>` (for the key `line` with that ttl, until
+/// killed) or `turn <n>` (wait for the key `turns`, then append `<n>` to the Redis list
+/// `order` while holding it). Run directly, it does nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "worker process for the multi-process tests; they start it"]
 async fn handoff_worker() {
-    let Ok(url) = std::env::var(WORKER_ENV) else { return };
-    let mode = std::env::var(WORKER_MODE).unwrap_or_default();
-    let service = LockService::new(connect(&url).await);
+    let Some(job) = worker_job() else { return };
+    let (mode, url) = (job.mode, job.url);
+    let service = LockService::new(connect_redis(&url).await);
     match mode.split_once(' ') {
         Some(("turn", n)) => {
             let guard = service.lock("turns").ttl(TTL).wait(Duration::from_secs(20)).await.expect("its turn");
@@ -412,28 +404,6 @@ async fn handoff_worker() {
     }
 }
 
-/// Killed (and reaped) on drop.
-struct Worker(Child);
-
-impl Worker {
-    fn spawn(url: &str, mode: &str) -> Self {
-        let child = support::worker_command("handoff_worker")
-            .env(WORKER_ENV, url)
-            .env(WORKER_MODE, mode)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawning a worker");
-        Self(child)
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Four OS processes line up behind a holder in this one; releases hand the key down the line
 /// in the order they came, each process holding it in turn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -441,23 +411,16 @@ async fn processes_take_turns_in_arrival_order() {
     let server = RedisServer::start();
     let url = server.url();
     let mut conn = inspector(&url).await;
-    let holder = LockService::new(connect(&url).await);
+    let holder = LockService::new(connect_redis(&url).await);
     let guard = holder.lock("turns").ttl(TTL).await.expect("holder");
     let mut workers = Vec::new();
     for n in 0..4 {
-        workers.push(Worker::spawn(&url, &format!("turn {n}")));
+        workers.push(Worker::spawn("handoff_worker", &format!("turn {n}"), &url));
         wait_for_line(&conn, "turns", n + 1).await;
     }
     assert!(guard.release().await.expect("release"));
-    for mut worker in workers {
-        let status = tokio::task::spawn_blocking(move || {
-            let status = worker.0.wait();
-            (status, worker)
-        })
-        .await
-        .expect("join")
-        .0
-        .expect("a worker exits");
+    for worker in workers {
+        let status = worker.wait().await;
         assert!(status.success(), "a worker failed: {status}");
     }
     let order: Vec<String> = redis_cmd(&mut conn, &["LRANGE", "order", "0", "-1"]).await;
@@ -476,14 +439,14 @@ async fn kill_first_in_line(worker_ttl: Duration) -> (Duration, i64) {
     let server = RedisServer::start();
     let url = server.url();
     let mut conn = inspector(&url).await;
-    let holder = LockService::new(connect(&url).await);
+    let holder = LockService::new(connect_redis(&url).await);
     let guard = holder.lock("line").ttl(TTL).await.expect("holder");
 
-    let mut worker = Worker::spawn(&url, &format!("wait {}", worker_ttl.as_millis()));
+    let mut worker = Worker::spawn("handoff_worker", &format!("wait {}", worker_ttl.as_millis()), &url);
     wait_for_line(&conn, "line", 1).await;
     let dead_owner = line(&conn, "line").await.remove(0);
 
-    let next = LockService::new(connect(&url).await);
+    let next = LockService::new(connect_redis(&url).await);
     let waiter = tokio::spawn(async move {
         let guard = next.lock("line").ttl(TTL).wait(Duration::from_secs(20)).await?;
         let at = Instant::now();
@@ -492,8 +455,7 @@ async fn kill_first_in_line(worker_ttl: Duration) -> (Duration, i64) {
     });
     wait_for_line(&conn, "line", 2).await;
 
-    worker.0.kill().expect("killing the worker");
-    worker.0.wait().expect("reaping the worker");
+    worker.kill().await;
     let released_at = Instant::now();
     assert!(guard.release().await.expect("release"));
     assert_eq!(
@@ -531,135 +493,53 @@ async fn killed_waiting_process_with_a_long_ttl_keeps_others_out_for_at_most_the
 }
 
 // ---------------------------------------------------------------------------------------------
-// When the service trusts a hand-off notice: a scripted backend on tokio's paused clock.
+// When the service trusts a hand-off notice: a scripted key on tokio's paused clock.
 
-/// One key that hands itself over only when the test says so.
+/// One key, `k`, that someone else holds as far as a waiter can tell: a [`FaultyBackend`]
+/// over a `MemoryBackend` answers every attempt on it `Held` with newest token 1 (so the
+/// waiter is in line), until [`announce`](Line::announce) hands the key over.
 #[derive(Debug, Clone)]
-struct Scripted {
-    state: Arc<Mutex<ScriptedState>>,
-    notices: Arc<tokio::sync::watch::Sender<ReleaseNotice>>,
+struct Line {
+    memory: MemoryBackend,
+    faulty: FaultyBackend,
 }
 
-#[derive(Debug, Default)]
-struct ScriptedState {
-    holder: Option<String>,
-    newest_token: u64,
-    attempts: usize,
-    /// The owner of the latest attempt that found the key held.
-    waiting: Option<String>,
-    renewals: usize,
-    /// The ttl the latest renewal asked for.
-    renewed_for: Option<Duration>,
-    /// How many renewals to answer with a connection error before answering again.
-    failing_renewals: usize,
-}
-
-impl Scripted {
-    fn new(holder: &str) -> Self {
-        let state = ScriptedState { holder: Some(holder.to_owned()), newest_token: 1, ..Default::default() };
-        let notices = tokio::sync::watch::channel(ReleaseNotice::Released).0;
-        Self { state: Arc::new(Mutex::new(state)), notices: Arc::new(notices) }
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, ScriptedState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+impl Line {
+    fn new() -> Self {
+        let memory = MemoryBackend::new();
+        let faulty = FaultyBackend::new(memory.clone());
+        faulty
+            .inject(Rule::answer(TryAcquire::Held { remaining: Some(TTL), newest_token: Some(1) }).key("k"));
+        Self { memory, faulty }
     }
 
     fn attempts(&self) -> usize {
-        self.state().attempts
+        self.faulty.count(Op::TryAcquire)
     }
 
     fn renewals(&self) -> usize {
-        self.state().renewals
+        self.faulty.count(Op::Renew)
     }
 
-    /// Announce a hand-off to the waiting owner under `token`; `take` also gives it the key.
-    fn announce(&self, token: u64, take: bool) {
-        let owner = {
-            let mut state = self.state();
-            let owner = state.waiting.clone().expect("someone waits");
-            if take {
-                state.holder = Some(owner.clone());
-                state.newest_token = token;
-            }
-            owner
-        };
-        self.notices.send_replace(ReleaseNotice::Granted { owner: Arc::from(owner), fencing_token: token });
+    /// The ttl the latest renewal asked for.
+    fn renewed_for(&self) -> Option<Duration> {
+        self.faulty.last(Op::Renew).and_then(|call| call.ttl)
     }
-}
 
-impl LockBackend for Scripted {
-    fn name(&self) -> &'static str {
-        "scripted"
-    }
-    fn try_acquire<'a>(
-        &'a self,
-        _key: &'a FullKey,
-        owner: &'a str,
-        _ttl: Duration,
-    ) -> dlock::backend::BoxFuture<'a, Result<TryAcquire, dlock::backend::BackendError>> {
-        let mut state = self.state();
-        state.attempts += 1;
-        let outcome = match state.holder.as_deref() {
-            None => {
-                state.holder = Some(owner.to_owned());
-                state.newest_token += 1;
-                TryAcquire::Acquired { fencing_token: state.newest_token }
-            }
-            Some(holder) if holder == owner => {
-                state.newest_token += 1;
-                TryAcquire::Acquired { fencing_token: state.newest_token }
-            }
-            Some(_) => {
-                state.waiting = Some(owner.to_owned());
-                TryAcquire::Held { remaining: Some(TTL), newest_token: Some(state.newest_token) }
-            }
-        };
-        Box::pin(std::future::ready(Ok(outcome)))
-    }
-    fn release<'a>(
-        &'a self,
-        _key: &'a FullKey,
-        owner: &'a str,
-    ) -> dlock::backend::BoxFuture<'a, Result<ReleaseOutcome, dlock::backend::BackendError>> {
-        let mut state = self.state();
-        let ours = state.holder.as_deref() == Some(owner);
-        if ours {
-            state.holder = None;
+    /// Announce a hand-off to the waiting owner (the owner of the latest attempt) under
+    /// `token`; `take` also gives it the key: the store holds it for that owner (for an hour,
+    /// so that only dlock's own deadlines matter here), and the owner's next attempt finds it
+    /// its own, with a new token (`token + 1`).
+    async fn announce(&self, token: u64, take: bool) {
+        let owner = self.faulty.last(Op::TryAcquire).and_then(|call| call.owner).expect("someone waits");
+        if take {
+            self.faulty.clear();
+            let key = FullKey::new("", "k");
+            let handed = self.memory.try_acquire(&key, &owner, Duration::from_secs(3600)).await;
+            assert!(matches!(handed, Ok(TryAcquire::Acquired { .. })), "{handed:?}");
+            self.faulty.inject(Rule::answer(TryAcquire::Acquired { fencing_token: token + 1 }).key("k"));
         }
-        Box::pin(std::future::ready(Ok(ReleaseOutcome::new(ours))))
-    }
-    fn renew<'a>(
-        &'a self,
-        _key: &'a FullKey,
-        owner: &'a str,
-        ttl: Duration,
-    ) -> dlock::backend::BoxFuture<'a, Result<bool, dlock::backend::BackendError>> {
-        let mut state = self.state();
-        state.renewals += 1;
-        state.renewed_for = Some(ttl);
-        if state.failing_renewals > 0 {
-            state.failing_renewals -= 1;
-            let err = dlock::backend::BackendError::new(
-                dlock::backend::BackendErrorKind::Connection,
-                "scripted outage",
-            );
-            return Box::pin(std::future::ready(Err(err)));
-        }
-        let ours = state.holder.as_deref() == Some(owner);
-        Box::pin(std::future::ready(Ok(ours)))
-    }
-    fn watch_releases<'a>(
-        &'a self,
-        _key: &'a FullKey,
-    ) -> dlock::backend::BoxFuture<
-        'a,
-        Result<Option<dlock::backend::ReleaseWatch>, dlock::backend::BackendError>,
-    > {
-        Box::pin(std::future::ready(Ok(Some(dlock::backend::ReleaseWatch::new(
-            self.notices.subscribe(),
-            None,
-        )))))
+        assert_eq!(self.faulty.grant("k", &owner, token), 1, "the waiter watches `k`");
     }
 }
 
@@ -671,26 +551,23 @@ async fn settle() {
 }
 
 /// A waiter that tried twice (once before subscribing, once after) and now waits.
-async fn waiting(
-    backend: &Scripted,
-    ttl: Duration,
-) -> tokio::task::JoinHandle<Result<dlock::LockGuard, Error>> {
-    waiting_renewed(backend, ttl, true).await
+async fn waiting(line: &Line, ttl: Duration) -> tokio::task::JoinHandle<Result<dlock::LockGuard, Error>> {
+    waiting_renewed(line, ttl, true).await
 }
 
 /// [`waiting`], with or without renewal.
 async fn waiting_renewed(
-    backend: &Scripted,
+    line: &Line,
     ttl: Duration,
     renew: bool,
 ) -> tokio::task::JoinHandle<Result<dlock::LockGuard, Error>> {
-    let service = LockService::new(backend.clone());
+    let service = LockService::new(line.faulty.clone());
     let call =
         tokio::spawn(
             async move { service.lock("k").ttl(ttl).renew(renew).wait(Duration::from_secs(60)).await },
         );
     settle().await;
-    assert_eq!(backend.attempts(), 2, "tried, subscribed, tried again, and waits");
+    assert_eq!(line.attempts(), 2, "tried, subscribed, tried again, and waits");
     call
 }
 
@@ -698,12 +575,12 @@ async fn waiting_renewed(
 /// further attempt, and the guard carries the announced token.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_fresh_hand_off_is_taken_without_asking_again() {
-    let backend = Scripted::new("someone");
-    let call = waiting(&backend, TTL).await;
-    backend.announce(7, true);
+    let line = Line::new();
+    let call = waiting(&line, TTL).await;
+    line.announce(7, true).await;
     let guard = call.await.expect("join").expect("handed over");
     assert_eq!(guard.fencing_token(), 7);
-    assert_eq!(backend.attempts(), 2, "no attempt after the hand-off");
+    assert_eq!(line.attempts(), 2, "no attempt after the hand-off");
     assert!(guard.release().await.expect("release"));
 }
 
@@ -712,19 +589,19 @@ async fn a_fresh_hand_off_is_taken_without_asking_again() {
 /// instead of believing it holds the key. A hand-off to another owner wakes nobody here.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_stale_hand_off_is_not_trusted() {
-    let backend = Scripted::new("someone");
-    let call = waiting(&backend, TTL).await;
-    backend.announce(1, false); // the token the last attempt already saw
+    let line = Line::new();
+    let call = waiting(&line, TTL).await;
+    line.announce(1, false).await; // the token the last attempt already saw
     settle().await;
-    assert_eq!(backend.attempts(), 3, "asked again");
+    assert_eq!(line.attempts(), 3, "asked again");
     assert!(!call.is_finished(), "still waiting: the key is someone else's");
 
-    backend.notices.send_replace(ReleaseNotice::Granted { owner: Arc::from("another"), fencing_token: 9 });
+    assert_eq!(line.faulty.grant("k", "another", 9), 1);
     settle().await;
-    assert_eq!(backend.attempts(), 3, "a hand-off to another owner is nothing to try for");
+    assert_eq!(line.attempts(), 3, "a hand-off to another owner is nothing to try for");
     assert!(!call.is_finished());
 
-    backend.announce(10, true);
+    line.announce(10, true).await;
     let guard = call.await.expect("join").expect("handed over");
     assert_eq!(guard.fencing_token(), 10);
     assert!(guard.release().await.expect("release"));
@@ -734,13 +611,13 @@ async fn a_stale_hand_off_is_not_trusted() {
 /// moment its lease is counted from) is confirmed by asking again, which renews it.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_late_hand_off_is_confirmed_by_asking_again() {
-    let backend = Scripted::new("someone");
+    let line = Line::new();
     let ttl = Duration::from_millis(900);
-    let call = waiting(&backend, ttl).await;
+    let call = waiting(&line, ttl).await;
     tokio::time::advance(Duration::from_millis(600)).await; // before the 1 s recheck
-    backend.announce(7, true);
+    line.announce(7, true).await;
     let guard = call.await.expect("join").expect("handed over");
-    assert_eq!(backend.attempts(), 3, "asked again");
+    assert_eq!(line.attempts(), 3, "asked again");
     assert_eq!(guard.fencing_token(), 8, "the token of the renewing attempt");
     assert!(guard.release().await.expect("release"));
 }
@@ -750,23 +627,23 @@ async fn a_late_hand_off_is_confirmed_by_asking_again() {
 /// own ttl, and from then on holds it for its full ttl.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_handed_over_lease_is_renewed_a_third_into_the_hand_off_lease() {
-    let backend = Scripted::new("someone");
+    let line = Line::new();
     let ttl = Duration::from_secs(60);
-    let call = waiting(&backend, ttl).await;
-    backend.announce(7, true);
+    let call = waiting(&line, ttl).await;
+    line.announce(7, true).await;
     let guard = call.await.expect("join").expect("handed over");
 
     tokio::time::advance(HANDOFF_LEASE / 3 - Duration::from_millis(100)).await;
     settle().await;
-    assert_eq!(backend.renewals(), 0, "not due yet");
+    assert_eq!(line.renewals(), 0, "not due yet");
     tokio::time::advance(Duration::from_millis(200)).await;
     settle().await;
-    assert_eq!(backend.renewals(), 1, "renewed a third into the hand-off lease (ttl/3 would be 20 s)");
-    assert_eq!(backend.state().renewed_for, Some(ttl), "renewed to the full ttl");
+    assert_eq!(line.renewals(), 1, "renewed a third into the hand-off lease (ttl/3 would be 20 s)");
+    assert_eq!(line.renewed_for(), Some(ttl), "renewed to the full ttl");
     tokio::time::advance(HANDOFF_LEASE).await;
     settle().await;
     assert!(!guard.is_lost(), "the renewal extended the lease to the full ttl");
-    assert_eq!(backend.renewals(), 1, "the next renewal is a third into the full ttl");
+    assert_eq!(line.renewals(), 1, "the next renewal is a third into the full ttl");
     assert!(guard.release().await.expect("release"));
 }
 
@@ -775,17 +652,17 @@ async fn a_handed_over_lease_is_renewed_a_third_into_the_hand_off_lease() {
 /// key, found its own, comes with its full ttl and a new token.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_request_without_renewal_asks_again_after_a_hand_off() {
-    let backend = Scripted::new("someone");
+    let line = Line::new();
     let ttl = Duration::from_secs(60);
-    let call = waiting_renewed(&backend, ttl, false).await;
-    backend.announce(7, true);
+    let call = waiting_renewed(&line, ttl, false).await;
+    line.announce(7, true).await;
     let guard = call.await.expect("join").expect("handed over");
-    assert_eq!(backend.attempts(), 3, "asked again");
+    assert_eq!(line.attempts(), 3, "asked again");
     assert_eq!(guard.fencing_token(), 8, "the token of the attempt that found the key its own");
     tokio::time::advance(HANDOFF_LEASE * 2).await;
     settle().await;
     assert!(!guard.is_lost(), "holds past the hand-off lease");
-    assert_eq!(backend.renewals(), 0, "and is never renewed");
+    assert_eq!(line.renewals(), 0, "and is never renewed");
     assert!(guard.release().await.expect("release"));
 }
 
@@ -794,12 +671,12 @@ async fn a_request_without_renewal_asks_again_after_a_hand_off() {
 /// lease's deadline and the lease would be lost.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_failing_renewal_of_a_handed_over_lease_is_retried_within_it() {
-    let backend = Scripted::new("someone");
+    let line = Line::new();
     let ttl = Duration::from_secs(60);
-    let call = waiting(&backend, ttl).await;
-    backend.announce(7, true);
+    let call = waiting(&line, ttl).await;
+    line.announce(7, true).await;
     let guard = call.await.expect("join").expect("handed over");
-    backend.state().failing_renewals = 2;
+    line.faulty.inject(Rule::fail(Op::Renew, BackendErrorKind::Connection).times(2));
 
     // Step through the hand-off lease and past it; the keeper runs at each step.
     let mut elapsed = Duration::ZERO;
@@ -808,7 +685,7 @@ async fn a_failing_renewal_of_a_handed_over_lease_is_retried_within_it() {
         settle().await;
         elapsed += Duration::from_millis(100);
     }
-    assert_eq!(backend.renewals(), 3, "two failed renewals and one that went through");
+    assert_eq!(line.renewals(), 3, "two failed renewals and one that went through");
     assert!(!guard.is_lost(), "the lease was lost while its renewal was retried");
     assert!(guard.release().await.expect("release"));
 }

@@ -1,107 +1,33 @@
 //! Holding a lock: renewal, loss, `renew(false)`, re-entrancy, several keys.
 //!
-//! These run against a recording wrapper around `MemoryBackend` on tokio's paused clock, so
-//! the order and count of backend calls are exact and ttl-long scenarios take no real time.
+//! These run against a recording wrapper ([`FaultyBackend`]) around `MemoryBackend` on tokio's
+//! paused clock, so the order and count of backend calls are exact and ttl-long scenarios take
+//! no real time.
 //! The same properties against real Redis (with faults) are in `holding_redis.rs`.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dlock::backend::{BackendError, BoxFuture, FullKey, ReleaseOutcome, TryAcquire};
-use dlock::{Error, LockBackend, LockService, LostReason, MemoryBackend};
+use dlock::{Error, LockService, LostReason, MemoryBackend};
+use dlock_tests::{FaultyBackend, Op, Rule};
 use tokio::time::Instant;
 
-/// Counts calls and can be told to refuse renewals or to stop answering them.
-#[derive(Debug, Default)]
-struct Recording {
-    inner: MemoryBackend,
-    log: Mutex<Vec<(Instant, &'static str, String)>>,
-    renews: AtomicUsize,
-    refuse_renewals: AtomicBool,
-    hang_renewals: AtomicBool,
-    /// Report that other processes wait for every released key.
-    others_waiting: AtomicBool,
+/// A service over a recording wrapper of a fresh `MemoryBackend`, and both.
+fn service() -> (FaultyBackend, MemoryBackend, LockService) {
+    let memory = MemoryBackend::new();
+    let faulty = FaultyBackend::new(memory.clone());
+    (faulty.clone(), memory, LockService::new(faulty))
 }
 
-impl Recording {
-    fn record(&self, what: &'static str, key: &str) {
-        self.log.lock().expect("log").push((Instant::now(), what, key.to_owned()));
-    }
-    fn calls(&self) -> Vec<(&'static str, String)> {
-        self.log.lock().expect("log").iter().map(|(_, w, k)| (*w, k.clone())).collect()
-    }
-    fn last(&self, what: &str) -> Option<Instant> {
-        self.log.lock().expect("log").iter().rev().find(|(_, w, _)| *w == what).map(|(t, _, _)| *t)
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Rec(Arc<Recording>);
-
-impl std::ops::Deref for Rec {
-    type Target = Recording;
-    fn deref(&self) -> &Recording {
-        &self.0
-    }
-}
-
-impl LockBackend for Rec {
-    fn name(&self) -> &'static str {
-        "recording"
-    }
-    fn try_acquire<'a>(
-        &'a self,
-        key: &'a FullKey,
-        owner: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<TryAcquire, BackendError>> {
-        self.record("acquire", key);
-        self.inner.try_acquire(key, owner, ttl)
-    }
-    fn release<'a>(
-        &'a self,
-        key: &'a FullKey,
-        owner: &'a str,
-    ) -> BoxFuture<'a, Result<ReleaseOutcome, BackendError>> {
-        self.record("release", key);
-        let others = self.others_waiting.load(Ordering::SeqCst);
-        Box::pin(async move { Ok(self.inner.release(key, owner).await?.with_others_waiting(others)) })
-    }
-    fn renew<'a>(
-        &'a self,
-        key: &'a FullKey,
-        owner: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        self.record("renew", key);
-        self.renews.fetch_add(1, Ordering::SeqCst);
-        if self.hang_renewals.load(Ordering::SeqCst) {
-            return Box::pin(std::future::pending());
-        }
-        if self.refuse_renewals.load(Ordering::SeqCst) {
-            return Box::pin(std::future::ready(Ok(false)));
-        }
-        self.inner.renew(key, owner, ttl)
-    }
-    fn watch_releases<'a>(
-        &'a self,
-        key: &'a FullKey,
-    ) -> BoxFuture<'a, Result<Option<dlock::backend::ReleaseWatch>, BackendError>> {
-        self.inner.watch_releases(key)
-    }
-}
-
-fn service() -> (Rec, LockService) {
-    let rec = Rec(Arc::new(Recording::default()));
-    (rec.clone(), LockService::new(rec))
+/// The keys of the calls of `op`, in order.
+fn keys_of(faulty: &FaultyBackend, op: Op) -> Vec<String> {
+    faulty.calls_of(op).into_iter().map(|call| call.key).collect()
 }
 
 const TTL: Duration = Duration::from_millis(300);
 
 #[tokio::test(start_paused = true)]
 async fn renewal_keeps_the_lock_for_three_ttls() {
-    let (rec, svc) = service();
+    let (faulty, _, svc) = service();
     let guard = svc.lock("k").ttl(TTL).await.expect("acquire");
     tokio::time::sleep(TTL * 3).await;
     assert!(!guard.is_lost());
@@ -109,31 +35,31 @@ async fn renewal_keeps_the_lock_for_three_ttls() {
     let other = svc.lock("k").wait(Duration::ZERO).await;
     assert!(matches!(other, Err(Error::Timeout { .. })), "{other:?}");
     // Renewed every ttl/3: about 9 renewals in 3 ttls.
-    let renews = rec.renews.load(Ordering::SeqCst);
+    let renews = faulty.count(Op::Renew);
     assert!((8..=10).contains(&renews), "{renews} renewals in 3 ttls");
     assert!(guard.release().await.expect("release"));
 }
 
 #[tokio::test(start_paused = true)]
 async fn no_renewal_after_release_or_drop() {
-    let (rec, svc) = service();
+    let (faulty, memory, svc) = service();
     let guard = svc.lock("a").ttl(TTL).await.expect("acquire");
     tokio::time::sleep(TTL / 2).await; // one renewal
     guard.release().await.expect("release");
-    let released_at = rec.last("release").expect("released");
+    let released_at = faulty.last(Op::Release).expect("released").at;
     let dropped = svc.lock("b").ttl(TTL).await.expect("acquire");
     drop(dropped);
     tokio::time::sleep(TTL * 5).await;
-    let calls = rec.calls();
-    assert_eq!(calls.iter().filter(|(w, k)| *w == "renew" && k == "a").count(), 1, "{calls:?}");
-    assert_eq!(calls.iter().filter(|(w, k)| *w == "renew" && k == "b").count(), 0, "{calls:?}");
-    assert!(rec.last("renew").expect("renewed") < released_at);
-    assert_eq!(rec.inner.held_count(), 0);
+    let renewed = keys_of(&faulty, Op::Renew);
+    assert_eq!(renewed.iter().filter(|k| *k == "a").count(), 1, "{:?}", faulty.calls());
+    assert_eq!(renewed.iter().filter(|k| *k == "b").count(), 0, "{:?}", faulty.calls());
+    assert!(faulty.last(Op::Renew).expect("renewed").at < released_at);
+    assert_eq!(memory.held_count(), 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn no_renewal_task_left_after_many_cycles() {
-    let (rec, svc) = service();
+    let (faulty, memory, svc) = service();
     for i in 0..10_000 {
         let guard = svc.lock(format!("k{}", i % 7)).ttl(TTL).await.expect("acquire");
         if i % 2 == 0 {
@@ -144,20 +70,20 @@ async fn no_renewal_task_left_after_many_cycles() {
         tokio::task::yield_now().await;
     }
     tokio::time::sleep(TTL * 3).await;
-    assert_eq!(rec.renews.load(Ordering::SeqCst), 0);
+    assert_eq!(faulty.count(Op::Renew), 0);
     // The keeper task itself ends after 10 s without a lease to keep.
     tokio::time::sleep(Duration::from_secs(11)).await;
     let metrics = tokio::runtime::Handle::current().metrics();
     assert_eq!(metrics.num_alive_tasks(), 0, "renewal or release tasks left behind");
-    assert_eq!(rec.inner.held_count(), 0);
+    assert_eq!(memory.held_count(), 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn refused_renewal_marks_the_guard_lost_within_a_third_of_ttl() {
-    let (rec, svc) = service();
+    let (faulty, _, svc) = service();
     let guard = svc.lock("k").ttl(TTL).await.expect("acquire");
     let start = Instant::now();
-    rec.refuse_renewals.store(true, Ordering::SeqCst);
+    faulty.inject(Rule::refuse(Op::Renew));
     let reason = guard.lost().await;
     assert_eq!(reason, LostReason::Refused);
     assert!(start.elapsed() <= TTL / 3 + Duration::from_millis(5), "{:?}", start.elapsed());
@@ -167,10 +93,10 @@ async fn refused_renewal_marks_the_guard_lost_within_a_third_of_ttl() {
 
 #[tokio::test(start_paused = true)]
 async fn unanswered_renewal_is_lost_before_the_lease_ends() {
-    let (rec, svc) = service();
+    let (faulty, _, svc) = service();
     let sent = Instant::now();
     let guard = svc.lock("k").ttl(TTL).await.expect("acquire");
-    rec.hang_renewals.store(true, Ordering::SeqCst);
+    faulty.inject(Rule::hang(Op::Renew));
     assert_eq!(guard.lost().await, LostReason::Unconfirmed);
     let lease_end = sent + TTL;
     assert!(Instant::now() < lease_end, "lost must be reported before the lease could end");
@@ -179,17 +105,17 @@ async fn unanswered_renewal_is_lost_before_the_lease_ends() {
 
 #[tokio::test(start_paused = true)]
 async fn without_renewal_the_lease_ends_at_ttl() {
-    let (rec, svc) = service();
+    let (faulty, _, svc) = service();
     let sent = Instant::now();
     let guard = svc.lock("k").ttl(TTL).renew(false).await.expect("acquire");
     assert_eq!(guard.lost().await, LostReason::Expired);
     assert!(Instant::now() < sent + TTL);
-    assert_eq!(rec.renews.load(Ordering::SeqCst), 0);
+    assert_eq!(faulty.count(Op::Renew), 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn expired_key_lets_the_next_owner_in_and_the_old_release_is_harmless() {
-    let (_rec, svc) = service();
+    let (_, _, svc) = service();
     let a = svc.lock("k").ttl(TTL).renew(false).await.expect("a");
     tokio::time::sleep(TTL + Duration::from_millis(1)).await;
     let b = svc.lock("k").ttl(TTL).wait(Duration::ZERO).await.expect("b gets in after a's lease ended");
@@ -202,7 +128,7 @@ async fn expired_key_lets_the_next_owner_in_and_the_old_release_is_harmless() {
 
 #[tokio::test(start_paused = true)]
 async fn nested_request_on_a_held_key_is_reentrant() {
-    let (rec, svc) = service();
+    let (faulty, _, svc) = service();
     let outer = svc.lock("k").await.expect("outer");
     let token = outer.fencing_token();
     outer
@@ -225,15 +151,15 @@ async fn nested_request_on_a_held_key_is_reentrant() {
         .await;
     // One backend acquire: the nested request re-entered, and the spawned one queued behind the
     // holder in this process and gave up there.
-    assert_eq!(rec.calls().iter().filter(|(w, _)| *w == "acquire").count(), 1, "{:?}", rec.calls());
+    assert_eq!(faulty.count(Op::TryAcquire), 1, "{:?}", faulty.calls());
     assert!(outer.release().await.expect("outer release"));
     assert_eq!(dlock::fencing_token(), None);
 }
 
 #[tokio::test(start_paused = true)]
 async fn reentrancy_works_with_a_key_prefix() {
-    let rec = Rec(Arc::new(Recording::default()));
-    let svc = LockService::builder(rec.clone()).key_prefix("app:").build();
+    let faulty = FaultyBackend::new(MemoryBackend::new());
+    let svc = LockService::builder(faulty.clone()).key_prefix("app:").build();
     let outer = svc.lock("k").await.expect("outer");
     outer
         .scope(async {
@@ -242,17 +168,17 @@ async fn reentrancy_works_with_a_key_prefix() {
             assert_eq!(inner.key(), "k");
         })
         .await;
-    assert_eq!(rec.calls(), [("acquire", "app:k".to_owned())]);
+    let calls: Vec<(Op, String)> = faulty.calls().into_iter().map(|call| (call.op, call.key)).collect();
+    assert_eq!(calls, [(Op::TryAcquire, "app:k".to_owned())]);
     outer.release().await.expect("release");
 }
 
 #[tokio::test(start_paused = true)]
 async fn several_keys_are_taken_in_sorted_order_and_all_or_nothing() {
-    let (rec, svc) = service();
+    let (faulty, _, svc) = service();
     let guard = svc.lock_all(["b", "a", "b", "c"]).await.expect("all");
     assert_eq!(guard.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
-    let acquires: Vec<String> =
-        rec.calls().into_iter().filter(|(w, _)| *w == "acquire").map(|(_, k)| k).collect();
+    let acquires = keys_of(&faulty, Op::TryAcquire);
     assert_eq!(acquires, ["a", "b", "c"]);
     guard.release().await.expect("release");
 
@@ -272,9 +198,9 @@ async fn several_keys_are_taken_in_sorted_order_and_all_or_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn several_keys_lost_if_any_is() {
-    let (rec, svc) = service();
+    let (_, memory, svc) = service();
     let guard = svc.lock_all(["x", "y"]).ttl(TTL).await.expect("all");
-    rec.inner.force_expire("y");
+    memory.force_expire("y");
     assert_eq!(guard.lost().await, LostReason::Refused);
 }
 
@@ -301,8 +227,10 @@ async fn opposite_orders_never_deadlock() {
 #[tokio::test(start_paused = true)]
 async fn the_next_local_waiter_yields_to_waiting_processes() {
     for others_waiting in [false, true] {
-        let (rec, svc) = service();
-        rec.others_waiting.store(others_waiting, Ordering::SeqCst);
+        let (faulty, _, svc) = service();
+        if others_waiting {
+            faulty.inject(Rule::others_waiting());
+        }
         let held = svc.lock("k").await.expect("first");
         let next = tokio::spawn({
             let svc = svc.clone();

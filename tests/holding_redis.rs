@@ -17,19 +17,17 @@
 //! have two cores. Cross-process tests re-execute this binary as a worker
 //! ([`holding_redis_worker`]).
 
-#[path = "support/mod.rs"]
-mod support;
-
 use std::net::TcpStream;
-use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dlock::{Error, LockService, LostReason, RedisBackend};
+use dlock::{Error, LockService, LostReason};
+use dlock_tests::support::process::{say, stdin_closed, worker_job};
+use dlock_tests::{
+    RedisServer, Worker, connect_redis, connect_redis_with, inspector, poll_until, redis_cmd as cmd,
+};
 use redis::aio::MultiplexedConnection;
-use support::{RedisServer, inspector, poll_until, redis_cmd as cmd};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// The lease of most tests here.
 const TTL: Duration = Duration::from_millis(300);
@@ -43,18 +41,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-async fn connect(url: &str) -> RedisBackend {
-    connect_with(url, Duration::from_secs(2)).await
-}
-
-async fn connect_with(url: &str, call_timeout: Duration) -> RedisBackend {
-    RedisBackend::builder(url)
-        .call_timeout(call_timeout)
-        .connect()
-        .await
-        .unwrap_or_else(|err| panic!("connecting a RedisBackend to {url}: {err}"))
-}
 
 /// Register `service` as `name` (each name is used by one test only).
 fn register(name: &str, service: LockService) {
@@ -163,85 +149,14 @@ fn assert_no_overlap(mut all: Vec<Interval>) {
 // ---------------------------------------------------------------------------------------------
 // Worker processes: this binary re-executed.
 
-const WORKER_ENV: &str = "DLOCK_HOLDING_REDIS_WORKER";
-const WORKER_URL_ENV: &str = "DLOCK_HOLDING_REDIS_WORKER_URL";
-/// Lines a worker prints for the parent start with this.
-const OUT: &str = "WORKER ";
-
-/// A worker process, its stdin (closed to tell it to stop) and the lines it printed.
-struct Worker {
-    child: tokio::process::Child,
-    stdin: Option<tokio::process::ChildStdin>,
-    lines: Arc<Mutex<Vec<String>>>,
-    reader: tokio::task::JoinHandle<()>,
-}
-
-impl Worker {
-    fn spawn(mode: &str, url: &str) -> Self {
-        let mut child = tokio::process::Command::from(support::worker_command("holding_redis_worker"))
-            .env(WORKER_ENV, mode)
-            .env(WORKER_URL_ENV, url)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawning a worker process");
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().expect("the worker's stdout is piped");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let reader = tokio::spawn({
-            let lines = Arc::clone(&lines);
-            async move {
-                let mut stdout = BufReader::new(stdout).lines();
-                while let Ok(Some(line)) = stdout.next_line().await {
-                    // libtest may have printed `test … ` on the same line first.
-                    if let Some((_, line)) = line.split_once(OUT) {
-                        lines.lock().unwrap_or_else(PoisonError::into_inner).push(line.to_owned());
-                    }
-                }
-            }
-        });
-        Self { child, stdin, lines, reader }
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap_or_else(PoisonError::into_inner).clone()
-    }
-
-    async fn wait_for_line(&self, line: &str, bound: Duration) {
-        poll_until(bound, &format!("worker printed {line:?}"), || async {
-            self.lines().iter().any(|l| l == line)
-        })
-        .await;
-    }
-
-    /// Wait for the worker to exit within `bound` (killed and a panic if it does not);
-    /// returns its status and every line it printed.
-    async fn finish(mut self, bound: Duration) -> (ExitStatus, Vec<String>) {
-        drop(self.stdin.take());
-        let status = match tokio::time::timeout(bound, self.child.wait()).await {
-            Ok(status) => status.expect("waiting for a worker process"),
-            Err(_) => {
-                let _ = self.child.kill().await;
-                panic!("worker process did not finish within {bound:?}");
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(5), &mut self.reader)
-            .await
-            .expect("the worker's stdout closes when it exits")
-            .expect("reading the worker's stdout");
-        (status, self.lines())
-    }
-}
-
-/// Not a test: the body of the worker processes the tests below start, with
-/// `DLOCK_HOLDING_REDIS_WORKER` set to the mode. Run directly, it does nothing.
+/// Not a test: the body of the worker processes the tests below start ([`Worker::spawn`]).
+/// Run directly, it does nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "worker process for the cross-process tests of this file; they start it"]
 async fn holding_redis_worker() {
-    let Ok(mode) = std::env::var(WORKER_ENV) else { return };
-    let url = std::env::var(WORKER_URL_ENV).expect("the worker's Redis URL is set");
-    match mode.as_str() {
+    let Some(job) = worker_job() else { return };
+    let url = job.url;
+    match job.mode.as_str() {
         "contend" => worker_contend(&url).await,
         "hammer" => worker_hammer(&url).await,
         "fence" => worker_fence(&url).await,
@@ -255,7 +170,7 @@ async fn holding_redis_worker() {
 /// Worker: once the parent holds `keep` (it sets `go`), try for it over and over (50 ms
 /// each), counting failures in `attempts`; when in, log `child-enter` and stop.
 async fn worker_contend(url: &str) {
-    let service = LockService::new(connect(url).await);
+    let service = LockService::new(connect_redis(url).await);
     let mut conn = inspector(url).await;
     poll_until(Duration::from_secs(20), "the parent holds `keep`", || {
         let mut conn = conn.clone();
@@ -304,9 +219,9 @@ async fn renewal_keeps_another_process_out_for_three_ttls() {
     let _serial = SERIAL.lock().await;
     let server = RedisServer::start();
     let url = server.url();
-    register("holding-redis-keep", LockService::new(connect(&url).await));
+    register("holding-redis-keep", LockService::new(connect_redis(&url).await));
     let mut conn = inspector(&url).await;
-    let child = Worker::spawn("contend", &url);
+    let child = Worker::spawn("holding_redis_worker", "contend", &url);
 
     let (failed_meanwhile, held) = hold_for_three_ttls(conn.clone()).await.expect("held throughout");
     assert!(held >= TTL * 3);
@@ -355,7 +270,7 @@ async fn deleted_key_cancels_the_body_within_a_third_of_ttl() {
     let server = RedisServer::start();
     let url = server.url();
     let prefix = "holding:";
-    register("holding-redis-del", LockService::builder(connect(&url).await).key_prefix(prefix).build());
+    register("holding-redis-del", LockService::builder(connect_redis(&url).await).key_prefix(prefix).build());
     let mut conn = inspector(&url).await;
     let full_key = format!("{prefix}del");
 
@@ -437,11 +352,11 @@ async fn hammer(service: LockService, who: String, key: &'static str, sink: Sink
 /// as `WORKER INTERVAL <who> <enter ns> <exit ns>`.
 async fn worker_hammer(url: &str) {
     let stop = Arc::new(AtomicBool::new(false));
-    let sink: Sink = Arc::new(|i: Interval| println!("{OUT}INTERVAL {} {} {}", i.who, i.enter, i.exit));
+    let sink: Sink = Arc::new(|i: Interval| say(&format!("INTERVAL {} {} {}", i.who, i.enter, i.exit)));
     let pid = std::process::id();
     let mut tasks = Vec::new();
     for n in 0..2 {
-        let service = LockService::new(connect_with(url, FREEZE_CALL_TIMEOUT).await);
+        let service = LockService::new(connect_redis_with(url, FREEZE_CALL_TIMEOUT).await);
         tasks.push(tokio::spawn(hammer(
             service,
             format!("child-{pid}-{n}"),
@@ -450,10 +365,9 @@ async fn worker_hammer(url: &str) {
             Arc::clone(&stop),
         )));
     }
-    println!("{OUT}READY");
+    say("READY");
     // The parent closes our stdin to stop us.
-    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
-    while let Ok(Some(_)) = stdin.next_line().await {}
+    stdin_closed().await;
     stop.store(true, Ordering::SeqCst);
     for task in tasks {
         tokio::time::timeout(Duration::from_secs(10), task)
@@ -496,7 +410,7 @@ async fn frozen_redis_cancels_the_body_before_its_lease_ends() {
     let _serial = SERIAL.lock().await;
     let server = RedisServer::start();
     let url = server.url();
-    register("holding-redis-freeze", LockService::new(connect_with(&url, FREEZE_CALL_TIMEOUT).await));
+    register("holding-redis-freeze", LockService::new(connect_redis_with(&url, FREEZE_CALL_TIMEOUT).await));
     let intervals: Arc<Mutex<Vec<Interval>>> = Arc::default();
     let sink: Sink = {
         let intervals = Arc::clone(&intervals);
@@ -505,17 +419,15 @@ async fn frozen_redis_cancels_the_body_before_its_lease_ends() {
     let ours = || intervals.lock().unwrap_or_else(PoisonError::into_inner).clone();
 
     // Holders: three clients in this process, two in another one.
-    let child = Worker::spawn("hammer", &url);
+    let child = Worker::spawn("holding_redis_worker", "hammer", &url);
     child.wait_for_line("READY", Duration::from_secs(10)).await;
-    let child_lines = Arc::clone(&child.lines);
-    let theirs = || {
-        let lines = child_lines.lock().unwrap_or_else(PoisonError::into_inner);
-        lines.iter().filter_map(|l| parse_interval(l)).collect::<Vec<_>>()
-    };
+    let intervals_in =
+        |lines: Vec<String>| lines.iter().filter_map(|l| parse_interval(l)).collect::<Vec<_>>();
+    let theirs = || intervals_in(child.lines());
     let stop = Arc::new(AtomicBool::new(false));
     let mut hammers = Vec::new();
     for n in 0..3 {
-        let service = LockService::new(connect_with(&url, FREEZE_CALL_TIMEOUT).await);
+        let service = LockService::new(connect_redis_with(&url, FREEZE_CALL_TIMEOUT).await);
         hammers.push(tokio::spawn(hammer(
             service,
             format!("task-{n}"),
@@ -630,10 +542,10 @@ async fn frozen_redis_cancels_the_body_before_its_lease_ends() {
             .expect("hammer stops")
             .expect("hammer task");
     }
-    let (status, _) = child.finish(Duration::from_secs(10)).await;
+    let (status, child_lines) = child.finish(Duration::from_secs(10)).await;
     assert!(status.success(), "the worker process failed: {status}");
 
-    let (ours, theirs) = (ours(), theirs());
+    let (ours, theirs) = (ours(), intervals_in(child_lines));
     assert!(theirs.iter().any(|i| i.exit < paused_ns), "the other process held the key before the freeze");
     eprintln!(
         "freeze: {} bodies in this process, {} in the other, checked for overlap",
@@ -689,8 +601,8 @@ async fn opposite_key_orders_never_deadlock() {
     let server = RedisServer::start();
     let url = server.url();
     // Two clients, so the keys are contended in Redis, not only in one process's queues.
-    register("holding-redis-pairs-1", LockService::new(connect(&url).await));
-    register("holding-redis-pairs-2", LockService::new(connect(&url).await));
+    register("holding-redis-pairs-1", LockService::new(connect_redis(&url).await));
+    register("holding-redis-pairs-2", LockService::new(connect_redis(&url).await));
     let started = Instant::now();
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..PAIRS {
@@ -732,7 +644,7 @@ async fn fenced_write(mut conn: MultiplexedConnection, pid: u32) -> Result<u64, 
 }
 
 async fn worker_fence(url: &str) {
-    register("holding-redis-fence", LockService::new(connect(url).await));
+    register("holding-redis-fence", LockService::new(connect_redis(url).await));
     let conn = inspector(url).await;
     let pid = std::process::id();
     for _ in 0..FENCED_PER_PROCESS {
@@ -748,10 +660,13 @@ async fn fencing_tokens_strictly_increase_across_two_processes() {
     let server = RedisServer::start();
     let url = server.url();
     let started = Instant::now();
-    let workers = [Worker::spawn("fence", &url), Worker::spawn("fence", &url)];
+    let workers = [
+        Worker::spawn("holding_redis_worker", "fence", &url),
+        Worker::spawn("holding_redis_worker", "fence", &url),
+    ];
     let mut pids = Vec::new();
     for worker in workers {
-        pids.push(worker.child.id().expect("a running worker has a pid"));
+        pids.push(worker.pid());
         let (status, _) = worker.finish(Duration::from_secs(40)).await;
         assert!(status.success(), "a worker failed: {status}");
     }
@@ -941,7 +856,7 @@ async fn no_renewal_reaches_redis_after_release_or_drop() {
     let server = RedisServer::start();
     let url = server.url();
     let monitor = Monitor::start(server.port());
-    let service = LockService::new(connect(&url).await);
+    let service = LockService::new(connect_redis(&url).await);
     register("holding-redis-monitor", service.clone());
     let mut conn = inspector(&url).await;
 
@@ -990,7 +905,7 @@ async fn without_renewal_the_body_is_cancelled_before_the_lease_ends() {
     let server = RedisServer::start();
     let url = server.url();
     let monitor = Monitor::start(server.port());
-    register("holding-redis-norenew", LockService::new(connect(&url).await));
+    register("holding-redis-norenew", LockService::new(connect_redis(&url).await));
     let mut conn = inspector(&url).await;
 
     let probe = Probe::default();
@@ -1029,7 +944,7 @@ async fn without_renewal_the_body_is_cancelled_before_the_lease_ends() {
     );
 
     // The key is free (released or expired) and the next holder gets a greater token.
-    let service = LockService::new(connect(&url).await);
+    let service = LockService::new(connect_redis(&url).await);
     let next =
         service.lock("once").ttl(TTL).wait(Duration::from_secs(2)).await.expect("the next holder gets in");
     let first = probe.token.load(Ordering::SeqCst);

@@ -1,1 +1,44 @@
+//! `dlock_tests`: what dlock's test binaries share — the backend conformance suite and the
+//! harness it runs on.
+//!
+//! - [`conformance`]: the behaviour every [`LockBackend`](dlock::LockBackend) must show, run for
+//!   a backend with one line, [`conformance_suite!`]`(store_ctor)`.
+//! - [`support`]: one module per job — a [`Store`] (one test's lock store: independent
+//!   clients of it, and a look inside), the stores of dlock's own backends ([`MemoryStore`],
+//!   [`RedisStore`]), a fault-injecting backend wrapper ([`FaultyBackend`]), private
+//!   `redis-server`s ([`RedisServer`]), the shared Redis, worker processes ([`Worker`]) and
+//!   bounded polls ([`poll_until`]).
+//!
+//! A new backend gets the whole contract checked by a test binary of three lines (see
+//! `tests/README.md`):
+//!
+//! ```ignore
+//! async fn store(test: &str) -> MyStore { MyStore::new(test).await }
+//! dlock_tests::conformance_suite!(store);
+//! ```
 
+pub mod conformance;
+
+pub mod support {
+    //! The harness, one job per module.
+
+    pub mod faulty;
+    pub mod memory_store;
+    pub mod poll;
+    pub mod process;
+    pub mod redis;
+    pub mod redis_store;
+    pub mod server;
+    pub mod store;
+}
+
+pub use support::faulty::{Call, Fault, FaultyBackend, Op, Rule};
+pub use support::memory_store::MemoryStore;
+pub use support::poll::{MARGIN, poll_until};
+pub use support::process::Worker;
+pub use support::redis::{
+    connect_redis, connect_redis_with, inspector, redis_cmd, shared_redis_url, unique_prefix,
+};
+pub use support::redis_store::RedisStore;
+pub use support::server::{RedisServer, free_port};
+pub use support::store::{Features, Store};

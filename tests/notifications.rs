@@ -1,16 +1,14 @@
-//! Waiting without polling: release notices, shared subscriptions, local FIFO queues.
+//! Waiting without polling on Redis: release notices, shared subscriptions, nothing left
+//! subscribed. (Local FIFO order, on every backend, is in the conformance suite.)
 //!
 //! Each test owns a private `redis-server`, so counting pub/sub channels on the server is exact.
-
-#[path = "support/mod.rs"]
-mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use dlock::backend::{FullKey, ReleaseOutcome};
-use dlock::{Error, LockService, MemoryBackend, RedisBackend};
-use support::{RedisServer, inspector, poll_until};
+use dlock::{Error, LockService, RedisBackend};
+use dlock_tests::{RedisServer, inspector, poll_until};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -133,36 +131,6 @@ async fn no_subscription_is_left_behind() {
     let left: Vec<String> =
         redis::cmd("KEYS").arg("dlock:queue*").query_async(&mut conn).await.expect("KEYS");
     assert!(left.is_empty(), "waiting-line keys left: {} (e.g. {:?})", left.len(), left.first());
-}
-
-/// Tasks of one process waiting for a key are served in the order they came.
-#[tokio::test]
-async fn local_waiters_are_served_in_fifo_order() {
-    for service in [
-        LockService::new(MemoryBackend::new()),
-        LockService::new(RedisBackend::connect(&support::shared_redis_url()).await.expect("shared redis")),
-    ] {
-        let key = format!("{}fifo", support::unique_prefix("fifo"));
-        let first = service.lock(&key).await.expect("first");
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let mut tasks = Vec::new();
-        for i in 0..8 {
-            let (service, order, key) = (service.clone(), Arc::clone(&order), key.clone());
-            tasks.push(tokio::spawn(async move {
-                let guard = service.lock(&key).wait(Duration::from_secs(10)).await.expect("in turn");
-                order.lock().await.push(i);
-                guard.release().await.expect("release");
-            }));
-            // Let task i reach the queue before task i+1 starts.
-            tokio::task::yield_now().await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        first.release().await.expect("release first");
-        for task in tasks {
-            task.await.expect("join");
-        }
-        assert_eq!(*order.lock().await, (0..8).collect::<Vec<_>>(), "{service:?}");
-    }
 }
 
 /// The last waiter of a key leaves and a new one comes before the subscriber task caught up:

@@ -12,21 +12,27 @@
 //!   pool and listening connections killed with `pg_terminate_backend`, a statement stuck
 //!   behind a row lock, the server stopped and restarted under load, a wrong password; and
 //!   PgBouncer (transaction mode) in front of it, when `pgbouncer` is installed.
-//! - `PostgresStore`: this backend for the backend-independent conformance suite.
+//! - The whole conformance suite (`dlock_tests::conformance_suite!`) on the shared server, through
+//!   [`PostgresStore`].
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use dlock::backend::{BackendErrorKind, FullKey, LockBackend, TryAcquire};
+use dlock::backend::{BackendErrorKind, BoxFuture, FullKey, LockBackend, TryAcquire};
 use dlock::tokio_postgres::{self, NoTls};
 use dlock::{Error, LockService, LostReason, PostgresBackend};
+use dlock_tests::support::process::worker_job;
+use dlock_tests::{Features, MARGIN, Store, Worker, free_port, poll_until};
 
-/// Slack on top of a bound the library promises (a loaded 2-core machine).
-const MARGIN: Duration = Duration::from_millis(300);
+async fn postgres_store(test_name: &str) -> PostgresStore {
+    PostgresStore::shared(test_name).await
+}
+
+dlock_tests::conformance_suite!(postgres_store);
 
 // ---------------------------------------------------------------------------------------------
 // Harness.
@@ -81,9 +87,6 @@ impl Drop for DropSchema {
 /// One test's lock store on a PostgreSQL server: a schema of its own. It makes independent
 /// clients ("processes": each a backend with its own pool and listener) and inspects the
 /// lease table.
-///
-/// Written against the conformance suite's `Store` interface (`name`, `prefix`, `client`,
-/// `is_held`, `delete`, `features`, `cleanup`).
 pub struct PostgresStore {
     url: String,
     schema: String,
@@ -91,13 +94,6 @@ pub struct PostgresStore {
     call_timeout: Duration,
     conn: tokio_postgres::Client,
     _drop: DropSchema,
-}
-
-/// What the store's backend can do beyond the contract's minimum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoreFeatures {
-    pub release_notices: bool,
-    pub handoff: bool,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -108,7 +104,7 @@ impl fmt::Debug for PostgresStore {
 
 impl PostgresStore {
     /// A schema of its own on the shared server.
-    async fn shared(test_name: &str) -> Self {
+    pub async fn shared(test_name: &str) -> Self {
         Self::on(&shared_url(), test_name, PostgresBackend::DEFAULT_CALL_TIMEOUT).await
     }
 
@@ -124,22 +120,6 @@ impl PostgresStore {
         }
     }
 
-    pub fn name(&self) -> &'static str {
-        "postgres"
-    }
-
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    pub fn features(&self) -> StoreFeatures {
-        StoreFeatures { release_notices: true, handoff: false }
-    }
-
-    fn full_key(&self, key: &str) -> FullKey {
-        FullKey::new(&self.prefix, key)
-    }
-
     fn builder(&self) -> dlock::PostgresBackendBuilder {
         PostgresBackend::builder(self.url.as_str())
             .schema(self.schema.as_str())
@@ -149,16 +129,6 @@ impl PostgresStore {
     /// A new client: its own pool and listening connection.
     async fn backend(&self) -> PostgresBackend {
         self.builder().connect().await.unwrap_or_else(|err| panic!("connecting to {}: {err}", self.url))
-    }
-
-    /// The conformance suite's `client()`: a new, independent client.
-    pub fn client(&self) -> dlock::backend::BoxFuture<'_, Arc<dyn LockBackend>> {
-        Box::pin(async move { Arc::new(self.backend().await) as Arc<dyn LockBackend> })
-    }
-
-    /// A service over a new client, with the store's prefix.
-    async fn service(&self) -> LockService {
-        LockService::builder(self.backend().await).key_prefix(self.prefix.as_str()).build()
     }
 
     /// The row of `key` (unprefixed): owner, token, whether the lease is live.
@@ -177,46 +147,75 @@ impl PostgresStore {
         rows.first().map(|row| (row.get(0), row.get(1), row.get(2)))
     }
 
-    /// Whether `key` (unprefixed) is held right now.
-    pub async fn is_held(&self, key: &str) -> bool {
-        matches!(self.row(key).await, Some((Some(_), _, true)))
-    }
-
-    /// Remove `key` behind its holder's back (an operator's `DELETE`).
-    pub async fn delete(&self, key: &str) {
-        let deleted = self
-            .sql(
-                &format!("DELETE FROM \"{}\".dlock_locks WHERE key = $1", self.schema),
-                &[&self.full_key(key).as_str()],
-            )
-            .await;
-        assert_eq!(deleted, 1, "{key} had no row");
-    }
-
     /// Run one statement; panic if it fails.
     async fn sql(&self, statement: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> u64 {
         self.conn.execute(statement, params).await.unwrap_or_else(|err| panic!("{statement}: {err}"))
     }
-
-    /// Drop the test's schema now (it is dropped on drop anyway).
-    pub async fn cleanup(&self) {
-        self.sql(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema), &[]).await;
-    }
 }
 
-/// Poll `cond` every 10 ms until it holds; panic with `what` if it does not within `bound`.
-async fn poll_until<F, Fut>(bound: Duration, what: &str, mut cond: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = Instant::now();
-    loop {
-        if cond().await {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < bound, "{what}: not true within {bound:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+impl Store for PostgresStore {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn client(&self) -> BoxFuture<'_, Arc<dyn LockBackend>> {
+        Box::pin(async move { Arc::new(self.backend().await) as Arc<dyn LockBackend> })
+    }
+
+    /// A row with an owner and a lease that has not ended, by the server's clock.
+    fn is_held<'a>(&'a self, key: &'a str) -> BoxFuture<'a, bool> {
+        Box::pin(async move { matches!(self.row(key).await, Some((Some(_), _, true))) })
+    }
+
+    /// An operator's `DELETE` of the row.
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let statement =
+                format!("DELETE FROM \"{}\".dlock_locks WHERE key = $1 AND owner IS NOT NULL", self.schema);
+            assert_eq!(self.sql(&statement, &[&self.full_key(key).as_str()]).await, 1, "{key} was not held");
+        })
+    }
+
+    fn features(&self) -> Features {
+        Features { release_notices: true, ..Features::default() }
+    }
+
+    fn cleanup(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.sql(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema), &[]).await;
+        })
+    }
+
+    fn owner<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Option<Option<String>>> {
+        Box::pin(async move {
+            Some(match self.row(key).await {
+                Some((owner, _, true)) => owner,
+                _ => None,
+            })
+        })
+    }
+
+    fn held_keys(&self) -> BoxFuture<'_, Option<Vec<String>>> {
+        Box::pin(async move {
+            let rows = self
+                .conn
+                .query(
+                    &format!(
+                        "SELECT key FROM \"{}\".dlock_locks WHERE owner IS NOT NULL AND expires_at > clock_timestamp() \
+                         AND starts_with(key, $1) ORDER BY key",
+                        self.schema
+                    ),
+                    &[&self.prefix],
+                )
+                .await
+                // Before the first client, the schema does not exist yet: nothing is held.
+                .unwrap_or_default();
+            Some(rows.iter().map(|row| row.get(0)).collect())
+        })
     }
 }
 
@@ -654,61 +653,29 @@ async fn four_processes_increment_a_counter_exactly() {
     let table = format!("\"{}\".counter", store.schema);
     store.sql(&format!("CREATE TABLE {table} (n bigint NOT NULL, last_token bigint NOT NULL)"), &[]).await;
     store.sql(&format!("INSERT INTO {table} VALUES (0, 0)"), &[]).await;
-    let workers: Vec<Child> = (0..4)
-        .map(|_| {
-            worker_command("worker")
-                .env("DLOCK_TEST_WORKER", "counter")
-                .env("DLOCK_TEST_URL", &store.url)
-                .env("DLOCK_TEST_SCHEMA", &store.schema)
-                .env("DLOCK_TEST_PREFIX", store.prefix())
-                .spawn()
-                .expect("spawning a worker")
-        })
-        .collect();
-    let mut workers = KillOnDrop(workers);
-    for child in &mut workers.0 {
-        let status = child.wait().expect("waiting for a worker");
-        assert!(status.success(), "a worker failed: {status}");
+    let mode = format!("counter {} {}", store.schema, store.prefix());
+    let workers: Vec<Worker> = (0..4).map(|_| Worker::spawn("worker", &mode, &store.url)).collect();
+    for worker in workers {
+        let (status, lines) = worker.finish(Duration::from_secs(120)).await;
+        assert!(status.success(), "a worker failed: {status}; it said {lines:?}");
     }
     let rows = store.conn.query(&format!("SELECT n FROM {table}"), &[]).await.expect("read");
     assert_eq!(rows[0].get::<_, i64>(0), 100, "lost updates: the lock did not exclude");
     store.cleanup().await;
 }
 
-struct KillOnDrop(Vec<Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn worker_command(test_name: &str) -> Command {
-    let exe = std::env::current_exe().expect("the path of this test binary");
-    let mut command = Command::new(exe);
-    command
-        .args(["--exact", test_name, "--nocapture", "--ignored", "--test-threads=1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    command
-}
-
-/// Does nothing unless run as a worker by a test above.
+/// Does nothing unless run as a [`Worker`] by a test above.
 #[tokio::test]
 #[ignore = "a worker process for other tests"]
 async fn worker() {
-    let Ok(mode) = std::env::var("DLOCK_TEST_WORKER") else { return };
-    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is set for workers"));
-    let (url, schema, prefix) = (var("DLOCK_TEST_URL"), var("DLOCK_TEST_SCHEMA"), var("DLOCK_TEST_PREFIX"));
+    let Some(job) = worker_job() else { return };
+    let [mode, schema, prefix] = job.mode.splitn(3, ' ').collect::<Vec<_>>()[..] else {
+        panic!("worker mode `{}`: expected `counter <schema> <prefix>`", job.mode)
+    };
     assert_eq!(mode, "counter");
-    let backend =
-        PostgresBackend::builder(url.as_str()).schema(schema.as_str()).connect().await.expect("connect");
-    let service = LockService::builder(backend).key_prefix(prefix.as_str()).build();
-    let app = inspector(&url).await;
+    let backend = PostgresBackend::builder(job.url.as_str()).schema(schema).connect().await.expect("connect");
+    let service = LockService::builder(backend).key_prefix(prefix).build();
+    let app = inspector(&job.url).await;
     let table = format!("\"{schema}\".counter");
     for _ in 0..25 {
         let guard = service
@@ -882,18 +849,6 @@ impl Drop for PrivateServer {
 
 fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-}
-
-/// A loopback port nobody listens on now, below the ephemeral range.
-fn free_port() -> u16 {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let base = 20000 + (std::process::id() as u64 * 97 + rand::random::<u64>() % 1000) % 8000;
-    loop {
-        let port = (base + NEXT.fetch_add(1, Ordering::Relaxed) % 2000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
 }
 
 /// Terminate the server processes of connections whose `application_name` is `name`; returns

@@ -1,22 +1,17 @@
-//! The runtime against `MemoryBackend`: every shared scenario (see `scenarios/mod.rs`), plus
-//! what only this binary may do — the process-wide global service — and the memory backend's
-//! own test hooks.
-
-#[path = "scenarios/mod.rs"]
-mod scenarios;
-#[path = "support/mod.rs"]
-mod support;
+//! The runtime against `MemoryBackend`: the whole conformance suite (`conformance/`, a fresh
+//! `MemoryBackend` per test), plus what only this binary may do — the process-wide global
+//! service — and a paused-clock test of lease expiry.
 
 use std::time::Duration;
 
 use dlock::{Error, LockService, MemoryBackend};
-use support::Store;
+use dlock_tests::MemoryStore;
 
-async fn memory_store(test_name: &str) -> Store {
-    Store::memory(test_name)
+async fn memory_store(test_name: &str) -> MemoryStore {
+    MemoryStore::new(test_name)
 }
 
-scenarios::all_scenarios!(memory_store);
+dlock_tests::conformance_suite!(memory_store);
 
 /// The only test in this binary that touches the global service (it is process-wide and can
 /// be set once), and the named registry's error paths.

@@ -1,45 +1,33 @@
 //! The runtime against real Redis.
 //!
-//! - Every shared scenario (see `scenarios/mod.rs`) on the machine's shared Redis
-//!   (`support::shared_redis_url()`), each test in a key namespace of its own.
+//! - The whole conformance suite (`conformance/`) on the machine's shared Redis
+//!   ([`dlock_tests::shared_redis_url`]), each test in a key namespace of its own.
 //! - Redis-only behaviour on the shared server: stored owner tokens, contention over a
 //!   non-atomic counter, named registration.
-//! - Failure behaviour, each test on a private `redis-server` it owns (`support::RedisServer`):
+//! - Failure behaviour, each test on a private `redis-server` it owns ([`RedisServer`]):
 //!   server stopped / restarted / paused, bad URLs, wrong password, closed port, `SCRIPT FLUSH`,
-//!   and two OS processes contending (this binary re-executed as a worker).
+//!   and two OS processes contending (this binary re-executed as a [`Worker`]).
 
-#[path = "scenarios/mod.rs"]
-mod scenarios;
-#[path = "support/mod.rs"]
-mod support;
-
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dlock::backend::BackendErrorKind;
 use dlock::{Error, LockService, LostReason, RedisBackend};
-use scenarios::MARGIN;
-use support::{RedisServer, Store, poll_until, redis_cmd};
+use dlock_tests::support::process::{say, worker_job};
+use dlock_tests::{
+    FaultyBackend, MARGIN, Op, RedisServer, RedisStore, Store, Worker, connect_redis_with, free_port,
+    inspector, poll_until, redis_cmd, shared_redis_url,
+};
 
-async fn redis_store(test_name: &str) -> Store {
-    Store::redis(&support::shared_redis_url(), test_name).await
+async fn redis_store(test_name: &str) -> RedisStore {
+    RedisStore::shared(test_name).await
 }
 
-scenarios::all_scenarios!(redis_store);
+dlock_tests::conformance_suite!(redis_store);
 
 /// The call timeout of the failure tests: every Redis call must give up within it.
 const CALL_TIMEOUT: Duration = Duration::from_millis(300);
-
-async fn connect(url: &str) -> RedisBackend {
-    RedisBackend::builder(url)
-        .call_timeout(CALL_TIMEOUT)
-        .connect()
-        .await
-        .unwrap_or_else(|err| panic!("connecting to {url}: {err}"))
-}
 
 fn expect_backend_error(
     result: Result<impl std::fmt::Debug, Error>,
@@ -65,19 +53,17 @@ async fn owner_token_is_random_hex_and_lease_is_the_ttl() {
     let service = store.service().await;
     let ttl = Duration::from_secs(5);
     let guard = service.lock("tok").ttl(ttl).await.expect("acquire");
-    let value =
-        store.stored_value("tok").await.flatten().expect("the lock key exists under the prefixed name");
+    let value = store.stored_value("tok").await.expect("the lock key exists under the prefixed name");
     assert!(value.len() >= 32, "owner token `{value}` has at least 128 bits in hex");
     assert!(value.chars().all(|c| c.is_ascii_hexdigit()), "owner token `{value}` is hex");
 
-    let Store::Redis { conn, .. } = &store else { unreachable!() };
-    let mut conn = conn.clone();
+    let mut conn = store.conn();
     let pttl: i64 = redis_cmd(&mut conn, &["PTTL", &store.full_key("tok")]).await;
     assert!(pttl > 0 && pttl <= 5000, "PTTL {pttl} ms is the ttl of 5 s");
     assert!(guard.release().await.expect("release"));
 
     let guard = service.lock("tok").await.expect("acquire again");
-    let second = store.stored_value("tok").await.flatten().expect("held");
+    let second = store.stored_value("tok").await.expect("held");
     assert_ne!(second, value, "each acquisition has its own owner token");
     assert!(guard.release().await.expect("release"));
     store.cleanup().await;
@@ -89,7 +75,7 @@ async fn owner_token_is_random_hex_and_lease_is_the_ttl() {
 async fn eight_tasks_increment_a_non_atomic_counter_exactly() {
     let store = redis_store("counter").await;
     let counter = store.full_key("counter-value");
-    let Store::Redis { conn, .. } = &store else { unreachable!() };
+    let conn = store.conn();
     let services =
         [store.service().await, store.service().await, store.service().await, store.service().await];
     let inside = Arc::new(AtomicUsize::new(0));
@@ -171,7 +157,7 @@ async fn works_again(service: &LockService, key: &str, what: &str) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_redis_fails_within_call_timeout_and_same_service_recovers_after_restart() {
     let mut server = RedisServer::start();
-    let service = LockService::new(connect(&server.url()).await);
+    let service = LockService::new(connect_redis_with(&server.url(), CALL_TIMEOUT).await);
     // Long enough that dlock's safety margin (52 ms) dwarfs how late this test may observe
     // the loss on a busy machine.
     let ttl = Duration::from_secs(5);
@@ -204,7 +190,7 @@ async fn stopped_redis_fails_within_call_timeout_and_same_service_recovers_after
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_redis_fails_within_call_timeout_and_recovers_on_resume() {
     let server = RedisServer::start();
-    let service = LockService::new(connect(&server.url()).await);
+    let service = LockService::new(connect_redis_with(&server.url(), CALL_TIMEOUT).await);
     // Long enough that dlock's safety margin (52 ms) dwarfs how late this test may observe
     // the loss on a busy machine.
     let ttl = Duration::from_secs(5);
@@ -243,7 +229,7 @@ async fn paused_redis_fails_within_call_timeout_and_recovers_on_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acquire_that_timed_out_leaves_no_ownerless_lock() {
     let server = RedisServer::start();
-    let service = LockService::new(connect(&server.url()).await);
+    let service = LockService::new(connect_redis_with(&server.url(), CALL_TIMEOUT).await);
     let ttl = Duration::from_secs(10);
     // Loads the acquire script into the server's cache; no release has run yet.
     let warm = service.lock("warm").ttl(ttl).await.expect("acquire while Redis runs");
@@ -256,7 +242,7 @@ async fn acquire_that_timed_out_leaves_no_ownerless_lock() {
     tokio::time::sleep(CALL_TIMEOUT * 2).await;
     server.resume();
 
-    let mut conn = support::inspector(&server.url()).await;
+    let mut conn = inspector(&server.url()).await;
     let pttl: i64 = redis_cmd(&mut conn, &["PTTL", "ghost"]).await;
     eprintln!("PTTL of `ghost` after resume: {pttl} ms (-2: absent)");
     poll_until(Duration::from_secs(3), "the ownerless lock left by the timed-out acquire is freed", || {
@@ -284,11 +270,8 @@ async fn wait_is_honoured_when_release_notices_are_unavailable() {
         "-ssubscribe",
     ]);
     let call_timeout = Duration::from_secs(1);
-    let connect = || async {
-        RedisBackend::builder(server.url()).call_timeout(call_timeout).connect().await.expect("connect")
-    };
-    let holder = LockService::new(connect().await);
-    let waiter = LockService::new(connect().await);
+    let holder = LockService::new(connect_redis_with(&server.url(), call_timeout).await);
+    let waiter = LockService::new(connect_redis_with(&server.url(), call_timeout).await);
     let guard = holder.lock("k").ttl(Duration::from_secs(10)).await.expect("acquire without pub/sub");
 
     let wait = Duration::from_millis(100);
@@ -335,7 +318,7 @@ async fn invalid_urls_are_invalid_input_that_shows_a_valid_url() {
 
 #[tokio::test]
 async fn zero_call_timeout_is_invalid_input() {
-    let err = RedisBackend::builder(support::shared_redis_url())
+    let err = RedisBackend::builder(shared_redis_url())
         .call_timeout(Duration::ZERO)
         .connect()
         .await
@@ -349,14 +332,14 @@ async fn zero_call_timeout_is_invalid_input() {
 async fn a_read_only_replica_is_unavailable() {
     let primary = RedisServer::start();
     let replica = RedisServer::start();
-    let mut conn = support::inspector(&replica.url()).await;
+    let mut conn = inspector(&replica.url()).await;
     let () = redis::cmd("REPLICAOF")
         .arg("127.0.0.1")
         .arg(primary.port())
         .query_async(&mut conn)
         .await
         .expect("REPLICAOF");
-    let service = LockService::new(connect(&replica.url()).await);
+    let service = LockService::new(connect_redis_with(&replica.url(), CALL_TIMEOUT).await);
     let started = Instant::now();
     let (key, kind, message) = expect_backend_error(service.lock("k").await, "a read-only replica");
     assert_eq!(kind, BackendErrorKind::Unavailable, "{message}");
@@ -377,7 +360,7 @@ async fn wrong_password_is_an_auth_error_that_mentions_the_password() {
         assert!(!message.contains("wrong-pw"), "{case}: the message must not leak the password: {message}");
         assert!(started.elapsed() < Duration::from_secs(2), "{case}: took {:?}", started.elapsed());
     }
-    let backend = connect(&server.url_with_password("s3cret-pw")).await;
+    let backend = connect_redis_with(&server.url_with_password("s3cret-pw"), CALL_TIMEOUT).await;
     assert!(!format!("{backend:?}").contains("s3cret-pw"), "Debug masks the password: {backend:?}");
     let guard = LockService::new(backend).lock("k").await.expect("the right password works");
     assert!(guard.release().await.expect("release"));
@@ -385,7 +368,7 @@ async fn wrong_password_is_an_auth_error_that_mentions_the_password() {
 
 #[tokio::test]
 async fn closed_port_is_a_prompt_connection_error() {
-    let url = format!("redis://127.0.0.1:{}", support::free_port());
+    let url = format!("redis://127.0.0.1:{}", free_port());
     let started = Instant::now();
     let result = RedisBackend::builder(url.as_str()).call_timeout(CALL_TIMEOUT).connect().await;
     let elapsed = started.elapsed();
@@ -401,10 +384,9 @@ async fn closed_port_is_a_prompt_connection_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn script_flush_is_survived_by_acquire_renew_and_release() {
     let server = RedisServer::start();
-    let mut conn = support::inspector(&server.url()).await;
-    let counting = support::Counting::new(Arc::new(connect(&server.url()).await));
-    let counts = Arc::clone(&counting.counts);
-    let service = LockService::new(counting);
+    let mut conn = inspector(&server.url()).await;
+    let faulty = FaultyBackend::new(connect_redis_with(&server.url(), CALL_TIMEOUT).await);
+    let service = LockService::new(faulty.clone());
     let guard = service.lock("k").await.expect("acquire");
     assert!(guard.release().await.expect("release"));
 
@@ -412,10 +394,10 @@ async fn script_flush_is_survived_by_acquire_renew_and_release() {
     let ttl = Duration::from_millis(300);
     let guard = service.lock("k").ttl(ttl).await.expect("acquire after SCRIPT FLUSH");
     let () = redis_cmd(&mut conn, &["SCRIPT", "FLUSH"]).await;
-    let renewals = counts.renew();
+    let renewals = faulty.count(Op::Renew);
     let kept = tokio::time::timeout(ttl * 3, guard.lost()).await;
     assert!(kept.is_err(), "lease lost after SCRIPT FLUSH: {kept:?}");
-    assert!(counts.renew() >= renewals + 2, "renewed after the flush");
+    assert!(faulty.count(Op::Renew) >= renewals + 2, "renewed after the flush");
     let () = redis_cmd(&mut conn, &["SCRIPT", "FLUSH"]).await;
     assert!(guard.release().await.expect("release after SCRIPT FLUSH"), "still ours");
     let exists: bool = redis_cmd(&mut conn, &["EXISTS", "k"]).await;
@@ -425,72 +407,21 @@ async fn script_flush_is_survived_by_acquire_renew_and_release() {
 // ---------------------------------------------------------------------------------------------
 // Several OS processes: this test binary re-executed as a worker.
 
-const WORKER_ENV: &str = "DLOCK_TEST_WORKER";
 const INCREMENTS_PER_PROCESS: u64 = 100;
 
-/// A worker process, killed (and reaped) on drop, so a failing test leaves none behind.
-struct Worker(Option<Child>);
-
-impl Worker {
-    fn child(&mut self) -> &mut Child {
-        self.0.as_mut().expect("the worker has not been waited for yet")
-    }
-
-    fn id(&self) -> u32 {
-        self.0.as_ref().map_or(0, Child::id)
-    }
-
-    /// Wait for the worker to exit within `bound`; kill it and panic if it does not.
-    fn wait(mut self, bound: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + bound;
-        loop {
-            if let Some(status) = self.child().try_wait().expect("polling a worker process") {
-                self.0 = None;
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "worker process {} did not finish within {bound:?}",
-                self.id()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Start this binary as a worker process running `mode` (see [`worker`]).
-fn spawn_worker(mode: &str, url: &str) -> Worker {
-    support::worker_command("worker")
-        .env(WORKER_ENV, mode)
-        .env("DLOCK_TEST_WORKER_URL", url)
-        .stdout(Stdio::piped())
-        .spawn()
-        .map(|child| Worker(Some(child)))
-        .expect("spawning a worker process")
-}
-
-/// Not a test: the body of the worker processes, which the tests below start with
-/// `DLOCK_TEST_WORKER` set. Run directly, it does nothing.
+/// Not a test: the body of the worker processes the tests below start ([`Worker::spawn`]).
+/// Run directly, it does nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "worker process for the multi-process tests; they start it"]
 async fn worker() {
-    let Ok(mode) = std::env::var(WORKER_ENV) else { return };
-    let url = std::env::var("DLOCK_TEST_WORKER_URL").expect("DLOCK_TEST_WORKER_URL is set for workers");
-    let service = LockService::new(connect(&url).await);
+    let Some(job) = worker_job() else { return };
+    let url = job.url;
+    let service = LockService::new(connect_redis_with(&url, CALL_TIMEOUT).await);
     let pid = std::process::id();
-    match mode.as_str() {
+    match job.mode.as_str() {
         // Increment a counter in Redis under the lock, logging entry and exit in Redis.
         "increment" => {
-            let mut conn = support::inspector(&url).await;
+            let mut conn = inspector(&url).await;
             for _ in 0..INCREMENTS_PER_PROCESS {
                 let guard = service
                     .lock("procs")
@@ -513,7 +444,7 @@ async fn worker() {
         // Take the lock, say so, and hold it (renewing) until killed.
         "hold" => {
             let guard = service.lock("crash").ttl(Duration::from_millis(600)).await.expect("worker acquires");
-            println!("HOLDING {}", guard.fencing_token());
+            say(&format!("HOLDING {}", guard.fencing_token()));
             tokio::time::sleep(Duration::from_secs(30)).await;
             panic!("the holding worker was not killed within 30 s");
         }
@@ -527,17 +458,18 @@ async fn worker() {
 async fn two_processes_contend_without_lost_updates() {
     let server = RedisServer::start();
     let started = Instant::now();
-    let workers = [spawn_worker("increment", &server.url()), spawn_worker("increment", &server.url())];
-    let pids: Vec<u32> = workers.iter().map(Worker::id).collect();
+    let workers = [
+        Worker::spawn("worker", "increment", &server.url()),
+        Worker::spawn("worker", "increment", &server.url()),
+    ];
+    let pids: Vec<u32> = workers.iter().map(Worker::pid).collect();
     for worker in workers {
-        let status = tokio::task::spawn_blocking(move || worker.wait(Duration::from_secs(60)))
-            .await
-            .expect("waiting for a worker");
+        let (status, _) = worker.finish(Duration::from_secs(60)).await;
         assert!(status.success(), "worker failed: {status}");
     }
     eprintln!("two processes × {INCREMENTS_PER_PROCESS} increments in {:?}", started.elapsed());
 
-    let mut conn = support::inspector(&server.url()).await;
+    let mut conn = inspector(&server.url()).await;
     let total: u64 = redis_cmd(&mut conn, &["GET", "counter"]).await;
     assert_eq!(total, 2 * INCREMENTS_PER_PROCESS, "no lost updates across processes");
     let log: Vec<String> = redis_cmd(&mut conn, &["LRANGE", "log", "0", "-1"]).await;
@@ -570,32 +502,16 @@ async fn two_processes_contend_without_lost_updates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_process_blocks_others_for_at_most_ttl() {
     let server = RedisServer::start();
-    let mut worker = spawn_worker("hold", &server.url());
-    let stdout = worker.child().stdout.take().expect("worker stdout is piped");
-    let (line_tx, line_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            // libtest prints "test worker ... " on the same line before the test's output.
-            if let Some((_, token)) = line.split_once("HOLDING ") {
-                let _ = line_tx.send(token.trim().to_owned());
-            }
-        }
-    });
+    let mut worker = Worker::spawn("worker", "hold", &server.url());
     let worker_token: u64 =
-        tokio::task::spawn_blocking(move || line_rx.recv_timeout(Duration::from_secs(20)))
-            .await
-            .expect("waiting for the worker")
-            .expect("the worker reports that it holds the lock")
-            .parse()
-            .expect("a fencing token");
+        worker.line_starting("HOLDING ", Duration::from_secs(20)).await.parse().expect("a fencing token");
 
-    let service = LockService::new(connect(&server.url()).await);
+    let service = LockService::new(connect_redis_with(&server.url(), CALL_TIMEOUT).await);
     let err = service.lock("crash").wait(Duration::ZERO).await.expect_err("the worker holds it");
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
 
-    worker.child().kill().expect("killing the worker");
     let killed_at = Instant::now();
-    worker.child().wait().expect("reaping the worker");
+    worker.kill().await;
     let guard =
         service.lock("crash").wait(Duration::from_secs(5)).await.expect("gets in after the worker died");
     let blocked = killed_at.elapsed();

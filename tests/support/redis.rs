@@ -1,0 +1,54 @@
+//! Reaching Redis: the machine's shared server ([`shared_redis_url`], and [`unique_prefix`],
+//! the key namespace that keeps one test apart from every other user of it), dlock's client
+//! ([`connect_redis`], [`connect_redis_with`]), and a plain connection that is not dlock's
+//! ([`inspector`], [`redis_cmd`]: one raw command, for inspection or fault injection).
+
+use std::time::Duration;
+
+use dlock::RedisBackend;
+use redis::aio::MultiplexedConnection;
+
+/// The machine's shared Redis (`DLOCK_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`).
+/// Tests that use it must confine themselves to keys under a [`unique_prefix`].
+pub fn shared_redis_url() -> String {
+    std::env::var("DLOCK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// `dlock-test:<test_name>:<pid>-<random>:`: a key namespace no other test run uses.
+pub fn unique_prefix(test_name: &str) -> String {
+    format!("dlock-test:{test_name}:{}-{:08x}:", std::process::id(), rand::random::<u32>())
+}
+
+/// A `RedisBackend` on `url` with its default call timeout; panics if it cannot connect.
+pub async fn connect_redis(url: &str) -> RedisBackend {
+    RedisBackend::connect(url).await.unwrap_or_else(|err| panic!("connecting a RedisBackend to {url}: {err}"))
+}
+
+/// A `RedisBackend` on `url` whose every call gives up after `call_timeout`; panics if it
+/// cannot connect.
+pub async fn connect_redis_with(url: &str, call_timeout: Duration) -> RedisBackend {
+    RedisBackend::builder(url)
+        .call_timeout(call_timeout)
+        .connect()
+        .await
+        .unwrap_or_else(|err| panic!("connecting a RedisBackend to {url}: {err}"))
+}
+
+/// A plain `redis` connection for inspecting what the store holds.
+pub async fn inspector(url: &str) -> MultiplexedConnection {
+    let client =
+        redis::Client::open(url).unwrap_or_else(|err| panic!("opening a Redis client for {url}: {err}"));
+    tokio::time::timeout(Duration::from_secs(5), client.get_multiplexed_async_connection())
+        .await
+        .unwrap_or_else(|_| panic!("connecting to {url} for inspection timed out; is Redis running there?"))
+        .unwrap_or_else(|err| panic!("connecting to {url} for inspection: {err}; is Redis running there?"))
+}
+
+/// Run one raw command (`args[0]` and its arguments); panic if Redis refuses it.
+pub async fn redis_cmd<T: redis::FromRedisValue>(conn: &mut MultiplexedConnection, args: &[&str]) -> T {
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query_async(conn).await.unwrap_or_else(|err| panic!("{args:?}: {err}"))
+}
