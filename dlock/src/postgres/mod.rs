@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio_postgres::types::Type;
 
 use self::listen::Listener;
-use self::pool::Pool;
+use self::pool::Pools;
 use self::runtime::Background;
 use self::sql::Statements;
 use crate::backend::{
@@ -32,7 +32,7 @@ const MAX_KEY_BYTES: usize = 2048;
 /// `postgres`).
 ///
 /// A held lock is a row in a lease table, not an open connection: a thousand held locks use
-/// no more connections than the pool (default 10). Acquire, renew and release are one
+/// no more connections than the pool (default 10 per tokio runtime). Acquire, renew and release are one
 /// statement each (one round trip, atomic), judged by the database server's clock. Fencing
 /// tokens come from a sequence, so they strictly increase per key and survive restarts.
 /// Waiting processes hear releases over LISTEN/NOTIFY on one extra connection per backend, and
@@ -49,9 +49,10 @@ const MAX_KEY_BYTES: usize = 2048;
 /// [`PostgresBackendBuilder::migrate`] from a deploy step instead.
 ///
 /// Every call is bounded by the call timeout (default 2 s); a call that times out has its
-/// statement cancelled on the server and its connection replaced. Connections and the
-/// listener run on a thread of the backend's own, so the backend works from any tokio runtime,
-/// also after the one that created it has ended.
+/// statement cancelled on the server and its connection replaced. Each tokio runtime that
+/// uses the backend gets a pool of its own, driven by that runtime (so a statement never
+/// crosses threads), and the listener runs on a thread of the backend's own: the backend works
+/// from any tokio runtime, also after the one that created it has ended.
 ///
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
@@ -65,7 +66,7 @@ pub struct PostgresBackend {
 }
 
 struct Inner {
-    pool: Pool,
+    pool: Pools,
     statements: Statements,
     listener: Option<Listener>,
     schema: String,
@@ -74,7 +75,7 @@ struct Inner {
     call_timeout: Duration,
     /// The server stores text in an encoding other than UTF-8: only ASCII keys are safe.
     ascii_keys_only: bool,
-    /// Declared last: dropped after the pool and the listener, whose tasks run on it.
+    /// Declared last: dropped after the listener, whose task runs on it.
     _background: Arc<Background>,
 }
 
@@ -121,8 +122,9 @@ impl PostgresBackendBuilder {
         self
     }
 
-    /// The most connections the pool opens (default 10). Each acquire, renew or release holds
-    /// one for a single round trip; held locks hold none.
+    /// The most connections the pool opens (default 10), per tokio runtime that uses the
+    /// backend (most processes have one). Each acquire, renew or release holds one for a
+    /// single round trip; held locks hold none.
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
@@ -251,15 +253,14 @@ impl PostgresBackendBuilder {
                 err,
             ))
         })?);
-        let pool = Pool::new(
+        let pool = Pools::new(
             config,
             self.pool_size,
             Arc::clone(&background),
             url.clone(),
             self.schema.clone(),
             self.call_timeout,
-        )
-        .map_err(|reason| Error::InvalidInput { what: "pool size", reason })?;
+        );
         let ascii_keys_only = tokio::time::timeout(self.call_timeout, self.prepare(&pool, &url))
             .await
             .map_err(|_| {
@@ -368,7 +369,7 @@ impl PostgresBackendBuilder {
 
     /// Check the server, the credentials and the schema on one pooled connection; migrate if
     /// allowed and needed. Returns whether only ASCII keys are safe (the server's encoding).
-    async fn prepare(&self, pool: &Pool, url: &str) -> Result<bool, Error> {
+    async fn prepare(&self, pool: &Pools, url: &str) -> Result<bool, Error> {
         let schema = &self.schema;
         let mut object = pool.get("checking dlock's schema").await.map_err(backend_error)?;
         let client: &mut tokio_postgres::Client = &mut object;
@@ -610,7 +611,7 @@ impl PostgresBackend {
         self.inner.listener.as_ref().map_or(0, Listener::channel_count)
     }
 
-    /// How many connections the pool holds now.
+    /// How many connections the pools hold now (over all runtimes), not counting the listener.
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {

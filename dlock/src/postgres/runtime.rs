@@ -1,12 +1,13 @@
-//! The backend's own thread and tokio runtime, where its connections and its listener run, so
-//! that they outlive whichever runtime created the backend.
+//! The backend's own thread and tokio runtime, for what serves every runtime of the process
+//! and must outlive whichever one created the backend: the listening connection and its task,
+//! the periodic cleanup, and the cancel requests of timed-out statements.
 //!
-//! A `tokio_postgres` connection is a future that must be polled for its client to get
-//! answers. Spawned on the caller's runtime it dies with that runtime (the `#[tokio::test]`
-//! pattern: a global service made in one test's runtime, used from the next), and it stalls
-//! while that runtime is not being driven (a current-thread runtime between two `block_on`s).
-//! On a runtime of its own it is always driven: clients send to it over channels from any
-//! runtime. The thread ends when the backend's last clone is dropped.
+//! Spawned on a caller's runtime, such a task would die with that runtime (the
+//! `#[tokio::test]` pattern: a global service made in one test's runtime, used from the next),
+//! and stall while that runtime is not being driven (a current-thread runtime between two
+//! `block_on`s). On a runtime of its own it is always driven; waiters on any runtime hear it
+//! through channels. The thread ends when the backend's last clone is dropped. (Statements do
+//! not go through it: each runtime has its own pool, see `pool.rs`.)
 
 use std::fmt;
 use std::future::Future;
