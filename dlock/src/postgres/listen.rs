@@ -272,6 +272,9 @@ async fn reconcile(
 /// (after a reconnect, or past their wait for the confirmation) did not ask for a notice in
 /// the lease table, and asking again now does.
 fn confirm(entry: &Channel) {
-    entry.listening.send_replace(true);
+    // The notice first: a waiter in `watch` wakes on `listening` and then marks the notices
+    // seen, so this wake-up (meant for waiters that asked before) does not reach it later as a
+    // release.
     entry.notices.send_replace(ReleaseNotice::Released);
+    entry.listening.send_replace(true);
 }
