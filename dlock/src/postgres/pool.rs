@@ -8,10 +8,10 @@
 //! answers. Each runtime that calls the backend gets a pool of its own, whose connections are
 //! driven by tasks on that runtime: a statement and its answer never cross to another thread
 //! (as they would through one shared pool on a thread of the backend's own — measured at
-//! about 0.85× the raw floor's uncontended rate). When a runtime ends, its connections end
-//! with it and a task left on it forgets its pool; a runtime that exists but is not being
-//! driven (a current-thread runtime between two `block_on`s) stalls only its own callers,
-//! which are not running either. So a backend made in one runtime serves every runtime of the
+//! 0.83× the raw floor's uncontended rate, against 0.99× now). When a runtime ends, its
+//! connections end with it and a task left on it forgets its pool; a runtime that exists but
+//! is not being driven (a current-thread runtime between two `block_on`s) stalls only its own
+//! callers, which are not running either. So a backend made in one runtime serves every runtime of the
 //! process, also after the one that made it has ended (the `#[tokio::test]` pattern).
 //!
 //! Statements run unprepared (`query_typed`: parse, bind and execute in one round trip, with
