@@ -360,6 +360,37 @@ async fn tokens_keep_increasing_when_cleanup_removes_rows() {
     store.cleanup().await;
 }
 
+/// With `cleanup_after`, each backend removes old free rows by itself, on a connection it
+/// closes afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_background_cleanup_removes_free_rows_and_keeps_no_connection() {
+    let store = PostgresStore::shared("auto_cleanup").await;
+    let app_name = format!("dlock_cl_{:08x}", rand::random::<u32>());
+    let url = format!("{}?application_name={app_name}", store.url);
+    // Rows free for any time at all go; the cleanup runs about every second.
+    let backend = PostgresBackend::builder(url)
+        .schema(store.schema.as_str())
+        .cleanup_after(Some(Duration::ZERO))
+        .connect()
+        .await
+        .expect("connect");
+    let (free, held) = (store.full_key("free"), store.full_key("held"));
+    acquired(backend.try_acquire(&free, "o", Duration::from_secs(10)).await.expect("acquire"), "free");
+    assert!(backend.release(&free, "o").await.expect("release").was_held);
+    acquired(backend.try_acquire(&held, "o", Duration::from_secs(10)).await.expect("acquire"), "free");
+    let pooled = pids(&store.conn, &app_name).await;
+    poll_until(Duration::from_secs(5), "the released row is removed", || async {
+        store.row("free").await.is_none()
+    })
+    .await;
+    assert!(store.is_held("held").await, "a held row stays");
+    poll_until(Duration::from_secs(5), "the cleanup's connection is closed again", || async {
+        pids(&store.conn, &app_name).await == pooled
+    })
+    .await;
+    store.cleanup().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The schema.
 

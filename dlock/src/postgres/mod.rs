@@ -296,15 +296,38 @@ impl Inner {
     }
 }
 
-/// Remove old free rows every so often, for as long as the backend lives.
+/// Remove old free rows every so often, for as long as the backend lives, each time on a
+/// connection of its own that is closed afterwards (the backend's runtime keeps no pool: a
+/// connection left idle between two cleanups would cost the server a session for nothing).
 async fn clean_up_periodically(inner: Weak<Inner>, after: Duration) {
     let period = (after / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
     loop {
         let jitter = Duration::from_millis(rand::random::<u64>() % (period.as_millis() as u64 / 4 + 1));
         tokio::time::sleep(period + jitter).await;
         let Some(inner) = inner.upgrade() else { return };
-        if let Err(err) = inner.clean_up(after).await {
-            tracing::debug!(target: "dlock", error = %err, "cleaning up the lease table failed; trying again later");
+        let cleaning = async {
+            let (client, connection) = inner.pool.config().connect(tokio_postgres::NoTls).await?;
+            let driver = tokio::spawn(connection);
+            let after = millis(after);
+            loop {
+                let rows = client.query_typed(&inner.statements.cleanup, &[(&after, Type::INT8)]).await?;
+                if (rows.len() as i64) < sql::CLEANUP_BATCH {
+                    break;
+                }
+            }
+            drop(client);
+            let _ = driver.await;
+            Ok::<_, tokio_postgres::Error>(())
+        };
+        // Connecting and a few batches; what is left waits for the next round.
+        match tokio::time::timeout(inner.call_timeout * 10, cleaning).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::debug!(target: "dlock", error = %err, "cleaning up the lease table failed; trying again later")
+            }
+            Err(_) => {
+                tracing::debug!(target: "dlock", "cleaning up the lease table timed out; trying again later")
+            }
         }
     }
 }

@@ -149,6 +149,11 @@ impl Pools {
         self.current()?.get().await.map_err(|err| self.pool_error(what, err))
     }
 
+    /// The configuration every pooled connection is made with.
+    pub(super) fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
     /// How many connections the pools hold now, over all runtimes.
     pub(super) fn size(&self) -> usize {
         lock(&self.by_runtime).values().map(|pool| pool.status().size).sum()
