@@ -326,11 +326,12 @@ async fn a_silent_subscriber_connection_is_replaced() {
     let proxy = BlackHoleProxy::start(server.port()).await;
     let mut conn = inspector(&url).await;
     let holder = LockService::new(connect(&url).await);
-    let waiter = LockService::new(connect(&proxy.url()).await);
+    let waiter_backend = connect(&proxy.url()).await;
+    let channel = waiter_backend.notice_channel("quiet");
+    let waiter = LockService::new(waiter_backend);
     let guard = holder.lock("quiet").ttl(Duration::from_secs(20)).await.expect("holder");
     let call =
         tokio::spawn(async move { waiter.lock("quiet").wait(Duration::from_secs(20)).await.map(drop) });
-    let channel = RedisBackend::notice_channel("quiet");
     let subscribers = |conn: &mut redis::aio::MultiplexedConnection| {
         let mut conn = conn.clone();
         let channel = channel.clone();
@@ -492,7 +493,9 @@ async fn forged_and_replayed_notices_make_no_second_holder() {
     .await;
     let forger_url = format!("redis://forger:forger-password@127.0.0.1:{}", server.port());
     let mut forger = inspector(&forger_url).await;
-    let channel = RedisBackend::notice_channel("app:k");
+    // Every channel a process hears `app:k` on lives under the key.
+    let b_backend = connect(&url).await;
+    let channel = b_backend.notice_channel("app:k");
     let refused = redis::cmd("PUBLISH")
         .arg(&channel)
         .arg("g:99999999999999999:anyone")
@@ -500,12 +503,12 @@ async fn forged_and_replayed_notices_make_no_second_holder() {
         .await;
     assert!(refused.is_err_and(|err| err.code() == Some("NOPERM")), "the forger published on {channel}");
 
-    // Record a real hand-off notice.
+    // Record a real hand-off notice, on b's channel.
     let client = redis::Client::open(url.as_str()).expect("client");
     let mut spy = client.get_async_pubsub().await.expect("spy connection");
     spy.subscribe(&channel).await.expect("spy subscribes");
     let service = |backend| LockService::builder(backend).key_prefix("app:").build();
-    let (a, b) = (service(connect(&url).await), service(connect(&url).await));
+    let (a, b) = (service(connect(&url).await), service(b_backend));
     let guard = a.lock("k").await.expect("a holds");
     let b_call = tokio::spawn(async move { b.lock("k").wait(Duration::from_secs(10)).await });
     poll_until(Duration::from_secs(5), "b waits in line", || {
@@ -525,8 +528,11 @@ async fn forged_and_replayed_notices_make_no_second_holder() {
     assert!(recorded.starts_with(b"g:"), "{:?}", String::from_utf8_lossy(&recorded));
     assert!(b_guard.release().await.expect("release"));
 
-    // c holds, d waits; the old notice is sent again: nobody gets in while c holds.
-    let (c, d) = (service(connect(&url).await), service(connect(&url).await));
+    // c holds, d waits; the old notice is sent again, to d's channel and to b's: nobody gets in
+    // while c holds.
+    let d_backend = connect(&url).await;
+    let d_channel = d_backend.notice_channel("app:k");
+    let (c, d) = (service(connect(&url).await), service(d_backend));
     let c_guard = c.lock("k").await.expect("c holds");
     let got_in = Arc::new(AtomicBool::new(false));
     let d_call = tokio::spawn({
@@ -538,8 +544,8 @@ async fn forged_and_replayed_notices_make_no_second_holder() {
         }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    for _ in 0..3 {
-        let _: i64 = redis_cmd(&mut admin, &["PUBLISH", &channel, &String::from_utf8_lossy(&recorded)]).await;
+    for to in [&d_channel, &channel] {
+        let _: i64 = redis_cmd(&mut admin, &["PUBLISH", to, &String::from_utf8_lossy(&recorded)]).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!got_in.load(Ordering::SeqCst), "a replayed notice let d in while c holds the key");

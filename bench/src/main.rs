@@ -420,7 +420,7 @@ async fn channels_left(
     let last = (keys.saturating_sub(1) / scenarios::CONTENDED_EVERY) * scenarios::CONTENDED_EVERY;
     let sample: Vec<String> = (0..200u64)
         .map_while(|n| last.checked_sub(n * scenarios::CONTENDED_EVERY))
-        .map(|i| dlock::RedisBackend::notice_channel(&format!("{prefix}mem:{i}")))
+        .map(|i| other.notice_channel(&format!("{prefix}mem:{i}")))
         .collect();
     // Unsubscribing happens on dlock's subscriber task: give it a moment.
     let deadline = Instant::now() + Duration::from_secs(3);

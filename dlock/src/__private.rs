@@ -5,6 +5,7 @@ use crate::registry;
 use crate::request::LockRequest;
 use std::future::Future;
 use std::pin::Pin;
+use std::task::Poll;
 
 pub use ::core::time::Duration;
 pub use ::std::format;
@@ -54,15 +55,23 @@ where
                 Ok(turn) => turn,
                 Err(error) => return lock_error(error),
             };
-            let body = guard.scoped(body);
+            let mut body = std::pin::pin!(guard.scoped(body));
+            let mut lost = std::pin::pin!(guard.lost());
             // The lease is looked at before the body at every wake-up: a process that was
             // frozen past its lease (a GC pause, SIGSTOP) must not run the body on to its next
-            // `.await` — its next write — once the lease has ended.
-            tokio::select! {
-                biased;
-                reason = guard.lost() => Err(reason),
-                result = body => Ok(result),
-            }
+            // `.await` — its next write — once the lease has ended. The look is a plain check;
+            // the loss is waited for (a timer at the deadline) only once the body waits too,
+            // so a body that finishes at once costs no timer.
+            std::future::poll_fn(|cx| {
+                if let Some(reason) = guard.lost_reason() {
+                    return Poll::Ready(Err(reason));
+                }
+                if let Poll::Ready(result) = body.as_mut().poll(cx) {
+                    return Poll::Ready(Ok(result));
+                }
+                lost.as_mut().poll(cx).map(Err)
+            })
+            .await
         }
     };
     match outcome {

@@ -31,7 +31,7 @@ pub(super) fn tcp_settings(user_timeout: Duration) -> TcpSettings {
         .with_time(Duration::from_secs(5))
         .with_interval(Duration::from_secs(1))
         .with_retries(5);
-    TcpSettings::default().set_nodelay(true).set_keepalive(keepalive).set_user_timeout(user_timeout)
+    TcpSettings::default().set_keepalive(keepalive).set_user_timeout(user_timeout)
 }
 
 /// The connections of one backend, by runtime.

@@ -5,8 +5,8 @@
 //! | name | type | what |
 //! |---|---|---|
 //! | `K` | string | the lock: `<fencing token>:<owner token>`, with the lease as its expiry |
-//! | `K#dlock:line{T}` | hash | the waiting line, while processes wait: one field per process (owner token → `"<arrival µs>:<until ms>:<hand-off lease ms>"`), expiring 3 s after the last ask |
-//! | `K#dlock:notice{T}` | channel | release notices (`r`) and hand-offs (`g:<token>:<owner>`) |
+//! | `K#dlock:line{T}` | hash | the waiting line, while processes wait: one field per process (owner token → `"<arrival µs>:<until ms>:<hand-off lease ms>:<process id>"`), expiring 3 s after the last ask |
+//! | `K#dlock:to:<process id>{T}` | channel | what one waiting process hears about `K`: hand-offs to it (`g:<token>:<owner>`) and release notices (`r`) |
 //!
 //! Every name starts with `K`, so it lives under the service's prefix (an ACL such as
 //! `~app:* &app:*` covers all of them), and all of a lock's names hash to `K`'s Redis Cluster
@@ -24,9 +24,9 @@ pub(super) fn line(key: &str) -> String {
     derived(key, "line")
 }
 
-/// The channel on which releases and hand-offs of `key` are announced.
-pub(super) fn notice_channel(key: &str) -> String {
-    derived(key, "notice")
+/// The channel on which the process `process` hears releases and hand-offs of `key`.
+pub(super) fn notice_channel(key: &str, process: &str) -> String {
+    derived(key, &["to:", process].concat())
 }
 
 /// `key#dlock:<role>`, with a tag keeping it in `key`'s slot when `key` has no tag of its own.
@@ -49,7 +49,7 @@ fn derived(key: &str, role: &str) -> String {
 pub(super) fn check(key: &str) -> Result<(), String> {
     if key.contains(RESERVED) {
         return Err(format!(
-            "it contains `{RESERVED}`, which dlock's Redis backend reserves for the names it derives from lock keys (fencing counter, waiting line, notice channel); choose a key without it"
+            "it contains `{RESERVED}`, which dlock's Redis backend reserves for the names it derives from lock keys (waiting line, channels); choose a key without it"
         ));
     }
     Ok(())
@@ -174,7 +174,7 @@ mod tests {
             let line = line(key);
             assert!(shares_slot(key));
             assert_eq!(slot(line.as_bytes()), slot(key.as_bytes()), "{key} / {line}");
-            let channel = notice_channel(key);
+            let channel = notice_channel(key, "0123abcd");
             assert_eq!(slot(channel.as_bytes()), slot(key.as_bytes()), "{key} / {channel}");
             assert!(line.starts_with(key) && channel.starts_with(key));
             assert!(line.contains(RESERVED));

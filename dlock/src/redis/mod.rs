@@ -40,8 +40,9 @@ const WAITING_LIFETIME: Duration = WAITER_RECHECK.saturating_mul(3);
 ///
 /// A lock is one Redis string, `<prefix><key>`, holding its fencing token and a random 128-bit
 /// owner token (`<token>:<owner>`), with a `PX` expiry. While processes wait for it,
-/// `<prefix><key>#dlock:line{…}` is their waiting line, and `<prefix><key>#dlock:notice{…}` is
-/// the channel on which releases and hand-offs are announced: all under the service's prefix
+/// `<prefix><key>#dlock:line{…}` is their waiting line, and each waiting process hears releases
+/// and hand-offs on a channel of its own, `<prefix><key>#dlock:to:<process>{…}`: all under the
+/// service's prefix
 /// and in the lock key's Redis Cluster slot (the README's "Redis requirements" has the details
 /// and an ACL recipe). Fencing tokens are the Redis server's time in µs (or the last token + 1),
 /// so they keep increasing across a Redis that lost its data.
@@ -64,6 +65,8 @@ const WAITING_LIFETIME: Duration = WAITER_RECHECK.saturating_mul(3);
 pub struct RedisBackend {
     conns: Arc<Connections>,
     notifier: Arc<notify::Notifier>,
+    /// Names this backend's channels: a hand-off is told to the one process it goes to.
+    process: Arc<str>,
     scripts: &'static Scripts,
     /// The server's `maxmemory-policy`, when it may evict dlock's keys.
     evicting_policy: Option<String>,
@@ -134,7 +137,8 @@ impl RedisBackendBuilder {
         }
         tracing::debug!(target: "dlock", url = %url, "connected to Redis");
         let notifier = Arc::new(notify::Notifier::start(client, self.call_timeout));
-        Ok(RedisBackend { conns, notifier, scripts: Scripts::plain(), evicting_policy })
+        let process = Arc::from(format!("{:016x}", rand::random::<u64>()));
+        Ok(RedisBackend { conns, notifier, process, scripts: Scripts::plain(), evicting_policy })
     }
 }
 
@@ -186,15 +190,18 @@ impl RedisBackend {
         RedisBackendBuilder { url: url.into(), call_timeout: Self::DEFAULT_CALL_TIMEOUT }
     }
 
-    /// The channel on which releases and hand-offs of `key` (the full key, as stored in
-    /// Redis) are announced: what an ACL must let dlock's users `SUBSCRIBE` and `PUBLISH` to.
+    /// The channel on which this backend hears releases and hand-offs of `key` (the full key,
+    /// as stored in Redis) while it waits for it: under the key, so an ACL that lets dlock's
+    /// users write their keys' prefix (`~app:*`) and publish on it (`&app:*`) covers it.
     ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let redis = dlock::RedisBackend::connect("redis://127.0.0.1:6379").await?;
+    /// assert!(redis.notice_channel("app:user:42").starts_with("app:user:42#dlock:to:"));
+    /// # Ok(()) }
     /// ```
-    /// let channel = dlock::RedisBackend::notice_channel("app:user:42");
-    /// assert!(channel.starts_with("app:user:42#dlock:notice"));
-    /// ```
-    pub fn notice_channel(key: &str) -> String {
-        layout::notice_channel(key)
+    pub fn notice_channel(&self, key: &str) -> String {
+        layout::notice_channel(key, &self.process)
     }
 
     /// The hash that holds the waiting line of the lock `key` (the full key) while processes
@@ -292,7 +299,7 @@ impl LockBackend for RedisBackend {
     ) -> BoxFuture<'a, Result<TryAcquire, BackendError>> {
         Box::pin(async move {
             // Join the waiting line only when a hand-off notice would be heard.
-            let line = self.notifier.is_subscribed(|| layout::notice_channel(key)).then(|| layout::line(key));
+            let line = self.notifier.is_subscribed(|| self.notice_channel(key)).then(|| layout::line(key));
             let keys: &[&str] = match &line {
                 Some(line) => &[key.as_str(), line],
                 None => &[key.as_str()],
@@ -301,7 +308,9 @@ impl LockBackend for RedisBackend {
                 .eval("the acquire script", &self.scripts.acquire, keys, |cmd| {
                     cmd.arg(owner).arg(millis(ttl));
                     if line.is_some() {
-                        cmd.arg(millis(WAITING_LIFETIME)).arg(millis(ttl.min(HANDOFF_LEASE)));
+                        cmd.arg(millis(WAITING_LIFETIME))
+                            .arg(millis(ttl.min(HANDOFF_LEASE)))
+                            .arg(&*self.process);
                     }
                 })
                 .await?;
@@ -362,7 +371,7 @@ impl LockBackend for RedisBackend {
         key: &'a FullKey,
     ) -> BoxFuture<'a, Result<Option<ReleaseWatch>, BackendError>> {
         Box::pin(async move {
-            Ok(Some(self.notifier.watch(layout::notice_channel(key), self.conns.call_timeout()).await))
+            Ok(Some(self.notifier.watch(self.notice_channel(key), self.conns.call_timeout()).await))
         })
     }
 }

@@ -1,16 +1,16 @@
 //! Release notices over Redis pub/sub, shared per key within the process.
 //!
-//! Waiters of this process register here; one subscription per key (the lock's notice
-//! channel, see [`layout`](super::layout)) serves them all, made when the first waiter comes
+//! Waiters of this process register here; one subscription per key (the process's channel for
+//! the key, see [`layout`](super::layout)) serves them all, made when the first waiter comes
 //! and dropped when the last one leaves, on one dedicated pub/sub connection run by one task
 //! on dlock's own runtime (so it outlives the runtime that connected the backend). A waiter
 //! joins a key's waiting line in Redis only once its subscription is confirmed, so that it
 //! hears its hand-off.
 //!
-//! On a key's channel come plain release notices (`r`, sent only when a release found the
-//! line holding nothing but places whose time was up) and hand-offs (`g:<token>:<owner>`: the
-//! key now belongs to `owner` under fencing token `token`); each waiter takes a hand-off only
-//! if it names its own owner token. Only a client allowed to publish on the channel — under
+//! On it come hand-offs to this process (`g:<token>:<owner>`: the key now belongs to `owner`
+//! under fencing token `token`; each waiter takes one only if it names its own owner token)
+//! and plain release notices (`r`, sent only when a release found the line holding nothing
+//! but places whose time was up). Only a client allowed to publish on the channel — under
 //! the service's key prefix — can send either; see the README's ACL recipe.
 //!
 //! The connection is checked with a `PING` every [`HEALTH_CHECK`]; one that does not answer

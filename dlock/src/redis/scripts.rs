@@ -7,7 +7,7 @@
 //!
 //! Every key a script touches is passed in `KEYS` (`KEYS[1]` the lock, `KEYS[2]` its waiting
 //! line; see [`layout`](super::layout)), so ACLs check them and Redis Cluster routes them.
-//! The notice channel is derived from the line's name inside the script.
+//! The channels of waiting processes are derived from the line's name inside the script.
 //!
 //! **Fencing tokens** are the Redis server's time in µs when drawn, or the lock's last token
 //! plus one if that is greater (a hand-off, or a re-acquisition, drawn within the same µs). The
@@ -80,8 +80,8 @@ impl Scripts {
 /// `KEYS[1]` the lock; `KEYS[2]`, the waiting line, only when the owner is to join it (left out
 /// when it could not hear a hand-off: every key and argument costs Redis time on every call).
 /// `ARGV[1]` owner token, `ARGV[2]` ttl (ms); with the line, `ARGV[3]` how long (ms) to keep the
-/// owner in it and `ARGV[4]` the lease (ms) a hand-off gives it (its ttl, capped at
-/// `HANDOFF_LEASE`).
+/// owner in it, `ARGV[4]` the lease (ms) a hand-off gives it (its ttl, capped at
+/// `HANDOFF_LEASE`) and `ARGV[5]` the id of its process (whose channel hears the hand-off).
 ///
 /// The lock's value is `<fencing token>:<owner>`. Returns the fencing token when acquired;
 /// when held, `{pttl}` (`pttl` < 0: unknown), or `{pttl, holder's token}` if the owner is now in
@@ -116,21 +116,22 @@ end
 local now_ms = math.floor(now_us / 1000)
 local place = redis.call('HGET', KEYS[2], ARGV[1])
 local arrived = place and string.match(place, '^(%d+):') or string.format('%d', now_us)
-redis.call('HSET', KEYS[2], ARGV[1], arrived .. ':' .. string.format('%d', now_ms + tonumber(ARGV[3])) .. ':' .. ARGV[4])
+redis.call('HSET', KEYS[2], ARGV[1], arrived .. ':' .. string.format('%d', now_ms + tonumber(ARGV[3])) .. ':' .. ARGV[4] .. ':' .. ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return {redis.call('PTTL', KEYS[1]), last}
 ";
 
 /// Free the lock if `ARGV[1]` owns it and hand it to the first other process still waiting
-/// (earliest arrival, place not expired), telling it on the lock's notice channel
-/// (`g:<token>:<owner>`). If the line held only places whose time was up, announce the
-/// release (`r`) — their processes may still wait, out of line; with no line, say nothing:
-/// every process that waits and can hear notices is in line. An owner that does not hold the
-/// lock leaves the waiting line instead; one that does leaves it too.
+/// (earliest arrival, place not expired), telling that process alone on its channel for the
+/// key (`g:<token>:<owner>`). If the line held only places whose time was up, tell their
+/// processes that the key is free (`r`) — they may still wait, out of line; with no line, say
+/// nothing: every process that waits and can hear notices is in line. An owner that does not
+/// hold the lock leaves the waiting line instead; one that does leaves it too.
 ///
-/// `KEYS[1]` the lock, `KEYS[2]` its waiting line (the channel is named after it). Returns 0
-/// when the lock was not (any more) this owner's; 1 when it was freed and nobody was told; 2
-/// when it was handed over, or freed with a notice that some process received.
+/// `KEYS[1]` the lock, `KEYS[2]` its waiting line (the channels are named after it). Permission
+/// to publish is checked before anything changes. Returns 0 when the lock was not (any more)
+/// this owner's; 1 when it was freed and nobody was told; 2 when it was handed over, or freed
+/// with a notice that some process received.
 const RELEASE: &str = r"
 local held = redis.call('GET', KEYS[1])
 local sep = held and string.find(held, ':', 1, true)
@@ -142,22 +143,39 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('DEL', KEYS[1])
   return 1
 end
-local channel = KEYS[1] .. '#dlock:notice' .. string.sub(KEYS[2], string.len(KEYS[1]) + 12)
-if redis.acl_check_cmd and not redis.acl_check_cmd('PUBLISH', channel, 'r') then
-  return redis.error_reply('NOPERM this user may not PUBLISH on ' .. channel .. ', where dlock hands locks over')
+local channel_of = function(process)
+  return KEYS[1] .. '#dlock:to:' .. process .. string.sub(KEYS[2], string.len(KEYS[1]) + 12)
 end
 local now = redis.call('TIME')
 local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
 local now_ms = math.floor(now_us / 1000)
 local fields = redis.call('HGETALL', KEYS[2])
-local gone, next_owner, next_arrived, next_lease = {}, nil, nil, nil
+local gone, told, next_owner, next_arrived, next_lease, next_process = {}, {}, nil, nil, nil, nil
 for i = 1, #fields, 2 do
   local owner = fields[i]
-  local arrived, until_ms, lease = string.match(fields[i + 1], '^(%d+):(%d+):(%d+)$')
+  local arrived, until_ms, lease, process = string.match(fields[i + 1], '^(%d+):(%d+):(%d+):(.+)$')
   if owner == ARGV[1] or not until_ms or tonumber(until_ms) < now_ms then
     gone[#gone + 1] = owner
+    if process and owner ~= ARGV[1] then
+      told[process] = true
+    end
   elseif not next_owner or tonumber(arrived) < next_arrived then
-    next_owner, next_arrived, next_lease = owner, tonumber(arrived), lease
+    next_owner, next_arrived, next_lease, next_process = owner, tonumber(arrived), lease, process
+  end
+end
+local to = {}
+if next_owner then
+  to[1] = channel_of(next_process)
+else
+  for process in pairs(told) do
+    to[#to + 1] = channel_of(process)
+  end
+end
+if redis.acl_check_cmd then
+  for _, channel in ipairs(to) do
+    if not redis.acl_check_cmd('PUBLISH', channel, 'r') then
+      return redis.error_reply('NOPERM this user may not PUBLISH on ' .. channel .. ', where dlock hands locks over')
+    end
   end
 end
 if #gone > 0 then
@@ -167,11 +185,15 @@ if next_owner then
   local token = math.max(tonumber(string.sub(held, 1, sep - 1)) + 1, now_us)
   redis.call('SET', KEYS[1], string.format('%d', token) .. ':' .. next_owner, 'PX', next_lease)
   redis.call('HDEL', KEYS[2], next_owner)
-  redis.call('PUBLISH', channel, string.format('g:%d:%s', token, next_owner))
+  redis.call('PUBLISH', to[1], string.format('g:%d:%s', token, next_owner))
   return 2
 end
 redis.call('DEL', KEYS[1])
-if redis.call('PUBLISH', channel, 'r') > 0 then
+local heard = 0
+for _, channel in ipairs(to) do
+  heard = heard + redis.call('PUBLISH', channel, 'r')
+end
+if heard > 0 then
   return 2
 end
 return 1
