@@ -24,8 +24,10 @@ use super::error::{call_error, classify, connect_error, late};
 use crate::backend::{BackendError, BackendErrorKind};
 use crate::id_hash::IdMap;
 
-/// TCP settings for every connection: no Nagle delay, keepalive probes after 5 s of silence,
-/// and the kernel gives up on data unacknowledged for `user_timeout`.
+/// TCP settings for every connection: keepalive probes after 5 s of silence, and the kernel
+/// gives up on data unacknowledged for `user_timeout`. (Nagle stays on, as redis-rs leaves it:
+/// with many tasks on one multiplexed connection it coalesces their commands into fewer
+/// packets, which measured cheaper for Redis than `TCP_NODELAY`.)
 pub(super) fn tcp_settings(user_timeout: Duration) -> TcpSettings {
     let keepalive = TcpKeepalive::new()
         .with_time(Duration::from_secs(5))
