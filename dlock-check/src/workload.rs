@@ -170,7 +170,9 @@ async fn attribute_section(key: &str, section: &Section<'_>) -> Result<(), dlock
     Ok(())
 }
 
-/// The manual API, as its documentation shows it: stop the work when the guard is lost.
+/// The manual API, as its documentation shows it: race the work against `guard.lost()`,
+/// `biased` with the loss first, so the work is never resumed once the lease has ended (a
+/// process frozen past its lease, say, sees the loss before its body's timer).
 async fn manual_section(service: &LockService, section: &Section<'_>) -> Outcome {
     let workload = &section.ctx.workload;
     let guard = match service.lock(section.key).ttl(workload.ttl).wait(workload.wait).await {
@@ -179,8 +181,9 @@ async fn manual_section(service: &LockService, section: &Section<'_>) -> Outcome
     };
     let token = guard.fencing_token();
     let lost = tokio::select! {
-        () = section.body(token) => None,
+        biased;
         reason = guard.lost() => Some(reason),
+        () = section.body(token) => None,
     };
     match lost {
         None => match guard.release().await {
