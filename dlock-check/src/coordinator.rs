@@ -410,6 +410,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
                 killed_workers: Vec::new(),
                 note: None,
                 skipped: Some(reason.clone()),
+                data_lost: None,
             });
             continue;
         }

@@ -94,7 +94,7 @@ fn file_safe(key: &str) -> String {
     key.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
-const HEADERS: [&str; 15] = [
+const HEADERS: [&str; 16] = [
     "fault",
     "window s",
     "sections",
@@ -105,6 +105,7 @@ const HEADERS: [&str; 15] = [
     "overlaps",
     "lost-before-deadline",
     "frozen-holder",
+    "lost-with-server-data",
     "token-regressions",
     "fenced-lost",
     "fenced-rejected",
@@ -143,6 +144,7 @@ fn cells(row: &Row) -> Vec<String> {
         row.overlaps.to_string(),
         row.lost_before_deadline.to_string(),
         row.frozen_holders.to_string(),
+        row.lost_with_server_data.to_string(),
         row.token_regressions.to_string(),
         row.fenced_lost_updates.to_string(),
         row.fenced_rejected.to_string(),
