@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::backends::Plant;
-use crate::redis_url::redact;
+use crate::redis_url::{proxied_server, redact};
 use crate::schedule::{FaultKind, FaultSpec};
 use crate::servers::ServerKind;
 use crate::workload::Workload;
@@ -21,19 +21,21 @@ pub enum BackendChoice {
     Memory,
     /// A server the checker starts (and may fault): today a private `redis-server`.
     Managed(ServerKind),
-    /// A Redis the user runs: only faults on the workers' side apply.
+    /// A backend the user runs, reached through `dlock::connect(url)`: only faults on the
+    /// workers' side apply.
     Url(String),
 }
 
 impl BackendChoice {
-    /// `memory`, `redis` (a private server) or a `redis://` URL.
+    /// `memory` (or `memory:`), `redis` (a private server), or a URL `dlock::connect` knows
+    /// (`redis://…`, and whatever schemes it adds: `redis-cluster://…`, `postgres://…`).
     pub fn parse(text: &str) -> Result<Self, String> {
         match text {
-            "memory" => Ok(Self::Memory),
+            "memory" | "memory:" => Ok(Self::Memory),
             "redis" => Ok(Self::Managed(ServerKind::Redis)),
-            url if url.starts_with("redis://") => Ok(Self::Url(url.to_owned())),
+            url if url.contains("://") => Ok(Self::Url(url.to_owned())),
             other => Err(format!(
-                "`{other}`: expected `memory`, `redis` (a private redis-server the checker starts and can fault) or a redis:// URL (a server you run: worker-side faults only)"
+                "`{other}`: expected `memory`, `redis` (a private redis-server the checker starts and can fault) or a backend URL for dlock::connect, e.g. redis://127.0.0.1:6379 (a server you run: worker-side faults only)"
             )),
         }
     }
@@ -98,13 +100,18 @@ pub fn skip_reason(config: &RunConfig, kind: FaultKind, netns: &Result<(), Strin
     {
         return Some("the in-process backend has no worker processes, server or connections to fault".into());
     }
-    if let BackendChoice::Url(url) = &config.backend
-        && kind.needs_own_server()
-    {
-        return Some(format!(
-            "{} was not started by dlock-check, which faults only servers it started: use `--backend redis` (a private redis-server)",
-            redact(url)
-        ));
+    if let BackendChoice::Url(url) = &config.backend {
+        if kind.needs_own_server() {
+            return Some(format!(
+                "{} was not started by dlock-check, which faults only servers it started: use `--backend redis` (a private redis-server)",
+                redact(url)
+            ));
+        }
+        if kind.needs_proxy() || kind == FaultKind::Partition {
+            if let Err(why) = proxied_server(url) {
+                return Some(why);
+            }
+        }
     }
     if kind == FaultKind::Partition
         && let Err(why) = netns
