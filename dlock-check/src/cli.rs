@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::backends::Plant;
-use crate::config::{BackendChoice, RunConfig};
+use crate::config::{BackendChoice, RunConfig, default_call_timeout};
 use crate::schedule::{FaultKind, FaultSpec};
 use crate::workload::{ModeChoice, Workload};
 
@@ -122,9 +122,10 @@ pub struct CheckArgs {
     #[arg(long, value_enum)]
     pub plant: Option<Plant>,
 
-    /// The bound on every backend call (dlock's default: 2 s).
-    #[arg(long, default_value = "2s", value_parser = duration)]
-    pub call_timeout: Duration,
+    /// The bound on every backend call [default: min(2 s, ttl / 2)]: a silent connection
+    /// costs one call timeout before it is replaced, so it must be well under the ttl.
+    #[arg(long, value_parser = duration)]
+    pub call_timeout: Option<Duration>,
 
     /// Where the history and the report go [default: target/dlock-check/run-UNIXTIME].
     #[arg(long)]
@@ -159,6 +160,10 @@ impl CheckArgs {
             return Err(format!("--ttl {:?} is under dlock's minimum of {:?}", self.ttl, dlock::MIN_TTL));
         }
         let recovery_bound = self.recovery_bound.unwrap_or(self.ttl + Duration::from_secs(1));
+        let call_timeout = self.call_timeout.unwrap_or_else(|| default_call_timeout(self.ttl));
+        if call_timeout.is_zero() {
+            return Err("--call-timeout 0 would fail every backend call".into());
+        }
         let out_dir = self.out.clone().unwrap_or_else(|| {
             let secs =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -190,7 +195,7 @@ impl CheckArgs {
             latency: self.latency,
             recovery_bound,
             plant: self.plant,
-            call_timeout: self.call_timeout,
+            call_timeout,
             out_dir,
             worker_exe,
             verbose: !self.quiet,

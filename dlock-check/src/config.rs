@@ -89,6 +89,18 @@ pub struct RunConfig {
     pub verbose: bool,
 }
 
+/// The bound on every backend call when `--call-timeout` is not given: `min(2 s, ttl / 2)`.
+///
+/// A connection that goes silent without closing costs one call timeout before dlock replaces
+/// it, by design. With half the ttl, a renewal sent at ttl/3 on a silent connection gives up
+/// at 5/6 of the ttl, and the one sent on the new connection can still be confirmed before the
+/// lease ends; and every key is free again within ttl + 1 s of the connection going silent.
+/// dlock's own default (2 s) suits its default ttl (30 s); a ttl shorter than the call timeout
+/// is a misconfiguration (a silent connection then outlasts every lease).
+pub fn default_call_timeout(ttl: Duration) -> Duration {
+    (ttl / 2).min(Duration::from_secs(2))
+}
+
 /// The faults that cannot be applied to this run, and why.
 pub fn skip_reason(config: &RunConfig, kind: FaultKind, netns: &Result<(), String>) -> Option<String> {
     let in_process = config.backend.in_process();

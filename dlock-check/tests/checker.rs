@@ -56,7 +56,7 @@ fn rand_seed() -> u64 {
 
 async fn check(config: RunConfig) -> Analysis {
     let checked = dlock_check::check(config).await.unwrap_or_else(|err| panic!("the run failed: {err:#}"));
-    eprintln!("{}", dlock_check::report::text_report(&checked.analysis));
+    eprintln!("{}", dlock_check::report::text_report(&checked.config, &checked.analysis));
     assert!(checked.analysis.valid, "the history is unreliable: {:?}", checked.analysis.notes);
     checked.analysis
 }
