@@ -152,8 +152,8 @@ pub enum KeyForcer {
     Redis {
         /// The server.
         client: redis::Client,
-        /// The connection, once made.
-        conn: Arc<tokio::sync::OnceCell<redis::aio::MultiplexedConnection>>,
+        /// The connection, once made (and until it breaks).
+        conn: Arc<tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
         /// The bound on connecting and on the command.
         call_timeout: Duration,
     },
@@ -200,33 +200,46 @@ impl KeyForcer {
         )
     }
 
+    /// The connection, made now if there is none (or the last one broke).
     async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, String> {
         let Self::Redis { client, conn, call_timeout } = self else {
             return Err("not a Redis backend".into());
         };
-        let connect = async {
-            tokio::time::timeout(*call_timeout, client.get_multiplexed_async_connection())
-                .await
-                .map_err(|_| "connecting for DEL timed out".to_owned())?
-                .map_err(|err| format!("connecting for DEL: {err}"))
-        };
-        Ok(conn.get_or_try_init(|| connect).await?.clone())
+        let mut conn = conn.lock().await;
+        if let Some(conn) = conn.as_ref() {
+            return Ok(conn.clone());
+        }
+        let made = tokio::time::timeout(*call_timeout, client.get_multiplexed_async_connection())
+            .await
+            .map_err(|_| "connecting for DEL timed out".to_owned())?
+            .map_err(|err| format!("connecting for DEL: {err}"))?;
+        Ok(conn.insert(made).clone())
     }
 
-    /// Delete `full_key` (prefix included); `Ok(true)` if it existed.
+    /// Delete `full_key` (prefix included); `Ok(true)` if it existed. A connection that broke
+    /// (the server was restarted since the last delete) is replaced once.
     pub async fn delete(&self, full_key: &str) -> Result<bool, String> {
         match self {
             Self::Memory(memory) => Ok(memory.force_expire(full_key)),
-            Self::Redis { call_timeout, .. } => {
-                let mut conn = self.connection().await?;
-                let deleted = tokio::time::timeout(
-                    *call_timeout,
-                    redis::cmd("DEL").arg(full_key).query_async::<i64>(&mut conn),
-                )
-                .await
-                .map_err(|_| format!("DEL {full_key} timed out"))?
-                .map_err(|err| format!("DEL {full_key}: {err}"))?;
-                Ok(deleted > 0)
+            Self::Redis { call_timeout, conn: shared, .. } => {
+                let mut last = String::new();
+                for _ in 0..2 {
+                    let mut conn = self.connection().await?;
+                    let answer = tokio::time::timeout(
+                        *call_timeout,
+                        redis::cmd("DEL").arg(full_key).query_async::<i64>(&mut conn),
+                    )
+                    .await
+                    .map_err(|_| format!("DEL {full_key} timed out"))?;
+                    match answer {
+                        Ok(deleted) => return Ok(deleted > 0),
+                        Err(err) => {
+                            last = format!("DEL {full_key}: {err}");
+                            shared.lock().await.take();
+                        }
+                    }
+                }
+                Err(last)
             }
             Self::Unsupported { .. } => Err(self.unsupported()),
         }
