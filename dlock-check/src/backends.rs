@@ -1,5 +1,6 @@
 //! Everything that touches dlock's backend-author API (`dlock::backend`), in one place: the
-//! backend for a URL, the recording wrapper that logs every backend call, and the planted bugs.
+//! backend for a URL, the recording wrapper that logs every backend call, and the planted bugs
+//! (all in the backend but `body-before-lease`, which the manual-API tasks plant on themselves).
 
 use std::fmt;
 use std::sync::Arc;
@@ -28,6 +29,11 @@ pub enum Plant {
     /// `renew` answers "still yours" without asking the store, so a holder whose lease ended
     /// in the store keeps running.
     TrustExpiredLease,
+    /// Not in the backend but in the manual-API tasks: they race the work against
+    /// `guard.lost()` biased the wrong way, the body first — what `#[distributed_lock]` did
+    /// before dlock fixed it. A process frozen past its lease (`pause-worker`) then runs the
+    /// body on to its next write when it resumes.
+    BodyBeforeLease,
 }
 
 impl fmt::Display for Plant {
@@ -35,6 +41,7 @@ impl fmt::Display for Plant {
         f.write_str(match self {
             Self::ReleaseWithoutOwnerCheck => "release-without-owner-check",
             Self::TrustExpiredLease => "trust-expired-lease",
+            Self::BodyBeforeLease => "body-before-lease",
         })
     }
 }
@@ -250,7 +257,7 @@ impl KeyForcer {
 /// through a recorder that writes every call (and every hand-off notice) to `recorder`.
 pub fn instrument(real: &Connected, plant: Option<Plant>, recorder: Arc<Recorder>) -> Arc<dyn LockBackend> {
     let inner: Arc<dyn LockBackend> = match plant {
-        None => Arc::clone(&real.backend),
+        None | Some(Plant::BodyBeforeLease) => Arc::clone(&real.backend),
         Some(plant) => {
             Arc::new(Planted { inner: Arc::clone(&real.backend), forcer: real.forcer.clone(), plant })
         }
@@ -308,7 +315,7 @@ impl LockBackend for Planted {
                 self.release_anyway(key, outcome.was_held).await?;
                 Ok(ReleaseOutcome::new(true).with_others_waiting(outcome.others_waiting))
             }),
-            Plant::TrustExpiredLease => self.inner.release(key, owner),
+            Plant::TrustExpiredLease | Plant::BodyBeforeLease => self.inner.release(key, owner),
         }
     }
 
@@ -320,7 +327,7 @@ impl LockBackend for Planted {
     ) -> BoxFuture<'a, Result<bool, BackendError>> {
         match self.plant {
             Plant::TrustExpiredLease => Box::pin(async { Ok(true) }),
-            Plant::ReleaseWithoutOwnerCheck => self.inner.renew(key, owner, ttl),
+            Plant::ReleaseWithoutOwnerCheck | Plant::BodyBeforeLease => self.inner.renew(key, owner, ttl),
         }
     }
 

@@ -118,7 +118,8 @@ pub struct CheckArgs {
     #[arg(long, value_parser = duration)]
     pub recovery_bound: Option<Duration>,
 
-    /// Plant a bug into the backend, to see the checker catch it.
+    /// Plant a bug, to see the checker catch it: into the backend (release-without-owner-check,
+    /// trust-expired-lease) or the manual-API tasks (body-before-lease).
     #[arg(long, value_enum)]
     pub plant: Option<Plant>,
 
@@ -170,6 +171,12 @@ impl CheckArgs {
             PathBuf::from(format!("target/dlock-check/run-{secs}"))
         });
         let faults = if self.no_faults { Vec::new() } else { self.faults.clone() };
+        if self.plant == Some(Plant::BodyBeforeLease) && self.mode == ModeChoice::Attribute {
+            return Err(format!(
+                "--plant {} is planted into the manual-API tasks: use --mode manual or mixed",
+                Plant::BodyBeforeLease
+            ));
+        }
         if faults.iter().any(|f| f.kind == FaultKind::Latency && f.delay.is_some_and(|d| d.is_zero())) {
             return Err("a latency of 0 adds nothing".into());
         }

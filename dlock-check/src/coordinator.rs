@@ -195,6 +195,7 @@ impl Lab {
                     service_name: spec.service_name(),
                     registers: registers.clone(),
                     recorder: Arc::clone(&recorder),
+                    body_before_lease: self.config.plant == Some(Plant::BodyBeforeLease),
                 };
                 let (stop, stopped) = watch::channel(false);
                 let task = tokio::spawn(async move {

@@ -132,6 +132,7 @@ async fn run_process(spec: &WorkerSpec) -> anyhow::Result<()> {
         service_name: spec.service_name(),
         registers,
         recorder: Arc::clone(&recorder),
+        body_before_lease: spec.plant == Some(Plant::BodyBeforeLease),
     };
     workload::run(ctx, stop).await?;
     recorder.record(&Event::Bye { complete: recorder.complete(), at: Stamp::now() });

@@ -70,6 +70,8 @@ pub struct WorkerContext {
     pub registers: Registers,
     /// Its history.
     pub recorder: Arc<Recorder>,
+    /// The planted bug `body-before-lease`: manual-API tasks poll the body before the loss.
+    pub body_before_lease: bool,
 }
 
 /// Run the worker's tasks until `stop` turns true; each task finishes the call it is in.
@@ -180,10 +182,19 @@ async fn manual_section(service: &LockService, section: &Section<'_>) -> Outcome
         Err(err) => return outcome_of(&err),
     };
     let token = guard.fencing_token();
-    let lost = tokio::select! {
-        biased;
-        reason = guard.lost() => Some(reason),
-        () = section.body(token) => None,
+    let lost = if section.ctx.body_before_lease {
+        // The planted bug: the body first.
+        tokio::select! {
+            biased;
+            () = section.body(token) => None,
+            reason = guard.lost() => Some(reason),
+        }
+    } else {
+        tokio::select! {
+            biased;
+            reason = guard.lost() => Some(reason),
+            () = section.body(token) => None,
+        }
     };
     match lost {
         None => match guard.release().await {

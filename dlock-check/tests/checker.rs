@@ -167,3 +167,25 @@ async fn a_release_without_owner_check_is_caught() {
         check(contended("release-without-owner-check", Some(Plant::ReleaseWithoutOwnerCheck))).await;
     assert!(overlaps(&planted) > 0, "no overlap found: {:#?}", planted.total);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_polled_before_its_lease_is_caught() {
+    let _turn = SERIAL.lock().await;
+    // The manual-API tasks race their work against `guard.lost()` with the body first (what
+    // the attribute did before dlock fixed it); a worker frozen past its lease in a long
+    // section then sends its write when it resumes. The short schedule above is the control:
+    // the same pauses, the loss first, no violation.
+    let mut config = config("body-before-lease", BackendChoice::Managed(ServerKind::Redis));
+    config.baseline = Duration::from_secs(1);
+    config.workload.mode = ModeChoice::Manual;
+    config.plant = Some(Plant::BodyBeforeLease);
+    config.faults = vec![FaultSpec { kind: FaultKind::PauseWorker, duration: None, delay: None }; 2];
+    let analysis = check(config).await;
+    assert!(overlaps(&analysis) > 0, "no overlap found: {:#?}", analysis.rows);
+    assert!(
+        analysis.violations.iter().any(|v| v.detail.contains("acted again after its lease ended")),
+        "the frozen holder's write after its lease is not what was found: {:#?}",
+        analysis.violations
+    );
+    assert_eq!(analysis.total.fenced_lost_updates, 0, "the fenced register refuses the late write");
+}
