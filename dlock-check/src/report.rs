@@ -82,7 +82,7 @@ pub fn write(
     std::fs::write(&text, text_report(config, analysis))
         .with_context(|| format!("writing {}", text.display()))?;
     let markdown = out_dir.join("report.md");
-    let md = format!("{}\n{}", setup(config).join("  \n"), markdown_table(analysis));
+    let md = format!("{}\n\n{}", setup(config).join("  \n"), markdown_table(analysis));
     std::fs::write(&markdown, md).with_context(|| format!("writing {}", markdown.display()))?;
     let mut timelines = Vec::new();
     for key in &history.keys {
