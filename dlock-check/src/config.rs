@@ -119,10 +119,10 @@ pub fn skip_reason(config: &RunConfig, kind: FaultKind, netns: &Result<(), Strin
                 redact(url)
             ));
         }
-        if kind.needs_proxy() || kind == FaultKind::Partition {
-            if let Err(why) = proxied_server(url) {
-                return Some(why);
-            }
+        if (kind.needs_proxy() || kind == FaultKind::Partition)
+            && let Err(why) = proxied_server(url)
+        {
+            return Some(why);
         }
     }
     if kind == FaultKind::Partition
@@ -131,4 +131,72 @@ pub fn skip_reason(config: &RunConfig, kind: FaultKind, netns: &Result<(), Strin
         return Some(format!("network namespaces are not available here ({why})"));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::ModeChoice;
+
+    fn config(backend: &str) -> RunConfig {
+        RunConfig {
+            backend: BackendChoice::parse(backend).unwrap(),
+            workers: 1,
+            workload: Workload {
+                tasks: 1,
+                keys: vec!["k".into()],
+                mode: ModeChoice::Mixed,
+                ttl: Duration::from_secs(1),
+                wait: Duration::from_secs(1),
+                think_min: Duration::ZERO,
+                think_max: Duration::ZERO,
+                long_every: 0,
+                long_think: Duration::ZERO,
+                seed: 0,
+            },
+            faults: Vec::new(),
+            baseline: Duration::ZERO,
+            settle: Duration::ZERO,
+            fault_duration: Duration::ZERO,
+            latency: Duration::ZERO,
+            recovery_bound: Duration::ZERO,
+            plant: None,
+            call_timeout: default_call_timeout(Duration::from_secs(1)),
+            out_dir: PathBuf::new(),
+            worker_exe: PathBuf::new(),
+            verbose: false,
+        }
+    }
+
+    fn skipped(backend: &str, kind: FaultKind) -> Option<String> {
+        skip_reason(&config(backend), kind, &Ok(()))
+    }
+
+    #[test]
+    fn backends_parse_and_a_url_gets_the_faults_the_checker_can_apply_to_it() {
+        assert_eq!(BackendChoice::parse("memory:").unwrap(), BackendChoice::Memory);
+        assert_eq!(BackendChoice::parse("redis").unwrap(), BackendChoice::Managed(ServerKind::Redis));
+        assert!(BackendChoice::parse("redis-cluster").is_err(), "a word that is no URL");
+        // A private server: everything.
+        assert!(FaultKind::ALL.iter().all(|&kind| skipped("redis", kind).is_none()));
+        // A server somebody else runs: never its server, but the proxy's faults.
+        assert!(
+            skipped("redis://:pw@127.0.0.1:6390", FaultKind::RestartServer).unwrap().contains("not started")
+        );
+        assert!(!skipped("redis://:pw@127.0.0.1:6390", FaultKind::RestartServer).unwrap().contains("pw"));
+        assert_eq!(skipped("redis://127.0.0.1:6390", FaultKind::Blackhole), None);
+        assert_eq!(skipped("postgres://127.0.0.1/db", FaultKind::Latency), None);
+        // Several servers: no proxy in front of them; the workers' own faults still apply.
+        let cluster = "redis-cluster://127.0.0.1:7000,127.0.0.1:7001";
+        for kind in [FaultKind::Blackhole, FaultKind::Latency, FaultKind::Partition] {
+            assert!(skipped(cluster, kind).is_some_and(|why| why.contains("several servers")), "{kind}");
+        }
+        assert_eq!(skipped(cluster, FaultKind::PauseWorker), None);
+    }
+
+    #[test]
+    fn the_call_timeout_is_half_the_ttl_up_to_two_seconds() {
+        assert_eq!(default_call_timeout(Duration::from_millis(400)), Duration::from_millis(200));
+        assert_eq!(default_call_timeout(Duration::from_secs(30)), Duration::from_secs(2));
+    }
 }
