@@ -9,6 +9,9 @@
 //! cargo run --example payments                 # Redis at $REDIS_URL (default redis://127.0.0.1:6379)
 //!                                              # if reachable, else the in-process backend
 //! cargo run --example payments -- --workers 4  # how many processes pay at once (Redis only)
+//! DLOCK_BACKEND=postgres://postgres@127.0.0.1/test cargo run --example payments
+//!                                              # the locks on PostgreSQL (the ledger stays in
+//!                                              # Redis, or in the process without it)
 //! ```
 //!
 //! It runs the scenario without the lock, then with it, first as tasks in this process and
@@ -230,7 +233,7 @@ async fn worker(
     locked: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let backend = dlock::RedisBackend::connect(url).await?;
-    dlock::set_global(dlock::LockService::builder(backend).key_prefix("payments-demo:").build())?;
+    dlock::set_global(lock_service(Some(backend)).await?)?;
     let client = redis::Client::open(url)?;
     let ledger = Ledger::Redis { conn: client.get_connection_manager().await?, key: key.to_owned() };
     tokio::time::sleep(Duration::from_millis(u64::try_from(start_at.saturating_sub(now_millis()))?)).await;
@@ -242,6 +245,18 @@ async fn worker(
 
 fn now_millis() -> u128 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis())
+}
+
+/// The lock service of every process: on the backend `DLOCK_BACKEND` names (any URL
+/// `dlock::connect` takes: `redis://…`, `postgres://…`, …), else on `redis` (or in the
+/// process, without Redis).
+async fn lock_service(redis: Option<dlock::RedisBackend>) -> Result<dlock::LockService, dlock::Error> {
+    let builder = match (std::env::var("DLOCK_BACKEND"), redis) {
+        (Ok(url), _) if !url.is_empty() => dlock::LockService::builder_from_arc(dlock::connect(&url).await?),
+        (_, Some(redis)) => dlock::LockService::builder(redis),
+        (_, None) => dlock::LockService::builder(dlock::MemoryBackend::new()),
+    };
+    Ok(builder.key_prefix("payments-demo:").build())
 }
 
 /// The Redis to use, if one answers.
@@ -289,15 +304,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let run_id = format!("{:x}", now_millis());
     let (ledger, redis) = match connect_redis(&url).await {
         Some((backend, conn)) => {
-            println!("Using Redis at {url}: the lock and the ledger are shared by every process.\n");
-            dlock::set_global(dlock::LockService::builder(backend).key_prefix("payments-demo:").build())?;
+            let service = lock_service(Some(backend)).await?;
+            println!(
+                "Using Redis at {url} for the ledger and {} for the lock, shared by every process.\n",
+                service.backend().name()
+            );
+            dlock::set_global(service)?;
             (Ledger::Redis { conn, key: format!("payments-demo:{run_id}:orders") }, true)
         }
         None => {
             println!(
                 "Using the in-process backend (set REDIS_URL or start Redis to see several processes).\n"
             );
-            dlock::set_global(dlock::LockService::new(dlock::MemoryBackend::new()))?;
+            dlock::set_global(lock_service(None).await?)?;
             (Ledger::Memory(Arc::default()), false)
         }
     };

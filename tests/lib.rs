@@ -30,6 +30,7 @@ pub mod support {
     pub mod redis_store;
     pub mod server;
     pub mod store;
+    pub mod text;
 }
 
 pub use support::faulty::{Call, Fault, FaultyBackend, Op, Rule};
@@ -42,3 +43,4 @@ pub use support::redis::{
 pub use support::redis_store::{RedisStore, lock_value};
 pub use support::server::{RedisServer, free_port};
 pub use support::store::{Features, Store};
+pub use support::text::chain;

@@ -16,7 +16,7 @@ use dlock::backend::BackendErrorKind;
 use dlock::{Error, LockService, LostReason, RedisBackend};
 use dlock_tests::support::process::{say, worker_job};
 use dlock_tests::{
-    FaultyBackend, MARGIN, Op, RedisServer, RedisStore, Store, Worker, connect_redis_with, free_port,
+    FaultyBackend, MARGIN, Op, RedisServer, RedisStore, Store, Worker, chain, connect_redis_with, free_port,
     inspector, poll_until, redis_cmd, shared_redis_url,
 };
 
@@ -28,18 +28,6 @@ dlock_tests::conformance_suite!(redis_store);
 
 /// The call timeout of the failure tests: every Redis call must give up within it.
 const CALL_TIMEOUT: Duration = Duration::from_millis(300);
-
-/// The error and its causes, as `{:#}` prints them with anyhow: `top: cause: cause`.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
 
 fn expect_backend_error(
     result: Result<impl std::fmt::Debug, Error>,

@@ -8,6 +8,7 @@
 
 mod handoff;
 mod lockers;
+mod postgres;
 mod report;
 mod scenarios;
 mod stats;
@@ -27,12 +28,15 @@ use crate::report::{Meta, Report};
 const USAGE: &str = "\
 dlock-bench: dlock against rslock and the raw Redis floor, all on one Redis.
 
-usage: dlock-bench [--redis URL] [--quick] [--only SCENARIO,...] [--secs S] [--rounds N] [--memory-keys N] [--out DIR]
+usage: dlock-bench [--redis URL] [--postgres URL] [--quick] [--only SCENARIO,...] [--secs S] [--rounds N] [--memory-keys N] [--out DIR]
        dlock-bench [--redis URL] --cycles CONTENDER N
 
   --redis URL          Redis to use (default redis://127.0.0.1:6379); keys are prefixed per run
+  --postgres URL       also run the `postgres` group: dlock's PostgreSQL backend beside a raw SQL
+                       floor on that server (in a schema of its own, dropped at the end)
   --quick              a short run (about a minute)
-  --only LIST          some of: uncontended,contended,handoff,many_keys,memory_backend,client_memory
+  --only LIST          some of: uncontended,contended,handoff,many_keys,memory_backend,client_memory,
+                       postgres (`--only postgres` needs no Redis)
   --secs S             time per contender in each timed scenario (default 5, --quick 2)
   --rounds N           split each scenario into N rounds, contenders interleaved (default 5, --quick 2)
   --memory-keys N      keys for the client-memory scenario (default 1000000, --quick 100000)
@@ -42,12 +46,16 @@ usage: dlock-bench [--redis URL] [--quick] [--only SCENARIO,...] [--secs S] [--r
                        counting instructions under `valgrind --tool=callgrind` (see README)
 ";
 
-const SCENARIOS: [&str; 6] =
-    ["uncontended", "contended", "handoff", "many_keys", "memory_backend", "client_memory"];
+const SCENARIOS: [&str; 7] =
+    ["uncontended", "contended", "handoff", "many_keys", "memory_backend", "client_memory", "postgres"];
+
+/// The PostgreSQL of `--only postgres` without `--postgres`.
+const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 #[derive(Debug)]
 struct Config {
     redis: String,
+    postgres: Option<String>,
     quick: bool,
     only: Vec<String>,
     secs: Option<f64>,
@@ -66,8 +74,9 @@ fn parse_args() -> std::result::Result<Mode, String> {
     let mut args = std::env::args().skip(1);
     let mut cfg = Config {
         redis: "redis://127.0.0.1:6379".into(),
+        postgres: None,
         quick: false,
-        only: SCENARIOS.iter().map(|s| (*s).to_owned()).collect(),
+        only: SCENARIOS.iter().filter(|s| **s != "postgres").map(|s| (*s).to_owned()).collect(),
         secs: None,
         rounds: None,
         memory_keys: None,
@@ -83,6 +92,7 @@ fn parse_args() -> std::result::Result<Mode, String> {
             "--child" => child = true,
             "--help" | "-h" => return Err(USAGE.to_owned()),
             "--redis" => cfg.redis = value("--redis")?,
+            "--postgres" => cfg.postgres = Some(value("--postgres")?),
             "--only" => {
                 let list = value("--only")?;
                 cfg.only = list.split(',').map(|s| s.trim().to_owned()).collect();
@@ -117,6 +127,9 @@ fn parse_args() -> std::result::Result<Mode, String> {
     }
     if let Some((contender, cycles)) = cycles {
         return Ok(Mode::Cycles { redis: cfg.redis, contender, cycles });
+    }
+    if cfg.postgres.is_some() && !cfg.only.iter().any(|s| s == "postgres") {
+        cfg.only.push("postgres".to_owned());
     }
     if !child {
         return Ok(Mode::Bench(cfg));
@@ -212,6 +225,14 @@ async fn bench(cfg: Config) -> Result<()> {
     let began = Instant::now();
     let wants = |s: &str| cfg.only.iter().any(|o| o == s);
     let secs = Duration::from_secs_f64(cfg.secs.unwrap_or(if cfg.quick { 2.0 } else { 5.0 }));
+    if wants("postgres") {
+        let url = cfg.postgres.as_deref().unwrap_or(DEFAULT_POSTGRES);
+        let rounds = cfg.rounds.unwrap_or(if cfg.quick { 2 } else { 5 });
+        postgres::run(url, cfg.quick, secs, rounds, &cfg.out).await?;
+        if cfg.only.len() == 1 {
+            return Ok(());
+        }
+    }
     let prefix = format!("dlockbench:{}:{}:", std::process::id(), unix_nanos() / 1_000_000);
     let lk = Arc::new(Lockers::connect(&cfg.redis, &prefix).await?);
     dlock::register("bench", lk.dlock.clone())?;

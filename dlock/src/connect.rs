@@ -12,6 +12,7 @@ use crate::error::Error;
 /// |---|---|
 /// | `memory:` | [`MemoryBackend`]: in this process only (tests, one instance) |
 /// | `redis://`, `rediss://` | [`RedisBackend`](crate::RedisBackend) (feature `redis`; `rediss` needs `tls`) |
+/// | `postgres://`, `postgresql://` | [`PostgresBackend`](crate::PostgresBackend) (feature `postgres`) |
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
@@ -30,6 +31,8 @@ pub async fn connect(url: &str) -> Result<Arc<dyn LockBackend>, Error> {
         "memory" => Ok(Arc::new(MemoryBackend::new())),
         #[cfg(feature = "redis")]
         "redis" | "rediss" => Ok(Arc::new(crate::RedisBackend::connect(url).await?)),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Ok(Arc::new(crate::PostgresBackend::connect(url).await?)),
         _ => Err(Error::InvalidInput {
             what: "backend URL",
             reason: format!(
@@ -46,6 +49,9 @@ fn supported() -> Vec<&'static str> {
     let mut schemes = vec!["memory:"];
     if cfg!(feature = "redis") {
         schemes.extend(["redis://", "rediss://"]);
+    }
+    if cfg!(feature = "postgres") {
+        schemes.extend(["postgres://", "postgresql://"]);
     }
     schemes
 }

@@ -112,8 +112,18 @@ impl LockGuard {
         keys.into_iter()
     }
 
-    /// The first key as the backend sees it (prefix included): what errors name.
-    pub(crate) fn full_key(&self) -> &str {
+    /// The (first) key as the backend stores it, the service's prefix included: what errors
+    /// name, and what a fenced write inside the backend checks (e.g.
+    /// `PostgresBackend::check_fence`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let service = dlock::LockService::builder(dlock::MemoryBackend::new()).key_prefix("app:").build();
+    /// let guard = service.lock("account:7").await?;
+    /// assert_eq!(guard.full_key(), "app:account:7");
+    /// # Ok(()) }
+    /// ```
+    pub fn full_key(&self) -> &str {
         let held = self.held.iter().map(|h| h.key.as_str());
         held.chain(self.reentered.iter().map(|f| f.key.as_str())).min().unwrap_or_default()
     }

@@ -89,6 +89,9 @@ mod time;
 #[cfg(feature = "redis")]
 mod redis;
 
+#[cfg(feature = "postgres")]
+mod postgres;
+
 pub use backend::{LockBackend, MemoryBackend};
 pub use connect::connect;
 pub use context::{fencing_token, fencing_token_for};
@@ -101,6 +104,15 @@ pub use service::{LockService, LockServiceBuilder};
 
 #[cfg(feature = "redis")]
 pub use crate::redis::{RedisBackend, RedisBackendBuilder};
+
+#[cfg(feature = "postgres")]
+pub use crate::postgres::{PostgresBackend, PostgresBackendBuilder};
+
+/// The `tokio-postgres` dlock's PostgreSQL backend is built on, for
+/// [`PostgresBackend::check_fence`] in an application's own transactions.
+#[cfg(feature = "postgres")]
+#[doc(no_inline)]
+pub use tokio_postgres;
 
 #[cfg(feature = "macros")]
 #[doc(inline)]

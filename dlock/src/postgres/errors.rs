@@ -1,0 +1,184 @@
+//! What a failed PostgreSQL call means: a [`BackendErrorKind`] for the service, and a message
+//! that names the server (password masked), what failed and what to do.
+
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+
+use crate::backend::{BackendError, BackendErrorKind};
+
+/// The SQLSTATE `dlock_check` raises when the lock is not held with the given token.
+pub(super) const NOT_HELD: &str = "DL001";
+
+/// Sort a `tokio_postgres` error into the kinds the service acts on: transient ones
+/// (`Connection`, `Timeout`, `Unavailable`) are ridden out by a waiting request.
+pub(super) fn classify(err: &tokio_postgres::Error) -> BackendErrorKind {
+    if let Some(code) = err.code() {
+        return classify_code(code.code());
+    }
+    if err.is_closed() {
+        return BackendErrorKind::Connection;
+    }
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::TimedOut => BackendErrorKind::Timeout,
+                _ => BackendErrorKind::Connection,
+            };
+        }
+        source = cause.source();
+    }
+    // Client-side authentication failures (a password the server asked for and the URL lacks)
+    // carry no SQLSTATE.
+    let text = err.to_string();
+    if text.contains("password") || text.contains("authentication") {
+        BackendErrorKind::Auth
+    } else {
+        BackendErrorKind::Other
+    }
+}
+
+fn classify_code(code: &str) -> BackendErrorKind {
+    match code {
+        // invalid_authorization_specification, invalid_password
+        "28000" | "28P01" => BackendErrorKind::Auth,
+        // cannot_connect_now (starting up, shutting down, recovering), too_many_connections
+        // and the rest of insufficient_resources, read_only_sql_transaction (a standby),
+        // lock_not_available, serialization_failure, deadlock_detected
+        "57P03" | "25006" | "55P03" | "40001" | "40P01" => BackendErrorKind::Unavailable,
+        c if c.starts_with("53") => BackendErrorKind::Unavailable,
+        // admin_shutdown, crash_shutdown (the server ended this connection), connection_exception
+        "57P01" | "57P02" => BackendErrorKind::Connection,
+        c if c.starts_with("08") => BackendErrorKind::Connection,
+        // query_canceled: a statement_timeout, or the cancel dlock sends after a call timeout
+        "57014" => BackendErrorKind::Timeout,
+        _ => BackendErrorKind::Other,
+    }
+}
+
+/// What to do about an error of this kind (or SQLSTATE), for messages.
+fn remedy(err: &tokio_postgres::Error, kind: BackendErrorKind, schema: &str) -> String {
+    let code = err.code();
+    if code == Some(&SqlState::UNDEFINED_TABLE)
+        || code == Some(&SqlState::INVALID_SCHEMA_NAME)
+        || code == Some(&SqlState::UNDEFINED_FUNCTION)
+        || code == Some(&SqlState::UNDEFINED_OBJECT)
+    {
+        return format!(
+            "dlock's tables in schema `{schema}` are missing (dropped after connecting?); reconnect, which creates them, or run `PostgresBackend::builder(url).migrate()`"
+        );
+    }
+    if code == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
+        return format!(
+            "grant the connecting role USAGE on schema `{schema}`, SELECT, INSERT, UPDATE, DELETE on `{schema}.dlock_locks` and USAGE on `{schema}.dlock_tokens`"
+        );
+    }
+    if code == Some(&SqlState::INVALID_CATALOG_NAME) {
+        return "the database in the URL does not exist; create it or fix the URL".into();
+    }
+    match kind {
+        BackendErrorKind::Auth => {
+            "PostgreSQL refused the credentials; check the user and password in the URL (and pg_hba.conf)".into()
+        }
+        BackendErrorKind::Connection | BackendErrorKind::Timeout => {
+            "is PostgreSQL running and reachable at that address?".into()
+        }
+        BackendErrorKind::Unavailable => {
+            "the server cannot serve right now (starting up, shutting down, out of connections, or a read-only standby); dlock retries while it waits, otherwise try again shortly".into()
+        }
+        _ => "check the URL, the server's log and the connecting role's privileges".into(),
+    }
+}
+
+/// A call that failed with `err`.
+pub(super) fn call_error(url: &str, schema: &str, what: &str, err: tokio_postgres::Error) -> BackendError {
+    let kind = classify(&err);
+    let message =
+        format!("PostgreSQL at {url} failed {what}: {}; {}", detail(&err), remedy(&err, kind, schema));
+    BackendError::with_source(kind, message, err)
+}
+
+/// Connecting (or preparing the schema) failed with `err`.
+pub(super) fn connect_error(url: &str, schema: &str, what: &str, err: tokio_postgres::Error) -> BackendError {
+    let kind = classify(&err);
+    let message = format!("could not {what} at {url}: {}; {}", detail(&err), remedy(&err, kind, schema));
+    BackendError::with_source(kind, message, err)
+}
+
+/// A call that got no answer within `timeout`.
+pub(super) fn timeout_error(url: &str, what: &str, timeout: Duration) -> BackendError {
+    BackendError::new(
+        BackendErrorKind::Timeout,
+        format!(
+            "PostgreSQL at {url} did not answer {what} within {timeout:?}; is it running, reachable and not overloaded? (the statement was cancelled)"
+        ),
+    )
+}
+
+/// The server's own message when there is one (tokio_postgres's `Display` says only "db error").
+fn detail(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{} ({}: {})", db.message(), db.severity(), db.code().code()),
+        None => err.to_string(),
+    }
+}
+
+/// The URL with its password (in the authority or a `password=` parameter) replaced by `***`.
+pub(super) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (before_query, query) = match rest.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (rest, None),
+    };
+    let (authority, path) = match before_query.find('/') {
+        Some(i) => before_query.split_at(i),
+        None => (before_query, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let query = query.map(|query| {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some(("password", _)) => "password=***".to_owned(),
+                _ => param.to_owned(),
+            })
+            .collect();
+        format!("?{}", params.join("&"))
+    });
+    format!("{scheme}://{authority}{path}{}", query.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(redact("postgres://app:hunter2@db:5432/prod"), "postgres://app:***@db:5432/prod");
+        assert_eq!(redact("postgresql://app@db/prod"), "postgresql://app@db/prod");
+        assert_eq!(
+            redact("postgres://db/prod?user=app&password=hunter2&sslmode=disable"),
+            "postgres://db/prod?user=app&password=***&sslmode=disable"
+        );
+        assert_eq!(redact("postgres://a:b@[::1]:5432"), "postgres://a:***@[::1]:5432");
+        assert_eq!(redact("not a url"), "not a url");
+    }
+
+    #[test]
+    fn sqlstates_are_classified() {
+        assert_eq!(classify_code("28P01"), BackendErrorKind::Auth);
+        assert_eq!(classify_code("57P03"), BackendErrorKind::Unavailable);
+        assert_eq!(classify_code("53300"), BackendErrorKind::Unavailable);
+        assert_eq!(classify_code("57P01"), BackendErrorKind::Connection);
+        assert_eq!(classify_code("08006"), BackendErrorKind::Connection);
+        assert_eq!(classify_code("57014"), BackendErrorKind::Timeout);
+        assert_eq!(classify_code("42P01"), BackendErrorKind::Other);
+    }
+}
