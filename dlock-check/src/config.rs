@@ -115,7 +115,7 @@ pub fn skip_reason(config: &RunConfig, kind: FaultKind, netns: &Result<(), Strin
     if let BackendChoice::Url(url) = &config.backend {
         if kind.needs_own_server() {
             return Some(format!(
-                "{} was not started by dlock-check, which faults only servers it started: use `--backend redis` (a private redis-server)",
+                "{} was not started by dlock-check, which faults only servers it started (it can start a private redis-server: `--backend redis`)",
                 redact(url)
             ));
         }

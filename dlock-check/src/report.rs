@@ -220,7 +220,12 @@ pub fn setup(config: &RunConfig) -> Vec<String> {
     } else if let BackendChoice::Url(url) = &config.backend
         && !backends::call_timeout_applies(url)
     {
-        "call timeout: the backend's own default (dlock::connect(url) takes none)".to_owned()
+        let warning = if w.ttl < Duration::from_secs(4) {
+            "; dlock's backends default to 2 s, over half this ttl: a silent connection can outlast a lease, and recovery may exceed the bound"
+        } else {
+            "; dlock's backends default to 2 s"
+        };
+        format!("call timeout: the backend's own default (dlock::connect(url) takes none{warning})")
     } else {
         let source = if config.call_timeout == default_call_timeout(w.ttl) {
             "the default, min(2 s, ttl / 2)"
