@@ -1,11 +1,11 @@
 //! Everything that touches dlock's backend-author API (`dlock::backend`), in one place: the
-//! backend for a URL, the recording wrapper that logs every backend call, and the planted bugs.
+//! backend for a URL, the recording wrapper that logs every backend call, and the planted bugs
+//! (all in the backend but `body-before-lease`, which the manual-API tasks plant on themselves).
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use dlock::RedisBackend;
 use dlock::backend::{
     BackendError, BackendErrorKind, BoxFuture, FullKey, LockBackend, MemoryBackend, ReleaseNotice,
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Stamp;
 use crate::history::{CallKind, CallResult, Event, Recorder};
+use crate::redis_url::redact;
 
 /// The longest first lease of a key handed over by a release (dlock's `HANDOFF_LEASE`).
 pub const HANDOFF_LEASE: Duration = dlock::backend::HANDOFF_LEASE;
@@ -28,6 +29,11 @@ pub enum Plant {
     /// `renew` answers "still yours" without asking the store, so a holder whose lease ended
     /// in the store keeps running.
     TrustExpiredLease,
+    /// Not in the backend but in the manual-API tasks: they race the work against
+    /// `guard.lost()` biased the wrong way, the body first — what `#[distributed_lock]` did
+    /// before dlock fixed it. A process frozen past its lease (`pause-worker`) then runs the
+    /// body on to its next write when it resumes.
+    BodyBeforeLease,
 }
 
 impl fmt::Display for Plant {
@@ -35,6 +41,7 @@ impl fmt::Display for Plant {
         f.write_str(match self {
             Self::ReleaseWithoutOwnerCheck => "release-without-owner-check",
             Self::TrustExpiredLease => "trust-expired-lease",
+            Self::BodyBeforeLease => "body-before-lease",
         })
     }
 }
@@ -42,11 +49,12 @@ impl fmt::Display for Plant {
 /// How to reach a backend.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendSettings {
-    /// `memory`, or a `redis://` URL.
+    /// `memory` (the checker's in-process backend), or any URL `dlock::connect` knows.
     pub url: String,
-    /// The service's key prefix: every lock key (and the fencing counter) lives under it.
+    /// The service's key prefix: every lock key lives under it.
     pub prefix: String,
-    /// The bound on every backend call.
+    /// The bound on every backend call, where the checker can set it (see
+    /// [`call_timeout_applies`]).
     pub call_timeout: Duration,
 }
 
@@ -59,31 +67,86 @@ pub struct Connected {
     pub forcer: KeyForcer,
 }
 
-/// The backend for `settings.url`: `memory` (a new, empty `MemoryBackend`; clones of the
-/// result share it) or `redis://…` (a `RedisBackend` with the call timeout, and its fencing
-/// counter under the prefix).
-pub async fn backend_for(settings: &BackendSettings) -> anyhow::Result<Connected> {
+/// Why [`backend_for`] could not connect.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The URL itself is wrong, or names a backend this build of dlock does not have: trying
+    /// again cannot help.
+    Invalid(String),
+    /// The backend did not answer (it may be down for a moment: a server fault).
+    Unreachable(String),
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Invalid(msg) | Self::Unreachable(msg) => f.write_str(msg),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+/// The URL's scheme (`redis`, `postgres`, `redis-cluster`, …), or the whole text if it has
+/// none.
+pub fn scheme(url: &str) -> &str {
+    url.split_once(':').map_or(url, |(scheme, _)| scheme)
+}
+
+/// Whether the checker sets the call timeout of the backend at `url` itself. `dlock::connect`
+/// takes a URL and nothing else, so for every scheme but `redis://` (which the checker builds
+/// with `RedisBackend::builder`) the backend keeps its own default call timeout.
+pub fn call_timeout_applies(url: &str) -> bool {
+    url == "memory" || scheme(url) == "redis"
+}
+
+/// The backend for `settings.url`:
+///
+/// - `memory`: a new, empty `MemoryBackend` (clones of the result share it) — the checker's
+///   in-process mode, with `force_expire` for `drop-key`;
+/// - `redis://…`: a `RedisBackend` with the run's call timeout (`dlock::connect` has no way to
+///   pass one), `DEL` for `drop-key` and the planted release bug;
+/// - any other URL: whatever `dlock::connect(url)` makes of it (`redis-cluster://`,
+///   `redis-sentinel://`, `postgres://` as soon as dlock knows them), with that backend's
+///   default call timeout and no way to delete a key (no `drop-key`, no planted release bug).
+pub async fn backend_for(settings: &BackendSettings) -> Result<Connected, ConnectError> {
     let url = settings.url.as_str();
     if url == "memory" {
         let memory = MemoryBackend::new();
         return Ok(Connected { backend: Arc::new(memory.clone()), forcer: KeyForcer::Memory(memory) });
     }
-    if url.starts_with("redis://") {
-        let redis = RedisBackend::builder(url)
-            .call_timeout(settings.call_timeout)
-            .connect()
-            .await
-            .with_context(|| format!("connecting the lock backend to {url}"))?;
-        let forcer = forcer_for(url, settings.call_timeout)?;
-        return Ok(Connected { backend: Arc::new(redis), forcer });
-    }
-    bail!("unsupported backend URL `{url}`: expected `memory` or `redis://host:port`")
+    let backend: Arc<dyn LockBackend> = if scheme(url) == "redis" {
+        Arc::new(
+            RedisBackend::builder(url)
+                .call_timeout(settings.call_timeout)
+                .connect()
+                .await
+                .map_err(|err| connect_error(url, &err))?,
+        )
+    } else {
+        dlock::connect(url).await.map_err(|err| connect_error(url, &err))?
+    };
+    let forcer = forcer_for(url, settings.call_timeout);
+    Ok(Connected { backend, forcer })
 }
 
-/// A [`KeyForcer`] for the Redis at `url` (the `drop-key` fault on a private server).
-pub fn forcer_for(url: &str, call_timeout: Duration) -> anyhow::Result<KeyForcer> {
-    let client = redis::Client::open(url).with_context(|| format!("{url} is not a Redis URL"))?;
-    Ok(KeyForcer::Redis { client, conn: Arc::default(), call_timeout })
+fn connect_error(url: &str, err: &dlock::Error) -> ConnectError {
+    let msg = format!("connecting the lock backend to {}: {err}", redact(url));
+    match err {
+        dlock::Error::Backend { .. } => ConnectError::Unreachable(msg),
+        _ => ConnectError::Invalid(msg),
+    }
+}
+
+/// A [`KeyForcer`] for the backend at `url` (the `drop-key` fault on a private server, the
+/// planted release bug): `DEL` for `redis://`, none yet for the other schemes.
+pub fn forcer_for(url: &str, call_timeout: Duration) -> KeyForcer {
+    if scheme(url) == "redis"
+        && let Ok(client) = redis::Client::open(url)
+    {
+        return KeyForcer::Redis { client, conn: Arc::default(), call_timeout };
+    }
+    KeyForcer::Unsupported { scheme: scheme(url).to_owned() }
 }
 
 /// Deletes a lock key whoever holds it: the planted release bug, and the `drop-key` fault
@@ -96,10 +159,15 @@ pub enum KeyForcer {
     Redis {
         /// The server.
         client: redis::Client,
-        /// The connection, once made.
-        conn: Arc<tokio::sync::OnceCell<redis::aio::MultiplexedConnection>>,
+        /// The connection, once made (and until it breaks).
+        conn: Arc<tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
         /// The bound on connecting and on the command.
         call_timeout: Duration,
+    },
+    /// A backend the checker cannot delete keys of (yet): `delete` fails, saying so.
+    Unsupported {
+        /// The URL's scheme.
+        scheme: String,
     },
 }
 
@@ -108,6 +176,7 @@ impl fmt::Debug for KeyForcer {
         match self {
             Self::Memory(_) => f.write_str("KeyForcer::Memory"),
             Self::Redis { .. } => f.write_str("KeyForcer::Redis"),
+            Self::Unsupported { scheme } => write!(f, "KeyForcer::Unsupported({scheme})"),
         }
     }
 }
@@ -119,37 +188,67 @@ impl KeyForcer {
         match self {
             Self::Memory(_) => Ok(()),
             Self::Redis { .. } => self.connection().await.map(drop),
+            Self::Unsupported { .. } => Err(self.unsupported()),
         }
     }
 
+    /// Whether it can delete keys at all.
+    pub fn supported(&self) -> bool {
+        !matches!(self, Self::Unsupported { .. })
+    }
+
+    fn unsupported(&self) -> String {
+        let scheme = match self {
+            Self::Unsupported { scheme } => scheme.as_str(),
+            _ => "this",
+        };
+        format!(
+            "dlock-check cannot delete a key of a `{scheme}` backend yet (see KeyForcer in src/backends.rs)"
+        )
+    }
+
+    /// The connection, made now if there is none (or the last one broke).
     async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, String> {
         let Self::Redis { client, conn, call_timeout } = self else {
             return Err("not a Redis backend".into());
         };
-        let connect = async {
-            tokio::time::timeout(*call_timeout, client.get_multiplexed_async_connection())
-                .await
-                .map_err(|_| "connecting for DEL timed out".to_owned())?
-                .map_err(|err| format!("connecting for DEL: {err}"))
-        };
-        Ok(conn.get_or_try_init(|| connect).await?.clone())
+        let mut conn = conn.lock().await;
+        if let Some(conn) = conn.as_ref() {
+            return Ok(conn.clone());
+        }
+        let made = tokio::time::timeout(*call_timeout, client.get_multiplexed_async_connection())
+            .await
+            .map_err(|_| "connecting for DEL timed out".to_owned())?
+            .map_err(|err| format!("connecting for DEL: {err}"))?;
+        Ok(conn.insert(made).clone())
     }
 
-    /// Delete `full_key` (prefix included); `Ok(true)` if it existed.
+    /// Delete `full_key` (prefix included); `Ok(true)` if it existed. A connection that broke
+    /// (the server was restarted since the last delete) is replaced once.
     pub async fn delete(&self, full_key: &str) -> Result<bool, String> {
         match self {
             Self::Memory(memory) => Ok(memory.force_expire(full_key)),
-            Self::Redis { call_timeout, .. } => {
-                let mut conn = self.connection().await?;
-                let deleted = tokio::time::timeout(
-                    *call_timeout,
-                    redis::cmd("DEL").arg(full_key).query_async::<i64>(&mut conn),
-                )
-                .await
-                .map_err(|_| format!("DEL {full_key} timed out"))?
-                .map_err(|err| format!("DEL {full_key}: {err}"))?;
-                Ok(deleted > 0)
+            Self::Redis { call_timeout, conn: shared, .. } => {
+                let mut last = String::new();
+                for _ in 0..2 {
+                    let mut conn = self.connection().await?;
+                    let answer = tokio::time::timeout(
+                        *call_timeout,
+                        redis::cmd("DEL").arg(full_key).query_async::<i64>(&mut conn),
+                    )
+                    .await
+                    .map_err(|_| format!("DEL {full_key} timed out"))?;
+                    match answer {
+                        Ok(deleted) => return Ok(deleted > 0),
+                        Err(err) => {
+                            last = format!("DEL {full_key}: {err}");
+                            shared.lock().await.take();
+                        }
+                    }
+                }
+                Err(last)
             }
+            Self::Unsupported { .. } => Err(self.unsupported()),
         }
     }
 }
@@ -158,7 +257,7 @@ impl KeyForcer {
 /// through a recorder that writes every call (and every hand-off notice) to `recorder`.
 pub fn instrument(real: &Connected, plant: Option<Plant>, recorder: Arc<Recorder>) -> Arc<dyn LockBackend> {
     let inner: Arc<dyn LockBackend> = match plant {
-        None => Arc::clone(&real.backend),
+        None | Some(Plant::BodyBeforeLease) => Arc::clone(&real.backend),
         Some(plant) => {
             Arc::new(Planted { inner: Arc::clone(&real.backend), forcer: real.forcer.clone(), plant })
         }
@@ -216,7 +315,7 @@ impl LockBackend for Planted {
                 self.release_anyway(key, outcome.was_held).await?;
                 Ok(ReleaseOutcome::new(true).with_others_waiting(outcome.others_waiting))
             }),
-            Plant::TrustExpiredLease => self.inner.release(key, owner),
+            Plant::TrustExpiredLease | Plant::BodyBeforeLease => self.inner.release(key, owner),
         }
     }
 
@@ -228,7 +327,7 @@ impl LockBackend for Planted {
     ) -> BoxFuture<'a, Result<bool, BackendError>> {
         match self.plant {
             Plant::TrustExpiredLease => Box::pin(async { Ok(true) }),
-            Plant::ReleaseWithoutOwnerCheck => self.inner.renew(key, owner, ttl),
+            Plant::ReleaseWithoutOwnerCheck | Plant::BodyBeforeLease => self.inner.renew(key, owner, ttl),
         }
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::backends::Plant;
-use crate::config::{BackendChoice, RunConfig};
+use crate::config::{BackendChoice, RunConfig, default_call_timeout};
 use crate::schedule::{FaultKind, FaultSpec};
 use crate::workload::{ModeChoice, Workload};
 
@@ -118,13 +118,15 @@ pub struct CheckArgs {
     #[arg(long, value_parser = duration)]
     pub recovery_bound: Option<Duration>,
 
-    /// Plant a bug into the backend, to see the checker catch it.
+    /// Plant a bug, to see the checker catch it: into the backend (release-without-owner-check,
+    /// trust-expired-lease) or the manual-API tasks (body-before-lease).
     #[arg(long, value_enum)]
     pub plant: Option<Plant>,
 
-    /// The bound on every backend call (dlock's default: 2 s).
-    #[arg(long, default_value = "2s", value_parser = duration)]
-    pub call_timeout: Duration,
+    /// The bound on every backend call [default: min(2 s, ttl / 2)]: a silent connection
+    /// costs one call timeout before it is replaced, so it must be well under the ttl.
+    #[arg(long, value_parser = duration)]
+    pub call_timeout: Option<Duration>,
 
     /// Where the history and the report go [default: target/dlock-check/run-UNIXTIME].
     #[arg(long)]
@@ -159,12 +161,22 @@ impl CheckArgs {
             return Err(format!("--ttl {:?} is under dlock's minimum of {:?}", self.ttl, dlock::MIN_TTL));
         }
         let recovery_bound = self.recovery_bound.unwrap_or(self.ttl + Duration::from_secs(1));
+        let call_timeout = self.call_timeout.unwrap_or_else(|| default_call_timeout(self.ttl));
+        if call_timeout.is_zero() {
+            return Err("--call-timeout 0 would fail every backend call".into());
+        }
         let out_dir = self.out.clone().unwrap_or_else(|| {
             let secs =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             PathBuf::from(format!("target/dlock-check/run-{secs}"))
         });
         let faults = if self.no_faults { Vec::new() } else { self.faults.clone() };
+        if self.plant == Some(Plant::BodyBeforeLease) && self.mode == ModeChoice::Attribute {
+            return Err(format!(
+                "--plant {} is planted into the manual-API tasks: use --mode manual or mixed",
+                Plant::BodyBeforeLease
+            ));
+        }
         if faults.iter().any(|f| f.kind == FaultKind::Latency && f.delay.is_some_and(|d| d.is_zero())) {
             return Err("a latency of 0 adds nothing".into());
         }
@@ -190,7 +202,7 @@ impl CheckArgs {
             latency: self.latency,
             recovery_bound,
             plant: self.plant,
-            call_timeout: self.call_timeout,
+            call_timeout,
             out_dir,
             worker_exe,
             verbose: !self.quiet,

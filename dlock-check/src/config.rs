@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::backends::Plant;
-use crate::redis_url::redact;
+use crate::redis_url::{proxied_server, redact};
 use crate::schedule::{FaultKind, FaultSpec};
 use crate::servers::ServerKind;
 use crate::workload::Workload;
@@ -21,19 +21,21 @@ pub enum BackendChoice {
     Memory,
     /// A server the checker starts (and may fault): today a private `redis-server`.
     Managed(ServerKind),
-    /// A Redis the user runs: only faults on the workers' side apply.
+    /// A backend the user runs, reached through `dlock::connect(url)`: only faults on the
+    /// workers' side apply.
     Url(String),
 }
 
 impl BackendChoice {
-    /// `memory`, `redis` (a private server) or a `redis://` URL.
+    /// `memory` (or `memory:`), `redis` (a private server), or a URL `dlock::connect` knows
+    /// (`redis://…`, and whatever schemes it adds: `redis-cluster://…`, `postgres://…`).
     pub fn parse(text: &str) -> Result<Self, String> {
         match text {
-            "memory" => Ok(Self::Memory),
+            "memory" | "memory:" => Ok(Self::Memory),
             "redis" => Ok(Self::Managed(ServerKind::Redis)),
-            url if url.starts_with("redis://") => Ok(Self::Url(url.to_owned())),
+            url if url.contains("://") => Ok(Self::Url(url.to_owned())),
             other => Err(format!(
-                "`{other}`: expected `memory`, `redis` (a private redis-server the checker starts and can fault) or a redis:// URL (a server you run: worker-side faults only)"
+                "`{other}`: expected `memory`, `redis` (a private redis-server the checker starts and can fault) or a backend URL for dlock::connect, e.g. redis://127.0.0.1:6379 (a server you run: worker-side faults only)"
             )),
         }
     }
@@ -87,6 +89,18 @@ pub struct RunConfig {
     pub verbose: bool,
 }
 
+/// The bound on every backend call when `--call-timeout` is not given: `min(2 s, ttl / 2)`.
+///
+/// A connection that goes silent without closing costs one call timeout before dlock replaces
+/// it, by design. With half the ttl, a renewal sent at ttl/3 on a silent connection gives up
+/// at 5/6 of the ttl, and the one sent on the new connection can still be confirmed before the
+/// lease ends; and every key is free again within ttl + 1 s of the connection going silent.
+/// dlock's own default (2 s) suits its default ttl (30 s); a ttl shorter than the call timeout
+/// is a misconfiguration (a silent connection then outlasts every lease).
+pub fn default_call_timeout(ttl: Duration) -> Duration {
+    (ttl / 2).min(Duration::from_secs(2))
+}
+
 /// The faults that cannot be applied to this run, and why.
 pub fn skip_reason(config: &RunConfig, kind: FaultKind, netns: &Result<(), String>) -> Option<String> {
     let in_process = config.backend.in_process();
@@ -98,13 +112,18 @@ pub fn skip_reason(config: &RunConfig, kind: FaultKind, netns: &Result<(), Strin
     {
         return Some("the in-process backend has no worker processes, server or connections to fault".into());
     }
-    if let BackendChoice::Url(url) = &config.backend
-        && kind.needs_own_server()
-    {
-        return Some(format!(
-            "{} was not started by dlock-check, which faults only servers it started: use `--backend redis` (a private redis-server)",
-            redact(url)
-        ));
+    if let BackendChoice::Url(url) = &config.backend {
+        if kind.needs_own_server() {
+            return Some(format!(
+                "{} was not started by dlock-check, which faults only servers it started (it can start a private redis-server: `--backend redis`)",
+                redact(url)
+            ));
+        }
+        if (kind.needs_proxy() || kind == FaultKind::Partition)
+            && let Err(why) = proxied_server(url)
+        {
+            return Some(why);
+        }
     }
     if kind == FaultKind::Partition
         && let Err(why) = netns
@@ -112,4 +131,72 @@ pub fn skip_reason(config: &RunConfig, kind: FaultKind, netns: &Result<(), Strin
         return Some(format!("network namespaces are not available here ({why})"));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::ModeChoice;
+
+    fn config(backend: &str) -> RunConfig {
+        RunConfig {
+            backend: BackendChoice::parse(backend).unwrap(),
+            workers: 1,
+            workload: Workload {
+                tasks: 1,
+                keys: vec!["k".into()],
+                mode: ModeChoice::Mixed,
+                ttl: Duration::from_secs(1),
+                wait: Duration::from_secs(1),
+                think_min: Duration::ZERO,
+                think_max: Duration::ZERO,
+                long_every: 0,
+                long_think: Duration::ZERO,
+                seed: 0,
+            },
+            faults: Vec::new(),
+            baseline: Duration::ZERO,
+            settle: Duration::ZERO,
+            fault_duration: Duration::ZERO,
+            latency: Duration::ZERO,
+            recovery_bound: Duration::ZERO,
+            plant: None,
+            call_timeout: default_call_timeout(Duration::from_secs(1)),
+            out_dir: PathBuf::new(),
+            worker_exe: PathBuf::new(),
+            verbose: false,
+        }
+    }
+
+    fn skipped(backend: &str, kind: FaultKind) -> Option<String> {
+        skip_reason(&config(backend), kind, &Ok(()))
+    }
+
+    #[test]
+    fn backends_parse_and_a_url_gets_the_faults_the_checker_can_apply_to_it() {
+        assert_eq!(BackendChoice::parse("memory:").unwrap(), BackendChoice::Memory);
+        assert_eq!(BackendChoice::parse("redis").unwrap(), BackendChoice::Managed(ServerKind::Redis));
+        assert!(BackendChoice::parse("redis-cluster").is_err(), "a word that is no URL");
+        // A private server: everything.
+        assert!(FaultKind::ALL.iter().all(|&kind| skipped("redis", kind).is_none()));
+        // A server somebody else runs: never its server, but the proxy's faults.
+        assert!(
+            skipped("redis://:pw@127.0.0.1:6390", FaultKind::RestartServer).unwrap().contains("not started")
+        );
+        assert!(!skipped("redis://:pw@127.0.0.1:6390", FaultKind::RestartServer).unwrap().contains("pw"));
+        assert_eq!(skipped("redis://127.0.0.1:6390", FaultKind::Blackhole), None);
+        assert_eq!(skipped("postgres://127.0.0.1/db", FaultKind::Latency), None);
+        // Several servers: no proxy in front of them; the workers' own faults still apply.
+        let cluster = "redis-cluster://127.0.0.1:7000,127.0.0.1:7001";
+        for kind in [FaultKind::Blackhole, FaultKind::Latency, FaultKind::Partition] {
+            assert!(skipped(cluster, kind).is_some_and(|why| why.contains("several servers")), "{kind}");
+        }
+        assert_eq!(skipped(cluster, FaultKind::PauseWorker), None);
+    }
+
+    #[test]
+    fn the_call_timeout_is_half_the_ttl_up_to_two_seconds() {
+        assert_eq!(default_call_timeout(Duration::from_millis(400)), Duration::from_millis(200));
+        assert_eq!(default_call_timeout(Duration::from_secs(30)), Duration::from_secs(2));
+    }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::analysis::{History, WorkerHistory};
-use crate::backends::{self, BackendSettings, Connected, KeyForcer};
+use crate::backends::{self, BackendSettings, Connected, KeyForcer, Plant};
 use crate::clock::Stamp;
 use crate::config::{BackendChoice, RunConfig, skip_reason};
 use crate::faults;
@@ -25,7 +25,7 @@ use crate::history::{self, Event, Recorder, WorkerId};
 use crate::live::Live;
 use crate::netns::{self, Namespaces};
 use crate::proxy::Proxy;
-use crate::redis_url::{socket_addr_of, with_host};
+use crate::redis_url::{proxied_server, with_host};
 use crate::registers::Registers;
 use crate::schedule::{FaultKind, FaultRecord};
 use crate::servers::{self, ManagedServer, ServerKind};
@@ -195,6 +195,7 @@ impl Lab {
                     service_name: spec.service_name(),
                     registers: registers.clone(),
                     recorder: Arc::clone(&recorder),
+                    body_before_lease: self.config.plant == Some(Plant::BodyBeforeLease),
                 };
                 let (stop, stopped) = watch::channel(false);
                 let task = tokio::spawn(async move {
@@ -354,16 +355,35 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
             lab.say(format!("starting the backend's {kind}"));
             let server = servers::start(*kind, &servers_dir, "backend")?;
             let addr = server.addr();
-            let forcer = backends::forcer_for(&server.url(), config.call_timeout)?;
+            let forcer = backends::forcer_for(&server.url(), config.call_timeout);
             forcer.ready().await.map_err(anyhow::Error::msg)?;
             lab.forcer = Some(forcer);
             lab.server = Some(Arc::new(Mutex::new(server)));
             Some(addr)
         }
         BackendChoice::Url(url) => {
+            // Connect once here, so that a URL dlock::connect does not know, or a server that
+            // is not there, ends the run now, not as workers that cannot start.
+            let probe = backends::backend_for(&BackendSettings {
+                url: url.clone(),
+                prefix: prefix.clone(),
+                call_timeout: config.call_timeout,
+            })
+            .await?;
+            if config.plant == Some(Plant::ReleaseWithoutOwnerCheck) && !probe.forcer.supported() {
+                bail!(
+                    "--plant {} deletes keys behind dlock's back, which dlock-check cannot do on {} yet",
+                    Plant::ReleaseWithoutOwnerCheck,
+                    crate::redis_url::redact(url)
+                );
+            }
+            drop(probe);
             let needs_proxy = applied(FaultKind::Partition)
                 || FaultKind::ALL.iter().any(|k| k.needs_proxy() && applied(*k));
-            if needs_proxy { Some(socket_addr_of(url)?) } else { None }
+            match proxied_server(url) {
+                Ok(addr) if needs_proxy => Some(addr),
+                _ => None,
+            }
         }
     };
     if !config.backend.in_process() {
@@ -410,6 +430,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
                 killed_workers: Vec::new(),
                 note: None,
                 skipped: Some(reason.clone()),
+                data_lost: None,
             });
             continue;
         }
@@ -429,7 +450,14 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
     stop_workers(&mut lab).await;
     let store = final_store(&lab).await?;
     if let BackendChoice::Url(url) = &config.backend {
-        clean_up_keys(url, &prefix).await;
+        if backends::scheme(url) == "redis" {
+            clean_up_keys(url, &prefix).await;
+        } else {
+            lab.say(format!(
+                "the run's locks (under `{prefix}`) are left to expire on {}: dlock-check deletes keys only on redis://",
+                crate::redis_url::redact(url)
+            ));
+        }
     }
     let workers = lab
         .workers

@@ -12,7 +12,7 @@ use crate::clock::Stamp;
 use crate::coordinator::{Lab, lock};
 use crate::history::WorkerId;
 use crate::live::Holding;
-use crate::schedule::{FaultKind, FaultRecord, FaultSpec};
+use crate::schedule::{DataLost, FaultKind, FaultRecord, FaultSpec};
 
 /// How long to look for a worker inside a section before aiming at any worker.
 const FIND_HOLDER: Duration = Duration::from_secs(3);
@@ -31,6 +31,7 @@ pub(crate) async fn apply(lab: &mut Lab, spec: &FaultSpec) -> anyhow::Result<Fau
         killed_workers: Vec::new(),
         note: None,
         skipped: None,
+        data_lost: None,
     };
     match spec.kind {
         FaultKind::KillWorker => {
@@ -95,6 +96,7 @@ pub(crate) async fn apply(lab: &mut Lab, spec: &FaultSpec) -> anyhow::Result<Fau
             .context("the restart thread panicked")??;
             record.end = Stamp::now();
             record.label = "restart-server (empty)".into();
+            record.data_lost = Some(DataLost::EveryKey);
             record.note = Some(format!(
                 "answering again {:.0} ms after the kill",
                 (record.end.wall - record.start.wall) as f64 / 1e6
@@ -111,8 +113,12 @@ pub(crate) async fn apply(lab: &mut Lab, spec: &FaultSpec) -> anyhow::Result<Fau
             let forcer = lab.forcer.clone().context("no way to delete keys of this backend")?;
             record.start = Stamp::now();
             let deleted = forcer.delete(&format!("{}{key}", lab.prefix)).await.map_err(anyhow::Error::msg)?;
-            record.end = record.start;
+            // The key went somewhere between sending the delete and its answer.
+            record.end = Stamp::now();
             record.label = format!("drop-key {key}");
+            if deleted {
+                record.data_lost = Some(DataLost::Keys(vec![key.clone()]));
+            }
             record.note = Some(match (&holder, deleted) {
                 (Some(h), true) => format!("held by w{}", h.worker),
                 (_, true) => "deleted".into(),

@@ -47,6 +47,8 @@ pub struct Checked {
     pub analysis: Analysis,
     /// The report's files.
     pub written: report::Written,
+    /// How the run was configured.
+    pub config: RunConfig,
 }
 
 /// Run `config`, check the history and write the report.
@@ -65,5 +67,5 @@ pub fn recheck(dir: &std::path::Path) -> anyhow::Result<Checked> {
 fn judge(run: RunOutput, config: &RunConfig) -> anyhow::Result<Checked> {
     let analysis = analysis::analyse(&run.history);
     let written = report::write(&config.out_dir, &run.run_id, config, &run.history, &analysis)?;
-    Ok(Checked { run, analysis, written })
+    Ok(Checked { run, analysis, written, config: config.clone() })
 }

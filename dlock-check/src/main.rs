@@ -1,6 +1,7 @@
 //! The `dlock-check` binary: run a check from the command line (or, re-executed by the
 //! checker, one worker process).
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -65,8 +66,11 @@ fn main() -> ExitCode {
 
 /// Print the report; the exit status says pass (0), violations (1) or an unreliable history (2).
 fn finish(checked: &dlock_check::Checked) -> ExitCode {
-    print!("{}", dlock_check::report::text_report(&checked.analysis));
-    println!(
+    // A reader that went away (`| head`) is no reason to panic: the report is on disk.
+    let mut out = std::io::stdout().lock();
+    let _ = write!(out, "{}", dlock_check::report::text_report(&checked.config, &checked.analysis));
+    let _ = writeln!(
+        out,
         "\nreport: {} (and report.txt, report.md, timeline-*.svg, history/)",
         checked.written.json.display()
     );

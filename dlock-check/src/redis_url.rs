@@ -1,4 +1,4 @@
-//! Redis URLs: pointed at the checker's proxy, resolved, and shown without their password.
+//! Backend URLs: pointed at the checker's proxy, resolved, and shown without their password.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
@@ -13,17 +13,34 @@ pub fn with_host(url: &str, host: IpAddr, port: u16) -> anyhow::Result<String> {
     Ok(format!("{scheme}://{userinfo}{host}:{port}{tail}"))
 }
 
-/// The address a Redis URL points at.
+/// The address a URL of one server points at (`redis://` without a port: 6379; `postgres://`:
+/// 5432).
 pub fn socket_addr_of(url: &str) -> anyhow::Result<SocketAddr> {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (scheme, rest) = url.split_once("://").unwrap_or(("redis", url));
     let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
     let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let hostport = if hostport.contains(':') { hostport.to_owned() } else { format!("{hostport}:6379") };
+    let default_port = if scheme.starts_with("postgres") { 5432 } else { 6379 };
+    let hostport =
+        if hostport.contains(':') { hostport.to_owned() } else { format!("{hostport}:{default_port}") };
     hostport
         .to_socket_addrs()
         .with_context(|| format!("resolving {hostport}"))?
         .next()
         .with_context(|| format!("{hostport} resolves to nothing"))
+}
+
+/// Where the checker's TCP proxy can stand between the workers and the backend at `url` (for
+/// `blackhole`, `latency` and `partition`): a plain-TCP URL that names one server, which
+/// clients then talk to alone. `Err` says why not.
+pub fn proxied_server(url: &str) -> Result<SocketAddr, String> {
+    let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
+    match scheme {
+        "redis" | "postgres" | "postgresql" => socket_addr_of(url).map_err(|err| format!("{err:#}")),
+        "redis-cluster" | "redis-sentinel" | "rediss-cluster" | "rediss-sentinel" => Err(format!(
+            "a `{scheme}://` backend is several servers, and clients go to the addresses the servers give them, past a proxy that fronts one"
+        )),
+        _ => Err(format!("the proxy fronts a plain-TCP server of one address; not a `{scheme}://` backend")),
+    }
 }
 
 /// The URL with any password masked.
@@ -56,5 +73,11 @@ mod tests {
         assert_eq!(redact("redis://h:1"), "redis://h:1");
         assert_eq!(socket_addr_of("redis://:pw@127.0.0.1:6390/1").unwrap().port(), 6390);
         assert_eq!(socket_addr_of("redis://127.0.0.1").unwrap().port(), 6379);
+        assert_eq!(socket_addr_of("postgres://u:pw@127.0.0.1/db").unwrap().port(), 5432);
+        assert_eq!(proxied_server("postgres://127.0.0.1:5433/db").unwrap().port(), 5433);
+        assert!(
+            proxied_server("redis-cluster://127.0.0.1:7000,127.0.0.1:7001").unwrap_err().contains("several")
+        );
+        assert!(proxied_server("rediss://h:1").is_err());
     }
 }

@@ -3,14 +3,17 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
 
 use crate::analysis::{Analysis, History, Row};
-use crate::config::RunConfig;
+use crate::backends;
+use crate::config::{BackendChoice, RunConfig, default_call_timeout};
 use crate::schedule::FaultRecord;
 use crate::svg;
+use crate::workload::ModeChoice;
 
 /// The clock assumption, as the report states it.
 pub const CLOCK_ASSUMPTION: &str = "every worker runs on this machine; events of different processes are ordered by the wall clock (CLOCK_REALTIME), which all processes share; a wall-clock step during the run (checked against CLOCK_MONOTONIC) invalidates the run";
@@ -76,10 +79,11 @@ pub fn write(
     std::fs::write(&json, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("writing {}", json.display()))?;
     let text = out_dir.join("report.txt");
-    std::fs::write(&text, text_report(analysis)).with_context(|| format!("writing {}", text.display()))?;
+    std::fs::write(&text, text_report(config, analysis))
+        .with_context(|| format!("writing {}", text.display()))?;
     let markdown = out_dir.join("report.md");
-    std::fs::write(&markdown, markdown_table(analysis))
-        .with_context(|| format!("writing {}", markdown.display()))?;
+    let md = format!("{}\n\n{}", setup(config).join("  \n"), markdown_table(analysis));
+    std::fs::write(&markdown, md).with_context(|| format!("writing {}", markdown.display()))?;
     let mut timelines = Vec::new();
     for key in &history.keys {
         let path = out_dir.join(format!("timeline-{}.svg", file_safe(key)));
@@ -94,7 +98,7 @@ fn file_safe(key: &str) -> String {
     key.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
-const HEADERS: [&str; 15] = [
+const HEADERS: [&str; 16] = [
     "fault",
     "window s",
     "sections",
@@ -105,6 +109,7 @@ const HEADERS: [&str; 15] = [
     "overlaps",
     "lost-before-deadline",
     "frozen-holder",
+    "lost-with-server-data",
     "token-regressions",
     "fenced-lost",
     "fenced-rejected",
@@ -143,6 +148,7 @@ fn cells(row: &Row) -> Vec<String> {
         row.overlaps.to_string(),
         row.lost_before_deadline.to_string(),
         row.frozen_holders.to_string(),
+        row.lost_with_server_data.to_string(),
         row.token_regressions.to_string(),
         row.fenced_lost_updates.to_string(),
         row.fenced_rejected.to_string(),
@@ -199,9 +205,64 @@ pub fn markdown_table(analysis: &Analysis) -> String {
     out
 }
 
-/// The table, the notes, and the violations (the first 50), as printed at the end of a run.
-pub fn text_report(analysis: &Analysis) -> String {
-    let mut out = text_table(analysis);
+/// How the run was set up, in a few lines: the backend, the workload, the ttl and the call
+/// timeout (and where it came from), the recovery bound.
+pub fn setup(config: &RunConfig) -> Vec<String> {
+    let w = &config.workload;
+    let d = |d: Duration| humantime::format_duration(d).to_string();
+    let mode = match w.mode {
+        ModeChoice::Attribute => "#[distributed_lock]",
+        ModeChoice::Manual => "the manual API",
+        ModeChoice::Mixed => "#[distributed_lock] and the manual API",
+    };
+    let call_timeout = if config.backend.in_process() {
+        "no call timeout (in-process backend)".to_owned()
+    } else if let BackendChoice::Url(url) = &config.backend
+        && !backends::call_timeout_applies(url)
+    {
+        let warning = if w.ttl < Duration::from_secs(4) {
+            "; dlock's backends default to 2 s, over half this ttl: a silent connection can outlast a lease, and recovery may exceed the bound"
+        } else {
+            "; dlock's backends default to 2 s"
+        };
+        format!("call timeout: the backend's own default (dlock::connect(url) takes none{warning})")
+    } else {
+        let source = if config.call_timeout == default_call_timeout(w.ttl) {
+            "the default, min(2 s, ttl / 2)"
+        } else {
+            "--call-timeout"
+        };
+        let warning = if config.call_timeout > w.ttl / 2 {
+            "; over half the ttl: a silent connection, which costs one call timeout, can outlast a lease, and recovery may exceed the bound"
+        } else {
+            ""
+        };
+        format!("call timeout {} ({source}{warning})", d(config.call_timeout))
+    };
+    vec![
+        format!(
+            "backend {}; {} workers × {} tasks over {} keys, through {mode}; seed {}",
+            config.backend,
+            config.workers,
+            w.tasks,
+            w.keys.len(),
+            w.seed
+        ),
+        format!(
+            "ttl {}, wait {}, {call_timeout}; recovery bound {}",
+            d(w.ttl),
+            d(w.wait),
+            d(config.recovery_bound)
+        ),
+    ]
+}
+
+/// The setup, the table, the notes, and the violations (the first 50), as printed at the end
+/// of a run.
+pub fn text_report(config: &RunConfig, analysis: &Analysis) -> String {
+    let mut out = setup(config).join("\n");
+    out.push_str("\n\n");
+    out.push_str(&text_table(analysis));
     for row in analysis.rows.iter().filter(|r| r.note.is_some()) {
         let _ = writeln!(out, "{}: {}", row.label, row.note.as_deref().unwrap_or_default());
     }

@@ -170,6 +170,31 @@ pub struct FaultRecord {
     pub note: Option<String>,
     /// Why it was not applied, if it was not.
     pub skipped: Option<String>,
+    /// What the backend server lost in it, if anything: locks it forgot (`restart-server`,
+    /// `drop-key`), so that a holder cannot have known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_lost: Option<DataLost>,
+}
+
+/// Locks the backend server lost in a fault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataLost {
+    /// Every lock (the server was restarted empty).
+    EveryKey,
+    /// These lock keys (without the prefix).
+    Keys(Vec<String>),
+}
+
+impl FaultRecord {
+    /// Whether the server lost the lock of `key` in this fault.
+    pub fn lost_key(&self, key: &str) -> bool {
+        match &self.data_lost {
+            None => false,
+            Some(DataLost::EveryKey) => true,
+            Some(DataLost::Keys(keys)) => keys.iter().any(|k| k == key),
+        }
+    }
 }
 
 #[cfg(test)]

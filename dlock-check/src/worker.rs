@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
-use crate::backends::{self, BackendSettings, Plant};
+use crate::backends::{self, BackendSettings, ConnectError, Plant};
 use crate::clock::Stamp;
 use crate::history::{Event, Recorder, WorkerId};
 use crate::registers::Registers;
@@ -108,15 +108,15 @@ async fn run_process(spec: &WorkerSpec) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
     // A worker started while the backend is down (a respawn during a server fault) keeps
-    // trying until it can connect or is told to stop.
+    // trying until it can connect or is told to stop; a URL that can never work ends it.
     let connected = loop {
         match backends::backend_for(&spec.backend).await {
             Ok(connected) => break connected,
-            Err(err) if !*stop.borrow() => {
-                eprintln!("dlock-check worker {}: {err:#}; retrying", spec.worker);
+            Err(ConnectError::Unreachable(msg)) if !*stop.borrow() => {
+                eprintln!("dlock-check worker {}: {msg}; retrying", spec.worker);
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(err) => return Err(err),
+            Err(err) => return Err(err.into()),
         }
     };
     let registers = match &spec.store {
@@ -132,6 +132,7 @@ async fn run_process(spec: &WorkerSpec) -> anyhow::Result<()> {
         service_name: spec.service_name(),
         registers,
         recorder: Arc::clone(&recorder),
+        body_before_lease: spec.plant == Some(Plant::BodyBeforeLease),
     };
     workload::run(ctx, stop).await?;
     recorder.record(&Event::Bye { complete: recorder.complete(), at: Stamp::now() });

@@ -70,6 +70,8 @@ pub struct WorkerContext {
     pub registers: Registers,
     /// Its history.
     pub recorder: Arc<Recorder>,
+    /// The planted bug `body-before-lease`: manual-API tasks poll the body before the loss.
+    pub body_before_lease: bool,
 }
 
 /// Run the worker's tasks until `stop` turns true; each task finishes the call it is in.
@@ -170,7 +172,9 @@ async fn attribute_section(key: &str, section: &Section<'_>) -> Result<(), dlock
     Ok(())
 }
 
-/// The manual API, as its documentation shows it: stop the work when the guard is lost.
+/// The manual API, as its documentation shows it: race the work against `guard.lost()`,
+/// `biased` with the loss first, so the work is never resumed once the lease has ended (a
+/// process frozen past its lease, say, sees the loss before its body's timer).
 async fn manual_section(service: &LockService, section: &Section<'_>) -> Outcome {
     let workload = &section.ctx.workload;
     let guard = match service.lock(section.key).ttl(workload.ttl).wait(workload.wait).await {
@@ -178,9 +182,19 @@ async fn manual_section(service: &LockService, section: &Section<'_>) -> Outcome
         Err(err) => return outcome_of(&err),
     };
     let token = guard.fencing_token();
-    let lost = tokio::select! {
-        () = section.body(token) => None,
-        reason = guard.lost() => Some(reason),
+    let lost = if section.ctx.body_before_lease {
+        // The planted bug: the body first.
+        tokio::select! {
+            biased;
+            () = section.body(token) => None,
+            reason = guard.lost() => Some(reason),
+        }
+    } else {
+        tokio::select! {
+            biased;
+            reason = guard.lost() => Some(reason),
+            () = section.body(token) => None,
+        }
     };
     match lost {
         None => match guard.release().await {

@@ -3,13 +3,17 @@
 //! Per key:
 //!
 //! - **Overlaps.** Two sections overlap when the later one entered its body before the earlier
-//!   one's body ended. The pair is *excused* in two cases, counted apart: the earlier holder was
-//!   told `Lost` and its body ended before its lease could have ended (the backend let the other
-//!   in early — it lost the key — and dlock stopped the holder in time: **lost before
-//!   deadline**); or the earlier holder's process was frozen by the checker (SIGSTOP) and started
+//!   one's body ended. The pair is *excused* in three cases, counted apart: the earlier holder
+//!   was told `Lost` and its body ended before its lease could have ended (the backend let the
+//!   other in early — it lost the key — and dlock stopped the holder in time: **lost before
+//!   deadline**); the earlier holder's process was frozen by the checker (SIGSTOP) and started
 //!   nothing after its lease ended (**frozen holder**: a paused process cannot be told anything,
-//!   what matters is that it does not act once it runs again). Every other overlap is a
-//!   violation.
+//!   what matters is that it does not act once it runs again); or the server lost the key
+//!   (`restart-server`, `drop-key`) while the earlier holder ran, the later one was granted the
+//!   key after that, and the earlier one ended within its lease (**lost with the server's
+//!   data**: at-most-one-holder holds only as long as the backend keeps its data, and a holder
+//!   that ends before its next renewal cannot learn of the loss; the fenced store is what
+//!   protects the data then). Every other overlap is a violation.
 //! - **Token order.** Taken in the order the sections entered, each token is greater than the
 //!   one before — where that is the order the backend granted them: the earlier section entered
 //!   before the call that granted the later one was sent.
@@ -40,7 +44,7 @@ use crate::clock::{self, Stamp};
 use crate::history::{Event, Mode, OpId, Outcome, StepKind, WorkerId};
 use crate::registers::KeyStore;
 use crate::schedule::FaultRecord;
-pub use overlaps::classify;
+pub use overlaps::{DataLoss, classify};
 use windows::Windows;
 
 /// A wall-clock step larger than this during a run makes cross-process order unreliable.
@@ -126,6 +130,10 @@ pub struct Section {
     pub lease_end: Option<i64>,
     /// When the backend call that granted it was sent (wall ns): it was granted after this.
     pub granted_after: Option<i64>,
+    /// When the grant was known (wall ns): the granting call returned, or the hand-off notice
+    /// came. It was granted before this.
+    #[serde(default)]
+    pub granted_by: Option<i64>,
     /// Its worker was frozen by the checker while it ran.
     pub paused: bool,
     /// When each step was sent (wall ns).
@@ -150,6 +158,14 @@ pub enum OverlapClass {
     LostBeforeDeadline,
     /// Frozen by the checker, started nothing after its lease ended: allowed.
     FrozenHolder,
+    /// The server lost the key (restarted empty, or the key deleted) while the earlier holder
+    /// ran within its lease, and the later one was granted the key after that: allowed —
+    /// at-most-one-holder holds only as long as the backend keeps its data; the fenced store
+    /// is what protects the data then.
+    LostWithServerData {
+        /// The fault that lost the data (its label).
+        fault: String,
+    },
     /// A violation, and why.
     Violation {
         /// What the earlier holder did wrong.
@@ -221,6 +237,10 @@ pub struct Row {
     pub lost_before_deadline: usize,
     /// Overlaps excused: the holder was frozen and did nothing after its lease.
     pub frozen_holders: usize,
+    /// Overlaps excused: the server lost the key (`restart-server`, `drop-key`) while the
+    /// holder ran within its lease.
+    #[serde(default)]
+    pub lost_with_server_data: usize,
     /// Tokens not greater than the one before.
     pub token_regressions: usize,
     /// Fenced writes reported `Ok`.
@@ -300,7 +320,7 @@ pub fn analyse(history: &History) -> Analysis {
     let valid = trustworthy(history, &mut tally.notes);
     let sections = sections::build(history);
     count_outcomes(history, &sections, &windows, &mut tally.rows);
-    overlaps::check(&sections, &windows, &mut tally);
+    overlaps::check(history, &sections, &windows, &mut tally);
     store::check(history, &sections, &windows, &mut tally);
     liveness::check(history, &windows, &sections, &mut tally);
 
@@ -426,6 +446,7 @@ fn total_row(rows: &[Row], windows: &Windows) -> Row {
         total.overlaps += r.overlaps;
         total.lost_before_deadline += r.lost_before_deadline;
         total.frozen_holders += r.frozen_holders;
+        total.lost_with_server_data += r.lost_with_server_data;
         total.token_regressions += r.token_regressions;
         total.fenced_writes += r.fenced_writes;
         total.fenced_rejected += r.fenced_rejected;

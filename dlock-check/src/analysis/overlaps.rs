@@ -3,12 +3,47 @@
 use std::collections::BTreeMap;
 
 use super::windows::Windows;
-use super::{EndKind, Finding, OverlapClass, Section, Tally, ViolationKind};
+use super::{EndKind, Finding, History, OverlapClass, Section, Tally, ViolationKind};
 use crate::clock;
 use crate::history::Outcome;
+use crate::schedule::DataLost;
+
+/// When the backend server lost locks: which keys (`None`: all), from when to when (wall ns).
+#[derive(Debug, Clone)]
+pub struct DataLoss {
+    /// The fault that lost them (its label).
+    pub fault: String,
+    /// The keys it lost; `None`: every key.
+    pub keys: Option<Vec<String>>,
+    /// When the loss began (the server killed, the delete sent).
+    pub start: i64,
+}
+
+impl DataLoss {
+    /// Every loss of data in `history`'s faults.
+    pub fn of(history: &History) -> Vec<DataLoss> {
+        history
+            .faults
+            .iter()
+            .filter(|f| f.skipped.is_none())
+            .filter_map(|f| {
+                let keys = match f.data_lost.as_ref()? {
+                    DataLost::EveryKey => None,
+                    DataLost::Keys(keys) => Some(keys.clone()),
+                };
+                Some(DataLoss { fault: f.label.clone(), keys, start: f.start.wall })
+            })
+            .collect()
+    }
+
+    fn covers(&self, key: &str) -> bool {
+        self.keys.as_ref().is_none_or(|keys| keys.iter().any(|k| k == key))
+    }
+}
 
 /// Find every overlap (judged by [`classify`]) and every token that does not rise.
-pub(super) fn check(sections: &[Section], windows: &Windows, tally: &mut Tally) {
+pub(super) fn check(history: &History, sections: &[Section], windows: &Windows, tally: &mut Tally) {
+    let losses = DataLoss::of(history);
     let mut by_key: BTreeMap<&str, Vec<&Section>> = BTreeMap::new();
     for s in sections {
         by_key.entry(s.key.as_str()).or_default().push(s);
@@ -22,7 +57,7 @@ pub(super) fn check(sections: &[Section], windows: &Windows, tally: &mut Tally) 
             running.retain(|earlier| earlier.end > later.enter);
             for earlier in &running {
                 let row = windows.row_of(later.enter);
-                let class = classify(earlier, later);
+                let class = classify(earlier, later, &losses);
                 let detail = format!(
                     "{} entered at {:.3}s while {} (entered {:.3}s) still ran until {:.3}s",
                     later.label(),
@@ -52,6 +87,15 @@ pub(super) fn check(sections: &[Section], windows: &Windows, tally: &mut Tally) 
                             ViolationKind::Overlap,
                             format!(
                                 "{detail}; excused: its process was frozen and did nothing after its lease"
+                            ),
+                        ));
+                    }
+                    OverlapClass::LostWithServerData { fault } => {
+                        tally.rows[row].lost_with_server_data += 1;
+                        tally.excused.push(finding(
+                            ViolationKind::Overlap,
+                            format!(
+                                "{detail}; excused: its key was lost with the server's data ({fault}) while it ran within its lease, and the other was granted the key after that"
                             ),
                         ));
                     }
@@ -93,15 +137,35 @@ pub(super) fn check(sections: &[Section], windows: &Windows, tally: &mut Tally) 
     }
 }
 
-/// Judge an overlap of `earlier` (still running) with `later` (entered meanwhile).
-pub fn classify(earlier: &Section, later: &Section) -> OverlapClass {
-    if earlier.told_lost() && earlier.lease_end.is_some_and(|lease_end| earlier.end <= lease_end) {
+/// Judge an overlap of `earlier` (still running) with `later` (entered meanwhile), knowing
+/// when the server lost data (`losses`).
+///
+/// In this order: told `Lost` in time (**lost before deadline**); frozen by the checker and
+/// inactive after its lease (**frozen holder**); the server lost the key while `earlier` held
+/// it and `later` was granted it after that, and `earlier` ended within its lease (**lost with
+/// the server's data**: nobody could have told it in time — a holder learns of the loss at its
+/// next renewal, and a section may end before that). Everything else is a violation; a holder
+/// that ran past its lease is one even when the server lost its key.
+pub fn classify(earlier: &Section, later: &Section, losses: &[DataLoss]) -> OverlapClass {
+    let within_lease = earlier.lease_end.is_some_and(|lease_end| earlier.end <= lease_end);
+    if earlier.told_lost() && within_lease {
         return OverlapClass::LostBeforeDeadline;
     }
     let cutoff = earlier.lease_end.unwrap_or(later.enter);
     let acted_after = earlier.steps.iter().any(|(_, at)| *at > cutoff);
     if earlier.paused && !acted_after {
         return OverlapClass::FrozenHolder;
+    }
+    let loss = losses.iter().find(|loss| {
+        loss.covers(&earlier.key)
+            && earlier.enter <= loss.start
+            && later.granted_by.is_some_and(|granted| granted >= loss.start)
+    });
+    if let Some(loss) = loss
+        && within_lease
+        && earlier.end_kind != EndKind::Unfinished
+    {
+        return OverlapClass::LostWithServerData { fault: loss.fault.clone() };
     }
     let mut reason = match (&earlier.outcome, earlier.end_kind) {
         (_, EndKind::Killed) => "its process was killed only after the other entered".to_owned(),
@@ -118,6 +182,10 @@ pub fn classify(earlier: &Section, later: &Section) -> OverlapClass {
     };
     if earlier.paused {
         reason.push_str("; its process had been frozen, and it acted again after its lease ended");
+    }
+    if let Some(loss) = loss {
+        reason
+            .push_str(&format!("; the server had lost its key ({}), but it ran past its lease", loss.fault));
     }
     OverlapClass::Violation { reason }
 }

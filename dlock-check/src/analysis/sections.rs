@@ -47,6 +47,7 @@ pub(super) fn build(history: &History) -> Vec<Section> {
                             outcome: None,
                             lease_end: None,
                             granted_after: None,
+                            granted_by: None,
                             paused: false,
                             steps: Vec::new(),
                         },
@@ -80,6 +81,7 @@ pub(super) fn build(history: &History) -> Vec<Section> {
             }
             s.lease_end = leases.lease_end(&s.key, s.token, s.end);
             s.granted_after = leases.granted_after.get(&(s.key.clone(), s.token)).copied();
+            s.granted_by = leases.granted_by.get(&(s.key.clone(), s.token)).copied();
             s.paused = pauses
                 .get(&worker.worker)
                 .is_some_and(|list| list.iter().any(|&(from, to)| from < s.end && to > s.enter));
@@ -99,6 +101,9 @@ struct Leases {
     owner_of: HashMap<(String, u64), String>,
     /// (key, token) → when the call that granted it was sent.
     granted_after: HashMap<(String, u64), i64>,
+    /// (key, token) → when the grant was known: the granting call returned, or the notice
+    /// came.
+    granted_by: HashMap<(String, u64), i64>,
     /// (key, owner) → every (sent, lease length) that gave or confirmed its lease.
     confirmed: HashMap<(String, String), Vec<(i64, i64)>>,
 }
@@ -107,12 +112,13 @@ impl Leases {
     fn new(events: &[Event], ttl_ns: i64) -> Self {
         let mut owner_of = HashMap::new();
         let mut granted_after = HashMap::new();
+        let mut granted_by = HashMap::new();
         let mut confirmed: HashMap<(String, String), Vec<(i64, i64)>> = HashMap::new();
         // (key, owner) → when its attempts were sent, in order.
         let mut attempts: HashMap<(String, String), Vec<i64>> = HashMap::new();
         for event in events {
             match event {
-                Event::Call { key, owner, call, ttl_ms, sent, result, .. } => {
+                Event::Call { key, owner, call, ttl_ms, sent, returned, result } => {
                     let ttl =
                         ttl_ms.map_or(ttl_ns, |ms| i64::try_from(ms).unwrap_or(i64::MAX / 2) * 1_000_000);
                     let id = (key.clone(), owner.clone());
@@ -120,6 +126,7 @@ impl Leases {
                         (CallKind::Acquire, CallResult::Acquired { token }) => {
                             owner_of.insert((key.clone(), *token), owner.clone());
                             granted_after.insert((key.clone(), *token), sent.wall);
+                            granted_by.insert((key.clone(), *token), returned.wall);
                             confirmed.entry(id.clone()).or_default().push((sent.wall, ttl));
                             attempts.entry(id).or_default().push(sent.wall);
                         }
@@ -139,13 +146,14 @@ impl Leases {
                     };
                     owner_of.insert((key.clone(), *token), owner.clone());
                     granted_after.insert((key.clone(), *token), *sent);
+                    granted_by.insert((key.clone(), *token), at.wall);
                     let lease = ttl_ns.min(duration_ns(HANDOFF_LEASE));
                     confirmed.entry(id).or_default().push((*sent, lease));
                 }
                 _ => {}
             }
         }
-        Self { owner_of, granted_after, confirmed }
+        Self { owner_of, granted_after, granted_by, confirmed }
     }
 
     /// The section's lease end: the latest `sent + lease` among its owner's confirmations

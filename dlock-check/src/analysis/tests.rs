@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::*;
 use crate::history::{CallKind, CallResult, Event, Mode, Outcome, StepKind, StepResult};
 use crate::registers::{KeyStore, Landed, write_id};
-use crate::schedule::{FaultKind, FaultRecord, FaultSpec};
+use crate::schedule::{DataLost, FaultKind, FaultRecord, FaultSpec};
 
 /// Milliseconds after the (made-up) start of the run.
 fn at(ms: i64) -> Stamp {
@@ -162,7 +162,13 @@ fn fault(kind: FaultKind, start: i64, end: i64, paused: &[WorkerId]) -> FaultRec
         killed_workers: vec![],
         note: None,
         skipped: None,
+        data_lost: None,
     }
+}
+
+/// A fault in which the server lost `lost` (restart-server: every key; drop-key: one).
+fn losing(kind: FaultKind, start: i64, end: i64, lost: DataLost) -> FaultRecord {
+    FaultRecord { data_lost: Some(lost), ..fault(kind, start, end, &[]) }
 }
 
 fn kinds(analysis: &Analysis) -> Vec<ViolationKind> {
@@ -517,4 +523,92 @@ fn a_worker_that_exited_on_its_own_makes_the_history_invalid() {
     assert!(a.notes[0].contains("exited on its own (exit status: 101)"), "{:?}", a.notes);
     // Its open section ends with its last sign of life, not with the run.
     assert_eq!(a.sections[0].end, at(20).wall);
+}
+
+/// Worker 0 holds `k` from 10 (lease until 1009) and ends at `earlier_end` without being told
+/// anything; worker 1 is granted `k` at `later_granted` and holds it 10 ms later for 30 ms;
+/// the server lost `lost` from 100 to 150.
+fn across_a_loss(earlier: S, later_granted: i64, lost: Option<FaultRecord>) -> Analysis {
+    let mut later = S::new(0, "k", 2, later_granted + 10, later_granted + 40);
+    later.acquired = later_granted;
+    let mut h = history(vec![W::new(0).section(earlier).done(), W::new(1).section(later).done()], 3000);
+    h.keys = vec!["k".into(), "other".into()];
+    h.faults = lost.into_iter().collect();
+    analyse(&h)
+}
+
+/// The violations of safety (liveness aside: these histories end soon after the fault).
+fn safety(a: &Analysis) -> Vec<ViolationKind> {
+    kinds(a)
+        .into_iter()
+        .filter(|k| !matches!(k, ViolationKind::Liveness | ViolationKind::WorkerStalled))
+        .collect()
+}
+
+fn restart() -> Option<FaultRecord> {
+    Some(losing(FaultKind::RestartServer, 100, 150, DataLost::EveryKey))
+}
+
+#[test]
+fn a_holder_whose_key_the_server_lost_while_it_ran_within_its_lease_is_excused_in_its_own_column() {
+    // It finished at 300, before its first renewal (at ttl/3 ≈ 343): it could not learn that
+    // the restarted server had forgotten its key, and the other was granted the key at 160.
+    let a = across_a_loss(S::new(0, "k", 1, 10, 300), 160, restart());
+    assert_eq!(safety(&a), [], "{:?}", a.violations);
+    assert_eq!((a.rows[1].overlaps, a.rows[1].lost_with_server_data), (0, 1));
+    assert_eq!((a.total.lost_before_deadline, a.total.frozen_holders), (0, 0), "a column of its own");
+    assert!(
+        a.excused[0].detail.contains("lost with the server's data (restart-server)"),
+        "{}",
+        a.excused[0].detail
+    );
+    // drop-key of this key is the same in effect.
+    let dropped = Some(losing(FaultKind::DropKey, 100, 101, DataLost::Keys(vec!["k".into()])));
+    let a = across_a_loss(S::new(0, "k", 1, 10, 300), 160, dropped);
+    assert_eq!(safety(&a), [], "{:?}", a.violations);
+    assert_eq!(a.total.lost_with_server_data, 1);
+    // Without a loss it is what it always was: a violation.
+    let a = across_a_loss(S::new(0, "k", 1, 10, 300), 160, None);
+    assert_eq!(safety(&a), [ViolationKind::Overlap]);
+}
+
+#[test]
+fn a_loss_of_data_excuses_only_a_holder_that_ran_when_it_happened() {
+    let not_excused = |a: &Analysis, why: &str| {
+        assert_eq!(safety(a), [ViolationKind::Overlap], "{why}");
+        assert_eq!(a.total.lost_with_server_data, 0, "{why}");
+    };
+    // The earlier holder entered after the server came back: the loss explains nothing.
+    not_excused(&across_a_loss(S::new(0, "k", 1, 200, 400), 250, restart()), "entered after the loss");
+    // The later holder was granted the key before the loss: neither does it.
+    let mut early = S::new(0, "k", 1, 10, 300);
+    early.acquired = 5;
+    not_excused(&across_a_loss(early, 90, restart()), "granted before the loss");
+    // The server lost another key.
+    let other = Some(losing(FaultKind::DropKey, 100, 101, DataLost::Keys(vec!["other".into()])));
+    not_excused(&across_a_loss(S::new(0, "k", 1, 10, 300), 160, other), "another key was dropped");
+    // The holder ran on past its lease (1009) unaware: dlock's fault, whatever the server lost.
+    let a = across_a_loss(S::new(0, "k", 1, 10, 1300).writes(&[1200]), 160, restart());
+    not_excused(&a, "ran past its lease");
+    let overlap = a.violations.iter().find(|v| v.kind == ViolationKind::Overlap);
+    assert!(overlap.is_some_and(|v| v.detail.contains("ran past its lease")), "{overlap:?}");
+}
+
+#[test]
+fn a_loss_of_data_excuses_no_token_regression_and_no_fenced_lost_update() {
+    // Across a restart, a token that goes back and a fenced register that loses an update are
+    // still violations: fencing is what must hold when the lock cannot.
+    let mut h = history(
+        vec![
+            W::new(0).section(S::new(0, "k", 5, 10, 50)).section(S::new(1, "k", 6, 300, 350)).done(),
+            W::new(1).section(S::new(0, "k", 3, 200, 250)).done(),
+        ],
+        400,
+    );
+    h.faults = restart().into_iter().collect();
+    h.store = store(&[1, 2, 1], &[1, 2, 3]);
+    let a = analyse(&h);
+    assert_eq!(a.total.token_regressions, 1);
+    assert!(kinds(&a).contains(&ViolationKind::TokenRegression), "{:?}", a.violations);
+    assert!(kinds(&a).contains(&ViolationKind::FencedLostUpdate), "{:?}", a.violations);
 }
