@@ -2,9 +2,44 @@
 //! (`DLOCK_BACKEND=redis://…`) and the code that locks never changes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::backend::{LockBackend, MemoryBackend};
 use crate::error::Error;
+
+/// Options for [`connect_with`] that every networked backend takes.
+///
+/// ```
+/// let options = dlock::ConnectOptions::default().call_timeout(std::time::Duration::from_millis(500));
+/// assert_eq!(options.call_timeout_value(), Some(std::time::Duration::from_millis(500)));
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct ConnectOptions {
+    call_timeout: Option<Duration>,
+}
+
+impl ConnectOptions {
+    /// Bound on every call to the backend, and on connecting (each backend's default when not
+    /// set: 2 s for Redis, see the backends' builders).
+    ///
+    /// ```
+    /// let options = dlock::ConnectOptions::default().call_timeout(std::time::Duration::from_secs(1));
+    /// ```
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = Some(timeout);
+        self
+    }
+
+    /// The call timeout set, if any.
+    ///
+    /// ```
+    /// assert_eq!(dlock::ConnectOptions::default().call_timeout_value(), None);
+    /// ```
+    pub fn call_timeout_value(&self) -> Option<Duration> {
+        self.call_timeout
+    }
+}
 
 /// Connect to the backend `url` names, by its scheme:
 ///
@@ -12,6 +47,8 @@ use crate::error::Error;
 /// |---|---|
 /// | `memory:` | [`MemoryBackend`]: in this process only (tests, one instance) |
 /// | `redis://`, `rediss://` | [`RedisBackend`](crate::RedisBackend) (feature `redis`; `rediss` needs `tls`) |
+/// | `redis-cluster://[[user]:password@]host:port,host:port,…` (`rediss-cluster://`) | [`RedisClusterBackend`](crate::RedisClusterBackend) (feature `redis-cluster`) |
+/// | `redis-sentinel://[[user]:password@]host:port,…/<master>[/<db>][?sentinel_password=…]` | [`RedisSentinelBackend`](crate::RedisSentinelBackend) (feature `redis-sentinel`) |
 /// | `postgres://`, `postgresql://` | [`PostgresBackend`](crate::PostgresBackend) (feature `postgres`) |
 ///
 /// ```
@@ -26,13 +63,55 @@ use crate::error::Error;
 /// A URL with another scheme, or one whose backend was not compiled in, is
 /// [`Error::InvalidInput`] naming the schemes this build supports.
 pub async fn connect(url: &str) -> Result<Arc<dyn LockBackend>, Error> {
+    connect_with(url, ConnectOptions::default()).await
+}
+
+/// [`connect`], with options.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+/// let options = dlock::ConnectOptions::default().call_timeout(std::time::Duration::from_millis(500));
+/// let backend = dlock::connect_with("memory:", options).await?;
+/// assert_eq!(backend.name(), "memory");
+/// # Ok(()) }
+/// ```
+#[allow(unused_variables, reason = "options are used by the networked backends compiled in")]
+pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Arc<dyn LockBackend>, Error> {
     let scheme = url.split_once(':').map_or(url, |(scheme, _)| scheme);
+    #[cfg(feature = "redis")]
+    let call_timeout = options.call_timeout.unwrap_or(crate::RedisBackend::DEFAULT_CALL_TIMEOUT);
     match scheme {
         "memory" => Ok(Arc::new(MemoryBackend::new())),
         #[cfg(feature = "redis")]
-        "redis" | "rediss" => Ok(Arc::new(crate::RedisBackend::connect(url).await?)),
+        "redis" | "rediss" => {
+            Ok(Arc::new(crate::RedisBackend::builder(url).call_timeout(call_timeout).connect().await?))
+        }
+        #[cfg(feature = "redis-cluster")]
+        "redis-cluster" | "rediss-cluster" => {
+            let nodes = crate::redis::url::cluster_nodes(url)?;
+            Ok(Arc::new(
+                crate::RedisClusterBackend::builder(nodes).call_timeout(call_timeout).connect().await?,
+            ))
+        }
+        #[cfg(feature = "redis-sentinel")]
+        "redis-sentinel" => {
+            let parts = crate::redis::url::sentinel(url)?;
+            let mut builder = crate::RedisSentinelBackend::builder(parts.sentinels, &parts.master_name)
+                .call_timeout(call_timeout)
+                .db(parts.db);
+            if let Some(password) = &parts.password {
+                builder = builder.credentials(parts.username.as_deref(), password);
+            }
+            Ok(Arc::new(builder.connect().await?))
+        }
         #[cfg(feature = "postgres")]
-        "postgres" | "postgresql" => Ok(Arc::new(crate::PostgresBackend::connect(url).await?)),
+        "postgres" | "postgresql" => {
+            let mut builder = crate::PostgresBackend::builder(url);
+            if let Some(timeout) = options.call_timeout {
+                builder = builder.call_timeout(timeout);
+            }
+            Ok(Arc::new(builder.connect().await?))
+        }
         _ => Err(Error::InvalidInput {
             what: "backend URL",
             reason: format!(
@@ -49,6 +128,12 @@ fn supported() -> Vec<&'static str> {
     let mut schemes = vec!["memory:"];
     if cfg!(feature = "redis") {
         schemes.extend(["redis://", "rediss://"]);
+    }
+    if cfg!(feature = "redis-cluster") {
+        schemes.extend(["redis-cluster://", "rediss-cluster://"]);
+    }
+    if cfg!(feature = "redis-sentinel") {
+        schemes.push("redis-sentinel://");
     }
     if cfg!(feature = "postgres") {
         schemes.extend(["postgres://", "postgresql://"]);

@@ -107,6 +107,9 @@ fn remedy(kind: BackendErrorKind) -> &'static str {
         BackendErrorKind::Permission => {
             "its user lacks a permission dlock needs; grant what the README's ACL recipe lists"
         }
+        BackendErrorKind::NotReplicated => {
+            "too few replicas acknowledged the lock in time, so it was released; retry, and check the replicas"
+        }
         _ => "see the cause",
     }
 }

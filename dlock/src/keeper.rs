@@ -11,7 +11,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use tokio::runtime::{Handle, Id};
@@ -106,6 +106,47 @@ impl Drop for Registration {
             state.schedule.remove(&(entry.due, self.id));
         }
     }
+}
+
+/// Renew at once every lease kept for `backend`, on every runtime: the backend may have lost
+/// them all (it moved to another server).
+pub(crate) fn renew_now(backend: &Weak<dyn LockBackend>) {
+    let keepers: Vec<Arc<Keeper>> =
+        KEEPERS.lock().unwrap_or_else(PoisonError::into_inner).iter().map(|(_, k)| Arc::clone(k)).collect();
+    let now = Instant::now();
+    for keeper in keepers {
+        let mut state = keeper.lock();
+        let ids: Vec<u64> = state
+            .entries
+            .iter()
+            .filter(|(_, entry)| std::ptr::addr_eq(Arc::as_ptr(&entry.job.backend), backend.as_ptr()))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(entry) = state.entries.get_mut(&id) {
+                let old = std::mem::replace(&mut entry.due, now);
+                state.schedule.remove(&(old, id));
+                state.schedule.insert((now, id));
+            }
+        }
+        state.wake_if_before(&keeper.wake, now);
+    }
+}
+
+/// Renew `backend`'s leases at once whenever its [`lease_epochs`](LockBackend::lease_epochs)
+/// change, for as long as the backend lives.
+pub(crate) fn follow_lease_epochs(backend: &Arc<dyn LockBackend>) {
+    let Some(mut epochs) = backend.lease_epochs() else { return };
+    let backend = Arc::downgrade(backend);
+    crate::background::spawn_here(async move {
+        while epochs.changed().await.is_ok() {
+            if backend.strong_count() == 0 {
+                return;
+            }
+            tracing::debug!(target: "dlock", "the backend moved to another server: renewing every lease at once");
+            renew_now(&backend);
+        }
+    });
 }
 
 /// Keep `job`'s lease on the current runtime.

@@ -35,8 +35,10 @@
 //! - [`distributed_lock`]: the attribute (feature `macros`, on by default).
 //! - [`LockService`]: a [`LockBackend`] plus defaults; register one with [`set_global`] or
 //!   [`register`].
-//! - Backends: [`MemoryBackend`] (in-process) and [`RedisBackend`] (feature `redis`, on by
-//!   default; `rediss://` with feature `tls`); [`connect`] picks one from a URL.
+//! - Backends: [`MemoryBackend`] (in-process), [`RedisBackend`] (feature `redis`, on by
+//!   default; `rediss://` with feature `tls`), `RedisClusterBackend` (feature
+//!   `redis-cluster`), `RedisSentinelBackend` (feature `redis-sentinel`) and `PostgresBackend`
+//!   (feature `postgres`); [`connect`] picks one from a URL.
 //! - The manual API: [`lock`] / [`LockService::lock`] / [`LockService::lock_all`] →
 //!   [`LockRequest`] → [`LockGuard`].
 //! - [`fencing_token`] / [`fencing_token_for`]: the fencing token of the lock the current task
@@ -93,7 +95,7 @@ mod redis;
 mod postgres;
 
 pub use backend::{LockBackend, MemoryBackend};
-pub use connect::connect;
+pub use connect::{ConnectOptions, connect, connect_with};
 pub use context::{fencing_token, fencing_token_for};
 pub use error::{Error, LostReason};
 pub use guard::LockGuard;
@@ -102,6 +104,10 @@ pub use registry::{global, lock, lock_with, named, register, set_global, with_se
 pub use request::LockRequest;
 pub use service::{LockService, LockServiceBuilder};
 
+#[cfg(feature = "redis-cluster")]
+pub use crate::redis::cluster::{RedisClusterBackend, RedisClusterBackendBuilder};
+#[cfg(feature = "redis-sentinel")]
+pub use crate::redis::sentinel::{RedisSentinelBackend, RedisSentinelBackendBuilder};
 #[cfg(feature = "redis")]
 pub use crate::redis::{RedisBackend, RedisBackendBuilder};
 

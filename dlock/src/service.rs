@@ -94,6 +94,7 @@ impl LockServiceBuilder {
     /// assert_eq!(service.key_prefix(), "");
     /// ```
     pub fn build(self) -> LockService {
+        crate::keeper::follow_lease_epochs(&self.backend);
         LockService {
             shared: Arc::new(Shared::new(self.backend, self.prefix, self.default_ttl, self.default_wait)),
         }

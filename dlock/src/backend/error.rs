@@ -45,6 +45,10 @@ pub enum BackendErrorKind {
     /// The backend's user may not run a command dlock needs, or not on these keys (Redis:
     /// `NOPERM`).
     Permission,
+    /// The backend took the lock, but fewer replicas than required acknowledged it in time
+    /// (Redis `WAIT`; see `replicas_acknowledge` on the Redis backends' builders). A failover
+    /// now could lose the lock, so the acquisition is released and reported as this error.
+    NotReplicated,
     /// Anything else the backend reported.
     Other,
 }

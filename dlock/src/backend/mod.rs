@@ -266,4 +266,19 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
         let _ = key;
         Box::pin(async { Ok(None) })
     }
+
+    /// A value that changes when leases this backend granted may all have been lost at once
+    /// (it moved to another server: a Sentinel failover). On each change the service renews,
+    /// at once, every lease it holds on this backend, so a lease the new server does not have
+    /// is reported lost then rather than at its next scheduled renewal.
+    ///
+    /// `None` (the default): leases are renewed on their schedule only.
+    ///
+    /// ```
+    /// use dlock::LockBackend;
+    /// assert!(dlock::MemoryBackend::new().lease_epochs().is_none());
+    /// ```
+    fn lease_epochs(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }

@@ -1,5 +1,6 @@
-//! The command connections of one [`RedisBackend`](super::RedisBackend): one multiplexed
-//! connection per tokio runtime that uses the backend.
+//! The command connections of one Redis backend: one multiplexed connection (or, on Redis
+//! Cluster, one cluster connection) per tokio runtime that uses the backend, made by the
+//! backend's [`Connector`].
 //!
 //! A connection's driver task runs on the runtime that made it, so each runtime gets its own:
 //! a runtime that ends takes only its own connection with it, and a service registered once
@@ -15,20 +16,21 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
-use redis::{AsyncConnectionConfig, RedisError};
+use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use tokio::runtime::{Handle, Id};
 
 use super::error::{call_error, classify, connect_error, late};
-use crate::backend::{BackendError, BackendErrorKind};
+use crate::backend::{BackendError, BackendErrorKind, BoxFuture};
 use crate::id_hash::IdMap;
 
 /// TCP settings for every connection: keepalive probes after 5 s of silence, and the kernel
-/// gives up on data unacknowledged for `user_timeout`. (Nagle stays on, as redis-rs leaves it:
+/// gives up on data unacknowledged for twice the call timeout (at least 1 s). (Nagle stays on, as redis-rs leaves it:
 /// with many tasks on one multiplexed connection it coalesces their commands into fewer
 /// packets, which measured cheaper for Redis than `TCP_NODELAY`.)
-pub(super) fn tcp_settings(user_timeout: Duration) -> TcpSettings {
+pub(super) fn tcp_settings(call_timeout: Duration) -> TcpSettings {
+    let user_timeout = (call_timeout * 2).max(Duration::from_secs(1));
     let keepalive = TcpKeepalive::new()
         .with_time(Duration::from_secs(5))
         .with_interval(Duration::from_secs(1))
@@ -36,10 +38,88 @@ pub(super) fn tcp_settings(user_timeout: Duration) -> TcpSettings {
     TcpSettings::default().set_keepalive(keepalive).set_user_timeout(user_timeout)
 }
 
+/// Makes a backend's command connections: to one server, to the primary the sentinels name,
+/// or to a cluster.
+pub(super) trait Connector: Send + Sync + 'static {
+    /// A new connection, made on (and driven by) the current runtime.
+    fn connect(&self) -> BoxFuture<'_, RedisResult<Conn>>;
+
+    /// Changes when connections made earlier no longer reach the right server (the sentinels
+    /// named a new primary): a connection made at another epoch is replaced before its next
+    /// call.
+    fn epoch(&self) -> u64 {
+        0
+    }
+
+    /// A call failed in a way that may mean the server moved: no answer, a broken connection,
+    /// or `READONLY` (the server is a replica now).
+    fn suspect(&self) {}
+}
+
+/// A connection to one server (made from a [`redis::Client`]).
+pub(super) struct ServerConnector {
+    pub(super) client: redis::Client,
+    pub(super) config: AsyncConnectionConfig,
+}
+
+impl Connector for ServerConnector {
+    fn connect(&self) -> BoxFuture<'_, RedisResult<Conn>> {
+        Box::pin(async move {
+            Ok(Conn::Server(self.client.get_multiplexed_async_connection_with_config(&self.config).await?))
+        })
+    }
+}
+
+/// The connection settings of every command connection: every call is bounded by
+/// [`Connections::call`], which also covers connecting, so a second timer per call inside
+/// redis-rs would only add cost.
+pub(super) fn connection_config(call_timeout: Duration) -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new().set_connection_timeout(Some(call_timeout)).set_response_timeout(None)
+}
+
+/// A command connection: to one server, or to a cluster (which routes each command by its
+/// first key's slot and follows `MOVED`/`ASK` itself).
+#[derive(Clone)]
+pub(super) enum Conn {
+    Server(MultiplexedConnection),
+    #[cfg(feature = "redis-cluster")]
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Server(conn) => conn.req_packed_command(cmd),
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Server(conn) => conn.req_packed_commands(pipeline, offset, count),
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Server(conn) => conn.get_db(),
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
 /// The connections of one backend, by runtime.
 pub(super) struct Connections {
-    client: redis::Client,
-    config: AsyncConnectionConfig,
+    connector: Box<dyn Connector>,
     call_timeout: Duration,
     /// The URL with any password masked, for messages.
     url: String,
@@ -50,17 +130,14 @@ pub(super) struct Connections {
 struct Slot {
     /// Tells a connection from the one that replaced it.
     generation: u64,
-    conn: MultiplexedConnection,
+    /// The connector's epoch when it was made.
+    epoch: u64,
+    conn: Conn,
 }
 
 impl Connections {
-    pub(super) fn new(client: redis::Client, call_timeout: Duration, url: String) -> Arc<Self> {
-        // Every call is bounded by `call`, which also covers connecting: a second timer per
-        // call inside redis-rs would only add cost.
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(call_timeout))
-            .set_response_timeout(None);
-        Arc::new(Self { client, config, call_timeout, url, by_runtime: Mutex::default() })
+    pub(super) fn new(connector: impl Connector, call_timeout: Duration, url: String) -> Arc<Self> {
+        Arc::new(Self { connector: Box::new(connector), call_timeout, url, by_runtime: Mutex::default() })
     }
 
     pub(super) fn url(&self) -> &str {
@@ -80,7 +157,7 @@ impl Connections {
     /// this runtime has none). `what` names the call in errors ("the acquire script").
     pub(super) async fn call<T, F, Fut>(self: &Arc<Self>, what: &str, call: F) -> Result<T, BackendError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
         let runtime = Handle::try_current().map_err(|_| {
@@ -91,20 +168,26 @@ impl Connections {
         let outcome = tokio::time::timeout(self.call_timeout, async {
             let (generation, conn) = self.connection(&runtime).await?;
             used = Some(generation);
-            call(conn).await.map_err(|err| (classify(&err), call_error(&self.url, what, err)))
+            call(conn).await.map_err(|err| {
+                // A server that became a replica (a failover) answers writes with `READONLY`.
+                let moved = err.code() == Some("READONLY");
+                (classify(&err), call_error(&self.url, what, err), moved)
+            })
         })
         .await;
-        let (kind, err) = match outcome {
+        let (kind, err, moved) = match outcome {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(failure)) => failure,
-            Err(_) => (BackendErrorKind::Timeout, late(&self.url, what, self.call_timeout)),
+            Err(_) => (BackendErrorKind::Timeout, late(&self.url, what, self.call_timeout), false),
         };
         // A connection that missed its timeout may be silent for good; one that broke is
-        // gone: replace it. Errors Redis answered with leave it in place.
-        if matches!(kind, BackendErrorKind::Timeout | BackendErrorKind::Connection)
-            && let Some(generation) = used
-        {
-            self.discard(id, generation);
+        // gone; one that reached a replica is of no use: replace it, and let the connector
+        // look for the server again. Other errors Redis answered with leave it in place.
+        if matches!(kind, BackendErrorKind::Timeout | BackendErrorKind::Connection) || moved {
+            self.connector.suspect();
+            if let Some(generation) = used {
+                self.discard(id, generation);
+            }
         }
         Err(err)
     }
@@ -113,24 +196,28 @@ impl Connections {
     async fn connection(
         self: &Arc<Self>,
         runtime: &Handle,
-    ) -> Result<(u64, MultiplexedConnection), (BackendErrorKind, BackendError)> {
+    ) -> Result<(u64, Conn), (BackendErrorKind, BackendError, bool)> {
         let id = runtime.id();
-        if let Some(slot) = self.slots().get(&id) {
+        let epoch = self.connector.epoch();
+        if let Some(slot) = self.slots().get(&id)
+            && slot.epoch == epoch
+        {
             return Ok((slot.generation, slot.conn.clone()));
         }
-        let conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await
-            .map_err(|err| (classify(&err), connect_error(&self.url, err)))?;
+        let conn = self.connector.connect().await.map_err(|err| {
+            self.connector.suspect();
+            (classify(&err), connect_error(&self.url, err), false)
+        })?;
         let mut slots = self.slots();
-        if let Some(slot) = slots.get(&id) {
+        if let Some(slot) = slots.get(&id)
+            && slot.epoch == epoch
+        {
             // Another call of this runtime connected meanwhile: use one connection.
             return Ok((slot.generation, slot.conn.clone()));
         }
         static NEXT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let generation = NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        slots.insert(id, Slot { generation, conn: conn.clone() });
+        slots.insert(id, Slot { generation, epoch, conn: conn.clone() });
         drop(slots);
         // Forget the connection when its runtime shuts down: the runtime drops this task then.
         let forget = ForgetOnDrop { connections: Arc::downgrade(self), id, generation };

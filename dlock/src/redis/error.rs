@@ -73,6 +73,16 @@ pub(super) fn connect_error(url: &str, err: RedisError) -> BackendError {
     BackendError::with_source(classify(&err), format!("could not connect to Redis at {url}"), RedisCause(err))
 }
 
+/// An acquisition that fewer replicas than `wanted` acknowledged within `timeout`.
+pub(super) fn not_replicated(url: &str, wanted: u32, acked: i64, timeout: Duration) -> BackendError {
+    BackendError::new(
+        BackendErrorKind::NotReplicated,
+        format!(
+            "Redis at {url} took the lock, but {acked} of the {wanted} replicas required acknowledged it within {timeout:?}; it was released (check the replicas' health and lag, or lower replicas_acknowledge)"
+        ),
+    )
+}
+
 /// A reply no script of this version gives: another dlock version (or something else) may
 /// share the keys.
 pub(super) fn unexpected(url: &str, what: &str, reply: &Value) -> BackendError {

@@ -4,31 +4,32 @@
 //! [`scripts`] are the atomic steps, [`connection`] keeps one command connection per runtime,
 //! [`notify`] runs the pub/sub connection, [`error`] turns failures into messages.
 
+#[cfg(feature = "redis-cluster")]
+pub(crate) mod cluster;
 mod connection;
+mod engine;
 mod error;
 mod layout;
 mod notify;
 mod scripts;
+#[cfg(feature = "redis-sentinel")]
+pub(crate) mod sentinel;
+#[cfg(any(feature = "redis-cluster", feature = "redis-sentinel"))]
+pub(crate) mod url;
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::{Cmd, ErrorKind, FromRedisValue, IntoConnectionInfo, ServerErrorKind, Value};
+use redis::IntoConnectionInfo;
 
-use self::connection::Connections;
-use self::error::{redact, unexpected};
-use self::scripts::{Lua, Scripts};
-use crate::backend::{
-    BackendError, BoxFuture, FullKey, HANDOFF_LEASE, LockBackend, ReleaseOutcome, ReleaseWatch, TryAcquire,
-    WAITER_RECHECK,
-};
+use self::connection::{Connections, ServerConnector, connection_config};
+use self::engine::{Engine, Replication};
+use self::error::redact;
+use self::notify::{Notifier, ServerFeeds};
+use self::scripts::Scripts;
+use crate::backend::BackendError;
 use crate::error::Error;
-
-/// How long a waiting process keeps its place in a key's waiting line without asking again.
-/// dlock asks about every [`WAITER_RECHECK`]; a process that stopped asking (it crashed) is
-/// not handed the lock after this.
-const WAITING_LIFETIME: Duration = WAITER_RECHECK.saturating_mul(3);
 
 /// Locks in a single Redis server (or a primary with replicas; see the README's guarantees).
 ///
@@ -63,11 +64,7 @@ const WAITING_LIFETIME: Duration = WAITER_RECHECK.saturating_mul(3);
 /// ```
 #[derive(Clone)]
 pub struct RedisBackend {
-    conns: Arc<Connections>,
-    notifier: Arc<notify::Notifier>,
-    /// Names this backend's channels: a hand-off is told to the one process it goes to.
-    process: Arc<str>,
-    scripts: &'static Scripts,
+    engine: Arc<Engine>,
     /// The server's `maxmemory-policy`, when it may evict dlock's keys.
     evicting_policy: Option<String>,
 }
@@ -78,6 +75,7 @@ pub struct RedisBackend {
 pub struct RedisBackendBuilder {
     url: String,
     call_timeout: Duration,
+    replication: Option<Replication>,
 }
 
 impl RedisBackendBuilder {
@@ -93,6 +91,29 @@ impl RedisBackendBuilder {
     /// ```
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.call_timeout = timeout;
+        self
+    }
+
+    /// Require `replicas` replicas to acknowledge every acquisition within `timeout` (Redis
+    /// `WAIT`, sent with the acquisition on the same connection). An acquisition they do not
+    /// acknowledge in time is released and fails with a
+    /// [`BackendErrorKind::NotReplicated`](crate::backend::BackendErrorKind::NotReplicated)
+    /// error.
+    ///
+    /// This narrows the window in which a failover to a replica loses a lock that was just
+    /// taken; it does not make Redis a consensus store (a replica that acknowledged may still
+    /// not be the one promoted, and renewals are not waited for). Off by default.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let redis = dlock::RedisBackend::builder("redis://127.0.0.1:6379")
+    ///     .replicas_acknowledge(1, std::time::Duration::from_millis(100))
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn replicas_acknowledge(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replication = Some(Replication { replicas, timeout });
         self
     }
 
@@ -116,16 +137,12 @@ impl RedisBackendBuilder {
             ),
         };
         let info = self.url.as_str().into_connection_info().map_err(|err| invalid_url(&err))?;
-        if self.call_timeout.is_zero() {
-            return Err(Error::InvalidInput {
-                what: "call timeout",
-                reason: "it must be greater than zero".into(),
-            });
-        }
-        let user_timeout = (self.call_timeout * 2).max(Duration::from_secs(1));
-        let info = info.set_tcp_settings(connection::tcp_settings(user_timeout));
+        check_options(self.call_timeout, self.replication)?;
+        let info = info.set_tcp_settings(connection::tcp_settings(self.call_timeout));
         let client = redis::Client::open(info).map_err(|err| invalid_url(&err))?;
-        let conns = Connections::new(client.clone(), self.call_timeout, url.clone());
+        let connector =
+            ServerConnector { client: client.clone(), config: connection_config(self.call_timeout) };
+        let conns = Connections::new(connector, self.call_timeout, url.clone());
         let pong: Result<String, BackendError> = conns
             .call("PING", |mut conn| async move { redis::cmd("PING").query_async(&mut conn).await })
             .await;
@@ -136,10 +153,38 @@ impl RedisBackendBuilder {
                 "Redis may evict dlock's keys (maxmemory is set and maxmemory-policy is not noeviction): a lock could vanish while held; run Redis for dlock with maxmemory-policy noeviction");
         }
         tracing::debug!(target: "dlock", url = %url, "connected to Redis");
-        let notifier = Arc::new(notify::Notifier::start(client, self.call_timeout));
-        let process = Arc::from(format!("{:016x}", rand::random::<u64>()));
-        Ok(RedisBackend { conns, notifier, process, scripts: Scripts::plain(), evicting_policy })
+        let notifier = Notifier::start(ServerFeeds(client), self.call_timeout);
+        let engine = Engine::new(conns, notifier, Scripts::plain(), self.replication);
+        Ok(RedisBackend { engine: Arc::new(engine), evicting_policy })
     }
+}
+
+/// Check the options every Redis backend's builder shares.
+fn check_options(call_timeout: Duration, replication: Option<Replication>) -> Result<(), Error> {
+    if call_timeout.is_zero() {
+        return Err(Error::InvalidInput {
+            what: "call timeout",
+            reason: "it must be greater than zero".into(),
+        });
+    }
+    if let Some(replication) = replication {
+        if replication.replicas == 0 {
+            return Err(Error::InvalidInput {
+                what: "replicas_acknowledge",
+                reason: "0 replicas is no requirement; leave the option out instead".into(),
+            });
+        }
+        if replication.timeout.is_zero() || replication.timeout >= call_timeout {
+            return Err(Error::InvalidInput {
+                what: "replicas_acknowledge",
+                reason: format!(
+                    "the wait for replicas ({:?}) must be greater than zero and shorter than the call timeout ({call_timeout:?}), which bounds the acquisition and the wait together",
+                    replication.timeout
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The server's `maxmemory-policy` if `maxmemory` is set and the policy may evict keys with an
@@ -187,7 +232,7 @@ impl RedisBackend {
     /// let builder = dlock::RedisBackend::builder("redis://127.0.0.1:6379");
     /// ```
     pub fn builder(url: impl Into<String>) -> RedisBackendBuilder {
-        RedisBackendBuilder { url: url.into(), call_timeout: Self::DEFAULT_CALL_TIMEOUT }
+        RedisBackendBuilder { url: url.into(), call_timeout: Self::DEFAULT_CALL_TIMEOUT, replication: None }
     }
 
     /// The channel on which this backend hears releases and hand-offs of `key` (the full key,
@@ -201,7 +246,7 @@ impl RedisBackend {
     /// # Ok(()) }
     /// ```
     pub fn notice_channel(&self, key: &str) -> String {
-        layout::notice_channel(key, &self.process)
+        self.engine.notice_channel(key)
     }
 
     /// The hash that holds the waiting line of the lock `key` (the full key) while processes
@@ -236,155 +281,23 @@ impl RedisBackend {
     /// no task of the process is waiting.
     #[doc(hidden)]
     pub fn subscribed_channels(&self) -> usize {
-        self.notifier.channel_count()
+        self.engine.notifier.channel_count()
     }
 
     /// How many runtimes have a command connection.
     #[doc(hidden)]
     pub fn connection_count(&self) -> usize {
-        self.conns.count()
-    }
-
-    /// Run `script` on `keys` with the arguments `args` adds.
-    ///
-    /// It is sent as `EVALSHA`; a Redis that does not know the script (after a restart or
-    /// `SCRIPT FLUSH`) answers `NOSCRIPT`, and it is sent again as `EVAL`, which also loads
-    /// it. The command is built directly rather than through `redis::Script`, which copies
-    /// every argument twice: this is the path every lock and release takes.
-    async fn eval<T: FromRedisValue>(
-        &self,
-        what: &str,
-        script: &Lua,
-        keys: &[&str],
-        args: impl Fn(&mut Cmd),
-    ) -> Result<T, BackendError> {
-        let command = |by_sha: bool| {
-            let mut cmd = Cmd::with_capacity(12, 160 + keys.iter().map(|k| k.len()).sum::<usize>());
-            if by_sha {
-                cmd.arg("EVALSHA").arg(script.sha());
-            } else {
-                cmd.arg("EVAL").arg(&script.source);
-            }
-            cmd.arg(keys.len()).arg(keys);
-            args(&mut cmd);
-            cmd
-        };
-        self.conns
-            .call(what, |mut conn| async move {
-                match command(true).query_async(&mut conn).await {
-                    Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                        command(false).query_async(&mut conn).await
-                    }
-                    answer => answer,
-                }
-            })
-            .await
+        self.engine.conns.count()
     }
 }
 
-impl LockBackend for RedisBackend {
-    fn name(&self) -> &'static str {
-        "redis"
-    }
-
-    fn check_key(&self, key: &FullKey) -> Result<(), String> {
-        layout::check(key)
-    }
-
-    fn try_acquire<'a>(
-        &'a self,
-        key: &'a FullKey,
-        owner: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<TryAcquire, BackendError>> {
-        Box::pin(async move {
-            // Join the waiting line only when a hand-off notice would be heard.
-            let line = self.notifier.is_subscribed(|| self.notice_channel(key)).then(|| layout::line(key));
-            let keys: &[&str] = match &line {
-                Some(line) => &[key.as_str(), line],
-                None => &[key.as_str()],
-            };
-            let answer: Value = self
-                .eval("the acquire script", &self.scripts.acquire, keys, |cmd| {
-                    cmd.arg(owner).arg(millis(ttl));
-                    if line.is_some() {
-                        cmd.arg(millis(WAITING_LIFETIME))
-                            .arg(millis(ttl.min(HANDOFF_LEASE)))
-                            .arg(&*self.process);
-                    }
-                })
-                .await?;
-            let number = |value: Option<&Value>| match value {
-                Some(&Value::Int(n)) => u64::try_from(n).ok(),
-                _ => None,
-            };
-            match answer {
-                Value::Int(token) => {
-                    Ok(TryAcquire::Acquired { fencing_token: u64::try_from(token).unwrap_or(0) })
-                }
-                Value::Array(held) => Ok(TryAcquire::Held {
-                    remaining: number(held.first()).map(Duration::from_millis),
-                    newest_token: number(held.get(1)),
-                }),
-                other => Err(unexpected(self.conns.url(), "the acquire script", &other)),
-            }
-        })
-    }
-
-    fn release<'a>(
-        &'a self,
-        key: &'a FullKey,
-        owner: &'a str,
-    ) -> BoxFuture<'a, Result<ReleaseOutcome, BackendError>> {
-        Box::pin(async move {
-            let line = layout::line(key);
-            let outcome: i64 = self
-                .eval("the release script", &self.scripts.release, &[key.as_str(), &line], |cmd| {
-                    cmd.arg(owner);
-                })
-                .await?;
-            // 2: handed to a waiting process, or clients subscribed to the key heard the
-            // release (possibly this process's own): this process's next waiter steps back
-            // for a moment either way (see `guard::release_owned`).
-            Ok(ReleaseOutcome::new(outcome >= 1).with_others_waiting(outcome == 2))
-        })
-    }
-
-    fn renew<'a>(
-        &'a self,
-        key: &'a FullKey,
-        owner: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        Box::pin(async move {
-            let renewed: i64 = self
-                .eval("the renew script", &self.scripts.renew, &[key.as_str()], |cmd| {
-                    cmd.arg(owner).arg(millis(ttl));
-                })
-                .await?;
-            Ok(renewed == 1)
-        })
-    }
-
-    fn watch_releases<'a>(
-        &'a self,
-        key: &'a FullKey,
-    ) -> BoxFuture<'a, Result<Option<ReleaseWatch>, BackendError>> {
-        Box::pin(async move {
-            Ok(Some(self.notifier.watch(self.notice_channel(key), self.conns.call_timeout()).await))
-        })
-    }
-}
+engine::lock_backend_via_engine!(RedisBackend, "redis", layout::check);
 
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBackend")
-            .field("url", &self.conns.url())
-            .field("call_timeout", &self.conns.call_timeout())
+            .field("url", &self.engine.conns.url())
+            .field("call_timeout", &self.engine.conns.call_timeout())
             .finish_non_exhaustive()
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }

@@ -2,8 +2,10 @@
 //!
 //! Waiters of this process register here; one subscription per key (the process's channel for
 //! the key, see [`layout`](super::layout)) serves them all, made when the first waiter comes
-//! and dropped when the last one leaves, on one dedicated pub/sub connection run by one task
-//! on dlock's own runtime (so it outlives the runtime that connected the backend). A waiter
+//! and dropped when the last one leaves, on one dedicated pub/sub connection (a [`Feed`] from
+//! the backend's [`FeedSource`]: `SUBSCRIBE` on one server, `SSUBSCRIBE` on a cluster's
+//! shards) run by one task on dlock's own runtime (so it outlives the runtime that connected
+//! the backend). A waiter
 //! joins a key's waiting line in Redis only once its subscription is confirmed, so that it
 //! hears its hand-off.
 //!
@@ -24,11 +26,90 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use redis::RedisResult;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::backend::{ReleaseNotice, ReleaseWatch};
+use crate::backend::{BoxFuture, ReleaseNotice, ReleaseWatch};
 use crate::background;
+
+/// Where the notifier's pub/sub connection goes: one server, the primary the sentinels name,
+/// or a cluster's shards.
+pub(super) trait FeedSource: Send + Sync + 'static {
+    /// A new pub/sub connection with no subscriptions.
+    fn open(&self) -> BoxFuture<'_, RedisResult<Feed>>;
+}
+
+/// One pub/sub connection: what subscribes, what it hears, and when to give it up.
+pub(super) struct Feed {
+    pub(super) sink: Box<dyn FeedSink>,
+    pub(super) events: BoxStream<'static, FeedEvent>,
+    /// Resolves when this connection no longer reaches the right server (the sentinels named
+    /// a new primary); pending for ever where that cannot happen.
+    pub(super) moved: BoxFuture<'static, ()>,
+}
+
+/// The commands side of a [`Feed`].
+pub(super) trait FeedSink: Send {
+    /// Subscribe to `channels`; resolves once the server confirmed it.
+    fn subscribe<'a>(&'a mut self, channels: &'a [String]) -> BoxFuture<'a, RedisResult<()>>;
+    /// Unsubscribe from `channels`.
+    fn unsubscribe<'a>(&'a mut self, channels: &'a [String]) -> BoxFuture<'a, RedisResult<()>>;
+    /// Check that the connection still answers.
+    fn ping(&mut self) -> BoxFuture<'_, RedisResult<()>>;
+}
+
+/// What a [`Feed`] hears.
+#[cfg_attr(
+    not(feature = "redis-cluster"),
+    allow(dead_code, reason = "only cluster feeds resubscribe by themselves")
+)]
+pub(super) enum FeedEvent {
+    /// A message on a channel.
+    Message { channel: String, payload: Vec<u8> },
+    /// The subscription to `channel` was made again (the cluster moved its slot, or a node
+    /// reconnected): notices may have been missed meanwhile.
+    Resubscribed(String),
+    /// A connection under the feed dropped and was made again: notices may have been missed
+    /// on any channel.
+    Reconnected,
+}
+
+/// The feed of one server, from a [`redis::Client`].
+pub(super) async fn server_feed(client: &redis::Client) -> RedisResult<Feed> {
+    let (sink, stream) = client.get_async_pubsub().await?.split();
+    let events = stream
+        .map(|msg| FeedEvent::Message {
+            channel: msg.get_channel_name().to_owned(),
+            payload: msg.get_payload_bytes().to_vec(),
+        })
+        .boxed();
+    Ok(Feed { sink: Box::new(sink), events, moved: Box::pin(std::future::pending()) })
+}
+
+impl FeedSink for redis::aio::PubSubSink {
+    fn subscribe<'a>(&'a mut self, channels: &'a [String]) -> BoxFuture<'a, RedisResult<()>> {
+        Box::pin(redis::aio::PubSubSink::subscribe(self, channels))
+    }
+
+    fn unsubscribe<'a>(&'a mut self, channels: &'a [String]) -> BoxFuture<'a, RedisResult<()>> {
+        Box::pin(redis::aio::PubSubSink::unsubscribe(self, channels))
+    }
+
+    fn ping(&mut self) -> BoxFuture<'_, RedisResult<()>> {
+        Box::pin(async move { redis::aio::PubSubSink::ping::<redis::Value>(self).await.map(drop) })
+    }
+}
+
+/// A [`FeedSource`] for one server.
+pub(super) struct ServerFeeds(pub(super) redis::Client);
+
+impl FeedSource for ServerFeeds {
+    fn open(&self) -> BoxFuture<'_, RedisResult<Feed>> {
+        Box::pin(server_feed(&self.0))
+    }
+}
 
 /// How often the subscriber connection is checked with a `PING`.
 const HEALTH_CHECK: Duration = Duration::from_secs(1);
@@ -60,11 +141,11 @@ impl Shared {
 }
 
 impl Notifier {
-    /// Start the subscriber task for the Redis behind `client`, on dlock's own runtime.
-    pub(super) fn start(client: redis::Client, call_timeout: Duration) -> Self {
+    /// Start the subscriber task for the feeds of `source`, on dlock's own runtime.
+    pub(super) fn start(source: impl FeedSource, call_timeout: Duration) -> Self {
         let shared = Arc::new(Shared::default());
         let (kick, kicks) = mpsc::unbounded_channel();
-        background::spawn_here(subscriber(client, call_timeout, Arc::downgrade(&shared), kicks));
+        background::spawn_here(subscriber(Box::new(source), call_timeout, Arc::downgrade(&shared), kicks));
         Self { shared, kick }
     }
 
@@ -130,7 +211,7 @@ impl Drop for Unwatch {
 /// what they no longer want, forwards notices, and checks that the connection still answers.
 /// Ends when the backend is dropped.
 async fn subscriber(
-    client: redis::Client,
+    source: Box<dyn FeedSource>,
     call_timeout: Duration,
     shared: Weak<Shared>,
     mut kicks: mpsc::UnboundedReceiver<()>,
@@ -141,8 +222,8 @@ async fn subscriber(
         if shared.upgrade().is_none_or(|s| s.lock().is_empty()) && kicks.recv().await.is_none() {
             return;
         }
-        let pubsub = match tokio::time::timeout(call_timeout, client.get_async_pubsub()).await {
-            Ok(Ok(pubsub)) => pubsub,
+        let feed = match tokio::time::timeout(call_timeout, source.open()).await {
+            Ok(Ok(feed)) => feed,
             outcome => {
                 let error = match outcome {
                     Ok(Err(err)) => err.to_string(),
@@ -155,30 +236,46 @@ async fn subscriber(
             }
         };
         let connected_at = Instant::now();
-        let (mut sink, mut stream) = pubsub.split();
+        let Feed { mut sink, events: mut stream, mut moved } = feed;
         let mut subscribed: HashSet<String> = HashSet::new();
         let mut health = tokio::time::interval_at(Instant::now() + HEALTH_CHECK, HEALTH_CHECK);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let Some(strong) = shared.upgrade() else { return };
-            if reconcile(&strong, &mut sink, &mut subscribed, call_timeout).await.is_err() {
+            if reconcile(&strong, sink.as_mut(), &mut subscribed, call_timeout).await.is_err() {
                 break;
             }
             drop(strong);
             tokio::select! {
-                msg = stream.next() => match msg {
-                    Some(msg) => {
-                        let Some(strong) = shared.upgrade() else { return };
-                        let Some(notice) = parse_notice(msg.get_payload_bytes()) else { continue };
-                        if let Some(entry) = strong.lock().get(msg.get_channel_name()) {
-                            entry.notices.send_replace(notice);
+                event = stream.next() => {
+                    let Some(strong) = shared.upgrade() else { return };
+                    match event {
+                        Some(FeedEvent::Message { channel, payload }) => {
+                            let Some(notice) = parse_notice(&payload) else { continue };
+                            if let Some(entry) = strong.lock().get(&channel) {
+                                entry.notices.send_replace(notice);
+                            }
                         }
+                        Some(FeedEvent::Resubscribed(channel)) => {
+                            if let Some(entry) = strong.lock().get(&channel) {
+                                entry.notices.send_replace(ReleaseNotice::Released);
+                            }
+                        }
+                        Some(FeedEvent::Reconnected) => {
+                            for entry in strong.lock().values() {
+                                entry.notices.send_replace(ReleaseNotice::Released);
+                            }
+                        }
+                        None => break,
                     }
-                    None => break,
-                },
+                }
                 kick = kicks.recv() => if kick.is_none() { return },
+                () = &mut moved => {
+                    tracing::debug!(target: "dlock", "the server moved; subscribing again on the new one");
+                    break;
+                }
                 _ = health.tick() => {
-                    let ping = tokio::time::timeout(call_timeout, sink.ping::<redis::Value>()).await;
+                    let ping = tokio::time::timeout(call_timeout, sink.ping()).await;
                     if !matches!(ping, Ok(Ok(_))) {
                         tracing::debug!(target: "dlock", "the pub/sub connection did not answer PING; reconnecting");
                         break;
@@ -207,7 +304,7 @@ async fn subscriber(
 /// Make the connection's subscriptions match the channels waiters want.
 async fn reconcile(
     shared: &Shared,
-    sink: &mut redis::aio::PubSubSink,
+    sink: &mut dyn FeedSink,
     subscribed: &mut HashSet<String>,
     call_timeout: Duration,
 ) -> Result<(), ()> {

@@ -1,0 +1,349 @@
+//! [`RedisClusterBackend`]: locks in a Redis Cluster, each on the shard that owns its key's slot.
+//!
+//! Commands go through redis-rs's cluster connection (one per tokio runtime, as for one
+//! server), which routes each script by its first key's slot and follows `MOVED` and `ASK`
+//! during resharding and failover without surfacing them; a node that lost the scripts after
+//! a failover answers `NOSCRIPT`, and the script is sent again in full. Every name a lock uses
+//! lives in its key's slot (see [`layout`](super::layout)), so each script touches one shard.
+//!
+//! Notices go over sharded pub/sub: the release script announces with `SPUBLISH`, which stays
+//! within the key's shard, and the notifier subscribes with `SSUBSCRIBE` on a RESP3 cluster
+//! connection of its own, which subscribes again on the new owner when a slot moves or a node
+//! reconnects (each such event wakes that channel's waiters to check again).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{ProtocolVersion, PushInfo, PushKind, RedisResult, Value};
+
+use super::connection::{Conn, Connections, Connector, tcp_settings};
+use super::engine::{self, Engine, Replication};
+use super::error::redact;
+use super::layout;
+use super::notify::{Feed, FeedEvent, FeedSink, FeedSource, Notifier};
+use super::scripts::Scripts;
+use super::{RedisBackend, check_options};
+use crate::backend::{BackendError, BoxFuture};
+use crate::error::Error;
+
+/// Locks in a Redis Cluster (Redis ≥ 7: notices use sharded pub/sub).
+///
+/// The same locks as [`RedisBackend`], spread over the cluster's shards by key: each lock, its
+/// waiting line and its channels live in the lock key's slot, so one shard serves each lock
+/// and a failover or a resharding moves a lock whole. Give related keys a hash tag
+/// (`order:{42}:pay`, `order:{42}:ship`) to keep them on one shard; dlock does not need it.
+///
+/// Resharding (`MOVED`, `ASK`) and failovers are followed without errors reaching callers
+/// while the cluster answers within the call timeout; a lock that a failover lost (the replica
+/// had not received it) is reported [`Lost`](crate::Error::Lost) to its holder by its next
+/// renewal, and its fencing tokens keep increasing (they come from the server's clock).
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+/// let cluster = dlock::RedisClusterBackend::connect([
+///     "redis://10.0.0.1:7000",
+///     "redis://10.0.0.2:7000",
+///     "redis://10.0.0.3:7000",
+/// ])
+/// .await?;
+/// dlock::set_global(dlock::LockService::new(cluster))?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisClusterBackend {
+    engine: Arc<Engine>,
+    nodes: Arc<[String]>,
+}
+
+/// Options for [`RedisClusterBackend`]; see [`RedisClusterBackend::builder`].
+#[derive(Debug, Clone)]
+#[must_use = "call .connect().await to get the backend"]
+pub struct RedisClusterBackendBuilder {
+    nodes: Vec<String>,
+    call_timeout: Duration,
+    replication: Option<Replication>,
+}
+
+impl RedisClusterBackendBuilder {
+    /// Bound on every call, and on connecting (default 2 s). A call that follows a `MOVED` or
+    /// `ASK` redirection is still one call.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let cluster = dlock::RedisClusterBackend::builder(["redis://10.0.0.1:7000"])
+    ///     .call_timeout(std::time::Duration::from_millis(500))
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// Require `replicas` replicas of the key's shard to acknowledge every acquisition within
+    /// `timeout` (`WAIT`, sent in one pipeline with the acquisition to the shard's primary,
+    /// never to the whole cluster). As for
+    /// [`RedisBackendBuilder::replicas_acknowledge`](crate::RedisBackendBuilder::replicas_acknowledge):
+    /// it narrows the failover window, it does not make Redis a consensus store.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let cluster = dlock::RedisClusterBackend::builder(["redis://10.0.0.1:7000"])
+    ///     .replicas_acknowledge(1, std::time::Duration::from_millis(100))
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn replicas_acknowledge(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replication = Some(Replication { replicas, timeout });
+        self
+    }
+
+    /// Connect to the cluster through the seed nodes, and check that it answers.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let cluster = dlock::RedisClusterBackend::builder(["redis://10.0.0.1:7000"]).connect().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(self) -> Result<RedisClusterBackend, Error> {
+        check_options(self.call_timeout, self.replication)?;
+        if self.nodes.is_empty() {
+            return Err(Error::InvalidInput {
+                what: "Redis Cluster nodes",
+                reason: "no seed node was given; pass at least one redis://host:port of the cluster".into(),
+            });
+        }
+        let shown = self.nodes.iter().map(|node| redact(node)).collect::<Vec<_>>().join(",");
+        let invalid = |err: &dyn fmt::Display| Error::InvalidInput {
+            what: "Redis Cluster nodes",
+            reason: format!(
+                "`{shown}` are not Redis URLs ({err}); expected redis://[[user]:password@]host[:port] for each seed node, all with the same credentials"
+            ),
+        };
+        let client = cluster_client(&self.nodes, self.call_timeout, ProtocolVersion::RESP2, None)
+            .map_err(|err| invalid(&err))?;
+        let conns = Connections::new(ClusterConnector(client), self.call_timeout, format!("cluster {shown}"));
+        let pong: Result<String, BackendError> = conns
+            .call("PING", |mut conn| async move { redis::cmd("PING").query_async(&mut conn).await })
+            .await;
+        pong.map_err(|err| Error::backend("redis-cluster", None, err))?;
+        let feeds = ClusterFeeds { nodes: self.nodes.clone(), call_timeout: self.call_timeout };
+        let notifier = Notifier::start(feeds, self.call_timeout);
+        let engine = Engine::new(conns, notifier, Scripts::sharded(), self.replication);
+        tracing::debug!(target: "dlock", nodes = %shown, "connected to Redis Cluster");
+        Ok(RedisClusterBackend {
+            engine: Arc::new(engine),
+            nodes: self.nodes.iter().map(|n| redact(n)).collect(),
+        })
+    }
+}
+
+impl RedisClusterBackend {
+    /// Connect to the cluster through `nodes` (any of its nodes; more than one, so that one
+    /// being down does not stop the start) with the default options.
+    ///
+    /// Each node is `redis://[[user]:password@]host[:port]` (`rediss://` with feature `tls`).
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let cluster = dlock::RedisClusterBackend::connect(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect<I>(nodes: I) -> Result<Self, Error>
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        Self::builder(nodes).connect().await
+    }
+
+    /// Options: the call timeout, replicas that must acknowledge.
+    ///
+    /// ```
+    /// let builder = dlock::RedisClusterBackend::builder(["redis://10.0.0.1:7000"]);
+    /// ```
+    pub fn builder<I>(nodes: I) -> RedisClusterBackendBuilder
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        RedisClusterBackendBuilder {
+            nodes: nodes.into_iter().map(Into::into).collect(),
+            call_timeout: RedisBackend::DEFAULT_CALL_TIMEOUT,
+            replication: None,
+        }
+    }
+
+    /// The channel on which this backend hears releases and hand-offs of `key` (the full
+    /// key): a sharded channel in `key`'s slot.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+    /// let cluster = dlock::RedisClusterBackend::connect(["redis://10.0.0.1:7000"]).await?;
+    /// assert!(cluster.notice_channel("app:user:42").starts_with("app:user:42#dlock:to:"));
+    /// # Ok(()) }
+    /// ```
+    pub fn notice_channel(&self, key: &str) -> String {
+        self.engine.notice_channel(key)
+    }
+
+    /// How many release channels this process is subscribed to (or about to be).
+    #[doc(hidden)]
+    pub fn subscribed_channels(&self) -> usize {
+        self.engine.notifier.channel_count()
+    }
+}
+
+/// A lock key the cluster can serve: as on one server, and its derived names must share its
+/// slot (they do, unless the key has a `{` that forms no hash tag).
+fn check_key(key: &str) -> Result<(), String> {
+    layout::check(key)?;
+    if !layout::shares_slot(key) {
+        return Err("it has a `{` that forms no Redis Cluster hash tag (`{}`, or no `}` after it), so its waiting line would land in another slot; close the tag (`user:{42}`) or leave braces out".to_owned());
+    }
+    Ok(())
+}
+
+engine::lock_backend_via_engine!(RedisClusterBackend, "redis-cluster", check_key);
+
+impl fmt::Debug for RedisClusterBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisClusterBackend")
+            .field("nodes", &self.nodes)
+            .field("call_timeout", &self.engine.conns.call_timeout())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Command connections to the cluster.
+struct ClusterConnector(ClusterClient);
+
+impl Connector for ClusterConnector {
+    fn connect(&self) -> BoxFuture<'_, RedisResult<Conn>> {
+        Box::pin(async move { Ok(Conn::Cluster(self.0.get_async_connection().await?)) })
+    }
+}
+
+/// A client of the cluster at `nodes`; with `pushes`, on RESP3, sending push messages there.
+fn cluster_client(
+    nodes: &[String],
+    call_timeout: Duration,
+    protocol: ProtocolVersion,
+    pushes: Option<tokio::sync::mpsc::UnboundedSender<PushInfo>>,
+) -> RedisResult<ClusterClient> {
+    let mut builder = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+        .connection_timeout(call_timeout)
+        .tcp_settings(tcp_settings(call_timeout))
+        .use_protocol(protocol);
+    if let Some(pushes) = pushes {
+        builder = builder.push_sender(pushes);
+    }
+    builder.build()
+}
+
+/// Sharded pub/sub connections to the cluster (RESP3, for push messages).
+struct ClusterFeeds {
+    nodes: Vec<String>,
+    call_timeout: Duration,
+}
+
+impl FeedSource for ClusterFeeds {
+    fn open(&self) -> BoxFuture<'_, RedisResult<Feed>> {
+        Box::pin(async move {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let client = cluster_client(&self.nodes, self.call_timeout, ProtocolVersion::RESP3, Some(tx))?;
+            let conn = client.get_async_connection().await?;
+            let expected = Arc::new(Mutex::new(HashMap::new()));
+            let sink = ClusterSink { conn, expected: Arc::clone(&expected) };
+            let events = futures_util::stream::unfold(rx, |mut rx| async move {
+                let push = rx.recv().await?;
+                Some((push, rx))
+            })
+            .filter_map(move |push| std::future::ready(event(push, &expected)))
+            .boxed();
+            Ok(Feed { sink: Box::new(sink), events, moved: Box::pin(std::future::pending()) })
+        })
+    }
+}
+
+/// Confirmations the notifier's own `SSUBSCRIBE`s will bring, by channel: those are not news;
+/// any other confirmation is a subscription made again by the cluster connection.
+type Expected = Arc<Mutex<HashMap<String, usize>>>;
+
+/// What a push from the cluster means to the notifier.
+fn event(push: PushInfo, expected: &Expected) -> Option<FeedEvent> {
+    let text = |value: Option<&Value>| match value {
+        Some(Value::BulkString(bytes)) => String::from_utf8(bytes.clone()).ok(),
+        Some(Value::SimpleString(s)) => Some(s.clone()),
+        _ => None,
+    };
+    match push.kind {
+        PushKind::SMessage => match push.data.get(1) {
+            Some(Value::BulkString(payload)) => {
+                Some(FeedEvent::Message { channel: text(push.data.first())?, payload: payload.clone() })
+            }
+            _ => None,
+        },
+        PushKind::SSubscribe => {
+            let channel = text(push.data.first())?;
+            let mut expected = expected.lock().unwrap_or_else(PoisonError::into_inner);
+            match expected.get_mut(&channel) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    None
+                }
+                Some(_) => {
+                    expected.remove(&channel);
+                    None
+                }
+                None => Some(FeedEvent::Resubscribed(channel)),
+            }
+        }
+        PushKind::Disconnection => Some(FeedEvent::Reconnected),
+        _ => None,
+    }
+}
+
+/// Subscribes on the cluster connection, one channel at a time (channels of different keys
+/// live in different slots, and one `SSUBSCRIBE` may name only one slot).
+struct ClusterSink {
+    conn: ClusterConnection,
+    expected: Expected,
+}
+
+impl FeedSink for ClusterSink {
+    fn subscribe<'a>(&'a mut self, channels: &'a [String]) -> BoxFuture<'a, RedisResult<()>> {
+        Box::pin(async move {
+            for channel in channels {
+                *self
+                    .expected
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(channel.clone())
+                    .or_default() += 1;
+                self.conn.ssubscribe(channel).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn unsubscribe<'a>(&'a mut self, channels: &'a [String]) -> BoxFuture<'a, RedisResult<()>> {
+        Box::pin(async move {
+            for channel in channels {
+                self.conn.sunsubscribe(channel).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn ping(&mut self) -> BoxFuture<'_, RedisResult<()>> {
+        Box::pin(async move { redis::cmd("PING").query_async::<Value>(&mut self.conn).await.map(drop) })
+    }
+}

@@ -1,0 +1,258 @@
+//! [`Engine`]: the lock operations every Redis backend shares — the scripts, sent over the
+//! backend's command connections, and its release notices. [`RedisBackend`](super::RedisBackend),
+//! [`RedisClusterBackend`](super::cluster::RedisClusterBackend) and
+//! [`RedisSentinelBackend`](super::sentinel::RedisSentinelBackend) differ only in how they
+//! connect.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::{Cmd, ErrorKind, FromRedisValue, ServerErrorKind, Value};
+
+use super::connection::Connections;
+use super::error::{not_replicated, unexpected};
+use super::layout;
+use super::notify::Notifier;
+use super::scripts::{Lua, Scripts};
+use crate::backend::{
+    BackendError, FullKey, HANDOFF_LEASE, ReleaseOutcome, ReleaseWatch, TryAcquire, WAITER_RECHECK,
+};
+
+/// How long a waiting process keeps its place in a key's waiting line without asking again.
+/// dlock asks about every [`WAITER_RECHECK`]; a process that stopped asking (it crashed) is
+/// not handed the lock after this.
+const WAITING_LIFETIME: Duration = WAITER_RECHECK.saturating_mul(3);
+
+/// How many replicas must acknowledge an acquisition, and how long to wait for them
+/// (`WAIT <replicas> <timeout>`, sent with the acquisition on the same connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Replication {
+    pub(super) replicas: u32,
+    pub(super) timeout: Duration,
+}
+
+/// The lock operations of one Redis backend.
+pub(super) struct Engine {
+    pub(super) conns: Arc<Connections>,
+    pub(super) notifier: Arc<Notifier>,
+    /// Names this backend's channels: a hand-off is told to the one process it goes to.
+    process: Arc<str>,
+    scripts: &'static Scripts,
+    replication: Option<Replication>,
+}
+
+impl Engine {
+    pub(super) fn new(
+        conns: Arc<Connections>,
+        notifier: Notifier,
+        scripts: &'static Scripts,
+        replication: Option<Replication>,
+    ) -> Self {
+        let process = Arc::from(format!("{:016x}", rand::random::<u64>()));
+        Self { conns, notifier: Arc::new(notifier), process, scripts, replication }
+    }
+
+    /// The channel on which this backend hears releases and hand-offs of `key`.
+    pub(super) fn notice_channel(&self, key: &str) -> String {
+        layout::notice_channel(key, &self.process)
+    }
+
+    /// Run `script` on `keys` with the arguments `args` adds; with `wait`, followed on the
+    /// same connection by `WAIT`, whose answer (how many replicas acknowledged) comes second.
+    ///
+    /// It is sent as `EVALSHA`; a Redis that does not know the script (after a restart, a
+    /// failover or `SCRIPT FLUSH`) answers `NOSCRIPT`, and it is sent again as `EVAL`, which
+    /// also loads it. The command is built directly rather than through `redis::Script`, which
+    /// copies every argument twice: this is the path every lock and release takes.
+    async fn eval<T: FromRedisValue>(
+        &self,
+        what: &str,
+        script: &Lua,
+        keys: &[&str],
+        wait: Option<Replication>,
+        args: impl Fn(&mut Cmd),
+    ) -> Result<(T, Option<i64>), BackendError> {
+        let command = |by_sha: bool| {
+            let mut cmd = Cmd::with_capacity(12, 160 + keys.iter().map(|k| k.len()).sum::<usize>());
+            if by_sha {
+                cmd.arg("EVALSHA").arg(script.sha());
+            } else {
+                cmd.arg("EVAL").arg(&script.source);
+            }
+            cmd.arg(keys.len()).arg(keys);
+            args(&mut cmd);
+            cmd
+        };
+        let send = |by_sha: bool, mut conn: super::connection::Conn| {
+            let cmd = command(by_sha);
+            async move {
+                match wait {
+                    None => cmd.query_async::<T>(&mut conn).await.map(|answer| (answer, None)),
+                    // One pipeline: on a cluster it goes, whole, to the node of the script's
+                    // key, so WAIT asks about that node's replicas and no other.
+                    Some(wait) => {
+                        let mut pipe = redis::pipe();
+                        pipe.add_command(cmd).cmd("WAIT").arg(wait.replicas).arg(millis(wait.timeout));
+                        pipe.query_async::<(T, i64)>(&mut conn)
+                            .await
+                            .map(|(answer, acked)| (answer, Some(acked)))
+                    }
+                }
+            }
+        };
+        self.conns
+            .call(what, |conn| async move {
+                match send(true, conn.clone()).await {
+                    Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                        send(false, conn).await
+                    }
+                    answer => answer,
+                }
+            })
+            .await
+    }
+
+    pub(super) async fn try_acquire(
+        &self,
+        key: &FullKey,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<TryAcquire, BackendError> {
+        // Join the waiting line only when a hand-off notice would be heard.
+        let line = self.notifier.is_subscribed(|| self.notice_channel(key)).then(|| layout::line(key));
+        let keys: &[&str] = match &line {
+            Some(line) => &[key.as_str(), line],
+            None => &[key.as_str()],
+        };
+        let (answer, acked): (Value, _) = self
+            .eval("the acquire script", &self.scripts.acquire, keys, self.replication, |cmd| {
+                cmd.arg(owner).arg(millis(ttl));
+                if line.is_some() {
+                    cmd.arg(millis(WAITING_LIFETIME)).arg(millis(ttl.min(HANDOFF_LEASE))).arg(&*self.process);
+                }
+            })
+            .await?;
+        let number = |value: Option<&Value>| match value {
+            Some(&Value::Int(n)) => u64::try_from(n).ok(),
+            _ => None,
+        };
+        match answer {
+            Value::Int(token) => {
+                if let (Some(wanted), Some(acked)) = (self.replication, acked)
+                    && acked < i64::from(wanted.replicas)
+                {
+                    // The lock is taken on the primary only: the caller's claim releases it.
+                    return Err(not_replicated(self.conns.url(), wanted.replicas, acked, wanted.timeout));
+                }
+                Ok(TryAcquire::Acquired { fencing_token: u64::try_from(token).unwrap_or(0) })
+            }
+            Value::Array(held) => Ok(TryAcquire::Held {
+                remaining: number(held.first()).map(Duration::from_millis),
+                newest_token: number(held.get(1)),
+            }),
+            other => Err(unexpected(self.conns.url(), "the acquire script", &other)),
+        }
+    }
+
+    pub(super) async fn release(&self, key: &FullKey, owner: &str) -> Result<ReleaseOutcome, BackendError> {
+        let line = layout::line(key);
+        let (outcome, _): (i64, _) = self
+            .eval("the release script", &self.scripts.release, &[key.as_str(), &line], None, |cmd| {
+                cmd.arg(owner);
+            })
+            .await?;
+        // 2: handed to a waiting process, or clients subscribed to the key heard the release
+        // (possibly this process's own): this process's next waiter steps back for a moment
+        // either way (see `guard::release_owned`).
+        Ok(ReleaseOutcome::new(outcome >= 1).with_others_waiting(outcome == 2))
+    }
+
+    pub(super) async fn renew(
+        &self,
+        key: &FullKey,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        let (renewed, _): (i64, _) = self
+            .eval("the renew script", &self.scripts.renew, &[key.as_str()], None, |cmd| {
+                cmd.arg(owner).arg(millis(ttl));
+            })
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    pub(super) async fn watch_releases(&self, key: &FullKey) -> ReleaseWatch {
+        self.notifier.watch(self.notice_channel(key), self.conns.call_timeout()).await
+    }
+}
+
+pub(super) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// `impl LockBackend for $backend`, whose `engine` field does the work; `$name` is the
+/// backend's name in errors, `$check` its key check (`fn(&str) -> Result<(), String>`),
+/// `$epochs` (optional) its [`lease_epochs`](crate::LockBackend::lease_epochs).
+macro_rules! lock_backend_via_engine {
+    ($backend:ty, $name:literal, $check:expr) => {
+        $crate::redis::engine::lock_backend_via_engine!($backend, $name, $check, |_: &$backend| None);
+    };
+    ($backend:ty, $name:literal, $check:expr, $epochs:expr) => {
+        impl $crate::backend::LockBackend for $backend {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn check_key(&self, key: &$crate::backend::FullKey) -> Result<(), String> {
+                $check(key)
+            }
+
+            fn try_acquire<'a>(
+                &'a self,
+                key: &'a $crate::backend::FullKey,
+                owner: &'a str,
+                ttl: ::std::time::Duration,
+            ) -> $crate::backend::BoxFuture<
+                'a,
+                Result<$crate::backend::TryAcquire, $crate::backend::BackendError>,
+            > {
+                Box::pin(self.engine.try_acquire(key, owner, ttl))
+            }
+
+            fn release<'a>(
+                &'a self,
+                key: &'a $crate::backend::FullKey,
+                owner: &'a str,
+            ) -> $crate::backend::BoxFuture<
+                'a,
+                Result<$crate::backend::ReleaseOutcome, $crate::backend::BackendError>,
+            > {
+                Box::pin(self.engine.release(key, owner))
+            }
+
+            fn renew<'a>(
+                &'a self,
+                key: &'a $crate::backend::FullKey,
+                owner: &'a str,
+                ttl: ::std::time::Duration,
+            ) -> $crate::backend::BoxFuture<'a, Result<bool, $crate::backend::BackendError>> {
+                Box::pin(self.engine.renew(key, owner, ttl))
+            }
+
+            fn watch_releases<'a>(
+                &'a self,
+                key: &'a $crate::backend::FullKey,
+            ) -> $crate::backend::BoxFuture<
+                'a,
+                Result<Option<$crate::backend::ReleaseWatch>, $crate::backend::BackendError>,
+            > {
+                Box::pin(async move { Ok(Some(self.engine.watch_releases(key).await)) })
+            }
+
+            fn lease_epochs(&self) -> Option<::tokio::sync::watch::Receiver<u64>> {
+                $epochs(self)
+            }
+        }
+    };
+}
+pub(super) use lock_backend_via_engine;
