@@ -6,8 +6,9 @@
 //! - [`support`]: one module per job — a [`Store`] (one test's lock store: independent
 //!   clients of it, and a look inside), the stores of dlock's own backends ([`MemoryStore`],
 //!   [`RedisStore`]), a fault-injecting backend wrapper ([`FaultyBackend`]), private
-//!   `redis-server`s ([`RedisServer`]), the shared Redis, worker processes ([`Worker`]) and
-//!   bounded polls ([`poll_until`]).
+//!   `redis-server`s ([`RedisServer`]), private Redis topologies (a Redis Cluster,
+//!   [`RedisCluster`]; a primary, its replica and three sentinels, [`SentinelGroup`]), the
+//!   shared Redis, worker processes ([`Worker`]) and bounded polls ([`poll_until`]).
 //!
 //! A new backend gets the whole contract checked by a test binary of three lines (see
 //! `tests/README.md`):
@@ -18,21 +19,31 @@
 //! ```
 
 pub mod conformance;
+pub use support::shared_topology;
 
 pub mod support {
     //! The harness, one job per module.
 
+    pub mod cluster;
+    pub mod cluster_store;
+    pub mod contention;
     pub mod faulty;
     pub mod memory_store;
     pub mod poll;
     pub mod process;
     pub mod redis;
+    pub(crate) mod redis_process;
     pub mod redis_store;
+    pub mod sentinel;
+    pub mod sentinel_store;
     pub mod server;
+    pub mod shared_topology;
     pub mod store;
     pub mod text;
 }
 
+pub use support::cluster::{ClusterNode, NodeRole, RedisCluster, SlotMigration};
+pub use support::cluster_store::{RedisClusterStore, cluster_inspector};
 pub use support::faulty::{Call, Fault, FaultyBackend, Op, Rule};
 pub use support::memory_store::MemoryStore;
 pub use support::poll::{MARGIN, poll_until};
@@ -41,6 +52,8 @@ pub use support::redis::{
     connect_redis, connect_redis_with, inspector, redis_cmd, shared_redis_url, unique_prefix,
 };
 pub use support::redis_store::{RedisStore, lock_value};
+pub use support::sentinel::SentinelGroup;
+pub use support::sentinel_store::{RedisSentinelStore, primary_url};
 pub use support::server::{RedisServer, free_port};
 pub use support::store::{Features, Store};
 pub use support::text::chain;

@@ -238,7 +238,13 @@ fn cluster_client(
     protocol: ProtocolVersion,
     pushes: Option<tokio::sync::mpsc::UnboundedSender<PushInfo>>,
 ) -> RedisResult<ClusterClient> {
+    // Redirections (`MOVED`, `ASK`) and `TRYAGAIN` are retried a few times, quickly: the
+    // engine answers a lasting `TRYAGAIN` (a slot half migrated) with a one-key script, and
+    // the call timeout bounds the whole.
     let mut builder = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+        .retries(5)
+        .min_retry_wait(5)
+        .max_retry_wait(100)
         .connection_timeout(call_timeout)
         .tcp_settings(tcp_settings(call_timeout))
         .use_protocol(protocol);

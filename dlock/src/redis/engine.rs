@@ -10,7 +10,7 @@ use std::time::Duration;
 use redis::{Cmd, ErrorKind, FromRedisValue, ServerErrorKind, Value};
 
 use super::connection::Connections;
-use super::error::{not_replicated, unexpected};
+use super::error::{is_try_again, not_replicated, unexpected};
 use super::layout;
 use super::notify::Notifier;
 use super::scripts::{Lua, Scripts};
@@ -112,6 +112,35 @@ impl Engine {
             .await
     }
 
+    /// One acquire script on the lock `key`, joining its waiting line `line` if given.
+    async fn acquire_once(
+        &self,
+        key: &FullKey,
+        owner: &str,
+        ttl: Duration,
+        line: Option<&str>,
+    ) -> Result<(Value, Option<i64>), BackendError> {
+        let keys: &[&str] = match line {
+            Some(line) => &[key.as_str(), line],
+            None => &[key.as_str()],
+        };
+        self.eval("the acquire script", &self.scripts.acquire, keys, self.replication, |cmd| {
+            cmd.arg(owner).arg(millis(ttl));
+            if line.is_some() {
+                cmd.arg(millis(WAITING_LIFETIME)).arg(millis(ttl.min(HANDOFF_LEASE))).arg(&*self.process);
+            }
+        })
+        .await
+    }
+
+    /// One release script on `keys` (the lock, and its waiting line if it may be named).
+    async fn release_once(&self, keys: &[&str], owner: &str) -> Result<(i64, Option<i64>), BackendError> {
+        self.eval("the release script", &self.scripts.release, keys, None, |cmd| {
+            cmd.arg(owner);
+        })
+        .await
+    }
+
     pub(super) async fn try_acquire(
         &self,
         key: &FullKey,
@@ -120,18 +149,14 @@ impl Engine {
     ) -> Result<TryAcquire, BackendError> {
         // Join the waiting line only when a hand-off notice would be heard.
         let line = self.notifier.is_subscribed(|| self.notice_channel(key)).then(|| layout::line(key));
-        let keys: &[&str] = match &line {
-            Some(line) => &[key.as_str(), line],
-            None => &[key.as_str()],
+        let (answer, acked): (Value, _) = match self.acquire_once(key, owner, ttl, line.as_deref()).await {
+            // A cluster slot in migration: ask without joining the line (the waiter then
+            // waits on its timer until the slot has moved).
+            Err(err) if line.is_some() && is_try_again(&err) => {
+                self.acquire_once(key, owner, ttl, None).await?
+            }
+            answer => answer?,
         };
-        let (answer, acked): (Value, _) = self
-            .eval("the acquire script", &self.scripts.acquire, keys, self.replication, |cmd| {
-                cmd.arg(owner).arg(millis(ttl));
-                if line.is_some() {
-                    cmd.arg(millis(WAITING_LIFETIME)).arg(millis(ttl.min(HANDOFF_LEASE))).arg(&*self.process);
-                }
-            })
-            .await?;
         let number = |value: Option<&Value>| match value {
             Some(&Value::Int(n)) => u64::try_from(n).ok(),
             _ => None,
@@ -156,11 +181,11 @@ impl Engine {
 
     pub(super) async fn release(&self, key: &FullKey, owner: &str) -> Result<ReleaseOutcome, BackendError> {
         let line = layout::line(key);
-        let (outcome, _): (i64, _) = self
-            .eval("the release script", &self.scripts.release, &[key.as_str(), &line], None, |cmd| {
-                cmd.arg(owner);
-            })
-            .await?;
+        let (outcome, _): (i64, _) = match self.release_once(&[key.as_str(), &line], owner).await {
+            // A cluster slot in migration: free the lock alone (waiters find it on their timer).
+            Err(err) if is_try_again(&err) => self.release_once(&[key.as_str()], owner).await?,
+            answer => answer?,
+        };
         // 2: handed to a waiting process, or clients subscribed to the key heard the release
         // (possibly this process's own): this process's next waiter steps back for a moment
         // either way (see `guard::release_owned`).

@@ -60,6 +60,14 @@ pub(super) fn call_error(url: &str, what: &str, err: RedisError) -> BackendError
     BackendError::with_source(kind, message, RedisCause(err))
 }
 
+/// Whether `err` is Redis Cluster's `TRYAGAIN`: the script named keys of a slot in migration,
+/// some moved and some not. A script that names only the lock key can run.
+pub(super) fn is_try_again(err: &BackendError) -> bool {
+    std::error::Error::source(err)
+        .and_then(|cause| cause.downcast_ref::<RedisCause>())
+        .is_some_and(|cause| cause.0.code() == Some("TRYAGAIN"))
+}
+
 /// A call `what` that got no answer within `timeout`.
 pub(super) fn late(url: &str, what: &str, timeout: Duration) -> BackendError {
     BackendError::new(

@@ -128,7 +128,9 @@ return {redis.call('PTTL', KEYS[1]), last}
 /// nothing: every process that waits and can hear notices is in line. An owner that does not
 /// hold the lock leaves the waiting line instead; one that does leaves it too.
 ///
-/// `KEYS[1]` the lock, `KEYS[2]` its waiting line (the channels are named after it). Permission
+/// `KEYS[1]` the lock, `KEYS[2]` its waiting line (the channels are named after it). Without
+/// `KEYS[2]` (a Redis Cluster slot in migration, where a script may not name a key that has
+/// moved beside one that has not), it only frees the lock: waiters find it free on their timer. Permission
 /// to publish is checked before anything changes. Returns 0 when the lock was not (any more)
 /// this owner's; 1 when it was freed and nobody was told; 2 when it was handed over, or freed
 /// with a notice that some process received.
@@ -136,10 +138,12 @@ const RELEASE: &str = r"
 local held = redis.call('GET', KEYS[1])
 local sep = held and string.find(held, ':', 1, true)
 if not sep or string.sub(held, sep + 1) ~= ARGV[1] then
-  redis.call('HDEL', KEYS[2], ARGV[1])
+  if KEYS[2] then
+    redis.call('HDEL', KEYS[2], ARGV[1])
+  end
   return 0
 end
-if redis.call('EXISTS', KEYS[2]) == 0 then
+if not KEYS[2] or redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('DEL', KEYS[1])
   return 1
 end

@@ -1,0 +1,248 @@
+//! The runtime against Redis Cluster.
+//!
+//! - The whole conformance suite (`conformance/`) on one 6-node cluster (3 primaries, 3
+//!   replicas) that this binary starts for all of its tests ([`shared_cluster`]), each test in
+//!   a key namespace of its own.
+//! - Cluster-only behaviour, each test on a cluster of its own ([`RedisCluster`]): keys spread
+//!   over shards, notices on sharded channels, a slot migrated while its locks are taken and
+//!   released (`ASK`, `MOVED`), a primary killed under load and a `CLUSTER FAILOVER TAKEOVER`
+//!   (tokens keep increasing, locks usable again within the failover time + 1 s, nothing
+//!   granted twice).
+
+use dlock_tests::RedisClusterStore;
+use dlock_tests::shared_topology::shared_cluster_seeds;
+
+async fn cluster_store(test_name: &str) -> RedisClusterStore {
+    RedisClusterStore::on(&shared_cluster_seeds(), test_name).await
+}
+
+dlock_tests::conformance_suite!(cluster_store);
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dlock::{LockService, RedisClusterBackend};
+use dlock_tests::support::contention::contend_through;
+use dlock_tests::{RedisCluster, Store};
+use tokio::task::block_in_place;
+
+/// A cluster of this test's own (blocking: started off the runtime's worker).
+fn own_cluster() -> RedisCluster {
+    block_in_place(RedisCluster::start)
+}
+
+async fn backend(cluster: &RedisCluster, call_timeout: Duration) -> RedisClusterBackend {
+    RedisClusterBackend::builder(cluster.seed_urls())
+        .call_timeout(call_timeout)
+        .connect()
+        .await
+        .unwrap_or_else(|err| panic!("connecting to the test's cluster: {err}"))
+}
+
+/// Keys that land on three different primaries.
+fn keys_on_every_shard(cluster: &RedisCluster, prefix: &str) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    let mut owners = Vec::new();
+    for i in 0.. {
+        let key = format!("k{i}");
+        let owner = cluster.primary_for_key(&format!("{prefix}{key}"));
+        if !owners.contains(&owner) {
+            owners.push(owner);
+            keys.push(key);
+        }
+        if keys.len() == 3 {
+            break;
+        }
+    }
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_offs_reach_waiters_on_every_shard_over_sharded_channels() {
+    let cluster = own_cluster();
+    let prefix = "handoff:";
+    let keys = keys_on_every_shard(&cluster, prefix);
+    let a = LockService::builder(backend(&cluster, Duration::from_secs(2)).await).key_prefix(prefix).build();
+    let b_backend = backend(&cluster, Duration::from_secs(2)).await;
+    let b = LockService::builder(b_backend.clone()).key_prefix(prefix).build();
+    for key in &keys {
+        let held = a.lock(key.as_str()).ttl(Duration::from_secs(30)).await.expect("a takes the key");
+        let waiter = {
+            let b = b.clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                b.lock(key.as_str()).wait(Duration::from_secs(20)).ttl(Duration::from_secs(30)).await
+            })
+        };
+        // The waiter's channel is a sharded channel on the key's own primary, and nowhere else.
+        let channel = b_backend.notice_channel(&format!("{prefix}{key}"));
+        let owner = cluster.primary_for_key(&format!("{prefix}{key}"));
+        dlock_tests::poll_until(Duration::from_secs(5), "the waiter subscribing on its key's shard", || {
+            let channel = channel.clone();
+            async move { shard_subscribers(owner, &channel) == 1 }
+        })
+        .await;
+        for node in cluster.nodes() {
+            if node.port != owner && matches!(node.role, dlock_tests::NodeRole::Primary) {
+                assert_eq!(
+                    shard_subscribers(node.port, &channel),
+                    0,
+                    "{channel} on another primary {}",
+                    node.port
+                );
+            }
+        }
+        let token = held.fencing_token();
+        let released = Instant::now();
+        held.release().await.expect("release");
+        let got = waiter.await.expect("waiter task").expect("the waiter gets the key");
+        eprintln!("{key} (shard {owner}): hand-off in {:?}", released.elapsed());
+        assert!(got.fencing_token() > token, "tokens increase across the hand-off");
+        got.release().await.expect("release");
+    }
+}
+
+/// `PUBSUB SHARDNUMSUB channel` on the node at `port`.
+fn shard_subscribers(port: u16, channel: &str) -> i64 {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("client");
+    let mut conn = client.get_connection().expect("connection");
+    let (_, count): (String, i64) =
+        redis::cmd("PUBSUB").arg("SHARDNUMSUB").arg(channel).query(&mut conn).expect("PUBSUB SHARDNUMSUB");
+    count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_migrated_while_its_locks_are_taken_and_released_surfaces_no_error() {
+    let cluster = own_cluster();
+    let prefix = "migrate:";
+    let a = LockService::builder(backend(&cluster, Duration::from_secs(2)).await).key_prefix(prefix).build();
+    let b = LockService::builder(backend(&cluster, Duration::from_secs(2)).await).key_prefix(prefix).build();
+    let full = format!("{prefix}acct");
+    let slot = cluster.key_slot(&full);
+    let source = cluster.primary_for_key(&full);
+    let target = cluster
+        .nodes()
+        .into_iter()
+        .find(|node| node.port != source && matches!(node.role, dlock_tests::NodeRole::Primary))
+        .expect("another primary")
+        .port;
+    let mut last_token = 0;
+    let mut check = |token: u64| {
+        assert!(token > last_token, "token {token} after {last_token}");
+        last_token = token;
+    };
+
+    let held = a.lock("acct").ttl(Duration::from_secs(30)).await.expect("before the migration");
+    check(held.fencing_token());
+    let migration = block_in_place(|| cluster.begin_slot_migration(slot, target));
+    // MIGRATING on the source, IMPORTING on the target, the key still on the source.
+    assert!(
+        matches!(b.lock("acct").wait(Duration::ZERO).await, Err(dlock::Error::Timeout { .. })),
+        "still held"
+    );
+    held.release().await.expect("release while MIGRATING");
+    let held = b.lock("acct").ttl(Duration::from_secs(30)).await.expect("take while MIGRATING");
+    check(held.fencing_token());
+    // The key moves to the target: the source answers ASK, the cluster connection follows it.
+    block_in_place(|| migration.move_keys());
+    assert!(
+        matches!(a.lock("acct").wait(Duration::ZERO).await, Err(dlock::Error::Timeout { .. })),
+        "held across the move"
+    );
+    held.release().await.expect("release after the key moved (ASK)");
+    let held = a.lock("acct").ttl(Duration::from_secs(30)).await.expect("take after the key moved (ASK)");
+    check(held.fencing_token());
+    block_in_place(|| migration.finish());
+    assert_eq!(block_in_place(|| cluster.primary_for_key(&full)), target);
+    // The slot is the target's now: MOVED, then routed there directly.
+    held.release().await.expect("release after the slot moved (MOVED)");
+    for _ in 0..5 {
+        let held = b.lock("acct").ttl(Duration::from_secs(30)).await.expect("take after the slot moved");
+        check(held.fencing_token());
+        held.release().await.expect("release");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_killed_under_load_fails_over_without_two_holders_or_a_token_going_back() {
+    let cluster = Arc::new(std::sync::Mutex::new(own_cluster()));
+    let (seeds, victim, node_timeout) = {
+        let cluster = cluster.lock().unwrap();
+        (cluster.seed_urls(), cluster.primary_for_key("kill:acct"), cluster.node_timeout())
+    };
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        // Replicated acquisitions: a lock the killed primary granted is on its replica, so the
+        // failover cannot hand it out twice.
+        let backend = RedisClusterBackend::builder(seeds.clone())
+            .call_timeout(Duration::from_secs(1))
+            .replicas_acknowledge(1, Duration::from_millis(500))
+            .connect()
+            .await
+            .expect("connect");
+        clients.push(LockService::builder(backend).key_prefix("kill:").build());
+    }
+    let faulted = Arc::clone(&cluster);
+    let (gap, sections) = contend_through(clients, "acct", move || {
+        let mut cluster = faulted.lock().unwrap();
+        cluster.kill(victim);
+        let started = Instant::now();
+        let new_primary = cluster.wait_for_failover(victim, Duration::from_secs(30));
+        eprintln!("primary {victim} killed; replica {new_primary} took over after {:?}", started.elapsed());
+    })
+    .await;
+    eprintln!(
+        "kill -9 of the key's primary: {sections} sections, key unavailable for at most {gap:?} (cluster-node-timeout {node_timeout:?})"
+    );
+    // Detection (node timeout) + election + the ttl of a lock whose release the failover
+    // swallowed, + 1 s.
+    assert!(
+        gap < node_timeout * 3 + Duration::from_secs(5) + Duration::from_secs(1),
+        "recovery took {gap:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_keeps_held_locks_and_their_renewals() {
+    let cluster = own_cluster();
+    let a = LockService::builder(
+        RedisClusterBackend::builder(cluster.seed_urls())
+            .replicas_acknowledge(1, Duration::from_millis(500))
+            .connect()
+            .await
+            .expect("connect"),
+    )
+    .key_prefix("takeover:")
+    .build();
+    let b =
+        LockService::builder(backend(&cluster, Duration::from_secs(2)).await).key_prefix("takeover:").build();
+    let held = a.lock("acct").ttl(Duration::from_secs(3)).await.expect("take");
+    let primary = cluster.primary_for_key("takeover:acct");
+    let replica = cluster.replica_of(primary);
+    block_in_place(|| cluster.failover_takeover(replica));
+    assert_eq!(cluster.primary_for_key("takeover:acct"), replica);
+    // Past the ttl: only renewals on the new primary keep it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!held.is_lost(), "the lock survived the takeover and its renewals reached the new primary");
+    assert!(
+        matches!(b.lock("acct").wait(Duration::ZERO).await, Err(dlock::Error::Timeout { .. })),
+        "still held"
+    );
+    let token = held.fencing_token();
+    held.release().await.expect("release on the new primary");
+    let next = b.lock("acct").await.expect("take after the takeover");
+    assert!(next.fencing_token() > token, "tokens increase across the takeover");
+    next.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_with_an_unclosed_brace_are_refused_before_any_call() {
+    let store = RedisClusterStore::on(&shared_cluster_seeds(), "brace").await;
+    let service = store.service().await;
+    match service.lock("user:{42").await {
+        Err(dlock::Error::InvalidInput { reason, .. }) => assert!(reason.contains("hash tag"), "{reason}"),
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+    let guard = service.lock("user:{42}:cart").await.expect("a closed tag is fine");
+    guard.release().await.expect("release");
+}

@@ -1,0 +1,138 @@
+//! The runtime against a Sentinel-managed primary.
+//!
+//! - The whole conformance suite (`conformance/`) on one group (a primary, a replica, three
+//!   sentinels) that this binary starts for all of its tests, each test in a key namespace of
+//!   its own.
+//! - Failovers, each test on a group of its own ([`SentinelGroup`]): `SENTINEL FAILOVER` and
+//!   `kill -9` of the primary under load (nothing granted twice, tokens keep increasing, locks
+//!   usable again within the failover time + 1 s), and a lease the new primary does not have,
+//!   reported lost at once.
+
+use dlock_tests::RedisSentinelStore;
+use dlock_tests::shared_topology::shared_sentinel_group;
+
+async fn sentinel_store(test_name: &str) -> RedisSentinelStore {
+    let (sentinels, master) = shared_sentinel_group();
+    RedisSentinelStore::on(&sentinels, &master, test_name, std::time::Duration::from_secs(2)).await
+}
+
+dlock_tests::conformance_suite!(sentinel_store);
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dlock::{LockService, RedisSentinelBackend};
+use dlock_tests::support::contention::contend_through;
+use dlock_tests::{SentinelGroup, poll_until};
+use tokio::task::block_in_place;
+
+async fn backend_of(group: &SentinelGroup, replicated: bool) -> RedisSentinelBackend {
+    let mut builder = RedisSentinelBackend::builder(group.sentinel_urls(), group.master_name())
+        .call_timeout(Duration::from_secs(1));
+    if replicated {
+        builder = builder.replicas_acknowledge(1, Duration::from_millis(500));
+    }
+    builder.connect().await.unwrap_or_else(|err| panic!("connecting to the test's sentinel group: {err}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_moves_the_backend_and_keeps_replicated_locks() {
+    let group = block_in_place(SentinelGroup::start);
+    let backend = backend_of(&group, true).await;
+    let before = backend.primary_address();
+    let service = LockService::builder(backend.clone()).key_prefix("failover:").build();
+    let other = LockService::builder(backend_of(&group, false).await).key_prefix("failover:").build();
+    let held = service.lock("acct").ttl(Duration::from_secs(3)).await.expect("take");
+    let started = Instant::now();
+    let new_primary = block_in_place(|| group.failover());
+    eprintln!("SENTINEL FAILOVER to {new_primary} took {:?}", started.elapsed());
+    poll_until(Duration::from_secs(5), "the backend moving to the new primary", || {
+        let backend = backend.clone();
+        async move { backend.failovers_followed() >= 1 }
+    })
+    .await;
+    assert_ne!(backend.primary_address(), before);
+    assert!(backend.primary_address().ends_with(&format!(":{new_primary}")), "{}", backend.primary_address());
+    // Past the ttl: only renewals on the new primary keep the lock.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        !held.is_lost(),
+        "the replicated lock survived the failover and its renewals reached the new primary"
+    );
+    assert!(
+        matches!(other.lock("acct").wait(Duration::ZERO).await, Err(dlock::Error::Timeout { .. })),
+        "still held"
+    );
+    let token = held.fencing_token();
+    held.release().await.expect("release on the new primary");
+    let next = other.lock("acct").await.expect("take on the new primary");
+    assert!(next.fencing_token() > token, "tokens increase across the failover");
+    next.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_the_new_primary_lacks_is_reported_lost_at_once() {
+    let group = block_in_place(SentinelGroup::start);
+    let backend = backend_of(&group, false).await;
+    let service = LockService::builder(backend.clone()).key_prefix("lacks:").build();
+    // A ttl of 60 s: the next scheduled renewal is 20 s away.
+    let held = service.lock("acct").ttl(Duration::from_secs(60)).await.expect("take");
+    // The replica loses the lock (as a replica that had not received it would).
+    let replica = group.replica_port();
+    let client = redis::Client::open(group.server_url(replica)).expect("client");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("replica connection");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("replica-read-only")
+        .arg("no")
+        .query_async(&mut conn)
+        .await
+        .expect("CONFIG SET");
+    let deleted: i64 =
+        redis::cmd("DEL").arg("lacks:acct").query_async(&mut conn).await.expect("DEL on the replica");
+    assert_eq!(deleted, 1, "the replica had the lock");
+    block_in_place(|| group.failover());
+    let failed_over = Instant::now();
+    let took = poll_until(Duration::from_secs(10), "the lease reported lost after the failover", || {
+        let lost = held.is_lost();
+        async move { lost }
+    })
+    .await;
+    eprintln!(
+        "a lease the new primary lacks: reported lost {took:?} after the failover (its next scheduled renewal was ~20 s away)"
+    );
+    assert!(failed_over.elapsed() < Duration::from_secs(15));
+    assert!(matches!(held.release().await, Err(dlock::Error::Lost { .. }) | Ok(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_killed_under_load_fails_over_without_two_holders_or_a_token_going_back() {
+    let group = Arc::new(Mutex::new(block_in_place(SentinelGroup::start)));
+    let (down_after, sentinels, master) = {
+        let group = group.lock().unwrap();
+        (group.down_after(), group.sentinel_urls(), group.master_name().to_owned())
+    };
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let backend = RedisSentinelBackend::builder(sentinels.clone(), &master)
+            .call_timeout(Duration::from_secs(1))
+            .replicas_acknowledge(1, Duration::from_millis(500))
+            .connect()
+            .await
+            .expect("connect");
+        clients.push(LockService::builder(backend).key_prefix("kill:").build());
+    }
+    let faulted = Arc::clone(&group);
+    let (gap, sections) = contend_through(clients, "acct", move || {
+        let mut group = faulted.lock().unwrap();
+        let old = group.kill_primary();
+        let started = Instant::now();
+        let new = group.wait_for_new_primary(old, Duration::from_secs(30));
+        eprintln!("primary {old} killed; the sentinels promoted {new} after {:?}", started.elapsed());
+    })
+    .await;
+    eprintln!(
+        "kill -9 of the primary: {sections} sections, key unavailable for at most {gap:?} (down-after {down_after:?})"
+    );
+    assert!(gap < down_after * 3 + Duration::from_secs(5) + Duration::from_secs(1), "recovery took {gap:?}");
+}
