@@ -53,8 +53,8 @@ pub struct BackendSettings {
     pub url: String,
     /// The service's key prefix: every lock key lives under it.
     pub prefix: String,
-    /// The bound on every backend call, where the checker can set it (see
-    /// [`call_timeout_applies`]).
+    /// The bound on every backend call (every backend takes it: `redis://` through
+    /// `RedisBackend::builder`, the others through `dlock::connect_with`).
     pub call_timeout: Duration,
 }
 
@@ -93,22 +93,15 @@ pub fn scheme(url: &str) -> &str {
     url.split_once(':').map_or(url, |(scheme, _)| scheme)
 }
 
-/// Whether the checker sets the call timeout of the backend at `url` itself. `dlock::connect`
-/// takes a URL and nothing else, so for every scheme but `redis://` (which the checker builds
-/// with `RedisBackend::builder`) the backend keeps its own default call timeout.
-pub fn call_timeout_applies(url: &str) -> bool {
-    url == "memory" || scheme(url) == "redis"
-}
-
 /// The backend for `settings.url`:
 ///
 /// - `memory`: a new, empty `MemoryBackend` (clones of the result share it) — the checker's
 ///   in-process mode, with `force_expire` for `drop-key`;
 /// - `redis://…`: a `RedisBackend` with the run's call timeout (`dlock::connect` has no way to
 ///   pass one), `DEL` for `drop-key` and the planted release bug;
-/// - any other URL: whatever `dlock::connect(url)` makes of it (`redis-cluster://`,
-///   `redis-sentinel://`, `postgres://` as soon as dlock knows them), with that backend's
-///   default call timeout and no way to delete a key (no `drop-key`, no planted release bug).
+/// - any other URL: whatever `dlock::connect_with(url, …)` makes of it (`redis-cluster://`,
+///   `redis-sentinel://`, `postgres://`), with the run's call timeout and no way to delete a
+///   key (no `drop-key`, no planted release bug).
 pub async fn backend_for(settings: &BackendSettings) -> Result<Connected, ConnectError> {
     let url = settings.url.as_str();
     if url == "memory" {
@@ -124,7 +117,8 @@ pub async fn backend_for(settings: &BackendSettings) -> Result<Connected, Connec
                 .map_err(|err| connect_error(url, &err))?,
         )
     } else {
-        dlock::connect(url).await.map_err(|err| connect_error(url, &err))?
+        let options = dlock::ConnectOptions::default().call_timeout(settings.call_timeout);
+        dlock::connect_with(url, options).await.map_err(|err| connect_error(url, &err))?
     };
     let forcer = forcer_for(url, settings.call_timeout);
     Ok(Connected { backend, forcer })

@@ -9,8 +9,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::analysis::{Analysis, History, Row};
-use crate::backends;
-use crate::config::{BackendChoice, RunConfig, default_call_timeout};
+use crate::config::{RunConfig, default_call_timeout};
 use crate::schedule::FaultRecord;
 use crate::svg;
 use crate::workload::ModeChoice;
@@ -217,15 +216,6 @@ pub fn setup(config: &RunConfig) -> Vec<String> {
     };
     let call_timeout = if config.backend.in_process() {
         "no call timeout (in-process backend)".to_owned()
-    } else if let BackendChoice::Url(url) = &config.backend
-        && !backends::call_timeout_applies(url)
-    {
-        let warning = if w.ttl < Duration::from_secs(4) {
-            "; dlock's backends default to 2 s, over half this ttl: a silent connection can outlast a lease, and recovery may exceed the bound"
-        } else {
-            "; dlock's backends default to 2 s"
-        };
-        format!("call timeout: the backend's own default (dlock::connect(url) takes none{warning})")
     } else {
         let source = if config.call_timeout == default_call_timeout(w.ttl) {
             "the default, min(2 s, ttl / 2)"

@@ -51,10 +51,10 @@ use crate::error::Error;
 /// Processes waiting for a held key line up in Redis, and a release hands the key straight to
 /// the first one still waiting: first come, first served across processes, one round trip
 /// less per hand-off, and no herd of retries. A process joins the line once it is
-/// subscribed, keeps its place by asking again every [`WAITER_RECHECK`], and leaves it when
+/// subscribed, keeps its place by asking again every [`WAITER_RECHECK`](crate::backend::WAITER_RECHECK), and leaves it when
 /// its waiter gives up; one that was killed while waiting is passed over once it has not asked
 /// for 3 s (until then it may be handed the key, which then stays locked for the ttl it asked
-/// for or [`HANDOFF_LEASE`], whichever is shorter).
+/// for or [`HANDOFF_LEASE`](crate::backend::HANDOFF_LEASE), whichever is shorter).
 ///
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
