@@ -12,6 +12,10 @@
 //! DLOCK_BACKEND=postgres://postgres@127.0.0.1/test cargo run --example payments
 //!                                              # the locks on PostgreSQL (the ledger stays in
 //!                                              # Redis, or in the process without it)
+//! DLOCK_BACKEND=redis-cluster://127.0.0.1:7000,127.0.0.1:7001 cargo run --example payments
+//! DLOCK_BACKEND=redis-sentinel://127.0.0.1:26379/mymaster cargo run --example payments
+//!                                              # the locks on a Redis Cluster, or on the
+//!                                              # primary the sentinels name
 //! ```
 //!
 //! It runs the scenario without the lock, then with it, first as tasks in this process and
@@ -248,7 +252,8 @@ fn now_millis() -> u128 {
 }
 
 /// The lock service of every process: on the backend `DLOCK_BACKEND` names (any URL
-/// `dlock::connect` takes: `redis://…`, `postgres://…`, …), else on `redis` (or in the
+/// `dlock::connect` takes: `redis://…`, `redis-cluster://…`, `redis-sentinel://…`,
+/// `postgres://…`), else on `redis` (or in the
 /// process, without Redis).
 async fn lock_service(redis: Option<dlock::RedisBackend>) -> Result<dlock::LockService, dlock::Error> {
     let builder = match (std::env::var("DLOCK_BACKEND"), redis) {

@@ -326,6 +326,60 @@ async fn zero_call_timeout_is_invalid_input() {
     assert!(matches!(err, Error::InvalidInput { what: "call timeout", .. }), "{err:?}");
 }
 
+/// `replicas_acknowledge` on a primary whose replicas do not acknowledge (here: it has none):
+/// the acquisition fails with `NotReplicated` after the wait, naming the key, and the lock it
+/// took on the primary alone is released, not left for its ttl. With a replica that keeps up,
+/// the same option takes the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquisition_too_few_replicas_acknowledge_fails_and_is_released() {
+    let primary = RedisServer::start();
+    let backend = RedisBackend::builder(primary.url())
+        .call_timeout(Duration::from_secs(2))
+        .replicas_acknowledge(1, Duration::from_millis(500))
+        .connect()
+        .await
+        .expect("connect");
+    let service = LockService::new(backend);
+    let started = Instant::now();
+    let (key, kind, message) = expect_backend_error(
+        service.lock("acct").ttl(Duration::from_secs(30)).await,
+        "no replica acknowledges",
+    );
+    assert_eq!(kind, BackendErrorKind::NotReplicated, "{message}");
+    assert_eq!(key.as_deref(), Some("acct"));
+    assert!(message.contains("0 of the 1 replicas"), "{message}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "failed within the call timeout: {:?}",
+        started.elapsed()
+    );
+    let mut conn = inspector(&primary.url()).await;
+    poll_until(Duration::from_secs(2), "the unreplicated lock released (not left for its 30 s ttl)", || {
+        let mut conn = conn.clone();
+        async move { !redis_cmd::<bool>(&mut conn, &["EXISTS", "acct"]).await }
+    })
+    .await;
+
+    // A replica that keeps up acknowledges.
+    let replica = RedisServer::start();
+    let mut replica_conn = inspector(&replica.url()).await;
+    let () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(primary.port())
+        .query_async(&mut replica_conn)
+        .await
+        .expect("REPLICAOF");
+    poll_until(Duration::from_secs(10), "the replica in sync", || {
+        let mut conn = conn.clone();
+        async move { redis_cmd::<String>(&mut conn, &["INFO", "replication"]).await.contains("state=online") }
+    })
+    .await;
+    let guard = service.lock("acct").ttl(Duration::from_secs(30)).await.expect("acknowledged by the replica");
+    assert!(redis_cmd::<bool>(&mut replica_conn, &["EXISTS", "acct"]).await, "the replica has the lock");
+    guard.release().await.expect("release");
+    let _ = &mut conn;
+}
+
 /// A read-only replica (what a client may reach during a failover) refuses the acquire
 /// script's write: `Unavailable`, at once, naming the key — not a hang and not `Other`.
 #[tokio::test]

@@ -163,43 +163,150 @@ async fn a_slot_migrated_while_its_locks_are_taken_and_released_surfaces_no_erro
     }
 }
 
+/// A waiter's subscription follows its key's slot to another shard: the source drops it when
+/// the slot moves (SUNSUBSCRIBE) and the notifier makes it again on the target's shard, where
+/// the hand-off is then heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiters_subscription_follows_its_slot_to_another_shard() {
+    let cluster = own_cluster();
+    let a =
+        LockService::builder(backend(&cluster, Duration::from_secs(2)).await).key_prefix("follow:").build();
+    let b_backend = backend(&cluster, Duration::from_secs(2)).await;
+    let b = LockService::builder(b_backend.clone()).key_prefix("follow:").build();
+    let full = "follow:acct";
+    let source = cluster.primary_for_key(full);
+    let target = cluster
+        .nodes()
+        .into_iter()
+        .find(|node| node.port != source && matches!(node.role, dlock_tests::NodeRole::Primary))
+        .expect("another primary")
+        .port;
+    let held = a.lock("acct").ttl(Duration::from_secs(30)).await.expect("take");
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            b.lock("acct").wait(Duration::from_secs(30)).ttl(Duration::from_secs(30)).await
+        })
+    };
+    let channel = b_backend.notice_channel(full);
+    dlock_tests::poll_until(Duration::from_secs(5), "the waiter subscribed on the source", || {
+        let channel = channel.clone();
+        async move { shard_subscribers(source, &channel) == 1 }
+    })
+    .await;
+    block_in_place(|| cluster.migrate_slot(cluster.key_slot(full), target));
+    let (source_replica, target_replica) = (cluster.replica_of(source), cluster.replica_of(target));
+    dlock_tests::poll_until(Duration::from_secs(10), "the subscription made again on the target's shard", || {
+        let channel = channel.clone();
+        async move { shard_subscribers(target, &channel) + shard_subscribers(target_replica, &channel) == 1 }
+    })
+    .await;
+    assert_eq!(shard_subscribers(source, &channel) + shard_subscribers(source_replica, &channel), 0);
+    let token = held.fencing_token();
+    held.release().await.expect("release on the target");
+    let got = waiter.await.expect("waiter task").expect("the waiter gets the key on the target");
+    assert!(got.fencing_token() > token);
+    got.release().await.expect("release");
+}
+
+/// A primary that stops answering (SIGSTOP: a dead host that sends no RST) costs calls to its
+/// own shard their call timeout, not calls to the other shards: the cluster connection is
+/// kept and repaired node by node, not replaced (a new one would wait for every node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_primary_does_not_stall_the_other_shards() {
+    let mut cluster = own_cluster();
+    let prefix = "silent:";
+    let keys = keys_on_every_shard(&cluster, prefix);
+    let call_timeout = Duration::from_millis(500);
+    let service = LockService::builder(backend(&cluster, call_timeout).await).key_prefix(prefix).build();
+    for key in &keys {
+        service.lock(key.as_str()).await.expect("every shard answers").release().await.expect("release");
+    }
+    let silent = cluster.primary_for_key(&format!("{prefix}{}", keys[0]));
+    cluster.pause(silent);
+    let started = Instant::now();
+    let err = service.lock(keys[0].as_str()).wait(Duration::ZERO).await.expect_err("the silent shard");
+    assert!(matches!(err, dlock::Error::Backend { .. }), "{err:?}");
+    eprintln!("the silent shard's call failed after {:?}", started.elapsed());
+    for round in 0..3 {
+        for key in &keys[1..] {
+            let started = Instant::now();
+            let guard = service
+                .lock(key.as_str())
+                .wait(Duration::ZERO)
+                .await
+                .unwrap_or_else(|err| panic!("round {round}: {key} on a healthy shard: {err}"));
+            assert!(started.elapsed() < call_timeout, "{key}: {:?}", started.elapsed());
+            guard.release().await.expect("release");
+        }
+    }
+    cluster.resume(silent);
+}
+
+/// `kill -9` of a primary under load: six tasks of two clients take `acct` in a loop (each
+/// section checks for a second holder and a token going back), while a holder whose
+/// acquisition a replica acknowledged (`replicas_acknowledge`) keeps another key of the same
+/// shard across the kill. Afterwards: the replicated lock is still held, by its holder alone,
+/// and renewed on the new primary; `acct` is usable again soon after the failover (see the
+/// bound below).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_killed_under_load_fails_over_without_two_holders_or_a_token_going_back() {
     let cluster = Arc::new(std::sync::Mutex::new(own_cluster()));
-    let (seeds, victim, node_timeout) = {
+    let (seeds, victim, held_key) = {
         let cluster = cluster.lock().unwrap();
-        (cluster.seed_urls(), cluster.primary_for_key("kill:acct"), cluster.node_timeout())
+        let victim = cluster.primary_for_key("kill:acct");
+        let held_key = (0..)
+            .map(|i| format!("held{i}"))
+            .find(|key| cluster.primary_for_key(&format!("kill:{key}")) == victim)
+            .expect("a key on the same shard");
+        (cluster.seed_urls(), victim, held_key)
     };
-    let mut clients = Vec::new();
-    for _ in 0..2 {
-        // Replicated acquisitions: a lock the killed primary granted is on its replica, so the
-        // failover cannot hand it out twice.
-        let backend = RedisClusterBackend::builder(seeds.clone())
-            .call_timeout(Duration::from_secs(1))
-            .replicas_acknowledge(1, Duration::from_millis(500))
-            .connect()
-            .await
-            .expect("connect");
-        clients.push(LockService::builder(backend).key_prefix("kill:").build());
-    }
+    let connect = |replicated: bool| {
+        let seeds = seeds.clone();
+        async move {
+            let mut builder = RedisClusterBackend::builder(seeds).call_timeout(Duration::from_secs(1));
+            if replicated {
+                builder = builder.replicas_acknowledge(1, Duration::from_millis(500));
+            }
+            LockService::builder(builder.connect().await.expect("connect")).key_prefix("kill:").build()
+        }
+    };
+    let holder = connect(true).await;
+    let held =
+        holder.lock(held_key.as_str()).ttl(Duration::from_secs(5)).await.expect("the replicated holder");
+    let clients = vec![connect(false).await, connect(false).await];
+    let other = clients[0].clone();
     let faulted = Arc::clone(&cluster);
-    let (gap, sections) = contend_through(clients, "acct", move || {
+    let seen = contend_through(clients, "acct", move || {
         let mut cluster = faulted.lock().unwrap();
         cluster.kill(victim);
-        let started = Instant::now();
         let new_primary = cluster.wait_for_failover(victim, Duration::from_secs(30));
-        eprintln!("primary {victim} killed; replica {new_primary} took over after {:?}", started.elapsed());
+        eprintln!("primary {victim} killed; replica {new_primary} took over");
     })
     .await;
-    eprintln!(
-        "kill -9 of the key's primary: {sections} sections, key unavailable for at most {gap:?} (cluster-node-timeout {node_timeout:?})"
-    );
-    // Detection (node timeout) + election + the ttl of a lock whose release the failover
-    // swallowed, + 1 s.
+    eprintln!("kill -9 of the key's primary: {seen:?}");
+    // Within 1 s of the failover, unless the dead primary had acknowledged a release its
+    // replica never received: that lock then stays until its ttl (5 s from its acquisition),
+    // as it must — nobody can tell it was released.
     assert!(
-        gap < node_timeout * 3 + Duration::from_secs(5) + Duration::from_secs(1),
-        "recovery took {gap:?}"
+        seen.usable_after_recovery < Duration::from_secs(5) + Duration::from_secs(1),
+        "the key was usable again only {:?} after the failover ({seen:?})",
+        seen.usable_after_recovery
     );
+    // The replicated lock survived the kill: nobody else gets it, and past its ttl its holder
+    // still has it (renewed on the new primary).
+    for _ in 0..2 {
+        assert!(!held.is_lost(), "the replicated lock was kept");
+        assert!(
+            matches!(
+                other.lock(held_key.as_str()).wait(Duration::ZERO).await,
+                Err(dlock::Error::Timeout { .. })
+            ),
+            "nobody else gets the replicated lock"
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    held.release().await.expect("release on the new primary");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,23 +321,41 @@ async fn a_takeover_keeps_held_locks_and_their_renewals() {
     )
     .key_prefix("takeover:")
     .build();
-    let b =
-        LockService::builder(backend(&cluster, Duration::from_secs(2)).await).key_prefix("takeover:").build();
+    let b_backend = backend(&cluster, Duration::from_secs(2)).await;
+    let b = LockService::builder(b_backend.clone()).key_prefix("takeover:").build();
     let held = a.lock("acct").ttl(Duration::from_secs(3)).await.expect("take");
     let primary = cluster.primary_for_key("takeover:acct");
     let replica = cluster.replica_of(primary);
+    // A waiter subscribed on the old primary before the takeover...
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            b.lock("acct").wait(Duration::from_secs(30)).ttl(Duration::from_secs(30)).await
+        })
+    };
+    let channel = b_backend.notice_channel("takeover:acct");
+    dlock_tests::poll_until(Duration::from_secs(5), "the waiter subscribed on the key's primary", || {
+        let channel = channel.clone();
+        async move { shard_subscribers(primary, &channel) == 1 }
+    })
+    .await;
     block_in_place(|| cluster.failover_takeover(replica));
     assert_eq!(cluster.primary_for_key("takeover:acct"), replica);
     // Past the ttl: only renewals on the new primary keep it.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(!held.is_lost(), "the lock survived the takeover and its renewals reached the new primary");
-    assert!(
-        matches!(b.lock("acct").wait(Duration::ZERO).await, Err(dlock::Error::Timeout { .. })),
-        "still held"
+    assert!(!waiter.is_finished(), "the waiter still waits: the lock is still held");
+    // ...and is subscribed in the key's shard again: the old primary dropped the subscription
+    // when it lost the slot (SUNSUBSCRIBE), and the notifier made it again (sharded channels
+    // are served by every node of the shard: the new primary or its replica).
+    assert_eq!(
+        shard_subscribers(primary, &channel) + shard_subscribers(replica, &channel),
+        1,
+        "the waiter's channel is subscribed once in the shard after the takeover"
     );
     let token = held.fencing_token();
     held.release().await.expect("release on the new primary");
-    let next = b.lock("acct").await.expect("take after the takeover");
+    let next = waiter.await.expect("waiter task").expect("the waiter takes the key after the takeover");
     assert!(next.fencing_token() > token, "tokens increase across the takeover");
     next.release().await.expect("release");
 }

@@ -41,8 +41,23 @@ async fn a_failover_moves_the_backend_and_keeps_replicated_locks() {
     let backend = backend_of(&group, true).await;
     let before = backend.primary_address();
     let service = LockService::builder(backend.clone()).key_prefix("failover:").build();
-    let other = LockService::builder(backend_of(&group, false).await).key_prefix("failover:").build();
-    let held = service.lock("acct").ttl(Duration::from_secs(3)).await.expect("take");
+    let other_backend = backend_of(&group, false).await;
+    let other = LockService::builder(other_backend.clone()).key_prefix("failover:").build();
+    let held = service.lock("acct").ttl(Duration::from_secs(6)).await.expect("take");
+    let old_primary = group.primary_port();
+    // A waiter subscribed on the old primary before the failover...
+    let waiter = {
+        let other = other.clone();
+        tokio::spawn(async move {
+            other.lock("acct").wait(Duration::from_secs(30)).ttl(Duration::from_secs(30)).await
+        })
+    };
+    let channel = other_backend.notice_channel("failover:acct");
+    poll_until(Duration::from_secs(5), "the waiter subscribed on the primary", || {
+        let channel = channel.clone();
+        async move { subscribers(old_primary, &channel) == 1 }
+    })
+    .await;
     let started = Instant::now();
     let new_primary = block_in_place(|| group.failover());
     eprintln!("SENTINEL FAILOVER to {new_primary} took {:?}", started.elapsed());
@@ -53,21 +68,33 @@ async fn a_failover_moves_the_backend_and_keeps_replicated_locks() {
     .await;
     assert_ne!(backend.primary_address(), before);
     assert!(backend.primary_address().ends_with(&format!(":{new_primary}")), "{}", backend.primary_address());
+    // ...is subscribed again on the new one.
+    poll_until(Duration::from_secs(10), "the waiter's subscription moving to the new primary", || {
+        let channel = channel.clone();
+        async move { subscribers(new_primary, &channel) == 1 }
+    })
+    .await;
     // Past the ttl: only renewals on the new primary keep the lock.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
     assert!(
         !held.is_lost(),
         "the replicated lock survived the failover and its renewals reached the new primary"
     );
-    assert!(
-        matches!(other.lock("acct").wait(Duration::ZERO).await, Err(dlock::Error::Timeout { .. })),
-        "still held"
-    );
+    assert!(!waiter.is_finished(), "the waiter still waits: the lock is still held");
     let token = held.fencing_token();
     held.release().await.expect("release on the new primary");
-    let next = other.lock("acct").await.expect("take on the new primary");
+    let next = waiter.await.expect("waiter task").expect("the waiter takes the key on the new primary");
     assert!(next.fencing_token() > token, "tokens increase across the failover");
     next.release().await.expect("release");
+}
+
+/// `PUBSUB NUMSUB channel` on the server at `port`.
+fn subscribers(port: u16, channel: &str) -> i64 {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("client");
+    let mut conn = client.get_connection().expect("connection");
+    let (_, count): (String, i64) =
+        redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query(&mut conn).expect("PUBSUB NUMSUB");
+    count
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,6 +115,11 @@ async fn a_lease_the_new_primary_lacks_is_reported_lost_at_once() {
         .query_async(&mut conn)
         .await
         .expect("CONFIG SET");
+    poll_until(Duration::from_secs(5), "the replica receiving the lock", || {
+        let mut conn = conn.clone();
+        async move { redis::cmd("EXISTS").arg("lacks:acct").query_async::<bool>(&mut conn).await.expect("EXISTS") }
+    })
+    .await;
     let deleted: i64 =
         redis::cmd("DEL").arg("lacks:acct").query_async(&mut conn).await.expect("DEL on the replica");
     assert_eq!(deleted, 1, "the replica had the lock");
@@ -105,34 +137,54 @@ async fn a_lease_the_new_primary_lacks_is_reported_lost_at_once() {
     assert!(matches!(held.release().await, Err(dlock::Error::Lost { .. }) | Ok(_)));
 }
 
+/// `kill -9` of the primary under load, as for the cluster: a replicated lock held across it
+/// stays its holder's; the loaded key is usable again soon after the failover.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_killed_under_load_fails_over_without_two_holders_or_a_token_going_back() {
     let group = Arc::new(Mutex::new(block_in_place(SentinelGroup::start)));
-    let (down_after, sentinels, master) = {
+    let (sentinels, master) = {
         let group = group.lock().unwrap();
-        (group.down_after(), group.sentinel_urls(), group.master_name().to_owned())
+        (group.sentinel_urls(), group.master_name().to_owned())
     };
-    let mut clients = Vec::new();
-    for _ in 0..2 {
-        let backend = RedisSentinelBackend::builder(sentinels.clone(), &master)
-            .call_timeout(Duration::from_secs(1))
-            .replicas_acknowledge(1, Duration::from_millis(500))
-            .connect()
-            .await
-            .expect("connect");
-        clients.push(LockService::builder(backend).key_prefix("kill:").build());
-    }
+    let connect = |replicated: bool| {
+        let (sentinels, master) = (sentinels.clone(), master.clone());
+        async move {
+            let mut builder =
+                RedisSentinelBackend::builder(sentinels, &master).call_timeout(Duration::from_secs(1));
+            if replicated {
+                builder = builder.replicas_acknowledge(1, Duration::from_millis(500));
+            }
+            LockService::builder(builder.connect().await.expect("connect")).key_prefix("kill:").build()
+        }
+    };
+    let holder = connect(true).await;
+    let held = holder.lock("held").ttl(Duration::from_secs(5)).await.expect("the replicated holder");
+    let clients = vec![connect(false).await, connect(false).await];
+    let other = clients[0].clone();
     let faulted = Arc::clone(&group);
-    let (gap, sections) = contend_through(clients, "acct", move || {
+    let seen = contend_through(clients, "acct", move || {
         let mut group = faulted.lock().unwrap();
         let old = group.kill_primary();
-        let started = Instant::now();
         let new = group.wait_for_new_primary(old, Duration::from_secs(30));
-        eprintln!("primary {old} killed; the sentinels promoted {new} after {:?}", started.elapsed());
+        eprintln!("primary {old} killed; the sentinels promoted {new}");
     })
     .await;
-    eprintln!(
-        "kill -9 of the primary: {sections} sections, key unavailable for at most {gap:?} (down-after {down_after:?})"
+    eprintln!("kill -9 of the primary: {seen:?}");
+    // Within 1 s of the failover, unless the dead primary had acknowledged a release its
+    // replica never received: that lock then stays until its ttl (5 s from its acquisition),
+    // as it must — nobody can tell it was released.
+    assert!(
+        seen.usable_after_recovery < Duration::from_secs(5) + Duration::from_secs(1),
+        "the key was usable again only {:?} after the failover ({seen:?})",
+        seen.usable_after_recovery
     );
-    assert!(gap < down_after * 3 + Duration::from_secs(5) + Duration::from_secs(1), "recovery took {gap:?}");
+    for _ in 0..2 {
+        assert!(!held.is_lost(), "the replicated lock was kept");
+        assert!(
+            matches!(other.lock("held").wait(Duration::ZERO).await, Err(dlock::Error::Timeout { .. })),
+            "nobody else gets the replicated lock"
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    held.release().await.expect("release on the new primary");
 }

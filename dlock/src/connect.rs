@@ -10,8 +10,10 @@ use crate::error::Error;
 /// Options for [`connect_with`] that every networked backend takes.
 ///
 /// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
 /// let options = dlock::ConnectOptions::default().call_timeout(std::time::Duration::from_millis(500));
-/// assert_eq!(options.call_timeout_value(), Some(std::time::Duration::from_millis(500)));
+/// let backend = dlock::connect_with("memory:", options).await?;
+/// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Default)]
 #[must_use]
@@ -29,15 +31,6 @@ impl ConnectOptions {
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.call_timeout = Some(timeout);
         self
-    }
-
-    /// The call timeout set, if any.
-    ///
-    /// ```
-    /// assert_eq!(dlock::ConnectOptions::default().call_timeout_value(), None);
-    /// ```
-    pub fn call_timeout_value(&self) -> Option<Duration> {
-        self.call_timeout
     }
 }
 

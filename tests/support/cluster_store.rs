@@ -132,6 +132,16 @@ impl Store for RedisClusterStore {
         })
     }
 
+    /// `KEYS` (which the cluster connection sends to every primary), without waiting lines.
+    fn held_keys(&self) -> BoxFuture<'_, Option<Vec<String>>> {
+        Box::pin(async move {
+            let mut keys: Vec<String> = self.cmd(&["KEYS", &format!("{}*", self.prefix)]).await;
+            keys.retain(|key| !key.contains("#dlock:"));
+            keys.sort();
+            Some(keys)
+        })
+    }
+
     fn fencing_counter<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Option<u64>> {
         Box::pin(async move {
             Some(

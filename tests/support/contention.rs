@@ -1,35 +1,51 @@
 //! [`contend_through`]: many tasks of several clients take one key in a loop while a fault
 //! runs, checking every section: nobody else inside, a token above every token before.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use dlock::LockService;
 
-/// Many tasks of two clients take one key in a loop while `fault` runs; every section checks
-/// that nobody else is inside and that its token is above every token granted before.
-/// Returns how long the key was unavailable around the fault (the longest gap between two
-/// sections) and the number of sections.
-pub async fn contend_through<F>(clients: Vec<LockService>, key: &'static str, fault: F) -> (Duration, usize)
+/// What [`contend_through`] saw.
+#[derive(Debug, Clone, Copy)]
+pub struct Contention {
+    /// Sections run in all.
+    pub sections: usize,
+    /// How long the fault took (it returns once the topology has failed over).
+    pub fault_took: Duration,
+    /// From the fault's start to the last section that began before it.
+    pub last_before: Duration,
+    /// From the fault's end (the failover complete) to the first section after it: how long
+    /// after the topology recovered the key was usable again.
+    pub usable_after_recovery: Duration,
+    /// Lock attempts that failed with a backend error (the failover itself).
+    pub backend_errors: usize,
+}
+
+/// Six tasks (spread over `clients`) take `key` in a loop, with a 5 s ttl, while `fault` runs
+/// on a blocking thread; every section checks that nobody else is inside and that its token
+/// is above every token granted before (panicking otherwise), and the load runs on until 20
+/// sections have passed after the fault.
+pub async fn contend_through<F>(clients: Vec<LockService>, key: &'static str, fault: F) -> Contention
 where
     F: FnOnce() + Send + 'static,
 {
     let inside = Arc::new(AtomicBool::new(false));
     let newest = Arc::new(AtomicU64::new(0));
     let sections = Arc::new(AtomicUsize::new(0));
-    let last_exit = Arc::new(std::sync::Mutex::new(Instant::now()));
-    let longest_gap = Arc::new(std::sync::Mutex::new(Duration::ZERO));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let entries: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for (i, service) in clients.iter().cycle().take(6).enumerate() {
-        let (service, inside, newest, sections, last_exit, longest_gap, stop) = (
+        let (service, inside, newest, sections, errors, entries, stop) = (
             service.clone(),
             Arc::clone(&inside),
             Arc::clone(&newest),
             Arc::clone(&sections),
-            Arc::clone(&last_exit),
-            Arc::clone(&longest_gap),
+            Arc::clone(&errors),
+            Arc::clone(&entries),
             Arc::clone(&stop),
         );
         tasks.push(tokio::spawn(async move {
@@ -39,27 +55,22 @@ where
                         Ok(guard) => guard,
                         // The failover itself: the shard does not answer for a moment.
                         Err(dlock::Error::Backend { .. }) => {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            errors.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
                             continue;
                         }
                         Err(err) => panic!("task {i}: {err}"),
                     };
-                let entered = Instant::now();
-                {
-                    let gap = entered - *last_exit.lock().unwrap();
-                    let mut longest = longest_gap.lock().unwrap();
-                    *longest = (*longest).max(gap);
-                }
+                entries.lock().unwrap_or_else(PoisonError::into_inner).push(Instant::now());
                 assert!(!inside.swap(true, Ordering::SeqCst), "task {i}: two holders at once");
                 let token = guard.fencing_token();
                 let before = newest.fetch_max(token, Ordering::SeqCst);
                 assert!(token > before, "task {i}: token {token} is not above {before}");
                 tokio::time::sleep(Duration::from_millis(2)).await;
                 inside.store(false, Ordering::SeqCst);
-                *last_exit.lock().unwrap() = Instant::now();
                 sections.fetch_add(1, Ordering::SeqCst);
-                // A release the failover swallowed leaves the lock to its ttl: the check above
-                // still holds, the gap shows it.
+                // A release the failover swallowed leaves the lock to its background retries
+                // (or its ttl): the checks above still hold, `usable_after_recovery` shows it.
                 let _ = guard.release().await;
             }
         }));
@@ -67,8 +78,9 @@ where
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = sections.load(Ordering::SeqCst);
     assert!(before > 10, "the load runs before the fault ({before} sections)");
+    let fault_started = Instant::now();
     tokio::task::spawn_blocking(fault).await.expect("the fault");
-    // Run on until sections flow again.
+    let fault_ended = Instant::now();
     let resumed = sections.load(Ordering::SeqCst);
     super::poll::poll_until(Duration::from_secs(30), "sections resuming after the fault", || {
         let sections = Arc::clone(&sections);
@@ -79,6 +91,15 @@ where
     for task in tasks {
         task.await.expect("a contending task panicked");
     }
-    let gap = *longest_gap.lock().unwrap();
-    (gap, sections.load(Ordering::SeqCst))
+    let entries = entries.lock().unwrap_or_else(PoisonError::into_inner);
+    let last_before =
+        entries.iter().filter(|at| **at < fault_started).max().copied().unwrap_or(fault_started);
+    let first_after = entries.iter().filter(|at| **at >= fault_ended).min().copied().unwrap_or(fault_ended);
+    Contention {
+        sections: sections.load(Ordering::SeqCst),
+        fault_took: fault_ended - fault_started,
+        last_before: fault_started.saturating_duration_since(last_before),
+        usable_after_recovery: first_after - fault_ended,
+        backend_errors: errors.load(Ordering::SeqCst),
+    }
 }

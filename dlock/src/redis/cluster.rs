@@ -4,12 +4,19 @@
 //! server), which routes each script by its first key's slot and follows `MOVED` and `ASK`
 //! during resharding and failover without surfacing them; a node that lost the scripts after
 //! a failover answers `NOSCRIPT`, and the script is sent again in full. Every name a lock uses
-//! lives in its key's slot (see [`layout`](super::layout)), so each script touches one shard.
+//! lives in its key's slot (see [`layout`](super::layout)), so each script touches one shard;
+//! while a slot is half migrated, a script that names a moved and an unmoved key gets
+//! `TRYAGAIN`, and the engine asks again with the lock key alone. A node that stops answering
+//! has its own connection repaired by the cluster connection; the connection as a whole is
+//! kept (making a new one waits for every node, so one silent node would stall every shard).
 //!
 //! Notices go over sharded pub/sub: the release script announces with `SPUBLISH`, which stays
 //! within the key's shard, and the notifier subscribes with `SSUBSCRIBE` on a RESP3 cluster
-//! connection of its own, which subscribes again on the new owner when a slot moves or a node
-//! reconnects (each such event wakes that channel's waiters to check again).
+//! connection of its own. When a node loses a slot (a migration, a failover) it drops the
+//! slot's subscriptions with an `SUNSUBSCRIBE` push; the notifier then subscribes again, which
+//! the cluster connection routes to the slot's new shard. Each such event, and each
+//! subscription the cluster connection makes again after a reconnect, wakes that channel's
+//! waiters to check again.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -19,10 +26,11 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{ProtocolVersion, PushInfo, PushKind, RedisResult, Value};
 
 use super::connection::{Conn, Connections, Connector, tcp_settings};
-use super::engine::{self, Engine, Replication};
+use super::engine::{self, Engine, Replicated, Replication};
 use super::error::redact;
 use super::layout;
 use super::notify::{Feed, FeedEvent, FeedSink, FeedSource, Notifier};
@@ -41,7 +49,9 @@ use crate::error::Error;
 /// Resharding (`MOVED`, `ASK`) and failovers are followed without errors reaching callers
 /// while the cluster answers within the call timeout; a lock that a failover lost (the replica
 /// had not received it) is reported [`Lost`](crate::Error::Lost) to its holder by its next
-/// renewal, and its fencing tokens keep increasing (they come from the server's clock).
+/// renewal, and its fencing tokens keep increasing — they come from the server's clock, so
+/// this holds while the promoted replica's clock is not behind the old primary's by more than
+/// the failover takes (the README's guarantee 6).
 ///
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
@@ -61,12 +71,22 @@ pub struct RedisClusterBackend {
 }
 
 /// Options for [`RedisClusterBackend`]; see [`RedisClusterBackend::builder`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use = "call .connect().await to get the backend"]
 pub struct RedisClusterBackendBuilder {
     nodes: Vec<String>,
     call_timeout: Duration,
     replication: Option<Replication>,
+}
+
+impl fmt::Debug for RedisClusterBackendBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisClusterBackendBuilder")
+            .field("nodes", &self.nodes.iter().map(|node| redact(node)).collect::<Vec<_>>())
+            .field("call_timeout", &self.call_timeout)
+            .field("replication", &self.replication)
+            .finish()
+    }
 }
 
 impl RedisClusterBackendBuilder {
@@ -129,14 +149,23 @@ impl RedisClusterBackendBuilder {
         };
         let client = cluster_client(&self.nodes, self.call_timeout, ProtocolVersion::RESP2, None)
             .map_err(|err| invalid(&err))?;
-        let conns = Connections::new(ClusterConnector(client), self.call_timeout, format!("cluster {shown}"));
+        let conns =
+            Connections::new(ClusterConnector(client.clone()), self.call_timeout, format!("cluster {shown}"));
         let pong: Result<String, BackendError> = conns
             .call("PING", |mut conn| async move { redis::cmd("PING").query_async(&mut conn).await })
             .await;
         pong.map_err(|err| Error::backend("redis-cluster", None, err))?;
         let feeds = ClusterFeeds { nodes: self.nodes.clone(), call_timeout: self.call_timeout };
         let notifier = Notifier::start(feeds, self.call_timeout);
-        let engine = Engine::new(conns, notifier, Scripts::sharded(), self.replication);
+        let replicated = self.replication.map(|wanted| Replicated {
+            wanted,
+            conns: Connections::new(
+                ClusterConnector(client.clone()),
+                self.call_timeout,
+                format!("cluster {shown}"),
+            ),
+        });
+        let engine = Engine::new(conns, notifier, Scripts::sharded(), replicated);
         tracing::debug!(target: "dlock", nodes = %shown, "connected to Redis Cluster");
         Ok(RedisClusterBackend {
             engine: Arc::new(engine),
@@ -229,6 +258,10 @@ impl Connector for ClusterConnector {
     fn connect(&self) -> BoxFuture<'_, RedisResult<Conn>> {
         Box::pin(async move { Ok(Conn::Cluster(self.0.get_async_connection().await?)) })
     }
+
+    fn replace_failed(&self) -> bool {
+        false
+    }
 }
 
 /// A client of the cluster at `nodes`; with `pushes`, on RESP3, sending push messages there.
@@ -246,6 +279,8 @@ fn cluster_client(
         .min_retry_wait(5)
         .max_retry_wait(100)
         .connection_timeout(call_timeout)
+        // A node that does not answer within the call timeout has its connection repaired.
+        .response_timeout(call_timeout)
         .tcp_settings(tcp_settings(call_timeout))
         .use_protocol(protocol);
     if let Some(pushes) = pushes {
@@ -279,9 +314,38 @@ impl FeedSource for ClusterFeeds {
     }
 }
 
-/// Confirmations the notifier's own `SSUBSCRIBE`s will bring, by channel: those are not news;
-/// any other confirmation is a subscription made again by the cluster connection.
-type Expected = Arc<Mutex<HashMap<String, usize>>>;
+/// Confirmations the notifier's own `SSUBSCRIBE`s and `SUNSUBSCRIBE`s will bring, by
+/// (subscribe?, channel): those are not news. Any other confirmation is: a subscription the
+/// cluster connection made again (notices may have been missed), or one the server dropped
+/// because its node no longer serves the channel's slot (a migration or a failover moved it:
+/// it must be made again, on the new owner).
+type Expected = Arc<Mutex<HashMap<(bool, String), usize>>>;
+
+/// Count one confirmation the notifier is about to cause.
+fn expect(expected: &Expected, subscribe: bool, channel: &str) {
+    *expected
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry((subscribe, channel.to_owned()))
+        .or_default() += 1;
+}
+
+/// Whether a confirmation was one the notifier caused (and count it off).
+fn was_expected(expected: &Expected, subscribe: bool, channel: String) -> bool {
+    let mut expected = expected.lock().unwrap_or_else(PoisonError::into_inner);
+    let key = (subscribe, channel);
+    match expected.get_mut(&key) {
+        Some(count) if *count > 1 => {
+            *count -= 1;
+            true
+        }
+        Some(_) => {
+            expected.remove(&key);
+            true
+        }
+        None => false,
+    }
+}
 
 /// What a push from the cluster means to the notifier.
 fn event(push: PushInfo, expected: &Expected) -> Option<FeedEvent> {
@@ -299,18 +363,11 @@ fn event(push: PushInfo, expected: &Expected) -> Option<FeedEvent> {
         },
         PushKind::SSubscribe => {
             let channel = text(push.data.first())?;
-            let mut expected = expected.lock().unwrap_or_else(PoisonError::into_inner);
-            match expected.get_mut(&channel) {
-                Some(count) if *count > 1 => {
-                    *count -= 1;
-                    None
-                }
-                Some(_) => {
-                    expected.remove(&channel);
-                    None
-                }
-                None => Some(FeedEvent::Resubscribed(channel)),
-            }
+            (!was_expected(expected, true, channel.clone())).then_some(FeedEvent::Resubscribed(channel))
+        }
+        PushKind::SUnsubscribe => {
+            let channel = text(push.data.first())?;
+            (!was_expected(expected, false, channel.clone())).then_some(FeedEvent::Unsubscribed(channel))
         }
         PushKind::Disconnection => Some(FeedEvent::Reconnected),
         _ => None,
@@ -328,13 +385,12 @@ impl FeedSink for ClusterSink {
     fn subscribe<'a>(&'a mut self, channels: &'a [String]) -> BoxFuture<'a, RedisResult<()>> {
         Box::pin(async move {
             for channel in channels {
-                *self
-                    .expected
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .entry(channel.clone())
-                    .or_default() += 1;
-                self.conn.ssubscribe(channel).await?;
+                expect(&self.expected, true, channel);
+                if let Err(err) = self.conn.ssubscribe(channel).await {
+                    // No confirmation will come: do not let the count swallow a later one.
+                    was_expected(&self.expected, true, channel.clone());
+                    return Err(err);
+                }
             }
             Ok(())
         })
@@ -343,13 +399,25 @@ impl FeedSink for ClusterSink {
     fn unsubscribe<'a>(&'a mut self, channels: &'a [String]) -> BoxFuture<'a, RedisResult<()>> {
         Box::pin(async move {
             for channel in channels {
-                self.conn.sunsubscribe(channel).await?;
+                expect(&self.expected, false, channel);
+                if let Err(err) = self.conn.sunsubscribe(channel).await {
+                    was_expected(&self.expected, false, channel.clone());
+                    return Err(err);
+                }
             }
             Ok(())
         })
     }
 
+    /// `PING` to one node: the connection answers. (A `PING` to every primary would fail,
+    /// and drop every shard's subscriptions, whenever one node is down; each node's own
+    /// connection is watched by TCP keepalive and repaired by the cluster connection.)
     fn ping(&mut self) -> BoxFuture<'_, RedisResult<()>> {
-        Box::pin(async move { redis::cmd("PING").query_async::<Value>(&mut self.conn).await.map(drop) })
+        Box::pin(async move {
+            self.conn
+                .route_command(redis::cmd("PING"), RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
+                .await
+                .map(drop)
+        })
     }
 }

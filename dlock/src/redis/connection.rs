@@ -54,6 +54,14 @@ pub(super) trait Connector: Send + Sync + 'static {
     /// A call failed in a way that may mean the server moved: no answer, a broken connection,
     /// or `READONLY` (the server is a replica now).
     fn suspect(&self) {}
+
+    /// Whether a connection that missed a call timeout or broke is replaced by a new one
+    /// (yes, by default). A cluster connection is not: it repairs each node's connection
+    /// itself, and making a new one waits for every node — one silent node would then cost
+    /// calls to every shard their call timeout.
+    fn replace_failed(&self) -> bool {
+        true
+    }
 }
 
 /// A connection to one server (made from a [`redis::Client`]).
@@ -124,6 +132,9 @@ pub(super) struct Connections {
     /// The URL with any password masked, for messages.
     url: String,
     by_runtime: Mutex<IdMap<Id, Slot>>,
+    /// Runtimes with a task that forgets their connection when they shut down (one each, however
+    /// often their connection is replaced).
+    watched: Mutex<IdMap<Id, ()>>,
 }
 
 /// One runtime's connection.
@@ -137,7 +148,13 @@ struct Slot {
 
 impl Connections {
     pub(super) fn new(connector: impl Connector, call_timeout: Duration, url: String) -> Arc<Self> {
-        Arc::new(Self { connector: Box::new(connector), call_timeout, url, by_runtime: Mutex::default() })
+        Arc::new(Self {
+            connector: Box::new(connector),
+            call_timeout,
+            url,
+            by_runtime: Mutex::default(),
+            watched: Mutex::default(),
+        })
     }
 
     pub(super) fn url(&self) -> &str {
@@ -165,8 +182,10 @@ impl Connections {
         })?;
         let id = runtime.id();
         let mut used = None;
+        let mut epoch = 0;
         let outcome = tokio::time::timeout(self.call_timeout, async {
-            let (generation, conn) = self.connection(&runtime).await?;
+            let (generation, conn);
+            (generation, epoch, conn) = self.connection(&runtime).await?;
             used = Some(generation);
             call(conn).await.map_err(|err| {
                 // A server that became a replica (a failover) answers writes with `READONLY`.
@@ -176,6 +195,15 @@ impl Connections {
         })
         .await;
         let (kind, err, moved) = match outcome {
+            // The server moved while the call ran (the sentinels named a new primary): what it
+            // did happened on the old one, which the group is leaving. An acquisition or a
+            // renewal there must not count; the caller asks again, on the new one.
+            Ok(Ok(_)) if self.connector.epoch() != epoch => {
+                return Err(BackendError::new(
+                    BackendErrorKind::Unavailable,
+                    format!("{} moved to another server while {what} ran; it is asked again there", self.url),
+                ));
+            }
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(failure)) => failure,
             Err(_) => (BackendErrorKind::Timeout, late(&self.url, what, self.call_timeout), false),
@@ -185,7 +213,9 @@ impl Connections {
         // look for the server again. Other errors Redis answered with leave it in place.
         if matches!(kind, BackendErrorKind::Timeout | BackendErrorKind::Connection) || moved {
             self.connector.suspect();
-            if let Some(generation) = used {
+            if let Some(generation) = used
+                && self.connector.replace_failed()
+            {
                 self.discard(id, generation);
             }
         }
@@ -196,13 +226,13 @@ impl Connections {
     async fn connection(
         self: &Arc<Self>,
         runtime: &Handle,
-    ) -> Result<(u64, Conn), (BackendErrorKind, BackendError, bool)> {
+    ) -> Result<(u64, u64, Conn), (BackendErrorKind, BackendError, bool)> {
         let id = runtime.id();
         let epoch = self.connector.epoch();
         if let Some(slot) = self.slots().get(&id)
             && slot.epoch == epoch
         {
-            return Ok((slot.generation, slot.conn.clone()));
+            return Ok((slot.generation, epoch, slot.conn.clone()));
         }
         let conn = self.connector.connect().await.map_err(|err| {
             self.connector.suspect();
@@ -213,19 +243,22 @@ impl Connections {
             && slot.epoch == epoch
         {
             // Another call of this runtime connected meanwhile: use one connection.
-            return Ok((slot.generation, slot.conn.clone()));
+            return Ok((slot.generation, epoch, slot.conn.clone()));
         }
         static NEXT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let generation = NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         slots.insert(id, Slot { generation, epoch, conn: conn.clone() });
         drop(slots);
-        // Forget the connection when its runtime shuts down: the runtime drops this task then.
-        let forget = ForgetOnDrop { connections: Arc::downgrade(self), id, generation };
-        runtime.spawn(async move {
-            let _forget = forget;
-            std::future::pending::<()>().await;
-        });
-        Ok((generation, conn))
+        // Forget the runtime's connection when the runtime shuts down: it drops this task then.
+        let first = self.watched.lock().unwrap_or_else(PoisonError::into_inner).insert(id, ()).is_none();
+        if first {
+            let forget = ForgetOnDrop { connections: Arc::downgrade(self), id };
+            runtime.spawn(async move {
+                let _forget = forget;
+                std::future::pending::<()>().await;
+            });
+        }
+        Ok((generation, epoch, conn))
     }
 
     /// Stop using connection `generation` of runtime `id` (if it is still the current one).
@@ -247,13 +280,13 @@ impl Connections {
 struct ForgetOnDrop {
     connections: Weak<Connections>,
     id: Id,
-    generation: u64,
 }
 
 impl Drop for ForgetOnDrop {
     fn drop(&mut self) {
         if let Some(connections) = self.connections.upgrade() {
-            connections.discard(self.id, self.generation);
+            connections.slots().remove(&self.id);
+            connections.watched.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
         }
     }
 }

@@ -31,6 +31,14 @@ pub(super) struct Replication {
     pub(super) timeout: Duration,
 }
 
+/// Acquisitions that wait for replicas, on connections of their own: `WAIT` blocks the
+/// connection it is sent on until it returns, and renewals and releases must not queue
+/// behind it.
+pub(super) struct Replicated {
+    pub(super) wanted: Replication,
+    pub(super) conns: Arc<Connections>,
+}
+
 /// The lock operations of one Redis backend.
 pub(super) struct Engine {
     pub(super) conns: Arc<Connections>,
@@ -38,7 +46,7 @@ pub(super) struct Engine {
     /// Names this backend's channels: a hand-off is told to the one process it goes to.
     process: Arc<str>,
     scripts: &'static Scripts,
-    replication: Option<Replication>,
+    replication: Option<Replicated>,
 }
 
 impl Engine {
@@ -46,7 +54,7 @@ impl Engine {
         conns: Arc<Connections>,
         notifier: Notifier,
         scripts: &'static Scripts,
-        replication: Option<Replication>,
+        replication: Option<Replicated>,
     ) -> Self {
         let process = Arc::from(format!("{:016x}", rand::random::<u64>()));
         Self { conns, notifier: Arc::new(notifier), process, scripts, replication }
@@ -100,7 +108,11 @@ impl Engine {
                 }
             }
         };
-        self.conns
+        let conns = match (&self.replication, wait) {
+            (Some(replicated), Some(_)) => &replicated.conns,
+            _ => &self.conns,
+        };
+        conns
             .call(what, |conn| async move {
                 match send(true, conn.clone()).await {
                     Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
@@ -124,7 +136,8 @@ impl Engine {
             Some(line) => &[key.as_str(), line],
             None => &[key.as_str()],
         };
-        self.eval("the acquire script", &self.scripts.acquire, keys, self.replication, |cmd| {
+        let wait = self.replication.as_ref().map(|replicated| replicated.wanted);
+        self.eval("the acquire script", &self.scripts.acquire, keys, wait, |cmd| {
             cmd.arg(owner).arg(millis(ttl));
             if line.is_some() {
                 cmd.arg(millis(WAITING_LIFETIME)).arg(millis(ttl.min(HANDOFF_LEASE))).arg(&*self.process);
@@ -163,7 +176,7 @@ impl Engine {
         };
         match answer {
             Value::Int(token) => {
-                if let (Some(wanted), Some(acked)) = (self.replication, acked)
+                if let (Some(Replicated { wanted, .. }), Some(acked)) = (&self.replication, acked)
                     && acked < i64::from(wanted.replicas)
                 {
                     // The lock is taken on the primary only: the caller's claim releases it.

@@ -24,7 +24,7 @@ use std::time::Duration;
 use redis::IntoConnectionInfo;
 
 use self::connection::{Connections, ServerConnector, connection_config};
-use self::engine::{Engine, Replication};
+use self::engine::{Engine, Replicated, Replication};
 use self::error::redact;
 use self::notify::{Notifier, ServerFeeds};
 use self::scripts::Scripts;
@@ -70,12 +70,22 @@ pub struct RedisBackend {
 }
 
 /// Options for [`RedisBackend`]; see [`RedisBackend::builder`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use = "call .connect().await to get the backend"]
 pub struct RedisBackendBuilder {
     url: String,
     call_timeout: Duration,
     replication: Option<Replication>,
+}
+
+impl fmt::Debug for RedisBackendBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackendBuilder")
+            .field("url", &redact(&self.url))
+            .field("call_timeout", &self.call_timeout)
+            .field("replication", &self.replication)
+            .finish()
+    }
 }
 
 impl RedisBackendBuilder {
@@ -153,8 +163,16 @@ impl RedisBackendBuilder {
                 "Redis may evict dlock's keys (maxmemory is set and maxmemory-policy is not noeviction): a lock could vanish while held; run Redis for dlock with maxmemory-policy noeviction");
         }
         tracing::debug!(target: "dlock", url = %url, "connected to Redis");
+        let replicated = self.replication.map(|wanted| Replicated {
+            wanted,
+            conns: Connections::new(
+                ServerConnector { client: client.clone(), config: connection_config(self.call_timeout) },
+                self.call_timeout,
+                url.clone(),
+            ),
+        });
         let notifier = Notifier::start(ServerFeeds(client), self.call_timeout);
-        let engine = Engine::new(conns, notifier, Scripts::plain(), self.replication);
+        let engine = Engine::new(conns, notifier, Scripts::plain(), replicated);
         Ok(RedisBackend { engine: Arc::new(engine), evicting_policy })
     }
 }

@@ -71,6 +71,9 @@ pub(super) enum FeedEvent {
     /// The subscription to `channel` was made again (the cluster moved its slot, or a node
     /// reconnected): notices may have been missed meanwhile.
     Resubscribed(String),
+    /// The server dropped the subscription to `channel` (its node no longer serves the
+    /// channel's slot): it must be made again, and notices may have been missed meanwhile.
+    Unsubscribed(String),
     /// A connection under the feed dropped and was made again: notices may have been missed
     /// on any channel.
     Reconnected,
@@ -258,6 +261,13 @@ async fn subscriber(
                         }
                         Some(FeedEvent::Resubscribed(channel)) => {
                             if let Some(entry) = strong.lock().get(&channel) {
+                                entry.notices.send_replace(ReleaseNotice::Released);
+                            }
+                        }
+                        Some(FeedEvent::Unsubscribed(channel)) => {
+                            subscribed.remove(&channel);
+                            if let Some(entry) = strong.lock().get(&channel) {
+                                entry.subscribed.send_replace(false);
                                 entry.notices.send_replace(ReleaseNotice::Released);
                             }
                         }

@@ -1,24 +1,28 @@
 //! [`RedisSentinelBackend`]: locks on the primary that Redis Sentinel names, followed through
 //! failovers.
 //!
-//! [`Primary`] is where the sentinels say the primary is. It is asked at connect, when a
-//! sentinel announces `+switch-master` for the group (a task listens on one sentinel at a
-//! time), and whenever a call suggests the server moved: no answer, a broken connection, or
-//! `READONLY` (the old primary, now a replica). Each new answer bumps an epoch: every runtime's
-//! command connection made before is replaced before its next call, and the notifier
-//! subscribes again on the new primary (waking every waiter to check again).
+//! [`Primary`] is where the sentinels say the primary is: the address a majority of the
+//! sentinels that answer name, once it answers `ROLE` as a primary. They are asked at
+//! connect, when a sentinel announces `+switch-master` for the group (a task listens on one
+//! sentinel at a time, and asks again after each (re)subscription), and whenever a call
+//! suggests the server moved — no answer, a broken connection, or `READONLY` (the old primary,
+//! now a replica) — at most once per 200 ms. Each new answer bumps an epoch: every runtime's
+//! command connection made before is replaced before its next call, a call that was running
+//! on the old primary when the epoch changed is reported `Unavailable` (an acquisition or a
+//! renewal there must not count), the notifier subscribes again on the new primary (waking
+//! every waiter to check again), and every service renews its leases at once.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisResult};
 use tokio::sync::watch;
 
 use super::connection::{Conn, Connections, Connector, ServerConnector, connection_config, tcp_settings};
-use super::engine::{self, Engine, Replication};
+use super::engine::{self, Engine, Replicated, Replication};
 use super::error::redact;
 use super::layout;
 use super::notify::{Feed, FeedSource, Notifier, server_feed};
@@ -36,8 +40,9 @@ use crate::error::Error;
 /// failover every connection moves to the new primary, waiters subscribe again there, and each
 /// held lock meets its next renewal on the new primary: a lock the new primary does not have
 /// (the replica had not received it) is reported [`Lost`](crate::Error::Lost) to its holder,
-/// never silently kept. Fencing tokens keep increasing across the failover (they come from the
-/// server's clock).
+/// never silently kept. Fencing tokens keep increasing across the failover — they come from
+/// the server's clock, so this holds while the new primary's clock is not behind the old
+/// one's by more than the failover takes (the README's guarantee 6).
 ///
 /// A failover can lose a lock taken just before it; [`RedisSentinelBackendBuilder::replicas_acknowledge`]
 /// narrows that window.
@@ -59,7 +64,7 @@ pub struct RedisSentinelBackend {
 }
 
 /// Options for [`RedisSentinelBackend`]; see [`RedisSentinelBackend::builder`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use = "call .connect().await to get the backend"]
 pub struct RedisSentinelBackendBuilder {
     sentinels: Vec<String>,
@@ -69,6 +74,20 @@ pub struct RedisSentinelBackendBuilder {
     username: Option<String>,
     password: Option<String>,
     db: i64,
+}
+
+impl fmt::Debug for RedisSentinelBackendBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSentinelBackendBuilder")
+            .field("sentinels", &self.sentinels.iter().map(|url| redact(url)).collect::<Vec<_>>())
+            .field("master_name", &self.master_name)
+            .field("call_timeout", &self.call_timeout)
+            .field("replication", &self.replication)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("db", &self.db)
+            .finish()
+    }
 }
 
 impl RedisSentinelBackendBuilder {
@@ -172,17 +191,22 @@ impl RedisSentinelBackendBuilder {
             epochs,
             resolving: tokio::sync::Mutex::new(()),
             suspected: AtomicBool::new(false),
+            last_resolved: Mutex::new(None),
         });
         primary.resolve().await.map_err(|err| Error::backend("redis-sentinel", None, err))?;
         let url = format!("sentinel group {} ({} sentinels)", self.master_name, primary.sentinels.len());
-        let conns = Connections::new(Arc::clone(&primary), self.call_timeout, url);
+        let conns = Connections::new(Arc::clone(&primary), self.call_timeout, url.clone());
         let pong: Result<String, BackendError> = conns
             .call("PING", |mut conn| async move { redis::cmd("PING").query_async(&mut conn).await })
             .await;
         pong.map_err(|err| Error::backend("redis-sentinel", None, err))?;
         background::spawn_here(listen_for_switches(Arc::downgrade(&primary)));
         let notifier = Notifier::start(Arc::clone(&primary), self.call_timeout);
-        let engine = Engine::new(conns, notifier, Scripts::plain(), self.replication);
+        let replicated = self.replication.map(|wanted| Replicated {
+            wanted,
+            conns: Connections::new(Arc::clone(&primary), self.call_timeout, url.clone()),
+        });
+        let engine = Engine::new(conns, notifier, Scripts::plain(), replicated);
         tracing::debug!(target: "dlock", master = %self.master_name, "connected to the primary the sentinels name");
         Ok(RedisSentinelBackend { engine: Arc::new(engine), primary })
     }
@@ -302,48 +326,84 @@ struct Primary {
     resolving: tokio::sync::Mutex<()>,
     /// A resolution was asked for and has not started yet.
     suspected: AtomicBool,
+    /// When the last resolution ended.
+    last_resolved: Mutex<Option<Instant>>,
 }
+
+/// The shortest time between two resolutions asked for by failing calls.
+const RESOLVE_INTERVAL: Duration = Duration::from_millis(200);
 
 impl Primary {
     fn current(&self) -> Option<(redis::Client, String)> {
         self.current.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// Ask the sentinels, one after another, where the primary is, and check that it says it
-    /// is one; move there if it is not where the backend is now.
+    /// Ask every sentinel where the primary is; take the address a majority of those that
+    /// answered name (a sentinel cut off with an old primary may still name it), check that it
+    /// says it is a primary, and move there if it is not where the backend is now.
     async fn resolve(&self) -> Result<(), BackendError> {
         let _one = self.resolving.lock().await;
         self.suspected.store(false, Ordering::Release);
-        let mut failures = Vec::new();
-        for sentinel in &self.sentinels {
-            let shown = sentinel.addr().to_string();
-            match tokio::time::timeout(self.call_timeout, self.ask(sentinel)).await {
-                Ok(Ok((client, address))) => {
-                    let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-                    if current.as_ref().is_none_or(|(_, now)| *now != address) {
-                        tracing::info!(target: "dlock", master = %self.master_name, primary = %address, "the sentinels name a new primary; moving there");
-                        *current = Some((client, address));
-                        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
-                        self.epochs.send_replace(epoch);
-                    }
-                    return Ok(());
-                }
-                Ok(Err(err)) => failures.push(format!("{shown}: {err}")),
-                Err(_) => failures.push(format!("{shown}: no answer within {:?}", self.call_timeout)),
-            }
-        }
-        Err(BackendError::new(
-            BackendErrorKind::Unavailable,
-            format!(
-                "no sentinel named a primary for `{}` that answers as one ({}); check the sentinels and the master name",
-                self.master_name,
-                failures.join("; ")
-            ),
-        ))
+        let outcome = self.resolve_once().await;
+        *self.last_resolved.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        outcome
     }
 
-    /// Ask one sentinel; check the server it names.
-    async fn ask(&self, sentinel: &ConnectionInfo) -> RedisResult<(redis::Client, String)> {
+    async fn resolve_once(&self) -> Result<(), BackendError> {
+        let asks = self.sentinels.iter().map(|sentinel| async move {
+            let answer = tokio::time::timeout(self.call_timeout, self.named_by(sentinel)).await;
+            (sentinel, answer)
+        });
+        let mut votes: Vec<((String, u16), usize)> = Vec::new();
+        let mut failures = Vec::new();
+        let mut answered = 0;
+        for (sentinel, answer) in futures_util::future::join_all(asks).await {
+            match answer {
+                Ok(Ok(address)) => {
+                    answered += 1;
+                    match votes.iter_mut().find(|(named, _)| *named == address) {
+                        Some((_, count)) => *count += 1,
+                        None => votes.push((address, 1)),
+                    }
+                }
+                Ok(Err(err)) => failures.push(format!("{}: {err}", sentinel.addr())),
+                Err(_) => {
+                    failures.push(format!("{}: no answer within {:?}", sentinel.addr(), self.call_timeout))
+                }
+            }
+        }
+        votes.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+        let unavailable = |why: String| {
+            BackendError::new(
+                BackendErrorKind::Unavailable,
+                format!(
+                    "no primary for `{}`: {why}; check the sentinels and the master name",
+                    self.master_name
+                ),
+            )
+        };
+        let Some(((host, port), count)) = votes.first().cloned() else {
+            return Err(unavailable(format!("no sentinel named one ({})", failures.join("; "))));
+        };
+        if count * 2 <= answered {
+            return Err(unavailable(format!("the {answered} sentinels that answered disagree ({votes:?})")));
+        }
+        let address = format!("{host}:{port}");
+        if self.current().is_some_and(|(_, now)| now == address) {
+            return Ok(());
+        }
+        let client = self.primary_at(host, port).await.map_err(|err| {
+            unavailable(format!("{address}, which the sentinels name, does not answer as a primary ({err})"))
+        })?;
+        tracing::info!(target: "dlock", master = %self.master_name, primary = %address, "the sentinels name a new primary; moving there");
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some((client, address));
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        self.epochs.send_replace(epoch);
+        Ok(())
+    }
+
+    /// The primary's address as one sentinel names it.
+    async fn named_by(&self, sentinel: &ConnectionInfo) -> RedisResult<(String, u16)> {
         let client = redis::Client::open(sentinel.clone())?;
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&connection_config(self.call_timeout))
@@ -353,12 +413,14 @@ impl Primary {
             .arg(&self.master_name)
             .query_async(&mut conn)
             .await?;
-        let Some((host, port)) = named else {
-            return Err(redis::RedisError::from((
-                redis::ErrorKind::Client,
-                "the sentinel knows no such master",
-            )));
-        };
+        named.ok_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::Client, "the sentinel knows no such master"))
+        })
+    }
+
+    /// A client of the server at `host:port` (with TLS if the sentinels use it), once it
+    /// answers `ROLE` as a primary.
+    async fn primary_at(&self, host: String, port: u16) -> RedisResult<redis::Client> {
         let mut redis_info = redis::RedisConnectionInfo::default().set_db(self.db);
         if let Some(username) = &self.username {
             redis_info = redis_info.set_username(username);
@@ -366,23 +428,29 @@ impl Primary {
         if let Some(password) = &self.password {
             redis_info = redis_info.set_password(password);
         }
-        let info = ConnectionAddr::Tcp(host.clone(), port)
+        let addr = match self.sentinels.first().map(ConnectionInfo::addr) {
+            Some(ConnectionAddr::TcpTls { insecure, tls_params, .. }) => {
+                ConnectionAddr::TcpTls { host, port, insecure: *insecure, tls_params: tls_params.clone() }
+            }
+            _ => ConnectionAddr::Tcp(host, port),
+        };
+        let info = addr
             .into_connection_info()?
             .set_redis_settings(redis_info)
             .set_tcp_settings(tcp_settings(self.call_timeout));
         let primary = redis::Client::open(info)?;
-        let mut check = primary
-            .get_multiplexed_async_connection_with_config(&connection_config(self.call_timeout))
-            .await?;
-        let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut check).await?;
+        let check = async {
+            let mut conn = primary
+                .get_multiplexed_async_connection_with_config(&connection_config(self.call_timeout))
+                .await?;
+            redis::cmd("ROLE").query_async::<Vec<redis::Value>>(&mut conn).await
+        };
+        let role = tokio::time::timeout(self.call_timeout, check)
+            .await
+            .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "no answer to ROLE")))??;
         match role.first() {
-            Some(redis::Value::BulkString(role)) if role == b"master" => {
-                Ok((primary, format!("{host}:{port}")))
-            }
-            _ => Err(redis::RedisError::from((
-                redis::ErrorKind::Client,
-                "the server the sentinel names is not a primary (yet)",
-            ))),
+            Some(redis::Value::BulkString(role)) if role == b"master" => Ok(primary),
+            _ => Err(redis::RedisError::from((redis::ErrorKind::Client, "it is not a primary (yet)"))),
         }
     }
 
@@ -393,6 +461,11 @@ impl Primary {
         }
         let primary = Arc::clone(self);
         background::spawn_here(async move {
+            // At most one resolution per RESOLVE_INTERVAL, however many calls fail meanwhile.
+            let last = *primary.last_resolved.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(last) = last {
+                tokio::time::sleep_until((last + RESOLVE_INTERVAL).into()).await;
+            }
             if let Err(err) = primary.resolve().await {
                 tracing::debug!(target: "dlock", error = %err, "asking the sentinels for the primary failed");
             }
@@ -437,9 +510,12 @@ impl FeedSource for Arc<Primary> {
 }
 
 /// Listen on one sentinel at a time for `+switch-master` of the group, and ask the sentinels
-/// again when one comes (or when no sentinel can be listened to). Ends with the backend.
+/// again when one comes, and after each (re)subscription (a switch announced while no sentinel
+/// was listened to is not missed). Waits before each reconnect, longer while they fail. Ends
+/// with the backend.
 async fn listen_for_switches(primary: Weak<Primary>) {
     let mut next = 0;
+    let mut pause = Duration::from_millis(100);
     loop {
         let Some(strong) = primary.upgrade() else { return };
         let sentinel = strong.sentinels[next % strong.sentinels.len()].clone();
@@ -453,9 +529,17 @@ async fn listen_for_switches(primary: Weak<Primary>) {
             Ok::<_, redis::RedisError>(pubsub)
         };
         let Ok(Ok(pubsub)) = tokio::time::timeout(call_timeout, pubsub).await else {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
             continue;
         };
+        let subscribed_at = Instant::now();
+        {
+            let Some(strong) = primary.upgrade() else { return };
+            if let Err(err) = strong.resolve().await {
+                tracing::debug!(target: "dlock", error = %err, "asking the sentinels for the primary failed");
+            }
+        }
         let (mut sink, mut messages) = pubsub.split();
         let mut health = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -481,6 +565,13 @@ async fn listen_for_switches(primary: Weak<Primary>) {
                     }
                 }
             }
+        }
+        // A sentinel that dropped us soon after we subscribed must not become a tight loop.
+        if subscribed_at.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        } else {
+            pause = Duration::from_millis(100);
         }
     }
 }
