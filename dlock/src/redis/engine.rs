@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use redis::{Cmd, ErrorKind, FromRedisValue, ServerErrorKind, Value};
 
-use super::connection::Connections;
+use super::connection::{Conn, Connections};
 use super::error::{is_try_again, not_replicated, unexpected};
 use super::layout;
 use super::notify::Notifier;
@@ -91,32 +91,15 @@ impl Engine {
             args(&mut cmd);
             cmd
         };
-        let send = |by_sha: bool, mut conn: super::connection::Conn| {
-            let cmd = command(by_sha);
-            async move {
-                match wait {
-                    None => cmd.query_async::<T>(&mut conn).await.map(|answer| (answer, None)),
-                    // One pipeline: on a cluster it goes, whole, to the node of the script's
-                    // key, so WAIT asks about that node's replicas and no other.
-                    Some(wait) => {
-                        let mut pipe = redis::pipe();
-                        pipe.add_command(cmd).cmd("WAIT").arg(wait.replicas).arg(millis(wait.timeout));
-                        pipe.query_async::<(T, i64)>(&mut conn)
-                            .await
-                            .map(|(answer, acked)| (answer, Some(acked)))
-                    }
-                }
-            }
-        };
         let conns = match (&self.replication, wait) {
             (Some(replicated), Some(_)) => &replicated.conns,
             _ => &self.conns,
         };
         conns
-            .call(what, |conn| async move {
-                match send(true, conn.clone()).await {
+            .call(what, |mut conn| async move {
+                match send(&mut conn, command(true), wait).await {
                     Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                        send(false, conn).await
+                        send(&mut conn, command(false), wait).await
                     }
                     answer => answer,
                 }
@@ -221,6 +204,24 @@ impl Engine {
 
     pub(super) async fn watch_releases(&self, key: &FullKey) -> ReleaseWatch {
         self.notifier.watch(self.notice_channel(key), self.conns.call_timeout()).await
+    }
+}
+
+/// Send `cmd` on `conn`; with `wait`, followed in one pipeline by `WAIT` — on a cluster the
+/// pipeline goes, whole, to the node of the script's key, so `WAIT` asks about that node's
+/// replicas and no other.
+async fn send<T: FromRedisValue>(
+    conn: &mut Conn,
+    cmd: Cmd,
+    wait: Option<Replication>,
+) -> redis::RedisResult<(T, Option<i64>)> {
+    match wait {
+        None => cmd.query_async::<T>(conn).await.map(|answer| (answer, None)),
+        Some(wait) => {
+            let mut pipe = redis::pipe();
+            pipe.add_command(cmd).cmd("WAIT").arg(wait.replicas).arg(millis(wait.timeout));
+            pipe.query_async::<(T, i64)>(conn).await.map(|(answer, acked)| (answer, Some(acked)))
+        }
     }
 }
 
