@@ -105,15 +105,13 @@ pub(super) fn unexpected(url: &str, what: &str, reply: &Value) -> BackendError {
 /// The URL with its password replaced by `***`.
 pub(super) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
+    // The last `@` ends the credentials, even when the password holds a `/`, `?` or `@` that
+    // was not escaped (a host or a path has none).
+    match rest.rsplit_once('@') {
+        Some((userinfo, host_and_path)) => {
             let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
             let masked = if userinfo.contains(':') { format!("{user}:***") } else { "***".to_owned() };
-            format!("{scheme}://{masked}@{host}{path}")
+            format!("{scheme}://{masked}@{host_and_path}")
         }
         None => url.to_owned(),
     }
@@ -129,5 +127,7 @@ mod tests {
         assert_eq!(redact("redis://alice:hunter2@host"), "redis://alice:***@host");
         assert_eq!(redact("redis://host:6379"), "redis://host:6379");
         assert_eq!(redact("not a url"), "not a url");
+        // A password with `/`, `?` or `@` that was not escaped stays hidden.
+        assert_eq!(redact("redis://:p/a?s@s@host:6379/0"), "redis://:***@host:6379/0");
     }
 }

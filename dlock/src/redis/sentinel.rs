@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use super::connection::{Conn, Connections, Connector, ServerConnector, connection_config, tcp_settings};
 use super::engine::{self, Engine, Replicated, Replication};
-use super::error::redact;
+use super::error::{classify, redact};
 use super::layout;
 use super::notify::{Feed, FeedSource, Notifier, server_feed};
 use super::scripts::Scripts;
@@ -393,7 +393,14 @@ impl Primary {
             return Ok(());
         }
         let client = self.primary_at(host, port).await.map_err(|err| {
-            unavailable(format!("{address}, which the sentinels name, does not answer as a primary ({err})"))
+            // A primary that refuses the credentials is an `Auth` error, not a missing primary.
+            BackendError::new(
+                classify(&err),
+                format!(
+                    "no primary for `{}`: {address}, which the sentinels name, does not answer as a primary ({err}); check the sentinels, the master name and the primary's credentials",
+                    self.master_name
+                ),
+            )
         })?;
         tracing::info!(target: "dlock", master = %self.master_name, primary = %address, "the sentinels name a new primary; moving there");
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some((client, address));

@@ -29,13 +29,15 @@ fn hosts<'a>(url: &'a str, scheme: &str, expected: &str) -> Result<Hosts<'a>, Er
         .strip_prefix(scheme)
         .and_then(|rest| rest.strip_prefix("://"))
         .ok_or_else(|| invalid(url, expected, "has another scheme"))?;
-    let (authority, rest) = match rest.find(['/', '?']) {
+    // The last `@` ends the credentials, even when the password holds a `/`, `?` or `@` that
+    // was not escaped (hosts and the path have none).
+    let (userinfo, rest) = match rest.rsplit_once('@') {
+        Some((userinfo, rest)) => (Some(userinfo), rest),
+        None => (None, rest),
+    };
+    let (hosts, rest) = match rest.find(['/', '?']) {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
-    };
-    let (userinfo, hosts) = match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => (Some(userinfo), hosts),
-        None => (None, authority),
     };
     let hosts: Vec<&str> = hosts.split(',').map(str::trim).filter(|host| !host.is_empty()).collect();
     if hosts.is_empty() {
@@ -116,12 +118,12 @@ pub(crate) fn sentinel(url: &str) -> Result<SentinelUrl, Error> {
             }
         }
     }
+    // As redis-rs reads `redis://` URLs: `user:password`, `:password` or `user`,
+    // percent-encoded.
     let (username, password) = match parts.userinfo {
         Some(userinfo) => match userinfo.split_once(':') {
-            Some((user, password)) => {
-                ((!user.is_empty()).then(|| user.to_owned()), Some(password.to_owned()))
-            }
-            None => (None, Some(userinfo.to_owned())),
+            Some((user, password)) => ((!user.is_empty()).then(|| decode(user)), Some(decode(password))),
+            None => ((!userinfo.is_empty()).then(|| decode(userinfo)), None),
         },
         None => (None, None),
     };
@@ -134,6 +136,30 @@ pub(crate) fn sentinel(url: &str) -> Result<SentinelUrl, Error> {
         })
         .collect();
     Ok(SentinelUrl { sentinels, master_name: master_name.to_owned(), db, username, password })
+}
+
+/// `text` with its `%XX` escapes decoded (an escape that is not one stays as it is).
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| text.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -173,6 +199,16 @@ mod tests {
         assert_eq!(
             sentinel("redis-sentinel://s1:26379/mymaster").ok().map(|u| (u.sentinels, u.db, u.password)),
             Some((vec!["redis://s1:26379".to_owned()], 0, None))
+        );
+        // Percent-encoded credentials are decoded; a password with an unescaped `/` still
+        // ends at the last `@`.
+        assert_eq!(
+            sentinel("redis-sentinel://app:p%40ss@s1:26379/m").ok().map(|u| (u.username, u.password)),
+            Some((Some("app".to_owned()), Some("p@ss".to_owned())))
+        );
+        assert_eq!(
+            sentinel("redis-sentinel://:pa/ss@s1:26379/m").ok().map(|u| (u.password, u.master_name)),
+            Some((Some("pa/ss".to_owned()), "m".to_owned()))
         );
         for bad in [
             "redis-sentinel://s1:26379",
