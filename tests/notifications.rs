@@ -12,7 +12,7 @@ use dlock_tests::{RedisServer, inspector, poll_until};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-/// The channels the server has subscribers for: dlock's notice channels (`<key>#dlock:notice…`).
+/// The channels the server has subscribers for: dlock's notice channels (`<key>#dlock:to:<process>{…}`).
 async fn server_channels(url: &str) -> Vec<String> {
     let mut conn = inspector(url).await;
     redis::cmd("PUBSUB").arg("CHANNELS").arg("*#dlock:*").query_async(&mut conn).await.expect("PUBSUB")
