@@ -131,6 +131,9 @@ impl LockGuard {
     /// The fencing token of the (first) key: strictly greater than any token issued before
     /// for that key on this backend. See [`fencing_token()`](crate::fencing_token).
     ///
+    /// A guard of several keys (`lock_all`) has a token per key, and one key's token fences
+    /// only that key's storage: use [`fencing_tokens`](Self::fencing_tokens) there.
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
     /// let service = dlock::LockService::new(dlock::MemoryBackend::new());
