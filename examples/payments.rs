@@ -163,11 +163,16 @@ async fn check(ledger: &Ledger, payments: usize) -> Result<bool, PayError> {
         println!("    OK: {} paid, each order paid at most once", Cents(paid));
         Ok(true)
     } else {
-        println!(
-            "    WRONG: {} of payments received, but orders {:?} were paid more than they owed",
-            Cents(expected),
-            overpaid.iter().map(|(o, _)| o.as_str()).collect::<Vec<_>>()
-        );
+        if overpaid.is_empty() {
+            println!("    WRONG: {} allocated to orders, {} expected", Cents(paid), Cents(expected));
+        } else {
+            println!(
+                "    WRONG: orders {:?} were paid more than they owed: payments went to orders another payment had already paid ({} allocated, {} expected)",
+                overpaid.iter().map(|(o, _)| o.as_str()).collect::<Vec<_>>(),
+                Cents(paid),
+                Cents(expected),
+            );
+        }
         Ok(false)
     }
 }

@@ -81,10 +81,12 @@ end
 return 0
 ";
 
-/// The raw floor: what a hand-written Redis lock costs, on one multiplexed connection.
+/// The raw floor: what a hand-written Redis lock costs, on one multiplexed connection (or, in
+/// the `cluster` group, one redis-rs cluster connection, which routes each command by its key's
+/// slot).
 #[derive(Clone)]
-pub struct Floor {
-    conn: MultiplexedConnection,
+pub struct Floor<C = MultiplexedConnection> {
+    conn: C,
     release: Script,
 }
 
@@ -92,7 +94,14 @@ impl Floor {
     pub async fn connect(url: &str) -> Result<Self> {
         let client = redis::Client::open(url)?;
         let conn = client.get_multiplexed_async_connection().await?;
-        Ok(Self { conn, release: Script::new(FLOOR_RELEASE) })
+        Ok(Self::on(conn))
+    }
+}
+
+impl<C: redis::aio::ConnectionLike + Clone + Send + Sync> Floor<C> {
+    /// The floor over `conn`.
+    pub fn on(conn: C) -> Self {
+        Self { conn, release: Script::new(FLOOR_RELEASE) }
     }
 
     /// One `SET NX PX`: true when taken.
@@ -152,7 +161,7 @@ pub struct Lockers {
 
 static OWNER_SEQ: AtomicU64 = AtomicU64::new(0);
 
-fn floor_owner() -> String {
+pub fn floor_owner() -> String {
     format!("{}-{}", std::process::id(), OWNER_SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
@@ -236,6 +245,33 @@ impl Lockers {
         }
         self.release(held).await?;
         Ok(waited)
+    }
+}
+
+/// What the shared scenarios (uncontended cycle, many keys) need of a set of contenders on one
+/// store: one Redis ([`Lockers`]) or one Redis Cluster (`cluster::ClusterLockers`).
+pub trait Locks: Send + Sync + 'static {
+    /// The name `c` locks for the logical key `name` (see [`Lockers::key`]).
+    fn key(&self, c: Contender, name: &str) -> String;
+
+    /// One whole critical section (see [`Lockers::op`]).
+    fn op(&self, c: Contender, key: &str, hold: Duration) -> impl Future<Output = Result<Duration>> + Send;
+
+    /// CPU time the server side has used so far, in ns.
+    fn server_cpu_ns(&self) -> impl Future<Output = Result<u64>> + Send;
+}
+
+impl Locks for Lockers {
+    fn key(&self, c: Contender, name: &str) -> String {
+        Lockers::key(self, c, name)
+    }
+
+    fn op(&self, c: Contender, key: &str, hold: Duration) -> impl Future<Output = Result<Duration>> + Send {
+        Lockers::op(self, c, key, hold)
+    }
+
+    fn server_cpu_ns(&self) -> impl Future<Output = Result<u64>> + Send {
+        server_cpu_ns(&self.conn)
     }
 }
 
@@ -328,10 +364,15 @@ pub fn process_cpu_ns_and_switches() -> (u64, u64) {
 pub async fn server_cpu_ns(conn: &MultiplexedConnection) -> Result<u64> {
     let mut conn = conn.clone();
     let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut conn).await?;
+    Ok(info_cpu_ns(&info))
+}
+
+/// `used_cpu_sys` + `used_cpu_user` of an `INFO cpu` answer, in ns.
+pub fn info_cpu_ns(info: &str) -> u64 {
     let field = |name: &str| -> f64 {
         info.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
     };
-    Ok(((field("used_cpu_sys:") + field("used_cpu_user:")) * 1e9) as u64)
+    ((field("used_cpu_sys:") + field("used_cpu_user:")) * 1e9) as u64
 }
 
 /// CPU used by this process and by the Redis server over a stretch of the run.
@@ -343,15 +384,15 @@ pub struct CpuMark {
 }
 
 impl CpuMark {
-    pub async fn now(conn: &MultiplexedConnection) -> Result<Self> {
-        let server_ns = server_cpu_ns(conn).await?;
+    pub async fn now(lk: &impl Locks) -> Result<Self> {
+        let server_ns = lk.server_cpu_ns().await?;
         let (client_ns, switches) = process_cpu_ns_and_switches();
         Ok(Self { client_ns, server_ns, switches })
     }
 
     /// What was used since `self`.
-    pub async fn since(self, conn: &MultiplexedConnection) -> Result<CpuMark> {
-        let end = Self::now(conn).await?;
+    pub async fn since(self, lk: &impl Locks) -> Result<CpuMark> {
+        let end = Self::now(lk).await?;
         Ok(CpuMark {
             client_ns: end.client_ns.saturating_sub(self.client_ns),
             server_ns: end.server_ns.saturating_sub(self.server_ns),

@@ -6,6 +6,7 @@
 //!
 //! See `bench/README.md` for what each scenario measures and how.
 
+mod cluster;
 mod handoff;
 mod lockers;
 mod postgres;
@@ -28,15 +29,19 @@ use crate::report::{Meta, Report};
 const USAGE: &str = "\
 dlock-bench: dlock against rslock and the raw Redis floor, all on one Redis.
 
-usage: dlock-bench [--redis URL] [--postgres URL] [--quick] [--only SCENARIO,...] [--secs S] [--rounds N] [--memory-keys N] [--out DIR]
+usage: dlock-bench [--redis URL] [--postgres URL] [--cluster URL,...] [--quick] [--only SCENARIO,...] [--secs S]
+                   [--rounds N] [--memory-keys N] [--out DIR]
        dlock-bench [--redis URL] --cycles CONTENDER N
 
   --redis URL          Redis to use (default redis://127.0.0.1:6379); keys are prefixed per run
   --postgres URL       also run the `postgres` group: dlock's PostgreSQL backend beside a raw SQL
                        floor on that server (in a schema of its own, dropped at the end)
+  --cluster URL[,URL]  also run the `cluster` group on the Redis Cluster with these seed nodes
+                       (e.g. redis://127.0.0.1:7601,redis://127.0.0.1:7602): dlock's
+                       RedisClusterBackend beside the raw floor on a redis-rs cluster connection
   --quick              a short run (about a minute)
   --only LIST          some of: uncontended,contended,handoff,many_keys,memory_backend,client_memory,
-                       postgres (`--only postgres` needs no Redis)
+                       postgres, cluster (`--only postgres` and `--only cluster` need no Redis)
   --secs S             time per contender in each timed scenario (default 5, --quick 2)
   --rounds N           split each scenario into N rounds, contenders interleaved (default 5, --quick 2)
   --memory-keys N      keys for the client-memory scenario (default 1000000, --quick 100000)
@@ -46,8 +51,19 @@ usage: dlock-bench [--redis URL] [--postgres URL] [--quick] [--only SCENARIO,...
                        counting instructions under `valgrind --tool=callgrind` (see README)
 ";
 
-const SCENARIOS: [&str; 7] =
-    ["uncontended", "contended", "handoff", "many_keys", "memory_backend", "client_memory", "postgres"];
+const SCENARIOS: [&str; 8] = [
+    "uncontended",
+    "contended",
+    "handoff",
+    "many_keys",
+    "memory_backend",
+    "client_memory",
+    "postgres",
+    "cluster",
+];
+
+/// The scenario groups on a store of their own, run only when asked for.
+const GROUPS: [&str; 2] = ["postgres", "cluster"];
 
 /// The PostgreSQL of `--only postgres` without `--postgres`.
 const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -56,6 +72,8 @@ const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
 struct Config {
     redis: String,
     postgres: Option<String>,
+    /// Seed nodes of the Redis Cluster for the `cluster` group.
+    cluster: Option<Vec<String>>,
     quick: bool,
     only: Vec<String>,
     secs: Option<f64>,
@@ -75,8 +93,9 @@ fn parse_args() -> std::result::Result<Mode, String> {
     let mut cfg = Config {
         redis: "redis://127.0.0.1:6379".into(),
         postgres: None,
+        cluster: None,
         quick: false,
-        only: SCENARIOS.iter().filter(|s| **s != "postgres").map(|s| (*s).to_owned()).collect(),
+        only: SCENARIOS.iter().filter(|s| !GROUPS.contains(s)).map(|s| (*s).to_owned()).collect(),
         secs: None,
         rounds: None,
         memory_keys: None,
@@ -93,6 +112,17 @@ fn parse_args() -> std::result::Result<Mode, String> {
             "--help" | "-h" => return Err(USAGE.to_owned()),
             "--redis" => cfg.redis = value("--redis")?,
             "--postgres" => cfg.postgres = Some(value("--postgres")?),
+            "--cluster" => {
+                let seeds: Vec<String> = value("--cluster")?
+                    .split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                if seeds.is_empty() {
+                    return Err(format!("--cluster needs at least one seed node URL\n\n{USAGE}"));
+                }
+                cfg.cluster = Some(seeds);
+            }
             "--only" => {
                 let list = value("--only")?;
                 cfg.only = list.split(',').map(|s| s.trim().to_owned()).collect();
@@ -131,6 +161,12 @@ fn parse_args() -> std::result::Result<Mode, String> {
     if cfg.postgres.is_some() && !cfg.only.iter().any(|s| s == "postgres") {
         cfg.only.push("postgres".to_owned());
     }
+    if cfg.cluster.is_some() && !cfg.only.iter().any(|s| s == "cluster") {
+        cfg.only.push("cluster".to_owned());
+    }
+    if cfg.cluster.is_none() && cfg.only.iter().any(|s| s == "cluster") {
+        return Err(format!("the cluster group needs --cluster URL[,URL...] (its seed nodes)\n\n{USAGE}"));
+    }
     if !child {
         return Ok(Mode::Bench(cfg));
     }
@@ -144,9 +180,6 @@ fn parse_args() -> std::result::Result<Mode, String> {
         hold_ms: get("--hold-ms")?.parse().map_err(|e| format!("--hold-ms: {e}"))?,
     }))
 }
-
-/// Cycles per contender per slice of the uncontended scenario (see `uncontended_slice`).
-const UNCONTENDED_SLICE: usize = 50;
 
 fn main() {
     let mode = match parse_args() {
@@ -225,13 +258,17 @@ async fn bench(cfg: Config) -> Result<()> {
     let began = Instant::now();
     let wants = |s: &str| cfg.only.iter().any(|o| o == s);
     let secs = Duration::from_secs_f64(cfg.secs.unwrap_or(if cfg.quick { 2.0 } else { 5.0 }));
+    let rounds = cfg.rounds.unwrap_or(if cfg.quick { 2 } else { 5 });
     if wants("postgres") {
         let url = cfg.postgres.as_deref().unwrap_or(DEFAULT_POSTGRES);
-        let rounds = cfg.rounds.unwrap_or(if cfg.quick { 2 } else { 5 });
         postgres::run(url, cfg.quick, secs, rounds, &cfg.out).await?;
-        if cfg.only.len() == 1 {
-            return Ok(());
-        }
+    }
+    let mut cluster_report = None;
+    if let Some(seeds) = cfg.cluster.as_deref().filter(|_| wants("cluster")) {
+        cluster_report = Some(cluster::run(seeds, cfg.quick, secs, rounds, &cfg.out).await?);
+    }
+    if cfg.only.iter().all(|s| GROUPS.contains(&s.as_str())) {
+        return Ok(());
     }
     let prefix = format!("dlockbench:{}:{}:", std::process::id(), unix_nanos() / 1_000_000);
     let lk = Arc::new(Lockers::connect(&cfg.redis, &prefix).await?);
@@ -267,6 +304,7 @@ async fn bench(cfg: Config) -> Result<()> {
         many_keys: Vec::new(),
         memory_backend: Vec::new(),
         client_memory: None,
+        cluster: cluster_report,
         ratios: Vec::new(),
         targets: Vec::new(),
         table: String::new(),
@@ -276,29 +314,11 @@ async fn bench(cfg: Config) -> Result<()> {
         report.meta.redis, report.meta.redis_version
     );
 
-    let rounds = cfg.rounds.unwrap_or(if cfg.quick { 2 } else { 5 });
     report.meta.rounds = rounds;
     if wants("uncontended") {
         let (cycles, warmup) = if cfg.quick { (1000, 200) } else { (10_000, 500) };
-        let per_round = cycles / rounds;
-        let slices = (per_round / UNCONTENDED_SLICE).max(1);
-        eprintln!(
-            "uncontended: {cycles} cycles per contender in {rounds} rounds, each of {slices} interleaved slices…"
-        );
-        let mut accs: HashMap<Contender, scenarios::UncontendedAcc> = HashMap::new();
-        for round in 0..rounds {
-            for slice in 0..slices {
-                for c in scenarios::round_order(&Contender::ALL, round * slices + slice) {
-                    let w = if round == 0 && slice == 0 { warmup } else { 0 };
-                    let acc = accs.entry(c).or_default();
-                    scenarios::uncontended_slice(&lk, c, per_round / slices, w, acc).await?;
-                }
-            }
-            accs.values_mut().for_each(scenarios::UncontendedAcc::end_round);
-        }
-        for c in Contender::ALL {
-            report.uncontended.push(accs.remove(&c).unwrap_or_default().row(c));
-        }
+        report.uncontended =
+            scenarios::uncontended(lk.as_ref(), "", &Contender::ALL, cycles, warmup, rounds).await?;
     }
     if wants("contended") {
         for hold in [0, 1] {
@@ -339,17 +359,7 @@ async fn bench(cfg: Config) -> Result<()> {
         }
     }
     if wants("many_keys") {
-        eprintln!("many keys: 64 tasks over 10000 keys, {secs:?} per contender in {rounds} rounds…");
-        let mut accs: HashMap<Contender, scenarios::ManyKeysAcc> = HashMap::new();
-        for round in 0..rounds {
-            for c in scenarios::round_order(&Contender::ALL, round) {
-                let acc = accs.entry(c).or_default();
-                scenarios::many_keys_round(&lk, c, 64, 10_000, secs / rounds as u32, round, acc).await?;
-            }
-        }
-        for c in Contender::ALL {
-            report.many_keys.push(accs.remove(&c).unwrap_or_default().row(c));
-        }
+        report.many_keys = scenarios::many_keys(&lk, "", &Contender::ALL, 64, 10_000, secs, rounds).await?;
     }
     if wants("memory_backend") {
         let iters = if cfg.quick { 50_000 } else { 300_000 };

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::cluster::ClusterReport;
 use crate::handoff::HandoffRow;
 use crate::lockers::Contender;
 use crate::scenarios::{ClientMemoryRow, ContendedRow, ManyKeysRow, MemoryCycleRow, UncontendedRow};
@@ -36,6 +37,9 @@ pub struct Report {
     pub many_keys: Vec<ManyKeysRow>,
     pub memory_backend: Vec<MemoryCycleRow>,
     pub client_memory: Option<ClientMemoryRow>,
+    /// The `cluster` group, when it ran in the same invocation (also in `cluster.json`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterReport>,
     pub ratios: Vec<Ratio>,
     pub targets: Vec<Target>,
     pub table: String,
@@ -157,76 +161,7 @@ pub fn finish(report: &mut Report) {
          ttl 10 s, wait 30 s for all; ratios = contender / floor and / rslock"
     );
 
-    // Uncontended.
-    if !report.uncontended.is_empty() {
-        let rows = &report.uncontended;
-        let first = &rows[0];
-        let _ = writeln!(
-            out,
-            "\n== uncontended cycle: 1 task, 1 key, {} lock+unlock cycles after a warm-up ==",
-            first.cycles
-        );
-        let floor = rows.iter().find(|r| r.contender == Contender::Floor).map(|r| r.cycles_per_sec);
-        let rs = rows.iter().find(|r| r.contender == Contender::Rslock).map(|r| r.cycles_per_sec);
-        let mut t = Table::new(&[
-            "contender",
-            "cycles/s",
-            "p50",
-            "p99",
-            "CPU/cycle client",
-            "server",
-            "ctx sw/cycle",
-            "×floor",
-            "×rslock",
-        ]);
-        for r in rows {
-            let (vf, vr) = (ratio(r.cycles_per_sec, floor), ratio(r.cycles_per_sec, rs));
-            t.row(vec![
-                r.contender.label().into(),
-                rate(r.cycles_per_sec),
-                fmt_us(r.latency.p50_us),
-                fmt_us(r.latency.p99_us),
-                format!("{:.1}µs", r.client_cpu_us),
-                format!("{:.1}µs", r.server_cpu_us),
-                format!("{:.2}", r.switches_per_cycle),
-                fmt_ratio(vf),
-                fmt_ratio(vr),
-            ]);
-            ratios.push(Ratio {
-                scenario: "uncontended".into(),
-                contender: r.contender,
-                metric: "cycles_per_sec",
-                value: r.cycles_per_sec,
-                vs_floor: vf,
-                vs_rslock: vr,
-            });
-        }
-        t.render(&mut out);
-        let floor_row = rows.iter().find(|r| r.contender == Contender::Floor);
-        for c in [Contender::DlockAttr, Contender::Dlock] {
-            if let (Some(r), Some(f)) = (rows.iter().find(|r| r.contender == c), floor_row) {
-                let pooled = r.cycles_per_sec / f.cycles_per_sec;
-                let v = paired_median(&r.round_rates, &f.round_rates);
-                let met = v >= 0.9;
-                let goal = if c == Contender::DlockAttr { "target" } else { "(same bar, for reference)" };
-                let _ = writeln!(
-                    out,
-                    "  {goal}: {} ≥ 0.90× floor cycles/s → {v:.2}× (median of per-round ratios; pooled {pooled:.2}×) {}",
-                    c.label(),
-                    mark(met)
-                );
-                if c == Contender::DlockAttr {
-                    targets.push(Target {
-                        scenario: "uncontended".into(),
-                        contender: c.label().into(),
-                        target: "≥ 0.90× floor cycles/s".into(),
-                        value: format!("{v:.2}× (pooled {pooled:.2}×)"),
-                        met,
-                    });
-                }
-            }
-        }
-    }
+    uncontended_section(&mut out, &report.uncontended, "", &mut ratios, &mut targets);
 
     // Contended, one key.
     let mut holds: Vec<u64> = report.contended.iter().map(|r| r.hold_ms).collect();
@@ -434,58 +369,7 @@ pub fn finish(report: &mut Report) {
         }
     }
 
-    // Many keys.
-    if !report.many_keys.is_empty() {
-        let rows = &report.many_keys;
-        let first = &rows[0];
-        let _ = writeln!(
-            out,
-            "\n== {} tasks over {} keys (random key per op), lock+unlock, {:.0} s ==",
-            first.tasks,
-            first.keys,
-            first.secs.round()
-        );
-        let floor = rows.iter().find(|r| r.contender == Contender::Floor).map(|r| r.ops_per_sec);
-        let rs = rows.iter().find(|r| r.contender == Contender::Rslock).map(|r| r.ops_per_sec);
-        let mut t = Table::new(&[
-            "contender",
-            "ops/s",
-            "p50",
-            "p99",
-            "max",
-            "CPU/op client",
-            "server",
-            "ctx sw/op",
-            "err",
-            "×floor",
-            "×rslock",
-        ]);
-        for r in rows {
-            let (vf, vr) = (ratio(r.ops_per_sec, floor), ratio(r.ops_per_sec, rs));
-            t.row(vec![
-                r.contender.label().into(),
-                rate(r.ops_per_sec),
-                fmt_us(r.latency.p50_us),
-                fmt_us(r.latency.p99_us),
-                fmt_us(r.latency.max_us),
-                format!("{:.1}µs", r.client_cpu_us),
-                format!("{:.1}µs", r.server_cpu_us),
-                format!("{:.2}", r.switches_per_op),
-                r.errors.to_string(),
-                fmt_ratio(vf),
-                fmt_ratio(vr),
-            ]);
-            ratios.push(Ratio {
-                scenario: "many_keys".into(),
-                contender: r.contender,
-                metric: "ops_per_sec",
-                value: r.ops_per_sec,
-                vs_floor: vf,
-                vs_rslock: vr,
-            });
-        }
-        t.render(&mut out);
-    }
+    many_keys_section(&mut out, &report.many_keys, "", &mut ratios);
 
     // MemoryBackend.
     if !report.memory_backend.is_empty() {
@@ -569,22 +453,7 @@ pub fn finish(report: &mut Report) {
         let _ = writeln!(out, "{line}");
     }
 
-    if !targets.is_empty() {
-        let _ = writeln!(out, "\n== targets ==");
-        let mut t = Table::new(&["scenario", "contender", "target", "value", ""]).left(4);
-        for g in &targets {
-            t.row(vec![
-                g.scenario.clone(),
-                g.contender.clone(),
-                g.target.clone(),
-                g.value.clone(),
-                mark(g.met).into(),
-            ]);
-        }
-        t.render(&mut out);
-        let met = targets.iter().filter(|t| t.met).count();
-        let _ = writeln!(out, "  {met} of {} targets met", targets.len());
-    }
+    targets_section(&mut out, &targets);
 
     report.table = out;
     report.ratios = ratios;
@@ -614,4 +483,258 @@ fn push(
         value,
         met,
     });
+}
+
+/// `name` within a scenario group (`scope` empty for the single-Redis scenarios).
+fn scoped(scope: &str, name: &str) -> String {
+    if scope.is_empty() { name.to_owned() } else { format!("{scope}_{name}") }
+}
+
+/// The heading's prefix for a scenario group.
+fn heading(scope: &str) -> String {
+    if scope.is_empty() { String::new() } else { format!("{scope}: ") }
+}
+
+/// A table's header, without the `×rslock` column when rslock did not run (the cluster).
+fn header_with_rslock<'a>(cells: &[&'a str], rslock: bool) -> Vec<&'a str> {
+    cells.iter().copied().filter(|c| rslock || *c != "×rslock").collect()
+}
+
+/// The uncontended cycle: table, ratios, and the ≥ 0.90× floor target (attribute; the manual
+/// API is shown against the same bar).
+fn uncontended_section(
+    out: &mut String,
+    rows: &[UncontendedRow],
+    scope: &str,
+    ratios: &mut Vec<Ratio>,
+    targets: &mut Vec<Target>,
+) {
+    let Some(first) = rows.first() else { return };
+    let scenario = scoped(scope, "uncontended");
+    let _ = writeln!(
+        out,
+        "\n== {}uncontended cycle: 1 task, 1 key, {} lock+unlock cycles after a warm-up ==",
+        heading(scope),
+        first.cycles
+    );
+    let floor = rows.iter().find(|r| r.contender == Contender::Floor).map(|r| r.cycles_per_sec);
+    let rs = rows.iter().find(|r| r.contender == Contender::Rslock).map(|r| r.cycles_per_sec);
+    let mut t = Table::new(&header_with_rslock(
+        &["contender", "cycles/s", "p50", "p99", "CPU/cycle client", "server", "ctx sw/cycle", "×floor", "×rslock"],
+        rs.is_some(),
+    ));
+    for r in rows {
+        let (vf, vr) = (ratio(r.cycles_per_sec, floor), ratio(r.cycles_per_sec, rs));
+        let mut cells = vec![
+            r.contender.label().into(),
+            rate(r.cycles_per_sec),
+            fmt_us(r.latency.p50_us),
+            fmt_us(r.latency.p99_us),
+            format!("{:.1}µs", r.client_cpu_us),
+            format!("{:.1}µs", r.server_cpu_us),
+            format!("{:.2}", r.switches_per_cycle),
+            fmt_ratio(vf),
+        ];
+        if rs.is_some() {
+            cells.push(fmt_ratio(vr));
+        }
+        t.row(cells);
+        ratios.push(Ratio {
+            scenario: scenario.clone(),
+            contender: r.contender,
+            metric: "cycles_per_sec",
+            value: r.cycles_per_sec,
+            vs_floor: vf,
+            vs_rslock: vr,
+        });
+    }
+    t.render(out);
+    let floor_row = rows.iter().find(|r| r.contender == Contender::Floor);
+    for c in [Contender::DlockAttr, Contender::Dlock] {
+        if let (Some(r), Some(f)) = (rows.iter().find(|r| r.contender == c), floor_row) {
+            let pooled = r.cycles_per_sec / f.cycles_per_sec;
+            let v = paired_median(&r.round_rates, &f.round_rates);
+            let met = v >= 0.9;
+            let goal = if c == Contender::DlockAttr { "target" } else { "(same bar, for reference)" };
+            let _ = writeln!(
+                out,
+                "  {goal}: {} ≥ 0.90× floor cycles/s → {v:.2}× (median of per-round ratios; pooled {pooled:.2}×) {}",
+                c.label(),
+                mark(met)
+            );
+            if c == Contender::DlockAttr {
+                targets.push(Target {
+                    scenario: scenario.clone(),
+                    contender: c.label().into(),
+                    target: "≥ 0.90× floor cycles/s".into(),
+                    value: format!("{v:.2}× (pooled {pooled:.2}×)"),
+                    met,
+                });
+            }
+        }
+    }
+}
+
+/// Many tasks over many keys: table and ratios.
+fn many_keys_section(out: &mut String, rows: &[ManyKeysRow], scope: &str, ratios: &mut Vec<Ratio>) {
+    let Some(first) = rows.first() else { return };
+    let _ = writeln!(
+        out,
+        "\n== {}{} tasks over {} keys (random key per op), lock+unlock, {:.0} s ==",
+        heading(scope),
+        first.tasks,
+        first.keys,
+        first.secs.round()
+    );
+    let floor = rows.iter().find(|r| r.contender == Contender::Floor).map(|r| r.ops_per_sec);
+    let rs = rows.iter().find(|r| r.contender == Contender::Rslock).map(|r| r.ops_per_sec);
+    let mut t = Table::new(&header_with_rslock(
+        &["contender", "ops/s", "p50", "p99", "max", "CPU/op client", "server", "ctx sw/op", "err", "×floor", "×rslock"],
+        rs.is_some(),
+    ));
+    for r in rows {
+        let (vf, vr) = (ratio(r.ops_per_sec, floor), ratio(r.ops_per_sec, rs));
+        let mut cells = vec![
+            r.contender.label().into(),
+            rate(r.ops_per_sec),
+            fmt_us(r.latency.p50_us),
+            fmt_us(r.latency.p99_us),
+            fmt_us(r.latency.max_us),
+            format!("{:.1}µs", r.client_cpu_us),
+            format!("{:.1}µs", r.server_cpu_us),
+            format!("{:.2}", r.switches_per_op),
+            r.errors.to_string(),
+            fmt_ratio(vf),
+        ];
+        if rs.is_some() {
+            cells.push(fmt_ratio(vr));
+        }
+        t.row(cells);
+        ratios.push(Ratio {
+            scenario: scoped(scope, "many_keys"),
+            contender: r.contender,
+            metric: "ops_per_sec",
+            value: r.ops_per_sec,
+            vs_floor: vf,
+            vs_rslock: vr,
+        });
+    }
+    t.render(out);
+}
+
+/// The targets of a run, and how many were met.
+fn targets_section(out: &mut String, targets: &[Target]) {
+    if targets.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\n== targets ==");
+    let mut t = Table::new(&["scenario", "contender", "target", "value", ""]).left(4);
+    for g in targets {
+        t.row(vec![g.scenario.clone(), g.contender.clone(), g.target.clone(), g.value.clone(), mark(g.met).into()]);
+    }
+    t.render(out);
+    let met = targets.iter().filter(|t| t.met).count();
+    let _ = writeln!(out, "  {met} of {} targets met", targets.len());
+}
+
+/// The `cluster` group's table, ratios and targets.
+pub fn finish_cluster(report: &mut ClusterReport) {
+    let mut out = String::new();
+    let mut ratios = Vec::new();
+    let mut targets = Vec::new();
+    let m = &report.meta;
+    let _ = writeln!(
+        out,
+        "\ndlock-bench cluster — dlock {}, Redis Cluster {} ({}; primaries {}), {} cores, {} rounds per scenario, load {} → {}{}",
+        m.dlock_rev,
+        m.redis,
+        m.redis_version,
+        report.primaries.join(" "),
+        m.cores,
+        m.rounds,
+        m.loadavg_start,
+        m.loadavg_end,
+        if m.quick { ", --quick" } else { "" }
+    );
+    let _ = writeln!(
+        out,
+        "PING RTT at start, through the cluster connection to the primary :{} (uncontended and hand-off keys): p50 {} p99 {}",
+        report.shared_key_primary,
+        fmt_us(m.rtt_start.p50_us),
+        fmt_us(m.rtt_start.p99_us)
+    );
+    let _ = writeln!(
+        out,
+        "floor = SET NX PX + owner-checked DEL script (EVALSHA) on one redis-rs cluster connection (retry every 1 ms when held); \
+         dlock = RedisClusterBackend; rslock has no cluster support; ttl 10 s, wait 30 s; server CPU = all primaries"
+    );
+    uncontended_section(&mut out, &report.uncontended, "cluster", &mut ratios, &mut targets);
+    many_keys_section(&mut out, &report.many_keys, "cluster", &mut ratios);
+
+    if let Some(first) = report.handoff.first() {
+        let _ = writeln!(
+            out,
+            "\n== cluster: hand-off between two clients alternating on one key ({} per contender): release call → waiter holds ==",
+            first.handoffs
+        );
+        let floor = report.handoff.iter().find(|r| r.contender == Contender::Floor).map(|r| r.latency.p50_us);
+        let mut t = Table::new(&[
+            "contender",
+            "p50",
+            "p90",
+            "p99",
+            "max",
+            "release call p50",
+            "RTT idle/loaded",
+            "p50 in RTTs idle/loaded",
+            "×floor",
+        ]);
+        for r in &report.handoff {
+            let vf = ratio(r.latency.p50_us, floor);
+            t.row(vec![
+                r.contender.label().into(),
+                fmt_us(r.latency.p50_us),
+                fmt_us(r.latency.p90_us),
+                fmt_us(r.latency.p99_us),
+                fmt_us(r.latency.max_us),
+                fmt_us(r.release_call.p50_us),
+                format!("{}/{}", fmt_us(m.rtt_start.p50_us), fmt_us(r.rtt_loaded.p50_us)),
+                format!("{:.1} / {:.1}", r.p50_in_idle_rtts, r.p50_in_loaded_rtts),
+                fmt_ratio(vf),
+            ]);
+            ratios.push(Ratio {
+                scenario: "cluster_handoff".into(),
+                contender: r.contender,
+                metric: "handoff_p50_us",
+                value: r.latency.p50_us,
+                vs_floor: vf,
+                vs_rslock: None,
+            });
+        }
+        t.render(&mut out);
+        let _ = writeln!(
+            out,
+            "  two clients = two connections of their own (the floor: two cluster connections; dlock: two RedisClusterBackends);\n  \
+             RTT = PING p50 to the key's shard primary at the start (idle) and 4 PINGs in each hand-off's lead-in (loaded);\n  \
+             the floor's waiter retries SET NX every 1 ms"
+        );
+        if let Some(r) = report.handoff.iter().find(|r| r.contender == Contender::Dlock) {
+            let v = r.p50_in_loaded_rtts;
+            let mut line = format!("  target, {}:", Contender::Dlock.label());
+            push(
+                &mut targets,
+                &mut line,
+                "cluster_handoff",
+                Contender::Dlock,
+                "hand-off p50 ≤ 3 RTTs to the shard primary (PING p50 measured during the run)",
+                format!("{v:.1} RTTs ({}; idle RTTs: {:.1})", fmt_us(r.latency.p50_us), r.p50_in_idle_rtts),
+                v <= 3.0,
+            );
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    targets_section(&mut out, &targets);
+    report.table = out;
+    report.ratios = ratios;
+    report.targets = targets;
 }

@@ -5,13 +5,14 @@
 //! whose load changes during the run, that spreads the changes over all contenders alike
 //! instead of charging them to whoever ran at the wrong moment.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::lockers::{Contender, CpuMark, Lockers, Result, XorShift, attr_mem_op, rss_kib};
+use crate::lockers::{Contender, CpuMark, Lockers, Locks, Result, XorShift, attr_mem_op, rss_kib};
 use crate::stats::Summary;
 
 /// How many errors a task tolerates before it gives up (they are reported, not hidden).
@@ -79,8 +80,8 @@ pub struct UncontendedAcc {
 /// same machine: on a VM whose vCPUs halt when idle, a cycle costs ~50 µs while the client
 /// and Redis share a vCPU and ~140 µs while they do not, and the scheduler moves them between
 /// those for stretches of tens or hundreds of ms — longer than a slice, shorter than a round.
-pub async fn uncontended_slice(
-    lk: &Lockers,
+pub async fn uncontended_slice<L: Locks>(
+    lk: &L,
     c: Contender,
     cycles: usize,
     warmup: usize,
@@ -90,7 +91,7 @@ pub async fn uncontended_slice(
     for _ in 0..warmup {
         lk.op(c, &key, Duration::ZERO).await?;
     }
-    let cpu = CpuMark::now(&lk.conn).await?;
+    let cpu = CpuMark::now(lk).await?;
     let start = Instant::now();
     for _ in 0..cycles {
         let t = Instant::now();
@@ -98,7 +99,7 @@ pub async fn uncontended_slice(
         acc.lat.push(t.elapsed().as_nanos() as u64);
     }
     let secs = start.elapsed().as_secs_f64();
-    let used = cpu.since(&lk.conn).await?;
+    let used = cpu.since(lk).await?;
     acc.cycles += cycles;
     acc.secs += secs;
     acc.round_cycles += cycles;
@@ -107,6 +108,37 @@ pub async fn uncontended_slice(
     acc.server_cpu_ns += used.server_ns;
     acc.switches += used.switches;
     Ok(())
+}
+
+/// Cycles per contender per slice of the uncontended scenario (see [`uncontended_slice`]).
+pub const UNCONTENDED_SLICE: usize = 50;
+
+/// The uncontended scenario: `cycles` lock+unlock cycles of each of `contenders` (after
+/// `warmup` untimed ones), in `rounds` rounds, each of interleaved slices of
+/// [`UNCONTENDED_SLICE`] cycles per contender (their order rotating every slice).
+pub async fn uncontended<L: Locks>(
+    lk: &L,
+    group: &str,
+    contenders: &[Contender],
+    cycles: usize,
+    warmup: usize,
+    rounds: usize,
+) -> Result<Vec<UncontendedRow>> {
+    let per_round = cycles / rounds;
+    let slices = (per_round / UNCONTENDED_SLICE).max(1);
+    eprintln!("{group}uncontended: {cycles} cycles per contender in {rounds} rounds, each of {slices} interleaved slices…");
+    let mut accs: HashMap<Contender, UncontendedAcc> = HashMap::new();
+    for round in 0..rounds {
+        for slice in 0..slices {
+            for c in round_order(contenders, round * slices + slice) {
+                let w = if round == 0 && slice == 0 { warmup } else { 0 };
+                let acc = accs.entry(c).or_default();
+                uncontended_slice(lk, c, per_round / slices, w, acc).await?;
+            }
+        }
+        accs.values_mut().for_each(UncontendedAcc::end_round);
+    }
+    Ok(contenders.iter().map(|&c| accs.remove(&c).unwrap_or_default().row(c)).collect())
 }
 
 impl UncontendedAcc {
@@ -297,8 +329,8 @@ pub struct ManyKeysAcc {
 }
 
 /// `tasks` tasks, each locking and unlocking a random one of `keys` keys until `duration`.
-pub async fn many_keys_round(
-    lk: &Arc<Lockers>,
+pub async fn many_keys_round<L: Locks>(
+    lk: &Arc<L>,
     c: Contender,
     tasks: usize,
     keys: u64,
@@ -306,7 +338,7 @@ pub async fn many_keys_round(
     round: usize,
     acc: &mut ManyKeysAcc,
 ) -> Result<()> {
-    let cpu = CpuMark::now(&lk.conn).await?;
+    let cpu = CpuMark::now(lk.as_ref()).await?;
     let start = Instant::now() + Duration::from_millis(20);
     let end = start + duration;
     let mut handles = Vec::with_capacity(tasks);
@@ -344,7 +376,7 @@ pub async fn many_keys_round(
         last = last.max(out.finished);
     }
     let secs = (last - start).as_secs_f64();
-    let used = cpu.since(&lk.conn).await?;
+    let used = cpu.since(lk.as_ref()).await?;
     acc.tasks = tasks;
     acc.keys = keys;
     acc.secs += secs;
@@ -353,6 +385,28 @@ pub async fn many_keys_round(
     acc.server_cpu_ns += used.server_ns;
     acc.switches += used.switches;
     Ok(())
+}
+
+/// The many-keys scenario: `tasks` tasks over `keys` keys, `duration` per contender, split
+/// into `rounds` rounds (the contenders' order rotating every round).
+pub async fn many_keys<L: Locks>(
+    lk: &Arc<L>,
+    group: &str,
+    contenders: &[Contender],
+    tasks: usize,
+    keys: u64,
+    duration: Duration,
+    rounds: usize,
+) -> Result<Vec<ManyKeysRow>> {
+    eprintln!("{group}many keys: {tasks} tasks over {keys} keys, {duration:?} per contender in {rounds} rounds…");
+    let mut accs: HashMap<Contender, ManyKeysAcc> = HashMap::new();
+    for round in 0..rounds {
+        for c in round_order(contenders, round) {
+            let acc = accs.entry(c).or_default();
+            many_keys_round(lk, c, tasks, keys, duration / rounds as u32, round, acc).await?;
+        }
+    }
+    Ok(contenders.iter().map(|&c| accs.remove(&c).unwrap_or_default().row(c)).collect())
 }
 
 impl ManyKeysAcc {
