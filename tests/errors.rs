@@ -61,6 +61,27 @@ async fn a_failure_after_connect_names_the_key_the_remedy_and_the_call() {
     );
 }
 
+/// A key that something else wrote (a hash where dlock keeps its lock string): Redis refuses
+/// the script (`WRONGTYPE`). The message names the key and says what to check, and the cause
+/// says what Redis answered.
+#[tokio::test]
+async fn a_key_something_else_wrote_names_the_key_and_what_to_check() {
+    let server = RedisServer::start();
+    let mut conn = dlock_tests::inspector(&server.url()).await;
+    let _: i64 = dlock_tests::redis_cmd(&mut conn, &["HSET", "app:user:7", "field", "value"]).await;
+    let backend = RedisBackend::connect(&server.url()).await.expect("connect");
+    let service = LockService::builder(backend).key_prefix("app:").build();
+    let err = service.lock("user:7").await.expect_err("the key holds a hash");
+    let levels = chain(&err);
+    assert_reads_once(&levels);
+    assert!(levels[0].contains("`app:user:7`"), "the key is named: {levels:?}");
+    assert!(
+        levels[0].contains("nothing else writes keys under the service's prefix"),
+        "the remedy: {levels:?}"
+    );
+    assert!(levels.iter().any(|level| level.contains("WRONGTYPE")), "what Redis answered: {levels:?}");
+}
+
 /// Timeouts and lost locks name the key and say what to do, in one level.
 #[tokio::test]
 async fn timeouts_and_losses_name_the_key_and_the_remedy() {
@@ -79,4 +100,22 @@ async fn timeouts_and_losses_name_the_key_and_the_remedy() {
     let levels = chain(&err);
     assert_eq!(levels.len(), 1, "{levels:?}");
     assert!(levels[0].contains("`app:order:2`") && levels[0].contains("retry it"), "{levels:?}");
+}
+
+/// Locking outside any tokio runtime is `Error::NoRuntime`, saying so — not a panic, not
+/// `InvalidInput`. (Polled once by hand: there is no runtime to `.await` in.)
+#[test]
+fn locking_outside_a_runtime_is_no_runtime() {
+    use std::future::IntoFuture;
+    use std::task::{Context, Poll, Waker};
+
+    let service = LockService::new(MemoryBackend::new());
+    let mut lock = std::pin::pin!(service.lock("k").into_future());
+    match lock.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(Err(err @ Error::NoRuntime)) => {
+            assert!(err.to_string().contains("runtime"), "{err}");
+        }
+        Poll::Ready(other) => panic!("expected Error::NoRuntime, got {other:?}"),
+        Poll::Pending => panic!("expected Error::NoRuntime at once, got Pending"),
+    }
 }

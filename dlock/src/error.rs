@@ -110,7 +110,9 @@ fn remedy(kind: BackendErrorKind) -> &'static str {
         BackendErrorKind::NotReplicated => {
             "too few replicas acknowledged the lock in time, so it was released; retry, and check the replicas"
         }
-        _ => "see the cause",
+        _ => {
+            "it answered something dlock does not expect; check that nothing else writes keys under the service's prefix and that every process runs the same dlock version (the cause follows)"
+        }
     }
 }
 

@@ -50,12 +50,63 @@
 //! dlock runs on tokio: lock requests must be awaited inside a tokio runtime (the lease keeper
 //! and background releases are tokio tasks).
 //!
+//! # Testing code that uses dlock
+//!
+//! One global service set up once serves every `#[tokio::test]`, each on its own runtime,
+//! also after the runtime that set it up has ended. Set it up once (here in-process; a shared
+//! Redis works the same):
+//!
+//! ```
+//! use tokio::sync::OnceCell;
+//!
+//! #[dlock::distributed_lock(key = "user:<id>")]
+//! async fn touch(id: u64) -> Result<u64, dlock::Error> {
+//!     Ok(id)
+//! }
+//!
+//! async fn setup() {
+//!     static GLOBAL: OnceCell<()> = OnceCell::const_new();
+//!     GLOBAL
+//!         .get_or_init(|| async {
+//!             let service = dlock::LockService::builder(dlock::MemoryBackend::new()).key_prefix("test:").build();
+//!             dlock::set_global(service).expect("set once");
+//!         })
+//!         .await;
+//! }
+//!
+//! // Two "tests", each on a runtime of its own, the first ended before the second starts.
+//! for _ in 0..2 {
+//!     tokio::runtime::Runtime::new().unwrap().block_on(async {
+//!         setup().await;
+//!         assert_eq!(touch(7).await.unwrap(), 7);
+//!     });
+//! }
+//! ```
+//!
+//! To run annotated code against a service of its own without touching the global one (so
+//! tests running in parallel never share locks by accident), wrap the call in
+//! [`with_service`] — task-scoped, like `tracing::subscriber::with_default`:
+//!
+//! ```
+//! # #[dlock::distributed_lock(key = "user:<id>")]
+//! # async fn touch(id: u64) -> Result<u64, dlock::Error> { Ok(id) }
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let service = dlock::LockService::new(dlock::MemoryBackend::new());
+//! assert_eq!(dlock::with_service(service, touch(7)).await.unwrap(), 7);
+//! # }
+//! ```
+//!
+//! `MemoryBackend` keeps Redis's semantics in the process (leases on tokio's clock, so
+//! `tokio::time::pause` works; `held_count()` and `force_expire(key)` to look and to simulate
+//! a lost lock); the README's "Testing code that uses dlock" has more.
+//!
 //! # How it is built
 //!
 //! Each layer uses only the ones below it:
 //!
 //! ```text
 //! registry, __private      where annotated fns find their service; what the attribute calls
+//! connect                  a backend chosen by a URL (it knows every backend)
 //! service                  LockService + builder: the facade
 //! request                  LockRequest: builder calls, then .await
 //! acquire/                 the algorithm: passes over sorted keys, waiting for one key (key.rs)
@@ -64,9 +115,15 @@
 //! claim, keeper, context   cleanup of abandoned work; renewal; what this task holds
 //! lease                    one held lease: lost or not, renewals in flight
 //! local_queue              the in-process FIFO per key
-//! limits, error, time      bounds and defaults; Error; small helpers
-//! backend/, redis/         the LockBackend contract and the backends (they know nothing above)
+//! redis/, postgres/        the networked backends: redis/ one engine (engine.rs) for one server,
+//!                          Sentinel (sentinel.rs) and Cluster (cluster.rs); postgres/ a lease table
+//! backend/                 the LockBackend contract and MemoryBackend
+//! error, background,       Error; dlock's own runtime thread for work that must outlive a
+//! limits, time, id_hash    caller's; bounds and defaults; small helpers
 //! ```
+//!
+//! The backends never depend on the service (nothing above `redis/, postgres/`); they use only
+//! the contract and the small modules at the bottom.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod acquire;

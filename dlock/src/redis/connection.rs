@@ -21,7 +21,7 @@ use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use tokio::runtime::{Handle, Id};
 
-use super::error::{call_error, classify, connect_error, late};
+use super::error::{call_error, connect_error, late};
 use crate::backend::{BackendError, BackendErrorKind, BoxFuture};
 use crate::id_hash::IdMap;
 
@@ -137,6 +137,22 @@ pub(super) struct Connections {
     watched: Mutex<IdMap<Id, ()>>,
 }
 
+/// The connection one call runs on.
+struct Taken {
+    /// Which of its runtime's connections it is.
+    generation: u64,
+    /// The connector's epoch when it was made.
+    epoch: u64,
+    conn: Conn,
+}
+
+/// A call that failed.
+struct Failure {
+    err: BackendError,
+    /// It suggests the server moved (`READONLY`: the server became a replica).
+    moved: bool,
+}
+
 /// One runtime's connection.
 struct Slot {
     /// Tells a connection from the one that replaced it.
@@ -181,24 +197,23 @@ impl Connections {
             BackendError::new(BackendErrorKind::Other, "the Redis backend was called outside a tokio runtime")
         })?;
         let id = runtime.id();
-        let mut used = None;
-        let mut epoch = 0;
+        let mut used: Option<Taken> = None;
         let outcome = tokio::time::timeout(self.call_timeout, async {
-            let (generation, conn);
-            (generation, epoch, conn) = self.connection(&runtime).await?;
-            used = Some(generation);
-            call(conn).await.map_err(|err| {
+            let taken = self.connection(&runtime).await?;
+            let conn = taken.conn.clone();
+            used = Some(taken);
+            call(conn).await.map_err(|err| Failure {
                 // A server that became a replica (a failover) answers writes with `READONLY`.
-                let moved = err.code() == Some("READONLY");
-                (classify(&err), call_error(&self.url, what, err), moved)
+                moved: err.code() == Some("READONLY"),
+                err: call_error(&self.url, what, err),
             })
         })
         .await;
-        let (kind, err, moved) = match outcome {
+        let Failure { err, moved } = match outcome {
             // The server moved while the call ran (the sentinels named a new primary): what it
             // did happened on the old one, which the group is leaving. An acquisition or a
             // renewal there must not count; the caller asks again, on the new one.
-            Ok(Ok(_)) if self.connector.epoch() != epoch => {
+            Ok(Ok(_)) if used.as_ref().is_some_and(|taken| taken.epoch != self.connector.epoch()) => {
                 return Err(BackendError::new(
                     BackendErrorKind::Unavailable,
                     format!("{} moved to another server while {what} ran; it is asked again there", self.url),
@@ -206,44 +221,41 @@ impl Connections {
             }
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(failure)) => failure,
-            Err(_) => (BackendErrorKind::Timeout, late(&self.url, what, self.call_timeout), false),
+            Err(_) => Failure { err: late(&self.url, what, self.call_timeout), moved: false },
         };
         // A connection that missed its timeout may be silent for good; one that broke is
         // gone; one that reached a replica is of no use: replace it, and let the connector
         // look for the server again. Other errors Redis answered with leave it in place.
-        if matches!(kind, BackendErrorKind::Timeout | BackendErrorKind::Connection) || moved {
+        if matches!(err.kind(), BackendErrorKind::Timeout | BackendErrorKind::Connection) || moved {
             self.connector.suspect();
-            if let Some(generation) = used
+            if let Some(taken) = used
                 && self.connector.replace_failed()
             {
-                self.discard(id, generation);
+                self.discard(id, taken.generation);
             }
         }
         Err(err)
     }
 
     /// This runtime's connection, made now if it has none.
-    async fn connection(
-        self: &Arc<Self>,
-        runtime: &Handle,
-    ) -> Result<(u64, u64, Conn), (BackendErrorKind, BackendError, bool)> {
+    async fn connection(self: &Arc<Self>, runtime: &Handle) -> Result<Taken, Failure> {
         let id = runtime.id();
         let epoch = self.connector.epoch();
         if let Some(slot) = self.slots().get(&id)
             && slot.epoch == epoch
         {
-            return Ok((slot.generation, epoch, slot.conn.clone()));
+            return Ok(Taken { generation: slot.generation, epoch, conn: slot.conn.clone() });
         }
         let conn = self.connector.connect().await.map_err(|err| {
             self.connector.suspect();
-            (classify(&err), connect_error(&self.url, err), false)
+            Failure { err: connect_error(&self.url, err), moved: false }
         })?;
         let mut slots = self.slots();
         if let Some(slot) = slots.get(&id)
             && slot.epoch == epoch
         {
             // Another call of this runtime connected meanwhile: use one connection.
-            return Ok((slot.generation, epoch, slot.conn.clone()));
+            return Ok(Taken { generation: slot.generation, epoch, conn: slot.conn.clone() });
         }
         static NEXT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let generation = NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -258,7 +270,7 @@ impl Connections {
                 std::future::pending::<()>().await;
             });
         }
-        Ok((generation, epoch, conn))
+        Ok(Taken { generation, epoch, conn })
     }
 
     /// Stop using connection `generation` of runtime `id` (if it is still the current one).
