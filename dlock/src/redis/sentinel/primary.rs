@@ -1,0 +1,336 @@
+//! [`Primary`]: where the sentinels say the primary of a group is, and the task that listens
+//! for their `+switch-master` announcements. It is the sentinel backend's [`Connector`] (its
+//! command connections go to the current primary) and [`FeedSource`] (so does its pub/sub).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisResult};
+use tokio::sync::watch;
+
+use super::super::connection::{Conn, Connector, ServerConnector, connection_config, tcp_settings};
+use super::super::error::classify;
+use super::super::notify::{Feed, FeedSource, server_feed};
+use crate::backend::{BackendError, BackendErrorKind, BoxFuture};
+use crate::background;
+
+/// Where the sentinels say the primary is.
+pub(super) struct Primary {
+    sentinels: Vec<ConnectionInfo>,
+    master_name: String,
+    username: Option<String>,
+    password: Option<String>,
+    db: i64,
+    call_timeout: Duration,
+    /// A client of the primary, and its `host:port`.
+    current: Mutex<Option<(redis::Client, String)>>,
+    /// Bumped each time the sentinels name another primary (1 after connecting).
+    epoch: AtomicU64,
+    epochs: watch::Sender<u64>,
+    /// One resolution at a time.
+    resolving: tokio::sync::Mutex<()>,
+    /// A resolution was asked for and has not started yet.
+    suspected: AtomicBool,
+    /// When the last resolution ended.
+    last_resolved: Mutex<Option<Instant>>,
+}
+
+/// The shortest time between two resolutions asked for by failing calls.
+const RESOLVE_INTERVAL: Duration = Duration::from_millis(200);
+
+impl Primary {
+    /// The primary of `master_name` that `sentinels` will name; not asked yet (see
+    /// [`resolve`](Self::resolve)).
+    pub(super) fn new(
+        sentinels: Vec<ConnectionInfo>,
+        master_name: String,
+        username: Option<String>,
+        password: Option<String>,
+        db: i64,
+        call_timeout: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            sentinels,
+            master_name,
+            username,
+            password,
+            db,
+            call_timeout,
+            current: Mutex::new(None),
+            epoch: AtomicU64::new(0),
+            epochs: watch::channel(0).0,
+            resolving: tokio::sync::Mutex::new(()),
+            suspected: AtomicBool::new(false),
+            last_resolved: Mutex::new(None),
+        })
+    }
+
+    pub(super) fn master_name(&self) -> &str {
+        &self.master_name
+    }
+
+    /// `host:port` of the primary now, once one was found.
+    pub(super) fn address(&self) -> Option<String> {
+        self.current().map(|(_, address)| address)
+    }
+
+    /// How many times the sentinels have named a primary (1 after connecting).
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Hears each change of [`epoch`](Self::epoch).
+    pub(super) fn epochs(&self) -> watch::Receiver<u64> {
+        self.epochs.subscribe()
+    }
+
+    fn current(&self) -> Option<(redis::Client, String)> {
+        self.current.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Ask every sentinel where the primary is; take the address a majority of those that
+    /// answered name (a sentinel cut off with an old primary may still name it), check that it
+    /// says it is a primary, and move there if it is not where the backend is now.
+    pub(super) async fn resolve(&self) -> Result<(), BackendError> {
+        let _one = self.resolving.lock().await;
+        self.suspected.store(false, Ordering::Release);
+        let outcome = self.resolve_once().await;
+        *self.last_resolved.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        outcome
+    }
+
+    async fn resolve_once(&self) -> Result<(), BackendError> {
+        let asks = self.sentinels.iter().map(|sentinel| async move {
+            let answer = tokio::time::timeout(self.call_timeout, self.named_by(sentinel)).await;
+            (sentinel, answer)
+        });
+        let mut votes: Vec<((String, u16), usize)> = Vec::new();
+        let mut failures = Vec::new();
+        let mut answered = 0;
+        for (sentinel, answer) in futures_util::future::join_all(asks).await {
+            match answer {
+                Ok(Ok(address)) => {
+                    answered += 1;
+                    match votes.iter_mut().find(|(named, _)| *named == address) {
+                        Some((_, count)) => *count += 1,
+                        None => votes.push((address, 1)),
+                    }
+                }
+                Ok(Err(err)) => failures.push(format!("{}: {err}", sentinel.addr())),
+                Err(_) => {
+                    failures.push(format!("{}: no answer within {:?}", sentinel.addr(), self.call_timeout))
+                }
+            }
+        }
+        votes.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+        let unavailable = |why: String| {
+            BackendError::new(
+                BackendErrorKind::Unavailable,
+                format!(
+                    "no primary for `{}`: {why}; check the sentinels and the master name",
+                    self.master_name
+                ),
+            )
+        };
+        let Some(((host, port), count)) = votes.first().cloned() else {
+            return Err(unavailable(format!("no sentinel named one ({})", failures.join("; "))));
+        };
+        if count * 2 <= answered {
+            return Err(unavailable(format!("the {answered} sentinels that answered disagree ({votes:?})")));
+        }
+        let address = format!("{host}:{port}");
+        if self.current().is_some_and(|(_, now)| now == address) {
+            return Ok(());
+        }
+        let client = self.primary_at(host, port).await.map_err(|err| {
+            // A primary that refuses the credentials is an `Auth` error, not a missing primary.
+            BackendError::new(
+                classify(&err),
+                format!(
+                    "no primary for `{}`: {address}, which the sentinels name, does not answer as a primary ({err}); check the sentinels, the master name and the primary's credentials",
+                    self.master_name
+                ),
+            )
+        })?;
+        tracing::info!(target: "dlock", master = %self.master_name, primary = %address, "the sentinels name a new primary; moving there");
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some((client, address));
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        self.epochs.send_replace(epoch);
+        Ok(())
+    }
+
+    /// The primary's address as one sentinel names it.
+    async fn named_by(&self, sentinel: &ConnectionInfo) -> RedisResult<(String, u16)> {
+        let client = redis::Client::open(sentinel.clone())?;
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&connection_config(self.call_timeout))
+            .await?;
+        let named: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(&self.master_name)
+            .query_async(&mut conn)
+            .await?;
+        named.ok_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::Client, "the sentinel knows no such master"))
+        })
+    }
+
+    /// A client of the server at `host:port` (with TLS if the sentinels use it), once it
+    /// answers `ROLE` as a primary.
+    async fn primary_at(&self, host: String, port: u16) -> RedisResult<redis::Client> {
+        let mut redis_info = redis::RedisConnectionInfo::default().set_db(self.db);
+        if let Some(username) = &self.username {
+            redis_info = redis_info.set_username(username);
+        }
+        if let Some(password) = &self.password {
+            redis_info = redis_info.set_password(password);
+        }
+        let addr = match self.sentinels.first().map(ConnectionInfo::addr) {
+            Some(ConnectionAddr::TcpTls { insecure, tls_params, .. }) => {
+                ConnectionAddr::TcpTls { host, port, insecure: *insecure, tls_params: tls_params.clone() }
+            }
+            _ => ConnectionAddr::Tcp(host, port),
+        };
+        let info = addr
+            .into_connection_info()?
+            .set_redis_settings(redis_info)
+            .set_tcp_settings(tcp_settings(self.call_timeout));
+        let primary = redis::Client::open(info)?;
+        let check = async {
+            let mut conn = primary
+                .get_multiplexed_async_connection_with_config(&connection_config(self.call_timeout))
+                .await?;
+            redis::cmd("ROLE").query_async::<Vec<redis::Value>>(&mut conn).await
+        };
+        let role = tokio::time::timeout(self.call_timeout, check)
+            .await
+            .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "no answer to ROLE")))??;
+        match role.first() {
+            Some(redis::Value::BulkString(role)) if role == b"master" => Ok(primary),
+            _ => Err(redis::RedisError::from((redis::ErrorKind::Client, "it is not a primary (yet)"))),
+        }
+    }
+
+    /// Ask the sentinels again, in the background (once, however many calls ask).
+    fn suspect_now(self: &Arc<Self>) {
+        if self.suspected.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let primary = Arc::clone(self);
+        background::spawn_here(async move {
+            // At most one resolution per RESOLVE_INTERVAL, however many calls fail meanwhile.
+            let last = *primary.last_resolved.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(last) = last {
+                tokio::time::sleep_until((last + RESOLVE_INTERVAL).into()).await;
+            }
+            if let Err(err) = primary.resolve().await {
+                tracing::debug!(target: "dlock", error = %err, "asking the sentinels for the primary failed");
+            }
+        });
+    }
+}
+
+impl Connector for Arc<Primary> {
+    fn connect(&self) -> BoxFuture<'_, RedisResult<Conn>> {
+        Box::pin(async move {
+            let Some((client, _)) = self.current() else {
+                return Err(redis::RedisError::from((redis::ErrorKind::Client, "no primary known yet")));
+            };
+            ServerConnector { client, config: connection_config(self.call_timeout) }.connect().await
+        })
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    fn suspect(&self) {
+        self.suspect_now();
+    }
+}
+
+impl FeedSource for Arc<Primary> {
+    fn open(&self) -> BoxFuture<'_, RedisResult<Feed>> {
+        Box::pin(async move {
+            let mut epochs = self.epochs.subscribe();
+            epochs.borrow_and_update();
+            let Some((client, _)) = self.current() else {
+                return Err(redis::RedisError::from((redis::ErrorKind::Client, "no primary known yet")));
+            };
+            let mut feed = server_feed(&client).await.inspect_err(|_| self.suspect_now())?;
+            feed.moved = Box::pin(async move {
+                let _ = epochs.changed().await;
+            });
+            Ok(feed)
+        })
+    }
+}
+
+/// Listen on one sentinel at a time for `+switch-master` of the group, and ask the sentinels
+/// again when one comes, and after each (re)subscription (a switch announced while no sentinel
+/// was listened to is not missed). Waits before each reconnect, longer while they fail. Ends
+/// with the backend.
+pub(super) async fn listen_for_switches(primary: Weak<Primary>) {
+    let mut next = 0;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let Some(strong) = primary.upgrade() else { return };
+        let sentinel = strong.sentinels[next % strong.sentinels.len()].clone();
+        next += 1;
+        let call_timeout = strong.call_timeout;
+        let master = strong.master_name.clone();
+        drop(strong);
+        let pubsub = async {
+            let mut pubsub = redis::Client::open(sentinel)?.get_async_pubsub().await?;
+            pubsub.subscribe("+switch-master").await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let Ok(Ok(pubsub)) = tokio::time::timeout(call_timeout, pubsub).await else {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+            continue;
+        };
+        let subscribed_at = Instant::now();
+        {
+            let Some(strong) = primary.upgrade() else { return };
+            if let Err(err) = strong.resolve().await {
+                tracing::debug!(target: "dlock", error = %err, "asking the sentinels for the primary failed");
+            }
+        }
+        let (mut sink, mut messages) = pubsub.split();
+        let mut health = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                message = messages.next() => {
+                    let Some(message) = message else { break };
+                    let payload: String = message.get_payload().unwrap_or_default();
+                    // `<master> <old ip> <old port> <new ip> <new port>`
+                    if payload.split(' ').next() == Some(master.as_str()) {
+                        let Some(strong) = primary.upgrade() else { return };
+                        if let Err(err) = strong.resolve().await {
+                            tracing::debug!(target: "dlock", error = %err, "asking the sentinels for the primary after +switch-master failed");
+                        }
+                    }
+                }
+                _ = health.tick() => {
+                    if primary.strong_count() == 0 {
+                        return;
+                    }
+                    let ping = tokio::time::timeout(call_timeout, sink.ping::<redis::Value>()).await;
+                    if !matches!(ping, Ok(Ok(_))) {
+                        break;
+                    }
+                }
+            }
+        }
+        // A sentinel that dropped us soon after we subscribed must not become a tight loop.
+        if subscribed_at.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        } else {
+            pause = Duration::from_millis(100);
+        }
+    }
+}
