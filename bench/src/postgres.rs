@@ -248,7 +248,8 @@ pub async fn run(url: &str, quick: bool, secs: Duration, rounds: usize, out: &Pa
     for _ in 0..9 {
         clients.push(plain_client(url).await?);
     }
-    let bench = Arc::new(Bench { floor: Floor::new(&schema), clients, service, other: build(other_backend), prefix });
+    let bench =
+        Arc::new(Bench { floor: Floor::new(&schema), clients, service, other: build(other_backend), prefix });
     let outcome = run_scenarios(&bench, url, &schema, quick, secs, rounds, out).await;
     // Whatever happened, leave nothing behind.
     let _ = bench.clients[8].batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await;
@@ -299,7 +300,9 @@ async fn run_scenarios(
     let cycles = if quick { 1000 } else { 5000 };
     let per_round = cycles / rounds;
     let slices = (per_round / SLICE).max(1);
-    eprintln!("postgres uncontended: {cycles} cycles per contender in {rounds} rounds of {slices} interleaved slices…");
+    eprintln!(
+        "postgres uncontended: {cycles} cycles per contender in {rounds} rounds of {slices} interleaved slices…"
+    );
     for c in ALL {
         for _ in 0..200 {
             bench.op(c, 0, &format!("uncontended:{c:?}"), Duration::ZERO).await?;
@@ -387,7 +390,10 @@ async fn run_scenarios(
         .iter()
         .enumerate()
         .map(|(i, &c)| {
-            let (min, max) = (per_task[i].iter().min().copied().unwrap_or(0), per_task[i].iter().max().copied().unwrap_or(0));
+            let (min, max) = (
+                per_task[i].iter().min().copied().unwrap_or(0),
+                per_task[i].iter().max().copied().unwrap_or(0),
+            );
             ContendedRow {
                 contender: c,
                 sections_per_sec: per_task[i].iter().sum::<u64>() as f64 / elapsed[i],
@@ -506,7 +512,9 @@ fn table(r: &PgReport) -> String {
         fmt_us(r.rtt.p50_us),
         fmt_us(r.statement_rtt.p50_us)
     ));
-    t.push_str("| scenario | floor (raw SQL) | dlock manual | dlock #[attr] | target |\n|---|---|---|---|---|\n");
+    t.push_str(
+        "| scenario | floor (raw SQL) | dlock manual | dlock #[attr] | target |\n|---|---|---|---|---|\n",
+    );
     let cell = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("—".to_owned(), f);
     let floor_rate = un(Contender::Floor).map_or(0.0, |row| row.cycles_per_sec);
     let dlock_ratio = un(Contender::Dlock).map_or(0.0, |row| median(row.round_ratios.clone()));
@@ -528,7 +536,11 @@ fn table(r: &PgReport) -> String {
             co(Contender::DlockAttr).map_or("—".into(), f)
         )
     };
-    t.push_str(&row("8 tasks, 1 ms sections: sections/s", &|c| format!("{:.0}", c.sections_per_sec), String::new()));
+    t.push_str(&row(
+        "8 tasks, 1 ms sections: sections/s",
+        &|c| format!("{:.0}", c.sections_per_sec),
+        String::new(),
+    ));
     let fairness = co(Contender::Dlock).map_or(0.0, |c| c.fairness);
     t.push_str(&row(
         "8 tasks, 1 ms: per-task min/max",
@@ -541,7 +553,11 @@ fn table(r: &PgReport) -> String {
         "reported".into(),
     ));
     t.push_str(&row("8 tasks, 1 ms: errors", &|c| c.errors.to_string(), String::new()));
-    let h = |c: Contender| ho(c).map_or("—".into(), |h| format!("{} = {:.1} RTT (p99 {})", fmt_us(h.latency.p50_us), h.p50_rtts, fmt_us(h.latency.p99_us)));
+    let h = |c: Contender| {
+        ho(c).map_or("—".into(), |h| {
+            format!("{} = {:.1} RTT (p99 {})", fmt_us(h.latency.p50_us), h.p50_rtts, fmt_us(h.latency.p99_us))
+        })
+    };
     t.push_str(&format!(
         "| hand-off to another client, release call → next holder running, p50 | {} (1 ms spin) | {} | — | in round trips |\n",
         h(Contender::Floor),

@@ -520,7 +520,17 @@ fn uncontended_section(
     let floor = rows.iter().find(|r| r.contender == Contender::Floor).map(|r| r.cycles_per_sec);
     let rs = rows.iter().find(|r| r.contender == Contender::Rslock).map(|r| r.cycles_per_sec);
     let mut t = Table::new(&header_with_rslock(
-        &["contender", "cycles/s", "p50", "p99", "CPU/cycle client", "server", "ctx sw/cycle", "×floor", "×rslock"],
+        &[
+            "contender",
+            "cycles/s",
+            "p50",
+            "p99",
+            "CPU/cycle client",
+            "server",
+            "ctx sw/cycle",
+            "×floor",
+            "×rslock",
+        ],
         rs.is_some(),
     ));
     for r in rows {
@@ -589,7 +599,19 @@ fn many_keys_section(out: &mut String, rows: &[ManyKeysRow], scope: &str, ratios
     let floor = rows.iter().find(|r| r.contender == Contender::Floor).map(|r| r.ops_per_sec);
     let rs = rows.iter().find(|r| r.contender == Contender::Rslock).map(|r| r.ops_per_sec);
     let mut t = Table::new(&header_with_rslock(
-        &["contender", "ops/s", "p50", "p99", "max", "CPU/op client", "server", "ctx sw/op", "err", "×floor", "×rslock"],
+        &[
+            "contender",
+            "ops/s",
+            "p50",
+            "p99",
+            "max",
+            "CPU/op client",
+            "server",
+            "ctx sw/op",
+            "err",
+            "×floor",
+            "×rslock",
+        ],
         rs.is_some(),
     ));
     for r in rows {
@@ -630,7 +652,13 @@ fn targets_section(out: &mut String, targets: &[Target]) {
     let _ = writeln!(out, "\n== targets ==");
     let mut t = Table::new(&["scenario", "contender", "target", "value", ""]).left(4);
     for g in targets {
-        t.row(vec![g.scenario.clone(), g.contender.clone(), g.target.clone(), g.value.clone(), mark(g.met).into()]);
+        t.row(vec![
+            g.scenario.clone(),
+            g.contender.clone(),
+            g.target.clone(),
+            g.value.clone(),
+            mark(g.met).into(),
+        ]);
     }
     t.render(out);
     let met = targets.iter().filter(|t| t.met).count();
@@ -685,8 +713,8 @@ pub fn finish_cluster(report: &mut ClusterReport) {
             "p99",
             "max",
             "release call p50",
-            "RTT idle/loaded",
-            "p50 in RTTs idle/loaded",
+            "RTT start/during",
+            "p50 in RTTs start/during",
             "×floor",
         ]);
         for r in &report.handoff {
@@ -698,8 +726,8 @@ pub fn finish_cluster(report: &mut ClusterReport) {
                 fmt_us(r.latency.p99_us),
                 fmt_us(r.latency.max_us),
                 fmt_us(r.release_call.p50_us),
-                format!("{}/{}", fmt_us(m.rtt_start.p50_us), fmt_us(r.rtt_loaded.p50_us)),
-                format!("{:.1} / {:.1}", r.p50_in_idle_rtts, r.p50_in_loaded_rtts),
+                format!("{}/{}", fmt_us(m.rtt_start.p50_us), fmt_us(r.rtt_during.p50_us)),
+                format!("{:.1} / {:.1}", r.p50_in_start_rtts, r.p50_in_rtts),
                 fmt_ratio(vf),
             ]);
             ratios.push(Ratio {
@@ -715,11 +743,11 @@ pub fn finish_cluster(report: &mut ClusterReport) {
         let _ = writeln!(
             out,
             "  two clients = two connections of their own (the floor: two cluster connections; dlock: two RedisClusterBackends);\n  \
-             RTT = PING p50 to the key's shard primary at the start (idle) and 4 PINGs in each hand-off's lead-in (loaded);\n  \
+             RTT = PING p50 to the key's shard primary: 1000 back to back at the start, and 4 in each hand-off's lead-in (during);\n  \
              the floor's waiter retries SET NX every 1 ms"
         );
         if let Some(r) = report.handoff.iter().find(|r| r.contender == Contender::Dlock) {
-            let v = r.p50_in_loaded_rtts;
+            let v = r.p50_in_rtts;
             let mut line = format!("  target, {}:", Contender::Dlock.label());
             push(
                 &mut targets,
@@ -727,7 +755,7 @@ pub fn finish_cluster(report: &mut ClusterReport) {
                 "cluster_handoff",
                 Contender::Dlock,
                 "hand-off p50 ≤ 3 RTTs to the shard primary (PING p50 measured during the run)",
-                format!("{v:.1} RTTs ({}; idle RTTs: {:.1})", fmt_us(r.latency.p50_us), r.p50_in_idle_rtts),
+                format!("{v:.1} RTTs ({}; start RTTs: {:.1})", fmt_us(r.latency.p50_us), r.p50_in_start_rtts),
                 v <= 3.0,
             );
             let _ = writeln!(out, "{line}");

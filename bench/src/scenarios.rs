@@ -126,7 +126,9 @@ pub async fn uncontended<L: Locks>(
 ) -> Result<Vec<UncontendedRow>> {
     let per_round = cycles / rounds;
     let slices = (per_round / UNCONTENDED_SLICE).max(1);
-    eprintln!("{group}uncontended: {cycles} cycles per contender in {rounds} rounds, each of {slices} interleaved slices…");
+    eprintln!(
+        "{group}uncontended: {cycles} cycles per contender in {rounds} rounds, each of {slices} interleaved slices…"
+    );
     let mut accs: HashMap<Contender, UncontendedAcc> = HashMap::new();
     for round in 0..rounds {
         for slice in 0..slices {
@@ -398,7 +400,9 @@ pub async fn many_keys<L: Locks>(
     duration: Duration,
     rounds: usize,
 ) -> Result<Vec<ManyKeysRow>> {
-    eprintln!("{group}many keys: {tasks} tasks over {keys} keys, {duration:?} per contender in {rounds} rounds…");
+    eprintln!(
+        "{group}many keys: {tasks} tasks over {keys} keys, {duration:?} per contender in {rounds} rounds…"
+    );
     let mut accs: HashMap<Contender, ManyKeysAcc> = HashMap::new();
     for round in 0..rounds {
         for c in round_order(contenders, round) {
