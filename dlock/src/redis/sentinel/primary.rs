@@ -268,6 +268,26 @@ impl FeedSource for Arc<Primary> {
     }
 }
 
+/// After a sentinel announced `+switch-master` to `announced`: ask the sentinels until a
+/// majority of them name it too (the others learn of the switch a moment later), for at most
+/// [`SWITCH_AGREEMENT`]. The announcement alone is not trusted: it moves the backend only
+/// through the majority.
+async fn follow_switch(primary: &Primary, announced: &str) {
+    let deadline = Instant::now() + SWITCH_AGREEMENT;
+    loop {
+        if let Err(err) = primary.resolve().await {
+            tracing::debug!(target: "dlock", error = %err, "asking the sentinels for the primary after +switch-master failed");
+        }
+        if primary.address().as_deref() == Some(announced) || Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(RESOLVE_INTERVAL).await;
+    }
+}
+
+/// How long, after a `+switch-master`, the sentinels are asked again until a majority agree.
+const SWITCH_AGREEMENT: Duration = Duration::from_secs(10);
+
 /// Listen on one sentinel at a time for `+switch-master` of the group, and ask the sentinels
 /// again when one comes, and after each (re)subscription (a switch announced while no sentinel
 /// was listened to is not missed). Waits before each reconnect, longer while they fail. Ends
@@ -307,11 +327,12 @@ pub(super) async fn listen_for_switches(primary: Weak<Primary>) {
                     let Some(message) = message else { break };
                     let payload: String = message.get_payload().unwrap_or_default();
                     // `<master> <old ip> <old port> <new ip> <new port>`
-                    if payload.split(' ').next() == Some(master.as_str()) {
+                    let fields: Vec<&str> = payload.split(' ').collect();
+                    if let [name, _, _, ip, port] = fields.as_slice()
+                        && *name == master
+                    {
                         let Some(strong) = primary.upgrade() else { return };
-                        if let Err(err) = strong.resolve().await {
-                            tracing::debug!(target: "dlock", error = %err, "asking the sentinels for the primary after +switch-master failed");
-                        }
+                        follow_switch(&strong, &format!("{ip}:{port}")).await;
                     }
                 }
                 _ = health.tick() => {
