@@ -515,7 +515,7 @@ pub struct ClientMemoryRow {
     pub growth_pct: f64,
     /// `RedisBackend::subscribed_channels()` of both clients at the end of the run.
     pub client_subscribed_channels: usize,
-    /// `PUBSUB CHANNELS dlock:released:<run prefix>*` on the server at the end of the run.
+    /// `PUBSUB CHANNELS <run prefix>*` on the server at the end of the run.
     pub server_channels: usize,
     /// `PUBSUB NUMSUB` summed over the release channels of a sample of contended keys.
     pub server_numsub: u64,
