@@ -11,6 +11,17 @@ use crate::backend::{BackendError, BackendErrorKind};
 ///
 /// Annotated functions return it through their own error type (`E: From<dlock::Error>`),
 /// so `anyhow::Error`, `Box<dyn Error>` and `std::io::Error` all work out of the box.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let service = dlock::LockService::new(dlock::MemoryBackend::new());
+/// let _held = service.lock("user:1").await.unwrap();
+/// match service.lock("user:1").wait(std::time::Duration::ZERO).await {
+///     Err(dlock::Error::Timeout { key, .. }) => assert_eq!(key, "user:1"),
+///     other => panic!("expected a timeout, got {other:?}"),
+/// }
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -117,6 +128,14 @@ fn remedy(kind: BackendErrorKind) -> &'static str {
 }
 
 /// Why a held lock was lost.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+/// let service = dlock::LockService::new(dlock::MemoryBackend::new());
+/// let guard = service.lock("k").ttl(std::time::Duration::from_millis(50)).renew(false).await?;
+/// assert_eq!(guard.lost().await, dlock::LostReason::Expired);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LostReason {

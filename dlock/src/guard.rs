@@ -38,6 +38,16 @@ pub(crate) struct HeldKey {
 /// [`release`](Self::release) lets go and says whether the lock was still ours. Dropping the
 /// guard releases it too, in the background: on the current tokio runtime, or on dlock's own
 /// when there is none or the current one is shutting down.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
+/// let service = dlock::LockService::new(dlock::MemoryBackend::new());
+/// let guard = service.lock("order:7").await?;
+/// let token = guard.fencing_token(); // pass it to storage that checks it
+/// assert!(token > 0 && !guard.is_lost());
+/// assert!(guard.release().await?, "it was still ours");
+/// # Ok(()) }
+/// ```
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard {
     shared: Arc<Shared>,

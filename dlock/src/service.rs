@@ -32,6 +32,14 @@ pub struct LockService {
 }
 
 /// Builds a [`LockService`]; see [`LockService::builder`].
+///
+/// ```
+/// let service = dlock::LockService::builder(dlock::MemoryBackend::new())
+///     .key_prefix("app:")
+///     .default_ttl(std::time::Duration::from_secs(10))
+///     .build();
+/// assert_eq!(service.default_ttl(), std::time::Duration::from_secs(10));
+/// ```
 #[derive(Debug)]
 #[must_use = "call .build() to get the service"]
 pub struct LockServiceBuilder {

@@ -220,17 +220,42 @@ impl ReleaseOutcome {
 /// ```
 pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     /// A short name for messages and traces (`"redis"`, `"memory"`).
+    ///
+    /// ```
+    /// use dlock::LockBackend;
+    /// assert_eq!(dlock::MemoryBackend::new().name(), "memory");
+    /// ```
     fn name(&self) -> &'static str;
 
     /// Whether this backend can lock `key` at all; `Err` says why not (the service reports it
     /// as [`Error::InvalidInput`](crate::Error::InvalidInput) before any call). The default
     /// accepts every key.
+    ///
+    /// ```
+    /// use dlock::LockBackend;
+    /// let key = dlock::backend::FullKey::new("app:", "user:1");
+    /// assert!(dlock::MemoryBackend::new().check_key(&key).is_ok());
+    /// ```
     fn check_key(&self, key: &FullKey) -> Result<(), String> {
         let _ = key;
         Ok(())
     }
 
     /// Try once to take `key` for `owner` with a lease of `ttl`. See the contract, point 1.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::backend::BackendError> {
+    /// use std::time::Duration;
+    /// use dlock::LockBackend;
+    /// use dlock::backend::{FullKey, TryAcquire};
+    /// let backend = dlock::MemoryBackend::new();
+    /// let key = FullKey::new("app:", "user:1");
+    /// let first = backend.try_acquire(&key, "owner-a", Duration::from_secs(10)).await?;
+    /// assert!(matches!(first, TryAcquire::Acquired { .. }));
+    /// let second = backend.try_acquire(&key, "owner-b", Duration::from_secs(10)).await?;
+    /// assert!(matches!(second, TryAcquire::Held { .. }));
+    /// # Ok(()) }
+    /// ```
     fn try_acquire<'a>(
         &'a self,
         key: &'a FullKey,
@@ -241,6 +266,20 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     /// Release `key` if `owner` holds it (contract, point 2), and say whether other clients of
     /// the backend were waiting for it (see [`ReleaseOutcome::others_waiting`]; report `false`
     /// if the backend cannot tell).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::backend::BackendError> {
+    /// use std::time::Duration;
+    /// use dlock::LockBackend;
+    /// use dlock::backend::{FullKey, TryAcquire};
+    /// let backend = dlock::MemoryBackend::new();
+    /// let key = FullKey::new("app:", "user:1");
+    /// backend.try_acquire(&key, "owner-a", Duration::from_secs(10)).await?;
+    /// // Only the owner releases.
+    /// assert!(!backend.release(&key, "owner-b").await?.was_held);
+    /// assert!(backend.release(&key, "owner-a").await?.was_held);
+    /// # Ok(()) }
+    /// ```
     fn release<'a>(
         &'a self,
         key: &'a FullKey,
@@ -248,6 +287,19 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<ReleaseOutcome, BackendError>>;
 
     /// Extend the lease on `key` to `ttl` from now if `owner` holds it; `Ok(false)` if not.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::backend::BackendError> {
+    /// use std::time::Duration;
+    /// use dlock::LockBackend;
+    /// use dlock::backend::{FullKey, TryAcquire};
+    /// let backend = dlock::MemoryBackend::new();
+    /// let key = FullKey::new("app:", "user:1");
+    /// backend.try_acquire(&key, "owner-a", Duration::from_secs(10)).await?;
+    /// assert!(backend.renew(&key, "owner-a", Duration::from_secs(10)).await?);
+    /// assert!(!backend.renew(&key, "owner-b", Duration::from_secs(10)).await?);
+    /// # Ok(()) }
+    /// ```
     fn renew<'a>(
         &'a self,
         key: &'a FullKey,
@@ -259,6 +311,20 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     ///
     /// Return `Ok(None)` (the default) when the backend has no way to announce releases;
     /// waiters then retry on a jittered timer bounded by the holder's remaining lease.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::backend::BackendError> {
+    /// use std::time::Duration;
+    /// use dlock::LockBackend;
+    /// use dlock::backend::{FullKey, TryAcquire};
+    /// let backend = dlock::MemoryBackend::new();
+    /// let key = FullKey::new("app:", "user:1");
+    /// backend.try_acquire(&key, "owner-a", Duration::from_secs(10)).await?;
+    /// let mut watch = backend.watch_releases(&key).await?.expect("MemoryBackend announces releases");
+    /// backend.release(&key, "owner-a").await?;
+    /// watch.released().await; // woken by the release
+    /// # Ok(()) }
+    /// ```
     fn watch_releases<'a>(
         &'a self,
         key: &'a FullKey,

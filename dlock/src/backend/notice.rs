@@ -28,6 +28,14 @@ pub const WAITER_RECHECK: Duration = Duration::from_secs(1);
 pub const HANDOFF_LEASE: Duration = Duration::from_secs(5);
 
 /// What a release notice says.
+///
+/// ```
+/// use dlock::backend::ReleaseNotice;
+/// // A hand-off is taken only by the owner it names.
+/// let notice = ReleaseNotice::Granted { owner: "owner-a".into(), fencing_token: 42 };
+/// assert!(matches!(&notice, ReleaseNotice::Granted { owner, .. } if &**owner == "owner-a"));
+/// assert_eq!(ReleaseNotice::default(), ReleaseNotice::Released);
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum ReleaseNotice {
     /// The key was released (or may have been: the backend lost track, say after a
@@ -51,6 +59,16 @@ pub enum ReleaseNotice {
 /// [`released`](Self::released) is awaited is not missed (a later one may replace it).
 /// Whatever the backend puts in `keep_alive` is dropped with the watch (for example, to
 /// unsubscribe when the last local waiter leaves).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use dlock::backend::{ReleaseNotice, ReleaseWatch};
+/// let (tx, rx) = tokio::sync::watch::channel(ReleaseNotice::Released);
+/// let mut watch = ReleaseWatch::new(rx, None);
+/// tx.send_replace(ReleaseNotice::Released); // what a backend does on a release
+/// assert_eq!(watch.released().await, ReleaseNotice::Released);
+/// # }
+/// ```
 pub struct ReleaseWatch {
     rx: watch::Receiver<ReleaseNotice>,
     _keep_alive: Option<Box<dyn Send + Sync>>,
