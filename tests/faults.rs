@@ -16,21 +16,15 @@ use std::time::{Duration, Instant};
 
 use dlock::backend::BackendErrorKind;
 use dlock::{Error, LockService, MemoryBackend, RedisBackend, distributed_lock};
-use dlock_tests::{RedisServer, inspector, poll_until, redis_cmd};
+use dlock_tests::{MARGIN, RedisServer, inspector, poll_until, redis_cmd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The call timeout of these tests' backends.
 const CALL_TIMEOUT: Duration = Duration::from_millis(300);
-/// Slack on top of a bound the library promises (a loaded 2-core machine).
-const MARGIN: Duration = Duration::from_millis(300);
 
 async fn connect(url: &str) -> RedisBackend {
-    RedisBackend::builder(url)
-        .call_timeout(CALL_TIMEOUT)
-        .connect()
-        .await
-        .unwrap_or_else(|err| panic!("connecting to {url}: {err}"))
+    dlock_tests::connect_redis_with(url, CALL_TIMEOUT).await
 }
 
 fn runtime(multi_thread: bool) -> tokio::runtime::Runtime {
