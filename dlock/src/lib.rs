@@ -116,14 +116,15 @@
 //! lease                    one held lease: lost or not, renewals in flight
 //! local_queue              the in-process FIFO per key
 //! redis/, postgres/        the networked backends: redis/ one engine (engine.rs) for one server,
-//!                          Sentinel (sentinel.rs) and Cluster (cluster.rs); postgres/ a lease table
+//!                          Sentinel (sentinel/) and Cluster (cluster.rs); postgres/ a lease table
+//! limits, error            bounds and defaults; Error (it carries the backends' errors)
 //! backend/                 the LockBackend contract and MemoryBackend
-//! error, background,       Error; dlock's own runtime thread for work that must outlive a
-//! limits, time, id_hash    caller's; bounds and defaults; small helpers
+//! background, time,        dlock's own runtime thread for work that must outlive a caller's;
+//! id_hash                  small helpers
 //! ```
 //!
-//! The backends never depend on the service (nothing above `redis/, postgres/`); they use only
-//! the contract and the small modules at the bottom.
+//! The backends never depend on the service: they use only the contract, `Error` and the helpers
+//! below them.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod acquire;
