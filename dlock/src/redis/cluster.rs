@@ -93,13 +93,11 @@ impl RedisClusterBackendBuilder {
     /// Bound on every call, and on connecting (default 2 s). A call that follows a `MOVED` or
     /// `ASK` redirection is still one call.
     ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
-    /// let cluster = dlock::RedisClusterBackend::builder(["redis://10.0.0.1:7000"])
-    ///     .call_timeout(std::time::Duration::from_millis(500))
-    ///     .connect()
-    ///     .await?;
-    /// # Ok(()) }
+    /// ```
+    /// let builder = dlock::RedisClusterBackend::builder(["redis://10.0.0.1:7000"])
+    ///     .call_timeout(std::time::Duration::from_millis(500));
+    /// // `builder.connect().await?` then connects with these options.
+    /// assert!(!format!("{builder:?}").is_empty());
     /// ```
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.call_timeout = timeout;
@@ -112,13 +110,11 @@ impl RedisClusterBackendBuilder {
     /// [`RedisBackendBuilder::replicas_acknowledge`](crate::RedisBackendBuilder::replicas_acknowledge):
     /// it narrows the failover window, it does not make Redis a consensus store.
     ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
-    /// let cluster = dlock::RedisClusterBackend::builder(["redis://10.0.0.1:7000"])
-    ///     .replicas_acknowledge(1, std::time::Duration::from_millis(100))
-    ///     .connect()
-    ///     .await?;
-    /// # Ok(()) }
+    /// ```
+    /// let builder = dlock::RedisClusterBackend::builder(["redis://10.0.0.1:7000"])
+    ///     .replicas_acknowledge(1, std::time::Duration::from_millis(100));
+    /// // `builder.connect().await?` then connects with these options.
+    /// assert!(!format!("{builder:?}").is_empty());
     /// ```
     pub fn replicas_acknowledge(mut self, replicas: u32, timeout: Duration) -> Self {
         self.replication = Some(Replication { replicas, timeout });

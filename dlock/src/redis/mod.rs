@@ -91,13 +91,11 @@ impl fmt::Debug for RedisBackendBuilder {
 impl RedisBackendBuilder {
     /// Bound on every Redis call, and on connecting (default 2 s).
     ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
-    /// let redis = dlock::RedisBackend::builder("redis://127.0.0.1:6379")
-    ///     .call_timeout(std::time::Duration::from_millis(500))
-    ///     .connect()
-    ///     .await?;
-    /// # Ok(()) }
+    /// ```
+    /// let builder = dlock::RedisBackend::builder("redis://127.0.0.1:6379")
+    ///     .call_timeout(std::time::Duration::from_millis(500));
+    /// // `builder.connect().await?` then connects with these options.
+    /// assert!(!format!("{builder:?}").is_empty());
     /// ```
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.call_timeout = timeout;
@@ -114,13 +112,11 @@ impl RedisBackendBuilder {
     /// taken; it does not make Redis a consensus store (a replica that acknowledged may still
     /// not be the one promoted, and renewals are not waited for). Off by default.
     ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
-    /// let redis = dlock::RedisBackend::builder("redis://127.0.0.1:6379")
-    ///     .replicas_acknowledge(1, std::time::Duration::from_millis(100))
-    ///     .connect()
-    ///     .await?;
-    /// # Ok(()) }
+    /// ```
+    /// let builder = dlock::RedisBackend::builder("redis://127.0.0.1:6379")
+    ///     .replicas_acknowledge(1, std::time::Duration::from_millis(100));
+    /// // `builder.connect().await?` then connects with these options.
+    /// assert!(!format!("{builder:?}").is_empty());
     /// ```
     pub fn replicas_acknowledge(mut self, replicas: u32, timeout: Duration) -> Self {
         self.replication = Some(Replication { replicas, timeout });

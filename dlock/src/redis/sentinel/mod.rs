@@ -94,13 +94,11 @@ impl fmt::Debug for RedisSentinelBackendBuilder {
 impl RedisSentinelBackendBuilder {
     /// Bound on every call (to the primary or to a sentinel), and on connecting (default 2 s).
     ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
-    /// let redis = dlock::RedisSentinelBackend::builder(["redis://10.0.0.1:26379"], "payments")
-    ///     .call_timeout(std::time::Duration::from_millis(500))
-    ///     .connect()
-    ///     .await?;
-    /// # Ok(()) }
+    /// ```
+    /// let builder = dlock::RedisSentinelBackend::builder(["redis://10.0.0.1:26379"], "payments")
+    ///     .call_timeout(std::time::Duration::from_millis(500));
+    /// // `builder.connect().await?` then connects with these options.
+    /// assert!(!format!("{builder:?}").is_empty());
     /// ```
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.call_timeout = timeout;
@@ -110,13 +108,11 @@ impl RedisSentinelBackendBuilder {
     /// The user and password for the primary (the sentinels' own credentials go in their
     /// URLs).
     ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
-    /// let redis = dlock::RedisSentinelBackend::builder(["redis://10.0.0.1:26379"], "payments")
-    ///     .credentials(Some("locks"), "s3cret")
-    ///     .connect()
-    ///     .await?;
-    /// # Ok(()) }
+    /// ```
+    /// let builder = dlock::RedisSentinelBackend::builder(["redis://10.0.0.1:26379"], "payments")
+    ///     .credentials(Some("locks"), "s3cret");
+    /// // `builder.connect().await?` then connects with these options.
+    /// assert!(!format!("{builder:?}").contains("s3cret"), "Debug masks the password");
     /// ```
     pub fn credentials(mut self, username: Option<&str>, password: &str) -> Self {
         self.username = username.map(str::to_owned);
@@ -137,13 +133,11 @@ impl RedisSentinelBackendBuilder {
     /// Require `replicas` replicas to acknowledge every acquisition within `timeout`; see
     /// [`RedisBackendBuilder::replicas_acknowledge`](crate::RedisBackendBuilder::replicas_acknowledge).
     ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
-    /// let redis = dlock::RedisSentinelBackend::builder(["redis://10.0.0.1:26379"], "payments")
-    ///     .replicas_acknowledge(1, std::time::Duration::from_millis(100))
-    ///     .connect()
-    ///     .await?;
-    /// # Ok(()) }
+    /// ```
+    /// let builder = dlock::RedisSentinelBackend::builder(["redis://10.0.0.1:26379"], "payments")
+    ///     .replicas_acknowledge(1, std::time::Duration::from_millis(100));
+    /// // `builder.connect().await?` then connects with these options.
+    /// assert!(!format!("{builder:?}").is_empty());
     /// ```
     pub fn replicas_acknowledge(mut self, replicas: u32, timeout: Duration) -> Self {
         self.replication = Some(Replication { replicas, timeout });
