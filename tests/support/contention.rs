@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use dlock::LockService;
+use dlock::{LockGuard, LockService};
 
 /// What [`contend_through`] saw.
 #[derive(Debug, Clone, Copy)]
@@ -102,4 +102,32 @@ where
         usable_after_recovery: first_after - fault_ended,
         backend_errors: errors.load(Ordering::SeqCst),
     }
+}
+
+impl Contention {
+    /// The key was usable again within 1 s of the failover, unless the dead primary had
+    /// acknowledged a release its replica never received: that lock then stays until its ttl
+    /// (5 s from its acquisition), as it must — nobody can tell it was released.
+    pub fn assert_usable_after_the_failover(&self) {
+        assert!(
+            self.usable_after_recovery < Duration::from_secs(5) + Duration::from_secs(1),
+            "the key was usable again only {:?} after the failover ({self:?})",
+            self.usable_after_recovery
+        );
+    }
+}
+
+/// After a failover: `held`, a lock whose acquisition a replica acknowledged before it, is
+/// still its holder's — nobody else (`other`) gets `key`, and past its ttl (checked over 6 s)
+/// it is still renewed, now on the new primary; then it is released there.
+pub async fn assert_replicated_lock_kept(held: LockGuard, other: &LockService, key: &str) {
+    for _ in 0..2 {
+        assert!(!held.is_lost(), "the replicated lock was kept");
+        assert!(
+            matches!(other.lock(key).wait(Duration::ZERO).await, Err(dlock::Error::Timeout { .. })),
+            "nobody else gets the replicated lock"
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    held.release().await.expect("release on the new primary");
 }

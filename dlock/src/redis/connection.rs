@@ -131,19 +131,26 @@ pub(super) struct Connections {
     call_timeout: Duration,
     /// The URL with any password masked, for messages.
     url: String,
-    by_runtime: Mutex<IdMap<Id, Slot>>,
+    by_runtime: Mutex<IdMap<Id, Taken>>,
     /// Runtimes with a task that forgets their connection when they shut down (one each, however
     /// often their connection is replaced).
     watched: Mutex<IdMap<Id, ()>>,
 }
 
-/// The connection one call runs on.
+/// A runtime's connection: as kept for the runtime, and as handed to one call.
+#[derive(Clone)]
 struct Taken {
+    made: Made,
+    conn: Conn,
+}
+
+/// Which connection a call ran on: what is left to know of it once the call has it.
+#[derive(Clone, Copy)]
+struct Made {
     /// Which of its runtime's connections it is.
     generation: u64,
     /// The connector's epoch when it was made.
     epoch: u64,
-    conn: Conn,
 }
 
 /// A call that failed.
@@ -151,15 +158,6 @@ struct Failure {
     err: BackendError,
     /// It suggests the server moved (`READONLY`: the server became a replica).
     moved: bool,
-}
-
-/// One runtime's connection.
-struct Slot {
-    /// Tells a connection from the one that replaced it.
-    generation: u64,
-    /// The connector's epoch when it was made.
-    epoch: u64,
-    conn: Conn,
 }
 
 impl Connections {
@@ -181,7 +179,7 @@ impl Connections {
         self.call_timeout
     }
 
-    fn slots(&self) -> MutexGuard<'_, IdMap<Id, Slot>> {
+    fn slots(&self) -> MutexGuard<'_, IdMap<Id, Taken>> {
         // Every update is one insert or remove: a poisoned map is still consistent.
         self.by_runtime.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -197,11 +195,10 @@ impl Connections {
             BackendError::new(BackendErrorKind::Other, "the Redis backend was called outside a tokio runtime")
         })?;
         let id = runtime.id();
-        let mut used: Option<Taken> = None;
+        let mut used: Option<Made> = None;
         let outcome = tokio::time::timeout(self.call_timeout, async {
-            let taken = self.connection(&runtime).await?;
-            let conn = taken.conn.clone();
-            used = Some(taken);
+            let Taken { made, conn } = self.connection(&runtime).await?;
+            used = Some(made);
             call(conn).await.map_err(|err| Failure {
                 // A server that became a replica (a failover) answers writes with `READONLY`.
                 moved: err.code() == Some("READONLY"),
@@ -213,7 +210,7 @@ impl Connections {
             // The server moved while the call ran (the sentinels named a new primary): what it
             // did happened on the old one, which the group is leaving. An acquisition or a
             // renewal there must not count; the caller asks again, on the new one.
-            Ok(Ok(_)) if used.as_ref().is_some_and(|taken| taken.epoch != self.connector.epoch()) => {
+            Ok(Ok(_)) if used.is_some_and(|made| made.epoch != self.connector.epoch()) => {
                 return Err(BackendError::new(
                     BackendErrorKind::Unavailable,
                     format!("{} moved to another server while {what} ran; it is asked again there", self.url),
@@ -228,10 +225,10 @@ impl Connections {
         // look for the server again. Other errors Redis answered with leave it in place.
         if matches!(err.kind(), BackendErrorKind::Timeout | BackendErrorKind::Connection) || moved {
             self.connector.suspect();
-            if let Some(taken) = used
+            if let Some(made) = used
                 && self.connector.replace_failed()
             {
-                self.discard(id, taken.generation);
+                self.discard(id, made.generation);
             }
         }
         Err(err)
@@ -242,9 +239,9 @@ impl Connections {
         let id = runtime.id();
         let epoch = self.connector.epoch();
         if let Some(slot) = self.slots().get(&id)
-            && slot.epoch == epoch
+            && slot.made.epoch == epoch
         {
-            return Ok(Taken { generation: slot.generation, epoch, conn: slot.conn.clone() });
+            return Ok(slot.clone());
         }
         let conn = self.connector.connect().await.map_err(|err| {
             self.connector.suspect();
@@ -252,14 +249,15 @@ impl Connections {
         })?;
         let mut slots = self.slots();
         if let Some(slot) = slots.get(&id)
-            && slot.epoch == epoch
+            && slot.made.epoch == epoch
         {
             // Another call of this runtime connected meanwhile: use one connection.
-            return Ok(Taken { generation: slot.generation, epoch, conn: slot.conn.clone() });
+            return Ok(slot.clone());
         }
         static NEXT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let generation = NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        slots.insert(id, Slot { generation, epoch, conn: conn.clone() });
+        let taken = Taken { made: Made { generation, epoch }, conn };
+        slots.insert(id, taken.clone());
         drop(slots);
         // Forget the runtime's connection when the runtime shuts down: it drops this task then.
         let first = self.watched.lock().unwrap_or_else(PoisonError::into_inner).insert(id, ()).is_none();
@@ -270,13 +268,13 @@ impl Connections {
                 std::future::pending::<()>().await;
             });
         }
-        Ok(Taken { generation, epoch, conn })
+        Ok(taken)
     }
 
     /// Stop using connection `generation` of runtime `id` (if it is still the current one).
     fn discard(&self, id: Id, generation: u64) {
         let mut slots = self.slots();
-        if slots.get(&id).is_some_and(|slot| slot.generation == generation) {
+        if slots.get(&id).is_some_and(|slot| slot.made.generation == generation) {
             slots.remove(&id);
             tracing::debug!(target: "dlock", url = %self.url, "replacing a Redis connection that timed out or broke");
         }
