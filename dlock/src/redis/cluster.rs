@@ -277,6 +277,9 @@ fn cluster_client(
         .connection_timeout(call_timeout)
         // A node that does not answer within the call timeout has its connection repaired.
         .response_timeout(call_timeout)
+        // The call timeout bounds each call as a whole already (`Connections::call`): one
+        // timer per call instead of two.
+        .overall_response_timeout(None)
         .tcp_settings(tcp_settings(call_timeout))
         .use_protocol(protocol);
     if let Some(pushes) = pushes {
