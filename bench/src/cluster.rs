@@ -54,6 +54,25 @@ pub struct ClusterLockers {
 }
 
 impl ClusterLockers {
+    /// The floor's and dlock's clients on the cluster with seed nodes `seeds`, under `prefix`;
+    /// registers the attribute's service.
+    pub async fn connect(seeds: &[String], prefix: &str) -> Result<Self> {
+        let floor = Floor::on(ClusterClient::new(seeds.to_vec())?.get_async_connection().await?);
+        let conn = ClusterClient::new(seeds.to_vec())?.get_async_connection().await?;
+        let primaries = connect_primaries(&conn, &seeds[0]).await?;
+        let dlock = bench_service(connect_backend(seeds).await?, prefix);
+        dlock::register(SERVICE, dlock.clone())?;
+        let mut lk =
+            ClusterLockers { floor, dlock, prefix: prefix.to_owned(), conn, primaries, shared: Vec::new() };
+        for name in SHARED_NAMES {
+            for c in CONTENDERS {
+                let key = lk.aligned_key(c, name)?;
+                lk.shared.push((c, name, key));
+            }
+        }
+        Ok(lk)
+    }
+
     /// The key `c` passes to its API for the logical key `name` (as `Lockers::key`).
     fn plain_key(&self, c: Contender, name: &str) -> String {
         match c {
@@ -122,7 +141,7 @@ impl ClusterLockers {
     }
 
     /// Delete everything under the run's prefix, on every primary.
-    async fn clean_up(&self) -> Result<usize> {
+    pub async fn clean_up(&self) -> Result<usize> {
         let mut deleted = 0;
         for (_, conn) in &self.primaries {
             let mut conn = conn.clone();
@@ -218,6 +237,16 @@ async fn attr_op(k: &str, hold: Duration) -> std::result::Result<Instant, dlock:
     Ok(entered)
 }
 
+/// A `RedisClusterBackend` on `seeds` (call timeout 2 s).
+async fn connect_backend(seeds: &[String]) -> std::result::Result<dlock::RedisClusterBackend, dlock::Error> {
+    dlock::RedisClusterBackend::builder(seeds.to_vec()).call_timeout(Duration::from_secs(2)).connect().await
+}
+
+/// The bench's service on `backend`: keys under `prefix`, the bench's ttl and wait.
+fn bench_service(backend: dlock::RedisClusterBackend, prefix: &str) -> dlock::LockService {
+    dlock::LockService::builder(backend).key_prefix(prefix).default_ttl(TTL).default_wait(WAIT).build()
+}
+
 /// The cluster's primaries (`CLUSTER NODES`), with a plain connection to each: the seed URL's
 /// settings (credentials, database) at the node's address.
 async fn connect_primaries(
@@ -297,11 +326,17 @@ pub struct HandoffRow {
     pub latency: Summary,
     /// The holder's release call alone.
     pub release_call: Summary,
-    /// `PING` to the key's shard primary through the bench's cluster connection: 4 in each
-    /// hand-off's lead-in, the waiter already waiting (the RTT the target counts in).
+    /// `PING` to the key's shard primary through the bench's cluster connection: 4 back to
+    /// back in each hand-off's lead-in, the waiter already waiting (warm: each after the last).
     pub rtt_during: Summary,
+    /// One `PING` to the key's shard primary in each hand-off's lead-in, after the same idle
+    /// gap as the release that follows it, the waiter waiting: a round trip in the state the
+    /// release starts from (the RTT the target counts in).
+    pub rtt_idle: Summary,
     /// `latency.p50_us` over `rtt_during.p50_us`.
     pub p50_in_rtts: f64,
+    /// `latency.p50_us` over `rtt_idle.p50_us`.
+    pub p50_in_idle_rtts: f64,
     /// `latency.p50_us` over the PING p50 at the start of the group (`meta.rtt_start`: 1000
     /// back-to-back PINGs).
     pub p50_in_start_rtts: f64,
@@ -312,11 +347,18 @@ struct HandoffAcc {
     latency: Vec<u64>,
     release_call: Vec<u64>,
     rtt: Vec<u64>,
+    rtt_idle: Vec<u64>,
 }
 
 /// `n` hand-offs of `key` between `clients[0]` and `clients[1]`, alternating: the holder waits
-/// 10–15 ms (the other client's acquire meanwhile finds the key held and waits), releases, and
-/// the waiter becomes the next holder.
+/// (the other client's acquire meanwhile finds the key held and waits), releases, and the
+/// waiter becomes the next holder.
+///
+/// Each lead-in: 5 ms for the waiter to settle; 4 `PING`s back to back (warm RTTs); an idle
+/// gap of 5–10 ms, one `PING` (the idle RTT), the same gap again, and the release. Both the
+/// idle `PING` and the release start from the same state: nothing sent for the gap, the
+/// waiter waiting. (On a VM whose idle vCPUs halt, a round trip that starts from idle costs
+/// several warm ones: each side must be woken.)
 async fn handoff_round(
     lk: &ClusterLockers,
     clients: &[Client; 2],
@@ -336,12 +378,14 @@ async fn handoff_round(
                 Ok::<_, lockers::BoxError>((held, Instant::now()))
             })
         };
-        let lead = Instant::now() + Duration::from_millis(10 + rng.below(6));
+        let gap = Duration::from_millis(5 + rng.below(6));
         tokio::time::sleep(Duration::from_millis(5)).await;
         for _ in 0..4 {
             acc.rtt.push(lk.ping(route).await?);
         }
-        tokio::time::sleep_until(lead).await;
+        tokio::time::sleep(gap).await;
+        acc.rtt_idle.push(lk.ping(route).await?);
+        tokio::time::sleep(gap).await;
         let released = Instant::now();
         clients[holder].release(key, held).await?;
         acc.release_call.push(released.elapsed().as_nanos() as u64);
@@ -384,33 +428,10 @@ pub async fn run(
 ) -> Result<ClusterReport> {
     let began = Instant::now();
     let prefix = format!("dlockbench:{}:{}:", std::process::id(), unix_nanos() / 1_000_000);
-    let floor_client = ClusterClient::new(seeds.to_vec())?;
-    let floor = Floor::on(floor_client.get_async_connection().await?);
-    let conn = ClusterClient::new(seeds.to_vec())?.get_async_connection().await?;
-    let primaries = connect_primaries(&conn, &seeds[0]).await?;
-    let connect =
-        || dlock::RedisClusterBackend::builder(seeds.to_vec()).call_timeout(Duration::from_secs(2)).connect();
-    let service = |backend: dlock::RedisClusterBackend| {
-        dlock::LockService::builder(backend)
-            .key_prefix(prefix.as_str())
-            .default_ttl(TTL)
-            .default_wait(WAIT)
-            .build()
-    };
-    let dlock = service(connect().await?);
-    dlock::register(SERVICE, dlock.clone())?;
+    let lk = Arc::new(ClusterLockers::connect(seeds, &prefix).await?);
     // The hand-off's second client: another backend, its own connections and notice feed.
-    let other = service(connect().await?);
+    let other = bench_service(connect_backend(seeds).await?, &prefix);
     let other_floor = Floor::on(ClusterClient::new(seeds.to_vec())?.get_async_connection().await?);
-
-    let mut lk = ClusterLockers { floor, dlock, prefix: prefix.clone(), conn, primaries, shared: Vec::new() };
-    for name in SHARED_NAMES {
-        for c in CONTENDERS {
-            let key = lk.aligned_key(c, name)?;
-            lk.shared.push((c, name, key));
-        }
-    }
-    let lk = Arc::new(lk);
     let outcome = run_scenarios(&lk, &other, &other_floor, seeds, quick, secs, rounds).await;
     // Whatever happened, leave nothing behind.
     let cleaned = lk.clean_up().await;
@@ -500,12 +521,15 @@ async fn run_scenarios(
         }
     }
     for (c, acc) in contenders.into_iter().zip(accs) {
-        let HandoffAcc { mut latency, mut release_call, mut rtt } = acc;
+        let HandoffAcc { mut latency, mut release_call, mut rtt, mut rtt_idle } = acc;
         let (latency, rtt_during) = (Summary::of(&mut latency), Summary::of(&mut rtt));
+        let rtt_idle = Summary::of(&mut rtt_idle);
         report.handoff.push(HandoffRow {
             contender: c,
             handoffs: latency.n,
             p50_in_rtts: latency.p50_us / rtt_during.p50_us,
+            p50_in_idle_rtts: latency.p50_us / rtt_idle.p50_us,
+            rtt_idle,
             p50_in_start_rtts: latency.p50_us / report.meta.rtt_start.p50_us,
             latency,
             release_call: Summary::of(&mut release_call),

@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::handoff::ChildArgs;
-use crate::lockers::{Contender, Lockers, Result, unix_nanos};
+use crate::lockers::{Contender, Lockers, Locks, Result, unix_nanos};
 use crate::report::{Meta, Report};
 
 const USAGE: &str = "\
@@ -48,7 +48,8 @@ usage: dlock-bench [--redis URL] [--postgres URL] [--cluster URL,...] [--quick] 
   --out DIR            where latest.json and waits.svg go (default bench/results)
   --cycles C N         no report: N uncontended cycles of contender C (floor, rslock, dlock,
                        dlock_attr) after 1000 warm-up ones, on a current-thread runtime, for
-                       counting instructions under `valgrind --tool=callgrind` (see README)
+                       counting instructions under `valgrind --tool=callgrind` (see README);
+                       with --cluster, on the cluster (floor, dlock, dlock_attr)
 ";
 
 const SCENARIOS: [&str; 8] = [
@@ -85,7 +86,7 @@ struct Config {
 enum Mode {
     Bench(Config),
     Child(ChildArgs),
-    Cycles { redis: String, contender: Contender, cycles: usize },
+    Cycles { redis: String, cluster: Option<Vec<String>>, contender: Contender, cycles: usize },
 }
 
 fn parse_args() -> std::result::Result<Mode, String> {
@@ -143,7 +144,7 @@ fn parse_args() -> std::result::Result<Mode, String> {
             "--cycles" => {
                 let name = value("--cycles")?;
                 let contender = Contender::parse(&name)
-                    .filter(|c| Contender::ALL.contains(c))
+                    .filter(|c| Contender::ALL.contains(c) || cluster::CONTENDERS.contains(c))
                     .ok_or_else(|| format!("--cycles: unknown contender `{name}`\n\n{USAGE}"))?;
                 let n = value("--cycles")?.parse().map_err(|e| format!("--cycles: {e}"))?;
                 cycles = Some((contender, n));
@@ -156,7 +157,10 @@ fn parse_args() -> std::result::Result<Mode, String> {
         }
     }
     if let Some((contender, cycles)) = cycles {
-        return Ok(Mode::Cycles { redis: cfg.redis, contender, cycles });
+        if cfg.cluster.is_some() && !cluster::CONTENDERS.contains(&contender) {
+            return Err(format!("--cycles: {contender} does not run on a Redis Cluster\n\n{USAGE}"));
+        }
+        return Ok(Mode::Cycles { redis: cfg.redis, cluster: cfg.cluster, contender, cycles });
     }
     if cfg.postgres.is_some() && !cfg.only.iter().any(|s| s == "postgres") {
         cfg.only.push("postgres".to_owned());
@@ -189,11 +193,11 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if let Mode::Cycles { redis, contender, cycles } = mode {
+    if let Mode::Cycles { redis, cluster, contender, cycles } = mode {
         // One thread, so that callgrind's count does not depend on which worker ran what.
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
-        if let Err(err) = runtime.block_on(count_cycles(&redis, contender, cycles)) {
+        if let Err(err) = runtime.block_on(count_cycles(&redis, cluster.as_deref(), contender, cycles)) {
             eprintln!("dlock-bench: {err}");
             std::process::exit(1);
         }
@@ -221,14 +225,35 @@ fn main() {
     }
 }
 
-/// `--cycles`: `cycles` uncontended lock+unlock cycles of `c` after 1000 warm-up ones. Under
-/// callgrind, (instructions at N2 − instructions at N1) / (N2 − N1) is what one cycle costs
-/// the client, without anything else the machine does.
-async fn count_cycles(url: &str, c: Contender, cycles: usize) -> Result<()> {
+/// `--cycles`: `cycles` uncontended lock+unlock cycles of `c` after 1000 warm-up ones, on one
+/// Redis or (with `cluster`, its seed nodes) on a Redis Cluster. Under callgrind,
+/// (instructions at N2 − instructions at N1) / (N2 − N1) is what one cycle costs the client,
+/// without anything else the machine does.
+async fn count_cycles(url: &str, cluster: Option<&[String]>, c: Contender, cycles: usize) -> Result<()> {
+    if let Some(seeds) = cluster {
+        // A fixed prefix: finding keys in the floor's slot costs a number of tries that
+        // depends on the prefix, and it must cost the same in every run (the instruction count
+        // of one cycle is a difference of two runs). Two `--cycles` runs on one cluster at
+        // once would share keys: the second finds them held and waits.
+        let prefix = "dlockbench:cycles:";
+        let lk = cluster::ClusterLockers::connect(seeds, prefix).await?;
+        lk.clean_up().await?;
+        // The uncontended scenario's key: on the floor's shard for every contender.
+        let counted = run_cycles(&lk, c, "uncontended", cycles).await;
+        lk.clean_up().await?;
+        return counted;
+    }
     let prefix = format!("dlockbench:{}:{}:", std::process::id(), unix_nanos() / 1_000_000);
     let lk = Lockers::connect(url, &prefix).await?;
     dlock::register("bench", lk.dlock.clone())?;
-    let key = lk.key(c, "cycles");
+    let counted = run_cycles(&lk, c, "cycles", cycles).await;
+    clean_up(&lk, &prefix).await?;
+    counted
+}
+
+/// The cycles of [`count_cycles`] on `lk`'s key for `name`.
+async fn run_cycles(lk: &impl Locks, c: Contender, name: &str, cycles: usize) -> Result<()> {
+    let key = lk.key(c, name);
     for _ in 0..1000 {
         lk.op(c, &key, Duration::ZERO).await?;
     }
@@ -238,7 +263,7 @@ async fn count_cycles(url: &str, c: Contender, cycles: usize) -> Result<()> {
     }
     let per_cycle = start.elapsed().as_secs_f64() * 1e6 / cycles.max(1) as f64;
     eprintln!("{c}: {cycles} cycles, {per_cycle:.1} µs/cycle");
-    clean_up(&lk, &prefix).await
+    Ok(())
 }
 
 fn loadavg() -> String {
