@@ -55,36 +55,61 @@ fn exists(url: &str, key: &str) -> bool {
 /// on its one-second recheck).
 #[test]
 fn a_service_serves_runtimes_after_the_one_that_made_it_ended() {
+    serves_runtimes_after_the_one_that_made_it_ended(false);
+}
+
+/// As above, made on a multi-thread runtime, where the backends' subscribers (which wake
+/// waiters) run until it ends — here with subscriptions in use — and then move to dlock's
+/// own runtime: the waiters of later runtimes still hear releases.
+#[test]
+fn a_service_made_on_a_multi_thread_runtime_serves_runtimes_after_it_ended() {
+    serves_runtimes_after_the_one_that_made_it_ended(true);
+}
+
+fn serves_runtimes_after_the_one_that_made_it_ended(made_multi_thread: bool) {
     let server = RedisServer::start();
     let url = server.url();
-    let made = runtime(false);
+    let made = runtime(made_multi_thread);
     let (holder, waiter) = made
         .block_on(async { (LockService::new(connect(&url).await), LockService::new(connect(&url).await)) });
+    if made_multi_thread {
+        // The waiter's subscription is made, and used, on the runtime about to end.
+        let handoff = made.block_on(handoff_between(&holder, &waiter, "before the end"));
+        assert!(handoff < MARGIN, "the waiter got the key {handoff:?} after the release");
+    }
     drop(made);
 
     for (round, multi_thread) in [false, true, false, true].into_iter().enumerate() {
-        let (holder, waiter) = (holder.clone(), waiter.clone());
-        let handoff = runtime(multi_thread).block_on(async move {
-            let guard = holder.lock("seq").await.unwrap_or_else(|err| panic!("round {round}: {err}"));
-            let waiting = tokio::spawn(async move {
-                let guard = waiter.lock("seq").wait(Duration::from_secs(10)).await?;
-                let got_in = Instant::now();
-                guard.release().await?;
-                Ok::<_, Error>(got_in)
-            });
-            // The waiter subscribes and asks again before it listens: give it the time.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let released = Instant::now();
-            assert!(guard.release().await.unwrap_or_else(|err| panic!("round {round}: release: {err}")));
-            let got_in =
-                waiting.await.expect("join").unwrap_or_else(|err| panic!("round {round}: waiter: {err}"));
-            got_in - released
-        });
+        let handoff =
+            runtime(multi_thread).block_on(handoff_between(&holder, &waiter, &format!("round {round}")));
         assert!(
             handoff < MARGIN,
             "round {round} (multi-thread: {multi_thread}): the waiter got the key {handoff:?} after the release"
         );
     }
+}
+
+/// `holder` takes a key, `waiter` waits for it, `holder` releases it: how long after the
+/// release the waiter held it.
+async fn handoff_between(holder: &LockService, waiter: &LockService, what: &str) -> Duration {
+    let guard = holder.lock("seq").await.unwrap_or_else(|err| panic!("{what}: {err}"));
+    let waiting = tokio::spawn({
+        let waiter = waiter.clone();
+        async move {
+            let guard = waiter.lock("seq").wait(Duration::from_secs(10)).await?;
+            let got_in = Instant::now();
+            guard.release().await?;
+            Ok::<_, Error>(got_in)
+        }
+    });
+    // The waiter subscribes and asks again before it listens. It waits for the subscription
+    // at most a call timeout, then listens anyway, falling back on its one-second recheck: a
+    // release after that reaches it promptly only if the subscription was made.
+    tokio::time::sleep(CALL_TIMEOUT + Duration::from_millis(200)).await;
+    let released = Instant::now();
+    assert!(guard.release().await.unwrap_or_else(|err| panic!("{what}: release: {err}")));
+    let got_in = waiting.await.expect("join").unwrap_or_else(|err| panic!("{what}: waiter: {err}"));
+    got_in - released
 }
 
 /// Two runtimes on their own threads lock one key in turns while the runtime that made the

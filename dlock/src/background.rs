@@ -2,16 +2,19 @@
 //! not die with the runtime that happened to start it.
 //!
 //! A service registered once serves every runtime of the process (the `#[tokio::test]`
-//! pattern: one global service, a new runtime per test). Work tied to no caller — a backend's
-//! subscriber connection, the release of a guard dropped as its runtime shuts down — runs
-//! here. Everything else stays on the caller's runtime, where it costs nothing extra: the
-//! release of a dropped guard is spawned there first ([`spawn`]), and only when that runtime
-//! cancels it (it is shutting down) is the work handed over here ([`Rescue`]).
+//! pattern: one global service, a new runtime per test). Work tied to no caller — a lease's
+//! renewals, the release of a guard dropped as its runtime shuts down — runs here. Everything
+//! else stays on the caller's runtime, where it costs nothing extra: the release of a dropped
+//! guard is spawned there first ([`spawn`]), and only when that runtime cancels it (it is
+//! shutting down) is the work handed over here ([`Rescue`]). A backend's subscriber, which
+//! wakes waiters, runs on the runtime that made the backend when that is a multi-thread one,
+//! and moves here if that runtime ends first ([`spawn_lasting`]).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::OnceLock;
 
-use tokio::runtime::Handle;
+use tokio::runtime::{Handle, RuntimeFlavor};
 
 /// dlock's runtime, started on first use. It runs until the process exits.
 ///
@@ -55,6 +58,63 @@ where
             if let Ok(current) = Handle::try_current() {
                 drop(current.spawn(work));
             }
+        }
+    }
+}
+
+/// Work that lasts as long as its owner (a backend's subscriber), and can start over from what
+/// it keeps in itself.
+pub(crate) trait Lasting: Send + 'static {
+    /// Run until the work is done. When its runtime shuts down this is dropped half-way;
+    /// [`interrupted`](Lasting::interrupted) is then called, and it runs again on dlock's
+    /// runtime.
+    fn run(&mut self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+
+    /// Its run was cut short: put right what the run left half done before it starts over.
+    fn interrupted(&mut self);
+}
+
+/// Run `work` on the caller's runtime if that is a multi-thread one, and on dlock's runtime
+/// otherwise; if the caller's runtime shuts down before `work` is done, it starts over on
+/// dlock's.
+///
+/// On the caller's multi-thread runtime, work that wakes the caller's tasks (a notice that a
+/// lock is free) reaches them without a hop to another thread — and waking a parked thread is
+/// what a hand-off mostly costs on an idle machine. A current-thread runtime runs its tasks
+/// only while some caller blocks on it, so work for every runtime of the process cannot live
+/// there.
+pub(crate) fn spawn_lasting(work: impl Lasting) {
+    let work: Box<dyn Lasting> = Box::new(work);
+    match Handle::try_current() {
+        Ok(current) if current.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            drop(current.spawn(run_lasting(work)));
+        }
+        _ => spawn_here(run_lasting(work)),
+    }
+}
+
+async fn run_lasting(work: Box<dyn Lasting>) {
+    let mut carried = HandOver(Some(work));
+    if let Some(work) = carried.0.as_mut() {
+        work.run().await;
+    }
+    // Done: nothing to hand over.
+    carried.0 = None;
+}
+
+/// Carries [`Lasting`] work; dropped with the work unfinished (its runtime cancelled the
+/// task), it starts the work over on dlock's runtime.
+struct HandOver(Option<Box<dyn Lasting>>);
+
+impl Drop for HandOver {
+    fn drop(&mut self) {
+        // A panic in the work is a bug: starting it again would only repeat it.
+        if std::thread::panicking() {
+            return;
+        }
+        if let (Some(mut work), Some(dlocks)) = (self.0.take(), handle()) {
+            work.interrupted();
+            drop(dlocks.spawn(run_lasting(work)));
         }
     }
 }

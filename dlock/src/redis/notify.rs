@@ -4,8 +4,10 @@
 //! the key, see [`layout`](super::layout)) serves them all, made when the first waiter comes
 //! and dropped when the last one leaves, on one dedicated pub/sub connection (a [`Feed`] from
 //! the backend's [`FeedSource`]: `SUBSCRIBE` on one server, `SSUBSCRIBE` on a cluster's
-//! shards) run by one task on dlock's own runtime (so it outlives the runtime that connected
-//! the backend). A waiter
+//! shards) run by one task: on the runtime that connected the backend if it is a multi-thread
+//! one (a notice then wakes its waiters without a hop to another thread), else on dlock's own
+//! runtime, and moved there if the runtime that connected the backend ends first (see
+//! [`background::spawn_lasting`]). A waiter
 //! joins a key's waiting line in Redis only once its subscription is confirmed, so that it
 //! hears its hand-off.
 //!
@@ -21,6 +23,8 @@
 //! meanwhile. Notices are only hints: waiters always re-check with an acquire.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::str;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -144,11 +148,17 @@ impl Shared {
 }
 
 impl Notifier {
-    /// Start the subscriber task for the feeds of `source`, on dlock's own runtime.
+    /// Start the subscriber task for the feeds of `source` (see the module's docs for where
+    /// it runs).
     pub(super) fn start(source: impl FeedSource, call_timeout: Duration) -> Self {
         let shared = Arc::new(Shared::default());
         let (kick, kicks) = mpsc::unbounded_channel();
-        background::spawn_here(subscriber(Box::new(source), call_timeout, Arc::downgrade(&shared), kicks));
+        background::spawn_lasting(Subscriber {
+            source: Box::new(source),
+            call_timeout,
+            shared: Arc::downgrade(&shared),
+            kicks,
+        });
         Self { shared, kick }
     }
 
@@ -210,14 +220,45 @@ impl Drop for Unwatch {
     }
 }
 
+/// What the subscriber task keeps: enough to start over on another runtime.
+struct Subscriber {
+    source: Box<dyn FeedSource>,
+    call_timeout: Duration,
+    shared: Weak<Shared>,
+    /// A waiter came or the last one of a channel left.
+    kicks: mpsc::UnboundedReceiver<()>,
+}
+
+impl background::Lasting for Subscriber {
+    fn run(&mut self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(subscriber(&*self.source, self.call_timeout, &self.shared, &mut self.kicks))
+    }
+
+    /// The runtime ended, and the connection (driven there) with it.
+    fn interrupted(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            disconnected(&shared);
+        }
+    }
+}
+
+/// The connection is gone: releases may have been missed, and no subscription stands. Wake
+/// every waiter to ask again (it joins its key's line once subscribed again).
+fn disconnected(shared: &Shared) {
+    for entry in shared.lock().values() {
+        entry.subscribed.send_replace(false);
+        entry.notices.send_replace(ReleaseNotice::Released);
+    }
+}
+
 /// The one task that owns the pub/sub connection: subscribes to what waiters want, drops
 /// what they no longer want, forwards notices, and checks that the connection still answers.
 /// Ends when the backend is dropped.
 async fn subscriber(
-    source: Box<dyn FeedSource>,
+    source: &dyn FeedSource,
     call_timeout: Duration,
-    shared: Weak<Shared>,
-    mut kicks: mpsc::UnboundedReceiver<()>,
+    shared: &Weak<Shared>,
+    kicks: &mut mpsc::UnboundedReceiver<()>,
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -293,12 +334,8 @@ async fn subscriber(
                 }
             }
         }
-        // Disconnected: releases may have been missed, so wake every waiter to re-check.
         let Some(strong) = shared.upgrade() else { return };
-        for entry in strong.lock().values() {
-            entry.subscribed.send_replace(false);
-            entry.notices.send_replace(ReleaseNotice::Released);
-        }
+        disconnected(&strong);
         drop(strong);
         // A connection that failed soon after it was made (say, SUBSCRIBE not permitted) must
         // not turn into a reconnect loop: back off unless it had been healthy for a while.
