@@ -138,7 +138,7 @@ pub fn forcer_for(url: &str, call_timeout: Duration) -> KeyForcer {
     if scheme(url) == "redis"
         && let Ok(client) = redis::Client::open(url)
     {
-        return KeyForcer::Redis { client, conn: Arc::default(), call_timeout };
+        return KeyForcer::Redis { client: Box::new(client), conn: Arc::default(), call_timeout };
     }
     KeyForcer::Unsupported { scheme: scheme(url).to_owned() }
 }
@@ -151,8 +151,8 @@ pub enum KeyForcer {
     Memory(MemoryBackend),
     /// `DEL` on its own connection (made on first use).
     Redis {
-        /// The server.
-        client: redis::Client,
+        /// The server (boxed: with TLS a client is large).
+        client: Box<redis::Client>,
         /// The connection, once made (and until it breaks).
         conn: Arc<tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
         /// The bound on connecting and on the command.
