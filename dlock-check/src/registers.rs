@@ -27,14 +27,14 @@ const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 /// round tokens above 2^53).
 const LUA_LT: &str = "local function lt(a, b) if #a ~= #b then return #a < #b end return a < b end\n";
 
-/// KEYS[1] the register's hash; ARGV[1] the token. `{1, value}` or `{0, max}`.
+/// `KEYS[1]` the register's hash; `ARGV[1]` the token. `{1, value}` or `{0, max}`.
 const FENCED_READ: &str = "
 local max = redis.call('HGET', KEYS[1], 'max') or '0'
 if lt(ARGV[1], max) then return {0, max} end
 redis.call('HSET', KEYS[1], 'max', ARGV[1])
 return {1, redis.call('HGET', KEYS[1], 'value') or '0'}";
 
-/// KEYS[1] the hash, KEYS[2] the log; ARGV[1] token, ARGV[2] value, ARGV[3] write id.
+/// `KEYS[1]` the hash, `KEYS[2]` the log; `ARGV[1]` token, `ARGV[2]` value, `ARGV[3]` write id.
 const FENCED_WRITE: &str = "
 local max = redis.call('HGET', KEYS[1], 'max') or '0'
 if lt(ARGV[1], max) then return {0, max} end
