@@ -6,7 +6,8 @@
 //! - Failovers, each test on a group of its own ([`SentinelGroup`]): `SENTINEL FAILOVER` and
 //!   `kill -9` of the primary under load (nothing granted twice, tokens keep increasing, locks
 //!   usable again within the failover time + 1 s), and a lease the new primary does not have,
-//!   reported lost at once.
+//!   reported lost at once; calls failing by the thousand ask the sentinels again at most
+//!   once per 200 ms.
 
 use dlock_tests::RedisSentinelStore;
 use dlock_tests::shared_topology::shared_sentinel_group;
@@ -172,4 +173,78 @@ async fn a_primary_killed_under_load_fails_over_without_two_holders_or_a_token_g
     eprintln!("kill -9 of the primary: {seen:?}");
     seen.assert_usable_after_the_failover();
     assert_replicated_lock_kept(held, &other, "held").await;
+}
+
+/// Calls that fail at once (the primary is gone; its port refuses connections) make the
+/// backend ask the sentinels again, but at most once per 200 ms however many calls fail: a
+/// flood of failing calls is not passed on to the sentinels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_calls_ask_the_sentinels_at_most_every_200_ms() {
+    const WINDOW: Duration = Duration::from_secs(2);
+    // The sentinels would wait a minute before failing over: none happens during the test.
+    let mut group = block_in_place(|| SentinelGroup::start_with(Duration::from_secs(60)));
+    let backend = RedisSentinelBackend::builder(group.sentinel_urls(), group.master_name())
+        .call_timeout(Duration::from_millis(300))
+        .connect()
+        .await
+        .unwrap_or_else(|err| panic!("connecting to the test's sentinel group: {err}"));
+    let service = LockService::builder(backend).key_prefix("spacing:").build();
+    let primary = group.primary_port();
+    block_in_place(|| group.kill(primary));
+    let connections_before = sentinel_connections(&group);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..8)
+        .map(|task| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let mut failed = 0;
+                while started.elapsed() < WINDOW {
+                    match service.lock(format!("k{task}")).wait(Duration::ZERO).await {
+                        Ok(guard) => panic!("locked {} with the primary killed", guard.key()),
+                        Err(_) => failed += 1,
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                failed
+            })
+        })
+        .collect();
+    let mut failed = 0;
+    for task in tasks {
+        failed += task.await.expect("a locking task panicked");
+    }
+    let elapsed = started.elapsed();
+    let sentinels = group.sentinel_urls().len() as u64;
+    // Less the connection each count itself made to each sentinel.
+    let asks = sentinel_connections(&group) - connections_before - sentinels;
+    // Each resolution asks every sentinel once.
+    let resolutions = asks / sentinels;
+    let bound = u64::try_from(elapsed.as_millis() / 200).unwrap_or(u64::MAX) + 2;
+    eprintln!(
+        "{failed} failed calls in {elapsed:?} asked the sentinels {asks} times ({resolutions} resolutions)"
+    );
+    assert!(failed > 100, "the calls failed at once, many times ({failed})");
+    assert!(resolutions >= 2, "failing calls make the backend ask the sentinels again ({resolutions})");
+    assert!(resolutions <= bound, "{resolutions} resolutions in {elapsed:?}: more than one per 200 ms");
+}
+
+/// How many connections the group's sentinels have accepted, in all. The backend asks each
+/// sentinel where the primary is on a connection of its own, so each resolution adds one per
+/// sentinel (a sentinel's `INFO` has no command statistics); the sentinels' links to each
+/// other are made once, and this count's own connections are subtracted by the caller.
+fn sentinel_connections(group: &SentinelGroup) -> u64 {
+    group
+        .sentinel_urls()
+        .iter()
+        .map(|url| {
+            let client = redis::Client::open(url.as_str()).expect("client");
+            let mut conn = client.get_connection().expect("connection to a sentinel");
+            let stats: String = redis::cmd("INFO").arg("stats").query(&mut conn).expect("INFO");
+            stats
+                .lines()
+                .find_map(|line| line.strip_prefix("total_connections_received:"))
+                .and_then(|count| count.trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no total_connections_received in a sentinel's INFO:\n{stats}"))
+        })
+        .sum()
 }

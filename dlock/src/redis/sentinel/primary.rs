@@ -33,8 +33,8 @@ pub(super) struct Primary {
     resolving: tokio::sync::Mutex<()>,
     /// A resolution was asked for and has not started yet.
     suspected: AtomicBool,
-    /// When the last resolution ended.
-    last_resolved: Mutex<Option<Instant>>,
+    /// When the last resolution began.
+    last_started: Mutex<Option<Instant>>,
 }
 
 /// The shortest time between two resolutions asked for by failing calls.
@@ -63,7 +63,7 @@ impl Primary {
             epochs: watch::channel(0).0,
             resolving: tokio::sync::Mutex::new(()),
             suspected: AtomicBool::new(false),
-            last_resolved: Mutex::new(None),
+            last_started: Mutex::new(None),
         })
     }
 
@@ -95,10 +95,26 @@ impl Primary {
     /// says it is a primary, and move there if it is not where the backend is now.
     pub(super) async fn resolve(&self) -> Result<(), BackendError> {
         let _one = self.resolving.lock().await;
+        self.begin_resolving();
+        self.resolve_once().await
+    }
+
+    /// [`resolve`](Self::resolve), but not sooner than [`RESOLVE_INTERVAL`] after the last
+    /// resolution began — also one that was still running when this was asked for.
+    async fn resolve_spaced(&self) -> Result<(), BackendError> {
+        let _one = self.resolving.lock().await;
+        let last = *self.last_started.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(last) = last {
+            tokio::time::sleep_until((last + RESOLVE_INTERVAL).into()).await;
+        }
+        self.begin_resolving();
+        self.resolve_once().await
+    }
+
+    /// A resolution begins: calls that fail from now on ask for another one.
+    fn begin_resolving(&self) {
+        *self.last_started.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         self.suspected.store(false, Ordering::Release);
-        let outcome = self.resolve_once().await;
-        *self.last_resolved.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
-        outcome
     }
 
     async fn resolve_once(&self) -> Result<(), BackendError> {
@@ -220,12 +236,8 @@ impl Primary {
         }
         let primary = Arc::clone(self);
         background::spawn_here(async move {
-            // At most one resolution per RESOLVE_INTERVAL, however many calls fail meanwhile.
-            let last = *primary.last_resolved.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(last) = last {
-                tokio::time::sleep_until((last + RESOLVE_INTERVAL).into()).await;
-            }
-            if let Err(err) = primary.resolve().await {
+            // At most one resolution begun per RESOLVE_INTERVAL, however many calls fail.
+            if let Err(err) = primary.resolve_spaced().await {
                 tracing::debug!(target: "dlock", error = %err, "asking the sentinels for the primary failed");
             }
         });
