@@ -59,11 +59,31 @@ fn a_service_serves_runtimes_after_the_one_that_made_it_ended() {
 }
 
 /// As above, made on a multi-thread runtime, where the backends' subscribers (which wake
-/// waiters) run until it ends — here with subscriptions in use — and then move to dlock's
-/// own runtime: the waiters of later runtimes still hear releases.
+/// waiters) run until it ends — here after a hand-off there, so that the subscriber's
+/// connection and a subscription were made on it — and then move to dlock's own runtime: the
+/// waiters of later runtimes still hear releases.
 #[test]
 fn a_service_made_on_a_multi_thread_runtime_serves_runtimes_after_it_ended() {
     serves_runtimes_after_the_one_that_made_it_ended(true);
+}
+
+/// A backend connected on a multi-thread runtime that ends at once — whether or not its
+/// workers had started the subscriber's task — still hears releases on later runtimes: the
+/// subscriber is handed over to dlock's own runtime, started or not. Several rounds, since
+/// which of the two happens is a race.
+#[test]
+fn a_backend_whose_runtime_ended_right_after_connecting_still_hears_releases() {
+    let server = RedisServer::start();
+    let url = server.url();
+    for round in 0..8 {
+        let made = runtime(true);
+        let (holder, waiter) = made.block_on(async {
+            (LockService::new(connect(&url).await), LockService::new(connect(&url).await))
+        });
+        drop(made);
+        let handoff = runtime(false).block_on(handoff_between(&holder, &waiter, &format!("round {round}")));
+        assert!(handoff < MARGIN, "round {round}: the waiter got the key {handoff:?} after the release");
+    }
 }
 
 fn serves_runtimes_after_the_one_that_made_it_ended(made_multi_thread: bool) {

@@ -2,8 +2,9 @@
 //! not die with the runtime that happened to start it.
 //!
 //! A service registered once serves every runtime of the process (the `#[tokio::test]`
-//! pattern: one global service, a new runtime per test). Work tied to no caller — a lease's
-//! renewals, the release of a guard dropped as its runtime shuts down — runs here. Everything
+//! pattern: one global service, a new runtime per test). Work tied to no caller — the watch
+//! that renews every lease when a backend moves to another server, the release of a guard
+//! dropped as its runtime shuts down — runs here. Everything
 //! else stays on the caller's runtime, where it costs nothing extra: the release of a dropped
 //! guard is spawned there first ([`spawn`]), and only when that runtime cancels it (it is
 //! shutting down) is the work handed over here ([`Rescue`]). A backend's subscriber, which
@@ -93,27 +94,33 @@ pub(crate) fn spawn_lasting(work: impl Lasting) {
     }
 }
 
-async fn run_lasting(work: Box<dyn Lasting>) {
+/// The task that runs `work`. The guard is made before the task exists: a runtime that shuts
+/// down before it ever polled the task drops the guard with it, and the work is handed over
+/// all the same.
+fn run_lasting(work: Box<dyn Lasting>) -> impl Future<Output = ()> + Send + 'static {
     let mut carried = HandOver(Some(work));
-    if let Some(work) = carried.0.as_mut() {
-        work.run().await;
+    async move {
+        if let Some(work) = carried.0.as_mut() {
+            work.run().await;
+        }
+        // Done: nothing to hand over.
+        drop(carried.0.take());
     }
-    // Done: nothing to hand over.
-    carried.0 = None;
 }
 
 /// Carries [`Lasting`] work; dropped with the work unfinished (its runtime cancelled the
-/// task), it starts the work over on dlock's runtime.
+/// task, or never ran it), it starts the work over on dlock's runtime.
 struct HandOver(Option<Box<dyn Lasting>>);
 
 impl Drop for HandOver {
     fn drop(&mut self) {
+        let Some(mut work) = self.0.take() else { return };
+        work.interrupted();
         // A panic in the work is a bug: starting it again would only repeat it.
         if std::thread::panicking() {
             return;
         }
-        if let (Some(mut work), Some(dlocks)) = (self.0.take(), handle()) {
-            work.interrupted();
+        if let Some(dlocks) = handle() {
             drop(dlocks.spawn(run_lasting(work)));
         }
     }
@@ -142,4 +149,81 @@ pub(crate) enum Rescue {
     /// Dropped because the task running it was cancelled — its runtime is shutting down:
     /// only dlock's runtime can finish it.
     Cancelled,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Says on which thread each of its runs started; runs until dropped.
+    struct Probe {
+        started_on: mpsc::Sender<String>,
+        interruptions: Arc<AtomicUsize>,
+    }
+
+    impl Lasting for Probe {
+        fn run(&mut self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+            let thread = std::thread::current().name().unwrap_or("").to_owned();
+            let _ = self.started_on.send(thread);
+            Box::pin(std::future::pending())
+        }
+
+        fn interrupted(&mut self) {
+            self.interruptions.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn probe() -> (Probe, mpsc::Receiver<String>, Arc<AtomicUsize>) {
+        let (started_on, runs) = mpsc::channel();
+        let interruptions = Arc::new(AtomicUsize::new(0));
+        (Probe { started_on, interruptions: Arc::clone(&interruptions) }, runs, interruptions)
+    }
+
+    fn multi_thread(name: &str) -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(name)
+            .enable_all()
+            .build()
+            .expect("a runtime")
+    }
+
+    #[test]
+    fn lasting_work_runs_on_a_multi_thread_caller_then_moves_to_dlocks_runtime() {
+        let (work, runs, interruptions) = probe();
+        let caller = multi_thread("caller-worker");
+        caller.block_on(async { spawn_lasting(work) });
+        let first = runs.recv_timeout(Duration::from_secs(5)).expect("the work ran");
+        assert_eq!(first, "caller-worker");
+        drop(caller);
+        let second = runs.recv_timeout(Duration::from_secs(5)).expect("the work ran again");
+        assert_eq!(second, "dlock-background");
+        assert_eq!(interruptions.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn lasting_work_dropped_before_it_ever_ran_is_handed_over_too() {
+        let (work, runs, interruptions) = probe();
+        // What a runtime that shuts down before a worker polled the task does to it.
+        drop(run_lasting(Box::new(work)));
+        let started = runs.recv_timeout(Duration::from_secs(5)).expect("the work ran");
+        assert_eq!(started, "dlock-background");
+        assert_eq!(interruptions.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn lasting_work_of_a_current_thread_caller_runs_on_dlocks_runtime() {
+        let (work, runs, interruptions) = probe();
+        let caller = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        caller.block_on(async { spawn_lasting(work) });
+        drop(caller);
+        let started = runs.recv_timeout(Duration::from_secs(5)).expect("the work ran");
+        assert_eq!(started, "dlock-background");
+        assert_eq!(interruptions.load(Ordering::SeqCst), 0);
+    }
 }

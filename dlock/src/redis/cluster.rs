@@ -277,8 +277,8 @@ fn cluster_client(
         .connection_timeout(call_timeout)
         // A node that does not answer within the call timeout has its connection repaired.
         .response_timeout(call_timeout)
-        // The call timeout bounds each call as a whole already (`Connections::call`): one
-        // timer per call instead of two.
+        // The call timeout bounds each call as a whole already (`Connections::call`): two
+        // timers per call (that and the node's) instead of three.
         .overall_response_timeout(None)
         .tcp_settings(tcp_settings(call_timeout))
         .use_protocol(protocol);
