@@ -234,10 +234,10 @@ async fn count_cycles(url: &str, cluster: Option<&[String]>, c: Contender, cycle
         // A fixed prefix: finding keys in the floor's slot costs a number of tries that
         // depends on the prefix, and it must cost the same in every run (the instruction count
         // of one cycle is a difference of two runs). Two `--cycles` runs on one cluster at
-        // once would share keys: the second finds them held and waits.
+        // once would share keys: the second finds them held and waits (keys a crashed run
+        // left expire with their 10 s ttl; nothing is deleted before the run).
         let prefix = "dlockbench:cycles:";
         let lk = cluster::ClusterLockers::connect(seeds, prefix).await?;
-        lk.clean_up().await?;
         // The uncontended scenario's key: on the floor's shard for every contender.
         let counted = run_cycles(&lk, c, "uncontended", cycles).await;
         lk.clean_up().await?;
