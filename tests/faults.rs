@@ -1,7 +1,9 @@
 //! Guarantees under faults, each test on a private `redis-server` it owns:
 //!
 //! - a service made in one runtime serves every runtime of the process, also after the one
-//!   that made it ended; a guard dropped while its runtime shuts down is still released;
+//!   that made it ended (its subscriber, which wakes waiters, moves to dlock's own runtime,
+//!   started or not, and waiters that wait meanwhile keep hearing releases); a guard dropped
+//!   while its runtime shuts down is still released;
 //! - a connection that goes silent without closing (black-holed by a proxy this file owns) is
 //!   replaced: commands within two call timeouts, the subscriber by its health check;
 //! - fencing tokens keep increasing across a Redis that lost its data;
@@ -84,6 +86,39 @@ fn a_backend_whose_runtime_ended_right_after_connecting_still_hears_releases() {
         let handoff = runtime(false).block_on(handoff_between(&holder, &waiter, &format!("round {round}")));
         assert!(handoff < MARGIN, "round {round}: the waiter got the key {handoff:?} after the release");
     }
+}
+
+/// A waiter that waits on another runtime while the multi-thread runtime that runs its
+/// backend's subscriber ends keeps hearing releases: it is woken when the subscriber's
+/// connection goes with that runtime, and is subscribed again from dlock's own runtime.
+#[test]
+fn a_waiter_keeps_hearing_releases_across_the_end_of_the_subscribers_runtime() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let made = runtime(true);
+    let (holder, waiter) = made
+        .block_on(async { (LockService::new(connect(&url).await), LockService::new(connect(&url).await)) });
+    let here = runtime(false);
+    let guard = here.block_on(holder.lock("live").into_future()).expect("take the key");
+    let (got_in, got_in_rx) = std::sync::mpsc::channel();
+    let waiting = std::thread::spawn(move || {
+        runtime(true).block_on(async move {
+            let guard = waiter.lock("live").wait(Duration::from_secs(20)).await.expect("the waiter's turn");
+            let _ = got_in.send(Instant::now());
+            guard.release().await.expect("release");
+        });
+    });
+    // The waiter subscribes (through the subscriber on `made`) and listens.
+    std::thread::sleep(CALL_TIMEOUT + Duration::from_millis(200));
+    drop(made);
+    // The subscriber starts over on dlock's runtime and subscribes the waiter again.
+    std::thread::sleep(CALL_TIMEOUT + Duration::from_millis(200));
+    let released = Instant::now();
+    assert!(here.block_on(guard.release()).expect("release"));
+    let got_in = got_in_rx.recv_timeout(Duration::from_secs(20)).expect("the waiter got the key");
+    waiting.join().expect("the waiting thread");
+    let handoff = got_in - released;
+    assert!(handoff < MARGIN, "the waiter got the key {handoff:?} after the release");
 }
 
 fn serves_runtimes_after_the_one_that_made_it_ended(made_multi_thread: bool) {
