@@ -38,7 +38,7 @@
 //! - Backends: [`MemoryBackend`] (in-process), [`RedisBackend`] (feature `redis`, on by
 //!   default; `rediss://` with feature `tls`), `RedisClusterBackend` (feature
 //!   `redis-cluster`), `RedisSentinelBackend` (feature `redis-sentinel`) and `PostgresBackend`
-//!   (feature `postgres`); [`connect`] picks one from a URL.
+//!   (feature `postgres`); [`connect()`] picks one from a URL.
 //! - The manual API: [`lock`] / [`LockService::lock`] / [`LockService::lock_all`] →
 //!   [`LockRequest`] → [`LockGuard`].
 //! - [`fencing_token`] / [`fencing_token_for`]: the fencing token of the lock the current task

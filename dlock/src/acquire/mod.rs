@@ -9,7 +9,7 @@
 //! 4. If the lease ended before the pass could hand it over (a key taken early was lost while
 //!    it waited for a later one), everything is given back and a new pass starts, while `wait`
 //!    allows. Whatever a failed or abandoned pass took is released by its
-//!    [`Claim`](crate::claim::Claim).
+//!    [`Claim`].
 
 mod key;
 

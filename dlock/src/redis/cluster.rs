@@ -4,7 +4,7 @@
 //! server), which routes each script by its first key's slot and follows `MOVED` and `ASK`
 //! during resharding and failover without surfacing them; a node that lost the scripts after
 //! a failover answers `NOSCRIPT`, and the script is sent again in full. Every name a lock uses
-//! lives in its key's slot (see [`layout`](super::layout)), so each script touches one shard;
+//! lives in its key's slot (see [`layout`](mod@super::layout)), so each script touches one shard;
 //! while a slot is half migrated, a script that names a moved and an unmoved key gets
 //! `TRYAGAIN`, and the engine asks again with the lock key alone. A node that stops answering
 //! has its own connection repaired by the cluster connection; the connection as a whole is

@@ -1,4 +1,4 @@
-//! The URL forms of the cluster and sentinel backends, for [`connect`](crate::connect):
+//! The URL forms of the cluster and sentinel backends, for [`connect`](fn@crate::connect):
 //!
 //! - `redis-cluster://[[user]:password@]host:port,host:port,…` (`rediss-cluster://` for TLS):
 //!   seed nodes, all with the same credentials;
