@@ -78,7 +78,7 @@ async fn dropping_a_call_while_its_acquire_is_on_the_wire_leaves_no_ownerless_lo
         Ok(id)
     }
 
-    let server = RedisServer::start();
+    let mut server = RedisServer::start();
     let url = server.url();
     let backend = dlock::RedisBackend::connect(&url).await.expect("connect to the private redis-server");
     dlock::register(SVC, dlock::LockService::new(backend)).expect("register");

@@ -41,7 +41,7 @@ async fn a_refused_connection_reads_once_and_says_what_to_do() {
 /// A backend failure after connect names the key, says what to do, and what failed where.
 #[tokio::test]
 async fn a_failure_after_connect_names_the_key_the_remedy_and_the_call() {
-    let server = RedisServer::start();
+    let mut server = RedisServer::start();
     let backend = RedisBackend::builder(server.url())
         .call_timeout(Duration::from_millis(200))
         .connect()

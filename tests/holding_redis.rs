@@ -408,7 +408,7 @@ async fn body_after_thaw(sink: Sink) -> Result<(), Error> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_redis_cancels_the_body_before_its_lease_ends() {
     let _serial = SERIAL.lock().await;
-    let server = RedisServer::start();
+    let mut server = RedisServer::start();
     let url = server.url();
     register("holding-redis-freeze", LockService::new(connect_redis_with(&url, FREEZE_CALL_TIMEOUT).await));
     let intervals: Arc<Mutex<Vec<Interval>>> = Arc::default();

@@ -189,7 +189,7 @@ async fn stopped_redis_fails_within_call_timeout_and_same_service_recovers_after
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_redis_fails_within_call_timeout_and_recovers_on_resume() {
-    let server = RedisServer::start();
+    let mut server = RedisServer::start();
     let service = LockService::new(connect_redis_with(&server.url(), CALL_TIMEOUT).await);
     // Long enough that dlock's safety margin (52 ms) dwarfs how late this test may observe
     // the loss on a busy machine.
@@ -228,7 +228,7 @@ async fn paused_redis_fails_within_call_timeout_and_recovers_on_resume() {
 /// network partition longer than the call timeout loses it the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acquire_that_timed_out_leaves_no_ownerless_lock() {
-    let server = RedisServer::start();
+    let mut server = RedisServer::start();
     let service = LockService::new(connect_redis_with(&server.url(), CALL_TIMEOUT).await);
     let ttl = Duration::from_secs(10);
     // Loads the acquire script into the server's cache; no release has run yet.

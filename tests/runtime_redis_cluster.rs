@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use dlock::{LockService, RedisClusterBackend};
 use dlock_tests::support::contention::{assert_replicated_lock_kept, contend_through};
-use dlock_tests::{RedisCluster, Store};
+use dlock_tests::{RedisCluster, Store, subscribers_on};
 use tokio::task::block_in_place;
 
 /// A cluster of this test's own (blocking: started off the runtime's worker).
@@ -79,13 +79,13 @@ async fn hand_offs_reach_waiters_on_every_shard_over_sharded_channels() {
         let owner = cluster.primary_for_key(&format!("{prefix}{key}"));
         dlock_tests::poll_until(Duration::from_secs(5), "the waiter subscribing on its key's shard", || {
             let channel = channel.clone();
-            async move { shard_subscribers(owner, &channel) == 1 }
+            async move { subscribers_on(owner, &channel, true) == 1 }
         })
         .await;
         for node in cluster.nodes() {
             if node.port != owner && matches!(node.role, dlock_tests::NodeRole::Primary) {
                 assert_eq!(
-                    shard_subscribers(node.port, &channel),
+                    subscribers_on(node.port, &channel, true),
                     0,
                     "{channel} on another primary {}",
                     node.port
@@ -100,15 +100,6 @@ async fn hand_offs_reach_waiters_on_every_shard_over_sharded_channels() {
         assert!(got.fencing_token() > token, "tokens increase across the hand-off");
         got.release().await.expect("release");
     }
-}
-
-/// `PUBSUB SHARDNUMSUB channel` on the node at `port`.
-fn shard_subscribers(port: u16, channel: &str) -> i64 {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("client");
-    let mut conn = client.get_connection().expect("connection");
-    let (_, count): (String, i64) =
-        redis::cmd("PUBSUB").arg("SHARDNUMSUB").arg(channel).query(&mut conn).expect("PUBSUB SHARDNUMSUB");
-    count
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,17 +182,23 @@ async fn a_waiters_subscription_follows_its_slot_to_another_shard() {
     let channel = b_backend.notice_channel(full);
     dlock_tests::poll_until(Duration::from_secs(5), "the waiter subscribed on the source", || {
         let channel = channel.clone();
-        async move { shard_subscribers(source, &channel) == 1 }
+        async move { subscribers_on(source, &channel, true) == 1 }
     })
     .await;
     block_in_place(|| cluster.migrate_slot(cluster.key_slot(full), target));
     let (source_replica, target_replica) = (cluster.replica_of(source), cluster.replica_of(target));
-    dlock_tests::poll_until(Duration::from_secs(10), "the subscription made again on the target's shard", || {
-        let channel = channel.clone();
-        async move { shard_subscribers(target, &channel) + shard_subscribers(target_replica, &channel) == 1 }
-    })
+    dlock_tests::poll_until(
+        Duration::from_secs(10),
+        "the subscription made again on the target's shard",
+        || {
+            let channel = channel.clone();
+            async move {
+                subscribers_on(target, &channel, true) + subscribers_on(target_replica, &channel, true) == 1
+            }
+        },
+    )
     .await;
-    assert_eq!(shard_subscribers(source, &channel) + shard_subscribers(source_replica, &channel), 0);
+    assert_eq!(subscribers_on(source, &channel, true) + subscribers_on(source_replica, &channel, true), 0);
     let token = held.fencing_token();
     held.release().await.expect("release on the target");
     let got = waiter.await.expect("waiter task").expect("the waiter gets the key on the target");
@@ -316,7 +313,7 @@ async fn a_takeover_keeps_held_locks_and_their_renewals() {
     let channel = b_backend.notice_channel("takeover:acct");
     dlock_tests::poll_until(Duration::from_secs(5), "the waiter subscribed on the key's primary", || {
         let channel = channel.clone();
-        async move { shard_subscribers(primary, &channel) == 1 }
+        async move { subscribers_on(primary, &channel, true) == 1 }
     })
     .await;
     block_in_place(|| cluster.failover_takeover(replica));
@@ -329,7 +326,7 @@ async fn a_takeover_keeps_held_locks_and_their_renewals() {
     // when it lost the slot (SUNSUBSCRIBE), and the notifier made it again (sharded channels
     // are served by every node of the shard: the new primary or its replica).
     assert_eq!(
-        shard_subscribers(primary, &channel) + shard_subscribers(replica, &channel),
+        subscribers_on(primary, &channel, true) + subscribers_on(replica, &channel, true),
         1,
         "the waiter's channel is subscribed once in the shard after the takeover"
     );

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use dlock::{LockService, RedisSentinelBackend};
 use dlock_tests::support::contention::{assert_replicated_lock_kept, contend_through};
-use dlock_tests::{SentinelGroup, poll_until};
+use dlock_tests::{SentinelGroup, poll_until, subscribers_on};
 use tokio::task::block_in_place;
 
 async fn backend_of(group: &SentinelGroup, replicated: bool) -> RedisSentinelBackend {
@@ -56,7 +56,7 @@ async fn a_failover_moves_the_backend_and_keeps_replicated_locks() {
     let channel = other_backend.notice_channel("failover:acct");
     poll_until(Duration::from_secs(5), "the waiter subscribed on the primary", || {
         let channel = channel.clone();
-        async move { subscribers(old_primary, &channel) == 1 }
+        async move { subscribers_on(old_primary, &channel, false) == 1 }
     })
     .await;
     let started = Instant::now();
@@ -72,7 +72,7 @@ async fn a_failover_moves_the_backend_and_keeps_replicated_locks() {
     // ...is subscribed again on the new one.
     poll_until(Duration::from_secs(10), "the waiter's subscription moving to the new primary", || {
         let channel = channel.clone();
-        async move { subscribers(new_primary, &channel) == 1 }
+        async move { subscribers_on(new_primary, &channel, false) == 1 }
     })
     .await;
     // Past the ttl: only renewals on the new primary keep the lock.
@@ -87,15 +87,6 @@ async fn a_failover_moves_the_backend_and_keeps_replicated_locks() {
     let next = waiter.await.expect("waiter task").expect("the waiter takes the key on the new primary");
     assert!(next.fencing_token() > token, "tokens increase across the failover");
     next.release().await.expect("release");
-}
-
-/// `PUBSUB NUMSUB channel` on the server at `port`.
-fn subscribers(port: u16, channel: &str) -> i64 {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("client");
-    let mut conn = client.get_connection().expect("connection");
-    let (_, count): (String, i64) =
-        redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query(&mut conn).expect("PUBSUB NUMSUB");
-    count
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -553,22 +553,7 @@ impl RedisCluster {
 
     /// Panic with `what` did not happen, what was `seen` last, and the tail of every node's log.
     fn fail(&self, what: &str, seen: &str) -> ! {
-        let mut logs = String::new();
-        for node in &self.nodes {
-            let state = if !node.is_running() {
-                "killed"
-            } else if node.is_paused() {
-                "paused"
-            } else {
-                "running"
-            };
-            logs.push_str(&format!(
-                "\n--- node {} ({state}), {}:\n{}",
-                node.port(),
-                node.log_path().display(),
-                node.log_tail(12)
-            ));
-        }
+        let logs: String = self.nodes.iter().map(|node| node.report("node")).collect();
         panic!("Redis Cluster: {what}: did not happen; last seen: {seen}\nthe nodes' logs:{logs}");
     }
 }

@@ -1,7 +1,8 @@
 //! Reaching Redis: the machine's shared server ([`shared_redis_url`], and [`unique_prefix`],
 //! the key namespace that keeps one test apart from every other user of it), dlock's client
 //! ([`connect_redis`], [`connect_redis_with`]), and a plain connection that is not dlock's
-//! ([`inspector`], [`redis_cmd`]: one raw command, for inspection or fault injection).
+//! ([`inspector`], [`redis_cmd`]: one raw command, for inspection or fault injection;
+//! [`subscribers_on`]: who listens on a channel of a private server).
 
 use std::time::Duration;
 
@@ -51,4 +52,13 @@ pub async fn redis_cmd<T: redis::FromRedisValue>(conn: &mut MultiplexedConnectio
         cmd.arg(*arg);
     }
     cmd.query_async(conn).await.unwrap_or_else(|err| panic!("{args:?}: {err}"))
+}
+
+/// How many clients are subscribed to `channel` on the private server at `port`: `PUBSUB
+/// NUMSUB`, or with `sharded` `PUBSUB SHARDNUMSUB` (a cluster node's sharded channels).
+pub fn subscribers_on(port: u16, channel: &str, sharded: bool) -> i64 {
+    let numsub = if sharded { "SHARDNUMSUB" } else { "NUMSUB" };
+    let (_, count): (String, i64) = super::redis_process::query(port, &["PUBSUB", numsub, channel])
+        .unwrap_or_else(|err| panic!("PUBSUB {numsub} {channel}: {err}"));
+    count
 }

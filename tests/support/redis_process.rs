@@ -1,5 +1,5 @@
-//! What [`RedisCluster`](super::cluster::RedisCluster) and
-//! [`SentinelGroup`](super::sentinel::SentinelGroup) share: a `redis-server` process in a
+//! What [`RedisServer`](super::server::RedisServer), [`RedisCluster`](super::cluster::RedisCluster)
+//! and [`SentinelGroup`](super::sentinel::SentinelGroup) share: a `redis-server` process in a
 //! directory of its own (logging to a file there, killed on drop), a temporary directory
 //! removed on drop, one-command blocking connections with timeouts, and a bounded poll.
 //!
@@ -7,7 +7,8 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::io::Read;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -107,6 +108,11 @@ impl RedisProcess {
         self.paused
     }
 
+    /// Its process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Start it and wait until its log (what it wrote since this start) says it is ready and
     /// it answers PING. `Err` (with the tail of its log) if it exits or does not get there
     /// within [`SPAWN_BOUND`]; then nothing is left running.
@@ -140,7 +146,7 @@ impl RedisProcess {
             }
             // Our own process must have bound the port (its log says so): something else
             // that answers on the port is not it.
-            if log_since(&log_path, from).contains(self.ready_line) && ping(self.port) {
+            if log_since(&log_path, from).contains(self.ready_line) && answers_ping(self.port) {
                 self.child = Some(child);
                 self.paused = false;
                 return Ok(());
@@ -198,10 +204,9 @@ impl RedisProcess {
     }
 
     fn signal(&self, signal: &str) {
-        let pid =
-            self.child.as_ref().map(Child::id).unwrap_or_else(|| {
-                panic!("signalling redis-server on port {}: it is not running", self.port)
-            });
+        let pid = self
+            .pid()
+            .unwrap_or_else(|| panic!("signalling redis-server on port {}: it is not running", self.port));
         let status = Command::new("kill")
             .arg(signal)
             .arg(pid.to_string())
@@ -213,6 +218,19 @@ impl RedisProcess {
     /// The last `lines` lines of its log.
     pub(crate) fn log_tail(&self, lines: usize) -> String {
         tail(&self.log_path(), lines)
+    }
+
+    /// For a failure message: `--- <kind> <port> (running|paused|killed), <log path>:` and
+    /// the last 12 lines of its log, on lines of their own.
+    pub(crate) fn report(&self, kind: &str) -> String {
+        let state = if !self.is_running() {
+            "killed"
+        } else if self.is_paused() {
+            "paused"
+        } else {
+            "running"
+        };
+        format!("\n--- {kind} {} ({state}), {}:\n{}", self.port, self.log_path().display(), self.log_tail(12))
     }
 }
 
@@ -229,7 +247,7 @@ impl fmt::Debug for RedisProcess {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisProcess")
             .field("port", &self.port)
-            .field("pid", &self.child.as_ref().map(Child::id))
+            .field("pid", &self.pid())
             .field("paused", &self.paused)
             .finish()
     }
@@ -289,9 +307,20 @@ pub(crate) fn query<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> Resul
     run(&mut conn, args).map_err(|err| format!("port {port}: {err}"))
 }
 
-/// Whether the server on `port` answers PING.
-pub(crate) fn ping(port: u16) -> bool {
-    query::<String>(port, &["PING"]).is_ok()
+/// Whether something on `port` answers a RESP `PING` (`+PONG`, or an error such as `-NOAUTH`
+/// from a server with a password: either way, Redis is up).
+fn answers_ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    if stream.set_read_timeout(Some(IO_TIMEOUT)).is_err()
+        || stream.set_write_timeout(Some(IO_TIMEOUT)).is_err()
+    {
+        return false;
+    }
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 64];
+    matches!(stream.read(&mut reply), Ok(n) if n > 0 && (reply[0] == b'+' || reply[0] == b'-'))
 }
 
 /// The value of `field` in an `INFO` reply (`field:value` lines).

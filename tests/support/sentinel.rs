@@ -373,23 +373,9 @@ impl SentinelGroup {
     /// Panic with `what` did not happen, what was `seen` last, and the tail of every
     /// process's log.
     fn fail(&self, what: &str, seen: &str) -> ! {
-        let mut logs = String::new();
-        let kinds = self.data.iter().map(|node| ("data node", node));
-        for (kind, process) in kinds.chain(self.sentinels.iter().map(|sentinel| ("sentinel", sentinel))) {
-            let state = if !process.is_running() {
-                "killed"
-            } else if process.is_paused() {
-                "paused"
-            } else {
-                "running"
-            };
-            logs.push_str(&format!(
-                "\n--- {kind} {} ({state}), {}:\n{}",
-                process.port(),
-                process.log_path().display(),
-                process.log_tail(12)
-            ));
-        }
+        let logs: String = (self.data.iter().map(|node| node.report("data node")))
+            .chain(self.sentinels.iter().map(|sentinel| sentinel.report("sentinel")))
+            .collect();
         panic!("Sentinel group: {what}: did not happen; last seen: {seen}\nthe processes' logs:{logs}");
     }
 }

@@ -4,25 +4,20 @@
 //! shared server.
 
 use std::fmt;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU16, Ordering};
 
-/// How long a fresh `redis-server` may take to answer PING.
-const STARTUP_BOUND: Duration = Duration::from_secs(10);
+use super::redis_process::{RedisProcess, TempDir};
 
 /// A `redis-server` process owned by one test, on its own loopback port, with no persistence.
 ///
-/// Dropping it kills the process (SIGKILL, which also ends a paused one) and reaps it.
+/// Dropping it kills the process (SIGKILL, which also ends a paused one), reaps it, and
+/// removes its directory (its log).
 pub struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-    args: Vec<String>,
-    log: PathBuf,
+    process: RedisProcess,
+    /// Dropped after the process.
+    _dir: TempDir,
 }
 
 impl RedisServer {
@@ -33,15 +28,23 @@ impl RedisServer {
 
     /// Start a server on a free port with extra arguments (e.g. `["--requirepass", "s3cret"]`).
     pub fn start_with(extra_args: &[&str]) -> Self {
-        let args: Vec<String> = extra_args.iter().map(|a| (*a).to_owned()).collect();
         // The port is free when we look, but another process could take it before
         // redis-server binds it: try a few ports before giving up.
         let mut last_error = String::new();
         for _ in 0..5 {
             let port = free_port();
-            let mut server = Self { child: None, port, args: args.clone(), log: log_path(port) };
-            match server.spawn() {
-                Ok(()) => return server,
+            let dir = TempDir::new("redis");
+            let mut args: Vec<std::ffi::OsString> = ["--port", &port.to_string(), "--bind", "127.0.0.1"]
+                .into_iter()
+                .chain(["--save", "", "--appendonly", "no", "--daemonize", "no", "--dir"])
+                .map(Into::into)
+                .collect();
+            args.push(dir.path().into());
+            args.extend(extra_args.iter().map(Into::into));
+            let mut process =
+                RedisProcess::new(port, dir.path().to_owned(), args, "Ready to accept connections");
+            match process.spawn() {
+                Ok(()) => return Self { process, _dir: dir },
                 Err(err) => last_error = err,
             }
         }
@@ -50,148 +53,53 @@ impl RedisServer {
 
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://127.0.0.1:{}", self.port())
     }
 
     /// `redis://:<password>@127.0.0.1:<port>`.
     pub fn url_with_password(&self, password: &str) -> String {
-        format!("redis://:{password}@127.0.0.1:{}", self.port)
+        format!("redis://:{password}@127.0.0.1:{}", self.port())
     }
 
     /// The loopback port it listens on.
     pub fn port(&self) -> u16 {
-        self.port
+        self.process.port()
     }
 
     /// The server's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.pid()
     }
 
     /// Kill the server (SIGKILL) and wait for it to exit: clients see their connections drop
     /// and new connections refused. A no-op if it is not running.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // Err only if it already exited, which is what we want.
-            let _ = child.kill();
-            child.wait().expect("reaping the stopped redis-server");
-        }
+        self.process.kill();
     }
 
     /// Start the server again on the same port (stopping it first if it runs). Its data is
     /// gone: there is no persistence.
     pub fn restart(&mut self) {
-        self.stop();
-        // The old socket may linger for a moment: retry the bind for a while.
-        let deadline = Instant::now() + STARTUP_BOUND;
-        loop {
-            match self.spawn() {
-                Ok(()) => return,
-                Err(err) if Instant::now() < deadline => {
-                    eprintln!("redis-server restart on port {} failed, retrying: {err}", self.port);
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(err) => panic!("could not restart redis-server on port {}: {err}", self.port),
-            }
-        }
+        self.process.kill();
+        // The old socket may linger for a moment: `respawn` retries the bind for a while.
+        self.process.respawn();
     }
 
     /// Freeze the server (SIGSTOP): connections stay open, nothing is answered.
-    pub fn pause(&self) {
-        self.signal("-STOP");
+    pub fn pause(&mut self) {
+        self.process.pause();
     }
 
     /// Thaw a paused server (SIGCONT).
-    pub fn resume(&self) {
-        self.signal("-CONT");
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self.pid().expect("signalling redis-server: it is not running");
-        let status = Command::new("kill")
-            .arg(signal)
-            .arg(pid.to_string())
-            .status()
-            .expect("running `kill` to signal redis-server");
-        assert!(status.success(), "`kill {signal} {pid}` failed: {status}");
-    }
-
-    fn spawn(&mut self) -> Result<(), String> {
-        let log = std::fs::File::create(&self.log)
-            .map_err(|err| format!("creating the log file {}: {err}", self.log.display()))?;
-        let log_err = log.try_clone().map_err(|err| format!("cloning the log file handle: {err}"))?;
-        let mut child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--daemonize", "no", "--dir"])
-            .arg(std::env::temp_dir())
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .spawn()
-            .map_err(|err| format!("spawning redis-server (is it installed?): {err}"))?;
-        let deadline = Instant::now() + STARTUP_BOUND;
-        loop {
-            if let Some(status) = child.try_wait().map_err(|err| format!("polling redis-server: {err}"))? {
-                return Err(format!("redis-server exited with {status}; its log:\n{}", self.log_tail()));
-            }
-            // Our own server must have bound the port (its log says so): something else that
-            // answers on the port is not it.
-            let ready = std::fs::read_to_string(&self.log)
-                .is_ok_and(|log| log.contains("Ready to accept connections"));
-            if ready && answers_ping(self.port) {
-                self.child = Some(child);
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "redis-server on port {} did not answer PING within {STARTUP_BOUND:?}; its log:\n{}",
-                    self.port,
-                    self.log_tail()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_file(&self.log);
+    pub fn resume(&mut self) {
+        self.process.resume();
     }
 }
 
 impl fmt::Debug for RedisServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisServer").field("port", &self.port).field("pid", &self.pid()).finish()
+        f.debug_struct("RedisServer").field("port", &self.port()).field("pid", &self.pid()).finish()
     }
-}
-
-fn log_path(port: u16) -> PathBuf {
-    static SEQ: AtomicUsize = AtomicUsize::new(0);
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    std::env::temp_dir().join(format!("dlock-test-redis-{}-{seq}-{port}.log", std::process::id()))
 }
 
 /// A loopback port nobody listens on right now, below the kernel's ephemeral range (so no
@@ -214,19 +122,4 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free loopback port in {low}..{high}");
-}
-
-/// Whether something on `port` answers a RESP `PING` (`+PONG`, or an error such as `-NOAUTH`
-/// from a server with a password: either way, Redis is up).
-fn answers_ping(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
-    let timeout = Some(Duration::from_millis(500));
-    if stream.set_read_timeout(timeout).is_err() || stream.set_write_timeout(timeout).is_err() {
-        return false;
-    }
-    if stream.write_all(b"PING\r\n").is_err() {
-        return false;
-    }
-    let mut reply = [0u8; 64];
-    matches!(stream.read(&mut reply), Ok(n) if n > 0 && (reply[0] == b'+' || reply[0] == b'-'))
 }
