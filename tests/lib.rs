@@ -40,6 +40,7 @@ pub mod support {
     pub mod shared_topology;
     pub mod store;
     pub mod text;
+    pub mod tls;
 }
 
 pub use support::cluster::{ClusterNode, NodeRole, RedisCluster, SlotMigration};

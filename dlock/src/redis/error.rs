@@ -78,7 +78,15 @@ pub(super) fn late(url: &str, what: &str, timeout: Duration) -> BackendError {
 
 /// Connecting to `url` failed.
 pub(super) fn connect_error(url: &str, err: RedisError) -> BackendError {
-    BackendError::with_source(classify(&err), format!("could not connect to Redis at {url}"), RedisCause(err))
+    // rustls: "invalid peer certificate: UnknownIssuer", "… BadSignature", "… NotValidForName".
+    let message = if err.to_string().contains("invalid peer certificate") {
+        format!(
+            "could not connect to Redis at {url}: its TLS certificate was not accepted; if a private authority signed it, pass that authority's certificate with tls_root_certificates, and use a host name or IP address the certificate holds"
+        )
+    } else {
+        format!("could not connect to Redis at {url}")
+    };
+    BackendError::with_source(classify(&err), message, RedisCause(err))
 }
 
 /// An acquisition that fewer replicas than `wanted` acknowledged within `timeout`.

@@ -14,6 +14,7 @@ mod notify;
 mod scripts;
 #[cfg(feature = "redis-sentinel")]
 pub(crate) mod sentinel;
+mod tls;
 #[cfg(any(feature = "redis-cluster", feature = "redis-sentinel"))]
 pub(crate) mod url;
 
@@ -28,6 +29,7 @@ use self::engine::{Engine, Replicated, Replication};
 use self::error::redact;
 use self::notify::{Notifier, ServerFeeds};
 use self::scripts::Scripts;
+use self::tls::TlsOptions;
 use crate::backend::BackendError;
 use crate::error::Error;
 
@@ -76,6 +78,7 @@ pub struct RedisBackendBuilder {
     url: String,
     call_timeout: Duration,
     replication: Option<Replication>,
+    tls: TlsOptions,
 }
 
 impl fmt::Debug for RedisBackendBuilder {
@@ -84,6 +87,7 @@ impl fmt::Debug for RedisBackendBuilder {
             .field("url", &redact(&self.url))
             .field("call_timeout", &self.call_timeout)
             .field("replication", &self.replication)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -123,6 +127,47 @@ impl RedisBackendBuilder {
         self
     }
 
+    /// Trust the certificate authorities in `pem` (the contents of a PEM file: one or more
+    /// `-----BEGIN CERTIFICATE-----` blocks) for the `rediss://` connection, instead of the
+    /// public ones: for a server whose certificate a private authority signed. The host in
+    /// the URL must be a name or IP address the server's certificate holds.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let redis = dlock::RedisBackend::builder("rediss://redis.internal:6380")
+    ///     .tls_root_certificates(std::fs::read("/etc/redis/tls/ca.pem")?)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.roots = Some(pem.into());
+        self
+    }
+
+    /// Present `certificate` (PEM: the client's certificate, then any intermediates) with its
+    /// private `key` (PEM) to a server that verifies its clients (`tls-auth-clients yes`).
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let redis = dlock::RedisBackend::builder("rediss://redis.internal:6380")
+    ///     .tls_root_certificates(std::fs::read("/etc/redis/tls/ca.pem")?)
+    ///     .tls_client_certificate(std::fs::read("client.pem")?, std::fs::read("client.key")?)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls_client_certificate(
+        mut self,
+        certificate: impl Into<Vec<u8>>,
+        key: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client = Some((certificate.into(), key.into()));
+        self
+    }
+
     /// Connect, and check that Redis answers (and accepts the credentials in the URL).
     ///
     /// It also reads the server's `maxmemory` and `maxmemory-policy` (when the user may run
@@ -144,6 +189,8 @@ impl RedisBackendBuilder {
         };
         let info = self.url.as_str().into_connection_info().map_err(|err| invalid_url(&err))?;
         check_options(self.call_timeout, self.replication)?;
+        self.tls.check()?;
+        let info = self.tls.apply(info, &url)?;
         let info = info.set_tcp_settings(connection::tcp_settings(self.call_timeout));
         let client = redis::Client::open(info).map_err(|err| invalid_url(&err))?;
         let connector =
@@ -240,13 +287,18 @@ impl RedisBackend {
         Self::builder(url).connect().await
     }
 
-    /// Options: the call timeout.
+    /// Options: the call timeout, replicas that must acknowledge, TLS certificates.
     ///
     /// ```
     /// let builder = dlock::RedisBackend::builder("redis://127.0.0.1:6379");
     /// ```
     pub fn builder(url: impl Into<String>) -> RedisBackendBuilder {
-        RedisBackendBuilder { url: url.into(), call_timeout: Self::DEFAULT_CALL_TIMEOUT, replication: None }
+        RedisBackendBuilder {
+            url: url.into(),
+            call_timeout: Self::DEFAULT_CALL_TIMEOUT,
+            replication: None,
+            tls: TlsOptions::default(),
+        }
     }
 
     /// The channel on which this backend hears releases and hand-offs of `key` (the full key,

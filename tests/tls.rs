@@ -1,0 +1,183 @@
+//! TLS (`rediss://`, cargo feature `tls`) against real `redis-server`s serving TLS with a
+//! private certificate authority made for each test: locking, waiting and hand-offs over TLS
+//! (commands and pub/sub), the authority option, client certificates, and the errors a user
+//! sees when the certificates do not fit.
+
+use std::time::{Duration, Instant};
+
+use dlock::backend::BackendErrorKind;
+use dlock::{Error, LockService, RedisBackend};
+use dlock_tests::support::tls::Certificates;
+use dlock_tests::{RedisServer, chain, free_port, inspector, redis_cmd};
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A private server serving TLS on a port of its own (its plain port is for inspection).
+struct TlsServer {
+    server: RedisServer,
+    tls_port: u16,
+}
+
+impl TlsServer {
+    fn start(certs: &Certificates, verify_clients: bool) -> Self {
+        let tls_port = free_port();
+        let args = certs.server_args(tls_port, verify_clients);
+        let server = RedisServer::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        Self { server, tls_port }
+    }
+
+    fn rediss_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.tls_port)
+    }
+}
+
+async fn connect(
+    url: &str,
+    roots: Option<Vec<u8>>,
+    client: Option<(Vec<u8>, Vec<u8>)>,
+) -> Result<RedisBackend, Error> {
+    let mut builder = RedisBackend::builder(url).call_timeout(CALL_TIMEOUT);
+    if let Some(roots) = roots {
+        builder = builder.tls_root_certificates(roots);
+    }
+    if let Some((certificate, key)) = client {
+        builder = builder.tls_client_certificate(certificate, key);
+    }
+    builder.connect().await
+}
+
+/// The connection error of a backend that could not connect: its kind and its message chain.
+fn connect_failure(result: Result<RedisBackend, Error>, what: &str) -> (BackendErrorKind, String) {
+    match result {
+        Err(err @ Error::Backend { .. }) => {
+            let Error::Backend { source, .. } = &err else { unreachable!() };
+            (source.kind(), chain(&err))
+        }
+        Err(err) => panic!("{what}: expected Error::Backend, got {err:?} ({err})"),
+        Ok(backend) => panic!("{what}: connected: {backend:?}"),
+    }
+}
+
+/// With the private authority trusted, a `rediss://` backend locks (the key is on the
+/// server), and a second backend waiting on the key is handed it when the first releases:
+/// the hand-off notice came over TLS pub/sub, well before the waiter's 1 s recheck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_authority_trusted_locks_waits_and_hands_over_over_tls() {
+    let certs = Certificates::generate();
+    let tls = TlsServer::start(&certs, false);
+    let ca = certs.pem("ca.pem");
+    let first =
+        LockService::new(connect(&tls.rediss_url(), Some(ca.clone()), None).await.expect("connect over TLS"));
+    let second =
+        LockService::new(connect(&tls.rediss_url(), Some(ca), None).await.expect("connect over TLS"));
+
+    let guard = first.lock("acct").ttl(Duration::from_secs(10)).await.expect("lock over TLS");
+    let mut plain = inspector(&tls.server.url()).await;
+    let value: Option<String> = redis_cmd(&mut plain, &["GET", "acct"]).await;
+    let value = value.expect("the lock is on the server");
+    assert!(value.starts_with(&format!("{}:", guard.fencing_token())), "{value}");
+
+    let waiter = tokio::spawn(async move {
+        let guard = second.lock("acct").ttl(Duration::from_secs(10)).wait(Duration::from_secs(10)).await?;
+        let got = Instant::now();
+        let token = guard.fencing_token();
+        guard.release().await?;
+        Ok::<_, Error>((got, token))
+    });
+    // The waiter is in the key's line once its process is subscribed and has asked.
+    dlock_tests::poll_until(Duration::from_secs(5), "the waiter in line", || {
+        let mut plain = plain.clone();
+        async move { redis_cmd::<i64>(&mut plain, &["EXISTS", &RedisBackend::line_key("acct")]).await == 1 }
+    })
+    .await;
+    let first_token = guard.fencing_token();
+    let released = Instant::now();
+    assert!(guard.release().await.expect("release over TLS"));
+    let (got, token) = waiter.await.expect("the waiter task").expect("the waiter gets the lock");
+    assert!(token > first_token, "fencing tokens increase: {first_token} then {token}");
+    let handed_in = got.duration_since(released);
+    assert!(
+        handed_in < Duration::from_millis(500),
+        "handed over in {handed_in:?}: by the notice, not the 1 s recheck"
+    );
+}
+
+/// A server whose certificate another authority signed is refused — by the public roots when
+/// no authority is given, and by a private authority that did not sign it — promptly, as a
+/// connection error whose message says why.
+#[tokio::test]
+async fn a_certificate_from_an_authority_not_trusted_is_refused_with_a_clear_error() {
+    let certs = Certificates::generate();
+    let other = Certificates::generate();
+    let tls = TlsServer::start(&certs, false);
+    for (roots, case) in
+        [(None, "the public roots"), (Some(other.pem("ca.pem")), "another private authority")]
+    {
+        let started = Instant::now();
+        let (kind, message) = connect_failure(connect(&tls.rediss_url(), roots, None).await, case);
+        assert_eq!(kind, BackendErrorKind::Connection, "{case}: {message}");
+        assert!(
+            message.contains("TLS certificate was not accepted") && message.contains("tls_root_certificates"),
+            "{case}: the message says why, and what to do: {message}"
+        );
+        assert!(started.elapsed() < CALL_TIMEOUT, "{case}: refused after {:?}", started.elapsed());
+    }
+}
+
+/// A server that verifies clients (`tls-auth-clients yes`) refuses a client without a
+/// certificate, and serves one that presents the certificate its authority signed.
+#[tokio::test]
+async fn a_client_certificate_is_presented_to_a_server_that_verifies_clients() {
+    let certs = Certificates::generate();
+    let tls = TlsServer::start(&certs, true);
+    let ca = certs.pem("ca.pem");
+    let (kind, message) =
+        connect_failure(connect(&tls.rediss_url(), Some(ca.clone()), None).await, "no client certificate");
+    assert_eq!(kind, BackendErrorKind::Connection, "{message}");
+
+    let client = Some((certs.pem("client.pem"), certs.pem("client.key")));
+    let backend =
+        connect(&tls.rediss_url(), Some(ca), client).await.expect("connect with a client certificate");
+    let guard = LockService::new(backend).lock("k").await.expect("lock");
+    assert!(guard.release().await.expect("release"));
+}
+
+/// Options that cannot work are `InvalidInput` before anything connects, saying how to fix
+/// them: certificates for a plain `redis://` URL; a path where the PEM's contents belong.
+#[tokio::test]
+async fn tls_options_that_cannot_work_are_invalid_input() {
+    let certs = Certificates::generate();
+    let ca = certs.pem("ca.pem");
+    let port = free_port();
+    let cases: [(Result<RedisBackend, Error>, &str, &str); 3] = [
+        (
+            connect(&format!("redis://127.0.0.1:{port}"), Some(ca.clone()), None).await,
+            "Redis URL",
+            "rediss://",
+        ),
+        (
+            connect(&format!("rediss://127.0.0.1:{port}"), Some(b"/etc/redis/ca.pem".to_vec()), None).await,
+            "TLS certificates",
+            "not its path",
+        ),
+        (
+            connect(
+                &format!("rediss://127.0.0.1:{port}"),
+                Some(ca),
+                Some((certs.pem("client.pem"), b"client.key".to_vec())),
+            )
+            .await,
+            "TLS certificates",
+            "private key",
+        ),
+    ];
+    for (result, expected_what, hint) in cases {
+        match result {
+            Err(Error::InvalidInput { what, reason }) => {
+                assert_eq!(what, expected_what, "{reason}");
+                assert!(reason.contains(hint), "the reason says how to fix it: {reason}");
+            }
+            other => panic!("expected InvalidInput about {expected_what}, got {other:?}"),
+        }
+    }
+}
