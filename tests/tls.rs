@@ -6,9 +6,10 @@
 use std::time::{Duration, Instant};
 
 use dlock::backend::BackendErrorKind;
-use dlock::{Error, LockService, RedisBackend};
+use dlock::{Error, LockService, RedisBackend, RedisClusterBackend};
 use dlock_tests::support::tls::Certificates;
-use dlock_tests::{RedisServer, chain, free_port, inspector, redis_cmd};
+use dlock_tests::{RedisCluster, RedisServer, chain, cluster_inspector, free_port, inspector, redis_cmd};
+use tokio::task::block_in_place;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -179,5 +180,83 @@ async fn tls_options_that_cannot_work_are_invalid_input() {
             }
             other => panic!("expected InvalidInput about {expected_what}, got {other:?}"),
         }
+    }
+}
+
+/// A Redis Cluster whose nodes serve TLS (the bus too): with the private authority trusted,
+/// the cluster backend finds every shard over TLS (the nodes it is told of are their TLS
+/// ports), takes a lock on each of the three primaries, and hands a key over to a second
+/// backend by its sharded pub/sub notice, well before the 1 s recheck. A
+/// `rediss-cluster://` URL (`dlock::connect`, which trusts only the public authorities)
+/// reaches the same nodes over TLS and is refused for the certificate, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_over_tls_locks_on_every_shard_and_hands_over() {
+    let certs = Certificates::generate();
+    let cluster = block_in_place(|| RedisCluster::start_tls(&certs));
+    let connect = || {
+        RedisClusterBackend::builder(cluster.tls_seed_urls())
+            .call_timeout(CALL_TIMEOUT)
+            .tls_root_certificates(certs.pem("ca.pem"))
+            .connect()
+    };
+    let first = LockService::new(connect().await.expect("connect to the cluster over TLS"));
+    let second = LockService::new(connect().await.expect("connect to the cluster over TLS"));
+
+    // One key on each primary.
+    let mut keys: Vec<String> = Vec::new();
+    for i in 0.. {
+        let key = format!("acct{i}");
+        let primary = cluster.primary_for_key(&key);
+        if keys.iter().all(|k| cluster.primary_for_key(k) != primary) {
+            keys.push(key);
+        }
+        if keys.len() == 3 {
+            break;
+        }
+    }
+    let mut plain = cluster_inspector(&cluster.seed_urls()).await;
+    for key in &keys {
+        let guard = first.lock(key.as_str()).ttl(Duration::from_secs(10)).await.expect("lock over TLS");
+        let value: Option<String> = redis::cmd("GET").arg(key).query_async(&mut plain).await.expect("GET");
+        assert!(
+            value.is_some_and(|v| v.starts_with(&format!("{}:", guard.fencing_token()))),
+            "{key} on its shard"
+        );
+        assert!(guard.release().await.expect("release over TLS"));
+    }
+
+    let key = keys[0].clone();
+    let guard = first.lock(key.as_str()).ttl(Duration::from_secs(10)).await.expect("lock over TLS");
+    let waiting = key.clone();
+    let waiter = tokio::spawn(async move {
+        let guard =
+            second.lock(waiting.as_str()).ttl(Duration::from_secs(10)).wait(Duration::from_secs(10)).await?;
+        let got = Instant::now();
+        guard.release().await?;
+        Ok::<_, Error>(got)
+    });
+    let line = RedisBackend::line_key(&key);
+    dlock_tests::poll_until(Duration::from_secs(5), "the waiter in line", || {
+        let (mut plain, line) = (plain.clone(), line.clone());
+        async move { redis::cmd("EXISTS").arg(&line).query_async::<i64>(&mut plain).await.expect("EXISTS") == 1 }
+    })
+    .await;
+    let released = Instant::now();
+    assert!(guard.release().await.expect("release over TLS"));
+    let got = waiter.await.expect("the waiter task").expect("the waiter gets the lock");
+    let handed_in = got.duration_since(released);
+    assert!(
+        handed_in < Duration::from_millis(500),
+        "handed over in {handed_in:?}: by the notice, not the recheck"
+    );
+
+    let url = format!("rediss-cluster://{}", cluster.tls_seed_urls()[0].trim_start_matches("rediss://"));
+    match dlock::connect(&url).await {
+        Err(err @ Error::Backend { .. }) => {
+            let message = chain(&err);
+            assert!(message.contains("TLS certificate was not accepted"), "{url}: {message}");
+        }
+        Err(err) => panic!("{url}: expected Error::Backend, got {err:?} ({err})"),
+        Ok(service) => panic!("{url}: connected without trusting the private authority: {service:?}"),
     }
 }

@@ -28,6 +28,7 @@ use super::redis_process::{
     RedisProcess, SeenRole, TempDir, connect, info_field, poll, query, role, run, tail,
 };
 use super::server::free_port;
+use super::tls::Certificates;
 
 /// Hash slots in a Redis Cluster.
 const SLOTS: usize = 16384;
@@ -58,6 +59,8 @@ pub struct RedisCluster {
     ids: Vec<String>,
     /// What a node served when it was last killed or paused, while it is down.
     down: HashMap<u16, Shard>,
+    /// Each node's TLS port, for a cluster started with [`RedisCluster::start_tls`].
+    tls_ports: Vec<u16>,
     node_timeout: Duration,
     /// Dropped after `nodes`: the processes are gone before their directories.
     dir: TempDir,
@@ -107,12 +110,27 @@ impl RedisCluster {
     /// [`start`](Self::start) with `cluster-node-timeout` `node_timeout`: how long a node may
     /// not answer before it is taken for failing (and its replica fails over).
     pub fn start_with(node_timeout: Duration) -> Self {
+        Self::start_nodes(node_timeout, None)
+    }
+
+    /// [`start`](Self::start), each node also serving TLS with `certs`' server certificate on
+    /// a port of its own ([`tls_seed_urls`](Self::tls_seed_urls)), the cluster bus over TLS
+    /// too (`tls-cluster yes`): a client that comes over TLS is told the nodes' TLS ports. The
+    /// harness itself keeps to the plain ports.
+    pub fn start_tls(certs: &Certificates) -> Self {
+        Self::start_nodes(DEFAULT_NODE_TIMEOUT, Some(certs))
+    }
+
+    fn start_nodes(node_timeout: Duration, tls: Option<&Certificates>) -> Self {
         let dir = TempDir::new("cluster");
         let mut nodes: Vec<RedisProcess> = Vec::with_capacity(NODES);
+        let mut tls_ports = Vec::new();
         for index in 0..NODES {
-            nodes.push(start_node(&dir, index, node_timeout));
+            let tls_port = tls.map(|certs| (certs, free_port()));
+            nodes.push(start_node(&dir, index, node_timeout, tls_port));
+            tls_ports.extend(tls_port.map(|(_, port)| port));
         }
-        let mut cluster = Self { nodes, ids: Vec::new(), down: HashMap::new(), node_timeout, dir };
+        let mut cluster = Self { nodes, ids: Vec::new(), down: HashMap::new(), tls_ports, node_timeout, dir };
         cluster.create();
         cluster.ids = cluster
             .nodes
@@ -130,6 +148,13 @@ impl RedisCluster {
     /// nodes to give a cluster client.
     pub fn seed_urls(&self) -> Vec<String> {
         self.nodes.iter().map(|node| format!("redis://127.0.0.1:{}", node.port())).collect()
+    }
+
+    /// `rediss://127.0.0.1:<TLS port>` of every node of a cluster started with
+    /// [`start_tls`](Self::start_tls).
+    pub fn tls_seed_urls(&self) -> Vec<String> {
+        assert!(!self.tls_ports.is_empty(), "this cluster was not started with start_tls");
+        self.tls_ports.iter().map(|port| format!("rediss://127.0.0.1:{port}")).collect()
     }
 
     /// The `cluster-node-timeout` the nodes run with.
@@ -449,7 +474,15 @@ impl RedisCluster {
 
     /// What every running, unpaused node says. `Err` if one does not answer.
     fn views(&self) -> Result<Vec<View>, String> {
-        self.nodes.iter().filter(|node| node.is_up()).map(|node| View::take(node.port())).collect()
+        let plain_port = |port: u16| {
+            // A TLS cluster lists its nodes by their TLS ports; the harness goes by the plain ones.
+            self.tls_ports.iter().position(|tls| *tls == port).map_or(port, |index| self.nodes[index].port())
+        };
+        self.nodes
+            .iter()
+            .filter(|node| node.is_up())
+            .map(|node| View::take(node.port(), &plain_port))
+            .collect()
     }
 
     /// Poll until the cluster has settled and `extra` accepts it; panic after `bound`.
@@ -735,13 +768,17 @@ struct Line {
 }
 
 impl View {
-    fn take(port: u16) -> Result<Self, String> {
+    /// What the node on `port` says, its nodes named by `plain_port` of the port it lists.
+    fn take(port: u16, plain_port: &dyn Fn(u16) -> u16) -> Result<Self, String> {
         let mut conn = connect(port)?;
         let info: String =
             run(&mut conn, &["CLUSTER", "INFO"]).map_err(|err| format!("node {port}: {err}"))?;
         let nodes: String =
             run(&mut conn, &["CLUSTER", "NODES"]).map_err(|err| format!("node {port}: {err}"))?;
-        let role = role(&mut conn).map_err(|err| format!("node {port}: {err}"))?;
+        let role = match role(&mut conn).map_err(|err| format!("node {port}: {err}"))? {
+            SeenRole::Replica(primary) => SeenRole::Replica(plain_port(primary)),
+            primary => primary,
+        };
         let link_up = match role {
             SeenRole::Primary => false,
             SeenRole::Replica(_) => {
@@ -750,8 +787,11 @@ impl View {
                 info_field(&replication, "master_link_status") == Some("up")
             }
         };
-        let lines =
-            nodes.lines().filter(|line| !line.trim().is_empty()).map(parse_line).collect::<Result<_, _>>()?;
+        let lines = nodes
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| parse_line(line).map(|line| Line { port: plain_port(line.port), ..line }))
+            .collect::<Result<_, _>>()?;
         Ok(Self { port, ok: info_field(&info, "cluster_state") == Some("ok"), lines, role, link_up })
     }
 
@@ -825,7 +865,13 @@ fn expect_ok(port: u16, args: &[&str]) {
 
 /// Start the `index`th node of a new cluster in `<dir>/node-<index>` on a free port (whose
 /// bus port, +10000, is free too); tries another port if that one is taken meanwhile.
-fn start_node(dir: &TempDir, index: usize, node_timeout: Duration) -> RedisProcess {
+/// With `tls`, it also serves TLS on the given port, and the cluster bus is TLS.
+fn start_node(
+    dir: &TempDir,
+    index: usize,
+    node_timeout: Duration,
+    tls: Option<(&Certificates, u16)>,
+) -> RedisProcess {
     let node_dir = dir.subdir(&format!("node-{index}"));
     let mut last_error = String::new();
     for _ in 0..5 {
@@ -845,6 +891,14 @@ fn start_node(dir: &TempDir, index: usize, node_timeout: Duration) -> RedisProce
         // Full syncs (a new replica, a former primary rejoining) start at once.
         arg("--repl-diskless-sync", "yes");
         arg("--repl-diskless-sync-delay", "0");
+        if let Some((certs, tls_port)) = tls {
+            // Replicas follow their primary at the port the cluster names, its TLS port.
+            arg("--tls-cluster", "yes");
+            arg("--tls-replication", "yes");
+            // The bus port stays the plain port's + 10000 (which `cluster_port` checked).
+            arg("--cluster-port", &(port + 10000).to_string());
+            args.extend(certs.server_args(tls_port, false).into_iter().map(OsString::from));
+        }
         args.push("--dir".into());
         args.push(node_dir.clone().into_os_string());
         let mut node = RedisProcess::new(port, node_dir.clone(), args, "Ready to accept connections");

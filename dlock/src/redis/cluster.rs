@@ -35,6 +35,7 @@ use super::error::redact;
 use super::layout;
 use super::notify::{Feed, FeedEvent, FeedSink, FeedSource, Notifier};
 use super::scripts::Scripts;
+use super::tls::{self, TlsOptions};
 use super::{RedisBackend, check_options};
 use crate::backend::{BackendError, BoxFuture};
 use crate::error::Error;
@@ -77,6 +78,7 @@ pub struct RedisClusterBackendBuilder {
     nodes: Vec<String>,
     call_timeout: Duration,
     replication: Option<Replication>,
+    tls: TlsOptions,
 }
 
 impl fmt::Debug for RedisClusterBackendBuilder {
@@ -85,6 +87,7 @@ impl fmt::Debug for RedisClusterBackendBuilder {
             .field("nodes", &self.nodes.iter().map(|node| redact(node)).collect::<Vec<_>>())
             .field("call_timeout", &self.call_timeout)
             .field("replication", &self.replication)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -121,6 +124,48 @@ impl RedisClusterBackendBuilder {
         self
     }
 
+    /// Trust the certificate authorities in `pem` (the contents of a PEM file) for the
+    /// cluster's `rediss://` nodes, instead of the public ones; see
+    /// [`RedisBackendBuilder::tls_root_certificates`](crate::RedisBackendBuilder::tls_root_certificates).
+    /// Every node's certificate must hold the host name or IP address the cluster announces
+    /// for it.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = dlock::RedisClusterBackend::builder(["rediss://10.0.0.1:7000"])
+    ///     .tls_root_certificates(std::fs::read("/etc/redis/tls/ca.pem")?)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.roots = Some(pem.into());
+        self
+    }
+
+    /// Present `certificate` (PEM) with its private `key` (PEM) to nodes that verify their
+    /// clients; see
+    /// [`RedisBackendBuilder::tls_client_certificate`](crate::RedisBackendBuilder::tls_client_certificate).
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = dlock::RedisClusterBackend::builder(["rediss://10.0.0.1:7000"])
+    ///     .tls_client_certificate(std::fs::read("client.pem")?, std::fs::read("client.key")?)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls_client_certificate(
+        mut self,
+        certificate: impl Into<Vec<u8>>,
+        key: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client = Some((certificate.into(), key.into()));
+        self
+    }
+
     /// Connect to the cluster through the seed nodes, and check that it answers.
     ///
     /// ```no_run
@@ -143,16 +188,22 @@ impl RedisClusterBackendBuilder {
                 "`{shown}` are not Redis URLs ({err}); expected redis://[[user]:password@]host[:port] for each seed node, all with the same credentials"
             ),
         };
-        let client = cluster_client(&self.nodes, self.call_timeout, ProtocolVersion::RESP2, None)
-            .map_err(|err| invalid(&err))?;
+        self.tls.check()?;
+        if self.nodes.iter().any(|node| node.starts_with("rediss://")) {
+            tls::ensure_crypto_provider();
+        } else if self.tls.is_set() {
+            return Err(tls::not_tls(&shown));
+        }
+        let settings =
+            ClusterSettings { nodes: self.nodes.clone(), call_timeout: self.call_timeout, tls: self.tls };
+        let client = settings.client(ProtocolVersion::RESP2, None).map_err(|err| invalid(&err))?;
         let conns =
             Connections::new(ClusterConnector(client.clone()), self.call_timeout, format!("cluster {shown}"));
         let pong: Result<String, BackendError> = conns
             .call("PING", |mut conn| async move { redis::cmd("PING").query_async(&mut conn).await })
             .await;
         pong.map_err(|err| Error::backend("redis-cluster", None, err))?;
-        let feeds = ClusterFeeds { nodes: self.nodes.clone(), call_timeout: self.call_timeout };
-        let notifier = Notifier::start(feeds, self.call_timeout);
+        let notifier = Notifier::start(ClusterFeeds(settings), self.call_timeout);
         let replicated = self.replication.map(|wanted| Replicated {
             wanted,
             conns: Connections::new(
@@ -203,6 +254,7 @@ impl RedisClusterBackend {
             nodes: nodes.into_iter().map(Into::into).collect(),
             call_timeout: RedisBackend::DEFAULT_CALL_TIMEOUT,
             replication: None,
+            tls: TlsOptions::default(),
         }
     }
 
@@ -260,45 +312,58 @@ impl Connector for ClusterConnector {
     }
 }
 
-/// A client of the cluster at `nodes`; with `pushes`, on RESP3, sending push messages there.
-fn cluster_client(
-    nodes: &[String],
+/// How to reach the cluster: its seed nodes, the call timeout, TLS options.
+struct ClusterSettings {
+    nodes: Vec<String>,
     call_timeout: Duration,
-    protocol: ProtocolVersion,
-    pushes: Option<tokio::sync::mpsc::UnboundedSender<PushInfo>>,
-) -> RedisResult<ClusterClient> {
-    // Redirections (`MOVED`, `ASK`) and `TRYAGAIN` are retried a few times, quickly: the
-    // engine answers a lasting `TRYAGAIN` (a slot half migrated) with a one-key script, and
-    // the call timeout bounds the whole.
-    let mut builder = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
-        .retries(5)
-        .min_retry_wait(5)
-        .max_retry_wait(100)
-        .connection_timeout(call_timeout)
-        // A node that does not answer within the call timeout has its connection repaired.
-        .response_timeout(call_timeout)
-        // The call timeout bounds each call as a whole already (`Connections::call`): two
-        // timers per call (that and the node's) instead of three.
-        .overall_response_timeout(None)
-        .tcp_settings(tcp_settings(call_timeout))
-        .use_protocol(protocol);
-    if let Some(pushes) = pushes {
-        builder = builder.push_sender(pushes);
+    tls: TlsOptions,
+}
+
+impl ClusterSettings {
+    /// A client of the cluster; with `pushes`, on RESP3, sending push messages there.
+    fn client(
+        &self,
+        protocol: ProtocolVersion,
+        pushes: Option<tokio::sync::mpsc::UnboundedSender<PushInfo>>,
+    ) -> RedisResult<ClusterClient> {
+        let Self { nodes, call_timeout, tls } = self;
+        let call_timeout = *call_timeout;
+        // Redirections (`MOVED`, `ASK`) and `TRYAGAIN` are retried a few times, quickly: the
+        // engine answers a lasting `TRYAGAIN` (a slot half migrated) with a one-key script, and
+        // the call timeout bounds the whole.
+        let mut builder = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+            .retries(5)
+            .min_retry_wait(5)
+            .max_retry_wait(100)
+            .connection_timeout(call_timeout)
+            // A node that does not answer within the call timeout has its connection repaired.
+            .response_timeout(call_timeout)
+            // The call timeout bounds each call as a whole already (`Connections::call`): two
+            // timers per call (that and the node's) instead of three.
+            .overall_response_timeout(None)
+            .tcp_settings(tcp_settings(call_timeout))
+            .use_protocol(protocol);
+        if let Some(pushes) = pushes {
+            builder = builder.push_sender(pushes);
+        }
+        #[cfg(feature = "tls")]
+        if let Some(certificates) = tls.certificates() {
+            builder = builder.certs(certificates);
+        }
+        #[cfg(not(feature = "tls"))]
+        let _ = tls;
+        builder.build()
     }
-    builder.build()
 }
 
 /// Sharded pub/sub connections to the cluster (RESP3, for push messages).
-struct ClusterFeeds {
-    nodes: Vec<String>,
-    call_timeout: Duration,
-}
+struct ClusterFeeds(ClusterSettings);
 
 impl FeedSource for ClusterFeeds {
     fn open(&self) -> BoxFuture<'_, RedisResult<Feed>> {
         Box::pin(async move {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            let client = cluster_client(&self.nodes, self.call_timeout, ProtocolVersion::RESP3, Some(tx))?;
+            let client = self.0.client(ProtocolVersion::RESP3, Some(tx))?;
             let conn = client.get_async_connection().await?;
             let expected = Arc::new(Mutex::new(HashMap::new()));
             let sink = ClusterSink { conn, expected: Arc::clone(&expected) };

@@ -28,6 +28,7 @@ use super::error::redact;
 use super::layout;
 use super::notify::Notifier;
 use super::scripts::Scripts;
+use super::tls::TlsOptions;
 use super::{RedisBackend, check_options};
 use crate::backend::BackendError;
 use crate::background;
@@ -75,6 +76,7 @@ pub struct RedisSentinelBackendBuilder {
     username: Option<String>,
     password: Option<String>,
     db: i64,
+    tls: TlsOptions,
 }
 
 impl fmt::Debug for RedisSentinelBackendBuilder {
@@ -87,6 +89,7 @@ impl fmt::Debug for RedisSentinelBackendBuilder {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("db", &self.db)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -144,6 +147,48 @@ impl RedisSentinelBackendBuilder {
         self
     }
 
+    /// Trust the certificate authorities in `pem` (the contents of a PEM file) for the
+    /// `rediss://` sentinels and the primaries they name, instead of the public ones; see
+    /// [`RedisBackendBuilder::tls_root_certificates`](crate::RedisBackendBuilder::tls_root_certificates).
+    /// The primaries are reached over TLS when the sentinels are, at the address the sentinels
+    /// name, which their certificates must hold.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let redis = dlock::RedisSentinelBackend::builder(["rediss://10.0.0.1:26379"], "payments")
+    ///     .tls_root_certificates(std::fs::read("/etc/redis/tls/ca.pem")?)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.roots = Some(pem.into());
+        self
+    }
+
+    /// Present `certificate` (PEM) with its private `key` (PEM) to sentinels and primaries
+    /// that verify their clients; see
+    /// [`RedisBackendBuilder::tls_client_certificate`](crate::RedisBackendBuilder::tls_client_certificate).
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let redis = dlock::RedisSentinelBackend::builder(["rediss://10.0.0.1:26379"], "payments")
+    ///     .tls_client_certificate(std::fs::read("client.pem")?, std::fs::read("client.key")?)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls_client_certificate(
+        mut self,
+        certificate: impl Into<Vec<u8>>,
+        key: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client = Some((certificate.into(), key.into()));
+        self
+    }
+
     /// Ask the sentinels for the primary, connect to it and check that it answers.
     ///
     /// ```no_run
@@ -159,12 +204,14 @@ impl RedisSentinelBackendBuilder {
                 reason: "it is empty; pass the name the sentinels monitor the primary under (`sentinel monitor <name> …`)".into(),
             });
         }
+        self.tls.check()?;
         let mut sentinels = Vec::with_capacity(self.sentinels.len());
         for url in &self.sentinels {
             let info = url.as_str().into_connection_info().map_err(|err| Error::InvalidInput {
                 what: "Sentinel URL",
                 reason: format!("`{}` is not a Redis URL ({err}); expected redis://[[user]:password@]host[:port] for each sentinel", redact(url)),
             })?;
+            let info = self.tls.apply(info, &redact(url))?;
             sentinels.push(info.set_tcp_settings(tcp_settings(self.call_timeout)));
         }
         if sentinels.is_empty() {
@@ -240,6 +287,7 @@ impl RedisSentinelBackend {
             username: None,
             password: None,
             db: 0,
+            tls: TlsOptions::default(),
         }
     }
 
