@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use dlock::backend::BackendErrorKind;
-use dlock::{Error, LockService, RedisBackend, RedisClusterBackend};
-use dlock_tests::support::tls::Certificates;
+use dlock::{Error, LockService, RedisBackend, RedisClusterBackend, RedisSentinelBackend};
+use dlock_tests::support::tls::{Certificates, TlsSentinel};
 use dlock_tests::{RedisCluster, RedisServer, chain, cluster_inspector, free_port, inspector, redis_cmd};
 use tokio::task::block_in_place;
 
@@ -258,5 +258,74 @@ async fn a_cluster_over_tls_locks_on_every_shard_and_hands_over() {
         }
         Err(err) => panic!("{url}: expected Error::Backend, got {err:?} ({err})"),
         Ok(service) => panic!("{url}: connected without trusting the private authority: {service:?}"),
+    }
+}
+
+/// A sentinel and a primary that both serve TLS: with the private authority trusted, the
+/// sentinel backend asks the sentinel over TLS, reaches the primary it names (at its TLS port)
+/// over TLS too, and locks and hands over between two backends by notice. Without the
+/// authority, the sentinel's certificate is refused, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_over_tls_names_a_primary_reached_over_tls() {
+    let certs = Certificates::generate();
+    let primary = TlsServer::start(&certs, false);
+    let sentinel = block_in_place(|| TlsSentinel::start(&certs, "tls-group", primary.tls_port));
+    let connect = || {
+        RedisSentinelBackend::builder([sentinel.rediss_url()], "tls-group")
+            .call_timeout(CALL_TIMEOUT)
+            .tls_root_certificates(certs.pem("ca.pem"))
+            .connect()
+    };
+    let backend = connect().await.expect("connect through the sentinel over TLS");
+    assert_eq!(
+        backend.primary_address(),
+        format!("127.0.0.1:{}", primary.tls_port),
+        "the primary's TLS port"
+    );
+    let first = LockService::new(backend);
+    let second = LockService::new(connect().await.expect("connect through the sentinel over TLS"));
+
+    let guard = first.lock("acct").ttl(Duration::from_secs(10)).await.expect("lock over TLS");
+    let mut plain = inspector(&primary.server.url()).await;
+    let value: Option<String> = redis_cmd(&mut plain, &["GET", "acct"]).await;
+    assert!(
+        value.is_some_and(|v| v.starts_with(&format!("{}:", guard.fencing_token()))),
+        "the lock on the primary"
+    );
+    let waiter = tokio::spawn(async move {
+        let guard = second.lock("acct").ttl(Duration::from_secs(10)).wait(Duration::from_secs(10)).await?;
+        let got = Instant::now();
+        guard.release().await?;
+        Ok::<_, Error>(got)
+    });
+    dlock_tests::poll_until(Duration::from_secs(5), "the waiter in line", || {
+        let mut plain = plain.clone();
+        async move { redis_cmd::<i64>(&mut plain, &["EXISTS", &RedisBackend::line_key("acct")]).await == 1 }
+    })
+    .await;
+    let released = Instant::now();
+    assert!(guard.release().await.expect("release over TLS"));
+    let got = waiter.await.expect("the waiter task").expect("the waiter gets the lock");
+    let handed_in = got.duration_since(released);
+    assert!(
+        handed_in < Duration::from_millis(500),
+        "handed over in {handed_in:?}: by the notice, not the recheck"
+    );
+
+    let refused = RedisSentinelBackend::builder([sentinel.rediss_url()], "tls-group")
+        .call_timeout(CALL_TIMEOUT)
+        .connect()
+        .await;
+    match refused {
+        Err(err @ Error::Backend { .. }) => {
+            let message = chain(&err);
+            assert!(
+                message.contains("TLS certificates were not accepted")
+                    && message.contains("tls_root_certificates"),
+                "the message says why, and what to do: {message}"
+            );
+        }
+        Err(err) => panic!("expected Error::Backend, got {err:?} ({err})"),
+        Ok(backend) => panic!("connected without trusting the private authority: {backend:?}"),
     }
 }

@@ -1,11 +1,13 @@
 //! [`Certificates`]: a private certificate authority made for one test (with the `openssl`
 //! command), the certificates it signs — one for servers on loopback, one for a client — and
-//! the `redis-server` arguments that serve TLS with them.
+//! the `redis-server` arguments that serve TLS with them; [`TlsSentinel`]: a sentinel that
+//! serves TLS and reaches its primary over TLS.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::redis_process::TempDir;
+use super::redis_process::{RedisProcess, TempDir};
+use super::server::free_port;
 
 /// A certificate authority and what it signed, as PEM files in a temp dir of their own.
 pub struct Certificates {
@@ -116,6 +118,54 @@ impl Certificates {
             "--tls-auth-clients".into(),
             if verify_clients { "yes" } else { "no" }.into(),
         ]
+    }
+}
+
+/// A sentinel (quorum 1) that monitors a primary at its TLS port and serves TLS itself on a
+/// port of its own; its plain port is for the harness. Killed on drop.
+pub struct TlsSentinel {
+    /// Killed on drop.
+    _process: RedisProcess,
+    tls_port: u16,
+    /// Dropped after the process.
+    _dir: TempDir,
+}
+
+impl TlsSentinel {
+    /// Start one watching `master_name` at `127.0.0.1:<primary_tls_port>`, which must serve
+    /// TLS with `certs`' server certificate.
+    pub fn start(certs: &Certificates, master_name: &str, primary_tls_port: u16) -> Self {
+        let dir = TempDir::new("tls-sentinel");
+        let conf = dir.path().join("sentinel.conf");
+        let path = |file: &str| certs.path(file).display().to_string();
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let (port, tls_port) = (free_port(), free_port());
+            let text = format!(
+                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir \"{}\"\n\
+                 tls-port {tls_port}\ntls-cert-file \"{}\"\ntls-key-file \"{}\"\ntls-ca-cert-file \"{}\"\n\
+                 tls-auth-clients no\ntls-replication yes\n\
+                 sentinel resolve-hostnames no\n\
+                 sentinel monitor {master_name} 127.0.0.1 {primary_tls_port} 1\n",
+                dir.path().display(),
+                path("server.pem"),
+                path("server.key"),
+                path("ca.pem"),
+            );
+            std::fs::write(&conf, text).unwrap_or_else(|err| panic!("writing {}: {err}", conf.display()));
+            let args = vec![conf.clone().into_os_string(), "--sentinel".into()];
+            let mut process = RedisProcess::new(port, dir.path().to_owned(), args, "Sentinel ID is");
+            match process.spawn() {
+                Ok(()) => return Self { _process: process, tls_port, _dir: dir },
+                Err(err) => last_error = err,
+            }
+        }
+        panic!("could not start a TLS sentinel after 5 attempts: {last_error}");
+    }
+
+    /// `rediss://127.0.0.1:<TLS port>`.
+    pub fn rediss_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.tls_port)
     }
 }
 

@@ -151,7 +151,18 @@ impl Primary {
             )
         };
         let Some(((host, port), count)) = votes.first().cloned() else {
-            return Err(unavailable(format!("no sentinel named one ({})", failures.join("; "))));
+            let failed = failures.join("; ");
+            if failed.contains("invalid peer certificate") {
+                // Not a missing primary: no sentinel could be asked. Retrying will not help.
+                return Err(BackendError::new(
+                    BackendErrorKind::Connection,
+                    format!(
+                        "no primary for `{}`: the sentinels' TLS certificates were not accepted ({failed}); if a private authority signed them, pass that authority's certificate with tls_root_certificates",
+                        self.master_name
+                    ),
+                ));
+            }
+            return Err(unavailable(format!("no sentinel named one ({failed})")));
         };
         if count * 2 <= answered {
             return Err(unavailable(format!("the {answered} sentinels that answered disagree ({votes:?})")));
