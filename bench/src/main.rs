@@ -195,14 +195,6 @@ fn main() {
     };
     if let Mode::Cycles { redis, cluster, contender, cycles } = mode {
         // One thread, so that callgrind's count does not depend on which worker ran what.
-        if std::env::var_os("MT").is_some() {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("rt");
-            let r = runtime.block_on(async move {
-                tokio::spawn(async move { count_cycles(&redis, cluster.as_deref(), contender, cycles).await.map_err(|e| e.to_string()) }).await.unwrap()
-            });
-            if let Err(err) = r { eprintln!("{err}"); }
-            return;
-        }
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
         if let Err(err) = runtime.block_on(count_cycles(&redis, cluster.as_deref(), contender, cycles)) {

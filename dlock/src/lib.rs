@@ -36,7 +36,8 @@
 //! - [`LockService`]: a [`LockBackend`] plus defaults; register one with [`set_global`] or
 //!   [`register`].
 //! - Backends: [`MemoryBackend`] (in-process), [`RedisBackend`] (feature `redis`, on by
-//!   default; `rediss://` with feature `tls`), `RedisClusterBackend` (feature
+//!   default; `rediss://` with feature `tls`, a private authority through
+//!   `tls_root_certificates` on the builder), `RedisClusterBackend` (feature
 //!   `redis-cluster`), `RedisSentinelBackend` (feature `redis-sentinel`) and `PostgresBackend`
 //!   (feature `postgres`); [`connect()`] picks one from a URL.
 //! - The manual API: [`lock`] / [`LockService::lock`] / [`LockService::lock_all`] →
