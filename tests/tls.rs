@@ -59,6 +59,43 @@ fn connect_failure(result: Result<RedisBackend, Error>, what: &str) -> (BackendE
     }
 }
 
+/// `holder` takes `key`; a task waits for it through `waiter` until `inspect` (a plain
+/// connection to the key's server or cluster) shows the waiter in the key's line; `holder`
+/// releases. The waiter must get the key by the hand-off notice — within 500 ms, where its
+/// recheck is 1 s away — with a greater fencing token.
+async fn hand_over_by_notice<C>(holder: &LockService, waiter: LockService, key: &str, inspect: C)
+where
+    C: redis::aio::ConnectionLike + Clone + Send + 'static,
+{
+    let guard = holder.lock(key).ttl(Duration::from_secs(10)).await.expect("lock over TLS");
+    let waiting = key.to_owned();
+    let waiter = tokio::spawn(async move {
+        let guard =
+            waiter.lock(waiting.as_str()).ttl(Duration::from_secs(10)).wait(Duration::from_secs(10)).await?;
+        let got = Instant::now();
+        let token = guard.fencing_token();
+        guard.release().await?;
+        Ok::<_, Error>((got, token))
+    });
+    // The waiter is in the key's line once its process is subscribed and has asked.
+    let line = RedisBackend::line_key(key);
+    dlock_tests::poll_until(Duration::from_secs(5), "the waiter in line", || {
+        let (mut conn, line) = (inspect.clone(), line.clone());
+        async move { redis::cmd("EXISTS").arg(&line).query_async::<i64>(&mut conn).await.expect("EXISTS") == 1 }
+    })
+    .await;
+    let first_token = guard.fencing_token();
+    let released = Instant::now();
+    assert!(guard.release().await.expect("release over TLS"));
+    let (got, token) = waiter.await.expect("the waiter task").expect("the waiter gets the lock");
+    assert!(token > first_token, "fencing tokens increase: {first_token} then {token}");
+    let handed_in = got.duration_since(released);
+    assert!(
+        handed_in < Duration::from_millis(500),
+        "handed over in {handed_in:?}: by the notice, not the recheck"
+    );
+}
+
 /// With the private authority trusted, a `rediss://` backend locks (the key is on the
 /// server), and a second backend waiting on the key is handed it when the first releases:
 /// the hand-off notice came over TLS pub/sub, well before the waiter's 1 s recheck.
@@ -77,30 +114,8 @@ async fn a_private_authority_trusted_locks_waits_and_hands_over_over_tls() {
     let value: Option<String> = redis_cmd(&mut plain, &["GET", "acct"]).await;
     let value = value.expect("the lock is on the server");
     assert!(value.starts_with(&format!("{}:", guard.fencing_token())), "{value}");
-
-    let waiter = tokio::spawn(async move {
-        let guard = second.lock("acct").ttl(Duration::from_secs(10)).wait(Duration::from_secs(10)).await?;
-        let got = Instant::now();
-        let token = guard.fencing_token();
-        guard.release().await?;
-        Ok::<_, Error>((got, token))
-    });
-    // The waiter is in the key's line once its process is subscribed and has asked.
-    dlock_tests::poll_until(Duration::from_secs(5), "the waiter in line", || {
-        let mut plain = plain.clone();
-        async move { redis_cmd::<i64>(&mut plain, &["EXISTS", &RedisBackend::line_key("acct")]).await == 1 }
-    })
-    .await;
-    let first_token = guard.fencing_token();
-    let released = Instant::now();
     assert!(guard.release().await.expect("release over TLS"));
-    let (got, token) = waiter.await.expect("the waiter task").expect("the waiter gets the lock");
-    assert!(token > first_token, "fencing tokens increase: {first_token} then {token}");
-    let handed_in = got.duration_since(released);
-    assert!(
-        handed_in < Duration::from_millis(500),
-        "handed over in {handed_in:?}: by the notice, not the 1 s recheck"
-    );
+    hand_over_by_notice(&first, second, "acct", plain).await;
 }
 
 /// A server whose certificate another authority signed is refused — by the public roots when
@@ -225,30 +240,7 @@ async fn a_cluster_over_tls_locks_on_every_shard_and_hands_over() {
         assert!(guard.release().await.expect("release over TLS"));
     }
 
-    let key = keys[0].clone();
-    let guard = first.lock(key.as_str()).ttl(Duration::from_secs(10)).await.expect("lock over TLS");
-    let waiting = key.clone();
-    let waiter = tokio::spawn(async move {
-        let guard =
-            second.lock(waiting.as_str()).ttl(Duration::from_secs(10)).wait(Duration::from_secs(10)).await?;
-        let got = Instant::now();
-        guard.release().await?;
-        Ok::<_, Error>(got)
-    });
-    let line = RedisBackend::line_key(&key);
-    dlock_tests::poll_until(Duration::from_secs(5), "the waiter in line", || {
-        let (mut plain, line) = (plain.clone(), line.clone());
-        async move { redis::cmd("EXISTS").arg(&line).query_async::<i64>(&mut plain).await.expect("EXISTS") == 1 }
-    })
-    .await;
-    let released = Instant::now();
-    assert!(guard.release().await.expect("release over TLS"));
-    let got = waiter.await.expect("the waiter task").expect("the waiter gets the lock");
-    let handed_in = got.duration_since(released);
-    assert!(
-        handed_in < Duration::from_millis(500),
-        "handed over in {handed_in:?}: by the notice, not the recheck"
-    );
+    hand_over_by_notice(&first, second, &keys[0], plain).await;
 
     let url = format!("rediss-cluster://{}", cluster.tls_seed_urls()[0].trim_start_matches("rediss://"));
     match dlock::connect(&url).await {
@@ -292,25 +284,8 @@ async fn a_sentinel_over_tls_names_a_primary_reached_over_tls() {
         value.is_some_and(|v| v.starts_with(&format!("{}:", guard.fencing_token()))),
         "the lock on the primary"
     );
-    let waiter = tokio::spawn(async move {
-        let guard = second.lock("acct").ttl(Duration::from_secs(10)).wait(Duration::from_secs(10)).await?;
-        let got = Instant::now();
-        guard.release().await?;
-        Ok::<_, Error>(got)
-    });
-    dlock_tests::poll_until(Duration::from_secs(5), "the waiter in line", || {
-        let mut plain = plain.clone();
-        async move { redis_cmd::<i64>(&mut plain, &["EXISTS", &RedisBackend::line_key("acct")]).await == 1 }
-    })
-    .await;
-    let released = Instant::now();
     assert!(guard.release().await.expect("release over TLS"));
-    let got = waiter.await.expect("the waiter task").expect("the waiter gets the lock");
-    let handed_in = got.duration_since(released);
-    assert!(
-        handed_in < Duration::from_millis(500),
-        "handed over in {handed_in:?}: by the notice, not the recheck"
-    );
+    hand_over_by_notice(&first, second, "acct", plain).await;
 
     let refused = RedisSentinelBackend::builder([sentinel.rediss_url()], "tls-group")
         .call_timeout(CALL_TIMEOUT)
