@@ -35,7 +35,7 @@ use super::error::redact;
 use super::layout;
 use super::notify::{Feed, FeedEvent, FeedSink, FeedSource, Notifier};
 use super::scripts::Scripts;
-use super::tls::{self, TlsOptions};
+use super::tls::TlsOptions;
 use super::{RedisBackend, check_options};
 use crate::backend::{BackendError, BoxFuture};
 use crate::error::Error;
@@ -188,12 +188,7 @@ impl RedisClusterBackendBuilder {
                 "`{shown}` are not Redis URLs ({err}); expected redis://[[user]:password@]host[:port] for each seed node, all with the same credentials"
             ),
         };
-        self.tls.check()?;
-        if self.nodes.iter().any(|node| node.starts_with("rediss://")) {
-            tls::ensure_crypto_provider();
-        } else if self.tls.is_set() {
-            return Err(tls::not_tls(&shown));
-        }
+        self.tls.prepare_nodes(&self.nodes, &shown)?;
         let settings =
             ClusterSettings { nodes: self.nodes.clone(), call_timeout: self.call_timeout, tls: self.tls };
         let client = settings.client(ProtocolVersion::RESP2, None).map_err(|err| invalid(&err))?;

@@ -76,12 +76,20 @@ pub(super) fn late(url: &str, what: &str, timeout: Duration) -> BackendError {
     )
 }
 
+/// Whether `text` (a failure's message) is rustls refusing a server's certificate:
+/// "invalid peer certificate: UnknownIssuer", "… BadSignature", "… NotValidForName".
+pub(super) fn refuses_certificate(text: &str) -> bool {
+    text.contains("invalid peer certificate")
+}
+
+/// What to do about a server certificate that was refused.
+pub(super) const TRUST_THE_CERTIFICATE: &str = "if a private authority signed the certificate, pass that authority's certificate with tls_root_certificates, and use a host name or IP address the certificate holds";
+
 /// Connecting to `url` failed.
 pub(super) fn connect_error(url: &str, err: RedisError) -> BackendError {
-    // rustls: "invalid peer certificate: UnknownIssuer", "… BadSignature", "… NotValidForName".
-    let message = if err.to_string().contains("invalid peer certificate") {
+    let message = if refuses_certificate(&err.to_string()) {
         format!(
-            "could not connect to Redis at {url}: its TLS certificate was not accepted; if a private authority signed it, pass that authority's certificate with tls_root_certificates, and use a host name or IP address the certificate holds"
+            "could not connect to Redis at {url}: its TLS certificate was not accepted; {TRUST_THE_CERTIFICATE}"
         )
     } else {
         format!("could not connect to Redis at {url}")

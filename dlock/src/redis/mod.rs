@@ -189,7 +189,6 @@ impl RedisBackendBuilder {
         };
         let info = self.url.as_str().into_connection_info().map_err(|err| invalid_url(&err))?;
         check_options(self.call_timeout, self.replication)?;
-        self.tls.check()?;
         let info = self.tls.apply(info, &url)?;
         let info = info.set_tcp_settings(connection::tcp_settings(self.call_timeout));
         let client = redis::Client::open(info).map_err(|err| invalid_url(&err))?;

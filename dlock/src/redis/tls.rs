@@ -38,7 +38,7 @@ impl TlsOptions {
     }
 
     /// Check what can be checked before connecting: each PEM holds what it should.
-    pub(super) fn check(&self) -> Result<(), Error> {
+    fn check(&self) -> Result<(), Error> {
         // "-----BEGIN CERTIFICATE-----"; keys are "-----BEGIN [RSA |EC ]PRIVATE KEY-----".
         let holds = |pem: &[u8], what: &str| {
             let pem = String::from_utf8_lossy(pem);
@@ -78,21 +78,36 @@ impl TlsOptions {
         })
     }
 
-    /// `info` (of the URL shown as `shown`) ready to connect: with these options applied, and,
-    /// when it uses TLS, a crypto provider in place (see [`ensure_crypto_provider`]). Options
-    /// for a URL without TLS are an error.
+    /// `info` (of the URL shown as `shown`) ready to connect: see [`prepare`](Self::prepare);
+    /// then with these options applied.
     pub(super) fn apply(&self, info: ConnectionInfo, shown: &str) -> Result<ConnectionInfo, Error> {
         let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
-        if tls {
-            ensure_crypto_provider();
-        }
+        self.prepare(tls, shown)?;
         if !self.is_set() {
             return Ok(info);
         }
-        if !tls {
+        self.apply_certificates(info)
+    }
+
+    /// [`prepare`](Self::prepare) for a cluster's seed nodes (shown as `shown`), which
+    /// redis-rs's cluster client parses itself; the options go to it through
+    /// [`certificates`](Self::certificates).
+    #[cfg(feature = "redis-cluster")]
+    pub(super) fn prepare_nodes(&self, nodes: &[String], shown: &str) -> Result<(), Error> {
+        self.prepare(nodes.iter().any(|node| node.starts_with("rediss://")), shown)
+    }
+
+    /// Before connecting to a URL (shown as `shown`) that uses TLS or not: the options are
+    /// well-formed, options for a URL without TLS are an error, and a URL with TLS has a
+    /// crypto provider in place (see [`ensure_crypto_provider`]).
+    fn prepare(&self, tls: bool, shown: &str) -> Result<(), Error> {
+        self.check()?;
+        if tls {
+            ensure_crypto_provider();
+        } else if self.is_set() {
             return Err(not_tls(shown));
         }
-        self.apply_certificates(info)
+        Ok(())
     }
 
     #[cfg(feature = "tls")]
@@ -111,18 +126,18 @@ impl TlsOptions {
 }
 
 /// Make sure rustls has a process-wide crypto provider before a TLS connection is made: the
-/// application's, if it installed one, otherwise `ring`'s. redis-rs's rustls enables none,
-/// and rustls panics when it must pick one and cannot (none enabled, or two).
-pub(super) fn ensure_crypto_provider() {
+/// application's, if it installed one, otherwise `ring`'s (which the `tls` feature turns on;
+/// redis-rs turns on none). rustls picks a provider by itself only when exactly one is on,
+/// and panics otherwise — as in an application whose other dependencies turn on `aws-lc-rs`.
+fn ensure_crypto_provider() {
+    // `install_default` never replaces a provider already in place (the application's, or
+    // one another connection installed): it then fails, and that is fine.
     #[cfg(feature = "tls")]
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Another thread may install one meanwhile; whichever won is the process's provider.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// TLS options were given for a URL that does not use TLS.
-pub(super) fn not_tls(shown: &str) -> Error {
+fn not_tls(shown: &str) -> Error {
     Error::InvalidInput {
         what: "Redis URL",
         reason: format!(

@@ -204,7 +204,6 @@ impl RedisSentinelBackendBuilder {
                 reason: "it is empty; pass the name the sentinels monitor the primary under (`sentinel monitor <name> …`)".into(),
             });
         }
-        self.tls.check()?;
         let mut sentinels = Vec::with_capacity(self.sentinels.len());
         for url in &self.sentinels {
             let info = url.as_str().into_connection_info().map_err(|err| Error::InvalidInput {

@@ -11,7 +11,7 @@ use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisResult};
 use tokio::sync::watch;
 
 use super::super::connection::{Conn, Connector, ServerConnector, connection_config, tcp_settings};
-use super::super::error::classify;
+use super::super::error::{TRUST_THE_CERTIFICATE, classify, refuses_certificate};
 use super::super::notify::{Feed, FeedSource, server_feed};
 use crate::backend::{BackendError, BackendErrorKind, BoxFuture};
 use crate::background;
@@ -152,12 +152,12 @@ impl Primary {
         };
         let Some(((host, port), count)) = votes.first().cloned() else {
             let failed = failures.join("; ");
-            if failed.contains("invalid peer certificate") {
+            if refuses_certificate(&failed) {
                 // Not a missing primary: no sentinel could be asked. Retrying will not help.
                 return Err(BackendError::new(
                     BackendErrorKind::Connection,
                     format!(
-                        "no primary for `{}`: the sentinels' TLS certificates were not accepted ({failed}); if a private authority signed them, pass that authority's certificate with tls_root_certificates",
+                        "no primary for `{}`: the sentinels' TLS certificates were not accepted ({failed}); {TRUST_THE_CERTIFICATE}",
                         self.master_name
                     ),
                 ));
