@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use dlock::{LockService, RedisClusterBackend};
 use dlock_tests::support::contention::{assert_replicated_lock_kept, contend_through};
-use dlock_tests::{RedisCluster, Store, subscribers_on};
+use dlock_tests::{NodeRole, RedisCluster, Store, subscribers_on};
 use tokio::task::block_in_place;
 
 /// A cluster of this test's own (blocking: started off the runtime's worker).
@@ -335,6 +335,108 @@ async fn a_takeover_keeps_held_locks_and_their_renewals() {
     let next = waiter.await.expect("waiter task").expect("the waiter takes the key after the takeover");
     assert!(next.fencing_token() > token, "tokens increase across the takeover");
     next.release().await.expect("release");
+}
+
+/// How a test fails the primary on `primary` over to its replica `replica`.
+#[derive(Debug, Clone, Copy)]
+enum Failover {
+    /// `CLUSTER FAILOVER TAKEOVER` on the replica.
+    Takeover,
+    /// `kill -9` of the primary; its replica is elected.
+    Kill,
+}
+
+/// A takeover by a replica that lacks a held lock (it had not received it): the holder hears
+/// of it within a poll of the cluster's configuration, not at its next renewal (20 s away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_the_new_primary_lacks_is_reported_lost_soon_after_a_takeover() {
+    lease_the_new_primary_lacks(Failover::Takeover).await;
+}
+
+/// As above, when the primary is killed and its replica elected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_the_new_primary_lacks_is_reported_lost_soon_after_a_killed_primary_fails_over() {
+    lease_the_new_primary_lacks(Failover::Kill).await;
+}
+
+async fn lease_the_new_primary_lacks(failover: Failover) {
+    let mut cluster = own_cluster();
+    let service =
+        LockService::builder(backend(&cluster, Duration::from_secs(2)).await).key_prefix("lacks:").build();
+    // A ttl of 60 s: the next scheduled renewal is 20 s away.
+    let held = service.lock("acct").ttl(Duration::from_secs(60)).await.expect("take");
+    let primary = cluster.primary_for_key("lacks:acct");
+    let replica = cluster.replica_of(primary);
+    // The replica loses the lock, as a replica that had not received it would: a keyless write
+    // (`FLUSHALL`) is the one a cluster replica serves itself once it accepts writes.
+    let client = redis::Client::open(format!("redis://127.0.0.1:{replica}")).expect("client");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("replica connection");
+    let _: () = redis::cmd("READONLY").query_async(&mut conn).await.expect("READONLY");
+    dlock_tests::poll_until(Duration::from_secs(5), "the replica receiving the lock", || {
+        let mut conn = conn.clone();
+        async move { redis::cmd("EXISTS").arg("lacks:acct").query_async::<bool>(&mut conn).await.expect("EXISTS") }
+    })
+    .await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("replica-read-only")
+        .arg("no")
+        .query_async(&mut conn)
+        .await
+        .expect("CONFIG SET");
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.expect("FLUSHALL on the replica");
+    let kept: bool = redis::cmd("EXISTS").arg("lacks:acct").query_async(&mut conn).await.expect("EXISTS");
+    assert!(!kept, "the replica no longer has the lock");
+    let started = Instant::now();
+    match failover {
+        Failover::Takeover => block_in_place(|| cluster.failover_takeover(replica)),
+        Failover::Kill => {
+            cluster.kill(primary);
+            let elected = block_in_place(|| cluster.wait_for_failover(primary, Duration::from_secs(30)));
+            assert_eq!(elected, replica);
+        }
+    }
+    let failover_took = started.elapsed();
+    let took = dlock_tests::poll_until(
+        Duration::from_secs(10),
+        "the lease reported lost after the failover",
+        || {
+            let lost = held.is_lost();
+            async move { lost }
+        },
+    )
+    .await;
+    eprintln!(
+        "{failover:?}: the failover took {failover_took:?}; a lease the new primary lacks was reported lost {took:?} after it (its next scheduled renewal was ~20 s away)"
+    );
+    assert!(!held.release().await.expect("release"), "the release reports the lock was no longer held");
+    // The key is free on the new primary: it is taken again at once.
+    let next = service.lock("acct").wait(Duration::ZERO).await.expect("the key is free after the loss");
+    assert!(next.release().await.expect("release"));
+    // The watch behind this stops with its backend: no more `CLUSTER NODES` once it is gone
+    // (one poll may be under way as it goes).
+    drop(service);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let asked = cluster_nodes_calls(&cluster).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(cluster_nodes_calls(&cluster).await, asked, "the watch stopped with its backend");
+}
+
+/// How many `CLUSTER NODES` calls the running nodes of `cluster` have served.
+async fn cluster_nodes_calls(cluster: &RedisCluster) -> u64 {
+    let mut calls = 0;
+    for node in block_in_place(|| cluster.nodes()).into_iter().filter(|node| node.role != NodeRole::Killed) {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", node.port)).expect("client");
+        let mut conn = client.get_multiplexed_async_connection().await.expect("node connection");
+        let stats: String =
+            redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.expect("INFO commandstats");
+        calls += stats
+            .lines()
+            .find_map(|line| line.strip_prefix("cmdstat_cluster|nodes:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse::<u64>().expect("a count"));
+    }
+    calls
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

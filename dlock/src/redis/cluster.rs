@@ -17,6 +17,10 @@
 //! the cluster connection routes to the slot's new shard. Each such event, and each
 //! subscription the cluster connection makes again after a reconnect, wakes that channel's
 //! waiters to check again.
+//!
+//! A failover is noticed by [`cluster_epochs`](super::cluster_epochs), which polls the
+//! cluster's configuration and has the service renew every lease at once when a replica took
+//! over.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -29,6 +33,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{ProtocolVersion, PushInfo, PushKind, RedisResult, Value};
 
+use super::cluster_epochs::{ClusterEpochs, read_epoch};
 use super::connection::{Conn, Connections, Connector, tcp_settings};
 use super::engine::{self, Engine, Replicated, Replication};
 use super::error::redact;
@@ -49,8 +54,10 @@ use crate::error::Error;
 ///
 /// Resharding (`MOVED`, `ASK`) and failovers are followed without errors reaching callers
 /// while the cluster answers within the call timeout; a lock that a failover lost (the replica
-/// had not received it) is reported [`Lost`](crate::Error::Lost) to its holder by its next
-/// renewal, and its fencing tokens keep increasing — they come from the server's clock, so
+/// had not received it) is reported [`Lost`](crate::Error::Lost) to its holder within about a
+/// second of the failover (a service on the backend reads `CLUSTER NODES` once a second, and
+/// renews every lease at once when a primary has taken over), and its fencing tokens keep
+/// increasing — they come from the server's clock, so
 /// this holds while the promoted replica's clock is not behind the old primary's by more than
 /// the failover takes (the README's guarantee 6).
 ///
@@ -69,6 +76,7 @@ use crate::error::Error;
 pub struct RedisClusterBackend {
     engine: Arc<Engine>,
     nodes: Arc<[String]>,
+    epochs: Arc<ClusterEpochs>,
 }
 
 /// Options for [`RedisClusterBackend`]; see [`RedisClusterBackend::builder`].
@@ -198,6 +206,11 @@ impl RedisClusterBackendBuilder {
             .call("PING", |mut conn| async move { redis::cmd("PING").query_async(&mut conn).await })
             .await;
         pong.map_err(|err| Error::backend("redis-cluster", None, err))?;
+        // Read before any lease is granted: a failover from here on raises it.
+        let epoch = read_epoch(&conns).await.unwrap_or_else(|err| {
+            tracing::debug!(target: "dlock", error = %err, "could not read the Redis Cluster's epoch");
+            None
+        });
         let notifier = Notifier::start(ClusterFeeds(settings), self.call_timeout);
         let replicated = self.replication.map(|wanted| Replicated {
             wanted,
@@ -212,6 +225,7 @@ impl RedisClusterBackendBuilder {
         Ok(RedisClusterBackend {
             engine: Arc::new(engine),
             nodes: self.nodes.iter().map(|n| redact(n)).collect(),
+            epochs: Arc::new(ClusterEpochs::new(epoch)),
         })
     }
 }
@@ -283,7 +297,12 @@ fn check_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
-engine::lock_backend_via_engine!(RedisClusterBackend, "redis-cluster", check_key);
+engine::lock_backend_via_engine!(
+    RedisClusterBackend,
+    "redis-cluster",
+    check_key,
+    |backend: &RedisClusterBackend| Some(backend.epochs.subscribe(&backend.engine.conns))
+);
 
 impl fmt::Debug for RedisClusterBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

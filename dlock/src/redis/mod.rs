@@ -6,6 +6,8 @@
 
 #[cfg(feature = "redis-cluster")]
 pub(crate) mod cluster;
+#[cfg(feature = "redis-cluster")]
+mod cluster_epochs;
 mod connection;
 mod engine;
 mod error;
