@@ -7,7 +7,8 @@
 //!   `kill -9` of the primary under load (nothing granted twice, tokens keep increasing, locks
 //!   usable again within the failover time + 1 s), and a lease the new primary does not have,
 //!   reported lost at once; calls failing by the thousand ask the sentinels again at most
-//!   once per 200 ms.
+//!   once per 200 ms; the `+switch-master` listener backs off while the sentinels fail and
+//!   listens again once one is back.
 
 use dlock_tests::RedisSentinelStore;
 use dlock_tests::shared_topology::shared_sentinel_group;
@@ -238,4 +239,62 @@ fn sentinel_connections(group: &SentinelGroup) -> u64 {
                 .unwrap_or_else(|| panic!("no total_connections_received in a sentinel's INFO:\n{stats}"))
         })
         .sum()
+}
+
+/// The backend listens on one sentinel at a time for `+switch-master`. While the sentinels
+/// fail, it waits longer between attempts (100 ms, doubling, at most 2 s) instead of
+/// reconnecting in a loop; once a sentinel is back, it listens there again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_switch_listener_backs_off_while_the_sentinels_fail_and_comes_back() {
+    let mut group = block_in_place(SentinelGroup::start);
+    // A second "sentinel" that hangs up on every connection, counting them.
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let fake_url = format!("redis://{}", fake.local_addr().expect("address"));
+    let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let attempts = Arc::clone(&attempts);
+        std::thread::spawn(move || {
+            for stream in fake.incoming() {
+                attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(stream);
+            }
+        });
+    }
+    let sentinel = group.sentinel_urls()[0].clone();
+    let sentinel_port: u16 = sentinel.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port");
+    let backend = RedisSentinelBackend::builder([sentinel, fake_url], group.master_name())
+        .call_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .expect("connect through the real sentinel");
+    // The listener starts on the first sentinel: the real one.
+    let listening = || async move { switch_listeners(sentinel_port) == 1 };
+    poll_until(Duration::from_secs(5), "the listener subscribed on the real sentinel", listening).await;
+    block_in_place(|| group.kill(sentinel_port));
+    // It notices within its 1 s health check and the 1 s call timeout; then it alternates
+    // between the dead sentinel (refused) and the fake (hung up on), pausing after each.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = attempts.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let during = attempts.load(std::sync::atomic::Ordering::SeqCst) - before;
+    eprintln!("the fake sentinel saw {during} connections in 6 s while both sentinels failed");
+    // Backing off to 2 s, with every other attempt on the fake: about 2 in 6 s; without the
+    // back-off (100 ms each) 30, without a pause thousands.
+    assert!((1..=6).contains(&during), "{during} connections to the fake sentinel in 6 s");
+    block_in_place(|| group.restart(sentinel_port));
+    let back =
+        poll_until(Duration::from_secs(10), "the listener back on the restarted sentinel", listening).await;
+    eprintln!("listening on the restarted sentinel {back:?} after it was back");
+    drop(backend);
+}
+
+/// How many clients of the sentinel on `port` are subscribed to something (`CLIENT LIST`'s
+/// `sub=`): the backend's listener is the only subscriber of a test's own group.
+fn switch_listeners(port: u16) -> usize {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("client");
+    let Ok(mut conn) = client.get_connection() else { return 0 };
+    let Ok(list) = redis::cmd("CLIENT").arg("LIST").query::<String>(&mut conn) else { return 0 };
+    list.lines()
+        .filter(|line| line.split(' ').any(|field| field.starts_with("sub=") && field != "sub=0"))
+        .count()
 }
