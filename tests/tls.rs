@@ -141,7 +141,8 @@ async fn a_certificate_from_an_authority_not_trusted_is_refused_with_a_clear_err
 }
 
 /// A server that verifies clients (`tls-auth-clients yes`) refuses a client without a
-/// certificate, and serves one that presents the certificate its authority signed.
+/// certificate or with one another authority signed, saying which and what to pass, and
+/// serves one that presents the certificate its authority signed.
 #[tokio::test]
 async fn a_client_certificate_is_presented_to_a_server_that_verifies_clients() {
     let certs = Certificates::generate();
@@ -150,6 +151,24 @@ async fn a_client_certificate_is_presented_to_a_server_that_verifies_clients() {
     let (kind, message) =
         connect_failure(connect(&tls.rediss_url(), Some(ca.clone()), None).await, "no client certificate");
     assert_eq!(kind, BackendErrorKind::Connection, "{message}");
+    assert!(
+        message.contains("requires a TLS client certificate") && message.contains("tls_client_certificate"),
+        "{message}"
+    );
+
+    // A certificate another authority signed is refused too.
+    let other = Certificates::generate();
+    let stranger = Some((other.pem("client.pem"), other.pem("client.key")));
+    let (kind, message) = connect_failure(
+        connect(&tls.rediss_url(), Some(ca.clone()), stranger).await,
+        "a client certificate another authority signed",
+    );
+    assert_eq!(kind, BackendErrorKind::Connection, "{message}");
+    assert!(
+        message.contains("did not accept the TLS client certificate")
+            && message.contains("tls_client_certificate"),
+        "{message}"
+    );
 
     let client = Some((certs.pem("client.pem"), certs.pem("client.key")));
     let backend =
@@ -198,24 +217,30 @@ async fn tls_options_that_cannot_work_are_invalid_input() {
     }
 }
 
-/// A Redis Cluster whose nodes serve TLS (the bus too): with the private authority trusted,
-/// the cluster backend finds every shard over TLS (the nodes it is told of are their TLS
-/// ports), takes a lock on each of the three primaries, and hands a key over to a second
-/// backend by its sharded pub/sub notice, well before the 1 s recheck. A
+/// A Redis Cluster whose nodes serve TLS (the bus too) and verify clients: with the private
+/// authority trusted and the client certificate presented, the cluster backend finds every
+/// shard over TLS (the nodes it is told of are their TLS ports), takes a lock on each of the
+/// three primaries, and hands a key over to a second backend by its sharded pub/sub notice,
+/// well before the 1 s recheck. Without the client certificate it is refused. A
 /// `rediss-cluster://` URL (`dlock::connect`, which trusts only the public authorities)
 /// reaches the same nodes over TLS and is refused for the certificate, saying so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_over_tls_locks_on_every_shard_and_hands_over() {
+async fn a_cluster_over_mutual_tls_locks_on_every_shard_and_hands_over() {
     let certs = Certificates::generate();
     let cluster = block_in_place(|| RedisCluster::start_tls(&certs));
-    let connect = || {
+    let builder = || {
         RedisClusterBackend::builder(cluster.tls_seed_urls())
             .call_timeout(CALL_TIMEOUT)
             .tls_root_certificates(certs.pem("ca.pem"))
-            .connect()
     };
-    let first = LockService::new(connect().await.expect("connect to the cluster over TLS"));
-    let second = LockService::new(connect().await.expect("connect to the cluster over TLS"));
+    let (kind, message) = connect_failure(builder().connect().await, "no client certificate");
+    assert_eq!(kind, BackendErrorKind::Connection, "{message}");
+    assert!(message.contains("requires a TLS client certificate"), "{message}");
+    assert!(message.contains("tls_client_certificate"), "{message}");
+    let connect =
+        || builder().tls_client_certificate(certs.pem("client.pem"), certs.pem("client.key")).connect();
+    let first = LockService::new(connect().await.expect("connect to the cluster over mutual TLS"));
+    let second = LockService::new(connect().await.expect("connect to the cluster over mutual TLS"));
 
     // One key on each primary.
     let mut keys: Vec<String> = Vec::new();

@@ -115,8 +115,9 @@ impl RedisCluster {
 
     /// [`start`](Self::start), each node also serving TLS with `certs`' server certificate on
     /// a port of its own ([`tls_seed_urls`](Self::tls_seed_urls)), the cluster bus over TLS
-    /// too (`tls-cluster yes`): a client that comes over TLS is told the nodes' TLS ports. The
-    /// harness itself keeps to the plain ports.
+    /// too (`tls-cluster yes`): a client that comes over TLS is told the nodes' TLS ports, and
+    /// must present a certificate `certs`' authority signed (`tls-auth-clients yes`; the nodes
+    /// present theirs to each other). The harness itself keeps to the plain ports.
     pub fn start_tls(certs: &Certificates) -> Self {
         Self::start_nodes(DEFAULT_NODE_TIMEOUT, Some(certs))
     }
@@ -897,7 +898,7 @@ fn start_node(
             arg("--tls-replication", "yes");
             // The bus port stays the plain port's + 10000 (which `cluster_port` checked).
             arg("--cluster-port", &(port + 10000).to_string());
-            args.extend(certs.server_args(tls_port, false).into_iter().map(OsString::from));
+            args.extend(certs.server_args(tls_port, true).into_iter().map(OsString::from));
         }
         args.push("--dir".into());
         args.push(node_dir.clone().into_os_string());

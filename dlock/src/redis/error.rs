@@ -76,23 +76,62 @@ pub(super) fn late(url: &str, what: &str, timeout: Duration) -> BackendError {
     )
 }
 
-/// Whether `text` (a failure's message) is rustls refusing a server's certificate:
-/// "invalid peer certificate: UnknownIssuer", "… BadSignature", "… NotValidForName".
-pub(super) fn refuses_certificate(text: &str) -> bool {
-    text.contains("invalid peer certificate")
+/// Whose certificate a failed TLS handshake was refused over, as rustls words it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RefusedCertificate {
+    /// dlock did not accept the server's certificate ("invalid peer certificate: UnknownIssuer",
+    /// "… BadSignature", "… NotValidForName").
+    Server,
+    /// The server verifies clients (`tls-auth-clients yes`) and was shown no certificate
+    /// ("received fatal alert: CertificateRequired").
+    NoneFromClient,
+    /// The server did not accept the client certificate it was shown ("received fatal alert:
+    /// UnknownCA", "… BadCertificate", "… CertificateUnknown").
+    Client,
 }
 
-/// What to do about a server certificate that was refused.
-pub(super) const TRUST_THE_CERTIFICATE: &str = "if a private authority signed the certificate, pass that authority's certificate with tls_root_certificates, and use a host name or IP address the certificate holds";
+impl RefusedCertificate {
+    /// The refusal `text` (a failure's message) tells of, if any.
+    pub(super) fn of(text: &str) -> Option<Self> {
+        if text.contains("invalid peer certificate") {
+            Some(Self::Server)
+        } else if text.contains("received fatal alert: CertificateRequired") {
+            Some(Self::NoneFromClient)
+        } else if ["UnknownCA", "BadCertificate", "CertificateUnknown"]
+            .iter()
+            .any(|alert| text.contains(&format!("received fatal alert: {alert}")))
+        {
+            Some(Self::Client)
+        } else {
+            None
+        }
+    }
+
+    /// What was refused, and what to do about it: of one server, or of `several`.
+    pub(super) fn explain(self, several: bool) -> String {
+        let (they, its, s) = if several { ("they", "their", "s") } else { ("it", "its", "") };
+        match self {
+            Self::Server => format!(
+                "{its} TLS certificate{s} {} not accepted; if a private authority signed {}, pass that authority's certificate with tls_root_certificates, and use a host name or IP address the certificate holds",
+                if several { "were" } else { "was" },
+                if several { "them" } else { "it" },
+            ),
+            Self::NoneFromClient => format!(
+                "{they} require{} a TLS client certificate (tls-auth-clients); present one with tls_client_certificate",
+                if several { "" } else { "s" }
+            ),
+            Self::Client => format!(
+                "{they} did not accept the TLS client certificate; present one that {its} tls-ca-cert-file authority signed, with tls_client_certificate"
+            ),
+        }
+    }
+}
 
 /// Connecting to `url` failed.
 pub(super) fn connect_error(url: &str, err: RedisError) -> BackendError {
-    let message = if refuses_certificate(&err.to_string()) {
-        format!(
-            "could not connect to Redis at {url}: its TLS certificate was not accepted; {TRUST_THE_CERTIFICATE}"
-        )
-    } else {
-        format!("could not connect to Redis at {url}")
+    let message = match RefusedCertificate::of(&err.to_string()) {
+        Some(refusal) => format!("could not connect to Redis at {url}: {}", refusal.explain(false)),
+        None => format!("could not connect to Redis at {url}"),
     };
     BackendError::with_source(classify(&err), message, RedisCause(err))
 }
@@ -135,7 +174,23 @@ pub(super) fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{RefusedCertificate, redact};
+
+    #[test]
+    fn certificate_refusals_are_told_apart() {
+        let of = RefusedCertificate::of;
+        assert_eq!(of("invalid peer certificate: UnknownIssuer"), Some(RefusedCertificate::Server));
+        assert_eq!(
+            of("Io: received fatal alert: CertificateRequired"),
+            Some(RefusedCertificate::NoneFromClient)
+        );
+        assert_eq!(of("received fatal alert: UnknownCA"), Some(RefusedCertificate::Client));
+        assert_eq!(of("Connection refused (os error 111)"), None);
+        assert!(RefusedCertificate::NoneFromClient.explain(false).contains("tls_client_certificate"));
+        assert!(
+            RefusedCertificate::Server.explain(true).starts_with("their TLS certificates were not accepted")
+        );
+    }
 
     #[test]
     fn passwords_are_masked() {

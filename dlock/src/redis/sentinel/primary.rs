@@ -11,7 +11,7 @@ use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisResult};
 use tokio::sync::watch;
 
 use super::super::connection::{Conn, Connector, ServerConnector, connection_config, tcp_settings};
-use super::super::error::{TRUST_THE_CERTIFICATE, classify, refuses_certificate};
+use super::super::error::{RefusedCertificate, classify};
 use super::super::notify::{Feed, FeedSource, server_feed};
 use crate::backend::{BackendError, BackendErrorKind, BoxFuture};
 use crate::background;
@@ -152,13 +152,14 @@ impl Primary {
         };
         let Some(((host, port), count)) = votes.first().cloned() else {
             let failed = failures.join("; ");
-            if refuses_certificate(&failed) {
+            if let Some(refusal) = RefusedCertificate::of(&failed) {
                 // Not a missing primary: no sentinel could be asked. Retrying will not help.
                 return Err(BackendError::new(
                     BackendErrorKind::Connection,
                     format!(
-                        "no primary for `{}`: the sentinels' TLS certificates were not accepted ({failed}); {TRUST_THE_CERTIFICATE}",
-                        self.master_name
+                        "no primary for `{}`: no sentinel could be asked over TLS ({failed}): {}",
+                        self.master_name,
+                        refusal.explain(true)
                     ),
                 ));
             }
