@@ -50,7 +50,8 @@ pub use support::memory_store::MemoryStore;
 pub use support::poll::{MARGIN, poll_until};
 pub use support::process::Worker;
 pub use support::redis::{
-    connect_redis, connect_redis_with, inspector, redis_cmd, shared_redis_url, subscribers_on, unique_prefix,
+    connect_redis, connect_redis_with, inspector, redis_cmd, replica_forgets, shared_redis_url,
+    subscribers_on, unique_prefix,
 };
 pub use support::redis_store::{RedisStore, lock_value};
 pub use support::sentinel::SentinelGroup;

@@ -367,26 +367,7 @@ async fn lease_the_new_primary_lacks(failover: Failover) {
     let held = service.lock("acct").ttl(Duration::from_secs(60)).await.expect("take");
     let primary = cluster.primary_for_key("lacks:acct");
     let replica = cluster.replica_of(primary);
-    // The replica loses the lock, as a replica that had not received it would: a keyless write
-    // (`FLUSHALL`) is the one a cluster replica serves itself once it accepts writes.
-    let client = redis::Client::open(format!("redis://127.0.0.1:{replica}")).expect("client");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("replica connection");
-    let _: () = redis::cmd("READONLY").query_async(&mut conn).await.expect("READONLY");
-    dlock_tests::poll_until(Duration::from_secs(5), "the replica receiving the lock", || {
-        let mut conn = conn.clone();
-        async move { redis::cmd("EXISTS").arg("lacks:acct").query_async::<bool>(&mut conn).await.expect("EXISTS") }
-    })
-    .await;
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("replica-read-only")
-        .arg("no")
-        .query_async(&mut conn)
-        .await
-        .expect("CONFIG SET");
-    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.expect("FLUSHALL on the replica");
-    let kept: bool = redis::cmd("EXISTS").arg("lacks:acct").query_async(&mut conn).await.expect("EXISTS");
-    assert!(!kept, "the replica no longer has the lock");
+    dlock_tests::replica_forgets(&format!("redis://127.0.0.1:{replica}"), "lacks:acct", true).await;
     let started = Instant::now();
     match failover {
         Failover::Takeover => block_in_place(|| cluster.failover_takeover(replica)),

@@ -98,24 +98,7 @@ async fn a_lease_the_new_primary_lacks_is_reported_lost_at_once() {
     // A ttl of 60 s: the next scheduled renewal is 20 s away.
     let held = service.lock("acct").ttl(Duration::from_secs(60)).await.expect("take");
     // The replica loses the lock (as a replica that had not received it would).
-    let replica = group.replica_port();
-    let client = redis::Client::open(group.server_url(replica)).expect("client");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("replica connection");
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("replica-read-only")
-        .arg("no")
-        .query_async(&mut conn)
-        .await
-        .expect("CONFIG SET");
-    poll_until(Duration::from_secs(5), "the replica receiving the lock", || {
-        let mut conn = conn.clone();
-        async move { redis::cmd("EXISTS").arg("lacks:acct").query_async::<bool>(&mut conn).await.expect("EXISTS") }
-    })
-    .await;
-    let deleted: i64 =
-        redis::cmd("DEL").arg("lacks:acct").query_async(&mut conn).await.expect("DEL on the replica");
-    assert_eq!(deleted, 1, "the replica had the lock");
+    dlock_tests::replica_forgets(&group.server_url(group.replica_port()), "lacks:acct", false).await;
     block_in_place(|| group.failover());
     let failed_over = Instant::now();
     let took = poll_until(Duration::from_secs(10), "the lease reported lost after the failover", || {

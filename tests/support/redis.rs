@@ -2,7 +2,8 @@
 //! the key namespace that keeps one test apart from every other user of it), dlock's client
 //! ([`connect_redis`], [`connect_redis_with`]), and a plain connection that is not dlock's
 //! ([`inspector`], [`redis_cmd`]: one raw command, for inspection or fault injection;
-//! [`subscribers_on`]: who listens on a channel of a private server).
+//! [`subscribers_on`]: who listens on a channel of a private server; [`replica_forgets`]: a
+//! private replica loses a lock, as one that had not received it).
 
 use std::time::Duration;
 
@@ -61,4 +62,28 @@ pub fn subscribers_on(port: u16, channel: &str, sharded: bool) -> i64 {
     let (_, count): (String, i64) = super::redis_process::query(port, &["PUBSUB", numsub, channel])
         .unwrap_or_else(|err| panic!("PUBSUB {numsub} {channel}: {err}"));
     count
+}
+
+/// Make the private replica at `url` lose the lock `key` once it has received it, as a replica
+/// that had not received it would have: it is made writable (`replica-read-only no`) and the
+/// key is removed there alone. A cluster replica (`cluster`) redirects key writes to its
+/// primary even then, so it is emptied with `FLUSHALL`, the keyless write it serves itself.
+pub async fn replica_forgets(url: &str, key: &str, cluster: bool) {
+    let client = redis::Client::open(url).unwrap_or_else(|err| panic!("{url}: {err}"));
+    let mut conn = client.get_multiplexed_async_connection().await.expect("replica connection");
+    if cluster {
+        let _: () = redis_cmd(&mut conn, &["READONLY"]).await;
+    }
+    super::poll::poll_until(Duration::from_secs(5), "the replica receiving the lock", || {
+        let mut conn = conn.clone();
+        async move { redis_cmd::<bool>(&mut conn, &["EXISTS", key]).await }
+    })
+    .await;
+    let _: () = redis_cmd(&mut conn, &["CONFIG", "SET", "replica-read-only", "no"]).await;
+    if cluster {
+        let _: () = redis_cmd(&mut conn, &["FLUSHALL"]).await;
+    } else {
+        let _: i64 = redis_cmd(&mut conn, &["DEL", key]).await;
+    }
+    assert!(!redis_cmd::<bool>(&mut conn, &["EXISTS", key]).await, "the replica no longer has {key}");
 }
