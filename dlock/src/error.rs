@@ -109,7 +109,7 @@ fn remedy(kind: BackendErrorKind) -> &'static str {
             "it did not answer in time; check that it runs and is reachable, or raise its call timeout"
         }
         BackendErrorKind::Connection => {
-            "it could not be reached; check that it runs, that the address is right and, over TLS, that its certificate is trusted (the cause follows)"
+            "it could not be reached; check that it runs, that the address is right and, over TLS, the certificates (the cause follows)"
         }
         BackendErrorKind::Unavailable => {
             "it cannot serve right now (loading, failing over, read-only or out of memory); retry shortly"

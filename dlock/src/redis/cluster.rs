@@ -57,9 +57,9 @@ use crate::error::Error;
 /// had not received it) is reported [`Lost`](crate::Error::Lost) to its holder within about a
 /// second of the failover (a service on the backend reads `CLUSTER NODES` once a second, and
 /// renews every lease at once when a primary has taken over), and its fencing tokens keep
-/// increasing — they come from the server's clock, so
-/// this holds while the promoted replica's clock is not behind the old primary's by more than
-/// the failover takes (the README's guarantee 6).
+/// increasing — they come from the server's clock, so this holds while the promoted replica's
+/// clock is not behind the old primary's by more than the failover takes (the README's
+/// guarantee 6).
 ///
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
