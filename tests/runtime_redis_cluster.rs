@@ -363,6 +363,14 @@ async fn lease_the_new_primary_lacks(failover: Failover) {
     let mut cluster = own_cluster();
     let service =
         LockService::builder(backend(&cluster, Duration::from_secs(2)).await).key_prefix("lacks:").build();
+    // The watch asks only while a lease may be held: a lock of 1 s, released, and then
+    // nothing once that second has passed.
+    let brief = service.lock("brief").ttl(Duration::from_secs(1)).await.expect("take");
+    assert!(brief.release().await.expect("release"));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let asked = cluster_nodes_calls(&cluster).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(cluster_nodes_calls(&cluster).await, asked, "no CLUSTER NODES while no lease may be held");
     // A ttl of 60 s: the next scheduled renewal is 20 s away.
     let held = service.lock("acct").ttl(Duration::from_secs(60)).await.expect("take");
     let primary = cluster.primary_for_key("lacks:acct");

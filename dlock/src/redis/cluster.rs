@@ -55,8 +55,8 @@ use crate::error::Error;
 /// Resharding (`MOVED`, `ASK`) and failovers are followed without errors reaching callers
 /// while the cluster answers within the call timeout; a lock that a failover lost (the replica
 /// had not received it) is reported [`Lost`](crate::Error::Lost) to its holder within about a
-/// second of the failover (a service on the backend reads `CLUSTER NODES` once a second, and
-/// renews every lease at once when a primary has taken over), and its fencing tokens keep
+/// second of the failover (while it may hold a lease, a service on the backend reads `CLUSTER
+/// NODES` once a second, and renews every lease at once when a primary has taken over), and its fencing tokens keep
 /// increasing — they come from the server's clock, so this holds while the promoted replica's
 /// clock is not behind the old primary's by more than the failover takes (the README's
 /// guarantee 6).
@@ -301,7 +301,9 @@ engine::lock_backend_via_engine!(
     RedisClusterBackend,
     "redis-cluster",
     check_key,
-    |backend: &RedisClusterBackend| Some(backend.epochs.subscribe(&backend.engine.conns))
+    |backend: &RedisClusterBackend| Some(
+        backend.epochs.subscribe(&backend.engine.conns, &backend.engine.activity)
+    )
 );
 
 impl fmt::Debug for RedisClusterBackend {

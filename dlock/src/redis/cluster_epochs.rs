@@ -13,7 +13,8 @@
 //! about a poll of the failover rather than at its next scheduled renewal.
 //!
 //! Other changes may raise it too (a slot migration can): they only cost one early renewal of
-//! each lease.
+//! each lease. The watch asks only while a lease the backend granted may still be alive
+//! ([`LeaseActivity`]): a process that holds no lock sends nothing.
 
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock, Weak};
@@ -24,6 +25,7 @@ use redis::{ErrorKind, RedisError};
 use tokio::sync::watch;
 
 use super::connection::{Conn, Connections};
+use super::engine::LeaseActivity;
 use crate::backend::{BackendError, BackendErrorKind};
 use crate::background::{self, Lasting};
 
@@ -46,12 +48,21 @@ impl ClusterEpochs {
     }
 
     /// A receiver of the epochs, starting the watch on the backend's command connections
-    /// `conns` if it has not started.
-    pub(super) fn subscribe(&self, conns: &Arc<Connections>) -> watch::Receiver<u64> {
+    /// `conns`, while its `activity` says leases may be held, if it has not started.
+    pub(super) fn subscribe(
+        &self,
+        conns: &Arc<Connections>,
+        activity: &Arc<LeaseActivity>,
+    ) -> watch::Receiver<u64> {
         self.epochs
             .get_or_init(|| {
                 let (sender, receiver) = watch::channel(0);
-                let watch = Watch { conns: Arc::downgrade(conns), sender, seen: self.at_connect };
+                let watch = Watch {
+                    conns: Arc::downgrade(conns),
+                    activity: Arc::clone(activity),
+                    sender,
+                    seen: self.at_connect,
+                };
                 background::spawn_lasting(watch);
                 receiver
             })
@@ -59,9 +70,10 @@ impl ClusterEpochs {
     }
 }
 
-/// The watch: polls while the backend's connections live.
+/// The watch: polls while the backend's connections live and it may hold leases.
 struct Watch {
     conns: Weak<Connections>,
+    activity: Arc<LeaseActivity>,
     sender: watch::Sender<u64>,
     /// The highest epoch of a serving primary seen so far.
     seen: Option<u64>,
@@ -73,6 +85,11 @@ impl Lasting for Watch {
             loop {
                 tokio::time::sleep(POLL).await;
                 let Some(conns) = self.conns.upgrade() else { return };
+                if !self.activity.may_hold_leases() {
+                    // A failover now loses nothing of this process's; a later reading still
+                    // sees the epoch it raised, and renews what is held then once more.
+                    continue;
+                }
                 match read_epoch(&conns).await {
                     Ok(Some(epoch)) => self.saw(epoch),
                     // Not settled yet (a failover under way): asked again at the next poll.

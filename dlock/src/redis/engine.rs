@@ -5,7 +5,8 @@
 //! connect.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use redis::{Cmd, ErrorKind, FromRedisValue, ServerErrorKind, Value};
 
@@ -39,10 +40,41 @@ pub(super) struct Replicated {
     pub(super) conns: Arc<Connections>,
 }
 
+/// Until when a lease this backend granted may still be alive: each was asked for, or
+/// renewed, within its ttl. Work that matters only while leases are held (the cluster's
+/// failover watch) stays idle otherwise.
+#[derive(Debug)]
+pub(super) struct LeaseActivity {
+    base: Instant,
+    /// Milliseconds after `base`.
+    until: AtomicU64,
+}
+
+impl LeaseActivity {
+    fn new() -> Self {
+        Self { base: Instant::now(), until: AtomicU64::new(0) }
+    }
+
+    /// A lease of up to `ttl` may be granted, or was renewed, now.
+    fn note(&self, ttl: Duration) {
+        self.until.fetch_max(millis(self.base.elapsed() + ttl), Ordering::Relaxed);
+    }
+
+    /// Whether a lease this backend granted may still be alive.
+    #[cfg_attr(
+        not(feature = "redis-cluster"),
+        allow(dead_code, reason = "read by the cluster's failover watch")
+    )]
+    pub(super) fn may_hold_leases(&self) -> bool {
+        millis(self.base.elapsed()) < self.until.load(Ordering::Relaxed)
+    }
+}
+
 /// The lock operations of one Redis backend.
 pub(super) struct Engine {
     pub(super) conns: Arc<Connections>,
     pub(super) notifier: Arc<Notifier>,
+    pub(super) activity: Arc<LeaseActivity>,
     /// Names this backend's channels: a hand-off is told to the one process it goes to.
     process: Arc<str>,
     scripts: &'static Scripts,
@@ -57,7 +89,8 @@ impl Engine {
         replication: Option<Replicated>,
     ) -> Self {
         let process = Arc::from(format!("{:016x}", rand::random::<u64>()));
-        Self { conns, notifier: Arc::new(notifier), process, scripts, replication }
+        let activity = Arc::new(LeaseActivity::new());
+        Self { conns, notifier: Arc::new(notifier), activity, process, scripts, replication }
     }
 
     /// The channel on which this backend hears releases and hand-offs of `key`.
@@ -143,6 +176,8 @@ impl Engine {
         owner: &str,
         ttl: Duration,
     ) -> Result<TryAcquire, BackendError> {
+        // Taken now, or handed over later (within the ttl) to this owner in line.
+        self.activity.note(ttl);
         // Join the waiting line only when a hand-off notice would be heard.
         let line = self.notifier.is_subscribed(|| self.notice_channel(key)).then(|| layout::line(key));
         let (answer, acked): (Value, _) = match self.acquire_once(key, owner, ttl, line.as_deref()).await {
@@ -199,6 +234,9 @@ impl Engine {
                 cmd.arg(owner).arg(millis(ttl));
             })
             .await?;
+        if renewed == 1 {
+            self.activity.note(ttl);
+        }
         Ok(renewed == 1)
     }
 
