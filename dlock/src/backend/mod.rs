@@ -335,9 +335,9 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
 
     /// A value that changes when leases this backend granted may all have been lost at once
     /// (it moved to another server: a Sentinel failover; a replica took over a Redis Cluster
-    /// shard). On each change the service renews,
-    /// at once, every lease it holds on this backend, so a lease the new server does not have
-    /// is reported lost then rather than at its next scheduled renewal.
+    /// shard). On each change the service renews, at once, every lease it holds on this
+    /// backend, so a lease the new server does not have is reported lost then rather than at
+    /// its next scheduled renewal.
     ///
     /// `None` (the default): leases are renewed on their schedule only.
     ///

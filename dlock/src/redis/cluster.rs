@@ -35,7 +35,7 @@ use redis::{ProtocolVersion, PushInfo, PushKind, RedisResult, Value};
 
 use super::cluster_epochs::{ClusterEpochs, read_epoch};
 use super::connection::{Conn, Connections, Connector, tcp_settings};
-use super::engine::{self, Engine, Replicated, Replication};
+use super::engine::{self, Engine, LeaseActivity, Replicated, Replication};
 use super::error::redact;
 use super::layout;
 use super::notify::{Feed, FeedEvent, FeedSink, FeedSource, Notifier};
@@ -220,12 +220,14 @@ impl RedisClusterBackendBuilder {
                 format!("cluster {shown}"),
             ),
         });
-        let engine = Engine::new(conns, notifier, Scripts::sharded(), replicated);
+        let activity = Arc::new(LeaseActivity::new());
+        let engine =
+            Engine::new(conns, notifier, Scripts::sharded(), replicated).with_activity(Arc::clone(&activity));
         tracing::debug!(target: "dlock", nodes = %shown, "connected to Redis Cluster");
         Ok(RedisClusterBackend {
             engine: Arc::new(engine),
             nodes: self.nodes.iter().map(|n| redact(n)).collect(),
-            epochs: Arc::new(ClusterEpochs::new(epoch)),
+            epochs: Arc::new(ClusterEpochs::new(epoch, activity)),
         })
     }
 }
@@ -301,9 +303,7 @@ engine::lock_backend_via_engine!(
     RedisClusterBackend,
     "redis-cluster",
     check_key,
-    |backend: &RedisClusterBackend| Some(
-        backend.epochs.subscribe(&backend.engine.conns, &backend.engine.activity)
-    )
+    |backend: &RedisClusterBackend| Some(backend.epochs.subscribe(&backend.engine.conns))
 );
 
 impl fmt::Debug for RedisClusterBackend {

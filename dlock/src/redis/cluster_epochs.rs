@@ -37,29 +37,28 @@ const POLL: Duration = Duration::from_secs(1);
 pub(super) struct ClusterEpochs {
     /// The epoch read when the backend connected, before it granted any lease.
     at_connect: Option<u64>,
+    /// Whether the backend may hold leases (its engine notes them).
+    activity: Arc<LeaseActivity>,
     epochs: OnceLock<watch::Receiver<u64>>,
 }
 
 impl ClusterEpochs {
     /// Epochs counted from the cluster's configuration epoch when the backend connected (`None`:
-    /// it could not be read then; the watch's first reading stands for it).
-    pub(super) fn new(at_connect: Option<u64>) -> Self {
-        Self { at_connect, epochs: OnceLock::new() }
+    /// it could not be read then; the watch's first reading stands for it), watched while
+    /// `activity` says the backend may hold leases.
+    pub(super) fn new(at_connect: Option<u64>, activity: Arc<LeaseActivity>) -> Self {
+        Self { at_connect, activity, epochs: OnceLock::new() }
     }
 
     /// A receiver of the epochs, starting the watch on the backend's command connections
-    /// `conns`, while its `activity` says leases may be held, if it has not started.
-    pub(super) fn subscribe(
-        &self,
-        conns: &Arc<Connections>,
-        activity: &Arc<LeaseActivity>,
-    ) -> watch::Receiver<u64> {
+    /// `conns` if it has not started.
+    pub(super) fn subscribe(&self, conns: &Arc<Connections>) -> watch::Receiver<u64> {
         self.epochs
             .get_or_init(|| {
                 let (sender, receiver) = watch::channel(0);
                 let watch = Watch {
                     conns: Arc::downgrade(conns),
-                    activity: Arc::clone(activity),
+                    activity: Arc::clone(&self.activity),
                     sender,
                     seen: self.at_connect,
                 };

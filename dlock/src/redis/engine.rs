@@ -50,8 +50,12 @@ pub(super) struct LeaseActivity {
     until: AtomicU64,
 }
 
+#[cfg_attr(
+    not(feature = "redis-cluster"),
+    allow(dead_code, reason = "kept for the cluster's failover watch only")
+)]
 impl LeaseActivity {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self { base: Instant::now(), until: AtomicU64::new(0) }
     }
 
@@ -61,10 +65,6 @@ impl LeaseActivity {
     }
 
     /// Whether a lease this backend granted may still be alive.
-    #[cfg_attr(
-        not(feature = "redis-cluster"),
-        allow(dead_code, reason = "read by the cluster's failover watch")
-    )]
     pub(super) fn may_hold_leases(&self) -> bool {
         millis(self.base.elapsed()) < self.until.load(Ordering::Relaxed)
     }
@@ -74,7 +74,8 @@ impl LeaseActivity {
 pub(super) struct Engine {
     pub(super) conns: Arc<Connections>,
     pub(super) notifier: Arc<Notifier>,
-    pub(super) activity: Arc<LeaseActivity>,
+    /// Kept for backends that need it (see [`LeaseActivity`]); the others skip the bookkeeping.
+    activity: Option<Arc<LeaseActivity>>,
     /// Names this backend's channels: a hand-off is told to the one process it goes to.
     process: Arc<str>,
     scripts: &'static Scripts,
@@ -89,8 +90,21 @@ impl Engine {
         replication: Option<Replicated>,
     ) -> Self {
         let process = Arc::from(format!("{:016x}", rand::random::<u64>()));
-        let activity = Arc::new(LeaseActivity::new());
-        Self { conns, notifier: Arc::new(notifier), activity, process, scripts, replication }
+        Self { conns, notifier: Arc::new(notifier), activity: None, process, scripts, replication }
+    }
+
+    /// This engine, noting its [`LeaseActivity`] in `activity`.
+    #[cfg_attr(not(feature = "redis-cluster"), allow(dead_code, reason = "for the cluster backend"))]
+    pub(super) fn with_activity(mut self, activity: Arc<LeaseActivity>) -> Self {
+        self.activity = Some(activity);
+        self
+    }
+
+    /// A lease of up to `ttl` may be granted, or was renewed, now.
+    fn note_activity(&self, ttl: Duration) {
+        if let Some(activity) = &self.activity {
+            activity.note(ttl);
+        }
     }
 
     /// The channel on which this backend hears releases and hand-offs of `key`.
@@ -177,7 +191,7 @@ impl Engine {
         ttl: Duration,
     ) -> Result<TryAcquire, BackendError> {
         // Taken now, or handed over later (within the ttl) to this owner in line.
-        self.activity.note(ttl);
+        self.note_activity(ttl);
         // Join the waiting line only when a hand-off notice would be heard.
         let line = self.notifier.is_subscribed(|| self.notice_channel(key)).then(|| layout::line(key));
         let (answer, acked): (Value, _) = match self.acquire_once(key, owner, ttl, line.as_deref()).await {
@@ -235,7 +249,7 @@ impl Engine {
             })
             .await?;
         if renewed == 1 {
-            self.activity.note(ttl);
+            self.note_activity(ttl);
         }
         Ok(renewed == 1)
     }
