@@ -413,19 +413,60 @@ async fn lease_the_new_primary_lacks(failover: Failover) {
 
 /// How many `CLUSTER NODES` calls the running nodes of `cluster` have served.
 async fn cluster_nodes_calls(cluster: &RedisCluster) -> u64 {
-    let mut calls = 0;
+    cluster_nodes_stat(cluster, "calls").await
+}
+
+/// The `CLUSTER NODES` count `stat` (`calls`, `rejected_calls`) of `INFO commandstats`, summed
+/// over the running nodes of `cluster`.
+async fn cluster_nodes_stat(cluster: &RedisCluster, stat: &str) -> u64 {
+    let mut total = 0;
     for node in block_in_place(|| cluster.nodes()).into_iter().filter(|node| node.role != NodeRole::Killed) {
         let client = redis::Client::open(format!("redis://127.0.0.1:{}", node.port)).expect("client");
         let mut conn = client.get_multiplexed_async_connection().await.expect("node connection");
         let stats: String =
             redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.expect("INFO commandstats");
-        calls += stats
+        total += stats
             .lines()
-            .find_map(|line| line.strip_prefix("cmdstat_cluster|nodes:calls="))
-            .and_then(|rest| rest.split(',').next())
+            .find_map(|line| line.strip_prefix("cmdstat_cluster|nodes:"))
+            .and_then(|fields| fields.split(',').find_map(|field| field.strip_prefix(&format!("{stat}="))))
             .map_or(0, |n| n.parse::<u64>().expect("a count"));
     }
-    calls
+    total
+}
+
+/// A user whose ACL denies `CLUSTER NODES` (the README: without `+cluster|nodes` a lease a
+/// failover lost is reported at its next renewal) still connects and locks; the failover
+/// watch, refused, stops at once instead of being refused every second while a lock is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_denied_cluster_nodes_locks_and_the_watch_stops_asking() {
+    let cluster = own_cluster();
+    let ports: Vec<u16> = block_in_place(|| cluster.nodes()).into_iter().map(|node| node.port).collect();
+    for port in &ports {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("client");
+        let mut conn = client.get_multiplexed_async_connection().await.expect("node connection");
+        let _: () = dlock_tests::redis_cmd(
+            &mut conn,
+            &["ACL", "SETUSER", "locker", "on", ">secret", "~*", "&*", "+@all", "-cluster|nodes"],
+        )
+        .await;
+    }
+    let seeds: Vec<String> =
+        ports.iter().map(|port| format!("redis://locker:secret@127.0.0.1:{port}")).collect();
+    let backend =
+        RedisClusterBackend::builder(seeds).connect().await.expect("connect as the restricted user");
+    let service = LockService::builder(backend).key_prefix("acl:").build();
+    let held = service.lock("acct").ttl(Duration::from_secs(30)).await.expect("take as the restricted user");
+    // The watch polls after 1 s while the lock is held, is refused, and stops.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let refused = cluster_nodes_stat(&cluster, "rejected_calls").await;
+    assert!(refused >= 1, "CLUSTER NODES was asked for and refused");
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(
+        cluster_nodes_stat(&cluster, "rejected_calls").await,
+        refused,
+        "the refused watch stopped asking"
+    );
+    assert!(held.release().await.expect("release"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -139,7 +139,8 @@ pub(super) async fn read_epoch(conns: &Arc<Connections>) -> Result<Option<u64>, 
             nodes.arg("NODES");
             let reply =
                 conn.route_command(nodes, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random)).await?;
-            Ok(redis::from_redis_value(reply)?)
+            // A refusal (`NOPERM`) comes back as a value: make it the error it is.
+            Ok(redis::from_redis_value(reply.extract_error()?)?)
         })
         .await?;
     Ok(settled_epoch(&nodes))
