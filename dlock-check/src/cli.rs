@@ -43,8 +43,10 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// The backend under test: `redis` (a private redis-server the checker starts, so every
-    /// fault applies), `memory` (the in-process backend: one process, no process or server
-    /// faults) or a `redis://` URL of a server you run (worker-side faults only).
+    /// fault but the failovers applies), `redis-cluster` or `redis-sentinel` (a private 6-node
+    /// cluster, or a primary + replica + 3 sentinels, which the checker fails over), `memory`
+    /// (the in-process backend: one process, no process or server faults) or a URL of a server
+    /// you run, e.g. `redis://…`, `redis-cluster://…`, `postgres://…` (worker-side faults only).
     #[arg(long, default_value = "redis", value_parser = BackendChoice::parse)]
     pub backend: BackendChoice,
 
@@ -89,10 +91,9 @@ pub struct CheckArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "kill-worker,pause-worker,pause-server,drop-key,partition,latency,restart-server,blackhole",
-        help = "The faults, in order, comma-separated: kill-worker, pause-worker[:D], pause-server[:D], drop-key, partition[:D], latency[:DELAY[:D]], restart-server[:DOWN], blackhole. Faults that leave lasting damage come last by default"
+        help = "The faults, in order, comma-separated: kill-worker, pause-worker[:D], pause-server[:D], drop-key, partition[:D], latency[:DELAY[:D]], failover, kill-primary, restart-server[:DOWN], blackhole. [default: all that apply to the backend, lasting damage last: for redis every one but failover and kill-primary, which redis-cluster and redis-sentinel take with the workers' faults]"
     )]
-    pub faults: Vec<FaultSpec>,
+    pub faults: Option<Vec<FaultSpec>>,
 
     /// No faults at all (a baseline run).
     #[arg(long, conflicts_with = "faults")]
@@ -170,7 +171,16 @@ impl CheckArgs {
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             PathBuf::from(format!("target/dlock-check/run-{secs}"))
         });
-        let faults = if self.no_faults { Vec::new() } else { self.faults.clone() };
+        let faults = match (&self.faults, self.no_faults) {
+            (_, true) => Vec::new(),
+            (Some(faults), false) => faults.clone(),
+            (None, false) => self
+                .backend
+                .default_faults()
+                .into_iter()
+                .map(|kind| FaultSpec { kind, duration: None, delay: None })
+                .collect(),
+        };
         if self.plant == Some(Plant::BodyBeforeLease) && self.mode == ModeChoice::Attribute {
             return Err(format!(
                 "--plant {} is planted into the manual-API tasks: use --mode manual or mixed",

@@ -19,7 +19,8 @@ use crate::workload::Workload;
 pub enum BackendChoice {
     /// The in-process `MemoryBackend`: every worker in the checker's own process.
     Memory,
-    /// A server the checker starts (and may fault): today a private `redis-server`.
+    /// A server the checker starts (and may fault): a private `redis-server`, or a topology
+    /// it fails over (a Redis Cluster, a Sentinel group).
     Managed(ServerKind),
     /// A backend the user runs, reached through `dlock::connect(url)`: only faults on the
     /// workers' side apply.
@@ -27,16 +28,31 @@ pub enum BackendChoice {
 }
 
 impl BackendChoice {
-    /// `memory` (or `memory:`), `redis` (a private server), or a URL `dlock::connect` knows
-    /// (`redis://…`, and whatever schemes it adds: `redis-cluster://…`, `postgres://…`).
+    /// `memory` (or `memory:`), `redis`, `redis-cluster` or `redis-sentinel` (servers the
+    /// checker starts), or a URL `dlock::connect` knows (`redis://…`, `redis-cluster://…`,
+    /// `redis-sentinel://…`, `postgres://…`).
     pub fn parse(text: &str) -> Result<Self, String> {
         match text {
             "memory" | "memory:" => Ok(Self::Memory),
             "redis" => Ok(Self::Managed(ServerKind::Redis)),
+            "redis-cluster" => Ok(Self::Managed(ServerKind::RedisCluster)),
+            "redis-sentinel" => Ok(Self::Managed(ServerKind::RedisSentinel)),
             url if url.contains("://") => Ok(Self::Url(url.to_owned())),
             other => Err(format!(
-                "`{other}`: expected `memory`, `redis` (a private redis-server the checker starts and can fault) or a backend URL for dlock::connect, e.g. redis://127.0.0.1:6379 (a server you run: worker-side faults only)"
+                "`{other}`: expected `memory`; `redis`, `redis-cluster` or `redis-sentinel` (a private redis-server, a 6-node cluster or a primary + replica + 3 sentinels, which the checker starts and can fault); or a backend URL for dlock::connect, e.g. redis://127.0.0.1:6379 (a server you run: worker-side faults only)"
             )),
+        }
+    }
+
+    /// The faults a run applies when `--faults` is not given: every one that applies to this
+    /// backend (a URL's are all, the server's reported as skipped), lasting damage last.
+    pub fn default_faults(&self) -> Vec<FaultKind> {
+        match self {
+            Self::Managed(kind) => kind.default_faults(),
+            Self::Memory | Self::Url(_) => FaultKind::ALL
+                .into_iter()
+                .filter(|f| !matches!(f, FaultKind::Failover | FaultKind::KillPrimary))
+                .collect(),
         }
     }
 
@@ -107,10 +123,14 @@ pub fn skip_reason(config: &RunConfig, kind: FaultKind, netns: &Result<(), Strin
     if in_process
         && (kind.needs_processes()
             || kind.needs_proxy()
-            || kind == FaultKind::PauseServer
-            || kind == FaultKind::RestartServer)
+            || kind.needs_own_server() && kind != FaultKind::DropKey)
     {
         return Some("the in-process backend has no worker processes, server or connections to fault".into());
+    }
+    if let BackendChoice::Managed(server) = config.backend
+        && let Err(why) = server.takes(kind)
+    {
+        return Some(why);
     }
     if let BackendChoice::Url(url) = &config.backend {
         if kind.needs_own_server() {
@@ -176,9 +196,34 @@ mod tests {
     fn backends_parse_and_a_url_gets_the_faults_the_checker_can_apply_to_it() {
         assert_eq!(BackendChoice::parse("memory:").unwrap(), BackendChoice::Memory);
         assert_eq!(BackendChoice::parse("redis").unwrap(), BackendChoice::Managed(ServerKind::Redis));
-        assert!(BackendChoice::parse("redis-cluster").is_err(), "a word that is no URL");
-        // A private server: everything.
-        assert!(FaultKind::ALL.iter().all(|&kind| skipped("redis", kind).is_none()));
+        assert!(BackendChoice::parse("redis-clusters").is_err(), "a word that is no URL");
+        // A private server: everything but failing over.
+        for kind in FaultKind::ALL {
+            let fails_over = matches!(kind, FaultKind::Failover | FaultKind::KillPrimary);
+            assert_eq!(skipped("redis", kind).is_some(), fails_over, "{kind}");
+        }
+        assert_eq!(BackendChoice::parse("redis").unwrap().default_faults().len(), 8);
+        // A private topology: failovers and the workers' faults; no pausing or proxying it.
+        for topology in ["redis-cluster", "redis-sentinel"] {
+            let choice = BackendChoice::parse(topology).unwrap();
+            assert!(matches!(choice, BackendChoice::Managed(kind) if kind.is_topology()));
+            assert_eq!(
+                choice.default_faults(),
+                [FaultKind::KillWorker, FaultKind::PauseWorker, FaultKind::Failover, FaultKind::KillPrimary]
+            );
+            for kind in
+                [FaultKind::PauseServer, FaultKind::RestartServer, FaultKind::Blackhole, FaultKind::DropKey]
+            {
+                assert!(skipped(topology, kind).is_some_and(|why| why.contains("several servers")), "{kind}");
+            }
+        }
+        // Nobody fails over the in-process backend or a server somebody else runs.
+        assert!(skipped("memory", FaultKind::Failover).is_some());
+        assert!(
+            skipped("redis-cluster://127.0.0.1:7000", FaultKind::KillPrimary)
+                .unwrap()
+                .contains("not started")
+        );
         // A server somebody else runs: never its server, but the proxy's faults.
         assert!(
             skipped("redis://:pw@127.0.0.1:6390", FaultKind::RestartServer).unwrap().contains("not started")

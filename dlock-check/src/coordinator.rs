@@ -28,7 +28,8 @@ use crate::proxy::Proxy;
 use crate::redis_url::{proxied_server, with_host};
 use crate::registers::Registers;
 use crate::schedule::{FaultKind, FaultRecord};
-use crate::servers::{self, ManagedServer, ServerKind};
+use crate::servers::{ManagedServer, RedisServer};
+use crate::topology;
 use crate::worker::{StoreSpec, WorkerSpec};
 use crate::workload::{self, WorkerContext};
 
@@ -352,14 +353,27 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
             None
         }
         BackendChoice::Managed(kind) => {
+            if kind.is_topology() && config.plant == Some(Plant::ReleaseWithoutOwnerCheck) {
+                bail!(
+                    "--plant {} deletes keys behind dlock's back, which dlock-check does only on a single redis-server (`--backend redis`)",
+                    Plant::ReleaseWithoutOwnerCheck
+                );
+            }
             lab.say(format!("starting the backend's {kind}"));
-            let server = servers::start(*kind, &servers_dir, "backend")?;
+            let dir = servers_dir.clone();
+            let kind = *kind;
+            let server = tokio::task::spawn_blocking(move || topology::start(kind, &dir, "backend"))
+                .await
+                .context("starting the backend panicked")??;
+            lab.say(format!("the backend is up: {}", server.url()));
+            if !kind.is_topology() {
+                let forcer = backends::forcer_for(&server.url(), config.call_timeout);
+                forcer.ready().await.map_err(anyhow::Error::msg)?;
+                lab.forcer = Some(forcer);
+            }
             let addr = server.addr();
-            let forcer = backends::forcer_for(&server.url(), config.call_timeout);
-            forcer.ready().await.map_err(anyhow::Error::msg)?;
-            lab.forcer = Some(forcer);
             lab.server = Some(Arc::new(Mutex::new(server)));
-            Some(addr)
+            addr
         }
         BackendChoice::Url(url) => {
             // Connect once here, so that a URL dlock::connect does not know, or a server that
@@ -388,7 +402,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
     };
     if !config.backend.in_process() {
         lab.say("starting the store's redis-server");
-        lab.store_server = Some(servers::start(ServerKind::Redis, &servers_dir, "store")?);
+        lab.store_server = Some(Box::new(RedisServer::start(&servers_dir, "store")?));
     }
     if applied(FaultKind::Partition) {
         lab.say("creating network namespaces");
@@ -405,7 +419,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
     }
     if let (Some(ns), Some(store)) = (&lab.namespaces, &lab.store_server) {
         let addrs: Vec<IpAddr> = ns.slots().iter().map(|s| IpAddr::from(s.store_ip)).collect();
-        lab.store_proxy = Some(Proxy::start(&addrs, store.addr()).await?);
+        let store_addr = store.addr().context("the store is one redis-server")?;
+        lab.store_proxy = Some(Proxy::start(&addrs, store_addr).await?);
     }
 
     let run_start = Stamp::now();
@@ -431,6 +446,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
                 note: None,
                 skipped: Some(reason.clone()),
                 data_lost: None,
+                lost_writes_until: None,
             });
             continue;
         }

@@ -32,6 +32,7 @@ pub(crate) async fn apply(lab: &mut Lab, spec: &FaultSpec) -> anyhow::Result<Fau
         note: None,
         skipped: None,
         data_lost: None,
+        lost_writes_until: None,
     };
     match spec.kind {
         FaultKind::KillWorker => {
@@ -123,6 +124,39 @@ pub(crate) async fn apply(lab: &mut Lab, spec: &FaultSpec) -> anyhow::Result<Fau
                 (Some(h), true) => format!("held by w{}", h.worker),
                 (_, true) => "deleted".into(),
                 (_, false) => "the key was not held any more: nothing dropped".into(),
+            });
+        }
+        FaultKind::Failover | FaultKind::KillPrimary => {
+            // Aimed at a holder with a renewal ahead: the fault is whether dlock tells it in
+            // time when the new primary lacks its lease.
+            let holder = find_holder(lab, Aim::LongHolder).await;
+            let key = match &holder {
+                Some(h) => h.key.clone(),
+                None => lab.config.workload.keys.choose(&mut rand::rng()).cloned().unwrap_or_default(),
+            };
+            let server = Arc::clone(lab.server.as_ref().context("no topology of our own to fail over")?);
+            let prefix = lab.prefix.clone();
+            let keys: Vec<String> = lab.config.workload.keys.iter().map(|k| format!("{prefix}{k}")).collect();
+            let aim = format!("{prefix}{key}");
+            let kill = spec.kind == FaultKind::KillPrimary;
+            record.start = Stamp::now();
+            let done = tokio::task::spawn_blocking(move || lock(&server).fail_over(&aim, &keys, kill))
+                .await
+                .context("the failover thread panicked")??;
+            // Over once the replica serves; the old primary's return as its replica is
+            // recovery, measured from here.
+            record.end = done.serving;
+            record.label = format!("{} (key {key})", spec.kind.name());
+            // What the old primary had not passed on is gone: the locks it served may be.
+            let lost: Vec<String> =
+                done.keys.iter().filter_map(|k| k.strip_prefix(prefix.as_str())).map(str::to_owned).collect();
+            record.data_lost = Some(DataLost::Keys(lost));
+            // Until it was demoted, the old primary took writes: locks it granted meanwhile
+            // are lost too (a process that has not heard of the failover still asks it).
+            record.lost_writes_until = done.demoted;
+            record.note = Some(match &holder {
+                Some(h) => format!("{}; w{} held key {}", done.note, h.worker, h.key),
+                None => format!("{}; no long section was running", done.note),
             });
         }
         FaultKind::Blackhole => {

@@ -9,7 +9,7 @@
 //! See `README.md` for how to run it and how to read the report.
 //!
 //! The parts, in the order a run uses them: [`cli`] → [`config`] → [`coordinator`] (with
-//! [`servers`], [`netns`], [`proxy`], [`redis_url`]) starts [`worker`]s, which run the
+//! [`servers`] and [`topology`], [`netns`], [`proxy`], [`redis_url`]) starts [`worker`]s, which run the
 //! [`workload`] over [`backends`] and [`registers`] and write [`history`] (timestamped by
 //! [`clock`]); `faults` applies the [`schedule`], aimed by the [`live`] view; [`analysis`]
 //! checks the history, [`report`] and [`svg`] show it.
@@ -31,6 +31,7 @@ pub mod report;
 pub mod schedule;
 pub mod servers;
 pub mod svg;
+pub mod topology;
 pub mod worker;
 pub mod workload;
 

@@ -51,6 +51,9 @@ fn main() -> ExitCode {
     });
     // Whatever the run left (servers, namespaces, workers) is dropped with it, before exiting.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    // A server still held by a thread that had not finished (a topology forming, a failover
+    // settling) is killed here: the process ends, its children must not outlive it.
+    dlock_check::servers::kill_leftovers();
     match outcome {
         None => {
             eprintln!("dlock-check: interrupted; servers, namespaces and workers were stopped");

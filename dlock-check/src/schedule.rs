@@ -32,17 +32,26 @@ pub enum FaultKind {
     Partition,
     /// The checker's proxy delays everything between workers and the backend.
     Latency,
+    /// A topology's primary (the one serving a held key) hands over to its replica by the
+    /// topology's own command, unasked by dlock: `CLUSTER FAILOVER TAKEOVER` on the replica,
+    /// or `SENTINEL FAILOVER`. Writes the replica had not received are lost.
+    Failover,
+    /// A topology's primary (the one serving a held key) is SIGKILLed; its replica is elected
+    /// in its place, and it comes back, empty, as the replica.
+    KillPrimary,
 }
 
 impl FaultKind {
     /// Every kind, in the order of the default schedule.
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 10] = [
         Self::KillWorker,
         Self::PauseWorker,
         Self::PauseServer,
         Self::DropKey,
         Self::Partition,
         Self::Latency,
+        Self::Failover,
+        Self::KillPrimary,
         Self::RestartServer,
         Self::Blackhole,
     ];
@@ -58,12 +67,17 @@ impl FaultKind {
             Self::Blackhole => "blackhole",
             Self::Partition => "partition",
             Self::Latency => "latency",
+            Self::Failover => "failover",
+            Self::KillPrimary => "kill-primary",
         }
     }
 
     /// Whether it acts on the backend server (so needs a server the checker started).
     pub fn needs_own_server(self) -> bool {
-        matches!(self, Self::PauseServer | Self::RestartServer | Self::DropKey)
+        matches!(
+            self,
+            Self::PauseServer | Self::RestartServer | Self::DropKey | Self::Failover | Self::KillPrimary
+        )
     }
 
     /// Whether it acts on worker processes (so needs workers in their own processes).
@@ -171,9 +185,16 @@ pub struct FaultRecord {
     /// Why it was not applied, if it was not.
     pub skipped: Option<String>,
     /// What the backend server lost in it, if anything: locks it forgot (`restart-server`,
-    /// `drop-key`), so that a holder cannot have known.
+    /// `drop-key`) or may have forgotten (the keys a failed-over primary served), so that a
+    /// holder cannot have known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_lost: Option<DataLost>,
+    /// Until when the lost data may have been written, when that is after `start`: a failover
+    /// by command leaves the old primary taking writes until it hears it was replaced, and
+    /// what it took then, its replica never got. `None`: only what the server held at `start`
+    /// was lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_writes_until: Option<Stamp>,
 }
 
 /// Locks the backend server lost in a fault.

@@ -1,20 +1,24 @@
-//! Servers the checker starts, owns and faults: today a private `redis-server`; later a
-//! private PostgreSQL (`initdb` + `pg_ctl`), a Redis Cluster, a Sentinel topology — each one
-//! more implementation of [`ManagedServer`].
+//! Servers the checker starts, owns and faults: a private `redis-server` here, and the
+//! topologies of [`crate::topology`] (a Redis Cluster, a primary with a replica and
+//! sentinels), each an implementation of [`ManagedServer`].
 //!
 //! A managed server listens on a free loopback port, keeps its files in a directory of its
 //! own, and is killed when dropped. The checker never signals a process it did not start.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+
+use crate::schedule::FaultKind;
 
 /// How long a fresh server may take to answer.
 const STARTUP_BOUND: Duration = Duration::from_secs(10);
@@ -27,8 +31,9 @@ pub trait ManagedServer: Send + Sync + fmt::Debug {
     /// The URL a client uses to reach it directly.
     fn url(&self) -> String;
 
-    /// The address it listens on (what a proxy forwards to).
-    fn addr(&self) -> SocketAddr;
+    /// The one address clients reach it at (what a proxy forwards to); `None` for a topology
+    /// of several servers, whose clients go to the addresses the servers give them.
+    fn addr(&self) -> Option<SocketAddr>;
 
     /// Freeze it (SIGSTOP): connections stay open, nothing is answered.
     fn pause(&mut self) -> anyhow::Result<()>;
@@ -42,6 +47,30 @@ pub trait ManagedServer: Send + Sync + fmt::Debug {
     /// Start it again, empty, on the same address (killing it first if it runs); returns once
     /// it answers.
     fn start_again(&mut self) -> anyhow::Result<()>;
+
+    /// Fail the primary that serves the lock key `aim` over to its replica — by killing it
+    /// (SIGKILL) when `kill`, else by the topology's own command — and return once the replica
+    /// serves as the primary and the old one is back as its replica. `keys` are the run's lock
+    /// keys (with their prefix); the answer says which the failed-over primary served.
+    fn fail_over(&mut self, aim: &str, keys: &[String], kill: bool) -> anyhow::Result<FailedOver> {
+        let _ = (aim, keys, kill);
+        bail!("a single {} has no replica to fail over to", self.kind())
+    }
+}
+
+/// What [`ManagedServer::fail_over`] did.
+#[derive(Debug, Clone)]
+pub struct FailedOver {
+    /// When the replica served as the primary (the topology agreed on it).
+    pub serving: crate::clock::Stamp,
+    /// When the old primary was seen to be a replica, after a failover by command (until
+    /// then it may have taken writes nobody else got); `None` when it was killed.
+    pub demoted: Option<crate::clock::Stamp>,
+    /// The run's lock keys the old primary served: what its unreplicated writes could lose.
+    pub keys: Vec<String>,
+    /// What happened, for the report (`127.0.0.1:7001 → 127.0.0.1:7004, serving 1.8 s after
+    /// the kill`).
+    pub note: String,
 }
 
 /// The kinds of server the checker can run.
@@ -50,20 +79,56 @@ pub trait ManagedServer: Send + Sync + fmt::Debug {
 pub enum ServerKind {
     /// A single `redis-server`, without persistence.
     Redis,
+    /// A Redis Cluster of three primaries and three replicas ([`crate::topology::RedisCluster`]).
+    RedisCluster,
+    /// A primary, a replica and three sentinels ([`crate::topology::SentinelGroup`]).
+    RedisSentinel,
+}
+
+impl ServerKind {
+    /// The name `--backend` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Redis => "redis",
+            Self::RedisCluster => "redis-cluster",
+            Self::RedisSentinel => "redis-sentinel",
+        }
+    }
+
+    /// Whether it is several servers, failed over rather than paused or restarted as one.
+    pub fn is_topology(self) -> bool {
+        !matches!(self, Self::Redis)
+    }
+
+    /// Whether `fault` can be applied to it; `Err` says why not.
+    pub fn takes(self, fault: FaultKind) -> Result<(), String> {
+        let server_fault = fault.needs_own_server() || fault.needs_proxy() || fault == FaultKind::Partition;
+        match (self.is_topology(), fault) {
+            (false, FaultKind::Failover | FaultKind::KillPrimary) => {
+                Err("a single redis-server has no replica to fail over to (try `--backend redis-cluster` or `redis-sentinel`)".into())
+            }
+            (true, FaultKind::Failover | FaultKind::KillPrimary) => Ok(()),
+            (true, _) if server_fault => Err(format!(
+                "a {self} is several servers: the checker fails its primaries over (`failover`, `kill-primary`) rather than pausing, restarting, proxying or deleting from one"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The faults a run applies when `--faults` is not given: all it takes, lasting damage
+    /// last.
+    pub fn default_faults(self) -> Vec<FaultKind> {
+        FaultKind::ALL.into_iter().filter(|&f| self.takes(f).is_ok()).collect()
+    }
 }
 
 impl fmt::Display for ServerKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Redis => "redis-server",
+            Self::RedisCluster => "Redis Cluster (3 primaries, 3 replicas)",
+            Self::RedisSentinel => "Sentinel group (a primary, a replica, 3 sentinels)",
         })
-    }
-}
-
-/// Start a server of `kind`, its files under `dir`.
-pub fn start(kind: ServerKind, dir: &Path, name: &str) -> anyhow::Result<Box<dyn ManagedServer>> {
-    match kind {
-        ServerKind::Redis => Ok(Box::new(RedisServer::start(dir, name)?)),
     }
 }
 
@@ -74,6 +139,18 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     log: PathBuf,
+    mode: Mode,
+    extra: Vec<String>,
+}
+
+/// What a [`RedisServer`] runs as.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// A data node (plain, a replica or a cluster node, as its other arguments say).
+    Data,
+    /// A sentinel, with this configuration (written to `sentinel.conf` in its directory at
+    /// every start: a sentinel needs a file it may rewrite).
+    Sentinel(String),
 }
 
 impl fmt::Debug for RedisServer {
@@ -88,14 +165,37 @@ impl fmt::Debug for RedisServer {
 impl RedisServer {
     /// Start one on a free port; `name` names its directory and log under `dir`.
     pub fn start(dir: &Path, name: &str) -> anyhow::Result<Self> {
+        Self::start_with(dir, name, Mode::Data, |_| Ok(Vec::new()))
+    }
+
+    /// Start one as `mode` on a free port, with the arguments `extra` gives for that port
+    /// (after the checker's own: port, loopback, no persistence, its directory).
+    pub fn start_with(
+        dir: &Path,
+        name: &str,
+        mode: Mode,
+        extra: impl Fn(u16) -> anyhow::Result<Vec<String>>,
+    ) -> anyhow::Result<Self> {
         let dir = dir.join(name);
+        // A fresh server starts from nothing: a re-used run directory may hold an earlier
+        // run's files (a cluster node's nodes.conf would make it refuse to join a new cluster).
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         // The port is free when we look, but something could take it before redis-server
         // binds it: try a few.
         let mut last = None;
         for _ in 0..5 {
             let port = free_port()?;
-            let mut server = Self { child: None, port, log: dir.join("redis.log"), dir: dir.clone() };
+            let mut server = Self {
+                child: None,
+                port,
+                log: dir.join("redis.log"),
+                dir: dir.clone(),
+                mode: mode.clone(),
+                extra: extra(port)?,
+            };
             match server.spawn() {
                 Ok(()) => return Ok(server),
                 Err(err) => last = Some(err),
@@ -105,43 +205,67 @@ impl RedisServer {
             .context("could not start redis-server (is it installed?)")
     }
 
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Whether it runs (it was not killed, or was started again).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Replace the arguments of its next start (e.g. a killed primary comes back as a
+    /// replica).
+    pub fn set_extra(&mut self, extra: Vec<String>) {
+        self.extra = extra;
+    }
+
     fn spawn(&mut self) -> anyhow::Result<()> {
         let log =
             std::fs::File::create(&self.log).with_context(|| format!("creating {}", self.log.display()))?;
         let log_err = log.try_clone()?;
-        let mut child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let mut command = Command::new("redis-server");
+        match &self.mode {
+            Mode::Data => {
+                command.args(["--save", "", "--appendonly", "no"]);
+            }
+            Mode::Sentinel(conf) => {
+                let file = self.dir.join("sentinel.conf");
+                std::fs::write(&file, conf).with_context(|| format!("writing {}", file.display()))?;
+                // The file must come first.
+                command.arg(&file).arg("--sentinel");
+            }
+        }
+        let mut child = command
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--daemonize", "no", "--dir"])
             .arg(&self.dir)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
             .spawn()
             .context("spawning redis-server")?;
+        running().insert(child.id());
+        // Our own server must say it is ready: something else answering on the port is not it.
+        let ready_line = match self.mode {
+            Mode::Data => "Ready to accept connections",
+            Mode::Sentinel(_) => "Running mode=sentinel",
+        };
         let deadline = Instant::now() + STARTUP_BOUND;
         loop {
             if let Some(status) = child.try_wait()? {
+                running().remove(&child.id());
                 bail!("redis-server exited with {status}; see {}", self.log.display());
             }
-            // Our own server must say it is ready: something else answering on the port is not it.
-            let ready =
-                std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains("Ready to accept connections"));
+            let ready = std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains(ready_line));
             if ready && answers_ping(self.port) {
                 self.child = Some(child);
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+                let _ = end(child);
                 bail!("redis-server on port {} did not answer within {STARTUP_BOUND:?}", self.port);
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -164,8 +288,8 @@ impl ManagedServer for RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+    fn addr(&self) -> Option<SocketAddr> {
+        Some(SocketAddr::from(([127, 0, 0, 1], self.port)))
     }
 
     fn pause(&mut self) -> anyhow::Result<()> {
@@ -177,10 +301,8 @@ impl ManagedServer for RedisServer {
     }
 
     fn kill(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            // Err only if it already exited, which is what we want.
-            let _ = child.kill();
-            child.wait().context("reaping redis-server")?;
+        if let Some(child) = self.child.take() {
+            end(child).context("reaping redis-server")?;
         }
         Ok(())
     }
@@ -201,11 +323,37 @@ impl ManagedServer for RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            let _ = end(child);
         }
     }
+}
+
+/// The `redis-server` processes started and not yet reaped, by pid: what
+/// [`kill_leftovers`] kills.
+static RUNNING: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+
+fn running() -> std::sync::MutexGuard<'static, BTreeSet<u32>> {
+    RUNNING.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// SIGKILL every `redis-server` this process started that is still running: for an exit while
+/// a thread still holds one (a Ctrl-C while a topology forms), which would not drop it.
+pub fn kill_leftovers() {
+    for pid in std::mem::take(&mut *running()) {
+        if let Ok(pid) = i32::try_from(pid) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Kill and reap `child`, and forget it in [`RUNNING`].
+fn end(mut child: Child) -> std::io::Result<std::process::ExitStatus> {
+    // Err only if it already exited, which is what we want.
+    let _ = child.kill();
+    let status = child.wait();
+    running().remove(&child.id());
+    status
 }
 
 /// A loopback port nobody listens on right now, below the kernel's ephemeral range: an

@@ -15,8 +15,11 @@ pub struct DataLoss {
     pub fault: String,
     /// The keys it lost; `None`: every key.
     pub keys: Option<Vec<String>>,
-    /// When the loss began (the server killed, the delete sent).
+    /// When the loss began (the server killed, the delete sent, the failover asked for).
     pub start: i64,
+    /// Until when a lock the server granted may have been lost with it: `start`, or, after a
+    /// failover by command, when the old primary was seen demoted.
+    pub until: i64,
 }
 
 impl DataLoss {
@@ -31,7 +34,8 @@ impl DataLoss {
                     DataLost::EveryKey => None,
                     DataLost::Keys(keys) => Some(keys.clone()),
                 };
-                Some(DataLoss { fault: f.label.clone(), keys, start: f.start.wall })
+                let until = f.lost_writes_until.map_or(f.start.wall, |s| s.wall.max(f.start.wall));
+                Some(DataLoss { fault: f.label.clone(), keys, start: f.start.wall, until })
             })
             .collect()
     }
@@ -142,9 +146,11 @@ pub(super) fn check(history: &History, sections: &[Section], windows: &Windows, 
 ///
 /// In this order: told `Lost` in time (**lost before deadline**); frozen by the checker and
 /// inactive after its lease (**frozen holder**); the server lost the key while `earlier` held
-/// it and `later` was granted it after that, and `earlier` ended within its lease (**lost with
-/// the server's data**: nobody could have told it in time — a holder learns of the loss at its
-/// next renewal, and a section may end before that). Everything else is a violation; a holder
+/// it (entered by the time the loss began, or by the end of a failover's window of lost
+/// writes) and `later` was granted it after the loss began, and `earlier` ended within its
+/// lease (**lost with the server's data**: nobody could have told it in time — a holder learns
+/// of the loss at its next renewal, or when its process hears of the failover, and a section
+/// may end before that). Everything else is a violation; a holder
 /// that ran past its lease is one even when the server lost its key.
 pub fn classify(earlier: &Section, later: &Section, losses: &[DataLoss]) -> OverlapClass {
     let within_lease = earlier.lease_end.is_some_and(|lease_end| earlier.end <= lease_end);
@@ -158,7 +164,7 @@ pub fn classify(earlier: &Section, later: &Section, losses: &[DataLoss]) -> Over
     }
     let loss = losses.iter().find(|loss| {
         loss.covers(&earlier.key)
-            && earlier.enter <= loss.start
+            && earlier.enter <= loss.until
             && later.granted_by.is_some_and(|granted| granted >= loss.start)
     });
     if let Some(loss) = loss

@@ -163,6 +163,7 @@ fn fault(kind: FaultKind, start: i64, end: i64, paused: &[WorkerId]) -> FaultRec
         note: None,
         skipped: None,
         data_lost: None,
+        lost_writes_until: None,
     }
 }
 
@@ -592,6 +593,28 @@ fn a_loss_of_data_excuses_only_a_holder_that_ran_when_it_happened() {
     not_excused(&a, "ran past its lease");
     let overlap = a.violations.iter().find(|v| v.kind == ViolationKind::Overlap);
     assert!(overlap.is_some_and(|v| v.detail.contains("ran past its lease")), "{overlap:?}");
+}
+
+#[test]
+fn a_failover_by_command_loses_what_the_old_primary_granted_until_it_was_demoted() {
+    // Failed over at 100; the old primary took writes until it was seen demoted at 130.
+    let failover = |until: Option<i64>| {
+        let mut f = losing(FaultKind::Failover, 100, 110, DataLost::Keys(vec!["k".into()]));
+        f.lost_writes_until = until.map(at);
+        Some(f)
+    };
+    // Granted by the old primary at 120, while it still took writes, and ended within its
+    // lease: its lock went with the old primary, and it could not have been told in time.
+    let a = across_a_loss(S::new(0, "k", 1, 120, 300), 160, failover(Some(130)));
+    assert_eq!(safety(&a), [], "{:?}", a.violations);
+    assert_eq!(a.total.lost_with_server_data, 1);
+    assert!(a.excused[0].detail.contains("(failover)"), "{}", a.excused[0].detail);
+    // Entered after the old primary was demoted: the failover lost nothing of it.
+    let a = across_a_loss(S::new(0, "k", 1, 140, 300), 160, failover(Some(130)));
+    assert_eq!(safety(&a), [ViolationKind::Overlap]);
+    // A killed primary takes no writes after the kill: only what it held then was lost.
+    let a = across_a_loss(S::new(0, "k", 1, 120, 300), 160, failover(None));
+    assert_eq!(safety(&a), [ViolationKind::Overlap]);
 }
 
 #[test]
