@@ -12,10 +12,13 @@
 //! and moves here if that runtime ends first ([`spawn_lasting`]).
 
 use std::future::Future;
+#[cfg(feature = "redis")]
 use std::pin::Pin;
 use std::sync::OnceLock;
 
-use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::runtime::Handle;
+#[cfg(feature = "redis")]
+use tokio::runtime::RuntimeFlavor;
 
 /// dlock's runtime, started on first use. It runs until the process exits.
 ///
@@ -64,7 +67,8 @@ where
 }
 
 /// Work that lasts as long as its owner (a backend's subscriber), and can start over from what
-/// it keeps in itself.
+/// it keeps in itself. (Only the Redis backends keep subscribers, so only their builds have it.)
+#[cfg(feature = "redis")]
 pub(crate) trait Lasting: Send + 'static {
     /// Run until the work is done. When its runtime shuts down this is dropped half-way;
     /// [`interrupted`](Lasting::interrupted) is then called, and it runs again on dlock's
@@ -84,6 +88,7 @@ pub(crate) trait Lasting: Send + 'static {
 /// what a hand-off mostly costs on an idle machine. A current-thread runtime runs its tasks
 /// only while some caller blocks on it, so work for every runtime of the process cannot live
 /// there.
+#[cfg(feature = "redis")]
 pub(crate) fn spawn_lasting(work: impl Lasting) {
     let work: Box<dyn Lasting> = Box::new(work);
     match Handle::try_current() {
@@ -97,6 +102,7 @@ pub(crate) fn spawn_lasting(work: impl Lasting) {
 /// The task that runs `work`. The guard is made before the task exists: a runtime that shuts
 /// down before it ever polled the task drops the guard with it, and the work is handed over
 /// all the same.
+#[cfg(feature = "redis")]
 fn run_lasting(work: Box<dyn Lasting>) -> impl Future<Output = ()> + Send + 'static {
     let mut carried = HandOver(Some(work));
     async move {
@@ -110,8 +116,10 @@ fn run_lasting(work: Box<dyn Lasting>) -> impl Future<Output = ()> + Send + 'sta
 
 /// Carries [`Lasting`] work; dropped with the work unfinished (its runtime cancelled the
 /// task, or never ran it), it starts the work over on dlock's runtime.
+#[cfg(feature = "redis")]
 struct HandOver(Option<Box<dyn Lasting>>);
 
+#[cfg(feature = "redis")]
 impl Drop for HandOver {
     fn drop(&mut self) {
         let Some(mut work) = self.0.take() else { return };
