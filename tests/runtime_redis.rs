@@ -359,6 +359,16 @@ async fn an_acquisition_too_few_replicas_acknowledge_fails_and_is_released() {
         async move { !redis_cmd::<bool>(&mut conn, &["EXISTS", "acct"]).await }
     })
     .await;
+    // The same through `dlock::connect_with`, as a service configured by URL takes it.
+    let options = dlock::ConnectOptions::default().replicas_acknowledge(1, Duration::from_millis(200));
+    let by_url =
+        LockService::builder_from_arc(dlock::connect_with(&primary.url(), options).await.expect("connect"))
+            .build();
+    let (_, kind, message) = expect_backend_error(
+        by_url.lock("acct").ttl(Duration::from_secs(30)).await,
+        "no replica acknowledges",
+    );
+    assert_eq!(kind, BackendErrorKind::NotReplicated, "{message}");
 
     // A replica that keeps up acknowledges.
     let replica = RedisServer::start();

@@ -56,6 +56,41 @@ pub struct BackendSettings {
     /// The bound on every backend call (every backend takes it: `redis://` through
     /// `RedisBackend::builder`, the others through `dlock::connect_with`).
     pub call_timeout: Duration,
+    /// Replicas that must acknowledge every acquisition, and how long to wait for them
+    /// (`replicas_acknowledge`); `None`: dlock's default, no waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Replicas>,
+}
+
+/// `--replicas N[:WAIT]`: replicas that must acknowledge every acquisition (Redis `WAIT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replicas {
+    /// How many.
+    pub count: u32,
+    /// How long an acquisition waits for them.
+    pub wait: Duration,
+}
+
+impl std::str::FromStr for Replicas {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (count, wait) = text.split_once(':').unwrap_or((text, "100ms"));
+        let count = count
+            .parse::<u32>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("`{count}` in `{text}` is not a number of replicas (1 or more)"))?;
+        let wait = humantime::parse_duration(wait)
+            .map_err(|err| format!("`{wait}` in `{text}` is not a duration ({err}); write e.g. 1:100ms"))?;
+        Ok(Self { count, wait })
+    }
+}
+
+impl fmt::Display for Replicas {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.count, humantime::format_duration(self.wait))
+    }
 }
 
 /// A connected backend, and a way to delete one of its keys behind its holder's back.
@@ -109,15 +144,16 @@ pub async fn backend_for(settings: &BackendSettings) -> Result<Connected, Connec
         return Ok(Connected { backend: Arc::new(memory.clone()), forcer: KeyForcer::Memory(memory) });
     }
     let backend: Arc<dyn LockBackend> = if scheme(url) == "redis" {
-        Arc::new(
-            RedisBackend::builder(url)
-                .call_timeout(settings.call_timeout)
-                .connect()
-                .await
-                .map_err(|err| connect_error(url, &err))?,
-        )
+        let mut builder = RedisBackend::builder(url).call_timeout(settings.call_timeout);
+        if let Some(r) = settings.replicas {
+            builder = builder.replicas_acknowledge(r.count, r.wait);
+        }
+        Arc::new(builder.connect().await.map_err(|err| connect_error(url, &err))?)
     } else {
-        let options = dlock::ConnectOptions::default().call_timeout(settings.call_timeout);
+        let mut options = dlock::ConnectOptions::default().call_timeout(settings.call_timeout);
+        if let Some(r) = settings.replicas {
+            options = options.replicas_acknowledge(r.count, r.wait);
+        }
         dlock::connect_with(url, options).await.map_err(|err| connect_error(url, &err))?
     };
     let forcer = forcer_for(url, settings.call_timeout);
@@ -476,5 +512,21 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_parse_with_an_optional_wait() {
+        let one: Replicas = "1".parse().unwrap();
+        assert_eq!(one, Replicas { count: 1, wait: Duration::from_millis(100) });
+        let two: Replicas = "2:250ms".parse().unwrap();
+        assert_eq!(two, Replicas { count: 2, wait: Duration::from_millis(250) });
+        assert_eq!(two.to_string(), "2:250ms");
+        assert!("0".parse::<Replicas>().unwrap_err().contains("1 or more"));
+        assert!("1:soon".parse::<Replicas>().unwrap_err().contains("not a duration"));
     }
 }

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::backends::Plant;
+use crate::backends::{Plant, Replicas};
 use crate::config::{BackendChoice, RunConfig, default_call_timeout};
 use crate::schedule::{FaultKind, FaultSpec};
+use crate::servers::ServerKind;
 use crate::workload::{ModeChoice, Workload};
 
 /// dlock-check: take locks under faults, record everything, check the history.
@@ -129,6 +130,12 @@ pub struct CheckArgs {
     #[arg(long, value_parser = duration)]
     pub call_timeout: Option<Duration>,
 
+    /// Require N replicas to acknowledge every acquisition within WAIT [default WAIT: 100ms]
+    /// (dlock's `replicas_acknowledge`, Redis `WAIT`): for `redis-cluster`, `redis-sentinel`
+    /// and Redis URLs whose primaries have replicas. Off by default, as in dlock.
+    #[arg(long, value_name = "N[:WAIT]")]
+    pub replicas: Option<Replicas>,
+
     /// Where the history and the report go [default: target/dlock-check/run-UNIXTIME].
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -187,6 +194,14 @@ impl CheckArgs {
                 Plant::BodyBeforeLease
             ));
         }
+        if self.replicas.is_some()
+            && matches!(self.backend, BackendChoice::Memory | BackendChoice::Managed(ServerKind::Redis))
+        {
+            return Err(format!(
+                "--replicas: the backend `{}` has no replicas to acknowledge anything (use --backend redis-cluster or redis-sentinel)",
+                self.backend
+            ));
+        }
         if faults.iter().any(|f| f.kind == FaultKind::Latency && f.delay.is_some_and(|d| d.is_zero())) {
             return Err("a latency of 0 adds nothing".into());
         }
@@ -213,6 +228,7 @@ impl CheckArgs {
             recovery_bound,
             plant: self.plant,
             call_timeout,
+            replicas: self.replicas,
             out_dir,
             worker_exe,
             verbose: !self.quiet,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backends::Plant;
+use crate::backends::{Plant, Replicas};
 use crate::redis_url::{proxied_server, redact};
 use crate::schedule::{FaultKind, FaultSpec};
 use crate::servers::ServerKind;
@@ -97,6 +97,9 @@ pub struct RunConfig {
     pub plant: Option<Plant>,
     /// The bound on every backend call.
     pub call_timeout: Duration,
+    /// Replicas that must acknowledge every acquisition (`--replicas`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Replicas>,
     /// Where the history and the report go.
     pub out_dir: PathBuf,
     /// The `dlock-check` binary, run as `worker` for worker processes.
@@ -182,6 +185,7 @@ mod tests {
             recovery_bound: Duration::ZERO,
             plant: None,
             call_timeout: default_call_timeout(Duration::from_secs(1)),
+            replicas: None,
             out_dir: PathBuf::new(),
             worker_exe: PathBuf::new(),
             verbose: false,

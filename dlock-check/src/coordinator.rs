@@ -264,6 +264,7 @@ impl Lab {
                 url: backend_url,
                 prefix: self.prefix.clone(),
                 call_timeout: self.config.call_timeout,
+                replicas: self.config.replicas,
             },
             store,
             history,
@@ -346,6 +347,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
                 url: "memory".into(),
                 prefix: prefix.clone(),
                 call_timeout: config.call_timeout,
+                replicas: config.replicas,
             })
             .await?;
             lab.forcer = Some(connected.forcer.clone());
@@ -382,6 +384,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
                 url: url.clone(),
                 prefix: prefix.clone(),
                 call_timeout: config.call_timeout,
+                replicas: config.replicas,
             })
             .await?;
             if config.plant == Some(Plant::ReleaseWithoutOwnerCheck) && !probe.forcer.supported() {

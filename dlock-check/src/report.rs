@@ -227,7 +227,13 @@ pub fn setup(config: &RunConfig) -> Vec<String> {
         } else {
             ""
         };
-        format!("call timeout {} ({source}{warning})", d(config.call_timeout))
+        let replicas = match config.replicas {
+            Some(r) => {
+                format!(", every acquisition acknowledged by {} replica(s) within {}", r.count, d(r.wait))
+            }
+            None => String::new(),
+        };
+        format!("call timeout {} ({source}{warning}){replicas}", d(config.call_timeout))
     };
     vec![
         format!(

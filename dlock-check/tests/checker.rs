@@ -45,6 +45,7 @@ fn config(name: &str, backend: BackendChoice) -> RunConfig {
         recovery_bound,
         plant: None,
         call_timeout: default_call_timeout(TTL),
+        replicas: None,
         out_dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("dlock-check-{name}")),
         worker_exe: PathBuf::from(env!("CARGO_BIN_EXE_dlock-check")),
         verbose: true,

@@ -19,6 +19,7 @@ use crate::error::Error;
 #[must_use]
 pub struct ConnectOptions {
     call_timeout: Option<Duration>,
+    replicas: Option<(u32, Duration)>,
 }
 
 impl ConnectOptions {
@@ -30,6 +31,22 @@ impl ConnectOptions {
     /// ```
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.call_timeout = Some(timeout);
+        self
+    }
+
+    /// Require `replicas` replicas to acknowledge every acquisition within `timeout`: the
+    /// Redis backends' `replicas_acknowledge` (see
+    /// [`RedisBackendBuilder::replicas_acknowledge`](crate::RedisBackendBuilder::replicas_acknowledge)
+    /// for what it does and does not promise). A URL of another backend is then
+    /// [`Error::InvalidInput`]: it has no such option, and ignoring it would promise what is
+    /// not done.
+    ///
+    /// ```
+    /// let options = dlock::ConnectOptions::default()
+    ///     .replicas_acknowledge(1, std::time::Duration::from_millis(100));
+    /// ```
+    pub fn replicas_acknowledge(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replicas = Some((replicas, timeout));
         self
     }
 }
@@ -73,18 +90,37 @@ pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Arc<dyn 
     let scheme = url.split_once(':').map_or(url, |(scheme, _)| scheme);
     #[cfg(feature = "redis")]
     let call_timeout = options.call_timeout.unwrap_or(crate::RedisBackend::DEFAULT_CALL_TIMEOUT);
+    let redis_scheme =
+        matches!(scheme, "redis" | "rediss" | "redis-cluster" | "rediss-cluster" | "redis-sentinel");
+    if options.replicas.is_some()
+        && !redis_scheme
+        && supported().iter().any(|s| s.trim_end_matches([':', '/']) == scheme)
+    {
+        return Err(Error::InvalidInput {
+            what: "replicas_acknowledge",
+            reason: format!(
+                "replica acknowledgement is an option of the Redis backends, and `{scheme}:` is not one; leave it out (for PostgreSQL, the server's synchronous_commit and synchronous_standby_names decide what a commit waits for)"
+            ),
+        });
+    }
     match scheme {
         "memory" => Ok(Arc::new(MemoryBackend::new())),
         #[cfg(feature = "redis")]
         "redis" | "rediss" => {
-            Ok(Arc::new(crate::RedisBackend::builder(url).call_timeout(call_timeout).connect().await?))
+            let mut builder = crate::RedisBackend::builder(url).call_timeout(call_timeout);
+            if let Some((replicas, timeout)) = options.replicas {
+                builder = builder.replicas_acknowledge(replicas, timeout);
+            }
+            Ok(Arc::new(builder.connect().await?))
         }
         #[cfg(feature = "redis-cluster")]
         "redis-cluster" | "rediss-cluster" => {
             let nodes = crate::redis::url::cluster_nodes(url)?;
-            Ok(Arc::new(
-                crate::RedisClusterBackend::builder(nodes).call_timeout(call_timeout).connect().await?,
-            ))
+            let mut builder = crate::RedisClusterBackend::builder(nodes).call_timeout(call_timeout);
+            if let Some((replicas, timeout)) = options.replicas {
+                builder = builder.replicas_acknowledge(replicas, timeout);
+            }
+            Ok(Arc::new(builder.connect().await?))
         }
         #[cfg(feature = "redis-sentinel")]
         "redis-sentinel" => {
@@ -94,6 +130,9 @@ pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Arc<dyn 
                 .db(parts.db);
             if let Some(password) = &parts.password {
                 builder = builder.credentials(parts.username.as_deref(), password);
+            }
+            if let Some((replicas, timeout)) = options.replicas {
+                builder = builder.replicas_acknowledge(replicas, timeout);
             }
             Ok(Arc::new(builder.connect().await?))
         }
@@ -144,7 +183,9 @@ fn redact_scheme(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::connect;
+    use std::time::Duration;
+
+    use super::{ConnectOptions, connect, connect_with};
     use crate::error::Error;
 
     #[tokio::test]
@@ -158,5 +199,20 @@ mod tests {
             }
             other => panic!("expected InvalidInput, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn replica_acknowledgement_is_refused_where_it_would_do_nothing() {
+        let options = ConnectOptions::default().replicas_acknowledge(1, Duration::from_millis(50));
+        match connect_with("memory:", options).await.err() {
+            Some(Error::InvalidInput { what: "replicas_acknowledge", reason }) => {
+                assert!(reason.contains("Redis backends") && reason.contains("`memory:`"), "{reason}");
+            }
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+        // An unknown scheme is still told as one.
+        let unknown =
+            connect_with("zookeeper://h", ConnectOptions::default().replicas_acknowledge(1, Duration::ZERO));
+        assert!(matches!(unknown.await.err(), Some(Error::InvalidInput { what: "backend URL", .. })));
     }
 }
