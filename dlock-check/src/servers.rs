@@ -35,18 +35,25 @@ pub trait ManagedServer: Send + Sync + fmt::Debug {
     /// of several servers, whose clients go to the addresses the servers give them.
     fn addr(&self) -> Option<SocketAddr>;
 
-    /// Freeze it (SIGSTOP): connections stay open, nothing is answered.
-    fn pause(&mut self) -> anyhow::Result<()>;
+    /// Freeze it (SIGSTOP): connections stay open, nothing is answered. A topology is not
+    /// frozen whole ([`ServerKind::takes`] keeps the fault from it): by default, an error.
+    fn pause(&mut self) -> anyhow::Result<()> {
+        bail!("the checker fails a {} over; it does not pause it whole", self.kind())
+    }
 
     /// Thaw it (SIGCONT).
-    fn resume(&mut self) -> anyhow::Result<()>;
+    fn resume(&mut self) -> anyhow::Result<()> {
+        bail!("the checker never paused the {}", self.kind())
+    }
 
     /// Kill it (SIGKILL) and reap it: connections drop, new ones are refused.
     fn kill(&mut self) -> anyhow::Result<()>;
 
     /// Start it again, empty, on the same address (killing it first if it runs); returns once
-    /// it answers.
-    fn start_again(&mut self) -> anyhow::Result<()>;
+    /// it answers. A topology is not restarted whole: by default, an error.
+    fn start_again(&mut self) -> anyhow::Result<()> {
+        bail!("the checker fails a {} over; it does not restart it whole", self.kind())
+    }
 
     /// Fail the primary that serves the lock key `aim` over to its replica — by killing it
     /// (SIGKILL) when `kill`, else by the topology's own command — and return once the replica

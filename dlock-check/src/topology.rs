@@ -175,20 +175,8 @@ impl ManagedServer for RedisCluster {
         None
     }
 
-    fn pause(&mut self) -> anyhow::Result<()> {
-        bail!("the checker fails a {} over; it does not pause it whole", self.kind())
-    }
-
-    fn resume(&mut self) -> anyhow::Result<()> {
-        Ok(())
-    }
-
     fn kill(&mut self) -> anyhow::Result<()> {
         self.nodes.iter_mut().try_for_each(ManagedServer::kill)
-    }
-
-    fn start_again(&mut self) -> anyhow::Result<()> {
-        bail!("the checker fails a {} over; it does not restart it whole", self.kind())
     }
 
     fn fail_over(&mut self, aim: &str, keys: &[String], kill: bool) -> anyhow::Result<FailedOver> {
@@ -366,20 +354,8 @@ impl ManagedServer for SentinelGroup {
         None
     }
 
-    fn pause(&mut self) -> anyhow::Result<()> {
-        bail!("the checker fails a {} over; it does not pause it whole", self.kind())
-    }
-
-    fn resume(&mut self) -> anyhow::Result<()> {
-        Ok(())
-    }
-
     fn kill(&mut self) -> anyhow::Result<()> {
         self.data.iter_mut().chain(&mut self.sentinels).try_for_each(ManagedServer::kill)
-    }
-
-    fn start_again(&mut self) -> anyhow::Result<()> {
-        bail!("the checker fails a {} over; it does not restart it whole", self.kind())
     }
 
     fn fail_over(&mut self, _aim: &str, keys: &[String], kill: bool) -> anyhow::Result<FailedOver> {

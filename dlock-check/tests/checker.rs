@@ -76,6 +76,11 @@ fn assert_exercised(analysis: &Analysis) {
     assert!(renewed > 0, "no long section (renewed past its ttl) finished");
 }
 
+/// Each of `kinds` once, in order, with the run's durations.
+fn schedule(kinds: &[FaultKind]) -> Vec<FaultSpec> {
+    kinds.iter().map(|&kind| FaultSpec { kind, duration: None, delay: None }).collect()
+}
+
 fn overlaps(analysis: &Analysis) -> usize {
     analysis.violations.iter().filter(|v| v.kind == ViolationKind::Overlap).count()
 }
@@ -97,7 +102,7 @@ async fn redis_short_schedule_has_no_violations() {
     let mut config = config("redis", BackendChoice::Managed(ServerKind::Redis));
     config.baseline = Duration::from_secs(1);
     // Every fault, in the default order (the server's restart and the black hole last).
-    config.faults = [
+    config.faults = schedule(&[
         FaultKind::KillWorker,
         FaultKind::PauseWorker,
         FaultKind::PauseServer,
@@ -106,10 +111,7 @@ async fn redis_short_schedule_has_no_violations() {
         FaultKind::Latency,
         FaultKind::RestartServer,
         FaultKind::Blackhole,
-    ]
-    .into_iter()
-    .map(|kind| FaultSpec { kind, duration: None, delay: None })
-    .collect();
+    ]);
     let analysis = check(config).await;
     assert_exercised(&analysis);
     assert!(analysis.passed(), "violations: {:#?}", analysis.violations);
@@ -141,10 +143,7 @@ async fn topology_failovers_have_no_violations(name: &str, kind: ServerKind) {
     let _turn = SERIAL.lock().await;
     let mut config = config(name, BackendChoice::Managed(kind));
     config.baseline = Duration::from_secs(1);
-    config.faults = [FaultKind::Failover, FaultKind::KillPrimary, FaultKind::KillWorker]
-        .into_iter()
-        .map(|kind| FaultSpec { kind, duration: None, delay: None })
-        .collect();
+    config.faults = schedule(&[FaultKind::Failover, FaultKind::KillPrimary, FaultKind::KillWorker]);
     let analysis = check(config).await;
     assert_exercised(&analysis);
     assert!(analysis.passed(), "violations: {:#?}", analysis.violations);
