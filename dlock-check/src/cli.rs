@@ -202,6 +202,15 @@ impl CheckArgs {
                 self.backend
             ));
         }
+        if let (Some(replicas), BackendChoice::Managed(kind)) = (self.replicas, &self.backend)
+            && kind.is_topology()
+            && replicas.count > 1
+        {
+            return Err(format!(
+                "--replicas {}: the checker's {kind} has one replica per primary; ask for 1",
+                replicas.count
+            ));
+        }
         if faults.iter().any(|f| f.kind == FaultKind::Latency && f.delay.is_some_and(|d| d.is_zero())) {
             return Err("a latency of 0 adds nothing".into());
         }

@@ -449,7 +449,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
                 note: None,
                 skipped: Some(reason.clone()),
                 data_lost: None,
-                lost_writes_until: None,
+                granted_by_old_primary: Vec::new(),
             });
             continue;
         }

@@ -32,7 +32,7 @@ pub(crate) async fn apply(lab: &mut Lab, spec: &FaultSpec) -> anyhow::Result<Fau
         note: None,
         skipped: None,
         data_lost: None,
-        lost_writes_until: None,
+        granted_by_old_primary: Vec::new(),
     };
     match spec.kind {
         FaultKind::KillWorker => {
@@ -153,7 +153,10 @@ pub(crate) async fn apply(lab: &mut Lab, spec: &FaultSpec) -> anyhow::Result<Fau
             record.data_lost = Some(DataLost::Keys(lost));
             // Until it was demoted, the old primary took writes: locks it granted meanwhile
             // are lost too (a process that has not heard of the failover still asks it).
-            record.lost_writes_until = done.demoted;
+            record.granted_by_old_primary = done.granted_by_old_primary;
+            // The loss began with the kill or the command, not when the fault was asked for
+            // (the topology is checked whole first).
+            record.start = done.begun;
             record.note = Some(match &holder {
                 Some(h) => format!("{}; w{} held key {}", done.note, h.worker, h.key),
                 None => format!("{}; no long section was running", done.note),

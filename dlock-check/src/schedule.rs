@@ -189,12 +189,12 @@ pub struct FaultRecord {
     /// holder cannot have known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_lost: Option<DataLost>,
-    /// Until when the lost data may have been written, when that is after `start`: a failover
-    /// by command leaves the old primary taking writes until it hears it was replaced, and
-    /// what it took then, its replica never got. `None`: only what the server held at `start`
-    /// was lost.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lost_writes_until: Option<Stamp>,
+    /// The fencing tokens of the locks the old primary held after a failover by command began
+    /// and until it was demoted: it kept granting locks (to processes that had not heard of the
+    /// failover yet) that its replica never got. A section that entered after `start` counts
+    /// as lost with the server's data only with one of these tokens.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub granted_by_old_primary: Vec<u64>,
 }
 
 /// Locks the backend server lost in a fault.

@@ -70,9 +70,12 @@ pub trait ManagedServer: Send + Sync + fmt::Debug {
 pub struct FailedOver {
     /// When the replica served as the primary (the topology agreed on it).
     pub serving: crate::clock::Stamp,
-    /// When the old primary was seen to be a replica, after a failover by command (until
-    /// then it may have taken writes nobody else got); `None` when it was killed.
-    pub demoted: Option<crate::clock::Stamp>,
+    /// When it was done: the kill, or the command sent (after the topology was checked whole).
+    pub begun: crate::clock::Stamp,
+    /// The fencing tokens of the locks (on `keys`) the old primary held from `begun` until it
+    /// was demoted, after a failover by command: it took writes its replica never got. Empty
+    /// when it was killed.
+    pub granted_by_old_primary: Vec<u64>,
     /// The run's lock keys the old primary served: what its unreplicated writes could lose.
     pub keys: Vec<String>,
     /// What happened, for the report (`127.0.0.1:7001 → 127.0.0.1:7004, serving 1.8 s after
@@ -244,7 +247,7 @@ impl RedisServer {
                 command.arg(&file).arg("--sentinel");
             }
         }
-        let mut child = command
+        let child = command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--daemonize", "no", "--dir"])
             .arg(&self.dir)
@@ -254,7 +257,7 @@ impl RedisServer {
             .stderr(log_err)
             .spawn()
             .context("spawning redis-server")?;
-        running().insert(child.id());
+        let mut child = started(child)?;
         // Our own server must say it is ready: something else answering on the port is not it.
         let ready_line = match self.mode {
             Mode::Data => "Ready to accept connections",
@@ -262,9 +265,16 @@ impl RedisServer {
         };
         let deadline = Instant::now() + STARTUP_BOUND;
         loop {
-            if let Some(status) = child.try_wait()? {
-                running().remove(&child.id());
-                bail!("redis-server exited with {status}; see {}", self.log.display());
+            match child.try_wait() {
+                Ok(None) => {}
+                Ok(Some(status)) => {
+                    let _ = end(child);
+                    bail!("redis-server exited with {status}; see {}", self.log.display());
+                }
+                Err(err) => {
+                    let _ = end(child);
+                    return Err(anyhow::Error::new(err).context("waiting for redis-server"));
+                }
             }
             let ready = std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains(ready_line));
             if ready && answers_ping(self.port) {
@@ -336,30 +346,47 @@ impl Drop for RedisServer {
     }
 }
 
-/// The `redis-server` processes started and not yet reaped, by pid: what
-/// [`kill_leftovers`] kills.
-static RUNNING: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+/// The `redis-server` processes started and not yet reaped, by pid, and whether the process
+/// is exiting (then no more may start): what [`kill_leftovers`] kills.
+static RUNNING: Mutex<(BTreeSet<u32>, bool)> = Mutex::new((BTreeSet::new(), false));
 
-fn running() -> std::sync::MutexGuard<'static, BTreeSet<u32>> {
+fn running() -> std::sync::MutexGuard<'static, (BTreeSet<u32>, bool)> {
     RUNNING.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// SIGKILL every `redis-server` this process started that is still running: for an exit while
-/// a thread still holds one (a Ctrl-C while a topology forms), which would not drop it.
+/// SIGKILL every `redis-server` this process started that is still running, and start no
+/// more: for an exit while a thread still holds one (a Ctrl-C while a topology forms), which
+/// would not drop it.
 pub fn kill_leftovers() {
-    for pid in std::mem::take(&mut *running()) {
+    let mut running = running();
+    running.1 = true;
+    for pid in std::mem::take(&mut running.0) {
         if let Ok(pid) = i32::try_from(pid) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
 }
 
-/// Kill and reap `child`, and forget it in [`RUNNING`].
+/// Note a child just started in [`RUNNING`]; if the process is exiting, kill it instead.
+fn started(child: Child) -> anyhow::Result<Child> {
+    let mut running = running();
+    if running.1 {
+        drop(running);
+        let _ = end(child);
+        bail!("dlock-check is exiting: no server starts now");
+    }
+    running.0.insert(child.id());
+    Ok(child)
+}
+
+/// Kill and reap `child`, and forget it in [`RUNNING`]: all under its lock, so that
+/// [`kill_leftovers`] never signals a pid reaped and perhaps given to another process.
 fn end(mut child: Child) -> std::io::Result<std::process::ExitStatus> {
+    let mut running = running();
     // Err only if it already exited, which is what we want.
     let _ = child.kill();
     let status = child.wait();
-    running().remove(&child.id());
+    running.0.remove(&child.id());
     status
 }
 

@@ -6,11 +6,13 @@
 //! what, no node is flagged failing, and every replica is linked to its primary. A fault
 //! therefore always starts from a whole topology, and ends only once it is whole again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -85,7 +87,7 @@ impl RedisCluster {
         create.args(["--cluster", "create"]);
         create.args(cluster.ports().iter().map(|p| format!("127.0.0.1:{p}")));
         create.args(["--cluster-replicas", "1", "--cluster-yes"]);
-        run_bounded(create, "redis-cli --cluster create")?;
+        run_bounded(create, "redis-cli --cluster create", &dir.join("create.log"))?;
         cluster.wait_settled()?;
         Ok(cluster)
     }
@@ -117,8 +119,11 @@ impl RedisCluster {
                 return Err(format!("node {port} flags node {} failing", failing.port));
             }
             let primaries: Vec<&NodeLine> = view.iter().filter(|n| !n.slots.is_empty()).collect();
-            let covered: u32 =
-                primaries.iter().flat_map(|n| &n.slots).map(|(a, b)| u32::from(b - a) + 1).sum();
+            let covered: u32 = primaries
+                .iter()
+                .flat_map(|n| &n.slots)
+                .map(|(a, b)| u32::from(b.saturating_sub(*a)) + 1)
+                .sum();
             if primaries.len() != 3 || covered != 16384 || view.len() != 6 {
                 return Err(format!("node {port} sees {} primaries over {covered} slots", primaries.len()));
             }
@@ -131,6 +136,14 @@ impl RedisCluster {
             }
         }
         let view = agreed.ok_or("no node runs")?;
+        // Every primary has its replica (a failover needs one to fail over to).
+        if let Some(alone) = view
+            .iter()
+            .filter(|n| !n.slots.is_empty())
+            .find(|p| !view.iter().any(|r| r.master.as_deref() == Some(p.id.as_str())))
+        {
+            return Err(format!("primary {} has no replica (yet)", alone.port));
+        }
         for replica in view.iter().filter(|n| n.slots.is_empty()) {
             let info: String = query(replica.port, &["INFO", "replication"])?;
             if info_field(&info, "master_link_status") != Some("up") {
@@ -198,7 +211,9 @@ impl ManagedServer for RedisCluster {
             }
         }
         let (old, new, new_id) = (primary.port, replica.port, replica.id.clone());
+        let watch = if kill { None } else { Some(GrantWatch::start(old, served.clone())?) };
         let begun = Instant::now();
+        let begun_at = Stamp::now();
         let how = if kill {
             self.node_mut(old)?.kill()?;
             "kill -9"
@@ -213,18 +228,20 @@ impl ManagedServer for RedisCluster {
         poll(SETTLE_BOUND, "the replica serving", || self.serves(&new_id, slot, kill.then_some(old)))?;
         let serving = Stamp::now();
         let took = begun.elapsed();
-        let demoted = if kill {
-            // It comes back empty, with its nodes.conf: the cluster makes it the new primary's
-            // replica.
-            self.node_mut(old)?.start_again()?;
-            None
-        } else {
-            Some(poll(SETTLE_BOUND, "the old primary demoted", || demoted(old))?)
+        let granted_by_old_primary = match watch {
+            Some(watch) => watch.until_demoted()?,
+            None => {
+                // It comes back empty, with its nodes.conf: the cluster makes it the new
+                // primary's replica.
+                self.node_mut(old)?.start_again()?;
+                Vec::new()
+            }
         };
         self.wait_settled()?;
         Ok(FailedOver {
             serving,
-            demoted,
+            begun: begun_at,
+            granted_by_old_primary,
             keys: served,
             note: format!(
                 "{how}: primary {old} → replica {new}, serving {:.2} s later; {old} back as its replica after {:.2} s",
@@ -361,34 +378,44 @@ impl ManagedServer for SentinelGroup {
     fn fail_over(&mut self, _aim: &str, keys: &[String], kill: bool) -> anyhow::Result<FailedOver> {
         let old = poll(SETTLE_BOUND, "the sentinels settling", || self.settled())?;
         let new = self.data.iter().map(RedisServer::port).find(|&p| p != old).context("no replica")?;
+        let watch = if kill { None } else { Some(GrantWatch::start(old, keys.to_vec())?) };
         let begun = Instant::now();
+        let begun_at = Stamp::now();
         let how = if kill {
             self.data.iter_mut().find(|d| d.port() == old).context("no primary")?.kill()?;
             "kill -9"
         } else {
             let sentinel = self.sentinels.first().context("no sentinel")?.port();
-            // A sentinel still busy with an earlier failover says INPROG: ask again.
+            // A sentinel still busy with an earlier failover says INPROG: ask again. Any
+            // other answer ends it (asking again after an OK that went astray would fail the
+            // primary back).
             poll(SETTLE_BOUND, "a sentinel taking SENTINEL FAILOVER", || {
-                query::<String>(sentinel, &["SENTINEL", "FAILOVER", MASTER_NAME])
-            })?;
+                match query::<String>(sentinel, &["SENTINEL", "FAILOVER", MASTER_NAME]) {
+                    Err(err) if err.contains("INPROG") => Err(err),
+                    answer => Ok(answer),
+                }
+            })?
+            .map_err(anyhow::Error::msg)?;
             "SENTINEL FAILOVER"
         };
         poll(SETTLE_BOUND, "the replica serving", || self.serves(new))?;
         let serving = Stamp::now();
         let took = begun.elapsed();
-        let demoted = if kill {
-            // Back empty, as the new primary's replica (as the sentinels would make it).
-            let node = self.data.iter_mut().find(|d| d.port() == old).context("no old primary")?;
-            node.set_extra(replica_of(new));
-            node.start_again()?;
-            None
-        } else {
-            Some(poll(SETTLE_BOUND, "the old primary demoted", || demoted(old))?)
+        let granted_by_old_primary = match watch {
+            Some(watch) => watch.until_demoted()?,
+            None => {
+                // Back empty, as the new primary's replica (as the sentinels would make it).
+                let node = self.data.iter_mut().find(|d| d.port() == old).context("no old primary")?;
+                node.set_extra(replica_of(new));
+                node.start_again()?;
+                Vec::new()
+            }
         };
         poll(SETTLE_BOUND, "the sentinels settling", || self.settled())?;
         Ok(FailedOver {
             serving,
-            demoted,
+            begun: begun_at,
+            granted_by_old_primary,
             keys: keys.to_vec(),
             note: format!(
                 "{how}: primary {old} → replica {new}, serving {:.2} s later; {old} back as its replica after {:.2} s",
@@ -399,12 +426,93 @@ impl ManagedServer for SentinelGroup {
     }
 }
 
-/// When the node on `port` says it is a replica: by then it takes no more writes.
-fn demoted(port: u16) -> Result<Stamp, String> {
-    let info: String = query(port, &["INFO", "replication"])?;
-    match info_field(&info, "role") {
-        Some("slave") => Ok(Stamp::now()),
-        role => Err(format!("{port} is {role:?} yet")),
+/// The locks an old primary holds from just before a failover by command until it is
+/// demoted: a thread reads, every millisecond on a connection of its own, the role and the
+/// values of `keys` in one transaction, and keeps the fencing token of every lock it sees
+/// while the node is still a primary serving them (a cluster node that redirects them, or
+/// says it is a replica, takes no more writes for them). A lock it grants then is lost with it when the replica
+/// takes over; a lock it granted before is there too. What a read between two polls misses
+/// (a lock taken and released within a millisecond) is not excused, never the other way.
+struct GrantWatch {
+    port: u16,
+    demoted: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Result<BTreeSet<u64>, String>>,
+}
+
+impl GrantWatch {
+    fn start(port: u16, keys: Vec<String>) -> anyhow::Result<Self> {
+        let bound = Duration::from_secs(2);
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+        let mut conn = client.get_connection_with_timeout(bound)?;
+        conn.set_read_timeout(Some(bound))?;
+        let demoted = Arc::new(AtomicBool::new(false));
+        let seen_demoted = Arc::clone(&demoted);
+        let thread = std::thread::spawn(move || {
+            let mut tokens = BTreeSet::new();
+            let mut failures = 0;
+            let mut read = redis::pipe();
+            read.atomic().cmd("ROLE");
+            for key in &keys {
+                read.cmd("GET").arg(key);
+            }
+            loop {
+                let mut replies = match read.query::<Vec<redis::Value>>(&mut conn) {
+                    Ok(replies) => {
+                        failures = 0;
+                        replies.into_iter()
+                    }
+                    // A cluster node that no longer serves the keys' slots redirects: it takes
+                    // no more writes for them.
+                    Err(err) if err.to_string().to_ascii_lowercase().contains("moved") => {
+                        seen_demoted.store(true, Ordering::SeqCst);
+                        return Ok(tokens);
+                    }
+                    // A primary made a replica closes its clients' connections: connect again,
+                    // and the next read says whether it was that.
+                    Err(err) => {
+                        failures += 1;
+                        if failures > 50 {
+                            return Err(format!("reading the locks on {port}: {err}"));
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                        if let Ok(again) = client.get_connection_with_timeout(bound) {
+                            let _ = again.set_read_timeout(Some(bound));
+                            conn = again;
+                        }
+                        continue;
+                    }
+                };
+                let role: Vec<redis::Value> = match replies.next().map(redis::from_redis_value) {
+                    Some(Ok(role)) => role,
+                    Some(Err(err)) => return Err(format!("ROLE on {port}: {err}")),
+                    None => return Err(format!("an empty reply from {port}")),
+                };
+                let primary = role.into_iter().next().and_then(|r| redis::from_redis_value::<String>(r).ok());
+                if primary.as_deref() != Some("master") {
+                    // Demoted: what it holds from now on is the new primary's.
+                    seen_demoted.store(true, Ordering::SeqCst);
+                    return Ok(tokens);
+                }
+                let values =
+                    replies.filter_map(|v| redis::from_redis_value::<Option<String>>(v).ok().flatten());
+                tokens.extend(values.filter_map(|v| v.split(':').next()?.parse::<u64>().ok()));
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        Ok(Self { port, demoted, thread })
+    }
+
+    /// Wait until the old primary is seen demoted; the tokens of the locks it held until then.
+    fn until_demoted(self) -> anyhow::Result<Vec<u64>> {
+        let deadline = Instant::now() + SETTLE_BOUND;
+        while !self.demoted.load(Ordering::SeqCst) && !self.thread.is_finished() {
+            if Instant::now() >= deadline {
+                bail!("waited {SETTLE_BOUND:?} for the old primary {} to be demoted", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let tokens = self.thread.join().map_err(|_| anyhow::anyhow!("the lock reader panicked"))?;
+        Ok(tokens.map_err(anyhow::Error::msg)?.into_iter().collect())
     }
 }
 
@@ -524,12 +632,14 @@ fn poll<T>(bound: Duration, what: &str, mut attempt: impl FnMut() -> Result<T, S
     }
 }
 
-/// Run `command` to its end, within [`SETTLE_BOUND`].
-fn run_bounded(mut command: Command, what: &str) -> anyhow::Result<()> {
+/// Run `command` to its end, within [`SETTLE_BOUND`], its output in `log` (`redis-cli` says
+/// what went wrong on its standard output).
+fn run_bounded(mut command: Command, what: &str, log: &Path) -> anyhow::Result<()> {
+    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut child = command
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
         .spawn()
         .with_context(|| format!("starting {what} (is redis-cli installed?)"))?;
     let deadline = Instant::now() + SETTLE_BOUND;
@@ -538,17 +648,13 @@ fn run_bounded(mut command: Command, what: &str) -> anyhow::Result<()> {
             if status.success() {
                 return Ok(());
             }
-            // redis-cli says what went wrong on its standard output.
-            let mut said = String::new();
-            if let Some(mut stdout) = child.stdout.take() {
-                let _ = std::io::Read::read_to_string(&mut stdout, &mut said);
-            }
+            let said = std::fs::read_to_string(log).unwrap_or_default();
             bail!("{what} exited with {status}: {}", said.trim());
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("{what} did not finish within {SETTLE_BOUND:?}");
+            bail!("{what} did not finish within {SETTLE_BOUND:?}; see {}", log.display());
         }
         std::thread::sleep(Duration::from_millis(20));
     }

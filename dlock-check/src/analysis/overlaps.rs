@@ -17,9 +17,9 @@ pub struct DataLoss {
     pub keys: Option<Vec<String>>,
     /// When the loss began (the server killed, the delete sent, the failover asked for).
     pub start: i64,
-    /// Until when a lock the server granted may have been lost with it: `start`, or, after a
-    /// failover by command, when the old primary was seen demoted.
-    pub until: i64,
+    /// Locks (by fencing token) the old primary held after a failover by command began, until
+    /// it was demoted: lost with it too.
+    pub granted_after_start: Vec<u64>,
 }
 
 impl DataLoss {
@@ -34,8 +34,12 @@ impl DataLoss {
                     DataLost::EveryKey => None,
                     DataLost::Keys(keys) => Some(keys.clone()),
                 };
-                let until = f.lost_writes_until.map_or(f.start.wall, |s| s.wall.max(f.start.wall));
-                Some(DataLoss { fault: f.label.clone(), keys, start: f.start.wall, until })
+                Some(DataLoss {
+                    fault: f.label.clone(),
+                    keys,
+                    start: f.start.wall,
+                    granted_after_start: f.granted_by_old_primary.clone(),
+                })
             })
             .collect()
     }
@@ -146,8 +150,8 @@ pub(super) fn check(history: &History, sections: &[Section], windows: &Windows, 
 ///
 /// In this order: told `Lost` in time (**lost before deadline**); frozen by the checker and
 /// inactive after its lease (**frozen holder**); the server lost the key while `earlier` held
-/// it (entered by the time the loss began, or by the end of a failover's window of lost
-/// writes) and `later` was granted it after the loss began, and `earlier` ended within its
+/// it (entered by the time the loss began, or its lock was one the old primary held after a
+/// failover by command began) and `later` was granted it after the loss began, and `earlier` ended within its
 /// lease (**lost with the server's data**: nobody could have told it in time — a holder learns
 /// of the loss at its next renewal, or when its process hears of the failover, and a section
 /// may end before that). Everything else is a violation; a holder
@@ -164,7 +168,7 @@ pub fn classify(earlier: &Section, later: &Section, losses: &[DataLoss]) -> Over
     }
     let loss = losses.iter().find(|loss| {
         loss.covers(&earlier.key)
-            && earlier.enter <= loss.until
+            && (earlier.enter <= loss.start || loss.granted_after_start.contains(&earlier.token))
             && later.granted_by.is_some_and(|granted| granted >= loss.start)
     });
     if let Some(loss) = loss

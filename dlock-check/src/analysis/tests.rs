@@ -163,7 +163,7 @@ fn fault(kind: FaultKind, start: i64, end: i64, paused: &[WorkerId]) -> FaultRec
         note: None,
         skipped: None,
         data_lost: None,
-        lost_writes_until: None,
+        granted_by_old_primary: Vec::new(),
     }
 }
 
@@ -596,24 +596,25 @@ fn a_loss_of_data_excuses_only_a_holder_that_ran_when_it_happened() {
 }
 
 #[test]
-fn a_failover_by_command_loses_what_the_old_primary_granted_until_it_was_demoted() {
-    // Failed over at 100; the old primary took writes until it was seen demoted at 130.
-    let failover = |until: Option<i64>| {
+fn a_failover_by_command_loses_the_locks_the_old_primary_granted_before_it_was_demoted() {
+    // Failed over at 100; until it was demoted, the old primary held the lock with token 1.
+    let failover = |tokens: &[u64]| {
         let mut f = losing(FaultKind::Failover, 100, 110, DataLost::Keys(vec!["k".into()]));
-        f.lost_writes_until = until.map(at);
+        f.granted_by_old_primary = tokens.to_vec();
         Some(f)
     };
-    // Granted by the old primary at 120, while it still took writes, and ended within its
-    // lease: its lock went with the old primary, and it could not have been told in time.
-    let a = across_a_loss(S::new(0, "k", 1, 120, 300), 160, failover(Some(130)));
+    // Entered at 120, on a lock the old primary granted after the failover began, and ended
+    // within its lease: its lock went with the old primary, and it could not have been told.
+    let a = across_a_loss(S::new(0, "k", 1, 120, 300), 160, failover(&[1]));
     assert_eq!(safety(&a), [], "{:?}", a.violations);
     assert_eq!(a.total.lost_with_server_data, 1);
     assert!(a.excused[0].detail.contains("(failover)"), "{}", a.excused[0].detail);
-    // Entered after the old primary was demoted: the failover lost nothing of it.
-    let a = across_a_loss(S::new(0, "k", 1, 140, 300), 160, failover(Some(130)));
+    // Entered at 120 on a lock the old primary never had (the new one granted it): the
+    // failover explains nothing.
+    let a = across_a_loss(S::new(0, "k", 1, 120, 300), 160, failover(&[7]));
     assert_eq!(safety(&a), [ViolationKind::Overlap]);
-    // A killed primary takes no writes after the kill: only what it held then was lost.
-    let a = across_a_loss(S::new(0, "k", 1, 120, 300), 160, failover(None));
+    // A killed primary grants nothing after the kill: only what it held then was lost.
+    let a = across_a_loss(S::new(0, "k", 1, 120, 300), 160, failover(&[]));
     assert_eq!(safety(&a), [ViolationKind::Overlap]);
 }
 
