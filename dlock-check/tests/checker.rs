@@ -57,10 +57,15 @@ fn rand_seed() -> u64 {
 }
 
 async fn check(config: RunConfig) -> Analysis {
+    checked(config).await.analysis
+}
+
+/// The run, its check and what each fault recorded.
+async fn checked(config: RunConfig) -> dlock_check::Checked {
     let checked = dlock_check::check(config).await.unwrap_or_else(|err| panic!("the run failed: {err:#}"));
     eprintln!("{}", dlock_check::report::text_report(&checked.config, &checked.analysis));
     assert!(checked.analysis.valid, "the history is unreliable: {:?}", checked.analysis.notes);
-    checked.analysis
+    checked
 }
 
 /// The run really exercised the lock: sections on every key, long ones renewed to the end.
@@ -144,8 +149,9 @@ async fn topology_failovers_have_no_violations(name: &str, kind: ServerKind) {
     let mut config = config(name, BackendChoice::Managed(kind));
     config.baseline = Duration::from_secs(1);
     config.faults = schedule(&[FaultKind::Failover, FaultKind::KillPrimary, FaultKind::KillWorker]);
-    let analysis = check(config).await;
-    assert_exercised(&analysis);
+    let checked = checked(config).await;
+    let analysis = &checked.analysis;
+    assert_exercised(analysis);
     assert!(analysis.passed(), "violations: {:#?}", analysis.violations);
     for row in &analysis.rows[1..] {
         assert_eq!(row.skipped, None, "{} was not applied", row.label);
@@ -157,6 +163,18 @@ async fn topology_failovers_have_no_violations(name: &str, kind: ServerKind) {
         let note = row.note.as_deref().unwrap_or_default();
         assert!(note.contains("→ replica") && note.contains("back as its replica"), "{}: {note}", row.label);
     }
+    // The failover by command was aimed at a holder of a long section on the old primary: the
+    // old primary's locks were read until it was demoted, that holder's among them. (Without
+    // them no overlap on a lock it granted meanwhile could be excused.)
+    let failover = &checked.run.history.faults[0];
+    let aimed = failover.note.as_deref().unwrap_or_default();
+    if aimed.contains(" held key ") {
+        assert!(!failover.granted_by_old_primary.is_empty(), "no lock read on the old primary: {aimed}");
+    }
+    assert!(
+        checked.run.history.faults[1].granted_by_old_primary.is_empty(),
+        "a killed primary grants nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
