@@ -56,6 +56,11 @@ impl BackendChoice {
         }
     }
 
+    /// Whether it is a topology the checker started (a cluster, a Sentinel group).
+    pub fn is_topology(&self) -> bool {
+        matches!(self, Self::Managed(kind) if kind.is_topology())
+    }
+
     /// Whether the workers run in the checker's own process.
     pub fn in_process(&self) -> bool {
         matches!(self, Self::Memory)
@@ -211,13 +216,18 @@ mod tests {
         for topology in ["redis-cluster", "redis-sentinel"] {
             let choice = BackendChoice::parse(topology).unwrap();
             assert!(matches!(choice, BackendChoice::Managed(kind) if kind.is_topology()));
+            assert!(choice.is_topology());
             assert_eq!(
                 choice.default_faults(),
-                [FaultKind::KillWorker, FaultKind::PauseWorker, FaultKind::Failover, FaultKind::KillPrimary]
+                [
+                    FaultKind::KillWorker,
+                    FaultKind::PauseWorker,
+                    FaultKind::PauseServer,
+                    FaultKind::Failover,
+                    FaultKind::KillPrimary
+                ]
             );
-            for kind in
-                [FaultKind::PauseServer, FaultKind::RestartServer, FaultKind::Blackhole, FaultKind::DropKey]
-            {
+            for kind in [FaultKind::RestartServer, FaultKind::Blackhole, FaultKind::DropKey] {
                 assert!(skipped(topology, kind).is_some_and(|why| why.contains("several servers")), "{kind}");
             }
         }

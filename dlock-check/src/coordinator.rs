@@ -450,6 +450,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
                 skipped: Some(reason.clone()),
                 data_lost: None,
                 granted_by_old_primary: Vec::new(),
+                old_primary_scripts: Vec::new(),
             });
             continue;
         }

@@ -1,7 +1,7 @@
 //! Applying one fault of the schedule to a running lab, aimed at a lock holder where the fault
 //! acts on one, and recording what was done and when.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,6 +13,7 @@ use crate::coordinator::{Lab, lock};
 use crate::history::WorkerId;
 use crate::live::Holding;
 use crate::schedule::{DataLost, FaultKind, FaultRecord, FaultSpec};
+use crate::servers::{FailedOver, ManagedServer};
 
 /// How long to look for a worker inside a section before aiming at any worker.
 const FIND_HOLDER: Duration = Duration::from_secs(3);
@@ -33,6 +34,7 @@ pub(crate) async fn apply(lab: &mut Lab, spec: &FaultSpec) -> anyhow::Result<Fau
         skipped: None,
         data_lost: None,
         granted_by_old_primary: Vec::new(),
+        old_primary_scripts: Vec::new(),
     };
     match spec.kind {
         FaultKind::KillWorker => {
@@ -73,6 +75,17 @@ pub(crate) async fn apply(lab: &mut Lab, spec: &FaultSpec) -> anyhow::Result<Fau
                 Some(h) => format!("holding key {}", h.key),
                 None => "no worker was inside a section: paused one anyway".into(),
             });
+        }
+        FaultKind::PauseServer if lab.config.backend.is_topology() => {
+            // The primary serving a held key is frozen; its replica may be elected meanwhile.
+            let target = PrimaryAim::find(lab).await?;
+            let (server, aim, keys) = (Arc::clone(&target.server), target.aim.clone(), target.keys.clone());
+            let done =
+                tokio::task::spawn_blocking(move || lock(&server).pause_primary(&aim, &keys, duration))
+                    .await
+                    .context("the pause thread panicked")??;
+            record.label = format!("pause-server (key {}'s primary) {d}", target.key);
+            target.record(&mut record, done);
         }
         FaultKind::PauseServer => {
             let server = Arc::clone(lab.server.as_ref().context("no server of our own to pause")?);
@@ -129,38 +142,14 @@ pub(crate) async fn apply(lab: &mut Lab, spec: &FaultSpec) -> anyhow::Result<Fau
         FaultKind::Failover | FaultKind::KillPrimary => {
             // Aimed at a holder with a renewal ahead: the fault is whether dlock tells it in
             // time when the new primary lacks its lease.
-            let holder = find_holder(lab, Aim::LongHolder).await;
-            let key = match &holder {
-                Some(h) => h.key.clone(),
-                None => lab.config.workload.keys.choose(&mut rand::rng()).cloned().unwrap_or_default(),
-            };
-            let server = Arc::clone(lab.server.as_ref().context("no topology of our own to fail over")?);
-            let prefix = lab.prefix.clone();
-            let keys: Vec<String> = lab.config.workload.keys.iter().map(|k| format!("{prefix}{k}")).collect();
-            let aim = format!("{prefix}{key}");
+            let target = PrimaryAim::find(lab).await?;
+            let (server, aim, keys) = (Arc::clone(&target.server), target.aim.clone(), target.keys.clone());
             let kill = spec.kind == FaultKind::KillPrimary;
-            record.start = Stamp::now();
             let done = tokio::task::spawn_blocking(move || lock(&server).fail_over(&aim, &keys, kill))
                 .await
                 .context("the failover thread panicked")??;
-            // Over once the replica serves; the old primary's return as its replica is
-            // recovery, measured from here.
-            record.end = done.serving;
-            record.label = format!("{} (key {key})", spec.kind.name());
-            // What the old primary had not passed on is gone: the locks it served may be.
-            let lost: Vec<String> =
-                done.keys.iter().filter_map(|k| k.strip_prefix(prefix.as_str())).map(str::to_owned).collect();
-            record.data_lost = Some(DataLost::Keys(lost));
-            // Until it was demoted, the old primary took writes: locks it granted meanwhile
-            // are lost too (a process that has not heard of the failover still asks it).
-            record.granted_by_old_primary = done.granted_by_old_primary;
-            // The loss began with the kill or the command, not when the fault was asked for
-            // (the topology is checked whole first).
-            record.start = done.begun;
-            record.note = Some(match &holder {
-                Some(h) => format!("{}; w{} held key {}", done.note, h.worker, h.key),
-                None => format!("{}; no long section was running", done.note),
-            });
+            record.label = format!("{} (key {})", spec.kind.name(), target.key);
+            target.record(&mut record, done);
         }
         FaultKind::Blackhole => {
             let proxy = lab.proxy.as_ref().context("no proxy to black-hole")?;
@@ -205,6 +194,61 @@ pub(crate) async fn apply(lab: &mut Lab, spec: &FaultSpec) -> anyhow::Result<Fau
         }
     }
     Ok(record)
+}
+
+/// The target of a topology fault: the primary that serves a held key.
+struct PrimaryAim {
+    holder: Option<Holding>,
+    /// The key (without the run's prefix).
+    key: String,
+    server: Arc<Mutex<Box<dyn ManagedServer>>>,
+    prefix: String,
+    /// The run's lock keys and the aimed one, with the prefix.
+    keys: Vec<String>,
+    aim: String,
+}
+
+impl PrimaryAim {
+    /// A holder of a long section with a renewal ahead (else any key).
+    async fn find(lab: &mut Lab) -> anyhow::Result<Self> {
+        let holder = find_holder(lab, Aim::LongHolder).await;
+        let key = match &holder {
+            Some(h) => h.key.clone(),
+            None => lab.config.workload.keys.choose(&mut rand::rng()).cloned().unwrap_or_default(),
+        };
+        let server = Arc::clone(lab.server.as_ref().context("no topology of our own to fault")?);
+        let prefix = lab.prefix.clone();
+        let keys = lab.config.workload.keys.iter().map(|k| format!("{prefix}{k}")).collect();
+        let aim = format!("{prefix}{key}");
+        Ok(Self { holder, key, server, prefix, keys, aim })
+    }
+
+    /// Put what the fault did into `record`.
+    fn record(&self, record: &mut FaultRecord, done: FailedOver) {
+        // The loss began with the kill, the command or the freeze, not when the fault was
+        // asked for (the topology is checked whole first); it is over once the topology
+        // serves again (the old primary's return as a replica is recovery, measured from
+        // there).
+        record.start = done.begun;
+        record.end = done.serving;
+        if done.failed_over {
+            // What the old primary had not passed on is gone: the locks it served may be, and
+            // those it granted until it was demoted (to processes that had not heard yet).
+            let unprefixed = |key: &str| key.strip_prefix(self.prefix.as_str()).map(str::to_owned);
+            record.data_lost = Some(DataLost::Keys(done.keys.iter().filter_map(|k| unprefixed(k)).collect()));
+            record.granted_by_old_primary = done.old_primary.tokens;
+            record.old_primary_scripts = done
+                .old_primary
+                .scripts
+                .into_iter()
+                .filter_map(|(at, k)| Some((at, unprefixed(&k)?)))
+                .collect();
+        }
+        record.note = Some(match &self.holder {
+            Some(h) => format!("{}; w{} held key {}", done.note, h.worker, h.key),
+            None => format!("{}; no long section was running", done.note),
+        });
+    }
 }
 
 /// Which holder a fault aims at. Both prefer a long section with time left — a fault aimed at

@@ -195,7 +195,17 @@ pub struct FaultRecord {
     /// as lost with the server's data only with one of these tokens.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub granted_by_old_primary: Vec<u64>,
+    /// The scripts the old primary ran on the run's lock keys in the same time, from `MONITOR`:
+    /// (server time in µs, lock key without the prefix). A lock it granted has a fencing token
+    /// (the server's time in µs) within [`SCRIPT_TOKEN_SLACK_US`] of one of these; that also
+    /// counts as granted by the old primary.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub old_primary_scripts: Vec<(i64, String)>,
 }
+
+/// How far (µs) a lock's fencing token may be from the `MONITOR` time of the script that
+/// granted it: the script reads the server's clock a moment after `MONITOR` stamps the command.
+pub const SCRIPT_TOKEN_SLACK_US: i64 = 500;
 
 /// Locks the backend server lost in a fault.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -63,6 +63,23 @@ pub trait ManagedServer: Send + Sync + fmt::Debug {
         let _ = (aim, keys, kill);
         bail!("a single {} has no replica to fail over to", self.kind())
     }
+
+    /// Freeze the primary that serves `aim` (SIGSTOP) for `pause`, then thaw it, and return once
+    /// the topology is whole again: its replica may have been elected meanwhile (then the old
+    /// primary, thawed, served on until it heard), or not.
+    fn pause_primary(&mut self, aim: &str, keys: &[String], pause: Duration) -> anyhow::Result<FailedOver> {
+        let _ = (aim, keys, pause);
+        bail!("a single {} is paused whole (`pause-server`)", self.kind())
+    }
+}
+
+/// What an old primary did while it ran on after a failover began (see [`FailedOver`]).
+#[derive(Debug, Clone, Default)]
+pub struct OldPrimary {
+    /// The fencing tokens of the locks on the run's keys it was seen holding.
+    pub tokens: Vec<u64>,
+    /// (server time in µs, lock key) of every script it ran on a run's key (from `MONITOR`).
+    pub scripts: Vec<(i64, String)>,
 }
 
 /// What [`ManagedServer::fail_over`] did.
@@ -72,15 +89,17 @@ pub struct FailedOver {
     pub serving: crate::clock::Stamp,
     /// When it was done: the kill, or the command sent (after the topology was checked whole).
     pub begun: crate::clock::Stamp,
-    /// The fencing tokens of the locks (on `keys`) the old primary held from `begun` until it
-    /// was demoted, after a failover by command: it took writes its replica never got. Empty
-    /// when it was killed.
-    pub granted_by_old_primary: Vec<u64>,
+    /// What the old primary did from `begun` until it was demoted, when it ran on (a failover
+    /// by command, a pause): the locks it granted then its replica never got. Empty when it
+    /// was killed.
+    pub old_primary: OldPrimary,
     /// The run's lock keys the old primary served: what its unreplicated writes could lose.
     pub keys: Vec<String>,
     /// What happened, for the report (`127.0.0.1:7001 → 127.0.0.1:7004, serving 1.8 s after
     /// the kill`).
     pub note: String,
+    /// Whether the replica took over (a paused primary may keep its place).
+    pub failed_over: bool,
 }
 
 /// The kinds of server the checker can run.
@@ -117,9 +136,9 @@ impl ServerKind {
             (false, FaultKind::Failover | FaultKind::KillPrimary) => {
                 Err("a single redis-server has no replica to fail over to (try `--backend redis-cluster` or `redis-sentinel`)".into())
             }
-            (true, FaultKind::Failover | FaultKind::KillPrimary) => Ok(()),
+            (true, FaultKind::Failover | FaultKind::KillPrimary | FaultKind::PauseServer) => Ok(()),
             (true, _) if server_fault => Err(format!(
-                "a {self} is several servers: the checker fails its primaries over (`failover`, `kill-primary`) rather than pausing, restarting, proxying or deleting from one"
+                "a {self} is several servers: the checker fails its primaries over (`failover`, `kill-primary`) or pauses one (`pause-server`) rather than restarting, proxying or deleting from one"
             )),
             _ => Ok(()),
         }

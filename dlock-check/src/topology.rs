@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::clock::Stamp;
-use crate::servers::{FailedOver, ManagedServer, Mode, RedisServer, ServerKind, free_port};
+use crate::servers::{FailedOver, ManagedServer, Mode, OldPrimary, RedisServer, ServerKind, free_port};
 
 /// How long a topology may take to form, or to settle again after a failover.
 const SETTLE_BOUND: Duration = Duration::from_secs(30);
@@ -174,6 +174,38 @@ impl RedisCluster {
     }
 }
 
+/// The primary that serves a key's slot, its replica, and the run's keys it serves.
+struct Shard {
+    slot: u16,
+    primary: NodeLine,
+    replica: NodeLine,
+    served: Vec<String>,
+}
+
+impl RedisCluster {
+    /// Once the cluster is whole: the shard of `aim`, and which of `keys` it serves.
+    fn shard(&self, aim: &str, keys: &[String]) -> anyhow::Result<Shard> {
+        let view = self.wait_settled()?;
+        let any = view.first().context("an empty cluster")?.port;
+        let slot_of = |key: &str| -> anyhow::Result<u16> {
+            query(any, &["CLUSTER", "KEYSLOT", key]).map_err(anyhow::Error::msg)
+        };
+        let slot = slot_of(aim)?;
+        let primary = view.iter().find(|n| n.serves(slot)).context("nobody serves the key's slot")?;
+        let replica = view
+            .iter()
+            .find(|n| n.master.as_deref() == Some(primary.id.as_str()))
+            .with_context(|| format!("primary {} has no replica", primary.port))?;
+        let mut served = Vec::new();
+        for key in keys {
+            if primary.serves(slot_of(key)?) {
+                served.push(key.clone());
+            }
+        }
+        Ok(Shard { slot, primary: primary.clone(), replica: replica.clone(), served })
+    }
+}
+
 impl ManagedServer for RedisCluster {
     fn kind(&self) -> &'static str {
         "Redis Cluster"
@@ -193,25 +225,9 @@ impl ManagedServer for RedisCluster {
     }
 
     fn fail_over(&mut self, aim: &str, keys: &[String], kill: bool) -> anyhow::Result<FailedOver> {
-        let view = self.wait_settled()?;
-        let any = view.first().context("an empty cluster")?.port;
-        let slot_of = |key: &str| -> anyhow::Result<u16> {
-            query(any, &["CLUSTER", "KEYSLOT", key]).map_err(anyhow::Error::msg)
-        };
-        let slot = slot_of(aim)?;
-        let primary = view.iter().find(|n| n.serves(slot)).context("nobody serves the key's slot")?;
-        let replica = view
-            .iter()
-            .find(|n| n.master.as_deref() == Some(primary.id.as_str()))
-            .with_context(|| format!("primary {} has no replica", primary.port))?;
-        let mut served = Vec::new();
-        for key in keys {
-            if primary.serves(slot_of(key)?) {
-                served.push(key.clone());
-            }
-        }
-        let (old, new, new_id) = (primary.port, replica.port, replica.id.clone());
-        let watch = if kill { None } else { Some(GrantWatch::start(old, served.clone())?) };
+        let Shard { slot, primary, replica, served } = self.shard(aim, keys)?;
+        let (old, new, new_id) = (primary.port, replica.port, replica.id);
+        let watch = if kill { None } else { Some(OldPrimaryWatch::start(old, served.clone())?) };
         let begun = Instant::now();
         let begun_at = Stamp::now();
         let how = if kill {
@@ -228,26 +244,56 @@ impl ManagedServer for RedisCluster {
         poll(SETTLE_BOUND, "the replica serving", || self.serves(&new_id, slot, kill.then_some(old)))?;
         let serving = Stamp::now();
         let took = begun.elapsed();
-        let granted_by_old_primary = match watch {
+        let old_primary = match watch {
             Some(watch) => watch.until_demoted()?,
             None => {
                 // It comes back empty, with its nodes.conf: the cluster makes it the new
                 // primary's replica.
                 self.node_mut(old)?.start_again()?;
-                Vec::new()
+                OldPrimary::default()
             }
         };
         self.wait_settled()?;
         Ok(FailedOver {
             serving,
             begun: begun_at,
-            granted_by_old_primary,
+            old_primary,
             keys: served,
+            failed_over: true,
             note: format!(
                 "{how}: primary {old} → replica {new}, serving {:.2} s later; {old} back as its replica after {:.2} s",
                 took.as_secs_f64(),
                 begun.elapsed().as_secs_f64()
             ),
+        })
+    }
+
+    fn pause_primary(&mut self, aim: &str, keys: &[String], pause: Duration) -> anyhow::Result<FailedOver> {
+        let Shard { slot, primary, replica, served } = self.shard(aim, keys)?;
+        let watch = OldPrimaryWatch::start(primary.port, served.clone())?;
+        let begun = Stamp::now();
+        self.node_mut(primary.port)?.pause()?;
+        std::thread::sleep(pause);
+        self.node_mut(primary.port)?.resume()?;
+        let view = self.wait_settled()?;
+        let serving = Stamp::now();
+        let owner = view.iter().find(|n| n.serves(slot)).context("nobody serves the key's slot")?;
+        let failed_over = owner.id == replica.id;
+        let old_primary = if failed_over { watch.until_demoted()? } else { watch.stop() };
+        Ok(FailedOver {
+            serving,
+            begun,
+            old_primary,
+            keys: if failed_over { served } else { Vec::new() },
+            failed_over,
+            note: if failed_over {
+                format!(
+                    "primary {} paused {pause:?}: replica {} elected in its place",
+                    primary.port, replica.port
+                )
+            } else {
+                format!("primary {} paused {pause:?}: it kept its slots", primary.port)
+            },
         })
     }
 }
@@ -378,7 +424,7 @@ impl ManagedServer for SentinelGroup {
     fn fail_over(&mut self, _aim: &str, keys: &[String], kill: bool) -> anyhow::Result<FailedOver> {
         let old = poll(SETTLE_BOUND, "the sentinels settling", || self.settled())?;
         let new = self.data.iter().map(RedisServer::port).find(|&p| p != old).context("no replica")?;
-        let watch = if kill { None } else { Some(GrantWatch::start(old, keys.to_vec())?) };
+        let watch = if kill { None } else { Some(OldPrimaryWatch::start(old, keys.to_vec())?) };
         let begun = Instant::now();
         let begun_at = Stamp::now();
         let how = if kill {
@@ -401,22 +447,23 @@ impl ManagedServer for SentinelGroup {
         poll(SETTLE_BOUND, "the replica serving", || self.serves(new))?;
         let serving = Stamp::now();
         let took = begun.elapsed();
-        let granted_by_old_primary = match watch {
+        let old_primary = match watch {
             Some(watch) => watch.until_demoted()?,
             None => {
                 // Back empty, as the new primary's replica (as the sentinels would make it).
                 let node = self.data.iter_mut().find(|d| d.port() == old).context("no old primary")?;
                 node.set_extra(replica_of(new));
                 node.start_again()?;
-                Vec::new()
+                OldPrimary::default()
             }
         };
         poll(SETTLE_BOUND, "the sentinels settling", || self.settled())?;
         Ok(FailedOver {
             serving,
             begun: begun_at,
-            granted_by_old_primary,
+            old_primary,
             keys: keys.to_vec(),
+            failed_over: true,
             note: format!(
                 "{how}: primary {old} → replica {new}, serving {:.2} s later; {old} back as its replica after {:.2} s",
                 took.as_secs_f64(),
@@ -424,96 +471,239 @@ impl ManagedServer for SentinelGroup {
             ),
         })
     }
+
+    fn pause_primary(&mut self, _aim: &str, keys: &[String], pause: Duration) -> anyhow::Result<FailedOver> {
+        let old = poll(SETTLE_BOUND, "the sentinels settling", || self.settled())?;
+        let watch = OldPrimaryWatch::start(old, keys.to_vec())?;
+        let begun = Stamp::now();
+        let node = self.data.iter_mut().find(|d| d.port() == old).context("no primary")?;
+        node.pause()?;
+        std::thread::sleep(pause);
+        node.resume()?;
+        let now = poll(SETTLE_BOUND, "the sentinels settling", || self.settled())?;
+        let serving = Stamp::now();
+        let failed_over = now != old;
+        let old_primary = if failed_over { watch.until_demoted()? } else { watch.stop() };
+        Ok(FailedOver {
+            serving,
+            begun,
+            old_primary,
+            keys: if failed_over { keys.to_vec() } else { Vec::new() },
+            failed_over,
+            note: if failed_over {
+                format!("primary {old} paused {pause:?}: replica {now} promoted in its place")
+            } else {
+                format!("primary {old} paused {pause:?}: it stayed the primary")
+            },
+        })
+    }
 }
 
-/// The locks an old primary holds from just before a failover by command until it is
-/// demoted: a thread reads, every millisecond on a connection of its own, the role and the
-/// values of `keys` in one transaction, and keeps the fencing token of every lock it sees
-/// while the node is still a primary serving them (a cluster node that redirects them, or
-/// says it is a replica, takes no more writes for them). A lock it grants then is lost with it when the replica
-/// takes over; a lock it granted before is there too. What a read between two polls misses
-/// (a lock taken and released within a millisecond) is not excused, never the other way.
-struct GrantWatch {
+/// What an old primary did from just before a failover until it was demoted: the locks on
+/// the run's keys it held, and the scripts it ran on them. Until it hears it was replaced, an
+/// old primary (paused and thawed, or failed over by command) keeps granting locks, to
+/// processes that have not heard either, and its replica never gets them.
+///
+/// Two threads, each on a connection of its own: one reads the role and the keys' values in
+/// one `MULTI` every millisecond and keeps the fencing token of every lock it sees while the
+/// node still serves them (a cluster node that redirects them, or says it is a replica, takes
+/// no more writes for them); the other follows `MONITOR` and keeps the server time and lock
+/// key of every script run on a run's key — a lock granted by a script has a token within a
+/// fraction of a millisecond of that time, which catches the locks granted and released
+/// between two reads, or granted the moment a paused node is thawed. What both miss is not
+/// excused; nothing is excused that the old primary did not do.
+struct OldPrimaryWatch {
     port: u16,
     demoted: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Result<BTreeSet<u64>, String>>,
+    stop: Arc<AtomicBool>,
+    reads: std::thread::JoinHandle<BTreeSet<u64>>,
+    monitor: std::thread::JoinHandle<Vec<(i64, String)>>,
 }
 
-impl GrantWatch {
+impl OldPrimaryWatch {
     fn start(port: u16, keys: Vec<String>) -> anyhow::Result<Self> {
-        let bound = Duration::from_secs(2);
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
-        let mut conn = client.get_connection_with_timeout(bound)?;
-        conn.set_read_timeout(Some(bound))?;
         let demoted = Arc::new(AtomicBool::new(false));
-        let seen_demoted = Arc::clone(&demoted);
-        let thread = std::thread::spawn(move || {
-            let mut tokens = BTreeSet::new();
-            let mut failures = 0;
-            let mut read = redis::pipe();
-            read.atomic().cmd("ROLE");
-            for key in &keys {
-                read.cmd("GET").arg(key);
-            }
-            loop {
-                let mut replies = match read.query::<Vec<redis::Value>>(&mut conn) {
-                    Ok(replies) => {
-                        failures = 0;
-                        replies.into_iter()
-                    }
-                    // A cluster node that no longer serves the keys' slots redirects: it takes
-                    // no more writes for them.
-                    Err(err) if err.to_string().to_ascii_lowercase().contains("moved") => {
-                        seen_demoted.store(true, Ordering::SeqCst);
-                        return Ok(tokens);
-                    }
-                    // A primary made a replica closes its clients' connections: connect again,
-                    // and the next read says whether it was that.
-                    Err(err) => {
-                        failures += 1;
-                        if failures > 50 {
-                            return Err(format!("reading the locks on {port}: {err}"));
-                        }
-                        std::thread::sleep(Duration::from_millis(5));
-                        if let Ok(again) = client.get_connection_with_timeout(bound) {
-                            let _ = again.set_read_timeout(Some(bound));
-                            conn = again;
-                        }
-                        continue;
-                    }
-                };
-                let role: Vec<redis::Value> = match replies.next().map(redis::from_redis_value) {
-                    Some(Ok(role)) => role,
-                    Some(Err(err)) => return Err(format!("ROLE on {port}: {err}")),
-                    None => return Err(format!("an empty reply from {port}")),
-                };
-                let primary = role.into_iter().next().and_then(|r| redis::from_redis_value::<String>(r).ok());
-                if primary.as_deref() != Some("master") {
-                    // Demoted: what it holds from now on is the new primary's.
-                    seen_demoted.store(true, Ordering::SeqCst);
-                    return Ok(tokens);
-                }
-                let values =
-                    replies.filter_map(|v| redis::from_redis_value::<Option<String>>(v).ok().flatten());
-                tokens.extend(values.filter_map(|v| v.split(':').next()?.parse::<u64>().ok()));
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        });
-        Ok(Self { port, demoted, thread })
+        let stop = Arc::new(AtomicBool::new(false));
+        let monitor = monitor_scripts(port, keys.clone(), Arc::clone(&stop))?;
+        let reads = read_locks(port, keys, Arc::clone(&demoted), Arc::clone(&stop))?;
+        Ok(Self { port, demoted, stop, reads, monitor })
     }
 
-    /// Wait until the old primary is seen demoted; the tokens of the locks it held until then.
-    fn until_demoted(self) -> anyhow::Result<Vec<u64>> {
+    /// Stop watching (the primary kept its place: it lost nothing).
+    fn stop(self) -> OldPrimary {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.reads.join();
+        let _ = self.monitor.join();
+        OldPrimary::default()
+    }
+
+    /// Wait until the old primary is seen demoted; what it did until then.
+    fn until_demoted(self) -> anyhow::Result<OldPrimary> {
         let deadline = Instant::now() + SETTLE_BOUND;
-        while !self.demoted.load(Ordering::SeqCst) && !self.thread.is_finished() {
+        while !self.demoted.load(Ordering::SeqCst) && !self.reads.is_finished() {
             if Instant::now() >= deadline {
+                self.stop.store(true, Ordering::SeqCst);
                 bail!("waited {SETTLE_BOUND:?} for the old primary {} to be demoted", self.port);
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        let tokens = self.thread.join().map_err(|_| anyhow::anyhow!("the lock reader panicked"))?;
-        Ok(tokens.map_err(anyhow::Error::msg)?.into_iter().collect())
+        // MONITOR lines are written after the command ran: let the last ones arrive.
+        std::thread::sleep(Duration::from_millis(50));
+        self.stop.store(true, Ordering::SeqCst);
+        let tokens = self.reads.join().map_err(|_| anyhow::anyhow!("the lock reader panicked"))?;
+        let scripts = self.monitor.join().map_err(|_| anyhow::anyhow!("the MONITOR reader panicked"))?;
+        Ok(OldPrimary { tokens: tokens.into_iter().collect(), scripts })
     }
+}
+
+/// The thread that reads the role and the locks on `port` every millisecond (see
+/// [`OldPrimaryWatch`]); it sets `demoted` when the node stops serving the keys.
+fn read_locks(
+    port: u16,
+    keys: Vec<String>,
+    demoted: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<BTreeSet<u64>>> {
+    // Short: a paused node must be read again the moment it is thawed.
+    let bound = Duration::from_millis(200);
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
+    conn.set_read_timeout(Some(bound))?;
+    Ok(std::thread::spawn(move || {
+        let mut tokens = BTreeSet::new();
+        let mut read = redis::pipe();
+        read.atomic().cmd("ROLE");
+        for key in &keys {
+            read.cmd("GET").arg(key);
+        }
+        let mut failing_since: Option<Instant> = None;
+        while !stop.load(Ordering::SeqCst) {
+            let mut replies = match read.query::<Vec<redis::Value>>(&mut conn) {
+                Ok(replies) => {
+                    failing_since = None;
+                    replies.into_iter()
+                }
+                // A cluster node that no longer serves the keys' slots redirects: it takes no
+                // more writes for them.
+                Err(err) if err.to_string().to_ascii_lowercase().contains("moved") => {
+                    demoted.store(true, Ordering::SeqCst);
+                    return tokens;
+                }
+                // Paused, or a primary made a replica closed its clients' connections: connect
+                // again, and a later read says which.
+                Err(_) => {
+                    if failing_since.get_or_insert_with(Instant::now).elapsed() > SETTLE_BOUND {
+                        return tokens;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                    if let Ok(again) = client.get_connection_with_timeout(bound) {
+                        let _ = again.set_read_timeout(Some(bound));
+                        conn = again;
+                    }
+                    continue;
+                }
+            };
+            let role: Vec<redis::Value> =
+                replies.next().and_then(|role| redis::from_redis_value(role).ok()).unwrap_or_default();
+            let primary = role.into_iter().next().and_then(|r| redis::from_redis_value::<String>(r).ok());
+            if primary.as_deref() != Some("master") {
+                // Demoted: what it holds from now on is the new primary's.
+                demoted.store(true, Ordering::SeqCst);
+                return tokens;
+            }
+            let values = replies.filter_map(|v| redis::from_redis_value::<Option<String>>(v).ok().flatten());
+            tokens.extend(values.filter_map(|v| v.split(':').next()?.parse::<u64>().ok()));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        tokens
+    }))
+}
+
+/// The thread that follows `MONITOR` on `port` until `stop` (or the connection closes), and
+/// keeps (server time in µs, lock key) of every `EVAL`/`EVALSHA` whose first key is one of
+/// `keys`.
+fn monitor_scripts(
+    port: u16,
+    keys: Vec<String>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<Vec<(i64, String)>>> {
+    use std::io::{BufRead, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+        .with_context(|| format!("connecting to {port} for MONITOR"))?;
+    stream.set_read_timeout(Some(Duration::from_millis(20)))?;
+    stream.write_all(b"MONITOR\r\n")?;
+    Ok(std::thread::spawn(move || {
+        let mut scripts = Vec::new();
+        let mut lines = std::io::BufReader::new(stream);
+        let mut line = String::new();
+        while !stop.load(Ordering::SeqCst) {
+            match lines.read_line(&mut line) {
+                Ok(0) => break,
+                Ok(_) => {
+                    if let Some((at, key)) = script_on(&line)
+                        && keys.contains(&key)
+                    {
+                        scripts.push((at, key));
+                    }
+                    line.clear();
+                }
+                // A timeout keeps what was read of the line; any other error ends it.
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break,
+            }
+        }
+        scripts
+    }))
+}
+
+/// (server time in µs, first key) of a `MONITOR` line for `EVAL`/`EVALSHA`, e.g.
+/// `+1796342409.946004 [0 127.0.0.1:5000] "EVALSHA" "ab12…" "2" "app:k" "app:k#dlock:line" "o1"`.
+fn script_on(line: &str) -> Option<(i64, String)> {
+    let line = line.trim_end().strip_prefix('+')?;
+    let (time, rest) = line.split_once(' ')?;
+    let (secs, micros) = time.split_once('.')?;
+    let at = secs.parse::<i64>().ok()?.checked_mul(1_000_000)?.checked_add(micros.parse::<i64>().ok()?)?;
+    let args = quoted(rest.get(rest.find('"')?..)?);
+    let command = args.first()?.to_ascii_lowercase();
+    if command != "evalsha" && command != "eval" || args.get(2)?.parse::<u32>().ok()? == 0 {
+        return None;
+    }
+    Some((at, args.get(3)?.clone()))
+}
+
+/// The `"…"` strings of a `MONITOR` line, unescaped (`\"`, `\\`; `\xNN` and the like become
+/// `?`: lock keys and owners have none).
+fn quoted(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '"' {
+            continue;
+        }
+        let mut arg = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => break,
+                '\\' => match chars.next() {
+                    Some('x') => {
+                        chars.next();
+                        chars.next();
+                        arg.push('?');
+                    }
+                    Some(escaped @ ('"' | '\\')) => arg.push(escaped),
+                    Some(_) => arg.push('?'),
+                    None => break,
+                },
+                c => arg.push(c),
+            }
+        }
+        out.push(arg);
+    }
+    out
 }
 
 /// A primary's new replica (a killed primary, back empty) syncs at once, not after 5 s.
@@ -682,6 +872,16 @@ garbage";
         assert!(view[3].failing() && !view[0].failing());
         assert!(same_owners(&view, &view[..2]));
         assert!(!same_owners(&view, &view[1..]));
+    }
+
+    #[test]
+    fn monitor_lines_give_the_time_and_key_of_each_script() {
+        let line = "+1796342409.946004 [0 127.0.0.1:5000] \"EVALSHA\" \"ab12\" \"2\" \"app:k\" \"app:k#dlock:line{x}\" \"o\\\"1\"\r\n";
+        assert_eq!(script_on(line), Some((1_796_342_409_946_004, "app:k".to_owned())));
+        assert_eq!(quoted("\"a\\\\b\" \"c\\x41d\""), ["a\\b", "c?d"]);
+        assert_eq!(script_on("+1.000001 [0 127.0.0.1:1] \"GET\" \"app:k\""), None, "not a script");
+        assert_eq!(script_on("+1.000001 [0 127.0.0.1:1] \"EVAL\" \"return 1\" \"0\""), None, "no key");
+        assert_eq!(script_on("OK"), None);
     }
 
     #[test]

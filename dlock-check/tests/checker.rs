@@ -140,8 +140,9 @@ async fn redis_short_schedule_has_no_violations() {
     );
 }
 
-/// A topology the checker starts fails over twice under the workload — by the topology's own
-/// command, then by killing the primary of a held key — and nothing is violated: no two holders
+/// A topology the checker starts fails over under the workload — by the topology's own
+/// command, by killing the primary of a held key, and by freezing it past the failure
+/// detection — and nothing is violated: no two holders
 /// unexcused, no token going back across the failovers, no fenced update lost, and every key in
 /// use again within the recovery bound after the replica serves.
 async fn topology_failovers_have_no_violations(name: &str, kind: ServerKind) {
@@ -149,6 +150,13 @@ async fn topology_failovers_have_no_violations(name: &str, kind: ServerKind) {
     let mut config = config(name, BackendChoice::Managed(kind));
     config.baseline = Duration::from_secs(1);
     config.faults = schedule(&[FaultKind::Failover, FaultKind::KillPrimary, FaultKind::KillWorker]);
+    // And the primary frozen past the topology's failure detection (1 s), then thawed: it
+    // serves on, with the locks its clients take, until it hears it was replaced.
+    config.faults.push(FaultSpec {
+        kind: FaultKind::PauseServer,
+        duration: Some(Duration::from_millis(2500)),
+        delay: None,
+    });
     let checked = checked(config).await;
     let analysis = &checked.analysis;
     assert_exercised(analysis);

@@ -6,7 +6,7 @@ use super::windows::Windows;
 use super::{EndKind, Finding, History, OverlapClass, Section, Tally, ViolationKind};
 use crate::clock;
 use crate::history::Outcome;
-use crate::schedule::DataLost;
+use crate::schedule::{DataLost, SCRIPT_TOKEN_SLACK_US};
 
 /// When the backend server lost locks: which keys (`None`: all), from when to when (wall ns).
 #[derive(Debug, Clone)]
@@ -17,9 +17,22 @@ pub struct DataLoss {
     pub keys: Option<Vec<String>>,
     /// When the loss began (the server killed, the delete sent, the failover asked for).
     pub start: i64,
-    /// Locks (by fencing token) the old primary held after a failover by command began, until
-    /// it was demoted: lost with it too.
+    /// Locks (by fencing token) the old primary held after a failover began, until it was
+    /// demoted: lost with it too.
     pub granted_after_start: Vec<u64>,
+    /// The scripts the old primary ran meanwhile: (server µs, key). A lock whose token is
+    /// within [`SCRIPT_TOKEN_SLACK_US`] of one on its key was granted by it.
+    pub scripts: Vec<(i64, String)>,
+}
+
+impl DataLoss {
+    /// Whether the old primary granted the lock with `token` on `key` after the loss began.
+    fn granted_by_old_primary(&self, key: &str, token: u64) -> bool {
+        self.granted_after_start.contains(&token)
+            || i64::try_from(token).is_ok_and(|token| {
+                self.scripts.iter().any(|(at, k)| k == key && (at - token).abs() <= SCRIPT_TOKEN_SLACK_US)
+            })
+    }
 }
 
 impl DataLoss {
@@ -39,6 +52,7 @@ impl DataLoss {
                     keys,
                     start: f.start.wall,
                     granted_after_start: f.granted_by_old_primary.clone(),
+                    scripts: f.old_primary_scripts.clone(),
                 })
             })
             .collect()
@@ -168,7 +182,7 @@ pub fn classify(earlier: &Section, later: &Section, losses: &[DataLoss]) -> Over
     }
     let loss = losses.iter().find(|loss| {
         loss.covers(&earlier.key)
-            && (earlier.enter <= loss.start || loss.granted_after_start.contains(&earlier.token))
+            && (earlier.enter <= loss.start || loss.granted_by_old_primary(&earlier.key, earlier.token))
             && later.granted_by.is_some_and(|granted| granted >= loss.start)
     });
     if let Some(loss) = loss

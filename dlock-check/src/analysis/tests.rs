@@ -164,6 +164,7 @@ fn fault(kind: FaultKind, start: i64, end: i64, paused: &[WorkerId]) -> FaultRec
         skipped: None,
         data_lost: None,
         granted_by_old_primary: Vec::new(),
+        old_primary_scripts: Vec::new(),
     }
 }
 
@@ -615,6 +616,24 @@ fn a_failover_by_command_loses_the_locks_the_old_primary_granted_before_it_was_d
     assert_eq!(safety(&a), [ViolationKind::Overlap]);
     // A killed primary grants nothing after the kill: only what it held then was lost.
     let a = across_a_loss(S::new(0, "k", 1, 120, 300), 160, failover(&[]));
+    assert_eq!(safety(&a), [ViolationKind::Overlap]);
+    // A lock granted and let go between two reads, seen only as a script the old primary ran
+    // on its key (MONITOR) a moment before the token's time: granted by it.
+    let seen_run = |at: i64, key: &str| {
+        let mut f = failover(&[]);
+        if let Some(f) = f.as_mut() {
+            f.old_primary_scripts = vec![(at, key.to_owned())];
+        }
+        f
+    };
+    // (Tokens are the server's time in µs; here the script ran at 0 and granted token 1.)
+    let granted = || S::new(0, "k", 1, 120, 300);
+    let a = across_a_loss(granted(), 160, seen_run(0, "k"));
+    assert_eq!(safety(&a), [], "{:?}", a.violations);
+    // A script on another key, or long before, says nothing of this lock.
+    let a = across_a_loss(granted(), 160, seen_run(0, "other"));
+    assert_eq!(safety(&a), [ViolationKind::Overlap]);
+    let a = across_a_loss(granted(), 160, seen_run(-5_000, "k"));
     assert_eq!(safety(&a), [ViolationKind::Overlap]);
 }
 
