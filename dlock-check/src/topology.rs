@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -514,7 +514,8 @@ impl ManagedServer for SentinelGroup {
 /// excused; nothing is excused that the old primary did not do.
 struct OldPrimaryWatch {
     port: u16,
-    demoted: Arc<AtomicBool>,
+    /// When the reads saw the node demoted (wall clock, µs, as `MONITOR` stamps); 0 before.
+    demoted: Arc<AtomicI64>,
     stop: Arc<AtomicBool>,
     reads: std::thread::JoinHandle<BTreeSet<u64>>,
     monitor: std::thread::JoinHandle<Vec<(i64, String)>>,
@@ -522,7 +523,7 @@ struct OldPrimaryWatch {
 
 impl OldPrimaryWatch {
     fn start(port: u16, keys: Vec<String>) -> anyhow::Result<Self> {
-        let demoted = Arc::new(AtomicBool::new(false));
+        let demoted = Arc::new(AtomicI64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let monitor = monitor_scripts(port, keys.clone(), Arc::clone(&stop))?;
         let reads = read_locks(port, keys, Arc::clone(&demoted), Arc::clone(&stop))?;
@@ -540,7 +541,7 @@ impl OldPrimaryWatch {
     /// Wait until the old primary is seen demoted; what it did until then.
     fn until_demoted(self) -> anyhow::Result<OldPrimary> {
         let deadline = Instant::now() + SETTLE_BOUND;
-        while !self.demoted.load(Ordering::SeqCst) && !self.reads.is_finished() {
+        while self.demoted.load(Ordering::SeqCst) == 0 && !self.reads.is_finished() {
             if Instant::now() >= deadline {
                 self.stop.store(true, Ordering::SeqCst);
                 bail!("waited {SETTLE_BOUND:?} for the old primary {} to be demoted", self.port);
@@ -551,17 +552,23 @@ impl OldPrimaryWatch {
         std::thread::sleep(Duration::from_millis(50));
         self.stop.store(true, Ordering::SeqCst);
         let tokens = self.reads.join().map_err(|_| anyhow::anyhow!("the lock reader panicked"))?;
-        let scripts = self.monitor.join().map_err(|_| anyhow::anyhow!("the MONITOR reader panicked"))?;
+        let mut scripts = self.monitor.join().map_err(|_| anyhow::anyhow!("the MONITOR reader panicked"))?;
+        // A replica still runs (and MONITOR shows) scripts it then refuses to write: only those
+        // run before the demotion was seen count.
+        let demoted = self.demoted.load(Ordering::SeqCst);
+        if demoted > 0 {
+            scripts.retain(|(at, _)| *at <= demoted);
+        }
         Ok(OldPrimary { tokens: tokens.into_iter().collect(), scripts })
     }
 }
 
 /// The thread that reads the role and the locks on `port` every millisecond (see
-/// [`OldPrimaryWatch`]); it sets `demoted` when the node stops serving the keys.
+/// [`OldPrimaryWatch`]); it sets `demoted` to the time it saw the node stop serving the keys.
 fn read_locks(
     port: u16,
     keys: Vec<String>,
-    demoted: Arc<AtomicBool>,
+    demoted: Arc<AtomicI64>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<BTreeSet<u64>>> {
     // Short: a paused node must be read again the moment it is thawed.
@@ -586,7 +593,7 @@ fn read_locks(
                 // A cluster node that no longer serves the keys' slots redirects: it takes no
                 // more writes for them.
                 Err(err) if err.to_string().to_ascii_lowercase().contains("moved") => {
-                    demoted.store(true, Ordering::SeqCst);
+                    demoted.store(now_micros(), Ordering::SeqCst);
                     return tokens;
                 }
                 // Paused, or a primary made a replica closed its clients' connections: connect
@@ -608,7 +615,7 @@ fn read_locks(
             let primary = role.into_iter().next().and_then(|r| redis::from_redis_value::<String>(r).ok());
             if primary.as_deref() != Some("master") {
                 // Demoted: what it holds from now on is the new primary's.
-                demoted.store(true, Ordering::SeqCst);
+                demoted.store(now_micros(), Ordering::SeqCst);
                 return tokens;
             }
             let values = replies.filter_map(|v| redis::from_redis_value::<Option<String>>(v).ok().flatten());
@@ -617,6 +624,12 @@ fn read_locks(
         }
         tokens
     }))
+}
+
+/// The wall clock in µs, as `MONITOR` stamps commands (at least 1).
+fn now_micros() -> i64 {
+    let wall = Stamp::now().wall;
+    (wall / 1_000).max(1)
 }
 
 /// The thread that follows `MONITOR` on `port` until `stop` (or the connection closes), and
