@@ -505,7 +505,7 @@ impl ManagedServer for SentinelGroup {
 /// processes that have not heard either, and its replica never gets them.
 ///
 /// Two threads, each on a connection of its own: one reads the role and the keys' values in
-/// one `MULTI` every millisecond and keeps the fencing token of every lock it sees while the
+/// one pipeline every millisecond and keeps the fencing token of every lock it sees while the
 /// node still serves them (a cluster node that redirects them, or says it is a replica, takes
 /// no more writes for them); the other follows `MONITOR` and keeps the server time and lock
 /// key of every script run on a run's key — a lock granted by a script has a token within a
@@ -576,13 +576,20 @@ fn read_locks(
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
     let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
     conn.set_read_timeout(Some(bound))?;
+    // A pipeline, not a MULTI: a cluster refuses a transaction over keys of several slots
+    // (CROSSSLOT). Its commands arrive together and run back to back all the same.
+    let mut read = redis::pipe();
+    read.cmd("ROLE");
+    for key in &keys {
+        read.cmd("GET").arg(key);
+    }
+    // The locks held as the fault begins are read here, before it does, not whenever the
+    // thread gets round to it: a TAKEOVER can demote the node within milliseconds.
+    let mut tokens = BTreeSet::new();
+    if let Ok(replies) = read.query::<Vec<redis::Value>>(&mut conn) {
+        tokens.extend(lock_tokens(replies.into_iter().skip(1)));
+    }
     Ok(std::thread::spawn(move || {
-        let mut tokens = BTreeSet::new();
-        let mut read = redis::pipe();
-        read.atomic().cmd("ROLE");
-        for key in &keys {
-            read.cmd("GET").arg(key);
-        }
         let mut failing_since: Option<Instant> = None;
         while !stop.load(Ordering::SeqCst) {
             let mut replies = match read.query::<Vec<redis::Value>>(&mut conn) {
@@ -618,12 +625,18 @@ fn read_locks(
                 demoted.store(now_micros(), Ordering::SeqCst);
                 return tokens;
             }
-            let values = replies.filter_map(|v| redis::from_redis_value::<Option<String>>(v).ok().flatten());
-            tokens.extend(values.filter_map(|v| v.split(':').next()?.parse::<u64>().ok()));
+            tokens.extend(lock_tokens(replies));
             std::thread::sleep(Duration::from_millis(1));
         }
         tokens
     }))
+}
+
+/// The fencing tokens of the lock values (`<token>:<owner>`) among `replies`.
+fn lock_tokens(replies: impl Iterator<Item = redis::Value>) -> impl Iterator<Item = u64> {
+    replies
+        .filter_map(|v| redis::from_redis_value::<Option<String>>(v).ok().flatten())
+        .filter_map(|v| v.split(':').next()?.parse::<u64>().ok())
 }
 
 /// The wall clock in µs, as `MONITOR` stamps commands (at least 1).
@@ -645,10 +658,29 @@ fn monitor_scripts(
         .with_context(|| format!("connecting to {port} for MONITOR"))?;
     stream.set_read_timeout(Some(Duration::from_millis(20)))?;
     stream.write_all(b"MONITOR\r\n")?;
+    // Following from here on, before the fault begins: the server said so.
+    let mut lines = std::io::BufReader::new(stream);
+    let mut line = String::new();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !line.ends_with('\n') {
+        match lines.read_line(&mut line) {
+            Ok(0) => bail!("{port} closed the MONITOR connection"),
+            Ok(_) => {}
+            Err(err)
+                if Instant::now() < deadline
+                    && matches!(
+                        err.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+            Err(err) => return Err(anyhow::Error::new(err).context(format!("MONITOR on {port}"))),
+        }
+    }
+    if !line.starts_with("+OK") {
+        bail!("MONITOR on {port} said {}", line.trim());
+    }
+    line.clear();
     Ok(std::thread::spawn(move || {
         let mut scripts = Vec::new();
-        let mut lines = std::io::BufReader::new(stream);
-        let mut line = String::new();
         while !stop.load(Ordering::SeqCst) {
             match lines.read_line(&mut line) {
                 Ok(0) => break,
