@@ -244,3 +244,30 @@ impl CheckArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    fn config(args: &[&str]) -> Result<crate::config::RunConfig, String> {
+        let cli = Cli::try_parse_from([&["dlock-check"], args].concat()).map_err(|e| e.to_string())?;
+        cli.check.config("dlock-check".into())
+    }
+
+    #[test]
+    fn replicas_are_asked_only_of_a_backend_that_has_them() {
+        let refused = |args: &[&str], why: &str| {
+            let err = config(args).expect_err("refused");
+            assert!(err.contains(why), "{args:?}: {err}");
+        };
+        refused(&["--backend", "redis", "--replicas", "1"], "no replicas");
+        refused(&["--backend", "memory", "--replicas", "1"], "no replicas");
+        refused(&["--backend", "redis-sentinel", "--replicas", "2"], "one replica per primary");
+        let taken = config(&["--backend", "redis-cluster", "--replicas", "1:50ms"]).expect("taken");
+        assert_eq!(taken.replicas.map(|r| (r.count, r.wait.as_millis())), Some((1, 50)));
+        // A URL: the checker cannot know; dlock asks the servers.
+        assert!(config(&["--backend", "redis-cluster://127.0.0.1:7000", "--replicas", "2"]).is_ok());
+    }
+}

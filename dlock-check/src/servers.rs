@@ -115,15 +115,6 @@ pub enum ServerKind {
 }
 
 impl ServerKind {
-    /// The name `--backend` takes.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Redis => "redis",
-            Self::RedisCluster => "redis-cluster",
-            Self::RedisSentinel => "redis-sentinel",
-        }
-    }
-
     /// Whether it is several servers, failed over rather than paused or restarted as one.
     pub fn is_topology(self) -> bool {
         !matches!(self, Self::Redis)

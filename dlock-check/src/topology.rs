@@ -254,18 +254,7 @@ impl ManagedServer for RedisCluster {
             }
         };
         self.wait_settled()?;
-        Ok(FailedOver {
-            serving,
-            begun: begun_at,
-            old_primary,
-            keys: served,
-            failed_over: true,
-            note: format!(
-                "{how}: primary {old} → replica {new}, serving {:.2} s later; {old} back as its replica after {:.2} s",
-                took.as_secs_f64(),
-                begun.elapsed().as_secs_f64()
-            ),
-        })
+        Ok(handed_over(how, (old, new), (begun_at, begun, took), serving, old_primary, served))
     }
 
     fn pause_primary(&mut self, aim: &str, keys: &[String], pause: Duration) -> anyhow::Result<FailedOver> {
@@ -458,18 +447,7 @@ impl ManagedServer for SentinelGroup {
             }
         };
         poll(SETTLE_BOUND, "the sentinels settling", || self.settled())?;
-        Ok(FailedOver {
-            serving,
-            begun: begun_at,
-            old_primary,
-            keys: keys.to_vec(),
-            failed_over: true,
-            note: format!(
-                "{how}: primary {old} → replica {new}, serving {:.2} s later; {old} back as its replica after {:.2} s",
-                took.as_secs_f64(),
-                begun.elapsed().as_secs_f64()
-            ),
-        })
+        Ok(handed_over(how, (old, new), (begun_at, begun, took), serving, old_primary, keys.to_vec()))
     }
 
     fn pause_primary(&mut self, _aim: &str, keys: &[String], pause: Duration) -> anyhow::Result<FailedOver> {
@@ -496,6 +474,31 @@ impl ManagedServer for SentinelGroup {
                 format!("primary {old} paused {pause:?}: it stayed the primary")
             },
         })
+    }
+}
+
+/// What a failover (`how`: by command or by kill) from the `old` primary to the `new` did:
+/// begun at `begun` (a stamp, and the instant `took` — until the replica served — and the
+/// whole settling are measured from), serving at `serving`.
+fn handed_over(
+    how: &str,
+    (old, new): (u16, u16),
+    (begun_at, begun, took): (Stamp, Instant, Duration),
+    serving: Stamp,
+    old_primary: OldPrimary,
+    keys: Vec<String>,
+) -> FailedOver {
+    FailedOver {
+        serving,
+        begun: begun_at,
+        old_primary,
+        keys,
+        failed_over: true,
+        note: format!(
+            "{how}: primary {old} → replica {new}, serving {:.2} s later; {old} back as its replica after {:.2} s",
+            took.as_secs_f64(),
+            begun.elapsed().as_secs_f64()
+        ),
     }
 }
 

@@ -257,3 +257,54 @@ async fn a_body_polled_before_its_lease_is_caught() {
     );
     assert_eq!(analysis.total.fenced_lost_updates, 0, "the fenced register refuses the late write");
 }
+
+/// The `redis-server`s running now (not exited, not waiting to be reaped) in a directory
+/// under `dir` (each runs in its `--dir`; it rewrites its command line, so that cannot say).
+fn servers_under(dir: &std::path::Path) -> Vec<u32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
+    procs
+        .filter_map(|p| p.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+            cmdline.starts_with(b"redis-server") && cwd.starts_with(dir) && !matches!(state, Some("Z" | "X"))
+        })
+        .collect()
+}
+
+/// Ctrl-C while the checker is forming a cluster (a thread holds the servers, not the run):
+/// it exits with 130, and no `redis-server` it started runs on. Without `kill_leftovers` the
+/// nodes started so far outlive it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_while_a_cluster_forms_leaves_no_server_running() {
+    let _turn = SERIAL.lock().await;
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dlock-check-ctrl-c");
+    let mut checker = std::process::Command::new(env!("CARGO_BIN_EXE_dlock-check"))
+        .args(["--backend", "redis-cluster", "--quiet", "--out"])
+        .arg(&out)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting dlock-check");
+    // Interrupt it once some of its nodes run, before the cluster is made.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while servers_under(&out).len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no node of its cluster started in 20 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(checker.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let status = tokio::task::spawn_blocking(move || checker.wait()).await.expect("join").expect("wait");
+    assert_eq!(status.code(), Some(130), "interrupted");
+    // Killed processes are reaped by init a moment later; none may still run.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let left = servers_under(&out);
+        if left.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "redis-servers still running after Ctrl-C: {left:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
