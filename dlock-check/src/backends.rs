@@ -14,6 +14,7 @@ use dlock::backend::{
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Stamp;
+use crate::forcer::KeyForcer;
 use crate::history::{CallKind, CallResult, Event, Recorder};
 use crate::redis_url::redact;
 
@@ -156,7 +157,7 @@ pub async fn backend_for(settings: &BackendSettings) -> Result<Connected, Connec
         }
         dlock::connect_with(url, options).await.map_err(|err| connect_error(url, &err))?
     };
-    let forcer = forcer_for(url, settings.call_timeout);
+    let forcer = KeyForcer::for_url(url, settings.call_timeout);
     Ok(Connected { backend, forcer })
 }
 
@@ -165,121 +166,6 @@ fn connect_error(url: &str, err: &dlock::Error) -> ConnectError {
     match err {
         dlock::Error::Backend { .. } => ConnectError::Unreachable(msg),
         _ => ConnectError::Invalid(msg),
-    }
-}
-
-/// A [`KeyForcer`] for the backend at `url` (the `drop-key` fault on a private server, the
-/// planted release bug): `DEL` for `redis://`, none yet for the other schemes.
-pub fn forcer_for(url: &str, call_timeout: Duration) -> KeyForcer {
-    if scheme(url) == "redis"
-        && let Ok(client) = redis::Client::open(url)
-    {
-        return KeyForcer::Redis { client: Box::new(client), conn: Arc::default(), call_timeout };
-    }
-    KeyForcer::Unsupported { scheme: scheme(url).to_owned() }
-}
-
-/// Deletes a lock key whoever holds it: the planted release bug, and the `drop-key` fault
-/// (a backend that loses a key, as a failover to a replica that missed the write does).
-#[derive(Clone)]
-pub enum KeyForcer {
-    /// `MemoryBackend::force_expire`.
-    Memory(MemoryBackend),
-    /// `DEL` on its own connection (made on first use).
-    Redis {
-        /// The server (boxed: with TLS a client is large).
-        client: Box<redis::Client>,
-        /// The connection, once made (and until it breaks).
-        conn: Arc<tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
-        /// The bound on connecting and on the command.
-        call_timeout: Duration,
-    },
-    /// A backend the checker cannot delete keys of (yet): `delete` fails, saying so.
-    Unsupported {
-        /// The URL's scheme.
-        scheme: String,
-    },
-}
-
-impl fmt::Debug for KeyForcer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Memory(_) => f.write_str("KeyForcer::Memory"),
-            Self::Redis { .. } => f.write_str("KeyForcer::Redis"),
-            Self::Unsupported { scheme } => write!(f, "KeyForcer::Unsupported({scheme})"),
-        }
-    }
-}
-
-impl KeyForcer {
-    /// Connect now rather than at the first delete (a fault aimed at a holder must not spend
-    /// the holder's section connecting).
-    pub async fn ready(&self) -> Result<(), String> {
-        match self {
-            Self::Memory(_) => Ok(()),
-            Self::Redis { .. } => self.connection().await.map(drop),
-            Self::Unsupported { .. } => Err(self.unsupported()),
-        }
-    }
-
-    /// Whether it can delete keys at all.
-    pub fn supported(&self) -> bool {
-        !matches!(self, Self::Unsupported { .. })
-    }
-
-    fn unsupported(&self) -> String {
-        let scheme = match self {
-            Self::Unsupported { scheme } => scheme.as_str(),
-            _ => "this",
-        };
-        format!(
-            "dlock-check cannot delete a key of a `{scheme}` backend yet (see KeyForcer in src/backends.rs)"
-        )
-    }
-
-    /// The connection, made now if there is none (or the last one broke).
-    async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, String> {
-        let Self::Redis { client, conn, call_timeout } = self else {
-            return Err("not a Redis backend".into());
-        };
-        let mut conn = conn.lock().await;
-        if let Some(conn) = conn.as_ref() {
-            return Ok(conn.clone());
-        }
-        let made = tokio::time::timeout(*call_timeout, client.get_multiplexed_async_connection())
-            .await
-            .map_err(|_| "connecting for DEL timed out".to_owned())?
-            .map_err(|err| format!("connecting for DEL: {err}"))?;
-        Ok(conn.insert(made).clone())
-    }
-
-    /// Delete `full_key` (prefix included); `Ok(true)` if it existed. A connection that broke
-    /// (the server was restarted since the last delete) is replaced once.
-    pub async fn delete(&self, full_key: &str) -> Result<bool, String> {
-        match self {
-            Self::Memory(memory) => Ok(memory.force_expire(full_key)),
-            Self::Redis { call_timeout, conn: shared, .. } => {
-                let mut last = String::new();
-                for _ in 0..2 {
-                    let mut conn = self.connection().await?;
-                    let answer = tokio::time::timeout(
-                        *call_timeout,
-                        redis::cmd("DEL").arg(full_key).query_async::<i64>(&mut conn),
-                    )
-                    .await
-                    .map_err(|_| format!("DEL {full_key} timed out"))?;
-                    match answer {
-                        Ok(deleted) => return Ok(deleted > 0),
-                        Err(err) => {
-                            last = format!("DEL {full_key}: {err}");
-                            shared.lock().await.take();
-                        }
-                    }
-                }
-                Err(last)
-            }
-            Self::Unsupported { .. } => Err(self.unsupported()),
-        }
     }
 }
 

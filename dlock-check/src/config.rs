@@ -212,7 +212,8 @@ mod tests {
             assert_eq!(skipped("redis", kind).is_some(), fails_over, "{kind}");
         }
         assert_eq!(BackendChoice::parse("redis").unwrap().default_faults().len(), 8);
-        // A private topology: failovers and the workers' faults; no pausing or proxying it.
+        // A private topology: failovers, a frozen primary, a dropped key and the workers' faults;
+        // no restarting or proxying it.
         for topology in ["redis-cluster", "redis-sentinel"] {
             let choice = BackendChoice::parse(topology).unwrap();
             assert!(matches!(choice, BackendChoice::Managed(kind) if kind.is_topology()));
@@ -223,11 +224,12 @@ mod tests {
                     FaultKind::KillWorker,
                     FaultKind::PauseWorker,
                     FaultKind::PauseServer,
+                    FaultKind::DropKey,
                     FaultKind::Failover,
                     FaultKind::KillPrimary
                 ]
             );
-            for kind in [FaultKind::RestartServer, FaultKind::Blackhole, FaultKind::DropKey] {
+            for kind in [FaultKind::RestartServer, FaultKind::Blackhole, FaultKind::Latency] {
                 assert!(skipped(topology, kind).is_some_and(|why| why.contains("several servers")), "{kind}");
             }
         }

@@ -17,10 +17,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::analysis::{History, WorkerHistory};
-use crate::backends::{self, BackendSettings, Connected, KeyForcer, Plant};
+use crate::backends::{self, BackendSettings, Connected, Plant};
 use crate::clock::Stamp;
 use crate::config::{BackendChoice, RunConfig, skip_reason};
 use crate::faults;
+use crate::forcer::KeyForcer;
 use crate::history::{self, Event, Recorder, WorkerId};
 use crate::live::Live;
 use crate::netns::{self, Namespaces};
@@ -355,12 +356,6 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
             None
         }
         BackendChoice::Managed(kind) => {
-            if kind.is_topology() && config.plant == Some(Plant::ReleaseWithoutOwnerCheck) {
-                bail!(
-                    "--plant {} deletes keys behind dlock's back, which dlock-check does only on a single redis-server (`--backend redis`)",
-                    Plant::ReleaseWithoutOwnerCheck
-                );
-            }
             lab.say(format!("starting the backend's {kind}"));
             let dir = servers_dir.clone();
             let kind = *kind;
@@ -368,11 +363,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
                 .await
                 .context("starting the backend panicked")??;
             lab.say(format!("the backend is up: {}", server.url()));
-            if !kind.is_topology() {
-                let forcer = backends::forcer_for(&server.url(), config.call_timeout);
-                forcer.ready().await.map_err(anyhow::Error::msg)?;
-                lab.forcer = Some(forcer);
-            }
+            let forcer = KeyForcer::for_url(&server.url(), config.call_timeout);
+            forcer.ready().await.map_err(anyhow::Error::msg)?;
+            lab.forcer = Some(forcer);
             let addr = server.addr();
             lab.server = Some(Arc::new(Mutex::new(server)));
             addr

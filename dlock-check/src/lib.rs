@@ -10,7 +10,7 @@
 //!
 //! The parts, in the order a run uses them: [`cli`] → [`config`] → [`coordinator`] (with
 //! [`servers`] and [`topology`], [`netns`], [`proxy`], [`redis_url`]) starts [`worker`]s, which run the
-//! [`workload`] over [`backends`] and [`registers`] and write [`history`] (timestamped by
+//! [`workload`] over [`backends`] (keys deleted behind dlock's back by [`forcer`]) and [`registers`] and write [`history`] (timestamped by
 //! [`clock`]); `faults` applies the [`schedule`], aimed by the [`live`] view; [`analysis`]
 //! checks the history, [`report`] and [`svg`] show it.
 
@@ -21,6 +21,7 @@ pub mod clock;
 pub mod config;
 pub mod coordinator;
 mod faults;
+pub mod forcer;
 pub mod history;
 pub mod live;
 pub mod netns;

@@ -127,9 +127,11 @@ impl ServerKind {
             (false, FaultKind::Failover | FaultKind::KillPrimary) => {
                 Err("a single redis-server has no replica to fail over to (try `--backend redis-cluster` or `redis-sentinel`)".into())
             }
-            (true, FaultKind::Failover | FaultKind::KillPrimary | FaultKind::PauseServer) => Ok(()),
+            (true, FaultKind::Failover | FaultKind::KillPrimary | FaultKind::PauseServer | FaultKind::DropKey) => {
+                Ok(())
+            }
             (true, _) if server_fault => Err(format!(
-                "a {self} is several servers: the checker fails its primaries over (`failover`, `kill-primary`) or pauses one (`pause-server`) rather than restarting, proxying or deleting from one"
+                "a {self} is several servers: the checker fails its primaries over (`failover`, `kill-primary`), pauses one (`pause-server`) or deletes a key on one (`drop-key`) rather than restarting or proxying one"
             )),
             _ => Ok(()),
         }

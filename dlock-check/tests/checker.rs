@@ -142,14 +142,15 @@ async fn redis_short_schedule_has_no_violations() {
 
 /// A topology the checker starts fails over under the workload — by the topology's own
 /// command, by killing the primary of a held key, and by freezing it past the failure
-/// detection — and nothing is violated: no two holders
+/// detection — and loses a held key on the primary that serves it, and nothing is violated: no two holders
 /// unexcused, no token going back across the failovers, no fenced update lost, and every key in
 /// use again within the recovery bound after the replica serves.
 async fn topology_failovers_have_no_violations(name: &str, kind: ServerKind) {
     let _turn = SERIAL.lock().await;
     let mut config = config(name, BackendChoice::Managed(kind));
     config.baseline = Duration::from_secs(1);
-    config.faults = schedule(&[FaultKind::Failover, FaultKind::KillPrimary, FaultKind::KillWorker]);
+    config.faults =
+        schedule(&[FaultKind::Failover, FaultKind::KillPrimary, FaultKind::KillWorker, FaultKind::DropKey]);
     // And the primary frozen past the topology's failure detection (1 s), then thawed: it
     // serves on, with the locks its clients take, until it hears it was replaced.
     config.faults.push(FaultSpec {
@@ -187,6 +188,14 @@ async fn topology_failovers_have_no_violations(name: &str, kind: ServerKind) {
         checked.run.history.faults[1].granted_by_old_primary.is_empty(),
         "a killed primary grants nothing"
     );
+    // The key went from the primary that served it (routed by its slot, or to the primary the
+    // sentinels name after two failovers), under its holder.
+    let dropped = &checked.run.history.faults[3];
+    let note = dropped.note.as_deref().unwrap_or_default();
+    assert!(dropped.label.starts_with("drop-key"), "{}", dropped.label);
+    if note.contains("held by") {
+        assert!(dropped.data_lost.is_some(), "{}: {note}", dropped.label);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
