@@ -3,12 +3,15 @@
 //! (commands and pub/sub), the authority option, client certificates, and the errors a user
 //! sees when the certificates do not fit.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use dlock::backend::BackendErrorKind;
 use dlock::{Error, LockService, RedisBackend, RedisClusterBackend, RedisSentinelBackend};
 use dlock_tests::support::tls::{Certificates, TlsSentinel};
-use dlock_tests::{RedisCluster, RedisServer, chain, cluster_inspector, free_port, inspector, redis_cmd};
+use dlock_tests::{
+    RedisCluster, RedisServer, chain, cluster_inspector, free_port, inspector, poll_until, redis_cmd,
+};
 use tokio::task::block_in_place;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -21,10 +24,26 @@ struct TlsServer {
 
 impl TlsServer {
     fn start(certs: &Certificates, verify_clients: bool) -> Self {
+        Self::start_with(certs, verify_clients, &[])
+    }
+
+    fn start_with(certs: &Certificates, verify_clients: bool, extra: &[String]) -> Self {
         let tls_port = free_port();
-        let args = certs.server_args(tls_port, verify_clients);
+        let mut args = certs.server_args(tls_port, verify_clients);
+        args.extend_from_slice(extra);
         let server = RedisServer::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
         Self { server, tls_port }
+    }
+
+    /// A server that replicates over TLS (`tls-replication yes`, which also has it announce
+    /// its TLS port to its primary and so to sentinels); a replica of `primary`'s TLS port if
+    /// given.
+    fn start_replicating(certs: &Certificates, primary: Option<u16>) -> Self {
+        let mut extra = vec!["--tls-replication".to_owned(), "yes".to_owned()];
+        if let Some(port) = primary {
+            extra.extend(["--replicaof".to_owned(), "127.0.0.1".to_owned(), port.to_string()]);
+        }
+        Self::start_with(certs, false, &extra)
     }
 
     fn rediss_url(&self) -> String {
@@ -317,4 +336,82 @@ async fn a_sentinel_over_tls_names_a_primary_reached_over_tls() {
         message.contains("TLS certificates were not accepted") && message.contains("tls_root_certificates"),
         "the message says why, and what to do: {message}"
     );
+}
+
+/// A Sentinel failover over TLS: a primary and its replica both serve TLS and replicate over
+/// it, and the sentinel is asked over TLS. After `SENTINEL FAILOVER`, the backend follows the
+/// sentinel to the replica's TLS port; a lock a replica acknowledged before the failover is
+/// still held past its ttl (its renewals reach the new primary, over TLS), and the next holder
+/// takes the key there with a greater token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_moves_the_backend_to_the_replicas_tls_port() {
+    let certs = Certificates::generate();
+    let primary = TlsServer::start_replicating(&certs, None);
+    let replica = TlsServer::start_replicating(&certs, Some(primary.tls_port));
+    let on_replica = inspector(&replica.server.url()).await;
+    poll_until(Duration::from_secs(10), "the replica in sync over TLS", || {
+        let mut conn = on_replica.clone();
+        async move {
+            let info: String = redis_cmd(&mut conn, &["INFO", "replication"]).await;
+            info.contains("master_link_status:up")
+        }
+    })
+    .await;
+    let name = "tls-failover";
+    let sentinel = block_in_place(|| TlsSentinel::start(&certs, name, primary.tls_port));
+    let mut ask = inspector(&sentinel.url()).await;
+    // Known at its TLS port, connected, and in sync: a replica the sentinel may promote.
+    poll_until(Duration::from_secs(20), "the sentinel ready to promote the replica", || {
+        let mut conn = ask.clone();
+        let port = replica.tls_port.to_string();
+        async move {
+            let replicas: Vec<HashMap<String, String>> =
+                redis_cmd(&mut conn, &["SENTINEL", "REPLICAS", name]).await;
+            replicas.iter().any(|r| {
+                let field = |name: &str| r.get(name).map(String::as_str);
+                field("port") == Some(port.as_str())
+                    && field("flags") == Some("slave")
+                    && field("master-link-status") == Some("ok")
+            })
+        }
+    })
+    .await;
+    let connect = |replicated: bool| {
+        let mut builder = RedisSentinelBackend::builder([sentinel.rediss_url()], name)
+            .call_timeout(CALL_TIMEOUT)
+            .tls_root_certificates(certs.pem("ca.pem"));
+        if replicated {
+            builder = builder.replicas_acknowledge(1, Duration::from_millis(500));
+        }
+        builder.connect()
+    };
+    let backend = connect(true).await.expect("connect through the sentinel over TLS");
+    assert_eq!(backend.primary_address(), format!("127.0.0.1:{}", primary.tls_port));
+    let holder = LockService::new(backend.clone());
+    let held = holder.lock("acct").ttl(Duration::from_secs(3)).await.expect("a replicated lock over TLS");
+    let token = held.fencing_token();
+
+    let answer: String = redis_cmd(&mut ask, &["SENTINEL", "FAILOVER", name]).await;
+    assert_eq!(answer, "OK");
+    let moved = poll_until(Duration::from_secs(15), "the backend on the replica's TLS port", || {
+        let backend = backend.clone();
+        let port = replica.tls_port;
+        async move { backend.primary_address() == format!("127.0.0.1:{port}") }
+    })
+    .await;
+    eprintln!("the backend followed the failover {moved:?} after SENTINEL FAILOVER");
+    assert!(backend.failovers_followed() >= 1);
+    // Past the ttl: only renewals on the new primary, over TLS, keep the lock.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!held.is_lost(), "the replicated lock was renewed on the new primary");
+    // (A new connection: the promotion closed the ones the replica had.)
+    let mut on_new_primary = inspector(&replica.server.url()).await;
+    let value: Option<String> = redis_cmd(&mut on_new_primary, &["GET", "acct"]).await;
+    assert!(value.is_some_and(|v| v.starts_with(&format!("{token}:"))), "the lock on the new primary");
+    assert!(held.release().await.expect("release on the new primary, over TLS"));
+
+    let next = LockService::new(connect(false).await.expect("a second backend, after the failover"));
+    let taken = next.lock("acct").await.expect("the key on the new primary, over TLS");
+    assert!(taken.fencing_token() > token, "tokens increase across the failover");
+    assert!(taken.release().await.expect("release"));
 }

@@ -126,6 +126,7 @@ impl Certificates {
 pub struct TlsSentinel {
     /// Killed on drop.
     _process: RedisProcess,
+    port: u16,
     tls_port: u16,
     /// Dropped after the process.
     _dir: TempDir,
@@ -156,7 +157,7 @@ impl TlsSentinel {
             let args = vec![conf.clone().into_os_string(), "--sentinel".into()];
             let mut process = RedisProcess::new(port, dir.path().to_owned(), args, "Sentinel ID is");
             match process.spawn() {
-                Ok(()) => return Self { _process: process, tls_port, _dir: dir },
+                Ok(()) => return Self { _process: process, port, tls_port, _dir: dir },
                 Err(err) => last_error = err,
             }
         }
@@ -166,6 +167,11 @@ impl TlsSentinel {
     /// `rediss://127.0.0.1:<TLS port>`.
     pub fn rediss_url(&self) -> String {
         format!("rediss://127.0.0.1:{}", self.tls_port)
+    }
+
+    /// `redis://127.0.0.1:<plain port>`, for the harness (`SENTINEL FAILOVER`, inspection).
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
     }
 }
 
