@@ -154,6 +154,78 @@ async fn a_slot_migrated_while_its_locks_are_taken_and_released_surfaces_no_erro
     }
 }
 
+/// The fields of the hash `key` on the node at `port` that is importing its slot (`ASKING`
+/// first, on the same connection).
+fn importing_hash_len(port: u16, key: &str) -> usize {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("a client of the target");
+    let mut conn = client.get_connection().expect("a connection to the target");
+    let (len,): (usize,) = redis::pipe()
+        .cmd("ASKING")
+        .ignore()
+        .cmd("HLEN")
+        .arg(key)
+        .query(&mut conn)
+        .unwrap_or_else(|err| panic!("ASKING + HLEN {key} on {port}: {err}"));
+    len
+}
+
+/// A waiter that gives up while its key's slot is half migrated — the lock still on the
+/// source, its waiting line already on the target, so a script naming both is refused with
+/// `TRYAGAIN` — leaves the waiting line all the same (a one-key `HDEL`, routed to wherever
+/// the line is), rather than keeping a place that a release would hand the key to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_gives_up_while_its_slot_migrates_leaves_the_waiting_line() {
+    let cluster = own_cluster();
+    let prefix = "leave:";
+    let a = LockService::builder(backend(&cluster, Duration::from_secs(2)).await).key_prefix(prefix).build();
+    let b = LockService::builder(backend(&cluster, Duration::from_secs(2)).await).key_prefix(prefix).build();
+    let full = format!("{prefix}acct");
+    let source = cluster.primary_for_key(&full);
+    let target = cluster
+        .nodes()
+        .into_iter()
+        .find(|node| node.port != source && matches!(node.role, NodeRole::Primary))
+        .expect("another primary")
+        .port;
+    let held = a.lock("acct").ttl(Duration::from_secs(30)).await.expect("take");
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move { b.lock("acct").wait(Duration::from_millis(1500)).await })
+    };
+    // The waiter's place in line, on the source.
+    let on_source = redis::Client::open(format!("redis://127.0.0.1:{source}")).expect("client");
+    let line = dlock_tests::poll_until(Duration::from_secs(5), "the waiter in the waiting line", || {
+        let on_source = on_source.clone();
+        let pattern = format!("{full}#dlock:line*");
+        async move {
+            let mut conn = on_source.get_multiplexed_async_connection().await.expect("connect");
+            let lines: Vec<String> =
+                redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await.expect("KEYS");
+            lines.len() == 1
+        }
+    })
+    .await;
+    eprintln!("the waiter joined the line within {line:?}");
+    let line: String = {
+        let mut conn = on_source.get_multiplexed_async_connection().await.expect("connect");
+        let lines: Vec<String> =
+            redis::cmd("KEYS").arg(format!("{full}#dlock:line*")).query_async(&mut conn).await.expect("KEYS");
+        lines.into_iter().next().expect("the line")
+    };
+    // Half migrated: the line moves, the lock stays.
+    let migration = block_in_place(|| cluster.begin_slot_migration(cluster.key_slot(&full), target));
+    assert!(block_in_place(|| migration.move_key(&line)), "the line was on the source");
+    assert_eq!(block_in_place(|| importing_hash_len(target, &line)), 1, "the waiter's place, on the target");
+    let outcome = waiter.await.expect("waiter task");
+    let given_up = Instant::now();
+    assert!(matches!(outcome, Err(dlock::Error::Timeout { .. })), "{outcome:?}");
+    // Within the place's own lifetime (3 s from the waiter's last ask): only leaving removes it.
+    let places = block_in_place(|| importing_hash_len(target, &line));
+    assert_eq!(places, 0, "the waiter kept its place after giving up ({:?} ago)", given_up.elapsed());
+    held.release().await.expect("release while the slot migrates");
+    block_in_place(|| migration.finish());
+}
+
 /// A waiter's subscription follows its key's slot to another shard: the source drops it when
 /// the slot moves (SUNSUBSCRIBE) and the notifier makes it again on the target's shard, where
 /// the hand-off is then heard.

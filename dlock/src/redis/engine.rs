@@ -227,14 +227,35 @@ impl Engine {
     pub(super) async fn release(&self, key: &FullKey, owner: &str) -> Result<ReleaseOutcome, BackendError> {
         let line = layout::line(key);
         let (outcome, _): (i64, _) = match self.release_once(&[key.as_str(), &line], owner).await {
-            // A cluster slot in migration: free the lock alone (waiters find it on their timer).
-            Err(err) if is_try_again(&err) => self.release_once(&[key.as_str()], owner).await?,
+            // A cluster slot in migration: free the lock alone (waiters find it on their timer),
+            // and leave the line by itself, wherever it is now; else a waiter that gave up
+            // would keep its place, and a release could hand the key to it.
+            Err(err) if is_try_again(&err) => {
+                let answer = self.release_once(&[key.as_str()], owner).await?;
+                self.leave_line(&line, owner).await;
+                answer
+            }
             answer => answer?,
         };
         // 2: handed to a waiting process, or clients subscribed to the key heard the release
         // (possibly this process's own): this process's next waiter steps back for a moment
         // either way (see `guard::release_owned`).
         Ok(ReleaseOutcome::new(outcome >= 1).with_others_waiting(outcome == 2))
+    }
+
+    /// Take `owner`'s place out of the waiting line `line` (one key: routed to its slot's
+    /// node, following `ASK` in a migration). A place left behind runs out by itself within
+    /// `WAITING_LIFETIME`, so a failure is only logged.
+    async fn leave_line(&self, line: &str, owner: &str) {
+        let left = self
+            .conns
+            .call("leaving the waiting line", |mut conn| async move {
+                redis::cmd("HDEL").arg(line).arg(owner).query_async::<i64>(&mut conn).await
+            })
+            .await;
+        if let Err(err) = left {
+            tracing::debug!(target: "dlock", line, error = %err, "could not leave a waiting line; the place runs out by itself");
+        }
     }
 
     pub(super) async fn renew(
