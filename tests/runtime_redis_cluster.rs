@@ -39,6 +39,25 @@ async fn backend(cluster: &RedisCluster, call_timeout: Duration) -> RedisCluster
         .unwrap_or_else(|err| panic!("connecting to the test's cluster: {err}"))
 }
 
+/// Two services under `prefix`, each on a backend (a process, as far as the cluster can
+/// tell) of its own.
+async fn two_services(cluster: &RedisCluster, prefix: &str) -> (LockService, LockService) {
+    let service = async || {
+        LockService::builder(backend(cluster, Duration::from_secs(2)).await).key_prefix(prefix).build()
+    };
+    (service().await, service().await)
+}
+
+/// A primary of `cluster` other than the one on `port`.
+fn another_primary(cluster: &RedisCluster, port: u16) -> u16 {
+    cluster
+        .nodes()
+        .into_iter()
+        .find(|node| node.port != port && matches!(node.role, NodeRole::Primary))
+        .expect("another primary")
+        .port
+}
+
 /// Keys that land on three different primaries.
 fn keys_on_every_shard(cluster: &RedisCluster, prefix: &str) -> Vec<String> {
     let mut keys: Vec<String> = Vec::new();
@@ -106,17 +125,11 @@ async fn hand_offs_reach_waiters_on_every_shard_over_sharded_channels() {
 async fn a_slot_migrated_while_its_locks_are_taken_and_released_surfaces_no_error() {
     let cluster = own_cluster();
     let prefix = "migrate:";
-    let a = LockService::builder(backend(&cluster, Duration::from_secs(2)).await).key_prefix(prefix).build();
-    let b = LockService::builder(backend(&cluster, Duration::from_secs(2)).await).key_prefix(prefix).build();
+    let (a, b) = two_services(&cluster, prefix).await;
     let full = format!("{prefix}acct");
     let slot = cluster.key_slot(&full);
     let source = cluster.primary_for_key(&full);
-    let target = cluster
-        .nodes()
-        .into_iter()
-        .find(|node| node.port != source && matches!(node.role, dlock_tests::NodeRole::Primary))
-        .expect("another primary")
-        .port;
+    let target = another_primary(&cluster, source);
     let mut last_token = 0;
     let mut check = |token: u64| {
         assert!(token > last_token, "token {token} after {last_token}");
@@ -177,16 +190,10 @@ fn importing_hash_len(port: u16, key: &str) -> usize {
 async fn a_waiter_that_gives_up_while_its_slot_migrates_leaves_the_waiting_line() {
     let cluster = own_cluster();
     let prefix = "leave:";
-    let a = LockService::builder(backend(&cluster, Duration::from_secs(2)).await).key_prefix(prefix).build();
-    let b = LockService::builder(backend(&cluster, Duration::from_secs(2)).await).key_prefix(prefix).build();
+    let (a, b) = two_services(&cluster, prefix).await;
     let full = format!("{prefix}acct");
     let source = cluster.primary_for_key(&full);
-    let target = cluster
-        .nodes()
-        .into_iter()
-        .find(|node| node.port != source && matches!(node.role, NodeRole::Primary))
-        .expect("another primary")
-        .port;
+    let target = another_primary(&cluster, source);
     let held = a.lock("acct").ttl(Duration::from_secs(30)).await.expect("take");
     let waiter = {
         let b = b.clone();
@@ -238,12 +245,7 @@ async fn a_waiters_subscription_follows_its_slot_to_another_shard() {
     let b = LockService::builder(b_backend.clone()).key_prefix("follow:").build();
     let full = "follow:acct";
     let source = cluster.primary_for_key(full);
-    let target = cluster
-        .nodes()
-        .into_iter()
-        .find(|node| node.port != source && matches!(node.role, dlock_tests::NodeRole::Primary))
-        .expect("another primary")
-        .port;
+    let target = another_primary(&cluster, source);
     let held = a.lock("acct").ttl(Duration::from_secs(30)).await.expect("take");
     let waiter = {
         let b = b.clone();
