@@ -167,19 +167,22 @@ async fn a_slot_migrated_while_its_locks_are_taken_and_released_surfaces_no_erro
     }
 }
 
-/// The fields of the hash `key` on the node at `port` that is importing its slot (`ASKING`
-/// first, on the same connection).
-fn importing_hash_len(port: u16, key: &str) -> usize {
+/// The fields and the time to live (ms) of the hash `key` on the node at `port`, which is
+/// importing its slot (`ASKING` before each command, on the same connection).
+fn importing_hash(port: u16, key: &str) -> (usize, i64) {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("a client of the target");
     let mut conn = client.get_connection().expect("a connection to the target");
-    let (len,): (usize,) = redis::pipe()
+    redis::pipe()
         .cmd("ASKING")
         .ignore()
         .cmd("HLEN")
         .arg(key)
+        .cmd("ASKING")
+        .ignore()
+        .cmd("PTTL")
+        .arg(key)
         .query(&mut conn)
-        .unwrap_or_else(|err| panic!("ASKING + HLEN {key} on {port}: {err}"));
-    len
+        .unwrap_or_else(|err| panic!("HLEN and PTTL of {key} on {port}: {err}"))
 }
 
 /// A waiter that gives up while its key's slot is half migrated — the lock still on the
@@ -195,40 +198,43 @@ async fn a_waiter_that_gives_up_while_its_slot_migrates_leaves_the_waiting_line(
     let source = cluster.primary_for_key(&full);
     let target = another_primary(&cluster, source);
     let held = a.lock("acct").ttl(Duration::from_secs(30)).await.expect("take");
-    let waiter = {
-        let b = b.clone();
-        tokio::spawn(async move { b.lock("acct").wait(Duration::from_millis(1500)).await })
-    };
+    let waiter = tokio::spawn(async move { b.lock("acct").wait(Duration::from_secs(30)).await });
     // The waiter's place in line, on the source.
     let on_source = redis::Client::open(format!("redis://127.0.0.1:{source}")).expect("client");
-    let line = dlock_tests::poll_until(Duration::from_secs(5), "the waiter in the waiting line", || {
+    let lines = || {
         let on_source = on_source.clone();
         let pattern = format!("{full}#dlock:line*");
         async move {
             let mut conn = on_source.get_multiplexed_async_connection().await.expect("connect");
-            let lines: Vec<String> =
-                redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await.expect("KEYS");
-            lines.len() == 1
+            redis::cmd("KEYS").arg(&pattern).query_async::<Vec<String>>(&mut conn).await.expect("KEYS")
         }
+    };
+    dlock_tests::poll_until(Duration::from_secs(5), "the waiter in the waiting line", || {
+        let lines = lines();
+        async move { lines.await.len() == 1 }
     })
     .await;
-    eprintln!("the waiter joined the line within {line:?}");
-    let line: String = {
-        let mut conn = on_source.get_multiplexed_async_connection().await.expect("connect");
-        let lines: Vec<String> =
-            redis::cmd("KEYS").arg(format!("{full}#dlock:line*")).query_async(&mut conn).await.expect("KEYS");
-        lines.into_iter().next().expect("the line")
-    };
+    let line = lines().await.remove(0);
     // Half migrated: the line moves, the lock stays.
     let migration = block_in_place(|| cluster.begin_slot_migration(cluster.key_slot(&full), target));
     assert!(block_in_place(|| migration.move_key(&line)), "the line was on the source");
-    assert_eq!(block_in_place(|| importing_hash_len(target, &line)), 1, "the waiter's place, on the target");
-    let outcome = waiter.await.expect("waiter task");
-    let given_up = Instant::now();
-    assert!(matches!(outcome, Err(dlock::Error::Timeout { .. })), "{outcome:?}");
-    // Within the place's own lifetime (3 s from the waiter's last ask): only leaving removes it.
-    let places = block_in_place(|| importing_hash_len(target, &line));
-    assert_eq!(places, 0, "the waiter kept its place after giving up ({:?} ago)", given_up.elapsed());
+    let (places, left_ms) = block_in_place(|| importing_hash(target, &line));
+    assert_eq!(places, 1, "the waiter's place, on the target");
+    // The waiter gives up (its task is dropped: the claim releases its key in the background).
+    let gave_up = Instant::now();
+    waiter.abort();
+    assert!(waiter.await.is_err_and(|err| err.is_cancelled()), "the waiter was still waiting");
+    // Only its leaving can take the place out before the line's own time runs out.
+    let bound = Duration::from_millis(u64::try_from(left_ms).expect("a line with a time to live"))
+        .saturating_sub(Duration::from_millis(300));
+    dlock_tests::poll_until(bound, "the waiter's place gone before the line would expire", || async {
+        block_in_place(|| importing_hash(target, &line)).0 == 0
+    })
+    .await;
+    eprintln!(
+        "the place was gone {:?} after the waiter gave up (the line had {left_ms} ms left)",
+        gave_up.elapsed()
+    );
     held.release().await.expect("release while the slot migrates");
     block_in_place(|| migration.finish());
 }

@@ -227,13 +227,13 @@ impl Engine {
     pub(super) async fn release(&self, key: &FullKey, owner: &str) -> Result<ReleaseOutcome, BackendError> {
         let line = layout::line(key);
         let (outcome, _): (i64, _) = match self.release_once(&[key.as_str(), &line], owner).await {
-            // A cluster slot in migration: free the lock alone (waiters find it on their timer),
-            // and leave the line by itself, wherever it is now; else a waiter that gave up
-            // would keep its place, and a release could hand the key to it.
+            // A cluster slot in migration: leave the line by itself, wherever it is now (else a
+            // waiter that gave up would keep its place, and a release could hand the key to
+            // it), then free the lock alone (waiters find it on their timer). In that order: a
+            // hand-off that reached this owner before it left the line is freed by the release.
             Err(err) if is_try_again(&err) => {
-                let answer = self.release_once(&[key.as_str()], owner).await?;
                 self.leave_line(&line, owner).await;
-                answer
+                self.release_once(&[key.as_str()], owner).await?
             }
             answer => answer?,
         };
