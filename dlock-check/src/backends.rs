@@ -136,8 +136,9 @@ pub fn scheme(url: &str) -> &str {
 /// - `redis://…`: a `RedisBackend` with the run's call timeout (`dlock::connect` has no way to
 ///   pass one), `DEL` for `drop-key` and the planted release bug;
 /// - any other URL: whatever `dlock::connect_with(url, …)` makes of it (`redis-cluster://`,
-///   `redis-sentinel://`, `postgres://`), with the run's call timeout and no way to delete a
-///   key (no `drop-key`, no planted release bug).
+///   `redis-sentinel://`, `postgres://`), with the run's call timeout; keys are deleted (for
+///   `drop-key` and the planted release bug) as [`KeyForcer::for_url`] can: by `DEL` on a
+///   cluster or a Sentinel group's primary, not on PostgreSQL or over TLS.
 pub async fn backend_for(settings: &BackendSettings) -> Result<Connected, ConnectError> {
     let url = settings.url.as_str();
     if url == "memory" {

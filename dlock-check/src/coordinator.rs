@@ -363,9 +363,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
                 .await
                 .context("starting the backend panicked")??;
             lab.say(format!("the backend is up: {}", server.url()));
-            let forcer = KeyForcer::for_url(&server.url(), config.call_timeout);
-            forcer.ready().await.map_err(anyhow::Error::msg)?;
-            lab.forcer = Some(forcer);
+            // Connected now, and only when a fault or the planted bug will delete a key.
+            if applied(FaultKind::DropKey) {
+                let forcer = KeyForcer::for_url(&server.url(), config.call_timeout);
+                forcer.ready().await.map_err(anyhow::Error::msg)?;
+                lab.forcer = Some(forcer);
+            }
             let addr = server.addr();
             lab.server = Some(Arc::new(Mutex::new(server)));
             addr
@@ -467,7 +470,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
             clean_up_keys(url, &prefix).await;
         } else {
             lab.say(format!(
-                "the run's locks (under `{prefix}`) are left to expire on {}: dlock-check deletes keys only on redis://",
+                "the run's locks (under `{prefix}`) are left to expire on {}: dlock-check cleans up a run's keys only on redis://",
                 crate::redis_url::redact(url)
             ));
         }

@@ -135,8 +135,10 @@ pub(crate) async fn apply(lab: &mut Lab, spec: &FaultSpec) -> anyhow::Result<Fau
             }
             record.note = Some(match (&holder, deleted) {
                 (Some(h), true) => format!("held by w{}", h.worker),
-                (_, true) => "deleted".into(),
-                (_, false) => "the key was not held any more: nothing dropped".into(),
+                (None, true) => "deleted".into(),
+                // A long section has at least 0.8 ttl left when aimed at: its key should be there.
+                (Some(h), false) => format!("held by w{} by its history, but the DEL found no key", h.worker),
+                (None, false) => "the key was not held any more: nothing dropped".into(),
             });
         }
         FaultKind::Failover | FaultKind::KillPrimary => {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dlock::backend::MemoryBackend;
+use redis::IntoConnectionInfo;
 use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -47,9 +48,9 @@ enum Store {
     Server(redis::Client),
     /// A Redis Cluster, by its seed nodes (boxed: a cluster client is large).
     Cluster(Box<ClusterClient>),
-    /// A Sentinel group: its sentinels, the name of its primary, and the URL of that primary
-    /// with `{}` where its address goes (credentials and database kept).
-    Sentinel { sentinels: Vec<redis::Client>, master: String, primary_url: String },
+    /// A Sentinel group: its sentinels, the name of its primary, and the primary's
+    /// credentials and database.
+    Sentinel { sentinels: Vec<redis::Client>, master: String, primary: redis::RedisConnectionInfo },
 }
 
 /// A connection to a [`Store`].
@@ -98,9 +99,9 @@ impl KeyForcer {
         !matches!(self, Self::Unsupported { .. })
     }
 
-    /// Delete `full_key` (prefix included); `Ok(true)` if it existed. A `DEL` that fails (the
-    /// server restarted, or was demoted by a failover, since the last one) is tried once more,
-    /// on a new connection.
+    /// Delete `full_key` (prefix included); `Ok(true)` if it existed. A `DEL` that fails or
+    /// times out (the server restarted, or was demoted by a failover, since the last one) is
+    /// tried once more, on a new connection.
     pub async fn delete(&self, full_key: &str) -> Result<bool, String> {
         match self {
             Self::Memory(memory) => Ok(memory.force_expire(full_key)),
@@ -123,9 +124,7 @@ impl RedisForcer {
         if let Some(conn) = conn.as_ref() {
             return Ok(conn.clone());
         }
-        let made = tokio::time::timeout(self.call_timeout, self.store.connect())
-            .await
-            .map_err(|_| format!("connecting to the {} for DEL timed out", self.store.kind()))??;
+        let made = self.store.connect(self.call_timeout).await?;
         Ok(conn.insert(made).clone())
     }
 
@@ -134,16 +133,12 @@ impl RedisForcer {
         let mut last = String::new();
         for _ in 0..2 {
             let conn = self.connection().await?;
-            let answer = tokio::time::timeout(self.call_timeout, conn.del(full_key))
-                .await
-                .map_err(|_| format!("DEL {full_key} timed out"))?;
-            match answer {
-                Ok(deleted) => return Ok(deleted > 0),
-                Err(err) => {
-                    last = format!("DEL {full_key}: {err}");
-                    self.conn.lock().await.take();
-                }
+            match tokio::time::timeout(self.call_timeout, conn.del(full_key)).await {
+                Ok(Ok(deleted)) => return Ok(deleted > 0),
+                Ok(Err(err)) => last = format!("DEL {full_key}: {err}"),
+                Err(_) => last = format!("DEL {full_key} timed out"),
             }
+            self.conn.lock().await.take();
         }
         Err(last)
     }
@@ -156,19 +151,22 @@ impl Store {
         let cannot = |why: &str| {
             format!(
                 "dlock-check cannot delete a key of the backend at {} ({why}; see KeyForcer in src/forcer.rs)",
-                crate::redis_url::redact(url.split('?').next().unwrap_or(url))
+                crate::redis_url::redact(url)
             )
         };
-        let client = |url: &str| redis::Client::open(url).map_err(|err| cannot(&err.to_string()));
         match scheme {
-            "redis" => Ok(Self::Server(client(url)?)),
+            "redis" => redis::Client::open(url).map(Self::Server).map_err(|err| cannot(&err.to_string())),
             "redis-cluster" => {
                 let (userinfo, hosts, rest) = split_hosts(url);
                 if !matches!(rest, "" | "/") {
                     return Err(cannot("a cluster URL has no path or query"));
                 }
-                let seeds: Vec<String> =
-                    hosts.iter().map(|host| format!("redis://{userinfo}{host}")).collect();
+                let settings = credentials(userinfo, "").map_err(|why| cannot(&why))?;
+                let seeds = hosts
+                    .iter()
+                    .map(|host| node(host, &settings))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|why| cannot(&why))?;
                 ClusterClient::new(seeds)
                     .map(|client| Self::Cluster(Box::new(client)))
                     .map_err(|err| cannot(&err.to_string()))
@@ -181,16 +179,17 @@ impl Store {
                 let mut path = rest.trim_start_matches('/').splitn(2, '/');
                 let master =
                     path.next().filter(|name| !name.is_empty()).ok_or_else(|| cannot("no primary name"))?;
-                let db = path.next().map(|db| format!("/{db}")).unwrap_or_default();
+                let primary =
+                    credentials(userinfo, path.next().unwrap_or_default()).map_err(|why| cannot(&why))?;
                 let sentinels = hosts
                     .iter()
-                    .map(|host| client(&format!("redis://{host}")))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(Self::Sentinel {
-                    sentinels,
-                    master: master.to_owned(),
-                    primary_url: format!("redis://{userinfo}{{}}{db}"),
-                })
+                    .map(|host| {
+                        node(host, &redis::RedisConnectionInfo::default())
+                            .and_then(|info| redis::Client::open(info).map_err(|err| err.to_string()))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|why| cannot(&why))?;
+                Ok(Self::Sentinel { sentinels, master: master.to_owned(), primary })
             }
             _ => Err(cannot("only redis://, redis-cluster:// and redis-sentinel:// without TLS")),
         }
@@ -204,32 +203,35 @@ impl Store {
         }
     }
 
-    async fn connect(&self) -> Result<StoreConn, String> {
+    /// A connection, within `call_timeout` (on a Sentinel group, each sentinel gets its share).
+    async fn connect(&self, call_timeout: Duration) -> Result<StoreConn, String> {
+        let late = || format!("connecting to the {} for DEL timed out", self.kind());
         match self {
-            Self::Server(client) => client
-                .get_multiplexed_async_connection()
+            Self::Server(client) => {
+                tokio::time::timeout(call_timeout, client.get_multiplexed_async_connection())
+                    .await
+                    .map_err(|_| late())?
+                    .map(StoreConn::Server)
+                    .map_err(|err| format!("connecting for DEL: {err}"))
+            }
+            Self::Cluster(client) => tokio::time::timeout(call_timeout, client.get_async_connection())
                 .await
-                .map(StoreConn::Server)
-                .map_err(|err| format!("connecting for DEL: {err}")),
-            Self::Cluster(client) => client
-                .get_async_connection()
-                .await
+                .map_err(|_| late())?
                 .map(StoreConn::Cluster)
                 .map_err(|err| format!("connecting to the cluster for DEL: {err}")),
-            Self::Sentinel { sentinels, master, primary_url } => {
+            Self::Sentinel { sentinels, master, primary } => {
+                let share = call_timeout / u32::try_from(sentinels.len()).unwrap_or(u32::MAX).max(1);
                 let mut last = format!("no sentinel named the primary `{master}`");
                 for sentinel in sentinels {
-                    match primary_of(sentinel, master).await {
-                        Ok(addr) => {
-                            let url = primary_url.replace("{}", &addr);
-                            let client = redis::Client::open(url.as_str()).map_err(|err| err.to_string())?;
-                            return client
-                                .get_multiplexed_async_connection()
-                                .await
-                                .map(StoreConn::Server)
-                                .map_err(|err| format!("connecting to the primary {addr} for DEL: {err}"));
+                    let asked = tokio::time::timeout(share, primary_of(sentinel, master, primary)).await;
+                    match asked {
+                        Ok(Ok(conn)) => return Ok(StoreConn::Server(conn)),
+                        Ok(Err(err)) => last = err,
+                        Err(_) => {
+                            last = format!(
+                                "a sentinel did not name `{master}`, or its primary did not answer, in time"
+                            )
                         }
-                        Err(err) => last = err,
                     }
                 }
                 Err(last)
@@ -238,8 +240,12 @@ impl Store {
     }
 }
 
-/// `host:port` of the primary that `sentinel` names `master`.
-async fn primary_of(sentinel: &redis::Client, master: &str) -> Result<String, String> {
+/// A connection to the primary that `sentinel` names `master`, with the primary's credentials.
+async fn primary_of(
+    sentinel: &redis::Client,
+    master: &str,
+    settings: &redis::RedisConnectionInfo,
+) -> Result<MultiplexedConnection, String> {
     let mut conn =
         sentinel.get_multiplexed_async_connection().await.map_err(|err| format!("a sentinel: {err}"))?;
     let (host, port): (String, u16) = redis::cmd("SENTINEL")
@@ -248,7 +254,36 @@ async fn primary_of(sentinel: &redis::Client, master: &str) -> Result<String, St
         .query_async(&mut conn)
         .await
         .map_err(|err| format!("asking a sentinel for `{master}`: {err}"))?;
-    Ok(format!("{host}:{port}"))
+    let info = redis::ConnectionAddr::Tcp(host.clone(), port)
+        .into_connection_info()
+        .map_err(|err| err.to_string())?
+        .set_redis_settings(settings.clone());
+    let client = redis::Client::open(info).map_err(|err| err.to_string())?;
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|err| format!("connecting to the primary {host}:{port} for DEL: {err}"))
+}
+
+/// The user, password (percent-decoded, as redis-rs reads a URL's) and database of a URL's
+/// `userinfo@` and path.
+fn credentials(userinfo: &str, db: &str) -> Result<redis::RedisConnectionInfo, String> {
+    let db = if db.is_empty() { String::new() } else { format!("/{db}") };
+    let info = format!("redis://{userinfo}127.0.0.1{db}").into_connection_info().map_err(|_| {
+        "credentials or a database it cannot read (percent-encode `/`, `?`, `#`, `@` in them)".to_owned()
+    })?;
+    Ok(info.redis_settings().clone())
+}
+
+/// The address `host:port` (`[v6]:port` too) with `settings`.
+fn node(host: &str, settings: &redis::RedisConnectionInfo) -> Result<redis::ConnectionInfo, String> {
+    let (name, port) = host.rsplit_once(':').ok_or_else(|| format!("`{host}` has no port"))?;
+    let port: u16 = port.parse().map_err(|_| format!("`{host}` has no valid port"))?;
+    let name = name.trim_start_matches('[').trim_end_matches(']').to_owned();
+    redis::ConnectionAddr::Tcp(name, port)
+        .into_connection_info()
+        .map(|info| info.set_redis_settings(settings.clone()))
+        .map_err(|err| err.to_string())
 }
 
 /// The credentials (with their `@`), the hosts and the rest of a URL of several hosts.
@@ -288,13 +323,18 @@ mod tests {
             Duration::from_secs(1),
         );
         let KeyForcer::Redis(redis) = forcer else { panic!("{forcer:?}") };
-        let Store::Sentinel { sentinels, master, primary_url } = &*redis.store else {
+        let Store::Sentinel { sentinels, master, primary } = &*redis.store else {
             panic!("not a sentinel store")
         };
-        assert_eq!(
-            (sentinels.len(), master.as_str(), primary_url.as_str()),
-            (2, "mymaster", "redis://u:p@{}/3")
-        );
+        assert_eq!((sentinels.len(), master.as_str()), (2, "mymaster"));
+        assert_eq!((primary.username(), primary.password(), primary.db()), (Some("u"), Some("p"), 3));
+        // Credentials are read, not pasted into a template: `{}` and encoded `/`, `@` stay theirs.
+        let settings = credentials("u:pa%2Fs%40s{}@", "").unwrap();
+        assert_eq!(settings.password(), Some("pa/s@s{}"));
+        assert!(credentials("u:pa/ss@", "").is_err(), "an unencoded `/` is refused, not misread");
+        let info = node("[::1]:7000", &settings).unwrap();
+        assert!(matches!(info.addr(), redis::ConnectionAddr::Tcp(host, 7000) if host == "::1"));
+        assert!(node("127.0.0.1", &settings).is_err());
         assert!(
             KeyForcer::for_url("redis-cluster://127.0.0.1:1,127.0.0.1:2", Duration::from_secs(1)).supported()
         );

@@ -9,10 +9,11 @@
 //! See `README.md` for how to run it and how to read the report.
 //!
 //! The parts, in the order a run uses them: [`cli`] → [`config`] → [`coordinator`] (with
-//! [`servers`] and [`topology`], [`netns`], [`proxy`], [`redis_url`]) starts [`worker`]s, which run the
-//! [`workload`] over [`backends`] (keys deleted behind dlock's back by [`forcer`]) and [`registers`] and write [`history`] (timestamped by
-//! [`clock`]); `faults` applies the [`schedule`], aimed by the [`live`] view; [`analysis`]
-//! checks the history, [`report`] and [`svg`] show it.
+//! [`servers`] and [`topology`], [`netns`], [`proxy`], [`redis_url`]) starts [`worker`]s,
+//! which run the [`workload`] over [`backends`] (keys deleted behind dlock's back by
+//! [`forcer`]) and [`registers`] and write [`history`] (timestamped by [`clock`]); `faults`
+//! applies the [`schedule`], aimed by the [`live`] view; [`analysis`] checks the history,
+//! [`report`] and [`svg`] show it.
 
 pub mod analysis;
 pub mod backends;

@@ -43,21 +43,34 @@ pub fn proxied_server(url: &str) -> Result<SocketAddr, String> {
     }
 }
 
-/// The URL with any password masked.
+/// The URL with any password masked: the one in its credentials (which end at the last `@`,
+/// as dlock reads them, so a password holding `/`, `?` or `@` is masked whole) and the value
+/// of any query parameter whose name says password (`sentinel_password=…`, `password=…`).
 pub fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let end = rest.find(['/', '?']).unwrap_or(rest.len());
-            match rest[..end].rsplit_once('@') {
-                Some((userinfo, host)) => {
-                    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-                    format!("{scheme}://{user}:***@{host}{}", &rest[end..])
-                }
-                None => url.to_owned(),
-            }
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (credentials, rest) = match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            (format!("{user}:***@"), host)
         }
-        None => url.to_owned(),
-    }
+        None => (String::new(), rest),
+    };
+    let masked = match rest.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((name, _)) if name.to_ascii_lowercase().contains("password") => {
+                        format!("{name}=***")
+                    }
+                    _ => param.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => rest.to_owned(),
+    };
+    format!("{scheme}://{credentials}{masked}")
 }
 
 #[cfg(test)]
@@ -71,6 +84,11 @@ mod tests {
         assert_eq!(with_host("redis://:pw@h:1/2?x=y", to, 7000).unwrap(), "redis://:pw@10.1.2.1:7000/2?x=y");
         assert_eq!(redact("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
         assert_eq!(redact("redis://h:1"), "redis://h:1");
+        assert_eq!(redact("redis://u:se/c?r@et@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(
+            redact("redis-sentinel://h:1/m?sentinel_password=x&y=z"),
+            "redis-sentinel://h:1/m?sentinel_password=***&y=z"
+        );
         assert_eq!(socket_addr_of("redis://:pw@127.0.0.1:6390/1").unwrap().port(), 6390);
         assert_eq!(socket_addr_of("redis://127.0.0.1").unwrap().port(), 6379);
         assert_eq!(socket_addr_of("postgres://u:pw@127.0.0.1/db").unwrap().port(), 5432);

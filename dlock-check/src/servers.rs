@@ -131,7 +131,9 @@ impl ServerKind {
                 Ok(())
             }
             (true, _) if server_fault => Err(format!(
-                "a {self} is several servers: the checker fails its primaries over (`failover`, `kill-primary`), pauses one (`pause-server`) or deletes a key on one (`drop-key`) rather than restarting or proxying one"
+                "a {self} is several servers: the checker fails its primaries over (`failover`, \
+                 `kill-primary`), pauses one (`pause-server`) or deletes a key on one (`drop-key`) \
+                 rather than restarting or proxying one"
             )),
             _ => Ok(()),
         }
