@@ -129,7 +129,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 // The crate's docs link to every backend and to the attribute. A build without some of them
 // (`--no-default-features`, one backend alone) shows those links as plain text rather than
-// failing `cargo doc`; docs.rs and CI document every feature, where each link resolves.
+// failing `cargo doc`; docs.rs (`[package.metadata.docs.rs]`) and CI document every feature,
+// where each link resolves.
 #![cfg_attr(
     not(all(
         feature = "macros",
