@@ -225,24 +225,45 @@ async fn a_renewal_that_trusts_an_expired_lease_is_caught() {
     assert!(analysis.total.fenced_rejected > 0);
 }
 
+/// A run on one key where many waiters give up (a short wait) while in Redis' waiting line:
+/// leaving the line is a release by an owner that does not hold the key.
+fn contended(name: &str, kind: ServerKind, plant: Option<Plant>) -> RunConfig {
+    let mut config = config(name, BackendChoice::Managed(kind));
+    config.workload.keys = vec!["a".into()];
+    config.workload.wait = Duration::from_millis(100);
+    config.workload.long_every = 0;
+    config.plant = plant;
+    config
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_without_owner_check_is_caught() {
     let _turn = SERIAL.lock().await;
-    // A short wait: many waiters give up while in Redis' waiting line, and leaving the line
-    // is a release by an owner that does not hold the key.
-    let contended = |name: &str, plant: Option<Plant>| {
-        let mut config = config(name, BackendChoice::Managed(ServerKind::Redis));
-        config.workload.keys = vec!["a".into()];
-        config.workload.wait = Duration::from_millis(100);
-        config.workload.long_every = 0;
-        config.plant = plant;
-        config
-    };
-    let control = check(contended("release-control", None)).await;
+    let control = check(contended("release-control", ServerKind::Redis, None)).await;
     assert!(control.passed(), "the run without the bug has violations: {:#?}", control.violations);
     assert!(control.total.timeouts > 0, "no waiter gave up: the run does not exercise the bug");
-    let planted =
-        check(contended("release-without-owner-check", Some(Plant::ReleaseWithoutOwnerCheck))).await;
+    let planted = check(contended(
+        "release-without-owner-check",
+        ServerKind::Redis,
+        Some(Plant::ReleaseWithoutOwnerCheck),
+    ))
+    .await;
+    assert!(overlaps(&planted) > 0, "no overlap found: {:#?}", planted.total);
+}
+
+/// The same bug on a Redis Cluster: the planted release deletes the key on the primary that
+/// serves it (routed by its slot), and the checker finds the overlaps. (The control is the
+/// cluster test above, with no violation.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_without_owner_check_is_caught_on_a_cluster() {
+    let _turn = SERIAL.lock().await;
+    let planted = check(contended(
+        "release-without-owner-check-cluster",
+        ServerKind::RedisCluster,
+        Some(Plant::ReleaseWithoutOwnerCheck),
+    ))
+    .await;
+    assert!(planted.total.timeouts > 0, "no waiter gave up: the run does not exercise the bug");
     assert!(overlaps(&planted) > 0, "no overlap found: {:#?}", planted.total);
 }
 
