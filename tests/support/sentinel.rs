@@ -322,7 +322,8 @@ impl SentinelGroup {
     /// `Ok` once `sentinel` monitors `primary` as a primary that is up, knows the other two
     /// sentinels and (if any are given) exactly `replicas`, each up.
     fn sentinel_knows_all(&self, sentinel: u16, primary: u16, replicas: &[u16]) -> Result<(), String> {
-        let master = pairs(query(sentinel, &["SENTINEL", "MASTER", &self.name])?);
+        // redis-rs reads a flat `[field, value, …]` reply as a map.
+        let master: HashMap<String, String> = query(sentinel, &["SENTINEL", "MASTER", &self.name])?;
         let field = |name: &str| master.get(name).map(String::as_str).unwrap_or("");
         if field("port") != primary.to_string() || field("flags") != "master" {
             return Err(format!(
@@ -354,10 +355,9 @@ impl SentinelGroup {
 
     /// `Ok` once `sentinel` lists `replica` as a replica that is up and linked to its primary.
     fn sentinel_sees_replica_up(&self, sentinel: u16, replica: u16) -> Result<(), String> {
-        let listed: Vec<Vec<String>> = query(sentinel, &["SENTINEL", "REPLICAS", &self.name])?;
+        let listed: Vec<HashMap<String, String>> = query(sentinel, &["SENTINEL", "REPLICAS", &self.name])?;
         let entry = listed
             .into_iter()
-            .map(pairs)
             .find(|entry| entry.get("port").is_some_and(|port| *port == replica.to_string()))
             .ok_or_else(|| format!("sentinel {sentinel} does not list {replica} as a replica"))?;
         let flags = entry.get("flags").map(String::as_str).unwrap_or("");
@@ -399,16 +399,6 @@ impl fmt::Debug for SentinelGroup {
             .field("dir", &self.dir)
             .finish()
     }
-}
-
-/// A flat `[field, value, field, value, …]` reply as a map.
-fn pairs(flat: Vec<String>) -> HashMap<String, String> {
-    let mut map = HashMap::new();
-    let mut items = flat.into_iter();
-    while let (Some(field), Some(value)) = (items.next(), items.next()) {
-        map.insert(field, value);
-    }
-    map
 }
 
 /// Write `text` to `path`.
