@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use dlock::{LockService, RedisClusterBackend};
 use dlock_tests::support::contention::{assert_replicated_lock_kept, contend_through};
-use dlock_tests::{NodeRole, RedisCluster, Store, subscribers_on};
+use dlock_tests::{NodeRole, RedisCluster, Store, inspector, redis_cmd, subscribers_on};
 use tokio::task::block_in_place;
 
 /// A cluster of this test's own (blocking: started off the runtime's worker).
@@ -200,21 +200,14 @@ async fn a_waiter_that_gives_up_while_its_slot_migrates_leaves_the_waiting_line(
     let held = a.lock("acct").ttl(Duration::from_secs(30)).await.expect("take");
     let waiter = tokio::spawn(async move { b.lock("acct").wait(Duration::from_secs(30)).await });
     // The waiter's place in line, on the source.
-    let on_source = redis::Client::open(format!("redis://127.0.0.1:{source}")).expect("client");
-    let lines = || {
-        let on_source = on_source.clone();
-        let pattern = format!("{full}#dlock:line*");
-        async move {
-            let mut conn = on_source.get_multiplexed_async_connection().await.expect("connect");
-            redis::cmd("KEYS").arg(&pattern).query_async::<Vec<String>>(&mut conn).await.expect("KEYS")
-        }
-    };
+    let mut on_source = inspector(&format!("redis://127.0.0.1:{source}")).await;
+    let pattern = format!("{full}#dlock:line*");
     dlock_tests::poll_until(Duration::from_secs(5), "the waiter in the waiting line", || {
-        let lines = lines();
-        async move { lines.await.len() == 1 }
+        let (mut conn, pattern) = (on_source.clone(), pattern.clone());
+        async move { redis_cmd::<Vec<String>>(&mut conn, &["KEYS", &pattern]).await.len() == 1 }
     })
     .await;
-    let line = lines().await.remove(0);
+    let line = redis_cmd::<Vec<String>>(&mut on_source, &["KEYS", &pattern]).await.remove(0);
     // Half migrated: the line moves, the lock stays.
     let migration = block_in_place(|| cluster.begin_slot_migration(cluster.key_slot(&full), target));
     assert!(block_in_place(|| migration.move_key(&line)), "the line was on the source");

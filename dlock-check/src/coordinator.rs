@@ -363,7 +363,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
                 .await
                 .context("starting the backend panicked")??;
             lab.say(format!("the backend is up: {}", server.url()));
-            // Connected now, and only when a fault or the planted bug will delete a key.
+            // Connected now, and only when `drop-key` will delete a key (the planted release
+            // bug deletes through each worker's own forcer).
             if applied(FaultKind::DropKey) {
                 let forcer = KeyForcer::for_url(&server.url(), config.call_timeout);
                 forcer.ready().await.map_err(anyhow::Error::msg)?;
