@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::Stamp;
 use crate::forcer::KeyForcer;
 use crate::history::{CallKind, CallResult, Event, Recorder};
-use crate::redis_url::redact;
+use crate::redis_url::{redact, scheme};
 
 /// The longest first lease of a key handed over by a release (dlock's `HANDOFF_LEASE`).
 pub const HANDOFF_LEASE: Duration = dlock::backend::HANDOFF_LEASE;
@@ -122,12 +122,6 @@ impl fmt::Display for ConnectError {
 }
 
 impl std::error::Error for ConnectError {}
-
-/// The URL's scheme (`redis`, `postgres`, `redis-cluster`, …), or the whole text if it has
-/// none.
-pub fn scheme(url: &str) -> &str {
-    url.split_once(':').map_or(url, |(scheme, _)| scheme)
-}
 
 /// The backend for `settings.url`:
 ///

@@ -4,6 +4,12 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
 use anyhow::Context;
 
+/// The URL's scheme (`redis`, `postgres`, `redis-cluster`, …), or the whole text if it has
+/// none.
+pub fn scheme(url: &str) -> &str {
+    url.split_once(':').map_or(url, |(scheme, _)| scheme)
+}
+
 /// `url` with its host and port replaced (user, password, database and query kept).
 pub fn with_host(url: &str, host: IpAddr, port: u16) -> anyhow::Result<String> {
     let (scheme, rest) = url.split_once("://").with_context(|| format!("`{url}` has no scheme"))?;
