@@ -43,9 +43,10 @@ pub enum Command {
 /// Options of a check.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// The backend under test: `redis` (a private redis-server the checker starts, so every
-    /// fault but the failovers applies), `redis-cluster` or `redis-sentinel` (a private 6-node
-    /// cluster, or a primary + replica + 3 sentinels, which the checker fails over), `memory`
+    /// The backend under test: `redis` or `postgres` (a private redis-server or PostgreSQL the
+    /// checker starts, so every fault but the failovers applies), `redis-cluster` or
+    /// `redis-sentinel` (a private 6-node cluster, or a primary + replica + 3 sentinels, which
+    /// the checker fails over), `memory`
     /// (the in-process backend: one process, no process or server faults) or a URL of a server
     /// you run, e.g. `redis://…`, `redis-cluster://…`, `postgres://…` (worker-side faults only).
     #[arg(long, default_value = "redis", value_parser = BackendChoice::parse)]

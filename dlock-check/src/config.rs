@@ -19,8 +19,8 @@ use crate::workload::Workload;
 pub enum BackendChoice {
     /// The in-process `MemoryBackend`: every worker in the checker's own process.
     Memory,
-    /// A server the checker starts (and may fault): a private `redis-server`, or a topology
-    /// it fails over (a Redis Cluster, a Sentinel group).
+    /// A server the checker starts (and may fault): a private `redis-server` or PostgreSQL, or
+    /// a topology it fails over (a Redis Cluster, a Sentinel group).
     Managed(ServerKind),
     /// A backend the user runs, reached through `dlock::connect(url)`: only faults on the
     /// workers' side apply.
@@ -28,8 +28,8 @@ pub enum BackendChoice {
 }
 
 impl BackendChoice {
-    /// `memory` (or `memory:`), `redis`, `redis-cluster` or `redis-sentinel` (servers the
-    /// checker starts), or a URL `dlock::connect` knows (`redis://…`, `redis-cluster://…`,
+    /// `memory` (or `memory:`), `redis`, `redis-cluster`, `redis-sentinel` or `postgres`
+    /// (servers the checker starts), or a URL `dlock::connect` knows (`redis://…`, `redis-cluster://…`,
     /// `redis-sentinel://…`, `postgres://…`).
     pub fn parse(text: &str) -> Result<Self, String> {
         match text {
@@ -37,9 +37,10 @@ impl BackendChoice {
             "redis" => Ok(Self::Managed(ServerKind::Redis)),
             "redis-cluster" => Ok(Self::Managed(ServerKind::RedisCluster)),
             "redis-sentinel" => Ok(Self::Managed(ServerKind::RedisSentinel)),
+            "postgres" => Ok(Self::Managed(ServerKind::Postgres)),
             url if url.contains("://") => Ok(Self::Url(url.to_owned())),
             other => Err(format!(
-                "`{other}`: expected `memory`; `redis`, `redis-cluster` or `redis-sentinel` (a private redis-server, a 6-node cluster or a primary + replica + 3 sentinels, which the checker starts and can fault); or a backend URL for dlock::connect, e.g. redis://127.0.0.1:6379 (a server you run: worker-side faults only)"
+                "`{other}`: expected `memory`; `redis`, `redis-cluster`, `redis-sentinel` or `postgres` (a private redis-server, a 6-node cluster, a primary + replica + 3 sentinels, or a private PostgreSQL, which the checker starts and can fault); or a backend URL for dlock::connect, e.g. redis://127.0.0.1:6379 (a server you run: worker-side faults only)"
             )),
         }
     }
@@ -142,8 +143,13 @@ pub fn skip_reason(config: &RunConfig, kind: FaultKind, netns: &Result<(), Strin
     }
     if let BackendChoice::Url(url) = &config.backend {
         if kind.needs_own_server() {
+            let own = if crate::redis_url::scheme(url).starts_with("postgres") {
+                "a private PostgreSQL: `--backend postgres`"
+            } else {
+                "a private redis-server: `--backend redis`"
+            };
             return Some(format!(
-                "{} was not started by dlock-check, which faults only servers it started (it can start a private redis-server: `--backend redis`)",
+                "{} was not started by dlock-check, which faults only servers it started (it can start {own})",
                 redact(url)
             ));
         }
@@ -212,6 +218,15 @@ mod tests {
             assert_eq!(skipped("redis", kind).is_some(), fails_over, "{kind}");
         }
         assert_eq!(BackendChoice::parse("redis").unwrap().default_faults().len(), 8);
+        // A private PostgreSQL takes the same: it is one server on one address.
+        assert_eq!(BackendChoice::parse("postgres").unwrap(), BackendChoice::Managed(ServerKind::Postgres));
+        assert!(!BackendChoice::parse("postgres").unwrap().is_topology());
+        for kind in FaultKind::ALL {
+            let why = skipped("postgres", kind);
+            let fails_over = matches!(kind, FaultKind::Failover | FaultKind::KillPrimary);
+            assert_eq!(why.is_some(), fails_over, "{kind}");
+            assert!(why.is_none_or(|why| why.contains("without a standby")), "{kind}");
+        }
         // A private topology: failovers, a frozen primary, a dropped key and the workers' faults;
         // no restarting or proxying it.
         for topology in ["redis-cluster", "redis-sentinel"] {

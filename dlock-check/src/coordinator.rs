@@ -26,7 +26,7 @@ use crate::history::{self, Event, Recorder, WorkerId};
 use crate::live::Live;
 use crate::netns::{self, Namespaces};
 use crate::proxy::Proxy;
-use crate::redis_url::{proxied_server, with_host};
+use crate::redis_url::{proxied_server, scheme, with_host};
 use crate::registers::Registers;
 use crate::schedule::{FaultKind, FaultRecord};
 use crate::servers::{ManagedServer, RedisServer};
@@ -467,7 +467,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
     stop_workers(&mut lab).await;
     let store = final_store(&lab).await?;
     if let BackendChoice::Url(url) = &config.backend {
-        if backends::scheme(url) == "redis" {
+        if scheme(url) == "redis" {
             clean_up_keys(url, &prefix).await;
         } else {
             lab.say(format!(

@@ -100,17 +100,23 @@ pub(crate) async fn apply(lab: &mut Lab, spec: &FaultSpec) -> anyhow::Result<Fau
             let server = Arc::clone(lab.server.as_ref().context("no server of our own to restart")?);
             let down = spec.duration.unwrap_or(Duration::ZERO);
             record.start = Stamp::now();
-            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let keeps_data = tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
                 let mut server = lock(&server);
                 server.kill()?;
                 std::thread::sleep(down);
-                server.start_again()
+                server.start_again()?;
+                Ok(server.keeps_data())
             })
             .await
             .context("the restart thread panicked")??;
             record.end = Stamp::now();
-            record.label = "restart-server (empty)".into();
-            record.data_lost = Some(DataLost::EveryKey);
+            if keeps_data {
+                // Nothing is excused: every lock it granted is still there.
+                record.label = "restart-server (crash, data kept)".into();
+            } else {
+                record.label = "restart-server (empty)".into();
+                record.data_lost = Some(DataLost::EveryKey);
+            }
             record.note = Some(format!(
                 "answering again {:.0} ms after the kill",
                 (record.end.wall - record.start.wall) as f64 / 1e6

@@ -4,8 +4,11 @@
 //! One server (`redis://`) gets a `DEL` on a connection of its own; a Redis Cluster
 //! (`redis-cluster://`) a `DEL` routed by the key's slot to the primary that serves it; a
 //! Sentinel group (`redis-sentinel://`) a `DEL` on the primary the sentinels name, asked again
-//! when the one it had refuses (`READONLY`: it was demoted by a failover). The in-process
-//! backend has `MemoryBackend::force_expire`.
+//! when the one it had refuses (`READONLY`: it was demoted by a failover). PostgreSQL
+//! (`postgres://`) gets a `DELETE` of the key's row from dlock's lease table, in the default
+//! schema (the one `dlock::connect` uses): the row and its lease are gone, as after a restore
+//! from a backup that predates them; the token sequence is untouched. The in-process backend
+//! has `MemoryBackend::force_expire`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -24,6 +27,8 @@ pub enum KeyForcer {
     Memory(MemoryBackend),
     /// `DEL` on a connection of its own (made on first use, and again after it failed).
     Redis(RedisForcer),
+    /// `DELETE` of the key's row, on a connection of its own (made as for `Redis`).
+    Postgres(PostgresForcer),
     /// A backend the checker cannot delete keys of (yet): `delete` fails, saying why.
     Unsupported {
         /// Why not.
@@ -39,6 +44,19 @@ pub struct RedisForcer {
     /// The connection, once made (and until a `DEL` on it fails).
     conn: Arc<tokio::sync::Mutex<Option<StoreConn>>>,
     /// The bound on connecting and on the command.
+    call_timeout: Duration,
+}
+
+/// Deletes lock rows of one PostgreSQL database.
+#[derive(Clone)]
+pub struct PostgresForcer {
+    /// Where the table is (shared: a configuration is large, and a forcer is cloned per worker).
+    config: Arc<tokio_postgres::Config>,
+    /// `DELETE FROM "<schema>".dlock_locks WHERE key = $1`.
+    delete: String,
+    /// The connection, once made (and until a `DELETE` on it fails).
+    client: Arc<tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>>,
+    /// The bound on connecting and on the statement.
     call_timeout: Duration,
 }
 
@@ -67,6 +85,7 @@ impl fmt::Debug for KeyForcer {
         match self {
             Self::Memory(_) => f.write_str("KeyForcer::Memory"),
             Self::Redis(redis) => write!(f, "KeyForcer::Redis({redis:?})"),
+            Self::Postgres(postgres) => write!(f, "KeyForcer::Postgres({postgres:?})"),
             Self::Unsupported { why } => write!(f, "KeyForcer::Unsupported({why})"),
         }
     }
@@ -74,8 +93,15 @@ impl fmt::Debug for KeyForcer {
 
 impl KeyForcer {
     /// A forcer for the backend at `url`: `redis://`, `redis-cluster://` or
-    /// `redis-sentinel://` (without TLS), or one whose `delete` says why it cannot.
+    /// `redis-sentinel://` (without TLS), `postgres://`, or one whose `delete` says why it
+    /// cannot.
     pub fn for_url(url: &str, call_timeout: Duration) -> Self {
+        if matches!(crate::redis_url::scheme(url), "postgres" | "postgresql") {
+            return match PostgresForcer::new(url, call_timeout) {
+                Ok(postgres) => Self::Postgres(postgres),
+                Err(why) => Self::Unsupported { why },
+            };
+        }
         match Store::parse(url) {
             Ok(store) => {
                 Self::Redis(RedisForcer { store: Arc::new(store), conn: Arc::default(), call_timeout })
@@ -90,6 +116,7 @@ impl KeyForcer {
         match self {
             Self::Memory(_) => Ok(()),
             Self::Redis(redis) => redis.connection().await.map(drop),
+            Self::Postgres(postgres) => postgres.client().await.map(drop),
             Self::Unsupported { why } => Err(why.clone()),
         }
     }
@@ -106,6 +133,7 @@ impl KeyForcer {
         match self {
             Self::Memory(memory) => Ok(memory.force_expire(full_key)),
             Self::Redis(redis) => redis.delete(full_key).await,
+            Self::Postgres(postgres) => postgres.delete(full_key).await,
             Self::Unsupported { why } => Err(why.clone()),
         }
     }
@@ -139,6 +167,63 @@ impl RedisForcer {
                 Err(_) => last = format!("DEL {full_key} timed out"),
             }
             self.conn.lock().await.take();
+        }
+        Err(last)
+    }
+}
+
+impl fmt::Debug for PostgresForcer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresForcer").field("delete", &self.delete).finish_non_exhaustive()
+    }
+}
+
+impl PostgresForcer {
+    fn new(url: &str, call_timeout: Duration) -> Result<Self, String> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|err| {
+            format!(
+                "dlock-check cannot delete a key of the backend at {}: {err}",
+                crate::redis_url::redact(url)
+            )
+        })?;
+        config.connect_timeout(call_timeout).application_name("dlock-check drop-key");
+        let schema = dlock::PostgresBackend::DEFAULT_SCHEMA.replace('"', "\"\"");
+        Ok(Self {
+            config: Arc::new(config),
+            delete: format!("DELETE FROM \"{schema}\".dlock_locks WHERE key = $1"),
+            client: Arc::default(),
+            call_timeout,
+        })
+    }
+
+    /// The connection, made now if there is none (or the last one failed).
+    async fn client(&self) -> Result<Arc<tokio_postgres::Client>, String> {
+        let mut client = self.client.lock().await;
+        if let Some(client) = client.as_ref() {
+            return Ok(Arc::clone(client));
+        }
+        let (made, connection) =
+            tokio::time::timeout(self.call_timeout, self.config.connect(tokio_postgres::NoTls))
+                .await
+                .map_err(|_| "connecting to PostgreSQL for DELETE timed out".to_owned())?
+                .map_err(|err| format!("connecting to PostgreSQL for DELETE: {err}"))?;
+        // The connection ends with the client (dropped after a failed statement, or with the
+        // forcer).
+        tokio::spawn(connection);
+        Ok(Arc::clone(client.insert(Arc::new(made))))
+    }
+
+    /// See [`KeyForcer::delete`].
+    async fn delete(&self, full_key: &str) -> Result<bool, String> {
+        let mut last = String::new();
+        for _ in 0..2 {
+            let client = self.client().await?;
+            match tokio::time::timeout(self.call_timeout, client.execute(&self.delete, &[&full_key])).await {
+                Ok(Ok(deleted)) => return Ok(deleted > 0),
+                Ok(Err(err)) => last = format!("DELETE {full_key}: {err}"),
+                Err(_) => last = format!("DELETE {full_key} timed out"),
+            }
+            self.client.lock().await.take();
         }
         Err(last)
     }
@@ -191,7 +276,9 @@ impl Store {
                     .map_err(|why| cannot(&why))?;
                 Ok(Self::Sentinel { sentinels, master: master.to_owned(), primary })
             }
-            _ => Err(cannot("only redis://, redis-cluster:// and redis-sentinel:// without TLS")),
+            _ => Err(cannot(
+                "only redis://, redis-cluster:// and redis-sentinel:// without TLS, and postgres://",
+            )),
         }
     }
 
@@ -338,13 +425,17 @@ mod tests {
         assert!(
             KeyForcer::for_url("redis-cluster://127.0.0.1:1,127.0.0.1:2", Duration::from_secs(1)).supported()
         );
+        let postgres = KeyForcer::for_url("postgres://u:secret@127.0.0.1:5433/db", Duration::from_secs(1));
+        let KeyForcer::Postgres(forcer) = &postgres else { panic!("{postgres:?}") };
+        assert_eq!(forcer.delete, r#"DELETE FROM "dlock".dlock_locks WHERE key = $1"#);
+        assert!(!format!("{postgres:?}").contains("secret"));
     }
 
     #[test]
     fn other_backends_are_refused_with_the_reason() {
         for (url, why) in [
             ("rediss-cluster://127.0.0.1:1", "without TLS"),
-            ("postgres://127.0.0.1/test", "without TLS"),
+            ("postgres://127.0.0.1:notaport/test", "invalid connection string"),
             ("redis-sentinel://127.0.0.1:1/m?sentinel_password=x", "password"),
             ("redis-sentinel://127.0.0.1:1", "no primary name"),
         ] {

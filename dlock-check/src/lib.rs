@@ -26,6 +26,7 @@ pub mod forcer;
 pub mod history;
 pub mod live;
 pub mod netns;
+pub mod postgres_server;
 pub mod proxy;
 pub mod redis_url;
 pub mod registers;

@@ -21,7 +21,7 @@ use nix::unistd::Pid;
 use crate::schedule::FaultKind;
 
 /// How long a fresh server may take to answer.
-const STARTUP_BOUND: Duration = Duration::from_secs(10);
+pub(crate) const STARTUP_BOUND: Duration = Duration::from_secs(10);
 
 /// A server the checker started and may stop, freeze and restart.
 pub trait ManagedServer: Send + Sync + fmt::Debug {
@@ -49,8 +49,16 @@ pub trait ManagedServer: Send + Sync + fmt::Debug {
     /// Kill it (SIGKILL) and reap it: connections drop, new ones are refused.
     fn kill(&mut self) -> anyhow::Result<()>;
 
-    /// Start it again, empty, on the same address (killing it first if it runs); returns once
-    /// it answers. A topology is not restarted whole: by default, an error.
+    /// Whether [`start_again`](Self::start_again) finds what it had before the kill (a
+    /// PostgreSQL recovering from its write-ahead log), rather than starting empty (a
+    /// `redis-server` without persistence).
+    fn keeps_data(&self) -> bool {
+        false
+    }
+
+    /// Start it again on the same address (killing it first if it runs), empty unless it
+    /// [`keeps_data`](Self::keeps_data); returns once it answers. A topology is not restarted
+    /// whole: by default, an error.
     fn start_again(&mut self) -> anyhow::Result<()> {
         bail!("the checker fails a {} over; it does not restart it whole", self.kind())
     }
@@ -112,18 +120,23 @@ pub enum ServerKind {
     RedisCluster,
     /// A primary, a replica and three sentinels ([`crate::topology::SentinelGroup`]).
     RedisSentinel,
+    /// A single PostgreSQL server ([`crate::postgres_server::PostgresServer`]).
+    Postgres,
 }
 
 impl ServerKind {
     /// Whether it is several servers, failed over rather than paused or restarted as one.
     pub fn is_topology(self) -> bool {
-        !matches!(self, Self::Redis)
+        matches!(self, Self::RedisCluster | Self::RedisSentinel)
     }
 
     /// Whether `fault` can be applied to it; `Err` says why not.
     pub fn takes(self, fault: FaultKind) -> Result<(), String> {
         let server_fault = fault.needs_own_server() || fault.needs_proxy() || fault == FaultKind::Partition;
         match (self.is_topology(), fault) {
+            (false, FaultKind::Failover | FaultKind::KillPrimary) if self == Self::Postgres => {
+                Err("the checker's PostgreSQL is one server, without a standby to fail over to".into())
+            }
             (false, FaultKind::Failover | FaultKind::KillPrimary) => {
                 Err("a single redis-server has no replica to fail over to (try `--backend redis-cluster` or `redis-sentinel`)".into())
             }
@@ -152,6 +165,7 @@ impl fmt::Display for ServerKind {
             Self::Redis => "redis-server",
             Self::RedisCluster => "Redis Cluster (3 primaries, 3 replicas)",
             Self::RedisSentinel => "Sentinel group (a primary, a replica, 3 sentinels)",
+            Self::Postgres => "PostgreSQL server",
         })
     }
 }
@@ -382,7 +396,7 @@ pub fn kill_leftovers() {
 }
 
 /// Note a child just started in [`RUNNING`]; if the process is exiting, kill it instead.
-fn started(child: Child) -> anyhow::Result<Child> {
+pub(crate) fn started(child: Child) -> anyhow::Result<Child> {
     let mut running = running();
     if running.1 {
         drop(running);
@@ -395,7 +409,7 @@ fn started(child: Child) -> anyhow::Result<Child> {
 
 /// Kill and reap `child`, and forget it in [`RUNNING`]: all under its lock, so that
 /// [`kill_leftovers`] never signals a pid reaped and perhaps given to another process.
-fn end(mut child: Child) -> std::io::Result<std::process::ExitStatus> {
+pub(crate) fn end(mut child: Child) -> std::io::Result<std::process::ExitStatus> {
     let mut running = running();
     // Err only if it already exited, which is what we want.
     let _ = child.kill();

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::clock::Stamp;
+use crate::postgres_server::PostgresServer;
 use crate::servers::{FailedOver, ManagedServer, Mode, OldPrimary, RedisServer, ServerKind, free_port};
 
 /// How long a topology may take to form, or to settle again after a failover.
@@ -39,6 +40,7 @@ pub fn start(kind: ServerKind, dir: &Path, name: &str) -> anyhow::Result<Box<dyn
         ServerKind::Redis => Ok(Box::new(RedisServer::start(dir, name)?)),
         ServerKind::RedisCluster => Ok(Box::new(RedisCluster::start(&dir.join(name))?)),
         ServerKind::RedisSentinel => Ok(Box::new(SentinelGroup::start(&dir.join(name))?)),
+        ServerKind::Postgres => Ok(Box::new(PostgresServer::start(dir, name)?)),
     }
 }
 

@@ -1,0 +1,310 @@
+//! A private PostgreSQL the checker starts, owns and faults (`--backend postgres`): `initdb`
+//! and the `postgres` server binary from `/usr/lib/postgresql/*/bin`, on a free loopback port,
+//! trust authentication, no fsync.
+//!
+//! A pause and a kill reach every process of the server, not only the postmaster: its
+//! backends and helpers each run in a session of their own (PostgreSQL's children call
+//! `setsid`), so they are found by their parent instead, and the postmaster is stopped first
+//! so that it forks no new one meanwhile.
+//! PostgreSQL refuses to run as root: when the checker is root, the server runs as the
+//! `postgres` user (made by the `postgresql` package), its data in a temporary directory that
+//! user owns; its log goes to the run's directory like every other server's.
+//!
+//! Unlike the checker's `redis-server`, PostgreSQL keeps what it committed: `restart-server`
+//! is a crash (SIGKILL of every process) and a start on the same data, which recovers from
+//! its write-ahead log. Fencing tokens come from a sequence, so they go on from where they
+//! were; leases are rows, judged by the server's clock, so a lease that ran out while the
+//! server was down is free when it is back.
+
+use std::fmt;
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Pid, User, geteuid};
+
+use crate::servers::{ManagedServer, STARTUP_BOUND, end, free_port, started};
+
+/// The line the server logs once it accepts connections.
+const READY_LINE: &str = "database system is ready to accept connections";
+
+/// A private PostgreSQL server; see the module's docs.
+pub struct PostgresServer {
+    child: Option<Child>,
+    port: u16,
+    /// `bin/` of the PostgreSQL installation.
+    bin: PathBuf,
+    /// The data directory's parent, owned by the user the server runs as; removed on drop.
+    home: PathBuf,
+    log: PathBuf,
+    /// The user the server runs as (`postgres` when the checker is root).
+    user: Option<User>,
+}
+
+impl fmt::Debug for PostgresServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresServer")
+            .field("port", &self.port)
+            .field("pid", &self.child.as_ref().map(Child::id))
+            .finish()
+    }
+}
+
+impl PostgresServer {
+    /// Make a database cluster and start its server on a free port; `name` names its log's
+    /// directory under `dir`.
+    pub fn start(dir: &Path, name: &str) -> anyhow::Result<Self> {
+        let bin = installed_bin()?;
+        let user = if geteuid().is_root() {
+            Some(
+                User::from_name("postgres")
+                    .context("looking up the `postgres` user")?
+                    .context("PostgreSQL refuses to run as root, and there is no `postgres` user to run it as (apt-get install postgresql makes one)")?,
+            )
+        } else {
+            None
+        };
+        let logs = dir.join(name);
+        std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+        let home = std::env::temp_dir().join(format!(
+            "dlock-check-pg-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
+        let mut server = Self { child: None, port: 0, bin, home, log: logs.join("postgres.log"), user };
+        server.hand_over(&server.home)?;
+        let mut initdb = server.command("initdb");
+        initdb.arg("-D").arg(server.data()).args(["-U", "postgres", "-A", "trust", "--no-sync"]);
+        let output = initdb.stdin(Stdio::null()).output().context("running initdb")?;
+        if !output.status.success() {
+            bail!("initdb failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim());
+        }
+        // The port is free when we look, but something could take it before the server binds
+        // it: try a few.
+        let mut last = None;
+        for _ in 0..5 {
+            server.port = free_port()?;
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                Err(err) => last = Some(err),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made"))).context("could not start PostgreSQL")
+    }
+
+    /// The directory holding the data directory, owned by the server's user, removed when the
+    /// server is dropped.
+    pub fn data_home(&self) -> &Path {
+        &self.home
+    }
+
+    fn data(&self) -> PathBuf {
+        self.home.join("data")
+    }
+
+    /// A command for one of the installation's programs, run as the server's user, in its
+    /// directory (`initdb` and `postgres` look at their working directory).
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(self.bin.join(program));
+        command.current_dir(&self.home);
+        if let Some(user) = &self.user {
+            command.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+        }
+        command
+    }
+
+    /// Give `path` to the server's user (when the checker is root).
+    fn hand_over(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(user) = &self.user {
+            nix::unistd::chown(path, Some(user.uid), Some(user.gid))
+                .with_context(|| format!("giving {} to the `postgres` user", path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log =
+            std::fs::File::create(&self.log).with_context(|| format!("creating {}", self.log.display()))?;
+        let log_err = log.try_clone()?;
+        let mut command = self.command("postgres");
+        command
+            .arg("-D")
+            .arg(self.data())
+            .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", self.home.display()))
+            .args(["-c", "fsync=off", "-c", "max_connections=200"])
+            // Out of the checker's process group: a Ctrl-C at the checker's terminal is the
+            // checker's to handle (it kills what it started).
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        let child = command.spawn().context("spawning postgres")?;
+        let mut child = started(child)?;
+        let deadline = Instant::now() + STARTUP_BOUND;
+        loop {
+            match child.try_wait() {
+                Ok(None) => {}
+                Ok(Some(status)) => {
+                    let _ = end(child);
+                    bail!("postgres exited with {status}; see {}", self.log.display());
+                }
+                Err(err) => {
+                    let _ = end(child);
+                    return Err(anyhow::Error::new(err).context("waiting for postgres"));
+                }
+            }
+            // Our own server must say it is ready: something else listening on the port is not it.
+            let ready = std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains(READY_LINE));
+            if ready && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let _ = kill_all(&child);
+                let _ = end(child);
+                bail!(
+                    "PostgreSQL on port {} was not ready within {STARTUP_BOUND:?}; see {}",
+                    self.port,
+                    self.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The pids of the postmaster and of every process it runs (its children); empty once
+    /// killed.
+    pub fn processes(&self) -> Vec<u32> {
+        let Some(child) = &self.child else { return Vec::new() };
+        let mut all = vec![child.id()];
+        all.extend(children_of(child.id()));
+        all
+    }
+}
+
+/// SIGKILL the postmaster `child` and every process it runs (it is then reaped by [`end`]).
+/// The postmaster is stopped first, so that it forks nothing new while its children die.
+fn kill_all(child: &Child) -> anyhow::Result<()> {
+    let postmaster = pid_of(child.id())?;
+    kill(postmaster, Signal::SIGSTOP).context("stopping the postmaster")?;
+    for pid in children_of(child.id()) {
+        // It may have exited meanwhile.
+        let _ = kill(pid_of(pid)?, Signal::SIGKILL);
+    }
+    kill(postmaster, Signal::SIGKILL).context("killing the postmaster")
+}
+
+impl ManagedServer for PostgresServer {
+    fn kind(&self) -> &'static str {
+        "PostgreSQL"
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn addr(&self) -> Option<SocketAddr> {
+        Some(SocketAddr::from(([127, 0, 0, 1], self.port)))
+    }
+
+    /// The postmaster first (frozen, it forks no new process), then every process it runs.
+    fn pause(&mut self) -> anyhow::Result<()> {
+        let child = self.child.as_ref().context("PostgreSQL is not running")?;
+        kill(pid_of(child.id())?, Signal::SIGSTOP).context("stopping the postmaster")?;
+        for pid in children_of(child.id()) {
+            kill(pid_of(pid)?, Signal::SIGSTOP)
+                .with_context(|| format!("stopping PostgreSQL process {pid}"))?;
+        }
+        Ok(())
+    }
+
+    /// Its children first, then the postmaster (which may fork again).
+    fn resume(&mut self) -> anyhow::Result<()> {
+        for pid in self.processes().into_iter().rev() {
+            kill(pid_of(pid)?, Signal::SIGCONT)
+                .with_context(|| format!("resuming PostgreSQL process {pid}"))?;
+        }
+        Ok(())
+    }
+
+    fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(child) = self.child.take() {
+            let killed = kill_all(&child);
+            end(child).context("reaping postgres")?;
+            killed?;
+        }
+        Ok(())
+    }
+
+    fn keeps_data(&self) -> bool {
+        true
+    }
+
+    fn start_again(&mut self) -> anyhow::Result<()> {
+        self.kill()?;
+        // Backends killed with the postmaster may hold its shared memory for a moment, and the
+        // old socket may linger: retry for a while.
+        let deadline = Instant::now() + STARTUP_BOUND;
+        loop {
+            match self.spawn() {
+                Ok(()) => return Ok(()),
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                Err(err) => return Err(err.context(format!("restarting PostgreSQL on port {}", self.port))),
+            }
+        }
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        let _ = self.kill();
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+fn pid_of(pid: u32) -> anyhow::Result<Pid> {
+    Ok(Pid::from_raw(i32::try_from(pid).context("pid out of range")?))
+}
+
+/// The processes whose parent is `parent`, from `/proc`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid …`: comm may hold spaces and parentheses.
+            let ppid = stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse::<u32>().ok()?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
+}
+
+/// `bin/` of the newest PostgreSQL under `/usr/lib/postgresql` that has `initdb`.
+fn installed_bin() -> anyhow::Result<PathBuf> {
+    let root = Path::new("/usr/lib/postgresql");
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir(root)
+        .with_context(|| {
+            format!("PostgreSQL's server programs are not in {} (apt-get install postgresql)", root.display())
+        })?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let major = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((major, bin))
+        })
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .map(|(_, bin)| bin)
+        .with_context(|| format!("no initdb under {}/*/bin (apt-get install postgresql)", root.display()))
+}
