@@ -131,3 +131,38 @@ async fn extreme_durations_do_not_panic() {
         store.try_acquire(&FullKey::new("", "k"), "o", Duration::MAX).await.expect("the backend saturates");
     assert!(matches!(outcome, TryAcquire::Acquired { .. }));
 }
+
+/// A release the backend fails to answer (a broken connection; the driver of a runtime that is
+/// shutting down, under a guard dropped as it ends) is sent again in the background until it
+/// is answered: the key is free within moments, not left held for the rest of its ttl. The
+/// caller of `release()` still hears that its release failed.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_failed_release_is_retried_not_left_for_its_ttl() {
+    let (f, memory, svc) = faulty_service();
+    let free = |key: &'static str| {
+        let memory = memory.clone();
+        async move {
+            let attempt = memory.try_acquire(&FullKey::new("", key), "other", Duration::from_secs(1)).await;
+            matches!(attempt, Ok(TryAcquire::Acquired { .. }))
+        }
+    };
+
+    // `guard.release()`, answered by an error.
+    let guard = svc.lock("released").ttl(Duration::from_secs(30)).await.expect("released");
+    f.inject(Rule::fail(Op::Release, BackendErrorKind::Connection).key("released").once());
+    assert!(
+        matches!(guard.release().await, Err(Error::Backend { .. })),
+        "the caller hears that its release failed"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(free("released").await, "still held 1 s after a failed release (its ttl is 30 s)");
+
+    // A guard dropped, whose background release fails the same way.
+    let guard = svc.lock("dropped").ttl(Duration::from_secs(30)).await.expect("dropped");
+    f.inject(Rule::fail(Op::Release, BackendErrorKind::Connection).key("dropped").once());
+    drop(guard);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(free("dropped").await, "still held 1 s after a dropped guard's release failed");
+    let releases = f.calls_of(Op::Release).iter().filter(|c| c.key == "dropped").count();
+    assert_eq!(releases, 2, "one failed release, one retry");
+}

@@ -77,7 +77,7 @@ where
     match outcome {
         Ok(result) => {
             if let Err(err) = guard.release().await {
-                // The body's result stands; the lease expires at its ttl.
+                // The body's result stands; the release is retried in the background.
                 tracing::warn!(target: "dlock", error = %err, "release after the body failed");
             }
             result

@@ -68,6 +68,13 @@ impl Claim {
         self.release_in_background();
     }
 
+    /// Release what is left in the background, on this runtime (moving to dlock's own if this
+    /// one shuts down first): the caller is done with it, and its runtime is not ending.
+    pub(crate) fn release_later(mut self) {
+        self.rescue = Rescue::Abandoned;
+        self.release_in_background();
+    }
+
     /// The keys now belong to a guard.
     pub(crate) fn disarm(&mut self) {
         self.keys.clear();

@@ -320,6 +320,9 @@ impl LockGuard {
     /// throughout. Renewal stops before the release is sent. A re-entrant guard releases
     /// nothing and returns `Ok(true)`.
     ///
+    /// `Err`: the backend did not answer a key's release. That key is then released again in
+    /// the background, until it is answered or its lease has ended by itself.
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
     /// let service = dlock::LockService::new(dlock::MemoryBackend::new());
@@ -367,19 +370,28 @@ impl Release {
         lease.mark_released();
         let mut first_err = None;
         let mut others_waiting = false;
-        while let Some(ClaimedKey { key, .. }) = pending.keys.last() {
+        // Last key first. A key whose release failed stays in `pending`, which retries it in
+        // the background until answered or until its lease has ended: a failure is often the
+        // connection or its runtime ending under the call (a guard dropped as its runtime
+        // shuts down), and the next attempt, on another connection, frees the key rather
+        // than leaving it held for the rest of its ttl.
+        let mut i = pending.keys.len();
+        while i > 0 {
+            i -= 1;
+            let key = &pending.keys[i].key;
             match backend.release(key, &owner).await {
                 Ok(outcome) => {
                     all_ours &= outcome.was_held;
                     others_waiting |= outcome.others_waiting;
+                    pending.keys.remove(i);
                 }
                 Err(err) => {
-                    tracing::warn!(target: "dlock", key = %key, error = %err, "release failed; the lease expires at its ttl");
+                    tracing::warn!(target: "dlock", key = %key, error = %err, "release failed; retrying in the background until the lease ends");
                     first_err.get_or_insert(Error::backend(backend.name(), Some(key), err));
                 }
             }
-            pending.keys.pop();
         }
+        pending.release_later();
         // Only now may the next task of this process compete for the keys. When other
         // processes wait for them too (or a key was handed to one), it gives them a head start
         // first: without it the lock would mostly stay in this process, whose next waiter is
