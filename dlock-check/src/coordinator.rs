@@ -3,36 +3,29 @@
 //! store, and tear everything down again.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
 use crate::analysis::{History, WorkerHistory};
-use crate::backends::{self, BackendSettings, Connected, Plant};
+use crate::backends::{self, BackendSettings, Plant};
 use crate::clock::Stamp;
 use crate::config::{BackendChoice, RunConfig, skip_reason};
 use crate::faults;
 use crate::forcer::KeyForcer;
-use crate::history::{self, Event, Recorder, WorkerId};
+use crate::history::{self, WorkerId};
+use crate::lab::{Lab, WorkerHandle};
 use crate::live::Live;
 use crate::netns::{self, Namespaces};
 use crate::proxy::Proxy;
-use crate::redis_url::{proxied_server, scheme, with_host};
+use crate::redis_url::{proxied_server, scheme};
 use crate::registers::Registers;
 use crate::schedule::{FaultKind, FaultRecord};
-use crate::servers::{ManagedServer, RedisServer};
+use crate::servers::RedisServer;
 use crate::topology;
-use crate::worker::{StoreSpec, WorkerSpec};
-use crate::workload::{self, WorkerContext};
 
 /// What a run produced.
 #[derive(Debug)]
@@ -79,227 +72,6 @@ impl RunOutput {
         config.out_dir = dir.to_path_buf();
         Ok((Self { run_id: recorded.run_id, history: recorded.history }, config))
     }
-}
-
-/// A worker the coordinator started.
-pub(crate) struct WorkerProc {
-    pub(crate) id: WorkerId,
-    pub(crate) slot: u32,
-    pub(crate) history: PathBuf,
-    pub(crate) started: Stamp,
-    pub(crate) killed: Option<Stamp>,
-    pub(crate) exited: Option<Stamp>,
-    /// How it ended, when it exited before it was told to stop.
-    crashed: Option<String>,
-    handle: WorkerHandle,
-}
-
-enum WorkerHandle {
-    Process { child: Child, stdin: Option<ChildStdin> },
-    InProcess { stop: watch::Sender<bool>, task: Option<tokio::task::JoinHandle<()>> },
-}
-
-impl Drop for WorkerProc {
-    fn drop(&mut self) {
-        match &mut self.handle {
-            WorkerHandle::Process { child, .. } => {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            WorkerHandle::InProcess { stop, task } => {
-                stop.send_replace(true);
-                if let Some(task) = task.take() {
-                    task.abort();
-                }
-            }
-        }
-    }
-}
-
-/// What a run set up, and what the faults act on.
-pub(crate) struct Lab {
-    pub(crate) config: RunConfig,
-    pub(crate) run_id: String,
-    pub(crate) prefix: String,
-    pub(crate) server: Option<Arc<Mutex<Box<dyn ManagedServer>>>>,
-    store_server: Option<Box<dyn ManagedServer>>,
-    pub(crate) namespaces: Option<Namespaces>,
-    pub(crate) proxy: Option<Proxy>,
-    store_proxy: Option<Proxy>,
-    pub(crate) workers: Vec<WorkerProc>,
-    pub(crate) live: Live,
-    pub(crate) forcer: Option<KeyForcer>,
-    memory: Option<(Connected, Registers)>,
-    history_dir: PathBuf,
-}
-
-impl Lab {
-    pub(crate) fn say(&self, what: impl fmt::Display) {
-        if self.config.verbose {
-            eprintln!("dlock-check: {what}");
-        }
-    }
-
-    /// Signal the process of `worker` (by the pid it reported, else the child's).
-    pub(crate) fn signal(&self, worker: WorkerId, signal: Signal) -> anyhow::Result<()> {
-        let proc = self.worker(worker)?;
-        let pid = match (&proc.handle, self.live.pid(worker)) {
-            (WorkerHandle::Process { .. }, Some(pid)) => pid,
-            (WorkerHandle::Process { child, .. }, None) => child.id(),
-            (WorkerHandle::InProcess { .. }, _) => bail!("worker {worker} runs in this process"),
-        };
-        let pid = Pid::from_raw(i32::try_from(pid).context("pid out of range")?);
-        kill(pid, signal).with_context(|| format!("sending {signal} to worker {worker} ({pid})"))
-    }
-
-    /// Kill `worker` (SIGKILL) and reap it; returns when it is gone (the live view still shows
-    /// what it held: the caller forgets it).
-    pub(crate) async fn kill_worker(&mut self, worker: WorkerId) -> anyhow::Result<Stamp> {
-        self.signal(worker, Signal::SIGKILL)?;
-        let proc = self.workers.iter_mut().find(|w| w.id == worker).context("no such worker")?;
-        if let WorkerHandle::Process { child, .. } = &mut proc.handle {
-            // `ip netns exec` execs the worker, so the child is the worker itself.
-            loop {
-                if child.try_wait()?.is_some() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-        let gone = Stamp::now();
-        proc.killed = Some(gone);
-        Ok(gone)
-    }
-
-    fn worker(&self, worker: WorkerId) -> anyhow::Result<&WorkerProc> {
-        self.workers.iter().find(|w| w.id == worker).with_context(|| format!("no worker {worker}"))
-    }
-
-    /// Start a new worker in `slot`.
-    pub(crate) async fn spawn_worker(&mut self, slot: u32) -> anyhow::Result<WorkerId> {
-        let id = WorkerId::try_from(self.workers.len()).context("too many workers")?;
-        let history = self.history_dir.join(format!("worker-{id}.jsonl"));
-        let handle = match &self.memory {
-            Some((connected, registers)) => {
-                let recorder = Arc::new(Recorder::create(&history).context("creating a history file")?);
-                recorder.record(&Event::Hello {
-                    worker: id,
-                    pid: std::process::id(),
-                    slot,
-                    at: Stamp::now(),
-                });
-                let spec = self.spec(id, slot, history.clone());
-                let ctx = WorkerContext {
-                    worker: id,
-                    workload: self.config.workload.clone(),
-                    backend: backends::instrument(connected, self.config.plant, Arc::clone(&recorder)),
-                    prefix: self.prefix.clone(),
-                    service_name: spec.service_name(),
-                    registers: registers.clone(),
-                    recorder: Arc::clone(&recorder),
-                    body_before_lease: self.config.plant == Some(Plant::BodyBeforeLease),
-                };
-                let (stop, stopped) = watch::channel(false);
-                let task = tokio::spawn(async move {
-                    if let Err(err) = workload::run(ctx, stopped).await {
-                        eprintln!("dlock-check: in-process worker {id}: {err:#}");
-                    }
-                    recorder.record(&Event::Bye { complete: recorder.complete(), at: Stamp::now() });
-                });
-                WorkerHandle::InProcess { stop, task: Some(task) }
-            }
-            None => {
-                let spec = self.spec(id, slot, history.clone());
-                let mut command = match &self.namespaces {
-                    Some(ns) => ns.command(slot as usize, &self.config.worker_exe)?,
-                    None => Command::new(&self.config.worker_exe),
-                };
-                let log = std::fs::File::create(self.history_dir.join(format!("worker-{id}.log")))?;
-                command
-                    .arg("worker")
-                    .arg("--spec")
-                    .arg(serde_json::to_string(&spec)?)
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::null())
-                    .stderr(log);
-                let mut child = command.spawn().with_context(|| {
-                    format!("starting worker {id} ({})", self.config.worker_exe.display())
-                })?;
-                let stdin = child.stdin.take();
-                WorkerHandle::Process { child, stdin }
-            }
-        };
-        self.live.follow(id, history.clone());
-        self.workers.push(WorkerProc {
-            id,
-            slot,
-            history,
-            started: Stamp::now(),
-            killed: None,
-            exited: None,
-            crashed: None,
-            handle,
-        });
-        Ok(id)
-    }
-
-    fn spec(&self, worker: WorkerId, slot: u32, history: PathBuf) -> WorkerSpec {
-        let backend_url = self.backend_url(slot);
-        let store = match (&self.store_server, &self.store_proxy, &self.namespaces) {
-            (Some(server), Some(proxy), Some(ns)) => StoreSpec::Redis {
-                url: ns
-                    .slots()
-                    .get(slot as usize)
-                    .and_then(|s| with_host(&server.url(), s.store_ip.into(), proxy.port()).ok())
-                    .unwrap_or_else(|| server.url()),
-                prefix: self.prefix.clone(),
-            },
-            (Some(server), _, _) => StoreSpec::Redis { url: server.url(), prefix: self.prefix.clone() },
-            (None, _, _) => StoreSpec::Memory,
-        };
-        WorkerSpec {
-            worker,
-            slot,
-            run_id: self.run_id.clone(),
-            backend: BackendSettings {
-                url: backend_url,
-                prefix: self.prefix.clone(),
-                call_timeout: self.config.call_timeout,
-                replicas: self.config.replicas,
-            },
-            store,
-            history,
-            workload: self.config.workload.clone(),
-            plant: self.config.plant,
-        }
-    }
-
-    /// The backend URL a worker in `slot` uses: through the proxy when there is one.
-    fn backend_url(&self, slot: u32) -> String {
-        let direct = match (&self.config.backend, &self.server) {
-            (BackendChoice::Memory, _) => return "memory".into(),
-            (BackendChoice::Url(url), _) => url.clone(),
-            (BackendChoice::Managed(_), Some(server)) => lock(server).url(),
-            (BackendChoice::Managed(_), None) => return "memory".into(),
-        };
-        let Some(proxy) = &self.proxy else { return direct };
-        let host: IpAddr = match self.namespaces.as_ref().and_then(|ns| ns.slots().get(slot as usize)) {
-            Some(slot) => slot.backend_ip.into(),
-            None => Ipv4Addr::LOCALHOST.into(),
-        };
-        with_host(&direct, host, proxy.port()).unwrap_or(direct)
-    }
-
-    /// The workers alive now (not killed).
-    pub(crate) fn alive(&self) -> impl Iterator<Item = &WorkerProc> {
-        self.workers.iter().filter(|w| w.killed.is_none() && w.exited.is_none())
-    }
-}
-
-pub(crate) fn lock(
-    server: &Mutex<Box<dyn ManagedServer>>,
-) -> std::sync::MutexGuard<'_, Box<dyn ManagedServer>> {
-    server.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Run the workload under the schedule; record everything.

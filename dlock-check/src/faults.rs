@@ -9,8 +9,8 @@ use nix::sys::signal::Signal;
 use rand::seq::IndexedRandom;
 
 use crate::clock::Stamp;
-use crate::coordinator::{Lab, lock};
 use crate::history::WorkerId;
+use crate::lab::{Lab, lock};
 use crate::live::Holding;
 use crate::schedule::{DataLost, FaultKind, FaultRecord, FaultSpec};
 use crate::servers::{FailedOver, ManagedServer};

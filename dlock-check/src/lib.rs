@@ -9,7 +9,8 @@
 //! See `README.md` for how to run it and how to read the report.
 //!
 //! The parts, in the order a run uses them: [`cli`] → [`config`] → [`coordinator`] (with
-//! [`servers`] and [`topology`], [`netns`], [`proxy`], [`redis_url`]) starts [`worker`]s,
+//! [`servers`], [`postgres_server`] and [`topology`], [`netns`], [`proxy`], [`redis_url`],
+//! held in the run's `lab`) starts [`worker`]s,
 //! which run the [`workload`] over [`backends`] (keys deleted behind dlock's back by
 //! [`forcer`]) and [`registers`] and write [`history`] (timestamped by [`clock`]); `faults`
 //! applies the [`schedule`], aimed by the [`live`] view; [`analysis`] checks the history,
@@ -24,6 +25,7 @@ pub mod coordinator;
 mod faults;
 pub mod forcer;
 pub mod history;
+mod lab;
 pub mod live;
 pub mod netns;
 pub mod postgres_server;
