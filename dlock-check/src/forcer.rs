@@ -258,8 +258,18 @@ impl Store {
             }
             "redis-sentinel" => {
                 let (userinfo, hosts, rest) = split_hosts(url);
-                if rest.contains('?') {
-                    return Err(cannot("sentinels with a password are not supported"));
+                let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+                // The sentinels' own password, read as dlock reads it (`sentinel_password`, the
+                // one parameter its URL has).
+                let mut sentinel_auth = redis::RedisConnectionInfo::default();
+                for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+                    match pair.split_once('=') {
+                        Some(("sentinel_password", password)) => {
+                            sentinel_auth =
+                                credentials(&format!(":{password}@"), "").map_err(|why| cannot(&why))?;
+                        }
+                        _ => return Err(cannot("a query parameter other than sentinel_password")),
+                    }
                 }
                 let mut path = rest.trim_start_matches('/').splitn(2, '/');
                 let master =
@@ -269,7 +279,7 @@ impl Store {
                 let sentinels = hosts
                     .iter()
                     .map(|host| {
-                        node(host, &redis::RedisConnectionInfo::default())
+                        node(host, &sentinel_auth)
                             .and_then(|info| redis::Client::open(info).map_err(|err| err.to_string()))
                     })
                     .collect::<Result<Vec<_>, _>>()
@@ -425,6 +435,14 @@ mod tests {
         assert!(
             KeyForcer::for_url("redis-cluster://127.0.0.1:1,127.0.0.1:2", Duration::from_secs(1)).supported()
         );
+        let forcer = KeyForcer::for_url(
+            "redis-sentinel://127.0.0.1:1,127.0.0.1:2/mymaster?sentinel_password=s%40p",
+            Duration::from_secs(1),
+        );
+        let KeyForcer::Redis(redis) = forcer else { panic!("{forcer:?}") };
+        let Store::Sentinel { sentinels, .. } = &*redis.store else { panic!("not a sentinel store") };
+        let sentinel = sentinels[0].get_connection_info().redis_settings();
+        assert_eq!((sentinel.username(), sentinel.password()), (None, Some("s@p")));
         let postgres = KeyForcer::for_url("postgres://u:secret@127.0.0.1:5433/db", Duration::from_secs(1));
         let KeyForcer::Postgres(forcer) = &postgres else { panic!("{postgres:?}") };
         assert_eq!(forcer.delete, r#"DELETE FROM "dlock".dlock_locks WHERE key = $1"#);
@@ -436,7 +454,7 @@ mod tests {
         for (url, why) in [
             ("rediss-cluster://127.0.0.1:1", "without TLS"),
             ("postgres://127.0.0.1:notaport/test", "invalid connection string"),
-            ("redis-sentinel://127.0.0.1:1/m?sentinel_password=x", "password"),
+            ("redis-sentinel://127.0.0.1:1/m?sentinel_password=x&db=2", "other than sentinel_password"),
             ("redis-sentinel://127.0.0.1:1", "no primary name"),
         ] {
             let forcer = KeyForcer::for_url(url, Duration::from_secs(1));
