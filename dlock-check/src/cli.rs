@@ -196,7 +196,10 @@ impl CheckArgs {
             ));
         }
         if self.replicas.is_some()
-            && matches!(self.backend, BackendChoice::Memory | BackendChoice::Managed(ServerKind::Redis))
+            && matches!(
+                self.backend,
+                BackendChoice::Memory | BackendChoice::Managed(ServerKind::Redis | ServerKind::Postgres)
+            )
         {
             return Err(format!(
                 "--replicas: the backend `{}` has no replicas to acknowledge anything (use --backend redis-cluster or redis-sentinel)",

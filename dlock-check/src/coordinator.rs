@@ -134,7 +134,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
             let server = tokio::task::spawn_blocking(move || topology::start(kind, &dir, "backend"))
                 .await
                 .context("starting the backend panicked")??;
-            lab.say(format!("the backend is up: {}", server.url()));
+            lab.say(format!("the backend is up: {}", crate::redis_url::redact(&server.url())));
             // Connected now, and only when `drop-key` will delete a key (the planted release
             // bug deletes through each worker's own forcer).
             if applied(FaultKind::DropKey) {

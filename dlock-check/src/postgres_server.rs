@@ -1,23 +1,27 @@
 //! A private PostgreSQL the checker starts, owns and faults (`--backend postgres`): `initdb`
-//! and the `postgres` server binary from `/usr/lib/postgresql/*/bin`, on a free loopback port,
-//! trust authentication, no fsync.
+//! and the `postgres` server binary from `/usr/lib/postgresql/*/bin`, on a free loopback port
+//! (TCP only, no Unix socket), a random password for its superuser, the C locale, no fsync.
 //!
 //! A pause and a kill reach every process of the server, not only the postmaster: its
 //! backends and helpers each run in a session of their own (PostgreSQL's children call
 //! `setsid`), so they are found by their parent instead, and the postmaster is stopped first
 //! so that it forks no new one meanwhile.
 //! PostgreSQL refuses to run as root: when the checker is root, the server runs as the
-//! `postgres` user (made by the `postgresql` package), its data in a temporary directory that
-//! user owns; its log goes to the run's directory like every other server's.
+//! `postgres` user (made by the `postgresql` package), its data in a temporary directory only
+//! that user may enter (so `TMPDIR`, if set, must be a directory that user can reach); its log
+//! goes to the run's directory like every other server's.
 //!
 //! Unlike the checker's `redis-server`, PostgreSQL keeps what it committed: `restart-server`
-//! is a crash (SIGKILL of every process) and a start on the same data, which recovers from
-//! its write-ahead log. Fencing tokens come from a sequence, so they go on from where they
-//! were; leases are rows, judged by the server's clock, so a lease that ran out while the
-//! server was down is free when it is back.
+//! is a crash — PostgreSQL's immediate shutdown (SIGQUIT: every process exits at once, no
+//! checkpoint; SIGKILL for all if it takes longer than 5 s) — and a start on the same data,
+//! which recovers from its write-ahead log. The postmaster reaps its own children on the way
+//! out, so none is left to an init that may not reap. Fencing tokens come from a sequence, so
+//! they go on from where they were; leases are rows, judged by the server's clock, so a lease
+//! that ran out while the server was down is free when it is back.
 
 use std::fmt;
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -43,6 +47,9 @@ pub struct PostgresServer {
     log: PathBuf,
     /// The user the server runs as (`postgres` when the checker is root).
     user: Option<User>,
+    /// The superuser's password (a local user must not be able to log in and run programs as
+    /// the server's user).
+    password: String,
 }
 
 impl fmt::Debug for PostgresServer {
@@ -75,11 +82,28 @@ impl PostgresServer {
             std::process::id(),
             rand::random::<u32>()
         ));
-        std::fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
-        let mut server = Self { child: None, port: 0, bin, home, log: logs.join("postgres.log"), user };
+        // A new directory (never one that exists, which someone else could have made), which
+        // only the server's user may enter.
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&home)
+            .with_context(|| format!("creating {}", home.display()))?;
+        let password = format!("{:032x}", rand::random::<u128>());
+        let mut server =
+            Self { child: None, port: 0, bin, home, log: logs.join("postgres.log"), user, password };
         server.hand_over(&server.home)?;
+        let pwfile = server.home.join("pwfile");
+        std::fs::write(&pwfile, &server.password).with_context(|| format!("writing {}", pwfile.display()))?;
+        server.hand_over(&pwfile)?;
         let mut initdb = server.command("initdb");
-        initdb.arg("-D").arg(server.data()).args(["-U", "postgres", "-A", "trust", "--no-sync"]);
+        initdb
+            .arg("-D")
+            .arg(server.data())
+            // `password` (sent in the clear, over loopback only): a SCRAM exchange costs the
+            // client thousands of hash rounds per connection, and a fault makes every worker
+            // reconnect at once.
+            .args(["-U", "postgres", "-A", "password", "--locale=C", "-E", "UTF8", "--no-sync"])
+            .arg(format!("--pwfile={}", pwfile.display()));
         let output = initdb.stdin(Stdio::null()).output().context("running initdb")?;
         if !output.status.success() {
             bail!("initdb failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim());
@@ -136,8 +160,8 @@ impl PostgresServer {
             .arg("-D")
             .arg(self.data())
             .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1"])
-            .arg("-c")
-            .arg(format!("unix_socket_directories={}", self.home.display()))
+            // TCP only; messages in English, which the readiness check reads.
+            .args(["-c", "unix_socket_directories=", "-c", "lc_messages=C"])
             .args(["-c", "fsync=off", "-c", "max_connections=200"])
             // Out of the checker's process group: a Ctrl-C at the checker's terminal is the
             // checker's to handle (it kills what it started).
@@ -187,13 +211,76 @@ impl PostgresServer {
         all.extend(children_of(child.id()));
         all
     }
+
+    /// The postmaster's pid, if it runs: one that exited by itself (a zombie until reaped)
+    /// is an error that points at the log.
+    fn postmaster(&self) -> anyhow::Result<u32> {
+        let child = self.child.as_ref().context("PostgreSQL is not running")?;
+        match state(child.id()) {
+            None | Some('Z' | 'X') => bail!("PostgreSQL has exited by itself; see {}", self.log.display()),
+            Some(_) => Ok(child.id()),
+        }
+    }
 }
+
+/// The state letter of process `pid` (`S`, `R`, `T` stopped, `Z` exited, …), from `/proc`;
+/// `None` when there is no such process.
+fn state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state …`: comm may hold spaces and parentheses.
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// Send SIGSTOP to `pid` and wait until it has stopped (a signal is delivered asynchronously),
+/// or is gone; at most [`STOP_BOUND`].
+fn stop(pid: u32) -> anyhow::Result<()> {
+    kill(pid_of(pid)?, Signal::SIGSTOP).with_context(|| format!("stopping PostgreSQL process {pid}"))?;
+    let deadline = Instant::now() + STOP_BOUND;
+    loop {
+        match state(pid) {
+            None | Some('T' | 't' | 'Z' | 'X') => return Ok(()),
+            Some(_) if Instant::now() >= deadline => {
+                bail!("PostgreSQL process {pid} did not stop within {STOP_BOUND:?}")
+            }
+            Some(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
+
+/// How long a process may take to stop after SIGSTOP.
+const STOP_BOUND: Duration = Duration::from_secs(1);
+
+/// PostgreSQL's immediate shutdown (SIGQUIT to the postmaster, which tells every process to
+/// exit at once and reaps them), thawing a paused server first; [`kill_all`] if the postmaster
+/// has not exited within [`SHUTDOWN_BOUND`]. The postmaster is then reaped by [`end`].
+fn shut_down_at_once(child: &Child) -> anyhow::Result<()> {
+    let postmaster = child.id();
+    for pid in children_of(postmaster).into_iter().chain([postmaster]) {
+        let _ = kill(pid_of(pid)?, Signal::SIGCONT);
+    }
+    if kill(pid_of(postmaster)?, Signal::SIGQUIT).is_ok() {
+        let deadline = Instant::now() + SHUTDOWN_BOUND;
+        while Instant::now() < deadline {
+            // Exited: a zombie until `end` reaps it (not reaped here, so that its pid stays
+            // ours until `end` forgets it).
+            if matches!(state(postmaster), None | Some('Z' | 'X')) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    kill_all(child)
+}
+
+/// How long an immediate shutdown may take before every process is SIGKILLed.
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(5);
 
 /// SIGKILL the postmaster `child` and every process it runs (it is then reaped by [`end`]).
 /// The postmaster is stopped first, so that it forks nothing new while its children die.
 fn kill_all(child: &Child) -> anyhow::Result<()> {
     let postmaster = pid_of(child.id())?;
-    kill(postmaster, Signal::SIGSTOP).context("stopping the postmaster")?;
+    // Killed even if it would not stop in time.
+    let _ = stop(child.id());
     for pid in children_of(child.id()) {
         // It may have exited meanwhile.
         let _ = kill(pid_of(pid)?, Signal::SIGKILL);
@@ -207,36 +294,38 @@ impl ManagedServer for PostgresServer {
     }
 
     fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        format!("postgres://postgres:{}@127.0.0.1:{}/postgres", self.password, self.port)
     }
 
     fn addr(&self) -> Option<SocketAddr> {
         Some(SocketAddr::from(([127, 0, 0, 1], self.port)))
     }
 
-    /// The postmaster first (frozen, it forks no new process), then every process it runs.
+    /// The postmaster first (frozen, it forks no new process), then every process it runs;
+    /// returns once each has stopped.
     fn pause(&mut self) -> anyhow::Result<()> {
-        let child = self.child.as_ref().context("PostgreSQL is not running")?;
-        kill(pid_of(child.id())?, Signal::SIGSTOP).context("stopping the postmaster")?;
-        for pid in children_of(child.id()) {
-            kill(pid_of(pid)?, Signal::SIGSTOP)
-                .with_context(|| format!("stopping PostgreSQL process {pid}"))?;
+        let postmaster = self.postmaster()?;
+        stop(postmaster)?;
+        for pid in children_of(postmaster) {
+            stop(pid)?;
         }
         Ok(())
     }
 
     /// Its children first, then the postmaster (which may fork again).
     fn resume(&mut self) -> anyhow::Result<()> {
-        for pid in self.processes().into_iter().rev() {
+        let postmaster = self.postmaster()?;
+        for pid in children_of(postmaster).into_iter().chain([postmaster]) {
             kill(pid_of(pid)?, Signal::SIGCONT)
                 .with_context(|| format!("resuming PostgreSQL process {pid}"))?;
         }
         Ok(())
     }
 
+    /// PostgreSQL's immediate shutdown; see the module's docs.
     fn kill(&mut self) -> anyhow::Result<()> {
         if let Some(child) = self.child.take() {
-            let killed = kill_all(&child);
+            let killed = shut_down_at_once(&child);
             end(child).context("reaping postgres")?;
             killed?;
         }

@@ -3,7 +3,8 @@
 //! sentinels), each an implementation of [`ManagedServer`].
 //!
 //! A managed server listens on a free loopback port, keeps its files in a directory of its
-//! own, and is killed when dropped. The checker never signals a process it did not start.
+//! own, and is killed when dropped. The checker signals only the processes it started and
+//! those they run (a PostgreSQL server's backends, found by their parent's pid).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -46,7 +47,8 @@ pub trait ManagedServer: Send + Sync + fmt::Debug {
         bail!("the checker never paused the {}", self.kind())
     }
 
-    /// Kill it (SIGKILL) and reap it: connections drop, new ones are refused.
+    /// Kill it (SIGKILL, or a server's own shutdown that is as abrupt) and reap it:
+    /// connections drop, new ones are refused.
     fn kill(&mut self) -> anyhow::Result<()>;
 
     /// Whether [`start_again`](Self::start_again) finds what it had before the kill (a

@@ -1,6 +1,7 @@
 //! The private PostgreSQL `--backend postgres` runs and faults: a pause freezes every process
 //! of it (not only the postmaster), a restart is a crash that keeps what was committed (and the
-//! token sequence goes on), and dropping it leaves no process and no data directory behind.
+//! token sequence goes on), and neither a restart nor dropping it leaves a process (not even a
+//! zombie) or the data directory behind.
 //!
 //! Needs PostgreSQL's server programs under /usr/lib/postgresql/*/bin (`.ci/run` installs them).
 
@@ -19,9 +20,9 @@ fn state(pid: u32) -> Option<char> {
     stat.rsplit_once(") ")?.1.chars().next()
 }
 
-/// Whether `pid` is gone (or a zombie: killed, not yet reaped by whoever adopted it).
+/// Whether `pid` is gone: exited and reaped (no zombie left behind).
 fn gone(pid: u32) -> bool {
-    matches!(state(pid), None | Some('Z'))
+    state(pid).is_none()
 }
 
 async fn connect(url: &str) -> tokio_postgres::Client {
@@ -51,9 +52,9 @@ async fn a_private_postgres_pauses_whole_restarts_with_its_data_and_leaves_nothi
     let before: i64 = client.query_one("SELECT nextval('tokens')", &[]).await.expect("nextval").get(0);
 
     // Frozen whole: the postmaster, its helpers and this connection's backend.
+    server.pause().expect("pause");
     let processes = server.processes();
     assert!(processes.len() >= 3, "the postmaster and its processes: {processes:?}");
-    server.pause().expect("pause");
     let states: Vec<_> = processes.iter().map(|&pid| (pid, state(pid))).collect();
     assert!(states.iter().all(|(_, s)| *s == Some('T')), "every process stopped: {states:?}");
     let frozen = tokio::time::timeout(Duration::from_millis(300), client.query_one("SELECT 1", &[])).await;
@@ -68,7 +69,7 @@ async fn a_private_postgres_pauses_whole_restarts_with_its_data_and_leaves_nothi
     assert!(server.keeps_data());
     assert!(client.query_one("SELECT 1", &[]).await.is_err(), "the old connection died with the server");
     let left: Vec<_> = processes.iter().filter(|&&pid| !gone(pid)).collect();
-    assert!(left.is_empty(), "the crashed server's processes are gone: {left:?} remain");
+    assert!(left.is_empty(), "the crashed server's processes are gone, and reaped: {left:?} remain");
     let client = connect(&url).await;
     let kept: i32 = client.query_one("SELECT n FROM kept", &[]).await.expect("the table").get(0);
     assert_eq!(kept, 42);
