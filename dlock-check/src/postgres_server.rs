@@ -31,7 +31,7 @@ use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, User, geteuid};
 
-use crate::servers::{ManagedServer, STARTUP_BOUND, end, free_port, started};
+use crate::servers::{ManagedServer, await_ready, end, on_a_free_port, respawn, started};
 
 /// The line the server logs once it accepts connections.
 const READY_LINE: &str = "database system is ready to accept connections";
@@ -108,17 +108,12 @@ impl PostgresServer {
         if !output.status.success() {
             bail!("initdb failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim());
         }
-        // The port is free when we look, but something could take it before the server binds
-        // it: try a few.
-        let mut last = None;
-        for _ in 0..5 {
-            server.port = free_port()?;
-            match server.spawn() {
-                Ok(()) => return Ok(server),
-                Err(err) => last = Some(err),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made"))).context("could not start PostgreSQL")
+        on_a_free_port(|port| {
+            server.port = port;
+            server.spawn()
+        })
+        .context("could not start PostgreSQL")?;
+        Ok(server)
     }
 
     /// The directory holding the data directory, owned by the server's user, removed when the
@@ -169,38 +164,14 @@ impl PostgresServer {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
-        let child = command.spawn().context("spawning postgres")?;
-        let mut child = started(child)?;
-        let deadline = Instant::now() + STARTUP_BOUND;
-        loop {
-            match child.try_wait() {
-                Ok(None) => {}
-                Ok(Some(status)) => {
-                    let _ = end(child);
-                    bail!("postgres exited with {status}; see {}", self.log.display());
-                }
-                Err(err) => {
-                    let _ = end(child);
-                    return Err(anyhow::Error::new(err).context("waiting for postgres"));
-                }
-            }
-            // Our own server must say it is ready: something else listening on the port is not it.
-            let ready = std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains(READY_LINE));
-            if ready && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                self.child = Some(child);
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                let _ = kill_all(&child);
-                let _ = end(child);
-                bail!(
-                    "PostgreSQL on port {} was not ready within {STARTUP_BOUND:?}; see {}",
-                    self.port,
-                    self.log.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let child = started(command.spawn().context("spawning postgres")?)?;
+        let port = self.port;
+        let answers = || TcpStream::connect(("127.0.0.1", port)).is_ok();
+        let stop = |child: &Child| {
+            let _ = kill_all(child);
+        };
+        self.child = Some(await_ready(child, "PostgreSQL", port, &self.log, READY_LINE, answers, stop)?);
+        Ok(())
     }
 
     /// The pids of the postmaster and of every process it runs (its children); empty once
@@ -338,16 +309,8 @@ impl ManagedServer for PostgresServer {
 
     fn start_again(&mut self) -> anyhow::Result<()> {
         self.kill()?;
-        // Backends killed with the postmaster may hold its shared memory for a moment, and the
-        // old socket may linger: retry for a while.
-        let deadline = Instant::now() + STARTUP_BOUND;
-        loop {
-            match self.spawn() {
-                Ok(()) => return Ok(()),
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-                Err(err) => return Err(err.context(format!("restarting PostgreSQL on port {}", self.port))),
-            }
-        }
+        let port = self.port;
+        respawn("PostgreSQL", port, || self.spawn())
     }
 }
 

@@ -223,11 +223,7 @@ impl RedisServer {
             std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
         }
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        // The port is free when we look, but something could take it before redis-server
-        // binds it: try a few.
-        let mut last = None;
-        for _ in 0..5 {
-            let port = free_port()?;
+        on_a_free_port(|port| {
             let mut server = Self {
                 child: None,
                 port,
@@ -236,13 +232,9 @@ impl RedisServer {
                 mode: mode.clone(),
                 extra: extra(port)?,
             };
-            match server.spawn() {
-                Ok(()) => return Ok(server),
-                Err(err) => last = Some(err),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
-            .context("could not start redis-server (is it installed?)")
+            server.spawn().map(|()| server)
+        })
+        .context("could not start redis-server (is it installed?)")
     }
 
     /// The port it listens on.
@@ -287,36 +279,16 @@ impl RedisServer {
             .stderr(log_err)
             .spawn()
             .context("spawning redis-server")?;
-        let mut child = started(child)?;
+        let child = started(child)?;
         // Our own server must say it is ready: something else answering on the port is not it.
         let ready_line = match self.mode {
             Mode::Data => "Ready to accept connections",
             Mode::Sentinel(_) => "Running mode=sentinel",
         };
-        let deadline = Instant::now() + STARTUP_BOUND;
-        loop {
-            match child.try_wait() {
-                Ok(None) => {}
-                Ok(Some(status)) => {
-                    let _ = end(child);
-                    bail!("redis-server exited with {status}; see {}", self.log.display());
-                }
-                Err(err) => {
-                    let _ = end(child);
-                    return Err(anyhow::Error::new(err).context("waiting for redis-server"));
-                }
-            }
-            let ready = std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains(ready_line));
-            if ready && answers_ping(self.port) {
-                self.child = Some(child);
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                let _ = end(child);
-                bail!("redis-server on port {} did not answer within {STARTUP_BOUND:?}", self.port);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let port = self.port;
+        let ready = || answers_ping(port);
+        self.child = Some(await_ready(child, "redis-server", port, &self.log, ready_line, ready, |_| ())?);
+        Ok(())
     }
 
     fn signal(&self, signal: Signal) -> anyhow::Result<()> {
@@ -356,15 +328,8 @@ impl ManagedServer for RedisServer {
 
     fn start_again(&mut self) -> anyhow::Result<()> {
         self.kill()?;
-        // The old socket may linger for a moment: retry the bind for a while.
-        let deadline = Instant::now() + STARTUP_BOUND;
-        loop {
-            match self.spawn() {
-                Ok(()) => return Ok(()),
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-                Err(err) => return Err(err.context(format!("restarting redis-server on port {}", self.port))),
-            }
-        }
+        let port = self.port;
+        respawn("redis-server", port, || self.spawn())
     }
 }
 
@@ -418,6 +383,75 @@ pub(crate) fn end(mut child: Child) -> std::io::Result<std::process::ExitStatus>
     let status = child.wait();
     running.0.remove(&child.id());
     status
+}
+
+/// Run `attempt` on a free port, and again on another if it fails (the port was free when
+/// looked at, but something could take it before the server binds it): five tries.
+pub(crate) fn on_a_free_port<T>(mut attempt: impl FnMut(u16) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let mut last = None;
+    for _ in 0..5 {
+        match attempt(free_port()?) {
+            Ok(done) => return Ok(done),
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
+}
+
+/// Wait, up to [`STARTUP_BOUND`], until the server `child` (`what`, on `port`) has written
+/// `ready_line` to `log` and `answers()`; then it is ready. If it exits first, or is not
+/// ready in time, `stop` is called on it (for processes it runs) and it is ended and reaped,
+/// and the error points at the log.
+pub(crate) fn await_ready(
+    mut child: Child,
+    what: &str,
+    port: u16,
+    log: &Path,
+    ready_line: &str,
+    answers: impl Fn() -> bool,
+    stop: impl Fn(&Child),
+) -> anyhow::Result<Child> {
+    let deadline = Instant::now() + STARTUP_BOUND;
+    loop {
+        match child.try_wait() {
+            Ok(None) => {}
+            Ok(Some(status)) => {
+                let _ = end(child);
+                bail!("{what} exited with {status}; see {}", log.display());
+            }
+            Err(err) => {
+                let _ = end(child);
+                return Err(anyhow::Error::new(err).context(format!("waiting for {what}")));
+            }
+        }
+        let ready = std::fs::read_to_string(log).is_ok_and(|l| l.contains(ready_line));
+        if ready && answers() {
+            return Ok(child);
+        }
+        if Instant::now() >= deadline {
+            stop(&child);
+            let _ = end(child);
+            bail!("{what} on port {port} was not ready within {STARTUP_BOUND:?}; see {}", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Start a killed server again on its `port` by `spawn`: what the old one held (its socket,
+/// shared memory) may linger for a moment, so it is retried for [`STARTUP_BOUND`].
+pub(crate) fn respawn(
+    what: &str,
+    port: u16,
+    mut spawn: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + STARTUP_BOUND;
+    loop {
+        match spawn() {
+            Ok(()) => return Ok(()),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(err) => return Err(err.context(format!("restarting {what} on port {port}"))),
+        }
+    }
 }
 
 /// A loopback port nobody listens on right now, below the kernel's ephemeral range: an
