@@ -268,6 +268,7 @@ mod tests {
         };
         refused(&["--backend", "redis", "--replicas", "1"], "no replicas");
         refused(&["--backend", "memory", "--replicas", "1"], "no replicas");
+        refused(&["--backend", "postgres", "--replicas", "1"], "no replicas");
         refused(&["--backend", "redis-sentinel", "--replicas", "2"], "one replica per primary");
         let taken = config(&["--backend", "redis-cluster", "--replicas", "1:50ms"]).expect("taken");
         assert_eq!(taken.replicas.map(|r| (r.count, r.wait.as_millis())), Some((1, 50)));

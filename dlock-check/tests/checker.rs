@@ -390,3 +390,62 @@ async fn ctrl_c_while_a_cluster_forms_leaves_no_server_running() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The same for a private PostgreSQL interrupted while it is made: exit 130, and neither a
+/// server process (found by its working directory, the data directory) nor its data directory
+/// outlives the checker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_while_postgres_starts_leaves_no_server_or_data() {
+    let _turn = SERIAL.lock().await;
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dlock-check-ctrl-c-postgres");
+    let mut checker = std::process::Command::new(env!("CARGO_BIN_EXE_dlock-check"))
+        .args(["--backend", "postgres", "--quiet", "--out"])
+        .arg(&out)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting dlock-check");
+    let homes = format!("dlock-check-pg-{}-", checker.id());
+    let ours = |path: &std::path::Path| path.to_string_lossy().contains(&homes);
+    let data_dirs = || -> Vec<PathBuf> {
+        std::fs::read_dir(std::env::temp_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| ours(p))
+            .collect()
+    };
+    let servers = || -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path().join("cwd")).ok().map(|cwd| (e.file_name(), cwd)))
+            .filter(|(_, cwd)| ours(cwd))
+            .map(|(pid, cwd)| format!("{} in {}", pid.to_string_lossy(), cwd.display()))
+            .collect()
+    };
+    // Interrupt it once its PostgreSQL's directory exists: while initdb runs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while data_dirs().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no PostgreSQL directory made in 20 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(checker.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let status = tokio::task::spawn_blocking(move || checker.wait()).await.expect("join").expect("wait");
+    assert_eq!(status.code(), Some(130), "interrupted");
+    // A killed postmaster's processes exit when they notice; none may stay.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let (dirs, left) = (data_dirs(), servers());
+        if dirs.is_empty() && left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after Ctrl-C, directories {dirs:?} and processes {left:?} remain"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
