@@ -35,7 +35,9 @@ const MAX_KEY_BYTES: usize = 2048;
 /// A held lock is a row in a lease table, not an open connection: a thousand held locks use
 /// no more connections than the pool (default 10 per tokio runtime). Acquire, renew and release are one
 /// statement each (one round trip, atomic), judged by the database server's clock. Fencing
-/// tokens come from a sequence, so they strictly increase per key and survive restarts.
+/// tokens come from a sequence, so they strictly increase per key and survive restarts; a
+/// failover to an asynchronous standby can lose the sequence's latest advance along with the
+/// latest locks (replicate synchronously where that matters).
 /// Waiting processes hear releases over LISTEN/NOTIFY on one extra connection per backend, and
 /// a release sends a NOTIFY only when somebody waits. Application code can make its own writes
 /// conditional on still holding the lock, in the same transaction (see
