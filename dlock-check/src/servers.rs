@@ -341,7 +341,7 @@ impl Drop for RedisServer {
     }
 }
 
-/// The `redis-server` processes started and not yet reaped, by pid, and whether the process
+/// The server processes started and not yet reaped, by pid, and whether the process
 /// is exiting (then no more may start): what [`kill_leftovers`] kills.
 static RUNNING: Mutex<(BTreeSet<u32>, bool)> = Mutex::new((BTreeSet::new(), false));
 
@@ -349,9 +349,10 @@ fn running() -> std::sync::MutexGuard<'static, (BTreeSet<u32>, bool)> {
     RUNNING.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// SIGKILL every `redis-server` this process started that is still running, and start no
-/// more: for an exit while a thread still holds one (a Ctrl-C while a topology forms), which
-/// would not drop it.
+/// SIGKILL every server this process started that is still running (`redis-server`s, and
+/// PostgreSQL postmasters, whose backends exit when they find it gone), and start no more:
+/// for an exit while a thread still holds one (a Ctrl-C while a topology forms), which would
+/// not drop it.
 pub fn kill_leftovers() {
     let mut running = running();
     running.1 = true;
