@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::backend::{FullKey, LockBackend};
+use crate::backend::{BackendError, FullKey, LockBackend};
 use crate::background::{self, Rescue};
 use crate::lease::Lease;
 
@@ -34,6 +34,17 @@ pub(crate) struct Claim {
     rescue: Rescue,
 }
 
+/// What [`Claim::release_now`] found.
+#[derive(Debug)]
+pub(crate) struct Released {
+    /// Every answered key was still this owner's.
+    pub(crate) all_held: bool,
+    /// Some answer said other clients wait for its key.
+    pub(crate) others_waiting: bool,
+    /// The first key whose release got no answer (it is retried in the background), and why.
+    pub(crate) first_error: Option<(FullKey, BackendError)>,
+}
+
 /// One claimed key.
 #[derive(Debug)]
 pub(crate) struct ClaimedKey {
@@ -54,25 +65,34 @@ impl Claim {
         self
     }
 
-    /// Release the claimed keys now; what fails is retried in the background.
-    pub(crate) async fn release_now(&mut self) {
+    /// Release the claimed keys now, last first; what fails is retried in the background,
+    /// until answered or until its lease has ended (a failure is often the connection, or its
+    /// runtime, ending under the call: the next attempt, on another connection, frees the key
+    /// rather than leaving it held for the rest of its ttl).
+    ///
+    /// Returns what the answers said. Having got this far, its caller was not cancelled, so
+    /// the retries run on this runtime (moving to dlock's own if this one shuts down first).
+    pub(crate) async fn release_now(&mut self) -> Released {
+        let mut released = Released { all_held: true, others_waiting: false, first_error: None };
         // A key leaves the claim only once answered, so a caller that drops this half-way
         // leaves the rest to the claim's `Drop`.
         let mut i = self.keys.len();
         while i > 0 {
             i -= 1;
-            if self.backend.release(&self.keys[i].key, &self.owner).await.is_ok() {
-                self.keys.remove(i);
+            match self.backend.release(&self.keys[i].key, &self.owner).await {
+                Ok(outcome) => {
+                    released.all_held &= outcome.was_held;
+                    released.others_waiting |= outcome.others_waiting;
+                    self.keys.remove(i);
+                }
+                Err(err) => {
+                    released.first_error.get_or_insert_with(|| (self.keys[i].key.clone(), err));
+                }
             }
         }
-        self.release_in_background();
-    }
-
-    /// Release what is left in the background, on this runtime (moving to dlock's own if this
-    /// one shuts down first): the caller is done with it, and its runtime is not ending.
-    pub(crate) fn release_later(mut self) {
         self.rescue = Rescue::Abandoned;
         self.release_in_background();
+        released
     }
 
     /// The keys now belong to a guard.

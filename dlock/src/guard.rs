@@ -342,7 +342,6 @@ impl LockGuard {
 /// keys are released even if the release is dropped before it ran.
 struct Release {
     held: Vec<HeldKey>,
-    owner: Arc<str>,
     lease: Arc<Lease>,
     keeper: Registration,
     backend: Arc<dyn LockBackend>,
@@ -355,43 +354,26 @@ impl Release {
     fn begin(shared: &Shared, held: Vec<HeldKey>, owned: Owned) -> Self {
         let Owned { owner, lease, keeper } = owned;
         let backend = Arc::clone(&shared.backend);
-        let mut pending = Claim::new(Arc::clone(&backend), Arc::clone(&owner), Some(Arc::clone(&lease)));
+        let mut pending = Claim::new(Arc::clone(&backend), owner, Some(Arc::clone(&lease)));
         let ends_by = lease.deadline();
         pending.keys = held.iter().map(|h| ClaimedKey { key: h.key.clone(), ends_by }).collect();
-        Self { held, owner, lease, keeper, backend, pending }
+        Self { held, lease, keeper, backend, pending }
     }
 
     async fn run(self) -> Result<bool, Error> {
-        let Self { held, owner, lease, keeper, backend, mut pending } = self;
+        let Self { held, lease, keeper, backend, mut pending } = self;
         // No renewal may be sent after the release: stop them (waiting for one on the wire).
         lease.stop_renewals().await;
         drop(keeper);
-        let mut all_ours = lease.lost_reason().is_none();
+        let lost_before = lease.lost_reason().is_some();
         lease.mark_released();
-        let mut first_err = None;
-        let mut others_waiting = false;
-        // Last key first. A key whose release failed stays in `pending`, which retries it in
-        // the background until answered or until its lease has ended: a failure is often the
-        // connection or its runtime ending under the call (a guard dropped as its runtime
-        // shuts down), and the next attempt, on another connection, frees the key rather
-        // than leaving it held for the rest of its ttl.
-        let mut i = pending.keys.len();
-        while i > 0 {
-            i -= 1;
-            let key = &pending.keys[i].key;
-            match backend.release(key, &owner).await {
-                Ok(outcome) => {
-                    all_ours &= outcome.was_held;
-                    others_waiting |= outcome.others_waiting;
-                    pending.keys.remove(i);
-                }
-                Err(err) => {
-                    tracing::warn!(target: "dlock", key = %key, error = %err, "release failed; retrying in the background until the lease ends");
-                    first_err.get_or_insert(Error::backend(backend.name(), Some(key), err));
-                }
-            }
-        }
-        pending.release_later();
+        let released = pending.release_now().await;
+        let all_ours = !lost_before && released.all_held;
+        let others_waiting = released.others_waiting;
+        let first_err = released.first_error.map(|(key, err)| {
+            tracing::warn!(target: "dlock", key = %key, error = %err, "release failed; retrying in the background until the lease ends");
+            Error::backend(backend.name(), Some(&key), err)
+        });
         // Only now may the next task of this process compete for the keys. When other
         // processes wait for them too (or a key was handed to one), it gives them a head start
         // first: without it the lock would mostly stay in this process, whose next waiter is
