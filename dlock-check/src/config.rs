@@ -262,6 +262,12 @@ mod tests {
         assert!(!skipped("redis://:pw@127.0.0.1:6390", FaultKind::RestartServer).unwrap().contains("pw"));
         assert_eq!(skipped("redis://127.0.0.1:6390", FaultKind::Blackhole), None);
         assert_eq!(skipped("postgres://127.0.0.1/db", FaultKind::Latency), None);
+        // Each points at the private server the checker can start for it.
+        for (url, own) in
+            [("postgres://127.0.0.1/db", "`--backend postgres`"), ("redis://h:1", "`--backend redis`")]
+        {
+            assert!(skipped(url, FaultKind::PauseServer).is_some_and(|why| why.contains(own)), "{url}");
+        }
         // Several servers: no proxy in front of them; the workers' own faults still apply.
         let cluster = "redis-cluster://127.0.0.1:7000,127.0.0.1:7001";
         for kind in [FaultKind::Blackhole, FaultKind::Latency, FaultKind::Partition] {

@@ -25,10 +25,9 @@ use redis::cluster_async::ClusterConnection;
 pub enum KeyForcer {
     /// `MemoryBackend::force_expire`.
     Memory(MemoryBackend),
-    /// `DEL` on a connection of its own (made on first use, and again after it failed).
-    Redis(RedisForcer),
-    /// `DELETE` of the key's row, on a connection of its own (made as for `Redis`).
-    Postgres(PostgresForcer),
+    /// `DEL` (Redis) or `DELETE` of the key's row (PostgreSQL) on a connection of its own
+    /// (made on first use, and again after it failed).
+    Store(StoreForcer),
     /// A backend the checker cannot delete keys of (yet): `delete` fails, saying why.
     Unsupported {
         /// Why not.
@@ -36,9 +35,9 @@ pub enum KeyForcer {
     },
 }
 
-/// Deletes keys of one Redis deployment.
+/// Deletes keys of one Redis deployment or PostgreSQL database.
 #[derive(Clone)]
-pub struct RedisForcer {
+pub struct StoreForcer {
     /// Where the key lives.
     store: Arc<Store>,
     /// The connection, once made (and until a `DEL` on it fails).
@@ -47,20 +46,7 @@ pub struct RedisForcer {
     call_timeout: Duration,
 }
 
-/// Deletes lock rows of one PostgreSQL database.
-#[derive(Clone)]
-pub struct PostgresForcer {
-    /// Where the table is (shared: a configuration is large, and a forcer is cloned per worker).
-    config: Arc<tokio_postgres::Config>,
-    /// `DELETE FROM "<schema>".dlock_locks WHERE key = $1`.
-    delete: String,
-    /// The connection, once made (and until a `DELETE` on it fails).
-    client: Arc<tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>>,
-    /// The bound on connecting and on the statement.
-    call_timeout: Duration,
-}
-
-/// The Redis deployment a [`RedisForcer`] deletes from.
+/// The Redis deployment or PostgreSQL database a [`StoreForcer`] deletes from.
 enum Store {
     /// One server.
     Server(redis::Client),
@@ -69,6 +55,8 @@ enum Store {
     /// A Sentinel group: its sentinels, the name of its primary, and the primary's
     /// credentials and database.
     Sentinel { sentinels: Vec<redis::Client>, master: String, primary: redis::RedisConnectionInfo },
+    /// A PostgreSQL database (boxed: a configuration is large).
+    Postgres(Box<tokio_postgres::Config>),
 }
 
 /// A connection to a [`Store`].
@@ -78,14 +66,15 @@ enum StoreConn {
     Server(MultiplexedConnection),
     /// To a cluster, routing each command by its key.
     Cluster(ClusterConnection),
+    /// To PostgreSQL (its connection task ends when the last clone is dropped).
+    Postgres(Arc<tokio_postgres::Client>),
 }
 
 impl fmt::Debug for KeyForcer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Memory(_) => f.write_str("KeyForcer::Memory"),
-            Self::Redis(redis) => write!(f, "KeyForcer::Redis({redis:?})"),
-            Self::Postgres(postgres) => write!(f, "KeyForcer::Postgres({postgres:?})"),
+            Self::Store(store) => write!(f, "KeyForcer::Store({store:?})"),
             Self::Unsupported { why } => write!(f, "KeyForcer::Unsupported({why})"),
         }
     }
@@ -96,15 +85,9 @@ impl KeyForcer {
     /// `redis-sentinel://` (without TLS), `postgres://`, or one whose `delete` says why it
     /// cannot.
     pub fn for_url(url: &str, call_timeout: Duration) -> Self {
-        if matches!(crate::redis_url::scheme(url), "postgres" | "postgresql") {
-            return match PostgresForcer::new(url, call_timeout) {
-                Ok(postgres) => Self::Postgres(postgres),
-                Err(why) => Self::Unsupported { why },
-            };
-        }
-        match Store::parse(url) {
+        match Store::parse(url, call_timeout) {
             Ok(store) => {
-                Self::Redis(RedisForcer { store: Arc::new(store), conn: Arc::default(), call_timeout })
+                Self::Store(StoreForcer { store: Arc::new(store), conn: Arc::default(), call_timeout })
             }
             Err(why) => Self::Unsupported { why },
         }
@@ -115,8 +98,7 @@ impl KeyForcer {
     pub async fn ready(&self) -> Result<(), String> {
         match self {
             Self::Memory(_) => Ok(()),
-            Self::Redis(redis) => redis.connection().await.map(drop),
-            Self::Postgres(postgres) => postgres.client().await.map(drop),
+            Self::Store(store) => store.connection().await.map(drop),
             Self::Unsupported { why } => Err(why.clone()),
         }
     }
@@ -132,20 +114,19 @@ impl KeyForcer {
     pub async fn delete(&self, full_key: &str) -> Result<bool, String> {
         match self {
             Self::Memory(memory) => Ok(memory.force_expire(full_key)),
-            Self::Redis(redis) => redis.delete(full_key).await,
-            Self::Postgres(postgres) => postgres.delete(full_key).await,
+            Self::Store(store) => store.delete(full_key).await,
             Self::Unsupported { why } => Err(why.clone()),
         }
     }
 }
 
-impl fmt::Debug for RedisForcer {
+impl fmt::Debug for StoreForcer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.store.kind())
     }
 }
 
-impl RedisForcer {
+impl StoreForcer {
     /// The connection, made now if there is none (or the last one failed).
     async fn connection(&self) -> Result<StoreConn, String> {
         let mut conn = self.conn.lock().await;
@@ -159,12 +140,13 @@ impl RedisForcer {
     /// See [`KeyForcer::delete`].
     async fn delete(&self, full_key: &str) -> Result<bool, String> {
         let mut last = String::new();
+        let verb = self.store.delete_verb();
         for _ in 0..2 {
             let conn = self.connection().await?;
             match tokio::time::timeout(self.call_timeout, conn.del(full_key)).await {
                 Ok(Ok(deleted)) => return Ok(deleted > 0),
-                Ok(Err(err)) => last = format!("DEL {full_key}: {err}"),
-                Err(_) => last = format!("DEL {full_key} timed out"),
+                Ok(Err(err)) => last = format!("{verb} {full_key}: {err}"),
+                Err(_) => last = format!("{verb} {full_key} timed out"),
             }
             self.conn.lock().await.take();
         }
@@ -172,66 +154,9 @@ impl RedisForcer {
     }
 }
 
-impl fmt::Debug for PostgresForcer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PostgresForcer").field("delete", &self.delete).finish_non_exhaustive()
-    }
-}
-
-impl PostgresForcer {
-    fn new(url: &str, call_timeout: Duration) -> Result<Self, String> {
-        let mut config: tokio_postgres::Config = url.parse().map_err(|err| {
-            format!(
-                "dlock-check cannot delete a key of the backend at {}: {err}",
-                crate::redis_url::redact(url)
-            )
-        })?;
-        config.connect_timeout(call_timeout).application_name("dlock-check drop-key");
-        let schema = dlock::PostgresBackend::DEFAULT_SCHEMA.replace('"', "\"\"");
-        Ok(Self {
-            config: Arc::new(config),
-            delete: format!("DELETE FROM \"{schema}\".dlock_locks WHERE key = $1"),
-            client: Arc::default(),
-            call_timeout,
-        })
-    }
-
-    /// The connection, made now if there is none (or the last one failed).
-    async fn client(&self) -> Result<Arc<tokio_postgres::Client>, String> {
-        let mut client = self.client.lock().await;
-        if let Some(client) = client.as_ref() {
-            return Ok(Arc::clone(client));
-        }
-        let (made, connection) =
-            tokio::time::timeout(self.call_timeout, self.config.connect(tokio_postgres::NoTls))
-                .await
-                .map_err(|_| "connecting to PostgreSQL for DELETE timed out".to_owned())?
-                .map_err(|err| format!("connecting to PostgreSQL for DELETE: {err}"))?;
-        // The connection ends with the client (dropped after a failed statement, or with the
-        // forcer).
-        tokio::spawn(connection);
-        Ok(Arc::clone(client.insert(Arc::new(made))))
-    }
-
-    /// See [`KeyForcer::delete`].
-    async fn delete(&self, full_key: &str) -> Result<bool, String> {
-        let mut last = String::new();
-        for _ in 0..2 {
-            let client = self.client().await?;
-            match tokio::time::timeout(self.call_timeout, client.execute(&self.delete, &[&full_key])).await {
-                Ok(Ok(deleted)) => return Ok(deleted > 0),
-                Ok(Err(err)) => last = format!("DELETE {full_key}: {err}"),
-                Err(_) => last = format!("DELETE {full_key} timed out"),
-            }
-            self.client.lock().await.take();
-        }
-        Err(last)
-    }
-}
-
 impl Store {
     /// The store a backend URL names, or why the checker cannot delete from it.
-    fn parse(url: &str) -> Result<Self, String> {
+    fn parse(url: &str, call_timeout: Duration) -> Result<Self, String> {
         let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
         let cannot = |why: &str| {
             format!(
@@ -286,6 +211,12 @@ impl Store {
                     .map_err(|why| cannot(&why))?;
                 Ok(Self::Sentinel { sentinels, master: master.to_owned(), primary })
             }
+            "postgres" | "postgresql" => {
+                let mut config: tokio_postgres::Config =
+                    url.parse().map_err(|err| cannot(&format!("{err}")))?;
+                config.connect_timeout(call_timeout).application_name("dlock-check drop-key");
+                Ok(Self::Postgres(Box::new(config)))
+            }
             _ => Err(cannot(
                 "only redis://, redis-cluster:// and redis-sentinel:// without TLS, and postgres://",
             )),
@@ -297,12 +228,18 @@ impl Store {
             Self::Server(_) => "Redis server",
             Self::Cluster(_) => "Redis Cluster",
             Self::Sentinel { .. } => "Sentinel group's primary",
+            Self::Postgres(_) => "PostgreSQL",
         }
+    }
+
+    /// What deleting a key is called there, for messages.
+    fn delete_verb(&self) -> &'static str {
+        if matches!(self, Self::Postgres(_)) { "DELETE" } else { "DEL" }
     }
 
     /// A connection, within `call_timeout` (on a Sentinel group, each sentinel gets its share).
     async fn connect(&self, call_timeout: Duration) -> Result<StoreConn, String> {
-        let late = || format!("connecting to the {} for DEL timed out", self.kind());
+        let late = || format!("connecting to the {} for {} timed out", self.kind(), self.delete_verb());
         match self {
             Self::Server(client) => {
                 tokio::time::timeout(call_timeout, client.get_multiplexed_async_connection())
@@ -332,6 +269,17 @@ impl Store {
                     }
                 }
                 Err(last)
+            }
+            Self::Postgres(config) => {
+                let (client, connection) =
+                    tokio::time::timeout(call_timeout, config.connect(tokio_postgres::NoTls))
+                        .await
+                        .map_err(|_| late())?
+                        .map_err(|err| format!("connecting to PostgreSQL for DELETE: {err}"))?;
+                // It runs until the client is dropped (after a failed statement, or with the
+                // forcer).
+                tokio::spawn(connection);
+                Ok(StoreConn::Postgres(Arc::new(client)))
             }
         }
     }
@@ -395,14 +343,22 @@ fn split_hosts(url: &str) -> (&str, Vec<&str>, &str) {
 }
 
 impl StoreConn {
-    async fn del(mut self, key: &str) -> redis::RedisResult<i64> {
+    /// Delete `key`; how many keys (rows) went.
+    async fn del(mut self, key: &str) -> Result<u64, String> {
         let del = redis::cmd("DEL").arg(key).clone();
+        let text = |err: redis::RedisError| err.to_string();
         match &mut self {
-            Self::Server(conn) => del.query_async(conn).await,
-            Self::Cluster(conn) => del.query_async(conn).await,
+            Self::Server(conn) => del.query_async(conn).await.map_err(text),
+            Self::Cluster(conn) => del.query_async(conn).await.map_err(text),
+            Self::Postgres(client) => {
+                client.execute(POSTGRES_DELETE, &[&key]).await.map_err(|err| err.to_string())
+            }
         }
     }
 }
+
+/// A lock's row in dlock's lease table, in the schema `dlock::connect` uses (its default).
+const POSTGRES_DELETE: &str = r#"DELETE FROM "dlock".dlock_locks WHERE key = $1"#;
 
 #[cfg(test)]
 mod tests {
@@ -419,7 +375,7 @@ mod tests {
             "redis-sentinel://u:p@127.0.0.1:1,127.0.0.1:2/mymaster/3",
             Duration::from_secs(1),
         );
-        let KeyForcer::Redis(redis) = forcer else { panic!("{forcer:?}") };
+        let KeyForcer::Store(redis) = forcer else { panic!("{forcer:?}") };
         let Store::Sentinel { sentinels, master, primary } = &*redis.store else {
             panic!("not a sentinel store")
         };
@@ -439,13 +395,14 @@ mod tests {
             "redis-sentinel://127.0.0.1:1,127.0.0.1:2/mymaster?sentinel_password=s%40p",
             Duration::from_secs(1),
         );
-        let KeyForcer::Redis(redis) = forcer else { panic!("{forcer:?}") };
+        let KeyForcer::Store(redis) = forcer else { panic!("{forcer:?}") };
         let Store::Sentinel { sentinels, .. } = &*redis.store else { panic!("not a sentinel store") };
         let sentinel = sentinels[0].get_connection_info().redis_settings();
         assert_eq!((sentinel.username(), sentinel.password()), (None, Some("s@p")));
         let postgres = KeyForcer::for_url("postgres://u:secret@127.0.0.1:5433/db", Duration::from_secs(1));
-        let KeyForcer::Postgres(forcer) = &postgres else { panic!("{postgres:?}") };
-        assert_eq!(forcer.delete, r#"DELETE FROM "dlock".dlock_locks WHERE key = $1"#);
+        let KeyForcer::Store(forcer) = &postgres else { panic!("{postgres:?}") };
+        assert!(matches!(&*forcer.store, Store::Postgres(_)));
+        assert!(POSTGRES_DELETE.contains(&format!("\"{}\".", dlock::PostgresBackend::DEFAULT_SCHEMA)));
         assert!(!format!("{postgres:?}").contains("secret"));
     }
 

@@ -194,12 +194,19 @@ impl PostgresServer {
     }
 }
 
-/// The state letter of process `pid` (`S`, `R`, `T` stopped, `Z` exited, …), from `/proc`;
-/// `None` when there is no such process.
-fn state(pid: u32) -> Option<char> {
+/// The state letter of process `pid` (`S`, `R`, `T` stopped, `Z` exited, …) and its parent's
+/// pid, from `/proc`; `None` when there is no such process.
+fn stat(pid: u32) -> Option<(char, u32)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `pid (comm) state …`: comm may hold spaces and parentheses.
-    stat.rsplit_once(") ")?.1.chars().next()
+    // `pid (comm) state ppid …`: comm may hold spaces and parentheses.
+    let mut fields = stat.rsplit_once(") ")?.1.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.next()?.parse().ok()?))
+}
+
+/// The state letter of process `pid`; see [`stat`].
+fn state(pid: u32) -> Option<char> {
+    stat(pid).map(|(state, _)| state)
 }
 
 /// Send SIGSTOP to `pid` and wait until it has stopped (a signal is delivered asynchronously),
@@ -330,13 +337,8 @@ fn children_of(parent: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .flatten()
-        .filter_map(|entry| {
-            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            // `pid (comm) state ppid …`: comm may hold spaces and parentheses.
-            let ppid = stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse::<u32>().ok()?;
-            (ppid == parent).then_some(pid)
-        })
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| stat(pid).is_some_and(|(_, ppid)| ppid == parent))
         .collect()
 }
 

@@ -356,6 +356,32 @@ fn servers_under(dir: &std::path::Path) -> Vec<u32> {
         .collect()
 }
 
+/// The checker on `backend`, quiet, writing under `out`.
+fn start_checker(backend: &str, out: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_dlock-check"))
+        .args(["--backend", backend, "--quiet", "--out"])
+        .arg(out)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|err| panic!("starting dlock-check: {err}"))
+}
+
+/// Ctrl-C to `checker`: it exits with 130.
+async fn interrupt(mut checker: std::process::Child) {
+    let pid = i32::try_from(checker.id()).unwrap_or_else(|_| panic!("pid {} out of range", checker.id()));
+    if let Err(err) =
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGINT)
+    {
+        panic!("SIGINT to dlock-check: {err}");
+    }
+    let status = tokio::task::spawn_blocking(move || checker.wait()).await;
+    let code = match status {
+        Ok(Ok(status)) => status.code(),
+        other => panic!("waiting for dlock-check: {other:?}"),
+    };
+    assert_eq!(code, Some(130), "interrupted");
+}
+
 /// Ctrl-C while the checker is forming a cluster (a thread holds the servers, not the run):
 /// it exits with 130, and no `redis-server` it started runs on. Without `kill_leftovers` the
 /// nodes started so far outlive it.
@@ -363,22 +389,14 @@ fn servers_under(dir: &std::path::Path) -> Vec<u32> {
 async fn ctrl_c_while_a_cluster_forms_leaves_no_server_running() {
     let _turn = SERIAL.lock().await;
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dlock-check-ctrl-c");
-    let mut checker = std::process::Command::new(env!("CARGO_BIN_EXE_dlock-check"))
-        .args(["--backend", "redis-cluster", "--quiet", "--out"])
-        .arg(&out)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("starting dlock-check");
+    let checker = start_checker("redis-cluster", &out);
     // Interrupt it once some of its nodes run, before the cluster is made.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while servers_under(&out).len() < 2 {
         assert!(std::time::Instant::now() < deadline, "no node of its cluster started in 20 s");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(checker.id()).expect("pid"));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
-    let status = tokio::task::spawn_blocking(move || checker.wait()).await.expect("join").expect("wait");
-    assert_eq!(status.code(), Some(130), "interrupted");
+    interrupt(checker).await;
     // Killed processes are reaped by init a moment later; none may still run.
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     loop {
@@ -398,12 +416,7 @@ async fn ctrl_c_while_a_cluster_forms_leaves_no_server_running() {
 async fn ctrl_c_while_postgres_starts_leaves_no_server_or_data() {
     let _turn = SERIAL.lock().await;
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dlock-check-ctrl-c-postgres");
-    let mut checker = std::process::Command::new(env!("CARGO_BIN_EXE_dlock-check"))
-        .args(["--backend", "postgres", "--quiet", "--out"])
-        .arg(&out)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("starting dlock-check");
+    let checker = start_checker("postgres", &out);
     let homes = format!("dlock-check-pg-{}-", checker.id());
     let ours = |path: &std::path::Path| path.to_string_lossy().contains(&homes);
     let data_dirs = || -> Vec<PathBuf> {
@@ -431,10 +444,7 @@ async fn ctrl_c_while_postgres_starts_leaves_no_server_or_data() {
         assert!(std::time::Instant::now() < deadline, "no PostgreSQL directory made in 20 s");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(checker.id()).expect("pid"));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
-    let status = tokio::task::spawn_blocking(move || checker.wait()).await.expect("join").expect("wait");
-    assert_eq!(status.code(), Some(130), "interrupted");
+    interrupt(checker).await;
     // A killed postmaster's processes exit when they notice; none may stay.
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     loop {
