@@ -227,8 +227,8 @@ mod tests {
             assert_eq!(why.is_some(), fails_over, "{kind}");
             assert!(why.is_none_or(|why| why.contains("without a standby")), "{kind}");
         }
-        // A private topology: failovers, a frozen primary, a dropped key and the workers' faults;
-        // no restarting or proxying it.
+        // A private topology: failovers, a frozen primary, a dropped key, workers cut off from
+        // it and the workers' faults; no restarting or proxying it.
         for topology in ["redis-cluster", "redis-sentinel"] {
             let choice = BackendChoice::parse(topology).unwrap();
             assert!(matches!(choice, BackendChoice::Managed(kind) if kind.is_topology()));
@@ -240,6 +240,7 @@ mod tests {
                     FaultKind::PauseWorker,
                     FaultKind::PauseServer,
                     FaultKind::DropKey,
+                    FaultKind::Partition,
                     FaultKind::Failover,
                     FaultKind::KillPrimary
                 ]

@@ -113,6 +113,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
         history_dir: history_dir.clone(),
     };
     let servers_dir = config.out_dir.join("servers");
+    // The namespaces come first: a topology's nodes must listen where the workers in them can
+    // reach them.
+    if applied(FaultKind::Partition) {
+        lab.say("creating network namespaces");
+        lab.namespaces = Some(Namespaces::create(&run_id[..4], config.workers)?);
+    }
     // The backend.
     let upstream: Option<SocketAddr> = match &config.backend {
         BackendChoice::Memory => {
@@ -131,7 +137,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
             lab.say(format!("starting the backend's {kind}"));
             let dir = servers_dir.clone();
             let kind = *kind;
-            let server = tokio::task::spawn_blocking(move || topology::start(kind, &dir, "backend"))
+            let reach = lab.namespaces.as_ref().map_or(Ipv4Addr::LOCALHOST, Namespaces::topology_ip);
+            let server = tokio::task::spawn_blocking(move || topology::start(kind, &dir, "backend", reach))
                 .await
                 .context("starting the backend panicked")??;
             lab.say(format!("the backend is up: {}", crate::redis_url::redact(&server.url())));
@@ -176,10 +183,6 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
         lab.say("starting the store's redis-server");
         lab.store_server = Some(Box::new(RedisServer::start(&servers_dir, "store")?));
     }
-    if applied(FaultKind::Partition) {
-        lab.say("creating network namespaces");
-        lab.namespaces = Some(Namespaces::create(&run_id[..4], config.workers)?);
-    }
     if let Some(upstream) = upstream
         && (lab.namespaces.is_some() || FaultKind::ALL.iter().any(|k| k.needs_proxy() && applied(*k)))
     {
@@ -214,6 +217,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
                 start: now,
                 end: now,
                 paused_workers: Vec::new(),
+                cut_off_workers: Vec::new(),
                 killed_workers: Vec::new(),
                 note: None,
                 skipped: Some(reason.clone()),

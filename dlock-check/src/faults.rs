@@ -29,6 +29,7 @@ pub(crate) async fn apply(lab: &mut Lab, spec: &FaultSpec) -> anyhow::Result<Fau
         start: Stamp::now(),
         end: Stamp::now(),
         paused_workers: Vec::new(),
+        cut_off_workers: Vec::new(),
         killed_workers: Vec::new(),
         note: None,
         skipped: None,
@@ -196,6 +197,7 @@ pub(crate) async fn apply(lab: &mut Lab, spec: &FaultSpec) -> anyhow::Result<Fau
             record.end = Stamp::now();
             cut_off?;
             healed?;
+            record.cut_off_workers = cut.iter().map(|(w, _)| *w).collect();
             let names: Vec<String> = cut.iter().map(|(w, _)| format!("w{w}")).collect();
             record.label = format!("partition {} {d}", names.join(","));
             record.note = holder.map(|h| format!("w{} held key {}", h.worker, h.key));

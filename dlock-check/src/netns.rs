@@ -4,9 +4,14 @@
 //! Worker slot `i` runs in namespace `dlck-<tag>-<i>`, joined to the host by a veth pair:
 //! the worker is `10.<net>.<i>.2`; on the host side, `10.<net>.<i>.1` is where the checker's
 //! proxy to the backend listens and `10.<net>.<i>.3` where its proxy to the store listens.
-//! A partition adds a `blackhole` route to `10.<net>.<i>.1` inside the worker's namespace:
-//! what the worker sends to the backend is dropped (its open connections go silent, new ones
-//! fail), the store stays reachable. Healing deletes the route.
+//! A topology the checker starts (a Redis Cluster, a Sentinel group) is not behind a proxy:
+//! its nodes hand their clients each other's addresses. They listen on `10.<net>.254.1` too
+//! (an address on a veth pair of the run's own on the host, `dk<tag>t`/`dk<tag>u`) and
+//! announce it; each namespace routes `10.<net>.254.0/24` through its veth.
+//!
+//! A partition adds `blackhole` routes to `10.<net>.<i>.1` and `10.<net>.254.1` inside the
+//! worker's namespace: what the worker sends to the backend is dropped (its open connections
+//! go silent, new ones fail), the store stays reachable. Healing deletes the routes.
 //!
 //! Everything is created with names carrying the run's tag and deleted when the
 //! [`Namespaces`] are dropped; nothing else on the machine is touched.
@@ -34,6 +39,10 @@ pub struct Slot {
 #[derive(Debug)]
 pub struct Namespaces {
     slots: Vec<Slot>,
+    /// Where a topology's nodes are reached from every namespace (and the host).
+    topology_ip: Ipv4Addr,
+    /// The host's end of the veth pair that carries `topology_ip`, once made.
+    topology_if: Option<String>,
 }
 
 /// Run `ip` with `args`; an error carries what it printed.
@@ -90,7 +99,8 @@ impl Namespaces {
             let made = Self::create_in(tag, count, net)?;
             let out = Command::new("ip").args(["-4", "-o", "addr"]).output().context("running `ip addr`")?;
             let listing = String::from_utf8_lossy(&out.stdout);
-            let ours: Vec<&str> = made.slots.iter().map(|s| s.host_if.as_str()).collect();
+            let ours: Vec<&str> =
+                made.slots.iter().map(|s| s.host_if.as_str()).chain(made.topology_if.as_deref()).collect();
             let clash = listing.lines().any(|line| {
                 line.contains(&format!(" 10.{net}."))
                     && !ours.iter().any(|i| line.contains(&format!(" {i} ")))
@@ -104,7 +114,16 @@ impl Namespaces {
     }
 
     fn create_in(tag: &str, count: u32, net: u8) -> anyhow::Result<Self> {
-        let mut made = Self { slots: Vec::new() };
+        let mut made =
+            Self { slots: Vec::new(), topology_ip: Ipv4Addr::new(10, net, 254, 1), topology_if: None };
+        // A veth pair whose ends both stay on the host: one holds the topology's address (a
+        // `dummy` link would do, but not every kernel has the module).
+        let (t, u) = (format!("dk{tag}t"), format!("dk{tag}u"));
+        ip(&["link", "add", &t, "type", "veth", "peer", "name", &u])?;
+        made.topology_if = Some(t.clone());
+        ip(&["addr", "add", &format!("{}/32", made.topology_ip), "dev", &t])?;
+        ip(&["link", "set", &t, "up"])?;
+        ip(&["link", "set", &u, "up"])?;
         for i in 0..count.min(250) {
             let i8 = u8::try_from(i).unwrap_or(u8::MAX);
             let slot = Slot {
@@ -124,8 +143,21 @@ impl Namespaces {
             ip(&["link", "set", &slot.host_if, "up"])?;
             ip(&["-n", &slot.ns, "addr", "add", &format!("{}/24", slot.worker_ip), "dev", &ns_if])?;
             ip(&["-n", &slot.ns, "link", "set", &ns_if, "up"])?;
+            let via = slot.backend_ip.to_string();
+            ip(&["-n", &slot.ns, "route", "add", &format!("10.{net}.254.0/24"), "via", &via])?;
         }
         Ok(made)
+    }
+
+    /// Where a topology's nodes listen for the workers: an address of the host every
+    /// namespace routes to (see the module's doc).
+    pub fn topology_ip(&self) -> Ipv4Addr {
+        self.topology_ip
+    }
+
+    /// The addresses a partition cuts slot `slot` off from.
+    fn cut_off(&self, slot: &Slot) -> [String; 2] {
+        [format!("{}/32", slot.backend_ip), format!("{}/32", self.topology_ip)]
     }
 
     /// The slots.
@@ -142,16 +174,23 @@ impl Namespaces {
         Ok(command)
     }
 
-    /// Cut slot `i` off from the backend.
+    /// Cut slot `i` off from the backend: from its proxy and from a topology's nodes.
     pub fn partition(&self, i: usize) -> anyhow::Result<()> {
         let slot = self.slots.get(i).with_context(|| format!("no namespace for slot {i}"))?;
-        ip(&["-n", &slot.ns, "route", "add", "blackhole", &format!("{}/32", slot.backend_ip)])
+        self.cut_off(slot)
+            .iter()
+            .try_for_each(|dest| ip(&["-n", &slot.ns, "route", "add", "blackhole", dest]))
     }
 
-    /// Reconnect slot `i`.
+    /// Reconnect slot `i` (every route a partition added is deleted, even if one fails).
     pub fn heal(&self, i: usize) -> anyhow::Result<()> {
         let slot = self.slots.get(i).with_context(|| format!("no namespace for slot {i}"))?;
-        ip(&["-n", &slot.ns, "route", "del", "blackhole", &format!("{}/32", slot.backend_ip)])
+        let healed: Vec<anyhow::Result<()>> = self
+            .cut_off(slot)
+            .iter()
+            .map(|dest| ip(&["-n", &slot.ns, "route", "del", "blackhole", dest]))
+            .collect();
+        healed.into_iter().collect()
     }
 }
 
@@ -162,6 +201,9 @@ impl Drop for Namespaces {
             // whose namespace end is already gone.
             let _ = ip(&["netns", "del", &slot.ns]);
             let _ = ip(&["link", "del", &slot.host_if]);
+        }
+        if let Some(t) = &self.topology_if {
+            let _ = ip(&["link", "del", t]);
         }
     }
 }

@@ -180,6 +180,9 @@ pub struct FaultRecord {
     pub paused_workers: Vec<WorkerId>,
     /// Workers killed by it.
     pub killed_workers: Vec<WorkerId>,
+    /// Workers cut off from the backend by it (`partition`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cut_off_workers: Vec<WorkerId>,
     /// Something worth knowing about how it went (e.g. the worker was not inside a section).
     pub note: Option<String>,
     /// Why it was not applied, if it was not.

@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, PoisonError};
@@ -134,7 +134,7 @@ impl ServerKind {
 
     /// Whether `fault` can be applied to it; `Err` says why not.
     pub fn takes(self, fault: FaultKind) -> Result<(), String> {
-        let server_fault = fault.needs_own_server() || fault.needs_proxy() || fault == FaultKind::Partition;
+        let server_fault = fault.needs_own_server() || fault.needs_proxy();
         match (self.is_topology(), fault) {
             (false, FaultKind::Failover | FaultKind::KillPrimary) if self == Self::Postgres => {
                 Err("the checker's PostgreSQL is one server, without a standby to fail over to".into())
@@ -147,8 +147,9 @@ impl ServerKind {
             }
             (true, _) if server_fault => Err(format!(
                 "a {self} is several servers: the checker fails its primaries over (`failover`, \
-                 `kill-primary`), pauses one (`pause-server`) or deletes a key on one (`drop-key`) \
-                 rather than restarting or proxying one"
+                 `kill-primary`), pauses one (`pause-server`), deletes a key on one (`drop-key`) \
+                 or cuts workers off from all of them (`partition`) rather than restarting or \
+                 proxying one"
             )),
             _ => Ok(()),
         }
@@ -177,6 +178,9 @@ impl fmt::Display for ServerKind {
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    /// Where its clients reach it: loopback, or an address the checker's network namespaces
+    /// route to as well ([`crate::netns::Namespaces::topology_ip`]).
+    reach: Ipv4Addr,
     dir: PathBuf,
     log: PathBuf,
     mode: Mode,
@@ -216,6 +220,19 @@ impl RedisServer {
         mode: Mode,
         extra: impl Fn(u16) -> anyhow::Result<Vec<String>>,
     ) -> anyhow::Result<Self> {
+        Self::start_at(dir, name, mode, Ipv4Addr::LOCALHOST, extra)
+    }
+
+    /// [`start_with`](Self::start_with), reached at `reach` as well as on loopback when
+    /// `reach` is not loopback (`--bind 127.0.0.1 <reach>`, with protected mode off: the
+    /// address is one only the checker's own namespaces route to).
+    pub fn start_at(
+        dir: &Path,
+        name: &str,
+        mode: Mode,
+        reach: Ipv4Addr,
+        extra: impl Fn(u16) -> anyhow::Result<Vec<String>>,
+    ) -> anyhow::Result<Self> {
         let dir = dir.join(name);
         // A fresh server starts from nothing: a re-used run directory may hold an earlier
         // run's files (a cluster node's nodes.conf would make it refuse to join a new cluster).
@@ -227,6 +244,7 @@ impl RedisServer {
             let mut server = Self {
                 child: None,
                 port,
+                reach,
                 log: dir.join("redis.log"),
                 dir: dir.clone(),
                 mode: mode.clone(),
@@ -240,6 +258,11 @@ impl RedisServer {
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The address its clients reach it at.
+    pub fn reach(&self) -> Ipv4Addr {
+        self.reach
     }
 
     /// Whether it runs (it was not killed, or was started again).
@@ -269,8 +292,13 @@ impl RedisServer {
                 command.arg(&file).arg("--sentinel");
             }
         }
+        command.args(["--port", &self.port.to_string()]);
+        if self.reach.is_loopback() {
+            command.args(["--bind", "127.0.0.1"]);
+        } else {
+            command.args(["--bind", &format!("127.0.0.1 {}", self.reach), "--protected-mode", "no"]);
+        }
         let child = command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--daemonize", "no", "--dir"])
             .arg(&self.dir)
             .args(&self.extra)
@@ -304,7 +332,7 @@ impl ManagedServer for RedisServer {
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://{}:{}", self.reach, self.port)
     }
 
     fn addr(&self) -> Option<SocketAddr> {

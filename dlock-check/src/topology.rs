@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -34,12 +34,20 @@ const DOWN_AFTER_MS: u64 = 1000;
 /// The name the sentinels know the primary by.
 pub const MASTER_NAME: &str = "dlock-check";
 
-/// Start a server or a topology of `kind`, its files under `dir/name`.
-pub fn start(kind: ServerKind, dir: &Path, name: &str) -> anyhow::Result<Box<dyn ManagedServer>> {
+/// Start a server or a topology of `kind`, its files under `dir/name`. A topology's nodes are
+/// reached at `reach` (and on loopback): what they announce to clients, so that workers in
+/// the checker's network namespaces can be cut off from every node by one route. A single
+/// server is reached on loopback (a partition cuts it off through a proxy).
+pub fn start(
+    kind: ServerKind,
+    dir: &Path,
+    name: &str,
+    reach: Ipv4Addr,
+) -> anyhow::Result<Box<dyn ManagedServer>> {
     match kind {
         ServerKind::Redis => Ok(Box::new(RedisServer::start(dir, name)?)),
-        ServerKind::RedisCluster => Ok(Box::new(RedisCluster::start(&dir.join(name))?)),
-        ServerKind::RedisSentinel => Ok(Box::new(SentinelGroup::start(&dir.join(name))?)),
+        ServerKind::RedisCluster => Ok(Box::new(RedisCluster::start_at(&dir.join(name), reach)?)),
+        ServerKind::RedisSentinel => Ok(Box::new(SentinelGroup::start_at(&dir.join(name), reach)?)),
         ServerKind::Postgres => Ok(Box::new(PostgresServer::start(dir, name)?)),
     }
 }
@@ -48,6 +56,7 @@ pub fn start(kind: ServerKind, dir: &Path, name: &str) -> anyhow::Result<Box<dyn
 /// `redis-cli --cluster create --cluster-replicas 1`.
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    reach: Ipv4Addr,
 }
 
 impl fmt::Debug for RedisCluster {
@@ -59,12 +68,17 @@ impl fmt::Debug for RedisCluster {
 impl RedisCluster {
     /// Start the six nodes under `dir`, make them a cluster, and return once it has settled.
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        Self::start_at(dir, Ipv4Addr::LOCALHOST)
+    }
+
+    /// [`start`](Self::start), the nodes reached (and announcing themselves) at `reach`.
+    pub fn start_at(dir: &Path, reach: Ipv4Addr) -> anyhow::Result<Self> {
         let nodes = (0..6)
             .map(|i| {
-                RedisServer::start_with(dir, &format!("node-{i}"), Mode::Data, |_| {
+                RedisServer::start_at(dir, &format!("node-{i}"), Mode::Data, reach, |_| {
                     // The bus port is picked too: port + 10000 may be taken.
                     let bus = free_port()?;
-                    Ok([
+                    let mut args: Vec<String> = [
                         "--cluster-enabled",
                         "yes",
                         "--cluster-config-file",
@@ -80,14 +94,18 @@ impl RedisCluster {
                         SYNC_AT_ONCE[1],
                     ]
                     .map(String::from)
-                    .to_vec())
+                    .to_vec();
+                    if !reach.is_loopback() {
+                        args.extend(["--cluster-announce-ip".into(), reach.to_string()]);
+                    }
+                    Ok(args)
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let cluster = Self { nodes };
+        let cluster = Self { nodes, reach };
         let mut create = Command::new("redis-cli");
         create.args(["--cluster", "create"]);
-        create.args(cluster.ports().iter().map(|p| format!("127.0.0.1:{p}")));
+        create.args(cluster.ports().iter().map(|p| format!("{reach}:{p}")));
         create.args(["--cluster-replicas", "1", "--cluster-yes"]);
         run_bounded(create, "redis-cli --cluster create", &dir.join("create.log"))?;
         cluster.wait_settled()?;
@@ -214,7 +232,7 @@ impl ManagedServer for RedisCluster {
     }
 
     fn url(&self) -> String {
-        let seeds: Vec<String> = self.ports().iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let seeds: Vec<String> = self.ports().iter().map(|p| format!("{}:{p}", self.reach)).collect();
         format!("redis-cluster://{}", seeds.join(","))
     }
 
@@ -293,6 +311,7 @@ impl ManagedServer for RedisCluster {
 pub struct SentinelGroup {
     data: Vec<RedisServer>,
     sentinels: Vec<RedisServer>,
+    reach: Ipv4Addr,
 }
 
 impl fmt::Debug for SentinelGroup {
@@ -308,21 +327,36 @@ impl SentinelGroup {
     /// Start the primary, its replica and the sentinels under `dir`, and return once every
     /// sentinel knows the replica and the other sentinels.
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
-        let primary = RedisServer::start_with(dir, "data-0", Mode::Data, |_| {
-            Ok(SYNC_AT_ONCE.map(String::from).to_vec())
+        Self::start_at(dir, Ipv4Addr::LOCALHOST)
+    }
+
+    /// [`start`](Self::start), every server reached (and announced by the sentinels) at
+    /// `reach`.
+    pub fn start_at(dir: &Path, reach: Ipv4Addr) -> anyhow::Result<Self> {
+        let primary = RedisServer::start_at(dir, "data-0", Mode::Data, reach, |_| {
+            let mut args = SYNC_AT_ONCE.map(String::from).to_vec();
+            args.extend(announced_as(reach));
+            Ok(args)
         })?;
         let p = primary.port();
-        let replica = RedisServer::start_with(dir, "data-1", Mode::Data, |_| Ok(replica_of(p)))?;
-        let conf = format!(
-            "sentinel monitor {MASTER_NAME} 127.0.0.1 {p} 2\n\
+        let replica = RedisServer::start_at(dir, "data-1", Mode::Data, reach, |_| Ok(replica_of(reach, p)))?;
+        let mut conf = format!(
+            "sentinel monitor {MASTER_NAME} {reach} {p} 2\n\
              sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n\
              sentinel failover-timeout {MASTER_NAME} 3000\n"
         );
+        if !reach.is_loopback() {
+            conf.push_str(&format!("sentinel announce-ip {reach}\n"));
+        }
         let sentinels = (0..3)
             .map(|i| {
-                RedisServer::start_with(dir, &format!("sentinel-{i}"), Mode::Sentinel(conf.clone()), |_| {
-                    Ok(Vec::new())
-                })
+                RedisServer::start_at(
+                    dir,
+                    &format!("sentinel-{i}"),
+                    Mode::Sentinel(conf.clone()),
+                    reach,
+                    |_| Ok(Vec::new()),
+                )
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         for sentinel in &sentinels {
@@ -333,7 +367,7 @@ impl SentinelGroup {
                 &["SENTINEL", "DEBUG", "info-period", "1000", "publish-period", "500"],
             );
         }
-        let group = Self { data: vec![primary, replica], sentinels };
+        let group = Self { data: vec![primary, replica], sentinels, reach };
         poll(SETTLE_BOUND, "the sentinels settling", || group.settled())?;
         Ok(group)
     }
@@ -401,7 +435,7 @@ impl ManagedServer for SentinelGroup {
 
     fn url(&self) -> String {
         let sentinels: Vec<String> =
-            self.sentinels.iter().map(|s| format!("127.0.0.1:{}", s.port())).collect();
+            self.sentinels.iter().map(|s| format!("{}:{}", self.reach, s.port())).collect();
         format!("redis-sentinel://{}/{MASTER_NAME}", sentinels.join(","))
     }
 
@@ -444,7 +478,7 @@ impl ManagedServer for SentinelGroup {
             None => {
                 // Back empty, as the new primary's replica (as the sentinels would make it).
                 let node = self.data.iter_mut().find(|d| d.port() == old).context("no old primary")?;
-                node.set_extra(replica_of(new));
+                node.set_extra(replica_of(self.reach, new));
                 node.start_again()?;
                 OldPrimary::default()
             }
@@ -760,12 +794,19 @@ fn quoted(text: &str) -> Vec<String> {
 /// A primary's new replica (a killed primary, back empty) syncs at once, not after 5 s.
 const SYNC_AT_ONCE: [&str; 2] = ["--repl-diskless-sync-delay", "0"];
 
-/// The arguments that make a data node a replica of the one on `port` (and, once it is
-/// promoted, sync its own new replica at once).
-fn replica_of(port: u16) -> Vec<String> {
-    let mut args = vec!["--replicaof".into(), "127.0.0.1".into(), port.to_string()];
+/// The arguments that make a data node a replica of the one on `port` at `reach` (and, once
+/// it is promoted, sync its own new replica at once).
+fn replica_of(reach: Ipv4Addr, port: u16) -> Vec<String> {
+    let mut args = vec!["--replicaof".into(), reach.to_string(), port.to_string()];
     args.extend(SYNC_AT_ONCE.map(String::from));
+    args.extend(announced_as(reach));
     args
+}
+
+/// The arguments that make a sentinel group's data node tell its primary (and so the
+/// sentinels) it is at `reach`, when that is not loopback.
+fn announced_as(reach: Ipv4Addr) -> Vec<String> {
+    if reach.is_loopback() { Vec::new() } else { vec!["--replica-announce-ip".into(), reach.to_string()] }
 }
 
 /// One line of `CLUSTER NODES`.

@@ -167,9 +167,10 @@ async fn postgres_short_schedule_has_no_violations() {
 
 /// A topology the checker starts fails over under the workload — by the topology's own
 /// command, by killing the primary of a held key, and by freezing it past the failure
-/// detection — and loses a held key on the primary that serves it, and nothing is violated: no two holders
-/// unexcused, no token going back across the failovers, no fenced update lost, and every key in
-/// use again within the recovery bound after the replica serves.
+/// detection — loses a held key on the primary that serves it, and has a holder cut off from
+/// every one of its nodes, and nothing is violated: no two holders unexcused, no token going
+/// back across the failovers, no fenced update lost, and every key in use again within the
+/// recovery bound after the replica serves (or the partition heals).
 async fn topology_failovers_have_no_violations(name: &str, kind: ServerKind) {
     let _turn = SERIAL.lock().await;
     let mut config = config(name, BackendChoice::Managed(kind));
@@ -183,6 +184,8 @@ async fn topology_failovers_have_no_violations(name: &str, kind: ServerKind) {
         duration: Some(Duration::from_millis(2500)),
         delay: None,
     });
+    // And a holder (with up to half the workers) cut off from every node for 2 ttl.
+    config.faults.push(FaultSpec { kind: FaultKind::Partition, duration: None, delay: None });
     let checked = checked(config).await;
     let analysis = &checked.analysis;
     assert_exercised(analysis);
@@ -221,6 +224,21 @@ async fn topology_failovers_have_no_violations(name: &str, kind: ServerKind) {
     assert!(!note.contains("found no key"), "the DEL missed the held key: {note}");
     if note.starts_with("held by") {
         assert!(dropped.data_lost.is_some(), "{}: {note}", dropped.label);
+    }
+    // The partition reached the nodes the workers were given (every node announces the address
+    // the namespaces route, not loopback): the cut-off workers' calls failed while it lasted,
+    // and each of them held a lock again after it healed.
+    let cut = &checked.run.history.faults[5];
+    assert!(cut.label.starts_with("partition"), "{}", cut.label);
+    assert!(!cut.cut_off_workers.is_empty(), "{}: nobody was cut off", cut.label);
+    let row = &analysis.rows[6];
+    assert!(row.errors + row.lost > 0, "no call failed in {}: {row:?}", cut.label);
+    for worker in &cut.cut_off_workers {
+        assert!(
+            analysis.sections.iter().any(|s| s.worker == *worker && s.enter > cut.end.wall),
+            "w{worker} held no lock after {} healed",
+            cut.label
+        );
     }
 }
 

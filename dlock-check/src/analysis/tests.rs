@@ -159,6 +159,7 @@ fn fault(kind: FaultKind, start: i64, end: i64, paused: &[WorkerId]) -> FaultRec
         start: at(start),
         end: at(end),
         paused_workers: paused.to_vec(),
+        cut_off_workers: Vec::new(),
         killed_workers: vec![],
         note: None,
         skipped: None,
