@@ -93,7 +93,7 @@ pub struct CheckArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        help = "The faults, in order, comma-separated: kill-worker, pause-worker[:D], pause-server[:D], drop-key, partition[:D], latency[:DELAY[:D]], failover, kill-primary, restart-server[:DOWN], blackhole. [default: all that apply to the backend, lasting damage last: for redis every one but failover and kill-primary; for redis-cluster and redis-sentinel those two, pause-server (of a primary), drop-key, partition (from every node) and the workers' faults]"
+        help = "The faults, in order, comma-separated: kill-worker, pause-worker[:D], pause-server[:D], drop-key, partition[:D], partition-primary[:D], latency[:DELAY[:D]], failover, kill-primary, restart-server[:DOWN], blackhole. [default: all that apply to the backend, lasting damage last: for redis every one but partition-primary, failover and kill-primary; for redis-cluster and redis-sentinel those three, pause-server (of a primary), drop-key, partition (from every node) and the workers' faults]"
     )]
     pub faults: Option<Vec<FaultSpec>>,
 

@@ -159,7 +159,7 @@ pub fn skip_reason(config: &RunConfig, kind: FaultKind, netns: &Result<(), Strin
             return Some(why);
         }
     }
-    if kind == FaultKind::Partition
+    if kind.needs_namespaces()
         && let Err(why) = netns
     {
         return Some(format!("network namespaces are not available here ({why})"));
@@ -212,20 +212,23 @@ mod tests {
         assert_eq!(BackendChoice::parse("memory:").unwrap(), BackendChoice::Memory);
         assert_eq!(BackendChoice::parse("redis").unwrap(), BackendChoice::Managed(ServerKind::Redis));
         assert!(BackendChoice::parse("redis-clusters").is_err(), "a word that is no URL");
-        // A private server: everything but failing over.
+        // A private server: everything but failing over and cutting workers off from one of
+        // several nodes.
+        let topology_only =
+            |kind| matches!(kind, FaultKind::Failover | FaultKind::KillPrimary | FaultKind::PartitionPrimary);
         for kind in FaultKind::ALL {
-            let fails_over = matches!(kind, FaultKind::Failover | FaultKind::KillPrimary);
-            assert_eq!(skipped("redis", kind).is_some(), fails_over, "{kind}");
+            assert_eq!(skipped("redis", kind).is_some(), topology_only(kind), "{kind}");
         }
+        assert!(skipped("redis", FaultKind::PartitionPrimary).is_some_and(|why| why.contains("`partition`")));
         assert_eq!(BackendChoice::parse("redis").unwrap().default_faults().len(), 8);
         // A private PostgreSQL takes the same: it is one server on one address.
         assert_eq!(BackendChoice::parse("postgres").unwrap(), BackendChoice::Managed(ServerKind::Postgres));
         assert!(!BackendChoice::parse("postgres").unwrap().is_topology());
         for kind in FaultKind::ALL {
             let why = skipped("postgres", kind);
+            assert_eq!(why.is_some(), topology_only(kind), "{kind}");
             let fails_over = matches!(kind, FaultKind::Failover | FaultKind::KillPrimary);
-            assert_eq!(why.is_some(), fails_over, "{kind}");
-            assert!(why.is_none_or(|why| why.contains("without a standby")), "{kind}");
+            assert!(why.is_none_or(|why| why.contains("without a standby") == fails_over), "{kind}");
         }
         // A private topology: failovers, a frozen primary, a dropped key, workers cut off from
         // it and the workers' faults; no restarting or proxying it.
@@ -241,6 +244,7 @@ mod tests {
                     FaultKind::PauseServer,
                     FaultKind::DropKey,
                     FaultKind::Partition,
+                    FaultKind::PartitionPrimary,
                     FaultKind::Failover,
                     FaultKind::KillPrimary
                 ]
@@ -275,6 +279,9 @@ mod tests {
             assert!(skipped(cluster, kind).is_some_and(|why| why.contains("several servers")), "{kind}");
         }
         assert_eq!(skipped(cluster, FaultKind::PauseWorker), None);
+        // Its nodes' addresses are its own: only a topology the checker started is cut off
+        // from one of them.
+        assert!(skipped(cluster, FaultKind::PartitionPrimary).is_some_and(|why| why.contains("not started")));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::redis_url::{proxied_server, scheme};
 use crate::registers::Registers;
 use crate::schedule::{FaultKind, FaultRecord};
 use crate::servers::RedisServer;
-use crate::topology;
+use crate::topology::{self, NodeAddrs};
 
 /// What a run produced.
 #[derive(Debug)]
@@ -90,7 +90,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
     }
     std::fs::create_dir_all(&history_dir)?;
     let prefix = format!("dlock-check:{run_id}:");
-    let wants_partition = config.faults.iter().any(|f| f.kind == FaultKind::Partition);
+    let wants_partition = config.faults.iter().any(|f| f.kind.needs_namespaces());
     let netns_status = if wants_partition && !config.backend.in_process() { netns::probe() } else { Ok(()) };
     let skips: Vec<Option<String>> =
         config.faults.iter().map(|f| skip_reason(&config, f.kind, &netns_status)).collect();
@@ -115,7 +115,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
     let servers_dir = config.out_dir.join("servers");
     // The namespaces come first: a topology's nodes must listen where the workers in them can
     // reach them.
-    if applied(FaultKind::Partition) {
+    if applied(FaultKind::Partition) || applied(FaultKind::PartitionPrimary) {
         lab.say("creating network namespaces");
         lab.namespaces = Some(Namespaces::create(&run_id[..4], config.workers)?);
     }
@@ -137,8 +137,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
             lab.say(format!("starting the backend's {kind}"));
             let dir = servers_dir.clone();
             let kind = *kind;
-            let reach = lab.namespaces.as_ref().map_or(Ipv4Addr::LOCALHOST, Namespaces::topology_ip);
-            let server = tokio::task::spawn_blocking(move || topology::start(kind, &dir, "backend", reach))
+            let addrs = NodeAddrs(lab.namespaces.as_ref().map(Namespaces::topology_ips).unwrap_or_default());
+            let server = tokio::task::spawn_blocking(move || topology::start(kind, &dir, "backend", &addrs))
                 .await
                 .context("starting the backend panicked")??;
             lab.say(format!("the backend is up: {}", crate::redis_url::redact(&server.url())));
@@ -218,6 +218,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
                 end: now,
                 paused_workers: Vec::new(),
                 cut_off_workers: Vec::new(),
+                cut_off_keys: Vec::new(),
                 killed_workers: Vec::new(),
                 note: None,
                 skipped: Some(reason.clone()),

@@ -12,6 +12,7 @@ use crate::clock::Stamp;
 use crate::history::WorkerId;
 use crate::lab::{Lab, lock};
 use crate::live::Holding;
+use crate::netns::Cut;
 use crate::schedule::{DataLost, FaultKind, FaultRecord, FaultSpec};
 use crate::servers::{FailedOver, ManagedServer};
 
@@ -30,6 +31,7 @@ pub(crate) async fn apply(lab: &mut Lab, spec: &FaultSpec) -> anyhow::Result<Fau
         end: Stamp::now(),
         paused_workers: Vec::new(),
         cut_off_workers: Vec::new(),
+        cut_off_keys: Vec::new(),
         killed_workers: Vec::new(),
         note: None,
         skipped: None,
@@ -180,30 +182,70 @@ pub(crate) async fn apply(lab: &mut Lab, spec: &FaultSpec) -> anyhow::Result<Fau
         FaultKind::Partition => {
             let holder = find_holder(lab, Aim::ProcessHolder).await;
             let first = aim(lab, holder.as_ref())?;
-            // A minority: the holder, and more workers up to half of them.
-            let alive: Vec<(WorkerId, u32)> = lab.alive().map(|w| (w.id, w.slot)).collect();
-            let count = (alive.len() / 2).max(1);
-            let mut cut: Vec<(WorkerId, u32)> = alive.iter().copied().filter(|(w, _)| *w == first).collect();
-            cut.extend(alive.iter().copied().filter(|(w, _)| *w != first).take(count.saturating_sub(1)));
-            let ns = lab.namespaces.as_ref().context("no network namespaces")?;
-            record.start = Stamp::now();
-            let cut_off: anyhow::Result<()> =
-                cut.iter().try_for_each(|(_, slot)| ns.partition(*slot as usize));
-            if cut_off.is_ok() {
-                tokio::time::sleep(duration).await;
-            }
-            let healed: anyhow::Result<()> =
-                cut.iter().try_for_each(|(_, slot)| ns.heal(*slot as usize).or(Ok(())));
-            record.end = Stamp::now();
-            cut_off?;
-            healed?;
-            record.cut_off_workers = cut.iter().map(|(w, _)| *w).collect();
-            let names: Vec<String> = cut.iter().map(|(w, _)| format!("w{w}")).collect();
-            record.label = format!("partition {} {d}", names.join(","));
+            let names = cut_off(lab, first, Cut::Backend, duration, &mut record).await?;
+            record.label = format!("partition {names} {d}");
             record.note = holder.map(|h| format!("w{} held key {}", h.worker, h.key));
+        }
+        FaultKind::PartitionPrimary => {
+            // Aimed at a holder with a renewal ahead, as a failover is: whether dlock tells it
+            // in time when the one node that has its lease stops answering it.
+            let target = PrimaryAim::find(lab).await?;
+            let (server, aim_key, keys) =
+                (Arc::clone(&target.server), target.aim.clone(), target.keys.clone());
+            let primary = tokio::task::spawn_blocking(move || lock(&server).primary_of(&aim_key, &keys))
+                .await
+                .context("the topology thread panicked")??;
+            let first = aim(lab, target.holder.as_ref())?;
+            let names = cut_off(lab, first, Cut::Node(*primary.addr.ip()), duration, &mut record).await?;
+            record.cut_off_keys = primary
+                .served
+                .iter()
+                .filter_map(|k| k.strip_prefix(target.prefix.as_str()).map(str::to_owned))
+                .collect();
+            record.label = format!("partition-primary {names} from {} {d}", primary.addr);
+            record.note = Some(format!(
+                "it serves key {}; {}",
+                record.cut_off_keys.join(", "),
+                match &target.holder {
+                    Some(h) => format!("w{} held key {}", h.worker, h.key),
+                    None => "no long section was running".into(),
+                }
+            ));
         }
     }
     Ok(record)
+}
+
+/// Cut a minority of the live workers — `first`, and more up to half of them — off as `cut`
+/// says for `duration`, then reconnect them. The record gets the window and who was cut; the
+/// answer names them (`w1,w2`).
+async fn cut_off(
+    lab: &Lab,
+    first: WorkerId,
+    cut: Cut,
+    duration: Duration,
+    record: &mut FaultRecord,
+) -> anyhow::Result<String> {
+    let alive: Vec<(WorkerId, u32)> = lab.alive().map(|w| (w.id, w.slot)).collect();
+    let count = (alive.len() / 2).max(1);
+    let mut chosen: Vec<(WorkerId, u32)> = alive.iter().copied().filter(|(w, _)| *w == first).collect();
+    chosen.extend(alive.iter().copied().filter(|(w, _)| *w != first).take(count.saturating_sub(1)));
+    let ns = lab.namespaces.as_ref().context("no network namespaces")?;
+    record.start = Stamp::now();
+    let partitioned: anyhow::Result<()> =
+        chosen.iter().try_for_each(|(_, slot)| ns.partition(*slot as usize, cut));
+    if partitioned.is_ok() {
+        tokio::time::sleep(duration).await;
+    }
+    // Every slot is healed, also after a partition that failed half-way (deleting a route it
+    // never added fails, harmlessly).
+    for (_, slot) in &chosen {
+        let _ = ns.heal(*slot as usize, cut);
+    }
+    record.end = Stamp::now();
+    partitioned?;
+    record.cut_off_workers = chosen.iter().map(|(w, _)| *w).collect();
+    Ok(chosen.iter().map(|(w, _)| format!("w{w}")).collect::<Vec<_>>().join(","))
 }
 
 /// The target of a topology fault: the primary that serves a held key.

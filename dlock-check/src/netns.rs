@@ -5,13 +5,15 @@
 //! the worker is `10.<net>.<i>.2`; on the host side, `10.<net>.<i>.1` is where the checker's
 //! proxy to the backend listens and `10.<net>.<i>.3` where its proxy to the store listens.
 //! A topology the checker starts (a Redis Cluster, a Sentinel group) is not behind a proxy:
-//! its nodes hand their clients each other's addresses. They listen on `10.<net>.254.1` too
-//! (an address on a veth pair of the run's own on the host, `dk<tag>t`/`dk<tag>u`) and
-//! announce it; each namespace routes `10.<net>.254.0/24` through its veth.
+//! its nodes hand their clients each other's addresses. Node `k` listens on `10.<net>.254.<k+1>`
+//! too (addresses on a veth pair of the run's own on the host, `dk<tag>t`/`dk<tag>u`) and
+//! announces it; each namespace routes `10.<net>.254.0/23` through its veth.
 //!
-//! A partition adds `blackhole` routes to `10.<net>.<i>.1` and `10.<net>.254.1` inside the
-//! worker's namespace: what the worker sends to the backend is dropped (its open connections
-//! go silent, new ones fail), the store stays reachable. Healing deletes the routes.
+//! A partition ([`Cut::Backend`]) adds `blackhole` routes to `10.<net>.<i>.1/32` and
+//! `10.<net>.254.0/24` inside the worker's namespace: what the worker sends to the backend is
+//! dropped (its open connections go silent, new ones fail), the store stays reachable. A
+//! partition from one node ([`Cut::Node`]) adds the route to that node's address alone.
+//! Healing deletes the routes.
 //!
 //! Everything is created with names carrying the run's tag and deleted when the
 //! [`Namespaces`] are dropped; nothing else on the machine is touched.
@@ -35,13 +37,25 @@ pub struct Slot {
     host_if: String,
 }
 
+/// What a partition cuts a worker off from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The whole backend: its proxy, and every node of a topology.
+    Backend,
+    /// One node of a topology, at this address ([`Namespaces::topology_ip`]).
+    Node(Ipv4Addr),
+}
+
+/// How many topology nodes get an address of their own.
+pub const TOPOLOGY_NODES: u8 = 16;
+
 /// The namespaces of one run.
 #[derive(Debug)]
 pub struct Namespaces {
     slots: Vec<Slot>,
-    /// Where a topology's nodes are reached from every namespace (and the host).
-    topology_ip: Ipv4Addr,
-    /// The host's end of the veth pair that carries `topology_ip`, once made.
+    /// The network the namespaces were made in: `10.<net>.0.0/16`.
+    net: u8,
+    /// The host's end of the veth pair that carries the topology's addresses, once made.
     topology_if: Option<String>,
 }
 
@@ -114,14 +128,15 @@ impl Namespaces {
     }
 
     fn create_in(tag: &str, count: u32, net: u8) -> anyhow::Result<Self> {
-        let mut made =
-            Self { slots: Vec::new(), topology_ip: Ipv4Addr::new(10, net, 254, 1), topology_if: None };
-        // A veth pair whose ends both stay on the host: one holds the topology's address (a
+        let mut made = Self { slots: Vec::new(), net, topology_if: None };
+        // A veth pair whose ends both stay on the host: one holds the topology's addresses (a
         // `dummy` link would do, but not every kernel has the module).
         let (t, u) = (format!("dk{tag}t"), format!("dk{tag}u"));
         ip(&["link", "add", &t, "type", "veth", "peer", "name", &u])?;
         made.topology_if = Some(t.clone());
-        ip(&["addr", "add", &format!("{}/32", made.topology_ip), "dev", &t])?;
+        for k in 0..TOPOLOGY_NODES {
+            ip(&["addr", "add", &format!("{}/32", made.topology_ip(k)), "dev", &t])?;
+        }
         ip(&["link", "set", &t, "up"])?;
         ip(&["link", "set", &u, "up"])?;
         for i in 0..count.min(250) {
@@ -144,20 +159,29 @@ impl Namespaces {
             ip(&["-n", &slot.ns, "addr", "add", &format!("{}/24", slot.worker_ip), "dev", &ns_if])?;
             ip(&["-n", &slot.ns, "link", "set", &ns_if, "up"])?;
             let via = slot.backend_ip.to_string();
-            ip(&["-n", &slot.ns, "route", "add", &format!("10.{net}.254.0/24"), "via", &via])?;
+            ip(&["-n", &slot.ns, "route", "add", &format!("10.{net}.254.0/23"), "via", &via])?;
         }
         Ok(made)
     }
 
-    /// Where a topology's nodes listen for the workers: an address of the host every
-    /// namespace routes to (see the module's doc).
-    pub fn topology_ip(&self) -> Ipv4Addr {
-        self.topology_ip
+    /// Where a topology's node `k` (below [`TOPOLOGY_NODES`]; later ones share the last)
+    /// listens for the workers: an address of the host every namespace routes to (see the
+    /// module's doc).
+    pub fn topology_ip(&self, k: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, self.net, 254, k.min(TOPOLOGY_NODES - 1) + 1)
     }
 
-    /// The addresses a partition cuts slot `slot` off from.
-    fn cut_off(&self, slot: &Slot) -> [String; 2] {
-        [format!("{}/32", slot.backend_ip), format!("{}/32", self.topology_ip)]
+    /// The addresses of every topology node, in order ([`topology_ip`](Self::topology_ip)).
+    pub fn topology_ips(&self) -> Vec<Ipv4Addr> {
+        (0..TOPOLOGY_NODES).map(|k| self.topology_ip(k)).collect()
+    }
+
+    /// The destinations of the routes that cut slot `slot` off.
+    fn cut_off(&self, slot: &Slot, cut: Cut) -> Vec<String> {
+        match cut {
+            Cut::Backend => vec![format!("{}/32", slot.backend_ip), format!("10.{}.254.0/24", self.net)],
+            Cut::Node(ip) => vec![format!("{ip}/32")],
+        }
     }
 
     /// The slots.
@@ -174,19 +198,19 @@ impl Namespaces {
         Ok(command)
     }
 
-    /// Cut slot `i` off from the backend: from its proxy and from a topology's nodes.
-    pub fn partition(&self, i: usize) -> anyhow::Result<()> {
+    /// Cut slot `i` off from the backend, or from one node of a topology.
+    pub fn partition(&self, i: usize, cut: Cut) -> anyhow::Result<()> {
         let slot = self.slots.get(i).with_context(|| format!("no namespace for slot {i}"))?;
-        self.cut_off(slot)
+        self.cut_off(slot, cut)
             .iter()
             .try_for_each(|dest| ip(&["-n", &slot.ns, "route", "add", "blackhole", dest]))
     }
 
-    /// Reconnect slot `i` (every route a partition added is deleted, even if one fails).
-    pub fn heal(&self, i: usize) -> anyhow::Result<()> {
+    /// Reconnect slot `i` (every route the partition added is deleted, even if one fails).
+    pub fn heal(&self, i: usize, cut: Cut) -> anyhow::Result<()> {
         let slot = self.slots.get(i).with_context(|| format!("no namespace for slot {i}"))?;
         let healed: Vec<anyhow::Result<()>> = self
-            .cut_off(slot)
+            .cut_off(slot, cut)
             .iter()
             .map(|dest| ip(&["-n", &slot.ns, "route", "del", "blackhole", dest]))
             .collect();

@@ -30,6 +30,11 @@ pub enum FaultKind {
     /// Some workers (at least one holder among them) are cut off from the backend (their
     /// network namespace routes its address into a black hole), then reconnected.
     Partition,
+    /// Some workers (a holder among them) are cut off from one node of a topology the checker
+    /// started — the primary that serves a held key — while the other nodes stay reachable,
+    /// then reconnected: the cluster's other shards, or a Sentinel group's sentinels, go on
+    /// answering them.
+    PartitionPrimary,
     /// The checker's proxy delays everything between workers and the backend.
     Latency,
     /// A topology's primary (the one serving a held key) hands over to its replica by the
@@ -43,12 +48,13 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, in the order of the default schedule.
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 11] = [
         Self::KillWorker,
         Self::PauseWorker,
         Self::PauseServer,
         Self::DropKey,
         Self::Partition,
+        Self::PartitionPrimary,
         Self::Latency,
         Self::Failover,
         Self::KillPrimary,
@@ -66,6 +72,7 @@ impl FaultKind {
             Self::DropKey => "drop-key",
             Self::Blackhole => "blackhole",
             Self::Partition => "partition",
+            Self::PartitionPrimary => "partition-primary",
             Self::Latency => "latency",
             Self::Failover => "failover",
             Self::KillPrimary => "kill-primary",
@@ -76,13 +83,23 @@ impl FaultKind {
     pub fn needs_own_server(self) -> bool {
         matches!(
             self,
-            Self::PauseServer | Self::RestartServer | Self::DropKey | Self::Failover | Self::KillPrimary
+            Self::PauseServer
+                | Self::RestartServer
+                | Self::DropKey
+                | Self::Failover
+                | Self::KillPrimary
+                | Self::PartitionPrimary
         )
     }
 
     /// Whether it acts on worker processes (so needs workers in their own processes).
     pub fn needs_processes(self) -> bool {
-        matches!(self, Self::KillWorker | Self::PauseWorker | Self::Partition)
+        matches!(self, Self::KillWorker | Self::PauseWorker | Self::Partition | Self::PartitionPrimary)
+    }
+
+    /// Whether it needs the workers in network namespaces of their own.
+    pub fn needs_namespaces(self) -> bool {
+        matches!(self, Self::Partition | Self::PartitionPrimary)
     }
 
     /// Whether it needs the checker's proxy between workers and the backend.
@@ -128,9 +145,13 @@ impl FromStr for FaultSpec {
             (_, []) => (None, None),
             (FaultKind::Latency, [delay]) => (None, Some(*delay)),
             (FaultKind::Latency, [delay, duration]) => (Some(*duration), Some(*delay)),
-            (FaultKind::PauseWorker | FaultKind::PauseServer | FaultKind::Partition, [duration]) => {
-                (Some(*duration), None)
-            }
+            (
+                FaultKind::PauseWorker
+                | FaultKind::PauseServer
+                | FaultKind::Partition
+                | FaultKind::PartitionPrimary,
+                [duration],
+            ) => (Some(*duration), None),
             (FaultKind::RestartServer, [down]) => (Some(*down), None),
             _ => {
                 return Err(format!(
@@ -139,7 +160,10 @@ impl FromStr for FaultSpec {
                         FaultKind::Latency => "at most a delay and a duration (latency:200ms:3s)",
                         FaultKind::RestartServer =>
                             "at most how long the server stays down (restart-server:500ms)",
-                        FaultKind::PauseWorker | FaultKind::PauseServer | FaultKind::Partition => {
+                        FaultKind::PauseWorker
+                        | FaultKind::PauseServer
+                        | FaultKind::Partition
+                        | FaultKind::PartitionPrimary => {
                             "at most a duration (e.g. pause-server:2s)"
                         }
                         _ => "no duration",
@@ -180,9 +204,14 @@ pub struct FaultRecord {
     pub paused_workers: Vec<WorkerId>,
     /// Workers killed by it.
     pub killed_workers: Vec<WorkerId>,
-    /// Workers cut off from the backend by it (`partition`).
+    /// Workers cut off from the backend, or from one node of it, by it (`partition`,
+    /// `partition-primary`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cut_off_workers: Vec<WorkerId>,
+    /// The run's lock keys (without the prefix) on the one node they were cut off from
+    /// (`partition-primary`); the other keys stayed reachable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cut_off_keys: Vec<String>,
     /// Something worth knowing about how it went (e.g. the worker was not inside a section).
     pub note: Option<String>,
     /// Why it was not applied, if it was not.

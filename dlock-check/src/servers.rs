@@ -74,6 +74,13 @@ pub trait ManagedServer: Send + Sync + fmt::Debug {
         bail!("a single {} has no replica to fail over to", self.kind())
     }
 
+    /// Where the primary that serves the lock key `aim` is reached, once the topology is whole,
+    /// and which of `keys` it serves.
+    fn primary_of(&self, aim: &str, keys: &[String]) -> anyhow::Result<PrimaryAt> {
+        let _ = (aim, keys);
+        bail!("a single {} is one node: it has no primary to single out", self.kind())
+    }
+
     /// Freeze the primary that serves `aim` (SIGSTOP) for `pause`, then thaw it, and return once
     /// the topology is whole again: its replica may have been elected meanwhile (then the old
     /// primary, thawed, served on until it heard), or not.
@@ -112,6 +119,15 @@ pub struct FailedOver {
     pub failed_over: bool,
 }
 
+/// A topology's primary, as [`ManagedServer::primary_of`] finds it.
+#[derive(Debug, Clone)]
+pub struct PrimaryAt {
+    /// Where its clients reach it.
+    pub addr: std::net::SocketAddrV4,
+    /// The run's lock keys it serves (with their prefix).
+    pub served: Vec<String>,
+}
+
 /// The kinds of server the checker can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -142,14 +158,22 @@ impl ServerKind {
             (false, FaultKind::Failover | FaultKind::KillPrimary) => {
                 Err("a single redis-server has no replica to fail over to (try `--backend redis-cluster` or `redis-sentinel`)".into())
             }
-            (true, FaultKind::Failover | FaultKind::KillPrimary | FaultKind::PauseServer | FaultKind::DropKey) => {
-                Ok(())
+            (
+                true,
+                FaultKind::Failover
+                | FaultKind::KillPrimary
+                | FaultKind::PauseServer
+                | FaultKind::DropKey
+                | FaultKind::PartitionPrimary,
+            ) => Ok(()),
+            (false, FaultKind::PartitionPrimary) => {
+                Err(format!("a single {self} is one node: `partition` cuts workers off from it"))
             }
             (true, _) if server_fault => Err(format!(
                 "a {self} is several servers: the checker fails its primaries over (`failover`, \
-                 `kill-primary`), pauses one (`pause-server`), deletes a key on one (`drop-key`) \
-                 or cuts workers off from all of them (`partition`) rather than restarting or \
-                 proxying one"
+                 `kill-primary`), pauses one (`pause-server`), deletes a key on one (`drop-key`), \
+                 cuts workers off from one (`partition-primary`) or all of them (`partition`) \
+                 rather than restarting or proxying one"
             )),
             _ => Ok(()),
         }

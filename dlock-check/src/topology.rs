@@ -1,6 +1,8 @@
 //! Topologies the checker starts and fails over itself: a Redis Cluster of three primaries and
 //! three replicas, and a primary with one replica watched by three sentinels. Every node is a
-//! [`RedisServer`] of its own (a free loopback port, its own directory, killed when dropped).
+//! [`RedisServer`] of its own (a free loopback port, its own directory, killed when dropped),
+//! reached — when the run partitions workers — at an address of its own as well
+//! ([`NodeAddrs`]), which it announces to clients.
 //!
 //! Both settle before they are used and after every failover: each node agrees on who serves
 //! what, no node is flagged failing, and every replica is linked to its primary. A fault
@@ -8,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -19,7 +21,9 @@ use anyhow::{Context, bail};
 
 use crate::clock::Stamp;
 use crate::postgres_server::PostgresServer;
-use crate::servers::{FailedOver, ManagedServer, Mode, OldPrimary, RedisServer, ServerKind, free_port};
+use crate::servers::{
+    FailedOver, ManagedServer, Mode, OldPrimary, PrimaryAt, RedisServer, ServerKind, free_port,
+};
 
 /// How long a topology may take to form, or to settle again after a failover.
 const SETTLE_BOUND: Duration = Duration::from_secs(30);
@@ -34,20 +38,32 @@ const DOWN_AFTER_MS: u64 = 1000;
 /// The name the sentinels know the primary by.
 pub const MASTER_NAME: &str = "dlock-check";
 
-/// Start a server or a topology of `kind`, its files under `dir/name`. A topology's nodes are
-/// reached at `reach` (and on loopback): what they announce to clients, so that workers in
-/// the checker's network namespaces can be cut off from every node by one route. A single
-/// server is reached on loopback (a partition cuts it off through a proxy).
+/// Where the nodes of a topology are reached: node `k` at the `k`-th address (the last one
+/// for any beyond) as well as on loopback, or every node on loopback alone when there are
+/// none. Each node announces its address to clients, so that workers in the checker's network
+/// namespaces can be cut off from one node, or all of them, by routes.
+#[derive(Debug, Clone, Default)]
+pub struct NodeAddrs(pub Vec<Ipv4Addr>);
+
+impl NodeAddrs {
+    fn of(&self, k: usize) -> Ipv4Addr {
+        self.0.get(k).or(self.0.last()).copied().unwrap_or(Ipv4Addr::LOCALHOST)
+    }
+}
+
+/// Start a server or a topology of `kind`, its files under `dir/name`, a topology's nodes
+/// reached at `addrs`. A single server is reached on loopback (a partition cuts it off
+/// through a proxy).
 pub fn start(
     kind: ServerKind,
     dir: &Path,
     name: &str,
-    reach: Ipv4Addr,
+    addrs: &NodeAddrs,
 ) -> anyhow::Result<Box<dyn ManagedServer>> {
     match kind {
         ServerKind::Redis => Ok(Box::new(RedisServer::start(dir, name)?)),
-        ServerKind::RedisCluster => Ok(Box::new(RedisCluster::start_at(&dir.join(name), reach)?)),
-        ServerKind::RedisSentinel => Ok(Box::new(SentinelGroup::start_at(&dir.join(name), reach)?)),
+        ServerKind::RedisCluster => Ok(Box::new(RedisCluster::start_at(&dir.join(name), addrs)?)),
+        ServerKind::RedisSentinel => Ok(Box::new(SentinelGroup::start_at(&dir.join(name), addrs)?)),
         ServerKind::Postgres => Ok(Box::new(PostgresServer::start(dir, name)?)),
     }
 }
@@ -56,7 +72,6 @@ pub fn start(
 /// `redis-cli --cluster create --cluster-replicas 1`.
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
-    reach: Ipv4Addr,
 }
 
 impl fmt::Debug for RedisCluster {
@@ -68,13 +83,14 @@ impl fmt::Debug for RedisCluster {
 impl RedisCluster {
     /// Start the six nodes under `dir`, make them a cluster, and return once it has settled.
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
-        Self::start_at(dir, Ipv4Addr::LOCALHOST)
+        Self::start_at(dir, &NodeAddrs::default())
     }
 
-    /// [`start`](Self::start), the nodes reached (and announcing themselves) at `reach`.
-    pub fn start_at(dir: &Path, reach: Ipv4Addr) -> anyhow::Result<Self> {
+    /// [`start`](Self::start), the nodes reached (and announcing themselves) at `addrs`.
+    pub fn start_at(dir: &Path, addrs: &NodeAddrs) -> anyhow::Result<Self> {
         let nodes = (0..6)
             .map(|i| {
+                let reach = addrs.of(i);
                 RedisServer::start_at(dir, &format!("node-{i}"), Mode::Data, reach, |_| {
                     // The bus port is picked too: port + 10000 may be taken.
                     let bus = free_port()?;
@@ -102,10 +118,10 @@ impl RedisCluster {
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let cluster = Self { nodes, reach };
+        let cluster = Self { nodes };
         let mut create = Command::new("redis-cli");
         create.args(["--cluster", "create"]);
-        create.args(cluster.ports().iter().map(|p| format!("{reach}:{p}")));
+        create.args(cluster.nodes.iter().map(|n| format!("{}:{}", n.reach(), n.port())));
         create.args(["--cluster-replicas", "1", "--cluster-yes"]);
         run_bounded(create, "redis-cli --cluster create", &dir.join("create.log"))?;
         cluster.wait_settled()?;
@@ -232,7 +248,7 @@ impl ManagedServer for RedisCluster {
     }
 
     fn url(&self) -> String {
-        let seeds: Vec<String> = self.ports().iter().map(|p| format!("{}:{p}", self.reach)).collect();
+        let seeds: Vec<String> = self.nodes.iter().map(|n| format!("{}:{}", n.reach(), n.port())).collect();
         format!("redis-cluster://{}", seeds.join(","))
     }
 
@@ -277,6 +293,12 @@ impl ManagedServer for RedisCluster {
         Ok(handed_over(how, (old, new), (begun_at, begun, took), serving, old_primary, served))
     }
 
+    fn primary_of(&self, aim: &str, keys: &[String]) -> anyhow::Result<PrimaryAt> {
+        let Shard { primary, served, .. } = self.shard(aim, keys)?;
+        let node = self.nodes.iter().find(|n| n.port() == primary.port).context("the primary is not ours")?;
+        Ok(PrimaryAt { addr: SocketAddrV4::new(node.reach(), node.port()), served })
+    }
+
     fn pause_primary(&mut self, aim: &str, keys: &[String], pause: Duration) -> anyhow::Result<FailedOver> {
         let Shard { slot, primary, replica, served } = self.shard(aim, keys)?;
         let watch = OldPrimaryWatch::start(primary.port, served.clone())?;
@@ -311,7 +333,6 @@ impl ManagedServer for RedisCluster {
 pub struct SentinelGroup {
     data: Vec<RedisServer>,
     sentinels: Vec<RedisServer>,
-    reach: Ipv4Addr,
 }
 
 impl fmt::Debug for SentinelGroup {
@@ -327,36 +348,36 @@ impl SentinelGroup {
     /// Start the primary, its replica and the sentinels under `dir`, and return once every
     /// sentinel knows the replica and the other sentinels.
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
-        Self::start_at(dir, Ipv4Addr::LOCALHOST)
+        Self::start_at(dir, &NodeAddrs::default())
     }
 
-    /// [`start`](Self::start), every server reached (and announced by the sentinels) at
-    /// `reach`.
-    pub fn start_at(dir: &Path, reach: Ipv4Addr) -> anyhow::Result<Self> {
-        let primary = RedisServer::start_at(dir, "data-0", Mode::Data, reach, |_| {
+    /// [`start`](Self::start), the data nodes reached at the first two of `addrs` and the
+    /// sentinels at the next three (and announced there).
+    pub fn start_at(dir: &Path, addrs: &NodeAddrs) -> anyhow::Result<Self> {
+        let (primary_at, replica_at) = (addrs.of(0), addrs.of(1));
+        let primary = RedisServer::start_at(dir, "data-0", Mode::Data, primary_at, |_| {
             let mut args = SYNC_AT_ONCE.map(String::from).to_vec();
-            args.extend(announced_as(reach));
+            args.extend(announced_as(primary_at));
             Ok(args)
         })?;
         let p = primary.port();
-        let replica = RedisServer::start_at(dir, "data-1", Mode::Data, reach, |_| Ok(replica_of(reach, p)))?;
-        let mut conf = format!(
-            "sentinel monitor {MASTER_NAME} {reach} {p} 2\n\
-             sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n\
-             sentinel failover-timeout {MASTER_NAME} 3000\n"
-        );
-        if !reach.is_loopback() {
-            conf.push_str(&format!("sentinel announce-ip {reach}\n"));
-        }
+        let replica = RedisServer::start_at(dir, "data-1", Mode::Data, replica_at, |_| {
+            Ok(replica_of((primary_at, p), replica_at))
+        })?;
         let sentinels = (0..3)
             .map(|i| {
-                RedisServer::start_at(
-                    dir,
-                    &format!("sentinel-{i}"),
-                    Mode::Sentinel(conf.clone()),
-                    reach,
-                    |_| Ok(Vec::new()),
-                )
+                let reach = addrs.of(2 + i);
+                let mut conf = format!(
+                    "sentinel monitor {MASTER_NAME} {primary_at} {p} 2\n\
+                     sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n\
+                     sentinel failover-timeout {MASTER_NAME} 3000\n"
+                );
+                if !reach.is_loopback() {
+                    conf.push_str(&format!("sentinel announce-ip {reach}\n"));
+                }
+                RedisServer::start_at(dir, &format!("sentinel-{i}"), Mode::Sentinel(conf), reach, |_| {
+                    Ok(Vec::new())
+                })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         for sentinel in &sentinels {
@@ -367,7 +388,7 @@ impl SentinelGroup {
                 &["SENTINEL", "DEBUG", "info-period", "1000", "publish-period", "500"],
             );
         }
-        let group = Self { data: vec![primary, replica], sentinels, reach };
+        let group = Self { data: vec![primary, replica], sentinels };
         poll(SETTLE_BOUND, "the sentinels settling", || group.settled())?;
         Ok(group)
     }
@@ -435,7 +456,7 @@ impl ManagedServer for SentinelGroup {
 
     fn url(&self) -> String {
         let sentinels: Vec<String> =
-            self.sentinels.iter().map(|s| format!("{}:{}", self.reach, s.port())).collect();
+            self.sentinels.iter().map(|s| format!("{}:{}", s.reach(), s.port())).collect();
         format!("redis-sentinel://{}/{MASTER_NAME}", sentinels.join(","))
     }
 
@@ -477,14 +498,21 @@ impl ManagedServer for SentinelGroup {
             Some(watch) => watch.until_demoted()?,
             None => {
                 // Back empty, as the new primary's replica (as the sentinels would make it).
+                let new_at = self.data.iter().find(|d| d.port() == new).context("no new primary")?.reach();
                 let node = self.data.iter_mut().find(|d| d.port() == old).context("no old primary")?;
-                node.set_extra(replica_of(self.reach, new));
+                node.set_extra(replica_of((new_at, new), node.reach()));
                 node.start_again()?;
                 OldPrimary::default()
             }
         };
         poll(SETTLE_BOUND, "the sentinels settling", || self.settled())?;
         Ok(handed_over(how, (old, new), (begun_at, begun, took), serving, old_primary, keys.to_vec()))
+    }
+
+    fn primary_of(&self, _aim: &str, keys: &[String]) -> anyhow::Result<PrimaryAt> {
+        let port = poll(SETTLE_BOUND, "the sentinels settling", || self.settled())?;
+        let node = self.data.iter().find(|d| d.port() == port).context("the primary is not ours")?;
+        Ok(PrimaryAt { addr: SocketAddrV4::new(node.reach(), port), served: keys.to_vec() })
     }
 
     fn pause_primary(&mut self, _aim: &str, keys: &[String], pause: Duration) -> anyhow::Result<FailedOver> {
@@ -794,12 +822,12 @@ fn quoted(text: &str) -> Vec<String> {
 /// A primary's new replica (a killed primary, back empty) syncs at once, not after 5 s.
 const SYNC_AT_ONCE: [&str; 2] = ["--repl-diskless-sync-delay", "0"];
 
-/// The arguments that make a data node a replica of the one on `port` at `reach` (and, once
-/// it is promoted, sync its own new replica at once).
-fn replica_of(reach: Ipv4Addr, port: u16) -> Vec<String> {
-    let mut args = vec!["--replicaof".into(), reach.to_string(), port.to_string()];
+/// The arguments that make a data node reached at `own` a replica of the `primary` (address
+/// and port) (and, once it is promoted, sync its own new replica at once).
+fn replica_of(primary: (Ipv4Addr, u16), own: Ipv4Addr) -> Vec<String> {
+    let mut args = vec!["--replicaof".into(), primary.0.to_string(), primary.1.to_string()];
     args.extend(SYNC_AT_ONCE.map(String::from));
-    args.extend(announced_as(reach));
+    args.extend(announced_as(own));
     args
 }
 

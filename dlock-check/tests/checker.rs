@@ -168,9 +168,10 @@ async fn postgres_short_schedule_has_no_violations() {
 /// A topology the checker starts fails over under the workload — by the topology's own
 /// command, by killing the primary of a held key, and by freezing it past the failure
 /// detection — loses a held key on the primary that serves it, and has a holder cut off from
-/// every one of its nodes, and nothing is violated: no two holders unexcused, no token going
-/// back across the failovers, no fenced update lost, and every key in use again within the
-/// recovery bound after the replica serves (or the partition heals).
+/// every one of its nodes, then from that primary alone, and nothing is violated: no two
+/// holders unexcused, no token going back across the failovers, no fenced update lost, and
+/// every key in use again within the recovery bound after the replica serves (or the
+/// partition heals).
 async fn topology_failovers_have_no_violations(name: &str, kind: ServerKind) {
     let _turn = SERIAL.lock().await;
     let mut config = config(name, BackendChoice::Managed(kind));
@@ -184,8 +185,15 @@ async fn topology_failovers_have_no_violations(name: &str, kind: ServerKind) {
         duration: Some(Duration::from_millis(2500)),
         delay: None,
     });
-    // And a holder (with up to half the workers) cut off from every node for 2 ttl.
+    // And a holder (with up to half the workers) cut off from every node for 2 ttl, then from
+    // the primary of a held key alone for longer than a long section, so that the other keys
+    // come free meanwhile.
     config.faults.push(FaultSpec { kind: FaultKind::Partition, duration: None, delay: None });
+    config.faults.push(FaultSpec {
+        kind: FaultKind::PartitionPrimary,
+        duration: Some(Duration::from_secs(2)),
+        delay: None,
+    });
     let checked = checked(config).await;
     let analysis = &checked.analysis;
     assert_exercised(analysis);
@@ -225,21 +233,46 @@ async fn topology_failovers_have_no_violations(name: &str, kind: ServerKind) {
     if note.starts_with("held by") {
         assert!(dropped.data_lost.is_some(), "{}: {note}", dropped.label);
     }
-    // The partition reached the nodes the workers were given (every node announces the address
-    // the namespaces route, not loopback): the cut-off workers' calls failed while it lasted,
-    // and each of them held a lock again after it healed.
-    let cut = &checked.run.history.faults[5];
+    // The partitions reached the nodes the workers were given (each node announces an address
+    // of its own that the namespaces route, not loopback).
+    assert_cut_off_and_back(&checked, 5);
+    let from_primary = assert_cut_off_and_back(&checked, 6);
+    assert!(from_primary.label.starts_with("partition-primary"), "{}", from_primary.label);
+    assert!(!from_primary.cut_off_keys.is_empty(), "{}: the primary serves no key", from_primary.label);
+    // Cut off from one primary, a worker still took the keys the others serve (a cluster's other
+    // shards; a Sentinel group has one primary, which serves every key).
+    for key in ["a", "b"].into_iter().filter(|k| !from_primary.cut_off_keys.iter().any(|c| c == k)) {
+        assert!(
+            analysis.sections.iter().any(|s| {
+                from_primary.cut_off_workers.contains(&s.worker)
+                    && s.key == key
+                    && (from_primary.start.wall..from_primary.end.wall).contains(&s.enter)
+            }),
+            "{}: no cut-off worker took key {key}, served by another primary, meanwhile",
+            from_primary.label
+        );
+    }
+}
+
+/// Fault `index` cut workers off, their calls failed while it lasted, and each of them held a
+/// lock again after it healed.
+fn assert_cut_off_and_back(
+    checked: &dlock_check::Checked,
+    index: usize,
+) -> &dlock_check::schedule::FaultRecord {
+    let cut = &checked.run.history.faults[index];
     assert!(cut.label.starts_with("partition"), "{}", cut.label);
     assert!(!cut.cut_off_workers.is_empty(), "{}: nobody was cut off", cut.label);
-    let row = &analysis.rows[6];
+    let row = &checked.analysis.rows[index + 1];
     assert!(row.errors + row.lost > 0, "no call failed in {}: {row:?}", cut.label);
     for worker in &cut.cut_off_workers {
         assert!(
-            analysis.sections.iter().any(|s| s.worker == *worker && s.enter > cut.end.wall),
+            checked.analysis.sections.iter().any(|s| s.worker == *worker && s.enter > cut.end.wall),
             "w{worker} held no lock after {} healed",
             cut.label
         );
     }
+    cut
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -160,6 +160,7 @@ fn fault(kind: FaultKind, start: i64, end: i64, paused: &[WorkerId]) -> FaultRec
         end: at(end),
         paused_workers: paused.to_vec(),
         cut_off_workers: Vec::new(),
+        cut_off_keys: Vec::new(),
         killed_workers: vec![],
         note: None,
         skipped: None,
