@@ -115,7 +115,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunOutput> {
     let servers_dir = config.out_dir.join("servers");
     // The namespaces come first: a topology's nodes must listen where the workers in them can
     // reach them.
-    if applied(FaultKind::Partition) || applied(FaultKind::PartitionPrimary) {
+    if FaultKind::ALL.iter().any(|k| k.needs_namespaces() && applied(*k)) {
         lab.say("creating network namespaces");
         lab.namespaces = Some(Namespaces::create(&run_id[..4], config.workers)?);
     }

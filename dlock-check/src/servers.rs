@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, PoisonError};
@@ -289,6 +289,11 @@ impl RedisServer {
         self.reach
     }
 
+    /// The address and port its clients reach it at.
+    pub fn reached_at(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.reach, self.port)
+    }
+
     /// Whether it runs (it was not killed, or was started again).
     pub fn is_running(&self) -> bool {
         self.child.is_some()
@@ -356,7 +361,7 @@ impl ManagedServer for RedisServer {
     }
 
     fn url(&self) -> String {
-        format!("redis://{}:{}", self.reach, self.port)
+        format!("redis://{}", self.reached_at())
     }
 
     fn addr(&self) -> Option<SocketAddr> {

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -121,7 +121,7 @@ impl RedisCluster {
         let cluster = Self { nodes };
         let mut create = Command::new("redis-cli");
         create.args(["--cluster", "create"]);
-        create.args(cluster.nodes.iter().map(|n| format!("{}:{}", n.reach(), n.port())));
+        create.args(cluster.nodes.iter().map(|n| n.reached_at().to_string()));
         create.args(["--cluster-replicas", "1", "--cluster-yes"]);
         run_bounded(create, "redis-cli --cluster create", &dir.join("create.log"))?;
         cluster.wait_settled()?;
@@ -248,7 +248,7 @@ impl ManagedServer for RedisCluster {
     }
 
     fn url(&self) -> String {
-        let seeds: Vec<String> = self.nodes.iter().map(|n| format!("{}:{}", n.reach(), n.port())).collect();
+        let seeds: Vec<String> = self.nodes.iter().map(|n| n.reached_at().to_string()).collect();
         format!("redis-cluster://{}", seeds.join(","))
     }
 
@@ -296,7 +296,7 @@ impl ManagedServer for RedisCluster {
     fn primary_of(&self, aim: &str, keys: &[String]) -> anyhow::Result<PrimaryAt> {
         let Shard { primary, served, .. } = self.shard(aim, keys)?;
         let node = self.nodes.iter().find(|n| n.port() == primary.port).context("the primary is not ours")?;
-        Ok(PrimaryAt { addr: SocketAddrV4::new(node.reach(), node.port()), served })
+        Ok(PrimaryAt { addr: node.reached_at(), served })
     }
 
     fn pause_primary(&mut self, aim: &str, keys: &[String], pause: Duration) -> anyhow::Result<FailedOver> {
@@ -455,8 +455,7 @@ impl ManagedServer for SentinelGroup {
     }
 
     fn url(&self) -> String {
-        let sentinels: Vec<String> =
-            self.sentinels.iter().map(|s| format!("{}:{}", s.reach(), s.port())).collect();
+        let sentinels: Vec<String> = self.sentinels.iter().map(|s| s.reached_at().to_string()).collect();
         format!("redis-sentinel://{}/{MASTER_NAME}", sentinels.join(","))
     }
 
@@ -512,7 +511,7 @@ impl ManagedServer for SentinelGroup {
     fn primary_of(&self, _aim: &str, keys: &[String]) -> anyhow::Result<PrimaryAt> {
         let port = poll(SETTLE_BOUND, "the sentinels settling", || self.settled())?;
         let node = self.data.iter().find(|d| d.port() == port).context("the primary is not ours")?;
-        Ok(PrimaryAt { addr: SocketAddrV4::new(node.reach(), port), served: keys.to_vec() })
+        Ok(PrimaryAt { addr: node.reached_at(), served: keys.to_vec() })
     }
 
     fn pause_primary(&mut self, _aim: &str, keys: &[String], pause: Duration) -> anyhow::Result<FailedOver> {
