@@ -553,3 +553,99 @@ async fn keys_with_an_unclosed_brace_are_refused_before_any_call() {
     let guard = service.lock("user:{42}:cart").await.expect("a closed tag is fine");
     guard.release().await.expect("release");
 }
+
+/// One silent node (SIGSTOPped, with a node timeout long enough that the cluster does not fail
+/// it over) is its own shard's trouble alone. A waiter that gives up on a key of the silent
+/// shard leaves a subscription there that cannot be dropped yet; the waiters on the other
+/// shards stay subscribed and get their hand-offs meanwhile, and a backend connected while the
+/// node is silent subscribes too. Once the node answers, its shard is served again.
+///
+/// Before the fix, the unanswered `SUNSUBSCRIBE` replaced the notice connection, and a new one
+/// (like any new connection to the cluster) could not be made while a node was silent: every
+/// waiter of the process lost its subscription until the node came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_leaves_notices_on_the_other_shards_alone() {
+    let mut cluster = block_in_place(|| RedisCluster::start_with(Duration::from_secs(60)));
+    let prefix = "silent:";
+    let keys = keys_on_every_shard(&cluster, prefix);
+    let full = |key: &String| format!("{prefix}{key}");
+    let (quiet, steady, late) = (&keys[0], &keys[1], &keys[2]);
+    let silent = cluster.primary_for_key(&full(quiet));
+    let call_timeout = Duration::from_millis(500);
+    let service = |backend: RedisClusterBackend| LockService::builder(backend).key_prefix(prefix).build();
+    let holder = service(backend(&cluster, call_timeout).await);
+    let mut held = Vec::new();
+    for key in &keys {
+        held.push(
+            holder.lock(key.as_str()).ttl(Duration::from_secs(60)).await.expect("the holder takes the key"),
+        );
+    }
+    let wait_for = |service: &LockService, key: &String| {
+        let (service, key) = (service.clone(), key.clone());
+        tokio::spawn(async move {
+            service.lock(key.as_str()).wait(Duration::from_secs(60)).ttl(Duration::from_secs(60)).await
+        })
+    };
+    let subscribers = |port: u16, channel: String, count: i64, what: &'static str| async move {
+        dlock_tests::poll_until(Duration::from_secs(10), what, || {
+            let channel = channel.clone();
+            async move { subscribers_on(port, &channel, true) == count }
+        })
+        .await;
+    };
+
+    let early_backend = backend(&cluster, call_timeout).await;
+    let early = service(early_backend.clone());
+    let steady_waiter = wait_for(&early, steady);
+    let quiet_waiter = wait_for(&early, quiet);
+    let steady_channel = early_backend.notice_channel(&full(steady));
+    let quiet_channel = early_backend.notice_channel(&full(quiet));
+    let steady_primary = cluster.primary_for_key(&full(steady));
+    subscribers(steady_primary, steady_channel.clone(), 1, "the steady shard's waiter subscribing").await;
+    subscribers(silent, quiet_channel.clone(), 1, "the quiet shard's waiter subscribing").await;
+
+    block_in_place(|| cluster.pause(silent));
+    quiet_waiter.abort();
+    assert!(quiet_waiter.await.is_err_and(|err| err.is_cancelled()), "the quiet shard's waiter gave up");
+    let late_backend = backend(&cluster, call_timeout).await;
+    let late_waiter = wait_for(&service(late_backend.clone()), late);
+    subscribers(
+        cluster.primary_for_key(&full(late)),
+        late_backend.notice_channel(&full(late)),
+        1,
+        "a waiter of a backend connected while a node is silent subscribing",
+    )
+    .await;
+    // The quiet shard's unsubscribe has failed (and been tried again) meanwhile; the steady
+    // shard's subscription stood throughout.
+    let watched_from = Instant::now();
+    while watched_from.elapsed() < Duration::from_secs(3) {
+        assert_eq!(
+            subscribers_on(steady_primary, &steady_channel, true),
+            1,
+            "the steady shard's subscription dropped while node {silent} was silent"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut held = held.into_iter();
+    let (quiet_held, steady_held, late_held) =
+        (held.next().expect("three"), held.next().expect("three"), held.next().expect("three"));
+    for (guard, waiter) in [(steady_held, steady_waiter), (late_held, late_waiter)] {
+        let token = guard.fencing_token();
+        assert!(guard.release().await.expect("a release on a healthy shard"), "the holder held it");
+        let next = waiter.await.expect("waiter task").expect("the waiter takes the key");
+        assert!(next.fencing_token() > token);
+        next.release().await.expect("release");
+    }
+
+    block_in_place(|| cluster.resume(silent));
+    subscribers(silent, quiet_channel.clone(), 0, "the quiet shard's channel dropped once its node answers")
+        .await;
+    let quiet_waiter = wait_for(&early, quiet);
+    subscribers(silent, quiet_channel, 1, "a new waiter on the quiet shard subscribing").await;
+    let token = quiet_held.fencing_token();
+    assert!(quiet_held.release().await.expect("release once the node answers"), "the holder held it");
+    let next = quiet_waiter.await.expect("waiter task").expect("the quiet shard's waiter takes the key");
+    assert!(next.fencing_token() > token);
+    next.release().await.expect("release");
+}

@@ -30,7 +30,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use redis::{ProtocolVersion, PushInfo, PushKind, RedisResult, Value};
 
 use super::cluster_epochs::{ClusterEpochs, read_epoch};
@@ -38,7 +38,7 @@ use super::connection::{Conn, Connections, Connector, tcp_settings};
 use super::engine::{self, Engine, LeaseActivity, Replicated, Replication};
 use super::error::redact;
 use super::layout;
-use super::notify::{Feed, FeedEvent, FeedSink, FeedSource, Notifier};
+use super::notify::{Feed, FeedEvent, FeedSink, FeedSource, Notifier, Outcome};
 use super::scripts::Scripts;
 use super::tls::TlsOptions;
 use super::{RedisBackend, check_options};
@@ -351,7 +351,12 @@ impl ClusterSettings {
             .retries(5)
             .min_retry_wait(5)
             .max_retry_wait(100)
-            .connection_timeout(call_timeout)
+            // Connecting to the cluster connects to the seed nodes, then to the rest of the
+            // slot map's nodes, each all at once: a node that accepts connections but does not
+            // answer (paused, overloaded) costs two connection timeouts, which must fit in one
+            // call timeout — a call that connects first is bounded by it as a whole — or no
+            // new connection could be made while any one node is silent.
+            .connection_timeout(call_timeout / 3)
             // A node that does not answer within the call timeout has its connection repaired.
             .response_timeout(call_timeout)
             // The call timeout bounds each call as a whole already (`Connections::call`): two
@@ -454,50 +459,72 @@ fn event(push: PushInfo, expected: &Expected) -> Option<FeedEvent> {
     }
 }
 
-/// Subscribes on the cluster connection, one channel at a time (channels of different keys
-/// live in different slots, and one `SSUBSCRIBE` may name only one slot).
+/// Subscribes on the cluster connection, one channel per command (channels of different keys
+/// live in different slots, and one `SSUBSCRIBE` may name only one slot), all at once. A
+/// channel whose node does not confirm in time is that node's trouble alone: the other
+/// channels' subscriptions stand, and the cluster connection repairs the node's connection
+/// (and subscribes it again) by itself.
 struct ClusterSink {
     conn: ClusterConnection,
     expected: Expected,
 }
 
+impl ClusterSink {
+    /// `SSUBSCRIBE` (or `SUNSUBSCRIBE`) each channel, each bounded by `timeout`.
+    fn each(&self, subscribe: bool, channels: Vec<String>, timeout: Duration) -> BoxFuture<'static, Outcome> {
+        let (conn, expected) = (self.conn.clone(), Arc::clone(&self.expected));
+        Box::pin(async move {
+            let calls = channels.into_iter().map(|channel| {
+                let (mut conn, expected) = (conn.clone(), Arc::clone(&expected));
+                async move {
+                    expect(&expected, subscribe, &channel);
+                    let call = async {
+                        if subscribe {
+                            conn.ssubscribe(&channel).await
+                        } else {
+                            conn.sunsubscribe(&channel).await
+                        }
+                    };
+                    if let Ok(Ok(())) = tokio::time::timeout(timeout, call).await {
+                        return None;
+                    }
+                    // No confirmation is known to come: do not let the count swallow a later
+                    // one (one that does come anyway is taken for news, and wakes waiters).
+                    was_expected(&expected, subscribe, channel.clone());
+                    Some(channel)
+                }
+            });
+            let failed: Vec<String> =
+                futures_util::future::join_all(calls).await.into_iter().flatten().collect();
+            if failed.is_empty() { Outcome::Done } else { Outcome::Partly { failed } }
+        })
+    }
+}
+
 impl FeedSink for ClusterSink {
-    fn subscribe<'a>(&'a mut self, channels: &'a [String]) -> BoxFuture<'a, RedisResult<()>> {
-        Box::pin(async move {
-            for channel in channels {
-                expect(&self.expected, true, channel);
-                if let Err(err) = self.conn.ssubscribe(channel).await {
-                    // No confirmation will come: do not let the count swallow a later one.
-                    was_expected(&self.expected, true, channel.clone());
-                    return Err(err);
-                }
-            }
-            Ok(())
-        })
+    fn subscribe(&self, channels: Vec<String>, timeout: Duration) -> BoxFuture<'static, Outcome> {
+        self.each(true, channels, timeout)
     }
 
-    fn unsubscribe<'a>(&'a mut self, channels: &'a [String]) -> BoxFuture<'a, RedisResult<()>> {
-        Box::pin(async move {
-            for channel in channels {
-                expect(&self.expected, false, channel);
-                if let Err(err) = self.conn.sunsubscribe(channel).await {
-                    was_expected(&self.expected, false, channel.clone());
-                    return Err(err);
-                }
-            }
-            Ok(())
-        })
+    fn unsubscribe(&self, channels: Vec<String>, timeout: Duration) -> BoxFuture<'static, Outcome> {
+        self.each(false, channels, timeout)
     }
 
-    /// `PING` to one node: the connection answers. (A `PING` to every primary would fail,
-    /// and drop every shard's subscriptions, whenever one node is down; each node's own
-    /// connection is watched by TCP keepalive and repaired by the cluster connection.)
-    fn ping(&mut self) -> BoxFuture<'_, RedisResult<()>> {
+    /// `PING` to every primary, answered by the first that answers: the feed is broken only
+    /// when none does. (A node that does not answer has its own connection repaired by the
+    /// cluster connection, which subscribes it again; one node down or silent must not drop
+    /// every shard's subscriptions.)
+    fn ping(&self, timeout: Duration) -> BoxFuture<'static, Outcome> {
+        let mut conn = self.conn.clone();
         Box::pin(async move {
-            self.conn
-                .route_command(redis::cmd("PING"), RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
-                .await
-                .map(drop)
+            let routing = RoutingInfo::MultiNode((
+                MultipleNodeRoutingInfo::AllMasters,
+                Some(ResponsePolicy::OneSucceeded),
+            ));
+            Outcome::of_whole(timeout, async move {
+                conn.route_command(redis::cmd("PING"), routing).await.map(drop)
+            })
+            .await
         })
     }
 }

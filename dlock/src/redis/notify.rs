@@ -21,6 +21,12 @@
 //! within the call timeout (a silent connection) is replaced like one that broke. After any
 //! reconnect every waiter is woken, since a hand-off or release may have been missed
 //! meanwhile. Notices are only hints: waiters always re-check with an acquire.
+//!
+//! The task never waits on a command: subscribes, unsubscribes and pings run beside the
+//! forwarding of notices, so a slow server delays no notice that has already arrived. On a
+//! cluster, one node down or silent is that shard's trouble alone: a channel whose node does
+//! not confirm is tried again a [`HEALTH_CHECK`] later while the other shards' subscriptions
+//! stand, and the feed is replaced only when no primary answers its `PING`.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -29,8 +35,8 @@ use std::str;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use futures_util::stream::BoxStream;
+use futures_util::stream::{BoxStream, FuturesUnordered};
+use futures_util::{FutureExt, StreamExt};
 use redis::RedisResult;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -54,14 +60,40 @@ pub(super) struct Feed {
     pub(super) moved: BoxFuture<'static, ()>,
 }
 
-/// The commands side of a [`Feed`].
+/// The commands side of a [`Feed`]. Each call gives a future of its own, holding no borrow
+/// of the sink, so the subscriber goes on forwarding notices while a call waits for a slow
+/// server; each call is bounded by `timeout`.
 pub(super) trait FeedSink: Send {
-    /// Subscribe to `channels`; resolves once the server confirmed it.
-    fn subscribe<'a>(&'a mut self, channels: &'a [String]) -> BoxFuture<'a, RedisResult<()>>;
+    /// Subscribe to `channels`; done once the server confirmed each.
+    fn subscribe(&self, channels: Vec<String>, timeout: Duration) -> BoxFuture<'static, Outcome>;
     /// Unsubscribe from `channels`.
-    fn unsubscribe<'a>(&'a mut self, channels: &'a [String]) -> BoxFuture<'a, RedisResult<()>>;
-    /// Check that the connection still answers.
-    fn ping(&mut self) -> BoxFuture<'_, RedisResult<()>>;
+    fn unsubscribe(&self, channels: Vec<String>, timeout: Duration) -> BoxFuture<'static, Outcome>;
+    /// Check that the feed still answers ([`Outcome::Broken`] when it does not).
+    fn ping(&self, timeout: Duration) -> BoxFuture<'static, Outcome>;
+}
+
+/// How a [`FeedSink`] call went.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// Done, for every channel.
+    Done,
+    /// Not done for `failed` — their cluster node is down or silent — and done for the rest.
+    /// The feed stands: those channels are tried again later, the others are unaffected.
+    #[cfg_attr(not(feature = "redis-cluster"), allow(dead_code, reason = "only cluster feeds fail in part"))]
+    Partly { failed: Vec<String> },
+    /// The connection failed or went silent: the feed must be replaced.
+    Broken(String),
+}
+
+impl Outcome {
+    /// The outcome of one call on a single connection, bounded by `timeout`.
+    pub(super) async fn of_whole(timeout: Duration, call: impl Future<Output = RedisResult<()>>) -> Outcome {
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(())) => Outcome::Done,
+            Ok(Err(err)) => Outcome::Broken(err.to_string()),
+            Err(_) => Outcome::Broken(format!("no answer within {timeout:?}")),
+        }
+    }
 }
 
 /// What a [`Feed`] hears.
@@ -96,16 +128,28 @@ pub(super) async fn server_feed(client: &redis::Client) -> RedisResult<Feed> {
 }
 
 impl FeedSink for redis::aio::PubSubSink {
-    fn subscribe<'a>(&'a mut self, channels: &'a [String]) -> BoxFuture<'a, RedisResult<()>> {
-        Box::pin(redis::aio::PubSubSink::subscribe(self, channels))
+    fn subscribe(&self, channels: Vec<String>, timeout: Duration) -> BoxFuture<'static, Outcome> {
+        let mut sink = self.clone();
+        Box::pin(async move {
+            Outcome::of_whole(timeout, redis::aio::PubSubSink::subscribe(&mut sink, &channels)).await
+        })
     }
 
-    fn unsubscribe<'a>(&'a mut self, channels: &'a [String]) -> BoxFuture<'a, RedisResult<()>> {
-        Box::pin(redis::aio::PubSubSink::unsubscribe(self, channels))
+    fn unsubscribe(&self, channels: Vec<String>, timeout: Duration) -> BoxFuture<'static, Outcome> {
+        let mut sink = self.clone();
+        Box::pin(async move {
+            Outcome::of_whole(timeout, redis::aio::PubSubSink::unsubscribe(&mut sink, &channels)).await
+        })
     }
 
-    fn ping(&mut self) -> BoxFuture<'_, RedisResult<()>> {
-        Box::pin(async move { redis::aio::PubSubSink::ping::<redis::Value>(self).await.map(drop) })
+    fn ping(&self, timeout: Duration) -> BoxFuture<'static, Outcome> {
+        let mut sink = self.clone();
+        Box::pin(async move {
+            Outcome::of_whole(timeout, async move {
+                redis::aio::PubSubSink::ping::<redis::Value>(&mut sink).await.map(drop)
+            })
+            .await
+        })
     }
 }
 
@@ -280,15 +324,15 @@ async fn subscriber(
             }
         };
         let connected_at = Instant::now();
-        let Feed { mut sink, events: mut stream, mut moved } = feed;
-        let mut subscribed: HashSet<String> = HashSet::new();
+        let Feed { sink, events: mut stream, mut moved } = feed;
+        let mut state = Subscriptions::default();
+        // The sink's calls under way, each with what it was.
+        let mut calls: FuturesUnordered<BoxFuture<'static, (Call, Outcome)>> = FuturesUnordered::new();
         let mut health = tokio::time::interval_at(Instant::now() + HEALTH_CHECK, HEALTH_CHECK);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let Some(strong) = shared.upgrade() else { return };
-            if reconcile(&strong, sink.as_mut(), &mut subscribed, call_timeout).await.is_err() {
-                break;
-            }
+            state.reconcile(&strong, sink.as_ref(), &mut calls, call_timeout);
             drop(strong);
             tokio::select! {
                 event = stream.next() => {
@@ -306,7 +350,7 @@ async fn subscriber(
                             }
                         }
                         Some(FeedEvent::Unsubscribed(channel)) => {
-                            subscribed.remove(&channel);
+                            state.subscribed.remove(&channel);
                             if let Some(entry) = strong.lock().get(&channel) {
                                 entry.subscribed.send_replace(false);
                                 entry.notices.send_replace(ReleaseNotice::Released);
@@ -320,16 +364,22 @@ async fn subscriber(
                         None => break,
                     }
                 }
+                Some((call, outcome)) = calls.next(), if !calls.is_empty() => {
+                    let Some(strong) = shared.upgrade() else { return };
+                    if let Err(error) = state.finish(&strong, call, outcome) {
+                        tracing::debug!(target: "dlock", %error, "the pub/sub connection failed; reconnecting");
+                        break;
+                    }
+                }
                 kick = kicks.recv() => if kick.is_none() { return },
                 () = &mut moved => {
                     tracing::debug!(target: "dlock", "the server moved; subscribing again on the new one");
                     break;
                 }
                 _ = health.tick() => {
-                    let ping = tokio::time::timeout(call_timeout, sink.ping()).await;
-                    if !matches!(ping, Ok(Ok(_))) {
-                        tracing::debug!(target: "dlock", "the pub/sub connection did not answer PING; reconnecting");
-                        break;
+                    if !state.pinging {
+                        state.pinging = true;
+                        calls.push(Box::pin(sink.ping(call_timeout).map(|outcome| (Call::Ping, outcome))));
                     }
                 }
             }
@@ -348,46 +398,108 @@ async fn subscriber(
     }
 }
 
-/// Make the connection's subscriptions match the channels waiters want.
-async fn reconcile(
-    shared: &Shared,
-    sink: &mut dyn FeedSink,
-    subscribed: &mut HashSet<String>,
-    call_timeout: Duration,
-) -> Result<(), ()> {
-    let (wanted, unwanted): (Vec<String>, Vec<String>) = {
-        let channels = shared.lock();
-        let wanted = channels.keys().filter(|c| !subscribed.contains(*c)).cloned().collect();
-        let unwanted = subscribed.iter().filter(|c| !channels.contains_key(*c)).cloned().collect();
-        (wanted, unwanted)
-    };
-    if !unwanted.is_empty() {
-        bounded(call_timeout, sink.unsubscribe(&unwanted)).await?;
-        for channel in &unwanted {
-            subscribed.remove(channel);
+/// A call of the sink under way.
+enum Call {
+    Subscribe(Vec<String>),
+    Unsubscribe(Vec<String>),
+    Ping,
+}
+
+/// What one connection is subscribed to, and what is under way.
+#[derive(Default)]
+struct Subscriptions {
+    /// Confirmed by the server.
+    subscribed: HashSet<String>,
+    /// In a subscribe or unsubscribe call under way: left alone until it ends.
+    in_flight: HashSet<String>,
+    /// Channels whose last call failed without breaking the connection (a cluster node down
+    /// or silent), and when they may be tried again.
+    retry_at: HashMap<String, Instant>,
+    /// A `PING` is under way.
+    pinging: bool,
+}
+
+impl Subscriptions {
+    /// Start the calls that make the connection's subscriptions match the channels waiters
+    /// want (leaving alone channels with a call under way, or one that failed too recently),
+    /// and confirm at once what already stands.
+    fn reconcile(
+        &mut self,
+        shared: &Shared,
+        sink: &dyn FeedSink,
+        calls: &mut FuturesUnordered<BoxFuture<'static, (Call, Outcome)>>,
+        call_timeout: Duration,
+    ) {
+        let now = Instant::now();
+        self.retry_at.retain(|_, at| *at > now);
+        let (wanted, unwanted): (Vec<String>, Vec<String>) = {
+            let channels = shared.lock();
+            // A channel whose last waiter left and a new one came before its unsubscribe was
+            // sent is still subscribed on the connection: tell the new waiter at once.
+            for (channel, entry) in channels.iter() {
+                if self.subscribed.contains(channel)
+                    && !self.in_flight.contains(channel)
+                    && !*entry.subscribed.borrow()
+                {
+                    confirm(entry);
+                }
+            }
+            let idle = |c: &String| !self.in_flight.contains(c) && !self.retry_at.contains_key(c);
+            let wanted =
+                channels.keys().filter(|c| !self.subscribed.contains(*c) && idle(c)).cloned().collect();
+            let unwanted =
+                self.subscribed.iter().filter(|c| !channels.contains_key(*c) && idle(c)).cloned().collect();
+            (wanted, unwanted)
+        };
+        if !unwanted.is_empty() {
+            self.in_flight.extend(unwanted.iter().cloned());
+            let call = sink.unsubscribe(unwanted.clone(), call_timeout);
+            calls.push(Box::pin(call.map(move |outcome| (Call::Unsubscribe(unwanted), outcome))));
+        }
+        if !wanted.is_empty() {
+            self.in_flight.extend(wanted.iter().cloned());
+            let call = sink.subscribe(wanted.clone(), call_timeout);
+            calls.push(Box::pin(call.map(move |outcome| (Call::Subscribe(wanted), outcome))));
         }
     }
-    // A channel whose last waiter left and a new one came before this ran is still
-    // subscribed on the connection: tell the new waiter at once.
-    {
-        let channels = shared.lock();
-        for (channel, entry) in channels.iter() {
-            if subscribed.contains(channel) && !*entry.subscribed.borrow() {
-                confirm(entry);
+
+    /// Take in a call's outcome: `Err` when the connection must be replaced.
+    fn finish(&mut self, shared: &Shared, call: Call, outcome: Outcome) -> Result<(), String> {
+        let failed = match outcome {
+            Outcome::Done => Vec::new(),
+            Outcome::Partly { failed } => failed,
+            Outcome::Broken(error) => return Err(error),
+        };
+        let retry_at = Instant::now() + HEALTH_CHECK;
+        match call {
+            Call::Ping => self.pinging = false,
+            Call::Subscribe(channels) => {
+                let entries = shared.lock();
+                for channel in channels {
+                    self.in_flight.remove(&channel);
+                    if failed.contains(&channel) {
+                        self.retry_at.insert(channel, retry_at);
+                    } else {
+                        if let Some(entry) = entries.get(&channel) {
+                            confirm(entry);
+                        }
+                        self.subscribed.insert(channel);
+                    }
+                }
+            }
+            Call::Unsubscribe(channels) => {
+                for channel in channels {
+                    self.in_flight.remove(&channel);
+                    if failed.contains(&channel) {
+                        self.retry_at.insert(channel, retry_at);
+                    } else {
+                        self.subscribed.remove(&channel);
+                    }
+                }
             }
         }
+        Ok(())
     }
-    if !wanted.is_empty() {
-        bounded(call_timeout, sink.subscribe(&wanted)).await?;
-        let channels = shared.lock();
-        for channel in wanted {
-            if let Some(entry) = channels.get(&channel) {
-                confirm(entry);
-            }
-            subscribed.insert(channel);
-        }
-    }
-    Ok(())
 }
 
 /// Mark a channel's subscription confirmed, and wake its waiters: any that asked while it
@@ -411,20 +523,6 @@ fn parse_notice(payload: &[u8]) -> Option<ReleaseNotice> {
         return None;
     }
     Some(ReleaseNotice::Granted { owner: Arc::from(owner), fencing_token: token.parse().ok()? })
-}
-
-async fn bounded(
-    call_timeout: Duration,
-    call: impl Future<Output = redis::RedisResult<()>>,
-) -> Result<(), ()> {
-    match tokio::time::timeout(call_timeout, call).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => {
-            tracing::debug!(target: "dlock", error = %err, "pub/sub command failed; reconnecting");
-            Err(())
-        }
-        Err(_) => Err(()),
-    }
 }
 
 #[cfg(test)]
