@@ -281,3 +281,48 @@ fn switch_listeners(port: u16) -> usize {
         .filter(|line| line.split(' ').any(|field| field.starts_with("sub=") && field != "sub=0"))
         .count()
 }
+
+/// A backend follows a failover that neither its sentinel nor its primary tells it of. The
+/// sentinel it listens on never hears of the switch: it monitors nothing, as one cut off from
+/// the others with the old primary would. The old primary, which the sentinels cannot make a
+/// replica, goes on answering as a primary. The backend asks the sentinels again every few
+/// seconds and moves where the majority says, so it stops granting, on the old primary, a
+/// lock that a backend connected after the failover holds on the new one.
+///
+/// Before the fix it stayed on the old primary for as long as that lasted: two holders of one
+/// lock, with no end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_no_sentinel_announced_is_followed_by_asking_again() {
+    let mut group = block_in_place(SentinelGroup::start);
+    let unaware = block_in_place(|| group.start_unaware_sentinel());
+    let old = group.primary_port();
+    block_in_place(|| group.refuse_demotion(old));
+    // The unaware sentinel first: the backend listens to it.
+    let sentinels: Vec<String> = std::iter::once(unaware).chain(group.sentinel_urls()).collect();
+    let early = RedisSentinelBackend::builder(sentinels, group.master_name())
+        .call_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .expect("connecting with the unaware sentinel first");
+    assert!(early.primary_address().ends_with(&format!(":{old}")), "on {}", early.primary_address());
+
+    let new = block_in_place(|| group.failover_leaving_old_primary());
+    let late = backend_of(&group, false).await;
+    assert!(late.primary_address().ends_with(&format!(":{new}")), "on {}", late.primary_address());
+    let late = LockService::builder(late).key_prefix("unheard:").build();
+    let held = late.lock("acct").ttl(Duration::from_secs(60)).await.expect("the key, on the new primary");
+
+    let failed_over = Instant::now();
+    poll_until(Duration::from_secs(15), "the early backend moving to the new primary", || {
+        let early = early.clone();
+        async move { early.primary_address().ends_with(&format!(":{new}")) }
+    })
+    .await;
+    eprintln!("the early backend moved {:?} after the failover", failed_over.elapsed());
+    let early = LockService::builder(early).key_prefix("unheard:").build();
+    assert!(
+        matches!(early.lock("acct").await, Err(dlock::Error::Timeout { .. })),
+        "the early backend sees the key held on the new primary"
+    );
+    held.release().await.expect("release");
+}

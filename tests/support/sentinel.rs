@@ -56,6 +56,8 @@ pub struct SentinelGroup {
     /// The two data nodes: the one started as the primary, then the one started as its replica.
     data: Vec<RedisProcess>,
     sentinels: Vec<RedisProcess>,
+    /// Sentinels that monitor nothing ([`start_unaware_sentinel`](Self::start_unaware_sentinel)).
+    unaware: Vec<RedisProcess>,
     down_after: Duration,
     /// Dropped after the processes.
     dir: TempDir,
@@ -77,7 +79,14 @@ impl SentinelGroup {
         let name = "dlock-primary".to_owned();
         let primary = start_data_node(&dir, 0, None);
         let replica = start_data_node(&dir, 1, Some(primary.port()));
-        let mut group = Self { name, data: vec![primary, replica], sentinels: Vec::new(), down_after, dir };
+        let mut group = Self {
+            name,
+            data: vec![primary, replica],
+            sentinels: Vec::new(),
+            unaware: Vec::new(),
+            down_after,
+            dir,
+        };
         let (primary, replica) = (group.data[0].port(), group.data[1].port());
         poll(FORM_BOUND, || group.replica_in_sync(replica, primary))
             .unwrap_or_else(|seen| group.fail(&format!("{replica} syncing with {primary}"), &seen));
@@ -215,6 +224,53 @@ impl SentinelGroup {
     /// replica, in sync. Returns the new primary's port. Panics if this does not happen
     /// within 30 s.
     pub fn failover(&self) -> u16 {
+        self.fail_over(true)
+    }
+
+    /// [`failover`](Self::failover), without waiting for the former primary to become a
+    /// replica (one that [refuses](Self::refuse_demotion) never does).
+    pub fn failover_leaving_old_primary(&self) -> u16 {
+        self.fail_over(false)
+    }
+
+    /// Make the data node on `port` refuse `REPLICAOF` (an ACL rule on its default user, the
+    /// one the sentinels use): a failover then leaves it a primary that goes on answering
+    /// writes, as a primary the sentinels cannot reach is left.
+    pub fn refuse_demotion(&self, port: u16) {
+        let reply: String = query(port, &["ACL", "SETUSER", "default", "-replicaof", "-slaveof"])
+            .unwrap_or_else(|err| panic!("refusing REPLICAOF on {port}: {err}"));
+        assert_eq!(reply, "OK", "ACL SETUSER on {port}");
+    }
+
+    /// Start a sentinel that monitors nothing, and return its URL. It answers, and clients
+    /// may subscribe to its `+switch-master`, but it never names this group's primary and
+    /// never announces a switch of it — as a sentinel cut off from the others together with
+    /// the old primary neither takes part in a failover nor hears of it.
+    pub fn start_unaware_sentinel(&mut self) -> String {
+        let index = self.sentinels.len() + self.unaware.len();
+        let sentinel_dir = self.dir.subdir(&format!("sentinel-{index}"));
+        let conf = sentinel_dir.join("sentinel.conf");
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            write_config(
+                &conf,
+                &format!("port {port}\nbind 127.0.0.1\ndaemonize no\ndir \"{}\"\n", sentinel_dir.display()),
+            );
+            let args = vec![conf.clone().into_os_string(), "--sentinel".into()];
+            let mut sentinel = RedisProcess::new(port, sentinel_dir.clone(), args, "Sentinel ID is");
+            match sentinel.spawn() {
+                Ok(()) => {
+                    self.unaware.push(sentinel);
+                    return format!("redis://127.0.0.1:{port}");
+                }
+                Err(err) => last_error = err,
+            }
+        }
+        panic!("could not start a sentinel after 5 attempts: {last_error}");
+    }
+
+    fn fail_over(&self, wait_for_rejoin: bool) -> u16 {
         let old = self.primary_port();
         let sentinel = self
             .sentinels
@@ -230,7 +286,7 @@ impl SentinelGroup {
             Err(err) => Err(err),
         })
         .unwrap_or_else(|seen| self.fail(&format!("sentinel {sentinel} accepting SENTINEL FAILOVER"), &seen));
-        let old_is_up = self.process(old).is_up();
+        let old_is_up = wait_for_rejoin && self.process(old).is_up();
         poll(FAILOVER_BOUND, || {
             let new = self.new_primary(old)?;
             if old_is_up {
@@ -382,7 +438,7 @@ impl SentinelGroup {
 
 impl Drop for SentinelGroup {
     fn drop(&mut self) {
-        for process in self.sentinels.iter_mut().chain(&mut self.data) {
+        for process in self.sentinels.iter_mut().chain(&mut self.unaware).chain(&mut self.data) {
             process.kill();
         }
         // `dir` (dropped after this) removes the directories.

@@ -312,10 +312,17 @@ async fn follow_switch(primary: &Primary, announced: &str) {
 /// How long, after a `+switch-master`, the sentinels are asked again until a majority agree.
 const SWITCH_AGREEMENT: Duration = Duration::from_secs(10);
 
+/// How often the sentinels are asked again while nothing else asked them: a sentinel cut off
+/// from the others together with the old primary neither takes part in a failover nor hears
+/// of it, and the old primary goes on answering as one, so neither `+switch-master` nor a
+/// failing call would move a backend listening there.
+const RECHECK: Duration = Duration::from_secs(5);
+
 /// Listen on one sentinel at a time for `+switch-master` of the group, and ask the sentinels
-/// again when one comes, and after each (re)subscription (a switch announced while no sentinel
-/// was listened to is not missed). Waits before each reconnect, longer while they fail. Ends
-/// with the backend.
+/// again when one comes, after each (re)subscription (a switch announced while no sentinel
+/// was listened to is not missed), and every [`RECHECK`] (a switch the sentinel listened to
+/// never heard of is not missed either). Waits before each reconnect, longer while they fail.
+/// Ends with the backend.
 pub(super) async fn listen_for_switches(primary: Weak<Primary>) {
     let mut next = 0;
     let mut pause = Duration::from_millis(100);
@@ -345,6 +352,8 @@ pub(super) async fn listen_for_switches(primary: Weak<Primary>) {
         }
         let (mut sink, mut messages) = pubsub.split();
         let mut health = tokio::time::interval(Duration::from_secs(1));
+        let mut recheck = tokio::time::interval_at((Instant::now() + RECHECK).into(), RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 message = messages.next() => {
@@ -357,6 +366,12 @@ pub(super) async fn listen_for_switches(primary: Weak<Primary>) {
                     {
                         let Some(strong) = primary.upgrade() else { return };
                         follow_switch(&strong, &format!("{ip}:{port}")).await;
+                    }
+                }
+                _ = recheck.tick() => {
+                    let Some(strong) = primary.upgrade() else { return };
+                    if let Err(err) = strong.resolve_spaced().await {
+                        tracing::debug!(target: "dlock", error = %err, "asking the sentinels for the primary failed");
                     }
                 }
                 _ = health.tick() => {
