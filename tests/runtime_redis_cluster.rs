@@ -649,3 +649,66 @@ async fn a_silent_node_leaves_notices_on_the_other_shards_alone() {
     assert!(next.fencing_token() > token);
     next.release().await.expect("release");
 }
+
+/// A shard lost for good (its primary and its replica both down, the cluster serving the rest
+/// with `cluster-require-full-coverage no`) does not blind the failover watch: a takeover on
+/// another shard by a replica that lacks a held lock is still reported within a poll, not at
+/// the lease's next renewal (20 s away).
+///
+/// Before the fix, the watch took the dead shard's failed primary, still holding its slots, for
+/// a failover under way, and waited for it to end for as long as the shard stayed down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_down_for_good_does_not_hide_a_failover_of_another() {
+    let mut cluster = own_cluster();
+    for node in cluster.nodes() {
+        let mut conn = inspector(&format!("redis://127.0.0.1:{}", node.port)).await;
+        let _: () = redis_cmd(&mut conn, &["CONFIG", "SET", "cluster-require-full-coverage", "no"]).await;
+    }
+    let primary = cluster.primary_for_key("dead:acct");
+    let replica = cluster.replica_of(primary);
+    let dead_primary = another_primary(&cluster, primary);
+    let dead_replica = cluster.replica_of(dead_primary);
+    cluster.kill(dead_replica);
+    cluster.kill(dead_primary);
+    let mut watcher = inspector(&format!("redis://127.0.0.1:{primary}")).await;
+    dlock_tests::poll_until(Duration::from_secs(15), "the dead shard's primary flagged fail", || {
+        let mut conn = watcher.clone();
+        async move {
+            let nodes: String = redis_cmd(&mut conn, &["CLUSTER", "NODES"]).await;
+            nodes
+                .lines()
+                .any(|line| line.contains(&format!(":{dead_primary}@")) && line.contains("master,fail "))
+        }
+    })
+    .await;
+    let state: String = redis_cmd(&mut watcher, &["CLUSTER", "INFO"]).await;
+    assert!(state.contains("cluster_state:ok"), "the cluster serves the other shards: {state}");
+
+    let service =
+        LockService::builder(backend(&cluster, Duration::from_secs(2)).await).key_prefix("dead:").build();
+    let held = service.lock("acct").ttl(Duration::from_secs(60)).await.expect("take");
+    dlock_tests::replica_forgets(&format!("redis://127.0.0.1:{replica}"), "dead:acct", true).await;
+    let mut promoted = inspector(&format!("redis://127.0.0.1:{replica}")).await;
+    let _: () = redis_cmd(&mut promoted, &["CLUSTER", "FAILOVER", "TAKEOVER"]).await;
+    dlock_tests::poll_until(Duration::from_secs(15), "the replica serving as a primary", || {
+        let mut conn = promoted.clone();
+        async move {
+            let role: Vec<redis::Value> = redis_cmd(&mut conn, &["ROLE"]).await;
+            matches!(role.first(), Some(redis::Value::BulkString(role)) if role == b"master")
+        }
+    })
+    .await;
+    let took = dlock_tests::poll_until(
+        Duration::from_secs(10),
+        "the lease reported lost after the takeover",
+        || {
+            let lost = held.is_lost();
+            async move { lost }
+        },
+    )
+    .await;
+    eprintln!(
+        "with a shard down for good, a lease the new primary lacks was reported lost {took:?} after the takeover"
+    );
+    assert!(!held.release().await.expect("release"), "the lock was no longer held");
+}

@@ -6,8 +6,9 @@
 //! epoch among the primaries that serve slots. A promoted replica serves its slots under an
 //! epoch above every other node's (with the cluster's agreement it takes a new one; with
 //! `TAKEOVER` it takes a new one unless its own is already the highest), so every failover
-//! raises that number. When it has risen, and the node no longer sees a failed primary
-//! holding slots, the watch moves the backend's
+//! raises that number. When it has risen, and the node no longer sees a failover under way (a
+//! failed primary still holding slots, with a replica that can take them), the watch moves
+//! the backend's
 //! [`lease_epochs`](crate::LockBackend::lease_epochs) on: the service then renews every lease
 //! it holds on the cluster at once, and a lease the new primary lacks is reported lost within
 //! about a poll of the failover rather than at its next scheduled renewal.
@@ -125,7 +126,7 @@ impl Watch {
 }
 
 /// `CLUSTER NODES` from one node: the highest configuration epoch of a primary serving slots,
-/// if that node sees no failed primary still holding slots (a failover under way).
+/// if that node sees no failover under way (see [`settled_epoch`]).
 pub(super) async fn read_epoch(conns: &Arc<Connections>) -> Result<Option<u64>, BackendError> {
     let nodes: String = conns
         .call("CLUSTER NODES", |conn| async move {
@@ -148,22 +149,38 @@ pub(super) async fn read_epoch(conns: &Arc<Connections>) -> Result<Option<u64>, 
 
 /// From a `CLUSTER NODES` reply (one node a line: id, address, flags, its primary, ping sent,
 /// pong received, configuration epoch, link state, then its slots), the highest epoch of a
-/// primary with slots; `None` if a primary with slots is flagged `fail`, or if none was read.
+/// primary with slots that is not flagged `fail`; `None` if none was read, or while a failover
+/// is under way: a failed primary still holds slots and has a replica not flagged `fail`,
+/// which is about to take its place. A failed primary with no such replica (its whole shard
+/// is down, the cluster serving the rest) waits for nothing, and must not hide failovers of
+/// the other shards.
 fn settled_epoch(nodes: &str) -> Option<u64> {
+    let lines: Vec<Vec<&str>> = nodes
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<&str>>())
+        .filter(|fields| fields.len() > 7)
+        .collect();
+    let flags = |fields: &[&str]| -> Vec<String> { fields[2].split(',').map(str::to_owned).collect() };
+    let live_replica_of = |id: &str| {
+        lines.iter().any(|fields| {
+            let flags = flags(fields);
+            fields[3] == id && flags.iter().any(|f| f == "slave") && !flags.iter().any(|f| f == "fail")
+        })
+    };
     let mut highest = None;
-    for line in nodes.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (Some(flags), Some(epoch), true) = (fields.get(2), fields.get(6), fields.len() > 8) else {
-            continue;
-        };
-        let flags: Vec<&str> = flags.split(',').collect();
-        if !flags.contains(&"master") {
+    for fields in &lines {
+        let flags = flags(fields);
+        // A primary serving slots: its slots follow the link state.
+        if !flags.iter().any(|f| f == "master") || fields.len() <= 8 {
             continue;
         }
-        if flags.contains(&"fail") {
-            return None;
+        if flags.iter().any(|f| f == "fail") {
+            if live_replica_of(fields[0]) {
+                return None;
+            }
+            continue;
         }
-        highest = highest.max(epoch.parse::<u64>().ok());
+        highest = highest.max(fields[6].parse::<u64>().ok());
     }
     highest
 }
@@ -195,6 +212,26 @@ f9b9 127.0.0.1:7602@17602 master - 0 1796329614068 2 connected 5461-10922
                 "f9b9 127.0.0.1:7602@17602 slave 25bd 0 1796329614068 6 connected",
             );
         assert_eq!(settled_epoch(&after), Some(6));
+    }
+
+    #[test]
+    fn a_shard_down_for_good_does_not_hide_failovers_of_the_others() {
+        // 7602 and its replica 7604 are both down: no failover will come for their slots.
+        let dead = NODES
+            .replace("7602@17602 master", "7602@17602 master,fail")
+            .replace("7604@17604 slave", "7604@17604 slave,fail");
+        assert_eq!(settled_epoch(&dead), Some(3));
+        // 7605 took over 7603's slots meanwhile.
+        let after = dead
+            .replace(
+                "2591 127.0.0.1:7605@17605 slave 7ed8 0 1796329614068 3 connected",
+                "2591 127.0.0.1:7605@17605 master - 0 1796329614068 7 connected 10923-16383",
+            )
+            .replace(
+                "7ed8 127.0.0.1:7603@17603 master - 0 1796329614068 3 connected 10923-16383",
+                "7ed8 127.0.0.1:7603@17603 slave 2591 0 1796329614068 7 connected",
+            );
+        assert_eq!(settled_epoch(&after), Some(7));
     }
 
     #[test]
