@@ -164,14 +164,29 @@ pub(crate) fn register(handle: &Handle, job: Job) -> Registration {
     let id = state.next_id;
     state.entries.insert(id, Entry { job: Arc::new(job), due, deadline });
     state.schedule.insert((due, id));
-    if state.task.as_ref().is_none_or(JoinHandle::is_finished) {
+    let idle = state.task.as_ref().is_none_or(JoinHandle::is_finished);
+    if idle {
         state.armed = None;
         state.task = Some(handle.spawn(run(Arc::clone(&keeper))));
     } else {
         state.wake_if_before(&keeper.wake, due);
     }
     drop(state);
+    if idle {
+        relist(handle.id(), &keeper);
+    }
     Registration { keeper, id }
+}
+
+/// Put `keeper`, whose task was just started again, back in the process-wide list if it was
+/// forgotten while idle (`keeper_for` forgets idle keepers, but a thread's cache may still
+/// hand one out): [`renew_now`] reaches only the keepers listed. A runtime may then have two
+/// keepers listed, which costs a second task, not a lease.
+fn relist(id: Id, keeper: &Arc<Keeper>) {
+    let mut keepers = KEEPERS.lock().unwrap_or_else(PoisonError::into_inner);
+    if !keepers.iter().any(|(_, listed)| Arc::ptr_eq(listed, keeper)) {
+        keepers.push((id, Arc::clone(keeper)));
+    }
 }
 
 /// The keeper of runtime `id`: the one this thread used last if it is that runtime's, else
@@ -387,13 +402,16 @@ async fn renew_all(job: &Job) -> Result<usize, ()> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use tokio::time::Instant;
 
     use super::{Entry, Job, Keeper, KeptKey, Registration, Schedule};
-    use crate::backend::{FullKey, MemoryBackend};
+    use crate::backend::{
+        BackendError, BoxFuture, FullKey, LockBackend, MemoryBackend, ReleaseOutcome, TryAcquire,
+    };
     use crate::lease::{Lease, Term};
 
     /// The keeper takes a lease's entry off the schedule when it fires; if a key is added
@@ -436,5 +454,105 @@ mod tests {
         assert_eq!(schedule, [(next, 1)], "one entry for the lease");
         drop(registration);
         assert!(keeper.lock().schedule.is_empty());
+    }
+
+    /// A backend that counts renewals.
+    #[derive(Debug, Default)]
+    struct Counting {
+        inner: MemoryBackend,
+        renewals: AtomicUsize,
+    }
+
+    impl LockBackend for Counting {
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+
+        fn try_acquire<'a>(
+            &'a self,
+            key: &'a FullKey,
+            owner: &'a str,
+            ttl: Duration,
+        ) -> BoxFuture<'a, Result<TryAcquire, BackendError>> {
+            self.inner.try_acquire(key, owner, ttl)
+        }
+
+        fn release<'a>(
+            &'a self,
+            key: &'a FullKey,
+            owner: &'a str,
+        ) -> BoxFuture<'a, Result<ReleaseOutcome, BackendError>> {
+            self.inner.release(key, owner)
+        }
+
+        fn renew<'a>(
+            &'a self,
+            key: &'a FullKey,
+            owner: &'a str,
+            ttl: Duration,
+        ) -> BoxFuture<'a, Result<bool, BackendError>> {
+            self.renewals.fetch_add(1, Ordering::SeqCst);
+            self.inner.renew(key, owner, ttl)
+        }
+    }
+
+    /// Take `key` for `owner` on `backend` and have the current runtime's keeper keep it.
+    async fn kept(backend: &Arc<dyn LockBackend>, key: &str, owner: &str) -> Registration {
+        let (key, ttl, sent) = (FullKey::new("", key), Duration::from_secs(30), Instant::now());
+        let got = backend.try_acquire(&key, owner, ttl).await.expect("acquire");
+        assert!(matches!(got, TryAcquire::Acquired { .. }), "{got:?}");
+        let term = Term { sent, length: ttl };
+        let job = Job {
+            backend: Arc::clone(backend),
+            keys: Mutex::new(vec![KeptKey { key, term }]),
+            owner: Arc::from(owner),
+            ttl,
+            auto_renew: true,
+            lease: Lease::new(term.deadline(), true),
+        };
+        super::register(&tokio::runtime::Handle::current(), job)
+    }
+
+    /// A keeper whose task ended while its runtime idled is forgotten from the process-wide
+    /// list when another runtime's keeper is made; this thread's cache still hands it out.
+    /// A lease it keeps afterwards must still be reached by `renew_now` (what a failover
+    /// signalled through `lease_epochs` triggers): before the fix, it was not, and the lease's
+    /// loss waited for its next scheduled renewal.
+    #[test]
+    fn renew_now_reaches_a_keeper_that_was_forgotten_while_idle() {
+        let paused = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .expect("runtime")
+        };
+        let counting = Arc::new(Counting::default());
+        let backend: Arc<dyn LockBackend> = counting.clone();
+        let a = paused();
+        a.block_on(async {
+            let registration = kept(&backend, "first", "o1").await;
+            drop(registration);
+            backend.release(&FullKey::new("", "first"), "o1").await.expect("release");
+            // The keeper's task ends, idle.
+            tokio::time::sleep(super::IDLE_EXIT * 2).await;
+        });
+        // Another runtime's keeper is made, on another thread: the idle one is forgotten.
+        let other = {
+            let backend = Arc::clone(&backend);
+            std::thread::spawn(move || paused().block_on(async { kept(&backend, "other", "o2").await }))
+                .join()
+                .expect("the other runtime's thread")
+        };
+        a.block_on(async {
+            let registration = kept(&backend, "second", "o3").await;
+            let before = counting.renewals.load(Ordering::SeqCst);
+            super::renew_now(&Arc::downgrade(&backend));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let after = counting.renewals.load(Ordering::SeqCst);
+            assert!(after > before, "renew_now did not reach the lease ({before} renewals, then {after})");
+            drop(registration);
+        });
+        drop(other);
     }
 }
