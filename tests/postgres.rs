@@ -515,6 +515,57 @@ async fn waiters_are_woken_by_notify_and_a_release_notifies_only_when_someone_wa
     store.cleanup().await;
 }
 
+/// A lock request dropped while its acquire statement runs leaves nothing held — also when the
+/// cancel dlock sends does not stop that statement (it reached the server before the statement
+/// started, or could not be sent) and the statement commits after the request's claim sent its
+/// release on another connection. Here a trigger makes the statement take 300 ms before it
+/// touches the row, and ignores the cancel.
+///
+/// Before the fix, the release ran first, found nothing to free, and the acquisition then
+/// committed: the key stayed held by nobody for its whole ttl (30 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_request_whose_acquisition_commits_late_leaves_nothing_held() {
+    let store = PostgresStore::shared("dropped_late").await;
+    let service = store.service().await;
+    drop(service.lock("warm").await.expect("the first lock makes the schema"));
+    let schema = &store.schema;
+    store
+        .sql(
+            &format!(
+                "CREATE FUNCTION \"{schema}\".slow_acquire() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 DECLARE done_at timestamptz := clock_timestamp() + interval '300 milliseconds'; BEGIN \
+                 WHILE clock_timestamp() < done_at LOOP \
+                 BEGIN PERFORM pg_sleep(0.01); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; \
+                 RETURN NEW; END $$"
+            ),
+            &[],
+        )
+        .await;
+    store
+        .sql(
+            &format!(
+                "CREATE TRIGGER slow_acquire BEFORE INSERT ON \"{schema}\".dlock_locks FOR EACH ROW \
+                 WHEN (NEW.key LIKE '%:slow') EXECUTE FUNCTION \"{schema}\".slow_acquire()"
+            ),
+            &[],
+        )
+        .await;
+    let outcome =
+        tokio::time::timeout(Duration::from_millis(100), service.lock("slow").ttl(Duration::from_secs(30)))
+            .await;
+    assert!(outcome.is_err(), "the request was dropped while its statement ran");
+    drop(outcome);
+    poll_until(Duration::from_secs(5), "the late statement committing", || async {
+        store.row("slow").await.is_some()
+    })
+    .await;
+    poll_until(Duration::from_secs(3), "the late acquisition released", || async {
+        !store.is_held("slow").await
+    })
+    .await;
+    store.cleanup().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Fenced writes in the application's transaction.
 

@@ -5,6 +5,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::in_flight::InFlight;
 use super::listen::Listener;
 use super::pool::Pools;
 use super::runtime::Background;
@@ -224,6 +225,7 @@ impl PostgresBackendBuilder {
         tracing::debug!(target: "dlock", url = %url, schema = %self.schema, "connected to PostgreSQL");
         let inner = Arc::new(Inner {
             pool,
+            in_flight: InFlight::default(),
             statements: Statements::new(&self.schema),
             listener,
             schema: self.schema,

@@ -3,6 +3,7 @@
 
 mod builder;
 mod errors;
+mod in_flight;
 mod listen;
 mod pool;
 mod runtime;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use tokio_postgres::types::Type;
 
 pub use self::builder::PostgresBackendBuilder;
+use self::in_flight::InFlight;
 use self::listen::Listener;
 use self::pool::Pools;
 use self::runtime::Background;
@@ -70,6 +72,8 @@ pub struct PostgresBackend {
 
 struct Inner {
     pool: Pools,
+    /// Acquisitions whose statement may still take effect: a release waits for its own.
+    in_flight: InFlight,
     statements: Statements,
     listener: Option<Listener>,
     schema: String,
@@ -372,7 +376,7 @@ impl LockBackend for PostgresBackend {
             let ttl = millis(ttl);
             let rows = inner
                 .pool
-                .query(
+                .query_settling(
                     "the acquire statement",
                     &inner.statements.acquire,
                     &[
@@ -381,6 +385,7 @@ impl LockBackend for PostgresBackend {
                         (&ttl, Type::INT8),
                         (&notice, Type::BOOL),
                     ],
+                    Some(inner.in_flight.begin(key, owner)),
                 )
                 .await?;
             let row = rows.first().ok_or_else(|| inner.unexpected("the acquire statement"))?;
@@ -403,6 +408,9 @@ impl LockBackend for PostgresBackend {
     ) -> BoxFuture<'a, Result<ReleaseOutcome, BackendError>> {
         Box::pin(async move {
             let inner = &*self.inner;
+            // An acquisition of this owner's that its caller gave up on may still commit: not
+            // before this release (see `in_flight`).
+            inner.in_flight.settled(key, owner, inner.call_timeout).await;
             let rows = inner
                 .pool
                 .query(

@@ -28,6 +28,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{NoTls, Row};
 
 use super::errors::{call_error, connect_error, timeout_error};
+use super::in_flight::Settling;
 use super::runtime::Background;
 use crate::backend::{BackendError, BackendErrorKind};
 
@@ -122,10 +123,29 @@ impl Pools {
         sql: &str,
         params: &Params<'_>,
     ) -> Result<Vec<Row>, BackendError> {
+        self.query_settling(what, sql, params, None).await
+    }
+
+    /// [`query`](Self::query), dropping `settling` once the statement has ended on the
+    /// server: when answered, or — if its caller gave up while it was on the wire — once a
+    /// round trip sent after it on the same connection came back (at most one call timeout
+    /// later; see `in_flight`).
+    pub(super) async fn query_settling(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &Params<'_>,
+        settling: Option<Settling>,
+    ) -> Result<Vec<Row>, BackendError> {
         let pool = self.current()?;
         let call = async {
             let object = pool.get().await.map_err(|err| self.pool_error(what, err))?;
-            let mut checkout = Checkout { object: Some(object), background: &self.background };
+            let mut checkout = Checkout {
+                object: Some(object),
+                background: &self.background,
+                settling,
+                timeout: self.timeout,
+            };
             let result = match checkout.object.as_deref() {
                 Some(client) => client.query_typed(sql, params).await,
                 None => {
@@ -197,12 +217,17 @@ impl Drop for Forget {
 struct Checkout<'a> {
     object: Option<Object>,
     background: &'a Background,
+    /// Dropped once the statement has ended on the server.
+    settling: Option<Settling>,
+    /// How long to wait for an abandoned statement to end.
+    timeout: Duration,
 }
 
 impl Checkout<'_> {
     /// The statement was answered: return the connection to the pool.
     fn finish(&mut self) {
         drop(self.object.take());
+        drop(self.settling.take());
     }
 }
 
@@ -212,8 +237,17 @@ impl Drop for Checkout<'_> {
         let Some(object) = self.object.take() else { return };
         let wrapper = Object::take(object);
         let cancel = wrapper.cancel_token();
+        let (settling, timeout) = (self.settling.take(), self.timeout);
         self.background.spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), cancel.cancel_query(NoTls)).await;
+            let cancel = async {
+                let _ = tokio::time::timeout(Duration::from_secs(5), cancel.cancel_query(NoTls)).await;
+            };
+            // Answered after the abandoned statement (cancelled or not), on the same connection.
+            let ended = async {
+                let _ = tokio::time::timeout(timeout, wrapper.simple_query("")).await;
+                drop(settling);
+            };
+            tokio::join!(cancel, ended);
             drop(wrapper);
         });
     }
