@@ -18,9 +18,7 @@ use std::time::{Duration, Instant};
 
 use dlock::backend::BackendErrorKind;
 use dlock::{Error, LockService, MemoryBackend, RedisBackend, distributed_lock};
-use dlock_tests::{MARGIN, RedisServer, inspector, poll_until, redis_cmd};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use dlock_tests::{BlackHoleProxy, MARGIN, RedisServer, inspector, poll_until, redis_cmd};
 
 /// The call timeout of these tests' backends.
 const CALL_TIMEOUT: Duration = Duration::from_millis(300);
@@ -277,85 +275,6 @@ fn a_guard_dropped_as_its_runtime_shuts_down_is_released_promptly() {
 
 // ---------------------------------------------------------------------------------------------
 // Silent connections.
-
-/// A TCP proxy to a Redis that can make every connection open so far go silent (bytes are
-/// swallowed, nothing is closed: a dead host, a NAT that forgot the flow) while new
-/// connections work.
-struct BlackHoleProxy {
-    port: u16,
-    /// Connections accepted before this generation are silent.
-    silenced_before: Arc<AtomicUsize>,
-    accepted: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl BlackHoleProxy {
-    async fn start(upstream: u16) -> Self {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind the proxy");
-        let port = listener.local_addr().expect("proxy address").port();
-        let silenced_before = Arc::new(AtomicUsize::new(0));
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn({
-            let (silenced_before, accepted) = (Arc::clone(&silenced_before), Arc::clone(&accepted));
-            async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    let n = accepted.fetch_add(1, Ordering::SeqCst);
-                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else { continue };
-                    let silent = {
-                        let silenced_before = Arc::clone(&silenced_before);
-                        move || n < silenced_before.load(Ordering::SeqCst)
-                    };
-                    let (client_read, client_write) = client.into_split();
-                    let (server_read, server_write) = server.into_split();
-                    tokio::spawn(pump(client_read, server_write, silent.clone()));
-                    tokio::spawn(pump(server_read, client_write, silent));
-                }
-            }
-        });
-        Self { port, silenced_before, accepted, task }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Every connection open now goes silent.
-    fn black_hole(&self) {
-        self.silenced_before.store(self.accepted.load(Ordering::SeqCst), Ordering::SeqCst);
-    }
-
-    fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for BlackHoleProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Copy bytes one way until either side closes; once `silent()`, swallow them, and do not
-/// pass a close on either (a dead host sends nothing, not even a FIN).
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    silent: impl Fn() -> bool,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if !silent() && to.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-    }
-    if silent() {
-        std::future::pending::<()>().await;
-    }
-}
 
 /// The command connection goes silent: the call that hits it gives up at its call timeout, the
 /// connection is replaced, and locking works again within two call timeouts.

@@ -24,6 +24,7 @@ pub use support::shared_topology;
 pub mod support {
     //! The harness, one job per module.
 
+    pub mod black_hole;
     pub mod cluster;
     pub mod cluster_store;
     pub mod contention;
@@ -43,6 +44,7 @@ pub mod support {
     pub mod tls;
 }
 
+pub use support::black_hole::BlackHoleProxy;
 pub use support::cluster::{ClusterNode, NodeRole, RedisCluster, SlotMigration};
 pub use support::cluster_store::{RedisClusterStore, cluster_inspector};
 pub use support::faulty::{Call, Fault, FaultyBackend, Op, Rule};
