@@ -26,7 +26,7 @@ use dlock::backend::{BackendErrorKind, BoxFuture, FullKey, LockBackend, TryAcqui
 use dlock::tokio_postgres::{self, NoTls};
 use dlock::{Error, LockService, LostReason, PostgresBackend};
 use dlock_tests::support::process::worker_job;
-use dlock_tests::{Features, MARGIN, Store, Worker, chain, free_port, poll_until};
+use dlock_tests::{BlackHoleProxy, Features, MARGIN, Store, Worker, chain, free_port, poll_until};
 
 async fn postgres_store(test_name: &str) -> PostgresStore {
     PostgresStore::shared(test_name).await
@@ -563,6 +563,70 @@ async fn a_dropped_request_whose_acquisition_commits_late_leaves_nothing_held() 
         !store.is_held("slow").await
     })
     .await;
+    store.cleanup().await;
+}
+
+/// A backend on the shared server through a proxy whose connections can be made to go silent,
+/// with every connection of its pool open (10, filled by concurrent calls), on `store`'s schema.
+async fn silenceable_backend(store: &PostgresStore, proxy: &BlackHoleProxy) -> PostgresBackend {
+    drop(store.backend().await); // makes the schema
+    let backend = PostgresBackend::builder(format!("postgres://postgres@127.0.0.1:{}/test", proxy.port()))
+        .schema(store.schema.as_str())
+        .call_timeout(Duration::from_millis(500))
+        .listen(false)
+        .cleanup_after(None)
+        .connect()
+        .await
+        .expect("connecting through the proxy");
+    let keys: Vec<FullKey> =
+        (0..PostgresBackend::DEFAULT_POOL_SIZE).map(|i| store.full_key(&format!("fill{i}"))).collect();
+    let filled = futures_util::future::join_all(
+        keys.iter().map(|key| backend.try_acquire(key, "o", Duration::from_secs(30))),
+    )
+    .await;
+    assert!(filled.iter().all(Result::is_ok), "{filled:?}");
+    assert_eq!(backend.pool_connections(), PostgresBackend::DEFAULT_POOL_SIZE);
+    backend
+}
+
+/// Every pooled connection goes silent at once (a NAT or firewall that forgot its flows, an
+/// address that moved in a failover) while new connections work: one call gives up at its
+/// call timeout, and the next works, on a new connection.
+///
+/// Before the fix, each call took the next silent connection from the pool and timed out in
+/// turn: ten calls failed, for five seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_pooled_connections_cost_one_call() {
+    let store = PostgresStore::shared("silent_pool").await;
+    let proxy = BlackHoleProxy::start(5432).await;
+    let backend = silenceable_backend(&store, &proxy).await;
+    proxy.black_hole();
+    let key = store.full_key("k");
+    let mut failures = Vec::new();
+    while backend.try_acquire(&key, "o", Duration::from_secs(5)).await.is_err() {
+        failures.push(());
+        assert!(failures.len() <= PostgresBackend::DEFAULT_POOL_SIZE, "never recovered");
+    }
+    assert_eq!(failures.len(), 1, "calls that failed after the pool's connections went silent");
+    store.cleanup().await;
+}
+
+/// The same seen by a holder: its lease outlives its ttl on renewals through new connections.
+/// Before the fix, the keeper's retries each took another silent connection, and the lease was
+/// lost although the server answered any new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_outlives_its_pooled_connections_going_silent() {
+    let store = PostgresStore::shared("silent_lease").await;
+    let proxy = BlackHoleProxy::start(5432).await;
+    let backend = silenceable_backend(&store, &proxy).await;
+    let service = LockService::builder(backend).key_prefix(store.prefix()).build();
+    let ttl = Duration::from_secs(3);
+    let guard = service.lock("k").ttl(ttl).await.expect("lock");
+    proxy.black_hole();
+    tokio::time::sleep(ttl + Duration::from_secs(1)).await;
+    assert!(!guard.is_lost(), "the lease was lost");
+    assert!(store.is_held("k").await, "the lease is live on the server past its first ttl");
+    assert!(guard.release().await.expect("release"));
     store.cleanup().await;
 }
 

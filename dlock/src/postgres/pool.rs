@@ -115,8 +115,8 @@ impl Pools {
     ///
     /// A call that times out while its statement is on the wire takes the connection out of
     /// the pool and cancels the statement on the server (a cancel request, then the connection
-    /// is closed): a statement stuck behind a row lock must neither delay the next caller of
-    /// that connection nor take effect long after its caller gave up.
+    /// is closed): a statement stuck behind a row lock must not delay the next caller of that
+    /// connection. A call that times out also closes the pool's idle connections.
     pub(super) async fn query(
         &self,
         what: &str,
@@ -159,7 +159,15 @@ impl Pools {
         };
         match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => result,
-            Err(_) => Err(timeout_error(&self.url, what, self.timeout)),
+            Err(_) => {
+                // The connection that did not answer is gone (`Checkout`). The idle ones
+                // were made the same way, and may have gone silent with it (a NAT or firewall
+                // that forgot its flows, an address that moved in a failover): close them
+                // too, so the next call connects afresh instead of timing out on each in
+                // turn. If they were fine, that costs a reconnect each.
+                pool.retain(|_, _| false);
+                Err(timeout_error(&self.url, what, self.timeout))
+            }
         }
     }
 
