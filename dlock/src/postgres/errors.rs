@@ -48,8 +48,9 @@ fn classify_code(code: &str) -> BackendErrorKind {
         // lock_not_available, serialization_failure, deadlock_detected
         "57P03" | "25006" | "55P03" | "40001" | "40P01" => BackendErrorKind::Unavailable,
         c if c.starts_with("53") => BackendErrorKind::Unavailable,
-        // admin_shutdown, crash_shutdown (the server ended this connection), connection_exception
-        "57P01" | "57P02" => BackendErrorKind::Connection,
+        // admin_shutdown, crash_shutdown, idle_session_timeout (the server ended this
+        // connection: a statement sent as an idle session is ended gets it), connection_exception
+        "57P01" | "57P02" | "57P05" => BackendErrorKind::Connection,
         c if c.starts_with("08") => BackendErrorKind::Connection,
         // query_canceled: a statement_timeout, or the cancel dlock sends after a call timeout
         "57014" => BackendErrorKind::Timeout,
@@ -177,6 +178,7 @@ mod tests {
         assert_eq!(classify_code("57P03"), BackendErrorKind::Unavailable);
         assert_eq!(classify_code("53300"), BackendErrorKind::Unavailable);
         assert_eq!(classify_code("57P01"), BackendErrorKind::Connection);
+        assert_eq!(classify_code("57P05"), BackendErrorKind::Connection);
         assert_eq!(classify_code("08006"), BackendErrorKind::Connection);
         assert_eq!(classify_code("57014"), BackendErrorKind::Timeout);
         assert_eq!(classify_code("42P01"), BackendErrorKind::Other);
