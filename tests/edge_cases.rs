@@ -166,3 +166,24 @@ async fn a_failed_release_is_retried_not_left_for_its_ttl() {
     let releases = f.calls_of(Op::Release).iter().filter(|c| c.key == "dropped").count();
     assert_eq!(releases, 2, "one failed release, one retry");
 }
+
+/// A guard dropped at the end of a `block_on` on a current-thread runtime that then idles (a
+/// synchronous program that keeps one runtime and blocks on it per operation) is released at
+/// once, not when that runtime is next driven. Before the fix, its release task waited on that
+/// runtime, and another client waited for the whole ttl.
+#[test]
+fn a_guard_dropped_at_the_end_of_block_on_is_released_while_its_runtime_idles() {
+    let backend: std::sync::Arc<dyn LockBackend> = std::sync::Arc::new(MemoryBackend::new());
+    let (a, b) = (
+        LockService::builder_from_arc(std::sync::Arc::clone(&backend)).build(),
+        LockService::builder_from_arc(backend).build(),
+    );
+    let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let idle = runtime();
+    idle.block_on(async {
+        let _guard = a.lock("k").ttl(Duration::from_secs(30)).await.expect("lock");
+    });
+    let got = runtime().block_on(async { b.lock("k").wait(Duration::from_secs(5)).await });
+    assert!(got.is_ok(), "the dropped guard's key was not released while its runtime idled: {got:?}");
+    drop(idle);
+}

@@ -7,18 +7,18 @@
 //! dropped as its runtime shuts down — runs here. Everything
 //! else stays on the caller's runtime, where it costs nothing extra: the release of a dropped
 //! guard is spawned there first ([`spawn`]), and only when that runtime cancels it (it is
-//! shutting down) is the work handed over here ([`Rescue`]). A backend's subscriber, which
+//! shutting down), or — a current-thread runtime — does not start it soon (nobody blocks on it
+//! any more), is the work handed over here ([`Rescue`]). A backend's subscriber, which
 //! wakes waiters, runs on the runtime that made the backend when that is a multi-thread one,
 //! and moves here if that runtime ends first ([`spawn_lasting`]).
 
 use std::future::Future;
 #[cfg(feature = "redis")]
 use std::pin::Pin;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
-use tokio::runtime::Handle;
-#[cfg(feature = "redis")]
-use tokio::runtime::RuntimeFlavor;
+use tokio::runtime::{Handle, RuntimeFlavor};
 
 /// dlock's runtime, started on first use. It runs until the process exits.
 ///
@@ -136,6 +136,13 @@ impl Drop for HandOver {
 
 /// Run `work` in the background: on the caller's runtime when there is one, else on dlock's.
 ///
+/// A current-thread runtime runs its tasks only while some caller blocks on it: a guard
+/// dropped at the end of a `block_on` (a program that keeps one runtime and blocks on it per
+/// operation) would be released only at the next `block_on`, maybe long after its lease ran
+/// out. So on such a runtime the work also waits on dlock's runtime, which takes it if the
+/// caller's has not started it within [`IDLE_RUNTIME_GRACE`]. (It is started there first so that
+/// a test on a paused clock, whose runtime is driven, sees it run on that clock.)
+///
 /// Work that must not be lost when the caller's runtime shuts down keeps what it needs in a
 /// value whose `Drop` hands the rest to [`spawn_here`] when it sees [`Rescue::Cancelled`]
 /// (see [`Claim`](crate::claim::Claim)).
@@ -143,11 +150,33 @@ pub(crate) fn spawn<F>(work: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    match Handle::try_current() {
-        Ok(current) => drop(current.spawn(work)),
-        Err(_) => spawn_here(work),
+    let current = match Handle::try_current() {
+        Ok(current) => current,
+        Err(_) => return spawn_here(work),
+    };
+    if current.runtime_flavor() != RuntimeFlavor::CurrentThread {
+        return drop(current.spawn(work));
     }
+    // Whichever runtime gets to it first runs it.
+    let slot = Arc::new(Mutex::new(Some(work)));
+    let take = |slot: &Mutex<Option<F>>| slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let here = Arc::clone(&slot);
+    drop(current.spawn(async move {
+        if let Some(work) = take(&here) {
+            work.await;
+        }
+    }));
+    spawn_here(async move {
+        tokio::time::sleep(IDLE_RUNTIME_GRACE).await;
+        if let Some(work) = take(&slot) {
+            work.await;
+        }
+    });
 }
+
+/// How long work spawned on a current-thread runtime waits for that runtime to start it before
+/// dlock's runtime does ([`spawn`]).
+const IDLE_RUNTIME_GRACE: Duration = Duration::from_millis(100);
 
 /// Where unfinished background work goes when the value that carries it is dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
