@@ -352,7 +352,29 @@ async fn tokens_keep_increasing_when_cleanup_removes_rows() {
         // A held key is never removed; free ones are.
         let held = store.full_key("held");
         acquired(backend.try_acquire(&held, "h", ttl).await.expect("acquire"), "held");
-        assert_eq!(backend.cleanup(Duration::ZERO).await.expect("cleanup"), 2, "round {round}");
+        let removed = backend.cleanup(Duration::ZERO).await.expect("cleanup");
+        if removed != 2 {
+            let rows = store
+                .conn
+                .query(
+                    &format!(
+                        "SELECT key, owner, token::text, expires_at::text, waiting_until::text, clock_timestamp()::text, xmin::text, xmax::text \
+                         FROM \"{}\".dlock_locks ORDER BY key",
+                        store.schema
+                    ),
+                    &[],
+                )
+                .await
+                .map(|rows| {
+                    rows.iter()
+                        .map(|row| {
+                            (0..8).map(|i| row.get::<_, Option<String>>(i).unwrap_or_default()).collect::<Vec<_>>().join(" | ")
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_else(|err| vec![format!("{err}")]);
+            panic!("round {round}: cleanup removed {removed} rows, not 2; the table now: {rows:#?}");
+        }
         assert!(store.row("a").await.is_none() && store.row("b").await.is_none());
         assert!(store.is_held("held").await);
         assert!(backend.release(&held, "h").await.expect("release").was_held);
