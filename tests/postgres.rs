@@ -652,6 +652,24 @@ async fn a_lease_outlives_its_pooled_connections_going_silent() {
     store.cleanup().await;
 }
 
+/// A backend dropped leaves no task behind on the runtimes it served (each keeps one that
+/// forgets its pool when the runtime ends). Before the fix, that task waited for the runtime's
+/// end: one more for every backend made and dropped, such as `connect` retried through an
+/// outage.
+#[tokio::test(flavor = "current_thread")]
+async fn dropped_backends_leave_no_task_behind() {
+    let store = PostgresStore::shared("no_tasks_left").await;
+    let tasks = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    // The inspector's connection, which the store keeps.
+    let before = tasks();
+    for _ in 0..20 {
+        drop(store.backend().await);
+    }
+    poll_until(Duration::from_secs(5), "no task left by 20 dropped backends", || async { tasks() == before })
+        .await;
+    store.cleanup().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Fenced writes in the application's transaction.
 

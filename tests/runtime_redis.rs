@@ -601,3 +601,17 @@ async fn killed_process_blocks_others_for_at_most_ttl() {
     assert!(guard.fencing_token() > worker_token);
     assert!(guard.release().await.expect("release"));
 }
+
+/// A backend dropped leaves no task behind on the runtime it served (each runtime keeps one
+/// that forgets its connection when the runtime ends). Before the fix, that task waited for
+/// the runtime's end: one more for every backend made and dropped.
+#[tokio::test(flavor = "current_thread")]
+async fn dropped_backends_leave_no_task_behind() {
+    let tasks = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let before = tasks();
+    for _ in 0..20 {
+        drop(RedisBackend::connect(shared_redis_url().as_str()).await.expect("connect"));
+    }
+    poll_until(Duration::from_secs(5), "no task left by 20 dropped backends", || async { tasks() == before })
+        .await;
+}

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, PoolError, RecyclingMethod, Runtime};
 use tokio::runtime::{Handle, Id};
+use tokio::sync::watch;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{NoTls, Row};
 
@@ -49,6 +50,8 @@ pub(super) struct Pools {
     url: String,
     schema: String,
     timeout: Duration,
+    /// Dropped with the pools: ends the task each runtime keeps for forgetting its pool.
+    alive: watch::Sender<()>,
 }
 
 fn lock(map: &ByRuntime) -> MutexGuard<'_, HashMap<Id, Arc<deadpool_postgres::Pool>>> {
@@ -65,7 +68,8 @@ impl Pools {
         schema: String,
         timeout: Duration,
     ) -> Self {
-        Self { by_runtime: Arc::default(), config, size, background, url, schema, timeout }
+        let alive = watch::Sender::new(());
+        Self { by_runtime: Arc::default(), config, size, background, url, schema, timeout, alive }
     }
 
     /// The pool of the runtime this is called on, made on first use.
@@ -101,11 +105,13 @@ impl Pools {
         pools.insert(id, Arc::clone(&pool));
         drop(pools);
         // Dropped with the runtime's tasks when it shuts down: forgets the pool, whose
-        // connections have ended with their driver tasks.
+        // connections have ended with their driver tasks. Ends by itself when the backend is
+        // dropped first.
         let forget = Forget { by_runtime: Arc::downgrade(&self.by_runtime), id };
+        let mut backend_gone = self.alive.subscribe();
         handle.spawn(async move {
             let _forget = forget;
-            std::future::pending::<()>().await;
+            let _ = backend_gone.changed().await;
         });
         Ok(pool)
     }

@@ -20,6 +20,7 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use tokio::runtime::{Handle, Id};
+use tokio::sync::watch;
 
 use super::error::{call_error, connect_error, late};
 use crate::backend::{BackendError, BackendErrorKind, BoxFuture};
@@ -135,6 +136,8 @@ pub(super) struct Connections {
     /// Runtimes with a task that forgets their connection when they shut down (one each, however
     /// often their connection is replaced).
     watched: Mutex<IdMap<Id, ()>>,
+    /// Dropped with the connections: ends those tasks.
+    alive: watch::Sender<()>,
 }
 
 /// A runtime's connection: as kept for the runtime, and as handed to one call.
@@ -168,6 +171,7 @@ impl Connections {
             url,
             by_runtime: Mutex::default(),
             watched: Mutex::default(),
+            alive: watch::Sender::new(()),
         })
     }
 
@@ -260,12 +264,14 @@ impl Connections {
         slots.insert(id, taken.clone());
         drop(slots);
         // Forget the runtime's connection when the runtime shuts down: it drops this task then.
+        // The task ends by itself when the backend is dropped first.
         let first = self.watched.lock().unwrap_or_else(PoisonError::into_inner).insert(id, ()).is_none();
         if first {
             let forget = ForgetOnDrop { connections: Arc::downgrade(self), id };
+            let mut backend_gone = self.alive.subscribe();
             runtime.spawn(async move {
                 let _forget = forget;
-                std::future::pending::<()>().await;
+                let _ = backend_gone.changed().await;
             });
         }
         Ok(taken)
