@@ -670,6 +670,46 @@ async fn dropped_backends_leave_no_task_behind() {
     store.cleanup().await;
 }
 
+/// The listening connection going silent (a dead host, a NAT that forgot the flow) is found
+/// by its health check and replaced, and a waiter then hears its release over the new one.
+/// Before the fix, nothing noticed: the channels stayed "listening" on a connection that
+/// would never deliver, until the set of channels changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_listening_connection_is_replaced() {
+    let store = PostgresStore::shared("silent_listener").await;
+    let holder = store.service().await;
+    let proxy = BlackHoleProxy::start(5432).await;
+    let waiter_backend = store
+        .builder()
+        .call_timeout(Duration::from_millis(500))
+        .listen_url(format!("postgres://postgres@127.0.0.1:{}/test", proxy.port()))
+        .connect()
+        .await
+        .expect("connect");
+    let waiter = LockService::builder(waiter_backend.clone()).key_prefix(store.prefix()).build();
+    let held = holder.lock("k").ttl(Duration::from_secs(30)).await.expect("lock");
+    let waiting = tokio::spawn(async move { waiter.lock("k").wait(Duration::from_secs(30)).await });
+    // Its LISTEN is confirmed once it asks for release notices in the lease table.
+    let asks_for_notices = format!(
+        "SELECT count(*) FROM \"{}\".dlock_locks WHERE key = $1 AND waiting_until > clock_timestamp()",
+        store.schema
+    );
+    let key = store.full_key("k");
+    poll_until(Duration::from_secs(5), "the waiter listening", || async {
+        let asking: i64 =
+            store.conn.query_one(&asks_for_notices, &[&key.as_str()]).await.expect("query").get(0);
+        asking == 1 && proxy.accepted() == 1
+    })
+    .await;
+    proxy.black_hole();
+    poll_until(Duration::from_secs(5), "a new listening connection", || async { proxy.accepted() == 2 })
+        .await;
+    held.release().await.expect("release");
+    let next = waiting.await.expect("waiter task").expect("the waiter takes the key");
+    next.release().await.expect("release");
+    store.cleanup().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Fenced writes in the application's transaction.
 

@@ -5,9 +5,9 @@
 //! of the keys waiters want, made when the first waiter of a key comes and dropped when the
 //! last one leaves, and forwards each notification to that key's waiters. A waiter asks for
 //! notices in the lease table (so that a release NOTIFYs at all) only while its channel is
-//! confirmed, so a release it asked to hear about is heard. After the connection drops the
-//! task reconnects, LISTENs again, and wakes every waiter: a notice may have been missed
-//! meanwhile. Notices are only hints: waiters always re-check with an acquire.
+//! confirmed, so a release it asked to hear about is heard. After the connection drops — or
+//! goes silent, which a check every [`HEALTH_CHECK`] finds — the task reconnects, LISTENs
+//! again, and wakes every waiter: a notice may have been missed meanwhile. Notices are only hints: waiters always re-check with an acquire.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
@@ -15,13 +15,19 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::future::OptionFuture;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use super::runtime::Background;
 use super::sql::quote_ident;
-use crate::backend::{ReleaseNotice, ReleaseWatch};
+use crate::backend::{BoxFuture, ReleaseNotice, ReleaseWatch};
+
+/// How often the listening connection is checked with an empty query: one that does not
+/// answer within the call timeout (a silent connection: a dead host, a NAT that forgot the
+/// flow) is replaced like one that broke, and its waiters woken.
+const HEALTH_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub(super) struct Listener {
@@ -154,6 +160,10 @@ async fn listen(
         let (notes_tx, mut notes) = mpsc::unbounded_channel();
         let driver = tokio::spawn(drive(connection, notes_tx));
         let mut listening: HashSet<String> = HashSet::new();
+        let mut health = tokio::time::interval_at(Instant::now() + HEALTH_CHECK, HEALTH_CHECK);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The health check under way, beside the forwarding of notifications.
+        let mut checking: Option<BoxFuture<'_, bool>> = None;
         loop {
             let Some(strong) = shared.upgrade() else { return };
             if reconcile(&strong, &client, &mut listening, call_timeout).await.is_err() {
@@ -172,8 +182,22 @@ async fn listen(
                     None => break,
                 },
                 kick = kicks.recv() => if kick.is_none() { return },
+                _ = health.tick(), if checking.is_none() => {
+                    let client = &client;
+                    checking = Some(Box::pin(async move {
+                        matches!(tokio::time::timeout(call_timeout, client.simple_query("")).await, Ok(Ok(_)))
+                    }));
+                }
+                Some(answered) = OptionFuture::from(checking.as_mut()), if checking.is_some() => {
+                    checking = None;
+                    if !answered {
+                        tracing::debug!(target: "dlock", "the listening connection did not answer; reconnecting");
+                        break;
+                    }
+                }
             }
         }
+        drop(checking);
         driver.abort();
         drop(client);
         // Disconnected: releases may have been missed, so wake every waiter to re-check.
