@@ -272,11 +272,23 @@ async fn a_waiters_subscription_follows_its_slot_to_another_shard() {
     )
     .await;
     assert_eq!(subscribers_on(source, &channel, true) + subscribers_on(source_replica, &channel, true), 0);
+    hands_over(held, waiter, "on the target").await;
+}
+
+/// Release `held`, then check that `waiter` takes the key under a newer token, and release it.
+async fn hands_over(
+    held: dlock::LockGuard,
+    waiter: tokio::task::JoinHandle<Result<dlock::LockGuard, dlock::Error>>,
+    what: &str,
+) {
     let token = held.fencing_token();
-    held.release().await.expect("release on the target");
-    let got = waiter.await.expect("waiter task").expect("the waiter gets the key on the target");
-    assert!(got.fencing_token() > token);
-    got.release().await.expect("release");
+    assert!(held.release().await.expect("release"), "{what}: the holder held the key");
+    let next = waiter
+        .await
+        .expect("waiter task")
+        .unwrap_or_else(|err| panic!("{what}: the waiter takes the key: {err}"));
+    assert!(next.fencing_token() > token, "{what}: tokens increase across the hand-off");
+    next.release().await.expect("release");
 }
 
 /// A primary that stops answering (SIGSTOP: a dead host that sends no RST) costs calls to its
@@ -459,15 +471,7 @@ async fn lease_the_new_primary_lacks(failover: Failover) {
         }
     }
     let failover_took = started.elapsed();
-    let took = dlock_tests::poll_until(
-        Duration::from_secs(10),
-        "the lease reported lost after the failover",
-        || {
-            let lost = held.is_lost();
-            async move { lost }
-        },
-    )
-    .await;
+    let took = reported_lost(&held, "the failover").await;
     eprintln!(
         "{failover:?}: the failover took {failover_took:?}; a lease the new primary lacks was reported lost {took:?} after it (its next scheduled renewal was ~20 s away)"
     );
@@ -482,6 +486,15 @@ async fn lease_the_new_primary_lacks(failover: Failover) {
     let asked = cluster_nodes_calls(&cluster).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(cluster_nodes_calls(&cluster).await, asked, "the watch stopped with its backend");
+}
+
+/// Wait, at most 10 s, until `held` is reported lost after `what`; returns how long it took.
+async fn reported_lost(held: &dlock::LockGuard, what: &str) -> Duration {
+    dlock_tests::poll_until(Duration::from_secs(10), &format!("the lease reported lost after {what}"), || {
+        let lost = held.is_lost();
+        async move { lost }
+    })
+    .await
 }
 
 /// How many `CLUSTER NODES` calls the running nodes of `cluster` have served.
@@ -630,24 +643,15 @@ async fn a_silent_node_leaves_notices_on_the_other_shards_alone() {
     let mut held = held.into_iter();
     let (quiet_held, steady_held, late_held) =
         (held.next().expect("three"), held.next().expect("three"), held.next().expect("three"));
-    for (guard, waiter) in [(steady_held, steady_waiter), (late_held, late_waiter)] {
-        let token = guard.fencing_token();
-        assert!(guard.release().await.expect("a release on a healthy shard"), "the holder held it");
-        let next = waiter.await.expect("waiter task").expect("the waiter takes the key");
-        assert!(next.fencing_token() > token);
-        next.release().await.expect("release");
-    }
+    hands_over(steady_held, steady_waiter, "the steady shard").await;
+    hands_over(late_held, late_waiter, "the third shard").await;
 
     block_in_place(|| cluster.resume(silent));
     subscribers(silent, quiet_channel.clone(), 0, "the quiet shard's channel dropped once its node answers")
         .await;
     let quiet_waiter = wait_for(&early, quiet);
     subscribers(silent, quiet_channel, 1, "a new waiter on the quiet shard subscribing").await;
-    let token = quiet_held.fencing_token();
-    assert!(quiet_held.release().await.expect("release once the node answers"), "the holder held it");
-    let next = quiet_waiter.await.expect("waiter task").expect("the quiet shard's waiter takes the key");
-    assert!(next.fencing_token() > token);
-    next.release().await.expect("release");
+    hands_over(quiet_held, quiet_waiter, "the quiet shard, once its node answers").await;
 }
 
 /// A shard lost for good (its primary and its replica both down, the cluster serving the rest
@@ -698,15 +702,7 @@ async fn a_shard_down_for_good_does_not_hide_a_failover_of_another() {
         }
     })
     .await;
-    let took = dlock_tests::poll_until(
-        Duration::from_secs(10),
-        "the lease reported lost after the takeover",
-        || {
-            let lost = held.is_lost();
-            async move { lost }
-        },
-    )
-    .await;
+    let took = reported_lost(&held, "the takeover").await;
     eprintln!(
         "with a shard down for good, a lease the new primary lacks was reported lost {took:?} after the takeover"
     );

@@ -402,16 +402,13 @@ async fn renew_all(job: &Job) -> Result<usize, ()> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use tokio::time::Instant;
 
     use super::{Entry, Job, Keeper, KeptKey, Registration, Schedule};
-    use crate::backend::{
-        BackendError, BoxFuture, FullKey, LockBackend, MemoryBackend, ReleaseOutcome, TryAcquire,
-    };
+    use crate::backend::{FullKey, LockBackend, MemoryBackend, TryAcquire};
     use crate::lease::{Lease, Term};
 
     /// The keeper takes a lease's entry off the schedule when it fires; if a key is added
@@ -456,46 +453,6 @@ mod tests {
         assert!(keeper.lock().schedule.is_empty());
     }
 
-    /// A backend that counts renewals.
-    #[derive(Debug, Default)]
-    struct Counting {
-        inner: MemoryBackend,
-        renewals: AtomicUsize,
-    }
-
-    impl LockBackend for Counting {
-        fn name(&self) -> &'static str {
-            "counting"
-        }
-
-        fn try_acquire<'a>(
-            &'a self,
-            key: &'a FullKey,
-            owner: &'a str,
-            ttl: Duration,
-        ) -> BoxFuture<'a, Result<TryAcquire, BackendError>> {
-            self.inner.try_acquire(key, owner, ttl)
-        }
-
-        fn release<'a>(
-            &'a self,
-            key: &'a FullKey,
-            owner: &'a str,
-        ) -> BoxFuture<'a, Result<ReleaseOutcome, BackendError>> {
-            self.inner.release(key, owner)
-        }
-
-        fn renew<'a>(
-            &'a self,
-            key: &'a FullKey,
-            owner: &'a str,
-            ttl: Duration,
-        ) -> BoxFuture<'a, Result<bool, BackendError>> {
-            self.renewals.fetch_add(1, Ordering::SeqCst);
-            self.inner.renew(key, owner, ttl)
-        }
-    }
-
     /// Take `key` for `owner` on `backend` and have the current runtime's keeper keep it.
     async fn kept(backend: &Arc<dyn LockBackend>, key: &str, owner: &str) -> Registration {
         let (key, ttl, sent) = (FullKey::new("", key), Duration::from_secs(30), Instant::now());
@@ -527,8 +484,7 @@ mod tests {
                 .build()
                 .expect("runtime")
         };
-        let counting = Arc::new(Counting::default());
-        let backend: Arc<dyn LockBackend> = counting.clone();
+        let backend: Arc<dyn LockBackend> = Arc::new(MemoryBackend::new());
         let a = paused();
         a.block_on(async {
             let registration = kept(&backend, "first", "o1").await;
@@ -546,11 +502,17 @@ mod tests {
         };
         a.block_on(async {
             let registration = kept(&backend, "second", "o3").await;
-            let before = counting.renewals.load(Ordering::SeqCst);
+            let due = |registration: &Registration| {
+                registration.keeper.lock().entries.get(&registration.id).map(|entry| entry.due)
+            };
+            let scheduled = due(&registration);
             super::renew_now(&Arc::downgrade(&backend));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let after = counting.renewals.load(Ordering::SeqCst);
-            assert!(after > before, "renew_now did not reach the lease ({before} renewals, then {after})");
+            // The clock is paused: `now` is when renew_now ran.
+            assert_eq!(
+                due(&registration),
+                Some(Instant::now()),
+                "renew_now did not reach the lease (due at {scheduled:?})"
+            );
             drop(registration);
         });
         drop(other);
