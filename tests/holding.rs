@@ -249,3 +249,32 @@ async fn the_next_local_waiter_yields_to_waiting_processes() {
         guard.release().await.expect("release");
     }
 }
+
+/// `guard.lost()` reads the clock each time it is polled. A process frozen past its lease
+/// (SIGSTOP, a stall) is woken by whatever its tasks waited for, and a task polled before the
+/// runtime has fired its timers must still see the loss first. This is the documented
+/// `select! { biased; reason = guard.lost() => …, () = work => … }`, which must never resume
+/// the work once the lease has ended. Here the thread itself stands still past the lease, so
+/// no timer fires meanwhile.
+///
+/// Before the fix, `lost()` looked only when its deadline timer fired, and the work ran on to
+/// its next step first. The checker caught it in CI: a frozen holder's body started a register
+/// write 432 ms after its lease could have ended.
+#[tokio::test(flavor = "current_thread")]
+async fn lost_is_seen_when_polled_past_the_deadline_before_any_timer_fires() {
+    let service = LockService::new(MemoryBackend::new());
+    let guard = service.lock("k").ttl(Duration::from_millis(200)).await.expect("lock");
+    let mut lost = Box::pin(guard.lost());
+    assert!(poll_once(&mut lost).await.is_pending(), "held at first");
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        poll_once(&mut lost).await,
+        std::task::Poll::Ready(LostReason::Unconfirmed),
+        "the loss is seen at the first poll past the deadline"
+    );
+}
+
+/// Poll `fut` once, and say what it answered.
+async fn poll_once<F: Future + Unpin>(fut: &mut F) -> std::task::Poll<F::Output> {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut *fut).poll(cx))).await
+}

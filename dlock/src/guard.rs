@@ -238,6 +238,13 @@ impl LockGuard {
             self.leases().map(|lease| Box::pin(lease.lost()) as Pin<Box<_>>).collect();
         // No lease (cannot happen for a live guard): never resolves, like a kept lease.
         std::future::poll_fn(|cx| {
+            // The clock is read at every poll, not only when the deadline's timer fires: a
+            // process frozen past its lease (SIGSTOP, a long GC-like stall) is woken by
+            // whatever its tasks waited for, and a task polled before the runtime has fired
+            // its timers must still see the loss first.
+            if let Some(reason) = self.lost_reason() {
+                return Poll::Ready(reason);
+            }
             for waiter in &mut waiters {
                 if let Poll::Ready(reason) = waiter.as_mut().poll(cx) {
                     return Poll::Ready(reason);
