@@ -456,7 +456,7 @@ mod tests {
     /// Take `key` for `owner` on `backend` and have the current runtime's keeper keep it.
     async fn kept(backend: &Arc<dyn LockBackend>, key: &str, owner: &str) -> Registration {
         let (key, ttl, sent) = (FullKey::new("", key), Duration::from_secs(30), Instant::now());
-        let got = backend.try_acquire(&key, owner, ttl).await.expect("acquire");
+        let got = backend.try_acquire(&key, owner, ttl).await.unwrap_or_else(|err| panic!("acquire: {err}"));
         assert!(matches!(got, TryAcquire::Acquired { .. }), "{got:?}");
         let term = Term { sent, length: ttl };
         let job = Job {
