@@ -599,7 +599,7 @@ async fn silenceable_backend(store: &PostgresStore, proxy: &BlackHoleProxy) -> P
         .cleanup_after(None)
         .connect()
         .await
-        .expect("connecting through the proxy");
+        .unwrap_or_else(|err| panic!("connecting through the proxy: {err}"));
     let keys: Vec<FullKey> =
         (0..PostgresBackend::DEFAULT_POOL_SIZE).map(|i| store.full_key(&format!("fill{i}"))).collect();
     let filled = futures_util::future::join_all(

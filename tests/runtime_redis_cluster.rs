@@ -282,13 +282,14 @@ async fn hands_over(
     what: &str,
 ) {
     let token = held.fencing_token();
-    assert!(held.release().await.expect("release"), "{what}: the holder held the key");
+    let released = held.release().await.unwrap_or_else(|err| panic!("{what}: release: {err}"));
+    assert!(released, "{what}: the holder held the key");
     let next = waiter
         .await
-        .expect("waiter task")
+        .unwrap_or_else(|err| panic!("{what}: the waiter's task: {err}"))
         .unwrap_or_else(|err| panic!("{what}: the waiter takes the key: {err}"));
     assert!(next.fencing_token() > token, "{what}: tokens increase across the hand-off");
-    next.release().await.expect("release");
+    next.release().await.unwrap_or_else(|err| panic!("{what}: the waiter's release: {err}"));
 }
 
 /// A primary that stops answering (SIGSTOP: a dead host that sends no RST) costs calls to its
