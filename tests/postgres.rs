@@ -382,6 +382,47 @@ async fn tokens_keep_increasing_when_cleanup_removes_rows() {
     store.cleanup().await;
 }
 
+/// `cleanup(after)` measures "free for longer than `after`" to the microsecond: with zero,
+/// a row released a moment ago goes too (it was read as at least a millisecond, so a
+/// cleanup right after a release kept the row about one time in four).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cleanup_with_no_retention_removes_a_row_released_a_moment_ago() {
+    let store = PostgresStore::shared("cleanup_now").await;
+    let backend = store.backend().await;
+    let key = store.full_key("k");
+    for round in 0..40 {
+        acquired(backend.try_acquire(&key, "o", Duration::from_secs(5)).await.expect("acquire"), "free");
+        assert!(backend.release(&key, "o").await.expect("release").was_held);
+        let removed = backend.cleanup(Duration::ZERO).await.expect("cleanup");
+        assert_eq!(removed, 1, "round {round}: the released row was kept");
+        assert!(store.row("k").await.is_none(), "round {round}");
+    }
+    store.cleanup().await;
+}
+
+/// A retention longer than any row can have been free (up to `Duration::MAX`) keeps every
+/// row, instead of overflowing the server's interval arithmetic into an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cleanup_with_an_enormous_retention_keeps_every_row() {
+    let store = PostgresStore::shared("cleanup_never").await;
+    let backend = store.backend().await;
+    let key = store.full_key("k");
+    acquired(backend.try_acquire(&key, "o", Duration::from_secs(5)).await.expect("acquire"), "free");
+    assert!(backend.release(&key, "o").await.expect("release").was_held);
+    let ancient =
+        format!("UPDATE \"{}\".dlock_locks SET expires_at = '1970-01-01' WHERE key = $1", store.schema);
+    assert_eq!(store.sql(&ancient, &[&key.as_str()]).await, 1);
+    for after in [Duration::from_secs(200 * 365 * 24 * 3600), Duration::from_secs(u64::MAX), Duration::MAX] {
+        assert_eq!(backend.cleanup(after).await.expect("cleanup"), 0, "after {after:?}");
+    }
+    assert_eq!(
+        backend.cleanup(Duration::from_secs(3600)).await.expect("cleanup"),
+        1,
+        "a row free since 1970"
+    );
+    store.cleanup().await;
+}
+
 /// With `cleanup_after`, each backend removes old free rows by itself, on a connection it
 /// closes afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

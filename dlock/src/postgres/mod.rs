@@ -243,8 +243,9 @@ impl PostgresBackend {
         err.code().is_some_and(|code| code.code() == errors::NOT_HELD)
     }
 
-    /// Remove free rows (released or expired) older than `after` from the lease table now, and
-    /// return how many went. The backend does this on its own every so often (see
+    /// Remove the rows that have been free (released, or expired) for longer than `after` from
+    /// the lease table now, and return how many went: `Duration::ZERO` removes every free row,
+    /// a retention longer than any row has existed removes none. The backend does this on its own every so often (see
     /// [`cleanup_after`](PostgresBackendBuilder::cleanup_after)); fencing tokens keep
     /// increasing across it.
     ///
@@ -287,7 +288,7 @@ impl PostgresBackend {
 
 impl Inner {
     async fn clean_up(&self, after: Duration) -> Result<u64, BackendError> {
-        let after = millis(after);
+        let after = retention_micros(after);
         let mut removed = 0;
         loop {
             let rows = self
@@ -314,7 +315,7 @@ async fn clean_up_periodically(inner: Weak<Inner>, after: Duration) {
         let cleaning = async {
             let (client, connection) = inner.pool.config().connect(tokio_postgres::NoTls).await?;
             let driver = tokio::spawn(connection);
-            let after = millis(after);
+            let after = retention_micros(after);
             loop {
                 let rows = client.query_typed(&inner.statements.cleanup, &[(&after, Type::INT8)]).await?;
                 if (rows.len() as i64) < sql::CLEANUP_BATCH {
@@ -492,6 +493,18 @@ fn backend_error(source: BackendError) -> Error {
     Error::Backend { key: None, backend: "postgres", source }
 }
 
+/// A lease length for SQL: whole milliseconds, at least one (lengths are checked against
+/// `MIN_TTL` and `MAX_TTL` before they get here).
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+/// The longest retention the cleanup statement is given: a thousand years, far past the
+/// oldest row and far inside what the server's timestamp arithmetic can take.
+const MAX_RETENTION: Duration = Duration::from_secs(1000 * 365 * 24 * 3600);
+
+/// A cleanup retention for SQL: exact microseconds (zero stays zero: a row released a moment
+/// ago is free for longer than that), capped at [`MAX_RETENTION`].
+fn retention_micros(after: Duration) -> i64 {
+    i64::try_from(after.min(MAX_RETENTION).as_micros()).unwrap_or(i64::MAX)
 }

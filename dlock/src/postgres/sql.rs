@@ -53,7 +53,7 @@ pub(super) struct Statements {
     pub(super) release: String,
     /// `$1` key, `$2` token: raises SQLSTATE `DL001` unless the lock is held with that token.
     pub(super) check: String,
-    /// `$1` retention ms: removes up to [`CLEANUP_BATCH`] rows free for longer; returns one
+    /// `$1` retention µs: removes up to [`CLEANUP_BATCH`] rows free for longer; returns one
     /// row per row removed.
     pub(super) cleanup: String,
     /// `dlock_<8 hex digits of the schema's hash>_`: what every release channel of this
@@ -99,7 +99,7 @@ impl Statements {
         let cleanup = format!(
             "WITH doomed AS MATERIALIZED ( \
                SELECT key FROM {s}.dlock_locks \
-               WHERE expires_at < clock_timestamp() - $1 * interval '1 millisecond' \
+               WHERE expires_at < clock_timestamp() - $1 * interval '1 microsecond' \
                  AND (waiting_until IS NULL OR waiting_until < clock_timestamp()) \
                LIMIT {CLEANUP_BATCH} FOR UPDATE SKIP LOCKED) \
              DELETE FROM {s}.dlock_locks AS l USING doomed WHERE l.key = doomed.key \
