@@ -584,6 +584,38 @@ async fn a_release_refused_for_want_of_publish_changes_nothing() {
     assert!(guard.release().await.expect("release"));
 }
 
+/// A waiter whose user may not subscribe to the key's notice channel (refused with `NOPERM`)
+/// asks as often as one without notices, and gets the key as soon as it is released. Before,
+/// it stood in its registration for the whole call timeout (10 s here), then asked once a
+/// second, though no notice could reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_refused_its_subscription_polls_for_the_key() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let mut admin = inspector(&url).await;
+    acl_setuser(&mut admin, "deaf", &["on", ">deaf-password", "~*", "resetchannels", "+@all"]).await;
+    let deaf_url = format!("redis://deaf:deaf-password@127.0.0.1:{}", server.port());
+    let holder = LockService::new(connect(&url).await);
+    let waiter = LockService::new(dlock_tests::connect_redis_with(&deaf_url, Duration::from_secs(10)).await);
+    let guard = holder.lock("deaf").ttl(Duration::from_secs(30)).await.expect("lock");
+    let call = tokio::spawn(async move {
+        let guard = waiter.lock("deaf").wait(Duration::from_secs(30)).await;
+        (guard, Instant::now())
+    });
+    poll_until(Duration::from_secs(5), "the waiter's subscription is refused", || {
+        let mut admin = admin.clone();
+        async move { !redis_cmd::<Vec<redis::Value>>(&mut admin, &["ACL", "LOG"]).await.is_empty() }
+    })
+    .await;
+    let released = Instant::now();
+    assert!(guard.release().await.expect("release"));
+    let (guard, got_in) = call.await.expect("no panic");
+    let guard = guard.expect("the waiter gets the key");
+    let after = got_in - released;
+    assert!(after < MARGIN * 2, "the waiter got in {after:?} after the release");
+    assert!(guard.release().await.expect("release"));
+}
+
 /// Redis runs out of memory while a request waits: its attempts are refused with `OOM`, which
 /// it rides out like a restart; once memory is free again it gets the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

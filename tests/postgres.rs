@@ -578,6 +578,43 @@ async fn waiters_are_woken_by_notify_and_a_release_notifies_only_when_someone_wa
     store.cleanup().await;
 }
 
+/// A waiter whose release notices cannot be heard (its listening server, `listen_url`, is
+/// unreachable) asks as often as one without a listener, and gets a released key at once.
+/// Before, it stood in its registration for the whole call timeout (10 s here), then asked
+/// once a second, though no notice could come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_listening_server_is_unreachable_polls_for_the_key() {
+    let store = PostgresStore::shared("deaf").await;
+    let holder = store.backend().await;
+    let nowhere = format!("postgres://postgres@127.0.0.1:{}/test", free_port());
+    let waiter_pg = store
+        .builder()
+        .call_timeout(Duration::from_secs(10))
+        .listen_url(nowhere)
+        .connect()
+        .await
+        .expect("statements go to the server; only the listener is unreachable");
+    let waiter = LockService::builder(waiter_pg.clone()).key_prefix(store.prefix()).build();
+    let key = store.full_key("k");
+    acquired(holder.try_acquire(&key, "h", Duration::from_secs(30)).await.expect("acquire"), "free");
+    let waiting = tokio::spawn(async move {
+        let guard = waiter.lock("k").wait(Duration::from_secs(30)).await;
+        (guard, Instant::now())
+    });
+    poll_until(Duration::from_secs(5), "the waiter registers for notices", || async {
+        waiter_pg.listening_channels() == 1
+    })
+    .await;
+    let released = Instant::now();
+    assert!(holder.release(&key, "h").await.expect("release").was_held);
+    let (guard, got_in) = waiting.await.expect("no panic");
+    let guard = guard.expect("the waiter gets the released key");
+    let after = got_in - released;
+    assert!(after < MARGIN * 2, "the waiter got in {after:?} after the release");
+    assert!(guard.release().await.expect("release"));
+    store.cleanup().await;
+}
+
 /// A lock request dropped while its acquire statement runs leaves nothing held — also when the
 /// cancel dlock sends does not stop that statement (it reached the server before the statement
 /// started, or could not be sent) and the statement commits after the request's claim sent its

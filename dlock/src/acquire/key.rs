@@ -249,12 +249,14 @@ impl<'a> Waiting<'a> {
     /// and covers a hand-off notice it missed.
     fn nap_end(&mut self, now: Instant, remaining: Option<Duration>) -> Instant {
         let holder_left = remaining.unwrap_or(self.poll) + Duration::from_millis(1);
-        let nap = match self.notices {
-            Notices::Heard(_) => {
+        let nap = match &self.notices {
+            Notices::Heard(watch) if watch.hears() => {
                 holder_left.min(WAITER_RECHECK)
                     + jitter_up_to((holder_left / 20).min(Duration::from_millis(20)))
             }
-            Notices::NotRequested | Notices::Unavailable => {
+            // Including a watch that does not hear now (its subscription is down or refused):
+            // a release would go unannounced.
+            Notices::Heard(_) | Notices::NotRequested | Notices::Unavailable => {
                 holder_left.min(self.poll + jitter_up_to(self.poll / 2))
             }
         };

@@ -38,6 +38,7 @@ use std::time::Duration;
 pub use error::{BackendError, BackendErrorKind};
 pub use key::FullKey;
 pub use memory::MemoryBackend;
+pub(crate) use notice::CONFIRMATION_WAIT;
 pub use notice::{HANDOFF_LEASE, ReleaseNotice, ReleaseWatch, WAITER_RECHECK};
 
 /// A boxed, `Send` future: what [`LockBackend`] methods return, so the trait stays object safe.
@@ -154,7 +155,9 @@ impl ReleaseOutcome {
 ///    cannot answer returns an error instead.
 /// 5. **Release notices are hints.** [`watch_releases`](Self::watch_releases) may miss or
 ///    repeat notices; dlock always re-checks with `try_acquire` and never relies on them for
-///    safety, only for speed.
+///    safety, only for speed. A backend whose notices can stop (a subscription not confirmed
+///    yet, refused, or lost with its connection) says so with
+///    [`ReleaseWatch::with_hearing`]: a waiter that does not hear polls instead.
 /// 6. **Hand-off (optional).** A backend may give a released key straight to an owner
 ///    that is waiting for it, and announce that with [`ReleaseNotice::Granted`] (to every
 ///    watch of the key, if it likes: only the owner it names takes it). Only an owner

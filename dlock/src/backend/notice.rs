@@ -15,6 +15,12 @@ use tokio::sync::watch;
 /// ```
 pub const WAITER_RECHECK: Duration = Duration::from_secs(1);
 
+/// How long dlock's own backends wait, in `watch_releases`, for the server to confirm a new
+/// subscription before they hand back a watch that does not [hear](ReleaseWatch::hears) yet:
+/// the waiter then asks at the polling rhythm until the confirmation comes, instead of
+/// standing still while a notice server that is down or refusing keeps it waiting.
+pub(crate) const CONFIRMATION_WAIT: Duration = Duration::from_millis(250);
+
 /// The longest first lease a backend may give an owner it hands a key to (see the contract,
 /// point 6): a waiting process that died in line can be handed the key before the backend
 /// forgets it, and then keeps others out for this long at most, instead of its whole ttl. A
@@ -71,6 +77,8 @@ pub enum ReleaseNotice {
 /// ```
 pub struct ReleaseWatch {
     rx: watch::Receiver<ReleaseNotice>,
+    /// Whether notices are heard now; `None`: always.
+    hearing: Option<watch::Receiver<bool>>,
     _keep_alive: Option<Box<dyn Send + Sync>>,
 }
 
@@ -85,7 +93,40 @@ impl ReleaseWatch {
     /// # drop(watch);
     /// ```
     pub fn new(rx: watch::Receiver<ReleaseNotice>, keep_alive: Option<Box<dyn Send + Sync>>) -> Self {
-        Self { rx, _keep_alive: keep_alive }
+        Self { rx, hearing: None, _keep_alive: keep_alive }
+    }
+
+    /// Say whether notices are heard at each moment: `hearing` is `true` while the backend's
+    /// subscription for the key is confirmed (a backend whose notice connection is down, or
+    /// whose subscription the server refused, sends `false`). A waiter whose watch does not
+    /// hear asks again as often as one without notices (every 2 ms, doubling up to 100 ms)
+    /// instead of every [`WAITER_RECHECK`]; when the subscription comes back, send the flag
+    /// *and* a notice, so that waiters ask again (and register for notices) at once.
+    ///
+    /// ```
+    /// use dlock::backend::{ReleaseNotice, ReleaseWatch};
+    /// let (_notices, rx) = tokio::sync::watch::channel(ReleaseNotice::Released);
+    /// let (subscribed, hearing) = tokio::sync::watch::channel(false);
+    /// let watch = ReleaseWatch::new(rx, None).with_hearing(hearing);
+    /// assert!(!watch.hears(), "not subscribed yet");
+    /// subscribed.send_replace(true);
+    /// assert!(watch.hears());
+    /// ```
+    pub fn with_hearing(mut self, hearing: watch::Receiver<bool>) -> Self {
+        self.hearing = Some(hearing);
+        self
+    }
+
+    /// Whether release notices for the key are heard now (see
+    /// [`with_hearing`](Self::with_hearing); a watch made without it always hears).
+    ///
+    /// ```
+    /// use dlock::backend::{ReleaseNotice, ReleaseWatch};
+    /// let (_notices, rx) = tokio::sync::watch::channel(ReleaseNotice::Released);
+    /// assert!(ReleaseWatch::new(rx, None).hears());
+    /// ```
+    pub fn hears(&self) -> bool {
+        self.hearing.as_ref().is_none_or(|hearing| *hearing.borrow())
     }
 
     /// Resolves at the next release notice (or at once if one came since the last call) with
@@ -111,6 +152,9 @@ impl ReleaseWatch {
 
 impl fmt::Debug for ReleaseWatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReleaseWatch").field("last", &*self.rx.borrow()).finish_non_exhaustive()
+        f.debug_struct("ReleaseWatch")
+            .field("last", &*self.rx.borrow())
+            .field("hears", &self.hears())
+            .finish_non_exhaustive()
     }
 }

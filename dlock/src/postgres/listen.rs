@@ -90,7 +90,7 @@ impl Listener {
             // right after this returns anyway.
             rx.borrow_and_update();
         }
-        ReleaseWatch::new(rx, Some(Box::new(unwatch)))
+        ReleaseWatch::new(rx, Some(Box::new(unwatch))).with_hearing(listening)
     }
 
     /// Whether the server has confirmed the LISTEN on `channel`, so that a waiter here would

@@ -23,7 +23,8 @@ use self::pool::Pools;
 use self::runtime::Background;
 use self::sql::Statements;
 use crate::backend::{
-    BackendError, BackendErrorKind, BoxFuture, FullKey, LockBackend, ReleaseOutcome, ReleaseWatch, TryAcquire,
+    BackendError, BackendErrorKind, BoxFuture, CONFIRMATION_WAIT, FullKey, LockBackend, ReleaseOutcome,
+    ReleaseWatch, TryAcquire,
 };
 use crate::error::Error;
 
@@ -455,9 +456,11 @@ impl LockBackend for PostgresBackend {
         Box::pin(async move {
             let inner = &*self.inner;
             match &inner.listener {
-                Some(listener) => {
-                    Ok(Some(listener.watch(inner.statements.channel(key), inner.call_timeout).await))
-                }
+                Some(listener) => Ok(Some(
+                    listener
+                        .watch(inner.statements.channel(key), inner.call_timeout.min(CONFIRMATION_WAIT))
+                        .await,
+                )),
                 None => Ok(None),
             }
         })

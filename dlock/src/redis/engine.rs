@@ -16,7 +16,8 @@ use super::layout;
 use super::notify::Notifier;
 use super::scripts::{Lua, Scripts};
 use crate::backend::{
-    BackendError, FullKey, HANDOFF_LEASE, ReleaseOutcome, ReleaseWatch, TryAcquire, WAITER_RECHECK,
+    BackendError, CONFIRMATION_WAIT, FullKey, HANDOFF_LEASE, ReleaseOutcome, ReleaseWatch, TryAcquire,
+    WAITER_RECHECK,
 };
 
 /// How long a waiting process keeps its place in a key's waiting line without asking again.
@@ -276,7 +277,7 @@ impl Engine {
     }
 
     pub(super) async fn watch_releases(&self, key: &FullKey) -> ReleaseWatch {
-        self.notifier.watch(self.notice_channel(key), self.conns.call_timeout()).await
+        self.notifier.watch(self.notice_channel(key), self.conns.call_timeout().min(CONFIRMATION_WAIT)).await
     }
 }
 

@@ -226,7 +226,7 @@ impl Notifier {
             // right after this returns anyway.
             rx.borrow_and_update();
         }
-        ReleaseWatch::new(rx, Some(Box::new(unwatch)))
+        ReleaseWatch::new(rx, Some(Box::new(unwatch))).with_hearing(subscribed)
     }
 
     /// Whether Redis has confirmed this process's subscription to `channel`, so that a waiter
