@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use dlock::{LockService, RedisClusterBackend};
 use dlock_tests::support::contention::{assert_replicated_lock_kept, contend_through};
-use dlock_tests::{NodeRole, RedisCluster, Store, inspector, redis_cmd, subscribers_on};
+use dlock_tests::{FaultyBackend, NodeRole, Op, RedisCluster, Store, inspector, redis_cmd, subscribers_on};
 use tokio::task::block_in_place;
 
 /// A cluster of this test's own (blocking: started off the runtime's worker).
@@ -653,6 +653,73 @@ async fn a_silent_node_leaves_notices_on_the_other_shards_alone() {
     let quiet_waiter = wait_for(&early, quiet);
     subscribers(silent, quiet_channel, 1, "a new waiter on the quiet shard subscribing").await;
     hands_over(quiet_held, quiet_waiter, "the quiet shard, once its node answers").await;
+}
+
+/// A notice is forwarded while a command of the notice connection waits on a silent node (the
+/// subscriber task never awaits a command: `redis/notify.rs`). Here a waiter is handed its key
+/// on one shard while the unsubscribe of another waiter's channel waits out its 3 s call
+/// timeout on a SIGSTOPped node; the waiter takes the key from the hand-off notice, without
+/// asking again (it would have, at its next recheck a second later, had the notice waited
+/// behind the unsubscribe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_is_not_held_up_by_a_command_waiting_on_a_silent_node() {
+    let mut cluster = block_in_place(|| RedisCluster::start_with(Duration::from_secs(60)));
+    let prefix = "stuck:";
+    let keys = keys_on_every_shard(&cluster, prefix);
+    let full = |key: &String| format!("{prefix}{key}");
+    let (quiet, steady) = (&keys[0], &keys[1]);
+    let silent = cluster.primary_for_key(&full(quiet));
+    let call_timeout = Duration::from_secs(3);
+    let holder = LockService::builder(backend(&cluster, call_timeout).await).key_prefix(prefix).build();
+    let quiet_held = holder.lock(quiet.as_str()).ttl(Duration::from_secs(60)).await.expect("the quiet key");
+    let steady_held =
+        holder.lock(steady.as_str()).ttl(Duration::from_secs(60)).await.expect("the steady key");
+    let waiter_backend = backend(&cluster, call_timeout).await;
+    let recorded = FaultyBackend::new(waiter_backend.clone());
+    let waiter = LockService::builder(recorded.clone()).key_prefix(prefix).build();
+    let wait_for = |key: &String| {
+        let (waiter, key) = (waiter.clone(), key.clone());
+        tokio::spawn(async move { waiter.lock(key.as_str()).wait(Duration::from_secs(60)).await })
+    };
+    let steady_waiter = wait_for(steady);
+    let quiet_waiter = wait_for(quiet);
+    for (key, what) in [(steady, "the steady waiter subscribing"), (quiet, "the quiet waiter subscribing")] {
+        let (port, channel) =
+            (cluster.primary_for_key(&full(key)), waiter_backend.notice_channel(&full(key)));
+        dlock_tests::poll_until(Duration::from_secs(10), what, || {
+            let channel = channel.clone();
+            async move { subscribers_on(port, &channel, true) == 1 }
+        })
+        .await;
+    }
+
+    block_in_place(|| cluster.pause(silent));
+    quiet_waiter.abort();
+    assert!(quiet_waiter.await.is_err_and(|err| err.is_cancelled()), "the quiet waiter gave up");
+    // Its unsubscribe is on its way to the silent node, where it waits out the call timeout.
+    let released = Instant::now();
+    let token = steady_held.fencing_token();
+    assert!(steady_held.release().await.expect("release"), "the holder held the steady key");
+    let next =
+        steady_waiter.await.expect("the steady waiter's task").expect("the steady waiter gets the key");
+    let got_in = released.elapsed();
+    assert!(next.fencing_token() > token);
+    let asked: Vec<_> = recorded
+        .calls_of(Op::TryAcquire)
+        .into_iter()
+        .filter(|call| call.key == full(steady) && call.at > released.into())
+        .collect();
+    assert!(
+        asked.is_empty(),
+        "the waiter asked again {got_in:?} after the release instead of hearing its hand-off: {asked:?}"
+    );
+    assert!(
+        got_in < call_timeout,
+        "the hand-off came {got_in:?} after the release, past the unsubscribe's wait"
+    );
+    next.release().await.expect("release");
+    block_in_place(|| cluster.resume(silent));
+    drop(quiet_held);
 }
 
 /// A shard lost for good (its primary and its replica both down, the cluster serving the rest

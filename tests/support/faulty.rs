@@ -363,6 +363,7 @@ impl FaultyBackend {
     /// A watch of this wrapper's own over `inner`'s: it hears what `inner` hears, and what
     /// [`notify`](Self::notify) sends.
     fn relay(&self, key: &FullKey, mut inner: ReleaseWatch) -> ReleaseWatch {
+        let hearing = inner.hearing();
         let (tx, rx) = watch::channel(ReleaseNotice::Released);
         let tx = Arc::new(tx);
         self.state().watches.push((key.to_string(), Arc::clone(&tx)));
@@ -374,7 +375,11 @@ impl FaultyBackend {
                 }
             }
         });
-        ReleaseWatch::new(rx, Some(Box::new(AbortOnDrop(forward.abort_handle()))))
+        let relayed = ReleaseWatch::new(rx, Some(Box::new(AbortOnDrop(forward.abort_handle()))));
+        match hearing {
+            Some(hearing) => relayed.with_hearing(hearing),
+            None => relayed,
+        }
     }
 }
 

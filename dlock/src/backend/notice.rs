@@ -129,6 +129,25 @@ impl ReleaseWatch {
         self.hearing.as_ref().is_none_or(|hearing| *hearing.borrow())
     }
 
+    /// The flag given to [`with_hearing`](Self::with_hearing), if any: for a wrapping backend
+    /// that relays the notices of the watch it wraps through a watch of its own.
+    ///
+    /// ```
+    /// use dlock::backend::{ReleaseNotice, ReleaseWatch};
+    /// let (_notices, rx) = tokio::sync::watch::channel(ReleaseNotice::Released);
+    /// let (_subscribed, hearing) = tokio::sync::watch::channel(false);
+    /// let inner = ReleaseWatch::new(rx, None).with_hearing(hearing);
+    /// let (_relayed, rx) = tokio::sync::watch::channel(ReleaseNotice::Released);
+    /// let mut outer = ReleaseWatch::new(rx, None);
+    /// if let Some(hearing) = inner.hearing() {
+    ///     outer = outer.with_hearing(hearing);
+    /// }
+    /// assert!(!outer.hears());
+    /// ```
+    pub fn hearing(&self) -> Option<watch::Receiver<bool>> {
+        self.hearing.clone()
+    }
+
     /// Resolves at the next release notice (or at once if one came since the last call) with
     /// what it said. If the backend dropped the sender, it never resolves; callers always
     /// bound it by time.
