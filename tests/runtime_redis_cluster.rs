@@ -655,6 +655,82 @@ async fn a_silent_node_leaves_notices_on_the_other_shards_alone() {
     hands_over(quiet_held, quiet_waiter, "the quiet shard, once its node answers").await;
 }
 
+/// A backend that connects while a failover is under way (a failed primary still holding
+/// slots, its replica not promoted yet) takes no baseline then; the first settled reading it
+/// gets may already count a takeover that a lease it granted meanwhile did not survive. So that
+/// reading renews every lease at once. Here another shard stays unsettled (its primary
+/// SIGSTOPped, its replica told not to fail over) while the backend connects, takes a lease,
+/// and the lease's own shard is taken over by a replica that lacks it; the loss is reported
+/// once the stopped primary answers again and the cluster settles, not at the lease's next
+/// renewal (20 s away). Before the fix the first settled reading was only the baseline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_while_the_backend_had_no_settled_reading_is_not_missed() {
+    let mut cluster = own_cluster();
+    for node in cluster.nodes() {
+        let mut conn = inspector(&format!("redis://127.0.0.1:{}", node.port)).await;
+        let _: () = redis_cmd(&mut conn, &["CONFIG", "SET", "cluster-require-full-coverage", "no"]).await;
+    }
+    let primary = cluster.primary_for_key("unsettled:acct");
+    let replica = cluster.replica_of(primary);
+    let stopped = another_primary(&cluster, primary);
+    let stopped_replica = cluster.replica_of(stopped);
+    let mut patient = inspector(&format!("redis://127.0.0.1:{stopped_replica}")).await;
+    let _: () = redis_cmd(&mut patient, &["CONFIG", "SET", "cluster-replica-no-failover", "yes"]).await;
+    block_in_place(|| cluster.pause(stopped));
+    let mut views = Vec::new();
+    for node in cluster.nodes().iter().filter(|node| node.port != stopped) {
+        views.push(inspector(&format!("redis://127.0.0.1:{}", node.port)).await);
+    }
+    let flagged = |views: Vec<redis::aio::MultiplexedConnection>, failed: bool| async move {
+        for mut view in views {
+            let nodes: String = redis_cmd(&mut view, &["CLUSTER", "NODES"]).await;
+            let flagged =
+                nodes.lines().any(|line| line.contains(&format!(":{stopped}@")) && line.contains(",fail "));
+            if flagged != failed {
+                return false;
+            }
+        }
+        true
+    };
+    dlock_tests::poll_until(
+        Duration::from_secs(15),
+        "every node flagging the stopped primary failed",
+        || flagged(views.clone(), true),
+    )
+    .await;
+
+    let service = LockService::builder(backend(&cluster, Duration::from_secs(2)).await)
+        .key_prefix("unsettled:")
+        .build();
+    let held = service.lock("acct").ttl(Duration::from_secs(60)).await.expect("take");
+    dlock_tests::replica_forgets(&format!("redis://127.0.0.1:{replica}"), "unsettled:acct", true).await;
+    let mut promoted = inspector(&format!("redis://127.0.0.1:{replica}")).await;
+    let _: () = redis_cmd(&mut promoted, &["CLUSTER", "FAILOVER", "TAKEOVER"]).await;
+    dlock_tests::poll_until(Duration::from_secs(15), "the replica serving as a primary", || {
+        let mut conn = promoted.clone();
+        async move {
+            let role: Vec<redis::Value> = redis_cmd(&mut conn, &["ROLE"]).await;
+            matches!(role.first(), Some(redis::Value::BulkString(role)) if role == b"master")
+        }
+    })
+    .await;
+    // Unsettled until the stopped primary answers and the nodes clear its flag.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!held.is_lost(), "no settled reading yet, so nothing to go on");
+    block_in_place(|| cluster.resume(stopped));
+    dlock_tests::poll_until(
+        Duration::from_secs(15),
+        "every node clearing the stopped primary's flag",
+        || flagged(views.clone(), false),
+    )
+    .await;
+    let took = reported_lost(&held, "the cluster settled").await;
+    eprintln!(
+        "a lease lost in a takeover before the backend's first settled reading was reported lost {took:?} after the cluster settled"
+    );
+    assert!(!held.release().await.expect("release"), "the lock was no longer held");
+}
+
 /// A notice is forwarded while a command of the notice connection waits on a silent node (the
 /// subscriber task never awaits a command: `redis/notify.rs`). Here a waiter is handed its key
 /// on one shard while the unsubscribe of another waiter's channel waits out its 3 s call

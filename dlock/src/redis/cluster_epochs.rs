@@ -45,8 +45,9 @@ pub(super) struct ClusterEpochs {
 
 impl ClusterEpochs {
     /// Epochs counted from the cluster's configuration epoch when the backend connected (`None`:
-    /// it could not be read then; the watch's first reading stands for it), watched while
-    /// `activity` says the backend may hold leases.
+    /// it could not be read then, or a failover was under way; the watch's first settled
+    /// reading then renews every lease once, and stands for it), watched while `activity` says
+    /// the backend may hold leases.
     pub(super) fn new(at_connect: Option<u64>, activity: Arc<LeaseActivity>) -> Self {
         Self { at_connect, activity, epochs: OnceLock::new() }
     }
@@ -120,7 +121,14 @@ impl Watch {
                 self.sender.send_modify(|epochs| *epochs += 1);
             }
             Some(_) => {}
-            None => self.seen = Some(epoch),
+            // No settled reading since the backend connected (a failover was under way then, or
+            // the configuration could not be read), and it may hold leases now: a failover may
+            // have ended since one was granted, so this first reading renews them all once.
+            None => {
+                self.seen = Some(epoch);
+                tracing::debug!(target: "dlock", epoch, "the Redis Cluster's first settled configuration: renewing every lease at once");
+                self.sender.send_modify(|epochs| *epochs += 1);
+            }
         }
     }
 }
