@@ -187,3 +187,28 @@ fn a_guard_dropped_at_the_end_of_block_on_is_released_while_its_runtime_idles() 
     assert!(got.is_ok(), "the dropped guard's key was not released while its runtime idled: {got:?}");
     drop(idle);
 }
+
+/// A waiting request whose winning attempt's answer was lost (the key was taken for it, the
+/// answer timed out on the way back) takes the key on its next attempt: the backend gives an
+/// owner a key it already holds (contract, point 1). Before the fix the memory backend said
+/// `Held` to its own owner, and the request waited on its own lock until `wait` ran out.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_waiter_whose_winning_answer_was_lost_takes_the_key_on_its_next_attempt() {
+    let (faulty, memory, service) = faulty_service();
+    let other = LockService::new(memory);
+    let holder = other.lock("k").ttl(Duration::from_secs(30)).await.expect("holder");
+    faulty.inject(Rule::lose_answer(Op::TryAcquire, BackendErrorKind::Timeout).if_acquired().once());
+    let waiter = tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let got = service.lock("k").ttl(Duration::from_secs(30)).wait(Duration::from_secs(10)).await;
+        (got, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(holder.release().await.expect("release"));
+    let (got, waited) = waiter.await.expect("the waiter's task");
+    let guard = got.unwrap_or_else(|err| {
+        panic!("the key was free 100 ms in, yet the waiter gave up after {waited:?}: {err}")
+    });
+    assert!(waited < Duration::from_secs(2), "the waiter took {waited:?}");
+    assert!(guard.release().await.expect("release"));
+}

@@ -215,6 +215,24 @@ pub async fn release_and_renew_act_only_for_the_owner(store: &dyn Store) {
     assert!(store.is_free("never-held").await, "a renewal does not take a free key");
 }
 
+/// Point 1: an owner that holds the key takes it again (a new token, a fresh lease), so an
+/// attempt whose answer was lost is settled by the owner's next one; nobody else gets in.
+pub async fn an_owner_asking_for_a_key_it_holds_takes_it_again(store: &dyn Store) {
+    let (a, b) = (store.client().await, store.client().await);
+    let key = store.full_key("again");
+    let first = acquired(bounded("a takes it", a.try_acquire(&key, "owner-a", LONG_TTL)).await, "a takes it");
+    let again =
+        acquired(bounded("a asks again", a.try_acquire(&key, "owner-a", LONG_TTL)).await, "a asks again");
+    assert!(again > first, "a new token: {again} after {first}");
+    held(bounded("b asks", b.try_acquire(&key, "owner-b", LONG_TTL)).await, "b asks");
+    if let Some(stored) = store.owner("again").await {
+        assert_eq!(stored.as_deref(), Some("owner-a"), "the store holds it for a");
+    }
+    assert!(bounded("a's release", a.release(&key, "owner-a")).await.was_held, "a held it");
+    let next = acquired(bounded("b asks again", b.try_acquire(&key, "owner-b", LONG_TTL)).await, "released");
+    assert!(next > again);
+}
+
 /// Point 3: a lease ends at its ttl unless renewed; a renewal extends it by a ttl from then;
 /// after the end, the old owner's renew and release are refused and leave the new holder alone.
 pub async fn a_lease_ends_at_its_ttl_unless_renewed(store: &dyn Store) {

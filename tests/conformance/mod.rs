@@ -72,6 +72,7 @@ macro_rules! conformance_suite {
                 racing_acquires_have_one_winner,
                 fencing_tokens_strictly_increase_per_key,
                 release_and_renew_act_only_for_the_owner,
+                an_owner_asking_for_a_key_it_holds_takes_it_again,
                 a_lease_ends_at_its_ttl_unless_renewed,
                 every_call_answers_promptly,
                 a_watch_hears_a_release_made_after_it,

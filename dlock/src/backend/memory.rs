@@ -144,9 +144,10 @@ impl LockBackend for MemoryBackend {
         let now = Instant::now();
         let mut state = self.inner.lock();
         let outcome = match state.holdings.get_mut(key) {
-            Some(holding) if holding.expires_at > now => {
+            Some(holding) if holding.expires_at > now && holding.owner != owner => {
                 TryAcquire::Held { remaining: Some(holding.expires_at - now), newest_token: None }
             }
+            // Free, expired, or already this owner's (contract, point 1).
             Some(holding) => {
                 holding.owner.clear();
                 holding.owner.push_str(owner);

@@ -145,7 +145,9 @@ impl ReleaseOutcome {
 /// 1. **Atomic acquire.** [`try_acquire`](Self::try_acquire) takes the key for `owner` for
 ///    `ttl` only if nobody holds it, in one atomic step, and then returns a fencing token
 ///    strictly greater than every token it returned before for that key. Otherwise it returns
-///    [`TryAcquire::Held`] with the time the current lease has left, if known.
+///    [`TryAcquire::Held`] with the time the current lease has left, if known. An `owner`
+///    that holds the key already takes it again the same way (a new token, a lease of `ttl`
+///    from now): an attempt whose answer was lost on the way back is settled by the next.
 /// 2. **Owner-checked release and renew.** [`release`](Self::release) and
 ///    [`renew`](Self::renew) act only if `owner` holds the key at that moment, atomically, and
 ///    report that it did not (touching nothing) otherwise — in particular after the lease
