@@ -188,6 +188,30 @@ fn a_guard_dropped_at_the_end_of_block_on_is_released_while_its_runtime_idles() 
     drop(idle);
 }
 
+/// As above, with a renewal on the wire when the guard is dropped: its answer can only come
+/// when the idle runtime is driven again, and the release does not wait for it (a renewal
+/// landing after the release is owner-checked and changes nothing). Before the fix the release
+/// waited for that answer, and the key stayed held until the renewed lease ran out.
+#[test]
+fn a_guard_dropped_with_a_renewal_on_the_wire_is_released_while_its_runtime_idles() {
+    let memory = MemoryBackend::new();
+    let faulty = FaultyBackend::new(memory.clone());
+    let (a, b) = (LockService::new(faulty.clone()), LockService::new(memory));
+    let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let idle = runtime();
+    idle.block_on(async {
+        let _guard = a.lock("k").ttl(Duration::from_millis(900)).await.expect("lock");
+        // The renewal, due at ttl/3 (300 ms), reaches the store; its answer takes 50 ms.
+        faulty.inject(Rule::delay_answer(Op::Renew, Duration::from_millis(50)));
+        tokio::time::sleep(Duration::from_millis(320)).await;
+        assert_eq!(faulty.count(Op::Renew), 1, "a renewal was sent");
+        assert_eq!(faulty.answered(Op::Renew), 0, "and is still on the wire");
+    });
+    let got = runtime().block_on(async { b.lock("k").wait(Duration::from_millis(600)).await });
+    assert!(got.is_ok(), "the dropped guard's key was not released while its runtime idled: {got:?}");
+    drop(idle);
+}
+
 /// A waiting request whose winning attempt's answer was lost (the key was taken for it, the
 /// answer timed out on the way back) takes the key on its next attempt: the backend gives an
 /// owner a key it already holds (contract, point 1). Before the fix the memory backend said

@@ -369,8 +369,12 @@ impl Release {
 
     async fn run(self) -> Result<bool, Error> {
         let Self { held, lease, keeper, backend, mut pending } = self;
-        // No renewal may be sent after the release: stop them (waiting for one on the wire).
-        lease.stop_renewals().await;
+        // No renewal may be sent after the release: stop them, and give one on the wire a
+        // moment to come back, so the release sees what it said. No longer: its answer may
+        // never come while the runtime that sent it idles (a guard dropped at the end of a
+        // `block_on`), and a renewal that lands after the release is owner-checked: it finds
+        // the key not this owner's and changes nothing.
+        let _ = tokio::time::timeout(RENEWAL_ON_THE_WIRE, lease.stop_renewals()).await;
         drop(keeper);
         let lost_before = lease.lost_reason().is_some();
         lease.mark_released();
@@ -406,6 +410,9 @@ impl Release {
 /// How long a releasing process's next waiter lets waiters of other processes go first: a few
 /// times a cross-process hand-off on a LAN.
 const CROSS_PROCESS_COURTESY: Duration = Duration::from_millis(2);
+
+/// How long a release waits for a renewal on the wire to come back before it goes ahead.
+const RENEWAL_ON_THE_WIRE: Duration = Duration::from_millis(100);
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
