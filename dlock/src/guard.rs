@@ -31,7 +31,10 @@ pub(crate) struct HeldKey {
 ///
 /// While it lives, the lease is renewed in the background every ttl/3 (unless the request
 /// said `.renew(false)`; a key handed over by a release is first renewed sooner, see
-/// [`HANDOFF_LEASE`](crate::backend::HANDOFF_LEASE)). If the lease is lost — a renewal refused, or not confirmed before
+/// [`HANDOFF_LEASE`](crate::backend::HANDOFF_LEASE)), by a task on the runtime the lock was
+/// taken on: a guard kept between two `block_on`s of a current-thread runtime is not renewed
+/// while that runtime idles (use a multi-thread runtime, or a ttl that covers the pause). If
+/// the lease is lost — a renewal refused, or not confirmed before
 /// the lease could have ended — [`is_lost`](Self::is_lost) turns true and
 /// [`lost`](Self::lost) resolves: stop the protected work then.
 ///
