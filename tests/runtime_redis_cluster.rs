@@ -489,6 +489,32 @@ async fn lease_the_new_primary_lacks(failover: Failover) {
     assert_eq!(cluster_nodes_calls(&cluster).await, asked, "the watch stopped with its backend");
 }
 
+/// Let the cluster serve the slots it can while a shard is down
+/// (`cluster-require-full-coverage no` on every node).
+async fn serve_without_full_coverage(cluster: &RedisCluster) {
+    for node in cluster.nodes() {
+        let mut conn = inspector(&format!("redis://127.0.0.1:{}", node.port)).await;
+        let _: () = redis_cmd(&mut conn, &["CONFIG", "SET", "cluster-require-full-coverage", "no"]).await;
+    }
+}
+
+/// `CLUSTER FAILOVER TAKEOVER` by `replica` after it forgot `key` (as if the lock had not
+/// reached it), without waiting for the rest of the cluster to settle; returns once `replica`
+/// serves as a primary.
+async fn take_over_lacking(replica: u16, key: &str) {
+    dlock_tests::replica_forgets(&format!("redis://127.0.0.1:{replica}"), key, true).await;
+    let mut promoted = inspector(&format!("redis://127.0.0.1:{replica}")).await;
+    let _: () = redis_cmd(&mut promoted, &["CLUSTER", "FAILOVER", "TAKEOVER"]).await;
+    dlock_tests::poll_until(Duration::from_secs(15), "the replica serving as a primary", || {
+        let mut conn = promoted.clone();
+        async move {
+            let role: Vec<redis::Value> = redis_cmd(&mut conn, &["ROLE"]).await;
+            matches!(role.first(), Some(redis::Value::BulkString(role)) if role == b"master")
+        }
+    })
+    .await;
+}
+
 /// Wait, at most 10 s, until `held` is reported lost after `what`; returns how long it took.
 async fn reported_lost(held: &dlock::LockGuard, what: &str) -> Duration {
     dlock_tests::poll_until(Duration::from_secs(10), &format!("the lease reported lost after {what}"), || {
@@ -666,10 +692,7 @@ async fn a_silent_node_leaves_notices_on_the_other_shards_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_takeover_while_the_backend_had_no_settled_reading_is_not_missed() {
     let mut cluster = own_cluster();
-    for node in cluster.nodes() {
-        let mut conn = inspector(&format!("redis://127.0.0.1:{}", node.port)).await;
-        let _: () = redis_cmd(&mut conn, &["CONFIG", "SET", "cluster-require-full-coverage", "no"]).await;
-    }
+    serve_without_full_coverage(&cluster).await;
     let primary = cluster.primary_for_key("unsettled:acct");
     let replica = cluster.replica_of(primary);
     let stopped = another_primary(&cluster, primary);
@@ -703,17 +726,7 @@ async fn a_takeover_while_the_backend_had_no_settled_reading_is_not_missed() {
         .key_prefix("unsettled:")
         .build();
     let held = service.lock("acct").ttl(Duration::from_secs(60)).await.expect("take");
-    dlock_tests::replica_forgets(&format!("redis://127.0.0.1:{replica}"), "unsettled:acct", true).await;
-    let mut promoted = inspector(&format!("redis://127.0.0.1:{replica}")).await;
-    let _: () = redis_cmd(&mut promoted, &["CLUSTER", "FAILOVER", "TAKEOVER"]).await;
-    dlock_tests::poll_until(Duration::from_secs(15), "the replica serving as a primary", || {
-        let mut conn = promoted.clone();
-        async move {
-            let role: Vec<redis::Value> = redis_cmd(&mut conn, &["ROLE"]).await;
-            matches!(role.first(), Some(redis::Value::BulkString(role)) if role == b"master")
-        }
-    })
-    .await;
+    take_over_lacking(replica, "unsettled:acct").await;
     // Unsettled until the stopped primary answers and the nodes clear its flag.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!held.is_lost(), "no settled reading yet, so nothing to go on");
@@ -808,10 +821,7 @@ async fn a_notice_is_not_held_up_by_a_command_waiting_on_a_silent_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_down_for_good_does_not_hide_a_failover_of_another() {
     let mut cluster = own_cluster();
-    for node in cluster.nodes() {
-        let mut conn = inspector(&format!("redis://127.0.0.1:{}", node.port)).await;
-        let _: () = redis_cmd(&mut conn, &["CONFIG", "SET", "cluster-require-full-coverage", "no"]).await;
-    }
+    serve_without_full_coverage(&cluster).await;
     let primary = cluster.primary_for_key("dead:acct");
     let replica = cluster.replica_of(primary);
     let dead_primary = another_primary(&cluster, primary);
@@ -854,17 +864,7 @@ async fn a_shard_down_for_good_does_not_hide_a_failover_of_another() {
     let service =
         LockService::builder(backend(&cluster, Duration::from_secs(2)).await).key_prefix("dead:").build();
     let held = service.lock("acct").ttl(Duration::from_secs(60)).await.expect("take");
-    dlock_tests::replica_forgets(&format!("redis://127.0.0.1:{replica}"), "dead:acct", true).await;
-    let mut promoted = inspector(&format!("redis://127.0.0.1:{replica}")).await;
-    let _: () = redis_cmd(&mut promoted, &["CLUSTER", "FAILOVER", "TAKEOVER"]).await;
-    dlock_tests::poll_until(Duration::from_secs(15), "the replica serving as a primary", || {
-        let mut conn = promoted.clone();
-        async move {
-            let role: Vec<redis::Value> = redis_cmd(&mut conn, &["ROLE"]).await;
-            matches!(role.first(), Some(redis::Value::BulkString(role)) if role == b"master")
-        }
-    })
-    .await;
+    take_over_lacking(replica, "dead:acct").await;
     let took = reported_lost(&held, "the takeover").await;
     eprintln!(
         "with a shard down for good, a lease the new primary lacks was reported lost {took:?} after the takeover"
