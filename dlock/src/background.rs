@@ -188,7 +188,9 @@ pub(crate) enum Rescue {
     Cancelled,
 }
 
+/// Tests of [`Lasting`] work, which only the Redis backends use.
 #[cfg(test)]
+#[cfg(feature = "redis")]
 mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};

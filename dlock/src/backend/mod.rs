@@ -38,6 +38,7 @@ use std::time::Duration;
 pub use error::{BackendError, BackendErrorKind};
 pub use key::FullKey;
 pub use memory::MemoryBackend;
+#[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) use notice::CONFIRMATION_WAIT;
 pub use notice::{HANDOFF_LEASE, ReleaseNotice, ReleaseWatch, WAITER_RECHECK};
 

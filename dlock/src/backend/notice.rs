@@ -19,6 +19,7 @@ pub const WAITER_RECHECK: Duration = Duration::from_secs(1);
 /// subscription before they hand back a watch that does not [hear](ReleaseWatch::hears) yet:
 /// the waiter then asks at the polling rhythm until the confirmation comes, instead of
 /// standing still while a notice server that is down or refusing keeps it waiting.
+#[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) const CONFIRMATION_WAIT: Duration = Duration::from_millis(250);
 
 /// The longest first lease a backend may give an owner it hands a key to (see the contract,
