@@ -22,11 +22,16 @@
 //! A rebinding of a name the attribute itself uses (in a key, `ttl`, `wait` or `service`)
 //! allows `unused_variables`: the body need not use it. Every other rebinding keeps the user's
 //! spans, so an unused or needlessly `mut` parameter is reported where it was before.
+//!
+//! A parameter's `#[cfg]`/`#[cfg_attr]` stay on it and go on every statement made for it (they
+//! may remove it); its lint attributes (`#[allow(unused_variables)]`, `#[expect(..)]`, …) move
+//! to the rebinding, the binding the body uses, where they mean what they meant on the plain
+//! fn. A rebinding of a `_`-prefixed name allows clippy's pedantic lints about reading one.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, quote_spanned};
 use syn::visit_mut::VisitMut;
-use syn::{FnArg, Ident, Pat, PatIdent, Signature, Token};
+use syn::{Attribute, FnArg, Ident, Pat, PatIdent, Signature, Token};
 
 /// The statements that carry the arguments into the body.
 pub(crate) struct Moves {
@@ -56,22 +61,28 @@ pub(crate) fn rewrite(sig: &mut Signature, used_by_attribute: &dyn Fn(&Ident) ->
             }
             FnArg::Typed(typed) => typed,
         };
+        let ParamAttrs { cfgs, lints } = ParamAttrs::take(&mut typed.attrs);
         let pat = &mut *typed.pat;
         if let Pat::Ident(PatIdent { by_ref: None, subpat: None, mutability, ident, .. }) = pat {
             let binding_mut = mutability.take();
             let allow = allow(used_by_attribute(ident));
-            moves.prologue.extend(quote_spanned!(mixed=> #allow let #binding_mut #ident = #ident;));
+            let underscore = allow_underscored(std::iter::once(&*ident));
+            moves.prologue.extend(
+                quote_spanned!(mixed=> #(#cfgs)* #(#lints)* #allow #underscore let #binding_mut #ident = #ident;),
+            );
         } else if binds_whole(pat) {
             let mut bindings = Vec::new();
             collect_and_strip_mut(pat, &mut bindings);
             let allow = allow(bindings.iter().any(|(ident, _)| used_by_attribute(ident)));
+            let underscore = allow_underscored(bindings.iter().map(|(ident, _)| ident));
             let names = bindings.iter().map(|(ident, _)| ident);
             let patterns =
                 bindings.iter().map(|(ident, mutability)| quote_spanned!(mixed=> #mutability #ident));
+            let attrs = quote_spanned!(mixed=> #(#cfgs)* #(#lints)* #allow #underscore);
             moves.prologue.extend(match bindings.len() {
                 0 => TokenStream::new(),
-                1 => quote_spanned!(mixed=> #allow let #(#patterns)* = #(#names)*;),
-                _ => quote_spanned!(mixed=> #allow let (#(#patterns),*) = (#(#names),*);),
+                1 => quote_spanned!(mixed=> #attrs let #(#patterns)* = #(#names)*;),
+                _ => quote_spanned!(mixed=> #attrs let (#(#patterns),*) = (#(#names),*);),
             });
         } else {
             let arg = Ident::new(&format!("__dlock_arg{index}"), mixed);
@@ -91,17 +102,53 @@ pub(crate) fn rewrite(sig: &mut Signature, used_by_attribute: &dyn Fn(&Ident) ->
             ByReference.visit_pat_mut(&mut view);
             let used = bindings.iter().any(|(ident, _)| used_by_attribute(ident));
             if !bindings.is_empty() {
-                moves.views.extend(quote_spanned!(mixed=> #[allow(unused_variables)] let #view = &#arg;));
+                moves
+                    .views
+                    .extend(quote_spanned!(mixed=> #(#cfgs)* #[allow(unused_variables)] let #view = &#arg;));
             }
             let arg_mut = has_ref_mut(&original).then(|| Token![mut](mixed));
             let allow = allow(used);
             moves.prologue.extend(quote_spanned! {mixed=>
-                let #arg_mut #arg = #arg;
-                #allow let #original = #arg;
+                #(#cfgs)* let #arg_mut #arg = #arg;
+                #(#cfgs)* #(#lints)* #allow let #original = #arg;
             });
         }
     }
     moves
+}
+
+/// A parameter's attributes that the statements generated for it need too.
+struct ParamAttrs {
+    /// `#[cfg]` and `#[cfg_attr]`: kept on the parameter (which they may remove) and copied onto
+    /// each statement that names it, which goes with it.
+    cfgs: Vec<Attribute>,
+    /// Lint attributes (`allow`, `expect`, `warn`, `deny`, `forbid`): moved to the rebinding,
+    /// the binding the body uses, so that they apply where the plain fn applies them (left on
+    /// the parameter, an `expect` would find its lint unfulfilled there).
+    lints: Vec<Attribute>,
+}
+
+impl ParamAttrs {
+    fn take(attrs: &mut Vec<Attribute>) -> Self {
+        let is = |attr: &Attribute, names: &[&str]| names.iter().any(|name| attr.path().is_ident(name));
+        let cfgs = attrs.iter().filter(|attr| is(attr, &["cfg", "cfg_attr"])).cloned().collect();
+        let (lints, kept) = std::mem::take(attrs)
+            .into_iter()
+            .partition(|attr| is(attr, &["allow", "expect", "warn", "deny", "forbid"]));
+        *attrs = kept;
+        Self { cfgs, lints }
+    }
+}
+
+/// `let _x = _x;` reads a binding whose name says it is not read, which clippy's pedantic
+/// `used_underscore_binding` and `no_effect_underscore_binding` point out (the plain fn has no
+/// such statement): allowed when one of `names` starts with `_`.
+fn allow_underscored<'a>(mut names: impl Iterator<Item = &'a Ident>) -> TokenStream {
+    if names.any(|name| name.to_string().starts_with('_')) {
+        quote_spanned!(Span::mixed_site()=> #[allow(clippy::used_underscore_binding, clippy::no_effect_underscore_binding)])
+    } else {
+        TokenStream::new()
+    }
 }
 
 /// Whether `pat` moves the whole value into its bindings, so that nothing of it is left to
