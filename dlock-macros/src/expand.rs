@@ -5,15 +5,20 @@
 //!     <Ret as ::dlock::__private::LockedReturn>::check();               // located at `Ret`
 //!     <<Ret as ::dlock::__private::LockedReturn>::Error as ::dlock::__private::LockedError>::check();
 //!     const _: () = { /* ttl literal within dlock::MIN_TTL..=MAX_TTL, or panic */ };
-//!     let <pattern> = &__dlock_arg1;           // views of renamed patterns, for the keys
-//!     let __dlock_request = ::dlock::__private::request(
-//!         ::core::option::Option::None,            // or Some("name"), Some(service_name(EXPR))
-//!         ::core::convert::From::from([
-//!             ::dlock::__private::format!("user:{}", ::dlock::__private::key_part(&user_id)),
-//!         ]),
-//!     )
-//!     .ttl(::dlock::__private::Duration::new(10u64, 0u32))     // only the options given
-//!     .wait(::dlock::__private::duration(user_expression));
+//!     let __dlock_request = {
+//!         let <pattern> = &__dlock_arg1;       // views of renamed patterns, for the keys; a
+//!                                              // block of their own, so that no borrow of an
+//!                                              // argument lives across an `.await` (a `!Sync`
+//!                                              // argument would make the future `!Send`)
+//!         ::dlock::__private::request(
+//!             ::core::option::Option::None,        // or Some("name"), Some(service_name(EXPR))
+//!             ::core::convert::From::from([
+//!                 ::dlock::__private::format!("user:{}", ::dlock::__private::key_part(&user_id)),
+//!             ]),
+//!         )
+//!         .ttl(::dlock::__private::Duration::new(10u64, 0u32))     // only the options given
+//!         .wait(::dlock::__private::duration(user_expression))
+//!     };
 //!     let __dlock_body = async move {
 //!         if false { let __dlock_fake: Ret = loop {}; return __dlock_fake; }
 //!         let user_id = user_id;                   // every argument moved in (params.rs)
@@ -173,11 +178,13 @@ pub(crate) fn expand(checked: Checked) -> TokenStream {
             #(#inner_attrs)*
             #check
             #ttl_check
-            #views
-            let #request = #at_mixed::request(
-                #service,
-                ::core::convert::From::from([#(#keys),*]),
-            )#options;
+            let #request = {
+                #views
+                #at_mixed::request(
+                    #service,
+                    ::core::convert::From::from([#(#keys),*]),
+                )#options
+            };
             let #locked = async move {
                 #fake_return
                 #prologue
