@@ -128,16 +128,33 @@ struct ParamAttrs {
     lints: Vec<Attribute>,
 }
 
+/// The attributes that set lint levels.
+const LINT_ATTRIBUTES: [&str; 5] = ["allow", "expect", "warn", "deny", "forbid"];
+
 impl ParamAttrs {
     fn take(attrs: &mut Vec<Attribute>) -> Self {
-        let is = |attr: &Attribute, names: &[&str]| names.iter().any(|name| attr.path().is_ident(name));
-        let cfgs = attrs.iter().filter(|attr| is(attr, &["cfg", "cfg_attr"])).cloned().collect();
-        let (lints, kept) = std::mem::take(attrs)
-            .into_iter()
-            .partition(|attr| is(attr, &["allow", "expect", "warn", "deny", "forbid"]));
+        let (lints, kept): (Vec<_>, Vec<_>) = std::mem::take(attrs).into_iter().partition(is_lint);
         *attrs = kept;
+        let cfgs = attrs
+            .iter()
+            .filter(|attr| attr.path().is_ident("cfg") || attr.path().is_ident("cfg_attr"))
+            .cloned()
+            .collect();
         Self { cfgs, lints }
     }
+}
+
+/// A lint attribute, or a `cfg_attr` that only ever gives lint attributes.
+fn is_lint(attr: &Attribute) -> bool {
+    let is_lint_path = |path: &syn::Path| LINT_ATTRIBUTES.iter().any(|name| path.is_ident(name));
+    if is_lint_path(attr.path()) {
+        return true;
+    }
+    if !attr.path().is_ident("cfg_attr") {
+        return false;
+    }
+    let parsed = attr.parse_args_with(syn::punctuated::Punctuated::<syn::Meta, Token![,]>::parse_terminated);
+    parsed.is_ok_and(|metas| metas.len() > 1 && metas.iter().skip(1).all(|meta| is_lint_path(meta.path())))
 }
 
 /// `let _x = _x;` reads a binding whose name says it is not read, which clippy's pedantic

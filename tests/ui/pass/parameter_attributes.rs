@@ -53,7 +53,15 @@ pub async fn expect_unused_pattern(
     Ok(id)
 }
 
+#[distributed_lock(key = "expect:<id>")]
+pub async fn cfg_attr_expect(
+    id: u64,
+    #[cfg_attr(any(unix, windows), expect(unused_variables))] extra: String,
+) -> Result<u64, dlock::Error> {
+    Ok(id)
+}
+
 fn main() {
     let _ = (cfg_param, cfg_pattern, cfg_kept, cfg_attr_allow, allow_unused, allow_unused_mut);
-    let _ = (expect_unused, expect_unused_pattern);
+    let _ = (expect_unused, expect_unused_pattern, cfg_attr_expect);
 }
