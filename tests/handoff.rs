@@ -404,6 +404,32 @@ async fn a_waiter_rides_out_a_read_only_spell() {
     assert!(guard.release().await.expect("release"));
 }
 
+/// The Redis a waiting request talks to refuses writes for a while because too few replicas
+/// are connected (`min-replicas-to-write`: `NOREPLICAS`), which is as passing as a read-only
+/// spell: the request keeps trying, and gets the key once writes are taken again. Before, the
+/// refusal was an `Other` error and the waiter gave up at its next ask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_rides_out_a_spell_without_enough_replicas() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let mut conn = inspector(&url).await;
+    let holder = LockService::new(connect_redis(&url).await);
+    let held = holder.lock("nr").ttl(TTL).await.expect("holder");
+    let waiter = LockService::new(connect_redis(&url).await);
+    let call = tokio::spawn(async move { waiter.lock("nr").ttl(TTL).wait(Duration::from_secs(15)).await });
+    wait_for_line(&conn, "nr", 1).await;
+
+    let () = redis_cmd(&mut conn, &["CONFIG", "SET", "min-replicas-to-write", "1"]).await;
+    // Longer than a recheck: the waiter asks at least once while the server refuses writes.
+    tokio::time::sleep(WAITER_RECHECK + Duration::from_millis(500)).await;
+    let gave_up = call.is_finished();
+    let () = redis_cmd(&mut conn, &["CONFIG", "SET", "min-replicas-to-write", "0"]).await;
+    assert!(!gave_up, "the waiter gave up on a NOREPLICAS spell: {:?}", call.await);
+    let _ = held.release().await;
+    let guard = call.await.expect("join").expect("the waiter gets the key once the server takes writes");
+    assert!(guard.release().await.expect("release"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Real processes: this test binary re-executed as a worker.
 

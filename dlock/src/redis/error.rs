@@ -38,9 +38,13 @@ pub(super) fn classify(err: &RedisError) -> BackendErrorKind {
         BackendErrorKind::Timeout
     } else if err.is_io_error() || err.is_connection_refusal() || err.is_connection_dropped() {
         BackendErrorKind::Connection
-    } else if matches!(code, Some("LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN" | "OOM" | "BUSY")) {
+    } else if matches!(
+        code,
+        Some("LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN" | "OOM" | "BUSY" | "NOREPLICAS" | "MISCONF")
+    ) {
         // Loading after a restart, a failover under way, a replica, out of memory, a busy
-        // script: the server cannot serve now and may soon.
+        // script, too few replicas for `min-replicas-to-write`, a failed background save with
+        // `stop-writes-on-bgsave-error`: the server cannot serve now and may soon.
         BackendErrorKind::Unavailable
     } else {
         BackendErrorKind::Other
