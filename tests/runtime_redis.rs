@@ -326,6 +326,47 @@ async fn zero_call_timeout_is_invalid_input() {
     assert!(matches!(err, Error::InvalidInput { what: "call timeout", .. }), "{err:?}");
 }
 
+/// A key handed over by a release is not taken on trust by a waiter whose backend wants
+/// replicas to acknowledge every acquisition: the hand-off was the releasing process's write,
+/// which no `WAIT` covered. The waiter asks again, and that acquisition waits for the replicas —
+/// here there are none, so it fails with `NotReplicated` and lets the key go. Before, the waiter
+/// took the key from the hand-off notice, with no replica acknowledging it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_handed_over_is_acknowledged_by_the_replicas_too() {
+    let primary = RedisServer::start();
+    let url = primary.url();
+    let conn = inspector(&url).await;
+    let holder = LockService::new(connect_redis_with(&url, Duration::from_secs(2)).await);
+    let held =
+        holder.lock("acct").ttl(Duration::from_secs(30)).await.expect("the holder (no replicas asked for)");
+    let replicated = RedisBackend::builder(url.clone())
+        .call_timeout(Duration::from_secs(2))
+        .replicas_acknowledge(1, Duration::from_millis(200))
+        .connect()
+        .await
+        .expect("connect");
+    let waiter = LockService::new(replicated);
+    let call = tokio::spawn(async move {
+        waiter.lock("acct").ttl(Duration::from_secs(30)).wait(Duration::from_secs(10)).await
+    });
+    let line = RedisBackend::line_key("acct");
+    poll_until(Duration::from_secs(5), "the replicated waiter in line", || {
+        let (mut conn, line) = (conn.clone(), line.clone());
+        async move { redis_cmd::<i64>(&mut conn, &["HLEN", &line]).await == 1 }
+    })
+    .await;
+    assert!(held.release().await.expect("release"), "the holder held the key");
+    let (key, kind, message) =
+        expect_backend_error(call.await.expect("join"), "a hand-off no replica acknowledged");
+    assert_eq!(kind, BackendErrorKind::NotReplicated, "{message}");
+    assert_eq!(key.as_deref(), Some("acct"));
+    poll_until(Duration::from_secs(2), "the unacknowledged key let go", || {
+        let mut conn = conn.clone();
+        async move { !redis_cmd::<bool>(&mut conn, &["EXISTS", "acct"]).await }
+    })
+    .await;
+}
+
 /// `replicas_acknowledge` on a primary whose replicas do not acknowledge (here: it has none):
 /// the acquisition fails with `NotReplicated` after the wait, naming the key, and the lock it
 /// took on the primary alone is released, not left for its ttl. With a replica that keeps up

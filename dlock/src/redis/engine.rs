@@ -91,6 +91,11 @@ impl Engine {
         replication: Option<Replicated>,
     ) -> Self {
         let process = Arc::from(format!("{:016x}", rand::random::<u64>()));
+        if replication.is_some() {
+            // A hand-off is a write of the releasing process's, which no `WAIT` of this one
+            // covered: the waiter asks again, and that acquisition waits for the replicas.
+            notifier.hand_offs_as_releases();
+        }
         Self { conns, notifier: Arc::new(notifier), activity: None, process, scripts, replication }
     }
 

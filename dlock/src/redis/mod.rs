@@ -112,7 +112,8 @@ impl RedisBackendBuilder {
     /// `WAIT`, sent with the acquisition on the same connection). An acquisition they do not
     /// acknowledge in time is released and fails with a
     /// [`BackendErrorKind::NotReplicated`](crate::backend::BackendErrorKind::NotReplicated)
-    /// error.
+    /// error. A key a release hands to a waiting request is asked for again, so it is
+    /// acknowledged the same way.
     ///
     /// This narrows the window in which a failover to a replica loses a lock that was just
     /// taken; it does not make Redis a consensus store (a replica that acknowledged may still

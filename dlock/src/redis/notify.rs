@@ -32,6 +32,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::str;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -174,6 +175,9 @@ pub(super) struct Notifier {
 #[derive(Debug, Default)]
 struct Shared {
     channels: Mutex<HashMap<String, Channel>>,
+    /// Hand-offs are passed on as plain release notices (see
+    /// [`Notifier::hand_offs_as_releases`]).
+    hand_offs_as_releases: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -204,6 +208,13 @@ impl Notifier {
             kicks,
         });
         Self { shared, kick }
+    }
+
+    /// Pass hand-offs on as plain release notices: a waiter then asks again instead of taking
+    /// the key from the notice, and finds it its own (a backend that makes every acquisition
+    /// wait for replicas must not let one in without that wait).
+    pub(super) fn hand_offs_as_releases(&self) {
+        self.shared.hand_offs_as_releases.store(true, Ordering::Relaxed);
     }
 
     /// Register a waiter on `channel`; resolves once the subscription is confirmed, or after
@@ -339,7 +350,10 @@ async fn subscriber(
                     let Some(strong) = shared.upgrade() else { return };
                     match event {
                         Some(FeedEvent::Message { channel, payload }) => {
-                            let Some(notice) = parse_notice(&payload) else { continue };
+                            let Some(mut notice) = parse_notice(&payload) else { continue };
+                            if strong.hand_offs_as_releases.load(Ordering::Relaxed) {
+                                notice = ReleaseNotice::Released;
+                            }
                             if let Some(entry) = strong.lock().get(&channel) {
                                 entry.notices.send_replace(notice);
                             }
