@@ -246,9 +246,9 @@ impl PostgresBackend {
 
     /// Remove the rows that have been free (released, or expired) for longer than `after` from
     /// the lease table now, and return how many went: `Duration::ZERO` removes every free row,
-    /// a retention longer than any row has existed removes none. The backend does this on its own every so often (see
-    /// [`cleanup_after`](PostgresBackendBuilder::cleanup_after)); fencing tokens keep
-    /// increasing across it.
+    /// a retention longer than any row has existed removes none. The backend does this on its
+    /// own every so often (see [`cleanup_after`](PostgresBackendBuilder::cleanup_after));
+    /// fencing tokens keep increasing across it.
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
