@@ -60,12 +60,26 @@ async fn check(config: RunConfig) -> Analysis {
     checked(config).await.analysis
 }
 
-/// The run, its check and what each fault recorded.
+/// How many runs a check gets when the machine's wall clock steps during them.
+const RUNS_WHEN_THE_CLOCK_STEPS: usize = 3;
+
+/// The run, its check and what each fault recorded. A run whose history is unreliable only
+/// because the wall clock stepped (the machine's clock sync, not the lock) is run again, up
+/// to [`RUNS_WHEN_THE_CLOCK_STEPS`] runs in all; any other unreliable history fails the test.
 async fn checked(config: RunConfig) -> dlock_check::Checked {
-    let checked = dlock_check::check(config).await.unwrap_or_else(|err| panic!("the run failed: {err:#}"));
-    eprintln!("{}", dlock_check::report::text_report(&checked.config, &checked.analysis));
-    assert!(checked.analysis.valid, "the history is unreliable: {:?}", checked.analysis.notes);
-    checked
+    let mut run = 1;
+    loop {
+        let checked =
+            dlock_check::check(config.clone()).await.unwrap_or_else(|err| panic!("the run failed: {err:#}"));
+        eprintln!("{}", dlock_check::report::text_report(&checked.config, &checked.analysis));
+        if checked.analysis.unreliable_only_for_a_clock_step() && run < RUNS_WHEN_THE_CLOCK_STEPS {
+            eprintln!("run {run}: {:?}; running again", checked.analysis.notes);
+            run += 1;
+            continue;
+        }
+        assert!(checked.analysis.valid, "the history is unreliable: {:?}", checked.analysis.notes);
+        return checked;
+    }
 }
 
 /// The run really exercised the lock: sections on every key, long ones renewed to the end.

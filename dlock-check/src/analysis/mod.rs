@@ -294,7 +294,19 @@ impl Analysis {
     pub fn passed(&self) -> bool {
         self.violations.is_empty()
     }
+
+    /// Whether the history is unreliable only because the machine's wall clock stepped during
+    /// the run (an NTP step, a VM's clock sync): nothing is wrong with the lock or the run, and
+    /// running again is the remedy.
+    pub fn unreliable_only_for_a_clock_step(&self) -> bool {
+        !self.valid
+            && !self.notes.is_empty()
+            && self.notes.iter().all(|note| note.starts_with(CLOCK_STEP_NOTE))
+    }
 }
+
+/// How the note about a wall-clock step begins.
+const CLOCK_STEP_NOTE: &str = "the wall clock stepped by";
 
 /// What the checks add up, while they run.
 pub(super) struct Tally {
@@ -345,7 +357,7 @@ fn trustworthy(history: &History, notes: &mut Vec<String>) -> bool {
     if step > CLOCK_STEP_TOLERANCE_NS {
         valid = false;
         notes.push(format!(
-            "the wall clock stepped by {:.1} ms relative to the monotonic clock during the run: cross-process order is unreliable; run again",
+            "{CLOCK_STEP_NOTE} {:.1} ms relative to the monotonic clock during the run: cross-process order is unreliable; run again",
             clock::ms(step)
         ));
     }

@@ -515,6 +515,7 @@ fn a_stepped_wall_clock_makes_the_history_invalid() {
     let a = analyse(&history(vec![w.done()], 100));
     assert!(!a.valid);
     assert!(a.notes[0].contains("stepped"));
+    assert!(a.unreliable_only_for_a_clock_step(), "running again is the remedy");
 }
 
 #[test]
@@ -525,6 +526,7 @@ fn a_worker_that_exited_on_its_own_makes_the_history_invalid() {
     let a = analyse(&history(vec![worker], 100));
     assert!(!a.valid);
     assert!(a.notes[0].contains("exited on its own (exit status: 101)"), "{:?}", a.notes);
+    assert!(!a.unreliable_only_for_a_clock_step(), "a crashed worker is not the clock's doing");
     // Its open section ends with its last sign of life, not with the run.
     assert_eq!(a.sections[0].end, at(20).wall);
 }
