@@ -188,6 +188,26 @@ fn a_guard_dropped_at_the_end_of_block_on_is_released_while_its_runtime_idles() 
     drop(idle);
 }
 
+/// A guard kept between two `block_on`s of a current-thread runtime is not renewed while that
+/// runtime idles (the keeper runs on it): as the README says, it is then reported lost once its
+/// lease may have ended, and another client gets the key.
+#[test]
+fn a_guard_kept_across_an_idle_current_thread_runtime_is_reported_lost_when_its_lease_ends() {
+    let memory = MemoryBackend::new();
+    let (a, b) = (LockService::new(memory.clone()), LockService::new(memory));
+    let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let idle = runtime();
+    let guard = idle.block_on(async { a.lock("k").ttl(Duration::from_millis(300)).await.expect("lock") });
+    assert!(!guard.is_lost());
+    // Nobody drives `idle` past the lease.
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(guard.is_lost(), "a lease nobody could renew is reported lost");
+    let got = runtime().block_on(async { b.lock("k").wait(Duration::ZERO).await });
+    assert!(got.is_ok(), "the key went to another client: {got:?}");
+    drop(guard);
+    drop(idle);
+}
+
 /// As above, with a renewal on the wire when the guard is dropped: its answer can only come
 /// when the idle runtime is driven again, and the release does not wait for it (a renewal
 /// landing after the release is owner-checked and changes nothing). Before the fix the release

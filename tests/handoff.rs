@@ -379,29 +379,8 @@ async fn a_waiter_reports_a_backend_that_stays_away_when_its_wait_ends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_rides_out_a_read_only_spell() {
     let primary = RedisServer::start();
-    let server = RedisServer::start();
-    let url = server.url();
-    let mut conn = inspector(&url).await;
-    let holder = LockService::new(connect_redis(&url).await);
-    let held = holder.lock("ro").ttl(TTL).await.expect("holder");
-    let waiter = LockService::new(connect_redis(&url).await);
-    let call = tokio::spawn(async move { waiter.lock("ro").ttl(TTL).wait(Duration::from_secs(15)).await });
-    wait_for_line(&conn, "ro", 1).await;
-
     let port = primary.port().to_string();
-    let () = redis_cmd(&mut conn, &["REPLICAOF", "127.0.0.1", &port]).await;
-    // Longer than a recheck: the waiter asks at least once while the server refuses writes.
-    tokio::time::sleep(WAITER_RECHECK + Duration::from_millis(500)).await;
-    assert!(!call.is_finished(), "the waiter gave up on a read-only server: {:?}", call.await);
-    let () = redis_cmd(&mut conn, &["REPLICAOF", "NO", "ONE"]).await;
-    // The replica may have dropped the holder's key when it synced; either way it lets go.
-    let _ = held.release().await;
-    let released = Instant::now();
-
-    let guard = call.await.expect("join").expect("the waiter gets the key once the server takes writes");
-    let took = released.elapsed();
-    assert!(took < WAITER_RECHECK * 3, "the waiter got the key {took:?} after the holder let go");
-    assert!(guard.release().await.expect("release"));
+    rides_out_a_spell("ro", &["REPLICAOF", "127.0.0.1", &port], &["REPLICAOF", "NO", "ONE"]).await;
 }
 
 /// The Redis a waiting request talks to refuses writes for a while because too few replicas
@@ -410,23 +389,38 @@ async fn a_waiter_rides_out_a_read_only_spell() {
 /// refusal was an `Other` error and the waiter gave up at its next ask.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_rides_out_a_spell_without_enough_replicas() {
+    let on = ["CONFIG", "SET", "min-replicas-to-write", "1"];
+    rides_out_a_spell("nr", &on, &["CONFIG", "SET", "min-replicas-to-write", "0"]).await;
+}
+
+/// A request waits for `key`, held on a server of its own; the server is sent `begin`, which
+/// makes it refuse writes, for longer than a recheck, then `end`. The request must still be
+/// waiting then, and get the key soon after the holder lets go.
+async fn rides_out_a_spell(key: &str, begin: &[&str], end: &[&str]) {
     let server = RedisServer::start();
     let url = server.url();
     let mut conn = inspector(&url).await;
     let holder = LockService::new(connect_redis(&url).await);
-    let held = holder.lock("nr").ttl(TTL).await.expect("holder");
+    let held = holder.lock(key).ttl(TTL).await.expect("holder");
     let waiter = LockService::new(connect_redis(&url).await);
-    let call = tokio::spawn(async move { waiter.lock("nr").ttl(TTL).wait(Duration::from_secs(15)).await });
-    wait_for_line(&conn, "nr", 1).await;
+    let waited = key.to_owned();
+    let call = tokio::spawn(async move { waiter.lock(waited).ttl(TTL).wait(Duration::from_secs(15)).await });
+    wait_for_line(&conn, key, 1).await;
 
-    let () = redis_cmd(&mut conn, &["CONFIG", "SET", "min-replicas-to-write", "1"]).await;
+    let () = redis_cmd(&mut conn, begin).await;
     // Longer than a recheck: the waiter asks at least once while the server refuses writes.
     tokio::time::sleep(WAITER_RECHECK + Duration::from_millis(500)).await;
     let gave_up = call.is_finished();
-    let () = redis_cmd(&mut conn, &["CONFIG", "SET", "min-replicas-to-write", "0"]).await;
-    assert!(!gave_up, "the waiter gave up on a NOREPLICAS spell: {:?}", call.await);
+    let () = redis_cmd(&mut conn, end).await;
+    assert!(!gave_up, "the waiter gave up while the server refused writes after {begin:?}: {:?}", call.await);
+    // A server that turned replica may have dropped the holder's key when it synced; either
+    // way it lets go.
     let _ = held.release().await;
+    let released = Instant::now();
+
     let guard = call.await.expect("join").expect("the waiter gets the key once the server takes writes");
+    let took = released.elapsed();
+    assert!(took < WAITER_RECHECK * 3, "the waiter got the key {took:?} after the holder let go");
     assert!(guard.release().await.expect("release"));
 }
 

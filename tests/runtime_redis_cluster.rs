@@ -498,6 +498,32 @@ async fn serve_without_full_coverage(cluster: &RedisCluster) {
     }
 }
 
+/// Wait (at most 15 s) until every node of `views` flags each of `ports` failed — `fail`, as
+/// the cluster agreed, not only suspected (`fail?`) — or, with `failed` false, none does.
+async fn fail_flags(views: &[u16], ports: &[u16], failed: bool, what: &str) {
+    let mut conns = Vec::new();
+    for view in views {
+        conns.push(inspector(&format!("redis://127.0.0.1:{view}")).await);
+    }
+    dlock_tests::poll_until(Duration::from_secs(15), what, || {
+        let conns = conns.clone();
+        async move {
+            for mut conn in conns {
+                let nodes: String = redis_cmd(&mut conn, &["CLUSTER", "NODES"]).await;
+                let flagged = |port: &u16| {
+                    nodes.lines().any(|line| line.contains(&format!(":{port}@")) && line.contains(",fail "))
+                };
+                let seen = if failed { ports.iter().all(flagged) } else { !ports.iter().any(flagged) };
+                if !seen {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+}
+
 /// `CLUSTER FAILOVER TAKEOVER` by `replica` after it forgot `key` (as if the lock had not
 /// reached it), without waiting for the rest of the cluster to settle; returns once `replica`
 /// serves as a primary.
@@ -700,27 +726,9 @@ async fn a_takeover_while_the_backend_had_no_settled_reading_is_not_missed() {
     let mut patient = inspector(&format!("redis://127.0.0.1:{stopped_replica}")).await;
     let _: () = redis_cmd(&mut patient, &["CONFIG", "SET", "cluster-replica-no-failover", "yes"]).await;
     block_in_place(|| cluster.pause(stopped));
-    let mut views = Vec::new();
-    for node in cluster.nodes().iter().filter(|node| node.port != stopped) {
-        views.push(inspector(&format!("redis://127.0.0.1:{}", node.port)).await);
-    }
-    let flagged = |views: Vec<redis::aio::MultiplexedConnection>, failed: bool| async move {
-        for mut view in views {
-            let nodes: String = redis_cmd(&mut view, &["CLUSTER", "NODES"]).await;
-            let flagged =
-                nodes.lines().any(|line| line.contains(&format!(":{stopped}@")) && line.contains(",fail "));
-            if flagged != failed {
-                return false;
-            }
-        }
-        true
-    };
-    dlock_tests::poll_until(
-        Duration::from_secs(15),
-        "every node flagging the stopped primary failed",
-        || flagged(views.clone(), true),
-    )
-    .await;
+    let live: Vec<u16> =
+        cluster.nodes().iter().map(|node| node.port).filter(|port| *port != stopped).collect();
+    fail_flags(&live, &[stopped], true, "every node flagging the stopped primary failed").await;
 
     let service = LockService::builder(backend(&cluster, Duration::from_secs(2)).await)
         .key_prefix("unsettled:")
@@ -731,12 +739,7 @@ async fn a_takeover_while_the_backend_had_no_settled_reading_is_not_missed() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!held.is_lost(), "no settled reading yet, so nothing to go on");
     block_in_place(|| cluster.resume(stopped));
-    dlock_tests::poll_until(
-        Duration::from_secs(15),
-        "every node clearing the stopped primary's flag",
-        || flagged(views.clone(), false),
-    )
-    .await;
+    fail_flags(&live, &[stopped], false, "every node clearing the stopped primary's flag").await;
     let took = reported_lost(&held, "the cluster settled").await;
     eprintln!(
         "a lease lost in a takeover before the backend's first settled reading was reported lost {took:?} after the cluster settled"
@@ -837,26 +840,7 @@ async fn a_shard_down_for_good_does_not_hide_a_failover_of_another() {
     // Down for good, as every node sees it: both flagged `fail`, not only suspected (`fail?`).
     // (A backend connecting before that reads no settled epoch, and would take its first
     // reading — maybe after the takeover below — for the starting point.)
-    let mut views = Vec::new();
-    for port in &live {
-        views.push(inspector(&format!("redis://127.0.0.1:{port}")).await);
-    }
-    dlock_tests::poll_until(Duration::from_secs(15), "every node flagging the dead shard failed", || {
-        let views = views.clone();
-        async move {
-            for mut view in views {
-                let nodes: String = redis_cmd(&mut view, &["CLUSTER", "NODES"]).await;
-                let failed = |port: u16| {
-                    nodes.lines().any(|line| line.contains(&format!(":{port}@")) && line.contains(",fail "))
-                };
-                if !(failed(dead_primary) && failed(dead_replica)) {
-                    return false;
-                }
-            }
-            true
-        }
-    })
-    .await;
+    fail_flags(&live, &[dead_primary, dead_replica], true, "every node flagging the dead shard failed").await;
     let mut watcher = inspector(&format!("redis://127.0.0.1:{primary}")).await;
     let state: String = redis_cmd(&mut watcher, &["CLUSTER", "INFO"]).await;
     assert!(state.contains("cluster_state:ok"), "the cluster serves the other shards: {state}");

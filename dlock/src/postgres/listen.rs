@@ -7,7 +7,8 @@
 //! notices in the lease table (so that a release NOTIFYs at all) only while its channel is
 //! confirmed, so a release it asked to hear about is heard. After the connection drops — or
 //! goes silent, which a check every [`HEALTH_CHECK`] finds — the task reconnects, LISTENs
-//! again, and wakes every waiter: a notice may have been missed meanwhile. Notices are only hints: waiters always re-check with an acquire.
+//! again, and wakes every waiter: a notice may have been missed meanwhile. Notices are only
+//! hints: waiters always re-check with an acquire.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
