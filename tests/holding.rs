@@ -5,6 +5,7 @@
 //! no real time.
 //! The same properties against real Redis (with faults) are in `holding_redis.rs`.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dlock::{Error, LockService, LostReason, MemoryBackend};
@@ -154,6 +155,38 @@ async fn nested_request_on_a_held_key_is_reentrant() {
     assert_eq!(faulty.count(Op::TryAcquire), 1, "{:?}", faulty.calls());
     assert!(outer.release().await.expect("outer release"));
     assert_eq!(dlock::fencing_token(), None);
+}
+
+/// A re-entrant guard's `scope`, entered again inside that same scope (or inside the scope of
+/// another re-entrant guard of the same keys taken beside it), does not wait for the enclosing
+/// body, which has the turn; and bodies entered that way side by side still take turns.
+#[tokio::test(start_paused = true)]
+async fn a_reentrant_scope_nested_in_a_scope_of_its_keys_does_not_wait_for_itself() {
+    let (_, _, svc) = service();
+    let outer = svc.lock("k").await.expect("outer");
+    let token = outer.fencing_token();
+    let inside = AtomicUsize::new(0);
+    let body = || async {
+        assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two bodies of k at once");
+        tokio::task::yield_now().await;
+        inside.fetch_sub(1, Ordering::SeqCst);
+        dlock::fencing_token()
+    };
+    let ran = outer
+        .scope(async {
+            let first = svc.lock("k").await.expect("re-entrant");
+            let second = svc.lock("k").await.expect("re-entrant too");
+            let nested = first.scope(async {
+                let again = first.scope(async { dlock::fencing_token() }).await;
+                let (a, b) = tokio::join!(second.scope(body()), second.scope(body()));
+                (again, a, b)
+            });
+            tokio::time::timeout(Duration::from_secs(60), nested).await
+        })
+        .await;
+    let tokens = ran.expect("a nested scope waited for its own enclosing scope");
+    assert_eq!(tokens, (Some(token), Some(token), Some(token)));
+    assert!(outer.release().await.expect("release"));
 }
 
 #[tokio::test(start_paused = true)]

@@ -32,6 +32,10 @@ pub(crate) struct Frame {
     /// Held by a re-entrant body of this key running inside this scope. `None`: the gate of
     /// the lease itself (made only when needed), for the scope of the guard that took the key.
     gate: Option<Gate>,
+    /// The gate the body of this scope passed to run: the enclosing scope's. Its holder is this
+    /// very body, so a request in here to pass it again has the turn already. `None` for the
+    /// scope of the guard that took the key.
+    entered_through: Option<Gate>,
     /// How deep the scope is: frames of one scope share it, the innermost has the largest.
     depth: usize,
 }
@@ -39,18 +43,40 @@ pub(crate) struct Frame {
 impl Frame {
     /// A frame for the scope of the guard that took the key.
     pub(crate) fn new(service_id: u64, key: FullKey, fencing_token: u64, lease: Arc<Lease>) -> Self {
-        Self { service_id, key, fencing_token, lease, gate: None, depth: 0 }
+        Self { service_id, key, fencing_token, lease, gate: None, entered_through: None, depth: 0 }
     }
 
     /// The same lock, for a nested (re-entrant) scope: with a gate of its own.
     pub(crate) fn nested(&self) -> Self {
-        Self { gate: Some(Gate::default()), ..self.clone() }
+        Self { gate: Some(Gate::default()), entered_through: Some(self.gate()), ..self.clone() }
+    }
+
+    fn gate(&self) -> Gate {
+        self.gate.clone().unwrap_or_else(|| self.lease.gate())
     }
 
     /// Wait until no other re-entrant body of this key in this scope runs.
+    ///
+    /// Asked from inside a body that passed this very gate (a guard's `scope` entered again
+    /// within itself), waiting would wait for that body, so for itself: the turn is then taken
+    /// among the bodies nested where the request is made, as a request made there would.
     pub(crate) async fn pass_gate(&self) -> OwnedMutexGuard<()> {
-        let gate = self.gate.clone().unwrap_or_else(|| self.lease.gate());
-        gate.lock_owned().await
+        let gate = self.gate();
+        let nested = HELD.try_with(|frames| {
+            let passed =
+                |f: &Frame| f.entered_through.as_ref().is_some_and(|through| Arc::ptr_eq(through, &gate));
+            if !frames.iter().any(passed) {
+                return None;
+            }
+            // The innermost frame of this key: no body of this task holds its gate (one that
+            // did would have a frame of the key further in).
+            frames
+                .iter()
+                .rev()
+                .find(|f| f.service_id == self.service_id && f.key == self.key)
+                .map(Frame::gate)
+        });
+        nested.ok().flatten().unwrap_or(gate).lock_owned().await
     }
 }
 

@@ -268,7 +268,8 @@ impl LockGuard {
     ///
     /// For a guard that re-entered keys the task already held, the body waits until no other
     /// re-entrant body of those keys runs in this task (two bodies under one key never run at
-    /// once, even side by side in a `join!`).
+    /// once, even side by side in a `join!`). Inside its own scope, `scope` takes its turn among the
+    /// bodies nested there, as a new request for the keys made there would: never for itself.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {

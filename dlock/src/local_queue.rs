@@ -74,7 +74,9 @@ impl fmt::Debug for QueueTicket {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
     use std::sync::Arc;
+    use std::task::{Context, Waker};
     use std::time::Duration;
 
     use tokio::time::Instant;
@@ -95,5 +97,28 @@ mod tests {
         let again = queues.enter(&key, far).await.expect("free again");
         drop(again);
         assert!(queues.lock().is_empty());
+    }
+
+    /// A waiter dropped while it waits (before the head lets go, or after the head handed it
+    /// the queue but before it ran) takes the queue with it once nobody else uses it.
+    #[tokio::test]
+    async fn a_cancelled_waiter_leaves_no_queue_behind() {
+        let queues = Arc::new(LocalQueues::default());
+        let key = FullKey::new("", "k");
+        let far = Instant::now() + Duration::from_secs(60);
+        let mut cx = Context::from_waker(Waker::noop());
+        for handed_over in [false, true] {
+            let head = queues.enter(&key, far).await.expect("the queue is free");
+            let mut waiter = Box::pin(queues.enter(&key, far));
+            assert!(waiter.as_mut().poll(&mut cx).is_pending(), "the head is taken");
+            if handed_over {
+                drop(head);
+                drop(waiter);
+            } else {
+                drop(waiter);
+                drop(head);
+            }
+            assert!(queues.lock().is_empty(), "a queue was kept (handed over: {handed_over})");
+        }
     }
 }
