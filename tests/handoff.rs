@@ -380,7 +380,15 @@ async fn a_waiter_reports_a_backend_that_stays_away_when_its_wait_ends() {
 async fn a_waiter_rides_out_a_read_only_spell() {
     let primary = RedisServer::start();
     let port = primary.port().to_string();
-    rides_out_a_spell("ro", &["REPLICAOF", "127.0.0.1", &port], &["REPLICAOF", "NO", "ONE"]).await;
+    let begin = ["REPLICAOF", "127.0.0.1", &port];
+    rides_out_a_spell(
+        "ro",
+        async |conn| command(conn, &begin).await,
+        async |conn| {
+            command(conn, &["REPLICAOF", "NO", "ONE"]).await;
+        },
+    )
+    .await;
 }
 
 /// The Redis a waiting request talks to refuses writes for a while because too few replicas
@@ -390,13 +398,50 @@ async fn a_waiter_rides_out_a_read_only_spell() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_rides_out_a_spell_without_enough_replicas() {
     let on = ["CONFIG", "SET", "min-replicas-to-write", "1"];
-    rides_out_a_spell("nr", &on, &["CONFIG", "SET", "min-replicas-to-write", "0"]).await;
+    let off = ["CONFIG", "SET", "min-replicas-to-write", "0"];
+    rides_out_a_spell("nr", async |conn| command(conn, &on).await, async |conn| command(conn, &off).await)
+        .await;
 }
 
-/// A request waits for `key`, held on a server of its own; the server is sent `begin`, which
-/// makes it refuse writes, for longer than a recheck, then `end`. The request must still be
-/// waiting then, and get the key soon after the holder lets go.
-async fn rides_out_a_spell(key: &str, begin: &[&str], end: &[&str]) {
+/// The Redis a waiting request talks to refuses writes because its last background save
+/// failed (`stop-writes-on-bgsave-error`: `MISCONF`, say a full disk): as passing as the spells
+/// above, until an operator mends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_rides_out_a_spell_of_failed_saves() {
+    let begin = async |conn: &mut Conn| {
+        // A directory where the save's file goes: the save is written, then cannot be moved
+        // into place.
+        let (_, dir): (String, String) = redis_cmd(conn, &["CONFIG", "GET", "dir"]).await;
+        let in_the_way = std::path::Path::new(&dir).join("dump.rdb").join("in-the-way");
+        std::fs::create_dir_all(&in_the_way).unwrap_or_else(|e| panic!("mkdir {in_the_way:?}: {e}"));
+        command(conn, &["CONFIG", "SET", "save", "3600 1"]).await;
+        let _: String = redis_cmd(conn, &["BGSAVE"]).await;
+        poll_until(Duration::from_secs(10), "the background save failed", || {
+            let mut conn = conn.clone();
+            async move {
+                let info: String = redis_cmd(&mut conn, &["INFO", "persistence"]).await;
+                info.contains("rdb_last_bgsave_status:err") && info.contains("rdb_bgsave_in_progress:0")
+            }
+        })
+        .await;
+        let refused: redis::RedisResult<()> = redis::cmd("SET").arg("probe").arg("1").query_async(conn).await;
+        let refusal = refused.expect_err("writes are refused after a failed save");
+        assert_eq!(refusal.code(), Some("MISCONF"), "{refusal}");
+    };
+    let end =
+        async |conn: &mut Conn| command(conn, &["CONFIG", "SET", "stop-writes-on-bgsave-error", "no"]).await;
+    rides_out_a_spell("ms", begin, end).await;
+}
+
+/// `args`, sent on `conn`, answered `OK`.
+async fn command(conn: &mut Conn, args: &[&str]) {
+    let () = redis_cmd(conn, args).await;
+}
+
+/// A request waits for `key`, held on a server of its own; `begin` makes the server refuse
+/// writes, for longer than a recheck, then `end` mends it. The request must still be waiting
+/// then, and get the key soon after the holder lets go.
+async fn rides_out_a_spell(key: &str, begin: impl AsyncFnOnce(&mut Conn), end: impl AsyncFnOnce(&mut Conn)) {
     let server = RedisServer::start();
     let url = server.url();
     let mut conn = inspector(&url).await;
@@ -407,12 +452,12 @@ async fn rides_out_a_spell(key: &str, begin: &[&str], end: &[&str]) {
     let call = tokio::spawn(async move { waiter.lock(waited).ttl(TTL).wait(Duration::from_secs(15)).await });
     wait_for_line(&conn, key, 1).await;
 
-    let () = redis_cmd(&mut conn, begin).await;
+    begin(&mut conn).await;
     // Longer than a recheck: the waiter asks at least once while the server refuses writes.
     tokio::time::sleep(WAITER_RECHECK + Duration::from_millis(500)).await;
     let gave_up = call.is_finished();
-    let () = redis_cmd(&mut conn, end).await;
-    assert!(!gave_up, "the waiter gave up while the server refused writes after {begin:?}: {:?}", call.await);
+    end(&mut conn).await;
+    assert!(!gave_up, "the waiter gave up while the server refused writes: {:?}", call.await);
     // A server that turned replica may have dropped the holder's key when it synced; either
     // way it lets go.
     let _ = held.release().await;
