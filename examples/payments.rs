@@ -294,7 +294,23 @@ fn record(ok: bool, expected_ok: bool) {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            // The error and what caused it, as text (`Debug` would print the structs).
+            eprintln!("error: {err}");
+            let mut cause = err.source();
+            while let Some(source) = cause {
+                eprintln!("  caused by: {source}");
+                cause = source.source();
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let [flag, url, key, start_at, mode] = args.as_slice()
         && flag == "--worker"
