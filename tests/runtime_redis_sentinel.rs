@@ -326,3 +326,40 @@ async fn a_failover_no_sentinel_announced_is_followed_by_asking_again() {
     );
     held.release().await.expect("release");
 }
+
+/// Leases taken without renewal (`renew(false)`) at a failover: one the new primary has is
+/// still held, with its end unchanged; one it lacks is reported lost at once, not at its ttl.
+/// Before, the failover's re-check reported every lease without renewal `Expired` at once,
+/// 59 s before its end, whether the new primary had it or not (found by review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_checks_leases_taken_without_renewal_without_ending_them() {
+    let group = block_in_place(SentinelGroup::start);
+    let backend = backend_of(&group, false).await;
+    let service = LockService::builder(backend.clone()).key_prefix("norenew:").build();
+    let ttl = Duration::from_secs(60);
+    let taken = Instant::now();
+    let kept = service.lock("kept").ttl(ttl).renew(false).await.expect("take kept");
+    let gone = service.lock("gone").ttl(ttl).renew(false).await.expect("take gone");
+    // Replicated in order: once the replica has `gone` it has `kept` too.
+    dlock_tests::replica_forgets(&group.server_url(group.replica_port()), "norenew:gone", false).await;
+    block_in_place(|| group.failover());
+    let reason = tokio::time::timeout(Duration::from_secs(10), gone.lost()).await.expect(
+        "a lease without renewal that the new primary lacks is reported lost soon after the failover",
+    );
+    assert_eq!(reason, dlock::LostReason::Refused);
+    assert!(
+        !kept.is_lost(),
+        "a lease without renewal that the new primary holds was reported lost at the failover"
+    );
+    let mut conn = dlock_tests::inspector(&group.server_url(group.primary_port())).await;
+    let left: u64 = dlock_tests::redis_cmd(&mut conn, &["PTTL", "norenew:kept"]).await;
+    // At most what was left of the ttl taken before the request (and a little for the check's
+    // trip): the check did not renew it.
+    let most = ttl.saturating_sub(taken.elapsed()) + Duration::from_millis(100);
+    assert!(
+        Duration::from_millis(left) <= most,
+        "the check extended the lease: {left} ms left, {most:?} at most, {:?} after it was taken",
+        taken.elapsed()
+    );
+    assert!(kept.release().await.expect("release"), "still held, on the new primary");
+}

@@ -109,7 +109,8 @@ impl Drop for Registration {
 }
 
 /// Renew at once every lease kept for `backend`, on every runtime: the backend may have lost
-/// them all (it moved to another server).
+/// them all (it moved to another server). A lease without renewal is checked instead, and
+/// keeps its end ([`recheck_once`]).
 pub(crate) fn renew_now(backend: &Weak<dyn LockBackend>) {
     let keepers: Vec<Arc<Keeper>> =
         KEEPERS.lock().unwrap_or_else(PoisonError::into_inner).iter().map(|(_, k)| Arc::clone(k)).collect();
@@ -327,12 +328,14 @@ async fn run(keeper: Arc<Keeper>) {
             next
         };
         for (id, job, deadline) in fired {
-            if !job.auto_renew {
-                keeper.lose(id, &job, LostReason::Expired);
-            } else if now >= deadline {
-                keeper.lose(id, &job, LostReason::Unconfirmed);
-            } else {
+            if now >= deadline {
+                let reason = if job.auto_renew { LostReason::Unconfirmed } else { LostReason::Expired };
+                keeper.lose(id, &job, reason);
+            } else if job.auto_renew {
                 tokio::spawn(renew_once(Arc::clone(&keeper), id, job, deadline));
+            } else {
+                // A lease without renewal is due at its deadline; earlier only for `renew_now`.
+                tokio::spawn(recheck_once(Arc::clone(&keeper), id, job, deadline));
             }
         }
         tokio::select! {
@@ -379,6 +382,42 @@ async fn renew_once(keeper: Arc<Keeper>, id: u64, job: Arc<Job>, deadline: Insta
             });
         }
         Err(_) => keeper.lose(id, &job, LostReason::Unconfirmed),
+    }
+}
+
+/// Ask the backend whether it still holds every key of `job`, a lease without renewal, after
+/// [`renew_now`]: each key is renewed to the end it already had, so the lease does not grow.
+/// A key the backend no longer holds loses the lease now (`Refused`); otherwise it is due at
+/// its deadline again, as before (an unanswered check changes nothing: it ends there anyway).
+async fn recheck_once(keeper: Arc<Keeper>, id: u64, job: Arc<Job>, deadline: Instant) {
+    let Some(in_flight) = job.lease.begin_renewal() else { return };
+    let keys: Vec<(FullKey, Instant)> = job
+        .keys
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .map(|k| (k.key.clone(), k.term.sent + k.term.length))
+        .collect();
+    let check = async {
+        for (key, end) in &keys {
+            let left = end.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            match job.backend.renew(key, &job.owner, left).await {
+                Ok(true) => {}
+                Ok(false) => return false,
+                Err(err) => {
+                    tracing::warn!(target: "dlock", key = %key, error = %err, "could not check a lease without renewal; it ends at its deadline");
+                    return true;
+                }
+            }
+        }
+        true
+    };
+    let held = tokio::time::timeout_at(deadline, check).await;
+    drop(in_flight);
+    if let Ok(false) = held {
+        keeper.lose(id, &job, LostReason::Refused);
+    } else {
+        keeper.reschedule(id, |entry| Schedule { due: entry.deadline, deadline: entry.deadline });
     }
 }
 
