@@ -454,6 +454,29 @@ async fn the_background_cleanup_removes_free_rows_and_keeps_no_connection() {
     store.cleanup().await;
 }
 
+/// A call timeout meant as "no bound" (`Duration::MAX`) connects, locks, and lets the background
+/// cleanup run. Before, the cleanup's own bound (ten call timeouts) overflowed: its task
+/// panicked and no row was ever removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enormous_call_timeout_connects_locks_and_cleans_up() {
+    let store = PostgresStore::shared("huge_timeout").await;
+    let backend = store
+        .builder()
+        .call_timeout(Duration::MAX)
+        .cleanup_after(Some(Duration::ZERO))
+        .connect()
+        .await
+        .expect("connect with an enormous call timeout");
+    let key = store.full_key("k");
+    acquired(backend.try_acquire(&key, "o", Duration::from_secs(10)).await.expect("acquire"), "free");
+    assert!(backend.release(&key, "o").await.expect("release").was_held);
+    poll_until(Duration::from_secs(5), "the released row is removed by the background cleanup", || async {
+        store.row("k").await.is_none()
+    })
+    .await;
+    store.cleanup().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The schema.
 

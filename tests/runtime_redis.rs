@@ -17,7 +17,7 @@ use dlock::{Error, LockService, LostReason, RedisBackend};
 use dlock_tests::support::process::{say, worker_job};
 use dlock_tests::{
     FaultyBackend, MARGIN, Op, RedisServer, RedisStore, Store, Worker, chain, connect_redis_with, free_port,
-    inspector, poll_until, redis_cmd, shared_redis_url,
+    inspector, poll_until, redis_cmd, shared_redis_url, unique_prefix,
 };
 
 async fn redis_store(test_name: &str) -> RedisStore {
@@ -324,6 +324,26 @@ async fn zero_call_timeout_is_invalid_input() {
         .await
         .expect_err("a zero call timeout");
     assert!(matches!(err, Error::InvalidInput { what: "call timeout", .. }), "{err:?}");
+}
+
+/// A call timeout meant as "no bound" (`Duration::MAX`) connects and locks. Before, the TCP
+/// settings doubled it, which panicked (found by review; the Sentinel backend has the same test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enormous_call_timeout_connects_and_locks() {
+    let locking = tokio::spawn(async {
+        let backend = RedisBackend::builder(shared_redis_url())
+            .call_timeout(Duration::MAX)
+            .connect()
+            .await
+            .expect("connect with an enormous call timeout");
+        let service = LockService::builder(backend).key_prefix(unique_prefix("huge-timeout")).build();
+        let guard = service.lock("k").await.expect("lock");
+        let waiter = service.lock("k").wait(Duration::from_millis(50)).await;
+        assert!(matches!(waiter, Err(Error::Timeout { .. })), "{waiter:?}");
+        assert!(guard.release().await.expect("release"));
+    });
+    let outcome = locking.await;
+    assert!(outcome.is_ok(), "locking panicked: {outcome:?}");
 }
 
 /// A key handed over by a release is not taken on trust by a waiter whose backend wants

@@ -363,3 +363,35 @@ async fn a_failover_checks_leases_taken_without_renewal_without_ending_them() {
     );
     assert!(kept.release().await.expect("release"), "still held, on the new primary");
 }
+
+/// A call timeout meant as "no bound" (`Duration::MAX`) is taken or refused, not a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enormous_call_timeout_does_not_panic() {
+    // Nothing listens on port 1: the connection is refused at once.
+    let connecting = tokio::spawn(async {
+        RedisSentinelBackend::builder(["redis://127.0.0.1:1"], "nobody")
+            .call_timeout(Duration::MAX)
+            .connect()
+            .await
+            .map(drop)
+    });
+    let outcome = connecting.await;
+    assert!(outcome.is_ok(), "connect panicked: {outcome:?}");
+    assert!(outcome.expect("no panic").is_err(), "no sentinel answers");
+    // And on a group that answers, it locks.
+    let (sentinels, master) = shared_sentinel_group();
+    let locking = tokio::spawn(async move {
+        let backend = RedisSentinelBackend::builder(sentinels, &master)
+            .call_timeout(Duration::MAX)
+            .connect()
+            .await
+            .expect("connect with an enormous call timeout");
+        let service = LockService::builder(backend)
+            .key_prefix(format!("huge-timeout-{:08x}:", rand::random::<u32>()))
+            .build();
+        let guard = service.lock("k").await.expect("lock");
+        guard.release().await.expect("release");
+    });
+    let outcome = locking.await;
+    assert!(outcome.is_ok(), "locking panicked: {outcome:?}");
+}

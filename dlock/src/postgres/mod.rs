@@ -328,7 +328,7 @@ async fn clean_up_periodically(inner: Weak<Inner>, after: Duration) {
             Ok::<_, tokio_postgres::Error>(())
         };
         // Connecting and a few batches; what is left waits for the next round.
-        match tokio::time::timeout(inner.call_timeout * 10, cleaning).await {
+        match tokio::time::timeout(inner.call_timeout.saturating_mul(10), cleaning).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
                 tracing::debug!(target: "dlock", error = %err, "cleaning up the lease table failed; trying again later")

@@ -31,7 +31,11 @@ use crate::id_hash::IdMap;
 /// with many tasks on one multiplexed connection it coalesces their commands into fewer
 /// packets, which measured cheaper for Redis than `TCP_NODELAY`.)
 pub(super) fn tcp_settings(call_timeout: Duration) -> TcpSettings {
-    let user_timeout = (call_timeout * 2).max(Duration::from_secs(1));
+    // A call timeout meant as "no bound" (`Duration::MAX`) must neither overflow nor exceed
+    // what `TCP_USER_TIMEOUT` takes (an `int` of milliseconds; more is `EINVAL`).
+    let user_timeout = call_timeout
+        .saturating_mul(2)
+        .clamp(Duration::from_secs(1), Duration::from_millis(i32::MAX.unsigned_abs().into()));
     let keepalive = TcpKeepalive::new()
         .with_time(Duration::from_secs(5))
         .with_interval(Duration::from_secs(1))
