@@ -395,3 +395,28 @@ async fn an_enormous_call_timeout_does_not_panic() {
     let outcome = locking.await;
     assert!(outcome.is_ok(), "locking panicked: {outcome:?}");
 }
+
+/// Connecting with a master name the sentinels do not monitor, or to sentinels none of which
+/// can be reached, says so: not "it cannot serve right now; retry shortly", which no retry
+/// would mend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_errors_tell_an_unknown_master_and_unreachable_sentinels_from_a_failover() {
+    let (sentinels, _) = shared_sentinel_group();
+    let unknown = RedisSentinelBackend::builder(sentinels, "no-such-master").connect().await;
+    match unknown {
+        Err(dlock::Error::InvalidInput { what, reason }) => {
+            assert_eq!(what, "Sentinel master name");
+            assert!(reason.contains("no-such-master"), "{reason}");
+        }
+        other => panic!("an unknown master name: {other:?}"),
+    }
+    // Nothing listens on ports 1 and 2.
+    let unreachable =
+        RedisSentinelBackend::builder(["redis://127.0.0.1:1", "redis://127.0.0.1:2"], "m").connect().await;
+    match unreachable {
+        Err(dlock::Error::Backend { source, .. }) => {
+            assert_eq!(source.kind(), dlock::backend::BackendErrorKind::Connection, "{source}");
+        }
+        other => panic!("no sentinel reachable: {other:?}"),
+    }
+}

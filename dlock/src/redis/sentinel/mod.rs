@@ -227,7 +227,13 @@ impl RedisSentinelBackendBuilder {
             self.db,
             self.call_timeout,
         );
-        primary.resolve().await.map_err(|err| Error::backend("redis-sentinel", None, err))?;
+        primary.resolve().await.map_err(|err| {
+            if primary::is_unknown_master(&err) {
+                Error::InvalidInput { what: "Sentinel master name", reason: err.to_string() }
+            } else {
+                Error::backend("redis-sentinel", None, err)
+            }
+        })?;
         let url = format!("sentinel group {} ({} sentinels)", self.master_name, self.sentinels.len());
         let conns = Connections::new(Arc::clone(&primary), self.call_timeout, url.clone());
         let pong: Result<String, BackendError> = conns
@@ -251,8 +257,9 @@ impl RedisSentinelBackend {
     /// options.
     ///
     /// Each sentinel is `redis://[[user]:password@]host[:port]`; the primary's credentials,
-    /// if any, go through [`RedisSentinelBackendBuilder::credentials`]. An unknown master name
-    /// or no sentinel answering is [`Error::Backend`] within the call timeout per sentinel.
+    /// if any, go through [`RedisSentinelBackendBuilder::credentials`]. A master name the
+    /// sentinels that answer do not monitor is [`Error::InvalidInput`]; no sentinel answering
+    /// is [`Error::Backend`] (a connection failure), within the call timeout per sentinel.
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {

@@ -37,6 +37,30 @@ pub(super) struct Primary {
     last_started: Mutex<Option<Instant>>,
 }
 
+/// The cause of a resolution that failed because every sentinel that answered monitors no
+/// master of that name (see [`is_unknown_master`]).
+#[derive(Debug)]
+struct UnknownMaster;
+
+impl std::fmt::Display for UnknownMaster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no sentinel that answered monitors a master of that name")
+    }
+}
+
+impl std::error::Error for UnknownMaster {}
+
+/// Whether `err` says that the sentinels monitor no master of the name given.
+pub(super) fn is_unknown_master(err: &BackendError) -> bool {
+    std::error::Error::source(err).is_some_and(|cause| cause.is::<UnknownMaster>())
+}
+
+/// What a sentinel that monitors no master of the name asked for is reported as.
+const NO_SUCH_MASTER: &str = "the sentinel knows no such master";
+
+/// What a named primary that answers `ROLE` as a replica is reported as.
+const NOT_A_PRIMARY: &str = "it is not a primary (yet)";
+
 /// The shortest time between two resolutions asked for by failing calls.
 const RESOLVE_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -125,6 +149,9 @@ impl Primary {
         let mut votes: Vec<((String, u16), usize)> = Vec::new();
         let mut failures = Vec::new();
         let mut answered = 0;
+        // Sentinels that could not be asked, and sentinels that answered they monitor no
+        // master of that name.
+        let (mut unreachable, mut unknown) = (0, 0);
         for (sentinel, answer) in futures_util::future::join_all(asks).await {
             match answer {
                 Ok(Ok(address)) => {
@@ -134,9 +161,20 @@ impl Primary {
                         None => votes.push((address, 1)),
                     }
                 }
-                Ok(Err(err)) => failures.push(format!("{}: {err}", sentinel.addr())),
+                Ok(Err(err)) => {
+                    if err.kind() == redis::ErrorKind::Client && err.to_string().contains(NO_SUCH_MASTER) {
+                        unknown += 1;
+                    } else if matches!(
+                        classify(&err),
+                        BackendErrorKind::Connection | BackendErrorKind::Timeout
+                    ) {
+                        unreachable += 1;
+                    }
+                    failures.push(format!("{}: {err}", sentinel.addr()));
+                }
                 Err(_) => {
-                    failures.push(format!("{}: no answer within {:?}", sentinel.addr(), self.call_timeout))
+                    unreachable += 1;
+                    failures.push(format!("{}: no answer within {:?}", sentinel.addr(), self.call_timeout));
                 }
             }
         }
@@ -163,6 +201,26 @@ impl Primary {
                     ),
                 ));
             }
+            if unknown > 0 && unknown + unreachable == failures.len() {
+                // Every sentinel that answered monitors no such master: waiting will not help.
+                return Err(BackendError::with_source(
+                    BackendErrorKind::Other,
+                    format!(
+                        "no primary for `{}`: the sentinels that answered monitor no master of that name ({failed}); check the master name (`sentinel monitor <name> …` in their configuration)",
+                        self.master_name
+                    ),
+                    UnknownMaster,
+                ));
+            }
+            if unreachable == failures.len() {
+                return Err(BackendError::new(
+                    BackendErrorKind::Connection,
+                    format!(
+                        "no primary for `{}`: no sentinel could be reached ({failed}); check that the sentinels run and their addresses",
+                        self.master_name
+                    ),
+                ));
+            }
             return Err(unavailable(format!("no sentinel named one ({failed})")));
         };
         if count * 2 <= answered {
@@ -173,9 +231,14 @@ impl Primary {
             return Ok(());
         }
         let client = self.primary_at(host, port).await.map_err(|err| {
-            // A primary that refuses the credentials is an `Auth` error, not a missing primary.
+            // A primary that refuses the credentials is an `Auth` error, not a missing primary;
+            // one that is not a primary (yet) is a failover under way.
+            let kind = match classify(&err) {
+                BackendErrorKind::Other if err.to_string().contains(NOT_A_PRIMARY) => BackendErrorKind::Unavailable,
+                kind => kind,
+            };
             BackendError::new(
-                classify(&err),
+                kind,
                 format!(
                     "no primary for `{}`: {address}, which the sentinels name, does not answer as a primary ({err}); check the sentinels, the master name and the primary's credentials",
                     self.master_name
@@ -200,9 +263,7 @@ impl Primary {
             .arg(&self.master_name)
             .query_async(&mut conn)
             .await?;
-        named.ok_or_else(|| {
-            redis::RedisError::from((redis::ErrorKind::Client, "the sentinel knows no such master"))
-        })
+        named.ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Client, NO_SUCH_MASTER)))
     }
 
     /// A client of the server at `host:port` (with TLS if the sentinels use it), once it
@@ -237,7 +298,7 @@ impl Primary {
             .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "no answer to ROLE")))??;
         match role.first() {
             Some(redis::Value::BulkString(role)) if role == b"master" => Ok(primary),
-            _ => Err(redis::RedisError::from((redis::ErrorKind::Client, "it is not a primary (yet)"))),
+            _ => Err(redis::RedisError::from((redis::ErrorKind::Client, NOT_A_PRIMARY))),
         }
     }
 
