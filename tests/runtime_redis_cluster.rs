@@ -855,3 +855,75 @@ async fn a_shard_down_for_good_does_not_hide_a_failover_of_another() {
     );
     assert!(!held.release().await.expect("release"), "the lock was no longer held");
 }
+
+/// A request waiting for a key whose primary is killed rides the failover out: until the
+/// replica takes over, the shard's other nodes answer `MOVED` to the dead primary (and, with
+/// full coverage required, every node `CLUSTERDOWN`) once the cluster connection's quick
+/// retries are used up; that is a passing outage, like `READONLY`, not a failure to report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_rides_out_the_failover_of_a_killed_primary() {
+    let mut cluster = own_cluster();
+    let a = LockService::builder(
+        RedisClusterBackend::builder(cluster.seed_urls())
+            .replicas_acknowledge(1, Duration::from_millis(500))
+            .connect()
+            .await
+            .expect("connect"),
+    )
+    .key_prefix("ride:")
+    .build();
+    let b_backend = backend(&cluster, Duration::from_secs(2)).await;
+    let b = LockService::builder(b_backend.clone()).key_prefix("ride:").build();
+    let held = a.lock("acct").ttl(Duration::from_secs(30)).await.expect("take");
+    let primary = cluster.primary_for_key("ride:acct");
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            b.lock("acct").wait(Duration::from_secs(60)).ttl(Duration::from_secs(30)).await
+        })
+    };
+    let channel = b_backend.notice_channel("ride:acct");
+    dlock_tests::poll_until(
+        Duration::from_secs(5),
+        "the waiter waiting, subscribed on the key's primary",
+        || {
+            let channel = channel.clone();
+            async move { subscribers_on(primary, &channel, true) == 1 }
+        },
+    )
+    .await;
+    cluster.kill(primary);
+    block_in_place(|| cluster.wait_for_failover(primary, Duration::from_secs(30)));
+    hands_over(held, waiter, "after the kill").await;
+}
+
+/// A subscription on a primary that is killed is made again on the replica that takes over
+/// its slots. A dead node sends no `SUNSUBSCRIBE`, and the cluster connection makes a node's
+/// subscriptions again only when that node comes back: the notifier must make them itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_on_a_killed_primary_is_made_again_on_its_successor() {
+    use dlock::LockBackend;
+    let mut cluster = own_cluster();
+    let watcher = backend(&cluster, Duration::from_secs(2)).await;
+    let key = dlock::backend::FullKey::new("killsub:", "acct");
+    let primary = cluster.primary_for_key(&key);
+    let replica = cluster.replica_of(primary);
+    let _watch = watcher.watch_releases(&key).await.expect("watch").expect("the cluster backend announces");
+    let channel = watcher.notice_channel(&key);
+    dlock_tests::poll_until(Duration::from_secs(5), "subscribed on the key's primary", || {
+        let channel = channel.clone();
+        async move { subscribers_on(primary, &channel, true) == 1 }
+    })
+    .await;
+    cluster.kill(primary);
+    assert_eq!(block_in_place(|| cluster.wait_for_failover(primary, Duration::from_secs(30))), replica);
+    dlock_tests::poll_until(
+        Duration::from_secs(10),
+        "subscribed again on the replica that took over",
+        || {
+            let channel = channel.clone();
+            async move { subscribers_on(replica, &channel, true) == 1 }
+        },
+    )
+    .await;
+}

@@ -40,11 +40,26 @@ pub(super) fn classify(err: &RedisError) -> BackendErrorKind {
         BackendErrorKind::Connection
     } else if matches!(
         code,
-        Some("LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN" | "OOM" | "BUSY" | "NOREPLICAS" | "MISCONF")
+        Some(
+            "LOADING"
+                | "READONLY"
+                | "MASTERDOWN"
+                | "TRYAGAIN"
+                | "OOM"
+                | "BUSY"
+                | "NOREPLICAS"
+                | "MISCONF"
+                | "MOVED"
+                | "ASK"
+                | "CLUSTERDOWN"
+        )
     ) {
         // Loading after a restart, a failover under way, a replica, out of memory, a busy
         // script, too few replicas for `min-replicas-to-write`, a failed background save with
-        // `stop-writes-on-bgsave-error`: the server cannot serve now and may soon.
+        // `stop-writes-on-bgsave-error`, a Redis Cluster failover under way (the cluster
+        // connection's few quick retries used up: `MOVED`/`ASK` to a primary that is gone,
+        // `CLUSTERDOWN` until a replica takes its slots): the server cannot serve now and may
+        // soon.
         BackendErrorKind::Unavailable
     } else {
         BackendErrorKind::Other
@@ -178,7 +193,21 @@ pub(super) fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{RefusedCertificate, redact};
+    use super::{RefusedCertificate, classify, redact};
+    use crate::backend::BackendErrorKind;
+
+    /// What a Redis Cluster answers while a failover is under way, once the cluster
+    /// connection's own retries are used up, is a passing outage that a waiter rides out.
+    #[test]
+    fn cluster_redirections_and_cluster_down_are_passing() {
+        for reply in
+            ["MOVED 3699 127.0.0.1:7000", "ASK 3699 127.0.0.1:7000", "CLUSTERDOWN The cluster is down"]
+        {
+            let value = redis::parse_redis_value(format!("-{reply}\r\n").as_bytes()).expect("an error reply");
+            let err = value.extract_error().expect_err("an error reply");
+            assert_eq!(classify(&err), BackendErrorKind::Unavailable, "{reply}");
+        }
+    }
 
     #[test]
     fn certificate_refusals_are_told_apart() {

@@ -111,8 +111,9 @@ pub(super) enum FeedEvent {
     /// The server dropped the subscription to `channel` (its node no longer serves the
     /// channel's slot): it must be made again, and notices may have been missed meanwhile.
     Unsubscribed(String),
-    /// A connection under the feed dropped and was made again: notices may have been missed
-    /// on any channel.
+    /// A connection under the feed dropped (it may be made again, or its node be gone for
+    /// good): notices may have been missed on any channel, and the subscriptions it carried
+    /// are gone.
     Reconnected,
 }
 
@@ -371,9 +372,14 @@ async fn subscriber(
                             }
                         }
                         Some(FeedEvent::Reconnected) => {
-                            for entry in strong.lock().values() {
-                                entry.notices.send_replace(ReleaseNotice::Released);
-                            }
+                            // The subscriptions made on that connection went with it, and the
+                            // cluster connection makes them again only if its node comes back;
+                            // a killed primary does not (its replica takes its slots). Make
+                            // every one again, to each slot's shard as now known (`SSUBSCRIBE`
+                            // to a channel already subscribed changes nothing); until then,
+                            // waiters do not count on hearing.
+                            state.subscribed.clear();
+                            disconnected(&strong);
                         }
                         None => break,
                     }
