@@ -6,16 +6,16 @@
 //!   one's body ended. The pair is *excused* in three cases, counted apart: the earlier holder
 //!   was told `Lost` and its body ended before its lease could have ended (the backend let the
 //!   other in early — it lost the key — and dlock stopped the holder in time: **lost before
-//!   deadline**); the earlier holder's process was frozen by the checker (SIGSTOP) and started
-//!   nothing after its lease ended (**frozen holder**: a paused process cannot be told anything,
+//!   deadline**); the earlier holder's process was frozen by the checker (SIGSTOP) before the
+//!   later one's grant was known, and started nothing after its lease ended (**frozen holder**: a paused process cannot be told anything,
 //!   what matters is that it does not act once it runs again); or the server lost the key
 //!   (`restart-server`, `drop-key`) while the earlier holder ran, the later one was granted the
 //!   key after that, and the earlier one ended within its lease (**lost with the server's
 //!   data**: at-most-one-holder holds only as long as the backend keeps its data, and a holder
 //!   that ends before its next renewal cannot learn of the loss; the fenced store is what
 //!   protects the data then). Every other overlap is a violation.
-//! - **Token order.** Taken in the order the sections entered, each token is greater than the
-//!   one before — where that is the order the backend granted them: the earlier section entered
+//! - **Token order.** Taken in the order the sections entered, each token is greater than every
+//!   one before it — where that is the order the backend granted them: the earlier section entered
 //!   before the call that granted the later one was sent.
 //! - **Fenced store.** The fenced register lost no update: its final value equals the number of
 //!   writes it applied (those reported `Ok`, plus any whose answer never came back), and every
@@ -136,6 +136,9 @@ pub struct Section {
     pub granted_by: Option<i64>,
     /// Its worker was frozen by the checker while it ran.
     pub paused: bool,
+    /// When the first freeze of its worker while it ran began (wall ns).
+    #[serde(default)]
+    pub frozen_from: Option<i64>,
     /// When each step was sent (wall ns).
     pub steps: Vec<(StepKind, i64)>,
 }
@@ -331,6 +334,17 @@ pub fn analyse(history: &History) -> Analysis {
     };
     let valid = trustworthy(history, &mut tally.notes);
     let sections = sections::build(history);
+    // A run in which no body ran checked nothing: it must not pass.
+    let valid = valid
+        && {
+            if sections.is_empty() {
+                tally.notes.push(
+                "no section entered its body during the run (every call failed or timed out): nothing was checked"
+                    .into(),
+            );
+            }
+            !sections.is_empty()
+        };
     count_outcomes(history, &sections, &windows, &mut tally.rows);
     overlaps::check(history, &sections, &windows, &mut tally);
     store::check(history, &sections, &windows, &mut tally);
@@ -366,6 +380,17 @@ fn trustworthy(history: &History, notes: &mut Vec<String>) -> bool {
             valid = false;
             notes.push(format!(
                 "worker {} exited on its own ({status}) before the run ended: see history/worker-{}.log",
+                worker.worker, worker.worker
+            ));
+        }
+        // A worker that stopped on request says goodbye last. One that has not, and was
+        // neither killed by a fault nor seen exiting on its own (it died while being stopped,
+        // or had to be killed then), left sections whose end nobody knows.
+        let said_bye = worker.events.iter().any(|e| matches!(e, Event::Bye { .. }));
+        if !said_bye && worker.killed.is_none() && worker.crashed.is_none() {
+            valid = false;
+            notes.push(format!(
+                "worker {} ended without saying goodbye, and no fault killed it: its history is incomplete (see history/worker-{}.log)",
                 worker.worker, worker.worker
             ));
         }

@@ -131,14 +131,25 @@ pub(super) fn check(history: &History, sections: &[Section], windows: &Windows, 
             }
             running.push(later);
         }
-        // Token order: each token greater than the one of the section entered before it —
+        // Token order: each token greater than that of every section entered before it —
         // where that order is certain: the earlier one entered before the later one's granting
         // call was sent (two holders at once can be granted in one order and enter in the
-        // other; that is an overlap, counted above).
-        for pair in list.windows(2) {
-            let (prev, next) = (pair[0], pair[1]);
-            let certain = prev.enter <= next.granted_after.unwrap_or(next.enter);
-            if next.token <= prev.token && certain {
+        // other; that is an overlap, counted above). Not only the one just before: a section
+        // whose order is uncertain must not hide a regression past it.
+        // `top[i]`: the section of highest token among `list[..=i]`.
+        let mut top: Vec<usize> = Vec::with_capacity(list.len());
+        for (i, s) in list.iter().enumerate() {
+            let best = match top.last() {
+                Some(&j) if list[j].token >= s.token => j,
+                _ => i,
+            };
+            top.push(best);
+        }
+        for (i, next) in list.iter().enumerate() {
+            let sent = next.granted_after.unwrap_or(next.enter);
+            let certain = list[..i].partition_point(|s| s.enter <= sent);
+            let Some(prev) = certain.checked_sub(1).map(|c| list[top[c]]) else { continue };
+            if next.token <= prev.token {
                 let row = windows.row_of(next.enter);
                 tally.rows[row].token_regressions += 1;
                 tally.violations.push(Finding {
@@ -177,7 +188,11 @@ pub fn classify(earlier: &Section, later: &Section, losses: &[DataLoss]) -> Over
     }
     let cutoff = earlier.lease_end.unwrap_or(later.enter);
     let acted_after = earlier.steps.iter().any(|(_, at)| *at > cutoff);
-    if earlier.paused && !acted_after {
+    // Only a freeze that began before the other's grant was known can have let it in: a holder
+    // frozen after the key was handed to another held it with the other already.
+    let frozen_first =
+        earlier.frozen_from.is_some_and(|from| from <= later.granted_by.unwrap_or(later.enter));
+    if earlier.paused && frozen_first && !acted_after {
         return OverlapClass::FrozenHolder;
     }
     let loss = losses.iter().find(|loss| {
@@ -204,7 +219,9 @@ pub fn classify(earlier: &Section, later: &Section, losses: &[DataLoss]) -> Over
         (Some(outcome), _) => format!("it was never told Lost (its call ended {})", outcome_text(outcome)),
         (None, _) => "its call never returned".to_owned(),
     };
-    if earlier.paused {
+    if earlier.paused && !frozen_first {
+        reason.push_str("; its process was frozen only after the other had been granted the key");
+    } else if earlier.paused {
         reason.push_str("; its process had been frozen, and it acted again after its lease ended");
     }
     if let Some(loss) = loss {

@@ -49,6 +49,7 @@ pub(super) fn build(history: &History) -> Vec<Section> {
                             granted_after: None,
                             granted_by: None,
                             paused: false,
+                            frozen_from: None,
                             steps: Vec::new(),
                         },
                     );
@@ -82,9 +83,10 @@ pub(super) fn build(history: &History) -> Vec<Section> {
             s.lease_end = leases.lease_end(&s.key, s.token, s.end);
             s.granted_after = leases.granted_after.get(&(s.key.clone(), s.token)).copied();
             s.granted_by = leases.granted_by.get(&(s.key.clone(), s.token)).copied();
-            s.paused = pauses
-                .get(&worker.worker)
-                .is_some_and(|list| list.iter().any(|&(from, to)| from < s.end && to > s.enter));
+            s.frozen_from = pauses.get(&worker.worker).and_then(|list| {
+                list.iter().filter(|&&(from, to)| from < s.end && to > s.enter).map(|&(from, _)| from).min()
+            });
+            s.paused = s.frozen_from.is_some();
             sections.push(s);
         }
     }

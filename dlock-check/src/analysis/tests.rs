@@ -127,7 +127,12 @@ impl W {
         self
     }
 
-    fn done(self) -> WorkerHistory {
+    fn done(mut self) -> WorkerHistory {
+        // A worker that was not killed stopped on request, and said goodbye last.
+        if self.killed.is_none() && !self.events.iter().any(|e| matches!(e, Event::Bye { .. })) {
+            let last = self.events.iter().filter_map(stamp_of).max_by_key(|s| s.wall).unwrap_or(at(0));
+            self.events.push(Event::Bye { complete: true, at: last });
+        }
         WorkerHistory {
             worker: self.worker,
             started: Some(at(0)),
@@ -351,8 +356,9 @@ fn tokens_that_do_not_rise_are_regressions() {
         300,
     );
     let a = analyse(&h);
-    // In the order of entry: 5 (at 10), 3 (at 110, lower: a regression), 5 (at 210, higher).
-    assert_eq!(a.total.token_regressions, 1);
+    // In the order of entry: 5 (at 10), 3 (at 110, lower: a regression), 5 (at 210, higher
+    // than 3, but not than the 5 handed out at 10: a regression too).
+    assert_eq!(a.total.token_regressions, 2);
     let h = history(
         vec![
             W::new(0).section(S::new(0, "k", 4, 10, 50)).done(),
@@ -658,4 +664,87 @@ fn a_loss_of_data_excuses_no_token_regression_and_no_fenced_lost_update() {
     assert_eq!(a.total.token_regressions, 1);
     assert!(kinds(&a).contains(&ViolationKind::TokenRegression), "{:?}", a.violations);
     assert!(kinds(&a).contains(&ViolationKind::FencedLostUpdate), "{:?}", a.violations);
+}
+
+#[test]
+fn a_token_below_one_handed_out_before_is_a_regression_even_past_an_uncertain_pair() {
+    // Token 10 entered at 100. Token 5's acquire was sent at 90, before that entry, so the pair
+    // (10, 5) is not certain. Token 7's acquire was sent at 299, long after token 10 entered:
+    // 7 after 10 is a regression for certain, whatever the section between them.
+    let mut uncertain = S::new(0, "k", 5, 150, 190);
+    uncertain.acquired = 90;
+    let h = history(
+        vec![
+            W::new(0).section(S::new(0, "k", 10, 100, 140)).done(),
+            W::new(1).section(uncertain).done(),
+            W::new(2).section(S::new(0, "k", 7, 300, 340)).done(),
+        ],
+        500,
+    );
+    let a = analyse(&h);
+    assert_eq!(a.total.token_regressions, 1, "{:?}", a.violations);
+    assert_eq!(kinds(&a), [ViolationKind::TokenRegression]);
+}
+
+#[test]
+fn a_holder_frozen_only_after_the_other_was_granted_its_key_is_not_excused() {
+    // Worker 1 is granted `k` at 19 and enters at 20, while worker 0 holds it (lease until
+    // 1009) and runs, not frozen. Only at 50 is worker 0 frozen (pause-worker aims at a
+    // holder). The freeze cannot explain an overlap that began before it.
+    let run = |pause: bool| {
+        let mut later = S::new(0, "k", 2, 20, 30);
+        later.acquired = 19;
+        let mut h = history(
+            vec![
+                W::new(0).section(S::new(0, "k", 1, 10, 2100).lost().writes(&[40])).done(),
+                W::new(1).section(later).done(),
+            ],
+            3000,
+        );
+        if pause {
+            h.faults = vec![fault(FaultKind::PauseWorker, 50, 2000, &[0])];
+        }
+        analyse(&h)
+    };
+    assert_eq!(kinds(&run(false)), [ViolationKind::Overlap], "without the pause: a violation");
+    let a = run(true);
+    assert_eq!(a.total.frozen_holders, 0, "{:?}", a.excused);
+    assert!(a.violations.iter().any(|v| v.kind == ViolationKind::Overlap), "{:?}", a.violations);
+}
+
+#[test]
+fn a_run_in_which_no_section_ran_proves_nothing() {
+    // Every call failed: nothing was checked, and the analysis must not say "pass".
+    let mut w = W::new(0);
+    for op in 0..3 {
+        w.events.push(Event::Invoke {
+            op,
+            task: 0,
+            key: "k".into(),
+            mode: Mode::Attribute,
+            long: false,
+            at: at(10 * op as i64),
+        });
+        w.events.push(Event::Done {
+            op,
+            outcome: Outcome::Backend { msg: "connection refused".into() },
+            at: at(10 * op as i64 + 1),
+        });
+    }
+    let a = analyse(&history(vec![w.done()], 100));
+    assert_eq!(a.total.sections, 0);
+    assert!(!a.valid, "a run with no section passed as valid: {:?}", a.notes);
+}
+
+#[test]
+fn a_worker_whose_history_stops_without_a_goodbye_makes_the_history_invalid() {
+    // Worker 0 was neither killed by a fault nor seen to crash (it died while being stopped),
+    // and its history has no `Bye`: its last section's end is unknown — it ran on past the
+    // end of the run, when worker 1 entered and wrote. The analysis cannot vouch for this.
+    let mut w0 = W::new(0).section(S::new(0, "k", 1, 150, 0).unfinished().writes(&[170])).done();
+    w0.events.retain(|e| !matches!(e, Event::Bye { .. }));
+    let w1 = W::new(1).section(S::new(0, "k", 2, 160, 180)).done();
+    let a = analyse(&history(vec![w0, w1], 100));
+    assert!(!a.valid, "a worker that vanished mid-section passed as valid: {:?}", a.sections);
+    assert!(a.notes.iter().any(|n| n.contains("worker 0 ended without saying goodbye")), "{:?}", a.notes);
 }
