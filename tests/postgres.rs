@@ -1562,3 +1562,94 @@ async fn everything_works_through_pgbouncer_in_transaction_mode() {
     drop(bouncer);
     drop(server);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A retried acquisition, and a schema name with a dollar-quote tag in it.
+
+/// A request whose first acquire attempt timed out asks again with the same owner, and gets
+/// the key; its release must still wait for the first attempt, which may commit late (its
+/// cancel missed) and would take the key again for that owner after the release.
+///
+/// Before the fix, the second attempt's bookkeeping replaced the first's, and was removed when
+/// it was answered: the release ran at once, and the first attempt then left the key held by
+/// nobody for its whole ttl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_after_a_retried_acquisition_waits_for_the_abandoned_first_attempt() {
+    let store = PostgresStore::shared("retried_late").await;
+    let backend = store.backend().await;
+    let schema = &store.schema;
+    store.sql(&format!("CREATE SEQUENCE \"{schema}\".slow_once"), &[]).await;
+    store
+        .sql(
+            &format!(
+                "CREATE FUNCTION \"{schema}\".slow_once() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 DECLARE done_at timestamptz := clock_timestamp() + interval '700 milliseconds'; BEGIN \
+                 IF nextval('\"{schema}\".slow_once') = 1 THEN \
+                 WHILE clock_timestamp() < done_at LOOP \
+                 BEGIN PERFORM pg_sleep(0.01); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; \
+                 END IF; RETURN NEW; END $$"
+            ),
+            &[],
+        )
+        .await;
+    store
+        .sql(
+            &format!(
+                "CREATE TRIGGER slow_once BEFORE INSERT ON \"{schema}\".dlock_locks FOR EACH ROW \
+                 WHEN (NEW.key LIKE '%:slow') EXECUTE FUNCTION \"{schema}\".slow_once()"
+            ),
+            &[],
+        )
+        .await;
+    let key = store.full_key("slow");
+    let ttl = Duration::from_secs(30);
+    // The first attempt is given up on while it runs (as a call timeout does).
+    let first = tokio::time::timeout(Duration::from_millis(100), backend.try_acquire(&key, "o", ttl)).await;
+    assert!(first.is_err(), "the first attempt was given up on while it ran");
+    drop(first);
+    // The request asks again with the same owner, gets the key, and releases it.
+    acquired(backend.try_acquire(&key, "o", ttl).await.expect("second attempt"), "the second attempt");
+    assert!(backend.release(&key, "o").await.expect("release").was_held);
+    // Once the first attempt's statement has ended, nothing may be held.
+    let running = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND state = 'active' \
+         AND query LIKE 'INSERT INTO \"{schema}\".dlock_locks%'"
+    );
+    poll_until(Duration::from_secs(5), "the first attempt's statement ended", || async {
+        let n: i64 = store.conn.query_one(&running, &[]).await.expect("pg_stat_activity").get(0);
+        n == 0
+    })
+    .await;
+    assert_eq!(
+        store.row("slow").await.map(|(owner, _, live)| (owner, live)),
+        Some((None, false)),
+        "the key is free"
+    );
+    store.cleanup().await;
+}
+
+/// A schema name is any identifier of up to 63 bytes; one that contains the dollar-quote tag of
+/// `dlock_check`'s body (`$dlock$`) must work like any other.
+///
+/// Before the fix, the tag in the schema name ended the function's body early: connecting
+/// failed with a syntax error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_named_with_the_function_body_quote_works() {
+    let schema = format!("t$dlock$x_{}_{:08x}", std::process::id(), rand::random::<u32>());
+    let url = shared_url();
+    let _drop = DropSchema { url: url.clone(), schema: schema.clone() };
+    let backend = PostgresBackend::builder(url.as_str())
+        .schema(schema.as_str())
+        .connect()
+        .await
+        .unwrap_or_else(|err| panic!("connecting with schema {schema}: {err}"));
+    let key = FullKey::new("dollar:", "k");
+    let token =
+        acquired(backend.try_acquire(&key, "o", Duration::from_secs(5)).await.expect("acquire"), "acquire");
+    let (mut client, connection) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    let txn = client.transaction().await.expect("begin");
+    backend.check_fence(&txn, key.as_str(), token).await.expect("the fence holds");
+    txn.rollback().await.expect("rollback");
+    assert!(backend.release(&key, "o").await.expect("release").was_held);
+}

@@ -18,8 +18,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// The acquisitions under way, by (key, owner), each with its id and a receiver that hears
-/// when it ends.
-type Entries = HashMap<(String, String), (u64, watch::Receiver<()>)>;
+/// when it ends. One (key, owner) may have several: a request whose attempt timed out asks
+/// again with the same owner while the first may still be on the wire.
+type Entries = HashMap<(String, String), Vec<(u64, watch::Receiver<()>)>>;
 type Map = Mutex<Entries>;
 
 fn lock(map: &Map) -> MutexGuard<'_, Entries> {
@@ -49,24 +50,28 @@ impl InFlight {
         let (ended, hears) = watch::channel(());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let entry = (key.to_owned(), owner.to_owned());
-        lock(&self.map).insert(entry.clone(), (id, hears));
+        lock(&self.map).entry(entry.clone()).or_default().push((id, hears));
         Settling { map: Arc::downgrade(&self.map), entry, id, _ended: ended }
     }
 
     /// Wait, at most `bound`, until no acquisition of `key` for `owner` may still take effect.
     pub(super) async fn settled(&self, key: &str, owner: &str, bound: Duration) {
-        let hears = {
+        let hears: Vec<watch::Receiver<()>> = {
             let map = lock(&self.map);
             // Nearly always empty: no allocation then.
             if map.is_empty() {
                 return;
             }
-            map.get(&(key.to_owned(), owner.to_owned())).map(|(_, hears)| hears.clone())
+            match map.get(&(key.to_owned(), owner.to_owned())) {
+                Some(entries) => entries.iter().map(|(_, hears)| hears.clone()).collect(),
+                None => return,
+            }
         };
-        if let Some(mut hears) = hears {
-            // Resolves (with an error) once the sender is dropped: the statement ended.
-            let _ = tokio::time::timeout(bound, hears.changed()).await;
-        }
+        // Each resolves (with an error) once its sender is dropped: that statement ended.
+        let all = futures_util::future::join_all(hears.into_iter().map(|mut hears| async move {
+            let _ = hears.changed().await;
+        }));
+        let _ = tokio::time::timeout(bound, all).await;
     }
 }
 
@@ -74,8 +79,11 @@ impl Drop for Settling {
     fn drop(&mut self) {
         if let Some(map) = self.map.upgrade() {
             let mut map = lock(&map);
-            if map.get(&self.entry).is_some_and(|(id, _)| *id == self.id) {
-                map.remove(&self.entry);
+            if let Some(entries) = map.get_mut(&self.entry) {
+                entries.retain(|(id, _)| *id != self.id);
+                if entries.is_empty() {
+                    map.remove(&self.entry);
+                }
             }
         }
     }
@@ -109,5 +117,22 @@ mod tests {
         in_flight.settled("k", "o", Duration::from_secs(2)).await;
         assert_eq!(start.elapsed(), Duration::from_millis(2300));
         assert_eq!(super::lock(&in_flight.map).len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_waits_for_every_attempt_of_its_owner() {
+        let in_flight = InFlight::default();
+        // The first attempt timed out and is still on the wire; the retry is answered.
+        let first = in_flight.begin("k", "o");
+        drop(in_flight.begin("k", "o"));
+        let start = tokio::time::Instant::now();
+        let ended = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop(first);
+        });
+        in_flight.settled("k", "o", Duration::from_secs(5)).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(300));
+        ended.await.expect("task");
+        assert!(super::lock(&in_flight.map).is_empty());
     }
 }

@@ -102,6 +102,13 @@ const COMPATIBLE: i32 = 1;
 fn steps(schema: &str) -> Vec<(i32, String)> {
     let s = quote_ident(schema);
     let locks = format!("{s}.dlock_locks");
+    // The dollar-quote tag of dlock_check's body: one the schema's name does not contain.
+    let mut tag = "$dlock$".to_owned();
+    let mut n = 0;
+    while schema.contains(&tag) {
+        n += 1;
+        tag = format!("$dlock{n}$");
+    }
     vec![(
         1,
         format!(
@@ -115,7 +122,7 @@ fn steps(schema: &str) -> Vec<(i32, String)> {
              ) WITH (fillfactor = 70); \
              COMMENT ON TABLE {locks} IS 'dlock leases: one row per key; owner NULL = free. Fencing tokens come from dlock_tokens.'; \
              CREATE OR REPLACE FUNCTION {s}.dlock_check(lock_key text, fencing_token bigint) RETURNS void \
-             LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $dlock$ \
+             LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS {tag} \
              DECLARE held record; \
              BEGIN \
                SELECT l.owner, l.token, l.expires_at INTO held FROM {locks} l WHERE l.key = lock_key FOR SHARE; \
@@ -128,7 +135,7 @@ fn steps(schema: &str) -> Vec<(i32, String)> {
                                  ELSE 'its lease has ended' END, \
                    HINT = 'roll back: the work is no longer protected by the lock; take the lock again and redo it'; \
                END IF; \
-             END $dlock$; \
+             END {tag}; \
              COMMENT ON FUNCTION {s}.dlock_check(text, bigint) IS \
                'Raises SQLSTATE {NOT_HELD} unless the dlock lock (full key, service prefix included) is held with this fencing token; \
              locks the lease row FOR SHARE, so no other owner can take the key until the calling transaction ends.';"
