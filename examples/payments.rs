@@ -328,15 +328,26 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let run_id = format!("{:x}", now_millis());
-    let (ledger, redis) = match connect_redis(&url).await {
+    // `across`: the lock is shared by processes, so the run across processes shows it.
+    let (ledger, across) = match connect_redis(&url).await {
         Some((backend, conn)) => {
             let service = lock_service(Some(backend)).await?;
-            println!(
-                "Using Redis at {url} for the ledger and {} for the lock, shared by every process.\n",
-                service.backend().name()
-            );
+            // An in-process lock (`DLOCK_BACKEND=memory:`) is each process's own: it cannot
+            // keep processes apart, so the run across processes is left out.
+            let shared = service.backend().name() != "memory";
+            if shared {
+                println!(
+                    "Using Redis at {url} for the ledger and {} for the lock, shared by every process.\n",
+                    service.backend().name()
+                );
+            } else {
+                println!(
+                    "Using Redis at {url} for the ledger and the in-process backend for the lock, which \
+                     other processes do not share: the run across processes is left out.\n"
+                );
+            }
             dlock::set_global(service)?;
-            (Ledger::Redis { conn, key: format!("payments-demo:{run_id}:orders") }, true)
+            (Ledger::Redis { conn, key: format!("payments-demo:{run_id}:orders") }, shared)
         }
         None => {
             println!(
@@ -354,13 +365,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("In one process:");
     record(in_process(&ledger, false).await?, false);
     record(in_process(&ledger, true).await?, true);
-    if redis {
+    if across {
         println!("\nAcross processes:");
         record(across_processes(&ledger, &url, workers, false).await?, false);
         record(across_processes(&ledger, &url, workers, true).await?, true);
-        if let Ledger::Redis { conn, key } = &ledger {
-            let _: () = conn.clone().del(key).await?;
-        }
+    }
+    if let Ledger::Redis { conn, key } = &ledger {
+        let _: () = conn.clone().del(key).await?;
     }
     let outcomes = OUTCOME.get_or_init(Mutex::default).lock().unwrap_or_else(PoisonError::into_inner).clone();
     let locked_ok = outcomes.iter().skip(1).step_by(2).all(|ok| *ok);

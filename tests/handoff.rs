@@ -433,6 +433,33 @@ async fn a_waiter_rides_out_a_spell_of_failed_saves() {
     rides_out_a_spell("ms", begin, end).await;
 }
 
+/// The Redis a waiting request talks to is stuck in a long script (`BUSY`, README "What dlock
+/// guarantees", 4, lists it among the refusals a waiter rides out): the request keeps trying,
+/// and gets the key once the script is killed and the holder lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_rides_out_a_busy_script() {
+    let begin = async |conn: &mut Conn| {
+        command(conn, &["CONFIG", "SET", "busy-reply-threshold", "100"]).await;
+        let (_, port): (String, String) = redis_cmd(conn, &["CONFIG", "GET", "port"]).await;
+        let mut busy = inspector(&format!("redis://127.0.0.1:{port}")).await;
+        // A read-only script that never ends, until `SCRIPT KILL`.
+        tokio::spawn(async move {
+            let _: redis::RedisResult<()> =
+                redis::cmd("EVAL").arg("while true do end").arg(0).query_async(&mut busy).await;
+        });
+        poll_until(Duration::from_secs(10), "the server answers BUSY", || {
+            let mut conn = conn.clone();
+            async move {
+                let ping: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+                ping.err().is_some_and(|err| err.code() == Some("BUSY"))
+            }
+        })
+        .await;
+    };
+    let end = async |conn: &mut Conn| command(conn, &["SCRIPT", "KILL"]).await;
+    rides_out_a_spell("busy", begin, end).await;
+}
+
 /// `args`, sent on `conn`, answered `OK`.
 async fn command(conn: &mut Conn, args: &[&str]) {
     let () = redis_cmd(conn, args).await;

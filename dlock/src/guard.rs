@@ -329,7 +329,8 @@ impl LockGuard {
     /// `Ok(true)`: every key was still ours and is now free. `Ok(false)`: at least one had
     /// already been lost (expired or taken over) — whatever ran under it was not protected
     /// throughout. Renewal stops before the release is sent. A re-entrant guard releases
-    /// nothing and returns `Ok(true)`.
+    /// nothing: it returns `Ok(true)` while the outer holder still holds the keys, `Ok(false)`
+    /// once they were lost or the outer holder released them.
     ///
     /// `Err`: the backend did not answer a key's release. That key is then released again in
     /// the background, until it is answered or its lease has ended by itself.
@@ -344,7 +345,7 @@ impl LockGuard {
     pub async fn release(mut self) -> Result<bool, Error> {
         match self.owned.take() {
             Some(owned) => Release::begin(&self.shared, std::mem::take(&mut self.held), owned).run().await,
-            None => Ok(true),
+            None => Ok(self.lost_reason().is_none()),
         }
     }
 }
