@@ -364,13 +364,7 @@ async fn subscriber(
                                 entry.notices.send_replace(ReleaseNotice::Released);
                             }
                         }
-                        Some(FeedEvent::Unsubscribed(channel)) => {
-                            state.subscribed.remove(&channel);
-                            if let Some(entry) = strong.lock().get(&channel) {
-                                entry.subscribed.send_replace(false);
-                                entry.notices.send_replace(ReleaseNotice::Released);
-                            }
-                        }
+                        Some(FeedEvent::Unsubscribed(channel)) => state.dropped_by_server(&strong, channel),
                         Some(FeedEvent::Reconnected) => {
                             // The subscriptions made on that connection went with it, and the
                             // cluster connection makes them again only if its node comes back;
@@ -432,6 +426,9 @@ struct Subscriptions {
     subscribed: HashSet<String>,
     /// In a subscribe or unsubscribe call under way: left alone until it ends.
     in_flight: HashSet<String>,
+    /// Dropped by the server while a subscribe call for them was under way: that call's
+    /// confirmation may be of the subscription the server dropped, so it does not count.
+    revoked: HashSet<String>,
     /// Channels whose last call failed without breaking the connection (a cluster node down
     /// or silent), and when they may be tried again.
     retry_at: HashMap<String, Instant>,
@@ -483,6 +480,23 @@ impl Subscriptions {
         }
     }
 
+    /// The server dropped the subscription to `channel` (its node no longer serves the
+    /// channel's slot): it is made again, and its waiters ask again meanwhile.
+    ///
+    /// The server's word and the answer to a subscribe call come by different paths, so the
+    /// drop may be heard before the answer of a subscribe the server had taken just before
+    /// it: that answer must not count the channel subscribed.
+    fn dropped_by_server(&mut self, shared: &Shared, channel: String) {
+        self.subscribed.remove(&channel);
+        if let Some(entry) = shared.lock().get(&channel) {
+            entry.subscribed.send_replace(false);
+            entry.notices.send_replace(ReleaseNotice::Released);
+        }
+        if self.in_flight.contains(&channel) {
+            self.revoked.insert(channel);
+        }
+    }
+
     /// Take in a call's outcome: `Err` when the connection must be replaced.
     fn finish(&mut self, shared: &Shared, call: Call, outcome: Outcome) -> Result<(), String> {
         let failed = match outcome {
@@ -497,7 +511,9 @@ impl Subscriptions {
                 let entries = shared.lock();
                 for channel in channels {
                     self.in_flight.remove(&channel);
-                    if failed.contains(&channel) {
+                    if self.revoked.remove(&channel) {
+                        // Subscribed again by the next reconcile.
+                    } else if failed.contains(&channel) {
                         self.retry_at.insert(channel, retry_at);
                     } else {
                         if let Some(entry) = entries.get(&channel) {
@@ -548,6 +564,55 @@ fn parse_notice(payload: &[u8]) -> Option<ReleaseNotice> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sink that records the channels it is asked to subscribe to, and answers at once.
+    #[derive(Default, Clone)]
+    struct RecordingSink(Arc<Mutex<Vec<Vec<String>>>>);
+
+    impl FeedSink for RecordingSink {
+        fn subscribe(&self, channels: Vec<String>, _: Duration) -> BoxFuture<'static, Outcome> {
+            self.0.lock().unwrap_or_else(PoisonError::into_inner).push(channels);
+            Box::pin(std::future::ready(Outcome::Done))
+        }
+        fn unsubscribe(&self, _: Vec<String>, _: Duration) -> BoxFuture<'static, Outcome> {
+            Box::pin(std::future::ready(Outcome::Done))
+        }
+        fn ping(&self, _: Duration) -> BoxFuture<'static, Outcome> {
+            Box::pin(std::future::ready(Outcome::Done))
+        }
+    }
+
+    /// The server drops a channel's subscription (its slot moved) while this process's
+    /// subscribe for it is under way, and the drop is heard first: the subscribe's answer
+    /// must not count the channel subscribed, or its waiters would count on notices that
+    /// never come. It is subscribed again instead.
+    #[test]
+    fn a_subscription_the_server_dropped_while_it_was_being_made_is_made_again() {
+        let shared = Shared::default();
+        shared.lock().insert(
+            "c".to_owned(),
+            Channel {
+                notices: watch::channel(ReleaseNotice::Released).0,
+                subscribed: watch::channel(false).0,
+                waiters: 1,
+            },
+        );
+        let sink = RecordingSink::default();
+        let mut calls = FuturesUnordered::new();
+        let mut state = Subscriptions::default();
+        state.reconcile(&shared, &sink, &mut calls, Duration::from_secs(1));
+        assert_eq!(*sink.0.lock().expect("sink"), [["c"]], "the channel is subscribed to");
+
+        state.dropped_by_server(&shared, "c".to_owned());
+        state.finish(&shared, Call::Subscribe(vec!["c".to_owned()]), Outcome::Done).expect("the feed stands");
+        assert!(!state.subscribed.contains("c"), "a dropped subscription counted as made");
+        assert!(!*shared.lock()["c"].subscribed.borrow(), "waiters told they hear");
+
+        state.reconcile(&shared, &sink, &mut calls, Duration::from_secs(1));
+        assert_eq!(*sink.0.lock().expect("sink"), [["c"], ["c"]], "the channel is subscribed to again");
+        state.finish(&shared, Call::Subscribe(vec!["c".to_owned()]), Outcome::Done).expect("the feed stands");
+        assert!(state.subscribed.contains("c") && *shared.lock()["c"].subscribed.borrow());
+    }
 
     #[test]
     fn notices_are_parsed() {
