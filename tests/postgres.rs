@@ -423,6 +423,50 @@ async fn a_cleanup_with_an_enormous_retention_keeps_every_row() {
     store.cleanup().await;
 }
 
+/// A call that ran out of time waiting for a pooled connection says so; before, it said its
+/// statement "was cancelled", which sent the reader looking for a slow statement.
+#[tokio::test(flavor = "current_thread")]
+async fn a_call_that_waited_for_a_pooled_connection_says_so_when_it_times_out() {
+    let store = PostgresStore::shared("pool_wait").await;
+    let backend = store
+        .builder()
+        .pool_size(1)
+        .call_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .expect("connect");
+    let ttl = Duration::from_secs(10);
+    let (held, other) = (store.full_key("held"), store.full_key("other"));
+    acquired(backend.try_acquire(&held, "o", ttl).await.expect("acquire"), "free");
+    // Another transaction locks the row: an acquire of `held` waits on it, on the only pooled
+    // connection, and `other` waits for that connection.
+    let (mut client, connection) = tokio_postgres::connect(&store.url, NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    let txn = client.transaction().await.expect("begin");
+    let lock_row = format!("SELECT 1 FROM \"{}\".dlock_locks WHERE key = $1 FOR UPDATE", store.schema);
+    assert_eq!(txn.execute(&lock_row, &[&held.as_str()]).await.expect("lock the row"), 1);
+    // Spawned in this order on this one thread: the first takes the connection.
+    let first = tokio::spawn({
+        let (backend, held) = (backend.clone(), held.clone());
+        async move { backend.try_acquire(&held, "p", ttl).await }
+    });
+    let second = tokio::spawn({
+        let backend = backend.clone();
+        async move { backend.try_acquire(&other, "p", ttl).await }
+    });
+    let (first, second) = (first.await.expect("join"), second.await.expect("join"));
+    // Let go of the row before anything can fail: the cancelled statement's cleanup waits on it.
+    txn.rollback().await.expect("rollback");
+    store.cleanup().await;
+    let first = first.expect_err("blocked behind the row lock");
+    assert_eq!(first.kind(), BackendErrorKind::Timeout, "{first}");
+    assert!(first.to_string().contains("the statement was cancelled"), "{first}");
+    let second = second.expect_err("no connection came free in time");
+    assert_eq!(second.kind(), BackendErrorKind::Timeout, "{second}");
+    assert!(second.to_string().contains("came free"), "{second}");
+    assert!(!second.to_string().contains("cancelled"), "{second}");
+}
+
 /// With `cleanup_after`, each backend removes old free rows by itself, on a connection it
 /// closes afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -269,7 +269,9 @@ impl PostgresBackendBuilder {
         };
         match tokio::time::timeout(self.call_timeout, migrating).await {
             Ok(result) => result.map_err(backend_error),
-            Err(_) => Err(backend_error(errors::timeout_error(&url, "the migration", self.call_timeout))),
+            Err(_) => {
+                Err(backend_error(errors::timeout_error(&url, "the migration", self.call_timeout, true)))
+            }
         }
     }
 

@@ -107,14 +107,19 @@ pub(super) fn connect_error(url: &str, schema: &str, what: &str, err: tokio_post
     BackendError::with_source(kind, message, err)
 }
 
-/// A call that got no answer within `timeout`.
-pub(super) fn timeout_error(url: &str, what: &str, timeout: Duration) -> BackendError {
-    BackendError::new(
-        BackendErrorKind::Timeout,
+/// A call that got no answer within `timeout`: its statement was sent (and is cancelled), or,
+/// with `sent` false, no pooled connection came free in time to send it on.
+pub(super) fn timeout_error(url: &str, what: &str, timeout: Duration, sent: bool) -> BackendError {
+    let message = if sent {
         format!(
             "PostgreSQL at {url} did not answer {what} within {timeout:?}; is it running, reachable and not overloaded? (the statement was cancelled)"
-        ),
-    )
+        )
+    } else {
+        format!(
+            "no connection to PostgreSQL at {url} came free for {what} within {timeout:?}: every pooled connection was busy or could not be made; is it running and reachable, or is the pool (`pool_size`) too small for the load?"
+        )
+    };
+    BackendError::new(BackendErrorKind::Timeout, message)
 }
 
 /// The server's own message when there is one (tokio_postgres's `Display` says only "db error").

@@ -210,7 +210,7 @@ impl PostgresBackend {
     ///
     /// let guard = service.lock("account:7").await?;
     /// let txn = client.transaction().await?;
-    /// postgres.check_fence(&txn, guard.key(), guard.fencing_token()).await?;
+    /// postgres.check_fence(&txn, guard.full_key(), guard.fencing_token()).await?;
     /// txn.execute("UPDATE accounts SET balance = balance - 10 WHERE id = 7", &[]).await?;
     /// txn.commit().await?; // commits only if the lock was still ours at the check
     /// guard.release().await?;

@@ -144,8 +144,11 @@ impl Pools {
         settling: Option<Settling>,
     ) -> Result<Vec<Row>, BackendError> {
         let pool = self.current()?;
+        // Whether the statement was sent: a timeout before is one of waiting for a connection.
+        let sent = std::sync::atomic::AtomicBool::new(false);
         let call = async {
             let object = pool.get().await.map_err(|err| self.pool_error(what, err))?;
+            sent.store(true, std::sync::atomic::Ordering::Relaxed);
             let mut checkout = Checkout {
                 object: Some(object),
                 background: &self.background,
@@ -172,7 +175,12 @@ impl Pools {
                 // too, so the next call connects afresh instead of timing out on each in
                 // turn. If they were fine, that costs a reconnect each.
                 pool.retain(|_, _| false);
-                Err(timeout_error(&self.url, what, self.timeout))
+                Err(timeout_error(
+                    &self.url,
+                    what,
+                    self.timeout,
+                    sent.load(std::sync::atomic::Ordering::Relaxed),
+                ))
             }
         }
     }
