@@ -6,7 +6,9 @@ use crate::backend::{BackendError, BackendErrorKind};
 
 /// Everything that can go wrong while taking, holding or releasing a lock.
 ///
-/// Every message names the key (or service) concerned and says what to do next.
+/// Every message says what to do next, and names the key (or service) concerned when there is
+/// one: an invalid ttl, or [`NoRuntime`](Self::NoRuntime), concerns no key (and
+/// [`key`](Self::key) is `None` for them).
 /// The enum is `#[non_exhaustive]`: match the variants you act on and keep a `_` arm.
 ///
 /// Annotated functions return it through their own error type (`E: From<dlock::Error>`),

@@ -142,7 +142,8 @@ impl LockGuard {
     }
 
     /// The fencing token of the (first) key: strictly greater than any token issued before
-    /// for that key on this backend. See [`fencing_token()`](crate::fencing_token).
+    /// for that key on this backend. A re-entrant guard issues none: it has the token of the
+    /// guard that took the key. See [`fencing_token()`](crate::fencing_token).
     ///
     /// A guard of several keys (`lock_all`) has a token per key, and one key's token fences
     /// only that key's storage: use [`fencing_tokens`](Self::fencing_tokens) there.

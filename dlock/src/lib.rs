@@ -44,7 +44,8 @@
 //!   [`LockRequest`] → [`LockGuard`].
 //! - [`fencing_token`] / [`fencing_token_for`]: the fencing token of the lock the current task
 //!   holds (the innermost), or of one key it holds.
-//! - [`Error`]: everything that can go wrong, each message naming the key and the remedy.
+//! - [`Error`]: everything that can go wrong, each message naming the remedy and the key
+//!   concerned, if any.
 //! - [`backend`]: for authors of a new backend — the [`LockBackend`] contract and the types
 //!   its methods use.
 //!

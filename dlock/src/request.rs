@@ -45,7 +45,8 @@ impl LockRequest {
 
     /// The lease (default: the service's, 30 s). While the guard lives the lease is renewed
     /// every ttl/3, so ttl bounds how long a crashed holder blocks others, not how long the
-    /// work may take.
+    /// work may take. A ttl below [`MIN_TTL`](crate::MIN_TTL) or above [`MAX_TTL`](crate::MAX_TTL)
+    /// fails the request with [`Error::InvalidInput`] (the service's default is clamped instead).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
@@ -75,7 +76,9 @@ impl LockRequest {
     }
 
     /// Whether to renew the lease while the guard lives (default `true`). With `false` the
-    /// lease ends at ttl and the guard then reports itself lost.
+    /// lease ends at ttl, and the guard reports itself lost
+    /// ([`LostReason::Expired`](crate::LostReason::Expired)) a safety margin before that (1 % of
+    /// the ttl, plus a tenth of the ttl clamped to 2–20 ms), while the backend may still hold it.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {

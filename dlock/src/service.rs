@@ -173,7 +173,8 @@ impl LockService {
     /// Duplicates are merged and the keys are taken in one deterministic (sorted) order, so
     /// two calls over overlapping sets never deadlock each other. It is all or nothing: if any
     /// key cannot be had within `wait`, those already taken are released. One renewal keeps
-    /// them all, and the guard is lost if any one of them is.
+    /// them all, and the guard is lost if any one of them is. No keys at all is
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
@@ -229,5 +230,129 @@ impl LockService {
     /// ```
     pub fn default_wait(&self) -> Duration {
         self.shared.default_wait
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::LockService;
+    use crate::backend::{
+        BackendError, BoxFuture, FullKey, LockBackend, MemoryBackend, ReleaseOutcome, ReleaseWatch,
+        TryAcquire,
+    };
+    use crate::error::Error;
+    use crate::limits::{MAX_TTL, MIN_TTL};
+
+    /// `LockServiceBuilder::default_ttl`: "Values are kept within MIN_TTL and MAX_TTL".
+    #[test]
+    fn builder_default_ttl_is_kept_within_the_bounds() {
+        let short = LockService::builder(MemoryBackend::new()).default_ttl(Duration::ZERO).build();
+        assert_eq!(short.default_ttl(), MIN_TTL);
+        let long = LockService::builder(MemoryBackend::new()).default_ttl(Duration::MAX).build();
+        assert_eq!(long.default_ttl(), MAX_TTL);
+    }
+
+    /// A memory backend that rejects keys containing a space and counts the calls it gets.
+    #[derive(Debug, Default)]
+    struct Picky {
+        inner: MemoryBackend,
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl LockBackend for Picky {
+        fn name(&self) -> &'static str {
+            "picky"
+        }
+        fn check_key(&self, key: &FullKey) -> Result<(), String> {
+            if key.contains(' ') { Err("keys may not contain spaces".into()) } else { Ok(()) }
+        }
+        fn try_acquire<'a>(
+            &'a self,
+            key: &'a FullKey,
+            owner: &'a str,
+            ttl: Duration,
+        ) -> BoxFuture<'a, Result<TryAcquire, BackendError>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.inner.try_acquire(key, owner, ttl)
+        }
+        fn release<'a>(
+            &'a self,
+            key: &'a FullKey,
+            owner: &'a str,
+        ) -> BoxFuture<'a, Result<ReleaseOutcome, BackendError>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.inner.release(key, owner)
+        }
+        fn renew<'a>(
+            &'a self,
+            key: &'a FullKey,
+            owner: &'a str,
+            ttl: Duration,
+        ) -> BoxFuture<'a, Result<bool, BackendError>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.inner.renew(key, owner, ttl)
+        }
+        fn watch_releases<'a>(
+            &'a self,
+            key: &'a FullKey,
+        ) -> BoxFuture<'a, Result<Option<ReleaseWatch>, BackendError>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.inner.watch_releases(key)
+        }
+    }
+
+    /// `LockBackend::check_key`: "`Err` says why not (the service reports it as
+    /// `Error::InvalidInput` before any call)" — also for a key among several that are fine.
+    #[tokio::test]
+    async fn a_key_the_backend_refuses_is_invalid_input_before_any_call() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let backend = Picky { inner: MemoryBackend::new(), calls: Arc::clone(&calls) };
+        let service = LockService::builder(backend).key_prefix("app:").build();
+        match service.lock_all(["a", "b c"]).await {
+            Err(Error::InvalidInput { what: "key", reason }) => {
+                assert!(reason.contains("app:b c") && reason.contains("spaces"), "{reason}");
+            }
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "no backend call for a refused request");
+    }
+
+    /// `LockRequest::renew(false)`: without renewal the guard reports itself lost a safety
+    /// margin *before* the ttl, while the backend still holds the key.
+    #[tokio::test(start_paused = true)]
+    async fn without_renewal_the_guard_is_lost_before_the_backend_lets_go() {
+        let backend = MemoryBackend::new();
+        let service = LockService::new(backend.clone());
+        let ttl = Duration::from_secs(1);
+        let guard = service.lock("k").ttl(ttl).renew(false).await.unwrap();
+        let margin = crate::lease::safety_margin(ttl);
+        tokio::time::advance(ttl - margin).await;
+        assert!(guard.is_lost(), "lost at ttl - margin ({margin:?} before ttl)");
+        assert_eq!(backend.held_count(), 1, "the backend still holds the key until ttl");
+        assert!(!guard.release().await.unwrap(), "a lost guard's release reports it");
+    }
+
+    /// What the docs promise is `Send` (attribute.md, `LockGuard`, `LockRequest`): a guard, and
+    /// the futures of taking, scoping, watching and releasing one, can cross `tokio::spawn`.
+    #[test]
+    fn guards_and_their_futures_are_send() {
+        fn send<T: Send>(_: &T) {}
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<crate::LockGuard>();
+        send_sync::<LockService>();
+        send_sync::<crate::LockRequest>();
+        let service = LockService::new(MemoryBackend::new());
+        send(&std::future::IntoFuture::into_future(service.lock("k")));
+        send(&crate::with_service(service, async { 1 }));
+        // Type-checked only: never called.
+        let _ = |guard: crate::LockGuard| {
+            send(&guard.scope(async { crate::fencing_token() }));
+            send(&guard.lost());
+            send(&guard.release());
+        };
     }
 }

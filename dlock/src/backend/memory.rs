@@ -86,7 +86,7 @@ impl MemoryBackend {
 
     /// Drop a key (the full key, prefix included) as if its lease had expired or an operator
     /// deleted it: for tests of what code does when its lock is lost. Returns whether it was
-    /// held.
+    /// held (a lease that had already run out was not).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
@@ -98,12 +98,14 @@ impl MemoryBackend {
     /// # Ok(()) }
     /// ```
     pub fn force_expire(&self, key: &str) -> bool {
+        let now = Instant::now();
         let mut state = self.inner.lock();
-        let removed = state.holdings.remove(key).is_some();
-        if removed {
+        // A lease that ran out is dropped too, but it was not held (as `held_count` counts).
+        let held = state.holdings.remove(key).is_some_and(|holding| holding.expires_at > now);
+        if held {
             state.notify(key);
         }
-        removed
+        held
     }
 }
 
@@ -268,6 +270,22 @@ mod tests {
         assert!(m.renew(k, "b", ttl).await.unwrap());
         assert!(m.release(k, "b").await.unwrap().was_held);
         assert_eq!(m.held_count(), 0);
+    }
+
+    /// `force_expire`: "Returns whether it was held" — a lease that has already run out was
+    /// not held (`held_count` does not count it either).
+    #[tokio::test(start_paused = true)]
+    async fn force_expire_of_a_lease_that_ran_out_says_it_was_not_held() {
+        let m = MemoryBackend::new();
+        let k = &FullKey::new("", "k");
+        let ttl = Duration::from_millis(100);
+        assert!(matches!(m.try_acquire(k, "a", ttl).await.unwrap(), TryAcquire::Acquired { .. }));
+        tokio::time::advance(Duration::from_millis(101)).await;
+        assert_eq!(m.held_count(), 0);
+        assert!(!m.force_expire("k"), "the lease had ended: the key was not held");
+        assert!(!m.force_expire("k"), "nothing left to drop");
+        assert!(matches!(m.try_acquire(k, "b", ttl).await.unwrap(), TryAcquire::Acquired { .. }));
+        assert!(m.force_expire("k"), "a live lease was held");
     }
 
     #[tokio::test]
