@@ -55,7 +55,7 @@ impl ConnectOptions {
 ///
 /// | scheme | backend |
 /// |---|---|
-/// | `memory:` | [`MemoryBackend`]: in this process only (tests, one instance) |
+/// | `memory:` | [`MemoryBackend`]: in this process only (tests, one instance); nothing may follow `memory:` |
 /// | `redis://`, `rediss://` | [`RedisBackend`](crate::RedisBackend) (feature `redis`; `rediss` needs `tls`) |
 /// | `redis-cluster://[[user]:password@]host:port,host:port,…` (`rediss-cluster://`) | [`RedisClusterBackend`](crate::RedisClusterBackend) (feature `redis-cluster`) |
 /// | `redis-sentinel://[[user]:password@]host:port,…/<master>[/<db>][?sentinel_password=…]` | [`RedisSentinelBackend`](crate::RedisSentinelBackend) (feature `redis-sentinel`) |
@@ -104,7 +104,15 @@ pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Arc<dyn 
         });
     }
     match scheme {
-        "memory" => Ok(Arc::new(MemoryBackend::new())),
+        // `memory:` takes no host, path or option: anything more would be ignored.
+        "memory" if matches!(url, "memory:" | "memory://") => Ok(Arc::new(MemoryBackend::new())),
+        "memory" => Err(Error::InvalidInput {
+            what: "backend URL",
+            reason: format!(
+                "`{}` has more than `memory:`, and the in-process backend takes no host, path or option; use `memory:`",
+                redact_scheme(url)
+            ),
+        }),
         #[cfg(feature = "redis")]
         "redis" | "rediss" => {
             let mut builder = crate::RedisBackend::builder(url).call_timeout(call_timeout);
@@ -177,7 +185,13 @@ fn supported() -> Vec<&'static str> {
 fn redact_scheme(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, _)) => format!("{scheme}://…"),
-        None => url.chars().take(20).collect(),
+        // Not a URL (`host=db password=…`?): at most a scheme, never what follows it.
+        None => match url.split_once(':') {
+            Some((scheme, _)) if scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) => {
+                format!("{scheme}:…")
+            }
+            _ => "…".to_owned(),
+        },
     }
 }
 

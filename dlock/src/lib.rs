@@ -152,6 +152,8 @@ mod context;
 mod error;
 mod guard;
 mod id_hash;
+#[cfg(test)]
+mod input_edges;
 mod keeper;
 mod lease;
 mod limits;

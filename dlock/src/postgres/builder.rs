@@ -28,7 +28,7 @@ use crate::error::Error;
 ///     .await?;
 /// # let _ = postgres; Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use = "call .connect().await to get the backend"]
 pub struct PostgresBackendBuilder {
     url: String,
@@ -39,6 +39,22 @@ pub struct PostgresBackendBuilder {
     listen: bool,
     migrate_on_connect: bool,
     cleanup_after: Option<Duration>,
+}
+
+impl std::fmt::Debug for PostgresBackendBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URLs may hold a password.
+        f.debug_struct("PostgresBackendBuilder")
+            .field("url", &errors::redact(&self.url))
+            .field("listen_url", &self.listen_url.as_deref().map(errors::redact))
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .field("call_timeout", &self.call_timeout)
+            .field("listen", &self.listen)
+            .field("migrate_on_connect", &self.migrate_on_connect)
+            .field("cleanup_after", &self.cleanup_after)
+            .finish()
+    }
 }
 
 impl PostgresBackendBuilder {
@@ -289,6 +305,11 @@ impl PostgresBackendBuilder {
                 "`{shown}` is not a PostgreSQL URL ({err}); expected postgres://[user[:password]@]host[:port]/database"
             ))
         })?;
+        if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
+            return Err(invalid(format!(
+                "`{shown}` names no host; expected postgres://[user[:password]@]host[:port]/database"
+            )));
+        }
         if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
             return Err(invalid(format!(
                 "`{shown}` asks for TLS (sslmode=require), which dlock's PostgreSQL backend does not support yet; connect over a private network or a TLS-terminating proxy, with sslmode=disable"

@@ -132,33 +132,51 @@ fn detail(err: &tokio_postgres::Error) -> String {
 
 /// The URL with its password (in the authority or a `password=` parameter) replaced by `***`.
 pub(super) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // Not a URL: a `key=value` connection string (`host=db password=…`) or a typo. What
+        // follows `password` may be quoted, spaced or escaped: none of it is shown.
+        return match url.to_ascii_lowercase().find("password") {
+            Some(i) => format!("{}password=***…", url.get(..i).unwrap_or_default()),
+            None if url.contains('@') => "***".to_owned(),
+            None => url.to_owned(),
+        };
+    };
+    // tokio-postgres takes everything before the first `@` as the credentials, a `/` or `?` in
+    // the password included; a host never holds a `@`, so the credentials end at the last `@`
+    // before the path or query that follows the first one.
+    let (userinfo, rest) = match rest.split_once('@') {
+        Some((first, after)) => {
+            let host_end = after.find(['/', '?']).unwrap_or(after.len());
+            let (host, tail) = after.split_at(host_end);
+            match host.rsplit_once('@') {
+                Some((more, host)) => (Some(format!("{first}@{more}")), format!("{host}{tail}")),
+                None => (Some(first.to_owned()), after.to_owned()),
+            }
+        }
+        None => (None, rest.to_owned()),
+    };
+    let userinfo = userinfo.map(|userinfo| match userinfo.split_once(':') {
+        Some((user, _)) if !user.contains(['/', '?']) => format!("{user}:***@"),
+        Some(_) => "***@".to_owned(),
+        None if userinfo.contains(['/', '?', '=']) => "***@".to_owned(),
+        None => format!("{userinfo}@"),
+    });
     let (before_query, query) = match rest.split_once('?') {
         Some((before, query)) => (before, Some(query)),
-        None => (rest, None),
-    };
-    let (authority, path) = match before_query.find('/') {
-        Some(i) => before_query.split_at(i),
-        None => (before_query, ""),
-    };
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{host}"),
-            None => format!("{userinfo}@{host}"),
-        },
-        None => authority.to_owned(),
+        None => (rest.as_str(), None),
     };
     let query = query.map(|query| {
         let params: Vec<String> = query
             .split('&')
             .map(|param| match param.split_once('=') {
-                Some(("password", _)) => "password=***".to_owned(),
+                // tokio-postgres decodes parameter names: `pass%77ord` is `password`.
+                Some((key, _)) if key == "password" || key.contains('%') => format!("{key}=***"),
                 _ => param.to_owned(),
             })
             .collect();
         format!("?{}", params.join("&"))
     });
-    format!("{scheme}://{authority}{path}{}", query.unwrap_or_default())
+    format!("{scheme}://{}{before_query}{}", userinfo.unwrap_or_default(), query.unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -169,6 +187,11 @@ mod tests {
     fn passwords_are_masked() {
         assert_eq!(redact("postgres://app:hunter2@db:5432/prod"), "postgres://app:***@db:5432/prod");
         assert_eq!(redact("postgresql://app@db/prod"), "postgresql://app@db/prod");
+        assert_eq!(redact("postgres://app:hun/ter2@db:5432/prod"), "postgres://app:***@db:5432/prod");
+        assert_eq!(redact("postgres://app:hun?ter2@db/prod"), "postgres://app:***@db/prod");
+        assert_eq!(redact("postgres://app:hun@ter2@db/prod"), "postgres://app:***@db/prod");
+        assert_eq!(redact("postgres://db/prod?pass%77ord=hunter2"), "postgres://db/prod?pass%77ord=***");
+        assert_eq!(redact("host=db user=app password=hunter2"), "host=db user=app password=***…");
         assert_eq!(
             redact("postgres://db/prod?user=app&password=hunter2&sslmode=disable"),
             "postgres://db/prod?user=app&password=***&sslmode=disable"

@@ -196,6 +196,9 @@ impl RedisClusterBackendBuilder {
                 "`{shown}` are not Redis URLs ({err}); expected redis://[[user]:password@]host[:port] for each seed node, all with the same credentials"
             ),
         };
+        for node in &self.nodes {
+            super::check_query(node, &redact(node), "Redis Cluster nodes")?;
+        }
         self.tls.prepare_nodes(&self.nodes, &shown)?;
         let settings =
             ClusterSettings { nodes: self.nodes.clone(), call_timeout: self.call_timeout, tls: self.tls };

@@ -176,19 +176,44 @@ pub(super) fn unexpected(url: &str, what: &str, reply: &Value) -> BackendError {
     )
 }
 
-/// The URL with its password replaced by `***`.
+/// The URL with its passwords (in the credentials, or a query parameter such as `pass` or
+/// `sentinel_password`) replaced by `***`.
 pub(super) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (head, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        // `redis:pw@host`: not a URL redis-rs takes, and still no place to show a password.
+        None => match url.split_once(':') {
+            Some((scheme, rest)) => (format!("{scheme}:"), rest),
+            None => (String::new(), url),
+        },
+    };
     // The last `@` ends the credentials, even when the password holds a `/`, `?` or `@` that
     // was not escaped (a host or a path has none).
-    match rest.rsplit_once('@') {
+    let (masked, host_and_path) = match rest.rsplit_once('@') {
         Some((userinfo, host_and_path)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            let masked = if userinfo.contains(':') { format!("{user}:***") } else { "***".to_owned() };
-            format!("{scheme}://{masked}@{host_and_path}")
+            let masked = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***@"),
+                None => "***@".to_owned(),
+            };
+            (masked, host_and_path)
         }
-        None => url.to_owned(),
-    }
+        None => (String::new(), rest),
+    };
+    // Passwords in the query: `redis+unix:///…?pass=`, `redis-sentinel://…?sentinel_password=`.
+    let host_and_path = match host_and_path.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((key, _)) if key.to_ascii_lowercase().contains("pass") => format!("{key}=***"),
+                    _ => param.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => host_and_path.to_owned(),
+    };
+    format!("{head}{masked}{host_and_path}")
 }
 
 #[cfg(test)]
@@ -233,5 +258,15 @@ mod tests {
         assert_eq!(redact("not a url"), "not a url");
         // A password with `/`, `?` or `@` that was not escaped stays hidden.
         assert_eq!(redact("redis://:p/a?s@s@host:6379/0"), "redis://:***@host:6379/0");
+        assert_eq!(redact("redis://alice@host"), "redis://***@host");
+        assert_eq!(
+            redact("redis+unix:///run/r.sock?db=1&pass=hunter2"),
+            "redis+unix:///run/r.sock?db=1&pass=***"
+        );
+        assert_eq!(
+            redact("redis-sentinel://s:26379?sentinel_password=hunter2"),
+            "redis-sentinel://s:26379?sentinel_password=***"
+        );
+        assert_eq!(redact("redis:hunter2@host"), "redis:***@host");
     }
 }

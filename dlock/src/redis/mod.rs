@@ -191,6 +191,7 @@ impl RedisBackendBuilder {
             ),
         };
         let info = self.url.as_str().into_connection_info().map_err(|err| invalid_url(&err))?;
+        check_query(&self.url, &url, "Redis URL")?;
         check_options(self.call_timeout, self.replication)?;
         let info = self.tls.apply(info, &url)?;
         let info = info.set_tcp_settings(connection::tcp_settings(self.call_timeout));
@@ -220,6 +221,29 @@ impl RedisBackendBuilder {
         let engine = Engine::new(conns, notifier, Scripts::plain(), replicated);
         Ok(RedisBackend { engine: Arc::new(engine), evicting_policy })
     }
+}
+
+/// Check that redis-rs reads every query parameter of `url` (shown as `shown`): it reads
+/// `protocol` (and, for a Unix socket, `db`, `user` and `pass`) and ignores the rest, so
+/// `redis://host?db=3` would be database 0 and `?password=` would send no password.
+fn check_query(url: &str, shown: &str, what: &'static str) -> Result<(), Error> {
+    // A URL that does not parse is reported by redis-rs's own parsing.
+    let Some(parsed) = redis::parse_redis_url(url) else { return Ok(()) };
+    let unix = matches!(parsed.scheme(), "unix" | "redis+unix" | "valkey+unix");
+    let mut seen = Vec::new();
+    for (key, _) in parsed.query_pairs() {
+        let read = key == "protocol" || (unix && matches!(&*key, "db" | "user" | "pass"));
+        if !read || seen.contains(&key) {
+            return Err(Error::InvalidInput {
+                what,
+                reason: format!(
+                    "`{shown}` has a query parameter that would be ignored (unknown, or given twice); only `protocol` is read (and `db`, `user`, `pass` for a Unix socket). Put the database in the path and the password before the host: redis://[[user]:password@]host[:port][/db]"
+                ),
+            });
+        }
+        seen.push(key);
+    }
+    Ok(())
 }
 
 /// Check the options every Redis backend's builder shares.
@@ -277,8 +301,10 @@ impl RedisBackend {
     /// Connect to the Redis at `url` with the default options.
     ///
     /// `url` is `redis://[[user]:password@]host[:port][/db]`, or `rediss://…` for TLS (cargo
-    /// feature `tls`). A malformed URL is [`Error::InvalidInput`]; an unreachable server or
-    /// refused credentials is [`Error::Backend`] within the call timeout.
+    /// feature `tls`). A malformed URL is [`Error::InvalidInput`], and so is a query parameter
+    /// the connection would ignore (only `protocol` is read, and `db`, `user`, `pass` for a
+    /// Unix socket); an unreachable server or refused credentials is [`Error::Backend`] within
+    /// the call timeout.
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {

@@ -108,7 +108,12 @@ pub(crate) fn sentinel(url: &str) -> Result<SentinelUrl, Error> {
     let mut sentinel_password = None;
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         match pair.split_once('=') {
-            Some(("sentinel_password", value)) => sentinel_password = Some(value),
+            Some(("sentinel_password", value)) if sentinel_password.is_none() => {
+                sentinel_password = Some(value)
+            }
+            Some(("sentinel_password", _)) => {
+                return Err(invalid(url, SENTINEL_FORM, "has sentinel_password twice"));
+            }
             _ => {
                 return Err(invalid(
                     url,
@@ -215,6 +220,7 @@ mod tests {
             "redis-sentinel://s1:26379/m/x",
             "redis-sentinel://s1:26379/m/0/extra",
             "redis-sentinel://s1:26379/m?password=x",
+            "redis-sentinel://s1:26379/m?sentinel_password=a&sentinel_password=b",
         ] {
             assert!(matches!(sentinel(bad), Err(Error::InvalidInput { .. })), "{bad}");
         }

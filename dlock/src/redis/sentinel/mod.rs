@@ -210,6 +210,7 @@ impl RedisSentinelBackendBuilder {
                 what: "Sentinel URL",
                 reason: format!("`{}` is not a Redis URL ({err}); expected redis://[[user]:password@]host[:port] for each sentinel", redact(url)),
             })?;
+            super::check_query(url, &redact(url), "Sentinel URL")?;
             let info = self.tls.apply(info, &redact(url))?;
             sentinels.push(info.set_tcp_settings(tcp_settings(self.call_timeout)));
         }
