@@ -810,3 +810,51 @@ async fn a_failing_renewal_of_a_handed_over_lease_is_retried_within_it() {
     assert!(!guard.is_lost(), "the lease was lost while its renewal was retried");
     assert!(guard.release().await.expect("release"));
 }
+
+/// The release script trusts nothing in the waiting line it did not check: a place under the
+/// prefix that dlock did not write (a corrupted or foreign field) neither keeps the key held
+/// for longer than a hand-off lease, nor makes the holder's release fail, and neither does a
+/// line full of places whose time is up.
+#[tokio::test]
+async fn releases_are_not_derailed_by_malformed_places_in_line() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let mut conn = inspector(&url).await;
+    let a = connect_redis(&url).await;
+    let key = FullKey::new("", "k");
+    let line_key = dlock::RedisBackend::line_key("k");
+
+    // A place asking for a hand-off lease of 11 days.
+    acquired(a.try_acquire(&key, "owner-a", TTL).await);
+    let _: i64 = redis_cmd(&mut conn, &["HSET", &line_key, "junk", "1:99999999999999:999999999:p"]).await;
+    let _ = a.release(&key, "owner-a").await;
+    let pttl: i64 = redis_cmd(&mut conn, &["PTTL", "k"]).await;
+    assert!(
+        pttl <= i64::try_from(HANDOFF_LEASE.as_millis()).unwrap_or(i64::MAX),
+        "a released key is held for {pttl} ms by a place dlock never wrote"
+    );
+    let () = redis_cmd(&mut conn, &["DEL", "k", &line_key]).await;
+
+    // A place asking for a hand-off lease of 0 ms (`SET … PX 0` is an error).
+    acquired(a.try_acquire(&key, "owner-b", TTL).await);
+    let _: i64 = redis_cmd(&mut conn, &["HSET", &line_key, "junk", "1:99999999999999:0:p"]).await;
+    let released = a.release(&key, "owner-b").await;
+    assert!(matches!(released, Ok(ReleaseOutcome { was_held: true, .. })), "release failed: {released:?}");
+    let () = redis_cmd(&mut conn, &["DEL", "k", &line_key]).await;
+
+    // More places whose time is up than Lua's `unpack` takes at once.
+    acquired(a.try_acquire(&key, "owner-c", TTL).await);
+    let _: i64 = redis_cmd(
+        &mut conn,
+        &[
+            "EVAL",
+            "for i = 1, 9000 do redis.call('HSET', KEYS[1], 'w' .. i, '1:1:1000:p') end return 1",
+            "1",
+            &line_key,
+        ],
+    )
+    .await;
+    let released = a.release(&key, "owner-c").await;
+    assert!(matches!(released, Ok(ReleaseOutcome { was_held: true, .. })), "release failed: {released:?}");
+    assert!(!exists(&conn, "k").await && line(&conn, "k").await.is_empty(), "freed, and the line cleared");
+}

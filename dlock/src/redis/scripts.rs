@@ -26,6 +26,8 @@
 
 use std::sync::OnceLock;
 
+use crate::backend::HANDOFF_LEASE;
+
 /// A Lua script and its SHA-1 digest (what `EVALSHA` names it by), computed on first use.
 pub(super) struct Lua {
     pub(super) source: String,
@@ -68,7 +70,11 @@ impl Scripts {
     fn with_publish(publish: &str) -> Scripts {
         Scripts {
             acquire: Lua::new(ACQUIRE.to_owned()),
-            release: Lua::new(RELEASE.replace("PUBLISH", publish)),
+            release: Lua::new(
+                RELEASE
+                    .replace("PUBLISH", publish)
+                    .replace("HANDOFF_MS", &HANDOFF_LEASE.as_millis().to_string()),
+            ),
             renew: Lua::new(RENEW.to_owned()),
         }
     }
@@ -121,10 +127,11 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return {redis.call('PTTL', KEYS[1]), last}
 ";
 
-/// Free the lock if `ARGV[1]` owns it and hand it to the first other process still waiting
-/// (earliest arrival, place not expired), telling that process alone on its channel for the
-/// key (`g:<token>:<owner>`). If the line held only places whose time was up, tell their
-/// processes that the key is free (`r`) — they may still wait, out of line; with no line, say
+/// Free the lock if `ARGV[1]` owns it and hand it to the first owner still waiting in line
+/// (earliest arrival, place not expired; a place whose hand-off lease is not between 1 ms and
+/// `HANDOFF_LEASE` was not written by dlock and counts as expired), telling that owner's
+/// process alone on its channel for the key (`g:<token>:<owner>`). If the line held only
+/// places whose time was up, tell their processes that the key is free (`r`) — they may still wait, out of line; with no line, say
 /// nothing: every process that waits and can hear notices is in line. An owner that does not
 /// hold the lock leaves the waiting line instead; one that does leaves it too.
 ///
@@ -158,7 +165,8 @@ local gone, told, next_owner, next_arrived, next_lease, next_process = {}, {}, n
 for i = 1, #fields, 2 do
   local owner = fields[i]
   local arrived, until_ms, lease, process = string.match(fields[i + 1], '^(%d+):(%d+):(%d+):(.+)$')
-  if owner == ARGV[1] or not until_ms or tonumber(until_ms) < now_ms then
+  local lease_ms = tonumber(lease)
+  if owner == ARGV[1] or not until_ms or tonumber(until_ms) < now_ms or lease_ms < 1 or lease_ms > HANDOFF_MS then
     gone[#gone + 1] = owner
     if process and owner ~= ARGV[1] then
       told[process] = true
@@ -182,8 +190,8 @@ if redis.acl_check_cmd then
     end
   end
 end
-if #gone > 0 then
-  redis.call('HDEL', KEYS[2], unpack(gone))
+for i = 1, #gone, 1000 do
+  redis.call('HDEL', KEYS[2], unpack(gone, i, math.min(i + 999, #gone)))
 end
 if next_owner then
   local token = math.max(tonumber(string.sub(held, 1, sep - 1)) + 1, now_us)
