@@ -188,6 +188,63 @@ fn a_guard_dropped_at_the_end_of_block_on_is_released_while_its_runtime_idles() 
     drop(idle);
 }
 
+/// As above, but the release task started before the `block_on` returned (the body awaited
+/// something else after dropping the guard) and its request had not reached the store yet (a
+/// command queued for a connection whose driver runs on that runtime): dlock's runtime sends
+/// the release itself. Before the fix it was left half-sent on the idle runtime, and another
+/// client waited for the whole ttl.
+#[test]
+fn a_guard_whose_release_started_before_its_runtime_went_idle_is_released() {
+    let memory = MemoryBackend::new();
+    let faulty = FaultyBackend::new(memory.clone());
+    let (a, b) = (LockService::new(faulty.clone()), LockService::new(memory));
+    let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let idle = runtime();
+    idle.block_on(async {
+        let guard = a.lock("k").ttl(Duration::from_secs(30)).await.expect("lock");
+        // The release reaches the store a little after it is sent, on this runtime's timer.
+        faulty.inject(Rule::delay(Op::Release, Duration::from_millis(10)));
+        drop(guard);
+        // The body goes on awaiting: the release task starts, then the `block_on` returns.
+        while faulty.count(Op::Release) == 0 {
+            tokio::task::yield_now().await;
+        }
+    });
+    let got = runtime().block_on(async { b.lock("k").wait(Duration::from_secs(5)).await });
+    assert!(got.is_ok(), "the dropped guard's release was left half-sent on its idle runtime: {got:?}");
+    drop(idle);
+}
+
+/// A guard taken on one runtime and kept after that runtime ended — returned from its
+/// `block_on`, then used on another — is still renewed: the keeper that ran on the ended
+/// runtime moves to dlock's own. Before the fix its renewals stopped with the runtime, and the
+/// guard was reported lost at its first deadline though it lived on, on a live runtime.
+#[test]
+fn a_guard_outliving_the_runtime_that_took_it_is_still_renewed() {
+    let memory = MemoryBackend::new();
+    let faulty = FaultyBackend::new(memory);
+    let service = LockService::new(faulty.clone());
+    let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let taken_on = runtime();
+    let guard =
+        taken_on.block_on(async { service.lock("k").ttl(Duration::from_millis(600)).await.expect("lock") });
+    drop(taken_on);
+    runtime().block_on(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while faulty.count(Op::Renew) < 3 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} renewals in 5 s of a 600 ms lease after its runtime ended (lost: {})",
+                faulty.count(Op::Renew),
+                guard.is_lost()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!guard.is_lost(), "the guard was reported lost");
+        assert!(guard.release().await.expect("release"), "still ours");
+    });
+}
+
 /// A guard kept between two `block_on`s of a current-thread runtime is not renewed while that
 /// runtime idles (the keeper runs on it): as the README says, it is then reported lost once its
 /// lease may have ended, and another client gets the key.

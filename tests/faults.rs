@@ -273,6 +273,34 @@ fn a_guard_dropped_as_its_runtime_shuts_down_is_released_promptly() {
     }
 }
 
+/// A guard dropped in a `block_on` whose body then awaits something else (a synchronous program
+/// that blocks on one current-thread runtime per operation): the release task starts and hands
+/// its command to the connection, whose driver runs on that runtime; the `block_on` returns
+/// before the driver sent it. The key is still released promptly, not left for its ttl.
+#[test]
+fn a_release_begun_on_a_runtime_that_then_idles_is_still_sent() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let rt = runtime(false);
+    let service = rt.block_on(async { LockService::new(connect(&url).await) });
+    rt.block_on(async {
+        let guard = service.lock("idle").ttl(Duration::from_secs(30)).await.expect("lock");
+        drop(guard);
+        // The release task runs up to its call on the connection, then this returns.
+        tokio::task::yield_now().await;
+    });
+    let dropped = Instant::now();
+    while exists(&url, "idle") {
+        assert!(
+            dropped.elapsed() < Duration::from_secs(3),
+            "still held {:?} after the guard was dropped",
+            dropped.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(rt);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Silent connections.
 

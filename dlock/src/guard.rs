@@ -4,9 +4,11 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
@@ -32,8 +34,9 @@ pub(crate) struct HeldKey {
 /// While it lives, the lease is renewed in the background every ttl/3 (unless the request
 /// said `.renew(false)`; a key handed over by a release is first renewed sooner, see
 /// [`HANDOFF_LEASE`](crate::backend::HANDOFF_LEASE)), by a task on the runtime the lock was
-/// taken on: a guard kept between two `block_on`s of a current-thread runtime is not renewed
-/// while that runtime idles (use a multi-thread runtime, or a ttl that covers the pause). If
+/// taken on (on dlock's own thread once that runtime has ended): a guard kept between two
+/// `block_on`s of a current-thread runtime is not renewed while that runtime idles (use a
+/// multi-thread runtime, or a ttl that covers the pause). If
 /// the lease is lost — a renewal refused, or not confirmed before
 /// the lease could have ended — [`is_lost`](Self::is_lost) turns true and
 /// [`lost`](Self::lost) resolves: stop the protected work then.
@@ -427,11 +430,58 @@ impl Drop for LockGuard {
         // On this runtime if there is one; if it is shutting down (the end of a test, a panic
         // unwinding through `block_on`), the claim moves the release to dlock's own runtime.
         release.pending = release.pending.in_background_task();
+        // On a current-thread runtime the release may start there and then stall half-sent:
+        // the `block_on` that started it returned, and nobody drives that runtime any more
+        // (its request waits on that runtime's timer, or on a connection whose driver runs
+        // there). dlock's runtime then releases the keys itself (owner-checked: a second
+        // release of a key already released, or taken by another since, changes nothing).
+        let done = Done(Arc::new(AtomicBool::new(false)));
+        if let Ok(current) = Handle::try_current()
+            && current.runtime_flavor() == RuntimeFlavor::CurrentThread
+        {
+            let mut backup = Claim::new(
+                Arc::clone(&release.backend),
+                Arc::clone(&release.pending.owner),
+                Some(Arc::clone(&release.lease)),
+            )
+            .in_background_task();
+            backup.keys = release
+                .pending
+                .keys
+                .iter()
+                .map(|k| ClaimedKey { key: k.key.clone(), ends_by: k.ends_by })
+                .collect();
+            let done = Arc::clone(&done.0);
+            background::spawn_here(async move {
+                tokio::time::sleep(STALLED_RELEASE).await;
+                if done.load(Ordering::Acquire) {
+                    backup.disarm();
+                }
+                // Dropped with keys left: released on dlock's runtime.
+                drop(backup);
+            });
+        }
         background::spawn(async move {
+            let _done = done;
             let _ = release.run().await;
         });
     }
 }
+
+/// Set when a dropped guard's release is done, or has handed what is left to its claim (it
+/// was dropped half-way: its runtime shut down).
+struct Done(Arc<AtomicBool>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// How long a dropped guard's release may take on a current-thread runtime before dlock's
+/// runtime sends it itself: longer than a release that was never started there takes to move
+/// to dlock's runtime, a renewal on the wire included (100 ms + 100 ms).
+const STALLED_RELEASE: Duration = Duration::from_millis(300);
 
 impl fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

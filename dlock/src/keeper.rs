@@ -298,7 +298,15 @@ impl Keeper {
     }
 }
 
-async fn run(keeper: Arc<Keeper>) {
+/// The keeper's task. The carrier is made before the task exists: if the runtime shuts down
+/// under the task — also before it ever polled it (a current-thread runtime whose `block_on`
+/// returned with the guard) — the leases it keeps move to dlock's runtime.
+fn run(keeper: Arc<Keeper>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let moves_on = MovesOn(Some(Arc::clone(&keeper)));
+    keep(keeper, moves_on)
+}
+
+async fn keep(keeper: Arc<Keeper>, mut moves_on: MovesOn) {
     let mut idle_since = None;
     loop {
         let now = Instant::now();
@@ -318,6 +326,7 @@ async fn run(keeper: Arc<Keeper>) {
                 let since = *idle_since.get_or_insert(now);
                 if now >= since + IDLE_EXIT {
                     state.task = None;
+                    moves_on.0 = None;
                     return;
                 }
             } else {
@@ -343,6 +352,31 @@ async fn run(keeper: Arc<Keeper>) {
             () = keeper.wake.notified() => {}
         }
         keeper.lock().armed = None;
+    }
+}
+
+/// Carries a keeper's task; dropped while the task runs — its runtime shuts down, while a
+/// guard it renews may live on (returned from that runtime's `block_on`, moved to another
+/// runtime) — it starts the task again on dlock's runtime. A lease whose renewal was on the
+/// wire (its task was cancelled with the runtime) is put back on the schedule.
+struct MovesOn(Option<Arc<Keeper>>);
+
+impl Drop for MovesOn {
+    fn drop(&mut self) {
+        let Some(keeper) = self.0.take() else { return };
+        // A panic in the task is a bug: starting it again would only repeat it.
+        if std::thread::panicking() {
+            return;
+        }
+        let mut state = keeper.lock();
+        if state.entries.is_empty() {
+            return;
+        }
+        let Some(dlocks) = crate::background::handle() else { return };
+        let due: Vec<(Instant, u64)> = state.entries.iter().map(|(id, entry)| (entry.due, *id)).collect();
+        state.schedule.extend(due);
+        state.armed = None;
+        state.task = Some(dlocks.spawn(run(Arc::clone(&keeper))));
     }
 }
 
