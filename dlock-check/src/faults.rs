@@ -327,6 +327,7 @@ async fn find_holder(lab: &mut Lab, aim: Aim) -> Option<Holding> {
     };
     let latest_start = duration_ns(workload.long_think) - duration_ns(left);
     loop {
+        lab.note_exits();
         lab.live.poll();
         let alive: Vec<WorkerId> = lab.alive().map(|w| w.id).collect();
         let now = Stamp::now().wall;

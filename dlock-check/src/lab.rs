@@ -95,22 +95,59 @@ impl Lab {
             (WorkerHandle::Process { child, .. }, None) => child.id(),
             (WorkerHandle::InProcess { .. }, _) => bail!("worker {worker} runs in this process"),
         };
+        // One that exited by itself is a zombie until reaped, and a zombie takes any signal
+        // without error: the fault would be recorded though it did nothing.
+        if matches!(crate::postgres_server::state(pid), None | Some('Z' | 'X')) {
+            bail!("worker {worker} ({pid}) has exited by itself");
+        }
         let pid = Pid::from_raw(i32::try_from(pid).context("pid out of range")?);
         kill(pid, signal).with_context(|| format!("sending {signal} to worker {worker} ({pid})"))
+    }
+
+    /// Note the worker processes that have exited by themselves since the last look (reaped
+    /// here, as `stop_workers` would): they are no longer [`alive`](Self::alive), so no fault
+    /// aims at them, and their crash makes the run's history untrusted.
+    pub(crate) fn note_exits(&mut self) {
+        for w in &mut self.workers {
+            if w.killed.is_some() || w.exited.is_some() {
+                continue;
+            }
+            if let WorkerHandle::Process { child, .. } = &mut w.handle
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                let last =
+                    crate::history::read_all(&w.history).iter().rev().find_map(crate::analysis::stamp_of);
+                w.exited = Some(last.unwrap_or_else(Stamp::now));
+                w.crashed = Some(status.to_string());
+            }
+        }
     }
 
     /// Kill `worker` (SIGKILL) and reap it; returns when it is gone (the live view still shows
     /// what it held: the caller forgets it).
     pub(crate) async fn kill_worker(&mut self, worker: WorkerId) -> anyhow::Result<Stamp> {
+        self.note_exits();
+        if self.worker(worker)?.exited.is_some() {
+            bail!("worker {worker} had exited by itself before it was to be killed");
+        }
         self.signal(worker, Signal::SIGKILL)?;
         let proc = self.workers.iter_mut().find(|w| w.id == worker).context("no such worker")?;
         if let WorkerHandle::Process { child, .. } = &mut proc.handle {
             // `ip netns exec` execs the worker, so the child is the worker itself.
-            loop {
-                if child.try_wait()?.is_some() {
-                    break;
+            let status = loop {
+                if let Some(status) = child.try_wait()? {
+                    break status;
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
+            };
+            // It may have exited by itself just before the signal (a zombie takes it): that
+            // is a crash, not this fault's kill.
+            if std::os::unix::process::ExitStatusExt::signal(&status) != Some(Signal::SIGKILL as i32) {
+                let last =
+                    crate::history::read_all(&proc.history).iter().rev().find_map(crate::analysis::stamp_of);
+                proc.exited = Some(last.unwrap_or_else(Stamp::now));
+                proc.crashed = Some(status.to_string());
+                bail!("worker {worker} had exited by itself ({status}) before it was killed");
             }
         }
         let gone = Stamp::now();
@@ -247,4 +284,102 @@ pub(crate) fn lock(
     server: &Mutex<Box<dyn ManagedServer>>,
 ) -> std::sync::MutexGuard<'_, Box<dyn ManagedServer>> {
     server.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// A lab with one worker process: `sh -c 'exit 3'`, which exits by itself at once. Its
+    /// history directory (empty) is `dir`.
+    fn lab_with_a_worker_that_exits(dir: &std::path::Path) -> (Lab, WorkerId) {
+        let cli = crate::cli::Cli::try_parse_from(["dlock-check", "--backend", "memory"])
+            .unwrap_or_else(|e| panic!("options: {e}"));
+        let config = cli.check.config("dlock-check".into()).unwrap_or_else(|e| panic!("config: {e}"));
+        let dir = dir.to_owned();
+        let child = Command::new("sh")
+            .args(["-c", "exit 3"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("sh: {e}"));
+        let pid = child.id();
+        let mut lab = Lab {
+            config,
+            run_id: "test".into(),
+            prefix: "test:".into(),
+            server: None,
+            store_server: None,
+            namespaces: None,
+            proxy: None,
+            store_proxy: None,
+            workers: Vec::new(),
+            live: Live::default(),
+            forcer: None,
+            memory: None,
+            history_dir: dir.clone(),
+        };
+        lab.workers.push(WorkerProc {
+            id: 0,
+            slot: 0,
+            history: dir.join("worker-0.jsonl"),
+            started: Stamp::now(),
+            killed: None,
+            exited: None,
+            crashed: None,
+            handle: WorkerHandle::Process { child, stdin: None },
+        });
+        // Exited, not reaped: a zombie, as a worker that crashed is until someone looks.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while crate::postgres_server::state(pid) != Some('Z') {
+            assert!(std::time::Instant::now() < deadline, "sh did not exit");
+            std::thread::yield_now();
+        }
+        (lab, 0)
+    }
+
+    /// A fresh directory for one test's lab, removed when dropped.
+    struct Dir(std::path::PathBuf);
+
+    impl Dir {
+        fn new(test: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("dlock-check-lab-{}-{test}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            Dir(dir)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_died_by_itself_is_not_recorded_as_killed() {
+        let dir = Dir::new("killed");
+        let (mut lab, w) = lab_with_a_worker_that_exits(&dir.0);
+        let killed = lab.kill_worker(w).await;
+        let proc = lab.worker(w).unwrap();
+        assert!(killed.is_err(), "kill-worker claimed to kill a worker that had exited");
+        assert!(proc.killed.is_none(), "its crash is masked as a fault's kill");
+        assert!(proc.crashed.is_some(), "its crash is not recorded");
+    }
+
+    #[test]
+    fn a_worker_that_died_by_itself_is_not_paused() {
+        let dir = Dir::new("paused");
+        let (lab, w) = lab_with_a_worker_that_exits(&dir.0);
+        assert!(lab.signal(w, Signal::SIGSTOP).is_err(), "pause-worker 'paused' a dead worker");
+    }
+
+    #[test]
+    fn a_worker_that_died_by_itself_is_not_aimed_at() {
+        let dir = Dir::new("aimed");
+        let (mut lab, w) = lab_with_a_worker_that_exits(&dir.0);
+        lab.note_exits();
+        assert!(lab.alive().all(|p| p.id != w), "a dead worker is still a target");
+        assert!(lab.worker(w).unwrap().crashed.is_some(), "its crash is not recorded");
+    }
 }

@@ -205,7 +205,7 @@ fn stat(pid: u32) -> Option<(char, u32)> {
 }
 
 /// The state letter of process `pid`; see [`stat`].
-fn state(pid: u32) -> Option<char> {
+pub(crate) fn state(pid: u32) -> Option<char> {
     stat(pid).map(|(state, _)| state)
 }
 

@@ -350,6 +350,11 @@ impl RedisServer {
 
     fn signal(&self, signal: Signal) -> anyhow::Result<()> {
         let child = self.child.as_ref().context("redis-server is not running")?;
+        // One that exited by itself is a zombie until reaped, and a zombie takes any signal
+        // without error: a pause of it would be recorded though nothing was frozen.
+        if matches!(crate::postgres_server::state(child.id()), None | Some('Z' | 'X')) {
+            bail!("redis-server {} has exited by itself; see {}", child.id(), self.log.display());
+        }
         let pid = Pid::from_raw(i32::try_from(child.id()).context("pid out of range")?);
         kill(pid, signal).with_context(|| format!("sending {signal} to redis-server {pid}"))
     }
@@ -539,4 +544,31 @@ fn answers_ping(port: u16) -> bool {
     }
     let mut reply = [0u8; 16];
     matches!(stream.read(&mut reply), Ok(n) if n > 0 && reply[0] == b'+')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `redis-server` that died by itself (here: SIGKILLed behind the checker's back) is a
+    /// zombie until reaped: pausing or resuming it must fail, not record a pause that froze
+    /// nothing.
+    #[test]
+    fn a_server_that_died_by_itself_is_not_paused() {
+        let dir = std::env::temp_dir().join(format!("dlock-check-test-{}", std::process::id()));
+        let mut server = RedisServer::start(&dir, "dead").unwrap();
+        let pid = server.child.as_ref().unwrap().id();
+        kill(Pid::from_raw(i32::try_from(pid).unwrap()), Signal::SIGKILL).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while crate::postgres_server::state(pid) != Some('Z') {
+            assert!(Instant::now() < deadline, "redis-server {pid} did not die");
+            std::thread::yield_now();
+        }
+        let paused = server.pause();
+        let resumed = server.resume();
+        drop(server);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(paused.is_err(), "a dead redis-server was 'paused'");
+        assert!(resumed.is_err(), "a dead redis-server was 'resumed'");
+    }
 }
