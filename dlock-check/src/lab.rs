@@ -97,7 +97,7 @@ impl Lab {
         };
         // One that exited by itself is a zombie until reaped, and a zombie takes any signal
         // without error: the fault would be recorded though it did nothing.
-        if matches!(crate::postgres_server::state(pid), None | Some('Z' | 'X')) {
+        if crate::procfs::has_exited(pid) {
             bail!("worker {worker} ({pid}) has exited by itself");
         }
         let pid = Pid::from_raw(i32::try_from(pid).context("pid out of range")?);
@@ -332,7 +332,7 @@ mod tests {
         });
         // Exited, not reaped: a zombie, as a worker that crashed is until someone looks.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while crate::postgres_server::state(pid) != Some('Z') {
+        while crate::procfs::state(pid) != Some('Z') {
             assert!(std::time::Instant::now() < deadline, "sh did not exit");
             std::thread::yield_now();
         }

@@ -29,6 +29,7 @@ mod lab;
 pub mod live;
 pub mod netns;
 pub mod postgres_server;
+mod procfs;
 pub mod proxy;
 pub mod redis_url;
 pub mod registers;

@@ -31,6 +31,7 @@ use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, User, geteuid};
 
+use crate::procfs::{stat, state};
 use crate::servers::{ManagedServer, await_ready, end, on_a_free_port, respawn, started};
 
 /// The line the server logs once it accepts connections.
@@ -194,21 +195,6 @@ impl PostgresServer {
     }
 }
 
-/// The state letter of process `pid` (`S`, `R`, `T` stopped, `Z` exited, …) and its parent's
-/// pid, from `/proc`; `None` when there is no such process.
-fn stat(pid: u32) -> Option<(char, u32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `pid (comm) state ppid …`: comm may hold spaces and parentheses.
-    let mut fields = stat.rsplit_once(") ")?.1.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    Some((state, fields.next()?.parse().ok()?))
-}
-
-/// The state letter of process `pid`; see [`stat`].
-pub(crate) fn state(pid: u32) -> Option<char> {
-    stat(pid).map(|(state, _)| state)
-}
-
 /// Send SIGSTOP to `pid` and wait until it has stopped (a signal is delivered asynchronously),
 /// or is gone; at most [`STOP_BOUND`].
 fn stop(pid: u32) -> anyhow::Result<()> {
@@ -241,7 +227,7 @@ fn shut_down_at_once(child: &Child) -> anyhow::Result<()> {
         while Instant::now() < deadline {
             // Exited: a zombie until `end` reaps it (not reaped here, so that its pid stays
             // ours until `end` forgets it).
-            if matches!(state(postmaster), None | Some('Z' | 'X')) {
+            if crate::procfs::has_exited(postmaster) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(2));

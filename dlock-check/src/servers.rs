@@ -352,7 +352,7 @@ impl RedisServer {
         let child = self.child.as_ref().context("redis-server is not running")?;
         // One that exited by itself is a zombie until reaped, and a zombie takes any signal
         // without error: a pause of it would be recorded though nothing was frozen.
-        if matches!(crate::postgres_server::state(child.id()), None | Some('Z' | 'X')) {
+        if crate::procfs::has_exited(child.id()) {
             bail!("redis-server {} has exited by itself; see {}", child.id(), self.log.display());
         }
         let pid = Pid::from_raw(i32::try_from(child.id()).context("pid out of range")?);
@@ -560,7 +560,7 @@ mod tests {
         let pid = server.child.as_ref().unwrap().id();
         kill(Pid::from_raw(i32::try_from(pid).unwrap()), Signal::SIGKILL).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while crate::postgres_server::state(pid) != Some('Z') {
+        while crate::procfs::state(pid) != Some('Z') {
             assert!(Instant::now() < deadline, "redis-server {pid} did not die");
             std::thread::yield_now();
         }
