@@ -178,12 +178,11 @@ fn a_guard_dropped_at_the_end_of_block_on_is_released_while_its_runtime_idles() 
         LockService::builder_from_arc(std::sync::Arc::clone(&backend)).build(),
         LockService::builder_from_arc(backend).build(),
     );
-    let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let idle = runtime();
+    let idle = current_thread();
     idle.block_on(async {
         let _guard = a.lock("k").ttl(Duration::from_secs(30)).await.expect("lock");
     });
-    let got = runtime().block_on(async { b.lock("k").wait(Duration::from_secs(5)).await });
+    let got = current_thread().block_on(async { b.lock("k").wait(Duration::from_secs(5)).await });
     assert!(got.is_ok(), "the dropped guard's key was not released while its runtime idled: {got:?}");
     drop(idle);
 }
@@ -198,8 +197,7 @@ fn a_guard_whose_release_started_before_its_runtime_went_idle_is_released() {
     let memory = MemoryBackend::new();
     let faulty = FaultyBackend::new(memory.clone());
     let (a, b) = (LockService::new(faulty.clone()), LockService::new(memory));
-    let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let idle = runtime();
+    let idle = current_thread();
     idle.block_on(async {
         let guard = a.lock("k").ttl(Duration::from_secs(30)).await.expect("lock");
         // The release reaches the store a little after it is sent, on this runtime's timer.
@@ -210,7 +208,7 @@ fn a_guard_whose_release_started_before_its_runtime_went_idle_is_released() {
             tokio::task::yield_now().await;
         }
     });
-    let got = runtime().block_on(async { b.lock("k").wait(Duration::from_secs(5)).await });
+    let got = current_thread().block_on(async { b.lock("k").wait(Duration::from_secs(5)).await });
     assert!(got.is_ok(), "the dropped guard's release was left half-sent on its idle runtime: {got:?}");
     drop(idle);
 }
@@ -224,12 +222,11 @@ fn a_guard_outliving_the_runtime_that_took_it_is_still_renewed() {
     let memory = MemoryBackend::new();
     let faulty = FaultyBackend::new(memory);
     let service = LockService::new(faulty.clone());
-    let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let taken_on = runtime();
+    let taken_on = current_thread();
     let guard =
         taken_on.block_on(async { service.lock("k").ttl(Duration::from_millis(600)).await.expect("lock") });
     drop(taken_on);
-    runtime().block_on(async {
+    current_thread().block_on(async {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while faulty.count(Op::Renew) < 3 {
             assert!(
@@ -252,14 +249,13 @@ fn a_guard_outliving_the_runtime_that_took_it_is_still_renewed() {
 fn a_guard_kept_across_an_idle_current_thread_runtime_is_reported_lost_when_its_lease_ends() {
     let memory = MemoryBackend::new();
     let (a, b) = (LockService::new(memory.clone()), LockService::new(memory));
-    let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let idle = runtime();
+    let idle = current_thread();
     let guard = idle.block_on(async { a.lock("k").ttl(Duration::from_millis(300)).await.expect("lock") });
     assert!(!guard.is_lost());
     // Nobody drives `idle` past the lease.
     std::thread::sleep(Duration::from_millis(400));
     assert!(guard.is_lost(), "a lease nobody could renew is reported lost");
-    let got = runtime().block_on(async { b.lock("k").wait(Duration::ZERO).await });
+    let got = current_thread().block_on(async { b.lock("k").wait(Duration::ZERO).await });
     assert!(got.is_ok(), "the key went to another client: {got:?}");
     drop(guard);
     drop(idle);
@@ -274,8 +270,7 @@ fn a_guard_dropped_with_a_renewal_on_the_wire_is_released_while_its_runtime_idle
     let memory = MemoryBackend::new();
     let faulty = FaultyBackend::new(memory.clone());
     let (a, b) = (LockService::new(faulty.clone()), LockService::new(memory));
-    let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let idle = runtime();
+    let idle = current_thread();
     idle.block_on(async {
         let _guard = a.lock("k").ttl(Duration::from_millis(900)).await.expect("lock");
         // The renewal, due at ttl/3 (300 ms), reaches the store; its answer takes 50 ms.
@@ -284,7 +279,7 @@ fn a_guard_dropped_with_a_renewal_on_the_wire_is_released_while_its_runtime_idle
         assert_eq!(faulty.count(Op::Renew), 1, "a renewal was sent");
         assert_eq!(faulty.answered(Op::Renew), 0, "and is still on the wire");
     });
-    let got = runtime().block_on(async { b.lock("k").wait(Duration::from_millis(600)).await });
+    let got = current_thread().block_on(async { b.lock("k").wait(Duration::from_millis(600)).await });
     assert!(got.is_ok(), "the dropped guard's key was not released while its runtime idled: {got:?}");
     drop(idle);
 }
@@ -312,4 +307,12 @@ async fn a_waiter_whose_winning_answer_was_lost_takes_the_key_on_its_next_attemp
     });
     assert!(waited < Duration::from_secs(2), "the waiter took {waited:?}");
     assert!(guard.release().await.expect("release"));
+}
+
+/// A current-thread runtime, as `#[tokio::main(flavor = "current_thread")]` builds one.
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"))
 }

@@ -151,6 +151,36 @@ impl PostgresStore {
     async fn sql(&self, statement: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> u64 {
         self.conn.execute(statement, params).await.unwrap_or_else(|err| panic!("{statement}: {err}"))
     }
+
+    /// Make inserting the row of a key ending in `:slow` take `ms` milliseconds before it
+    /// touches the table, ignoring cancels (a statement the cancel dlock sends does not stop);
+    /// with `first_only`, only the first such insert.
+    async fn slow_inserts(&self, ms: u64, first_only: bool) {
+        let schema = &self.schema;
+        self.sql(&format!("CREATE SEQUENCE \"{schema}\".slow_inserts"), &[]).await;
+        let first_only =
+            if first_only { format!("nextval('\"{schema}\".slow_inserts') = 1") } else { "true".into() };
+        self.sql(
+            &format!(
+                "CREATE FUNCTION \"{schema}\".slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 DECLARE done_at timestamptz := clock_timestamp() + interval '{ms} milliseconds'; BEGIN \
+                 IF {first_only} THEN \
+                 WHILE clock_timestamp() < done_at LOOP \
+                 BEGIN PERFORM pg_sleep(0.01); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; \
+                 END IF; RETURN NEW; END $$"
+            ),
+            &[],
+        )
+        .await;
+        self.sql(
+            &format!(
+                "CREATE TRIGGER slow_insert BEFORE INSERT ON \"{schema}\".dlock_locks FOR EACH ROW \
+                 WHEN (NEW.key LIKE '%:slow') EXECUTE FUNCTION \"{schema}\".slow_insert()"
+            ),
+            &[],
+        )
+        .await;
+    }
 }
 
 impl Store for PostgresStore {
@@ -695,28 +725,7 @@ async fn a_dropped_request_whose_acquisition_commits_late_leaves_nothing_held() 
     let store = PostgresStore::shared("dropped_late").await;
     let service = store.service().await;
     drop(service.lock("warm").await.expect("the first lock makes the schema"));
-    let schema = &store.schema;
-    store
-        .sql(
-            &format!(
-                "CREATE FUNCTION \"{schema}\".slow_acquire() RETURNS trigger LANGUAGE plpgsql AS $$ \
-                 DECLARE done_at timestamptz := clock_timestamp() + interval '300 milliseconds'; BEGIN \
-                 WHILE clock_timestamp() < done_at LOOP \
-                 BEGIN PERFORM pg_sleep(0.01); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; \
-                 RETURN NEW; END $$"
-            ),
-            &[],
-        )
-        .await;
-    store
-        .sql(
-            &format!(
-                "CREATE TRIGGER slow_acquire BEFORE INSERT ON \"{schema}\".dlock_locks FOR EACH ROW \
-                 WHEN (NEW.key LIKE '%:slow') EXECUTE FUNCTION \"{schema}\".slow_acquire()"
-            ),
-            &[],
-        )
-        .await;
+    store.slow_inserts(300, false).await;
     let outcome =
         tokio::time::timeout(Duration::from_millis(100), service.lock("slow").ttl(Duration::from_secs(30)))
             .await;
@@ -1622,29 +1631,7 @@ async fn a_release_after_a_retried_acquisition_waits_for_the_abandoned_first_att
     let store = PostgresStore::shared("retried_late").await;
     let backend = store.backend().await;
     let schema = &store.schema;
-    store.sql(&format!("CREATE SEQUENCE \"{schema}\".slow_once"), &[]).await;
-    store
-        .sql(
-            &format!(
-                "CREATE FUNCTION \"{schema}\".slow_once() RETURNS trigger LANGUAGE plpgsql AS $$ \
-                 DECLARE done_at timestamptz := clock_timestamp() + interval '700 milliseconds'; BEGIN \
-                 IF nextval('\"{schema}\".slow_once') = 1 THEN \
-                 WHILE clock_timestamp() < done_at LOOP \
-                 BEGIN PERFORM pg_sleep(0.01); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; \
-                 END IF; RETURN NEW; END $$"
-            ),
-            &[],
-        )
-        .await;
-    store
-        .sql(
-            &format!(
-                "CREATE TRIGGER slow_once BEFORE INSERT ON \"{schema}\".dlock_locks FOR EACH ROW \
-                 WHEN (NEW.key LIKE '%:slow') EXECUTE FUNCTION \"{schema}\".slow_once()"
-            ),
-            &[],
-        )
-        .await;
+    store.slow_inserts(700, true).await;
     let key = store.full_key("slow");
     let ttl = Duration::from_secs(30);
     // The first attempt is given up on while it runs (as a call timeout does).

@@ -96,11 +96,7 @@ async fn hand_offs_reach_waiters_on_every_shard_over_sharded_channels() {
         // The waiter's channel is a sharded channel on the key's own primary, and nowhere else.
         let channel = b_backend.notice_channel(&format!("{prefix}{key}"));
         let owner = cluster.primary_for_key(&format!("{prefix}{key}"));
-        dlock_tests::poll_until(Duration::from_secs(5), "the waiter subscribing on its key's shard", || {
-            let channel = channel.clone();
-            async move { subscribers_on(owner, &channel, true) == 1 }
-        })
-        .await;
+        subscribed(owner, &channel, 1, "the waiter subscribing on its key's shard").await;
         for node in cluster.nodes() {
             if node.port != owner && matches!(node.role, dlock_tests::NodeRole::Primary) {
                 assert_eq!(
@@ -253,11 +249,7 @@ async fn a_waiters_subscription_follows_its_slot_to_another_shard() {
         })
     };
     let channel = b_backend.notice_channel(full);
-    dlock_tests::poll_until(Duration::from_secs(5), "the waiter subscribed on the source", || {
-        let channel = channel.clone();
-        async move { subscribers_on(source, &channel, true) == 1 }
-    })
-    .await;
+    subscribed(source, &channel, 1, "the waiter subscribed on the source").await;
     block_in_place(|| cluster.migrate_slot(cluster.key_slot(full), target));
     let (source_replica, target_replica) = (cluster.replica_of(source), cluster.replica_of(target));
     dlock_tests::poll_until(
@@ -397,11 +389,7 @@ async fn a_takeover_keeps_held_locks_and_their_renewals() {
         })
     };
     let channel = b_backend.notice_channel("takeover:acct");
-    dlock_tests::poll_until(Duration::from_secs(5), "the waiter subscribed on the key's primary", || {
-        let channel = channel.clone();
-        async move { subscribers_on(primary, &channel, true) == 1 }
-    })
-    .await;
+    subscribed(primary, &channel, 1, "the waiter subscribed on the key's primary").await;
     block_in_place(|| cluster.failover_takeover(replica));
     assert_eq!(cluster.primary_for_key("takeover:acct"), replica);
     // Past the ttl: only renewals on the new primary keep it.
@@ -652,13 +640,6 @@ async fn a_silent_node_leaves_notices_on_the_other_shards_alone() {
             service.lock(key.as_str()).wait(Duration::from_secs(60)).ttl(Duration::from_secs(60)).await
         })
     };
-    let subscribers = |port: u16, channel: String, count: i64, what: &'static str| async move {
-        dlock_tests::poll_until(Duration::from_secs(10), what, || {
-            let channel = channel.clone();
-            async move { subscribers_on(port, &channel, true) == count }
-        })
-        .await;
-    };
 
     let early_backend = backend(&cluster, call_timeout).await;
     let early = service(early_backend.clone());
@@ -667,17 +648,17 @@ async fn a_silent_node_leaves_notices_on_the_other_shards_alone() {
     let steady_channel = early_backend.notice_channel(&full(steady));
     let quiet_channel = early_backend.notice_channel(&full(quiet));
     let steady_primary = cluster.primary_for_key(&full(steady));
-    subscribers(steady_primary, steady_channel.clone(), 1, "the steady shard's waiter subscribing").await;
-    subscribers(silent, quiet_channel.clone(), 1, "the quiet shard's waiter subscribing").await;
+    subscribed(steady_primary, &steady_channel, 1, "the steady shard's waiter subscribing").await;
+    subscribed(silent, &quiet_channel, 1, "the quiet shard's waiter subscribing").await;
 
     block_in_place(|| cluster.pause(silent));
     quiet_waiter.abort();
     assert!(quiet_waiter.await.is_err_and(|err| err.is_cancelled()), "the quiet shard's waiter gave up");
     let late_backend = backend(&cluster, call_timeout).await;
     let late_waiter = wait_for(&service(late_backend.clone()), late);
-    subscribers(
+    subscribed(
         cluster.primary_for_key(&full(late)),
-        late_backend.notice_channel(&full(late)),
+        &late_backend.notice_channel(&full(late)),
         1,
         "a waiter of a backend connected while a node is silent subscribing",
     )
@@ -700,10 +681,9 @@ async fn a_silent_node_leaves_notices_on_the_other_shards_alone() {
     hands_over(late_held, late_waiter, "the third shard").await;
 
     block_in_place(|| cluster.resume(silent));
-    subscribers(silent, quiet_channel.clone(), 0, "the quiet shard's channel dropped once its node answers")
-        .await;
+    subscribed(silent, &quiet_channel, 0, "the quiet shard's channel dropped once its node answers").await;
     let quiet_waiter = wait_for(&early, quiet);
-    subscribers(silent, quiet_channel, 1, "a new waiter on the quiet shard subscribing").await;
+    subscribed(silent, &quiet_channel, 1, "a new waiter on the quiet shard subscribing").await;
     hands_over(quiet_held, quiet_waiter, "the quiet shard, once its node answers").await;
 }
 
@@ -778,11 +758,7 @@ async fn a_notice_is_not_held_up_by_a_command_waiting_on_a_silent_node() {
     for (key, what) in [(steady, "the steady waiter subscribing"), (quiet, "the quiet waiter subscribing")] {
         let (port, channel) =
             (cluster.primary_for_key(&full(key)), waiter_backend.notice_channel(&full(key)));
-        dlock_tests::poll_until(Duration::from_secs(10), what, || {
-            let channel = channel.clone();
-            async move { subscribers_on(port, &channel, true) == 1 }
-        })
-        .await;
+        subscribed(port, &channel, 1, what).await;
     }
 
     block_in_place(|| cluster.pause(silent));
@@ -883,15 +859,7 @@ async fn a_waiter_rides_out_the_failover_of_a_killed_primary() {
         })
     };
     let channel = b_backend.notice_channel("ride:acct");
-    dlock_tests::poll_until(
-        Duration::from_secs(5),
-        "the waiter waiting, subscribed on the key's primary",
-        || {
-            let channel = channel.clone();
-            async move { subscribers_on(primary, &channel, true) == 1 }
-        },
-    )
-    .await;
+    subscribed(primary, &channel, 1, "the waiter waiting, subscribed on the key's primary").await;
     cluster.kill(primary);
     block_in_place(|| cluster.wait_for_failover(primary, Duration::from_secs(30)));
     hands_over(held, waiter, "after the kill").await;
@@ -910,20 +878,17 @@ async fn a_subscription_on_a_killed_primary_is_made_again_on_its_successor() {
     let replica = cluster.replica_of(primary);
     let _watch = watcher.watch_releases(&key).await.expect("watch").expect("the cluster backend announces");
     let channel = watcher.notice_channel(&key);
-    dlock_tests::poll_until(Duration::from_secs(5), "subscribed on the key's primary", || {
-        let channel = channel.clone();
-        async move { subscribers_on(primary, &channel, true) == 1 }
-    })
-    .await;
+    subscribed(primary, &channel, 1, "subscribed on the key's primary").await;
     cluster.kill(primary);
     assert_eq!(block_in_place(|| cluster.wait_for_failover(primary, Duration::from_secs(30))), replica);
-    dlock_tests::poll_until(
-        Duration::from_secs(10),
-        "subscribed again on the replica that took over",
-        || {
-            let channel = channel.clone();
-            async move { subscribers_on(replica, &channel, true) == 1 }
-        },
-    )
+    subscribed(replica, &channel, 1, "subscribed again on the replica that took over").await;
+}
+
+/// Wait (up to 10 s) until `count` connections are subscribed to `channel` on the node at
+/// `port`.
+async fn subscribed(port: u16, channel: &str, count: i64, what: &str) {
+    dlock_tests::poll_until(Duration::from_secs(10), what, || async move {
+        subscribers_on(port, channel, true) == count
+    })
     .await;
 }
