@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use nix::sys::signal::Signal;
 use rand::seq::IndexedRandom;
 
@@ -232,17 +232,33 @@ async fn cut_off(
     chosen.extend(alive.iter().copied().filter(|(w, _)| *w != first).take(count.saturating_sub(1)));
     let ns = lab.namespaces.as_ref().context("no network namespaces")?;
     record.start = Stamp::now();
-    let partitioned: anyhow::Result<()> =
-        chosen.iter().try_for_each(|(_, slot)| ns.partition(*slot as usize, cut));
+    // The slots cut off so far (a slot whose partition failed took back what it added).
+    let mut cut_slots: Vec<(WorkerId, u32)> = Vec::new();
+    let partitioned: anyhow::Result<()> = chosen.iter().try_for_each(|&(w, slot)| {
+        ns.partition(slot as usize, cut)?;
+        cut_slots.push((w, slot));
+        Ok(())
+    });
     if partitioned.is_ok() {
         tokio::time::sleep(duration).await;
     }
-    // Every slot is healed, also after a partition that failed half-way (deleting a route it
-    // never added fails, harmlessly).
-    for (_, slot) in &chosen {
-        let _ = ns.heal(*slot as usize, cut);
-    }
+    // Every slot cut off is healed, also after a partition that failed half-way. One that
+    // cannot be is still cut off: the rest of the run would blame dlock for it, so the run
+    // stops here and says so.
+    let unhealed: Vec<String> = cut_slots
+        .iter()
+        .filter_map(|&(w, slot)| ns.heal(slot as usize, cut).err().map(|err| format!("w{w}: {err:#}")))
+        .collect();
     record.end = Stamp::now();
+    if !unhealed.is_empty() {
+        let also =
+            partitioned.err().map(|err| format!(" (after cutting off failed: {err:#})")).unwrap_or_default();
+        bail!(
+            "the partition could not be lifted, so {} still cut off{also}: {}",
+            if unhealed.len() == 1 { "a worker is" } else { "workers are" },
+            unhealed.join("; ")
+        );
+    }
     partitioned?;
     record.cut_off_workers = chosen.iter().map(|(w, _)| *w).collect();
     Ok(chosen.iter().map(|(w, _)| format!("w{w}")).collect::<Vec<_>>().join(","))
@@ -370,4 +386,121 @@ fn duration_ns(d: Duration) -> i64 {
 
 fn since_ms(h: &Holding, at: &Stamp) -> f64 {
     (at.wall - h.since) as f64 / 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Command, Stdio};
+
+    use clap::Parser;
+
+    use super::*;
+    use crate::lab::{WorkerHandle, WorkerProc};
+    use crate::live::Live;
+    use crate::netns::Namespaces;
+
+    /// A lab whose one worker (`sleep`, in slot 0) runs nowhere in particular, with a namespace
+    /// for slot 0 (needs root and iproute2).
+    fn lab_with_a_namespace(dir: &std::path::Path) -> Lab {
+        let cli = crate::cli::Cli::try_parse_from(["dlock-check", "--backend", "memory"])
+            .unwrap_or_else(|e| panic!("options: {e}"));
+        let config = cli.check.config("dlock-check".into()).unwrap_or_else(|e| panic!("config: {e}"));
+        let tag = format!("{:04x}", rand::random::<u16>());
+        let namespaces = Namespaces::create(&tag, 1).unwrap_or_else(|e| panic!("namespaces: {e:#}"));
+        let child = Command::new("sleep")
+            .arg("60")
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("sleep: {e}"));
+        Lab {
+            config,
+            run_id: "test".into(),
+            prefix: "test:".into(),
+            server: None,
+            store_server: None,
+            namespaces: Some(namespaces),
+            proxy: None,
+            store_proxy: None,
+            workers: vec![WorkerProc {
+                id: 0,
+                slot: 0,
+                history: dir.join("worker-0.jsonl"),
+                started: Stamp::now(),
+                killed: None,
+                exited: None,
+                crashed: None,
+                handle: WorkerHandle::Process { child, stdin: None },
+            }],
+            live: Live::default(),
+            forcer: None,
+            memory: None,
+            history_dir: dir.to_owned(),
+        }
+    }
+
+    /// `ip -n <ns> route show`.
+    fn routes(ns: &str) -> String {
+        let out = Command::new("ip")
+            .args(["-n", ns, "route", "show"])
+            .output()
+            .unwrap_or_else(|e| panic!("ip route show: {e}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn empty_record() -> FaultRecord {
+        FaultRecord {
+            spec: FaultSpec { kind: FaultKind::Partition, duration: None, delay: None },
+            label: String::new(),
+            start: Stamp::now(),
+            end: Stamp::now(),
+            paused_workers: Vec::new(),
+            cut_off_workers: Vec::new(),
+            cut_off_keys: Vec::new(),
+            killed_workers: Vec::new(),
+            note: None,
+            skipped: None,
+            data_lost: None,
+            granted_by_old_primary: Vec::new(),
+            old_primary_scripts: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_partition_that_cannot_be_lifted_is_an_error() {
+        if let Err(why) = crate::netns::probe() {
+            eprintln!("skipped: no network namespaces here ({why})");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("dlock-check-faults-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let lab = lab_with_a_namespace(&dir);
+        let slot = lab.namespaces.as_ref().unwrap().slots()[0].clone();
+        let dest = slot.backend_ip.to_string();
+        // While the partition is on, its route to the backend is turned from a black hole into
+        // an `unreachable` one, as something else on the machine might: the worker stays cut
+        // off, and deleting the black hole fails.
+        let sabotage = async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while !routes(&slot.ns).contains(&format!("blackhole {dest}")) {
+                assert!(tokio::time::Instant::now() < deadline, "the partition added no route");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let replaced = Command::new("ip")
+                .args(["-n", &slot.ns, "route", "replace", "unreachable", &format!("{dest}/32")])
+                .status()
+                .unwrap();
+            assert!(replaced.success());
+        };
+        let mut record = empty_record();
+        let (cut, ()) =
+            tokio::join!(cut_off(&lab, 0, Cut::Backend, Duration::from_millis(500), &mut record), sabotage);
+        let still = routes(&slot.ns);
+        drop(lab);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(still.contains(&format!("unreachable {dest}")), "{still}");
+        let err = cut.err().unwrap_or_else(|| {
+            panic!("the partition was reported lifted while w0 was still cut off ({still:?})")
+        });
+        assert!(format!("{err:#}").contains("still cut off"), "{err:#}");
+    }
 }

@@ -198,12 +198,26 @@ impl Namespaces {
         Ok(command)
     }
 
-    /// Cut slot `i` off from the backend, or from one node of a topology.
+    /// Cut slot `i` off from the backend, or from one node of a topology. On an error, the
+    /// routes it had added are deleted again (an error says so if that fails too).
     pub fn partition(&self, i: usize, cut: Cut) -> anyhow::Result<()> {
         let slot = self.slots.get(i).with_context(|| format!("no namespace for slot {i}"))?;
-        self.cut_off(slot, cut)
-            .iter()
-            .try_for_each(|dest| ip(&["-n", &slot.ns, "route", "add", "blackhole", dest]))
+        let dests = self.cut_off(slot, cut);
+        for (n, dest) in dests.iter().enumerate() {
+            if let Err(err) = ip(&["-n", &slot.ns, "route", "add", "blackhole", dest]) {
+                // Every one is tried, even if one fails.
+                let undone: Vec<anyhow::Result<()>> = dests[..n]
+                    .iter()
+                    .map(|d| ip(&["-n", &slot.ns, "route", "del", "blackhole", d]))
+                    .collect();
+                let undone: anyhow::Result<()> = undone.into_iter().collect();
+                return Err(match undone {
+                    Ok(()) => err,
+                    Err(undo) => anyhow::anyhow!("{err:#}; and it stays half cut off: {undo:#}"),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Reconnect slot `i` (every route the partition added is deleted, even if one fails).
