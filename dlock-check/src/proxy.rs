@@ -3,9 +3,10 @@
 //! keep it open, so clients see silence rather than a close) while new connections work, and
 //! delay everything it forwards.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -28,14 +29,12 @@ pub struct Proxy {
 #[derive(Debug)]
 struct Shared {
     upstream: SocketAddr,
-    /// Connections are numbered as they open.
-    next_connection: AtomicU64,
+    /// The connections being served (numbered as they open).
+    connections: Mutex<Connections>,
     /// Every connection numbered below this is black-holed.
     blackholed_below: watch::Sender<u64>,
     /// Added to everything forwarded, each way (nanoseconds).
     delay_ns: AtomicU64,
-    /// Connections open now.
-    open: AtomicUsize,
     shutdown: watch::Sender<bool>,
 }
 
@@ -49,10 +48,9 @@ impl Proxy {
                 Ok((port, bound)) => {
                     let shared = Arc::new(Shared {
                         upstream,
-                        next_connection: AtomicU64::new(0),
+                        connections: Mutex::new(Connections::default()),
                         blackholed_below: watch::Sender::new(0),
                         delay_ns: AtomicU64::new(0),
-                        open: AtomicUsize::new(0),
                         shutdown: watch::Sender::new(false),
                     });
                     let listeners = bound
@@ -73,11 +71,16 @@ impl Proxy {
     }
 
     /// Stop forwarding on every connection open now, for good (they stay open, silent); new
-    /// connections are served. Returns how many were black-holed.
+    /// connections are served. Returns how many were black-holed: the connections being
+    /// served now (one still connecting to the server included), not those an earlier black
+    /// hole silenced.
     pub fn blackhole(&self) -> usize {
-        let below = self.shared.next_connection.load(Ordering::SeqCst);
+        let mut connections = self.shared.connections();
+        let below = connections.next;
         self.shared.blackholed_below.send_replace(below);
-        self.shared.open.load(Ordering::SeqCst)
+        let silenced = connections.served.len();
+        connections.served.clear();
+        silenced
     }
 
     /// Delay everything forwarded by `delay`, each way, from now on.
@@ -117,17 +120,40 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// The connections a proxy serves.
+#[derive(Debug, Default)]
+struct Connections {
+    /// The next connection's number.
+    next: u64,
+    /// The connections open and not black-holed (connecting to the server, or forwarding).
+    served: BTreeSet<u64>,
+}
+
+impl Shared {
+    fn connections(&self) -> std::sync::MutexGuard<'_, Connections> {
+        self.connections.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 async fn serve(client: TcpStream, shared: Arc<Shared>) {
-    let number = shared.next_connection.fetch_add(1, Ordering::SeqCst);
+    // Numbered and counted together, so a black hole sees every connection below its mark.
+    let number = {
+        let mut connections = shared.connections();
+        let number = connections.next;
+        connections.next += 1;
+        connections.served.insert(number);
+        number
+    };
     let mut blackholed = shared.blackholed_below.subscribe();
     let mut shutdown = shared.shutdown.subscribe();
     let mut shutdown_while_silent = shared.shutdown.subscribe();
     let Ok(Ok(upstream)) = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(shared.upstream)).await
     else {
-        return; // the server is down: the client sees its connection closed
+        // The server is down: the client sees its connection closed.
+        shared.connections().served.remove(&number);
+        return;
     };
     let _ = (client.set_nodelay(true), upstream.set_nodelay(true));
-    shared.open.fetch_add(1, Ordering::SeqCst);
     // The halves live here, outside the pumps: a black-holed connection keeps them (open and
     // silent) after the pumps are dropped.
     let (mut client_rx, mut client_tx) = client.into_split();
@@ -145,7 +171,8 @@ async fn serve(client: TcpStream, shared: Arc<Shared>) {
         }
         () = until(&mut shutdown, |&down| down) => {}
     }
-    shared.open.fetch_sub(1, Ordering::SeqCst);
+    // A black-holed connection was taken out of the count by the black hole.
+    shared.connections().served.remove(&number);
 }
 
 /// Resolves once the watched value satisfies `f` (or its sender is gone).
@@ -214,6 +241,21 @@ mod tests {
         assert_eq!(round_trip(&mut old).await, None);
         let mut new = TcpStream::connect((Ipv4Addr::LOCALHOST, proxy.port())).await.unwrap();
         assert!(round_trip(&mut new).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_second_black_hole_counts_only_the_connections_it_silenced() {
+        let proxy = Proxy::start(&[Ipv4Addr::LOCALHOST.into()], echo().await).await.unwrap();
+        let mut first = TcpStream::connect((Ipv4Addr::LOCALHOST, proxy.port())).await.unwrap();
+        assert!(round_trip(&mut first).await.is_some());
+        assert_eq!(proxy.blackhole(), 1);
+        // The client gives up on its silent connection and opens another, as dlock does.
+        drop(first);
+        let mut second = TcpStream::connect((Ipv4Addr::LOCALHOST, proxy.port())).await.unwrap();
+        assert!(round_trip(&mut second).await.is_some());
+        assert_eq!(proxy.blackhole(), 1, "the second black hole counts the first one's connection again");
+        assert_eq!(round_trip(&mut second).await, None);
+        assert_eq!(proxy.blackhole(), 0, "nothing was left to silence");
     }
 
     #[tokio::test]
