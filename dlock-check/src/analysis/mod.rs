@@ -255,7 +255,8 @@ pub struct Row {
     /// Updates the unfenced counter lost.
     pub unfenced_lost_updates: i64,
     /// After the fault ended: how long until every key saw a section again (ms); `None` for the
-    /// baseline, or when some key never did within the window.
+    /// baseline, or when some key never did within the window. In the total: the slowest, and
+    /// `None` when some key never recovered after some fault.
     pub recovery_ms: Option<f64>,
     /// Whether every key recovered within the bound (always true for the baseline).
     pub recovered: bool,
@@ -498,6 +499,11 @@ fn total_row(rows: &[Row], windows: &Windows) -> Row {
         if let Some(ms) = r.recovery_ms {
             total.recovery_ms = Some(total.recovery_ms.map_or(ms, |t: f64| t.max(ms)));
         }
+    }
+    // The slowest recovery of the run: a fault after which some key never recovered outlasts
+    // every measured one.
+    if rows.iter().any(|r| !r.recovered && r.recovery_ms.is_none()) {
+        total.recovery_ms = None;
     }
     total
 }

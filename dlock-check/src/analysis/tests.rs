@@ -462,6 +462,22 @@ fn sections_must_resume_within_the_bound_after_a_fault() {
 }
 
 #[test]
+fn a_key_that_never_recovers_is_the_slowest_recovery_of_the_run() {
+    // The first fault's key is back 100 ms after it; after the second, no section ever enters.
+    let mut h = history(
+        vec![W::new(0).section(S::new(0, "k", 1, 10, 50)).section(S::new(1, "k", 2, 1100, 1150)).done()],
+        6000,
+    );
+    h.faults =
+        vec![fault(FaultKind::PauseServer, 500, 1000, &[]), fault(FaultKind::PauseServer, 2000, 2500, &[])];
+    let a = analyse(&h);
+    assert!(kinds(&a).contains(&ViolationKind::Liveness), "{:?}", a.violations);
+    assert_eq!((a.rows[1].recovery_ms, a.rows[2].recovery_ms), (Some(100.0), None));
+    assert!(!a.total.recovered);
+    assert_eq!(a.total.recovery_ms, None, "the total's slowest recovery leaves out the one that never came");
+}
+
+#[test]
 fn an_undisturbed_holder_across_the_faults_end_delays_the_recovery_clock() {
     // A section from 500 to 2600 that finishes Ok was not disturbed; the next one at 2700
     // came 100 ms after it let go.
