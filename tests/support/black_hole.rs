@@ -1,11 +1,13 @@
 //! [`BlackHoleProxy`]: a TCP proxy whose connections can be made to go silent, as a dead host
-//! or a NAT that forgot the flow would, while new connections work.
+//! or a NAT that forgot the flow would, or to hold back what their clients send (a slow path:
+//! retransmissions, a buffering middlebox) and deliver it later, while new connections work.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 /// A TCP proxy (to Redis, PostgreSQL, any TCP server) that can make every connection open so far go silent (bytes are
 /// swallowed, nothing is closed: a dead host, a NAT that forgot the flow) while new
@@ -14,6 +16,8 @@ pub struct BlackHoleProxy {
     port: u16,
     /// Connections accepted before this generation are silent.
     silenced_before: Arc<AtomicUsize>,
+    /// Connections accepted before this generation hold back what their clients send.
+    held_before: watch::Sender<usize>,
     accepted: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -25,8 +29,10 @@ impl BlackHoleProxy {
         let port = listener.local_addr().expect("proxy address").port();
         let silenced_before = Arc::new(AtomicUsize::new(0));
         let accepted = Arc::new(AtomicUsize::new(0));
+        let held_before = watch::Sender::new(0);
         let task = tokio::spawn({
             let (silenced_before, accepted) = (Arc::clone(&silenced_before), Arc::clone(&accepted));
+            let held_before = held_before.clone();
             async move {
                 while let Ok((client, _)) = listener.accept().await {
                     let n = accepted.fetch_add(1, Ordering::SeqCst);
@@ -37,12 +43,13 @@ impl BlackHoleProxy {
                     };
                     let (client_read, client_write) = client.into_split();
                     let (server_read, server_write) = server.into_split();
-                    tokio::spawn(pump(client_read, server_write, silent.clone()));
-                    tokio::spawn(pump(server_read, client_write, silent));
+                    let hold = Hold { n, held_before: held_before.subscribe() };
+                    tokio::spawn(pump(client_read, server_write, silent.clone(), Some(hold)));
+                    tokio::spawn(pump(server_read, client_write, silent, None));
                 }
             }
         });
-        Self { port, silenced_before, accepted, task }
+        Self { port, silenced_before, held_before, accepted, task }
     }
 
     /// Where it listens.
@@ -60,6 +67,19 @@ impl BlackHoleProxy {
         self.silenced_before.store(self.accepted.load(Ordering::SeqCst), Ordering::SeqCst);
     }
 
+    /// Every connection open now holds back what its client sends from now on (the server
+    /// gets none of it, the client sees nothing wrong), until [`deliver_held`](Self::deliver_held).
+    /// A client that closes meanwhile still has its bytes delivered then, as a network
+    /// delivers a closed connection's last bytes.
+    pub fn hold(&self) {
+        self.held_before.send_replace(self.accepted.load(Ordering::SeqCst));
+    }
+
+    /// Deliver what was held back, and stop holding.
+    pub fn deliver_held(&self) {
+        self.held_before.send_replace(0);
+    }
+
     /// How many connections it has accepted.
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
@@ -72,20 +92,73 @@ impl Drop for BlackHoleProxy {
     }
 }
 
+/// Holding back one connection's bytes: the connection's number, and the generation before
+/// which connections hold.
+struct Hold {
+    n: usize,
+    held_before: watch::Receiver<usize>,
+}
+
+impl Hold {
+    fn holds(&self) -> bool {
+        self.n < *self.held_before.borrow()
+    }
+}
+
 /// Copy bytes one way until either side closes; once `silent()`, swallow them, and do not
-/// pass a close on either (a dead host sends nothing, not even a FIN).
+/// pass a close on either (a dead host sends nothing, not even a FIN). While `hold` holds, keep
+/// the bytes, and send them (and then a close that came meanwhile) when it stops.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     silent: impl Fn() -> bool,
+    mut hold: Option<Hold>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
+    let mut held = Vec::new();
+    let mut open = true;
     loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
+        let holding = hold.as_ref().is_some_and(Hold::holds);
+        if !holding && !held.is_empty() {
+            if to.write_all(&held).await.is_err() {
+                break;
+            }
+            held.clear();
+        }
+        if !open {
+            if !holding {
+                break;
+            }
+            // Closed by the client: wait until what it sent may go.
+            let Some(hold) = hold.as_mut() else { break };
+            if hold.held_before.changed().await.is_err() {
+                break;
+            }
+            continue;
+        }
+        let read = match hold.as_mut() {
+            Some(hold) if holding => tokio::select! {
+                read = from.read(&mut buf) => read,
+                changed = hold.held_before.changed() => match changed {
+                    Ok(()) => continue,
+                    Err(_) => break, // the proxy is gone
+                },
+            },
+            _ => from.read(&mut buf).await,
+        };
+        let n = match read {
+            Ok(0) | Err(_) => {
+                open = false;
+                continue;
+            }
             Ok(n) => n,
         };
-        if !silent() && to.write_all(&buf[..n]).await.is_err() {
+        if silent() {
+            continue;
+        }
+        if hold.as_ref().is_some_and(Hold::holds) {
+            held.extend_from_slice(&buf[..n]);
+        } else if to.write_all(&buf[..n]).await.is_err() {
             break;
         }
     }
