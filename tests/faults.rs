@@ -5,7 +5,9 @@
 //!   started or not, and waiters that wait meanwhile keep hearing releases); a guard dropped
 //!   while its runtime shuts down is still released;
 //! - a connection that goes silent without closing (black-holed by a proxy this file owns) is
-//!   replaced: commands within two call timeouts, the subscriber by its health check;
+//!   replaced: commands within two call timeouts, the subscriber by its health check; an
+//!   acquisition held up on its way (the proxy holds its bytes) that the release of the request
+//!   that gave up on it overtook does not keep the key;
 //! - fencing tokens keep increasing across a Redis that lost its data;
 //! - the ACL recipe of the README works with a user confined to the service's prefix, and a
 //!   user confined elsewhere cannot send notices; replayed notices are ignored;
@@ -382,6 +384,65 @@ async fn a_silent_subscriber_connection_is_replaced() {
     assert!(proxy.accepted() > accepted, "the new subscriber connection came through the proxy");
     assert!(guard.release().await.expect("release"));
     call.await.expect("join").expect("the waiter gets the key");
+}
+
+/// How many scripts the server has run by `EVALSHA`.
+async fn evalsha_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis_cmd(conn, &["INFO", "commandstats"]).await;
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
+/// An acquisition held up on its way to Redis (a slow path: the proxy holds back what its
+/// connection sends) times out; its claim's release, sent on a new connection, gets there
+/// first and finds nothing. When the held-up script runs after all, the key must not stay
+/// held for the owner that gave up (for its whole ttl): another client gets it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquisition_overtaken_by_its_claims_release_does_not_keep_the_key() {
+    let server = RedisServer::start();
+    let proxy = BlackHoleProxy::start(server.port()).await;
+    let mut conn = inspector(&server.url()).await;
+    let service = LockService::new(connect(&proxy.url()).await);
+    // Makes the runtime's connection, and loads the scripts: each later call is one EVALSHA.
+    let guard = service.lock("late").wait(Duration::ZERO).await.expect("lock through the proxy");
+    assert!(guard.release().await.expect("release"));
+    let before = evalsha_calls(&mut conn).await;
+
+    proxy.hold();
+    let ttl = Duration::from_secs(30);
+    match service.lock("late").ttl(ttl).wait(Duration::ZERO).await {
+        Err(Error::Backend { source, .. }) => {
+            assert_eq!(source.kind(), BackendErrorKind::Timeout, "{source}")
+        }
+        other => panic!("the held-up acquisition ended with {other:?}, not a call timeout"),
+    }
+    // The claim's release, on a new connection, runs while the acquisition is still held up.
+    poll_until(CALL_TIMEOUT * 2 + MARGIN, "the claim's release runs", || {
+        let mut conn = conn.clone();
+        async move { evalsha_calls(&mut conn).await > before }
+    })
+    .await;
+    assert_eq!(evalsha_calls(&mut conn).await, before + 1, "only the release has run");
+    proxy.deliver_held();
+    poll_until(MARGIN, "the held-up acquisition runs", || {
+        let mut conn = conn.clone();
+        async move { evalsha_calls(&mut conn).await >= before + 2 }
+    })
+    .await;
+
+    let other = LockService::new(connect(&server.url()).await);
+    let wait = CALL_TIMEOUT * 2 + MARGIN;
+    let guard = match other.lock("late").wait(wait).await {
+        Ok(guard) => guard,
+        Err(err) => {
+            let value: Option<String> = redis_cmd(&mut conn, &["GET", "late"]).await;
+            let pttl: i64 = redis_cmd(&mut conn, &["PTTL", "late"]).await;
+            panic!("the key stayed held after the request gave up ({err}): value {value:?}, {pttl} ms left");
+        }
+    };
+    assert!(guard.release().await.expect("release"));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -10,7 +10,9 @@
 //! A connection that misses a call timeout or breaks is replaced: the next call on that
 //! runtime connects anew. A connection that went silent without closing (a dead host, a NAT
 //! that dropped the flow) therefore costs one call timeout, not every call after it. TCP
-//! keepalive and `TCP_USER_TIMEOUT` also make the kernel give up on such a connection.
+//! keepalive and `TCP_USER_TIMEOUT` also make the kernel give up on such a connection. A
+//! replaced connection that an acquisition went unanswered on is kept a while longer, so that
+//! its release can follow it there (see [`unanswered`](super::unanswered)).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -130,6 +132,21 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// Where a call was sent: the connection, once it has one.
+#[derive(Default)]
+pub(super) struct SentOn(Mutex<Option<Conn>>);
+
+impl SentOn {
+    fn put(&self, conn: Conn) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn);
+    }
+
+    /// The connection the call was sent on, if it got that far.
+    pub(super) fn take(&self) -> Option<Conn> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
 /// The connections of one backend, by runtime.
 pub(super) struct Connections {
     connector: Box<dyn Connector>,
@@ -199,6 +216,22 @@ impl Connections {
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
+        self.call_noting(what, None, call).await
+    }
+
+    /// [`call`](Self::call), putting the connection the call is sent on in `sent_on` (for a
+    /// caller that may have to send more behind it, on the same connection, if the answer never
+    /// comes: see [`unanswered`](super::unanswered)).
+    pub(super) async fn call_noting<T, F, Fut>(
+        self: &Arc<Self>,
+        what: &str,
+        sent_on: Option<&SentOn>,
+        call: F,
+    ) -> Result<T, BackendError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
         let runtime = Handle::try_current().map_err(|_| {
             BackendError::new(BackendErrorKind::Other, "the Redis backend was called outside a tokio runtime")
         })?;
@@ -207,6 +240,9 @@ impl Connections {
         let outcome = tokio::time::timeout(self.call_timeout, async {
             let Taken { made, conn } = self.connection(&runtime).await?;
             used = Some(made);
+            if let Some(sent_on) = sent_on {
+                sent_on.put(conn.clone());
+            }
             call(conn).await.map_err(|err| Failure {
                 // A server that became a replica (a failover) answers writes with `READONLY`.
                 moved: err.code() == Some("READONLY"),

@@ -10,14 +10,15 @@ use std::time::{Duration, Instant};
 
 use redis::{Cmd, ErrorKind, FromRedisValue, ServerErrorKind, Value};
 
-use super::connection::{Conn, Connections};
+use super::connection::{Conn, Connections, SentOn};
 use super::error::{is_try_again, not_replicated, unexpected};
 use super::layout;
 use super::notify::Notifier;
 use super::scripts::{Lua, Scripts};
+use super::unanswered::Unanswered;
 use crate::backend::{
-    BackendError, CONFIRMATION_WAIT, FullKey, HANDOFF_LEASE, ReleaseOutcome, ReleaseWatch, TryAcquire,
-    WAITER_RECHECK,
+    BackendError, BackendErrorKind, CONFIRMATION_WAIT, FullKey, HANDOFF_LEASE, ReleaseOutcome, ReleaseWatch,
+    TryAcquire, WAITER_RECHECK,
 };
 
 /// How long a waiting process keeps its place in a key's waiting line without asking again.
@@ -81,6 +82,8 @@ pub(super) struct Engine {
     process: Arc<str>,
     scripts: &'static Scripts,
     replication: Option<Replicated>,
+    /// Acquisitions whose answer never came, and the connections they were sent on.
+    unanswered: Unanswered,
 }
 
 impl Engine {
@@ -96,7 +99,15 @@ impl Engine {
             // covered: the waiter asks again, and that acquisition waits for the replicas.
             notifier.hand_offs_as_releases();
         }
-        Self { conns, notifier: Arc::new(notifier), activity: None, process, scripts, replication }
+        Self {
+            conns,
+            notifier: Arc::new(notifier),
+            activity: None,
+            process,
+            scripts,
+            replication,
+            unanswered: Unanswered::default(),
+        }
     }
 
     /// This engine, noting its [`LeaseActivity`] in `activity`.
@@ -125,31 +136,24 @@ impl Engine {
     /// failover or `SCRIPT FLUSH`) answers `NOSCRIPT`, and it is sent again as `EVAL`, which
     /// also loads it. The command is built directly rather than through `redis::Script`, which
     /// copies every argument twice: this is the path every lock and release takes.
+    ///
+    /// With `sent_on`, the connection it is sent on is put there.
     async fn eval<T: FromRedisValue>(
         &self,
         what: &str,
         script: &Lua,
         keys: &[&str],
         wait: Option<Replication>,
+        sent_on: Option<&SentOn>,
         args: impl Fn(&mut Cmd),
     ) -> Result<(T, Option<i64>), BackendError> {
-        let command = |by_sha: bool| {
-            let mut cmd = Cmd::with_capacity(12, 160 + keys.iter().map(|k| k.len()).sum::<usize>());
-            if by_sha {
-                cmd.arg("EVALSHA").arg(script.sha());
-            } else {
-                cmd.arg("EVAL").arg(&script.source);
-            }
-            cmd.arg(keys.len()).arg(keys);
-            args(&mut cmd);
-            cmd
-        };
+        let command = |by_sha: bool| script_command(script, by_sha, keys, &args);
         let conns = match (&self.replication, wait) {
             (Some(replicated), Some(_)) => &replicated.conns,
             _ => &self.conns,
         };
         conns
-            .call(what, |mut conn| async move {
+            .call_noting(what, sent_on, |mut conn| async move {
                 match send(&mut conn, command(true), wait).await {
                     Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                         send(&mut conn, command(false), wait).await
@@ -167,13 +171,14 @@ impl Engine {
         owner: &str,
         ttl: Duration,
         line: Option<&str>,
+        sent_on: &SentOn,
     ) -> Result<(Value, Option<i64>), BackendError> {
         let keys: &[&str] = match line {
             Some(line) => &[key.as_str(), line],
             None => &[key.as_str()],
         };
         let wait = self.replication.as_ref().map(|replicated| replicated.wanted);
-        self.eval("the acquire script", &self.scripts.acquire, keys, wait, |cmd| {
+        self.eval("the acquire script", &self.scripts.acquire, keys, wait, Some(sent_on), |cmd| {
             cmd.arg(owner).arg(millis(ttl));
             if line.is_some() {
                 cmd.arg(millis(WAITING_LIFETIME)).arg(millis(ttl.min(HANDOFF_LEASE))).arg(&*self.process);
@@ -184,7 +189,7 @@ impl Engine {
 
     /// One release script on `keys` (the lock, and its waiting line if it may be named).
     async fn release_once(&self, keys: &[&str], owner: &str) -> Result<(i64, Option<i64>), BackendError> {
-        self.eval("the release script", &self.scripts.release, keys, None, |cmd| {
+        self.eval("the release script", &self.scripts.release, keys, None, None, |cmd| {
             cmd.arg(owner);
         })
         .await
@@ -200,14 +205,23 @@ impl Engine {
         self.note_activity(ttl);
         // Join the waiting line only when a hand-off notice would be heard.
         let line = self.notifier.is_subscribed(|| self.notice_channel(key)).then(|| layout::line(key));
-        let (answer, acked): (Value, _) = match self.acquire_once(key, owner, ttl, line.as_deref()).await {
+        // If the answer never comes, the script may still run, later: the connection it went on
+        // is kept, and this owner's release of the key is sent there too, behind it.
+        let keep = ttl.saturating_add(self.conns.call_timeout().saturating_mul(2));
+        let mut attempt = self.unanswered.attempt(key, owner, keep);
+        let answer = match self.acquire_once(key, owner, ttl, line.as_deref(), &attempt.sent_on).await {
             // A cluster slot in migration: ask without joining the line (the waiter then
             // waits on its timer until the slot has moved).
             Err(err) if line.is_some() && is_try_again(&err) => {
-                self.acquire_once(key, owner, ttl, None).await?
+                self.acquire_once(key, owner, ttl, None, &attempt.sent_on).await
             }
-            answer => answer?,
+            answer => answer,
         };
+        if !matches!(&answer, Err(err) if err.kind() == BackendErrorKind::Timeout) {
+            attempt.answered();
+        }
+        drop(attempt);
+        let (answer, acked): (Value, _) = answer?;
         let number = |value: Option<&Value>| match value {
             Some(&Value::Int(n)) => u64::try_from(n).ok(),
             _ => None,
@@ -232,6 +246,9 @@ impl Engine {
 
     pub(super) async fn release(&self, key: &FullKey, owner: &str) -> Result<ReleaseOutcome, BackendError> {
         let line = layout::line(key);
+        for (conn, keep_until) in self.unanswered.take(key, owner) {
+            self.release_behind(conn, keep_until, key, &line, owner);
+        }
         let (outcome, _): (i64, _) = match self.release_once(&[key.as_str(), &line], owner).await {
             // A cluster slot in migration: leave the line by itself, wherever it is now (else a
             // waiter that gave up would keep its place, and a release could hand the key to
@@ -247,6 +264,42 @@ impl Engine {
         // (possibly this process's own): this process's next waiter steps back for a moment
         // either way (see `guard::release_owned`).
         Ok(ReleaseOutcome::new(outcome >= 1).with_others_waiting(outcome == 2))
+    }
+
+    /// Send the release of `key` by `owner` on `conn`, where an acquisition of theirs went
+    /// unanswered: it runs after that acquisition, if that ever runs (see
+    /// [`unanswered`](super::unanswered)). The release that answers the caller goes on the
+    /// current connection; this one is awaited in a task of its own, which keeps `conn` open
+    /// until it is answered, or until `keep_until` (then a late acquisition matters no more).
+    fn release_behind(
+        &self,
+        mut conn: Conn,
+        keep_until: tokio::time::Instant,
+        key: &FullKey,
+        line: &str,
+        owner: &str,
+    ) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let script = &self.scripts.release;
+        let bound = keep_until.max(tokio::time::Instant::now() + self.conns.call_timeout());
+        let (key, line, owner) = (key.to_string(), line.to_owned(), owner.to_owned());
+        drop(runtime.spawn(async move {
+            let keys = [key.as_str(), line.as_str()];
+            let args = |cmd: &mut Cmd| {
+                cmd.arg(&owner);
+            };
+            let command = |by_sha: bool| script_command(script, by_sha, &keys, &args);
+            let released = tokio::time::timeout_at(bound, async {
+                match send::<i64>(&mut conn, command(true), None).await {
+                    Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                        send::<i64>(&mut conn, command(false), None).await
+                    }
+                    answer => answer,
+                }
+            })
+            .await;
+            tracing::debug!(target: "dlock", key, answer = ?released, "released behind an unanswered acquisition");
+        }));
     }
 
     /// Take `owner`'s place out of the waiting line `line` (one key: routed to its slot's
@@ -271,7 +324,7 @@ impl Engine {
         ttl: Duration,
     ) -> Result<bool, BackendError> {
         let (renewed, _): (i64, _) = self
-            .eval("the renew script", &self.scripts.renew, &[key.as_str()], None, |cmd| {
+            .eval("the renew script", &self.scripts.renew, &[key.as_str()], None, None, |cmd| {
                 cmd.arg(owner).arg(millis(ttl));
             })
             .await?;
@@ -284,6 +337,19 @@ impl Engine {
     pub(super) async fn watch_releases(&self, key: &FullKey) -> ReleaseWatch {
         self.notifier.watch(self.notice_channel(key), self.conns.call_timeout().min(CONFIRMATION_WAIT)).await
     }
+}
+
+/// `script` with `keys` and the arguments `args` adds, by its digest or by its source.
+fn script_command(script: &Lua, by_sha: bool, keys: &[&str], args: &impl Fn(&mut Cmd)) -> Cmd {
+    let mut cmd = Cmd::with_capacity(12, 160 + keys.iter().map(|k| k.len()).sum::<usize>());
+    if by_sha {
+        cmd.arg("EVALSHA").arg(script.sha());
+    } else {
+        cmd.arg("EVAL").arg(&script.source);
+    }
+    cmd.arg(keys.len()).arg(keys);
+    args(&mut cmd);
+    cmd
 }
 
 /// Send `cmd` on `conn`; with `wait`, followed in one pipeline by `WAIT` — on a cluster the

@@ -17,6 +17,7 @@ mod scripts;
 #[cfg(feature = "redis-sentinel")]
 pub(crate) mod sentinel;
 mod tls;
+mod unanswered;
 #[cfg(any(feature = "redis-cluster", feature = "redis-sentinel"))]
 pub(crate) mod url;
 
