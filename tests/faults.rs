@@ -445,6 +445,60 @@ async fn an_acquisition_overtaken_by_its_claims_release_does_not_keep_the_key() 
     assert!(guard.release().await.expect("release"));
 }
 
+/// The same, one call at a time on the backend: an acquisition held up on its way times out; the
+/// same owner asks again, on a new connection, takes the key and releases it (a request that
+/// rode out the timeout, then its guard). When the held-up acquisition runs after that, it must
+/// not take the key for that owner, whose release is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_acquisition_does_not_outlive_its_owners_release_on_a_new_connection() {
+    use dlock::LockBackend;
+    use dlock::backend::{FullKey, TryAcquire};
+
+    let server = RedisServer::start();
+    let proxy = BlackHoleProxy::start(server.port()).await;
+    let mut conn = inspector(&server.url()).await;
+    let backend = connect(&proxy.url()).await;
+    let key = FullKey::new("", "late-owner");
+    let ttl = Duration::from_secs(30);
+    // Makes the runtime's connection, and loads the scripts: each later call is one EVALSHA.
+    assert!(matches!(backend.try_acquire(&key, "warm-up", ttl).await, Ok(TryAcquire::Acquired { .. })));
+    assert!(backend.release(&key, "warm-up").await.expect("release").was_held);
+    let before = evalsha_calls(&mut conn).await;
+
+    proxy.hold();
+    let held_up = backend.try_acquire(&key, "owner", ttl).await;
+    assert!(
+        matches!(&held_up, Err(err) if err.kind() == BackendErrorKind::Timeout),
+        "the held-up acquisition ended with {held_up:?}, not a call timeout"
+    );
+    let again = backend.try_acquire(&key, "owner", ttl).await;
+    assert!(matches!(again, Ok(TryAcquire::Acquired { .. })), "asked again on a new connection: {again:?}");
+    assert!(backend.release(&key, "owner").await.expect("release on the new connection").was_held);
+    assert_eq!(evalsha_calls(&mut conn).await, before + 2, "the held-up acquisition has not run yet");
+
+    proxy.deliver_held();
+    poll_until(MARGIN, "the held-up acquisition runs", || {
+        let mut conn = conn.clone();
+        async move { evalsha_calls(&mut conn).await >= before + 3 }
+    })
+    .await;
+    let taken = tokio::time::timeout(CALL_TIMEOUT * 2 + MARGIN, async {
+        loop {
+            if let Ok(TryAcquire::Acquired { .. }) = backend.try_acquire(&key, "next", ttl).await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    if taken.is_err() {
+        let value: Option<String> = redis_cmd(&mut conn, &["GET", "late-owner"]).await;
+        let pttl: i64 = redis_cmd(&mut conn, &["PTTL", "late-owner"]).await;
+        panic!("the key stayed held after its owner released it: value {value:?}, {pttl} ms left");
+    }
+    assert!(backend.release(&key, "next").await.expect("release").was_held);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Redis that loses data.
 
