@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use dlock::{LockService, RedisSentinelBackend};
 use dlock_tests::support::contention::{assert_replicated_lock_kept, contend_through};
-use dlock_tests::{SentinelGroup, poll_until, subscribers_on};
+use dlock_tests::{RedisServer, SentinelGroup, free_port, inspector, poll_until, redis_cmd, subscribers_on};
 use tokio::task::block_in_place;
 
 async fn backend_of(group: &SentinelGroup, replicated: bool) -> RedisSentinelBackend {
@@ -110,6 +110,66 @@ async fn a_lease_the_new_primary_lacks_is_reported_lost_at_once() {
         "a lease the new primary lacks: reported lost {took:?} after the failover (its next scheduled renewal was ~20 s away)"
     );
     assert!(failed_over.elapsed() < Duration::from_secs(15));
+    assert!(matches!(held.release().await, Err(dlock::Error::Lost { .. }) | Ok(_)));
+}
+
+/// A primary the sentinels name again at the address the backend uses, but with another
+/// history, counts as a failover: after a failover and a failover back (A→B→A) A was B's
+/// replica in between and took B's data, which may lack a lease held on A. Once a sentinel
+/// announces the switch every lease is renewed at once, and one the primary lacks is reported
+/// lost. Before the fix only the address was compared: nothing moved, and the lost lease was
+/// found at its next renewal, 20 s later here (found by review).
+///
+/// A sentinel refuses `PUBLISH` on `+switch-master` ("Only HELLO messages are accepted"), so
+/// the backend listens to a plain server, first in its list, that relays the announcement (it
+/// names no primary: the three sentinels decide where the primary is). The primary's history
+/// changes as a promotion changes it: after the lease is removed there, `REPLICAOF` a server
+/// that is not there and `REPLICAOF NO ONE` give it a new replication ID, at the same address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_back_to_the_primary_in_use_renews_every_lease_at_once() {
+    let group = block_in_place(SentinelGroup::start);
+    let relay = block_in_place(RedisServer::start);
+    let sentinels: Vec<String> = std::iter::once(relay.url()).chain(group.sentinel_urls()).collect();
+    let backend = RedisSentinelBackend::builder(sentinels, group.master_name())
+        .call_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .expect("connecting with the relay first");
+    let primary = group.primary_port();
+    assert!(backend.primary_address().ends_with(&format!(":{primary}")), "on {}", backend.primary_address());
+    let service = LockService::builder(backend.clone()).key_prefix("back:").build();
+    // A ttl of 60 s: the next scheduled renewal is 20 s away.
+    let held = service.lock("acct").ttl(Duration::from_secs(60)).await.expect("take");
+    let relay_port = relay.port();
+    poll_until(
+        Duration::from_secs(5),
+        "the backend listening for +switch-master on the relay",
+        || async move { subscribers_on(relay_port, "+switch-master", false) == 1 },
+    )
+    .await;
+
+    // A took B's data, which lacks the lease, and became a primary again.
+    let mut on_primary = inspector(&group.server_url(primary)).await;
+    let _: i64 = redis_cmd(&mut on_primary, &["DEL", "back:acct"]).await;
+    let nowhere = free_port().to_string();
+    let _: () = redis_cmd(&mut on_primary, &["REPLICAOF", "127.0.0.1", &nowhere]).await;
+    let _: () = redis_cmd(&mut on_primary, &["REPLICAOF", "NO", "ONE"]).await;
+    let mut on_relay = inspector(&relay.url()).await;
+    let payload = format!("{} 127.0.0.1 {primary} 127.0.0.1 {primary}", group.master_name());
+    let heard: i64 = redis_cmd(&mut on_relay, &["PUBLISH", "+switch-master", &payload]).await;
+    assert_eq!(heard, 1, "the backend hears the announcement");
+
+    let took =
+        poll_until(Duration::from_secs(2), "the lease reported lost after the announced switch", || {
+            let lost = held.is_lost();
+            async move { lost }
+        })
+        .await;
+    eprintln!(
+        "a lease the primary lost in an A→B→A: reported lost {took:?} after the announcement (its next renewal was ~20 s away)"
+    );
+    assert_eq!(backend.failovers_followed(), 1, "the primary with another history counts as a failover");
+    assert!(backend.primary_address().ends_with(&format!(":{primary}")), "on {}", backend.primary_address());
     assert!(matches!(held.release().await, Err(dlock::Error::Lost { .. }) | Ok(_)));
 }
 

@@ -7,7 +7,9 @@
 //! connect, when a sentinel announces `+switch-master` for the group (a task listens on one
 //! sentinel at a time, and asks again after each (re)subscription), and whenever a call
 //! suggests the server moved — no answer, a broken connection, or `READONLY` (the old primary,
-//! now a replica) — at most once per 200 ms. Each new answer bumps an epoch: every runtime's
+//! now a replica) — at most once per 200 ms, and every 5 s regardless. Each new answer bumps
+//! an epoch, and so does the same answer when the primary there has another replication ID
+//! than before (it was a replica in between, A→B→A, or restarted): every runtime's
 //! command connection made before is replaced before its next call, a call that was running
 //! on the old primary when the epoch changed is reported `Unavailable` (an acquisition or a
 //! renewal there must not count), the notifier subscribes again on the new primary (waking
@@ -39,7 +41,9 @@ use crate::error::Error;
 /// The same locks as [`RedisBackend`], on whichever server the sentinels name as the primary
 /// of the group: dlock asks them at connect, listens for their `+switch-master` announcements,
 /// and asks again whenever the server stops answering or turns out to be a replica. After a
-/// failover every connection moves to the new primary, waiters subscribe again there, and each
+/// failover (also one that ends where it began: a primary found again at the same address with
+/// another replication ID counts as a new one) every connection moves to the new primary,
+/// waiters subscribe again there, and each
 /// held lock meets its next renewal on the new primary: a lock the new primary does not have
 /// (the replica had not received it) is reported [`Lost`](crate::Error::Lost) to its holder,
 /// never silently kept. Fencing tokens keep increasing across the failover — they come from
@@ -310,7 +314,8 @@ impl RedisSentinelBackend {
         self.primary.address().unwrap_or_default()
     }
 
-    /// How many times the backend has moved to another primary since it connected.
+    /// How many times the backend has moved to another primary since it connected (a primary
+    /// found again at the same address with another replication ID counts).
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {

@@ -26,7 +26,15 @@ pub(super) struct Primary {
     call_timeout: Duration,
     /// A client of the primary, and its `host:port`.
     current: Mutex<Option<(redis::Client, String)>>,
-    /// Bumped each time the sentinels name another primary (1 after connecting).
+    /// The primary's replication ID (`master_replid` in `INFO replication`) when the backend
+    /// moved there or last checked it; `None` if it could not be read (an ACL without
+    /// `+info`). A primary found again at the same address with another one is another
+    /// primary: it was a replica in between (a failover and a failover back, A→B→A, during
+    /// which it took the other's data) or it restarted (perhaps without its data; a restart
+    /// that kept it costs one needless check of every lease).
+    history: Mutex<Option<String>>,
+    /// Bumped each time the sentinels name another primary, or the one at the same address
+    /// has another history (1 after connecting).
     epoch: AtomicU64,
     epochs: watch::Sender<u64>,
     /// One resolution at a time.
@@ -83,6 +91,7 @@ impl Primary {
             db,
             call_timeout,
             current: Mutex::new(None),
+            history: Mutex::new(None),
             epoch: AtomicU64::new(0),
             epochs: watch::channel(0).0,
             resolving: tokio::sync::Mutex::new(()),
@@ -100,7 +109,7 @@ impl Primary {
         self.current().map(|(_, address)| address)
     }
 
-    /// How many times the sentinels have named a primary (1 after connecting).
+    /// How many times the sentinels have named a new primary (1 after connecting).
     pub(super) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
@@ -116,23 +125,87 @@ impl Primary {
 
     /// Ask every sentinel where the primary is; take the address a majority of those that
     /// answered name (a sentinel cut off with an old primary may still name it), check that it
-    /// says it is a primary, and move there if it is not where the backend is now.
+    /// says it is a primary, and move there if it is not where the backend is now. If it is,
+    /// check its history instead ([`check_history`](Self::check_history)).
     pub(super) async fn resolve(&self) -> Result<(), BackendError> {
-        let _one = self.resolving.lock().await;
-        self.begin_resolving();
-        self.resolve_once().await
+        let unchanged = {
+            let _one = self.resolving.lock().await;
+            self.begin_resolving();
+            self.resolve_once().await?
+        };
+        if let Some(unchanged) = unchanged {
+            self.check_history(unchanged).await;
+        }
+        Ok(())
     }
 
     /// [`resolve`](Self::resolve), but not sooner than [`RESOLVE_INTERVAL`] after the last
     /// resolution began — also one that was still running when this was asked for.
     async fn resolve_spaced(&self) -> Result<(), BackendError> {
-        let _one = self.resolving.lock().await;
-        let last = *self.last_started.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(last) = last {
-            tokio::time::sleep_until((last + RESOLVE_INTERVAL).into()).await;
+        let unchanged = {
+            let _one = self.resolving.lock().await;
+            let last = *self.last_started.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(last) = last {
+                tokio::time::sleep_until((last + RESOLVE_INTERVAL).into()).await;
+            }
+            self.begin_resolving();
+            self.resolve_once().await?
+        };
+        if let Some(unchanged) = unchanged {
+            self.check_history(unchanged).await;
         }
-        self.begin_resolving();
-        self.resolve_once().await
+        Ok(())
+    }
+
+    /// The sentinels named the primary the backend uses: ask it for its replication ID, and
+    /// if it is not the one it had, count it as a new primary (bump the epoch: connections,
+    /// subscriptions and every lease are checked again, as after a move). Asked outside the
+    /// resolution lock, so that a silent primary delays no other resolution; a resolution
+    /// that moved or checked meanwhile wins. A primary that does not answer, refuses `INFO`
+    /// or answers as a replica (a failover under way) changes nothing: the calls that fail
+    /// and the next resolutions ask again.
+    async fn check_history(&self, unchanged: Unchanged) {
+        let Unchanged { client, address, history: before } = unchanged;
+        let ask = async {
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&connection_config(self.call_timeout))
+                .await?;
+            replication_id(&mut conn).await
+        };
+        let now = match tokio::time::timeout(self.call_timeout, ask).await {
+            Ok(Ok(Some(now))) => now,
+            Ok(Ok(None)) => return,
+            Ok(Err(err)) => {
+                tracing::debug!(target: "dlock", primary = %address, error = %err, "could not read the primary's replication ID");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(target: "dlock", primary = %address, "the primary did not say its replication ID in time");
+                return;
+            }
+        };
+        let _one = self.resolving.lock().await;
+        if self.address().as_deref() != Some(address.as_str()) {
+            return;
+        }
+        {
+            let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+            if *history != before {
+                return;
+            }
+            *history = Some(now.clone());
+        }
+        if before.is_some_and(|before| before != now) {
+            tracing::info!(target: "dlock", master = %self.master_name, primary = %address,
+                "the primary the sentinels name is at the same address with another history (it was a replica in between, or restarted): checking everything again");
+            self.bump();
+        }
+    }
+
+    /// Count a new primary: every connection, subscription and lease follows.
+    fn bump(&self) {
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        self.epochs.send_replace(epoch);
     }
 
     /// A resolution begins: calls that fail from now on ask for another one.
@@ -141,7 +214,8 @@ impl Primary {
         self.suspected.store(false, Ordering::Release);
     }
 
-    async fn resolve_once(&self) -> Result<(), BackendError> {
+    /// One resolution; `Some` if the sentinels name the primary the backend uses.
+    async fn resolve_once(&self) -> Result<Option<Unchanged>, BackendError> {
         let asks = self.sentinels.iter().map(|sentinel| async move {
             let answer = tokio::time::timeout(self.call_timeout, self.named_by(sentinel)).await;
             (sentinel, answer)
@@ -227,10 +301,13 @@ impl Primary {
             return Err(unavailable(format!("the {answered} sentinels that answered disagree ({votes:?})")));
         }
         let address = format!("{host}:{port}");
-        if self.current().is_some_and(|(_, now)| now == address) {
-            return Ok(());
+        if let Some((client, now)) = self.current()
+            && now == address
+        {
+            let history = self.history.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            return Ok(Some(Unchanged { client, address, history }));
         }
-        let client = self.primary_at(host, port).await.map_err(|err| {
+        let (client, history) = self.primary_at(host, port).await.map_err(|err| {
             // A primary that refuses the credentials is an `Auth` error, not a missing primary;
             // one that is not a primary (yet) is a failover under way.
             let kind = match classify(&err) {
@@ -247,9 +324,9 @@ impl Primary {
         })?;
         tracing::info!(target: "dlock", master = %self.master_name, primary = %address, "the sentinels name a new primary; moving there");
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some((client, address));
-        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
-        self.epochs.send_replace(epoch);
-        Ok(())
+        *self.history.lock().unwrap_or_else(PoisonError::into_inner) = history;
+        self.bump();
+        Ok(None)
     }
 
     /// The primary's address as one sentinel names it.
@@ -267,8 +344,8 @@ impl Primary {
     }
 
     /// A client of the server at `host:port` (with TLS if the sentinels use it), once it
-    /// answers `ROLE` as a primary.
-    async fn primary_at(&self, host: String, port: u16) -> RedisResult<redis::Client> {
+    /// answers `ROLE` as a primary, and its replication ID if it says it.
+    async fn primary_at(&self, host: String, port: u16) -> RedisResult<(redis::Client, Option<String>)> {
         let mut redis_info = redis::RedisConnectionInfo::default().set_db(self.db);
         if let Some(username) = &self.username {
             redis_info = redis_info.set_username(username);
@@ -291,15 +368,22 @@ impl Primary {
             let mut conn = primary
                 .get_multiplexed_async_connection_with_config(&connection_config(self.call_timeout))
                 .await?;
-            redis::cmd("ROLE").query_async::<Vec<redis::Value>>(&mut conn).await
+            let role = redis::cmd("ROLE").query_async::<Vec<redis::Value>>(&mut conn).await?;
+            if !matches!(role.first(), Some(redis::Value::BulkString(role)) if role == b"master") {
+                return Err(redis::RedisError::from((redis::ErrorKind::Client, NOT_A_PRIMARY)));
+            }
+            // Without it (an ACL without `+info`), a primary found again at this address with
+            // another history is not told from this one.
+            let history = replication_id(&mut conn).await.unwrap_or_else(|err| {
+                tracing::debug!(target: "dlock", error = %err, "could not read the primary's replication ID");
+                None
+            });
+            Ok(history)
         };
-        let role = tokio::time::timeout(self.call_timeout, check)
+        let history = tokio::time::timeout(self.call_timeout, check)
             .await
             .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "no answer to ROLE")))??;
-        match role.first() {
-            Some(redis::Value::BulkString(role)) if role == b"master" => Ok(primary),
-            _ => Err(redis::RedisError::from((redis::ErrorKind::Client, NOT_A_PRIMARY))),
-        }
+        Ok((primary, history))
     }
 
     /// Ask the sentinels again, in the background (once, however many calls ask).
@@ -351,6 +435,28 @@ impl FeedSource for Arc<Primary> {
             Ok(feed)
         })
     }
+}
+
+/// The primary the sentinels name is the one the backend uses: what [`Primary::check_history`]
+/// needs.
+struct Unchanged {
+    client: redis::Client,
+    address: String,
+    /// Its replication ID as last known.
+    history: Option<String>,
+}
+
+/// `master_replid` from the server's `INFO replication`, if it says it is a primary there.
+async fn replication_id(conn: &mut redis::aio::MultiplexedConnection) -> RedisResult<Option<String>> {
+    let info: String = redis::cmd("INFO").arg("replication").query_async(conn).await?;
+    Ok(parse_replication_id(&info))
+}
+
+/// `master_replid` of an `INFO replication` answer that says `role:master`.
+fn parse_replication_id(info: &str) -> Option<String> {
+    let field =
+        |name: &str| info.lines().find_map(|line| line.trim_end().strip_prefix(name)?.strip_prefix(':'));
+    (field("role")? == "master").then(|| field("master_replid")).flatten().map(str::to_owned)
 }
 
 /// After a sentinel announced `+switch-master` to `announced`: ask the sentinels until a
@@ -453,5 +559,20 @@ pub(super) async fn listen_for_switches(primary: Weak<Primary>) {
         } else {
             pause = Duration::from_millis(100);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_replication_id;
+
+    #[test]
+    fn the_replication_id_is_read_from_a_primary_only() {
+        let primary = "# Replication\r\nrole:master\r\nconnected_slaves:1\r\nmaster_failover_state:no-failover\r\nmaster_replid:8e1b2c\r\nmaster_replid2:0000000000000000000000000000000000000000\r\nmaster_repl_offset:42\r\n";
+        assert_eq!(parse_replication_id(primary).as_deref(), Some("8e1b2c"));
+        let replica = primary.replace("role:master", "role:slave");
+        assert_eq!(parse_replication_id(&replica), None);
+        assert_eq!(parse_replication_id("role:master\r\n"), None);
+        assert_eq!(parse_replication_id(""), None);
     }
 }
