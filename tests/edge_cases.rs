@@ -3,13 +3,17 @@
 //!
 //! A [`FaultyBackend`] around `MemoryBackend` injects the faults (lost answers, refused or
 //! failing renewals, slow requests and answers) on tokio's paused clock, so each interleaving
-//! is exact.
+//! is exact. A `MovingBackend` (in this file) moves to another server between answering an
+//! acquisition and the service keeping its lease, as a Sentinel or Cluster failover may.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dlock::backend::{BackendErrorKind, FullKey, TryAcquire};
+use dlock::backend::{BackendError, BackendErrorKind, BoxFuture, FullKey, ReleaseOutcome, TryAcquire};
 use dlock::{Error, LockBackend, LockService, LostReason, MemoryBackend};
-use dlock_tests::{FaultyBackend, Op, Rule};
+use dlock_tests::{FaultyBackend, Op, Rule, poll_until};
+use tokio::sync::{Notify, watch};
 
 /// A service over a fault-injecting wrapper of a fresh `MemoryBackend`, and both.
 fn faulty_service() -> (FaultyBackend, MemoryBackend, LockService) {
@@ -307,6 +311,124 @@ async fn a_waiter_whose_winning_answer_was_lost_takes_the_key_on_its_next_attemp
     });
     assert!(waited < Duration::from_secs(2), "the waiter took {waited:?}");
     assert!(guard.release().await.expect("release"));
+}
+
+/// A backend that moves to another server right after it answers the acquisition of one key,
+/// before the service has kept that lease: the new server lacks the key (it is released in
+/// the store), the lease epoch moves, and the answer is handed back only once the service's
+/// re-check of the leases it keeps has run (it renews `witness`, held before).
+#[derive(Debug, Clone)]
+struct MovingBackend {
+    inner: MemoryBackend,
+    epochs: Arc<watch::Sender<u64>>,
+    /// The key whose acquisition is followed by the move.
+    moves_after: Arc<Mutex<Option<String>>>,
+    moved: Arc<AtomicBool>,
+    /// Notified by each renewal of the witness after the move.
+    witness_renewed: Arc<Notify>,
+}
+
+impl MovingBackend {
+    fn new() -> Self {
+        Self {
+            inner: MemoryBackend::new(),
+            epochs: Arc::new(watch::channel(0).0),
+            moves_after: Arc::default(),
+            moved: Arc::default(),
+            witness_renewed: Arc::default(),
+        }
+    }
+}
+
+impl LockBackend for MovingBackend {
+    fn name(&self) -> &'static str {
+        "moving"
+    }
+
+    fn try_acquire<'a>(
+        &'a self,
+        key: &'a FullKey,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<TryAcquire, BackendError>> {
+        Box::pin(async move {
+            let answer = self.inner.try_acquire(key, owner, ttl).await?;
+            let moves =
+                self.moves_after.lock().unwrap_or_else(|e| panic!("{e}")).as_deref() == Some(key.as_str());
+            if moves && matches!(answer, TryAcquire::Acquired { .. }) {
+                self.moves_after.lock().unwrap_or_else(|e| panic!("{e}")).take();
+                // The server that answered is left; the new one never had the key.
+                self.inner.release(key, owner).await?;
+                self.moved.store(true, Ordering::SeqCst);
+                self.epochs.send_modify(|epoch| *epoch += 1);
+                // Hand the answer back only after the re-check of the kept leases ran.
+                let swept =
+                    tokio::time::timeout(Duration::from_secs(5), self.witness_renewed.notified()).await;
+                assert!(swept.is_ok(), "the move did not renew the witness within 5 s");
+            }
+            Ok(answer)
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a FullKey,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<ReleaseOutcome, BackendError>> {
+        self.inner.release(key, owner)
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a FullKey,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move {
+            let renewed = self.inner.renew(key, owner, ttl).await;
+            if self.moved.load(Ordering::SeqCst) && key.as_str() == "witness" {
+                self.witness_renewed.notify_one();
+            }
+            renewed
+        })
+    }
+
+    fn lease_epochs(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.epochs.subscribe())
+    }
+}
+
+/// A lease whose acquisition was answered just before the backend moved to another server, but
+/// kept by the service only after the move's re-check of every kept lease had run, is checked
+/// at once too: the new server lacks it, so it is reported lost now, not at its next renewal
+/// (10 s away here) — or, when that check ends it before the request has handed it over, the
+/// request takes the key again, on the new server. Before the fix the caller held a guard for
+/// a key the backend did not hold until that renewal (found by review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_kept_just_after_the_backend_moved_is_checked_at_once() {
+    let backend = MovingBackend::new();
+    let service = LockService::new(backend.clone());
+    let ttl = Duration::from_secs(30);
+    let witness = service.lock("witness").ttl(ttl).await.expect("the witness");
+    *backend.moves_after.lock().unwrap_or_else(|e| panic!("{e}")) = Some("acct".to_owned());
+    let held = service.lock("acct").ttl(ttl).await.expect("acct");
+    let took = poll_until(
+        Duration::from_secs(1),
+        "the lease reported lost, or the key held on the new server",
+        || {
+            let settled = held.is_lost() || backend.inner.held_count() == 2;
+            async move { settled }
+        },
+    )
+    .await;
+    eprintln!(
+        "settled {took:?} after the guard was returned (lost: {}; its next renewal was 10 s away)",
+        held.is_lost()
+    );
+    assert!(!witness.is_lost(), "the witness, which the new server has, is still held");
+    let lost = held.is_lost();
+    assert_eq!(held.release().await.expect("release"), !lost, "a guard not lost held its key");
+    assert!(witness.release().await.expect("release the witness"), "the witness was still held");
 }
 
 /// A current-thread runtime, as `#[tokio::main(flavor = "current_thread")]` builds one.

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use tokio::runtime::{Handle, Id};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -81,6 +81,16 @@ impl Registration {
             state.wake_if_before(&self.keeper.wake, due);
         }
     }
+
+    /// Renew the lease at once (a lease without renewal: check it), as [`renew_now`] does:
+    /// for a lease registered, or a key added, after the backend's lease epoch moved — that
+    /// `renew_now` may have run before this lease was there to be reached.
+    pub(crate) fn due_now(&self) {
+        let mut state = self.keeper.lock();
+        let now = Instant::now();
+        state.due_now(self.id, now);
+        state.wake_if_before(&self.keeper.wake, now);
+    }
 }
 
 /// When the lease of `keys` may have ended, and when it is due for renewal (or, without
@@ -124,20 +134,18 @@ pub(crate) fn renew_now(backend: &Weak<dyn LockBackend>) {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            if let Some(entry) = state.entries.get_mut(&id) {
-                let old = std::mem::replace(&mut entry.due, now);
-                state.schedule.remove(&(old, id));
-                state.schedule.insert((now, id));
-            }
+            state.due_now(id, now);
         }
         state.wake_if_before(&keeper.wake, now);
     }
 }
 
 /// Renew `backend`'s leases at once whenever its [`lease_epochs`](LockBackend::lease_epochs)
-/// change, for as long as the backend lives.
-pub(crate) fn follow_lease_epochs(backend: &Arc<dyn LockBackend>) {
-    let Some(mut epochs) = backend.lease_epochs() else { return };
+/// change, for as long as the backend lives. Returns a receiver of those epochs, for the
+/// acquisitions to tell whether one changed while they ran ([`Registration::due_now`]).
+pub(crate) fn follow_lease_epochs(backend: &Arc<dyn LockBackend>) -> Option<watch::Receiver<u64>> {
+    let mut epochs = backend.lease_epochs()?;
+    let seen = epochs.clone();
     let backend = Arc::downgrade(backend);
     crate::background::spawn_here(async move {
         while epochs.changed().await.is_ok() {
@@ -148,6 +156,7 @@ pub(crate) fn follow_lease_epochs(backend: &Arc<dyn LockBackend>) {
             renew_now(&backend);
         }
     });
+    Some(seen)
 }
 
 /// Keep `job`'s lease on the current runtime.
@@ -238,6 +247,15 @@ struct State {
 }
 
 impl State {
+    /// Make `id` (if it is still kept) due at `now`.
+    fn due_now(&mut self, id: u64, now: Instant) {
+        if let Some(entry) = self.entries.get_mut(&id) {
+            let old = std::mem::replace(&mut entry.due, now);
+            self.schedule.remove(&(old, id));
+            self.schedule.insert((now, id));
+        }
+    }
+
     /// Wake the task if it sleeps past `due`.
     fn wake_if_before(&mut self, wake: &Notify, due: Instant) {
         if self.armed.is_some_and(|armed| due < armed) {

@@ -102,9 +102,15 @@ impl LockServiceBuilder {
     /// assert_eq!(service.key_prefix(), "");
     /// ```
     pub fn build(self) -> LockService {
-        crate::keeper::follow_lease_epochs(&self.backend);
+        let lease_epochs = crate::keeper::follow_lease_epochs(&self.backend);
         LockService {
-            shared: Arc::new(Shared::new(self.backend, self.prefix, self.default_ttl, self.default_wait)),
+            shared: Arc::new(Shared::new(
+                self.backend,
+                self.prefix,
+                self.default_ttl,
+                self.default_wait,
+                lease_epochs,
+            )),
         }
     }
 }

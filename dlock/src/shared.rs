@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use crate::backend::{FullKey, LockBackend};
 use crate::local_queue::LocalQueues;
 
@@ -20,6 +22,8 @@ pub(crate) struct Shared {
     /// One FIFO queue per key that tasks of this process are waiting for or holding: only its
     /// head competes in the backend.
     pub(crate) queues: Arc<LocalQueues>,
+    /// The backend's [`lease_epochs`](LockBackend::lease_epochs), if it has them.
+    pub(crate) lease_epochs: Option<watch::Receiver<u64>>,
 }
 
 impl Shared {
@@ -28,6 +32,7 @@ impl Shared {
         prefix: String,
         default_ttl: Duration,
         default_wait: Duration,
+        lease_epochs: Option<watch::Receiver<u64>>,
     ) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Self {
@@ -37,7 +42,13 @@ impl Shared {
             default_ttl,
             default_wait,
             queues: Arc::default(),
+            lease_epochs,
         }
+    }
+
+    /// The backend's lease epoch now (`None`: it has none).
+    pub(crate) fn lease_epoch(&self) -> Option<u64> {
+        self.lease_epochs.as_ref().map(|epochs| *epochs.borrow())
     }
 
     /// `key` as this service's backend stores it.

@@ -159,6 +159,10 @@ impl<'a> Pass<'a> {
         let Some(ticket) = self.shared.queues.enter(key, self.ask.deadline).await else {
             return Err(Error::Timeout { key: key.to_string(), waited: self.ask.started.elapsed() });
         };
+        // If the backend's lease epoch moves before the key is kept (it moved to another server
+        // while the key was taken, or just after), the keeper's check of every lease it keeps
+        // (`keeper::renew_now`) may already have run without this one: it is checked at once.
+        let epoch = self.shared.lease_epoch();
         let grant = key::take(&*self.shared.backend, key, &mut self.claim, self.ask).await?;
         self.tickets.push(ticket);
         let kept = KeptKey { key: key.clone(), term: grant.term };
@@ -176,6 +180,11 @@ impl<'a> Pass<'a> {
                 };
                 self.kept = Some((lease, keeper::register(self.handle, job)));
             }
+        }
+        if let Some((_, registration)) = &self.kept
+            && self.shared.lease_epoch() != epoch
+        {
+            registration.due_now();
         }
         self.held.push(HeldKey { key: key.clone(), fencing_token: grant.fencing_token });
         Ok(())
