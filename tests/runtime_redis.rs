@@ -432,25 +432,7 @@ async fn an_acquisition_too_few_replicas_acknowledge_fails_and_is_released() {
     assert_eq!(kind, BackendErrorKind::NotReplicated, "{message}");
 
     // A replica that keeps up acknowledges.
-    let replica = RedisServer::start();
-    let mut replica_conn = inspector(&replica.url()).await;
-    let () = redis::cmd("REPLICAOF")
-        .arg("127.0.0.1")
-        .arg(primary.port())
-        .query_async(&mut replica_conn)
-        .await
-        .expect("REPLICAOF");
-    // `state=online` on the primary can come before the replica has loaded what it was sent
-    // and acknowledges anything; in sync here means it acknowledges a write (within 200 ms,
-    // under the inspector connection's own response timeout).
-    poll_until(Duration::from_secs(10), "the replica acknowledging writes", || {
-        let mut conn = conn.clone();
-        async move {
-            let () = redis_cmd(&mut conn, &["SET", "replica-probe", "1"]).await;
-            redis_cmd::<i64>(&mut conn, &["WAIT", "1", "200"]).await == 1
-        }
-    })
-    .await;
+    let (_replica, mut replica_conn) = replica_of(&primary, &conn).await;
     // The same option, with room for a CI machine that stalls the replica for a moment.
     let backend = RedisBackend::builder(primary.url())
         .call_timeout(Duration::from_secs(10))
@@ -470,6 +452,53 @@ async fn an_acquisition_too_few_replicas_acknowledge_fails_and_is_released() {
 
 /// A read-only replica (what a client may reach during a failover) refuses the acquire
 /// script's write: `Unavailable`, at once, naming the key — not a hang and not `Other`.
+/// A private replica of `primary`, in sync: it acknowledges a write made through `conn` (a
+/// connection to the primary). With a connection to the replica.
+async fn replica_of(
+    primary: &RedisServer,
+    conn: &redis::aio::MultiplexedConnection,
+) -> (RedisServer, redis::aio::MultiplexedConnection) {
+    let replica = RedisServer::start();
+    let mut replica_conn = inspector(&replica.url()).await;
+    let () = redis_cmd(&mut replica_conn, &["REPLICAOF", "127.0.0.1", &primary.port().to_string()]).await;
+    // `state=online` on the primary can come before the replica has loaded what it was sent
+    // and acknowledges anything; in sync here means it acknowledges a write (within 200 ms,
+    // under the inspector connection's own response timeout).
+    poll_until(Duration::from_secs(10), "the replica acknowledging writes", || {
+        let mut conn = conn.clone();
+        async move {
+            let () = redis_cmd(&mut conn, &["SET", "replica-probe", "1"]).await;
+            redis_cmd::<i64>(&mut conn, &["WAIT", "1", "200"]).await == 1
+        }
+    })
+    .await;
+    (replica, replica_conn)
+}
+
+/// A wait for replicas as long as a call timeout meant as "no bound" (`Duration::MAX`) allows
+/// is a wait that ends when the replicas answer: an acquisition a replica acknowledges takes
+/// the lock. Before, the timeout went out as more milliseconds than Redis reads (an `i64`), and
+/// every acquisition failed with `ERR timeout is not an integer or out of range` — after
+/// taking, and then releasing, the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enormous_wait_for_replicas_takes_the_lock() {
+    let primary = RedisServer::start();
+    let conn = inspector(&primary.url()).await;
+    let (_replica, _) = replica_of(&primary, &conn).await;
+    let backend = RedisBackend::builder(primary.url())
+        .call_timeout(Duration::MAX)
+        .replicas_acknowledge(1, Duration::MAX - Duration::from_secs(1))
+        .connect()
+        .await
+        .expect("connect");
+    let guard = LockService::new(backend)
+        .lock("acct")
+        .ttl(Duration::from_secs(30))
+        .await
+        .expect("acknowledged by the replica");
+    assert!(guard.release().await.expect("release"));
+}
+
 #[tokio::test]
 async fn a_read_only_replica_is_unavailable() {
     let primary = RedisServer::start();

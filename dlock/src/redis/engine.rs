@@ -364,10 +364,17 @@ async fn send<T: FromRedisValue>(
         None => cmd.query_async::<T>(conn).await.map(|answer| (answer, None)),
         Some(wait) => {
             let mut pipe = redis::pipe();
-            pipe.add_command(cmd).cmd("WAIT").arg(wait.replicas).arg(millis(wait.timeout));
+            pipe.add_command(cmd).cmd("WAIT").arg(wait.replicas).arg(wait_millis(wait.timeout));
             pipe.query_async::<(T, i64)>(conn).await.map(|(answer, acked)| (answer, Some(acked)))
         }
     }
+}
+
+/// `timeout` as `WAIT` takes it: milliseconds, at least 1 (0 would wait for ever) and at most
+/// what Redis reads (an `i64`; more is refused as out of range). The cap is some 292 million
+/// years, the wait a call timeout meant as "no bound" allows: the call timeout still ends it.
+fn wait_millis(timeout: Duration) -> u64 {
+    millis(timeout).min(i64::MAX.unsigned_abs())
 }
 
 pub(super) fn millis(d: Duration) -> u64 {

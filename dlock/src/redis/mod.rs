@@ -116,6 +116,12 @@ impl RedisBackendBuilder {
     /// error. A key a release hands to a waiting request is asked for again, so it is
     /// acknowledged the same way.
     ///
+    /// The `WAIT` goes out in one round trip with the acquisition, before its answer is known,
+    /// so an attempt that finds the key held waits for the replicas too. While they keep up
+    /// that costs little (they have already acknowledged this connection's writes); while
+    /// fewer than `replicas` answer, such an attempt takes the whole `timeout` — when every
+    /// acquisition fails with `NotReplicated` anyway.
+    ///
     /// This narrows the window in which a failover to a replica loses a lock that was just
     /// taken; it does not make Redis a consensus store (a replica that acknowledged may still
     /// not be the one promoted, and renewals are not waited for). Off by default.
