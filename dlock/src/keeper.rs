@@ -306,11 +306,15 @@ impl Keeper {
         let mut state = self.lock();
         let Some(entry) = state.entries.get_mut(&id) else { return };
         let Schedule { due, deadline } = next(entry);
-        // The entry that fired was taken off the schedule, but a key added since (`add_key`)
-        // may have put it back, earlier: one entry per lease, or renewals would run twice.
-        let old = std::mem::replace(&mut entry.due, due);
+        // The entry that fired was taken off the schedule, but since then a key added
+        // (`add_key`) or a move of the backend (`due_now`, `renew_now`: this renewal may have
+        // gone to the old server) may have put it back: one entry per lease, or renewals would
+        // run twice, and not later than that.
+        let old = entry.due;
+        let due = if state.schedule.remove(&(old, id)) { due.min(old) } else { due };
+        let Some(entry) = state.entries.get_mut(&id) else { return };
+        entry.due = due;
         entry.deadline = deadline;
-        state.schedule.remove(&(old, id));
         state.schedule.insert((due, id));
         state.wake_if_before(&self.wake, due);
     }
@@ -542,6 +546,46 @@ mod tests {
         assert_eq!(schedule, [(next, 1)], "one entry for the lease");
         drop(registration);
         assert!(keeper.lock().schedule.is_empty());
+    }
+
+    /// A move of the backend seen while a renewal is on the wire (`due_now` after a lease
+    /// epoch moved, or `renew_now`) makes the lease due at once; that renewal may have gone to
+    /// the old server, so when it comes back its rescheduling must not put the lease off to
+    /// its next renewal. Before, it did: the check the move asked for was lost, and a lease the
+    /// new server lacks was found only at ttl/3.
+    #[tokio::test]
+    async fn a_move_seen_during_a_renewal_still_renews_at_once_after_it() {
+        let keeper = Arc::new(Keeper::default());
+        let now = Instant::now();
+        let ttl = Duration::from_secs(30);
+        let key = KeptKey { key: FullKey::new("", "a"), term: Term { sent: now, length: ttl } };
+        let (due, deadline) = (key.term.due(), key.term.deadline());
+        let job = Job {
+            backend: Arc::new(MemoryBackend::new()),
+            keys: Mutex::new(vec![key]),
+            owner: Arc::from("owner"),
+            ttl,
+            auto_renew: true,
+            lease: Lease::new(deadline, true),
+        };
+        {
+            let mut state = keeper.lock();
+            state.entries.insert(1, Entry { job: Arc::new(job), due, deadline });
+            state.schedule.insert((due, 1));
+            // It fired: the renewal is on the wire.
+            state.schedule.pop_first();
+        }
+        let registration = Registration { keeper: Arc::clone(&keeper), id: 1 };
+        // The backend moves meanwhile.
+        registration.due_now();
+        let moved = keeper.lock().entries.get(&1).map(|entry| entry.due);
+        // The renewal comes back and schedules the next one, a third of the ttl away.
+        keeper.reschedule(1, |entry| Schedule { due: now + ttl / 3, deadline: entry.deadline });
+
+        let schedule: Vec<_> = keeper.lock().schedule.iter().copied().collect();
+        let moved = moved.unwrap_or_else(|| panic!("the lease is kept"));
+        assert_eq!(schedule, [(moved, 1)], "one entry for the lease, due when the move made it due");
+        drop(registration);
     }
 
     /// Take `key` for `owner` on `backend` and have the current runtime's keeper keep it.
