@@ -21,7 +21,7 @@ dlock_tests::conformance_suite!(cluster_store);
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dlock::{LockService, RedisClusterBackend};
+use dlock::{LockBackend, LockService, RedisClusterBackend};
 use dlock_tests::support::contention::{assert_replicated_lock_kept, contend_through};
 use dlock_tests::{FaultyBackend, NodeRole, Op, RedisCluster, Store, inspector, redis_cmd, subscribers_on};
 use tokio::task::block_in_place;
@@ -748,6 +748,7 @@ async fn a_notice_is_not_held_up_by_a_command_waiting_on_a_silent_node() {
         holder.lock(steady.as_str()).ttl(Duration::from_secs(60)).await.expect("the steady key");
     let waiter_backend = backend(&cluster, call_timeout).await;
     let recorded = FaultyBackend::new(waiter_backend.clone());
+    assert!(recorded.lease_epochs().is_some(), "the wrapped backend's moves still reach the keeper");
     let waiter = LockService::builder(recorded.clone()).key_prefix(prefix).build();
     let wait_for = |key: &String| {
         let (waiter, key) = (waiter.clone(), key.clone());
@@ -870,7 +871,6 @@ async fn a_waiter_rides_out_the_failover_of_a_killed_primary() {
 /// subscriptions again only when that node comes back: the notifier must make them itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_on_a_killed_primary_is_made_again_on_its_successor() {
-    use dlock::LockBackend;
     let mut cluster = own_cluster();
     let watcher = backend(&cluster, Duration::from_secs(2)).await;
     let key = dlock::backend::FullKey::new("killsub:", "acct");

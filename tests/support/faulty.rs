@@ -506,4 +506,10 @@ impl LockBackend for FaultyBackend {
             Ok(watch?.map(|inner| self.relay(key, inner)))
         })
     }
+
+    /// The wrapped backend's: a Sentinel or Cluster backend behind faults still has its leases
+    /// checked at once when it moves.
+    fn lease_epochs(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.lease_epochs()
+    }
 }
