@@ -26,7 +26,9 @@
 //! A parameter's `#[cfg]`/`#[cfg_attr]` stay on it and go on every statement made for it (they
 //! may remove it); its lint attributes (`#[allow(unused_variables)]`, `#[expect(..)]`, …) move
 //! to the rebinding, the binding the body uses, where they mean what they meant on the plain
-//! fn. A rebinding of a `_`-prefixed name allows clippy's pedantic lints about reading one.
+//! fn. A rebinding of a `_`-prefixed name allows clippy's pedantic lints about reading one;
+//! every rebinding allows clippy's `shadow_same`/`shadow_reuse` (it shadows the parameter by
+//! construction), and a view allows `pattern_type_mismatch` (it matches a reference on purpose).
 
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, quote_spanned};
@@ -65,20 +67,22 @@ pub(crate) fn rewrite(sig: &mut Signature, used_by_attribute: &dyn Fn(&Ident) ->
         let pat = &mut *typed.pat;
         if let Pat::Ident(PatIdent { by_ref: None, subpat: None, mutability, ident, .. }) = pat {
             let binding_mut = mutability.take();
+            let shadow = allow_shadow();
             let allow = allow(used_by_attribute(ident));
             let underscore = allow_underscored(std::iter::once(&*ident));
             moves.prologue.extend(
-                quote_spanned!(mixed=> #(#cfgs)* #(#lints)* #allow #underscore let #binding_mut #ident = #ident;),
+                quote_spanned!(mixed=> #(#cfgs)* #(#lints)* #allow #underscore #shadow let #binding_mut #ident = #ident;),
             );
         } else if binds_whole(pat) {
             let mut bindings = Vec::new();
             collect_and_strip_mut(pat, &mut bindings);
             let allow = allow(bindings.iter().any(|(ident, _)| used_by_attribute(ident)));
             let underscore = allow_underscored(bindings.iter().map(|(ident, _)| ident));
+            let shadow = allow_shadow();
             let names = bindings.iter().map(|(ident, _)| ident);
             let patterns =
                 bindings.iter().map(|(ident, mutability)| quote_spanned!(mixed=> #mutability #ident));
-            let attrs = quote_spanned!(mixed=> #(#cfgs)* #(#lints)* #allow #underscore);
+            let attrs = quote_spanned!(mixed=> #(#cfgs)* #(#lints)* #allow #underscore #shadow);
             moves.prologue.extend(match bindings.len() {
                 0 => TokenStream::new(),
                 1 => quote_spanned!(mixed=> #attrs let #(#patterns)* = #(#names)*;),
@@ -104,7 +108,7 @@ pub(crate) fn rewrite(sig: &mut Signature, used_by_attribute: &dyn Fn(&Ident) ->
             if !bindings.is_empty() {
                 moves
                     .views
-                    .extend(quote_spanned!(mixed=> #(#cfgs)* #[allow(unused_variables)] let #view = &#arg;));
+                    .extend(quote_spanned!(mixed=> #(#cfgs)* #[allow(unused_variables, clippy::pattern_type_mismatch)] let #view = &#arg;));
             }
             let arg_mut = has_ref_mut(&original).then(|| Token![mut](mixed));
             let allow = allow(used);
@@ -115,6 +119,14 @@ pub(crate) fn rewrite(sig: &mut Signature, used_by_attribute: &dyn Fn(&Ident) ->
         }
     }
     moves
+}
+
+/// On a rebinding `let x = x;` / `let (a, b) = (a, b);`: the new binding shadows the parameter
+/// by construction, which clippy's restriction lints `shadow_same` and `shadow_reuse` would
+/// point out on the parameter's own span (the plain fn has no such statement). The body's own
+/// shadowing is still linted: against the rebinding, which has the parameter's span.
+fn allow_shadow() -> TokenStream {
+    quote_spanned!(Span::mixed_site()=> #[allow(clippy::shadow_same, clippy::shadow_reuse)])
 }
 
 /// A parameter's attributes that the statements generated for it need too.
