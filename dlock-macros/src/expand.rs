@@ -11,13 +11,13 @@
 //!                                              // argument lives across an `.await` (a `!Sync`
 //!                                              // argument would make the future `!Send`)
 //!         ::dlock::__private::request(
-//!             ::core::option::Option::None,        // or Some("name"), Some(service_name(EXPR))
+//!             ::core::option::Option::None,        // or Some("name"), or Some(EXPR) as below
 //!             ::core::convert::From::from([
 //!                 ::dlock::__private::format!("user:{}", ::dlock::__private::key_part(&user_id)),
 //!             ]),
 //!         )
 //!         .ttl(::dlock::__private::Duration::new(10u64, 0u32))     // only the options given
-//!         .wait(::dlock::__private::duration(user_expression))
+//!         .wait({ let __dlock_duration: ::core::time::Duration = user_expression; __dlock_duration })
 //!     };
 //!     let __dlock_body = async move {
 //!         if false { let __dlock_fake: Ret = loop {}; return __dlock_fake; }
@@ -152,9 +152,9 @@ pub(crate) fn expand(checked: Checked) -> TokenStream {
         Some(Service::Literal(lit)) => quote_spanned!(mixed=> ::core::option::Option::Some(#lit)),
         Some(Service::Expr(expr)) => {
             // Located at the expression, so that a wrong type is reported there.
-            let span = expr.span();
-            let at_expr = private(span);
-            let name = quote_spanned!(span=> #at_expr::service_name(#expr));
+            let span = expr.span().resolved_at(mixed);
+            let value = Ident::new("__dlock_service", span);
+            let name = quote_spanned!(span=> { let #value: &'static str = #expr; #value });
             quote_spanned!(mixed=> ::core::option::Option::Some(#name))
         }
         None => quote_spanned!(mixed=> ::core::option::Option::None),
@@ -233,8 +233,8 @@ pub(crate) fn ttl_bounds_check(args: &Args) -> TokenStream {
     }
 }
 
-/// An expression of type `Duration`. A literal becomes a constant; an expression goes through
-/// `__private::duration`, so a wrong type is reported on the user's expression.
+/// An expression of type `Duration`. A literal becomes a constant; an expression is bound to a
+/// `let` of that type, so a wrong type is reported on the user's expression.
 fn duration_expr(duration: &DurationArg, private: &impl Fn(Span) -> TokenStream) -> TokenStream {
     match duration {
         DurationArg::Literal(literal) => {
@@ -244,9 +244,12 @@ fn duration_expr(duration: &DurationArg, private: &impl Fn(Span) -> TokenStream)
             quote!(#private::Duration::new(#secs, #nanos))
         }
         DurationArg::Expr(expr) => {
-            let span = expr.span();
-            let private = private(span);
-            quote_spanned!(span=> #private::duration(#expr))
+            // A typed `let` rather than a call: a wrong type is then reported on the expression
+            // as "expected `Duration`", with no function of dlock's in the note.
+            // Located at the expression, with the hygiene of generated code (lints skip it).
+            let span = expr.span().resolved_at(Span::mixed_site());
+            let value = Ident::new("__dlock_duration", span);
+            quote_spanned!(span=> { let #value: ::core::time::Duration = #expr; #value })
         }
     }
 }

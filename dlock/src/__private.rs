@@ -105,16 +105,6 @@ pub fn key_part<T: KeyPart>(value: &T) -> &dyn std::fmt::Display {
     value
 }
 
-/// Identity that pins a `service = EXPR` expression to `&'static str`.
-pub const fn service_name(name: &'static str) -> &'static str {
-    name
-}
-
-/// Identity that pins a `ttl`/`wait` expression to `Duration`.
-pub const fn duration(d: Duration) -> Duration {
-    d
-}
-
 // ---- Appended for dlock-macros: the return-type checks, the call the expansion makes, and the
 // compile-time bounds check of a `ttl` literal. Only the items below are named by the
 // expansion (with `request` above).

@@ -12,4 +12,10 @@ async fn instant(user_id: u64) -> Result<u64, dlock::Error> {
     Ok(user_id)
 }
 
+// A binding of a pattern that leaves part of the argument unbound is a reference here.
+#[distributed_lock(key = "user:<user_id>", wait = lock_wait)]
+async fn from_pattern(user_id: u64, (lock_wait, _): (std::time::Duration, u8)) -> Result<u64, dlock::Error> {
+    Ok(user_id)
+}
+
 fn main() {}
