@@ -14,7 +14,8 @@
 //!   has no name, so the parameter is renamed to a hidden `__dlock_argN` and the body starts
 //!   with `let __dlock_argN = __dlock_argN; let <pattern> = __dlock_argN;`, as rustc does. The
 //!   keys (built before the body, by reference) see its bindings through
-//!   `let <pattern without mut/ref/&> = &__dlock_argN;`, so there they are references.
+//!   `let <pattern without mut/ref/&> = &__dlock_argN;`, so there they are references; only a
+//!   pattern the attribute reads gets this view (another would only repeat its errors).
 //! - A receiver taken by value (`self`, `mut self`, `self: Arc<Self>`): `let _ = &self;` moves
 //!   it into the block, which drops it after its locals, as the plain fn drops its first
 //!   parameter last.
@@ -105,10 +106,12 @@ pub(crate) fn rewrite(sig: &mut Signature, used_by_attribute: &dyn Fn(&Ident) ->
             collect_and_strip_mut(&mut view, &mut bindings);
             ByReference.visit_pat_mut(&mut view);
             let used = bindings.iter().any(|(ident, _)| used_by_attribute(ident));
-            if !bindings.is_empty() {
-                moves
-                    .views
-                    .extend(quote_spanned!(mixed=> #(#cfgs)* #[allow(unused_variables, clippy::pattern_type_mismatch)] let #view = &#arg;));
+            // Only what the attribute reads needs a view; another would report a pattern of the
+            // wrong type a second time, as a reference.
+            if used {
+                moves.views.extend(quote_spanned! {mixed=>
+                    #(#cfgs)* #[allow(unused_variables, clippy::pattern_type_mismatch)] let #view = &#arg;
+                });
             }
             let arg_mut = has_ref_mut(&original).then(|| Token![mut](mixed));
             let allow = allow(used);
