@@ -2,8 +2,6 @@
 //!
 //! ```text
 //! #[attrs] vis async fn name<G>(params) -> Ret where .. {     // params: see `params.rs`
-//!     <Ret as ::dlock::__private::LockedReturn>::check();               // located at `Ret`
-//!     <<Ret as ::dlock::__private::LockedReturn>::Error as ::dlock::__private::LockedError>::check();
 //!     const _: () = { /* ttl literal within dlock::MIN_TTL..=MAX_TTL, or panic */ };
 //!     let __dlock_request = {
 //!         let <pattern> = &__dlock_arg1;       // views of renamed patterns, for the keys; a
@@ -26,7 +24,10 @@
 //!         let <pattern> = __dlock_arg1;
 //!         { original statements }
 //!     };
-//!     let __dlock_result = ::dlock::__private::run_locked(__dlock_request, __dlock_body).await;
+//!     let __dlock_lock_error = |e| <Ret as ::dlock::__private::LockedReturn>::from_result(  // at `Ret`
+//!         Err(<<Ret as LockedReturn>::Error as ::dlock::__private::LockedError>::from_lock_error(e)));
+//!     let __dlock_result =
+//!         ::dlock::__private::run_locked(__dlock_request, __dlock_body, __dlock_lock_error).await;
 //!     __dlock_result
 //! }
 //! ```
@@ -44,9 +45,11 @@
 //! `Span::mixed_site()`, so they can neither clash with nor be named by user code, and every
 //! path is absolute.
 //!
-//! Spans are chosen for the errors users see: the return-type check and the call to
-//! `run_locked` are located at the return type (the same predicates at the same span, which
-//! rustc reports once), a key's value at its parameter, a `ttl`/`wait` expression at itself,
+//! Spans are chosen for the errors users see: `__dlock_lock_error` is located at the return
+//! type and is the only code that requires `Ret: LockedReturn` and its error type to be a
+//! `LockedError`, so a wrong return type is reported there, once (`run_locked` has no such
+//! bounds: the same predicate twice at one span is reported twice by incremental builds);
+//! a key's value at its parameter, a `ttl`/`wait` expression at itself,
 //! the `ttl` bounds check at the literal.
 
 use proc_macro2::{Literal, Span, TokenStream};
@@ -80,7 +83,7 @@ pub(crate) fn expand(checked: Checked) -> TokenStream {
     // The return type must be `Result<T, E>` with `E: From<dlock::Error>`. The traits decide,
     // not the syntax, so `anyhow::Result<T>`, `io::Result<T>` and aliases work. An
     // `impl Trait` in the return type cannot be named: it is erased to `_` for the fake
-    // return, and the check is left to the bounds on `run_locked`.
+    // return, and the check is left to the bounds on `__private::lock_error_of`.
     let mut eraser = ImplTraitEraser(false);
     let mut fake_ret = ret.clone();
     eraser.visit_type_mut(&mut fake_ret);
@@ -89,10 +92,6 @@ pub(crate) fn expand(checked: Checked) -> TokenStream {
     let return_check = quote_spanned! {ret_span=>
         <#located_ret as #at_ret::LockedReturn>::check();
     };
-    let error_check = quote_spanned! {ret_span=>
-        <<#located_ret as #at_ret::LockedReturn>::Error as #at_ret::LockedError>::check();
-    };
-    let check = if eraser.0 { TokenStream::new() } else { quote!(#return_check #error_check) };
 
     // A return type that no alias can make a `Result`: emit only its check, so the one error
     // is the check's sentence, not a cascade of type mismatches from the rest of the expansion.
@@ -170,13 +169,27 @@ pub(crate) fn expand(checked: Checked) -> TokenStream {
     // The same locals, located at the return type (a name's hygiene is its resolution).
     let at = |ident: &Ident| Ident::new(&ident.to_string(), ret_span.resolved_at(mixed));
     let (request_at_ret, locked_at_ret) = (at(&request), at(&locked));
+    // How a lock error becomes the function's return value. Its path is the check that the
+    // return type is a `Result` whose error type has `From<dlock::Error>`: the one place either
+    // is reported (`run_locked` has no bounds that could report them again).
+    let error = Ident::new("__dlock_error", mixed);
+    let lock_error = if eraser.0 {
+        quote_spanned!(ret_span=> #at_ret::lock_error_of(&#locked_at_ret))
+    } else {
+        quote_spanned! {ret_span=>
+            |#error| <#located_ret as #at_ret::LockedReturn>::from_result(::core::result::Result::Err(
+                <<#located_ret as #at_ret::LockedReturn>::Error as #at_ret::LockedError>::from_lock_error(#error)
+            ))
+        }
+    };
+    let into = Ident::new("__dlock_lock_error", ret_span.resolved_at(mixed));
     let run = quote_spanned! {ret_span=>
-        let #result = #at_ret::run_locked(#request_at_ret, #locked_at_ret).await;
+        let #into = #lock_error;
+        let #result = #at_ret::run_locked(#request_at_ret, #locked_at_ret, #into).await;
     };
     let fn_body = brace_group(
         quote_spanned! {mixed=>
             #(#inner_attrs)*
-            #check
             #ttl_check
             let #request = {
                 #views

@@ -35,13 +35,10 @@ pub fn request(service: Option<&'static str>, keys: Vec<String>) -> LockRequest 
 /// The body comes boxed: an annotated call nested in another's body then adds its own state
 /// to the outer future once, instead of once per layer of wrapping (a future passed by value
 /// through an `async fn` is stored twice), which made nested calls overflow the stack.
-async fn run<R, B>(request: LockRequest, body: Pin<Box<B>>) -> R
+async fn run<R, B>(request: LockRequest, body: Pin<Box<B>>, lock_error: fn(Error) -> R) -> R
 where
-    R: LockedReturn,
-    R::Error: LockedError,
     B: Future<Output = R>,
 {
-    let lock_error = |error: Error| R::from_result(Err(R::Error::from_lock_error(error)));
     let guard = match request.acquire().await {
         Ok(guard) => guard,
         Err(error) => return lock_error(error),
@@ -111,8 +108,9 @@ pub fn key_part<T: KeyPart>(value: &T) -> &dyn std::fmt::Display {
 
 /// The return type of an annotated function: a `Result`.
 ///
-/// The expansion checks it with `<Ret as LockedReturn>::check()` at the return type: a path,
-/// not a bound on a function, so the error names no function of dlock, and the impl is
+/// The expansion names `<Ret as LockedReturn>::from_result` at the return type (or, when no
+/// alias can make `Ret` a `Result`, only `<Ret as LockedReturn>::check()`): a path, not a
+/// bound on a function, so the error names no function of dlock, and the impl is
 /// `do_not_recommend` so it does not point at dlock's source either.
 #[diagnostic::on_unimplemented(
     message = "`#[distributed_lock]` needs the function to return `Result<T, E>` where `E: From<dlock::Error>`, but it returns `{Self}`",
@@ -146,7 +144,8 @@ impl<T, E> LockedReturn for Result<T, E> {
 }
 
 /// The error type of an annotated function: it must be able to carry a `dlock::Error`.
-/// Checked with `<<Ret as LockedReturn>::Error as LockedError>::check()`.
+/// The expansion names `<<Ret as LockedReturn>::Error as LockedError>::from_lock_error` at the
+/// return type, which is where a missing `From<dlock::Error>` is reported.
 #[diagnostic::on_unimplemented(
     message = "`#[distributed_lock]` needs the error type `{Self}` to implement `From<dlock::Error>`",
     label = "the error type in this return type cannot carry a `dlock::Error`",
@@ -155,8 +154,6 @@ impl<T, E> LockedReturn for Result<T, E> {
 pub trait LockedError: Sized {
     /// `error.into()`.
     fn from_lock_error(error: Error) -> Self;
-    /// Named by the expansion only for the error it reports.
-    fn check() {}
 }
 
 impl<E: From<Error>> LockedError for E {
@@ -165,15 +162,29 @@ impl<E: From<Error>> LockedError for E {
     }
 }
 
-/// `run` for the function's return type `R`, under the bounds the expansion has checked at
-/// the return type (the same predicates at the same span, so rustc reports them once).
-pub fn run_locked<R, F>(request: LockRequest, body: F) -> impl Future<Output = R>
+/// `run` for the function's return type `R`; `lock_error` makes a lock error an `R`.
+///
+/// No bound here names `LockedReturn` or `LockedError`: the expansion builds `lock_error` from
+/// `<<Ret as LockedReturn>::Error as LockedError>::from_lock_error`, written at the return
+/// type, and that path is the one place a wrong return or error type is reported. (Bounds
+/// here too were the same predicates at the same span, which rustc reports once only without
+/// incremental compilation: `cargo check` showed each error twice, the second with this file.)
+pub fn run_locked<R, F>(request: LockRequest, body: F, lock_error: fn(Error) -> R) -> impl Future<Output = R>
+where
+    F: Future<Output = R>,
+{
+    run(request, Box::pin(body), lock_error)
+}
+
+/// `lock_error` for [`run_locked`] when the return type cannot be named (it contains an
+/// `impl Trait`): inferred from the body's output.
+pub fn lock_error_of<R, F>(_body: &F) -> fn(Error) -> R
 where
     R: LockedReturn,
     R::Error: LockedError,
     F: Future<Output = R>,
 {
-    run(request, Box::pin(body))
+    |error| R::from_result(Err(R::Error::from_lock_error(error)))
 }
 
 /// A message built during constant evaluation, for the `panic!` of a compile-time check.

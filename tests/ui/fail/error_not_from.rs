@@ -25,4 +25,16 @@ async fn through_alias(user_id: u64) -> AppResult<u64> {
     Ok(user_id)
 }
 
+// A generic error type without the bound: the hint is the bound to add.
+#[distributed_lock(key = "user:<user_id>")]
+async fn generic<E>(user_id: u64) -> Result<u64, E> {
+    Ok(user_id)
+}
+
+// An `impl Trait` in the return type.
+#[distributed_lock(key = "user:<user_id>")]
+async fn opaque(user_id: u64) -> Result<impl std::fmt::Display, PayError> {
+    Ok(user_id)
+}
+
 fn main() {}
