@@ -171,6 +171,33 @@ async fn a_failed_release_is_retried_not_left_for_its_ttl() {
     assert_eq!(releases, 2, "one failed release, one retry");
 }
 
+/// A set that gives up waiting for its second key gives the first back; when that release
+/// fails, it is retried for as long as the first key's lease lasts, which the renewals while
+/// the set waited made longer than its first ttl. Before the fix the retries stopped at the
+/// end of the first key's *first* lease (its ttl plus the hand-off allowance, 6 s here), and
+/// the key stayed held by nobody until its last renewal ran out.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_set_that_gave_up_retries_the_release_of_a_key_it_kept_renewed() {
+    let (f, memory, svc) = faulty_service();
+    let held =
+        memory.try_acquire(&FullKey::new("", "b"), "someone", Duration::from_secs(60)).await.expect("b");
+    assert!(matches!(held, TryAcquire::Acquired { .. }));
+    // The release of "a" fails twice: in the request's own release, and in the first retry.
+    f.inject(Rule::fail(Op::Release, BackendErrorKind::Connection).key("a").times(2));
+    let got = svc.lock_all(["a", "b"]).ttl(Duration::from_secs(1)).wait(Duration::from_secs(10)).await;
+    assert!(matches!(got, Err(Error::Timeout { .. })), "`b` is held for 60 s: {got:?}");
+    assert!(f.calls_of(Op::Renew).len() >= 20, "`a` was renewed while the set waited for `b`");
+    // The retries pause 50 ms, then 100 ms; the last renewal of "a" lasts until at least
+    // 10.6 s after the set began.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let other = memory.try_acquire(&FullKey::new("", "a"), "other", Duration::from_secs(1)).await;
+    assert!(
+        matches!(other, Ok(TryAcquire::Acquired { .. })),
+        "`a` is still held 300 ms after the set gave up: {other:?}; releases of `a`: {}",
+        f.calls_of(Op::Release).iter().filter(|c| c.key == "a").count()
+    );
+}
+
 /// A guard dropped at the end of a `block_on` on a current-thread runtime that then idles (a
 /// synchronous program that keeps one runtime and blocks on it per operation) is released at
 /// once, not when that runtime is next driven. Before the fix, its release task waited on that

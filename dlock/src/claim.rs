@@ -27,8 +27,9 @@ pub(crate) struct Claim {
     pub(crate) owner: Arc<str>,
     /// In the order they were claimed; released last first.
     pub(crate) keys: Vec<ClaimedKey>,
-    /// For a guard's release: its lease, marked released, and whose local queue places are
-    /// given up once the keys are.
+    /// The lease the keys are kept under: renewed, it lasts longer than each key's
+    /// `ends_by`, so the keys are released until it has ended too. For a guard's release it is
+    /// also marked released, and its local queue places are given up once the keys are.
     lease: Option<Arc<Lease>>,
     /// What dropping the claim with keys left means.
     rescue: Rescue,
@@ -95,6 +96,12 @@ impl Claim {
         released
     }
 
+    /// The keys taken so far are kept (renewed) under `lease`: if the work is abandoned, they
+    /// are released until that lease has ended, not only until their first lease would have.
+    pub(crate) fn kept_by(&mut self, lease: &Arc<Lease>) {
+        self.lease = Some(Arc::clone(lease));
+    }
+
     /// The keys now belong to a guard.
     pub(crate) fn disarm(&mut self) {
         self.keys.clear();
@@ -128,7 +135,7 @@ impl Claim {
             loop {
                 match self.backend.release(key, &self.owner).await {
                     Ok(_) => break,
-                    Err(err) if Instant::now() < *ends_by => {
+                    Err(err) if Instant::now() < self.ends_by(*ends_by) => {
                         tracing::debug!(target: "dlock", key = %key, error = %err, "retrying the release of an abandoned lock");
                         tokio::time::sleep(pause).await;
                         pause = (pause * 2).min(Duration::from_secs(1));
@@ -141,6 +148,14 @@ impl Claim {
         if let Some(lease) = self.lease.take() {
             lease.drop_tickets();
         }
+    }
+}
+
+impl Claim {
+    /// When a key claimed until `ends_by` has ended by itself: then, or when the lease that
+    /// renewed it ends, whichever is later.
+    fn ends_by(&self, ends_by: Instant) -> Instant {
+        self.lease.as_ref().map_or(ends_by, |lease| ends_by.max(lease.deadline()))
     }
 }
 

@@ -178,6 +178,9 @@ impl<'a> Pass<'a> {
                     auto_renew: self.ask.auto_renew,
                     lease: Arc::clone(&lease),
                 };
+                // Renewed while the pass goes on: an abandoned pass releases its keys until
+                // this lease has ended, not only until their first lease would have.
+                self.claim.kept_by(&lease);
                 self.kept = Some((lease, keeper::register(self.handle, job)));
             }
         }
