@@ -198,6 +198,33 @@ async fn a_set_that_gave_up_retries_the_release_of_a_key_it_kept_renewed() {
     );
 }
 
+/// A key released while other processes wait for it, on a current-thread runtime that then
+/// idles: the next task of this process, on another runtime, still gets it (after the 2 ms
+/// head start this process gives the other processes). Before the fix the head start was a
+/// timer on the releasing runtime, which never fired while that runtime idled once it had
+/// started it: the next task kept waiting behind a released key for its whole `wait`.
+#[test]
+fn the_head_start_after_a_release_does_not_wait_for_the_releasing_runtime() {
+    let faulty = FaultyBackend::new(MemoryBackend::new());
+    faulty.inject(Rule::others_waiting());
+    let svc = LockService::new(faulty);
+    let idle = current_thread();
+    idle.block_on(async {
+        let guard = svc.lock("k").ttl(Duration::from_secs(30)).await.expect("lock");
+        assert!(guard.release().await.expect("release"));
+        // The operation awaits something else before its `block_on` returns.
+        tokio::task::yield_now().await;
+    });
+    let started = std::time::Instant::now();
+    let got = current_thread().block_on(async { svc.lock("k").wait(Duration::from_secs(2)).await });
+    assert!(
+        got.is_ok(),
+        "the next task of the process did not get a released key: {got:?} after {:?}",
+        started.elapsed()
+    );
+    drop(idle);
+}
+
 /// A guard dropped at the end of a `block_on` on a current-thread runtime that then idles (a
 /// synchronous program that keeps one runtime and blocks on it per operation) is released at
 /// once, not when that runtime is next driven. Before the fix, its release task waited on that

@@ -123,6 +123,17 @@ impl Lease {
         };
     }
 
+    /// Let the next task of this process compete for the keys, once `until` has come: a head
+    /// start for other processes that wait for them. The next task waits for it itself, so
+    /// it ends even if nothing drives the runtime that released.
+    pub(crate) fn drop_tickets_with_head_start(&self, until: Instant) {
+        let mut tickets = std::mem::take(&mut self.state().tickets);
+        for ticket in &mut tickets {
+            ticket.head_start_until(until);
+        }
+        drop(tickets);
+    }
+
     /// Let the next task of this process compete for the keys.
     pub(crate) fn drop_tickets(&self) {
         // Dropped outside the lease's lock: a ticket takes the service's queue lock.

@@ -3,6 +3,10 @@
 //!
 //! One [`LocalQueues`] per service. A queue exists while some task waits for or holds its key
 //! and is removed with the last [`QueueTicket`].
+//!
+//! A task leaving the head may ask the next one to give other processes a head start
+//! ([`QueueTicket::head_start_until`]): the next head waits for it on its own runtime, so the
+//! head start ends even when the runtime of the task that left idles from then on.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -17,17 +21,22 @@ use crate::backend::FullKey;
 /// The queues of one service, by key.
 #[derive(Debug, Default)]
 pub(crate) struct LocalQueues {
-    queues: Mutex<HashMap<FullKey, Arc<tokio::sync::Mutex<()>>>>,
+    queues: Mutex<HashMap<FullKey, Queue>>,
 }
 
+/// One key's queue: the head holds the mutex. Its value is the instant before which a new
+/// head does not compete (a head start its last head gave other processes), if any.
+type Queue = Arc<tokio::sync::Mutex<Option<Instant>>>;
+
 impl LocalQueues {
-    fn lock(&self) -> MutexGuard<'_, HashMap<FullKey, Arc<tokio::sync::Mutex<()>>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<FullKey, Queue>> {
         // Every update is one insert or remove: a poisoned map is still consistent.
         self.queues.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Wait (FIFO, within this process) until this task is at the head of `key`'s queue;
-    /// `None` if `deadline` comes first.
+    /// Wait (FIFO, within this process) until this task is at the head of `key`'s queue, and
+    /// then for the end of a head start the last head gave other processes (at most until
+    /// `deadline`); `None` if `deadline` comes before the head.
     pub(crate) async fn enter(self: &Arc<Self>, key: &FullKey, deadline: Instant) -> Option<QueueTicket> {
         let queue = Arc::clone(self.lock().entry(key.clone()).or_default());
         // Made before waiting: if this call is dropped while it waits, the ticket still removes
@@ -39,7 +48,13 @@ impl LocalQueues {
             Ok(head) => head,
             Err(_) => Box::pin(tokio::time::timeout_at(deadline, queue.lock_owned())).await.ok()?,
         };
+        let head_start = *head;
         ticket.head = Some(head);
+        if let Some(until) = head_start
+            && until > Instant::now()
+        {
+            Box::pin(tokio::time::sleep_until(until.min(deadline))).await;
+        }
         Some(ticket)
     }
 }
@@ -49,7 +64,17 @@ impl LocalQueues {
 pub(crate) struct QueueTicket {
     queues: Arc<LocalQueues>,
     key: FullKey,
-    head: Option<OwnedMutexGuard<()>>,
+    head: Option<OwnedMutexGuard<Option<Instant>>>,
+}
+
+impl QueueTicket {
+    /// The next head of this queue (a task already waiting) does not compete before `until`:
+    /// other processes that wait for the key get a head start.
+    pub(crate) fn head_start_until(&mut self, until: Instant) {
+        if let Some(head) = &mut self.head {
+            **head = Some(until);
+        }
+    }
 }
 
 impl Drop for QueueTicket {
