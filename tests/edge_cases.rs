@@ -198,6 +198,42 @@ async fn a_set_that_gave_up_retries_the_release_of_a_key_it_kept_renewed() {
     );
 }
 
+/// A set whose first key's lease ended while it waited for a later key gives up its place
+/// at the head of the first key's local queue then, as a guard whose lease is lost does: the
+/// next task of the process competes for a key that nobody holds any more. Before the fix the
+/// set kept that place until it had every key or gave up (5 s here), and the next task waited
+/// behind it until its own `wait` (3 s) ran out.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_set_gives_up_its_local_place_for_a_key_it_lost_while_waiting_for_another() {
+    let (_f, memory, svc) = faulty_service();
+    let held =
+        memory.try_acquire(&FullKey::new("", "b"), "someone", Duration::from_secs(5)).await.expect("b");
+    assert!(matches!(held, TryAcquire::Acquired { .. }));
+    let set = tokio::spawn({
+        let svc = svc.clone();
+        async move {
+            svc.lock_all(["a", "b"])
+                .ttl(Duration::from_secs(1))
+                .renew(false)
+                .wait(Duration::from_secs(10))
+                .await
+        }
+    });
+    while memory.held_count() < 2 {
+        tokio::task::yield_now().await; // the set takes "a", then waits for "b"
+    }
+    let started = tokio::time::Instant::now();
+    let next = svc.lock("a").ttl(Duration::from_secs(30)).wait(Duration::from_secs(3)).await;
+    assert!(
+        next.is_ok(),
+        "the next task did not get `a`, whose lease the set had lost 1 s in: {next:?} after {:?}",
+        started.elapsed()
+    );
+    drop(next);
+    let set = set.await.expect("join").expect("the set, once `b` is free");
+    assert!(!set.is_lost());
+}
+
 /// A key released while other processes wait for it, on a current-thread runtime that then
 /// idles: the next task of this process, on another runtime, still gets it (after the 2 ms
 /// head start this process gives the other processes). Before the fix the head start was a

@@ -19,7 +19,6 @@ use crate::context::{self, Frame};
 use crate::error::{Error, LostReason};
 use crate::keeper::Registration;
 use crate::lease::Lease;
-use crate::local_queue::QueueTicket;
 use crate::shared::Shared;
 
 /// One key held by a guard.
@@ -76,16 +75,14 @@ pub(crate) struct Owned {
 
 impl LockGuard {
     /// A guard over `held`, taken from the backend, and `reentered`, which the task held before.
-    /// It keeps the local queue places (`tickets`) until released or lost.
+    /// Its lease keeps the keys' local queue places until released or lost.
     pub(crate) fn owned(
         shared: Arc<Shared>,
         held: Vec<HeldKey>,
         reentered: Vec<Frame>,
         owned: Owned,
-        tickets: Vec<QueueTicket>,
         deadline: Instant,
     ) -> Self {
-        owned.lease.hold_tickets(tickets);
         Self { shared, held, reentered, owned: Some(owned), deadline }
     }
 

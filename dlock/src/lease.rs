@@ -113,13 +113,19 @@ impl Lease {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Keep `tickets` until the lease is released or lost — at once, if it is already lost.
-    pub(crate) fn hold_tickets(&self, tickets: Vec<QueueTicket>) {
+    /// Keep `ticket` (the place of a key just taken under this lease) until the lease is
+    /// released or lost — dropped at once, if it is already lost.
+    pub(crate) fn hold_ticket(&self, ticket: QueueTicket) {
         // Whatever is dropped here is dropped outside the lease's lock: a ticket takes the
         // service's queue lock.
         let _dropped = {
             let mut state = self.state();
-            if state.lost.is_some() { tickets } else { std::mem::replace(&mut state.tickets, tickets) }
+            if state.lost.is_some() {
+                Some(ticket)
+            } else {
+                state.tickets.push(ticket);
+                None
+            }
         };
     }
 
@@ -268,8 +274,8 @@ mod tests {
     use crate::error::LostReason;
     use crate::local_queue::LocalQueues;
 
-    /// The keeper may report a lease lost between the acquisition's last check and the guard
-    /// taking the local queue places: they must be given up then, not at release.
+    /// The keeper may report a lease lost before the acquisition hands it a key's local queue
+    /// place: the place must be given up then, not at release.
     #[tokio::test]
     async fn a_lease_lost_before_it_holds_its_queue_places_gives_them_up_at_once() {
         let queues = Arc::new(LocalQueues::default());
@@ -278,7 +284,7 @@ mod tests {
         let ticket = queues.enter(&key, far).await.expect("the queue is free");
         let lease = Lease::new(far, true);
         lease.mark_lost(LostReason::Refused);
-        lease.hold_tickets(vec![ticket]);
+        lease.hold_ticket(ticket);
 
         let next = queues.enter(&key, Instant::now() + Duration::from_millis(200)).await;
         assert!(next.is_some(), "the next task of the process still waits for a place held by a lost lease");

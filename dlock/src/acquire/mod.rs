@@ -5,7 +5,8 @@
 //! 3. A *pass* takes the other keys one by one, each first at the head of its local queue
 //!    ([`LocalQueues`](crate::local_queue::LocalQueues)) and then in the backend
 //!    ([`key::take`]), under one owner token. The lease starts with the first key: the keeper
-//!    renews the keys taken so far while the pass waits for the next.
+//!    renews the keys taken so far while the pass waits for the next, and the lease keeps
+//!    their local queue places, which it gives up as soon as it is lost.
 //! 4. If the lease ended before the pass could hand it over (a key taken early was lost while
 //!    it waited for a later one), everything is given back and a new pass starts, while `wait`
 //!    allows. Whatever a failed or abandoned pass took is released by its
@@ -27,7 +28,6 @@ use crate::guard::{HeldKey, LockGuard, Owned};
 use crate::keeper::{self, Job, KeptKey, Registration};
 use crate::lease::Lease;
 use crate::limits;
-use crate::local_queue::QueueTicket;
 use crate::shared::Shared;
 use crate::time::saturating_add;
 
@@ -112,8 +112,8 @@ struct Pass<'a> {
     /// What this pass took and has not handed to a guard.
     claim: Claim,
     held: Vec<HeldKey>,
-    tickets: Vec<QueueTicket>,
-    /// The lease and its keeper registration, from the first key on.
+    /// The lease and its keeper registration, from the first key on. The lease keeps the
+    /// local queue places of the keys taken.
     kept: Option<(Arc<Lease>, Registration)>,
 }
 
@@ -122,7 +122,7 @@ impl<'a> Pass<'a> {
         // A new owner token per pass: a late release of the last pass's keys (still being
         // retried in the background) must not match this pass's locks.
         let claim = Claim::new(Arc::clone(&shared.backend), owner_token(), None);
-        Self { shared, handle, ask, claim, held: Vec::new(), tickets: Vec::new(), kept: None }
+        Self { shared, handle, ask, claim, held: Vec::new(), kept: None }
     }
 
     /// Take every key. `Ok(Some(..))`: all held, under this lease, which this keeper
@@ -131,12 +131,17 @@ impl<'a> Pass<'a> {
     async fn run(&mut self, keys: &[FullKey]) -> Result<Option<(Arc<Lease>, Registration)>, Error> {
         for key in keys {
             if let Err(err) = self.take(key).await {
-                drop(self.kept.take());
+                let lease = self.kept.take().map(|(lease, _keeper)| lease);
                 if matches!(err, Error::Timeout { .. }) {
-                    // The backend answers: free what this pass took before returning.
+                    // The backend answers: free what this pass took before returning, then
+                    // let the next task of this process compete for it.
                     self.claim.release_now().await;
+                    if let Some(lease) = lease {
+                        lease.drop_tickets();
+                    }
                 }
-                // Otherwise the claim frees them in the background when dropped here.
+                // Otherwise the claim frees them in the background when dropped here, and
+                // then gives up their local queue places.
                 tracing::debug!(target: "dlock", error = %err, "lock not acquired");
                 return Err(err);
             }
@@ -147,8 +152,11 @@ impl<'a> Pass<'a> {
         match self.kept.take() {
             Some((lease, keeper)) if lease.lost_reason().is_none() => Ok(Some((lease, keeper))),
             kept => {
-                drop(kept);
+                let lease = kept.map(|(lease, _keeper)| lease);
                 self.claim.release_now().await;
+                if let Some(lease) = lease {
+                    lease.drop_tickets();
+                }
                 Ok(None)
             }
         }
@@ -164,7 +172,6 @@ impl<'a> Pass<'a> {
         // (`keeper::renew_now`) may already have run without this one: it is checked at once.
         let epoch = self.shared.lease_epoch();
         let grant = key::take(&*self.shared.backend, key, &mut self.claim, self.ask).await?;
-        self.tickets.push(ticket);
         let kept = KeptKey { key: key.clone(), term: grant.term };
         match &self.kept {
             Some((_, registration)) => registration.add_key(kept),
@@ -184,10 +191,13 @@ impl<'a> Pass<'a> {
                 self.kept = Some((lease, keeper::register(self.handle, job)));
             }
         }
-        if let Some((_, registration)) = &self.kept
-            && self.shared.lease_epoch() != epoch
-        {
-            registration.due_now();
+        if let Some((lease, registration)) = &self.kept {
+            if self.shared.lease_epoch() != epoch {
+                registration.due_now();
+            }
+            // Given up as soon as the lease is lost (at once, if it already is): the backend
+            // may then let another owner in, and the next task of this process may compete.
+            lease.hold_ticket(ticket);
         }
         self.held.push(HeldKey { key: key.clone(), fencing_token: grant.fencing_token });
         Ok(())
@@ -199,8 +209,8 @@ impl<'a> Pass<'a> {
         tracing::debug!(target: "dlock", keys = ?self.held.iter().map(|h| &h.key).collect::<Vec<_>>(),
             waited = ?self.ask.started.elapsed(), "lock acquired");
         let owned = Owned { owner: Arc::clone(&self.claim.owner), lease, keeper };
-        let (held, tickets) = (std::mem::take(&mut self.held), std::mem::take(&mut self.tickets));
-        LockGuard::owned(Arc::clone(self.shared), held, reentered, owned, tickets, self.ask.deadline)
+        let held = std::mem::take(&mut self.held);
+        LockGuard::owned(Arc::clone(self.shared), held, reentered, owned, self.ask.deadline)
     }
 }
 
