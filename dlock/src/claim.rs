@@ -28,8 +28,9 @@ pub(crate) struct Claim {
     /// In the order they were claimed; released last first.
     pub(crate) keys: Vec<ClaimedKey>,
     /// The lease the keys are kept under: renewed, it lasts longer than each key's
-    /// `ends_by`, so the keys are released until it has ended too. For a guard's release it is
-    /// also marked released, and its local queue places are given up once the keys are.
+    /// `ends_by`, so the keys are released until it has ended too. Released in the
+    /// background, it is marked released, and its local queue places are given up once the
+    /// keys are.
     lease: Option<Arc<Lease>>,
     /// What dropping the claim with keys left means.
     rescue: Rescue,
