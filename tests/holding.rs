@@ -283,6 +283,23 @@ async fn the_next_local_waiter_yields_to_waiting_processes() {
     }
 }
 
+/// The head start goes to other processes also against a task of this process that asks
+/// only after the release (a loop that releases and locks again): it too competes only once
+/// the head start ends. Before, with the head start waited for by the next waiter itself, such
+/// a task competed at once (found in review of that change).
+#[tokio::test(start_paused = true)]
+async fn a_task_asking_after_a_release_also_yields_to_waiting_processes() {
+    let (faulty, _, svc) = service();
+    faulty.inject(Rule::others_waiting());
+    let held = svc.lock("k").await.expect("first");
+    held.release().await.expect("release");
+    let released_at = Instant::now();
+    let again = svc.lock("k").wait(Duration::from_secs(1)).await.expect("the key, again");
+    let gap = Instant::now() - released_at;
+    assert!(gap >= Duration::from_millis(2), "competed {gap:?} after the release");
+    again.release().await.expect("release");
+}
+
 /// `guard.lost()` reads the clock each time it is polled. A process frozen past its lease
 /// (SIGSTOP, a stall) is woken by whatever its tasks waited for, and a task polled before the
 /// runtime has fired its timers must still see the loss first. This is the documented

@@ -130,11 +130,12 @@ impl Lease {
     }
 
     /// Let the next task of this process compete for the keys, once `until` has come: a head
-    /// start for other processes that wait for them. The next task waits for it itself, so
-    /// it ends even if nothing drives the runtime that released.
+    /// start for other processes that wait for them. The next task — one waiting now, or one
+    /// that asks later — waits for it itself, so it ends even if nothing drives the runtime
+    /// that released.
     pub(crate) fn drop_tickets_with_head_start(&self, until: Instant) {
-        let mut tickets = std::mem::take(&mut self.state().tickets);
-        for ticket in &mut tickets {
+        let tickets = std::mem::take(&mut self.state().tickets);
+        for ticket in &tickets {
             ticket.head_start_until(until);
         }
         drop(tickets);

@@ -4,9 +4,10 @@
 //! One [`LocalQueues`] per service. A queue exists while some task waits for or holds its key
 //! and is removed with the last [`QueueTicket`].
 //!
-//! A task leaving the head may ask the next one to give other processes a head start
-//! ([`QueueTicket::head_start_until`]): the next head waits for it on its own runtime, so the
-//! head start ends even when the runtime of the task that left idles from then on.
+//! A task leaving the head may give other processes a head start for its key
+//! ([`QueueTicket::head_start_until`]): whichever task of this process is head next — one that
+//! waited, or one that asks later — waits for its end on its own runtime, so the head start
+//! ends even when the runtime of the task that left idles from then on.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -21,15 +22,21 @@ use crate::backend::FullKey;
 /// The queues of one service, by key.
 #[derive(Debug, Default)]
 pub(crate) struct LocalQueues {
-    queues: Mutex<HashMap<FullKey, Queue>>,
+    queues: Mutex<Queues>,
 }
 
-/// One key's queue: the head holds the mutex. Its value is the instant before which a new
-/// head does not compete (a head start its last head gave other processes), if any.
-type Queue = Arc<tokio::sync::Mutex<Option<Instant>>>;
+#[derive(Debug, Default)]
+struct Queues {
+    /// One key's queue: the head holds the mutex.
+    by_key: HashMap<FullKey, Arc<tokio::sync::Mutex<()>>>,
+    /// Until when this process's next head of a key does not compete for it: a head start its
+    /// last head gave other processes. Entries past their end are dropped with each new one
+    /// (they last milliseconds), so the map stays as small as the head starts under way.
+    head_starts: HashMap<FullKey, Instant>,
+}
 
 impl LocalQueues {
-    fn lock(&self) -> MutexGuard<'_, HashMap<FullKey, Queue>> {
+    fn lock(&self) -> MutexGuard<'_, Queues> {
         // Every update is one insert or remove: a poisoned map is still consistent.
         self.queues.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -38,7 +45,7 @@ impl LocalQueues {
     /// then for the end of a head start the last head gave other processes (at most until
     /// `deadline`); `None` if `deadline` comes before the head.
     pub(crate) async fn enter(self: &Arc<Self>, key: &FullKey, deadline: Instant) -> Option<QueueTicket> {
-        let queue = Arc::clone(self.lock().entry(key.clone()).or_default());
+        let queue = Arc::clone(self.lock().by_key.entry(key.clone()).or_default());
         // Made before waiting: if this call is dropped while it waits, the ticket still removes
         // the queue once nobody else uses it.
         let mut ticket = QueueTicket { queues: Arc::clone(self), key: key.clone(), head: None };
@@ -48,8 +55,8 @@ impl LocalQueues {
             Ok(head) => head,
             Err(_) => Box::pin(tokio::time::timeout_at(deadline, queue.lock_owned())).await.ok()?,
         };
-        let head_start = *head;
         ticket.head = Some(head);
+        let head_start = self.lock().head_starts.get(key).copied();
         if let Some(until) = head_start
             && until > Instant::now()
         {
@@ -64,16 +71,17 @@ impl LocalQueues {
 pub(crate) struct QueueTicket {
     queues: Arc<LocalQueues>,
     key: FullKey,
-    head: Option<OwnedMutexGuard<Option<Instant>>>,
+    head: Option<OwnedMutexGuard<()>>,
 }
 
 impl QueueTicket {
-    /// The next head of this queue (a task already waiting) does not compete before `until`:
-    /// other processes that wait for the key get a head start.
-    pub(crate) fn head_start_until(&mut self, until: Instant) {
-        if let Some(head) = &mut self.head {
-            **head = Some(until);
-        }
+    /// The next head of this queue — a task already waiting, or one that asks later — does
+    /// not compete before `until`: other processes that wait for the key get a head start.
+    pub(crate) fn head_start_until(&self, until: Instant) {
+        let mut queues = self.queues.lock();
+        let now = Instant::now();
+        queues.head_starts.retain(|_, end| *end > now);
+        queues.head_starts.insert(self.key.clone(), until);
     }
 }
 
@@ -83,7 +91,7 @@ impl Drop for QueueTicket {
         let mut queues = self.queues.lock();
         // New references to a queue come only from the map, under this lock, or from one that
         // already counts; so a count of one (the map's own) means nobody waits on or holds it.
-        if let Entry::Occupied(queue) = queues.entry(self.key.clone())
+        if let Entry::Occupied(queue) = queues.by_key.entry(self.key.clone())
             && Arc::strong_count(queue.get()) == 1
         {
             queue.remove();
@@ -118,10 +126,10 @@ mod tests {
         let soon = Instant::now() + Duration::from_millis(20);
         assert!(queues.enter(&key, soon).await.is_none(), "the head is taken until the first ticket goes");
         drop(first);
-        assert!(queues.lock().is_empty(), "no queue is kept for a key nobody wants");
+        assert!(queues.lock().by_key.is_empty(), "no queue is kept for a key nobody wants");
         let again = queues.enter(&key, far).await.expect("free again");
         drop(again);
-        assert!(queues.lock().is_empty());
+        assert!(queues.lock().by_key.is_empty());
     }
 
     /// A waiter dropped while it waits (before the head lets go, or after the head handed it
@@ -143,7 +151,7 @@ mod tests {
                 drop(waiter);
                 drop(head);
             }
-            assert!(queues.lock().is_empty(), "a queue was kept (handed over: {handed_over})");
+            assert!(queues.lock().by_key.is_empty(), "a queue was kept (handed over: {handed_over})");
         }
     }
 }
