@@ -264,6 +264,34 @@ pub async fn a_lease_ends_at_its_ttl_unless_renewed(store: &dyn Store) {
     assert!(bounded("b releases", b.release(&key, "owner-b")).await.was_held);
 }
 
+/// Points 1 and 3: an owner that takes its key again gets a fresh lease of the ttl it asked
+/// for, from then: not the rest of the old one, and no longer than its ttl.
+pub async fn a_key_taken_again_gets_a_fresh_lease_of_its_ttl(store: &dyn Store) {
+    let (a, b) = (store.client().await, store.client().await);
+    let key = store.full_key("retaken");
+    let ttl = Duration::from_secs(1);
+    let started = Instant::now();
+    let first = acquired(bounded("a takes it", a.try_acquire(&key, "owner-a", ttl)).await, "a takes it");
+
+    tokio::time::sleep_until((started + ttl / 2).into()).await;
+    let retaken_at = Instant::now();
+    let again = acquired(bounded("a takes it again", a.try_acquire(&key, "owner-a", ttl)).await, "a's own");
+    assert!(again > first, "a new token: {again} after {first}");
+    // Past the first lease's end, well before the fresh one's.
+    tokio::time::sleep_until((started + ttl * 6 / 5).into()).await;
+    held(bounded("b after the first ttl", b.try_acquire(&key, "owner-b", LONG_TTL)).await, "taken again");
+
+    let bound = (retaken_at + ttl + MARGIN).saturating_duration_since(Instant::now());
+    let token = acquire_within(&*b, &key, "owner-b", bound, "once the fresh lease ended").await;
+    let waited = retaken_at.elapsed();
+    assert!(
+        waited >= ttl - Duration::from_millis(50),
+        "b got in {waited:?} after a took the key again with a {ttl:?} ttl"
+    );
+    assert!(token > again);
+    assert!(bounded("b releases", b.release(&key, "owner-b")).await.was_held);
+}
+
 /// Point 4: on a healthy store, every call answers well within a call timeout, also with four
 /// clients calling at once.
 pub async fn every_call_answers_promptly(store: &dyn Store) {

@@ -74,6 +74,7 @@ macro_rules! conformance_suite {
                 release_and_renew_act_only_for_the_owner,
                 an_owner_asking_for_a_key_it_holds_takes_it_again,
                 a_lease_ends_at_its_ttl_unless_renewed,
+                a_key_taken_again_gets_a_fresh_lease_of_its_ttl,
                 every_call_answers_promptly,
                 a_watch_hears_a_release_made_after_it,
                 a_release_hands_the_key_to_the_first_owner_in_line,
