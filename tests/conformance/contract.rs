@@ -292,6 +292,22 @@ pub async fn a_key_taken_again_gets_a_fresh_lease_of_its_ttl(store: &dyn Store) 
     assert!(bounded("b releases", b.release(&key, "owner-b")).await.was_held);
 }
 
+/// Points 2 and 3: once its lease has ended, an owner's renew and release are refused even
+/// though nobody took the key since: the lease is over, and saying "held" would tell the
+/// holder its work was covered to the end.
+pub async fn an_ended_lease_is_not_renewed_or_released_by_its_owner(store: &dyn Store) {
+    let a = store.client().await;
+    let key = store.full_key("ended");
+    let ttl = Duration::from_millis(200);
+    let started = Instant::now();
+    acquired(bounded("a takes it", a.try_acquire(&key, "owner-a", ttl)).await, "a takes it");
+    // The store's promise is the ttl: this waits for that, not for another task's progress.
+    tokio::time::sleep_until((started + ttl + Duration::from_millis(100)).into()).await;
+    assert!(!bounded("a's late renewal", a.renew(&key, "owner-a", LONG_TTL)).await, "a's lease ended");
+    assert!(!bounded("a's late release", a.release(&key, "owner-a")).await.was_held, "a's lease ended");
+    assert!(store.is_free("ended").await, "nobody holds a key whose lease ended");
+}
+
 /// Point 4: on a healthy store, every call answers well within a call timeout, also with four
 /// clients calling at once.
 pub async fn every_call_answers_promptly(store: &dyn Store) {

@@ -75,6 +75,7 @@ macro_rules! conformance_suite {
                 an_owner_asking_for_a_key_it_holds_takes_it_again,
                 a_lease_ends_at_its_ttl_unless_renewed,
                 a_key_taken_again_gets_a_fresh_lease_of_its_ttl,
+                an_ended_lease_is_not_renewed_or_released_by_its_owner,
                 every_call_answers_promptly,
                 a_watch_hears_a_release_made_after_it,
                 a_release_hands_the_key_to_the_first_owner_in_line,
