@@ -418,6 +418,29 @@ pub async fn a_release_takes_its_owner_out_of_line(store: &dyn Store) {
     assert!(store.is_free("withdrawn").await, "freed, not handed to the owner that withdrew");
 }
 
+/// Point 6: an owner whose attempt took the key is out of line. Should it lose the key (deleted
+/// behind its back) and another holder release it moments later, the key is freed, not handed
+/// back to it: that would give it the key again without its ever seeing that another owner
+/// held it in between (its renewals would all have succeeded).
+pub async fn an_owner_whose_attempt_took_the_key_is_out_of_line(store: &dyn Store) {
+    if !requires(store, "hand-off", store.features().handoff) {
+        return;
+    }
+    let (a, b, c) = (store.client().await, store.client().await, store.client().await);
+    let key = store.full_key("taken");
+    acquired(bounded("a takes it", a.try_acquire(&key, "owner-a", LONG_TTL)).await, "free");
+    let _b_watch = watch(&*b, &key, "b watches").await;
+    let (_, in_line) = held(bounded("b asks", b.try_acquire(&key, "owner-b", LONG_TTL)).await, "b");
+    assert!(in_line.is_some(), "b is in line");
+    store.delete("taken").await;
+    acquired(bounded("b asks again", b.try_acquire(&key, "owner-b", LONG_TTL)).await, "a's was deleted");
+    store.delete("taken").await;
+    acquired(bounded("c takes it", c.try_acquire(&key, "owner-c", LONG_TTL)).await, "b's was deleted");
+    let released = bounded("c releases", c.release(&key, "owner-c")).await;
+    assert!(released.was_held && !released.others_waiting, "nobody is in line: {released:?}");
+    assert!(store.is_free("taken").await, "handed back to b, whose attempt had taken the key");
+}
+
 /// Point 6: an owner in line that stops asking (a crashed waiter) is forgotten within five
 /// [`WAITER_RECHECK`]s: a release after that does not hand it the key.
 pub async fn an_owner_that_stopped_asking_is_not_handed_the_key(store: &dyn Store) {

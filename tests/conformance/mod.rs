@@ -80,6 +80,7 @@ macro_rules! conformance_suite {
                 a_watch_hears_a_release_made_after_it,
                 a_release_hands_the_key_to_the_first_owner_in_line,
                 a_release_takes_its_owner_out_of_line,
+                an_owner_whose_attempt_took_the_key_is_out_of_line,
                 an_owner_that_stopped_asking_is_not_handed_the_key,
             }
             $crate::__conformance_scenarios! { locking:
