@@ -114,6 +114,22 @@ async fn without_renewal_the_lease_ends_at_ttl() {
     assert_eq!(faulty.count(Op::Renew), 0);
 }
 
+/// A lease that reaches its deadline while nobody awaits `lost()` is marked lost by the
+/// keeper, and the reason it records is the one its holder reads later: `Expired` for a lease
+/// without renewal, `Unconfirmed` for one whose renewals kept failing until the deadline.
+#[tokio::test(start_paused = true)]
+async fn a_lease_that_ends_unwatched_records_why_it_was_lost() {
+    let (faulty, _, svc) = service();
+    let unrenewed = svc.lock("unrenewed").ttl(TTL).renew(false).await.expect("acquire");
+    faulty.inject(Rule::fail(Op::Renew, dlock::backend::BackendErrorKind::Connection));
+    let failing = svc.lock("failing").ttl(TTL).await.expect("acquire");
+    // Past both deadlines: the keeper has marked both leases lost by now.
+    tokio::time::sleep(TTL).await;
+    assert!(faulty.count(Op::Renew) >= 2, "renewals were tried and failed: {:?}", faulty.calls());
+    assert_eq!(unrenewed.lost().await, LostReason::Expired, "a lease without renewal ran out");
+    assert_eq!(failing.lost().await, LostReason::Unconfirmed, "no renewal was confirmed");
+}
+
 #[tokio::test(start_paused = true)]
 async fn expired_key_lets_the_next_owner_in_and_the_old_release_is_harmless() {
     let (_, _, svc) = service();
