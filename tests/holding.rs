@@ -253,6 +253,31 @@ async fn several_keys_lost_if_any_is() {
     assert_eq!(guard.lost().await, LostReason::Refused);
 }
 
+/// A set whose lease ended while it waited for its last key gives back every key of that pass
+/// at once, and the next pass takes them straight away: the set is not kept waiting for the
+/// old pass's leases to run out (here, for `b`, a whole ttl).
+#[tokio::test(start_paused = true)]
+async fn a_pass_whose_lease_ended_gives_its_keys_back_before_the_next_pass() {
+    let (faulty, memory, svc) = service();
+    // Someone else holds `b` for half a ttl, so the set waits for it while holding `a`.
+    let someone = LockService::new(memory.clone());
+    let b = someone.lock("b").ttl(TTL / 2).renew(false).await.expect("someone takes b");
+    std::mem::forget(b);
+    // The renewal of `a`, a third of a ttl in, is refused: the pass's lease ends while it waits.
+    faulty.inject(Rule::refuse(Op::Renew).once());
+    let started = Instant::now();
+    let guard = svc.lock_all(["a", "b"]).ttl(TTL).wait(TTL * 4).await.expect("the set, on a second pass");
+    let took = started.elapsed();
+    assert!(!guard.is_lost());
+    let owners: Vec<Option<String>> =
+        faulty.calls_of(Op::TryAcquire).into_iter().map(|call| call.owner).collect();
+    assert_ne!(owners.first(), owners.last(), "taken by a second pass: {:?}", faulty.calls());
+    // `b` is free at TTL / 2; the first pass's `b` (taken then) would last until 1.5 TTL.
+    assert!(took < TTL, "the set took {took:?}: a pass waited for the previous pass's keys");
+    assert!(guard.release().await.expect("release"));
+    assert_eq!(memory.held_count(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opposite_orders_never_deadlock() {
     let svc = LockService::new(MemoryBackend::new());
