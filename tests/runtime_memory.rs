@@ -1,6 +1,6 @@
 //! The runtime against `MemoryBackend`: the whole conformance suite (`conformance/`, a fresh
 //! `MemoryBackend` per test), plus what only this binary may do — the process-wide global
-//! service — and a paused-clock test of lease expiry.
+//! service — and paused-clock tests of when leases end.
 
 use std::time::Duration;
 
@@ -82,4 +82,44 @@ async fn waiter_gets_in_when_an_unreleased_lease_ends() {
         assert_eq!(backend.held_count(), 0);
     }
     assert!(late.is_empty(), "waiters got in more than 1 s after a {ttl:?} lease ended: {late:?}");
+}
+
+/// On the paused clock a lease's end is exact: it ends at its ttl from the acquire, a renewal
+/// moves the end to a ttl from the renewal, and an owner taking its key again gets a ttl from
+/// then — not a moment more (the conformance suite can only bound these within `MARGIN`).
+#[tokio::test(start_paused = true)]
+async fn leases_end_exactly_a_ttl_after_the_acquire_renewal_or_retake() {
+    use dlock::LockBackend;
+    use dlock::backend::{FullKey, TryAcquire};
+
+    let backend = MemoryBackend::new();
+    let key = FullKey::new("", "exact");
+    let ttl = Duration::from_secs(60);
+    let tick = Duration::from_millis(1);
+    let taken = |outcome: TryAcquire| matches!(outcome, TryAcquire::Acquired { .. });
+
+    // A lease from the acquire.
+    assert!(taken(backend.try_acquire(&key, "a", ttl).await.expect("acquire")));
+    tokio::time::advance(ttl - tick).await;
+    assert_eq!(backend.held_count(), 1, "held until its ttl");
+    tokio::time::advance(tick).await;
+    assert_eq!(backend.held_count(), 0, "ended at its ttl");
+
+    // A lease from a renewal.
+    assert!(taken(backend.try_acquire(&key, "b", ttl).await.expect("acquire")));
+    tokio::time::advance(ttl / 2).await;
+    assert!(backend.renew(&key, "b", ttl).await.expect("renew"));
+    tokio::time::advance(ttl - tick).await;
+    assert_eq!(backend.held_count(), 1, "held until a ttl after the renewal");
+    tokio::time::advance(tick).await;
+    assert_eq!(backend.held_count(), 0, "ended a ttl after the renewal");
+
+    // A lease from taking the key again.
+    assert!(taken(backend.try_acquire(&key, "c", ttl).await.expect("acquire")));
+    tokio::time::advance(ttl / 2).await;
+    assert!(taken(backend.try_acquire(&key, "c", ttl).await.expect("take again")));
+    tokio::time::advance(ttl - tick).await;
+    assert_eq!(backend.held_count(), 1, "held until a ttl after it was taken again");
+    tokio::time::advance(tick).await;
+    assert_eq!(backend.held_count(), 0, "ended a ttl after it was taken again");
 }
