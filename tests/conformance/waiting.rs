@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use dlock::backend::ReleaseNotice;
@@ -123,14 +124,16 @@ pub async fn local_waiters_are_served_in_fifo_order(store: &dyn Store) {
     let mut tasks = Vec::new();
     for i in 0..8 {
         let (service, order) = (service.clone(), Arc::clone(&order));
-        tasks.push(tokio::spawn(async move {
+        let mut waiter = Box::pin(async move {
             let guard = service.lock(key).wait(Duration::from_secs(10)).await.expect("in turn");
             order.lock().await.push(i);
             guard.release().await.expect("release");
-        }));
-        // Let task i reach the queue before task i+1 starts.
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        });
+        // Waiter i comes before waiter i+1: its first poll, here, puts it in the key's local
+        // queue behind `first` (nothing before the queue waits), before waiter i+1 exists.
+        let first_poll = std::future::poll_fn(|cx| Poll::Ready(waiter.as_mut().poll(cx))).await;
+        assert!(first_poll.is_pending(), "waiter {i} got in while `first` held the key");
+        tasks.push(tokio::spawn(waiter));
     }
     first.release().await.expect("release first");
     for task in tasks {
