@@ -515,11 +515,14 @@ async fn fencing_tokens_keep_increasing_after_redis_loses_its_data() {
         assert!(guard.release().await.expect("release"));
     }
     server.restart();
+    // The first calls may meet the old connection's end; a Redis that never answers again is a
+    // failure, not a hang.
+    let deadline = Instant::now() + Duration::from_secs(10);
     let after = loop {
-        // The first calls may meet the old connection's end.
         match service.lock("epoch").wait(Duration::ZERO).await {
             Ok(guard) => break guard,
             Err(err) => {
+                assert!(Instant::now() < deadline, "no lock within 10 s of the restart: {err}");
                 eprintln!("after the restart: {err}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
