@@ -411,8 +411,9 @@ impl Release {
     }
 }
 
-/// How long a releasing process's next waiter lets waiters of other processes go first: a few
-/// times a cross-process hand-off on a LAN.
+/// How long a releasing process's next task for a key (one that waited, or one that asks right
+/// after) lets waiters of other processes go first: a few times a cross-process hand-off on a
+/// LAN.
 const CROSS_PROCESS_COURTESY: Duration = Duration::from_millis(2);
 
 /// How long a release waits for a renewal on the wire to come back before it goes ahead.

@@ -107,8 +107,9 @@ pub struct ReleaseOutcome {
     /// handed to one of them.
     ///
     /// dlock uses it for fairness across processes: when others wait, the releasing process's
-    /// own next waiter lets them go first for a moment (after a hand-off its attempt could
-    /// only fail, and would take time from the process the key went to).
+    /// own next task for the key (one that waited, or one that asks right after) lets them go
+    /// first for a moment (after a hand-off its attempt could only fail, and would take time
+    /// from the process the key went to).
     pub others_waiting: bool,
 }
 
