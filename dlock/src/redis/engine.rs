@@ -3,6 +3,10 @@
 //! [`RedisClusterBackend`](super::cluster::RedisClusterBackend) and
 //! [`RedisSentinelBackend`](super::sentinel::RedisSentinelBackend) differ only in how they
 //! connect.
+//!
+//! A release also goes out behind every unanswered acquisition of the same owner and key, on
+//! that acquisition's connection (see [`unanswered`](super::unanswered)); `replicas_acknowledge`
+//! adds a `WAIT` to each acquisition, in the same round trip.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -261,8 +265,8 @@ impl Engine {
             answer => answer?,
         };
         // 2: handed to a waiting process, or clients subscribed to the key heard the release
-        // (possibly this process's own): this process's next waiter steps back for a moment
-        // either way (see `guard::release_owned`).
+        // (possibly this process's own): this process's next task for the key steps back for a
+        // moment either way (see `Release::run` in `guard.rs`).
         Ok(ReleaseOutcome::new(outcome >= 1).with_others_waiting(outcome == 2))
     }
 

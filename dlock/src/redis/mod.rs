@@ -1,8 +1,10 @@
 //! [`RedisBackend`]: locks in one Redis server, shared by every process that connects to it.
 //!
-//! `mod.rs` is the backend and its builder; [`layout`] names what a lock stores in Redis,
-//! [`scripts`] are the atomic steps, [`connection`] keeps one command connection per runtime,
-//! [`notify`] runs the pub/sub connection, [`error`] turns failures into messages.
+//! `mod.rs` is the backend and its builder; [`engine`] runs the lock operations every Redis
+//! backend shares, [`layout`] names what a lock stores in Redis, [`scripts`] are the atomic
+//! steps, [`connection`] keeps one command connection per runtime, [`unanswered`] keeps the
+//! connection of an acquisition whose answer never came, for its owner's release to follow it
+//! there, [`notify`] runs the pub/sub connection, [`error`] turns failures into messages.
 
 #[cfg(feature = "redis-cluster")]
 pub(crate) mod cluster;
