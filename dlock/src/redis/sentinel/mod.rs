@@ -42,11 +42,11 @@ use crate::error::Error;
 /// of the group: dlock asks them at connect, listens for their `+switch-master` announcements,
 /// and asks again whenever the server stops answering or turns out to be a replica. After a
 /// failover (also one that ends where it began: a primary found again at the same address with
-/// another replication ID counts as a new one) every connection moves to the new primary,
-/// waiters subscribe again there, and each
-/// held lock meets its next renewal on the new primary: a lock the new primary does not have
-/// (the replica had not received it) is reported [`Lost`](crate::Error::Lost) to its holder,
-/// never silently kept. Fencing tokens keep increasing across the failover — they come from
+/// another replication ID, read with `INFO`, counts as a new one) every connection moves to the
+/// new primary, waiters subscribe again there, and each held lock is renewed at once on the new
+/// primary: a lock the new primary does not have (the replica had not received it) is reported
+/// [`Lost`](crate::Error::Lost) to its holder, never silently kept. A user whose ACL lacks
+/// `+info` on the data nodes gets only the address compared. Fencing tokens keep increasing across the failover — they come from
 /// the server's clock, so this holds while the new primary's clock is not behind the old
 /// one's by more than the failover takes (the README's guarantee 6).
 ///

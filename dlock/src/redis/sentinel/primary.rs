@@ -109,7 +109,8 @@ impl Primary {
         self.current().map(|(_, address)| address)
     }
 
-    /// How many times the sentinels have named a new primary (1 after connecting).
+    /// How many times the sentinels have named a new primary, or the one in use was found with
+    /// another history (1 after connecting).
     pub(super) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
