@@ -8,6 +8,12 @@
 //! [`HANDOFF_LEASE`](crate::backend::HANDOFF_LEASE)) never wake it. Each renewal runs as its own short
 //! task, so a slow backend delays no other lease. The task ends after being idle for a while,
 //! and is started again by the next registration.
+//!
+//! When a backend moves to another server (its [`lease_epochs`](LockBackend::lease_epochs)
+//! change: a Sentinel or Cluster failover), every lease kept on it is due at once
+//! ([`renew_now`]), also one whose renewal is on the wire then (that renewal may have gone to
+//! the old server: its answer does not put the lease off again), and one registered or given
+//! a key just after the move ([`Registration::due_now`]).
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;

@@ -6,7 +6,9 @@
 //!    ([`LocalQueues`](crate::local_queue::LocalQueues)) and then in the backend
 //!    ([`key::take`]), under one owner token. The lease starts with the first key: the keeper
 //!    renews the keys taken so far while the pass waits for the next, and the lease keeps
-//!    their local queue places, which it gives up as soon as it is lost.
+//!    their local queue places, which it gives up as soon as it is lost. A key taken while
+//!    the backend's lease epoch moved (a failover) is renewed at once, in case the keeper's
+//!    check of every lease ran before the key was kept.
 //! 4. If the lease ended before the pass could hand it over (a key taken early was lost while
 //!    it waited for a later one), everything is given back and a new pass starts, while `wait`
 //!    allows. Whatever a failed or abandoned pass took is released by its
