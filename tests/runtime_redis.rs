@@ -434,17 +434,7 @@ async fn an_acquisition_too_few_replicas_acknowledge_fails_and_is_released() {
     // A replica that keeps up acknowledges.
     let (_replica, mut replica_conn) = replica_of(&primary, &conn).await;
     // The same option, with room for a CI machine that stalls the replica for a moment.
-    let backend = RedisBackend::builder(primary.url())
-        .call_timeout(Duration::from_secs(10))
-        .replicas_acknowledge(1, Duration::from_secs(5))
-        .connect()
-        .await
-        .expect("connect");
-    let guard = LockService::new(backend)
-        .lock("acct")
-        .ttl(Duration::from_secs(30))
-        .await
-        .expect("acknowledged by the replica");
+    let guard = replicated_lock(&primary, Duration::from_secs(10), Duration::from_secs(5)).await;
     assert!(redis_cmd::<bool>(&mut replica_conn, &["EXISTS", "acct"]).await, "the replica has the lock");
     guard.release().await.expect("release");
     let _ = &mut conn;
@@ -485,18 +475,28 @@ async fn an_enormous_wait_for_replicas_takes_the_lock() {
     let primary = RedisServer::start();
     let conn = inspector(&primary.url()).await;
     let (_replica, _) = replica_of(&primary, &conn).await;
+    let guard = replicated_lock(&primary, Duration::MAX, Duration::MAX - Duration::from_secs(1)).await;
+    assert!(guard.release().await.expect("release"));
+}
+
+/// `acct` on `primary`, through a backend with `call_timeout` that requires one replica to
+/// acknowledge each acquisition within `replica_wait`.
+async fn replicated_lock(
+    primary: &RedisServer,
+    call_timeout: Duration,
+    replica_wait: Duration,
+) -> dlock::LockGuard {
     let backend = RedisBackend::builder(primary.url())
-        .call_timeout(Duration::MAX)
-        .replicas_acknowledge(1, Duration::MAX - Duration::from_secs(1))
+        .call_timeout(call_timeout)
+        .replicas_acknowledge(1, replica_wait)
         .connect()
         .await
-        .expect("connect");
-    let guard = LockService::new(backend)
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    LockService::new(backend)
         .lock("acct")
         .ttl(Duration::from_secs(30))
         .await
-        .expect("acknowledged by the replica");
-    assert!(guard.release().await.expect("release"));
+        .unwrap_or_else(|e| panic!("acknowledged by the replica: {e:?}"))
 }
 
 #[tokio::test]

@@ -24,21 +24,7 @@ const FIND_HOLDER: Duration = Duration::from_secs(3);
 pub(crate) async fn apply(lab: &mut Lab, spec: &FaultSpec) -> anyhow::Result<FaultRecord> {
     let duration = spec.duration.unwrap_or(lab.config.fault_duration);
     let d = humantime::format_duration(duration);
-    let mut record = FaultRecord {
-        spec: *spec,
-        label: spec.kind.name().to_owned(),
-        start: Stamp::now(),
-        end: Stamp::now(),
-        paused_workers: Vec::new(),
-        cut_off_workers: Vec::new(),
-        cut_off_keys: Vec::new(),
-        killed_workers: Vec::new(),
-        note: None,
-        skipped: None,
-        data_lost: None,
-        granted_by_old_primary: Vec::new(),
-        old_primary_scripts: Vec::new(),
-    };
+    let mut record = FaultRecord::starting(*spec);
     match spec.kind {
         FaultKind::KillWorker => {
             let holder = find_holder(lab, Aim::ProcessHolder).await;
@@ -392,19 +378,12 @@ fn since_ms(h: &Holding, at: &Stamp) -> f64 {
 mod tests {
     use std::process::{Command, Stdio};
 
-    use clap::Parser;
-
     use super::*;
-    use crate::lab::{WorkerHandle, WorkerProc};
-    use crate::live::Live;
     use crate::netns::Namespaces;
 
     /// A lab whose one worker (`sleep`, in slot 0) runs nowhere in particular, with a namespace
     /// for slot 0 (needs root and iproute2).
     fn lab_with_a_namespace(dir: &std::path::Path) -> Lab {
-        let cli = crate::cli::Cli::try_parse_from(["dlock-check", "--backend", "memory"])
-            .unwrap_or_else(|e| panic!("options: {e}"));
-        let config = cli.check.config("dlock-check".into()).unwrap_or_else(|e| panic!("config: {e}"));
         let tag = format!("{:04x}", rand::random::<u16>());
         let namespaces = Namespaces::create(&tag, 1).unwrap_or_else(|e| panic!("namespaces: {e:#}"));
         let child = Command::new("sleep")
@@ -412,30 +391,7 @@ mod tests {
             .stdin(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("sleep: {e}"));
-        Lab {
-            config,
-            run_id: "test".into(),
-            prefix: "test:".into(),
-            server: None,
-            store_server: None,
-            namespaces: Some(namespaces),
-            proxy: None,
-            store_proxy: None,
-            workers: vec![WorkerProc {
-                id: 0,
-                slot: 0,
-                history: dir.join("worker-0.jsonl"),
-                started: Stamp::now(),
-                killed: None,
-                exited: None,
-                crashed: None,
-                handle: WorkerHandle::Process { child, stdin: None },
-            }],
-            live: Live::default(),
-            forcer: None,
-            memory: None,
-            history_dir: dir.to_owned(),
-        }
+        Lab::for_tests(dir, child, Some(namespaces))
     }
 
     /// `ip -n <ns> route show`.
@@ -445,24 +401,6 @@ mod tests {
             .output()
             .unwrap_or_else(|e| panic!("ip route show: {e}"));
         String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn empty_record() -> FaultRecord {
-        FaultRecord {
-            spec: FaultSpec { kind: FaultKind::Partition, duration: None, delay: None },
-            label: String::new(),
-            start: Stamp::now(),
-            end: Stamp::now(),
-            paused_workers: Vec::new(),
-            cut_off_workers: Vec::new(),
-            cut_off_keys: Vec::new(),
-            killed_workers: Vec::new(),
-            note: None,
-            skipped: None,
-            data_lost: None,
-            granted_by_old_primary: Vec::new(),
-            old_primary_scripts: Vec::new(),
-        }
     }
 
     #[tokio::test]
@@ -491,7 +429,8 @@ mod tests {
                 .unwrap();
             assert!(replaced.success());
         };
-        let mut record = empty_record();
+        let mut record =
+            FaultRecord::starting(FaultSpec { kind: FaultKind::Partition, duration: None, delay: None });
         let (cut, ()) =
             tokio::join!(cut_off(&lab, 0, Cut::Backend, Duration::from_millis(500), &mut record), sabotage);
         let still = routes(&slot.ns);

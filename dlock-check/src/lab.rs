@@ -287,49 +287,55 @@ pub(crate) fn lock(
 }
 
 #[cfg(test)]
-mod tests {
-    use clap::Parser;
+impl Lab {
+    /// A lab for tests of one fault: the `memory` backend's options, no server, and one worker
+    /// process, `child`, in slot 0, whose history goes to `dir`; network namespaces if given.
+    pub(crate) fn for_tests(dir: &std::path::Path, child: Child, namespaces: Option<Namespaces>) -> Self {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from(["dlock-check", "--backend", "memory"])
+            .unwrap_or_else(|e| panic!("options: {e}"));
+        let config = cli.check.config("dlock-check".into()).unwrap_or_else(|e| panic!("config: {e}"));
+        Lab {
+            config,
+            run_id: "test".into(),
+            prefix: "test:".into(),
+            server: None,
+            store_server: None,
+            namespaces,
+            proxy: None,
+            store_proxy: None,
+            workers: vec![WorkerProc {
+                id: 0,
+                slot: 0,
+                history: dir.join("worker-0.jsonl"),
+                started: Stamp::now(),
+                killed: None,
+                exited: None,
+                crashed: None,
+                handle: WorkerHandle::Process { child, stdin: None },
+            }],
+            live: Live::default(),
+            forcer: None,
+            memory: None,
+            history_dir: dir.to_owned(),
+        }
+    }
+}
 
+#[cfg(test)]
+mod tests {
     use super::*;
 
     /// A lab with one worker process: `sh -c 'exit 3'`, which exits by itself at once. Its
     /// history directory (empty) is `dir`.
     fn lab_with_a_worker_that_exits(dir: &std::path::Path) -> (Lab, WorkerId) {
-        let cli = crate::cli::Cli::try_parse_from(["dlock-check", "--backend", "memory"])
-            .unwrap_or_else(|e| panic!("options: {e}"));
-        let config = cli.check.config("dlock-check".into()).unwrap_or_else(|e| panic!("config: {e}"));
-        let dir = dir.to_owned();
         let child = Command::new("sh")
             .args(["-c", "exit 3"])
             .stdin(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("sh: {e}"));
         let pid = child.id();
-        let mut lab = Lab {
-            config,
-            run_id: "test".into(),
-            prefix: "test:".into(),
-            server: None,
-            store_server: None,
-            namespaces: None,
-            proxy: None,
-            store_proxy: None,
-            workers: Vec::new(),
-            live: Live::default(),
-            forcer: None,
-            memory: None,
-            history_dir: dir.clone(),
-        };
-        lab.workers.push(WorkerProc {
-            id: 0,
-            slot: 0,
-            history: dir.join("worker-0.jsonl"),
-            started: Stamp::now(),
-            killed: None,
-            exited: None,
-            crashed: None,
-            handle: WorkerHandle::Process { child, stdin: None },
-        });
+        let lab = Lab::for_tests(dir, child, None);
         // Exited, not reaped: a zombie, as a worker that crashed is until someone looks.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while crate::procfs::state(pid) != Some('Z') {

@@ -235,6 +235,27 @@ pub struct FaultRecord {
     pub old_primary_scripts: Vec<(i64, String)>,
 }
 
+impl FaultRecord {
+    /// The record of `spec`, about to be applied now: nothing done yet.
+    pub(crate) fn starting(spec: FaultSpec) -> Self {
+        Self {
+            spec,
+            label: spec.kind.name().to_owned(),
+            start: Stamp::now(),
+            end: Stamp::now(),
+            paused_workers: Vec::new(),
+            cut_off_workers: Vec::new(),
+            cut_off_keys: Vec::new(),
+            killed_workers: Vec::new(),
+            note: None,
+            skipped: None,
+            data_lost: None,
+            granted_by_old_primary: Vec::new(),
+            old_primary_scripts: Vec::new(),
+        }
+    }
+}
+
 /// How far (µs) a lock's fencing token may be from the `MONITOR` time of the script that
 /// granted it: the script reads the server's clock a moment after `MONITOR` stamps the command.
 pub const SCRIPT_TOKEN_SLACK_US: i64 = 500;

@@ -512,20 +512,18 @@ mod tests {
     use crate::backend::{FullKey, LockBackend, MemoryBackend, TryAcquire};
     use crate::lease::{Lease, Term};
 
-    /// The keeper takes a lease's entry off the schedule when it fires; if a key is added
-    /// while that renewal is on the wire, `add_key` schedules the lease again, earlier, and
-    /// the renewal's own rescheduling must replace that entry rather than add a second one
-    /// (two entries per lease would renew it twice, forever).
-    #[tokio::test]
-    async fn a_key_added_during_a_renewal_leaves_one_schedule_entry() {
+    const TTL: Duration = Duration::from_secs(30);
+
+    /// A keeper with one lease (id 1, key `a`, taken now with `ttl`) whose renewal has fired:
+    /// it is off the schedule, on the wire. Its registration, and when it was taken.
+    fn renewal_on_the_wire(ttl: Duration) -> (Arc<Keeper>, Registration, Instant) {
         let keeper = Arc::new(Keeper::default());
         let now = Instant::now();
-        let ttl = Duration::from_secs(30);
-        let first = KeptKey { key: FullKey::new("", "a"), term: Term { sent: now, length: ttl } };
-        let (due, deadline) = (first.term.due(), first.term.deadline());
+        let key = KeptKey { key: FullKey::new("", "a"), term: Term { sent: now, length: ttl } };
+        let (due, deadline) = (key.term.due(), key.term.deadline());
         let job = Job {
             backend: Arc::new(MemoryBackend::new()),
-            keys: Mutex::new(vec![first]),
+            keys: Mutex::new(vec![key]),
             owner: Arc::from("owner"),
             ttl,
             auto_renew: true,
@@ -539,6 +537,16 @@ mod tests {
             state.schedule.pop_first();
         }
         let registration = Registration { keeper: Arc::clone(&keeper), id: 1 };
+        (keeper, registration, now)
+    }
+
+    /// The keeper takes a lease's entry off the schedule when it fires; if a key is added
+    /// while that renewal is on the wire, `add_key` schedules the lease again, earlier, and
+    /// the renewal's own rescheduling must replace that entry rather than add a second one
+    /// (two entries per lease would renew it twice, forever).
+    #[tokio::test]
+    async fn a_key_added_during_a_renewal_leaves_one_schedule_entry() {
+        let (keeper, registration, now) = renewal_on_the_wire(TTL);
         // A key handed over with a short lease joins meanwhile: due sooner.
         registration.add_key(KeptKey {
             key: FullKey::new("", "b"),
@@ -561,32 +569,12 @@ mod tests {
     /// new server lacks was found only at ttl/3.
     #[tokio::test]
     async fn a_move_seen_during_a_renewal_still_renews_at_once_after_it() {
-        let keeper = Arc::new(Keeper::default());
-        let now = Instant::now();
-        let ttl = Duration::from_secs(30);
-        let key = KeptKey { key: FullKey::new("", "a"), term: Term { sent: now, length: ttl } };
-        let (due, deadline) = (key.term.due(), key.term.deadline());
-        let job = Job {
-            backend: Arc::new(MemoryBackend::new()),
-            keys: Mutex::new(vec![key]),
-            owner: Arc::from("owner"),
-            ttl,
-            auto_renew: true,
-            lease: Lease::new(deadline, true),
-        };
-        {
-            let mut state = keeper.lock();
-            state.entries.insert(1, Entry { job: Arc::new(job), due, deadline });
-            state.schedule.insert((due, 1));
-            // It fired: the renewal is on the wire.
-            state.schedule.pop_first();
-        }
-        let registration = Registration { keeper: Arc::clone(&keeper), id: 1 };
+        let (keeper, registration, now) = renewal_on_the_wire(TTL);
         // The backend moves meanwhile.
         registration.due_now();
         let moved = keeper.lock().entries.get(&1).map(|entry| entry.due);
         // The renewal comes back and schedules the next one, a third of the ttl away.
-        keeper.reschedule(1, |entry| Schedule { due: now + ttl / 3, deadline: entry.deadline });
+        keeper.reschedule(1, |entry| Schedule { due: now + TTL / 3, deadline: entry.deadline });
 
         let schedule: Vec<_> = keeper.lock().schedule.iter().copied().collect();
         let moved = moved.unwrap_or_else(|| panic!("the lease is kept"));
