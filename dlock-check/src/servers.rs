@@ -403,8 +403,9 @@ impl Drop for RedisServer {
     }
 }
 
-/// The server processes started and not yet reaped, by pid, and whether the process
-/// is exiting (then no more may start): what [`kill_leftovers`] kills.
+/// The server processes (and tools that drive them, such as `redis-cli --cluster create`)
+/// started and not yet reaped, by pid, and whether the process is exiting (then no more may
+/// start): what [`kill_leftovers`] kills.
 static RUNNING: Mutex<(BTreeSet<u32>, bool)> = Mutex::new((BTreeSet::new(), false));
 
 fn running() -> std::sync::MutexGuard<'static, (BTreeSet<u32>, bool)> {
@@ -435,6 +436,17 @@ pub(crate) fn started(child: Child) -> anyhow::Result<Child> {
     }
     running.0.insert(child.id());
     Ok(child)
+}
+
+/// Whether `child` (noted by [`started`]) has exited: reaped and forgotten in [`RUNNING`] under
+/// its lock, as [`end`] does.
+pub(crate) fn try_reap(child: &mut Child) -> std::io::Result<Option<std::process::ExitStatus>> {
+    let mut running = running();
+    let status = child.try_wait()?;
+    if status.is_some() {
+        running.0.remove(&child.id());
+    }
+    Ok(status)
 }
 
 /// Kill and reap `child`, and forget it in [`RUNNING`]: all under its lock, so that

@@ -935,15 +935,18 @@ fn poll<T>(bound: Duration, what: &str, mut attempt: impl FnMut() -> Result<T, S
 /// what went wrong on its standard output).
 fn run_bounded(mut command: Command, what: &str, log: &Path) -> anyhow::Result<()> {
     let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let mut child = command
+    let child = command
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)
         .spawn()
         .with_context(|| format!("starting {what} (is redis-cli installed?)"))?;
+    // Noted with the servers: an exit while it runs (a Ctrl-C while the cluster forms) kills
+    // it too, or it would wait for ever for nodes that are gone.
+    let mut child = crate::servers::started(child)?;
     let deadline = Instant::now() + SETTLE_BOUND;
     loop {
-        if let Some(status) = child.try_wait()? {
+        if let Some(status) = crate::servers::try_reap(&mut child)? {
             if status.success() {
                 return Ok(());
             }
@@ -951,8 +954,7 @@ fn run_bounded(mut command: Command, what: &str, log: &Path) -> anyhow::Result<(
             bail!("{what} exited with {status}: {}", said.trim());
         }
         if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = crate::servers::end(child);
             bail!("{what} did not finish within {SETTLE_BOUND:?}; see {}", log.display());
         }
         std::thread::sleep(Duration::from_millis(20));

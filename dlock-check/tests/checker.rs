@@ -421,6 +421,57 @@ fn servers_under(dir: &std::path::Path) -> Vec<u32> {
         .collect()
 }
 
+/// The `redis-cli`s that `parent` started and that run now (not exited, not waiting to be
+/// reaped); with `parent` `None`, those among `pids` that still run.
+fn redis_clis(parent: Option<u32>, pids: &[u32]) -> Vec<u32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
+    procs
+        .filter_map(|p| p.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let mut fields =
+                stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace()).into_iter().flatten();
+            let state = fields.next();
+            let ppid = fields.next().and_then(|ppid| ppid.parse::<u32>().ok());
+            let ours = match parent {
+                Some(parent) => ppid == Some(parent),
+                None => pids.contains(pid),
+            };
+            cmdline.starts_with(b"redis-cli") && ours && !matches!(state, Some("Z" | "X"))
+        })
+        .collect()
+}
+
+/// Ctrl-C while `redis-cli --cluster create` joins the nodes: no `redis-cli` outlives the
+/// checker. Before, it was left behind, waiting for ever for nodes that were gone (CI left one
+/// per run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_while_redis_cli_makes_the_cluster_leaves_no_redis_cli_running() {
+    let _turn = SERIAL.lock().await;
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dlock-check-ctrl-c-create");
+    let checker = start_checker("redis-cluster", &out);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let started = loop {
+        let started = redis_clis(Some(checker.id()), &[]);
+        if !started.is_empty() {
+            break started;
+        }
+        assert!(std::time::Instant::now() < deadline, "no redis-cli made its cluster in 30 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    interrupt(checker).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let left = redis_clis(None, &started);
+        if left.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "redis-cli still running after Ctrl-C: {left:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The checker on `backend`, quiet, writing under `out`.
 fn start_checker(backend: &str, out: &std::path::Path) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_dlock-check"))
