@@ -405,41 +405,58 @@ async fn a_body_polled_before_its_lease_is_caught() {
     assert_eq!(analysis.total.fenced_lost_updates, 0, "the fenced register refuses the late write");
 }
 
-/// The `redis-server`s running now (not exited, not waiting to be reaped) in a directory
-/// under `dir` (each runs in its `--dir`; it rewrites its command line, so that cannot say).
-fn servers_under(dir: &std::path::Path) -> Vec<u32> {
+/// A process of this machine, as `/proc` shows it.
+struct Proc {
+    pid: u32,
+    cmdline: Vec<u8>,
+    cwd: PathBuf,
+    ppid: Option<u32>,
+}
+
+/// The processes running now (not exited, not waiting to be reaped).
+fn running_processes() -> Vec<Proc> {
     let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
     procs
         .filter_map(|p| p.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
-            cmdline.starts_with(b"redis-server") && cwd.starts_with(dir) && !matches!(state, Some("Z" | "X"))
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+            if matches!(fields.next(), Some("Z" | "X")) {
+                return None;
+            }
+            Some(Proc {
+                pid,
+                cmdline: std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
+                cwd: std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default(),
+                ppid: fields.next().and_then(|ppid| ppid.parse().ok()),
+            })
         })
         .collect()
 }
 
-/// The `redis-cli`s that `parent` started and that run now (not exited, not waiting to be
-/// reaped); with `parent` `None`, those among `pids` that still run.
+/// The `redis-server`s running now in a directory under `dir` (each runs in its `--dir`; it
+/// rewrites its command line, so that cannot say).
+fn servers_under(dir: &std::path::Path) -> Vec<u32> {
+    running_processes()
+        .into_iter()
+        .filter(|p| p.cmdline.starts_with(b"redis-server") && p.cwd.starts_with(dir))
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// The `redis-cli`s running now that `parent` started; with `parent` `None`, those among
+/// `pids`.
 fn redis_clis(parent: Option<u32>, pids: &[u32]) -> Vec<u32> {
-    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
-    procs
-        .filter_map(|p| p.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let mut fields =
-                stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace()).into_iter().flatten();
-            let state = fields.next();
-            let ppid = fields.next().and_then(|ppid| ppid.parse::<u32>().ok());
+    running_processes()
+        .into_iter()
+        .filter(|p| {
             let ours = match parent {
-                Some(parent) => ppid == Some(parent),
-                None => pids.contains(pid),
+                Some(parent) => p.ppid == Some(parent),
+                None => pids.contains(&p.pid),
             };
-            cmdline.starts_with(b"redis-cli") && ours && !matches!(state, Some("Z" | "X"))
+            p.cmdline.starts_with(b"redis-cli") && ours
         })
+        .map(|p| p.pid)
         .collect()
 }
 
@@ -461,13 +478,19 @@ async fn ctrl_c_while_redis_cli_makes_the_cluster_leaves_no_redis_cli_running() 
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
     interrupt(checker).await;
+    none_left("redis-cli", || redis_clis(None, &started)).await;
+}
+
+/// Wait until `find` finds no process: killed processes are reaped by init a moment after the
+/// checker exits; none may still run 2 s later.
+async fn none_left(what: &str, find: impl Fn() -> Vec<u32>) {
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     loop {
-        let left = redis_clis(None, &started);
+        let left = find();
         if left.is_empty() {
-            break;
+            return;
         }
-        assert!(std::time::Instant::now() < deadline, "redis-cli still running after Ctrl-C: {left:?}");
+        assert!(std::time::Instant::now() < deadline, "{what} still running after Ctrl-C: {left:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -513,16 +536,7 @@ async fn ctrl_c_while_a_cluster_forms_leaves_no_server_running() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     interrupt(checker).await;
-    // Killed processes are reaped by init a moment later; none may still run.
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    loop {
-        let left = servers_under(&out);
-        if left.is_empty() {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "redis-servers still running after Ctrl-C: {left:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    none_left("redis-servers", || servers_under(&out)).await;
 }
 
 /// The same for a private PostgreSQL interrupted while it is made: exit 130, and neither a
