@@ -133,17 +133,14 @@ impl<'a> Pass<'a> {
     async fn run(&mut self, keys: &[FullKey]) -> Result<Option<(Arc<Lease>, Registration)>, Error> {
         for key in keys {
             if let Err(err) = self.take(key).await {
-                let lease = self.kept.take().map(|(lease, _keeper)| lease);
                 if matches!(err, Error::Timeout { .. }) {
-                    // The backend answers: free what this pass took before returning, then
-                    // let the next task of this process compete for it.
-                    self.claim.release_now().await;
-                    if let Some(lease) = lease {
-                        lease.drop_tickets();
-                    }
+                    // The backend answers: free what this pass took before returning.
+                    self.give_back().await;
+                } else {
+                    // The claim frees them in the background when dropped here, and then gives
+                    // up their local queue places.
+                    drop(self.kept.take());
                 }
-                // Otherwise the claim frees them in the background when dropped here, and
-                // then gives up their local queue places.
                 tracing::debug!(target: "dlock", error = %err, "lock not acquired");
                 return Err(err);
             }
@@ -151,16 +148,22 @@ impl<'a> Pass<'a> {
         // The lease may have ended before the request could hand it over: a key taken early
         // was lost while the request waited for a later one, or the backend answered too late.
         // (Every pass has a key, so it has a lease.)
-        match self.kept.take() {
-            Some((lease, keeper)) if lease.lost_reason().is_none() => Ok(Some((lease, keeper))),
-            kept => {
-                let lease = kept.map(|(lease, _keeper)| lease);
-                self.claim.release_now().await;
-                if let Some(lease) = lease {
-                    lease.drop_tickets();
-                }
-                Ok(None)
-            }
+        if let Some((lease, _)) = &self.kept
+            && lease.lost_reason().is_none()
+        {
+            return Ok(self.kept.take());
+        }
+        self.give_back().await;
+        Ok(None)
+    }
+
+    /// Stop keeping what this pass took, free it now, then let the next task of this process
+    /// compete for it.
+    async fn give_back(&mut self) {
+        let lease = self.kept.take().map(|(lease, _keeper)| lease);
+        self.claim.release_now().await;
+        if let Some(lease) = lease {
+            lease.drop_tickets();
         }
     }
 

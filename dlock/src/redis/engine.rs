@@ -151,19 +151,13 @@ impl Engine {
         sent_on: Option<&SentOn>,
         args: impl Fn(&mut Cmd),
     ) -> Result<(T, Option<i64>), BackendError> {
-        let command = |by_sha: bool| script_command(script, by_sha, keys, &args);
         let conns = match (&self.replication, wait) {
             (Some(replicated), Some(_)) => &replicated.conns,
             _ => &self.conns,
         };
         conns
             .call_noting(what, sent_on, |mut conn| async move {
-                match send(&mut conn, command(true), wait).await {
-                    Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                        send(&mut conn, command(false), wait).await
-                    }
-                    answer => answer,
-                }
+                send_script(&mut conn, script, keys, &args, wait).await
             })
             .await
     }
@@ -292,16 +286,8 @@ impl Engine {
             let args = |cmd: &mut Cmd| {
                 cmd.arg(&owner);
             };
-            let command = |by_sha: bool| script_command(script, by_sha, &keys, &args);
-            let released = tokio::time::timeout_at(bound, async {
-                match send::<i64>(&mut conn, command(true), None).await {
-                    Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                        send::<i64>(&mut conn, command(false), None).await
-                    }
-                    answer => answer,
-                }
-            })
-            .await;
+            let released =
+                tokio::time::timeout_at(bound, send_script::<i64>(&mut conn, script, &keys, &args, None)).await;
             tracing::debug!(target: "dlock", key, answer = ?released, "released behind an unanswered acquisition");
         }));
     }
@@ -340,6 +326,23 @@ impl Engine {
 
     pub(super) async fn watch_releases(&self, key: &FullKey) -> ReleaseWatch {
         self.notifier.watch(self.notice_channel(key), self.conns.call_timeout().min(CONFIRMATION_WAIT)).await
+    }
+}
+
+/// Send `script` on `keys` with the arguments `args` adds on `conn` (see [`send`] for `wait`):
+/// as `EVALSHA`, and again as `EVAL`, which also loads it, if the server answers `NOSCRIPT`.
+async fn send_script<T: FromRedisValue>(
+    conn: &mut Conn,
+    script: &Lua,
+    keys: &[&str],
+    args: &impl Fn(&mut Cmd),
+    wait: Option<Replication>,
+) -> redis::RedisResult<(T, Option<i64>)> {
+    match send(conn, script_command(script, true, keys, args), wait).await {
+        Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            send(conn, script_command(script, false, keys, args), wait).await
+        }
+        answer => answer,
     }
 }
 

@@ -129,24 +129,21 @@ impl Primary {
     /// says it is a primary, and move there if it is not where the backend is now. If it is,
     /// check its history instead ([`check_history`](Self::check_history)).
     pub(super) async fn resolve(&self) -> Result<(), BackendError> {
-        let unchanged = {
-            let _one = self.resolving.lock().await;
-            self.begin_resolving();
-            self.resolve_once().await?
-        };
-        if let Some(unchanged) = unchanged {
-            self.check_history(unchanged).await;
-        }
-        Ok(())
+        self.resolve_after(false).await
     }
 
     /// [`resolve`](Self::resolve), but not sooner than [`RESOLVE_INTERVAL`] after the last
     /// resolution began — also one that was still running when this was asked for.
     async fn resolve_spaced(&self) -> Result<(), BackendError> {
+        self.resolve_after(true).await
+    }
+
+    /// One resolution, `spaced` or at once, then the history check if nothing moved.
+    async fn resolve_after(&self, spaced: bool) -> Result<(), BackendError> {
         let unchanged = {
             let _one = self.resolving.lock().await;
             let last = *self.last_started.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(last) = last {
+            if let (true, Some(last)) = (spaced, last) {
                 tokio::time::sleep_until((last + RESOLVE_INTERVAL).into()).await;
             }
             self.begin_resolving();
