@@ -198,6 +198,45 @@ async fn a_set_that_gave_up_retries_the_release_of_a_key_it_kept_renewed() {
     );
 }
 
+/// A set that gives up waiting for its second key keeps its place at the head of the first
+/// key's local queue until the release of that key is answered: when the release fails and is
+/// retried in the background, the next task of the process waits in the local queue for the
+/// retry, then finds the key free at its first attempt. Before the fix the set gave up its
+/// place as soon as its own release had failed: the next task asked the backend for a key
+/// this process still held (three attempts, a watch, and a wait on the backend instead of one
+/// attempt), and a backend blip that failed the release could fail that task's first attempt
+/// too.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_set_that_gave_up_keeps_its_local_place_until_its_release_is_answered() {
+    let (f, memory, svc) = faulty_service();
+    let held =
+        memory.try_acquire(&FullKey::new("", "b"), "someone", Duration::from_secs(60)).await.expect("b");
+    assert!(matches!(held, TryAcquire::Acquired { .. }));
+    // The set's release of "a" fails once; the background retry (50 ms later) frees it.
+    f.inject(Rule::fail(Op::Release, BackendErrorKind::Connection).key("a").once());
+    let got = svc.lock_all(["a", "b"]).ttl(Duration::from_secs(10)).wait(Duration::from_millis(100)).await;
+    assert!(matches!(got, Err(Error::Timeout { .. })), "`b` is held for 60 s: {got:?}");
+    let set_owner = f.calls_of(Op::TryAcquire)[0].owner.clone();
+
+    let next = svc.lock("a").ttl(Duration::from_secs(10)).wait(Duration::from_secs(5)).await;
+    let next = next.unwrap_or_else(|err| panic!("`a` is free 50 ms after the set gave up: {err}"));
+    let calls = f.calls();
+    let last_release = calls.iter().rposition(|c| c.op == Op::Release && c.key == "a").expect("released");
+    let attempts: Vec<usize> = calls
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.op == Op::TryAcquire && c.key == "a" && c.owner != set_owner)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        attempts.len() == 1 && attempts[0] > last_release,
+        "the next task asked for `a` before the set's release of it was answered \
+         (its attempts are calls {attempts:?}, the answered release call {last_release}): {:?}",
+        calls.iter().map(|c| (c.op, c.key.as_str())).collect::<Vec<_>>()
+    );
+    assert!(next.release().await.expect("release"));
+}
+
 /// A set whose first key's lease ended while it waited for a later key gives up its place
 /// at the head of the first key's local queue then, as a guard whose lease is lost does: the
 /// next task of the process competes for a key that nobody holds any more. Before the fix the

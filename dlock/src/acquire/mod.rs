@@ -158,11 +158,16 @@ impl<'a> Pass<'a> {
     }
 
     /// Stop keeping what this pass took, free it now, then let the next task of this process
-    /// compete for it.
+    /// compete for it: at once if every release was answered; otherwise the claim, which
+    /// retries the rest in the background, gives the places up once that is done (until then
+    /// the backend still holds a key for this process, and the next task would only find it
+    /// held).
     async fn give_back(&mut self) {
         let lease = self.kept.take().map(|(lease, _keeper)| lease);
-        self.claim.release_now().await;
-        if let Some(lease) = lease {
+        let released = self.claim.release_now().await;
+        if let Some(lease) = lease
+            && released.first_error.is_none()
+        {
             lease.drop_tickets();
         }
     }
