@@ -198,6 +198,29 @@ async fn a_set_that_gave_up_retries_the_release_of_a_key_it_kept_renewed() {
     );
 }
 
+/// Past its `wait`, a set still gives each next key one attempt (as `wait(0)` does: a set of
+/// free keys is taken however short its wait), so on a backend that answers slower than the
+/// wait it ends up to one call per key late — and gives up at the first key it does not get at
+/// once, without trying the keys after it. Here every acquire reaches the store 400 ms late:
+/// `a` is answered at 400 ms, `b` (in flight at the 500 ms deadline) at 800 ms, and `c`, held,
+/// at 1200 ms; `d` is never tried. The README (point 4) states this bound.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_set_past_its_wait_gives_each_next_key_one_attempt_and_stops_at_the_first_held() {
+    let (f, memory, svc) = faulty_service();
+    let held =
+        memory.try_acquire(&FullKey::new("", "c"), "someone", Duration::from_secs(60)).await.expect("c");
+    assert!(matches!(held, TryAcquire::Acquired { .. }));
+    f.inject(Rule::delay(Op::TryAcquire, Duration::from_millis(400)));
+    let started = tokio::time::Instant::now();
+    let got = svc.lock_all(["a", "b", "c", "d"]).wait(Duration::from_millis(500)).await;
+    let took = started.elapsed();
+    assert!(matches!(got, Err(Error::Timeout { ref key, .. }) if key == "c"), "{got:?}");
+    assert_eq!(took, Duration::from_millis(1200), "one attempt at each of a, b, c; none at d");
+    let tried: Vec<String> = f.calls_of(Op::TryAcquire).into_iter().map(|call| call.key).collect();
+    assert_eq!(tried, ["a", "b", "c"], "past its wait the set tried only the next key, once");
+    assert_eq!(memory.held_count(), 1, "the set gave back `a` and `b`");
+}
+
 /// A set that gives up waiting for its second key keeps its place at the head of the first
 /// key's local queue until the release of that key is answered: when the release fails and is
 /// retried in the background, the next task of the process waits in the local queue for the

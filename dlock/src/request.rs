@@ -60,7 +60,8 @@ impl LockRequest {
     }
 
     /// How long to wait for the lock (default: the service's, 30 s); `Duration::ZERO` makes
-    /// one attempt.
+    /// one attempt (at each key of a [`lock_all`](crate::LockService::lock_all), which gives
+    /// every key that one attempt also once `wait` has run out).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {

@@ -178,7 +178,10 @@ impl LockService {
     ///
     /// Duplicates are merged and the keys are taken in one deterministic (sorted) order, so
     /// two calls over overlapping sets never deadlock each other. It is all or nothing: if any
-    /// key cannot be had within `wait`, those already taken are released. One renewal keeps
+    /// key cannot be had within `wait`, those already taken are released. Every key gets one
+    /// attempt, as with a `wait` of zero, also once `wait` has run out: a set of free keys is
+    /// taken however short its wait, and on a backend slower than the wait a set may end one
+    /// call per key late (it stops at the first key that is not free). One renewal keeps
     /// them all, and the guard is lost if any one of them is. No keys at all is
     /// [`Error::InvalidInput`](crate::Error::InvalidInput).
     ///
