@@ -223,7 +223,7 @@ async fn a_set_past_its_wait_gives_each_next_key_one_attempt_and_stops_at_the_fi
 
 /// A set that gives up waiting for its second key keeps its place at the head of the first
 /// key's local queue until the release of that key is answered: when the release fails and is
-/// retried in the background, the next task of the process waits in the local queue for the
+/// retried in the background (failing again once), the next task of the process waits in the local queue for the
 /// retry, then finds the key free at its first attempt. Before the fix the set gave up its
 /// place as soon as its own release had failed: the next task asked the backend for a key
 /// this process still held (three attempts, a watch, and a wait on the backend instead of one
@@ -235,28 +235,58 @@ async fn a_set_that_gave_up_keeps_its_local_place_until_its_release_is_answered(
     let held =
         memory.try_acquire(&FullKey::new("", "b"), "someone", Duration::from_secs(60)).await.expect("b");
     assert!(matches!(held, TryAcquire::Acquired { .. }));
-    // The set's release of "a" fails once; the background retry (50 ms later) frees it.
-    f.inject(Rule::fail(Op::Release, BackendErrorKind::Connection).key("a").once());
+    // The set's release of "a" fails, and so does the first retry in the background; the
+    // second, 50 ms later, frees it.
+    f.inject(Rule::fail(Op::Release, BackendErrorKind::Connection).key("a").times(2));
     let got = svc.lock_all(["a", "b"]).ttl(Duration::from_secs(10)).wait(Duration::from_millis(100)).await;
     assert!(matches!(got, Err(Error::Timeout { .. })), "`b` is held for 60 s: {got:?}");
     let set_owner = f.calls_of(Op::TryAcquire)[0].owner.clone();
 
     let next = svc.lock("a").ttl(Duration::from_secs(10)).wait(Duration::from_secs(5)).await;
     let next = next.unwrap_or_else(|err| panic!("`a` is free 50 ms after the set gave up: {err}"));
+    asked_once_after_the_last_release(&f, "a", set_owner.as_deref());
+    assert!(next.release().await.expect("release"));
+}
+
+/// The task that took `key` after `first_owner` asked for it once, after the last release of
+/// it: it waited in the local queue, not on the backend, for a key this process still held.
+fn asked_once_after_the_last_release(f: &FaultyBackend, key: &str, first_owner: Option<&str>) {
     let calls = f.calls();
-    let last_release = calls.iter().rposition(|c| c.op == Op::Release && c.key == "a").expect("released");
+    let last_release = calls.iter().rposition(|c| c.op == Op::Release && c.key == key).expect("released");
     let attempts: Vec<usize> = calls
         .iter()
         .enumerate()
-        .filter(|(_, c)| c.op == Op::TryAcquire && c.key == "a" && c.owner != set_owner)
+        .filter(|(_, c)| c.op == Op::TryAcquire && c.key == key && c.owner.as_deref() != first_owner)
         .map(|(i, _)| i)
         .collect();
     assert!(
         attempts.len() == 1 && attempts[0] > last_release,
-        "the next task asked for `a` before the set's release of it was answered \
+        "the next task asked for `{key}` before the release of it was answered \
          (its attempts are calls {attempts:?}, the answered release call {last_release}): {:?}",
         calls.iter().map(|c| (c.op, c.key.as_str())).collect::<Vec<_>>()
     );
+}
+
+/// A guard whose release fails keeps its key's local place until the release, retried in
+/// the background, is answered: the next task of the process, waiting behind it, then finds
+/// the key free at its first attempt. Before the fix the place went as soon as the failed
+/// release returned, and that task asked the backend for a key this process still held.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_failed_release_keeps_the_local_place_until_its_retry_is_answered() {
+    let (f, _memory, svc) = faulty_service();
+    let guard = svc.lock("k").ttl(Duration::from_secs(30)).await.expect("k");
+    let first_owner = f.calls_of(Op::TryAcquire)[0].owner.clone();
+    let next = tokio::spawn({
+        let svc = svc.clone();
+        async move { svc.lock("k").ttl(Duration::from_secs(30)).wait(Duration::from_secs(5)).await }
+    });
+    tokio::task::yield_now().await; // the next task queues behind the guard
+    // The release fails, and so does the first retry; the second, 50 ms later, frees it.
+    f.inject(Rule::fail(Op::Release, BackendErrorKind::Connection).key("k").times(2));
+    assert!(matches!(guard.release().await, Err(Error::Backend { .. })), "the release failed");
+    let next = next.await.expect("join");
+    let next = next.unwrap_or_else(|err| panic!("`k` is free 50 ms after the failed release: {err}"));
+    asked_once_after_the_last_release(&f, "k", first_owner.as_deref());
     assert!(next.release().await.expect("release"));
 }
 
