@@ -81,8 +81,9 @@ struct State {
     /// of `sent + lease - margin`, for the last confirmed acquire or renewal of each (the lease
     /// is the ttl, or less for a key handed over).
     deadline: Instant,
-    /// This process's places at the head of the keys' local queues: given up on release, and
-    /// as soon as the lease is lost (the backend may already let another owner in).
+    /// This process's places at the head of the keys' local queues: given up on release (once
+    /// every key's release is answered, or the lease has ended), and as soon as the lease is
+    /// lost (the backend may already let another owner in).
     tickets: Vec<QueueTicket>,
 }
 
