@@ -440,6 +440,106 @@ async fn an_acquisition_too_few_replicas_acknowledge_fails_and_is_released() {
     let _ = &mut conn;
 }
 
+/// Replicated acquisitions of one service that run at once while the replica does not
+/// acknowledge (`SIGSTOP`ped): each waits for the replicas on a connection of its own, so every
+/// one fails with `NotReplicated` after the wait for replicas, within the call timeout, and
+/// leaves its key free. Before, they shared one connection, on which each `WAIT` held up the
+/// acquisitions queued behind it: the third and later ones missed the call timeout and failed
+/// with `Timeout`, and the timeout replaced the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_acquisitions_the_replicas_do_not_acknowledge_each_fail_with_not_replicated() {
+    let primary = RedisServer::start();
+    unacknowledged_at_once(&primary, 6, Duration::from_millis(1500)).await;
+}
+
+/// More replicated acquisitions at once than a runtime has connections for them (32, see the
+/// README's replicated acquisition): those past the bound wait for a connection to come free,
+/// within the call timeout, and fail with `NotReplicated` like the others. The connections
+/// are kept for the next acquisitions: the primary has 32 of them afterwards, not 40.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_acquisitions_past_the_connection_bound_wait_for_a_connection() {
+    const BOUND: usize = 32;
+    let primary = RedisServer::start();
+    let (outcomes, _service) = unacknowledged_at_once(&primary, BOUND + 8, Duration::from_secs(3)).await;
+    let mut conn = inspector(&primary.url()).await;
+    let info: String = redis_cmd(&mut conn, &["INFO", "clients"]).await;
+    let clients: usize = info
+        .lines()
+        .find_map(|line| line.strip_prefix("connected_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("connected_clients in {info}"));
+    // Beside the lanes: the backend's command connection and its subscriber, this test's two
+    // inspectors.
+    assert!(clients <= BOUND + 4, "{clients} clients on the primary: {info}; outcomes: {outcomes:#?}");
+    let slowest = outcomes.iter().map(|(_, elapsed)| *elapsed).max().unwrap_or_default();
+    assert!(slowest >= Duration::from_millis(2 * 500), "the last 8 waited for a connection: {outcomes:#?}");
+}
+
+/// `count` acquisitions of different keys at once, by one service on `primary` (with a replica
+/// that acknowledges, then `SIGSTOP`ped), each required to be acknowledged within 500 ms under
+/// `call_timeout`: checks that each failed with `NotReplicated` within the call timeout and
+/// left its key free. Their outcomes and durations, and the service (with its connections).
+async fn unacknowledged_at_once(
+    primary: &RedisServer,
+    count: usize,
+    call_timeout: Duration,
+) -> (Vec<(String, Duration)>, LockService) {
+    let replica_wait = Duration::from_millis(500);
+    let conn = inspector(&primary.url()).await;
+    let (mut replica, _) = replica_of(primary, &conn).await;
+    let backend = RedisBackend::builder(primary.url())
+        .call_timeout(call_timeout)
+        .replicas_acknowledge(1, replica_wait)
+        .connect()
+        .await
+        .expect("connect");
+    let service = LockService::new(backend);
+    // In sync, the replica acknowledges: one acquisition takes its key.
+    let guard = service.lock("warm-up").await.expect("acknowledged by the replica");
+    assert!(guard.release().await.expect("release"));
+
+    replica.pause();
+    let calls: Vec<_> = (0..count)
+        .map(|i| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let result = service.lock(format!("acct-{i}")).ttl(Duration::from_secs(30)).await;
+                (result, started.elapsed())
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for call in calls {
+        let (result, elapsed) = call.await.expect("join");
+        let outcome = match result {
+            Err(Error::Backend { key, source, .. }) => format!("{:?} {:?} {source}", key, source.kind()),
+            other => format!("{other:?}"),
+        };
+        outcomes.push((outcome, elapsed));
+    }
+    for (i, (outcome, elapsed)) in outcomes.iter().enumerate() {
+        assert!(
+            outcome.starts_with(&format!("Some(\"acct-{i}\") NotReplicated ")),
+            "acquisition {i} of {count} at once: expected NotReplicated, got {outcome} after {elapsed:?}; all: {outcomes:#?}"
+        );
+        assert!(
+            *elapsed < call_timeout,
+            "acquisition {i} failed within the call timeout ({call_timeout:?}): {elapsed:?}; all: {outcomes:#?}"
+        );
+    }
+    for i in 0..count {
+        let key = format!("acct-{i}");
+        poll_until(Duration::from_secs(2), &format!("{key} released (not left for its 30 s ttl)"), || {
+            let (mut conn, key) = (conn.clone(), key.clone());
+            async move { !redis_cmd::<bool>(&mut conn, &["EXISTS", &key]).await }
+        })
+        .await;
+    }
+    replica.resume();
+    (outcomes, service)
+}
+
 /// A read-only replica (what a client may reach during a failover) refuses the acquire
 /// script's write: `Unavailable`, at once, naming the key — not a hang and not `Other`.
 /// A private replica of `primary`, in sync: it acknowledges a write made through `conn` (a

@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use dlock::{LockBackend, LockService, RedisClusterBackend};
 use dlock_tests::support::contention::{assert_replicated_lock_kept, contend_through};
-use dlock_tests::{FaultyBackend, NodeRole, Op, RedisCluster, Store, inspector, redis_cmd, subscribers_on};
+use dlock_tests::{
+    FaultyBackend, NodeRole, Op, RedisCluster, Store, inspector, poll_until, redis_cmd, subscribers_on,
+};
 use tokio::task::block_in_place;
 
 /// A cluster of this test's own (blocking: started off the runtime's worker).
@@ -362,6 +364,68 @@ async fn a_primary_killed_under_load_fails_over_without_two_holders_or_a_token_g
     eprintln!("kill -9 of the key's primary: {seen:?}");
     seen.assert_usable_after_the_failover();
     assert_replicated_lock_kept(held, &other, held_key.as_str()).await;
+}
+
+/// Replicated acquisitions of one service on one shard, at once, while the shard's replica
+/// does not acknowledge (`SIGSTOP`ped): each has a cluster connection of its own, so each
+/// fails with `NotReplicated` after the wait for replicas, within the call timeout, and leaves
+/// its key free. Before, they shared one connection to the shard's primary, on which each
+/// `WAIT` held up the acquisitions queued behind it until they missed the call timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_acquisitions_a_shards_replica_does_not_acknowledge_each_fail_with_not_replicated() {
+    const ACQUISITIONS: usize = 6;
+    let call_timeout = Duration::from_millis(1500);
+    let mut cluster = own_cluster();
+    let service = LockService::new(
+        RedisClusterBackend::builder(cluster.seed_urls())
+            .call_timeout(call_timeout)
+            .replicas_acknowledge(1, Duration::from_millis(500))
+            .connect()
+            .await
+            .expect("connect"),
+    );
+    // One slot, one shard: the hash tag.
+    let keys: Vec<String> = (0..ACQUISITIONS).map(|i| format!("{{replicated}}:acct-{i}")).collect();
+    let primary = cluster.primary_for_key(&keys[0]);
+    let replica = block_in_place(|| cluster.replica_of(primary));
+    let guard = service.lock(keys[0].as_str()).await.expect("acknowledged by the replica");
+    assert!(guard.release().await.expect("release"));
+    cluster.pause(replica);
+    let calls: Vec<_> = keys
+        .iter()
+        .map(|key| {
+            let (service, key) = (service.clone(), key.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let result = service.lock(key.as_str()).ttl(Duration::from_secs(30)).await;
+                let outcome = match result {
+                    Err(dlock::Error::Backend { source, .. }) => format!("{:?} {source}", source.kind()),
+                    other => format!("{other:?}"),
+                };
+                (key, outcome, started.elapsed())
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for call in calls {
+        outcomes.push(call.await.expect("join"));
+    }
+    cluster.resume(replica);
+    for (key, outcome, elapsed) in &outcomes {
+        assert!(
+            outcome.starts_with("NotReplicated "),
+            "{key}: {outcome} after {elapsed:?}; all: {outcomes:#?}"
+        );
+        assert!(*elapsed < call_timeout, "{key}: {elapsed:?}; all: {outcomes:#?}");
+    }
+    let conn = inspector(&format!("redis://127.0.0.1:{primary}")).await;
+    for key in &keys {
+        poll_until(Duration::from_secs(2), &format!("{key} released (not left for its 30 s ttl)"), || {
+            let mut conn = conn.clone();
+            async move { !redis_cmd::<bool>(&mut conn, &["EXISTS", key]).await }
+        })
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,6 +37,7 @@ use super::cluster_epochs::{ClusterEpochs, read_epoch};
 use super::connection::{Conn, Connections, Connector, tcp_settings};
 use super::engine::{self, Engine, LeaseActivity, Replicated, Replication};
 use super::error::redact;
+use super::lanes::Lanes;
 use super::layout;
 use super::notify::{Feed, FeedEvent, FeedSink, FeedSource, Notifier, Outcome};
 use super::scripts::Scripts;
@@ -215,13 +216,13 @@ impl RedisClusterBackendBuilder {
             None
         });
         let notifier = Notifier::start(ClusterFeeds(settings), self.call_timeout);
-        let replicated = self.replication.map(|wanted| Replicated {
-            wanted,
-            conns: Connections::new(
-                ClusterConnector(client.clone()),
-                self.call_timeout,
-                format!("cluster {shown}"),
-            ),
+        let call_timeout = self.call_timeout;
+        let replicated = self.replication.map(|wanted| {
+            let (client, url) = (client.clone(), format!("cluster {shown}"));
+            let lanes = Lanes::new(call_timeout, url.clone(), move || {
+                Connections::new(ClusterConnector(client.clone()), call_timeout, url.clone())
+            });
+            Replicated { wanted, lanes }
         });
         let activity = Arc::new(LeaseActivity::new());
         let engine =

@@ -13,6 +13,9 @@
 //! keepalive and `TCP_USER_TIMEOUT` also make the kernel give up on such a connection. A
 //! replaced connection that an acquisition went unanswered on is kept a while longer, so that
 //! its release can follow it there (see [`unanswered`](super::unanswered)).
+//!
+//! Replicated acquisitions, whose `WAIT` holds up the connection it is sent on, each take a
+//! connection of their own instead: [`lanes`](super::lanes), made of these.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -232,12 +235,26 @@ impl Connections {
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        let runtime = Handle::try_current().map_err(|_| {
-            BackendError::new(BackendErrorKind::Other, "the Redis backend was called outside a tokio runtime")
-        })?;
+        self.call_within(what, sent_on, self.call_timeout, call).await
+    }
+
+    /// [`call_noting`](Self::call_noting) within `bound` (what is left of the call timeout of
+    /// a caller that waited for a connection, see [`lanes`](super::lanes)).
+    pub(super) async fn call_within<T, F, Fut>(
+        self: &Arc<Self>,
+        what: &str,
+        sent_on: Option<&SentOn>,
+        bound: Duration,
+        call: F,
+    ) -> Result<T, BackendError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let runtime = current_runtime()?;
         let id = runtime.id();
         let mut used: Option<Made> = None;
-        let outcome = tokio::time::timeout(self.call_timeout, async {
+        let outcome = tokio::time::timeout(bound, async {
             let Taken { made, conn } = self.connection(&runtime).await?;
             used = Some(made);
             if let Some(sent_on) = sent_on {
@@ -326,10 +343,23 @@ impl Connections {
         }
     }
 
+    /// Stop using the connection of runtime `id`: a call left something running on it (see
+    /// [`lanes`](super::lanes)). Its next call connects anew.
+    pub(super) fn forget(&self, id: Id) {
+        self.slots().remove(&id);
+    }
+
     /// How many runtimes have a connection (for tests).
     pub(super) fn count(&self) -> usize {
         self.slots().len()
     }
+}
+
+/// The runtime the backend is called on.
+pub(super) fn current_runtime() -> Result<Handle, BackendError> {
+    Handle::try_current().map_err(|_| {
+        BackendError::new(BackendErrorKind::Other, "the Redis backend was called outside a tokio runtime")
+    })
 }
 
 /// Removes a runtime's connection when that runtime shuts down.

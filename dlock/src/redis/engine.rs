@@ -6,7 +6,8 @@
 //!
 //! A release also goes out behind every unanswered acquisition of the same owner and key, on
 //! that acquisition's connection (see [`unanswered`](super::unanswered)); `replicas_acknowledge`
-//! adds a `WAIT` to each acquisition, in the same round trip.
+//! adds a `WAIT` to each acquisition, in the same round trip, on a connection of the
+//! acquisition's own (see [`lanes`](super::lanes)).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +17,7 @@ use redis::{Cmd, ErrorKind, FromRedisValue, ServerErrorKind, Value};
 
 use super::connection::{Conn, Connections, SentOn};
 use super::error::{is_try_again, not_replicated, unexpected};
+use super::lanes::Lanes;
 use super::layout;
 use super::notify::Notifier;
 use super::scripts::{Lua, Scripts};
@@ -38,12 +40,12 @@ pub(super) struct Replication {
     pub(super) timeout: Duration,
 }
 
-/// Acquisitions that wait for replicas, on connections of their own: `WAIT` blocks the
-/// connection it is sent on until it returns, and renewals and releases must not queue
-/// behind it.
+/// Acquisitions that wait for replicas, each on a connection of its own while it runs
+/// ([`Lanes`]): `WAIT` blocks the connection it is sent on until it returns, and neither
+/// renewals and releases nor other acquisitions may queue behind it.
 pub(super) struct Replicated {
     pub(super) wanted: Replication,
-    pub(super) conns: Arc<Connections>,
+    pub(super) lanes: Lanes,
 }
 
 /// Until when a lease this backend granted may still be alive: each was asked for, or
@@ -151,15 +153,11 @@ impl Engine {
         sent_on: Option<&SentOn>,
         args: impl Fn(&mut Cmd),
     ) -> Result<(T, Option<i64>), BackendError> {
-        let conns = match (&self.replication, wait) {
-            (Some(replicated), Some(_)) => &replicated.conns,
-            _ => &self.conns,
-        };
-        conns
-            .call_noting(what, sent_on, |mut conn| async move {
-                send_script(&mut conn, script, keys, &args, wait).await
-            })
-            .await
+        let call = |mut conn: Conn| async move { send_script(&mut conn, script, keys, &args, wait).await };
+        match (&self.replication, wait) {
+            (Some(replicated), Some(_)) => replicated.lanes.call_noting(what, sent_on, call).await,
+            _ => self.conns.call_noting(what, sent_on, call).await,
+        }
     }
 
     /// One acquire script on the lock `key`, joining its waiting line `line` if given.

@@ -13,6 +13,7 @@ mod cluster_epochs;
 mod connection;
 mod engine;
 mod error;
+mod lanes;
 mod layout;
 mod notify;
 mod scripts;
@@ -32,6 +33,7 @@ use redis::IntoConnectionInfo;
 use self::connection::{Connections, ServerConnector, connection_config};
 use self::engine::{Engine, Replicated, Replication};
 use self::error::redact;
+use self::lanes::Lanes;
 use self::notify::{Notifier, ServerFeeds};
 use self::scripts::Scripts;
 use self::tls::TlsOptions;
@@ -117,6 +119,15 @@ impl RedisBackendBuilder {
     /// [`BackendErrorKind::NotReplicated`](crate::backend::BackendErrorKind::NotReplicated)
     /// error. A key a release hands to a waiting request is asked for again, so it is
     /// acknowledged the same way.
+    ///
+    /// `WAIT` holds up its connection until it returns, so each acquisition in flight has a
+    /// connection of its own (renewals and releases keep the shared one): acquisitions running
+    /// at once each fail with `NotReplicated` after `timeout`, none queues behind another's
+    /// wait. Up to 32 such connections per tokio runtime are made as needed and kept for
+    /// reuse; an acquisition past that waits for one to come free, within the call timeout.
+    /// `timeout` must be shorter than the call timeout, which bounds the acquisition and its
+    /// wait together: leave it room for a round trip (and for connecting, the first time), or
+    /// replicas that do not acknowledge show as a call `Timeout` rather than `NotReplicated`.
     ///
     /// The `WAIT` goes out in one round trip with the acquisition, before its answer is known,
     /// so an attempt that finds the key held waits for the replicas too. While they keep up
@@ -218,13 +229,18 @@ impl RedisBackendBuilder {
                 "Redis may evict dlock's keys (maxmemory is set and maxmemory-policy is not noeviction): a lock could vanish while held; run Redis for dlock with maxmemory-policy noeviction");
         }
         tracing::debug!(target: "dlock", url = %url, "connected to Redis");
-        let replicated = self.replication.map(|wanted| Replicated {
-            wanted,
-            conns: Connections::new(
-                ServerConnector { client: client.clone(), config: connection_config(self.call_timeout) },
-                self.call_timeout,
-                url.clone(),
-            ),
+        let call_timeout = self.call_timeout;
+        let replicated = self.replication.map(|wanted| {
+            let (client, lane_url) = (client.clone(), url.clone());
+            let lanes = Lanes::new(call_timeout, url.clone(), move || {
+                let config = connection_config(call_timeout);
+                Connections::new(
+                    ServerConnector { client: client.clone(), config },
+                    call_timeout,
+                    lane_url.clone(),
+                )
+            });
+            Replicated { wanted, lanes }
         });
         let notifier = Notifier::start(ServerFeeds(client), self.call_timeout);
         let engine = Engine::new(conns, notifier, Scripts::plain(), replicated);

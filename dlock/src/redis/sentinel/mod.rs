@@ -27,6 +27,7 @@ use self::primary::{Primary, listen_for_switches};
 use super::connection::{Connections, tcp_settings};
 use super::engine::{self, Engine, Replicated, Replication};
 use super::error::redact;
+use super::lanes::Lanes;
 use super::layout;
 use super::notify::Notifier;
 use super::scripts::Scripts;
@@ -247,9 +248,13 @@ impl RedisSentinelBackendBuilder {
         pong.map_err(|err| Error::backend("redis-sentinel", None, err))?;
         background::spawn_here(listen_for_switches(Arc::downgrade(&primary)));
         let notifier = Notifier::start(Arc::clone(&primary), self.call_timeout);
-        let replicated = self.replication.map(|wanted| Replicated {
-            wanted,
-            conns: Connections::new(Arc::clone(&primary), self.call_timeout, url.clone()),
+        let call_timeout = self.call_timeout;
+        let replicated = self.replication.map(|wanted| {
+            let (primary, lane_url) = (Arc::clone(&primary), url.clone());
+            let lanes = Lanes::new(call_timeout, url.clone(), move || {
+                Connections::new(Arc::clone(&primary), call_timeout, lane_url.clone())
+            });
+            Replicated { wanted, lanes }
         });
         let engine = Engine::new(conns, notifier, Scripts::plain(), replicated);
         tracing::debug!(target: "dlock", master = %self.master_name, "connected to the primary the sentinels name");
