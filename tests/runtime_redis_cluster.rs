@@ -428,6 +428,59 @@ async fn concurrent_acquisitions_a_shards_replica_does_not_acknowledge_each_fail
     }
 }
 
+/// A silent primary (`SIGSTOP`) does not stall replicated acquisitions on the other shards,
+/// also those that need a connection the backend did not have yet (each replicated
+/// acquisition in flight has one of its own): they are acknowledged within the call timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_primary_does_not_stall_replicated_acquisitions_on_the_other_shards() {
+    let mut cluster = own_cluster();
+    let call_timeout = Duration::from_millis(1500);
+    let service = LockService::new(
+        RedisClusterBackend::builder(cluster.seed_urls())
+            .call_timeout(call_timeout)
+            .replicas_acknowledge(1, Duration::from_secs(1))
+            .connect()
+            .await
+            .expect("connect"),
+    );
+    let keys: Vec<String> = (0..4).map(|i| format!("{{healthy}}:acct-{i}")).collect();
+    let healthy = cluster.primary_for_key(&keys[0]);
+    let silent = block_in_place(|| cluster.nodes())
+        .iter()
+        .find(|node| node.port != healthy && matches!(node.role, NodeRole::Primary))
+        .map(|node| node.port)
+        .expect("another primary");
+    let guard = service.lock(keys[0].as_str()).await.expect("acknowledged by the replica");
+    assert!(guard.release().await.expect("release"));
+    cluster.pause(silent);
+    let calls: Vec<_> = keys
+        .iter()
+        .map(|key| {
+            let (service, key) = (service.clone(), key.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let result = service.lock(key.as_str()).wait(Duration::ZERO).await;
+                let outcome = match result {
+                    Ok(guard) => {
+                        let _ = guard.release().await;
+                        "acquired".to_owned()
+                    }
+                    Err(err) => format!("{err}"),
+                };
+                (key, outcome, started.elapsed())
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for call in calls {
+        outcomes.push(call.await.expect("join"));
+    }
+    cluster.resume(silent);
+    for (key, outcome, elapsed) in &outcomes {
+        assert_eq!(outcome, "acquired", "{key} after {elapsed:?}; all: {outcomes:#?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_takeover_keeps_held_locks_and_their_renewals() {
     let cluster = own_cluster();
