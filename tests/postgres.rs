@@ -6,7 +6,9 @@
 //!   checks, tokens across cleanup), the schema (concurrent first use, versions, explicit
 //!   migration), release notices (sent only when someone waits, long keys), key checks, fenced
 //!   writes in the application's transaction, a backend outliving the runtime that made it,
-//!   several processes contending.
+//!   several processes contending; acquisitions whose caller gave up that run late (held up on
+//!   their way through a `BlackHoleProxy`, or deaf to their cancel) and must not outlive their
+//!   owner's release.
 //! - On a private server (`initdb` + `pg_ctl` from `/usr/lib/postgresql/*/bin`, on a free port
 //!   in a temp dir, run as the `postgres` user when the test runs as root; removed on drop):
 //!   pool and listening connections killed with `pg_terminate_backend`, a statement stuck
@@ -739,6 +741,41 @@ async fn a_dropped_request_whose_acquisition_commits_late_leaves_nothing_held() 
         !store.is_held("slow").await
     })
     .await;
+    store.cleanup().await;
+}
+
+/// The same with a statement that outlasts the release's wait for it (one call timeout, 500 ms
+/// here): the trigger makes it take 1.5 s and ignore the cancel, as a statement stuck behind
+/// another transaction's row lock does when its cancel missed. Its owner's release, sent behind
+/// it on its connection, frees the key once it commits.
+///
+/// Before the fix, the release ran after its 500 ms wait, found nothing, and the statement then
+/// committed: the key stayed held for its whole ttl (30 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_request_whose_acquisition_outlasts_the_releases_wait_leaves_nothing_held() {
+    let store = PostgresStore::shared("dropped_later").await;
+    let backend = store.builder().call_timeout(FAULT_TIMEOUT).connect().await.expect("connect");
+    let service = LockService::builder(backend).key_prefix(store.prefix()).build();
+    store.slow_inserts(1500, false).await;
+    let outcome =
+        tokio::time::timeout(Duration::from_millis(100), service.lock("slow").ttl(Duration::from_secs(30)))
+            .await;
+    assert!(outcome.is_err(), "the request was dropped while its statement ran");
+    drop(outcome);
+    poll_until(Duration::from_secs(5), "the late statement committing", || async {
+        store.row("slow").await.is_some()
+    })
+    .await;
+    // Read, not taken: the trigger slows every acquisition of the key.
+    let deadline = Instant::now() + FAULT_TIMEOUT * 2 + MARGIN;
+    while store.is_held("slow").await {
+        assert!(
+            Instant::now() < deadline,
+            "the key stayed held after the request was dropped: row (owner, token, live) {:?}",
+            store.row("slow").await
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     store.cleanup().await;
 }
 
@@ -1656,6 +1693,136 @@ async fn a_release_after_a_retried_acquisition_waits_for_the_abandoned_first_att
         Some((None, false)),
         "the key is free"
     );
+    store.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// An acquisition held up on its way (the proxy holds back what its connection sends).
+
+/// A backend on `store`'s schema through `proxy`, with a 500 ms call timeout, its pooled
+/// connections named `app_name` (`application_name`), and one connection in its pool.
+async fn held_up_backend(store: &PostgresStore, proxy: &BlackHoleProxy, app_name: &str) -> PostgresBackend {
+    drop(store.backend().await); // makes the schema
+    let backend = PostgresBackend::builder(format!(
+        "postgres://postgres@127.0.0.1:{}/test?application_name={app_name}",
+        proxy.port()
+    ))
+    .schema(store.schema.as_str())
+    .call_timeout(FAULT_TIMEOUT)
+    .listen(false)
+    .cleanup_after(None)
+    .connect()
+    .await
+    .unwrap_or_else(|err| panic!("connecting through the proxy: {err}"));
+    assert_eq!(backend.pool_connections(), 1, "connect checked the schema on one pooled connection");
+    backend
+}
+
+/// How many of the sessions named `app_name` have run the release statement last.
+async fn sessions_that_released(store: &PostgresStore, app_name: &str) -> i64 {
+    let released = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND state = 'idle' \
+         AND query LIKE 'UPDATE \"{}\".dlock_locks AS l SET owner = NULL%'",
+        store.schema
+    );
+    store.conn.query_one(&released, &[&app_name]).await.expect("pg_stat_activity").get(0)
+}
+
+/// The token on `key`'s row (unprefixed): it grows with every acquisition that takes the key.
+async fn token_of(store: &PostgresStore, key: &str) -> i64 {
+    store.row(key).await.map_or(0, |(_, token, _)| token)
+}
+
+/// Wait, at most `bound`, until another owner takes `key` (unprefixed) on a client of its own;
+/// panic showing the row if it stays held.
+async fn another_owner_takes(store: &PostgresStore, key: &str, bound: Duration, what: &str) {
+    let other = store.backend().await;
+    let full = store.full_key(key);
+    let taken = tokio::time::timeout(bound, async {
+        loop {
+            if let Ok(TryAcquire::Acquired { .. }) =
+                other.try_acquire(&full, "next", Duration::from_secs(5)).await
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    if taken.is_err() {
+        panic!("the key stayed held {what}: row (owner, token, live) {:?}", store.row(key).await);
+    }
+    assert!(other.release(&full, "next").await.expect("release").was_held);
+}
+
+/// An acquisition held up on its way to PostgreSQL (a slow path: the proxy holds back what its
+/// connection sends, the cancel dlock sends goes through at once and finds nothing running)
+/// times out; its claim's release, sent on another connection once its wait for the
+/// acquisition (one call timeout) is over, finds nothing. When the held-up statement runs after
+/// all, the key must not stay held for the owner that gave up (for its whole ttl): another
+/// client gets it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquisition_overtaken_by_its_claims_release_does_not_keep_the_key() {
+    let store = PostgresStore::shared("overtaken").await;
+    let proxy = BlackHoleProxy::start(5432).await;
+    let app_name = format!("dlock_overtaken_{}", std::process::id());
+    let backend = held_up_backend(&store, &proxy, &app_name).await;
+    let service = LockService::builder(backend).key_prefix(store.prefix()).build();
+    // The key's row, on the pooled connection, whose last statement is then a release.
+    let guard = service.lock("late").wait(Duration::ZERO).await.expect("lock through the proxy");
+    assert!(guard.release().await.expect("release"));
+    let before = token_of(&store, "late").await;
+    assert_eq!(sessions_that_released(&store, &app_name).await, 1);
+
+    proxy.hold();
+    match service.lock("late").ttl(Duration::from_secs(30)).wait(Duration::ZERO).await {
+        Err(Error::Backend { source, .. }) => {
+            assert_eq!(source.kind(), BackendErrorKind::Timeout, "{source}")
+        }
+        other => panic!("the held-up acquisition ended with {other:?}, not a call timeout"),
+    }
+    // The claim's release, on a new connection, runs while the acquisition is still held up.
+    poll_until(FAULT_TIMEOUT * 2 + MARGIN, "the claim's release runs", || async {
+        sessions_that_released(&store, &app_name).await == 2
+    })
+    .await;
+    assert_eq!(token_of(&store, "late").await, before, "the held-up acquisition has not run");
+    proxy.deliver_held();
+    poll_until(MARGIN, "the held-up acquisition runs", || async { token_of(&store, "late").await > before })
+        .await;
+    another_owner_takes(&store, "late", FAULT_TIMEOUT * 2 + MARGIN, "after the request gave up").await;
+    store.cleanup().await;
+}
+
+/// The same, one call at a time on the backend: an acquisition held up on its way times out;
+/// the same owner asks again, on a new connection, takes the key and releases it (a request
+/// that rode out the timeout, then its guard). When the held-up acquisition runs after that,
+/// it must not take the key again for that owner, whose release is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_acquisition_does_not_outlive_its_owners_release_on_a_new_connection() {
+    let store = PostgresStore::shared("late_owner").await;
+    let proxy = BlackHoleProxy::start(5432).await;
+    let app_name = format!("dlock_late_owner_{}", std::process::id());
+    let backend = held_up_backend(&store, &proxy, &app_name).await;
+    let key = store.full_key("late");
+    let ttl = Duration::from_secs(30);
+
+    proxy.hold();
+    let held_up = backend.try_acquire(&key, "owner", ttl).await;
+    assert!(
+        matches!(&held_up, Err(err) if err.kind() == BackendErrorKind::Timeout),
+        "the held-up acquisition ended with {held_up:?}, not a call timeout"
+    );
+    let token = acquired(backend.try_acquire(&key, "owner", ttl).await.expect("asked again"), "asked again");
+    assert!(backend.release(&key, "owner").await.expect("release on the new connection").was_held);
+    assert_eq!(token_of(&store, "late").await, token as i64, "the held-up acquisition has not run");
+
+    proxy.deliver_held();
+    poll_until(MARGIN, "the held-up acquisition runs", || async {
+        token_of(&store, "late").await > token as i64
+    })
+    .await;
+    another_owner_takes(&store, "late", FAULT_TIMEOUT * 2 + MARGIN, "after its owner released it").await;
     store.cleanup().await;
 }
 

@@ -239,10 +239,11 @@ impl PostgresBackendBuilder {
             })??;
         let listener = self.listen.then(|| Listener::start(listen_config, &background, self.call_timeout));
         tracing::debug!(target: "dlock", url = %url, schema = %self.schema, "connected to PostgreSQL");
+        let statements = Statements::new(&self.schema);
         let inner = Arc::new(Inner {
             pool,
-            in_flight: InFlight::default(),
-            statements: Statements::new(&self.schema),
+            in_flight: InFlight::new(statements.release.clone(), self.call_timeout),
+            statements,
             listener,
             schema: self.schema,
             url,

@@ -1,14 +1,23 @@
-//! Acquisitions whose statement may still take effect on the server. A release of the same
-//! key by the same owner waits for them first, so that it cannot overtake one.
+//! Acquisitions whose statement may still take effect on the server, and the release of their
+//! owner sent behind each one on its own connection, so that it cannot be overtaken.
 //!
 //! A caller that gives up on an acquisition (a timeout, a dropped request) leaves its statement
 //! on the wire. dlock cancels it, but a cancel reaches the server on a connection of its own: it
 //! may come before the statement starts (and is then ignored) or not at all. The request's claim
 //! meanwhile releases the key, on another pooled connection, with nothing ordering the two
 //! statements. A release that ran first would find nothing to free, and the acquisition,
-//! committing after it, would leave the key held by nobody for its whole ttl. The pool
-//! therefore reports when an abandoned statement has ended — a round trip sent after it on its
-//! connection came back — and the release waits for that, for at most one call timeout.
+//! committing after it, would leave the key held by an owner that gave up, for its whole ttl —
+//! also when its bytes were only held up on the way (a retransmission, a buffering middlebox)
+//! and arrive after the client closed the connection: the server runs what it received before
+//! the close.
+//!
+//! So the pool reports when an abandoned statement has ended (a round trip sent after it on
+//! its connection came back), and a release waits for that, for at most one call timeout,
+//! before it runs on a pooled connection. One that has not ended by then keeps its connection
+//! out of the pool, and its owner's release is also sent there, behind it: a connection runs
+//! its statements in order, so that release runs after the acquisition, whenever that runs.
+//! The connection is kept until that release is answered, and for at most the acquisition's
+//! ttl and two call timeouts after it was given up (see [`Settling::release_behind`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,76 +25,177 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_postgres::types::Type;
 
-/// The acquisitions under way, by (key, owner), each with its id and a receiver that hears
-/// when it ends. One (key, owner) may have several: a request whose attempt timed out asks
-/// again with the same owner while the first may still be on the wire.
-type Entries = HashMap<(String, String), Vec<(u64, watch::Receiver<()>)>>;
-type Map = Mutex<Entries>;
+/// One acquisition under way: its id, `true` sent once a release of its owner asks to go
+/// behind it, and whether its connection is kept for that (a release no longer waits for it).
+struct Attempt {
+    id: u64,
+    release_wanted: watch::Sender<bool>,
+    kept: bool,
+}
 
-fn lock(map: &Map) -> MutexGuard<'_, Entries> {
-    // Every update is one insert or remove: a poisoned map is consistent.
-    map.lock().unwrap_or_else(PoisonError::into_inner)
+/// The acquisitions under way, by (key, owner). One (key, owner) may have several: a request
+/// whose attempt timed out asks again with the same owner while the first may still be on the
+/// wire.
+type Entries = HashMap<(String, String), Vec<Attempt>>;
+
+struct Shared {
+    entries: Mutex<Entries>,
+    /// The release statement (`$1` key, `$2` owner), sent behind an abandoned acquisition.
+    release: String,
+    call_timeout: Duration,
+}
+
+impl Shared {
+    fn entries(&self) -> MutexGuard<'_, Entries> {
+        // Every update is one insert, flag or remove: a poisoned map is consistent.
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// The acquisitions of one backend whose statements have not ended.
-#[derive(Debug, Default)]
 pub(super) struct InFlight {
-    map: Arc<Map>,
+    shared: Arc<Shared>,
     next_id: AtomicU64,
 }
 
-/// One acquisition's statement, until it has ended on the server: dropped then.
-#[derive(Debug)]
+/// One acquisition's statement, until it has ended on the server (or its connection is given
+/// up): dropped then.
 pub(super) struct Settling {
-    map: Weak<Map>,
+    shared: Weak<Shared>,
     entry: (String, String),
     id: u64,
-    _ended: watch::Sender<()>,
+    ttl: Duration,
+    /// Becomes `true` when a release of this owner asks to be sent behind the statement;
+    /// closed when the backend is gone.
+    release_wanted: watch::Receiver<bool>,
 }
 
 impl InFlight {
-    /// An acquisition of `key` for `owner` is about to be sent.
-    pub(super) fn begin(&self, key: &str, owner: &str) -> Settling {
-        let (ended, hears) = watch::channel(());
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let entry = (key.to_owned(), owner.to_owned());
-        lock(&self.map).entry(entry.clone()).or_default().push((id, hears));
-        Settling { map: Arc::downgrade(&self.map), entry, id, _ended: ended }
+    /// `release` is the release statement; abandoned acquisitions' connections are kept for
+    /// their ttl and two `call_timeout`s.
+    pub(super) fn new(release: String, call_timeout: Duration) -> Self {
+        let shared = Shared { entries: Mutex::default(), release, call_timeout };
+        Self { shared: Arc::new(shared), next_id: AtomicU64::new(0) }
     }
 
-    /// Wait, at most `bound`, until no acquisition of `key` for `owner` may still take effect.
-    pub(super) async fn settled(&self, key: &str, owner: &str, bound: Duration) {
-        let hears: Vec<watch::Receiver<()>> = {
-            let map = lock(&self.map);
+    /// An acquisition of `key` for `owner` with a lease of `ttl` is about to be sent.
+    pub(super) fn begin(&self, key: &str, owner: &str, ttl: Duration) -> Settling {
+        let (release_wanted, hears) = watch::channel(false);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let entry = (key.to_owned(), owner.to_owned());
+        let attempt = Attempt { id, release_wanted, kept: false };
+        self.shared.entries().entry(entry.clone()).or_default().push(attempt);
+        Settling { shared: Arc::downgrade(&self.shared), entry, id, ttl, release_wanted: hears }
+    }
+
+    /// A release of `key` by `owner` is about to run: ask every acquisition of theirs still
+    /// under way to have it sent behind itself too (see [`Settling::release_behind`]), and
+    /// wait, at most `bound`, until those whose connection is not kept for that have ended.
+    pub(super) async fn before_release(&self, key: &str, owner: &str, bound: Duration) {
+        let ends: Vec<watch::Receiver<bool>> = {
+            let mut entries = self.shared.entries();
             // Nearly always empty: no allocation then.
-            if map.is_empty() {
+            if entries.is_empty() {
                 return;
             }
-            match map.get(&(key.to_owned(), owner.to_owned())) {
-                Some(entries) => entries.iter().map(|(_, hears)| hears.clone()).collect(),
-                None => return,
-            }
+            let Some(attempts) = entries.get_mut(&(key.to_owned(), owner.to_owned())) else { return };
+            attempts
+                .iter()
+                .filter_map(|attempt| {
+                    attempt.release_wanted.send_replace(true);
+                    (!attempt.kept).then(|| attempt.release_wanted.subscribe())
+                })
+                .collect()
         };
-        // Each resolves (with an error) once its sender is dropped: that statement ended.
-        let all = futures_util::future::join_all(hears.into_iter().map(|mut hears| async move {
-            let _ = hears.changed().await;
-        }));
+        // Each ends (with an error) once its sender is dropped: that statement has ended.
+        let all = futures_util::future::join_all(
+            ends.into_iter().map(|mut ends| async move { while ends.changed().await.is_ok() {} }),
+        );
         let _ = tokio::time::timeout(bound, all).await;
+    }
+}
+
+impl Settling {
+    /// The statement was given up on at `abandoned`, and has not ended within a round trip
+    /// sent after it (held up on its way, or stuck): keep `client`, the connection it went on,
+    /// until a release of this owner's asks, then send that release on it, behind the
+    /// statement, and wait for its answer. Kept until the acquisition's ttl and two call
+    /// timeouts have passed since `abandoned` (a statement that turns up later still is not
+    /// worth a connection), and for at least a call timeout after the release was sent.
+    ///
+    /// Call it once the statement's cancel request has been answered: a cancel that reached
+    /// the server later would cancel this release instead.
+    pub(super) async fn release_behind(&mut self, client: &tokio_postgres::Client, abandoned: Instant) {
+        let Some((release, call_timeout)) = self.keep() else { return };
+        let until = abandoned + self.ttl.saturating_add(call_timeout.saturating_mul(2));
+        if !self.release_wanted_by(until).await {
+            return;
+        }
+        let (key, owner) = (self.entry.0.as_str(), self.entry.1.as_str());
+        let bound = until.max(Instant::now() + call_timeout);
+        let released = tokio::time::timeout_at(
+            bound,
+            client.query_typed(&release, &[(&key, Type::TEXT), (&owner, Type::TEXT)]),
+        )
+        .await;
+        let answer = match &released {
+            Ok(Ok(rows)) => format!("released: {}", !rows.is_empty()),
+            Ok(Err(err)) => format!("failed: {err}"),
+            Err(_) => "no answer in time".to_owned(),
+        };
+        tracing::debug!(target: "dlock", key, answer = %answer, "released behind an abandoned acquisition");
+    }
+
+    /// Its connection is kept for a release behind it: releases no longer wait for it. The
+    /// release statement and the call timeout; `None` once the backend is gone.
+    fn keep(&self) -> Option<(String, Duration)> {
+        let shared = self.shared.upgrade()?;
+        if let Some(attempt) = shared
+            .entries()
+            .get_mut(&self.entry)
+            .and_then(|attempts| attempts.iter_mut().find(|attempt| attempt.id == self.id))
+        {
+            attempt.kept = true;
+        }
+        Some((shared.release.clone(), shared.call_timeout))
+    }
+
+    /// Whether a release of this owner's asks (or has asked) to go behind the statement by
+    /// `until`.
+    async fn release_wanted_by(&mut self, until: Instant) -> bool {
+        // The borrow `wait_for` returns is let go of at once (it holds the channel's lock).
+        tokio::time::timeout_at(until, self.release_wanted.wait_for(|wanted| *wanted))
+            .await
+            .is_ok_and(|wanted| wanted.is_ok())
     }
 }
 
 impl Drop for Settling {
     fn drop(&mut self) {
-        if let Some(map) = self.map.upgrade() {
-            let mut map = lock(&map);
-            if let Some(entries) = map.get_mut(&self.entry) {
-                entries.retain(|(id, _)| *id != self.id);
-                if entries.is_empty() {
-                    map.remove(&self.entry);
+        if let Some(shared) = self.shared.upgrade() {
+            let mut entries = shared.entries();
+            if let Some(attempts) = entries.get_mut(&self.entry) {
+                attempts.retain(|attempt| attempt.id != self.id);
+                if attempts.is_empty() {
+                    entries.remove(&self.entry);
                 }
             }
         }
+    }
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InFlight").field("keys", &self.shared.entries().len()).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Settling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settling").field("key", &self.entry.0).field("id", &self.id).finish_non_exhaustive()
     }
 }
 
@@ -93,46 +203,80 @@ impl Drop for Settling {
 mod tests {
     use std::time::Duration;
 
+    use tokio::time::Instant;
+
     use super::InFlight;
+
+    const TTL: Duration = Duration::from_secs(30);
+
+    fn in_flight() -> InFlight {
+        InFlight::new("the release statement".into(), Duration::from_secs(2))
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_release_waits_for_its_own_acquisition_only() {
-        let in_flight = InFlight::default();
-        let settling = in_flight.begin("k", "o");
+        let in_flight = in_flight();
+        let settling = in_flight.begin("k", "o", TTL);
         // Another owner, or another key: nothing to wait for.
-        let start = tokio::time::Instant::now();
-        in_flight.settled("k", "other", Duration::from_secs(5)).await;
-        in_flight.settled("other", "o", Duration::from_secs(5)).await;
+        let start = Instant::now();
+        in_flight.before_release("k", "other", Duration::from_secs(5)).await;
+        in_flight.before_release("other", "o", Duration::from_secs(5)).await;
         assert_eq!(start.elapsed(), Duration::ZERO);
         // The same: until it has ended.
         let ended = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
             drop(settling);
         });
-        in_flight.settled("k", "o", Duration::from_secs(5)).await;
+        in_flight.before_release("k", "o", Duration::from_secs(5)).await;
         assert_eq!(start.elapsed(), Duration::from_millis(300));
         ended.await.expect("task");
         // Bounded when it does not end.
-        let _stuck = in_flight.begin("k", "o");
-        in_flight.settled("k", "o", Duration::from_secs(2)).await;
+        let _stuck = in_flight.begin("k", "o", TTL);
+        in_flight.before_release("k", "o", Duration::from_secs(2)).await;
         assert_eq!(start.elapsed(), Duration::from_millis(2300));
-        assert_eq!(super::lock(&in_flight.map).len(), 1);
+        assert_eq!(in_flight.shared.entries().len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_release_waits_for_every_attempt_of_its_owner() {
-        let in_flight = InFlight::default();
+        let in_flight = in_flight();
         // The first attempt timed out and is still on the wire; the retry is answered.
-        let first = in_flight.begin("k", "o");
-        drop(in_flight.begin("k", "o"));
-        let start = tokio::time::Instant::now();
+        let first = in_flight.begin("k", "o", TTL);
+        drop(in_flight.begin("k", "o", TTL));
+        let start = Instant::now();
         let ended = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
             drop(first);
         });
-        in_flight.settled("k", "o", Duration::from_secs(5)).await;
+        in_flight.before_release("k", "o", Duration::from_secs(5)).await;
         assert_eq!(start.elapsed(), Duration::from_millis(300));
         ended.await.expect("task");
-        assert!(super::lock(&in_flight.map).is_empty());
+        assert!(in_flight.shared.entries().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_acquisition_hears_its_owners_release_whenever_it_came() {
+        let in_flight = in_flight();
+        let start = Instant::now();
+        let until = start + Duration::from_secs(10);
+        // A release that came while the statement was still settling: heard later.
+        let mut early = in_flight.begin("k", "o", TTL);
+        let _other_owner = in_flight.begin("k", "p", TTL);
+        in_flight.before_release("k", "o", Duration::from_millis(100)).await;
+        assert!(early.keep().is_some());
+        assert!(early.release_wanted_by(until).await);
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
+        // One whose connection is kept is not waited for, and hears the release that comes.
+        let mut kept = in_flight.begin("k", "q", TTL);
+        assert_eq!(kept.keep(), Some(("the release statement".to_owned(), Duration::from_secs(2))));
+        let hears = tokio::spawn(async move { (kept.release_wanted_by(until).await, Instant::now()) });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        in_flight.before_release("k", "q", Duration::from_secs(5)).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(300), "a kept acquisition is not waited for");
+        assert_eq!(hears.await.expect("task"), (true, start + Duration::from_millis(300)));
+        // No release by `until`: not wanted.
+        let mut unreleased = in_flight.begin("k", "r", TTL);
+        assert!(!unreleased.release_wanted_by(until).await);
+        assert_eq!(Instant::now(), until);
     }
 }

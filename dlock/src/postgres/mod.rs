@@ -73,7 +73,8 @@ pub struct PostgresBackend {
 
 struct Inner {
     pool: Pools,
-    /// Acquisitions whose statement may still take effect: a release waits for its own.
+    /// Acquisitions whose statement may still take effect: a release waits for its own, and
+    /// goes behind it.
     in_flight: InFlight,
     statements: Statements,
     listener: Option<Listener>,
@@ -375,6 +376,7 @@ impl LockBackend for PostgresBackend {
             // Ask for a release notice only when one would be heard.
             let notice =
                 inner.listener.as_ref().is_some_and(|l| l.is_listening(|| inner.statements.channel(key)));
+            let settling = inner.in_flight.begin(key, owner, ttl);
             let ttl = millis(ttl);
             let rows = inner
                 .pool
@@ -387,7 +389,7 @@ impl LockBackend for PostgresBackend {
                         (&ttl, Type::INT8),
                         (&notice, Type::BOOL),
                     ],
-                    Some(inner.in_flight.begin(key, owner)),
+                    Some(settling),
                 )
                 .await?;
             let row = rows.first().ok_or_else(|| inner.unexpected("the acquire statement"))?;
@@ -410,9 +412,10 @@ impl LockBackend for PostgresBackend {
     ) -> BoxFuture<'a, Result<ReleaseOutcome, BackendError>> {
         Box::pin(async move {
             let inner = &*self.inner;
-            // An acquisition of this owner's that its caller gave up on may still commit: not
-            // before this release (see `in_flight`).
-            inner.in_flight.settled(key, owner, inner.call_timeout).await;
+            // An acquisition of this owner's that its caller gave up on may still commit: this
+            // release waits for it (a call timeout at most), and also goes behind it on its
+            // connection (see `in_flight`).
+            inner.in_flight.before_release(key, owner, inner.call_timeout).await;
             let rows = inner
                 .pool
                 .query(

@@ -132,10 +132,11 @@ impl Pools {
         self.query_settling(what, sql, params, None).await
     }
 
-    /// [`query`](Self::query), dropping `settling` once the statement has ended on the
-    /// server: when answered, or — if its caller gave up while it was on the wire — once a
-    /// round trip sent after it on the same connection came back (at most one call timeout
-    /// later; see `in_flight`).
+    /// [`query`](Self::query) for an acquisition, dropping `settling` once the statement has
+    /// ended on the server: when answered, or — if its caller gave up while it was on the wire
+    /// — once a round trip sent after it on the same connection came back. If that does not
+    /// come back within a call timeout, the connection is kept (out of the pool) for the
+    /// owner's release to be sent behind the statement (see `in_flight`).
     pub(super) async fn query_settling(
         &self,
         what: &str,
@@ -235,7 +236,10 @@ impl Drop for Forget {
     }
 }
 
-/// A pooled connection with a statement on the wire.
+/// A pooled connection with a statement on the wire. Dropped before the answer came, it takes
+/// the connection out of the pool, cancels the statement, and closes the connection once a
+/// round trip sent behind the statement came back, or a call timeout passed — or, for an
+/// acquisition that has not ended by then, once its owner's release has been sent behind it.
 struct Checkout<'a> {
     object: Option<Object>,
     background: &'a Background,
@@ -261,15 +265,25 @@ impl Drop for Checkout<'_> {
         let cancel = wrapper.cancel_token();
         let (settling, timeout) = (self.settling.take(), self.timeout);
         self.background.spawn(async move {
+            // On this runtime's clock (the caller's may be paused).
+            let abandoned = tokio::time::Instant::now();
             let cancel = async {
                 let _ = tokio::time::timeout(Duration::from_secs(5), cancel.cancel_query(NoTls)).await;
             };
-            // Answered after the abandoned statement (cancelled or not), on the same connection.
+            // Answered after the abandoned statement (cancelled or not), on the same connection:
+            // then it has ended, and `settling` goes at once (a release waits for that).
             let ended = async {
-                let _ = tokio::time::timeout(timeout, wrapper.simple_query("")).await;
-                drop(settling);
+                let ended = tokio::time::timeout(timeout, wrapper.simple_query("")).await.is_ok();
+                settling.filter(|_| !ended)
             };
-            tokio::join!(cancel, ended);
+            let ((), unended) = tokio::join!(cancel, ended);
+            // An acquisition that has not ended (held up on its way, or stuck behind a row
+            // lock its cancel missed) may still commit: its connection is kept, out of the
+            // pool, for its owner's release to go behind it (see `in_flight`). Sent only now
+            // that the cancel is answered, so that the cancel cannot hit the release instead.
+            if let Some(mut settling) = unended {
+                settling.release_behind(&wrapper, abandoned).await;
+            }
             drop(wrapper);
         });
     }

@@ -1,6 +1,7 @@
 //! The backend's own thread and tokio runtime, for what serves every runtime of the process
 //! and must outlive whichever one created the backend: the listening connection and its task,
-//! the periodic cleanup, and the cancel requests of timed-out statements.
+//! the periodic cleanup, and the cancel requests of timed-out statements (with the releases
+//! sent behind those of them that were acquisitions, see `in_flight.rs`).
 //!
 //! Spawned on a caller's runtime, such a task would die with that runtime (the
 //! `#[tokio::test]` pattern: a global service made in one test's runtime, used from the next),
