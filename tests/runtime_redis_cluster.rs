@@ -1009,3 +1009,43 @@ async fn subscribed(port: u16, channel: &str, count: i64, what: &str) {
     })
     .await;
 }
+
+/// The mistakes a user makes with a cluster URL are told as what they are, at connect: a
+/// `redis-cluster://` URL naming a Redis that is not a cluster node (the shared server) is
+/// `InvalidInput` saying so and naming `redis://`, not "something dlock does not expect; check
+/// that nothing else writes keys under the service's prefix"; a password the nodes refuse is
+/// an `Auth` error, not "it could not be reached".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_errors_tell_a_server_that_is_no_cluster_and_a_refused_password() {
+    let single = dlock_tests::shared_redis_url();
+    let not_a_cluster = RedisClusterBackend::builder([single.as_str()]).connect().await;
+    match not_a_cluster {
+        Err(dlock::Error::InvalidInput { what, reason }) => {
+            assert_eq!(what, "Redis Cluster nodes");
+            assert!(reason.contains("not a Redis Cluster node") && reason.contains("redis://"), "{reason}");
+        }
+        other => panic!("a server that is no cluster node: {other:?}"),
+    }
+    let through_url = dlock::connect(&single.replacen("redis://", "redis-cluster://", 1)).await.err();
+    assert!(
+        matches!(&through_url, Some(dlock::Error::InvalidInput { what: "Redis Cluster nodes", .. })),
+        "the same through dlock::connect: {through_url:?}"
+    );
+
+    let seeds = shared_cluster_seeds();
+    let wrong_password: Vec<String> =
+        seeds.iter().map(|seed| seed.replacen("redis://", "redis://:wrong-password@", 1)).collect();
+    let refused = RedisClusterBackend::builder(wrong_password).connect().await.err();
+    let shown = refused.as_ref().map(ToString::to_string).unwrap_or_default();
+    match &refused {
+        Some(dlock::Error::Backend { source, .. }) => {
+            assert_eq!(source.kind(), dlock::backend::BackendErrorKind::Auth, "{shown}: {source}");
+            assert!(shown.contains("refused the credentials"), "{shown}");
+            assert!(
+                !format!("{shown} {source}").contains("wrong-password"),
+                "the password is masked: {source}"
+            );
+        }
+        other => panic!("a password the nodes refuse: {other:?}"),
+    }
+}

@@ -36,7 +36,7 @@ use redis::{ProtocolVersion, PushInfo, PushKind, RedisResult, Value};
 use super::cluster_epochs::{ClusterEpochs, read_epoch};
 use super::connection::{Conn, Connections, Connector, tcp_settings};
 use super::engine::{self, Engine, LeaseActivity, Replicated, Replication};
-use super::error::redact;
+use super::error::{is_not_a_cluster, redact};
 use super::lanes::Lanes;
 use super::layout;
 use super::notify::{Feed, FeedEvent, FeedSink, FeedSource, Notifier, Outcome};
@@ -209,7 +209,19 @@ impl RedisClusterBackendBuilder {
         let pong: Result<String, BackendError> = conns
             .call("PING", |mut conn| async move { redis::cmd("PING").query_async(&mut conn).await })
             .await;
-        pong.map_err(|err| Error::backend("redis-cluster", None, err))?;
+        pong.map_err(|err| {
+            if is_not_a_cluster(&err) {
+                // Waiting will not help: the URL names the wrong kind of server.
+                Error::InvalidInput {
+                    what: "Redis Cluster nodes",
+                    reason: format!(
+                        "`{shown}`: a seed node is not a Redis Cluster node (it answered that cluster support is disabled); for a single Redis server use a redis://host:port URL (RedisBackend), for a cluster list nodes of it (servers run with cluster-enabled yes)"
+                    ),
+                }
+            } else {
+                Error::backend("redis-cluster", None, err)
+            }
+        })?;
         // Read before any lease is granted: a failover from here on raises it.
         let epoch = read_epoch(&conns).await.unwrap_or_else(|err| {
             tracing::debug!(target: "dlock", error = %err, "could not read the Redis Cluster's epoch");

@@ -29,7 +29,10 @@ impl std::error::Error for RedisCause {
 /// What kind of failure `err` is, for callers that retry some and not others.
 pub(super) fn classify(err: &RedisError) -> BackendErrorKind {
     let code = err.code();
-    if err.kind() == ErrorKind::AuthenticationFailed || matches!(code, Some("WRONGPASS" | "NOAUTH")) {
+    if err.kind() == ErrorKind::AuthenticationFailed
+        || matches!(code, Some("WRONGPASS" | "NOAUTH"))
+        || wraps_refused_credentials(err)
+    {
         BackendErrorKind::Auth
     } else if code == Some("NOPERM") || err.to_string().contains("can't run this command") {
         // Inside a script, Redis reports a command the user may not run as a plain error.
@@ -64,6 +67,24 @@ pub(super) fn classify(err: &RedisError) -> BackendErrorKind {
     } else {
         BackendErrorKind::Other
     }
+}
+
+/// Whether `err` is the cluster client's "Failed to create initial connections", an `Io` error
+/// that carries, as text only, a node's refusal of the credentials: the nodes were reached,
+/// and retrying or checking the network will not help.
+fn wraps_refused_credentials(err: &RedisError) -> bool {
+    err.kind() == ErrorKind::Io && {
+        let text = err.to_string();
+        ["AuthenticationFailed", "WRONGPASS", "NOAUTH"].iter().any(|refusal| text.contains(refusal))
+    }
+}
+
+/// Whether `err` is a server's answer that it is no Redis Cluster node (`cluster-enabled no`):
+/// a `redis-cluster://` URL, or the nodes of a cluster backend, that name a single server.
+pub(super) fn is_not_a_cluster(err: &BackendError) -> bool {
+    std::error::Error::source(err)
+        .and_then(|cause| cause.downcast_ref::<RedisCause>())
+        .is_some_and(|cause| cause.0.to_string().contains("cluster support disabled"))
 }
 
 /// A call `what` (e.g. "the acquire script") that Redis at `url` refused or that broke.
