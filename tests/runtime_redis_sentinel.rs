@@ -456,9 +456,9 @@ async fn an_enormous_call_timeout_does_not_panic() {
     assert!(outcome.is_ok(), "locking panicked: {outcome:?}");
 }
 
-/// Connecting with a master name the sentinels do not monitor, or to sentinels none of which
-/// can be reached, says so: not "it cannot serve right now; retry shortly", which no retry
-/// would mend.
+/// Connecting with a master name the sentinels do not monitor, to sentinels none of which
+/// can be reached, or to a Redis server given as a sentinel, says so: not "it cannot serve
+/// right now; retry shortly", which no retry would mend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_errors_tell_an_unknown_master_and_unreachable_sentinels_from_a_failover() {
     let (sentinels, _) = shared_sentinel_group();
@@ -478,5 +478,16 @@ async fn connect_errors_tell_an_unknown_master_and_unreachable_sentinels_from_a_
             assert_eq!(source.kind(), dlock::backend::BackendErrorKind::Connection, "{source}");
         }
         other => panic!("no sentinel reachable: {other:?}"),
+    }
+    // The addresses of Redis servers where the sentinels' belong (the shared server is no
+    // sentinel): a mistake in the URL, not a failover to wait out.
+    let not_sentinels =
+        RedisSentinelBackend::builder([dlock_tests::shared_redis_url()], "mymaster").connect().await;
+    match not_sentinels {
+        Err(dlock::Error::InvalidInput { what, reason }) => {
+            assert_eq!(what, "Sentinel URL");
+            assert!(reason.contains("not a sentinel") && reason.contains("26379"), "{reason}");
+        }
+        other => panic!("a Redis server given as a sentinel: {other:?}"),
     }
 }

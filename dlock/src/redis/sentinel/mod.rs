@@ -236,6 +236,8 @@ impl RedisSentinelBackendBuilder {
         primary.resolve().await.map_err(|err| {
             if primary::is_unknown_master(&err) {
                 Error::InvalidInput { what: "Sentinel master name", reason: err.to_string() }
+            } else if primary::is_not_a_sentinel(&err) {
+                Error::InvalidInput { what: "Sentinel URL", reason: err.to_string() }
             } else {
                 Error::backend("redis-sentinel", None, err)
             }

@@ -63,6 +63,31 @@ pub(super) fn is_unknown_master(err: &BackendError) -> bool {
     std::error::Error::source(err).is_some_and(|cause| cause.is::<UnknownMaster>())
 }
 
+/// The cause of a resolution that failed because an address given as a sentinel is a Redis
+/// server that knows no `SENTINEL` command (see [`is_not_a_sentinel`]).
+#[derive(Debug)]
+struct NotASentinel;
+
+impl std::fmt::Display for NotASentinel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an address given as a sentinel is a Redis server that is not a sentinel")
+    }
+}
+
+impl std::error::Error for NotASentinel {}
+
+/// Whether `err` says that an address given as a sentinel is no sentinel.
+pub(super) fn is_not_a_sentinel(err: &BackendError) -> bool {
+    std::error::Error::source(err).is_some_and(|cause| cause.is::<NotASentinel>())
+}
+
+/// Whether a sentinel's failed answer says it knows no `SENTINEL` command: a Redis server
+/// (Redis 7 quotes the command with `'`, Redis 6 with a backtick).
+fn knows_no_sentinel_command(err: &redis::RedisError) -> bool {
+    let text = err.to_string().to_ascii_lowercase();
+    text.contains("unknown command") && text.contains("sentinel")
+}
+
 /// What a sentinel that monitors no master of the name asked for is reported as.
 const NO_SUCH_MASTER: &str = "the sentinel knows no such master";
 
@@ -224,6 +249,8 @@ impl Primary {
         // Sentinels that could not be asked, and sentinels that answered they monitor no
         // master of that name.
         let (mut unreachable, mut unknown) = (0, 0);
+        // Addresses that answered as Redis servers that are no sentinel.
+        let mut not_sentinels = Vec::new();
         for (sentinel, answer) in futures_util::future::join_all(asks).await {
             match answer {
                 Ok(Ok(address)) => {
@@ -236,6 +263,8 @@ impl Primary {
                 Ok(Err(err)) => {
                     if err.kind() == redis::ErrorKind::Client && err.to_string().contains(NO_SUCH_MASTER) {
                         unknown += 1;
+                    } else if knows_no_sentinel_command(&err) {
+                        not_sentinels.push(sentinel.addr().to_string());
                     } else if matches!(
                         classify(&err),
                         BackendErrorKind::Connection | BackendErrorKind::Timeout
@@ -271,6 +300,18 @@ impl Primary {
                         self.master_name,
                         refusal.explain(true)
                     ),
+                ));
+            }
+            if !not_sentinels.is_empty() && not_sentinels.len() + unknown + unreachable == failures.len() {
+                // A Redis server given where a sentinel belongs: waiting will not help.
+                return Err(BackendError::with_source(
+                    BackendErrorKind::Other,
+                    format!(
+                        "no primary for `{}`: {} answered as a Redis server that is not a sentinel ({failed}); give the addresses of the sentinels (`redis-server --sentinel`, port 26379 by default), not those of the Redis servers they watch",
+                        self.master_name,
+                        not_sentinels.join(", ")
+                    ),
+                    NotASentinel,
                 ));
             }
             if unknown > 0 && unknown + unreachable == failures.len() {
