@@ -106,6 +106,10 @@ pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Arc<dyn 
     match scheme {
         // `memory:` takes no host, path or option: anything more would be ignored.
         "memory" if matches!(url, "memory:" | "memory://") => Ok(Arc::new(MemoryBackend::new())),
+        "memory" if url == "memory" => Err(Error::InvalidInput {
+            what: "backend URL",
+            reason: "`memory` lacks its colon; the in-process backend's URL is `memory:`".to_owned(),
+        }),
         "memory" => Err(Error::InvalidInput {
             what: "backend URL",
             reason: format!(
@@ -155,9 +159,15 @@ pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Arc<dyn 
         _ => Err(Error::InvalidInput {
             what: "backend URL",
             reason: format!(
-                "`{}` names no backend this build of dlock has; supported: {}",
+                "`{}` names no backend this build of dlock has; supported: {}{}",
                 redact_scheme(url),
-                supported().join(", ")
+                supported().join(", "),
+                if url.contains("://") {
+                    ""
+                } else {
+                    // `127.0.0.1:6379`, `db:5432`: an address where a URL belongs.
+                    " (a URL begins with its scheme: `redis://host:port`, not `host:port`)"
+                }
             ),
         }),
     }
@@ -210,6 +220,36 @@ mod tests {
             Some(Error::InvalidInput { what: "backend URL", reason }) => {
                 assert!(reason.contains("memory:"), "{reason}");
                 assert!(!reason.contains("secret"), "the URL's secrets stay out of messages: {reason}");
+            }
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+    }
+
+    /// An address without a scheme, and `memory` without its colon, are told as what they are:
+    /// not "`127.0.0.1:…` names no backend", nor "`…` has more than `memory:`".
+    #[tokio::test]
+    async fn a_missing_scheme_or_colon_is_told_as_such() {
+        for url in ["127.0.0.1:6379", "localhost:6379", "db.internal:5432"] {
+            match connect(url).await.err() {
+                Some(Error::InvalidInput { what: "backend URL", reason }) => {
+                    assert!(
+                        reason.contains("begins with its scheme") && reason.contains("redis://host:port"),
+                        "{url}: {reason}"
+                    );
+                }
+                other => panic!("{url}: expected InvalidInput, got {other:?}"),
+            }
+        }
+        match connect("zookeeper://h").await.err() {
+            Some(Error::InvalidInput { reason, .. }) => {
+                assert!(!reason.contains("begins with its scheme"), "{reason}")
+            }
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+        match connect("memory").await.err() {
+            Some(Error::InvalidInput { what: "backend URL", reason }) => {
+                assert!(reason.contains("lacks its colon") && reason.contains("`memory:`"), "{reason}");
+                assert!(!reason.contains("has more than"), "{reason}");
             }
             other => panic!("expected InvalidInput, got {other:?}"),
         }

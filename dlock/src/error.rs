@@ -76,7 +76,7 @@ pub enum Error {
     /// The message says what to do, by the kind of failure; what exactly failed, and the
     /// underlying error, follow as its [`source`](std::error::Error::source) chain (printed
     /// by `{:#}` with anyhow, or by walking `source()`).
-    #[error("lock backend `{backend}` failed{}: {}", match key { Some(k) => format!(" on lock `{k}`"), None => String::new() }, remedy(source.kind()))]
+    #[error("lock backend `{backend}` failed{}: {}", match key { Some(k) => format!(" on lock `{k}`"), None => String::new() }, remedy(source.kind(), key.is_some()))]
     Backend {
         /// The key concerned, when the failure happened on one.
         key: Option<String>,
@@ -104,8 +104,9 @@ pub enum Error {
     },
 }
 
-/// What to do about a backend failure of this kind.
-fn remedy(kind: BackendErrorKind) -> &'static str {
+/// What to do about a backend failure of this kind, on a lock's key (`on_key`) or not (when
+/// connecting: no key was written yet, so none can be at fault).
+fn remedy(kind: BackendErrorKind, on_key: bool) -> &'static str {
     match kind {
         BackendErrorKind::Timeout => {
             "it did not answer in time; check that it runs and is reachable, or raise its call timeout"
@@ -123,8 +124,11 @@ fn remedy(kind: BackendErrorKind) -> &'static str {
         BackendErrorKind::NotReplicated => {
             "too few replicas acknowledged the lock in time, so it was released; retry, and check the replicas"
         }
-        _ => {
+        _ if on_key => {
             "it answered something dlock does not expect; check that nothing else writes keys under the service's prefix and that every process runs the same dlock version (the cause follows)"
+        }
+        _ => {
+            "it refused what dlock asked; the cause follows and says what, check the URL and the server's configuration"
         }
     }
 }
@@ -208,5 +212,23 @@ pub(crate) fn humanize(d: Duration) -> String {
         format!("{:.3}s", d.as_secs_f64()).replace(".000s", "s")
     } else {
         format!("{}ms", d.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod remedy_tests {
+    use crate::backend::{BackendError, BackendErrorKind};
+    use crate::error::Error;
+
+    /// A failure with no key (connecting: a database that does not exist, a server of the
+    /// wrong kind) is not blamed on keys something else wrote under the prefix.
+    #[test]
+    fn an_unexpected_failure_blames_keys_only_when_it_concerns_one() {
+        let cause = || BackendError::new(BackendErrorKind::Other, "database \"nosuchdb\" does not exist");
+        let connecting = Error::backend("postgres", None, cause()).to_string();
+        assert!(!connecting.contains("keys under the service's prefix"), "{connecting}");
+        assert!(connecting.contains("check the URL"), "{connecting}");
+        let on_key = Error::backend("redis", Some("app:k"), cause()).to_string();
+        assert!(on_key.contains("nothing else writes keys under the service's prefix"), "{on_key}");
     }
 }
