@@ -94,7 +94,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .build()
         }
         Err(err) => {
-            println!("lock backend: in-process ({err})");
+            println!("lock backend: in-process ({})", with_causes(&err));
             dlock::LockService::new(dlock::MemoryBackend::new())
         }
     };
@@ -145,4 +145,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("requests of one user overlapped, or some failed".into());
     }
     Ok(())
+}
+
+/// `err` and the causes its message says follow, on one line.
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(source) = cause {
+        text.push_str(": ");
+        text.push_str(&source.to_string());
+        cause = source.source();
+    }
+    text
 }

@@ -275,7 +275,7 @@ async fn connect_redis(url: &str) -> Option<(dlock::RedisBackend, redis::aio::Co
     let backend = match backend {
         Ok(backend) => backend,
         Err(err) => {
-            println!("Redis not reachable ({err}).");
+            println!("Redis not reachable ({}).", with_causes(&err));
             return None;
         }
     };
@@ -384,4 +384,16 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     );
     if locked_ok { Ok(()) } else { Err("ledger inconsistent under the lock".into()) }
+}
+
+/// `err` and the causes its message says follow, on one line.
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(source) = cause {
+        text.push_str(": ");
+        text.push_str(&source.to_string());
+        cause = source.source();
+    }
+    text
 }
