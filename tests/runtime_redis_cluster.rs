@@ -1049,3 +1049,32 @@ async fn connect_errors_tell_a_server_that_is_no_cluster_and_a_refused_password(
         other => panic!("a password the nodes refuse: {other:?}"),
     }
 }
+
+/// A `redis://` URL naming a node of a cluster connects (the node answers `PING`), but the
+/// keys of other nodes' slots are answered with `MOVED`: that is told as a URL of the wrong
+/// kind, pointing to `redis-cluster://`, not as "it cannot serve right now; retry shortly".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_server_url_naming_a_cluster_node_says_to_use_redis_cluster() {
+    let seed = shared_cluster_seeds().remove(0);
+    let backend = dlock::RedisBackend::connect(&seed).await.expect("a cluster node answers PING");
+    let service = LockService::builder(backend).key_prefix(dlock_tests::unique_prefix("single-url")).build();
+    // Of three keys, at least one lies in a slot another of the three primaries serves.
+    let mut refused = None;
+    for key in ["a", "b", "c", "d", "e", "f"] {
+        match service.lock(key).wait(Duration::ZERO).await {
+            Ok(guard) => {
+                guard.release().await.expect("release");
+            }
+            Err(err) => {
+                refused = Some(err);
+                break;
+            }
+        }
+    }
+    let err = refused.expect("a key served by another node is refused");
+    let dlock::Error::Backend { source, .. } = &err else { panic!("expected a backend error, got {err:?}") };
+    assert_ne!(source.kind(), dlock::backend::BackendErrorKind::Unavailable, "{err}: {source}");
+    assert!(!err.to_string().contains("retry shortly"), "{err}");
+    let cause = source.to_string();
+    assert!(cause.contains("Redis Cluster node") && cause.contains("redis-cluster://"), "{cause}");
+}

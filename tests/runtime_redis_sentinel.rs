@@ -491,3 +491,17 @@ async fn connect_errors_tell_an_unknown_master_and_unreachable_sentinels_from_a_
         other => panic!("a Redis server given as a sentinel: {other:?}"),
     }
 }
+
+/// The other way round: a sentinel's address in a `redis://` URL connects (a sentinel answers
+/// `PING`), and its refusal of the scripts says it is a sentinel and to use
+/// `redis-sentinel://`, not only that it answered something unexpected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_server_url_naming_a_sentinel_says_to_use_redis_sentinel() {
+    let (sentinels, _) = shared_sentinel_group();
+    let backend = dlock::RedisBackend::connect(&sentinels[0]).await.expect("a sentinel answers PING");
+    let service = LockService::builder(backend).key_prefix("single-url-sentinel:").build();
+    let err = service.lock("k").wait(Duration::ZERO).await.expect_err("a sentinel runs no scripts");
+    let dlock::Error::Backend { source, .. } = &err else { panic!("expected a backend error, got {err:?}") };
+    let cause = source.to_string();
+    assert!(cause.contains("sentinel") && cause.contains("redis-sentinel://"), "{cause}");
+}

@@ -125,7 +125,7 @@ fn remedy(kind: BackendErrorKind, on_key: bool) -> &'static str {
             "too few replicas acknowledged the lock in time, so it was released; retry, and check the replicas"
         }
         _ if on_key => {
-            "it answered something dlock does not expect; check that nothing else writes keys under the service's prefix and that every process runs the same dlock version (the cause follows)"
+            "it answered something dlock does not expect (the cause follows and says what); unless the cause names another fix, check that nothing else writes keys under the service's prefix and that every process runs the same dlock version"
         }
         _ => {
             "it refused what dlock asked; the cause follows and says what, check the URL and the server's configuration"

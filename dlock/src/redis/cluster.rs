@@ -342,6 +342,10 @@ impl Connector for ClusterConnector {
     fn replace_failed(&self) -> bool {
         false
     }
+
+    fn is_cluster(&self) -> bool {
+        true
+    }
 }
 
 /// How to reach the cluster: its seed nodes, the call timeout, TLS options.

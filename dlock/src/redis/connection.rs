@@ -72,6 +72,13 @@ pub(super) trait Connector: Send + Sync + 'static {
     fn replace_failed(&self) -> bool {
         true
     }
+
+    /// Whether the connections reach a Redis Cluster (and follow its `MOVED`/`ASK`). On a
+    /// connection to one server, a `MOVED` means a cluster node was named where a single
+    /// server belongs.
+    fn is_cluster(&self) -> bool {
+        false
+    }
 }
 
 /// A connection to one server (made from a [`redis::Client`]).
@@ -263,7 +270,7 @@ impl Connections {
             call(conn).await.map_err(|err| Failure {
                 // A server that became a replica (a failover) answers writes with `READONLY`.
                 moved: err.code() == Some("READONLY"),
-                err: call_error(&self.url, what, err),
+                err: call_error(&self.url, what, err, self.connector.is_cluster()),
             })
         })
         .await;

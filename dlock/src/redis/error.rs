@@ -87,8 +87,13 @@ pub(super) fn is_not_a_cluster(err: &BackendError) -> bool {
         .is_some_and(|cause| cause.0.to_string().contains("cluster support disabled"))
 }
 
-/// A call `what` (e.g. "the acquire script") that Redis at `url` refused or that broke.
-pub(super) fn call_error(url: &str, what: &str, err: RedisError) -> BackendError {
+/// A call `what` (e.g. "the acquire script") that Redis at `url` refused or that broke; on a
+/// connection to one server unless `cluster`.
+pub(super) fn call_error(url: &str, what: &str, err: RedisError, cluster: bool) -> BackendError {
+    if let Some(message) = wrong_kind_of_server(url, what, &err, cluster) {
+        // No retry mends it: the URL names the wrong kind of server.
+        return BackendError::with_source(BackendErrorKind::Other, message, RedisCause(err));
+    }
     let kind = classify(&err);
     let message = match kind {
         BackendErrorKind::Auth => {
@@ -98,6 +103,25 @@ pub(super) fn call_error(url: &str, what: &str, err: RedisError) -> BackendError
         _ => format!("Redis at {url} failed {what}"),
     };
     BackendError::with_source(kind, message, RedisCause(err))
+}
+
+/// What `err` tells, if it shows that the URL names the wrong kind of server: a cluster node
+/// answering `MOVED`/`ASK` on a connection to one server, or a sentinel, which knows no
+/// scripts. Both answer `PING`, so connecting alone does not show it.
+fn wrong_kind_of_server(url: &str, what: &str, err: &RedisError, cluster: bool) -> Option<String> {
+    if !cluster && matches!(err.code(), Some("MOVED" | "ASK")) {
+        return Some(format!(
+            "Redis at {url} is a Redis Cluster node: it answered {what} with {} (another node serves the key's slot); connect with redis-cluster://host:port,host:port,… (RedisClusterBackend)",
+            err.code().unwrap_or("MOVED")
+        ));
+    }
+    let text = err.to_string().to_ascii_lowercase();
+    // Redis 7 quotes the command with `'`, Redis 6 with a backtick.
+    (text.contains("unknown command") && text.contains("eval")).then(|| {
+        format!(
+            "Redis at {url} runs no scripts ({what}): it is a Redis Sentinel, not the primary it watches; connect with redis-sentinel://host:port,…/<master name> (RedisSentinelBackend)"
+        )
+    })
 }
 
 /// Whether `err` is Redis Cluster's `TRYAGAIN`: the script named keys of a slot in migration,
