@@ -7,7 +7,8 @@
 //! - a connection that goes silent without closing (black-holed by a proxy this file owns) is
 //!   replaced: commands within two call timeouts, the subscriber by its health check; an
 //!   acquisition held up on its way (the proxy holds its bytes) that the release of the request
-//!   that gave up on it overtook does not keep the key;
+//!   that gave up on it overtook does not keep the key; the connections kept for such
+//!   acquisitions are one each, and let go in time;
 //! - fencing tokens keep increasing across a Redis that lost its data;
 //! - the ACL recipe of the README works with a user confined to the service's prefix, and a
 //!   user confined elsewhere cannot send notices; replayed notices are ignored;
@@ -497,6 +498,55 @@ async fn a_late_acquisition_does_not_outlive_its_owners_release_on_a_new_connect
         panic!("the key stayed held after its owner released it: value {value:?}, {pttl} ms left");
     }
     assert!(backend.release(&key, "next").await.expect("release").was_held);
+}
+
+/// Acquisitions held up on their way time out: their connections are kept, one per
+/// connection however many acquisitions went unanswered on it, and each is let go (with its
+/// socket) once a late run of its acquisitions would have run out anyway — also when no call
+/// comes after them to notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_kept_for_unanswered_acquisitions_are_one_each_and_let_go_in_time() {
+    use dlock::LockBackend;
+    use dlock::backend::{FullKey, TryAcquire};
+
+    let server = RedisServer::start();
+    let proxy = BlackHoleProxy::start(server.port()).await;
+    let backend = Arc::new(connect(&proxy.url()).await);
+    let ttl = Duration::from_millis(100);
+    assert_eq!(backend.kept_connections(), 0);
+    for (round, acquisitions) in [(1, 4), (2, 3)] {
+        // Makes the runtime's connection, which then holds back what it is sent.
+        let warm = FullKey::new("", &format!("kept-warm-up-{round}"));
+        assert!(matches!(backend.try_acquire(&warm, "warm-up", ttl).await, Ok(TryAcquire::Acquired { .. })));
+        proxy.hold();
+        // Side by side on the runtime's connection; it times out and is replaced after them.
+        let calls = (0..acquisitions).map(|n| {
+            let backend = Arc::clone(&backend);
+            tokio::spawn(async move {
+                let key = FullKey::new("", &format!("kept-{round}-{n}"));
+                backend.try_acquire(&key, &format!("owner-{round}-{n}"), ttl).await
+            })
+        });
+        for call in calls.collect::<Vec<_>>() {
+            let answer = call.await.expect("join");
+            assert!(
+                matches!(&answer, Err(err) if err.kind() == BackendErrorKind::Timeout),
+                "a held-up acquisition ended with {answer:?}, not a call timeout"
+            );
+        }
+        assert_eq!(
+            backend.kept_connections(),
+            round,
+            "one kept connection per connection, after round {round}"
+        );
+    }
+    // Kept for the ttl and two call timeouts after the last acquisition on it gave up.
+    let kept_for = ttl + CALL_TIMEOUT * 2;
+    poll_until(kept_for + MARGIN, "the kept connections are let go", || {
+        let backend = Arc::clone(&backend);
+        async move { backend.kept_connections() == 0 }
+    })
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------------

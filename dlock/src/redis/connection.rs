@@ -142,17 +142,18 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// Where a call was sent: the connection, once it has one.
+/// Where a call was sent: the connection, once it has one, and which connection that is (its
+/// clones share one number, unique in the process).
 #[derive(Default)]
-pub(super) struct SentOn(Mutex<Option<Conn>>);
+pub(super) struct SentOn(Mutex<Option<(Conn, u64)>>);
 
 impl SentOn {
-    fn put(&self, conn: Conn) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn);
+    fn put(&self, conn: Conn, generation: u64) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some((conn, generation));
     }
 
-    /// The connection the call was sent on, if it got that far.
-    pub(super) fn take(&self) -> Option<Conn> {
+    /// The connection the call was sent on, and its number, if it got that far.
+    pub(super) fn take(&self) -> Option<(Conn, u64)> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 }
@@ -265,7 +266,7 @@ impl Connections {
             let Taken { made, conn } = self.connection(&runtime).await?;
             used = Some(made);
             if let Some(sent_on) = sent_on {
-                sent_on.put(conn.clone());
+                sent_on.put(conn.clone(), made.generation);
             }
             call(conn).await.map_err(|err| Failure {
                 // A server that became a replica (a failover) answers writes with `READONLY`.

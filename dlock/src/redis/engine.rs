@@ -21,7 +21,7 @@ use super::lanes::Lanes;
 use super::layout;
 use super::notify::Notifier;
 use super::scripts::{Lua, Scripts};
-use super::unanswered::Unanswered;
+use super::unanswered::{Kept, Unanswered};
 use crate::backend::{
     BackendError, BackendErrorKind, CONFIRMATION_WAIT, FullKey, HANDOFF_LEASE, ReleaseOutcome, ReleaseWatch,
     TryAcquire, WAITER_RECHECK,
@@ -242,8 +242,8 @@ impl Engine {
 
     pub(super) async fn release(&self, key: &FullKey, owner: &str) -> Result<ReleaseOutcome, BackendError> {
         let line = layout::line(key);
-        for (conn, keep_until) in self.unanswered.take(key, owner) {
-            self.release_behind(conn, keep_until, key, &line, owner);
+        for Kept { conn, until } in self.unanswered.take(key, owner) {
+            self.release_behind(conn, until, key, &line, owner);
         }
         let (outcome, _): (i64, _) = match self.release_once(&[key.as_str(), &line], owner).await {
             // A cluster slot in migration: leave the line by itself, wherever it is now (else a
@@ -288,6 +288,11 @@ impl Engine {
                 tokio::time::timeout_at(bound, send_script::<i64>(&mut conn, script, &keys, &args, None)).await;
             tracing::debug!(target: "dlock", key, answer = ?released, "released behind an unanswered acquisition");
         }));
+    }
+
+    /// How many connections are kept for releases to follow unanswered acquisitions.
+    pub(super) fn kept_connections(&self) -> usize {
+        self.unanswered.kept_connections()
     }
 
     /// Take `owner`'s place out of the waiting line `line` (one key: routed to its slot's

@@ -408,6 +408,13 @@ impl RedisBackend {
     pub fn connection_count(&self) -> usize {
         self.engine.conns.count()
     }
+
+    /// How many connections are kept for releases to follow acquisitions whose answer never
+    /// came (see the `unanswered` module).
+    #[doc(hidden)]
+    pub fn kept_connections(&self) -> usize {
+        self.engine.kept_connections()
+    }
 }
 
 engine::lock_backend_via_engine!(RedisBackend, "redis", layout::check);

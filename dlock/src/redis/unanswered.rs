@@ -9,22 +9,56 @@
 //! that release may run first and find nothing, and the acquisition, running after it, would
 //! leave the key held by an owner that gave up, for its whole ttl. The same release sent behind
 //! the acquisition on its own connection runs after it, whenever it runs.
+//!
+//! Each connection is kept once, however many acquisitions went unanswered on it, and let go
+//! (closing its socket, once nothing else uses it) as soon as a late run of its acquisitions
+//! no longer matters: a task on dlock's runtime watches the times while anything is kept.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use tokio::sync::Notify;
+
 use super::connection::{Conn, SentOn};
+use crate::background;
 
-type Entries = HashMap<(String, String), Vec<(Conn, Instant)>>;
-
-/// The unanswered acquisitions of one backend, by (lock, owner): the connections they were
-/// sent on, each kept until a release of that owner takes it, or until a given time.
+/// The unanswered acquisitions of one backend, by (lock, owner), and the connections they were
+/// sent on: one clone of each connection however many acquisitions went unanswered on it,
+/// kept until the releases of those owners have taken it, or until a given time. A task on
+/// dlock's runtime forgets what is kept long enough as soon as it is (a kept connection keeps
+/// its socket open), while anything is kept.
 #[derive(Default)]
 pub(super) struct Unanswered {
-    entries: Mutex<Entries>,
+    entries: Arc<Mutex<Entries>>,
+}
+
+#[derive(Default)]
+struct Entries {
+    by_owner: HashMap<(String, String), Vec<Noted>>,
+    /// By connection number: the connection, until when it is kept (the latest of its
+    /// acquisitions'), and in how many `by_owner` lists it is.
+    conns: HashMap<u64, (Conn, Instant, usize)>,
+    /// While a task forgets entries as they run out: when it looks next.
+    sweep_at: Option<Instant>,
+    /// Wakes that task, to look earlier.
+    sweep_sooner: Arc<Notify>,
+}
+
+/// One connection an owner's acquisition of a lock went unanswered on.
+#[derive(Clone, Copy)]
+struct Noted {
+    conn: u64,
+    until: Instant,
+}
+
+/// A connection that an acquisition went unanswered on, as [`Unanswered::take`] gives it out.
+pub(super) struct Kept {
+    pub(super) conn: Conn,
+    /// Until when a late run of it matters.
+    pub(super) until: Instant,
 }
 
 /// One acquisition: noted in its [`Unanswered`] when dropped without [`answered`](Self::answered).
@@ -40,8 +74,7 @@ pub(super) struct Attempt<'a> {
 
 impl Unanswered {
     fn entries(&self) -> MutexGuard<'_, Entries> {
-        // Every update is one insert or remove: a poisoned map is consistent.
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.entries)
     }
 
     /// An acquisition of `key` for `owner` about to be sent; if its answer never comes, its
@@ -51,14 +84,59 @@ impl Unanswered {
     }
 
     /// The connections that unanswered acquisitions of `key` for `owner` were sent on (each
-    /// given out once), each with how long it is still to be kept.
-    pub(super) fn take(&self, key: &str, owner: &str) -> Vec<(Conn, Instant)> {
+    /// given out once).
+    pub(super) fn take(&self, key: &str, owner: &str) -> Vec<Kept> {
         let mut entries = self.entries();
-        if entries.is_empty() {
+        if entries.by_owner.is_empty() {
             return Vec::new();
         }
-        prune(&mut entries);
-        entries.remove(&(key.to_owned(), owner.to_owned())).unwrap_or_default()
+        entries.prune(Instant::now());
+        let Some(noted) = entries.by_owner.remove(&(key.to_owned(), owner.to_owned())) else {
+            return Vec::new();
+        };
+        noted
+            .into_iter()
+            .filter_map(|Noted { conn, until }| {
+                let (kept, _, owners) = entries.conns.get_mut(&conn)?;
+                let kept = kept.clone();
+                *owners -= 1;
+                if *owners == 0 {
+                    entries.conns.remove(&conn);
+                }
+                Some(Kept { conn: kept, until })
+            })
+            .collect()
+    }
+
+    /// How many connections are kept.
+    pub(super) fn kept_connections(&self) -> usize {
+        self.entries().conns.len()
+    }
+}
+
+impl Entries {
+    /// Forget what is kept long enough.
+    fn prune(&mut self, now: Instant) {
+        self.by_owner.retain(|_, noted| {
+            noted.retain(|noted| noted.until > now);
+            !noted.is_empty()
+        });
+        self.conns.retain(|_, (_, until, _)| *until > now);
+        // A connection forgotten above was forgotten by every list it was in (its time is the
+        // latest of theirs), and each list holds it at most once: recount.
+        for (_, _, owners) in self.conns.values_mut() {
+            *owners = 0;
+        }
+        for noted in self.by_owner.values().flatten() {
+            if let Some((_, _, owners)) = self.conns.get_mut(&noted.conn) {
+                *owners += 1;
+            }
+        }
+    }
+
+    /// When the next entry runs out.
+    fn next_end(&self) -> Option<Instant> {
+        self.conns.values().map(|(_, until, _)| *until).min()
     }
 }
 
@@ -74,19 +152,61 @@ impl Drop for Attempt<'_> {
         if self.answered {
             return;
         }
-        let Some(conn) = self.sent_on.take() else { return };
-        let until = Instant::now() + self.keep;
+        let Some((conn, number)) = self.sent_on.take() else { return };
+        let now = Instant::now();
+        let until = now + self.keep;
         let mut entries = self.unanswered.entries();
-        prune(&mut entries);
-        entries.entry((self.key.to_owned(), self.owner.to_owned())).or_default().push((conn, until));
+        entries.prune(now);
+        let noted = entries.by_owner.entry((self.key.to_owned(), self.owner.to_owned())).or_default();
+        let first_for_owner = match noted.iter_mut().find(|noted| noted.conn == number) {
+            Some(same) => {
+                same.until = same.until.max(until);
+                false
+            }
+            None => {
+                noted.push(Noted { conn: number, until });
+                true
+            }
+        };
+        let kept = entries.conns.entry(number).or_insert((conn, until, 0));
+        kept.1 = kept.1.max(until);
+        if first_for_owner {
+            kept.2 += 1;
+        }
+        match entries.sweep_at {
+            None => {
+                entries.sweep_at = Some(until);
+                drop(entries);
+                background::spawn_here(sweep(Arc::downgrade(&self.unanswered.entries)));
+            }
+            Some(at) if until < at => entries.sweep_sooner.notify_one(),
+            Some(_) => {}
+        }
     }
 }
 
-/// Forget connections kept long enough.
-fn prune(entries: &mut Entries) {
-    let now = Instant::now();
-    entries.retain(|_, sent| {
-        sent.retain(|(_, until)| *until > now);
-        !sent.is_empty()
-    });
+/// Forget entries as they run out, until none is left (or the backend is gone).
+async fn sweep(entries: Weak<Mutex<Entries>>) {
+    loop {
+        let (next, sooner) = {
+            let Some(entries) = entries.upgrade() else { return };
+            let mut entries = lock(&entries);
+            entries.prune(Instant::now());
+            entries.sweep_at = entries.next_end();
+            match entries.sweep_at {
+                Some(next) => (next, Arc::clone(&entries.sweep_sooner)),
+                None => return,
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = sooner.notified() => {}
+        }
+    }
+}
+
+fn lock(entries: &Mutex<Entries>) -> MutexGuard<'_, Entries> {
+    // Every update leaves the maps consistent before anything can panic: a poisoned map is
+    // consistent.
+    entries.lock().unwrap_or_else(PoisonError::into_inner)
 }
