@@ -7,8 +7,8 @@
 //! - a connection that goes silent without closing (black-holed by a proxy this file owns) is
 //!   replaced: commands within two call timeouts, the subscriber by its health check; an
 //!   acquisition held up on its way (the proxy holds its bytes) that the release of the request
-//!   that gave up on it overtook does not keep the key; the connections kept for such
-//!   acquisitions are one each, and let go in time;
+//!   that gave up on it overtook does not keep the key, also when the runtime it was sent from
+//!   ended first; the connections kept for such acquisitions are one each, and let go in time;
 //! - fencing tokens keep increasing across a Redis that lost its data;
 //! - the ACL recipe of the README works with a user confined to the service's prefix, and a
 //!   user confined elsewhere cannot send notices; replayed notices are ignored;
@@ -498,6 +498,113 @@ async fn a_late_acquisition_does_not_outlive_its_owners_release_on_a_new_connect
         panic!("the key stayed held after its owner released it: value {value:?}, {pttl} ms left");
     }
     assert!(backend.release(&key, "next").await.expect("release").was_held);
+}
+
+/// An acquisition held up on its way times out on a current-thread runtime, and that runtime
+/// ends right after (a `#[tokio::test]`, a CLI that leaves `block_on`): the connection it went
+/// on dies with it, and nothing can be sent behind it there any more. The request's claim
+/// releases the key from dlock's own runtime, on a new connection, before the held-up script
+/// runs. When it runs after all, the key must not stay held for the owner that gave up (for its
+/// whole ttl of 30 s): another client gets it within two call timeouts.
+#[test]
+fn a_late_acquisition_does_not_keep_the_key_after_its_runtime_ended() {
+    late_acquisition_after_its_runtime_ended(false);
+}
+
+/// As above, with the owner's release sent from that current-thread runtime before it ends
+/// (the owner asked again on a new connection, took the key and released it): the release
+/// behind the held-up acquisition must not depend on that runtime running on afterwards.
+#[test]
+fn a_late_acquisition_does_not_outlive_a_release_sent_just_before_its_runtime_ended() {
+    late_acquisition_after_its_runtime_ended(true);
+}
+
+fn late_acquisition_after_its_runtime_ended(released_on_that_runtime: bool) {
+    use dlock::LockBackend;
+    use dlock::backend::{FullKey, TryAcquire};
+
+    let outer = runtime(true);
+    let server = RedisServer::start();
+    let proxy = outer.block_on(BlackHoleProxy::start(server.port()));
+    let url = proxy.url();
+    let backend = outer.block_on(connect(&url));
+    let mut conn = outer.block_on(inspector(&server.url()));
+    let key = FullKey::new("", "late-runtime");
+    let ttl = Duration::from_secs(30);
+    let caller = runtime(false);
+    let releases = if released_on_that_runtime {
+        // Makes the caller's connection, and loads the scripts: each later call is one EVALSHA.
+        caller.block_on(async {
+            assert!(matches!(
+                backend.try_acquire(&key, "warm-up", ttl).await,
+                Ok(TryAcquire::Acquired { .. })
+            ));
+            assert!(backend.release(&key, "warm-up").await.expect("release").was_held);
+        });
+        let before = outer.block_on(evalsha_calls(&mut conn));
+        proxy.hold();
+        caller.block_on(async {
+            let held_up = backend.try_acquire(&key, "owner", ttl).await;
+            assert!(
+                matches!(&held_up, Err(err) if err.kind() == BackendErrorKind::Timeout),
+                "the held-up acquisition ended with {held_up:?}, not a call timeout"
+            );
+            let again = backend.try_acquire(&key, "owner", ttl).await;
+            assert!(
+                matches!(again, Ok(TryAcquire::Acquired { .. })),
+                "asked again on a new connection: {again:?}"
+            );
+            assert!(backend.release(&key, "owner").await.expect("release on the new connection").was_held);
+        });
+        before + 2
+    } else {
+        let service = LockService::new(backend);
+        caller.block_on(async {
+            let guard =
+                service.lock("late-runtime").wait(Duration::ZERO).await.expect("lock through the proxy");
+            assert!(guard.release().await.expect("release"));
+        });
+        let before = outer.block_on(evalsha_calls(&mut conn));
+        proxy.hold();
+        caller.block_on(async {
+            match service.lock("late-runtime").ttl(ttl).wait(Duration::ZERO).await {
+                Err(Error::Backend { source, .. }) => {
+                    assert_eq!(source.kind(), BackendErrorKind::Timeout, "{source}")
+                }
+                other => panic!("the held-up acquisition ended with {other:?}, not a call timeout"),
+            }
+        });
+        before + 1
+    };
+    drop(caller);
+    outer.block_on(async {
+        // The claim's release (or the owner's, done already) runs while the acquisition is
+        // still held up.
+        poll_until(CALL_TIMEOUT * 2 + MARGIN, "the release runs", || {
+            let mut conn = conn.clone();
+            async move { evalsha_calls(&mut conn).await >= releases }
+        })
+        .await;
+        assert_eq!(evalsha_calls(&mut conn).await, releases, "the held-up acquisition has not run yet");
+        proxy.deliver_held();
+        poll_until(MARGIN, "the held-up acquisition runs", || {
+            let mut conn = conn.clone();
+            async move { evalsha_calls(&mut conn).await > releases }
+        })
+        .await;
+        let other = LockService::new(connect(&server.url()).await);
+        let guard = match other.lock("late-runtime").wait(CALL_TIMEOUT * 2 + MARGIN).await {
+            Ok(guard) => guard,
+            Err(err) => {
+                let value: Option<String> = redis_cmd(&mut conn, &["GET", "late-runtime"]).await;
+                let pttl: i64 = redis_cmd(&mut conn, &["PTTL", "late-runtime"]).await;
+                panic!(
+                    "the key stayed held after its owner gave up ({err}): value {value:?}, {pttl} ms left"
+                );
+            }
+        };
+        assert!(guard.release().await.expect("release"));
+    });
 }
 
 /// Acquisitions held up on their way time out: their connections are kept, one per

@@ -9,6 +9,7 @@
 //! adds a `WAIT` to each acquisition, in the same round trip, on a connection of the
 //! acquisition's own (see [`lanes`](super::lanes)).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,6 +27,7 @@ use crate::backend::{
     BackendError, BackendErrorKind, CONFIRMATION_WAIT, FullKey, HANDOFF_LEASE, ReleaseOutcome, ReleaseWatch,
     TryAcquire, WAITER_RECHECK,
 };
+use crate::background;
 
 /// How long a waiting process keeps its place in a key's waiting line without asking again.
 /// dlock asks about every [`WAITER_RECHECK`]; a process that stopped asking (it crashed) is
@@ -242,8 +244,8 @@ impl Engine {
 
     pub(super) async fn release(&self, key: &FullKey, owner: &str) -> Result<ReleaseOutcome, BackendError> {
         let line = layout::line(key);
-        for Kept { conn, until } in self.unanswered.take(key, owner) {
-            self.release_behind(conn, until, key, &line, owner);
+        for kept in self.unanswered.take(key, owner) {
+            self.release_behind(kept, key, &line, owner).await;
         }
         let (outcome, _): (i64, _) = match self.release_once(&[key.as_str(), &line], owner).await {
             // A cluster slot in migration: leave the line by itself, wherever it is now (else a
@@ -262,32 +264,82 @@ impl Engine {
         Ok(ReleaseOutcome::new(outcome >= 1).with_others_waiting(outcome == 2))
     }
 
-    /// Send the release of `key` by `owner` on `conn`, where an acquisition of theirs went
-    /// unanswered: it runs after that acquisition, if that ever runs (see
+    /// Send the release of `key` by `owner` on the connection `kept`, where an acquisition of
+    /// theirs went unanswered: it runs after that acquisition, if that ever runs (see
     /// [`unanswered`](super::unanswered)). The release that answers the caller goes on the
-    /// current connection; this one is awaited in a task of its own, which keeps `conn` open
-    /// until it is answered, or until `keep_until` (then a late acquisition matters no more).
-    fn release_behind(
-        &self,
-        mut conn: Conn,
-        keep_until: tokio::time::Instant,
-        key: &FullKey,
-        line: &str,
-        owner: &str,
-    ) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    /// current connection.
+    ///
+    /// The release is handed to the connection here, in the caller's task: the connection's
+    /// driver runs on the runtime that made it, which may be the caller's, and a current-thread
+    /// runtime may stop running right after this release returns. Its answer is awaited on
+    /// dlock's runtime, which keeps the connection open until it comes, or until a late
+    /// acquisition matters no more.
+    ///
+    /// If the connection is closed without an answer, the release could not follow the
+    /// acquisition there: its runtime ended (which closed it), or it broke. The acquisition's
+    /// bytes may still be on their way (a socket closed by its client still delivers what it
+    /// was sent), so the release is sent again on a current connection once they can no longer
+    /// arrive — the kernel gives up on data unacknowledged for twice the call timeout (see
+    /// [`tcp_settings`](super::connection::tcp_settings)) — and again at doubling intervals
+    /// until a late acquisition would have run out anyway (for a path that acknowledged the
+    /// bytes and still holds them: a buffering proxy). Only this owner's lock is touched, and an
+    /// owner does not take a lock again after its release.
+    async fn release_behind(&self, kept: Kept, key: &FullKey, line: &str, owner: &str) {
+        let Kept { mut conn, noted, until } = kept;
         let script = &self.scripts.release;
-        let bound = keep_until.max(tokio::time::Instant::now() + self.conns.call_timeout());
         let (key, line, owner) = (key.to_string(), line.to_owned(), owner.to_owned());
-        drop(runtime.spawn(async move {
-            let keys = [key.as_str(), line.as_str()];
-            let args = |cmd: &mut Cmd| {
-                cmd.arg(&owner);
+        let now = tokio::time::Instant::now();
+        let call_timeout = self.conns.call_timeout();
+        // Deadlines as durations from now: dlock's runtime has a clock of its own.
+        let answer_within = until.max(now + call_timeout).saturating_duration_since(now);
+        let undeliverable_in = (noted + call_timeout.saturating_mul(2)).saturating_duration_since(now);
+        let matters_for = until.saturating_duration_since(now);
+        let mut sent = Box::pin({
+            let (key, line, owner) = (key.clone(), line.clone(), owner.clone());
+            async move {
+                let args = |cmd: &mut Cmd| {
+                    cmd.arg(&owner);
+                };
+                send_script::<i64>(&mut conn, script, &[key.as_str(), line.as_str()], &args, None).await
+            }
+        });
+        // Hand the release to the connection now.
+        let answered = std::future::poll_fn(|cx| std::task::Poll::Ready(sent.as_mut().poll(cx))).await;
+        let conns = Arc::clone(&self.conns);
+        background::spawn_here(async move {
+            let answer = match answered {
+                std::task::Poll::Ready(answer) => Some(answer),
+                std::task::Poll::Pending => tokio::time::timeout(answer_within, sent).await.ok(),
             };
-            let released =
-                tokio::time::timeout_at(bound, send_script::<i64>(&mut conn, script, &keys, &args, None)).await;
-            tracing::debug!(target: "dlock", key, answer = ?released, "released behind an unanswered acquisition");
-        }));
+            tracing::debug!(target: "dlock", key, ?answer, "released behind an unanswered acquisition");
+            // Redis answered (even with an error: it ran behind the acquisition), or it never
+            // did within the time a late acquisition matters.
+            if !matches!(&answer, Some(Err(err)) if err.code().is_none()) {
+                return;
+            }
+            let started = tokio::time::Instant::now();
+            let mut wait = undeliverable_in;
+            loop {
+                tokio::time::sleep_until(started + wait).await;
+                let released = conns
+                    .call("the release script", |mut conn| {
+                        let (key, line, owner) = (&key, &line, &owner);
+                        async move {
+                            let args = |cmd: &mut Cmd| {
+                                cmd.arg(owner.as_str());
+                            };
+                            send_script::<i64>(&mut conn, script, &[key.as_str(), line.as_str()], &args, None)
+                                .await
+                        }
+                    })
+                    .await;
+                tracing::debug!(target: "dlock", key, answer = ?released, "released again: the unanswered acquisition's connection closed first");
+                if wait >= matters_for {
+                    return;
+                }
+                wait = wait.saturating_mul(2).max(call_timeout).min(matters_for);
+            }
+        });
     }
 
     /// How many connections are kept for releases to follow unanswered acquisitions.

@@ -10,6 +10,13 @@
 //! leave the key held by an owner that gave up, for its whole ttl. The same release sent behind
 //! the acquisition on its own connection runs after it, whenever it runs.
 //!
+//! A connection dies with the runtime that made it (its driver task runs there): an
+//! acquisition that timed out on a current-thread runtime which then ended (a
+//! `#[tokio::test]`, a CLI that leaves `block_on`) leaves nowhere to send that release, while
+//! the closed socket may still deliver the acquisition. Its release is then sent again, on a
+//! current connection, once those bytes can no longer arrive, and again until a late run would
+//! have ended anyway (see `Engine::release_behind`).
+//!
 //! Each connection is kept once, however many acquisitions went unanswered on it, and let go
 //! (closing its socket, once nothing else uses it) as soon as a late run of its acquisitions
 //! no longer matters: a task on dlock's runtime watches the times while anything is kept.
@@ -51,12 +58,17 @@ struct Entries {
 #[derive(Clone, Copy)]
 struct Noted {
     conn: u64,
+    /// When the last of them was given up: it was sent before.
+    noted: Instant,
     until: Instant,
 }
 
 /// A connection that an acquisition went unanswered on, as [`Unanswered::take`] gives it out.
 pub(super) struct Kept {
     pub(super) conn: Conn,
+    /// When the acquisition was given up (the latest, if several went on this connection): it
+    /// was sent before that.
+    pub(super) noted: Instant,
     /// Until when a late run of it matters.
     pub(super) until: Instant,
 }
@@ -96,14 +108,14 @@ impl Unanswered {
         };
         noted
             .into_iter()
-            .filter_map(|Noted { conn, until }| {
+            .filter_map(|Noted { conn, noted, until }| {
                 let (kept, _, owners) = entries.conns.get_mut(&conn)?;
                 let kept = kept.clone();
                 *owners -= 1;
                 if *owners == 0 {
                     entries.conns.remove(&conn);
                 }
-                Some(Kept { conn: kept, until })
+                Some(Kept { conn: kept, noted, until })
             })
             .collect()
     }
@@ -160,11 +172,12 @@ impl Drop for Attempt<'_> {
         let noted = entries.by_owner.entry((self.key.to_owned(), self.owner.to_owned())).or_default();
         let first_for_owner = match noted.iter_mut().find(|noted| noted.conn == number) {
             Some(same) => {
+                same.noted = now;
                 same.until = same.until.max(until);
                 false
             }
             None => {
-                noted.push(Noted { conn: number, until });
+                noted.push(Noted { conn: number, noted: now, until });
                 true
             }
         };
