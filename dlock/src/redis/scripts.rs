@@ -89,7 +89,9 @@ impl Scripts {
 /// owner in it, `ARGV[4]` the lease (ms) a hand-off gives it (its ttl, capped at
 /// `HANDOFF_LEASE`) and `ARGV[5]` the id of its process (whose channel hears the hand-off).
 ///
-/// The lock's value is `<fencing token>:<owner>`. Returns the fencing token when acquired;
+/// The lock's value is `<fencing token>:<owner>`; when the lock was free, the token's digits
+/// are `TIME`'s seconds and its microseconds padded to six digits, the same text as
+/// `string.format('%d', now_us)` for less of the server's time. Returns the fencing token when acquired;
 /// when held, `{pttl}` (`pttl` < 0: unknown), or `{pttl, holder's token}` if the owner is now in
 /// line (the newest token drawn so far tells a later hand-off from a stale one).
 ///
@@ -99,7 +101,7 @@ impl Scripts {
 const ACQUIRE: &str = r"
 local now = redis.call('TIME')
 local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
-if redis.call('SET', KEYS[1], string.format('%d', now_us) .. ':' .. ARGV[1], 'NX', 'PX', ARGV[2]) then
+if redis.call('SET', KEYS[1], now[1] .. string.sub('00000', #now[2]) .. now[2] .. ':' .. ARGV[1], 'NX', 'PX', ARGV[2]) then
   if KEYS[2] then
     redis.call('HDEL', KEYS[2], ARGV[1])
   end
