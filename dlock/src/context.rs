@@ -161,6 +161,10 @@ pub(crate) fn with_frames<F: std::future::Future>(
     for frame in &mut frames {
         frame.depth = depth;
     }
+    // Outside any scope (the common case) the new frames are the whole stack: no copy.
+    if stack.is_empty() {
+        return HELD.scope(frames, fut);
+    }
     stack.extend(frames);
     HELD.scope(stack, fut)
 }

@@ -299,6 +299,10 @@ impl LockGuard {
         &self,
         deadline: Instant,
     ) -> Result<Vec<OwnedMutexGuard<()>>, Error> {
+        // No re-entered key, no gate: skip the timer (this is every call that is not nested).
+        if self.reentered.is_empty() {
+            return Ok(Vec::new());
+        }
         let started = Instant::now();
         tokio::time::timeout_at(deadline, self.pass_gates())
             .await
@@ -380,7 +384,10 @@ impl Release {
         // never come while the runtime that sent it idles (a guard dropped at the end of a
         // `block_on`), and a renewal that lands after the release is owner-checked: it finds
         // the key not this owner's and changes nothing.
-        let _ = tokio::time::timeout(RENEWAL_ON_THE_WIRE, lease.stop_renewals()).await;
+        // (With none on the wire, as almost always, no timer is set up.)
+        if !lease.stop_renewals_now() {
+            let _ = tokio::time::timeout(RENEWAL_ON_THE_WIRE, lease.stop_renewals()).await;
+        }
         drop(keeper);
         let lost_before = lease.lost_reason().is_some();
         lease.mark_released();

@@ -149,6 +149,15 @@ impl Lease {
         drop(tickets);
     }
 
+    /// Stop renewals for good; `true` if no renewal is on the wire (else
+    /// [`stop_renewals`](Self::stop_renewals) waits for it). A caller that bounds that wait
+    /// with a timer calls this first and skips the timer when nothing is on the wire.
+    pub(crate) fn stop_renewals_now(&self) -> bool {
+        let mut state = self.state();
+        state.renewals_stopped = true;
+        !state.renewing
+    }
+
     /// Stop renewals for good; returns once no renewal is on the wire.
     pub(crate) async fn stop_renewals(&self) {
         loop {
