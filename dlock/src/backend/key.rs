@@ -34,8 +34,7 @@ impl FullKey {
     /// assert_eq!(dlock::backend::FullKey::new("app:", "user:1").as_str(), "app:user:1");
     /// ```
     pub fn new(prefix: &str, key: &str) -> Self {
-        let text: Arc<str> =
-            if prefix.is_empty() { Arc::from(key) } else { Arc::from([prefix, key].concat()) };
+        let text: Arc<str> = if prefix.is_empty() { Arc::from(key) } else { joined(prefix, key) };
         Self { text, prefix_len: prefix.len() }
     }
 
@@ -65,6 +64,23 @@ impl FullKey {
     pub fn unprefixed(&self) -> &str {
         &self.text[self.prefix_len..]
     }
+}
+
+/// `prefix` followed by `key`, put together on the stack when short enough, so that the `Arc`
+/// is the only allocation (a key is made on every request).
+fn joined(prefix: &str, key: &str) -> Arc<str> {
+    const ON_STACK: usize = 192;
+    let len = prefix.len() + key.len();
+    if len <= ON_STACK {
+        let mut buf = [0u8; ON_STACK];
+        buf[..prefix.len()].copy_from_slice(prefix.as_bytes());
+        buf[prefix.len()..len].copy_from_slice(key.as_bytes());
+        // Two `str`s back to back are UTF-8: this always succeeds.
+        if let Ok(text) = std::str::from_utf8(&buf[..len]) {
+            return Arc::from(text);
+        }
+    }
+    Arc::from([prefix, key].concat())
 }
 
 impl Deref for FullKey {
@@ -137,5 +153,21 @@ impl fmt::Display for FullKey {
 impl fmt::Debug for FullKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&*self.text, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FullKey;
+
+    #[test]
+    fn a_full_key_is_the_prefix_then_the_key_at_every_length() {
+        for len in [0, 1, 150, 191, 192, 193, 500] {
+            let key = format!("é{}", "k".repeat(len));
+            let full = FullKey::new("app:", &key);
+            assert_eq!(full.as_str(), format!("app:{key}"));
+            assert_eq!(full.prefix(), "app:");
+            assert_eq!(full.unprefixed(), key);
+        }
     }
 }
