@@ -18,6 +18,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use dlock::distributed_lock;
+use dlock_examples::with_causes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Clone)]
@@ -145,16 +146,4 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("requests of one user overlapped, or some failed".into());
     }
     Ok(())
-}
-
-/// `err` and the causes its message says follow, on one line.
-fn with_causes(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(source) = cause {
-        text.push_str(": ");
-        text.push_str(&source.to_string());
-        cause = source.source();
-    }
-    text
 }

@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dlock::distributed_lock;
+use dlock_examples::with_causes;
 use redis::AsyncCommands;
 
 /// Money in cents.
@@ -384,16 +385,4 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     );
     if locked_ok { Ok(()) } else { Err("ledger inconsistent under the lock".into()) }
-}
-
-/// `err` and the causes its message says follow, on one line.
-fn with_causes(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(source) = cause {
-        text.push_str(": ");
-        text.push_str(&source.to_string());
-        cause = source.source();
-    }
-    text
 }
