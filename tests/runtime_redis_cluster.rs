@@ -7,7 +7,9 @@
 //!   over shards, notices on sharded channels, a slot migrated while its locks are taken and
 //!   released (`ASK`, `MOVED`), a primary killed under load and a `CLUSTER FAILOVER TAKEOVER`
 //!   (tokens keep increasing, locks usable again within the failover time + 1 s, nothing
-//!   granted twice).
+//!   granted twice); an acquisition held up on its way (a proxy its primary announces itself
+//!   behind) whose node connection a slot refresh replaced, which must not keep its key after
+//!   its owner's release for longer than it was held up.
 
 use dlock_tests::RedisClusterStore;
 use dlock_tests::shared_topology::shared_cluster_seeds;
@@ -1077,4 +1079,142 @@ async fn a_single_server_url_naming_a_cluster_node_says_to_use_redis_cluster() {
     assert!(!err.to_string().contains("retry shortly"), "{err}");
     let cause = source.to_string();
     assert!(cause.contains("Redis Cluster node") && cause.contains("redis-cluster://"), "{cause}");
+}
+
+/// How many scripts the node behind `conn` has run by `EVALSHA`.
+async fn evalsha_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis_cmd(conn, &["INFO", "commandstats"]).await;
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
+/// An acquisition held up on its way to its shard's primary (a proxy the primary announces
+/// itself behind holds back what the connection sends) times out. Then the cluster's topology
+/// changes elsewhere (a slot of another shard moves): the cluster connection asks every node
+/// again, finds this node's connection silent and replaces it. The owner's release, sent
+/// behind the acquisition "on its connection", now goes on the node's new connection, runs
+/// first and finds nothing. When the held-up script runs after all, the key must not stay
+/// held for the owner that released it, for its whole ttl of 30 s: another client gets it
+/// within as long again as it was held up after the release (or two call timeouts) and a margin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_acquisition_does_not_outlive_its_owners_release_after_the_node_connection_was_replaced() {
+    use dlock::backend::{FullKey, TryAcquire};
+    use dlock_tests::{BlackHoleProxy, MARGIN};
+
+    let call_timeout = Duration::from_millis(300);
+    let cluster = own_cluster();
+    let name = "late-cluster";
+    let key = FullKey::new("", name);
+    let primary = cluster.primary_for_key(name);
+    // A key of another shard, whose (empty) slot moves to a third primary below.
+    let elsewhere = (0..)
+        .map(|i| format!("elsewhere-{i}"))
+        .find(|other| cluster.primary_for_key(other) != primary)
+        .expect("a key on another shard");
+    let (from, moved_slot) = (cluster.primary_for_key(&elsewhere), cluster.key_slot(&elsewhere));
+    let to = cluster
+        .nodes()
+        .into_iter()
+        .find(|node| ![primary, from].contains(&node.port) && matches!(node.role, NodeRole::Primary))
+        .expect("a third primary")
+        .port;
+
+    // The key's primary announces itself behind the proxy: clients reach it through it.
+    let proxy = BlackHoleProxy::start(primary).await;
+    let mut at_primary = inspector(&format!("redis://127.0.0.1:{primary}")).await;
+    let _: () =
+        redis_cmd(&mut at_primary, &["CONFIG", "SET", "cluster-announce-port", &proxy.port().to_string()])
+            .await;
+    let announced = format!("127.0.0.1:{}@", proxy.port());
+    let ports: Vec<u16> = cluster.nodes().iter().map(|node| node.port).collect();
+    poll_until(Duration::from_secs(10), "every node naming the key's primary at the proxy", || {
+        let (ports, announced) = (ports.clone(), announced.clone());
+        async move {
+            for port in ports {
+                let mut conn = inspector(&format!("redis://127.0.0.1:{port}")).await;
+                let nodes: String = redis_cmd(&mut conn, &["CLUSTER", "NODES"]).await;
+                if !nodes.contains(&announced) {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    let seeds: Vec<String> = ports
+        .iter()
+        .filter(|port| **port != primary)
+        .map(|port| format!("redis://127.0.0.1:{port}"))
+        .collect();
+    let backend = RedisClusterBackend::builder(seeds)
+        .call_timeout(call_timeout)
+        .connect()
+        .await
+        .unwrap_or_else(|err| panic!("connecting to the test's cluster: {err}"));
+    let ttl = Duration::from_secs(30);
+    // Makes the node's connection, and loads the scripts: each later call is one EVALSHA.
+    assert!(matches!(backend.try_acquire(&key, "warm-up", ttl).await, Ok(TryAcquire::Acquired { .. })));
+    assert!(backend.release(&key, "warm-up").await.expect("release").was_held);
+    let before = evalsha_calls(&mut at_primary).await;
+    let accepted = proxy.accepted();
+
+    proxy.hold();
+    let held_up = backend.try_acquire(&key, "owner", ttl).await;
+    assert!(
+        matches!(&held_up, Err(err) if err.kind() == dlock::backend::BackendErrorKind::Timeout),
+        "the held-up acquisition ended with {held_up:?}, not a call timeout"
+    );
+
+    // The slot of `elsewhere` moves (it holds no key): the next call there is answered `MOVED`,
+    // and the cluster connection refreshes its slots, checking every node's connection.
+    let slot = moved_slot.to_string();
+    let mut at_to = inspector(&format!("redis://127.0.0.1:{to}")).await;
+    let mut at_from = inspector(&format!("redis://127.0.0.1:{from}")).await;
+    let to_id: String = redis_cmd(&mut at_to, &["CLUSTER", "MYID"]).await;
+    let _: () = redis_cmd(&mut at_to, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]).await;
+    let _: () = redis_cmd(&mut at_from, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]).await;
+    let _: String = redis_cmd(&mut at_to, &["CLUSTER", "BUMPEPOCH"]).await;
+    let other = FullKey::new("", &elsewhere);
+    let _ = backend.try_acquire(&other, "mover", ttl).await;
+    poll_until(Duration::from_secs(10), "the key's node connection replaced", || {
+        let proxy = &proxy;
+        async move { proxy.accepted() > accepted }
+    })
+    .await;
+
+    // The owner releases: behind its unanswered acquisition, and then as usual.
+    let released = Instant::now();
+    let release = backend.release(&key, "owner").await.expect("the owner's release");
+    assert!(!release.was_held, "the held-up acquisition has not run");
+    assert!(evalsha_calls(&mut at_primary).await >= before + 2, "the releases ran first");
+    let ran = evalsha_calls(&mut at_primary).await;
+
+    proxy.deliver_held();
+    poll_until(MARGIN, "the held-up acquisition runs", || {
+        let mut conn = at_primary.clone();
+        async move { evalsha_calls(&mut conn).await > ran }
+    })
+    .await;
+    let held_up_for = released.elapsed();
+    let bound = held_up_for * 2 + call_timeout * 2 + MARGIN;
+    let taken = tokio::time::timeout(bound, async {
+        loop {
+            if let Ok(TryAcquire::Acquired { .. }) = backend.try_acquire(&key, "next", ttl).await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    if taken.is_err() {
+        let value: Option<String> = redis_cmd(&mut at_primary, &["GET", name]).await;
+        let pttl: i64 = redis_cmd(&mut at_primary, &["PTTL", name]).await;
+        panic!(
+            "the key stayed held {bound:?} after its owner released it (the late acquisition ran {held_up_for:?} after the release): value {value:?}, {pttl} ms left"
+        );
+    }
+    eprintln!("the key was free again {:?} after its owner's release", released.elapsed());
+    assert!(backend.release(&key, "next").await.expect("release").was_held);
 }

@@ -7,8 +7,16 @@
 //! lives in its key's slot (see [`layout`](mod@super::layout)), so each script touches one shard;
 //! while a slot is half migrated, a script that names a moved and an unmoved key gets
 //! `TRYAGAIN`, and the engine asks again with the lock key alone. A node that stops answering
-//! has its own connection repaired by the cluster connection; the connection as a whole is
+//! has its own connection repaired by the cluster connection once that connection breaks (the
+//! kernel gives up on unacknowledged data after two call timeouts) or a slot refresh finds it
+//! silent — a call that timed out alone leaves it in place; the connection as a whole is
 //! kept (making a new one waits for every node, so one silent node would stall every shard).
+//!
+//! So the release sent behind an acquisition whose answer never came (see
+//! [`unanswered`](super::unanswered)) goes on the node's stream that the acquisition went on
+//! only while the node's connection has not been replaced in between; it is sent again later
+//! regardless (`Engine::release_behind`), which bounds how long a late acquisition keeps its
+//! key, not its whole ttl.
 //!
 //! Notices go over sharded pub/sub: the release script announces with `SPUBLISH`, which stays
 //! within the key's shard, and the notifier subscribes with `SSUBSCRIBE` on a RESP3 cluster
@@ -61,6 +69,17 @@ use crate::error::Error;
 /// increasing — they come from the server's clock, so this holds while the promoted replica's
 /// clock is not behind the old primary's by more than the failover takes (the README's
 /// guarantee 6).
+///
+/// An acquisition whose answer never came (it missed the call timeout) may still run later,
+/// held up on its way. Its owner's release is also sent behind it, as on one server, but the
+/// cluster connection keeps one connection per node and may replace a node's meanwhile (one
+/// that broke, or that a slot refresh after a resharding or failover elsewhere found silent):
+/// the release then goes on the new one and may run first. It is sent again later — once the
+/// acquisition's bytes can no longer arrive, then at doubling intervals until a late
+/// acquisition would have run out — so such an acquisition keeps the key until the next of
+/// those releases (at most as long again as it was held up after the release, or two call
+/// timeouts if that is longer), not for its whole ttl. On one server (and under Sentinel) the release runs
+/// behind it on its own connection while that connection lasts (the README's guarantee 4).
 ///
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), dlock::Error> {
@@ -377,7 +396,10 @@ impl ClusterSettings {
             // call timeout — a call that connects first is bounded by it as a whole — or no
             // new connection could be made while any one node is silent.
             .connection_timeout(call_timeout / 3)
-            // A node that does not answer within the call timeout has its connection repaired.
+            // Bounds each request to a node, and the `PING` that checks a node's connection when
+            // the slots are refreshed or the node reconnects: a connection that does not answer
+            // that `PING` is replaced. A request that timed out alone leaves the node's
+            // connection in place (redis-rs sends it again there while its caller still waits).
             .response_timeout(call_timeout)
             // The call timeout bounds each call as a whole already (`Connections::call`): two
             // timers per call (that and the node's) instead of three.

@@ -142,6 +142,21 @@ impl ConnectionLike for Conn {
     }
 }
 
+impl Conn {
+    /// Whether everything sent on this connection and its clones goes on one TCP stream, in
+    /// order: one server's multiplexed connection does. A cluster connection holds one stream
+    /// per node, and replaces a node's when it broke or when a slot refresh (after a `MOVED`,
+    /// say) finds it silent — a timed-out call alone does not — so two commands for one slot
+    /// may go on two streams.
+    pub(super) fn is_one_stream(&self) -> bool {
+        match self {
+            Conn::Server(_) => true,
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(_) => false,
+        }
+    }
+}
+
 /// Where a call was sent: the connection, once it has one, and which connection that is (its
 /// clones share one number, unique in the process).
 #[derive(Default)]

@@ -284,8 +284,16 @@ impl Engine {
     /// until a late acquisition would have run out anyway (for a path that acknowledged the
     /// bytes and still holds them: a buffering proxy). Only this owner's lock is touched, and an
     /// owner does not take a lock again after its release.
+    ///
+    /// On a cluster connection an answer does not show that the release ran behind the
+    /// acquisition: the connection holds one stream per node and may have replaced the node's
+    /// since (after it broke, or when a slot refresh found it silent; see
+    /// [`Conn::is_one_stream`]). The release is then sent again on that schedule whatever the
+    /// answer, so a late acquisition there keeps the key until the next of those releases, not
+    /// for its whole ttl.
     async fn release_behind(&self, kept: Kept, key: &FullKey, line: &str, owner: &str) {
         let Kept { mut conn, noted, until } = kept;
+        let one_stream = conn.is_one_stream();
         let script = &self.scripts.release;
         let (key, line, owner) = (key.to_string(), line.to_owned(), owner.to_owned());
         let now = tokio::time::Instant::now();
@@ -312,9 +320,10 @@ impl Engine {
                 std::task::Poll::Pending => tokio::time::timeout(answer_within, sent).await.ok(),
             };
             tracing::debug!(target: "dlock", key, ?answer, "released behind an unanswered acquisition");
-            // Redis answered (even with an error: it ran behind the acquisition), or it never
-            // did within the time a late acquisition matters.
-            if !matches!(&answer, Some(Err(err)) if err.code().is_none()) {
+            // Redis answered on the acquisition's stream (even with an error: it ran behind the
+            // acquisition), or it never did within the time a late acquisition matters.
+            let closed = matches!(&answer, Some(Err(err)) if err.code().is_none());
+            if answer.is_none() || (one_stream && !closed) {
                 return;
             }
             let started = tokio::time::Instant::now();
@@ -333,7 +342,7 @@ impl Engine {
                         }
                     })
                     .await;
-                tracing::debug!(target: "dlock", key, answer = ?released, "released again: the unanswered acquisition's connection closed first");
+                tracing::debug!(target: "dlock", key, answer = ?released, "released again: the unanswered acquisition's connection closed first, or may have been replaced");
                 if wait >= matters_for {
                     return;
                 }

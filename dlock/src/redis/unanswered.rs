@@ -10,6 +10,13 @@
 //! leave the key held by an owner that gave up, for its whole ttl. The same release sent behind
 //! the acquisition on its own connection runs after it, whenever it runs.
 //!
+//! On Redis Cluster the kept connection is a cluster connection: one stream per node, of which
+//! it replaces a node's when it breaks or when a slot refresh finds it silent. The release sent
+//! there goes on the node's stream the acquisition went on only if that was not replaced in
+//! between, and an answer does not tell which: so there it is also sent again later, as for a
+//! connection that closed (below), and a late acquisition keeps the key until the next of
+//! those releases rather than not at all.
+//!
 //! A connection dies with the runtime that made it (its driver task runs there): an
 //! acquisition that timed out on a current-thread runtime which then ended (a
 //! `#[tokio::test]`, a CLI that leaves `block_on`) leaves nowhere to send that release, while
