@@ -9,7 +9,8 @@
 //!   (tokens keep increasing, locks usable again within the failover time + 1 s, nothing
 //!   granted twice); an acquisition held up on its way (a proxy its primary announces itself
 //!   behind) whose node connection a slot refresh replaced, which must not keep its key after
-//!   its owner's release for longer than it was held up.
+//!   its owner's release for longer than it was held up; without a refresh, timed-out calls
+//!   leave the node's connection in place and the release runs behind the acquisition.
 
 use dlock_tests::RedisClusterStore;
 use dlock_tests::shared_topology::shared_cluster_seeds;
@@ -1090,39 +1091,22 @@ async fn evalsha_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
         .unwrap_or(0)
 }
 
-/// An acquisition held up on its way to its shard's primary (a proxy the primary announces
-/// itself behind holds back what the connection sends) times out. Then the cluster's topology
-/// changes elsewhere (a slot of another shard moves): the cluster connection asks every node
-/// again, finds this node's connection silent and replaces it. The owner's release, sent
-/// behind the acquisition "on its connection", now goes on the node's new connection, runs
-/// first and finds nothing. When the held-up script runs after all, the key must not stay
-/// held for the owner that released it, for its whole ttl of 30 s: another client gets it
-/// within as long again as it was held up after the release (or two call timeouts) and a margin.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_late_acquisition_does_not_outlive_its_owners_release_after_the_node_connection_was_replaced() {
-    use dlock::backend::{FullKey, TryAcquire};
-    use dlock_tests::{BlackHoleProxy, MARGIN};
+/// A cluster of the test's own whose primary serving `key` announces itself behind a
+/// [`BlackHoleProxy`](dlock_tests::BlackHoleProxy) (`cluster-announce-port`), once every node
+/// names it there, and a backend (seeded with the other nodes) that reaches it through it.
+struct BehindProxy {
+    cluster: RedisCluster,
+    primary: u16,
+    proxy: dlock_tests::BlackHoleProxy,
+    /// A connection straight to the primary.
+    at_primary: redis::aio::MultiplexedConnection,
+    backend: RedisClusterBackend,
+}
 
-    let call_timeout = Duration::from_millis(300);
+async fn primary_behind_proxy(key: &str, call_timeout: Duration) -> BehindProxy {
     let cluster = own_cluster();
-    let name = "late-cluster";
-    let key = FullKey::new("", name);
-    let primary = cluster.primary_for_key(name);
-    // A key of another shard, whose (empty) slot moves to a third primary below.
-    let elsewhere = (0..)
-        .map(|i| format!("elsewhere-{i}"))
-        .find(|other| cluster.primary_for_key(other) != primary)
-        .expect("a key on another shard");
-    let (from, moved_slot) = (cluster.primary_for_key(&elsewhere), cluster.key_slot(&elsewhere));
-    let to = cluster
-        .nodes()
-        .into_iter()
-        .find(|node| ![primary, from].contains(&node.port) && matches!(node.role, NodeRole::Primary))
-        .expect("a third primary")
-        .port;
-
-    // The key's primary announces itself behind the proxy: clients reach it through it.
-    let proxy = BlackHoleProxy::start(primary).await;
+    let primary = cluster.primary_for_key(key);
+    let proxy = dlock_tests::BlackHoleProxy::start(primary).await;
     let mut at_primary = inspector(&format!("redis://127.0.0.1:{primary}")).await;
     let _: () =
         redis_cmd(&mut at_primary, &["CONFIG", "SET", "cluster-announce-port", &proxy.port().to_string()])
@@ -1153,6 +1137,40 @@ async fn a_late_acquisition_does_not_outlive_its_owners_release_after_the_node_c
         .connect()
         .await
         .unwrap_or_else(|err| panic!("connecting to the test's cluster: {err}"));
+    BehindProxy { cluster, primary, proxy, at_primary, backend }
+}
+
+/// An acquisition held up on its way to its shard's primary (a proxy the primary announces
+/// itself behind holds back what the connection sends) times out. Then the cluster's topology
+/// changes elsewhere (a slot of another shard moves): the cluster connection asks every node
+/// again, finds this node's connection silent and replaces it. The owner's release, sent
+/// behind the acquisition "on its connection", now goes on the node's new connection, runs
+/// first and finds nothing. When the held-up script runs after all, the key must not stay
+/// held for the owner that released it, for its whole ttl of 30 s: another client gets it
+/// within as long again as it was held up after the release (or two call timeouts) and a margin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_acquisition_does_not_outlive_its_owners_release_after_the_node_connection_was_replaced() {
+    use dlock::backend::{FullKey, TryAcquire};
+    use dlock_tests::MARGIN;
+
+    let call_timeout = Duration::from_millis(300);
+    let name = "late-cluster";
+    let key = FullKey::new("", name);
+    let BehindProxy { cluster, primary, proxy, mut at_primary, backend } =
+        primary_behind_proxy(name, call_timeout).await;
+    // A key of another shard, whose (empty) slot moves to a third primary below.
+    let elsewhere = (0..)
+        .map(|i| format!("elsewhere-{i}"))
+        .find(|other| cluster.primary_for_key(other) != primary)
+        .expect("a key on another shard");
+    let (from, moved_slot) = (cluster.primary_for_key(&elsewhere), cluster.key_slot(&elsewhere));
+    let to = cluster
+        .nodes()
+        .into_iter()
+        .find(|node| ![primary, from].contains(&node.port) && matches!(node.role, NodeRole::Primary))
+        .expect("a third primary")
+        .port;
+
     let ttl = Duration::from_secs(30);
     // Makes the node's connection, and loads the scripts: each later call is one EVALSHA.
     assert!(matches!(backend.try_acquire(&key, "warm-up", ttl).await, Ok(TryAcquire::Acquired { .. })));
@@ -1216,5 +1234,54 @@ async fn a_late_acquisition_does_not_outlive_its_owners_release_after_the_node_c
         );
     }
     eprintln!("the key was free again {:?} after its owner's release", released.elapsed());
+    assert!(backend.release(&key, "next").await.expect("release").was_held);
+}
+
+/// Without a topology change, an acquisition held up on its way to its primary that times out
+/// leaves the node's connection in place (a timed-out request alone does not make the cluster
+/// connection replace a node's): its owner's release, sent behind it there, is held up and
+/// times out too, and runs after it once the held bytes arrive. The key is free as soon as they
+/// have run, not at the releases sent again later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_call_leaves_its_node_connection_and_the_release_runs_behind_it() {
+    use dlock::backend::{BackendErrorKind, FullKey, TryAcquire};
+    use dlock_tests::MARGIN;
+
+    let call_timeout = Duration::from_millis(300);
+    let name = "late-cluster-kept";
+    let key = FullKey::new("", name);
+    let BehindProxy { cluster: _cluster, proxy, mut at_primary, backend, .. } =
+        primary_behind_proxy(name, call_timeout).await;
+    let ttl = Duration::from_secs(30);
+    // Makes the node's connection, and loads the scripts: each later call is one EVALSHA.
+    assert!(matches!(backend.try_acquire(&key, "warm-up", ttl).await, Ok(TryAcquire::Acquired { .. })));
+    assert!(backend.release(&key, "warm-up").await.expect("release").was_held);
+    let before = evalsha_calls(&mut at_primary).await;
+    let accepted = proxy.accepted();
+
+    proxy.hold();
+    let held_up = backend.try_acquire(&key, "owner", ttl).await;
+    assert!(
+        matches!(&held_up, Err(err) if err.kind() == BackendErrorKind::Timeout),
+        "the held-up acquisition ended with {held_up:?}, not a call timeout"
+    );
+    let release = backend.release(&key, "owner").await;
+    assert!(
+        matches!(&release, Err(err) if err.kind() == BackendErrorKind::Timeout),
+        "the release behind the held-up acquisition ended with {release:?}, not a call timeout"
+    );
+    assert_eq!(proxy.accepted(), accepted, "two timed-out calls replaced the node's connection");
+    assert_eq!(evalsha_calls(&mut at_primary).await, before, "nothing has run yet");
+
+    proxy.deliver_held();
+    poll_until(MARGIN, "the held-up acquisition, and the releases behind it, run", || {
+        let mut conn = at_primary.clone();
+        async move {
+            let exists: bool = redis_cmd(&mut conn, &["EXISTS", name]).await;
+            evalsha_calls(&mut conn).await >= before + 2 && !exists
+        }
+    })
+    .await;
+    assert!(matches!(backend.try_acquire(&key, "next", ttl).await, Ok(TryAcquire::Acquired { .. })));
     assert!(backend.release(&key, "next").await.expect("release").was_held);
 }
