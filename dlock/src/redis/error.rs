@@ -81,6 +81,7 @@ fn wraps_refused_credentials(err: &RedisError) -> bool {
 
 /// Whether `err` is a server's answer that it is no Redis Cluster node (`cluster-enabled no`):
 /// a `redis-cluster://` URL, or the nodes of a cluster backend, that name a single server.
+#[cfg(feature = "redis-cluster")]
 pub(super) fn is_not_a_cluster(err: &BackendError) -> bool {
     std::error::Error::source(err)
         .and_then(|cause| cause.downcast_ref::<RedisCause>())
