@@ -7,8 +7,8 @@
 //!   migration), release notices (sent only when someone waits, long keys), key checks, fenced
 //!   writes in the application's transaction, a backend outliving the runtime that made it,
 //!   several processes contending; acquisitions whose caller gave up that run late (held up on
-//!   their way through a `BlackHoleProxy`, or deaf to their cancel) and must not outlive their
-//!   owner's release.
+//!   their way through a `BlackHoleProxy`, or deaf to their cancel, also when the runtime they
+//!   were sent from ends right after) and must not outlive their owner's release.
 //! - On a private server (`initdb` + `pg_ctl` from `/usr/lib/postgresql/*/bin`, on a free port
 //!   in a temp dir, run as the `postgres` user when the test runs as root; removed on drop):
 //!   pool and listening connections killed with `pg_terminate_backend`, a statement stuck
@@ -152,6 +152,37 @@ impl PostgresStore {
     /// Run one statement; panic if it fails.
     async fn sql(&self, statement: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> u64 {
         self.conn.execute(statement, params).await.unwrap_or_else(|err| panic!("{statement}: {err}"))
+    }
+
+    /// Count the release statements that run (an `UPDATE` with `SET owner = NULL`), whether or
+    /// not they free a row: see [`releases_run`](Self::releases_run).
+    async fn log_releases(&self) {
+        let schema = &self.schema;
+        self.sql(&format!("CREATE TABLE \"{schema}\".release_log (at timestamptz)"), &[]).await;
+        self.sql(
+            &format!(
+                "CREATE FUNCTION \"{schema}\".log_release() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                 IF current_query() LIKE 'UPDATE%SET owner = NULL%' THEN \
+                 INSERT INTO \"{schema}\".release_log VALUES (clock_timestamp()); END IF; \
+                 RETURN NULL; END $$"
+            ),
+            &[],
+        )
+        .await;
+        self.sql(
+            &format!(
+                "CREATE TRIGGER log_release AFTER UPDATE ON \"{schema}\".dlock_locks FOR EACH STATEMENT \
+                 EXECUTE FUNCTION \"{schema}\".log_release()"
+            ),
+            &[],
+        )
+        .await;
+    }
+
+    /// How many release statements ran since [`log_releases`](Self::log_releases).
+    async fn releases_run(&self) -> i64 {
+        let count = format!("SELECT count(*) FROM \"{}\".release_log", self.schema);
+        self.conn.query_one(&count, &[]).await.unwrap_or_else(|err| panic!("{count}: {err}")).get(0)
     }
 
     /// Make inserting the row of a key ending in `:slow` take `ms` milliseconds before it
@@ -1824,6 +1855,99 @@ async fn a_late_acquisition_does_not_outlive_its_owners_release_on_a_new_connect
     .await;
     another_owner_takes(&store, "late", FAULT_TIMEOUT * 2 + MARGIN, "after its owner released it").await;
     store.cleanup().await;
+}
+
+/// An acquisition held up on its way times out on a current-thread runtime, and that runtime
+/// ends right after (a `#[tokio::test]`, a CLI that leaves `block_on`): the connection it went
+/// on is driven by that runtime and closes with it, so nothing can be sent behind it there any
+/// more, while the closed socket still delivers the acquisition. The request's claim releases
+/// the key from another runtime, on a new connection, before the held-up statement runs. When
+/// it runs after all, the key must not stay held for the owner that gave up (for its whole ttl
+/// of 30 s): another client gets it within two call timeouts.
+///
+/// Before the fix, the closed connection's failed round trip counted as the statement having
+/// ended: the release ran at once and nothing was sent again; the key stayed held.
+#[test]
+fn a_late_acquisition_does_not_keep_the_key_after_its_runtime_ended() {
+    late_acquisition_after_its_runtime_ended(false);
+}
+
+/// As above, with the owner's release sent from that current-thread runtime just before it
+/// ends (the owner asked again on a new connection, took the key and released it): the
+/// release behind the held-up acquisition must not depend on that runtime running on.
+#[test]
+fn a_late_acquisition_does_not_outlive_a_release_sent_just_before_its_runtime_ended() {
+    late_acquisition_after_its_runtime_ended(true);
+}
+
+fn late_acquisition_after_its_runtime_ended(released_on_that_runtime: bool) {
+    let runtime = |multi_thread: bool| {
+        let mut builder = if multi_thread {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(2);
+            builder
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+        };
+        builder.enable_all().build().expect("a tokio runtime")
+    };
+    let outer = runtime(true);
+    let name = if released_on_that_runtime { "late_rt_owner" } else { "late_rt_claim" };
+    let store = outer.block_on(PostgresStore::shared(name));
+    let proxy = outer.block_on(BlackHoleProxy::start(5432));
+    let app_name = format!("dlock_{name}_{}", std::process::id());
+    let backend = outer.block_on(held_up_backend(&store, &proxy, &app_name));
+    outer.block_on(store.log_releases());
+    let key = store.full_key("late");
+    let ttl = Duration::from_secs(30);
+    let caller = runtime(false);
+    let service = LockService::builder(backend.clone()).key_prefix(store.prefix()).build();
+    // The caller's pooled connection, whose acquisition is then held up.
+    caller.block_on(async {
+        let guard = service.lock("late").wait(Duration::ZERO).await.expect("lock through the proxy");
+        assert!(guard.release().await.expect("release"));
+    });
+    let releases = outer.block_on(store.releases_run()) + 1;
+    proxy.hold();
+    let before = caller.block_on(async {
+        if released_on_that_runtime {
+            let held_up = backend.try_acquire(&key, "owner", ttl).await;
+            assert!(
+                matches!(&held_up, Err(err) if err.kind() == BackendErrorKind::Timeout),
+                "the held-up acquisition ended with {held_up:?}, not a call timeout"
+            );
+            let token =
+                acquired(backend.try_acquire(&key, "owner", ttl).await.expect("asked again"), "asked again");
+            assert!(backend.release(&key, "owner").await.expect("release on the new connection").was_held);
+            token as i64
+        } else {
+            let before = token_of(&store, "late").await;
+            match service.lock("late").ttl(ttl).wait(Duration::ZERO).await {
+                Err(Error::Backend { source, .. }) => {
+                    assert_eq!(source.kind(), BackendErrorKind::Timeout, "{source}")
+                }
+                other => panic!("the held-up acquisition ended with {other:?}, not a call timeout"),
+            }
+            before
+        }
+    });
+    drop(caller);
+    outer.block_on(async {
+        // The claim's release (or the owner's, done already) runs while the acquisition is
+        // still held up.
+        poll_until(FAULT_TIMEOUT * 2 + MARGIN, "the release runs", || async {
+            store.releases_run().await >= releases
+        })
+        .await;
+        assert_eq!(token_of(&store, "late").await, before, "the held-up acquisition has not run");
+        proxy.deliver_held();
+        poll_until(MARGIN, "the held-up acquisition runs", || async {
+            token_of(&store, "late").await > before
+        })
+        .await;
+        another_owner_takes(&store, "late", FAULT_TIMEOUT * 2 + MARGIN, "after its runtime ended").await;
+        store.cleanup().await;
+    });
 }
 
 /// A schema name is any identifier of up to 63 bytes; one that contains the dollar-quote tag of

@@ -240,9 +240,10 @@ impl PostgresBackendBuilder {
         let listener = self.listen.then(|| Listener::start(listen_config, &background, self.call_timeout));
         tracing::debug!(target: "dlock", url = %url, schema = %self.schema, "connected to PostgreSQL");
         let statements = Statements::new(&self.schema);
+        let in_flight = InFlight::new(statements.release.clone(), self.call_timeout, pool.config().clone());
         let inner = Arc::new(Inner {
             pool,
-            in_flight: InFlight::new(statements.release.clone(), self.call_timeout),
+            in_flight,
             statements,
             listener,
             schema: self.schema,

@@ -18,6 +18,14 @@
 //! its statements in order, so that release runs after the acquisition, whenever that runs.
 //! The connection is kept until that release is answered, and for at most the acquisition's
 //! ttl and two call timeouts after it was given up (see [`Settling::release_behind`]).
+//!
+//! A connection is driven by a task on the runtime that made it (see `pool.rs`): when that
+//! runtime ends (a current-thread runtime leaving `block_on`), the connection closes, and
+//! nothing more can be sent behind the acquisition there, while its bytes may still be on their
+//! way (a socket closed by its client still delivers what it was sent) or its statement still
+//! running (the server does not notice a client gone while it runs one). The release is then
+//! sent again on connections of its own, at doubling intervals, until a late acquisition would
+//! have run out anyway.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +54,8 @@ struct Shared {
     /// The release statement (`$1` key, `$2` owner), sent behind an abandoned acquisition.
     release: String,
     call_timeout: Duration,
+    /// For a connection of its own, when the one behind the acquisition closed first.
+    config: tokio_postgres::Config,
 }
 
 impl Shared {
@@ -75,9 +85,9 @@ pub(super) struct Settling {
 
 impl InFlight {
     /// `release` is the release statement; abandoned acquisitions' connections are kept for
-    /// their ttl and two `call_timeout`s.
-    pub(super) fn new(release: String, call_timeout: Duration) -> Self {
-        let shared = Shared { entries: Mutex::default(), release, call_timeout };
+    /// their ttl and two `call_timeout`s; `config` makes a connection when one closed first.
+    pub(super) fn new(release: String, call_timeout: Duration, config: tokio_postgres::Config) -> Self {
+        let shared = Shared { entries: Mutex::default(), release, call_timeout, config };
         Self { shared: Arc::new(shared), next_id: AtomicU64::new(0) }
     }
 
@@ -120,16 +130,19 @@ impl InFlight {
 
 impl Settling {
     /// The statement was given up on at `abandoned`, and has not ended within a round trip
-    /// sent after it (held up on its way, or stuck): keep `client`, the connection it went on,
-    /// until a release of this owner's asks, then send that release on it, behind the
-    /// statement, and wait for its answer. Kept until the acquisition's ttl and two call
-    /// timeouts have passed since `abandoned` (a statement that turns up later still is not
-    /// worth a connection), and for at least a call timeout after the release was sent.
+    /// sent after it (held up on its way, or stuck; or its connection closed first): keep
+    /// `client`, the connection it went on, until a release of this owner's asks, then send
+    /// that release on it, behind the statement, and wait for its answer. Kept until the
+    /// acquisition's ttl and two call timeouts have passed since `abandoned` (a statement that
+    /// turns up later still is not worth a connection), and for at least a call timeout after
+    /// the release was sent.
     ///
     /// Call it once the statement's cancel request has been answered: a cancel that reached
-    /// the server later would cancel this release instead.
+    /// the server later would cancel this release instead. If the connection closes without an
+    /// answer, the release is sent again on connections of its own (see [`release_again`]).
     pub(super) async fn release_behind(&mut self, client: &tokio_postgres::Client, abandoned: Instant) {
-        let Some((release, call_timeout)) = self.keep() else { return };
+        let Some(shared) = self.keep() else { return };
+        let call_timeout = shared.call_timeout;
         let until = abandoned + self.ttl.saturating_add(call_timeout.saturating_mul(2));
         if !self.release_wanted_by(until).await {
             return;
@@ -138,7 +151,7 @@ impl Settling {
         let bound = until.max(Instant::now() + call_timeout);
         let released = tokio::time::timeout_at(
             bound,
-            client.query_typed(&release, &[(&key, Type::TEXT), (&owner, Type::TEXT)]),
+            client.query_typed(&shared.release, &[(&key, Type::TEXT), (&owner, Type::TEXT)]),
         )
         .await;
         let answer = match &released {
@@ -147,11 +160,15 @@ impl Settling {
             Err(_) => "no answer in time".to_owned(),
         };
         tracing::debug!(target: "dlock", key, answer = %answer, "released behind an abandoned acquisition");
+        // No answer from the server: the connection closed (its runtime ended, or it broke).
+        if matches!(&released, Ok(Err(err)) if err.code().is_none()) {
+            release_again(&shared, key, owner, until).await;
+        }
     }
 
-    /// Its connection is kept for a release behind it: releases no longer wait for it. The
-    /// release statement and the call timeout; `None` once the backend is gone.
-    fn keep(&self) -> Option<(String, Duration)> {
+    /// Its connection is kept for a release behind it: releases no longer wait for it. `None`
+    /// once the backend is gone.
+    fn keep(&self) -> Option<Arc<Shared>> {
         let shared = self.shared.upgrade()?;
         if let Some(attempt) = shared
             .entries()
@@ -160,7 +177,7 @@ impl Settling {
         {
             attempt.kept = true;
         }
-        Some((shared.release.clone(), shared.call_timeout))
+        Some(shared)
     }
 
     /// Whether a release of this owner's asks (or has asked) to go behind the statement by
@@ -170,6 +187,41 @@ impl Settling {
         tokio::time::timeout_at(until, self.release_wanted.wait_for(|wanted| *wanted))
             .await
             .is_ok_and(|wanted| wanted.is_ok())
+    }
+}
+
+/// Send the release of `key` by `owner` on connections of its own, the acquisition's having
+/// closed before it could go behind it there: a call timeout from now and again at doubling
+/// intervals, the last at `until`, when a late run of the acquisition would have run out anyway.
+/// A late acquisition is thus released about as late again as it ran. Only this owner's lock is
+/// touched, and an owner does not take a lock again after its release.
+async fn release_again(shared: &Shared, key: &str, owner: &str, until: Instant) {
+    let call_timeout = shared.call_timeout;
+    let start = Instant::now();
+    let mut at = (start + call_timeout).min(until);
+    loop {
+        tokio::time::sleep_until(at).await;
+        let released = tokio::time::timeout(call_timeout, async {
+            let (client, connection) = shared.config.connect(tokio_postgres::NoTls).await?;
+            // Ends once `client` is dropped.
+            let driver = tokio::spawn(connection);
+            let rows = client.query_typed(&shared.release, &[(&key, Type::TEXT), (&owner, Type::TEXT)]).await;
+            drop(client);
+            let _ = driver.await;
+            rows
+        })
+        .await;
+        let answer = match &released {
+            Ok(Ok(rows)) => format!("released: {}", !rows.is_empty()),
+            Ok(Err(err)) => format!("failed: {err}"),
+            Err(_) => "no answer in time".to_owned(),
+        };
+        tracing::debug!(target: "dlock", key, answer = %answer, "released again: an abandoned acquisition's connection closed first");
+        if at >= until {
+            return;
+        }
+        let next = at + (at - start).max(call_timeout);
+        at = next.min(until);
     }
 }
 
@@ -210,7 +262,7 @@ mod tests {
     const TTL: Duration = Duration::from_secs(30);
 
     fn in_flight() -> InFlight {
-        InFlight::new("the release statement".into(), Duration::from_secs(2))
+        InFlight::new("the release statement".into(), Duration::from_secs(2), tokio_postgres::Config::new())
     }
 
     #[tokio::test(start_paused = true)]
@@ -268,7 +320,7 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_millis(100));
         // One whose connection is kept is not waited for, and hears the release that comes.
         let mut kept = in_flight.begin("k", "q", TTL);
-        assert_eq!(kept.keep(), Some(("the release statement".to_owned(), Duration::from_secs(2))));
+        assert!(kept.keep().is_some_and(|shared| shared.call_timeout == Duration::from_secs(2)));
         let hears = tokio::spawn(async move { (kept.release_wanted_by(until).await, Instant::now()) });
         tokio::time::sleep(Duration::from_millis(200)).await;
         in_flight.before_release("k", "q", Duration::from_secs(5)).await;

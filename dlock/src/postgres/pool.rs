@@ -271,9 +271,16 @@ impl Drop for Checkout<'_> {
                 let _ = tokio::time::timeout(Duration::from_secs(5), cancel.cancel_query(NoTls)).await;
             };
             // Answered after the abandoned statement (cancelled or not), on the same connection:
-            // then it has ended, and `settling` goes at once (a release waits for that).
+            // then it has ended, and `settling` goes at once (a release waits for that). An
+            // error with no SQLSTATE is no answer: the connection closed (its driver's runtime
+            // ended, say), which does not stop bytes already on their way, nor a statement
+            // running on the server.
             let ended = async {
-                let ended = tokio::time::timeout(timeout, wrapper.simple_query("")).await.is_ok();
+                let ended = match tokio::time::timeout(timeout, wrapper.simple_query("")).await {
+                    Ok(Ok(_)) => true,
+                    Ok(Err(err)) => err.code().is_some(),
+                    Err(_) => false,
+                };
                 settling.filter(|_| !ended)
             };
             let ((), unended) = tokio::join!(cancel, ended);
