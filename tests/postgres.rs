@@ -1950,6 +1950,76 @@ fn late_acquisition_after_its_runtime_ended(released_on_that_runtime: bool) {
     });
 }
 
+/// An acquisition held up on its way times out, and so does the cancel request dlock sends
+/// for it (a connection of its own, on the same slow path): tokio-postgres reports a cancel
+/// sent once its bytes are written, not once the server acted on it. The owner's release is
+/// sent behind the acquisition; when the held-up bytes arrive, the acquisition commits and the
+/// release runs, and the cancel, arriving while the release runs, cancels it. The key must not
+/// stay held for the owner that gave up: another client gets it soon after.
+///
+/// Before the fix, the cancelled release was not sent again: the key stayed held for its
+/// whole ttl (30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_behind_hit_by_the_late_cancel_is_sent_again() {
+    let store = PostgresStore::shared("cancel_hits_release").await;
+    let proxy = BlackHoleProxy::start(5432).await;
+    let app_name = format!("dlock_cancel_hits_{}", std::process::id());
+    let backend = held_up_backend(&store, &proxy, &app_name).await;
+    let key = store.full_key("late");
+    let ttl = Duration::from_secs(30);
+    // The pooled connection, whose acquisition is then held up, with the key's row.
+    acquired(backend.try_acquire(&key, "warm-up", ttl).await.expect("warm-up"), "warm-up");
+    assert!(backend.release(&key, "warm-up").await.expect("release").was_held);
+    // A release that frees a held row takes 1 s, and stops at a cancel.
+    let schema = &store.schema;
+    store
+        .sql(
+            &format!(
+                "CREATE FUNCTION \"{schema}\".slow_release() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN PERFORM pg_sleep(1); RETURN NEW; END $$"
+            ),
+            &[],
+        )
+        .await;
+    store
+        .sql(
+            &format!(
+                "CREATE TRIGGER slow_release BEFORE UPDATE ON \"{schema}\".dlock_locks FOR EACH ROW \
+                 WHEN (OLD.owner IS NOT NULL AND NEW.owner IS NULL) EXECUTE FUNCTION \"{schema}\".slow_release()"
+            ),
+            &[],
+        )
+        .await;
+    let before = token_of(&store, "late").await;
+    // The pooled connection holds what it is sent, and so does the next one made: the cancel's.
+    proxy.hold();
+    proxy.hold_next(1);
+    let held_up = backend.try_acquire(&key, "owner", ttl).await;
+    assert!(
+        matches!(&held_up, Err(err) if err.kind() == BackendErrorKind::Timeout),
+        "the held-up acquisition ended with {held_up:?}, not a call timeout"
+    );
+    // Runs on a new connection, finds nothing, and is also sent behind the acquisition.
+    assert!(!backend.release(&key, "owner").await.expect("release").was_held);
+    assert_eq!(token_of(&store, "late").await, before, "the held-up acquisition has not run");
+    proxy.deliver_held();
+    let releasing = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND state = 'active' \
+         AND query LIKE 'UPDATE \"{schema}\".dlock_locks AS l SET owner = NULL%'"
+    );
+    poll_until(MARGIN, "the release behind the acquisition runs", || async {
+        let n: i64 = store.conn.query_one(&releasing, &[&app_name]).await.expect("pg_stat_activity").get(0);
+        n == 1
+    })
+    .await;
+    assert!(token_of(&store, "late").await > before, "the held-up acquisition ran first");
+    // The cancel arrives now.
+    proxy.deliver_next();
+    another_owner_takes(&store, "late", Duration::from_secs(2) + MARGIN, "after its release was cancelled")
+        .await;
+    store.cleanup().await;
+}
+
 /// A schema name is any identifier of up to 63 bytes; one that contains the dollar-quote tag of
 /// `dlock_check`'s body (`$dlock$`) must work like any other.
 ///

@@ -16,8 +16,8 @@ pub struct BlackHoleProxy {
     port: u16,
     /// Connections accepted before this generation are silent.
     silenced_before: Arc<AtomicUsize>,
-    /// Connections accepted before this generation hold back what their clients send.
-    held_before: watch::Sender<usize>,
+    /// Which connections hold back what their clients send.
+    held: watch::Sender<Held>,
     accepted: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -29,10 +29,10 @@ impl BlackHoleProxy {
         let port = listener.local_addr().expect("proxy address").port();
         let silenced_before = Arc::new(AtomicUsize::new(0));
         let accepted = Arc::new(AtomicUsize::new(0));
-        let held_before = watch::Sender::new(0);
+        let held = watch::Sender::new(Held::default());
         let task = tokio::spawn({
             let (silenced_before, accepted) = (Arc::clone(&silenced_before), Arc::clone(&accepted));
-            let held_before = held_before.clone();
+            let held = held.clone();
             async move {
                 while let Ok((client, _)) = listener.accept().await {
                     let n = accepted.fetch_add(1, Ordering::SeqCst);
@@ -43,13 +43,13 @@ impl BlackHoleProxy {
                     };
                     let (client_read, client_write) = client.into_split();
                     let (server_read, server_write) = server.into_split();
-                    let hold = Hold { n, held_before: held_before.subscribe() };
+                    let hold = Hold { n, held: held.subscribe() };
                     tokio::spawn(pump(client_read, server_write, silent.clone(), Some(hold)));
                     tokio::spawn(pump(server_read, client_write, silent, None));
                 }
             }
         });
-        Self { port, silenced_before, held_before, accepted, task }
+        Self { port, silenced_before, held, accepted, task }
     }
 
     /// Where it listens.
@@ -72,12 +72,28 @@ impl BlackHoleProxy {
     /// A client that closes meanwhile still has its bytes delivered then, as a network
     /// delivers a closed connection's last bytes.
     pub fn hold(&self) {
-        self.held_before.send_replace(self.accepted.load(Ordering::SeqCst));
+        let accepted = self.accepted.load(Ordering::SeqCst);
+        self.held.send_modify(|held| held.before = accepted);
     }
 
-    /// Deliver what was held back, and stop holding.
+    /// Deliver what was held back since [`hold`](Self::hold), and stop holding (connections
+    /// held by [`hold_next`](Self::hold_next) go on holding).
     pub fn deliver_held(&self) {
-        self.held_before.send_replace(0);
+        self.held.send_modify(|held| held.before = 0);
+    }
+
+    /// The next `count` connections accepted hold back what their clients send from the
+    /// start (a connection whose bytes a slow path holds up, such as PostgreSQL's cancel
+    /// request), until [`deliver_next`](Self::deliver_next).
+    pub fn hold_next(&self, count: usize) {
+        let accepted = self.accepted.load(Ordering::SeqCst);
+        self.held.send_modify(|held| held.next = accepted..accepted + count);
+    }
+
+    /// Deliver what the connections held by [`hold_next`](Self::hold_next) held back, and stop
+    /// holding them.
+    pub fn deliver_next(&self) {
+        self.held.send_modify(|held| held.next = 0..0);
     }
 
     /// How many connections it has accepted.
@@ -92,16 +108,24 @@ impl Drop for BlackHoleProxy {
     }
 }
 
-/// Holding back one connection's bytes: the connection's number, and the generation before
-/// which connections hold.
+/// Which connections hold back what their clients send, by number: those accepted before
+/// `before`, and those in `next`.
+#[derive(Default)]
+struct Held {
+    before: usize,
+    next: std::ops::Range<usize>,
+}
+
+/// Holding back one connection's bytes: the connection's number, and which connections hold.
 struct Hold {
     n: usize,
-    held_before: watch::Receiver<usize>,
+    held: watch::Receiver<Held>,
 }
 
 impl Hold {
     fn holds(&self) -> bool {
-        self.n < *self.held_before.borrow()
+        let held = self.held.borrow();
+        self.n < held.before || held.next.contains(&self.n)
     }
 }
 
@@ -131,7 +155,7 @@ async fn pump(
             }
             // Closed by the client: wait until what it sent may go.
             let Some(hold) = hold.as_mut() else { break };
-            if hold.held_before.changed().await.is_err() {
+            if hold.held.changed().await.is_err() {
                 break;
             }
             continue;
@@ -139,7 +163,7 @@ async fn pump(
         let read = match hold.as_mut() {
             Some(hold) if holding => tokio::select! {
                 read = from.read(&mut buf) => read,
-                changed = hold.held_before.changed() => match changed {
+                changed = hold.held.changed() => match changed {
                     Ok(()) => continue,
                     Err(_) => break, // the proxy is gone
                 },

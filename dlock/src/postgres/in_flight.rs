@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
 /// One acquisition under way: its id, `true` sent once a release of its owner asks to go
@@ -137,9 +138,12 @@ impl Settling {
     /// turns up later still is not worth a connection), and for at least a call timeout after
     /// the release was sent.
     ///
-    /// Call it once the statement's cancel request has been answered: a cancel that reached
-    /// the server later would cancel this release instead. If the connection closes without an
-    /// answer, the release is sent again on connections of its own (see [`release_again`]).
+    /// Call it once the statement's cancel request has been sent. That does not mean the
+    /// server has acted on it (tokio-postgres reports a cancel done once its bytes are
+    /// written): a cancel arriving late, while this release runs, cancels the release, which
+    /// is then sent again on the same connection (a cancel stops one statement at most). If the
+    /// connection closes without an answer, the release is sent again on connections of its own
+    /// (see [`release_again`]).
     pub(super) async fn release_behind(&mut self, client: &tokio_postgres::Client, abandoned: Instant) {
         let Some(shared) = self.keep() else { return };
         let call_timeout = shared.call_timeout;
@@ -149,11 +153,19 @@ impl Settling {
         }
         let (key, owner) = (self.entry.0.as_str(), self.entry.1.as_str());
         let bound = until.max(Instant::now() + call_timeout);
-        let released = tokio::time::timeout_at(
-            bound,
-            client.query_typed(&shared.release, &[(&key, Type::TEXT), (&owner, Type::TEXT)]),
-        )
-        .await;
+        let released = loop {
+            let released = tokio::time::timeout_at(
+                bound,
+                client.query_typed(&shared.release, &[(&key, Type::TEXT), (&owner, Type::TEXT)]),
+            )
+            .await;
+            match released {
+                Ok(Err(err)) if err.code() == Some(&SqlState::QUERY_CANCELED) => {
+                    tracing::debug!(target: "dlock", key, error = %err, "a release behind an abandoned acquisition was cancelled; sending it again");
+                }
+                released => break released,
+            }
+        };
         let answer = match &released {
             Ok(Ok(rows)) => format!("released: {}", !rows.is_empty()),
             Ok(Err(err)) => format!("failed: {err}"),

@@ -286,8 +286,10 @@ impl Drop for Checkout<'_> {
             let ((), unended) = tokio::join!(cancel, ended);
             // An acquisition that has not ended (held up on its way, or stuck behind a row
             // lock its cancel missed) may still commit: its connection is kept, out of the
-            // pool, for its owner's release to go behind it (see `in_flight`). Sent only now
-            // that the cancel is answered, so that the cancel cannot hit the release instead.
+            // pool, for its owner's release to go behind it (see `in_flight`). Sent only once
+            // the cancel is sent, so that the cancel seldom hits the release instead; it may
+            // still (the cancel's bytes can be held up too, and the server acts on it later),
+            // and a release it hits is sent again.
             if let Some(mut settling) = unended {
                 settling.release_behind(&wrapper, abandoned).await;
             }
