@@ -1869,7 +1869,18 @@ async fn a_late_acquisition_does_not_outlive_its_owners_release_on_a_new_connect
 /// ended: the release ran at once and nothing was sent again; the key stayed held.
 #[test]
 fn a_late_acquisition_does_not_keep_the_key_after_its_runtime_ended() {
-    late_acquisition_after_its_runtime_ended(false);
+    late_acquisition_after_its_runtime_ended(false, false);
+}
+
+/// As above, with the backend dropped as well once its runtime ended (a `#[tokio::test]` that
+/// makes a backend of its own): the release sent again must not depend on the backend living
+/// on.
+///
+/// Before the fix, the release behind the acquisition and its resending ran on the backend's
+/// own thread, which ends with the backend: the key stayed held for its whole ttl.
+#[test]
+fn a_late_acquisition_does_not_keep_the_key_after_its_runtime_and_backend_are_gone() {
+    late_acquisition_after_its_runtime_ended(false, true);
 }
 
 /// As above, with the owner's release sent from that current-thread runtime just before it
@@ -1877,10 +1888,10 @@ fn a_late_acquisition_does_not_keep_the_key_after_its_runtime_ended() {
 /// release behind the held-up acquisition must not depend on that runtime running on.
 #[test]
 fn a_late_acquisition_does_not_outlive_a_release_sent_just_before_its_runtime_ended() {
-    late_acquisition_after_its_runtime_ended(true);
+    late_acquisition_after_its_runtime_ended(true, false);
 }
 
-fn late_acquisition_after_its_runtime_ended(released_on_that_runtime: bool) {
+fn late_acquisition_after_its_runtime_ended(released_on_that_runtime: bool, backend_dropped: bool) {
     let runtime = |multi_thread: bool| {
         let mut builder = if multi_thread {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -1892,7 +1903,11 @@ fn late_acquisition_after_its_runtime_ended(released_on_that_runtime: bool) {
         builder.enable_all().build().expect("a tokio runtime")
     };
     let outer = runtime(true);
-    let name = if released_on_that_runtime { "late_rt_owner" } else { "late_rt_claim" };
+    let name = match (released_on_that_runtime, backend_dropped) {
+        (true, _) => "late_rt_owner",
+        (false, false) => "late_rt_claim",
+        (false, true) => "late_rt_dropped",
+    };
     let store = outer.block_on(PostgresStore::shared(name));
     let proxy = outer.block_on(BlackHoleProxy::start(5432));
     let app_name = format!("dlock_{name}_{}", std::process::id());
@@ -1932,6 +1947,9 @@ fn late_acquisition_after_its_runtime_ended(released_on_that_runtime: bool) {
         }
     });
     drop(caller);
+    if backend_dropped {
+        drop((service, backend));
+    }
     outer.block_on(async {
         // The claim's release (or the owner's, done already) runs while the acquisition is
         // still held up.

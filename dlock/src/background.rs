@@ -5,7 +5,8 @@
 //! pattern: one global service, a new runtime per test). Work tied to no caller — the watch
 //! that renews every lease when a backend moves to another server, the release of a guard
 //! dropped as its runtime shuts down, the wait for the answer of a Redis release sent behind
-//! an unanswered acquisition — runs here. Everything
+//! an unanswered acquisition, the cancel of an abandoned PostgreSQL statement and the release
+//! sent behind it — runs here. Everything
 //! else stays on the caller's runtime, where it costs nothing extra: the release of a dropped
 //! guard is spawned there first ([`spawn`]), and only when that runtime cancels it (it is
 //! shutting down), or — a current-thread runtime — does not start it soon (nobody blocks on it

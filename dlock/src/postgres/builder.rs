@@ -218,14 +218,7 @@ impl PostgresBackendBuilder {
                 err,
             ))
         })?);
-        let pool = Pools::new(
-            config,
-            self.pool_size,
-            Arc::clone(&background),
-            url.clone(),
-            self.schema.clone(),
-            self.call_timeout,
-        );
+        let pool = Pools::new(config, self.pool_size, url.clone(), self.schema.clone(), self.call_timeout);
         let ascii_keys_only = tokio::time::timeout(self.call_timeout, self.prepare(&pool, &url))
             .await
             .map_err(|_| {

@@ -52,7 +52,13 @@ type Entries = HashMap<(String, String), Vec<Attempt>>;
 
 struct Shared {
     entries: Mutex<Entries>,
-    /// The release statement (`$1` key, `$2` owner), sent behind an abandoned acquisition.
+    behind: Arc<Behind>,
+}
+
+/// What sending a release behind an abandoned acquisition takes; also once the backend is gone
+/// (a release that asked before may still have to go).
+pub(super) struct Behind {
+    /// The release statement (`$1` key, `$2` owner).
     release: String,
     call_timeout: Duration,
     /// For a connection of its own, when the one behind the acquisition closed first.
@@ -88,7 +94,8 @@ impl InFlight {
     /// `release` is the release statement; abandoned acquisitions' connections are kept for
     /// their ttl and two `call_timeout`s; `config` makes a connection when one closed first.
     pub(super) fn new(release: String, call_timeout: Duration, config: tokio_postgres::Config) -> Self {
-        let shared = Shared { entries: Mutex::default(), release, call_timeout, config };
+        let behind = Arc::new(Behind { release, call_timeout, config });
+        let shared = Shared { entries: Mutex::default(), behind };
         Self { shared: Arc::new(shared), next_id: AtomicU64::new(0) }
     }
 
@@ -138,15 +145,23 @@ impl Settling {
     /// turns up later still is not worth a connection), and for at least a call timeout after
     /// the release was sent.
     ///
+    /// `behind` is taken with [`behind`](Self::behind) while the backend lives: this goes on
+    /// after it is dropped, for a release that asked before.
+    ///
     /// Call it once the statement's cancel request has been sent. That does not mean the
     /// server has acted on it (tokio-postgres reports a cancel done once its bytes are
     /// written): a cancel arriving late, while this release runs, cancels the release, which
     /// is then sent again on the same connection (a cancel stops one statement at most). If the
     /// connection closes without an answer, the release is sent again on connections of its own
     /// (see [`release_again`]).
-    pub(super) async fn release_behind(&mut self, client: &tokio_postgres::Client, abandoned: Instant) {
-        let Some(shared) = self.keep() else { return };
-        let call_timeout = shared.call_timeout;
+    pub(super) async fn release_behind(
+        &mut self,
+        client: &tokio_postgres::Client,
+        abandoned: Instant,
+        behind: Arc<Behind>,
+    ) {
+        self.keep();
+        let call_timeout = behind.call_timeout;
         let until = abandoned + self.ttl.saturating_add(call_timeout.saturating_mul(2));
         if !self.release_wanted_by(until).await {
             return;
@@ -156,7 +171,7 @@ impl Settling {
         let released = loop {
             let released = tokio::time::timeout_at(
                 bound,
-                client.query_typed(&shared.release, &[(&key, Type::TEXT), (&owner, Type::TEXT)]),
+                client.query_typed(&behind.release, &[(&key, Type::TEXT), (&owner, Type::TEXT)]),
             )
             .await;
             match released {
@@ -174,14 +189,18 @@ impl Settling {
         tracing::debug!(target: "dlock", key, answer = %answer, "released behind an abandoned acquisition");
         // No answer from the server: the connection closed (its runtime ended, or it broke).
         if matches!(&released, Ok(Err(err)) if err.code().is_none()) {
-            release_again(&shared, key, owner, until).await;
+            release_again(&behind, key, owner, until).await;
         }
     }
 
-    /// Its connection is kept for a release behind it: releases no longer wait for it. `None`
-    /// once the backend is gone.
-    fn keep(&self) -> Option<Arc<Shared>> {
-        let shared = self.shared.upgrade()?;
+    /// What sending a release behind the statement takes; `None` once the backend is gone.
+    pub(super) fn behind(&self) -> Option<Arc<Behind>> {
+        self.shared.upgrade().map(|shared| Arc::clone(&shared.behind))
+    }
+
+    /// Its connection is kept for a release behind it: releases no longer wait for it.
+    fn keep(&self) {
+        let Some(shared) = self.shared.upgrade() else { return };
         if let Some(attempt) = shared
             .entries()
             .get_mut(&self.entry)
@@ -189,11 +208,10 @@ impl Settling {
         {
             attempt.kept = true;
         }
-        Some(shared)
     }
 
-    /// Whether a release of this owner's asks (or has asked) to go behind the statement by
-    /// `until`.
+    /// Whether a release of this owner's asks (or has asked, also before the backend was
+    /// dropped) to go behind the statement by `until`.
     async fn release_wanted_by(&mut self, until: Instant) -> bool {
         // The borrow `wait_for` returns is let go of at once (it holds the channel's lock).
         tokio::time::timeout_at(until, self.release_wanted.wait_for(|wanted| *wanted))
@@ -207,17 +225,17 @@ impl Settling {
 /// intervals, the last at `until`, when a late run of the acquisition would have run out anyway.
 /// A late acquisition is thus released about as late again as it ran. Only this owner's lock is
 /// touched, and an owner does not take a lock again after its release.
-async fn release_again(shared: &Shared, key: &str, owner: &str, until: Instant) {
-    let call_timeout = shared.call_timeout;
+async fn release_again(behind: &Behind, key: &str, owner: &str, until: Instant) {
+    let call_timeout = behind.call_timeout;
     let start = Instant::now();
     let mut at = (start + call_timeout).min(until);
     loop {
         tokio::time::sleep_until(at).await;
         let released = tokio::time::timeout(call_timeout, async {
-            let (client, connection) = shared.config.connect(tokio_postgres::NoTls).await?;
+            let (client, connection) = behind.config.connect(tokio_postgres::NoTls).await?;
             // Ends once `client` is dropped.
             let driver = tokio::spawn(connection);
-            let rows = client.query_typed(&shared.release, &[(&key, Type::TEXT), (&owner, Type::TEXT)]).await;
+            let rows = client.query_typed(&behind.release, &[(&key, Type::TEXT), (&owner, Type::TEXT)]).await;
             drop(client);
             let _ = driver.await;
             rows
@@ -327,12 +345,13 @@ mod tests {
         let mut early = in_flight.begin("k", "o", TTL);
         let _other_owner = in_flight.begin("k", "p", TTL);
         in_flight.before_release("k", "o", Duration::from_millis(100)).await;
-        assert!(early.keep().is_some());
+        early.keep();
         assert!(early.release_wanted_by(until).await);
         assert_eq!(start.elapsed(), Duration::from_millis(100));
         // One whose connection is kept is not waited for, and hears the release that comes.
         let mut kept = in_flight.begin("k", "q", TTL);
-        assert!(kept.keep().is_some_and(|shared| shared.call_timeout == Duration::from_secs(2)));
+        assert!(kept.behind().is_some_and(|behind| behind.call_timeout == Duration::from_secs(2)));
+        kept.keep();
         let hears = tokio::spawn(async move { (kept.release_wanted_by(until).await, Instant::now()) });
         tokio::time::sleep(Duration::from_millis(200)).await;
         in_flight.before_release("k", "q", Duration::from_secs(5)).await;
@@ -342,5 +361,24 @@ mod tests {
         let mut unreleased = in_flight.begin("k", "r", TTL);
         assert!(!unreleased.release_wanted_by(until).await);
         assert_eq!(Instant::now(), until);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_that_asked_before_the_backend_was_dropped_is_still_heard() {
+        let in_flight = in_flight();
+        let mut asked = in_flight.begin("k", "o", TTL);
+        let mut not_asked = in_flight.begin("k", "p", TTL);
+        let behind = asked.behind().expect("the backend lives");
+        asked.keep();
+        in_flight.before_release("k", "o", Duration::from_secs(1)).await;
+        drop(in_flight);
+        assert!(asked.behind().is_none(), "the backend is gone");
+        let until = Instant::now() + Duration::from_secs(10);
+        assert!(asked.release_wanted_by(until).await);
+        // No release can ask any more: not wanted, at once.
+        let start = Instant::now();
+        assert!(!not_asked.release_wanted_by(until).await);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(behind.release, "the release statement");
     }
 }

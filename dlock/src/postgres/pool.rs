@@ -30,7 +30,6 @@ use tokio_postgres::{NoTls, Row};
 
 use super::errors::{call_error, connect_error, timeout_error};
 use super::in_flight::Settling;
-use super::runtime::Background;
 use crate::backend::{BackendError, BackendErrorKind};
 
 /// One statement's parameters with their types.
@@ -44,8 +43,6 @@ pub(super) struct Pools {
     config: tokio_postgres::Config,
     /// The most connections of each runtime's pool.
     size: usize,
-    /// Where cancel requests go (they must not depend on the caller's runtime).
-    background: Arc<Background>,
     /// The URL with the password masked.
     url: String,
     schema: String,
@@ -63,13 +60,12 @@ impl Pools {
     pub(super) fn new(
         config: tokio_postgres::Config,
         size: usize,
-        background: Arc<Background>,
         url: String,
         schema: String,
         timeout: Duration,
     ) -> Self {
         let alive = watch::Sender::new(());
-        Self { by_runtime: Arc::default(), config, size, background, url, schema, timeout, alive }
+        Self { by_runtime: Arc::default(), config, size, url, schema, timeout, alive }
     }
 
     /// The pool of the runtime this is called on, made on first use.
@@ -150,12 +146,7 @@ impl Pools {
         let call = async {
             let object = pool.get().await.map_err(|err| self.pool_error(what, err))?;
             sent.store(true, std::sync::atomic::Ordering::Relaxed);
-            let mut checkout = Checkout {
-                object: Some(object),
-                background: &self.background,
-                settling,
-                timeout: self.timeout,
-            };
+            let mut checkout = Checkout { object: Some(object), settling, timeout: self.timeout };
             let result = match checkout.object.as_deref() {
                 Some(client) => client.query_typed(sql, params).await,
                 None => {
@@ -240,16 +231,15 @@ impl Drop for Forget {
 /// the connection out of the pool, cancels the statement, and closes the connection once a
 /// round trip sent behind the statement came back, or a call timeout passed — or, for an
 /// acquisition that has not ended by then, once its owner's release has been sent behind it.
-struct Checkout<'a> {
+struct Checkout {
     object: Option<Object>,
-    background: &'a Background,
     /// Dropped once the statement has ended on the server.
     settling: Option<Settling>,
     /// How long to wait for an abandoned statement to end.
     timeout: Duration,
 }
 
-impl Checkout<'_> {
+impl Checkout {
     /// The statement was answered: return the connection to the pool.
     fn finish(&mut self) {
         drop(self.object.take());
@@ -257,14 +247,19 @@ impl Checkout<'_> {
     }
 }
 
-impl Drop for Checkout<'_> {
+impl Drop for Checkout {
     fn drop(&mut self) {
         // Dropped before the answer came (the call timed out, or its caller gave up).
         let Some(object) = self.object.take() else { return };
         let wrapper = Object::take(object);
         let cancel = wrapper.cancel_token();
         let (settling, timeout) = (self.settling.take(), self.timeout);
-        self.background.spawn(async move {
+        // Taken now, while the backend surely lives: a release that asks before it is
+        // dropped still goes behind the statement after.
+        let behind = settling.as_ref().and_then(Settling::behind);
+        // On dlock's runtime: not the caller's, which may end or stop being driven, nor the
+        // backend's, which ends with the backend.
+        crate::background::spawn_here(async move {
             // On this runtime's clock (the caller's may be paused).
             let abandoned = tokio::time::Instant::now();
             let cancel = async {
@@ -290,8 +285,8 @@ impl Drop for Checkout<'_> {
             // the cancel is sent, so that the cancel seldom hits the release instead; it may
             // still (the cancel's bytes can be held up too, and the server acts on it later),
             // and a release it hits is sent again.
-            if let Some(mut settling) = unended {
-                settling.release_behind(&wrapper, abandoned).await;
+            if let (Some(mut settling), Some(behind)) = (unended, behind) {
+                settling.release_behind(&wrapper, abandoned, behind).await;
             }
             drop(wrapper);
         });

@@ -1,7 +1,8 @@
 //! The backend's own thread and tokio runtime, for what serves every runtime of the process
 //! and must outlive whichever one created the backend: the listening connection and its task,
-//! the periodic cleanup, and the cancel requests of timed-out statements (with the releases
-//! sent behind those of them that were acquisitions, see `in_flight.rs`).
+//! and the periodic cleanup. (The cancel requests of timed-out statements, and the releases
+//! sent behind those of them that were acquisitions, must also outlive the backend: they run
+//! on dlock's own runtime, see `pool.rs` and `in_flight.rs`.)
 //!
 //! Spawned on a caller's runtime, such a task would die with that runtime (the
 //! `#[tokio::test]` pattern: a global service made in one test's runtime, used from the next),
