@@ -1684,6 +1684,49 @@ async fn everything_works_through_pgbouncer_in_transaction_mode() {
     drop(server);
 }
 
+/// Through PgBouncer in transaction mode, a dropped request whose acquisition outlasts the
+/// release's wait (deaf to its cancel for 1.5 s) leaves nothing held: PgBouncer runs one
+/// client's statements in order, so the release sent behind it on its client connection runs
+/// after it. Skipped, saying so, when `pgbouncer` is not installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_pgbouncer_an_acquisition_that_outlasts_the_releases_wait_leaves_nothing_held() {
+    let server = PrivateServer::start();
+    let Some(bouncer) = PgBouncer::start(&server) else {
+        eprintln!("SKIPPED: pgbouncer is not installed (apt-get install pgbouncer)");
+        return;
+    };
+    let store = PostgresStore::on(&server.url(), "bouncer_late", FAULT_TIMEOUT).await;
+    let backend = PostgresBackend::builder(bouncer.url())
+        .schema(store.schema.as_str())
+        .listen_url(server.url())
+        .call_timeout(FAULT_TIMEOUT)
+        .connect()
+        .await
+        .expect("connect through PgBouncer");
+    let service = LockService::builder(backend).key_prefix(store.prefix()).build();
+    store.slow_inserts(1500, false).await;
+    let outcome =
+        tokio::time::timeout(Duration::from_millis(100), service.lock("slow").ttl(Duration::from_secs(30)))
+            .await;
+    assert!(outcome.is_err(), "the request was dropped while its statement ran");
+    drop(outcome);
+    poll_until(Duration::from_secs(5), "the late statement committing", || async {
+        store.row("slow").await.is_some()
+    })
+    .await;
+    let deadline = Instant::now() + FAULT_TIMEOUT * 2 + MARGIN;
+    while store.is_held("slow").await {
+        assert!(
+            Instant::now() < deadline,
+            "the key stayed held after the request was dropped: row (owner, token, live) {:?}",
+            store.row("slow").await
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(bouncer);
+    drop(server);
+}
+
 // ---------------------------------------------------------------------------------------------
 // A retried acquisition, and a schema name with a dollar-quote tag in it.
 
