@@ -162,12 +162,12 @@ impl Settling {
     ) {
         self.keep();
         let call_timeout = behind.call_timeout;
-        let until = abandoned + self.ttl.saturating_add(call_timeout.saturating_mul(2));
+        let until = later(abandoned, self.ttl.saturating_add(call_timeout.saturating_mul(2)));
         if !self.release_wanted_by(until).await {
             return;
         }
         let (key, owner) = (self.entry.0.as_str(), self.entry.1.as_str());
-        let bound = until.max(Instant::now() + call_timeout);
+        let bound = until.max(later(Instant::now(), call_timeout));
         let released = loop {
             let released = tokio::time::timeout_at(
                 bound,
@@ -228,7 +228,7 @@ impl Settling {
 async fn release_again(behind: &Behind, key: &str, owner: &str, until: Instant) {
     let call_timeout = behind.call_timeout;
     let start = Instant::now();
-    let mut at = (start + call_timeout).min(until);
+    let mut at = later(start, call_timeout).min(until);
     loop {
         tokio::time::sleep_until(at).await;
         let released = tokio::time::timeout(call_timeout, async {
@@ -250,9 +250,16 @@ async fn release_again(behind: &Behind, key: &str, owner: &str, until: Instant) 
         if at >= until {
             return;
         }
-        let next = at + (at - start).max(call_timeout);
-        at = next.min(until);
+        at = later(at, (at - start).max(call_timeout)).min(until);
     }
+}
+
+/// `by` after `at`, for deadlines made of the call timeout, which may be enormous
+/// (`Duration::MAX`: no bound).
+fn later(at: Instant, by: Duration) -> Instant {
+    /// Past any lease (a year at most) and any process.
+    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+    at.checked_add(by.min(FAR)).unwrap_or(at)
 }
 
 impl Drop for Settling {
@@ -361,6 +368,13 @@ mod tests {
         let mut unreleased = in_flight.begin("k", "r", TTL);
         assert!(!unreleased.release_wanted_by(until).await);
         assert_eq!(Instant::now(), until);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_made_of_an_enormous_call_timeout_are_far_off() {
+        let now = Instant::now();
+        assert!(super::later(now, Duration::MAX) > now + Duration::from_secs(29 * 365 * 24 * 3600));
+        assert_eq!(super::later(now, Duration::from_secs(2)), now + Duration::from_secs(2));
     }
 
     #[tokio::test(start_paused = true)]
