@@ -37,11 +37,19 @@ use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
-/// One acquisition under way: its id, `true` sent once a release of its owner asks to go
-/// behind it, and whether its connection is kept for that (a release no longer waits for it).
+/// One acquisition under way: its id and its [`State`], sent to its [`Settling`] and to the
+/// releases that wait for it.
 struct Attempt {
     id: u64,
-    release_wanted: watch::Sender<bool>,
+    state: watch::Sender<State>,
+}
+
+/// Where an acquisition under way stands.
+#[derive(Clone, Copy, Default)]
+struct State {
+    /// A release of its owner asked to go behind it.
+    release_wanted: bool,
+    /// Its connection is kept for that: a release no longer waits for it.
     kept: bool,
 }
 
@@ -85,9 +93,9 @@ pub(super) struct Settling {
     entry: (String, String),
     id: u64,
     ttl: Duration,
-    /// Becomes `true` when a release of this owner asks to be sent behind the statement;
-    /// closed when the backend is gone.
-    release_wanted: watch::Receiver<bool>,
+    /// Says when a release of this owner asks to be sent behind the statement; closed when
+    /// the backend is gone.
+    state: watch::Receiver<State>,
 }
 
 impl InFlight {
@@ -101,19 +109,19 @@ impl InFlight {
 
     /// An acquisition of `key` for `owner` with a lease of `ttl` is about to be sent.
     pub(super) fn begin(&self, key: &str, owner: &str, ttl: Duration) -> Settling {
-        let (release_wanted, hears) = watch::channel(false);
+        let (state, hears) = watch::channel(State::default());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let entry = (key.to_owned(), owner.to_owned());
-        let attempt = Attempt { id, release_wanted, kept: false };
-        self.shared.entries().entry(entry.clone()).or_default().push(attempt);
-        Settling { shared: Arc::downgrade(&self.shared), entry, id, ttl, release_wanted: hears }
+        self.shared.entries().entry(entry.clone()).or_default().push(Attempt { id, state });
+        Settling { shared: Arc::downgrade(&self.shared), entry, id, ttl, state: hears }
     }
 
     /// A release of `key` by `owner` is about to run: ask every acquisition of theirs still
     /// under way to have it sent behind itself too (see [`Settling::release_behind`]), and
-    /// wait, at most `bound`, until those whose connection is not kept for that have ended.
+    /// wait, at most `bound`, until each of those has ended or had its connection kept for
+    /// that.
     pub(super) async fn before_release(&self, key: &str, owner: &str, bound: Duration) {
-        let ends: Vec<watch::Receiver<bool>> = {
+        let ends: Vec<watch::Receiver<State>> = {
             let mut entries = self.shared.entries();
             // Nearly always empty: no allocation then.
             if entries.is_empty() {
@@ -123,15 +131,16 @@ impl InFlight {
             attempts
                 .iter()
                 .filter_map(|attempt| {
-                    attempt.release_wanted.send_replace(true);
-                    (!attempt.kept).then(|| attempt.release_wanted.subscribe())
+                    attempt.state.send_modify(|state| state.release_wanted = true);
+                    (!attempt.state.borrow().kept).then(|| attempt.state.subscribe())
                 })
                 .collect()
         };
-        // Each ends (with an error) once its sender is dropped: that statement has ended.
-        let all = futures_util::future::join_all(
-            ends.into_iter().map(|mut ends| async move { while ends.changed().await.is_ok() {} }),
-        );
+        // Each ends once its connection is kept, or (with an error) once its sender is
+        // dropped: that statement has ended.
+        let all = futures_util::future::join_all(ends.into_iter().map(|mut ends| async move {
+            let _ = ends.wait_for(|state| state.kept).await;
+        }));
         let _ = tokio::time::timeout(bound, all).await;
     }
 }
@@ -206,7 +215,7 @@ impl Settling {
             .get_mut(&self.entry)
             .and_then(|attempts| attempts.iter_mut().find(|attempt| attempt.id == self.id))
         {
-            attempt.kept = true;
+            attempt.state.send_modify(|state| state.kept = true);
         }
     }
 
@@ -214,7 +223,7 @@ impl Settling {
     /// dropped) to go behind the statement by `until`.
     async fn release_wanted_by(&mut self, until: Instant) -> bool {
         // The borrow `wait_for` returns is let go of at once (it holds the channel's lock).
-        tokio::time::timeout_at(until, self.release_wanted.wait_for(|wanted| *wanted))
+        tokio::time::timeout_at(until, self.state.wait_for(|state| state.release_wanted))
             .await
             .is_ok_and(|wanted| wanted.is_ok())
     }
@@ -375,6 +384,22 @@ mod tests {
         let now = Instant::now();
         assert!(super::later(now, Duration::MAX) > now + Duration::from_secs(29 * 365 * 24 * 3600));
         assert_eq!(super::later(now, Duration::from_secs(2)), now + Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_stops_waiting_for_an_acquisition_once_its_connection_is_kept() {
+        let in_flight = in_flight();
+        let settling = in_flight.begin("k", "o", TTL);
+        let start = Instant::now();
+        let kept = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            settling.keep();
+            settling
+        });
+        in_flight.before_release("k", "o", Duration::from_secs(5)).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(300), "the release goes behind it instead");
+        let mut settling = kept.await.expect("task");
+        assert!(settling.release_wanted_by(start + Duration::from_secs(10)).await);
     }
 
     #[tokio::test(start_paused = true)]
