@@ -157,10 +157,12 @@ impl Settling {
     /// `behind` is taken with [`behind`](Self::behind) while the backend lives: this goes on
     /// after it is dropped, for a release that asked before.
     ///
-    /// Call it once the statement's cancel request has been sent. That does not mean the
-    /// server has acted on it (tokio-postgres reports a cancel done once its bytes are
-    /// written): a cancel arriving late, while this release runs, cancels the release, which
-    /// is then sent again on the same connection (a cancel stops one statement at most). If the
+    /// Call it once the statement's cancel request has been answered (see `pool.rs`): the
+    /// server ignores a cancel that reaches a session waiting for its next statement. A cancel
+    /// that still arrives while this release runs (its answer did not come within its bound, or
+    /// the configuration names several servers and tokio-postgres's own cancel, which does not
+    /// wait for one, was used) cancels the release, which is then sent again on the same
+    /// connection (a cancel stops one statement at most). If the
     /// connection closes without an answer, the release is sent again on connections of its own
     /// (see [`release_again`]).
     pub(super) async fn release_behind(

@@ -43,6 +43,8 @@ pub(super) struct Pools {
     config: tokio_postgres::Config,
     /// The most connections of each runtime's pool.
     size: usize,
+    /// Where cancel requests go, when the configuration names one server.
+    cancel_to: Option<CancelTo>,
     /// The URL with the password masked.
     url: String,
     schema: String,
@@ -65,7 +67,8 @@ impl Pools {
         timeout: Duration,
     ) -> Self {
         let alive = watch::Sender::new(());
-        Self { by_runtime: Arc::default(), config, size, url, schema, timeout, alive }
+        let cancel_to = CancelTo::of(&config);
+        Self { by_runtime: Arc::default(), config, size, cancel_to, url, schema, timeout, alive }
     }
 
     /// The pool of the runtime this is called on, made on first use.
@@ -146,7 +149,12 @@ impl Pools {
         let call = async {
             let object = pool.get().await.map_err(|err| self.pool_error(what, err))?;
             sent.store(true, std::sync::atomic::Ordering::Relaxed);
-            let mut checkout = Checkout { object: Some(object), settling, timeout: self.timeout };
+            let mut checkout = Checkout {
+                object: Some(object),
+                settling,
+                timeout: self.timeout,
+                cancel_to: &self.cancel_to,
+            };
             let result = match checkout.object.as_deref() {
                 Some(client) => client.query_typed(sql, params).await,
                 None => {
@@ -231,15 +239,16 @@ impl Drop for Forget {
 /// the connection out of the pool, cancels the statement, and closes the connection once a
 /// round trip sent behind the statement came back, or a call timeout passed — or, for an
 /// acquisition that has not ended by then, once its owner's release has been sent behind it.
-struct Checkout {
+struct Checkout<'a> {
     object: Option<Object>,
+    cancel_to: &'a Option<CancelTo>,
     /// Dropped once the statement has ended on the server.
     settling: Option<Settling>,
     /// How long to wait for an abandoned statement to end.
     timeout: Duration,
 }
 
-impl Checkout {
+impl Checkout<'_> {
     /// The statement was answered: return the connection to the pool.
     fn finish(&mut self) {
         drop(self.object.take());
@@ -247,13 +256,13 @@ impl Checkout {
     }
 }
 
-impl Drop for Checkout {
+impl Drop for Checkout<'_> {
     fn drop(&mut self) {
         // Dropped before the answer came (the call timed out, or its caller gave up).
         let Some(object) = self.object.take() else { return };
         let wrapper = Object::take(object);
         let cancel = wrapper.cancel_token();
-        let (settling, timeout) = (self.settling.take(), self.timeout);
+        let (settling, timeout, cancel_to) = (self.settling.take(), self.timeout, self.cancel_to.clone());
         // Taken now, while the backend surely lives: a release that asks before it is
         // dropped still goes behind the statement after.
         let behind = settling.as_ref().and_then(Settling::behind);
@@ -263,7 +272,7 @@ impl Drop for Checkout {
             // On this runtime's clock (the caller's may be paused).
             let abandoned = tokio::time::Instant::now();
             let cancel = async {
-                let _ = tokio::time::timeout(Duration::from_secs(5), cancel.cancel_query(NoTls)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), send_cancel(&cancel, cancel_to)).await;
             };
             // Answered after the abandoned statement (cancelled or not), on the same connection:
             // then it has ended, and `settling` goes at once (a release waits for that). An
@@ -282,14 +291,122 @@ impl Drop for Checkout {
             // An acquisition that has not ended (held up on its way, or stuck behind a row
             // lock its cancel missed) may still commit: its connection is kept, out of the
             // pool, for its owner's release to go behind it (see `in_flight`). Sent only once
-            // the cancel is sent, so that the cancel seldom hits the release instead; it may
-            // still (the cancel's bytes can be held up too, and the server acts on it later),
-            // and a release it hits is sent again.
+            // the cancel is answered, so that the cancel does not hit the release instead (a
+            // release it still hits is sent again).
             if let (Some(mut settling), Some(behind)) = (unended, behind) {
                 settling.release_behind(&wrapper, abandoned, behind).await;
             }
             drop(wrapper);
         });
+    }
+}
+
+/// The one server a configuration names, for cancel requests.
+#[derive(Clone)]
+enum CancelTo {
+    Tcp(String, u16),
+    Addr(std::net::IpAddr, u16),
+    #[cfg(unix)]
+    Unix(std::path::PathBuf),
+}
+
+impl CancelTo {
+    /// `None` when `config` names several servers (the connection went to one of them).
+    fn of(config: &tokio_postgres::Config) -> Option<Self> {
+        let port = match config.get_ports() {
+            [] => 5432,
+            [port] => *port,
+            _ => return None,
+        };
+        match (config.get_hosts(), config.get_hostaddrs()) {
+            (_, [addr]) if config.get_hosts().len() <= 1 => Some(Self::Addr(*addr, port)),
+            ([tokio_postgres::config::Host::Tcp(host)], []) => Some(Self::Tcp(host.clone(), port)),
+            #[cfg(unix)]
+            ([tokio_postgres::config::Host::Unix(dir)], []) => {
+                Some(Self::Unix(dir.join(format!(".s.PGSQL.{port}"))))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Send the cancel request of `token` and wait until the server has closed its connection,
+/// which it does once it has acted on it (signalled the statement's server process; PgBouncer:
+/// forwarded it). `tokio_postgres`'s own `cancel_query` closes its side as soon as the request
+/// is written: PgBouncer 1.18 then crashes, closing every client's connection (pgbouncer#801),
+/// and the cancel may reach the server after the release sent behind the statement.
+async fn send_cancel(token: &tokio_postgres::CancelToken, to: Option<CancelTo>) {
+    match to {
+        Some(CancelTo::Tcp(host, port)) => {
+            if let Ok(stream) = tokio::net::TcpStream::connect((host.as_str(), port)).await {
+                cancel_on(token, stream).await;
+            }
+        }
+        Some(CancelTo::Addr(addr, port)) => {
+            if let Ok(stream) = tokio::net::TcpStream::connect((addr, port)).await {
+                cancel_on(token, stream).await;
+            }
+        }
+        #[cfg(unix)]
+        Some(CancelTo::Unix(path)) => {
+            if let Ok(stream) = tokio::net::UnixStream::connect(path).await {
+                cancel_on(token, stream).await;
+            }
+        }
+        None => {
+            let _ = token.cancel_query(NoTls).await;
+        }
+    }
+}
+
+/// Send the cancel request on `stream`, then read until the server closes it.
+async fn cancel_on<S>(token: &tokio_postgres::CancelToken, mut stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+
+    if token.cancel_query_raw(KeepOpen(&mut stream), NoTls).await.is_err() {
+        return;
+    }
+    let mut buf = [0u8; 64];
+    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+}
+
+/// A stream whose shutdown only flushes: the cancel request is sent without closing our side.
+struct KeepOpen<'a, S>(&'a mut S);
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for KeepOpen<'_, S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for KeepOpen<'_, S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.poll_flush(cx)
     }
 }
 
