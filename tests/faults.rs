@@ -656,6 +656,51 @@ async fn connections_kept_for_unanswered_acquisitions_are_one_each_and_let_go_in
     .await;
 }
 
+/// A call timeout meant as "no bound" (`Duration::MAX`): an acquisition dropped by its caller
+/// before its answer came (here: held up on its way) keeps its connection, and the owner's
+/// release goes behind it there — the times computed for both do not overflow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquisition_dropped_under_an_enormous_call_timeout_is_released_behind() {
+    use dlock::LockBackend;
+    use dlock::backend::{FullKey, TryAcquire};
+
+    let server = RedisServer::start();
+    let proxy = BlackHoleProxy::start(server.port()).await;
+    let mut conn = inspector(&server.url()).await;
+    let backend = Arc::new(dlock_tests::connect_redis_with(&proxy.url(), Duration::MAX).await);
+    let key = FullKey::new("", "enormous-timeout");
+    let ttl = Duration::from_secs(30);
+    // Makes the runtime's connection, and loads the scripts: each later call is one EVALSHA.
+    assert!(matches!(backend.try_acquire(&key, "warm-up", ttl).await, Ok(TryAcquire::Acquired { .. })));
+    assert!(backend.release(&key, "warm-up").await.expect("release").was_held);
+    let before = evalsha_calls(&mut conn).await;
+    proxy.hold();
+    let acquisition = tokio::spawn({
+        let (backend, key) = (Arc::clone(&backend), key.clone());
+        async move { backend.try_acquire(&key, "owner", ttl).await }
+    });
+    poll_until(MARGIN, "the acquisition sent", || std::future::ready(proxy.held_bytes() > 0)).await;
+    // Its caller gives up on it.
+    acquisition.abort();
+    match acquisition.await {
+        Err(err) if err.is_cancelled() => {}
+        other => panic!("the held-up acquisition was not just dropped: {other:?}"),
+    }
+    assert_eq!(backend.kept_connections(), 1, "the dropped acquisition's connection is kept");
+    // The connection missed no call timeout: it is still the runtime's, and the release waits
+    // there too, behind the release sent behind the acquisition.
+    let release = tokio::spawn({
+        let (backend, key) = (Arc::clone(&backend), key.clone());
+        async move { backend.release(&key, "owner").await }
+    });
+    proxy.deliver_held();
+    let released = release.await.expect("join").expect("release");
+    assert!(!released.was_held, "the release behind the acquisition freed the key first");
+    assert_eq!(evalsha_calls(&mut conn).await, before + 3, "the acquisition, then both releases");
+    assert!(!redis_cmd::<bool>(&mut conn, &["EXISTS", "enormous-timeout"]).await, "the key is free");
+    assert_eq!(backend.kept_connections(), 0, "the release took the kept connection");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Redis that loses data.
 

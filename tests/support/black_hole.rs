@@ -19,6 +19,8 @@ pub struct BlackHoleProxy {
     /// Which connections hold back what their clients send.
     held: watch::Sender<Held>,
     accepted: Arc<AtomicUsize>,
+    /// How many bytes clients sent that are held back now.
+    held_bytes: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -30,9 +32,11 @@ impl BlackHoleProxy {
         let silenced_before = Arc::new(AtomicUsize::new(0));
         let accepted = Arc::new(AtomicUsize::new(0));
         let held = watch::Sender::new(Held::default());
+        let held_bytes = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn({
             let (silenced_before, accepted) = (Arc::clone(&silenced_before), Arc::clone(&accepted));
             let held = held.clone();
+            let held_bytes = Arc::clone(&held_bytes);
             async move {
                 while let Ok((client, _)) = listener.accept().await {
                     let n = accepted.fetch_add(1, Ordering::SeqCst);
@@ -43,13 +47,13 @@ impl BlackHoleProxy {
                     };
                     let (client_read, client_write) = client.into_split();
                     let (server_read, server_write) = server.into_split();
-                    let hold = Hold { n, held: held.subscribe() };
+                    let hold = Hold { n, held: held.subscribe(), bytes: Arc::clone(&held_bytes) };
                     tokio::spawn(pump(client_read, server_write, silent.clone(), Some(hold)));
                     tokio::spawn(pump(server_read, client_write, silent, None));
                 }
             }
         });
-        Self { port, silenced_before, held, accepted, task }
+        Self { port, silenced_before, held, accepted, held_bytes, task }
     }
 
     /// Where it listens.
@@ -96,6 +100,12 @@ impl BlackHoleProxy {
         self.held.send_modify(|held| held.next = 0..0);
     }
 
+    /// How many bytes that clients sent it holds back now (see [`hold`](Self::hold)): a
+    /// command was sent once they grow.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes.load(Ordering::SeqCst)
+    }
+
     /// How many connections it has accepted.
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
@@ -120,6 +130,8 @@ struct Held {
 struct Hold {
     n: usize,
     held: watch::Receiver<Held>,
+    /// The proxy's count of bytes held back.
+    bytes: Arc<AtomicUsize>,
 }
 
 impl Hold {
@@ -144,7 +156,11 @@ async fn pump(
     loop {
         let holding = hold.as_ref().is_some_and(Hold::holds);
         if !holding && !held.is_empty() {
-            if to.write_all(&held).await.is_err() {
+            let sent = to.write_all(&held).await;
+            if let Some(hold) = &hold {
+                hold.bytes.fetch_sub(held.len(), Ordering::SeqCst);
+            }
+            if sent.is_err() {
                 break;
             }
             held.clear();
@@ -180,8 +196,9 @@ async fn pump(
         if silent() {
             continue;
         }
-        if hold.as_ref().is_some_and(Hold::holds) {
+        if let Some(hold) = hold.as_ref().filter(|hold| hold.holds()) {
             held.extend_from_slice(&buf[..n]);
+            hold.bytes.fetch_add(n, Ordering::SeqCst);
         } else if to.write_all(&buf[..n]).await.is_err() {
             break;
         }

@@ -299,9 +299,11 @@ impl Engine {
         let now = tokio::time::Instant::now();
         let call_timeout = self.conns.call_timeout();
         // Deadlines as durations from now: dlock's runtime has a clock of its own.
-        let answer_within = until.max(now + call_timeout).saturating_duration_since(now);
-        let undeliverable_in = (noted + call_timeout.saturating_mul(2)).saturating_duration_since(now);
+        // (Without adding to an instant: a call timeout meant as "no bound" would overflow.)
         let matters_for = until.saturating_duration_since(now);
+        let answer_within = matters_for.max(call_timeout);
+        let undeliverable_in =
+            call_timeout.saturating_mul(2).saturating_sub(now.saturating_duration_since(noted));
         let mut sent = Box::pin({
             let (key, line, owner) = (key.clone(), line.clone(), owner.clone());
             async move {
@@ -327,7 +329,7 @@ impl Engine {
                 return;
             }
             let started = tokio::time::Instant::now();
-            let mut wait = undeliverable_in;
+            let mut wait = undeliverable_in.min(matters_for);
             loop {
                 tokio::time::sleep_until(started + wait).await;
                 let released = conns

@@ -38,6 +38,7 @@ use tokio::sync::Notify;
 
 use super::connection::{Conn, SentOn};
 use crate::background;
+use crate::time::saturating_add;
 
 /// The unanswered acquisitions of one backend, by (lock, owner), and the connections they were
 /// sent on: one clone of each connection however many acquisitions went unanswered on it,
@@ -173,7 +174,8 @@ impl Drop for Attempt<'_> {
         }
         let Some((conn, number)) = self.sent_on.take() else { return };
         let now = Instant::now();
-        let until = now + self.keep;
+        // A call timeout or a ttl meant as "no bound" keeps it for about 30 years.
+        let until = saturating_add(now, self.keep);
         let mut entries = self.unanswered.entries();
         entries.prune(now);
         let noted = entries.by_owner.entry((self.key.to_owned(), self.owner.to_owned())).or_default();
