@@ -656,6 +656,48 @@ async fn connections_kept_for_unanswered_acquisitions_are_one_each_and_let_go_in
     .await;
 }
 
+/// An acquisition given up on a runtime whose clock is paused and an hour ahead (a test that
+/// advanced it) keeps its connection for the ttl and two call timeouts of real time, as any
+/// other: what is kept is timed on the clock of the network and of Redis, which did not move.
+#[test]
+fn a_connection_kept_by_a_runtime_with_an_advanced_paused_clock_is_let_go_in_time() {
+    use dlock::LockBackend;
+    use dlock::backend::{FullKey, TryAcquire};
+
+    let outer = runtime(true);
+    let server = RedisServer::start();
+    let proxy = outer.block_on(BlackHoleProxy::start(server.port()));
+    let backend = outer.block_on(connect(&proxy.url()));
+    let key = FullKey::new("", "paused-clock");
+    let ttl = Duration::from_millis(100);
+    let caller = runtime(false);
+    caller.block_on(async {
+        // Makes the caller's connection (on its own clock, running).
+        assert!(matches!(backend.try_acquire(&key, "warm-up", ttl).await, Ok(TryAcquire::Acquired { .. })));
+        assert!(backend.release(&key, "warm-up").await.expect("release").was_held);
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        proxy.hold();
+        // Sent on the caller's connection, held up on its way, and dropped by its caller.
+        let mut acquisition = std::pin::pin!(backend.try_acquire(&key, "owner", ttl));
+        let sending = Instant::now();
+        while proxy.held_bytes() == 0 {
+            std::future::poll_fn(|cx| {
+                assert!(acquisition.as_mut().poll(cx).is_pending(), "the held-up acquisition answered");
+                std::task::Poll::Ready(())
+            })
+            .await;
+            // (On this clock a sleep would not wait: let the connection's driver write.)
+            tokio::task::yield_now().await;
+            assert!(sending.elapsed() < MARGIN, "the acquisition was not sent within {MARGIN:?}");
+        }
+    });
+    assert_eq!(backend.kept_connections(), 1, "the dropped acquisition's connection is kept");
+    outer.block_on(poll_until(ttl + CALL_TIMEOUT * 2 + MARGIN, "the kept connection let go", || async {
+        backend.kept_connections() == 0
+    }));
+}
+
 /// A call timeout meant as "no bound" (`Duration::MAX`): an acquisition dropped by its caller
 /// before its answer came (here: held up on its way) keeps its connection, and the owner's
 /// release goes behind it there — the times computed for both do not overflow.

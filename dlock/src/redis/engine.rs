@@ -296,10 +296,12 @@ impl Engine {
         let one_stream = conn.is_one_stream();
         let script = &self.scripts.release;
         let (key, line, owner) = (key.to_string(), line.to_owned(), owner.to_owned());
-        let now = tokio::time::Instant::now();
+        // `noted` and `until` are on the system's clock; from here on, delays from now, for
+        // dlock's runtime (its clock is neither the caller's, which a test may have paused,
+        // nor the one these times were noted on). Without adding to an instant: a call timeout
+        // meant as "no bound" would overflow.
+        let now = Instant::now();
         let call_timeout = self.conns.call_timeout();
-        // Deadlines as durations from now: dlock's runtime has a clock of its own.
-        // (Without adding to an instant: a call timeout meant as "no bound" would overflow.)
         let matters_for = until.saturating_duration_since(now);
         let answer_within = matters_for.max(call_timeout);
         let undeliverable_in =

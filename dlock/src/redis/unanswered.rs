@@ -27,18 +27,20 @@
 //! Each connection is kept once, however many acquisitions went unanswered on it, and let go
 //! (closing its socket, once nothing else uses it) as soon as a late run of its acquisitions
 //! no longer matters: a task on dlock's runtime watches the times while anything is kept.
+//!
+//! Those times are the system's clock (`std::time::Instant`), not the caller's tokio clock:
+//! they are about the network and Redis's ttls, which a test's paused and advanced clock does
+//! not move, and they are read on several runtimes (the caller's, the releasing one's,
+//! dlock's), each of which may have a clock of its own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::Duration;
-
-use tokio::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
 use super::connection::{Conn, SentOn};
 use crate::background;
-use crate::time::saturating_add;
 
 /// The unanswered acquisitions of one backend, by (lock, owner), and the connections they were
 /// sent on: one clone of each connection however many acquisitions went unanswered on it,
@@ -75,9 +77,9 @@ struct Noted {
 pub(super) struct Kept {
     pub(super) conn: Conn,
     /// When the acquisition was given up (the latest, if several went on this connection): it
-    /// was sent before that.
+    /// was sent before that. On the system's clock.
     pub(super) noted: Instant,
-    /// Until when a late run of it matters.
+    /// Until when a late run of it matters. On the system's clock.
     pub(super) until: Instant,
 }
 
@@ -90,6 +92,12 @@ pub(super) struct Attempt<'a> {
     /// Where it is sent.
     pub(super) sent_on: SentOn,
     answered: bool,
+}
+
+/// `now + d`, or about 30 years on when that would overflow (a call timeout or a ttl meant as
+/// "no bound").
+fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d).unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600))
 }
 
 impl Unanswered {
@@ -175,7 +183,7 @@ impl Drop for Attempt<'_> {
         let Some((conn, number)) = self.sent_on.take() else { return };
         let now = Instant::now();
         // A call timeout or a ttl meant as "no bound" keeps it for about 30 years.
-        let until = saturating_add(now, self.keep);
+        let until = later(now, self.keep);
         let mut entries = self.unanswered.entries();
         entries.prune(now);
         let noted = entries.by_owner.entry((self.key.to_owned(), self.owner.to_owned())).or_default();
@@ -220,8 +228,10 @@ async fn sweep(entries: Weak<Mutex<Entries>>) {
                 None => return,
             }
         };
+        // The system's clock, as a delay on the runtime this runs on.
+        let sleep = tokio::time::sleep(next.saturating_duration_since(Instant::now()));
         tokio::select! {
-            () = tokio::time::sleep_until(next) => {}
+            () = sleep => {}
             () = sooner.notified() => {}
         }
     }
