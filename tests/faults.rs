@@ -656,6 +656,56 @@ async fn connections_kept_for_unanswered_acquisitions_are_one_each_and_let_go_in
     .await;
 }
 
+/// Two owners' acquisitions went unanswered on one connection, one with a short ttl and one
+/// with a long one. Once the long one's owner has released (its release took the connection
+/// to follow the acquisition there) and the short one's time is up, no owner needs the
+/// connection any more: it is let go then, not kept as long as the released owner's ttl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_connection_is_let_go_once_no_owner_it_was_kept_for_needs_it() {
+    use dlock::LockBackend;
+    use dlock::backend::{FullKey, TryAcquire};
+
+    let server = RedisServer::start();
+    let proxy = BlackHoleProxy::start(server.port()).await;
+    let backend = Arc::new(connect(&proxy.url()).await);
+    let warm = FullKey::new("", "kept-owners-warm-up");
+    assert!(matches!(
+        backend.try_acquire(&warm, "warm-up", Duration::from_secs(1)).await,
+        Ok(TryAcquire::Acquired { .. })
+    ));
+    proxy.hold();
+    let (short, long) = (Duration::from_millis(100), Duration::from_secs(20));
+    // Side by side on the runtime's connection, held up on their way.
+    let calls = [("kept-owners-short", short), ("kept-owners-long", long)].map(|(key, ttl)| {
+        let backend = Arc::clone(&backend);
+        tokio::spawn(async move {
+            backend.try_acquire(&FullKey::new("", key), &format!("{key}-owner"), ttl).await
+        })
+    });
+    for call in calls {
+        let answer = call.await.expect("join");
+        assert!(
+            matches!(&answer, Err(err) if err.kind() == BackendErrorKind::Timeout),
+            "a held-up acquisition ended with {answer:?}, not a call timeout"
+        );
+    }
+    let gave_up = Instant::now();
+    assert_eq!(backend.kept_connections(), 1, "one connection, kept for both owners");
+    // The long one's owner releases (on a new connection; its release behind the acquisition
+    // waits in the proxy).
+    let key = FullKey::new("", "kept-owners-long");
+    assert!(!backend.release(&key, "kept-owners-long-owner").await.expect("release").was_held);
+    assert_eq!(backend.kept_connections(), 1, "still kept for the short one's owner, who has not released");
+    // The short one's late run no longer matters after its ttl and two call timeouts.
+    let needed_until = short + CALL_TIMEOUT * 2;
+    let let_go = poll_until(needed_until + MARGIN, "the kept connection let go", || {
+        let backend = Arc::clone(&backend);
+        async move { backend.kept_connections() == 0 }
+    })
+    .await;
+    assert!(gave_up.elapsed() + MARGIN >= needed_until, "let go too early: {let_go:?}");
+}
+
 /// An acquisition given up on a runtime whose clock is paused and an hour ahead (a test that
 /// advanced it) keeps its connection for the ttl and two call timeouts of real time, as any
 /// other: what is kept is timed on the clock of the network and of Redis, which did not move.

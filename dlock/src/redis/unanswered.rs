@@ -33,7 +33,7 @@
 //! not move, and they are read on several runtimes (the caller's, the releasing one's,
 //! dlock's), each of which may have a clock of its own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -44,9 +44,10 @@ use crate::background;
 
 /// The unanswered acquisitions of one backend, by (lock, owner), and the connections they were
 /// sent on: one clone of each connection however many acquisitions went unanswered on it,
-/// kept until the releases of those owners have taken it, or until a given time. A task on
-/// dlock's runtime forgets what is kept long enough as soon as it is (a kept connection keeps
-/// its socket open), while anything is kept.
+/// kept while some owner's entry names it — until that owner's release has taken it, or until
+/// a late run of that owner's acquisition no longer matters. A task on dlock's runtime forgets
+/// what runs out as soon as it does (a kept connection keeps its socket open), while anything
+/// is kept.
 #[derive(Default)]
 pub(super) struct Unanswered {
     entries: Arc<Mutex<Entries>>,
@@ -55,9 +56,8 @@ pub(super) struct Unanswered {
 #[derive(Default)]
 struct Entries {
     by_owner: HashMap<(String, String), Vec<Noted>>,
-    /// By connection number: the connection, until when it is kept (the latest of its
-    /// acquisitions'), and in how many `by_owner` lists it is.
-    conns: HashMap<u64, (Conn, Instant, usize)>,
+    /// By connection number: the connection, while some list in `by_owner` names it.
+    conns: HashMap<u64, Conn>,
     /// While a task forgets entries as they run out: when it looks next.
     sweep_at: Option<Instant>,
     /// Wakes that task, to look earlier.
@@ -112,28 +112,24 @@ impl Unanswered {
     }
 
     /// The connections that unanswered acquisitions of `key` for `owner` were sent on (each
-    /// given out once).
+    /// given out once); a connection no other owner's entry names is let go here.
     pub(super) fn take(&self, key: &str, owner: &str) -> Vec<Kept> {
         let mut entries = self.entries();
         if entries.by_owner.is_empty() {
             return Vec::new();
         }
-        entries.prune(Instant::now());
-        let Some(noted) = entries.by_owner.remove(&(key.to_owned(), owner.to_owned())) else {
-            return Vec::new();
-        };
-        noted
+        let now = Instant::now();
+        let noted = entries.by_owner.remove(&(key.to_owned(), owner.to_owned()));
+        let kept = noted
             .into_iter()
+            .flatten()
+            .filter(|noted| noted.until > now)
             .filter_map(|Noted { conn, noted, until }| {
-                let (kept, _, owners) = entries.conns.get_mut(&conn)?;
-                let kept = kept.clone();
-                *owners -= 1;
-                if *owners == 0 {
-                    entries.conns.remove(&conn);
-                }
-                Some(Kept { conn: kept, noted, until })
+                Some(Kept { conn: entries.conns.get(&conn)?.clone(), noted, until })
             })
-            .collect()
+            .collect();
+        entries.prune(now);
+        kept
     }
 
     /// How many connections are kept.
@@ -143,28 +139,21 @@ impl Unanswered {
 }
 
 impl Entries {
-    /// Forget what is kept long enough.
+    /// Forget what is kept long enough, and the connections no entry names any more (a
+    /// connection's time is that of the entries that name it: once the owner with the latest
+    /// one has released, it is kept only as long as the others need it).
     fn prune(&mut self, now: Instant) {
         self.by_owner.retain(|_, noted| {
             noted.retain(|noted| noted.until > now);
             !noted.is_empty()
         });
-        self.conns.retain(|_, (_, until, _)| *until > now);
-        // A connection forgotten above was forgotten by every list it was in (its time is the
-        // latest of theirs), and each list holds it at most once: recount.
-        for (_, _, owners) in self.conns.values_mut() {
-            *owners = 0;
-        }
-        for noted in self.by_owner.values().flatten() {
-            if let Some((_, _, owners)) = self.conns.get_mut(&noted.conn) {
-                *owners += 1;
-            }
-        }
+        let named: HashSet<u64> = self.by_owner.values().flatten().map(|noted| noted.conn).collect();
+        self.conns.retain(|conn, _| named.contains(conn));
     }
 
     /// When the next entry runs out.
     fn next_end(&self) -> Option<Instant> {
-        self.conns.values().map(|(_, until, _)| *until).min()
+        self.by_owner.values().flatten().map(|noted| noted.until).min()
     }
 }
 
@@ -187,22 +176,14 @@ impl Drop for Attempt<'_> {
         let mut entries = self.unanswered.entries();
         entries.prune(now);
         let noted = entries.by_owner.entry((self.key.to_owned(), self.owner.to_owned())).or_default();
-        let first_for_owner = match noted.iter_mut().find(|noted| noted.conn == number) {
+        match noted.iter_mut().find(|noted| noted.conn == number) {
             Some(same) => {
                 same.noted = now;
                 same.until = same.until.max(until);
-                false
             }
-            None => {
-                noted.push(Noted { conn: number, noted: now, until });
-                true
-            }
-        };
-        let kept = entries.conns.entry(number).or_insert((conn, until, 0));
-        kept.1 = kept.1.max(until);
-        if first_for_owner {
-            kept.2 += 1;
+            None => noted.push(Noted { conn: number, noted: now, until }),
         }
+        entries.conns.entry(number).or_insert(conn);
         match entries.sweep_at {
             None => {
                 entries.sweep_at = Some(until);
