@@ -196,24 +196,55 @@ impl Drop for Attempt<'_> {
     }
 }
 
-/// Forget entries as they run out, until none is left (or the backend is gone).
-async fn sweep(entries: Weak<Mutex<Entries>>) {
-    loop {
-        let (next, sooner) = {
-            let Some(entries) = entries.upgrade() else { return };
-            let mut entries = lock(&entries);
-            entries.prune(Instant::now());
-            entries.sweep_at = entries.next_end();
-            match entries.sweep_at {
-                Some(next) => (next, Arc::clone(&entries.sweep_sooner)),
-                None => return,
+/// Forget entries as they run out, until none is left (or the backend is gone). Dropped before
+/// that (its runtime ended: dlock's runtime could not be started), it says so, and the next
+/// unanswered acquisition starts another.
+fn sweep(entries: Weak<Mutex<Entries>>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    // Made before the task exists: a task dropped before it ever ran drops it too.
+    let sweeper = Sweeper { entries, ended: false };
+    async move {
+        loop {
+            let (next, sooner) = {
+                let Some(entries) = sweeper.entries.upgrade() else { break };
+                let mut entries = lock(&entries);
+                entries.prune(Instant::now());
+                entries.sweep_at = entries.next_end();
+                match entries.sweep_at {
+                    Some(next) => (next, Arc::clone(&entries.sweep_sooner)),
+                    None => break,
+                }
+            };
+            // The system's clock, as a delay on the runtime this runs on.
+            let sleep = tokio::time::sleep(next.saturating_duration_since(Instant::now()));
+            tokio::select! {
+                () = sleep => {}
+                () = sooner.notified() => {}
             }
-        };
-        // The system's clock, as a delay on the runtime this runs on.
-        let sleep = tokio::time::sleep(next.saturating_duration_since(Instant::now()));
-        tokio::select! {
-            () = sleep => {}
-            () = sooner.notified() => {}
+        }
+        sweeper.end();
+    }
+}
+
+/// The running sweeper of some entries: dropped before its end, it marks none as running.
+struct Sweeper {
+    entries: Weak<Mutex<Entries>>,
+    ended: bool,
+}
+
+impl Sweeper {
+    /// It ran to its end: it has marked none as running itself.
+    fn end(mut self) {
+        self.ended = true;
+    }
+}
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        if let Some(entries) = self.entries.upgrade() {
+            lock(&entries).sweep_at = None;
         }
     }
 }
@@ -222,4 +253,24 @@ fn lock(entries: &Mutex<Entries>) -> MutexGuard<'_, Entries> {
     // Every update leaves the maps consistent before anything can panic: a poisoned map is
     // consistent.
     entries.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sweeper that never runs to its end — dropped before it ran, as a runtime that ends
+    /// drops its tasks (it runs on the caller's runtime when dlock's could not be started) —
+    /// leaves no sweeper marked as running: the next unanswered acquisition starts another.
+    #[test]
+    fn a_sweeper_dropped_before_its_end_lets_the_next_acquisition_start_another() {
+        let unanswered = Unanswered::default();
+        // What the first unanswered acquisition does before it spawns the sweeper.
+        lock(&unanswered.entries).sweep_at = Some(Instant::now() + Duration::from_secs(1));
+        drop(sweep(Arc::downgrade(&unanswered.entries)));
+        assert!(
+            lock(&unanswered.entries).sweep_at.is_none(),
+            "a dropped sweeper is still counted as running"
+        );
+    }
 }
