@@ -26,6 +26,12 @@ use dlock_tests::{BlackHoleProxy, MARGIN, RedisServer, inspector, poll_until, re
 /// The call timeout of these tests' backends.
 const CALL_TIMEOUT: Duration = Duration::from_millis(300);
 
+/// When the kernel gives up on data these tests' connections sent and nobody acknowledged
+/// (`TCP_USER_TIMEOUT`: twice the call timeout, at least 1 s): after that, a closed
+/// connection's last bytes can no longer arrive.
+const KERNEL_GIVES_UP: Duration = Duration::from_secs(1);
+const _: () = assert!(CALL_TIMEOUT.as_millis() * 2 <= KERNEL_GIVES_UP.as_millis());
+
 async fn connect(url: &str) -> RedisBackend {
     dlock_tests::connect_redis_with(url, CALL_TIMEOUT).await
 }
@@ -505,7 +511,8 @@ async fn a_late_acquisition_does_not_outlive_its_owners_release_on_a_new_connect
 /// on dies with it, and nothing can be sent behind it there any more. The request's claim
 /// releases the key from dlock's own runtime, on a new connection, before the held-up script
 /// runs. When it runs after all, the key must not stay held for the owner that gave up (for its
-/// whole ttl of 30 s): another client gets it within two call timeouts.
+/// whole ttl of 30 s): another client gets it once the acquisition's bytes can no longer
+/// arrive (the release is sent again then).
 #[test]
 fn a_late_acquisition_does_not_keep_the_key_after_its_runtime_ended() {
     late_acquisition_after_its_runtime_ended(false);
@@ -593,7 +600,7 @@ fn late_acquisition_after_its_runtime_ended(released_on_that_runtime: bool) {
         })
         .await;
         let other = LockService::new(connect(&server.url()).await);
-        let guard = match other.lock("late-runtime").wait(CALL_TIMEOUT * 2 + MARGIN).await {
+        let guard = match other.lock("late-runtime").wait(KERNEL_GIVES_UP + MARGIN).await {
             Ok(guard) => guard,
             Err(err) => {
                 let value: Option<String> = redis_cmd(&mut conn, &["GET", "late-runtime"]).await;
@@ -605,6 +612,58 @@ fn late_acquisition_after_its_runtime_ended(released_on_that_runtime: bool) {
         };
         assert!(guard.release().await.expect("release"));
     });
+}
+
+/// An acquisition held up on its way times out on a current-thread runtime, its owner releases
+/// (behind it on its connection, and on a new one), and the runtime ends, closing that
+/// connection before the release behind could follow the acquisition. The release is sent
+/// again once the acquisition's bytes can no longer arrive: when the kernel gives up on them
+/// (`TCP_USER_TIMEOUT`: twice the call timeout, but at least 1 s — here 1 s), not before.
+#[test]
+fn a_release_is_sent_again_only_once_the_late_acquisition_can_no_longer_arrive() {
+    use dlock::LockBackend;
+    use dlock::backend::{FullKey, TryAcquire};
+
+    let outer = runtime(true);
+    let server = RedisServer::start();
+    let proxy = outer.block_on(BlackHoleProxy::start(server.port()));
+    let backend = outer.block_on(connect(&proxy.url()));
+    let mut conn = outer.block_on(inspector(&server.url()));
+    let key = FullKey::new("", "sent-again");
+    let ttl = Duration::from_secs(30);
+    let caller = runtime(false);
+    // Makes the caller's connection, and loads the scripts: each later call is one EVALSHA.
+    caller.block_on(async {
+        assert!(matches!(backend.try_acquire(&key, "warm-up", ttl).await, Ok(TryAcquire::Acquired { .. })));
+        assert!(backend.release(&key, "warm-up").await.expect("release").was_held);
+    });
+    let before = outer.block_on(evalsha_calls(&mut conn));
+    proxy.hold();
+    let gave_up = caller.block_on(async {
+        let held_up = backend.try_acquire(&key, "owner", ttl).await;
+        let gave_up = Instant::now();
+        assert!(
+            matches!(&held_up, Err(err) if err.kind() == BackendErrorKind::Timeout),
+            "the held-up acquisition ended with {held_up:?}, not a call timeout"
+        );
+        assert!(!backend.release(&key, "owner").await.expect("release on a new connection").was_held);
+        gave_up
+    });
+    drop(caller);
+    outer.block_on(async {
+        poll_until(KERNEL_GIVES_UP + CALL_TIMEOUT + MARGIN, "the release sent again", || {
+            let mut conn = conn.clone();
+            async move { evalsha_calls(&mut conn).await >= before + 2 }
+        })
+        .await;
+    });
+    let sent_again = gave_up.elapsed();
+    // (Less 100 ms for the time between the give-up and this test's reading of the clock.)
+    assert!(
+        sent_again + Duration::from_millis(100) >= KERNEL_GIVES_UP,
+        "sent again {sent_again:?} after the give-up, before the kernel gives up on the acquisition ({KERNEL_GIVES_UP:?})"
+    );
+    proxy.deliver_held();
 }
 
 /// Acquisitions held up on their way time out: their connections are kept, one per

@@ -36,16 +36,22 @@ use crate::id_hash::IdMap;
 /// with many tasks on one multiplexed connection it coalesces their commands into fewer
 /// packets, which measured cheaper for Redis than `TCP_NODELAY`.)
 pub(super) fn tcp_settings(call_timeout: Duration) -> TcpSettings {
-    // A call timeout meant as "no bound" (`Duration::MAX`) must neither overflow nor exceed
-    // what `TCP_USER_TIMEOUT` takes (an `int` of milliseconds; more is `EINVAL`).
-    let user_timeout = call_timeout
-        .saturating_mul(2)
-        .clamp(Duration::from_secs(1), Duration::from_millis(i32::MAX.unsigned_abs().into()));
     let keepalive = TcpKeepalive::new()
         .with_time(Duration::from_secs(5))
         .with_interval(Duration::from_secs(1))
         .with_retries(5);
-    TcpSettings::default().set_keepalive(keepalive).set_user_timeout(user_timeout)
+    TcpSettings::default().set_keepalive(keepalive).set_user_timeout(user_timeout(call_timeout))
+}
+
+/// How long the kernel keeps data unacknowledged before it gives up on the connection
+/// (`TCP_USER_TIMEOUT`): twice the call timeout, at least 1 s. After that, what a closed
+/// connection was sent can no longer arrive.
+pub(super) fn user_timeout(call_timeout: Duration) -> Duration {
+    // A call timeout meant as "no bound" (`Duration::MAX`) must neither overflow nor exceed
+    // what `TCP_USER_TIMEOUT` takes (an `int` of milliseconds; more is `EINVAL`).
+    call_timeout
+        .saturating_mul(2)
+        .clamp(Duration::from_secs(1), Duration::from_millis(i32::MAX.unsigned_abs().into()))
 }
 
 /// Makes a backend's command connections: to one server, to the primary the sentinels name,

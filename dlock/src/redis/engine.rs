@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use redis::{Cmd, ErrorKind, FromRedisValue, ServerErrorKind, Value};
 
-use super::connection::{Conn, Connections, SentOn};
+use super::connection::{Conn, Connections, SentOn, user_timeout};
 use super::error::{is_try_again, not_replicated, unexpected};
 use super::lanes::Lanes;
 use super::layout;
@@ -279,8 +279,8 @@ impl Engine {
     /// acquisition there: its runtime ended (which closed it), or it broke. The acquisition's
     /// bytes may still be on their way (a socket closed by its client still delivers what it
     /// was sent), so the release is sent again on a current connection once they can no longer
-    /// arrive — the kernel gives up on data unacknowledged for twice the call timeout (see
-    /// [`tcp_settings`](super::connection::tcp_settings)) — and again at doubling intervals
+    /// arrive — the kernel gives up on data unacknowledged for twice the call timeout, at
+    /// least 1 s (see [`user_timeout`]) — and again at doubling intervals
     /// until a late acquisition would have run out anyway (for a path that acknowledged the
     /// bytes and still holds them: a buffering proxy). Only this owner's lock is touched, and an
     /// owner does not take a lock again after its release.
@@ -305,7 +305,7 @@ impl Engine {
         let matters_for = until.saturating_duration_since(now);
         let answer_within = matters_for.max(call_timeout);
         let undeliverable_in =
-            call_timeout.saturating_mul(2).saturating_sub(now.saturating_duration_since(noted));
+            user_timeout(call_timeout).saturating_sub(now.saturating_duration_since(noted));
         let mut sent = Box::pin({
             let (key, line, owner) = (key.clone(), line.clone(), owner.clone());
             async move {
