@@ -8,7 +8,10 @@
 //!   replaced: commands within two call timeouts, the subscriber by its health check; an
 //!   acquisition held up on its way (the proxy holds its bytes) that the release of the request
 //!   that gave up on it overtook does not keep the key, also when the runtime it was sent from
-//!   ended first; the connections kept for such acquisitions are one each, and let go in time;
+//!   ended first (the release is then sent again once the kernel has given up on its bytes);
+//!   the connections kept for such acquisitions are one each, and let go in time (also when
+//!   one owner of several released, when the caller's clock was paused and advanced, and under
+//!   a call timeout meant as no bound);
 //! - fencing tokens keep increasing across a Redis that lost its data;
 //! - the ACL recipe of the README works with a user confined to the service's prefix, and a
 //!   user confined elsewhere cannot send notices; replayed notices are ignored;
