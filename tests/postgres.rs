@@ -1601,13 +1601,12 @@ impl PgBouncer {
         if is_root() {
             let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status();
         }
-        let mut command = if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(exe);
-            c
-        } else {
-            Command::new(exe)
-        };
+        // As root, PgBouncer itself becomes `postgres` (`-u`), so that the child killed on drop
+        // is PgBouncer (a `runuser` in between would die alone and leave PgBouncer running).
+        let mut command = Command::new(exe);
+        if is_root() {
+            command.args(["-u", "postgres"]);
+        }
         let child = command.arg(&ini).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("pgbouncer");
         let bouncer = Self { child, port, _dir: TempDir(dir) };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -1733,7 +1732,13 @@ async fn through_pgbouncer_an_acquisition_that_outlasts_the_releases_wait_leaves
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // The harness stops what it started: no PgBouncer is left listening.
+    let port = bouncer.port;
     drop(bouncer);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "PgBouncer still listens on {port} after its drop"
+    );
     drop(server);
 }
 
