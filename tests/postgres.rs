@@ -748,8 +748,12 @@ async fn a_waiter_whose_listening_server_is_unreachable_polls_for_the_key() {
 /// A lock request dropped while its acquire statement runs leaves nothing held — also when the
 /// cancel dlock sends does not stop that statement (it reached the server before the statement
 /// started, or could not be sent) and the statement commits after the request's claim sent its
-/// release on another connection. Here a trigger makes the statement take 300 ms before it
-/// touches the row, and ignores the cancel.
+/// release on another connection. Here a trigger makes the statement take 1 s before it
+/// touches the row, and ignores the cancel while it does: long enough for the cancel, sent
+/// 100 ms in, to arrive inside it on a loaded machine (a cancel arriving after it would stop
+/// the statement, and the test would wait in vain for the late commit; 300 ms was too short
+/// under CI's load once the cancel ran on dlock's own runtime). Within the call timeout (2 s),
+/// so the release waits for the statement to end.
 ///
 /// Before the fix, the release ran first, found nothing to free, and the acquisition then
 /// committed: the key stayed held by nobody for its whole ttl (30 s here).
@@ -758,7 +762,7 @@ async fn a_dropped_request_whose_acquisition_commits_late_leaves_nothing_held() 
     let store = PostgresStore::shared("dropped_late").await;
     let service = store.service().await;
     drop(service.lock("warm").await.expect("the first lock makes the schema"));
-    store.slow_inserts(300, false).await;
+    store.slow_inserts(1000, false).await;
     let outcome =
         tokio::time::timeout(Duration::from_millis(100), service.lock("slow").ttl(Duration::from_secs(30)))
             .await;
