@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use dlock::backend::BackendErrorKind;
 use dlock::{Error, LockService, MemoryBackend, RedisBackend, distributed_lock};
+use dlock_tests::support::runtime::runtime;
 use dlock_tests::{BlackHoleProxy, MARGIN, RedisServer, inspector, poll_until, redis_cmd};
 
 /// The call timeout of these tests' backends.
@@ -37,17 +38,6 @@ const _: () = assert!(CALL_TIMEOUT.as_millis() * 2 <= KERNEL_GIVES_UP.as_millis(
 
 async fn connect(url: &str) -> RedisBackend {
     dlock_tests::connect_redis_with(url, CALL_TIMEOUT).await
-}
-
-fn runtime(multi_thread: bool) -> tokio::runtime::Runtime {
-    let mut builder = if multi_thread {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(2);
-        builder
-    } else {
-        tokio::runtime::Builder::new_current_thread()
-    };
-    builder.enable_all().build().expect("a tokio runtime")
 }
 
 /// Whether `key` exists on the server at `url`, asked from a runtime of its own.

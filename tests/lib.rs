@@ -35,6 +35,7 @@ pub mod support {
     pub mod redis;
     pub(crate) mod redis_process;
     pub mod redis_store;
+    pub mod runtime;
     pub mod sentinel;
     pub mod sentinel_store;
     pub mod server;

@@ -28,6 +28,7 @@ use dlock::backend::{BackendErrorKind, BoxFuture, FullKey, LockBackend, TryAcqui
 use dlock::tokio_postgres::{self, NoTls};
 use dlock::{Error, LockService, LostReason, PostgresBackend};
 use dlock_tests::support::process::worker_job;
+use dlock_tests::support::runtime::runtime;
 use dlock_tests::{BlackHoleProxy, Features, MARGIN, Store, Worker, chain, free_port, poll_until};
 
 async fn postgres_store(test_name: &str) -> PostgresStore {
@@ -1899,6 +1900,22 @@ async fn token_of(store: &PostgresStore, key: &str) -> i64 {
     store.row(key).await.map_or(0, |(_, token, _)| token)
 }
 
+/// The acquisition of `late` that `proxy` holds up has not run yet (its token is still
+/// `before`): deliver it, see it run, and see another owner take the key within two call
+/// timeouts — `after` says after what, for the message.
+async fn deliver_and_see_another_owner_take_it(
+    store: &PostgresStore,
+    proxy: &BlackHoleProxy,
+    before: i64,
+    after: &str,
+) {
+    assert_eq!(token_of(store, "late").await, before, "the held-up acquisition has not run");
+    proxy.deliver_held();
+    poll_until(MARGIN, "the held-up acquisition runs", || async { token_of(store, "late").await > before })
+        .await;
+    another_owner_takes(store, "late", FAULT_TIMEOUT * 2 + MARGIN, after).await;
+}
+
 /// Wait, at most `bound`, until another owner takes `key` (unprefixed) on a client of its own;
 /// panic showing the row if it stays held.
 async fn another_owner_takes(store: &PostgresStore, key: &str, bound: Duration, what: &str) {
@@ -1952,11 +1969,7 @@ async fn an_acquisition_overtaken_by_its_claims_release_does_not_keep_the_key() 
         sessions_that_released(&store, &app_name).await == 2
     })
     .await;
-    assert_eq!(token_of(&store, "late").await, before, "the held-up acquisition has not run");
-    proxy.deliver_held();
-    poll_until(MARGIN, "the held-up acquisition runs", || async { token_of(&store, "late").await > before })
-        .await;
-    another_owner_takes(&store, "late", FAULT_TIMEOUT * 2 + MARGIN, "after the request gave up").await;
+    deliver_and_see_another_owner_take_it(&store, &proxy, before, "after the request gave up").await;
     store.cleanup().await;
 }
 
@@ -1981,14 +1994,7 @@ async fn a_late_acquisition_does_not_outlive_its_owners_release_on_a_new_connect
     );
     let token = acquired(backend.try_acquire(&key, "owner", ttl).await.expect("asked again"), "asked again");
     assert!(backend.release(&key, "owner").await.expect("release on the new connection").was_held);
-    assert_eq!(token_of(&store, "late").await, token as i64, "the held-up acquisition has not run");
-
-    proxy.deliver_held();
-    poll_until(MARGIN, "the held-up acquisition runs", || async {
-        token_of(&store, "late").await > token as i64
-    })
-    .await;
-    another_owner_takes(&store, "late", FAULT_TIMEOUT * 2 + MARGIN, "after its owner released it").await;
+    deliver_and_see_another_owner_take_it(&store, &proxy, token as i64, "after its owner released it").await;
     store.cleanup().await;
 }
 
@@ -2027,16 +2033,6 @@ fn a_late_acquisition_does_not_outlive_a_release_sent_just_before_its_runtime_en
 }
 
 fn late_acquisition_after_its_runtime_ended(released_on_that_runtime: bool, backend_dropped: bool) {
-    let runtime = |multi_thread: bool| {
-        let mut builder = if multi_thread {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(2);
-            builder
-        } else {
-            tokio::runtime::Builder::new_current_thread()
-        };
-        builder.enable_all().build().expect("a tokio runtime")
-    };
     let outer = runtime(true);
     let name = match (released_on_that_runtime, backend_dropped) {
         (true, _) => "late_rt_owner",
@@ -2092,13 +2088,7 @@ fn late_acquisition_after_its_runtime_ended(released_on_that_runtime: bool, back
             store.releases_run().await >= releases
         })
         .await;
-        assert_eq!(token_of(&store, "late").await, before, "the held-up acquisition has not run");
-        proxy.deliver_held();
-        poll_until(MARGIN, "the held-up acquisition runs", || async {
-            token_of(&store, "late").await > before
-        })
-        .await;
-        another_owner_takes(&store, "late", FAULT_TIMEOUT * 2 + MARGIN, "after its runtime ended").await;
+        deliver_and_see_another_owner_take_it(&store, &proxy, before, "after its runtime ended").await;
         store.cleanup().await;
     });
 }
